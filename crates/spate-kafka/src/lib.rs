@@ -1,1 +1,27 @@
-//! spate-kafka
+//! The Kafka front end: listener, connection tasks, one module per Kafka API.
+//!
+//! Requests on one connection are handled in order up to the point where they would wait
+//! (an `acks=all` fsync, a fetch in long poll); the waiting part is queued and responses are
+//! written strictly in request order, so a client may pipeline up to
+//! [`limits::IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX`](spate_types::limits) requests.
+//!
+//! Messages are the `kafka-protocol` crate's, generated from Kafka's own schemas. Each API
+//! module states the versions it implements (`VERSIONS`); ApiVersions is derived from those
+//! statements (see [`apis::SUPPORTED`]).
+
+pub mod apis;
+mod broker;
+mod connection;
+mod errors;
+mod metadata_sync;
+mod topics;
+
+pub use broker::{Broker, BrokerConfig};
+pub use connection::serve;
+pub use metadata_sync::follow_metadata;
+
+/// Applies the current metadata image and removes data of topics deleted while down.
+pub fn sync_metadata_at_start(broker: &Broker) {
+    metadata_sync::apply_image(broker, &broker.image());
+    metadata_sync::remove_orphans(broker);
+}

@@ -1,0 +1,48 @@
+//! ApiVersions: advertises exactly the APIs and versions in [`super::SUPPORTED`].
+
+use super::{encode_with_header, Pending, Reply, RequestContext, SUPPORTED};
+use crate::broker::Broker;
+use kafka_protocol::messages::api_versions_response::ApiVersion;
+use kafka_protocol::messages::{ApiVersionsRequest, ApiVersionsResponse};
+use kafka_protocol::protocol::VersionRange;
+use kafka_protocol::ResponseError;
+use std::sync::Arc;
+
+pub(crate) const VERSIONS: VersionRange = VersionRange { min: 0, max: 4 };
+
+pub(crate) async fn handle(
+    _broker: &Arc<Broker>,
+    _ctx: &RequestContext,
+    _request: ApiVersionsRequest,
+) -> Reply<ApiVersionsResponse> {
+    Reply::Now(response(0))
+}
+
+fn response(error_code: i16) -> ApiVersionsResponse {
+    let api_keys = SUPPORTED
+        .iter()
+        .map(|(key, range)| {
+            ApiVersion::default()
+                .with_api_key(*key as i16)
+                .with_min_version(range.min)
+                .with_max_version(range.max)
+        })
+        .collect();
+    ApiVersionsResponse::default().with_error_code(error_code).with_api_keys(api_keys)
+}
+
+/// The v0-form answer to an ApiVersions request whose version is not supported.
+pub(crate) fn unsupported_version_response(correlation_id: i32) -> Pending {
+    let encoded = encode_with_header(
+        &response(ResponseError::UnsupportedVersion.code()),
+        correlation_id,
+        0,
+        0,
+    )
+    .map_err(|e| super::DispatchError::Encode {
+        key: kafka_protocol::messages::ApiKey::ApiVersions,
+        version: 0,
+        reason: e.to_string(),
+    });
+    Box::pin(async move { encoded })
+}

@@ -1,0 +1,197 @@
+//! Fetch: serves stored batches up to the high watermark, long-polling until `min_bytes` are
+//! available or `max_wait_ms` passes. A waiting fetch wakes as soon as any of its partitions'
+//! high watermark moves, not when the wait expires.
+
+use super::{Reply, RequestContext};
+use crate::broker::Broker;
+use crate::errors;
+use bytes::Bytes;
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, TopicName};
+use kafka_protocol::protocol::VersionRange;
+use kafka_protocol::ResponseError;
+use spate_replica::Partition;
+use spate_types::{Offset, TopicPartition};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+pub(crate) const VERSIONS: VersionRange = VersionRange { min: 4, max: 16 };
+
+/// Fetch v13 (KIP-516) names topics by id.
+const TOPIC_ID_VERSION: i16 = 13;
+/// Bound on how long a fetch may wait, whatever the client asks.
+const MAX_WAIT_CAP: Duration = Duration::from_secs(60);
+
+/// One partition a fetch asks for, resolved against the metadata image.
+struct Wanted {
+    topic_index: usize,
+    partition_index: i32,
+    fetch_offset: i64,
+    partition_max_bytes: i32,
+    current_leader_epoch: i32,
+    partition: Result<Arc<Partition>, ResponseError>,
+}
+
+struct Plan {
+    topics: Vec<(TopicName, Uuid)>,
+    wanted: Vec<Wanted>,
+    max_bytes: usize,
+}
+
+pub(crate) async fn handle(
+    broker: &Arc<Broker>,
+    ctx: &RequestContext,
+    request: FetchRequest,
+) -> Reply<FetchResponse> {
+    let image = broker.image();
+    let mut plan = Plan { topics: Vec::new(), wanted: Vec::new(), max_bytes: request.max_bytes.max(0) as usize };
+    for topic in request.topics {
+        let name = if ctx.version() >= TOPIC_ID_VERSION {
+            image.topic_by_id(topic.topic_id).map(|(name, _)| name.to_owned())
+        } else {
+            Some(topic.topic.0.to_string())
+        };
+        let topic_index = plan.topics.len();
+        for p in topic.partitions {
+            let partition = match &name {
+                None => Err(ResponseError::UnknownTopicId),
+                Some(name) => broker
+                    .replicas
+                    .get(&TopicPartition::new(name.clone(), p.partition))
+                    .ok_or(ResponseError::UnknownTopicOrPartition),
+            };
+            plan.wanted.push(Wanted {
+                topic_index,
+                partition_index: p.partition,
+                fetch_offset: p.fetch_offset,
+                partition_max_bytes: p.partition_max_bytes,
+                current_leader_epoch: p.current_leader_epoch,
+                partition,
+            });
+        }
+        plan.topics.push((topic.topic, topic.topic_id));
+    }
+    // Subscribe before the first read so that no append between the read and the wait is missed.
+    let mut watches: Vec<watch::Receiver<Offset>> = plan
+        .wanted
+        .iter()
+        .filter_map(|w| w.partition.as_ref().ok().map(|p| p.subscribe_high_watermark()))
+        .collect();
+    let (response, bytes, errors) = read_all(&plan);
+    let min_bytes = request.min_bytes.max(0) as usize;
+    let max_wait = Duration::from_millis(request.max_wait_ms.max(0) as u64).min(MAX_WAIT_CAP);
+    if bytes >= min_bytes || max_wait.is_zero() || errors || watches.is_empty() {
+        return Reply::Now(response);
+    }
+    let deadline = Instant::now() + max_wait;
+    let broker = broker.clone();
+    Reply::Later(Box::pin(async move {
+        let mut shutdown = broker.shutdown.clone();
+        loop {
+            let changed = wait_any(&mut watches);
+            tokio::select! {
+                _ = changed => {}
+                _ = tokio::time::sleep_until(deadline) => return read_all(&plan).0,
+                _ = shutdown.wait_for(|s| *s) => return read_all(&plan).0,
+            }
+            let (response, bytes, errors) = read_all(&plan);
+            if bytes >= min_bytes || errors || Instant::now() >= deadline {
+                return response;
+            }
+        }
+    }))
+}
+
+/// Resolves when any receiver sees a new value; receivers whose partition closed are dropped
+/// (so a closed partition cannot make the wait spin).
+async fn wait_any(watches: &mut Vec<watch::Receiver<Offset>>) {
+    loop {
+        if watches.is_empty() {
+            return futures::future::pending().await;
+        }
+        let (result, index, _) =
+            futures::future::select_all(watches.iter_mut().map(|w| Box::pin(w.changed()))).await;
+        if result.is_ok() {
+            return;
+        }
+        watches.swap_remove(index);
+    }
+}
+
+/// Reads every wanted partition once. Returns the response, the record bytes in it, and
+/// whether any partition answered with an error (which ends a long poll, as in Kafka).
+fn read_all(plan: &Plan) -> (FetchResponse, usize, bool) {
+    let mut topics: Vec<FetchableTopicResponse> = plan
+        .topics
+        .iter()
+        .map(|(name, id)| FetchableTopicResponse::default().with_topic(name.clone()).with_topic_id(*id))
+        .collect();
+    let mut total = 0usize;
+    let mut any_error = false;
+    for wanted in &plan.wanted {
+        let remaining = plan.max_bytes.saturating_sub(total);
+        let budget = remaining.min(wanted.partition_max_bytes.max(0) as usize);
+        let data = read_partition(wanted, budget, total == 0);
+        if data.error_code != 0 {
+            any_error = true;
+        }
+        let size = data.records.as_ref().map(|r| r.len()).unwrap_or(0);
+        total += size;
+        topics[wanted.topic_index].partitions.push(data);
+    }
+    metrics::counter!("spate_fetch_bytes_total").increment(total as u64);
+    (FetchResponse::default().with_responses(topics), total, any_error)
+}
+
+fn read_partition(wanted: &Wanted, budget: usize, first: bool) -> PartitionData {
+    let data = PartitionData::default()
+        .with_partition_index(wanted.partition_index)
+        .with_high_watermark(-1)
+        .with_last_stable_offset(-1)
+        .with_log_start_offset(-1)
+        .with_preferred_read_replica(BrokerId(-1))
+        .with_aborted_transactions(Some(Vec::new()))
+        .with_records(Some(Bytes::new()));
+    let partition = match &wanted.partition {
+        Ok(p) => p,
+        Err(code) => return data.with_error_code(code.code()),
+    };
+    let epoch = partition.leader_epoch().0;
+    if wanted.current_leader_epoch >= 0 && wanted.current_leader_epoch != epoch {
+        let code = if wanted.current_leader_epoch < epoch {
+            ResponseError::FencedLeaderEpoch
+        } else {
+            ResponseError::UnknownLeaderEpoch
+        };
+        return data.with_error_code(code.code());
+    }
+    // KIP-74: the first partition with data returns at least one whole batch, so a batch
+    // larger than the limits never stalls a consumer.
+    let read = partition
+        .read(Offset(wanted.fetch_offset), budget, first)
+        .and_then(|read| {
+            let bytes = read.plan.load().map_err(spate_replica::ReplicaError::Log)?;
+            Ok((bytes, read.high_watermark, read.log_start_offset))
+        });
+    match read {
+        Ok((bytes, hw, log_start)) => data
+            .with_high_watermark(hw.0)
+            .with_last_stable_offset(hw.0)
+            .with_log_start_offset(log_start.0)
+            .with_records(Some(bytes)),
+        Err(e) => {
+            let code = errors::replica_error(&e);
+            if code == ResponseError::KafkaStorageError {
+                tracing::error!(partition = %partition.topic_partition(), error = %e, "fetch failed");
+            }
+            let log_start = partition.log_start_offset().map(|o| o.0).unwrap_or(-1);
+            data.with_error_code(code.code())
+                .with_high_watermark(partition.high_watermark().0)
+                .with_last_stable_offset(partition.high_watermark().0)
+                .with_log_start_offset(log_start)
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! Metadata: brokers, topics and partition leadership, with auto-creation of topics.
+
+use super::{Reply, RequestContext};
+use crate::broker::Broker;
+use crate::topics::{create_topic, topic_name, NewTopic};
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse};
+use kafka_protocol::protocol::{StrBytes, VersionRange};
+use kafka_protocol::ResponseError;
+use spate_controller::{MetadataImage, TopicImage};
+use std::sync::Arc;
+use uuid::Uuid;
+
+pub(crate) const VERSIONS: VersionRange = VersionRange { min: 0, max: 13 };
+
+/// Kafka's value for "authorized operations not requested".
+const AUTHORIZED_OPERATIONS_OMITTED: i32 = i32::MIN;
+
+pub(crate) async fn handle(
+    broker: &Arc<Broker>,
+    ctx: &RequestContext,
+    request: MetadataRequest,
+) -> Reply<MetadataResponse> {
+    // Before v4 the field did not exist and Kafka always allowed auto-creation.
+    let allow_auto_create = ctx.version() < 4 || request.allow_auto_topic_creation;
+    let mut topics = Vec::new();
+    match request.topics {
+        // v0 used an empty list to mean "all topics"; later versions use null.
+        None => topics.extend(all_topics(&broker.image())),
+        Some(list) if list.is_empty() && ctx.version() == 0 => topics.extend(all_topics(&broker.image())),
+        Some(list) => {
+            for requested in list {
+                topics.push(match requested.name {
+                    Some(name) => by_name(broker, name.0.as_str(), allow_auto_create).await,
+                    None => by_id(&broker.image(), requested.topic_id),
+                });
+            }
+        }
+    }
+    let image = broker.image();
+    let brokers = image
+        .brokers
+        .iter()
+        .map(|(id, endpoint)| {
+            MetadataResponseBroker::default()
+                .with_node_id(BrokerId(id.0))
+                .with_host(StrBytes::from_string(endpoint.host.clone()))
+                .with_port(i32::from(endpoint.port))
+                .with_rack(endpoint.rack.clone().map(StrBytes::from_string))
+        })
+        .collect();
+    let controller = image.controller_id.map(|id| id.0).unwrap_or(-1);
+    Reply::Now(
+        MetadataResponse::default()
+            .with_brokers(brokers)
+            .with_cluster_id(Some(StrBytes::from_string(broker.config.cluster_id.clone())))
+            .with_controller_id(BrokerId(controller))
+            .with_topics(topics)
+            .with_cluster_authorized_operations(AUTHORIZED_OPERATIONS_OMITTED),
+    )
+}
+
+fn all_topics(image: &MetadataImage) -> Vec<MetadataResponseTopic> {
+    image.topics.iter().map(|(name, topic)| describe(name, topic)).collect()
+}
+
+async fn by_name(broker: &Broker, name: &str, allow_auto_create: bool) -> MetadataResponseTopic {
+    if let Some(topic) = broker.image().topics.get(name) {
+        return describe(name, topic);
+    }
+    let error = if let Err(reason) = spate_types::validate_topic_name(name) {
+        tracing::debug!(topic = name, %reason, "metadata for invalid topic name");
+        ResponseError::InvalidTopicException
+    } else if allow_auto_create && broker.config.auto_create_topics {
+        let new_topic = NewTopic {
+            name: name.to_owned(),
+            partitions: -1,
+            replication_factor: -1,
+            configs: Default::default(),
+        };
+        match create_topic(broker, new_topic, false).await {
+            Ok(_) => match broker.image().topics.get(name) {
+                Some(topic) => return describe(name, topic),
+                None => ResponseError::LeaderNotAvailable,
+            },
+            // Created concurrently by another request.
+            Err(e) if e.code == ResponseError::TopicAlreadyExists => match broker.image().topics.get(name) {
+                Some(topic) => return describe(name, topic),
+                None => ResponseError::LeaderNotAvailable,
+            },
+            Err(e) => {
+                tracing::warn!(topic = name, error = %e.message, "auto-creation failed");
+                e.code
+            }
+        }
+    } else {
+        ResponseError::UnknownTopicOrPartition
+    };
+    MetadataResponseTopic::default()
+        .with_error_code(error.code())
+        .with_name(Some(topic_name(name)))
+        .with_topic_authorized_operations(AUTHORIZED_OPERATIONS_OMITTED)
+}
+
+fn by_id(image: &MetadataImage, id: Uuid) -> MetadataResponseTopic {
+    match image.topic_by_id(id) {
+        Some((name, topic)) => describe(name, topic),
+        None => MetadataResponseTopic::default()
+            .with_error_code(ResponseError::UnknownTopicId.code())
+            .with_topic_id(id)
+            .with_topic_authorized_operations(AUTHORIZED_OPERATIONS_OMITTED),
+    }
+}
+
+fn describe(name: &str, topic: &TopicImage) -> MetadataResponseTopic {
+    let partitions = topic
+        .partitions
+        .iter()
+        .enumerate()
+        .map(|(index, p)| {
+            MetadataResponsePartition::default()
+                .with_partition_index(index as i32)
+                .with_leader_id(BrokerId(p.leader.0))
+                .with_leader_epoch(p.leader_epoch.0)
+                .with_replica_nodes(p.replicas.iter().map(|r| BrokerId(r.0)).collect())
+                .with_isr_nodes(p.isr.iter().map(|r| BrokerId(r.0)).collect())
+        })
+        .collect();
+    MetadataResponseTopic::default()
+        .with_name(Some(topic_name(name)))
+        .with_topic_id(topic.topic_id)
+        .with_is_internal(name.starts_with("__"))
+        .with_partitions(partitions)
+        .with_topic_authorized_operations(AUTHORIZED_OPERATIONS_OMITTED)
+}

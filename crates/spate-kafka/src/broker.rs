@@ -1,0 +1,113 @@
+//! Shared state every request handler reaches: configuration, the controller and the replicas.
+
+use spate_controller::{Controller, MetadataImage};
+use spate_log::LogConfig;
+use spate_replica::ReplicaManager;
+use spate_types::{NodeId, ProducerId};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+use tokio::sync::watch;
+
+/// The broker settings the Kafka front end needs, named after Kafka's.
+#[derive(Clone, Debug)]
+pub struct BrokerConfig {
+    pub node_id: NodeId,
+    pub cluster_id: String,
+    /// Host and port clients are told to connect to (Metadata, DescribeCluster).
+    pub advertised_host: String,
+    pub advertised_port: u16,
+    pub rack: Option<String>,
+    /// `auto.create.topics.enable`
+    pub auto_create_topics: bool,
+    /// `num.partitions`
+    pub num_partitions: i32,
+    /// `default.replication.factor`
+    pub default_replication_factor: i16,
+    /// `socket.request.max.bytes`
+    pub request_bytes_max: usize,
+    /// `queued.max.request.bytes`: request bytes held in memory across all connections.
+    pub queued_request_bytes_max: usize,
+    /// `message.max.bytes` and the other `log.*` defaults, as topic defaults.
+    pub log_defaults: LogConfig,
+    /// `delete.topic.enable`
+    pub delete_topic_enable: bool,
+}
+
+/// Producer ids are handed out from blocks the controller allocates, so that ids stay unique
+/// across restarts without a controller round trip per producer.
+pub(crate) struct ProducerIdBlock {
+    pub next: i64,
+    pub end: i64,
+}
+
+pub struct Broker {
+    pub config: BrokerConfig,
+    pub controller: Controller,
+    pub replicas: Arc<ReplicaManager>,
+    pub(crate) producer_ids: tokio::sync::Mutex<ProducerIdBlock>,
+    /// Partitions opened from metadata, with the topic id they belong to; its lock serialises
+    /// applying metadata images to the local replicas.
+    pub(crate) hosted: Mutex<std::collections::BTreeMap<spate_types::TopicPartition, uuid::Uuid>>,
+    pub(crate) shutdown: watch::Receiver<bool>,
+    pub(crate) request_memory: Arc<tokio::sync::Semaphore>,
+}
+
+/// Request memory is accounted in KiB so that the semaphore's `u32` permits cover large limits.
+pub(crate) const MEMORY_PERMIT_BYTES: usize = 1024;
+
+impl Broker {
+    pub fn new(
+        config: BrokerConfig,
+        controller: Controller,
+        replicas: Arc<ReplicaManager>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Arc<Broker> {
+        let permits = (config.queued_request_bytes_max / MEMORY_PERMIT_BYTES).max(1);
+        Arc::new(Broker {
+            config,
+            controller,
+            replicas,
+            producer_ids: tokio::sync::Mutex::new(ProducerIdBlock { next: 0, end: 0 }),
+            hosted: Mutex::new(Default::default()),
+            shutdown,
+            request_memory: Arc::new(tokio::sync::Semaphore::new(permits)),
+        })
+    }
+
+    pub fn image(&self) -> Arc<MetadataImage> {
+        self.controller.image()
+    }
+
+    pub(crate) async fn next_producer_id(&self) -> Result<ProducerId, String> {
+        const BLOCK: i64 = 1000;
+        let mut block = self.producer_ids.lock().await;
+        if block.next >= block.end {
+            let outcome = self
+                .controller
+                .propose(spate_controller::MetadataCommand::AllocateProducerIds {
+                    node: self.config.node_id,
+                    count: BLOCK,
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            match outcome {
+                spate_controller::MetadataOutcome::ProducerIds { first, count } => {
+                    block.next = first.0;
+                    block.end = first.0 + count;
+                }
+                other => return Err(format!("producer id allocation answered {other:?}")),
+            }
+        }
+        let id = block.next;
+        block.next += 1;
+        Ok(ProducerId(id))
+    }
+
+    pub(crate) fn is_shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+}
+
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}

@@ -1,0 +1,178 @@
+//! Listener and connection tasks: framing, limits, in-order responses.
+//!
+//! A connection is read by one task and written by another. The reader decodes a frame,
+//! runs the handler's immediate part, and queues the rest (a future yielding the encoded
+//! response) on a bounded channel; the writer awaits the queued futures in order. A bad frame
+//! (negative or oversized length, unknown API key, undecodable body) closes the connection
+//! with one log line, as Kafka does.
+
+use crate::apis::{self, Pending};
+use crate::broker::{Broker, MEMORY_PERMIT_BYTES};
+use bytes::BytesMut;
+use spate_types::limits::IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+
+/// The smallest frame that can hold a request header (api key, version, correlation id).
+const FRAME_BYTES_MIN: usize = 8;
+/// How long a shutting-down broker waits for connections to answer what they have read.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepts connections until `shutdown` turns true, then waits (bounded) for every connection
+/// to answer the requests it already read.
+///
+/// Cancel safety: not cancel safe; run it as its own task and stop it through `shutdown`.
+pub async fn serve(listener: TcpListener, broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    connections.spawn(connection(stream, peer, broker.clone(), shutdown.clone()));
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            _ = shutdown.wait_for(|s| *s) => break,
+        }
+    }
+    drop(listener);
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(remaining = connections.len(), "connections did not drain in time; closing them");
+        connections.abort_all();
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum FrameError {
+    #[error("frame length {0} is negative or smaller than a request header")]
+    TooSmall(i32),
+    #[error("frame of {size} bytes exceeds socket.request.max.bytes ({max})")]
+    TooLarge { size: usize, max: usize },
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    broker: Arc<Broker>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let (read_half, write_half) = stream.into_split();
+    let (tx, rx) = mpsc::channel::<Pending>(IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX);
+    let writer = tokio::spawn(write_responses(write_half, rx, peer));
+    let mut reader = BufReader::with_capacity(64 * 1024, read_half);
+    metrics::gauge!("spate_kafka_connections").increment(1.0);
+    loop {
+        let frame = tokio::select! {
+            frame = read_frame(&mut reader, broker.config.request_bytes_max) => frame,
+            _ = shutdown.wait_for(|s| *s) => break,
+        };
+        let frame = match frame {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break,
+            Err(FrameError::Io(e)) if is_disconnect(&e) => break,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "closing connection");
+                break;
+            }
+        };
+        // Bound the request bytes held across all connections (`queued.max.request.bytes`).
+        let permits = (frame.len() / MEMORY_PERMIT_BYTES + 1) as u32;
+        let Ok(permit) = broker.request_memory.clone().acquire_many_owned(permits).await else {
+            break;
+        };
+        match apis::dispatch(&broker, frame).await {
+            Ok(Some(pending)) => {
+                let pending: Pending = Box::pin(async move {
+                    let response = pending.await;
+                    drop(permit);
+                    response
+                });
+                if tx.send(pending).await.is_err() {
+                    break;
+                }
+            }
+            Ok(None) => drop(permit),
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "closing connection");
+                break;
+            }
+        }
+    }
+    drop(tx);
+    let _ = writer.await;
+    metrics::gauge!("spate_kafka_connections").decrement(1.0);
+}
+
+fn is_disconnect(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(e.kind(), UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe)
+}
+
+/// Reads one size-prefixed frame. `Ok(None)` on a clean end of stream between frames.
+///
+/// Cancel safety: not cancel safe mid-frame; the caller drops the connection when cancelled.
+pub(crate) async fn read_frame(
+    reader: &mut (impl AsyncReadExt + Unpin),
+    max: usize,
+) -> Result<Option<BytesMut>, FrameError> {
+    let mut len = [0u8; 4];
+    match reader.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let len = i32::from_be_bytes(len);
+    let size = usize::try_from(len).map_err(|_| FrameError::TooSmall(len))?;
+    if size < FRAME_BYTES_MIN {
+        return Err(FrameError::TooSmall(len));
+    }
+    if size > max {
+        return Err(FrameError::TooLarge { size, max });
+    }
+    let mut frame = BytesMut::zeroed(size);
+    reader.read_exact(&mut frame).await?;
+    Ok(Some(frame))
+}
+
+async fn write_responses(
+    write_half: tokio::net::tcp::OwnedWriteHalf,
+    mut rx: mpsc::Receiver<Pending>,
+    peer: SocketAddr,
+) {
+    let mut writer = tokio::io::BufWriter::with_capacity(64 * 1024, write_half);
+    while let Some(pending) = rx.recv().await {
+        let response = match pending.await {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "closing connection");
+                break;
+            }
+        };
+        if writer.write_all(&response).await.is_err() {
+            break;
+        }
+        // Flush when nothing else is ready, so pipelined responses share a write.
+        if rx.is_empty() && writer.flush().await.is_err() {
+            break;
+        }
+    }
+    let _ = writer.flush().await;
+    let _ = writer.shutdown().await;
+}

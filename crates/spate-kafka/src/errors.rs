@@ -1,0 +1,58 @@
+//! Mapping of Spate's typed errors to Kafka error codes. Every `match` is exhaustive, so a new
+//! error variant must be given its wire code here.
+
+use kafka_protocol::ResponseError;
+use spate_controller::{ControllerError, MetadataError};
+use spate_log::{BatchError, ConfigError, LogError};
+use spate_replica::ReplicaError;
+
+pub(crate) fn replica_error(e: &ReplicaError) -> ResponseError {
+    match e {
+        ReplicaError::Log(e) => log_error(e),
+        ReplicaError::Closed(_) => ResponseError::NotLeaderOrFollower,
+        ReplicaError::Storage { .. } => ResponseError::KafkaStorageError,
+    }
+}
+
+pub(crate) fn log_error(e: &LogError) -> ResponseError {
+    match e {
+        LogError::Batch(b) => batch_error(b),
+        LogError::OutOfOrderSequence { .. } => ResponseError::OutOfOrderSequenceNumber,
+        LogError::InvalidProducerEpoch { .. } => ResponseError::InvalidProducerEpoch,
+        LogError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
+        LogError::Io(_) | LogError::Corrupt { .. } => ResponseError::KafkaStorageError,
+    }
+}
+
+pub(crate) fn batch_error(e: &BatchError) -> ResponseError {
+    match e {
+        BatchError::TooLarge { .. } => ResponseError::MessageTooLarge,
+        BatchError::UnsupportedMagic { .. } => ResponseError::UnsupportedForMessageFormat,
+        BatchError::CrcMismatch { .. } => ResponseError::CorruptMessage,
+        BatchError::Truncated { .. } | BatchError::InvalidLength { .. } | BatchError::Empty => {
+            ResponseError::CorruptMessage
+        }
+        BatchError::InvalidRecordCount { .. } => ResponseError::InvalidRecord,
+    }
+}
+
+pub(crate) fn metadata_error(e: &MetadataError) -> ResponseError {
+    match e {
+        MetadataError::TopicAlreadyExists(_) => ResponseError::TopicAlreadyExists,
+        MetadataError::UnknownTopic(_) => ResponseError::UnknownTopicOrPartition,
+        MetadataError::InvalidTopicName(_) => ResponseError::InvalidTopicException,
+        MetadataError::InvalidPartitions(_) => ResponseError::InvalidPartitions,
+        MetadataError::InvalidReplicationFactor(_) => ResponseError::InvalidReplicationFactor,
+    }
+}
+
+pub(crate) fn controller_error(_e: &ControllerError) -> ResponseError {
+    // Every controller failure today means the quorum cannot commit; clients retry.
+    ResponseError::NotController
+}
+
+pub(crate) fn config_error(e: &ConfigError) -> ResponseError {
+    match e {
+        ConfigError::Unknown(_) | ConfigError::Invalid { .. } => ResponseError::InvalidConfig,
+    }
+}
