@@ -6,7 +6,10 @@
 
 pub mod batch;
 pub mod config;
+pub mod epoch_cache;
 pub mod error;
+mod fsio;
+pub mod producer_state;
 
 pub use batch::{validate_batches, BatchError, BatchErrorKind, BatchHeader};
 pub use config::{ConfigError, ConfigKind, LogConfig, TopicConfigDef, TOPIC_CONFIGS};

@@ -1,0 +1,45 @@
+//! Small durable files: written to a temp file, fsynced, renamed over the target, and the
+//! directory fsynced, so a crash leaves either the old or the new content, never a mix.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::Path;
+
+pub(crate) fn write_atomic(dir: &Path, name: &str, contents: &[u8]) -> io::Result<()> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
+        f.write_all(contents)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, dir.join(name))?;
+    sync_dir(dir)
+}
+
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Reads a small file, refusing one larger than `max_bytes` rather than allocating for it.
+/// `Ok(None)` if the file does not exist.
+pub(crate) fn read_bounded(path: &Path, max_bytes: u64) -> io::Result<Option<Vec<u8>>> {
+    let f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let len = f.metadata()?.len();
+    if len > max_bytes {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{path:?} is {len} bytes, more than the {max_bytes} allowed"),
+        ));
+    }
+    let mut buf = Vec::with_capacity(len as usize);
+    f.take(max_bytes).read_to_end(&mut buf)?;
+    Ok(Some(buf))
+}
