@@ -3,7 +3,7 @@
 
 use kafka_protocol::ResponseError;
 use spate_controller::{ControllerError, MetadataError};
-use spate_log::{BatchError, ConfigError, LogError};
+use spate_log::{BatchError, BatchErrorKind, ConfigError, LogError};
 use spate_replica::ReplicaError;
 
 pub(crate) fn replica_error(e: &ReplicaError) -> ResponseError {
@@ -18,21 +18,18 @@ pub(crate) fn log_error(e: &LogError) -> ResponseError {
     match e {
         LogError::Batch(b) => batch_error(b),
         LogError::OutOfOrderSequence { .. } => ResponseError::OutOfOrderSequenceNumber,
-        LogError::InvalidProducerEpoch { .. } => ResponseError::InvalidProducerEpoch,
+        LogError::InvalidProducerEpoch => ResponseError::InvalidProducerEpoch,
         LogError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
         LogError::Io(_) | LogError::Corrupt { .. } => ResponseError::KafkaStorageError,
     }
 }
 
 pub(crate) fn batch_error(e: &BatchError) -> ResponseError {
-    match e {
-        BatchError::TooLarge { .. } => ResponseError::MessageTooLarge,
-        BatchError::UnsupportedMagic { .. } => ResponseError::UnsupportedForMessageFormat,
-        BatchError::CrcMismatch { .. } => ResponseError::CorruptMessage,
-        BatchError::Truncated { .. } | BatchError::InvalidLength { .. } | BatchError::Empty => {
-            ResponseError::CorruptMessage
-        }
-        BatchError::InvalidRecordCount { .. } => ResponseError::InvalidRecord,
+    match e.kind() {
+        BatchErrorKind::Corrupt => ResponseError::CorruptMessage,
+        BatchErrorKind::InvalidRecord => ResponseError::InvalidRecord,
+        BatchErrorKind::UnsupportedFormat => ResponseError::UnsupportedForMessageFormat,
+        BatchErrorKind::TooLarge => ResponseError::MessageTooLarge,
     }
 }
 

@@ -1,1 +1,76 @@
-fn main() {}
+//! The `spate` binary: `spate serve` runs a node.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "spate", version, about = "An event-streaming platform that speaks the Kafka protocol")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node (single-node cluster by default), data in ./spate-data.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// TOML file of settings, named as Kafka names them (e.g. "log.retention.ms" = 3600000).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Directory for metadata and partition logs (setting data.dir).
+    #[arg(long)]
+    data_dir: Option<String>,
+    /// Address of the Kafka listener (setting kafka.listen).
+    #[arg(long)]
+    kafka_listen: Option<String>,
+    /// Address of the HTTP listener for /metrics and /health (setting http.listen).
+    #[arg(long)]
+    http_listen: Option<String>,
+    /// Any setting, e.g. --set num.partitions=3 (repeatable; beats the file and environment).
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    set: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SPATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => match serve(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut overrides = Vec::new();
+    for (name, value) in [
+        ("data.dir", args.data_dir),
+        ("kafka.listen", args.kafka_listen),
+        ("http.listen", args.http_listen),
+    ] {
+        if let Some(value) = value {
+            overrides.push((name.to_owned(), value));
+        }
+    }
+    for pair in args.set {
+        let (name, value) = pair
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--set expects NAME=VALUE, got '{pair}'"))?;
+        overrides.push((name.trim().to_owned(), value.trim().to_owned()));
+    }
+    let config = spate_server::ServerConfig::load(args.config.as_deref(), std::env::vars(), &overrides)?;
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(spate_server::run(config, Some(metrics)))
+}

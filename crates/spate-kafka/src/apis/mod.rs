@@ -67,7 +67,7 @@ pub(crate) enum DispatchError {
 }
 
 macro_rules! apis {
-    ($($key:ident => $module:ident),* $(,)?) => {
+    ($($key:ident => $module:ident ($request:ty)),* $(,)?) => {
         /// The APIs this broker implements and their version ranges.
         pub(crate) const SUPPORTED: &[(ApiKey, VersionRange)] = &[$((ApiKey::$key, $module::VERSIONS)),*];
 
@@ -80,41 +80,82 @@ macro_rules! apis {
             let version = ctx.version();
             match key {
                 $(ApiKey::$key => {
-                    let request = Decodable::decode(&mut body, version).map_err(|e| {
+                    let request = <$request as Decodable>::decode(&mut body, version).map_err(|e| {
                         DispatchError::Malformed { key, version, reason: e.to_string() }
                     })?;
                     let reply = $module::handle(broker, &ctx, request).await;
                     Ok(finish(reply, key, ctx.header.correlation_id, version))
                 })*
-                other => Err(DispatchError::UnsupportedVersion {
-                    key: other,
-                    version,
-                    supported: VersionRange { min: 0, max: -1 },
-                }),
+                other => Err(unsupported(other, version)),
+            }
+        }
+
+        /// Decodes a request body exactly as [`route`] does, without handling it.
+        fn decode_body(key: ApiKey, version: i16, mut body: Bytes) -> Result<(), DispatchError> {
+            match key {
+                $(ApiKey::$key => <$request as Decodable>::decode(&mut body, version)
+                    .map(drop)
+                    .map_err(|e| DispatchError::Malformed { key, version, reason: e.to_string() }),)*
+                other => Err(unsupported(other, version)),
             }
         }
     };
 }
 
+use kafka_protocol::messages as m;
+
 apis! {
-    Produce => produce,
-    Fetch => fetch,
-    ListOffsets => list_offsets,
-    Metadata => metadata,
-    ApiVersions => api_versions,
-    CreateTopics => create_topics,
-    DeleteTopics => delete_topics,
-    DeleteRecords => delete_records,
-    InitProducerId => init_producer_id,
-    DescribeConfigs => describe_configs,
-    AlterConfigs => alter_configs,
-    CreatePartitions => create_partitions,
-    IncrementalAlterConfigs => incremental_alter_configs,
-    DescribeCluster => describe_cluster,
+    Produce => produce(m::ProduceRequest),
+    Fetch => fetch(m::FetchRequest),
+    ListOffsets => list_offsets(m::ListOffsetsRequest),
+    Metadata => metadata(m::MetadataRequest),
+    ApiVersions => api_versions(m::ApiVersionsRequest),
+    CreateTopics => create_topics(m::CreateTopicsRequest),
+    DeleteTopics => delete_topics(m::DeleteTopicsRequest),
+    DeleteRecords => delete_records(m::DeleteRecordsRequest),
+    InitProducerId => init_producer_id(m::InitProducerIdRequest),
+    DescribeConfigs => describe_configs(m::DescribeConfigsRequest),
+    AlterConfigs => alter_configs(m::AlterConfigsRequest),
+    CreatePartitions => create_partitions(m::CreatePartitionsRequest),
+    IncrementalAlterConfigs => incremental_alter_configs(m::IncrementalAlterConfigsRequest),
+    DescribeCluster => describe_cluster(m::DescribeClusterRequest),
+}
+
+fn unsupported(key: ApiKey, version: i16) -> DispatchError {
+    DispatchError::UnsupportedVersion { key, version, supported: VersionRange { min: 0, max: -1 } }
 }
 
 pub(crate) fn supported_versions(key: ApiKey) -> Option<VersionRange> {
     SUPPORTED.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
+}
+
+/// What the fixed start of every request frame says.
+struct Framing {
+    key: ApiKey,
+    version: i16,
+    correlation_id: i32,
+}
+
+/// Reads the api key, version and correlation id and checks the version is implemented.
+/// `Ok(Err(correlation_id))` means: answer with ApiVersions' unsupported-version response.
+fn check_framing(frame: &[u8]) -> Result<Result<Framing, i32>, DispatchError> {
+    if frame.len() < 8 {
+        return Err(DispatchError::Closed(format!("frame of {} bytes has no request header", frame.len())));
+    }
+    let raw_key = i16::from_be_bytes([frame[0], frame[1]]);
+    let version = i16::from_be_bytes([frame[2], frame[3]]);
+    let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+    let key = ApiKey::try_from(raw_key).map_err(|_| DispatchError::UnknownApiKey(raw_key))?;
+    let Some(supported) = supported_versions(key) else {
+        return Err(unsupported(key, version));
+    };
+    if version < supported.min || version > supported.max {
+        if key == ApiKey::ApiVersions {
+            return Ok(Err(correlation_id));
+        }
+        return Err(DispatchError::UnsupportedVersion { key, version, supported });
+    }
+    Ok(Ok(Framing { key, version, correlation_id }))
 }
 
 /// Decodes a frame's header, checks the version, and runs the handler's immediate part.
@@ -123,30 +164,29 @@ pub(crate) async fn dispatch(
     frame: BytesMut,
 ) -> Result<Option<Pending>, DispatchError> {
     let mut frame = frame.freeze();
-    // The framing layer guarantees at least 8 bytes: key, version, correlation id.
-    let raw_key = i16::from_be_bytes([frame[0], frame[1]]);
-    let version = i16::from_be_bytes([frame[2], frame[3]]);
-    let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
-    let key = ApiKey::try_from(raw_key).map_err(|_| DispatchError::UnknownApiKey(raw_key))?;
-    let Some(supported) = supported_versions(key) else {
-        return Err(DispatchError::UnsupportedVersion {
-            key,
-            version,
-            supported: VersionRange { min: 0, max: -1 },
-        });
+    let Framing { key, version, .. } = match check_framing(&frame)? {
+        Ok(framing) => framing,
+        // Kafka answers an ApiVersions it cannot parse in v0 form, so that the client can
+        // learn the supported range and retry (KIP-511).
+        Err(correlation_id) => return Ok(Some(api_versions::unsupported_version_response(correlation_id))),
     };
-    if version < supported.min || version > supported.max {
-        if key == ApiKey::ApiVersions {
-            // Kafka answers an ApiVersions it cannot parse in v0 form, so that the client can
-            // learn the supported range and retry (KIP-511).
-            return Ok(Some(api_versions::unsupported_version_response(correlation_id)));
-        }
-        return Err(DispatchError::UnsupportedVersion { key, version, supported });
-    }
     let header = RequestHeader::decode(&mut frame, key.request_header_version(version))
         .map_err(|e| DispatchError::Malformed { key, version, reason: e.to_string() })?;
     metrics::counter!("spate_kafka_requests_total", "api" => format!("{key:?}")).increment(1);
     route(broker, key, RequestContext { header }, frame).await
+}
+
+/// Decodes a request frame (without its length prefix) exactly as the broker would, without
+/// handling it: for fuzzing and tests. Returns the API key on success.
+pub fn decode_request(frame: Bytes) -> Result<ApiKey, String> {
+    let mut frame = frame;
+    let Framing { key, version, .. } = match check_framing(&frame).map_err(|e| e.to_string())? {
+        Ok(framing) => framing,
+        Err(_) => return Ok(ApiKey::ApiVersions),
+    };
+    RequestHeader::decode(&mut frame, key.request_header_version(version)).map_err(|e| e.to_string())?;
+    decode_body(key, version, frame).map_err(|e| e.to_string())?;
+    Ok(key)
 }
 
 fn finish<R: Encodable + Send + 'static>(

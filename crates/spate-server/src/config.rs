@@ -1,0 +1,288 @@
+//! Server configuration, from (lowest to highest precedence) defaults, a TOML file,
+//! `SPATE_*` environment variables and command-line overrides. Names are Kafka's where the
+//! concept is Kafka's (`auto.create.topics.enable`, `log.retention.ms`, ...).
+//!
+//! Every source is first flattened to `name → string`, then parsed once against
+//! [`BROKER_CONFIGS`], so an unknown or misspelled name is an error wherever it came from.
+
+use spate_log::LogConfig;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A broker setting: its name, default and meaning.
+pub struct BrokerConfigDef {
+    pub name: &'static str,
+    pub default: &'static str,
+    pub doc: &'static str,
+    /// The topic config this broker setting provides the default for.
+    pub topic_config: Option<&'static str>,
+}
+
+const fn def(name: &'static str, default: &'static str, doc: &'static str) -> BrokerConfigDef {
+    BrokerConfigDef { name, default, doc, topic_config: None }
+}
+
+const fn topic_default(
+    name: &'static str,
+    topic: &'static str,
+    default: &'static str,
+    doc: &'static str,
+) -> BrokerConfigDef {
+    BrokerConfigDef { name, default, doc, topic_config: Some(topic) }
+}
+
+/// Every setting `spate serve` accepts.
+pub const BROKER_CONFIGS: &[BrokerConfigDef] = &[
+    def("node.id", "1", "This node's id."),
+    def("data.dir", "./spate-data", "Directory holding metadata and partition logs."),
+    def("kafka.listen", "127.0.0.1:9092", "Address of the Kafka listener."),
+    def("http.listen", "127.0.0.1:9644", "Address of the HTTP listener (/metrics, /health)."),
+    def("advertised.host", "", "Host clients are told to connect to; empty means the Kafka listener's address."),
+    def("broker.rack", "", "Rack of this broker; empty means none."),
+    def("auto.create.topics.enable", "true", "Create a topic when a client asks for metadata of an unknown one."),
+    def("num.partitions", "1", "Partitions of an auto-created topic, and of CreateTopics asking for the default."),
+    def("default.replication.factor", "1", "Replication factor when a client asks for the default."),
+    def("delete.topic.enable", "true", "Allow DeleteTopics."),
+    def("socket.request.max.bytes", "104857600", "Largest request frame; larger frames close the connection."),
+    def("queued.max.request.bytes", "524288000", "Request bytes held in memory across all connections before reading pauses."),
+    def("log.flush.interval.ms", "1000", "Longest time an acks=0/1 write stays in the page cache before fsync."),
+    def("acks.all.fsync", "true", "Answer acks=all only after fsync. false is the relaxed mode: acknowledged once in the operating system, fsynced within log.flush.interval.ms."),
+    def("log.retention.check.interval.ms", "300000", "How often retention deletes old segments."),
+    topic_default("message.max.bytes", "max.message.bytes", "1048588", "Largest record batch accepted."),
+    topic_default("log.segment.bytes", "segment.bytes", "1073741824", "Size at which a segment is rolled."),
+    topic_default("log.roll.ms", "segment.ms", "604800000", "Age at which a segment is rolled."),
+    topic_default("log.retention.ms", "retention.ms", "604800000", "Age after which segments are deleted; -1 keeps them forever."),
+    topic_default("log.retention.bytes", "retention.bytes", "-1", "Partition size above which old segments are deleted; -1 means no limit."),
+    topic_default("log.index.interval.bytes", "index.interval.bytes", "4096", "Bytes between offset index entries."),
+    topic_default("log.cleanup.policy", "cleanup.policy", "delete", "Default cleanup policy."),
+    topic_default("min.insync.replicas", "min.insync.replicas", "1", "In-sync replicas needed for acks=all."),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("unknown setting '{name}' (from {source_name})")]
+    Unknown { name: String, source_name: String },
+    #[error("invalid value '{value}' for '{name}': {reason}")]
+    Invalid { name: String, value: String, reason: String },
+    #[error("cannot read config file {path}: {reason}")]
+    File { path: PathBuf, reason: String },
+}
+
+/// The parsed configuration of a node.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub node_id: i32,
+    pub data_dir: PathBuf,
+    pub kafka_listen: SocketAddr,
+    pub http_listen: SocketAddr,
+    pub advertised_host: Option<String>,
+    pub rack: Option<String>,
+    pub auto_create_topics: bool,
+    pub num_partitions: i32,
+    pub default_replication_factor: i16,
+    pub delete_topic_enable: bool,
+    pub request_bytes_max: usize,
+    pub queued_request_bytes_max: usize,
+    pub flush_interval: Duration,
+    pub acks_all_fsync: bool,
+    pub retention_check_interval: Duration,
+    /// Topic defaults, from the `log.*` settings.
+    pub log_defaults: LogConfig,
+    /// Every setting's effective value, for display (DescribeConfigs on the broker).
+    pub values: BTreeMap<String, String>,
+}
+
+impl ServerConfig {
+    /// Builds the configuration from a TOML file (optional), environment variables
+    /// (`SPATE_LOG_RETENTION_MS` → `log.retention.ms`) and explicit overrides (highest).
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &[(String, String)],
+    ) -> Result<ServerConfig, ConfigError> {
+        let mut values: BTreeMap<String, String> =
+            BROKER_CONFIGS.iter().map(|d| (d.name.to_owned(), d.default.to_owned())).collect();
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| ConfigError::File { path: path.to_owned(), reason: e.to_string() })?;
+            for (name, value) in parse_toml(&text)
+                .map_err(|reason| ConfigError::File { path: path.to_owned(), reason })?
+            {
+                set(&mut values, name, value, &path.display().to_string())?;
+            }
+        }
+        for (key, value) in env {
+            let Some(rest) = key.strip_prefix("SPATE_") else { continue };
+            let name = rest.to_ascii_lowercase().replace('_', ".");
+            // SPATE_LOG (the log filter) and the like are not settings.
+            if values.contains_key(&name) {
+                set(&mut values, name, value, &format!("environment variable {key}"))?;
+            }
+        }
+        for (name, value) in overrides {
+            set(&mut values, name.clone(), value.clone(), "command line")?;
+        }
+        Self::parse(values)
+    }
+
+    fn parse(values: BTreeMap<String, String>) -> Result<ServerConfig, ConfigError> {
+        let get = |name: &str| values.get(name).map(String::as_str).unwrap_or("");
+        let mut topic_defaults = BTreeMap::new();
+        for d in BROKER_CONFIGS {
+            if let Some(topic) = d.topic_config {
+                topic_defaults.insert(topic.to_owned(), get(d.name).to_owned());
+            }
+        }
+        let log_defaults = LogConfig::default().with_overrides(&topic_defaults).map_err(|e| {
+            ConfigError::Invalid { name: "log.*".into(), value: String::new(), reason: e.to_string() }
+        })?;
+        let non_empty = |name: &str| Some(get(name).to_owned()).filter(|s| !s.is_empty());
+        let config = ServerConfig {
+            node_id: parse_num(&values, "node.id", 0, i32::MAX as i64)? as i32,
+            data_dir: PathBuf::from(get("data.dir")),
+            kafka_listen: parse_addr(&values, "kafka.listen")?,
+            http_listen: parse_addr(&values, "http.listen")?,
+            advertised_host: non_empty("advertised.host"),
+            rack: non_empty("broker.rack"),
+            auto_create_topics: parse_bool(&values, "auto.create.topics.enable")?,
+            num_partitions: parse_num(&values, "num.partitions", 1, spate_types::limits::PARTITIONS_PER_TOPIC_MAX as i64)? as i32,
+            default_replication_factor: parse_num(&values, "default.replication.factor", 1, i16::MAX as i64)? as i16,
+            delete_topic_enable: parse_bool(&values, "delete.topic.enable")?,
+            request_bytes_max: parse_num(&values, "socket.request.max.bytes", 1024, spate_types::limits::FRAME_BYTES_MAX as i64)? as usize,
+            queued_request_bytes_max: parse_num(&values, "queued.max.request.bytes", 1 << 20, i64::MAX)? as usize,
+            flush_interval: Duration::from_millis(parse_num(&values, "log.flush.interval.ms", 1, i64::MAX)? as u64),
+            acks_all_fsync: parse_bool(&values, "acks.all.fsync")?,
+            retention_check_interval: Duration::from_millis(parse_num(&values, "log.retention.check.interval.ms", 1, i64::MAX)? as u64),
+            log_defaults,
+            values,
+        };
+        Ok(config)
+    }
+}
+
+fn set(values: &mut BTreeMap<String, String>, name: String, value: String, source_name: &str) -> Result<(), ConfigError> {
+    if !values.contains_key(&name) {
+        return Err(ConfigError::Unknown { name, source_name: source_name.to_owned() });
+    }
+    values.insert(name, value);
+    Ok(())
+}
+
+/// Flattens a TOML document to dotted names: `"log.retention.ms" = 1000` and
+/// `[log.retention] ms = 1000` both give `log.retention.ms`.
+fn parse_toml(text: &str) -> Result<Vec<(String, String)>, String> {
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| e.to_string())?;
+    let mut out = Vec::new();
+    flatten("", &toml::Value::Table(table), &mut out)?;
+    Ok(out)
+}
+
+fn flatten(prefix: &str, value: &toml::Value, out: &mut Vec<(String, String)>) -> Result<(), String> {
+    match value {
+        toml::Value::Table(table) => {
+            for (key, value) in table {
+                let name = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+                flatten(&name, value, out)?;
+            }
+        }
+        toml::Value::String(s) => out.push((prefix.to_owned(), s.clone())),
+        toml::Value::Integer(i) => out.push((prefix.to_owned(), i.to_string())),
+        toml::Value::Boolean(b) => out.push((prefix.to_owned(), b.to_string())),
+        toml::Value::Float(f) => out.push((prefix.to_owned(), f.to_string())),
+        other => return Err(format!("'{prefix}': unsupported value {other}")),
+    }
+    Ok(())
+}
+
+fn invalid(name: &str, value: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { name: name.to_owned(), value: value.to_owned(), reason: reason.into() }
+}
+
+fn parse_num(values: &BTreeMap<String, String>, name: &str, min: i64, max: i64) -> Result<i64, ConfigError> {
+    let raw = values.get(name).map(String::as_str).unwrap_or("");
+    let n: i64 = raw.trim().parse().map_err(|_| invalid(name, raw, "not an integer"))?;
+    if n < min || n > max {
+        return Err(invalid(name, raw, format!("must be between {min} and {max}")));
+    }
+    Ok(n)
+}
+
+fn parse_bool(values: &BTreeMap<String, String>, name: &str) -> Result<bool, ConfigError> {
+    let raw = values.get(name).map(String::as_str).unwrap_or("");
+    match raw.trim().to_ascii_lowercase().as_str() {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(invalid(name, raw, "must be true or false")),
+    }
+}
+
+fn parse_addr(values: &BTreeMap<String, String>, name: &str) -> Result<SocketAddr, ConfigError> {
+    let raw = values.get(name).map(String::as_str).unwrap_or("");
+    // Accept Kafka's listener form too: PLAINTEXT://host:port.
+    let addr = raw.strip_prefix("PLAINTEXT://").unwrap_or(raw);
+    addr.parse().map_err(|_| invalid(name, raw, "expected host:port with an IP address, e.g. 127.0.0.1:9092"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(file: Option<&str>, env: &[(&str, &str)], over: &[(&str, &str)]) -> Result<ServerConfig, ConfigError> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("spate.toml");
+        if let Some(text) = file {
+            std::fs::write(&path, text).expect("write");
+        }
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        let over: Vec<_> = over.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        ServerConfig::load(file.map(|_| path.as_path()), env, &over)
+    }
+
+    #[test]
+    fn defaults_are_kafkas() {
+        let c = load(None, &[], &[]).expect("defaults");
+        assert!(c.auto_create_topics);
+        assert_eq!(c.num_partitions, 1);
+        assert_eq!(c.request_bytes_max, 104_857_600);
+        assert_eq!(c.kafka_listen.to_string(), "127.0.0.1:9092");
+        assert_eq!(c.http_listen.to_string(), "127.0.0.1:9644");
+        assert_eq!(c.data_dir, PathBuf::from("./spate-data"));
+        assert_eq!(c.log_defaults.retention_ms, 604_800_000);
+        assert!(c.acks_all_fsync);
+    }
+
+    #[test]
+    fn precedence_is_flag_over_env_over_file() {
+        let file = "\"num.partitions\" = 3\n\"log.retention.ms\" = 1000\n[auto.create.topics]\nenable = false\n";
+        let c = load(Some(file), &[("SPATE_NUM_PARTITIONS", "4")], &[]).expect("file+env");
+        assert_eq!(c.num_partitions, 4, "env beats file");
+        assert_eq!(c.log_defaults.retention_ms, 1000, "file applies to topic defaults");
+        assert!(!c.auto_create_topics, "nested tables flatten to dotted names");
+        let c = load(Some(file), &[("SPATE_NUM_PARTITIONS", "4")], &[("num.partitions", "5")]).expect("all");
+        assert_eq!(c.num_partitions, 5, "flag beats env");
+    }
+
+    #[test]
+    fn unknown_and_invalid_settings_are_clear_errors() {
+        let e = load(Some("\"num.partitons\" = 3"), &[], &[]).expect_err("typo");
+        assert!(e.to_string().contains("num.partitons"), "{e}");
+        let e = load(None, &[], &[("num.partitions", "-2")]).expect_err("negative");
+        assert!(e.to_string().contains("between"), "{e}");
+        let e = load(None, &[], &[("auto.create.topics.enable", "yes")]).expect_err("bool");
+        assert!(e.to_string().contains("true or false"), "{e}");
+        let e = load(None, &[], &[("kafka.listen", "nowhere")]).expect_err("addr");
+        assert!(e.to_string().contains("host:port"), "{e}");
+        let e = load(Some("this is = = not toml"), &[], &[]).expect_err("toml");
+        assert!(matches!(e, ConfigError::File { .. }), "{e}");
+        // Environment variables that are not settings are ignored (SPATE_LOG is the log filter).
+        assert!(load(None, &[("SPATE_LOG", "debug")], &[]).is_ok());
+    }
+
+    #[test]
+    fn kafka_listener_syntax_is_accepted() {
+        let c = load(None, &[], &[("kafka.listen", "PLAINTEXT://127.0.0.1:19092")]).expect("listener");
+        assert_eq!(c.kafka_listen.port(), 19092);
+    }
+}

@@ -1,0 +1,209 @@
+//! A node's lifecycle: start in dependency order, serve, shut down cleanly.
+//!
+//! Start: data dir and `meta.properties` (cluster id) → bind listeners → controller (Raft)
+//! → replicas recovered from the metadata image → Kafka and HTTP serving.
+//! Shutdown (SIGINT/SIGTERM): stop accepting, answer requests already read, fsync every
+//! partition, stop the controller.
+
+use crate::config::ServerConfig;
+use crate::http;
+use anyhow::Context;
+use metrics_exporter_prometheus::PrometheusHandle;
+use spate_controller::{BrokerEndpoint, Controller};
+use spate_kafka::{Broker, BrokerConfig};
+use spate_replica::{FlushPolicy, ReplicaManager};
+use spate_types::NodeId;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// A running node.
+pub struct Node {
+    pub broker: Arc<Broker>,
+    pub kafka_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    kafka_task: JoinHandle<()>,
+}
+
+impl Node {
+    /// Starts a node. Returns once both listeners accept connections.
+    pub async fn start(config: ServerConfig, metrics: Option<PrometheusHandle>) -> anyhow::Result<Node> {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+        let cluster_id = load_cluster_id(&config.data_dir, config.node_id)?;
+        let kafka_listener = TcpListener::bind(config.kafka_listen)
+            .await
+            .with_context(|| format!("cannot listen for Kafka clients on {}", config.kafka_listen))?;
+        let http_listener = TcpListener::bind(config.http_listen)
+            .await
+            .with_context(|| format!("cannot listen for HTTP on {}", config.http_listen))?;
+        let kafka_addr = kafka_listener.local_addr()?;
+        let http_addr = http_listener.local_addr()?;
+        let advertised_host = config.advertised_host.clone().unwrap_or_else(|| kafka_addr.ip().to_string());
+
+        let node_id = NodeId(config.node_id);
+        let endpoint = BrokerEndpoint { host: advertised_host.clone(), port: kafka_addr.port(), rack: config.rack.clone() };
+        let controller = Controller::open(&config.data_dir.join("metadata"), node_id, endpoint)
+            .await
+            .context("cannot start the controller")?;
+
+        let policy = FlushPolicy { interval: config.flush_interval, fsync_acks_all: config.acks_all_fsync };
+        let replicas = Arc::new(ReplicaManager::new(config.data_dir.join("logs"), policy));
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let broker = Broker::new(
+            BrokerConfig {
+                node_id,
+                cluster_id,
+                advertised_host,
+                advertised_port: kafka_addr.port(),
+                rack: config.rack.clone(),
+                auto_create_topics: config.auto_create_topics,
+                num_partitions: config.num_partitions,
+                default_replication_factor: config.default_replication_factor,
+                request_bytes_max: config.request_bytes_max,
+                queued_request_bytes_max: config.queued_request_bytes_max,
+                log_defaults: config.log_defaults.clone(),
+                delete_topic_enable: config.delete_topic_enable,
+            },
+            controller,
+            replicas.clone(),
+            shutdown_rx.clone(),
+        );
+        spate_kafka::sync_metadata_at_start(&broker);
+
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(spate_kafka::follow_metadata(broker.clone())));
+        tasks.push(tokio::spawn(retention(replicas.clone(), config.retention_check_interval, shutdown_rx.clone())));
+        let router = http::router(http::HttpState { broker: broker.clone(), metrics });
+        let mut http_shutdown = shutdown_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            let serve = axum::serve(http_listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = http_shutdown.wait_for(|s| *s).await;
+                });
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        }));
+        let kafka_task = tokio::spawn(spate_kafka::serve(kafka_listener, broker.clone(), shutdown_rx));
+        tracing::info!("Kafka listener on {kafka_addr} (advertised as {}:{})", broker.config.advertised_host, kafka_addr.port());
+        tracing::info!("HTTP listener on {http_addr} (/metrics, /health)");
+        Ok(Node { broker, kafka_addr, http_addr, shutdown, tasks, kafka_task })
+    }
+
+    /// Stops the node: answers in-flight requests, fsyncs every partition, stops Raft.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let _ = self.shutdown.send(true);
+        let _ = self.kafka_task.await;
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        let failures = self.broker.replicas.close_all();
+        for (tp, e) in &failures {
+            tracing::error!(partition = %tp, error = %e, "failed to flush partition at shutdown");
+        }
+        self.broker.controller.shutdown().await.context("controller shutdown failed")?;
+        anyhow::ensure!(failures.is_empty(), "{} partitions failed to flush", failures.len());
+        Ok(())
+    }
+}
+
+/// Runs a node until SIGINT or SIGTERM, then shuts it down cleanly.
+pub async fn run(config: ServerConfig, metrics: Option<PrometheusHandle>) -> anyhow::Result<()> {
+    let node = Node::start(config, metrics).await?;
+    wait_for_signal().await?;
+    tracing::info!("shutting down");
+    node.shutdown().await?;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+/// Deletes segments past retention, in the background so produce never waits on it.
+async fn retention(replicas: Arc<ReplicaManager>, interval: std::time::Duration, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+        for partition in replicas.all() {
+            if let Err(e) = partition.with_log(|log| log.apply_retention(now)) {
+                tracing::warn!(partition = %partition.topic_partition(), error = %e, "retention failed");
+            }
+        }
+    }
+}
+
+/// Reads (or creates) `meta.properties`, Kafka's file naming the cluster and node a data
+/// directory belongs to; a directory of another node is refused rather than mixed.
+fn load_cluster_id(data_dir: &Path, node_id: i32) -> anyhow::Result<String> {
+    let path = data_dir.join("meta.properties");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let field = |key: &str| {
+                text.lines().find_map(|l| l.strip_prefix(key).and_then(|v| v.strip_prefix('='))).map(str::trim)
+            };
+            let stored_node = field("node.id").and_then(|v| v.parse::<i32>().ok());
+            anyhow::ensure!(
+                stored_node == Some(node_id),
+                "{} belongs to node {:?}, not node {node_id}",
+                path.display(),
+                stored_node
+            );
+            field("cluster.id")
+                .map(str::to_owned)
+                .with_context(|| format!("{} has no cluster.id", path.display()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let cluster_id = new_cluster_id();
+            let text = format!("version=1\ncluster.id={cluster_id}\nnode.id={node_id}\n");
+            write_durably(&path, text.as_bytes())?;
+            Ok(cluster_id)
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// Kafka cluster ids are 16 random bytes in URL-safe base64 without padding.
+fn new_cluster_id() -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let bytes = uuid::Uuid::new_v4().into_bytes();
+    let mut bits: u128 = u128::from_be_bytes(bytes);
+    let mut out = String::with_capacity(22);
+    for _ in 0..22 {
+        out.push(ALPHABET[(bits & 63) as usize] as char);
+        bits >>= 6;
+    }
+    out
+}
+
+/// temp file + fsync + rename + fsync of the directory.
+fn write_durably(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
