@@ -1,0 +1,382 @@
+//! Durable Raft log and vote: one append-only journal file, `raft-log`, under the controller dir.
+//!
+//! Every change to the log store is a CRC-framed JSON [`Record`] appended to the journal; opening
+//! replays the journal into memory (entries, vote, committed, last purged id). A torn or corrupt
+//! tail (a crash mid-append) is cut off at the last intact frame and fsynced away before Raft
+//! starts. `purge` rewrites the journal to just the live state with the temp + fsync + rename +
+//! fsync-dir dance, which is also what keeps the file from growing without bound: openraft purges
+//! after each snapshot (every `snapshot_every_entries` applied entries).
+//!
+//! Openraft's storage obligations (`RaftLogStorage`, `RaftLogReader`) and how they are met:
+//! - **Vote is durable before `save_vote` returns**: the record is written and fdatasynced first,
+//!   and only then made visible to readers.
+//! - **Appended entries are readable when `append` returns and durable when the callback fires**:
+//!   entries go into memory, then the write + fdatasync runs on the blocking pool, then the
+//!   callback is invoked, all before `append` returns.
+//! - **All writes are serialized**: openraft calls the `&mut self` methods one at a time and each
+//!   awaits its own fsync before returning, so no later write can overtake an earlier one; replay
+//!   applies records in file order.
+//! - **No holes**: `append` refuses an entry that does not follow the last one; `truncate_after`
+//!   only removes a suffix and `purge` only a prefix; replay checks contiguity again.
+//! - **`save_committed` is implemented** so a restart re-applies the log up to the last commit
+//!   right away. Its record is written without an fsync of its own: losing it only makes the
+//!   restart re-apply less, and any later fsynced write makes it durable too.
+//! - After a failed write the journal refuses further writes (its tail may be torn); openraft
+//!   treats the error as fatal, and the next open truncates the torn tail.
+
+use super::{io_err, Entry, LogId, TypeConfig, Vote};
+use crate::fsio;
+use openraft::entry::RaftEntry;
+use openraft::storage::{IOFlushed, RaftLogStorage};
+use openraft::{LogState, OptionalSend, RaftLogReader};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::ops::{Bound, RangeBounds};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+pub(crate) const JOURNAL_FILE: &str = "raft-log";
+
+/// One change to the log store, as written to the journal.
+#[derive(Debug, Serialize, Deserialize)]
+enum Record {
+    Vote(Vote),
+    Committed(Option<LogId>),
+    Entry(Entry),
+    TruncateAfter(Option<LogId>),
+    Purge(LogId),
+}
+
+/// The log store state, rebuilt from the journal at open.
+#[derive(Debug, Default)]
+struct MemLog {
+    vote: Option<Vote>,
+    committed: Option<LogId>,
+    last_purged: Option<LogId>,
+    entries: BTreeMap<u64, Entry>,
+}
+
+impl MemLog {
+    fn last_log_id(&self) -> Option<LogId> {
+        self.entries
+            .values()
+            .next_back()
+            .map(|e| e.log_id())
+            .or(self.last_purged)
+    }
+
+    fn next_index(&self) -> u64 {
+        self.last_log_id().map_or(0, |id| id.index() + 1)
+    }
+
+    fn push(&mut self, entry: Entry) -> io::Result<()> {
+        let index = entry.index();
+        let expected = self.next_index();
+        if index != expected {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "log entry {index} does not follow the log end (next index {expected}): a hole"
+                ),
+            ));
+        }
+        self.entries.insert(index, entry);
+        Ok(())
+    }
+
+    fn truncate_after(&mut self, last: Option<&LogId>) {
+        let from = last.map_or(0, |id| id.index() + 1);
+        self.entries.split_off(&from);
+    }
+
+    fn purge(&mut self, upto: LogId) {
+        self.entries = self.entries.split_off(&(upto.index() + 1));
+        if self.last_purged.as_ref().is_none_or(|p| *p < upto) {
+            self.last_purged = Some(upto);
+        }
+    }
+
+    fn replay(&mut self, record: Record) -> io::Result<()> {
+        match record {
+            Record::Vote(v) => self.vote = Some(v),
+            Record::Committed(c) => self.committed = c,
+            Record::Entry(e) => self.push(e)?,
+            Record::TruncateAfter(last) => self.truncate_after(last.as_ref()),
+            Record::Purge(upto) => self.purge(upto),
+        }
+        Ok(())
+    }
+
+    fn range<RB: RangeBounds<u64>>(&self, range: RB) -> Vec<Entry> {
+        let start = match range.start_bound() {
+            Bound::Included(&s) => s,
+            Bound::Excluded(&s) => s.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let end_exclusive = match range.end_bound() {
+            Bound::Included(&e) => e.saturating_add(1),
+            Bound::Excluded(&e) => e,
+            Bound::Unbounded => u64::MAX,
+        };
+        if start >= end_exclusive {
+            return Vec::new();
+        }
+        self.entries
+            .range(start..end_exclusive)
+            .map(|(_, e)| e.clone())
+            .collect()
+    }
+
+    /// The journal that reproduces this state, for compaction.
+    fn to_records(&self) -> Vec<Record> {
+        let mut records = Vec::with_capacity(self.entries.len() + 3);
+        records.extend(self.vote.map(Record::Vote));
+        records.extend(self.last_purged.map(Record::Purge));
+        records.extend(self.entries.values().cloned().map(Record::Entry));
+        records.push(Record::Committed(self.committed));
+        records
+    }
+}
+
+/// The open journal file. `file` is `None` after a failed write.
+#[derive(Debug)]
+struct Journal {
+    dir: PathBuf,
+    path: PathBuf,
+    file: Option<File>,
+}
+
+impl Journal {
+    fn file(&mut self) -> io::Result<&mut File> {
+        self.file.as_mut().ok_or_else(|| {
+            io::Error::other("the raft log journal failed an earlier write; restart the controller")
+        })
+    }
+
+    fn append(&mut self, buf: &[u8], sync: bool) -> io::Result<()> {
+        let file = self.file()?;
+        let result = file
+            .write_all(buf)
+            .and_then(|()| if sync { file.sync_data() } else { Ok(()) });
+        if result.is_err() {
+            self.file = None;
+        }
+        result
+    }
+
+    /// Replaces the journal with `buf` atomically and reopens it for appending.
+    fn rewrite(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.file()?;
+        self.file = None;
+        fsio::write_atomic(&self.path, buf)?;
+        self.file = Some(OpenOptions::new().append(true).open(&self.path)?);
+        fsio::fsync_dir(&self.dir)
+    }
+}
+
+fn encode(records: &[Record]) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    for record in records {
+        let payload =
+            serde_json::to_vec(record).map_err(|e| io_err("encoding a raft log record", e))?;
+        fsio::encode_frame(&payload, &mut buf)?;
+    }
+    Ok(buf)
+}
+
+fn lock<T>(m: &Mutex<T>) -> io::Result<MutexGuard<'_, T>> {
+    m.lock()
+        .map_err(|_| io::Error::other("raft log store lock poisoned by an earlier panic"))
+}
+
+/// What opening found, for the operator's log.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Recovery {
+    pub(crate) records: usize,
+    pub(crate) torn_tail_bytes: u64,
+}
+
+/// The Raft log store handed to openraft.
+#[derive(Debug)]
+pub(crate) struct LogStore {
+    mem: Arc<Mutex<MemLog>>,
+    journal: Arc<Mutex<Journal>>,
+}
+
+/// Read-only view used by openraft's replication tasks.
+#[derive(Debug, Clone)]
+pub(crate) struct LogReader {
+    mem: Arc<Mutex<MemLog>>,
+}
+
+impl LogStore {
+    /// Opens (creating if needed) the journal in `dir`, dropping a torn tail.
+    pub(crate) fn open(dir: &Path) -> io::Result<(LogStore, Recovery)> {
+        let path = dir.join(JOURNAL_FILE);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&path)?;
+        let buf = {
+            let mut buf = Vec::new();
+            io::Read::read_to_end(&mut file, &mut buf)?;
+            buf
+        };
+        let (frames, intact) = fsio::decode_frames(&buf);
+        let mut mem = MemLog::default();
+        for (i, payload) in frames.iter().enumerate() {
+            let record: Record = serde_json::from_slice(payload).map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "{}: record {i} has a valid CRC but cannot be decoded: {e}",
+                        path.display()
+                    ),
+                )
+            })?;
+            mem.replay(record)?;
+        }
+        let torn_tail_bytes = (buf.len() - intact) as u64;
+        if torn_tail_bytes > 0 {
+            file.set_len(intact as u64)?;
+            file.sync_all()?;
+        }
+        fsio::fsync_dir(dir)?;
+        let recovery = Recovery {
+            records: frames.len(),
+            torn_tail_bytes,
+        };
+        let journal = Journal {
+            dir: dir.to_owned(),
+            path,
+            file: Some(file),
+        };
+        Ok((
+            LogStore {
+                mem: Arc::new(Mutex::new(mem)),
+                journal: Arc::new(Mutex::new(journal)),
+            },
+            recovery,
+        ))
+    }
+
+    async fn write(&self, records: Vec<Record>, sync: bool) -> io::Result<()> {
+        let buf = encode(&records)?;
+        let journal = self.journal.clone();
+        tokio::task::spawn_blocking(move || lock(&journal)?.append(&buf, sync))
+            .await
+            .map_err(|e| io_err("raft log write task", e))?
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogReader {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, io::Error> {
+        Ok(lock(&self.mem)?.range(range))
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
+        Ok(lock(&self.mem)?.vote)
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, io::Error> {
+        Ok(lock(&self.mem)?.range(range))
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
+        Ok(lock(&self.mem)?.vote)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogReader;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
+        let mem = lock(&self.mem)?;
+        Ok(LogState {
+            last_purged_log_id: mem.last_purged,
+            last_log_id: mem.last_log_id(),
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        LogReader {
+            mem: self.mem.clone(),
+        }
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
+        self.write(vec![Record::Vote(*vote)], true).await?;
+        lock(&self.mem)?.vote = Some(*vote);
+        Ok(())
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
+        self.write(vec![Record::Committed(committed)], false)
+            .await?;
+        lock(&self.mem)?.committed = committed;
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
+        Ok(lock(&self.mem)?.committed)
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: IOFlushed<TypeConfig>,
+    ) -> Result<(), io::Error>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let records = {
+            let mut mem = lock(&self.mem)?;
+            for entry in &entries {
+                mem.push(entry.clone())?;
+            }
+            entries.into_iter().map(Record::Entry).collect()
+        };
+        match self.write(records, true).await {
+            Ok(()) => {
+                callback.io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                callback.io_completed(Err(io::Error::new(e.kind(), e.to_string())));
+                Err(e)
+            }
+        }
+    }
+
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
+        lock(&self.mem)?.truncate_after(last_log_id.as_ref());
+        self.write(vec![Record::TruncateAfter(last_log_id)], true)
+            .await
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
+        let buf = {
+            let mut mem = lock(&self.mem)?;
+            mem.purge(log_id);
+            encode(&mem.to_records())?
+        };
+        let journal = self.journal.clone();
+        tokio::task::spawn_blocking(move || lock(&journal)?.rewrite(&buf))
+            .await
+            .map_err(|e| io_err("raft log compaction task", e))?
+    }
+}

@@ -1,0 +1,58 @@
+//! The openraft glue: type configuration, Raft timing, and node id conversion.
+//!
+//! Nothing from openraft leaves this crate. Raft node ids are `u64`; Spate's `NodeId(i32)` maps
+//! onto them one-to-one for the non-negative ids Kafka allows.
+
+pub(crate) mod log_store;
+pub(crate) mod network;
+pub(crate) mod state_machine;
+
+use crate::metadata::{MetadataCommand, MetadataOutcome};
+use spate_types::NodeId;
+
+openraft::declare_raft_types!(
+    /// Raft types of the controller quorum.
+    pub(crate) TypeConfig:
+        D = MetadataCommand,
+        // `None` for blank and membership entries, which carry no command.
+        R = Option<MetadataOutcome>,
+        NodeId = u64,
+        Node = openraft::BasicNode,
+        Term = u64,
+        LeaderId = openraft::impls::leader_id_adv::LeaderId<u64, u64>,
+);
+
+pub(crate) type RaftNodeId = u64;
+pub(crate) type Entry = <TypeConfig as openraft::RaftTypeConfig>::Entry;
+pub(crate) type Vote = <TypeConfig as openraft::RaftTypeConfig>::Vote;
+pub(crate) type LeaderId = openraft::impls::leader_id_adv::LeaderId<u64, u64>;
+pub(crate) type LogId = openraft::LogId<LeaderId>;
+pub(crate) type StoredMembership =
+    openraft::StoredMembership<LeaderId, RaftNodeId, openraft::BasicNode>;
+pub(crate) type SnapshotMeta = openraft::SnapshotMeta<LeaderId, RaftNodeId, openraft::BasicNode>;
+pub(crate) type Raft = openraft::Raft<TypeConfig, state_machine::StateMachine>;
+
+/// Leader heartbeat period. Openraft ticks every `heartbeat_interval * 13 / 64` ms (about 100 ms
+/// here), which is the only idle wake-up; a single voter sends no heartbeats at all.
+pub(crate) const HEARTBEAT_INTERVAL_MS: u64 = 500;
+/// Election timeouts for the multi-voter future. A restarted single voter does not wait for them:
+/// `Controller::open` triggers its election at once.
+pub(crate) const ELECTION_TIMEOUT_MIN_MS: u64 = 1500;
+pub(crate) const ELECTION_TIMEOUT_MAX_MS: u64 = 3000;
+
+const _: () = assert!(HEARTBEAT_INTERVAL_MS < ELECTION_TIMEOUT_MIN_MS);
+const _: () = assert!(ELECTION_TIMEOUT_MIN_MS < ELECTION_TIMEOUT_MAX_MS);
+
+/// `None` for negative ids, which Kafka never assigns to a node.
+pub(crate) fn raft_id(node: NodeId) -> Option<RaftNodeId> {
+    u64::try_from(node.0).ok()
+}
+
+/// `None` for ids that did not come from [`raft_id`].
+pub(crate) fn spate_id(id: RaftNodeId) -> Option<NodeId> {
+    i32::try_from(id).ok().map(NodeId)
+}
+
+pub(crate) fn io_err(context: impl std::fmt::Display, e: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::other(format!("{context}: {e}"))
+}
