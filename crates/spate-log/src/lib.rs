@@ -2,15 +2,29 @@
 //!
 //! A partition is a directory of segments (log file + sparse offset index + time index) holding
 //! Kafka v2 record batches exactly as producers sent them, with offsets and leader epoch
-//! assigned by the leader. See [`PartitionLog`] for the contract callers rely on.
+//! assigned by the leader, plus three small checkpoint files (log start offset, leader epochs,
+//! producer state snapshots). See [`PartitionLog`] for the contract callers rely on.
 
 pub mod batch;
 pub mod config;
 pub mod epoch_cache;
 pub mod error;
 mod fsio;
+pub mod log;
 pub mod producer_state;
+mod segment;
 
-pub use batch::{validate_batches, BatchError, BatchErrorKind, BatchHeader};
-pub use config::{ConfigError, ConfigKind, LogConfig, TopicConfigDef, TOPIC_CONFIGS};
+pub use batch::{
+    set_base_offset, set_partition_leader_epoch, validate_batches, BatchError, BatchErrorKind,
+    BatchHeader,
+};
+pub use config::{
+    ConfigError, ConfigKind, LogConfig, TimestampType, TopicConfigDef, TOPIC_CONFIGS,
+};
+pub use epoch_cache::EpochCache;
 pub use error::LogError;
+pub use log::{AppendInfo, AppendOutcome, PartitionLog, ReadPlan, RetentionOutcome, SyncTarget};
+pub use producer_state::{BatchMetadata, ProducerEntry, ProducerStateManager};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,1066 @@
+//! [`PartitionLog`]: one partition's log on local disk.
+//!
+//! Contract for callers:
+//! - Single owner. The caller wraps the log in a mutex; every method is short. The only
+//!   fsyncs on the write path happen when a segment rolls.
+//! - When [`PartitionLog::append`] returns, the batches are in the OS page cache (they survive
+//!   the process being killed) but not necessarily on disk. Durability comes from the flusher:
+//!   take a [`SyncTarget`], fsync it outside the lock, then [`PartitionLog::mark_flushed`].
+//!   Everything below [`PartitionLog::flushed_offset`] survives power loss.
+//! - Reads are planned under the lock ([`PartitionLog::plan_read`]) and executed outside it
+//!   ([`ReadPlan::load`]); a plan keeps its segment file open, so retention or truncation
+//!   running meanwhile is safe. A batch that fails its CRC is never served.
+//! - Recovery scans only the active segment (rolled segments were fsynced at roll), truncates
+//!   it at the first torn or corrupt byte, and rebuilds its indexes.
+
+use crate::batch::{set_base_offset, set_partition_leader_epoch, validate_batches, BatchHeader};
+use crate::config::LogConfig;
+use crate::epoch_cache::EpochCache;
+use crate::error::LogError;
+use crate::fsio;
+use crate::producer_state::{ProducerStateManager, Staged};
+use crate::segment::{
+    append_index_entries, index_bytes, scan, write_index_files, IndexBuilder, Segment,
+    SegmentIndex, INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX,
+};
+use bytes::Bytes;
+use spate_types::limits::BATCH_BYTES_MAX;
+use spate_types::{LeaderEpoch, Offset};
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+const LOG_START_CHECKPOINT: &str = "log-start-offset-checkpoint";
+/// Decoding a compressed batch allocates per record; refuse batches claiming more than this.
+const DECODE_RECORDS_MAX: i32 = 1 << 20;
+/// The smallest encoding of a v2 record (length, attributes, timestamp delta, offset delta,
+/// key length, value length, header count: one byte each).
+const RECORD_BYTES_MIN: usize = 7;
+
+/// What an append wrote (or, for a duplicate, what the original write was).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AppendInfo {
+    pub base_offset: Offset,
+    pub last_offset: Offset,
+    pub max_timestamp: i64,
+    pub batch_count: usize,
+    pub bytes: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AppendOutcome {
+    Appended(AppendInfo),
+    /// An idempotent producer's retry of batches already in the log; nothing was written.
+    Duplicate(AppendInfo),
+}
+
+/// A read to perform outside the caller's lock: whole batches at `position..position+len`.
+#[derive(Clone, Debug)]
+pub struct ReadPlan {
+    file: Option<Arc<File>>,
+    path: PathBuf,
+    position: u64,
+    length: usize,
+}
+
+impl ReadPlan {
+    fn empty() -> ReadPlan {
+        ReadPlan {
+            file: None,
+            path: PathBuf::new(),
+            position: 0,
+            length: 0,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.length == 0
+    }
+
+    pub fn len(&self) -> usize {
+        self.length
+    }
+
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+
+    /// Reads the planned bytes and verifies every batch's framing and CRC.
+    pub fn load(&self) -> Result<Bytes, LogError> {
+        let Some(file) = &self.file else {
+            return Ok(Bytes::new());
+        };
+        let mut buf = vec![0u8; self.length];
+        file.read_exact_at(&mut buf, self.position)?;
+        let mut pos = 0;
+        while pos < buf.len() {
+            let h = crate::batch::check_batch(&buf[pos..], BATCH_BYTES_MAX).map_err(|e| {
+                LogError::Corrupt {
+                    path: self.path.clone(),
+                    position: self.position + pos as u64,
+                    reason: e.to_string(),
+                }
+            })?;
+            pos += h.total_bytes();
+        }
+        Ok(Bytes::from(buf))
+    }
+}
+
+/// Files to fsync so that everything below `offset` is durable.
+#[derive(Clone, Debug)]
+pub struct SyncTarget {
+    pub files: Vec<Arc<File>>,
+    pub offset: Offset,
+}
+
+impl SyncTarget {
+    /// fsyncs the files. Safe while appends continue on the same files.
+    pub fn sync(&self) -> io::Result<()> {
+        for f in &self.files {
+            f.sync_data()?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RetentionOutcome {
+    pub segments_deleted: usize,
+    pub bytes_deleted: u64,
+    pub log_start_offset: Offset,
+}
+
+/// State of the segment taking writes.
+struct Active {
+    index: SegmentIndex,
+    builder: IndexBuilder,
+    offset_index: Arc<File>,
+    time_index: Arc<File>,
+    /// When the segment's age started counting, for `segment.ms`.
+    roll_base_ms: Option<i64>,
+    /// An index write failed; the files are rewritten from memory at the next roll or flush.
+    index_files_stale: bool,
+}
+
+/// One partition's log. See the module docs for the contract.
+pub struct PartitionLog {
+    dir: PathBuf,
+    config: LogConfig,
+    /// By base offset; never empty; the last one is active.
+    segments: BTreeMap<Offset, Segment>,
+    active: Active,
+    log_start: Offset,
+    log_end: Offset,
+    flushed: Offset,
+    /// Highest offset handed out in a [`SyncTarget`] since the last truncation, -1 if none.
+    sync_issued: AtomicI64,
+    epochs: EpochCache,
+    producers: ProducerStateManager,
+    size_bytes: u64,
+}
+
+fn parse_base(name: &str, suffix: &str) -> Option<Offset> {
+    let stem = name.strip_suffix(suffix)?;
+    if stem.len() != 20 {
+        return None;
+    }
+    stem.parse::<i64>().ok().map(Offset)
+}
+
+fn remove_if_exists(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+fn rel(base: Offset, offset: Offset) -> u64 {
+    (offset.0 - base.0).max(0) as u64
+}
+
+impl PartitionLog {
+    /// Opens (creating if absent) the partition log in `dir` and recovers it.
+    pub fn open(dir: &Path, config: LogConfig, now_ms: i64) -> Result<PartitionLog, LogError> {
+        fs::create_dir_all(dir)?;
+        let mut bases = Vec::new();
+        for entry in fs::read_dir(dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if name.ends_with(".tmp") {
+                remove_if_exists(&entry.path())?;
+            } else if let Some(base) = parse_base(name, LOG_SUFFIX) {
+                bases.push(base);
+            }
+        }
+        bases.sort_unstable();
+        // Indexes whose log is gone are leftovers of an interrupted deletion.
+        for entry in fs::read_dir(dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let base =
+                parse_base(name, INDEX_SUFFIX).or_else(|| parse_base(name, TIME_INDEX_SUFFIX));
+            if base.is_some_and(|b| bases.binary_search(&b).is_err()) {
+                remove_if_exists(&entry.path())?;
+            }
+        }
+        let checkpointed_start = read_log_start(dir)?;
+
+        let mut segments = BTreeMap::new();
+        let active_base = match bases.pop() {
+            Some(b) => b,
+            None => {
+                let base = checkpointed_start.unwrap_or_default();
+                Segment::create(dir, base)?;
+                fsio::sync_dir(dir)?;
+                base
+            }
+        };
+        for base in bases {
+            let seg = Segment::open(dir, base)?;
+            if seg.index_files_suspect(config.index_interval_bytes)? {
+                seg.set_index(seg.rebuild_index(config.index_interval_bytes, true)?);
+            }
+            segments.insert(base, seg);
+        }
+
+        // The active segment: scan every batch, truncate at the first bad byte.
+        let mut active_seg = Segment::open(dir, active_base)?;
+        let mut epochs = EpochCache::load(dir)?;
+        epochs.truncate_from_end(active_base);
+        let mut scanned_epochs = Vec::new();
+        let mut s = scan(
+            &active_seg.file,
+            active_seg.size,
+            active_base,
+            config.index_interval_bytes,
+            true,
+            |h| {
+                if scanned_epochs
+                    .last()
+                    .is_none_or(|(e, _)| h.partition_leader_epoch > *e)
+                {
+                    scanned_epochs.push((h.partition_leader_epoch, h.base_offset));
+                }
+            },
+        )?;
+        if s.valid_bytes < active_seg.size {
+            tracing::warn!(
+                dir = ?dir,
+                segment = active_base.0,
+                valid_bytes = s.valid_bytes,
+                file_bytes = active_seg.size,
+                reason = s.stopped.as_deref().unwrap_or(""),
+                "recovery truncated torn or corrupt tail of the active segment"
+            );
+            active_seg.file.set_len(s.valid_bytes)?;
+            active_seg.file.sync_all()?;
+            active_seg.size = s.valid_bytes;
+        }
+        for (e, o) in scanned_epochs {
+            epochs.assign(e, o);
+        }
+        let (oi, ti) = write_index_files(dir, active_base, &s.index, false)?;
+        let log_end = s.next_offset.unwrap_or(active_base);
+        let first_base = segments.keys().next().copied().unwrap_or(active_base);
+        let log_start = checkpointed_start
+            .unwrap_or(first_base)
+            .max(first_base)
+            .min(log_end);
+        segments.insert(active_base, active_seg);
+        let size_bytes = segments.values().map(|s| s.size).sum();
+
+        let mut log = PartitionLog {
+            dir: dir.to_path_buf(),
+            config,
+            segments,
+            active: Active {
+                index: std::mem::take(&mut s.index),
+                builder: s.builder,
+                offset_index: Arc::new(oi),
+                time_index: Arc::new(ti),
+                roll_base_ms: Some(now_ms),
+                index_files_stale: false,
+            },
+            log_start,
+            log_end,
+            flushed: active_base,
+            sync_issued: AtomicI64::new(-1),
+            epochs,
+            producers: ProducerStateManager::default(),
+            size_bytes,
+        };
+        log.epochs.truncate_from_start(log_start);
+        log.reload_producer_state()?;
+        tracing::info!(
+            dir = ?dir,
+            log_start = log.log_start.0,
+            log_end = log.log_end.0,
+            segments = log.segments.len(),
+            producers = log.producers.len(),
+            "opened partition log"
+        );
+        Ok(log)
+    }
+
+    /// Loads the newest producer snapshot at or below the log end and replays the batches
+    /// after it.
+    fn reload_producer_state(&mut self) -> Result<(), LogError> {
+        let (state, from) = match ProducerStateManager::load_latest(&self.dir, self.log_end)? {
+            Some((state, at)) => (state, at.max(self.log_start)),
+            None => (ProducerStateManager::default(), self.log_start),
+        };
+        self.producers = state;
+        let mut replayed = Vec::new();
+        self.for_each_header_from(from, |h| replayed.push(*h))?;
+        for h in &replayed {
+            self.producers.replay(h);
+        }
+        Ok(())
+    }
+
+    /// Calls `f` with every batch header from the batch holding `from` to the log end.
+    fn for_each_header_from(
+        &self,
+        from: Offset,
+        mut f: impl FnMut(&BatchHeader),
+    ) -> Result<(), LogError> {
+        let first = self
+            .segments
+            .range(..=from)
+            .next_back()
+            .map_or(Offset(i64::MIN), |(b, _)| *b);
+        for seg in self.segments.range(first..).map(|(_, s)| s) {
+            let idx = self.index_of(seg)?;
+            let mut pos = idx.position_for(rel(seg.base, from));
+            while let Some(h) = seg.header_at(pos)? {
+                if h.last_offset() >= from {
+                    f(&h);
+                }
+                pos += h.total_bytes() as u64;
+            }
+        }
+        Ok(())
+    }
+
+    fn active_segment(&self) -> &Segment {
+        self.segments
+            .values()
+            .next_back()
+            .expect("a partition log always has an active segment")
+    }
+
+    fn is_active(&self, seg: &Segment) -> bool {
+        seg.base == self.active_segment().base
+    }
+
+    fn index_of<'a>(&'a self, seg: &'a Segment) -> Result<&'a SegmentIndex, LogError> {
+        if self.is_active(seg) {
+            Ok(&self.active.index)
+        } else {
+            seg.index(self.config.index_interval_bytes)
+        }
+    }
+
+    /// Largest timestamp in a segment, `None` if it holds no batch.
+    fn segment_max_timestamp(&self, seg: &Segment) -> Result<Option<i64>, LogError> {
+        if seg.size == 0 {
+            return Ok(None);
+        }
+        if self.is_active(seg) {
+            return Ok(self.active.builder.max_timestamp.map(|t| t.0));
+        }
+        Ok(self.index_of(seg)?.times.last().map(|t| t.0))
+    }
+
+    /// Offset after the last batch of `seg`.
+    fn segment_end(&self, seg: &Segment) -> Offset {
+        self.segments
+            .range(Offset(seg.base.0.saturating_add(1))..)
+            .next()
+            .map_or(self.log_end, |(b, _)| *b)
+    }
+
+    /// Position and header of the first batch in `seg` whose last offset is ≥ `target`.
+    fn find_batch(
+        &self,
+        seg: &Segment,
+        idx: &SegmentIndex,
+        target: Offset,
+    ) -> Result<Option<(u64, BatchHeader)>, LogError> {
+        let mut pos = idx.position_for(rel(seg.base, target));
+        while let Some(h) = seg.header_at(pos)? {
+            if h.last_offset() >= target {
+                return Ok(Some((pos, h)));
+            }
+            pos += h.total_bytes() as u64;
+        }
+        Ok(None)
+    }
+
+    /// End of the last whole batch at or before `limit`, scanning from batch start `from`.
+    fn last_boundary(
+        &self,
+        seg: &Segment,
+        idx: &SegmentIndex,
+        from: u64,
+        limit: u64,
+    ) -> Result<u64, LogError> {
+        let mut pos = from.max(idx.batch_start_at_or_before(limit));
+        while let Some(h) = seg.header_at(pos)? {
+            let end = pos + h.total_bytes() as u64;
+            if end > limit {
+                break;
+            }
+            pos = end;
+        }
+        Ok(pos)
+    }
+
+    /// Validates, checks producer state, assigns offsets and leader epoch in place, and writes
+    /// a produce request's record set. See the module docs for what "written" means.
+    pub fn append(
+        &mut self,
+        records: &mut [u8],
+        leader_epoch: LeaderEpoch,
+        now_ms: i64,
+    ) -> Result<AppendOutcome, LogError> {
+        let headers = validate_batches(records, self.config.max_message_bytes)?;
+        let mut next = self.log_end;
+        let mut placed = Vec::with_capacity(headers.len());
+        for h in &headers {
+            placed.push((*h, next));
+            next = Offset(next.0 + i64::from(h.last_offset_delta) + 1);
+        }
+        let max_timestamp = headers.iter().map(|h| h.max_timestamp).max().unwrap_or(-1);
+        let staged = match self.producers.check(&placed)? {
+            Staged::Duplicate(originals) => {
+                let info = AppendInfo {
+                    base_offset: originals.first().map_or(self.log_end, |m| m.base_offset),
+                    last_offset: originals.last().map_or(self.log_end, |m| m.last_offset),
+                    max_timestamp: originals
+                        .iter()
+                        .map(|m| m.max_timestamp)
+                        .max()
+                        .unwrap_or(-1),
+                    batch_count: originals.len(),
+                    bytes: records.len(),
+                };
+                return Ok(AppendOutcome::Duplicate(info));
+            }
+            Staged::Append(staged) => staged,
+        };
+        if self.should_roll(records.len() as u64, headers.len(), next, now_ms) {
+            self.roll()?;
+        }
+
+        let mut pos = 0;
+        for (h, base) in &placed {
+            set_base_offset(&mut records[pos..], *base);
+            set_partition_leader_epoch(&mut records[pos..], leader_epoch);
+            pos += h.total_bytes();
+        }
+        let (seg_base, seg_pos) = {
+            let seg = self.active_segment();
+            (seg.base, seg.size)
+        };
+        let file = Arc::clone(&self.active_segment().file);
+        if let Err(e) = file.write_all_at(records, seg_pos) {
+            // Leave no partial batch behind for the next append to follow.
+            let _ = file.set_len(seg_pos);
+            return Err(e.into());
+        }
+
+        let (offsets_before, times_before) = (
+            self.active.index.offsets.len(),
+            self.active.index.times.len(),
+        );
+        let mut batch_pos = seg_pos;
+        for (h, base) in &placed {
+            let size = h.total_bytes() as u64;
+            let last = Offset(base.0 + i64::from(h.last_offset_delta));
+            self.active.builder.on_batch(
+                &mut self.active.index,
+                rel(seg_base, *base) as u32,
+                rel(seg_base, last) as u32,
+                batch_pos as u32,
+                size,
+                h.max_timestamp,
+            );
+            batch_pos += size;
+        }
+        if let Err(e) = append_index_entries(
+            &self.active.offset_index,
+            &self.active.time_index,
+            &self.active.index,
+            offsets_before,
+            times_before,
+        ) {
+            // The batches are written; failing the append now would invite a duplicate retry.
+            tracing::warn!(dir = ?self.dir, error = %e, "index write failed; will rewrite the index files");
+            self.active.index_files_stale = true;
+        }
+        if let Some(seg) = self.segments.get_mut(&seg_base) {
+            seg.size += records.len() as u64;
+        }
+        self.size_bytes += records.len() as u64;
+        let base_offset = self.log_end;
+        self.log_end = next;
+        self.active.roll_base_ms.get_or_insert(now_ms);
+        self.epochs.assign(leader_epoch, base_offset);
+        self.producers.commit(staged);
+        Ok(AppendOutcome::Appended(AppendInfo {
+            base_offset,
+            last_offset: Offset(next.0 - 1),
+            max_timestamp,
+            batch_count: headers.len(),
+            bytes: records.len(),
+        }))
+    }
+
+    fn should_roll(&self, bytes: u64, batches: usize, next: Offset, now_ms: i64) -> bool {
+        let seg = self.active_segment();
+        if seg.size == 0 {
+            return false;
+        }
+        let (oi, ti) = index_bytes(&self.active.index);
+        let c = &self.config;
+        seg.size + bytes > c.segment_bytes
+            || self
+                .active
+                .roll_base_ms
+                .is_some_and(|t| now_ms.saturating_sub(t) >= c.segment_ms)
+            || oi + 8 * batches as u64 > c.segment_index_bytes
+            || ti + 12 * batches as u64 > c.segment_index_bytes
+            || rel(seg.base, next) > u64::from(u32::MAX)
+            || seg.size + bytes > u64::from(u32::MAX)
+    }
+
+    /// Closes the active segment (fsyncing its files) and starts a new one at the log end.
+    fn roll(&mut self) -> Result<(), LogError> {
+        let old_base = self.active_segment().base;
+        let mut index = std::mem::take(&mut self.active.index);
+        let times_before = index.times.len();
+        self.active.builder.finish(&mut index);
+        if self.active.index_files_stale {
+            write_index_files(&self.dir, old_base, &index, false)?;
+        } else {
+            append_index_entries(
+                &self.active.offset_index,
+                &self.active.time_index,
+                &index,
+                index.offsets.len(),
+                times_before,
+            )?;
+        }
+        self.active_segment().file.sync_data()?;
+        self.active.offset_index.sync_data()?;
+        self.active.time_index.sync_data()?;
+
+        let new_base = self.log_end;
+        let (seg, oi, ti) = Segment::create(&self.dir, new_base)?;
+        fsio::sync_dir(&self.dir)?;
+        if let Some(old) = self.segments.get(&old_base) {
+            old.set_index(index);
+        }
+        self.segments.insert(new_base, seg);
+        self.active = Active {
+            index: SegmentIndex::default(),
+            builder: IndexBuilder::new(self.config.index_interval_bytes),
+            offset_index: Arc::new(oi),
+            time_index: Arc::new(ti),
+            roll_base_ms: None,
+            index_files_stale: false,
+        };
+        self.flushed = self.flushed.max(new_base);
+        self.producers.write_snapshot(&self.dir, new_base)?;
+        if self.epochs.is_dirty() {
+            self.epochs.write_checkpoint(&self.dir)?;
+        }
+        tracing::debug!(dir = ?self.dir, segment = new_base.0, "rolled segment");
+        Ok(())
+    }
+
+    /// Plans a fetch from `start`: whole batches from the one holding `start`, at most
+    /// `max_bytes` of them (but the first whole batch regardless when `min_one_batch`, as
+    /// KIP-74 requires), and none whose last offset is at or beyond `max_offset_exclusive`.
+    pub fn plan_read(
+        &self,
+        start: Offset,
+        max_bytes: usize,
+        max_offset_exclusive: Offset,
+        min_one_batch: bool,
+    ) -> Result<ReadPlan, LogError> {
+        if start < self.log_start || start > self.log_end {
+            return Err(self.out_of_range(start));
+        }
+        let max = max_offset_exclusive.min(self.log_end);
+        if start >= max {
+            return Ok(ReadPlan::empty());
+        }
+        let first = self
+            .segments
+            .range(..=start)
+            .next_back()
+            .map_or(Offset(i64::MIN), |(b, _)| *b);
+        for seg in self.segments.range(first..).map(|(_, s)| s) {
+            let idx = self.index_of(seg)?;
+            let Some((pos, h)) = self.find_batch(seg, idx, start)? else {
+                continue;
+            };
+            if h.last_offset() >= max {
+                return Ok(ReadPlan::empty());
+            }
+            let hw_limit = if max < self.segment_end(seg) {
+                self.find_batch(seg, idx, max)?.map_or(seg.size, |(p, _)| p)
+            } else {
+                seg.size
+            };
+            let first_bytes = h.total_bytes();
+            let end = if first_bytes > max_bytes {
+                if !min_one_batch {
+                    return Ok(ReadPlan::empty());
+                }
+                pos + first_bytes as u64
+            } else {
+                let limit = hw_limit.min(pos.saturating_add(max_bytes as u64));
+                self.last_boundary(seg, idx, pos, limit)?
+            };
+            return Ok(ReadPlan {
+                file: Some(Arc::clone(&seg.file)),
+                path: seg.path(LOG_SUFFIX),
+                position: pos,
+                length: (end - pos) as usize,
+            });
+        }
+        Ok(ReadPlan::empty())
+    }
+
+    fn out_of_range(&self, requested: Offset) -> LogError {
+        LogError::OffsetOutOfRange {
+            requested,
+            log_start: self.log_start,
+            log_end: self.log_end,
+        }
+    }
+
+    /// Files to fsync for everything written so far; `None` if all is flushed.
+    pub fn sync_target(&self) -> Option<SyncTarget> {
+        if self.log_end <= self.flushed {
+            return None;
+        }
+        self.sync_issued
+            .fetch_max(self.log_end.0, Ordering::Relaxed);
+        Some(SyncTarget {
+            files: vec![
+                Arc::clone(&self.active_segment().file),
+                Arc::clone(&self.active.offset_index),
+                Arc::clone(&self.active.time_index),
+            ],
+            offset: self.log_end,
+        })
+    }
+
+    /// Records that a [`SyncTarget`] up to `offset` was fsynced. Ignored if a truncation
+    /// happened since the target was taken (the offsets may now name different data).
+    pub fn mark_flushed(&mut self, offset: Offset) {
+        let issued = Offset(self.sync_issued.load(Ordering::Relaxed));
+        if issued.0 < 0 {
+            return;
+        }
+        self.flushed = self.flushed.max(offset.min(issued).min(self.log_end));
+    }
+
+    /// Everything below this offset is fsynced.
+    pub fn flushed_offset(&self) -> Offset {
+        self.flushed
+    }
+
+    /// fsyncs everything and writes the producer snapshot and checkpoints (shutdown).
+    pub fn flush(&mut self) -> Result<(), LogError> {
+        if self.active.index_files_stale {
+            let (oi, ti) = write_index_files(
+                &self.dir,
+                self.active_segment().base,
+                &self.active.index,
+                false,
+            )?;
+            self.active.offset_index = Arc::new(oi);
+            self.active.time_index = Arc::new(ti);
+            self.active.index_files_stale = false;
+        }
+        self.active_segment().file.sync_data()?;
+        self.active.offset_index.sync_data()?;
+        self.active.time_index.sync_data()?;
+        self.producers.write_snapshot(&self.dir, self.log_end)?;
+        self.epochs.write_checkpoint(&self.dir)?;
+        write_log_start(&self.dir, self.log_start)?;
+        self.flushed = self.log_end;
+        Ok(())
+    }
+
+    pub fn log_start_offset(&self) -> Offset {
+        self.log_start
+    }
+
+    pub fn log_end_offset(&self) -> Offset {
+        self.log_end
+    }
+
+    pub fn size_bytes(&self) -> u64 {
+        self.size_bytes
+    }
+
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    /// Replaces the configuration; segment sizes and ages apply from the next append.
+    pub fn set_config(&mut self, config: LogConfig) {
+        self.config = config;
+    }
+
+    /// Leader epoch cache entries `(epoch, start offset)`, oldest first.
+    pub fn leader_epochs(&self) -> &[(LeaderEpoch, Offset)] {
+        self.epochs.entries()
+    }
+
+    pub fn producer_state(&self) -> &ProducerStateManager {
+        &self.producers
+    }
+
+    /// ListOffsets by timestamp: the earliest offset at or above the log start whose record
+    /// timestamp is ≥ `target_ms`, with that timestamp.
+    pub fn offset_for_timestamp(&self, target_ms: i64) -> Result<Option<(Offset, i64)>, LogError> {
+        for seg in self.segments.values() {
+            if self.segment_end(seg) <= self.log_start {
+                continue;
+            }
+            match self.segment_max_timestamp(seg)? {
+                Some(t) if t >= target_ms => {}
+                _ => continue,
+            }
+            let idx = self.index_of(seg)?;
+            let mut pos = idx.position_for_timestamp(target_ms);
+            while let Some(h) = seg.header_at(pos)? {
+                if h.last_offset() >= self.log_start && h.max_timestamp >= target_ms {
+                    if let Some(found) = self.find_record(seg, pos, &h, target_ms)? {
+                        return Ok(Some(found));
+                    }
+                }
+                pos += h.total_bytes() as u64;
+            }
+        }
+        Ok(None)
+    }
+
+    /// Decodes the batch at `pos` and returns its first record at or above the log start with
+    /// a timestamp ≥ `target_ms`.
+    fn find_record(
+        &self,
+        seg: &Segment,
+        pos: u64,
+        h: &BatchHeader,
+        target_ms: i64,
+    ) -> Result<Option<(Offset, i64)>, LogError> {
+        let corrupt = |reason: String| LogError::Corrupt {
+            path: seg.path(LOG_SUFFIX),
+            position: pos,
+            reason,
+        };
+        let payload = h.total_bytes().saturating_sub(crate::batch::HEADER_BYTES);
+        let plausible = if h.compression() == 0 {
+            (h.records_count as usize).saturating_mul(RECORD_BYTES_MIN) <= payload
+        } else {
+            h.records_count <= DECODE_RECORDS_MAX
+        };
+        if !plausible {
+            return Err(corrupt(format!("batch claims {} records", h.records_count)));
+        }
+        let mut buf = vec![0u8; h.total_bytes()];
+        seg.file.read_exact_at(&mut buf, pos)?;
+        let mut bytes = Bytes::from(buf);
+        let set = kafka_protocol::records::RecordBatchDecoder::decode(&mut bytes)
+            .map_err(|e| corrupt(e.to_string()))?;
+        Ok(set
+            .records
+            .iter()
+            .find(|r| r.timestamp >= target_ms && r.offset >= self.log_start.0)
+            .map(|r| (Offset(r.offset), r.timestamp)))
+    }
+
+    /// ListOffsets -3 (KIP-734): the offset and timestamp of the record with the largest
+    /// timestamp (the earliest such record if several share it).
+    pub fn max_timestamp_offset(&self) -> Result<Option<(Offset, i64)>, LogError> {
+        let mut max = None;
+        for seg in self.segments.values() {
+            if self.segment_end(seg) <= self.log_start {
+                continue;
+            }
+            if let Some(t) = self.segment_max_timestamp(seg)? {
+                max = Some(max.map_or(t, |m: i64| m.max(t)));
+            }
+        }
+        match max {
+            Some(t) => self.offset_for_timestamp(t),
+            None => Ok(None),
+        }
+    }
+
+    /// DeleteRecords: raises the log start offset to `offset` and deletes segments wholly
+    /// below it. Returns the new log start offset (the low watermark).
+    pub fn delete_records_before(&mut self, offset: Offset) -> Result<Offset, LogError> {
+        if offset > self.log_end || offset.0 < 0 {
+            return Err(self.out_of_range(offset));
+        }
+        if offset <= self.log_start {
+            return Ok(self.log_start);
+        }
+        self.log_start = offset;
+        write_log_start(&self.dir, self.log_start)?;
+        let doomed: Vec<Offset> = self
+            .segments
+            .values()
+            .filter(|s| !self.is_active(s) && self.segment_end(s) <= offset)
+            .map(|s| s.base)
+            .collect();
+        self.delete_segments(&doomed)?;
+        self.after_log_start_raised()?;
+        Ok(self.log_start)
+    }
+
+    fn after_log_start_raised(&mut self) -> Result<(), LogError> {
+        self.epochs.truncate_from_start(self.log_start);
+        if self.epochs.is_dirty() {
+            self.epochs.write_checkpoint(&self.dir)?;
+        }
+        Ok(())
+    }
+
+    fn delete_segments(&mut self, bases: &[Offset]) -> Result<(u64, usize), LogError> {
+        let mut bytes = 0;
+        for base in bases {
+            if let Some(seg) = self.segments.remove(base) {
+                bytes += seg.size;
+                self.size_bytes -= seg.size;
+                // Open read plans keep their Arc<File>; unlinking does not disturb them.
+                for suffix in [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
+                    remove_if_exists(&seg.path(suffix))?;
+                }
+                tracing::info!(dir = ?self.dir, segment = base.0, bytes = seg.size, "deleted segment");
+            }
+        }
+        Ok((bytes, bases.len()))
+    }
+
+    /// Deletes segments past `retention.ms` (by their largest timestamp) and oldest segments
+    /// while the log exceeds `retention.bytes`, if `cleanup.policy` includes `delete`. An
+    /// expired active segment is rolled first so that it can go too.
+    pub fn apply_retention(&mut self, now_ms: i64) -> Result<RetentionOutcome, LogError> {
+        let mut outcome = RetentionOutcome {
+            log_start_offset: self.log_start,
+            ..Default::default()
+        };
+        if !self.config.deletes() {
+            return Ok(outcome);
+        }
+        let mut doomed: Vec<Offset> = Vec::new();
+        if self.config.retention_ms >= 0 {
+            let mut expired_active = false;
+            for seg in self.segments.values() {
+                let max_ts = match self.segment_max_timestamp(seg)? {
+                    Some(t) if t >= 0 => t,
+                    Some(_) => file_mtime_ms(&seg.file)?,
+                    None => break,
+                };
+                if now_ms.saturating_sub(max_ts) <= self.config.retention_ms {
+                    break;
+                }
+                if self.is_active(seg) {
+                    expired_active = true;
+                } else {
+                    doomed.push(seg.base);
+                }
+            }
+            if expired_active {
+                doomed.push(self.active_segment().base);
+                self.roll()?;
+            }
+        }
+        if self.config.retention_bytes >= 0 {
+            let doomed_bytes: u64 = doomed
+                .iter()
+                .filter_map(|b| self.segments.get(b))
+                .map(|s| s.size)
+                .sum();
+            let mut excess =
+                self.size_bytes as i64 - doomed_bytes as i64 - self.config.retention_bytes;
+            let candidates: Vec<(Offset, u64, bool)> = self
+                .segments
+                .values()
+                .filter(|s| !doomed.contains(&s.base))
+                .map(|s| (s.base, s.size, self.is_active(s)))
+                .collect();
+            for (base, size, active) in candidates {
+                if active || excess - (size as i64) < 0 {
+                    break;
+                }
+                excess -= size as i64;
+                doomed.push(base);
+            }
+        }
+        if doomed.is_empty() {
+            return Ok(outcome);
+        }
+        let (bytes, count) = self.delete_segments(&doomed)?;
+        let first = self.segments.keys().next().copied().unwrap_or(self.log_end);
+        if first > self.log_start {
+            self.log_start = first;
+            write_log_start(&self.dir, self.log_start)?;
+            self.after_log_start_raised()?;
+        }
+        outcome.segments_deleted = count;
+        outcome.bytes_deleted = bytes;
+        outcome.log_start_offset = self.log_start;
+        Ok(outcome)
+    }
+
+    /// Drops everything at and after `offset` (replication truncation). If `offset` falls
+    /// inside a batch the whole batch goes, and the log end becomes that batch's base offset.
+    /// Truncating to at or below the log start empties the log and restarts it at `offset`.
+    pub fn truncate_to(&mut self, offset: Offset) -> Result<(), LogError> {
+        if offset >= self.log_end {
+            return Ok(());
+        }
+        self.sync_issued.store(-1, Ordering::Relaxed);
+        if offset <= self.log_start {
+            let all: Vec<Offset> = self.segments.keys().copied().collect();
+            self.delete_segments(&all)?;
+            let (seg, oi, ti) = Segment::create(&self.dir, offset)?;
+            fsio::sync_dir(&self.dir)?;
+            self.segments.insert(offset, seg);
+            self.active = self.fresh_active(
+                oi,
+                ti,
+                SegmentIndex::default(),
+                IndexBuilder::new(self.config.index_interval_bytes),
+            );
+            self.log_start = offset;
+            self.log_end = offset;
+            self.flushed = offset;
+            write_log_start(&self.dir, offset)?;
+        } else {
+            let doomed: Vec<Offset> = self
+                .segments
+                .range(offset..)
+                .map(|(b, _)| *b)
+                .filter(|b| *b > self.log_start)
+                .collect();
+            // Keep at least one segment: the one holding the log start is never in `doomed`.
+            self.delete_segments(&doomed)?;
+            let base = self.active_segment().base;
+            let cut = {
+                let seg = self.active_segment();
+                let idx = self.index_of(seg)?;
+                self.find_batch(seg, idx, offset)?
+                    .map_or(seg.size, |(p, _)| p)
+            };
+            let seg = self.segments.get_mut(&base).expect("active segment exists");
+            seg.file.set_len(cut)?;
+            seg.file.sync_all()?;
+            self.size_bytes -= seg.size - cut;
+            seg.size = cut;
+            let seg = self.active_segment();
+            let scanned = scan(
+                &seg.file,
+                seg.size,
+                base,
+                self.config.index_interval_bytes,
+                false,
+                |_| {},
+            )?;
+            let (oi, ti) = write_index_files(&self.dir, base, &scanned.index, true)?;
+            self.log_end = scanned.next_offset.unwrap_or(base);
+            self.active = self.fresh_active(oi, ti, scanned.index, scanned.builder);
+            self.flushed = self.flushed.min(self.log_end);
+        }
+        self.epochs.truncate_from_end(self.log_end);
+        self.epochs.write_checkpoint(&self.dir)?;
+        ProducerStateManager::delete_snapshots_above(&self.dir, self.log_end)?;
+        self.reload_producer_state()?;
+        tracing::info!(dir = ?self.dir, log_end = self.log_end.0, "truncated log");
+        Ok(())
+    }
+
+    fn fresh_active(
+        &self,
+        oi: File,
+        ti: File,
+        index: SegmentIndex,
+        builder: IndexBuilder,
+    ) -> Active {
+        Active {
+            index,
+            builder,
+            offset_index: Arc::new(oi),
+            time_index: Arc::new(ti),
+            roll_base_ms: None,
+            index_files_stale: false,
+        }
+    }
+
+    /// KIP-101 OffsetForLeaderEpoch: the largest epoch ≤ `epoch` this log knows and the
+    /// offset where it ended. `None` if the log knows no epoch ≤ ... or `epoch` is newer than any.
+    pub fn epoch_end_offset(&self, epoch: LeaderEpoch) -> Option<(LeaderEpoch, Offset)> {
+        self.epochs.end_offset_for(epoch, self.log_end)
+    }
+
+    /// Deletes the partition's directory (topic deletion).
+    pub fn delete(self) -> Result<(), LogError> {
+        let dir = self.dir.clone();
+        drop(self);
+        fs::remove_dir_all(&dir)?;
+        Ok(())
+    }
+}
+
+fn file_mtime_ms(file: &File) -> io::Result<i64> {
+    let modified = file.metadata()?.modified()?;
+    Ok(modified
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
+}
+
+fn read_log_start(dir: &Path) -> Result<Option<Offset>, LogError> {
+    let path = dir.join(LOG_START_CHECKPOINT);
+    let bytes = match fsio::read_bounded(&path, 64) {
+        Ok(Some(b)) => b,
+        Ok(None) => return Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => Vec::new(),
+        Err(e) => return Err(e.into()),
+    };
+    match std::str::from_utf8(&bytes)
+        .ok()
+        .and_then(|s| s.trim().parse::<i64>().ok())
+    {
+        Some(o) if o >= 0 => Ok(Some(Offset(o))),
+        _ => {
+            tracing::warn!(?path, "ignoring malformed log start offset checkpoint");
+            Ok(None)
+        }
+    }
+}
+
+fn write_log_start(dir: &Path, offset: Offset) -> io::Result<()> {
+    fsio::write_atomic(
+        dir,
+        LOG_START_CHECKPOINT,
+        format!("{}\n", offset.0).as_bytes(),
+    )
+}
