@@ -1,0 +1,260 @@
+"""Fixtures that run the real `spate` binary for end-to-end tests.
+
+- `broker`: one broker for the whole session, for read-mostly tests that use their own topics.
+- `broker_factory`: brokers owned by one test (restart, crash, config tests); stopped at its end.
+
+Each broker gets a fresh temporary data dir and free loopback ports; its stderr goes to a file.
+When a test fails, the part of every involved broker's stderr written during that test is
+attached to the report (section "spate stderr").
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SPATE_BIN = Path(os.environ.get("SPATE_BIN", REPO_ROOT / "target" / "release" / "spate"))
+HEALTH_TIMEOUT_S = 30
+STOP_TIMEOUT_S = 15
+STDERR_TAIL_BYTES = 8000
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class BrokerError(AssertionError):
+    pass
+
+
+class Broker:
+    """One `spate serve` process. restart() keeps the data dir and ports."""
+
+    def __init__(self, workdir: Path, name="spate", args=(), env=None, config=None):
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.name = name
+        self.data_dir = self.workdir / "data"
+        self.data_dir.mkdir(exist_ok=True)
+        self.kafka_port = free_port()
+        self.http_port = free_port()
+        self.args = list(args)
+        self.env = dict(env or {})
+        self.config_path = None
+        if config is not None:
+            self.config_path = self.workdir / "spate.toml"
+            self.config_path.write_text(config)
+        self.stderr_path = self.workdir / "stderr.log"
+        self.proc = None
+        self.starts = 0
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.kafka_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def command(self):
+        cmd = [str(SPATE_BIN), "serve", "--data-dir", str(self.data_dir),
+               "--kafka-listen", self.bootstrap, "--http-listen", f"127.0.0.1:{self.http_port}"]
+        if self.config_path is not None:
+            cmd += ["--config", str(self.config_path)]
+        return cmd + self.args
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    def start(self):
+        assert self.proc is None or self.proc.poll() is not None, "broker already running"
+        if not SPATE_BIN.exists():
+            raise BrokerError(f"{SPATE_BIN} does not exist: build it with `cargo build --release -p spate`")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SPATE_")}
+        env.setdefault("RUST_BACKTRACE", "1")
+        env.update(self.env)
+        self.starts += 1
+        with open(self.stderr_path, "ab") as err:
+            err.write(f"\n===== e2e: start #{self.starts}: {' '.join(self.command())}\n".encode())
+            err.flush()
+            self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL,
+                                         stdout=err, stderr=err, env=env)
+        self.wait_healthy()
+        return self
+
+    def wait_healthy(self, timeout=HEALTH_TIMEOUT_S):
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            rc = self.proc.poll()
+            if rc is not None:
+                raise BrokerError(f"{self.name} exited with code {rc} before becoming healthy\n"
+                                  f"--- stderr tail ---\n{self.stderr_tail()}")
+            try:
+                with urllib.request.urlopen(self.http_url + "/health", timeout=2) as r:
+                    if r.status == 200:
+                        return
+                    last = f"HTTP {r.status}"
+            except urllib.error.HTTPError as e:
+                last = f"HTTP {e.code}"
+            except OSError as e:
+                last = repr(e)
+            time.sleep(0.05)
+        pid = self.proc.pid
+        self.proc.kill()
+        self.proc.wait()
+        raise BrokerError(f"{self.name} (pid {pid}) not healthy after {timeout}s (last: {last})\n"
+                          f"--- stderr tail ---\n{self.stderr_tail()}")
+
+    def stop(self, sig=signal.SIGTERM, timeout=STOP_TIMEOUT_S):
+        """Graceful stop; asserts exit code 0 within `timeout` seconds."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(sig)
+        try:
+            rc = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise BrokerError(f"{self.name} did not exit within {timeout}s of {sig.name}\n"
+                              f"--- stderr tail ---\n{self.stderr_tail()}")
+        if rc != 0:
+            raise BrokerError(f"{self.name} exited with code {rc} after {sig.name} (expected 0)\n"
+                              f"--- stderr tail ---\n{self.stderr_tail()}")
+
+    def kill9(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def restart(self, graceful=True):
+        if graceful:
+            self.stop()
+        else:
+            self.kill9()
+        return self.start()
+
+    def cleanup(self):
+        """Teardown: never leave a process behind, whatever state the test left."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    @property
+    def running(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    # ---- diagnostics -----------------------------------------------------------------------
+
+    def stderr_size(self):
+        try:
+            return self.stderr_path.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def stderr_text(self, since=0):
+        try:
+            with open(self.stderr_path, "rb") as f:
+                f.seek(since)
+                return f.read().decode(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def stderr_tail(self, since=0, limit=STDERR_TAIL_BYTES):
+        text = self.stderr_text(since)
+        return text if len(text) <= limit else "...\n" + text[-limit:]
+
+    def http_get(self, path, timeout=5):
+        """Returns (status, content_type, body_text)."""
+        try:
+            with urllib.request.urlopen(self.http_url + path, timeout=timeout) as r:
+                return r.status, r.headers.get("Content-Type", ""), r.read().decode(errors="replace")
+        except urllib.error.HTTPError as e:
+            return e.code, e.headers.get("Content-Type", ""), e.read().decode(errors="replace")
+
+
+# Brokers touched by the running test, with the stderr offset at which the test began.
+_test_brokers = {}
+
+
+def _track(item, broker):
+    _test_brokers.setdefault(item.nodeid, []).append((broker, broker.stderr_size()))
+
+
+@pytest.fixture(scope="session")
+def _session_broker(tmp_path_factory):
+    b = Broker(tmp_path_factory.mktemp("session-broker"), name="session broker")
+    try:
+        b.start()
+        yield b
+        b.stop()
+    finally:
+        b.cleanup()
+
+
+@pytest.fixture
+def broker(_session_broker, request):
+    """The session-wide broker (shared: use unique topic names)."""
+    if not _session_broker.running:
+        pytest.fail("the session broker is no longer running (it crashed during an earlier test)\n"
+                    + _session_broker.stderr_tail())
+    _track(request.node, _session_broker)
+    return _session_broker
+
+
+@pytest.fixture
+def bootstrap(broker):
+    return broker.bootstrap
+
+
+@pytest.fixture
+def broker_factory(tmp_path, request):
+    """broker_factory(args=[...], env={...}, config="toml text", start=True) -> Broker owned by this test."""
+    made = []
+
+    def make(args=(), env=None, config=None, start=True):
+        b = Broker(tmp_path / f"broker{len(made)}", name=f"test broker {len(made)}",
+                   args=args, env=env, config=config)
+        made.append(b)
+        _track(request.node, b)
+        if start:
+            b.start()
+        return b
+
+    yield make
+    for b in made:
+        b.cleanup()
+
+
+@pytest.fixture
+def topic_name(request):
+    """A fresh, valid, unique topic name derived from the test name."""
+    base = "".join(c if c.isalnum() or c in "._-" else "_" for c in request.node.name)[:80]
+    return f"{base}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "teardown":
+        entries = _test_brokers.pop(item.nodeid, [])
+    else:
+        entries = _test_brokers.get(item.nodeid, [])
+    if report.failed and entries:
+        for b, since in entries:
+            report.sections.append((f"spate stderr: {b.name} ({b.stderr_path})", b.stderr_tail(since)))
+
+
+def pytest_sessionstart(session):
+    if not SPATE_BIN.exists():
+        print(f"\nWARNING: {SPATE_BIN} is missing; build it with `cargo build --release -p spate`")

@@ -1,0 +1,124 @@
+// kafkajs driver for Spate's end-to-end tests (run by tests/e2e/test_kafkajs.py).
+//
+//   node kjs.js BOOTSTRAP TOPIC COMMAND [JSON_ARG]
+//
+// Prints one JSON document on stdout; kafkajs logs go to stderr. Exits 1 on any error.
+// kafkajs consumers need consumer groups, which the broker does not implement yet, so reads are
+// done by the Python side (confluent-kafka with assign()) and here only via admin offsets.
+'use strict';
+
+const { Kafka, logLevel, CompressionTypes } = require('kafkajs');
+
+const [bootstrap, topic, command, rawArg] = process.argv.slice(2);
+const arg = rawArg ? JSON.parse(rawArg) : {};
+
+const kafka = new Kafka({
+  clientId: 'spate-e2e-kafkajs',
+  brokers: [bootstrap],
+  connectionTimeout: 5000,
+  requestTimeout: 15000,
+  retry: { retries: 3, initialRetryTime: 200 },
+  logLevel: logLevel.WARN,
+  logCreator: () => ({ namespace, level, label, log }) => {
+    process.stderr.write(`[kafkajs ${label} ${namespace}] ${JSON.stringify(log)}\n`);
+  },
+});
+
+const commands = {
+  // arg: {partitions, configs: {name: value}}
+  async create() {
+    const admin = kafka.admin();
+    await admin.connect();
+    try {
+      const created = await admin.createTopics({
+        waitForLeaders: true,
+        timeout: 10000,
+        topics: [{
+          topic,
+          numPartitions: arg.partitions || 1,
+          replicationFactor: 1,
+          configEntries: Object.entries(arg.configs || {}).map(([name, value]) => ({ name, value })),
+        }],
+      });
+      const md = await admin.fetchTopicMetadata({ topics: [topic] });
+      return { created, metadata: md.topics };
+    } finally {
+      await admin.disconnect();
+    }
+  },
+
+  // arg: {messages: [{key, value, partition, headers, timestamp}], compression, idempotent, acks}
+  async produce() {
+    const producer = kafka.producer({
+      idempotent: !!arg.idempotent,
+      maxInFlightRequests: arg.idempotent ? 1 : undefined,
+      allowAutoTopicCreation: false,
+    });
+    await producer.connect();
+    try {
+      const compression = CompressionTypes[arg.compression || 'None'];
+      const results = await producer.sendBatch({
+        acks: arg.acks === undefined ? -1 : arg.acks,
+        compression,
+        topicMessages: [{
+          topic,
+          messages: arg.messages.map((m) => ({
+            key: m.key === undefined ? null : m.key,
+            value: m.value === undefined ? null : m.value,
+            partition: m.partition,
+            headers: m.headers,
+            timestamp: m.timestamp,
+          })),
+        }],
+      });
+      return results.map((r) => ({
+        partition: r.partition, errorCode: r.errorCode, baseOffset: Number(r.baseOffset),
+      }));
+    } finally {
+      await producer.disconnect();
+    }
+  },
+
+  // arg: {timestamp} optional
+  async offsets() {
+    const admin = kafka.admin();
+    await admin.connect();
+    try {
+      const offsets = await admin.fetchTopicOffsets(topic);
+      const out = { offsets: offsets.map((o) => ({ partition: o.partition, low: Number(o.low), high: Number(o.high) })) };
+      if (arg.timestamp !== undefined) {
+        const byTs = await admin.fetchTopicOffsetsByTimestamp(topic, arg.timestamp);
+        out.byTimestamp = byTs.map((o) => ({ partition: o.partition, offset: Number(o.offset) }));
+      }
+      return out;
+    } finally {
+      await admin.disconnect();
+    }
+  },
+
+  async delete() {
+    const admin = kafka.admin();
+    await admin.connect();
+    try {
+      await admin.deleteTopics({ topics: [topic], timeout: 10000 });
+      return { topics: await admin.listTopics() };
+    } finally {
+      await admin.disconnect();
+    }
+  },
+};
+
+async function main() {
+  if (!commands[command]) throw new Error(`unknown command ${command}`);
+  const out = await commands[command]();
+  process.stdout.write(JSON.stringify(out) + '\n');
+}
+
+main().then(
+  () => process.exit(0),
+  (err) => {
+    process.stderr.write(`kjs.js ${command} failed: ${err && err.stack ? err.stack : err}\n`);
+    if (err && err.type) process.stderr.write(`kafkajs error type: ${err.type}\n`);
+    process.exit(1);
+  },
+);

@@ -1,0 +1,304 @@
+"""AdminClient operations, offsets and topic auto-creation through confluent-kafka (librdkafka)."""
+
+import time
+
+import pytest
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import (AlterConfigOpType, ConfigEntry, ConfigResource, ConfigSource, NewPartitions,
+                                   NewTopic, OffsetSpec, ResourceType)
+
+import kproto
+from ckutil import admin, consume, consumer, create_topic, produce_all, producer, topic_names, wait_topic
+
+T = 20  # seconds for any admin future
+
+
+def error_code(future):
+    """The KafkaError code a future fails with (0 when it succeeds)."""
+    try:
+        future.result(timeout=T)
+        return 0
+    except KafkaException as e:
+        return e.args[0].code()
+
+
+def describe_topic_configs(a, topic):
+    res = ConfigResource(ResourceType.TOPIC, topic)
+    return a.describe_configs([res], request_timeout=T)[res].result(timeout=T)
+
+
+# ---- CreateTopics ---------------------------------------------------------------------------
+
+
+def test_create_topic_with_configs_is_described_back(bootstrap, topic_name):
+    cfg = {"retention.ms": "86400000", "segment.bytes": "1048576", "cleanup.policy": "delete"}
+    a = create_topic(bootstrap, topic_name, partitions=3, config=cfg)
+    t = wait_topic(a, topic_name, 3)
+    assert sorted(t.partitions) == [0, 1, 2]
+    assert all(p.leader == 1 and p.replicas == [1] and p.isrs == [1] for p in t.partitions.values())
+    entries = describe_topic_configs(a, topic_name)
+    for k, v in cfg.items():
+        assert k in entries, f"{k} missing from DescribeConfigs: {sorted(entries)}"
+        assert entries[k].value == v, f"{k}={entries[k].value}, created with {v}"
+        assert entries[k].source == ConfigSource.DYNAMIC_TOPIC_CONFIG.value, f"{k} source {entries[k].source}"
+
+
+def test_describe_topic_configs_includes_defaults(bootstrap, topic_name):
+    a = create_topic(bootstrap, topic_name)
+    entries = describe_topic_configs(a, topic_name)
+    # Kafka answers with every topic config, the unset ones marked as defaults.
+    for k in ("retention.ms", "segment.bytes", "max.message.bytes", "cleanup.policy"):
+        assert k in entries, f"{k} missing from DescribeConfigs of a topic without overrides: {sorted(entries)}"
+        assert entries[k].source != ConfigSource.DYNAMIC_TOPIC_CONFIG.value, f"{k} reported as a topic override"
+
+
+def test_describe_configs_unknown_topic(bootstrap):
+    a = admin(bootstrap)
+    res = ConfigResource(ResourceType.TOPIC, "no-such-topic-for-describe")
+    code = error_code(a.describe_configs([res], request_timeout=T)[res])
+    assert code == KafkaError.UNKNOWN_TOPIC_OR_PART
+    assert "no-such-topic-for-describe" not in topic_names(a)
+
+
+def test_create_topics_validate_only_creates_nothing(bootstrap, topic_name):
+    a = admin(bootstrap)
+    fs = a.create_topics([NewTopic(topic_name, num_partitions=2, replication_factor=1)],
+                         validate_only=True, request_timeout=T)
+    assert error_code(fs[topic_name]) == 0
+    time.sleep(0.5)
+    assert topic_name not in topic_names(a)
+    # And a real create afterwards is not "already exists".
+    fs = a.create_topics([NewTopic(topic_name, num_partitions=2, replication_factor=1)], request_timeout=T)
+    assert error_code(fs[topic_name]) == 0
+    wait_topic(a, topic_name, 2)
+
+
+@pytest.mark.parametrize("name", ["bad/name", "with space", "..", ".", "a" * 250, "ümlaut"])
+def test_create_topic_invalid_name(bootstrap, name):
+    a = admin(bootstrap)
+    fs = a.create_topics([NewTopic(name, num_partitions=1, replication_factor=1)], request_timeout=T)
+    assert error_code(fs[name]) == KafkaError.TOPIC_EXCEPTION  # INVALID_TOPIC_EXCEPTION (17)
+    assert name not in topic_names(a)
+
+
+@pytest.mark.parametrize("partitions", [-5, 0])
+def test_create_topic_negative_or_zero_partitions(bootstrap, topic_name, partitions):
+    # librdkafka refuses such counts itself, so the request is written by hand.
+    # (-1 is not tested here: since KIP-464 it means "the broker's default".)
+    with kproto.Conn(bootstrap) as c:
+        res = kproto.create_topics(c, [(topic_name, partitions, 1, {})])
+    assert res[topic_name][0] == kproto.INVALID_PARTITIONS, f"CreateTopics(num_partitions={partitions}) -> {res}"
+    assert topic_name not in topic_names(admin(bootstrap))
+
+
+def test_create_topic_default_partitions_and_replication(bootstrap, topic_name):
+    with kproto.Conn(bootstrap) as c:
+        res = kproto.create_topics(c, [(topic_name, -1, -1, {})])
+    assert res[topic_name][0] == 0, res
+    wait_topic(admin(bootstrap), topic_name, 1)  # num.partitions defaults to 1
+
+
+def test_create_topic_replication_factor_above_broker_count(bootstrap, topic_name):
+    with kproto.Conn(bootstrap) as c:
+        res = kproto.create_topics(c, [(topic_name, 1, 3, {})])
+    assert res[topic_name][0] == 38, f"expected INVALID_REPLICATION_FACTOR (38) on a 1-node cluster: {res}"
+    assert topic_name not in topic_names(admin(bootstrap))
+
+
+def test_create_topic_already_exists(bootstrap, topic_name):
+    a = create_topic(bootstrap, topic_name, partitions=2)
+    fs = a.create_topics([NewTopic(topic_name, num_partitions=5, replication_factor=1)], request_timeout=T)
+    assert error_code(fs[topic_name]) == KafkaError.TOPIC_ALREADY_EXISTS
+    wait_topic(a, topic_name, 2)  # unchanged
+
+
+# ---- DeleteTopics ---------------------------------------------------------------------------
+
+
+def test_delete_topic_then_recreate_is_empty(bootstrap, topic_name):
+    a = create_topic(bootstrap, topic_name)
+    produce_all(producer(bootstrap), topic_name, [dict(value=b"old%d" % i) for i in range(5)])
+    assert error_code(a.delete_topics([topic_name], operation_timeout=10, request_timeout=T)[topic_name]) == 0
+    deadline = time.monotonic() + 10
+    while topic_name in topic_names(a) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert topic_name not in topic_names(a)
+    assert error_code(a.delete_topics([topic_name], request_timeout=T)[topic_name]) == KafkaError.UNKNOWN_TOPIC_OR_PART
+
+    create_topic(bootstrap, topic_name)
+    delivered = produce_all(producer(bootstrap), topic_name, [dict(value=b"new")])
+    assert delivered[0].offset() == 0, "a re-created topic must start empty"
+    got = consume(bootstrap, topic_name, expected=1)
+    assert [m.value() for m in got] == [b"new"]
+
+
+# ---- CreatePartitions -----------------------------------------------------------------------
+
+
+def test_create_partitions(bootstrap, topic_name):
+    a = create_topic(bootstrap, topic_name, partitions=1)
+    fs = a.create_partitions([NewPartitions(topic_name, 3)], request_timeout=T)
+    assert error_code(fs[topic_name]) == 0
+    wait_topic(a, topic_name, 3)
+    delivered = produce_all(producer(bootstrap), topic_name, [dict(value=b"p2", partition=2)])
+    assert (delivered[0].partition(), delivered[0].offset()) == (2, 0)
+
+    fs = a.create_partitions([NewPartitions(topic_name, 2)], request_timeout=T)
+    assert error_code(fs[topic_name]) == KafkaError.INVALID_PARTITIONS  # cannot shrink
+    fs = a.create_partitions([NewPartitions(topic_name, 3)], request_timeout=T)
+    assert error_code(fs[topic_name]) == KafkaError.INVALID_PARTITIONS  # no change is an error too
+    fs = a.create_partitions([NewPartitions("no-such-topic-for-partitions", 2)], request_timeout=T)
+    assert error_code(fs["no-such-topic-for-partitions"]) == KafkaError.UNKNOWN_TOPIC_OR_PART
+    wait_topic(a, topic_name, 3)
+
+
+# ---- AlterConfigs / IncrementalAlterConfigs -------------------------------------------------
+
+
+def test_alter_configs_replaces_the_whole_set(bootstrap, topic_name):
+    a = create_topic(bootstrap, topic_name, config={"segment.bytes": "1048576"})
+    res = ConfigResource(ResourceType.TOPIC, topic_name, set_config={"retention.ms": "1234567"})
+    assert error_code(a.alter_configs([res], request_timeout=T)[res]) == 0
+    entries = describe_topic_configs(a, topic_name)
+    assert entries["retention.ms"].value == "1234567"
+    assert entries["retention.ms"].source == ConfigSource.DYNAMIC_TOPIC_CONFIG.value
+    # Legacy AlterConfigs is not incremental: the earlier override is gone.
+    assert entries["segment.bytes"].source != ConfigSource.DYNAMIC_TOPIC_CONFIG.value, (
+        f"segment.bytes still an override ({entries['segment.bytes'].value}) after a non-incremental AlterConfigs")
+
+
+def test_incremental_alter_configs_set_and_delete(bootstrap, topic_name):
+    a = create_topic(bootstrap, topic_name, config={"segment.bytes": "1048576"})
+
+    def alter(*entries):
+        res = ConfigResource(ResourceType.TOPIC, topic_name, incremental_configs=list(entries))
+        return error_code(a.incremental_alter_configs([res], request_timeout=T)[res])
+
+    assert alter(ConfigEntry("retention.ms", "7654321", incremental_operation=AlterConfigOpType.SET)) == 0
+    entries = describe_topic_configs(a, topic_name)
+    assert entries["retention.ms"].value == "7654321"
+    assert entries["segment.bytes"].value == "1048576", "incremental SET must keep other overrides"
+
+    assert alter(ConfigEntry("retention.ms", None, incremental_operation=AlterConfigOpType.DELETE)) == 0
+    entries = describe_topic_configs(a, topic_name)
+    assert entries["retention.ms"].source != ConfigSource.DYNAMIC_TOPIC_CONFIG.value
+    assert entries["segment.bytes"].value == "1048576"
+
+    assert alter(ConfigEntry("no.such.config", "1", incremental_operation=AlterConfigOpType.SET)) == \
+        KafkaError.INVALID_CONFIG
+
+
+# ---- DescribeCluster ------------------------------------------------------------------------
+
+
+def test_describe_cluster(broker):
+    a = admin(broker.bootstrap)
+    d = a.describe_cluster(request_timeout=T).result(timeout=T)
+    assert d.cluster_id, "empty cluster id"
+    assert [(n.id, n.host, n.port) for n in d.nodes] == [(1, "127.0.0.1", broker.kafka_port)]
+    assert d.controller is not None and d.controller.id == 1
+    md = a.list_topics(timeout=T)
+    assert md.cluster_id == d.cluster_id
+    assert md.controller_id == 1
+    assert {(b.id, b.host, b.port) for b in md.brokers.values()} == {(1, "127.0.0.1", broker.kafka_port)}
+
+
+# ---- ListOffsets / offsets_for_times / DeleteRecords ----------------------------------------
+
+
+def produce_timed(bootstrap, topic, n, t0):
+    return produce_all(producer(bootstrap), topic, [dict(value=b"%d" % i, timestamp=t0 + i * 1000) for i in range(n)])
+
+
+def test_list_offsets_earliest_latest_and_by_timestamp(bootstrap, topic_name):
+    a = create_topic(bootstrap, topic_name)
+    tp = TopicPartition(topic_name, 0)
+
+    def lo(spec):
+        return a.list_offsets({tp: spec}, request_timeout=T)[tp].result(timeout=T).offset
+
+    assert (lo(OffsetSpec.earliest()), lo(OffsetSpec.latest())) == (0, 0), "empty partition"
+    assert lo(OffsetSpec.for_timestamp(0)) == -1, "no record at all: offset -1"
+
+    t0 = int(time.time() * 1000) - 100_000
+    produce_timed(bootstrap, topic_name, 10, t0)
+    assert lo(OffsetSpec.earliest()) == 0
+    assert lo(OffsetSpec.latest()) == 10
+    assert lo(OffsetSpec.for_timestamp(t0 - 5)) == 0
+    assert lo(OffsetSpec.for_timestamp(t0 + 3000)) == 3      # exact hit
+    assert lo(OffsetSpec.for_timestamp(t0 + 2500)) == 3      # first record with timestamp >= ts
+    assert lo(OffsetSpec.for_timestamp(t0 + 9000)) == 9
+    assert lo(OffsetSpec.for_timestamp(t0 + 9001)) == -1     # past the newest record
+    info = a.list_offsets({tp: OffsetSpec.for_timestamp(t0 + 4500)}, request_timeout=T)[tp].result(timeout=T)
+    assert info.timestamp == t0 + 5000
+
+
+def test_consumer_offsets_for_times_and_watermarks(bootstrap, topic_name):
+    create_topic(bootstrap, topic_name, partitions=2)
+    t0 = int(time.time() * 1000) - 100_000
+    produce_all(producer(bootstrap), topic_name,
+                [dict(value=b"%d" % i, partition=i % 2, timestamp=t0 + i * 1000) for i in range(10)])
+    c = consumer(bootstrap)
+    try:
+        res = c.offsets_for_times([TopicPartition(topic_name, 0, t0 + 3000), TopicPartition(topic_name, 1, t0 + 3000)],
+                                  timeout=T)
+        # partition 0 holds t0+0,2000,4000,...: first >= t0+3000 is t0+4000 at offset 2;
+        # partition 1 holds t0+1000,3000,...: exact hit t0+3000 at offset 1.
+        assert [(r.partition, r.offset, r.error) for r in res] == [(0, 2, None), (1, 1, None)]
+        res = c.offsets_for_times([TopicPartition(topic_name, 0, t0 + 10**6)], timeout=T)
+        assert res[0].offset == -1
+        assert c.get_watermark_offsets(TopicPartition(topic_name, 0), timeout=T) == (0, 5)
+        assert c.get_watermark_offsets(TopicPartition(topic_name, 1), timeout=T) == (0, 5)
+    finally:
+        c.close()
+
+
+def test_delete_records(bootstrap, topic_name):
+    a = create_topic(bootstrap, topic_name)
+    produce_all(producer(bootstrap), topic_name, [dict(value=b"%d" % i) for i in range(10)])
+    tp = TopicPartition(topic_name, 0, 4)
+    low = a.delete_records([tp], request_timeout=T)[tp].result(timeout=T).low_watermark
+    assert low == 4
+
+    tp0 = TopicPartition(topic_name, 0)
+    assert a.list_offsets({tp0: OffsetSpec.earliest()}, request_timeout=T)[tp0].result(timeout=T).offset == 4
+    assert a.list_offsets({tp0: OffsetSpec.latest()}, request_timeout=T)[tp0].result(timeout=T).offset == 10
+    got = consume(bootstrap, topic_name, expected=6)
+    assert [(m.offset(), m.value()) for m in got] == [(i, b"%d" % i) for i in range(4, 10)]
+    with kproto.Conn(bootstrap) as c:
+        assert kproto.fetch(c, topic_name, 0, 2)["error"] == 1  # OFFSET_OUT_OF_RANGE below the log start
+
+    beyond = TopicPartition(topic_name, 0, 11)
+    assert error_code(a.delete_records([beyond], request_timeout=T)[beyond]) == KafkaError.OFFSET_OUT_OF_RANGE
+    everything = TopicPartition(topic_name, 0, -1)  # -1: up to the high watermark
+    assert a.delete_records([everything], request_timeout=T)[everything].result(timeout=T).low_watermark == 10
+    assert a.list_offsets({tp0: OffsetSpec.earliest()}, request_timeout=T)[tp0].result(timeout=T).offset == 10
+
+
+# ---- auto-create ----------------------------------------------------------------------------
+
+
+def test_auto_create_on_produce(bootstrap, topic_name):
+    a = admin(bootstrap)
+    assert topic_name not in topic_names(a)
+    delivered = produce_all(producer(bootstrap), topic_name, [dict(value=b"hello")])
+    assert delivered[0].offset() == 0
+    t = wait_topic(a, topic_name, 1)  # num.partitions defaults to 1
+    assert t.partitions[0].leader == 1
+    assert [m.value() for m in consume(bootstrap, topic_name, expected=1)] == [b"hello"]
+
+
+def test_auto_create_disabled(broker_factory, topic_name):
+    b = broker_factory(args=["--set", "auto.create.topics.enable=false"])
+    p = producer(b.bootstrap, **{"topic.metadata.propagation.max.ms": 1000, "message.timeout.ms": 8000})
+    [(err, _)] = produce_all(p, topic_name, [dict(value=b"nowhere")], check=False)
+    assert err is not None and err.code() in (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC), \
+        f"delivery error {err}"
+    a = admin(b.bootstrap)
+    md = a.list_topics(topic=topic_name, timeout=T)  # sent with allow_auto_topic_creation=true
+    assert md.topics[topic_name].error is not None
+    assert md.topics[topic_name].error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART
+    assert topic_name not in topic_names(a)
+    # Explicit creation still works.
+    create_topic(b.bootstrap, topic_name)
+    assert produce_all(p, topic_name, [dict(value=b"now")])[0].offset() == 0

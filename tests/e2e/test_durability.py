@@ -1,0 +1,212 @@
+"""Restart and crash durability: what the broker acknowledged must be there after SIGTERM or
+SIGKILL, in order, exactly once; topic metadata and idempotent producer state too."""
+
+import os
+import random
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from confluent_kafka import TopicPartition
+from confluent_kafka.admin import ConfigResource, OffsetSpec, ResourceType
+
+import kproto
+from ckutil import admin, consume, create_topic, produce_all, producer, topic_names, wait_topic
+
+
+def read_partition(bootstrap, topic, partition):
+    """[(offset, value)] of the whole partition via raw Fetch (fast, no client-side dedup)."""
+    with kproto.Conn(bootstrap, timeout=30) as c:
+        batches = kproto.fetch_all_batches(c, topic, partition)
+    out = []
+    for b in batches:
+        assert b.crc_ok, f"{topic}/{partition}: batch at {b.base_offset} has a bad CRC"
+        assert b.records is not None, "crash test batches are uncompressed"
+        out += [(r["offset"], r["value"]) for r in b.records]
+    return out
+
+
+def test_restart_after_sigterm_keeps_acked_data(broker_factory, topic_name):
+    b = broker_factory()
+    create_topic(b.bootstrap, topic_name, partitions=3)
+    n = 3000
+    sent = [dict(partition=i % 3, key=b"k%d" % i, value=b"v%d" % i) for i in range(n)]
+    produce_all(producer(b.bootstrap, acks="all"), topic_name, sent)
+
+    b.restart()  # SIGTERM: asserts exit code 0, then starts on the same dir and ports
+
+    for part in range(3):
+        got = consume(b.bootstrap, topic_name, partitions=[part], expected=n // 3)
+        assert [(m.offset(), m.key(), m.value()) for m in got] == [
+            (j, s["key"], s["value"]) for j, s in enumerate(x for x in sent if x["partition"] == part)]
+    # Appends continue where the log ended.
+    more = produce_all(producer(b.bootstrap, acks="all"), topic_name, [dict(partition=p, value=b"after") for p in range(3)])
+    assert sorted((m.partition(), m.offset()) for m in more) == [(0, 1000), (1, 1000), (2, 1000)]
+
+
+def test_sigkill_right_after_acks_all_keeps_acked_data(broker_factory, topic_name):
+    b = broker_factory()
+    create_topic(b.bootstrap, topic_name, partitions=2)
+    sent = [dict(partition=i % 2, value=b"%d" % i) for i in range(2000)]
+    delivered = produce_all(producer(b.bootstrap, acks="all", **{"linger.ms": 1}), topic_name, sent)
+    b.kill9()  # acks=all is answered after fsync: nothing acknowledged may be lost
+    b.start()
+    for part in range(2):
+        want = [(m.offset(), m.value()) for m in delivered if m.partition() == part]
+        assert read_partition(b.bootstrap, topic_name, part) == want
+
+
+def test_topic_metadata_survives_restart(broker_factory, topic_name):
+    b = broker_factory()
+    a = create_topic(b.bootstrap, topic_name, partitions=2, config={"retention.ms": "123456789"})
+    gone = topic_name + "-deleted"
+    create_topic(b.bootstrap, gone)
+    assert a.delete_topics([gone], request_timeout=20)[gone].result(timeout=20) is None
+    produce_all(producer(b.bootstrap), topic_name, [dict(partition=0, value=b"%d" % i) for i in range(10)])
+    tp = TopicPartition(topic_name, 0, 3)
+    assert a.delete_records([tp], request_timeout=20)[tp].result(timeout=20).low_watermark == 3
+
+    for graceful in (True, False):
+        b.restart(graceful=graceful)
+        a = admin(b.bootstrap)
+        names = topic_names(a)
+        assert topic_name in names and gone not in names, f"after restart (graceful={graceful}): {sorted(names)}"
+        wait_topic(a, topic_name, 2)
+        res = ConfigResource(ResourceType.TOPIC, topic_name)
+        entries = a.describe_configs([res], request_timeout=20)[res].result(timeout=20)
+        assert entries["retention.ms"].value == "123456789"
+        tp0 = TopicPartition(topic_name, 0)
+        assert a.list_offsets({tp0: OffsetSpec.earliest()}, request_timeout=20)[tp0].result(timeout=20).offset == 3, \
+            "DeleteRecords' log start offset lost on restart"
+        assert a.list_offsets({tp0: OffsetSpec.latest()}, request_timeout=20)[tp0].result(timeout=20).offset == 10
+
+
+@pytest.mark.parametrize("graceful", [True, False], ids=["sigterm", "sigkill"])
+def test_idempotent_producer_state_survives_restart(broker_factory, topic_name, graceful):
+    b = broker_factory()
+    create_topic(b.bootstrap, topic_name)
+    with kproto.Conn(b.bootstrap) as c:
+        err, pid, epoch = kproto.init_producer_id(c)
+        assert err == 0
+
+    def send(c, seq, n):
+        batch = kproto.record_batch([b"s%d" % (seq + i) for i in range(n)], producer_id=pid,
+                                    producer_epoch=epoch, base_sequence=seq)
+        return kproto.produce(c, topic_name, 0, batch)
+
+    with kproto.Conn(b.bootstrap) as c:
+        assert send(c, 0, 3) == (0, 0)
+        assert send(c, 3, 2) == (0, 3)
+
+    b.restart(graceful=graceful)
+
+    with kproto.Conn(b.bootstrap) as c:
+        assert send(c, 3, 2) == (0, 3), "retry of the last batch after restart must be deduplicated"
+        assert send(c, 5, 1) == (0, 5), "the producer's sequence must continue after restart"
+        assert send(c, 9, 1)[0] == kproto.OUT_OF_ORDER_SEQUENCE_NUMBER, "gap after restart must be detected"
+    assert [v for _, v in read_partition(b.bootstrap, topic_name, 0)] == [b"s%d" % i for i in range(6)]
+
+
+def test_torn_tail_after_crash_is_truncated(broker_factory, topic_name):
+    b = broker_factory()
+    create_topic(b.bootstrap, topic_name)
+    delivered = produce_all(producer(b.bootstrap, acks="all"), topic_name, [dict(value=b"%d" % i) for i in range(100)])
+    b.kill9()
+    logs = [p for p in Path(b.data_dir).rglob("*.log") if topic_name in str(p)]
+    if not logs:
+        pytest.skip(f"no *.log segment file for {topic_name} under {b.data_dir}: unknown on-disk layout")
+    newest = max(logs, key=lambda p: (p.stat().st_mtime, p.name))
+    with open(newest, "ab") as f:
+        # A torn write: a batch header announcing 500 bytes, then only part of it.
+        f.write(kproto.i64(100) + kproto.i32(500) + os.urandom(100))
+    b.start()
+    assert read_partition(b.bootstrap, topic_name, 0) == [(m.offset(), m.value()) for m in delivered]
+    assert produce_all(producer(b.bootstrap), topic_name, [dict(value=b"next")])[0].offset() == 100
+    assert read_partition(b.bootstrap, topic_name, 0)[-1] == (100, b"next")
+
+
+def test_crash_loop_acked_records_survive_exactly_once_in_order(broker_factory, topic_name):
+    seed = int(os.environ.get("E2E_SEED", time.time_ns() % 2**32))
+    rng = random.Random(seed)
+    print(f"crash test seed {seed} (set E2E_SEED={seed} to replay the kill timings)")
+    b = broker_factory()
+    parts = 3
+    create_topic(b.bootstrap, topic_name, partitions=parts)
+
+    acked = {p: [] for p in range(parts)}      # partition -> [(offset, value)]
+    failed = []                                # (value, error)
+    fatal = []
+    stop = threading.Event()
+    lock = threading.Lock()
+
+    def writer(part):
+        def on_error(err):
+            if err.fatal():
+                fatal.append((part, str(err)))
+        p = producer(b.bootstrap, **{
+            "acks": "all", "enable.idempotence": True, "linger.ms": 5,
+            "message.timeout.ms": 60000, "reconnect.backoff.ms": 50, "reconnect.backoff.max.ms": 300,
+            "retry.backoff.ms": 50, "retry.backoff.max.ms": 300, "error_cb": on_error})
+
+        def cb(err, msg):
+            with lock:
+                if err is None:
+                    acked[part].append((msg.offset(), msg.value()))
+                else:
+                    failed.append((msg.value(), str(err)))
+
+        seq = 0
+        while not stop.is_set() and not fatal:
+            if len(p) > 2000:
+                p.poll(0.05)
+                continue
+            p.produce(topic_name, value=b"w%d-%07d" % (part, seq), partition=part, on_delivery=cb)
+            seq += 1
+            p.poll(0)
+            if seq % 50 == 0:
+                time.sleep(0.005)
+        left = p.flush(45)
+        if left:
+            failed.append((f"writer {part}", f"{left} messages undelivered at the end"))
+
+    threads = [threading.Thread(target=writer, args=(i,), daemon=True) for i in range(parts)]
+    for t in threads:
+        t.start()
+
+    kills = 5
+    for k in range(kills):
+        time.sleep(rng.uniform(0.4, 2.0))
+        with lock:
+            before = sum(len(v) for v in acked.values())
+        b.kill9()
+        time.sleep(rng.uniform(0.0, 0.3))
+        b.start()
+        print(f"kill #{k + 1}: {before} acked so far")
+    time.sleep(1.5)
+    stop.set()
+    for t in threads:
+        t.join(60)
+        assert not t.is_alive(), "a writer did not finish"
+
+    assert not fatal, f"producer fatal errors (idempotent state not kept across a crash?): {fatal}"
+    assert not failed, f"{len(failed)} deliveries failed, first: {failed[:5]}"
+    total = sum(len(v) for v in acked.values())
+    assert total >= 300, f"only {total} records acknowledged: the test did not exercise much"
+
+    b.kill9()  # once more, after everything was acknowledged
+    b.start()
+    for part in range(parts):
+        log = read_partition(b.bootstrap, topic_name, part)
+        offsets = [o for o, _ in log]
+        assert offsets == list(range(len(log))), f"partition {part}: offsets not contiguous from 0"
+        values = [v for _, v in log]
+        dups = len(values) - len(set(values))
+        assert dups == 0, f"partition {part}: {dups} duplicate records in the log (idempotent producer)"
+        seqs = [int(v.split(b"-")[1]) for v in values]
+        assert seqs == sorted(seqs), f"partition {part}: records out of order"
+        by_offset = dict(log)
+        lost = [(o, v) for o, v in acked[part] if by_offset.get(o) != v]
+        assert not lost, (f"partition {part}: {len(lost)} of {len(acked[part])} acknowledged records missing or "
+                          f"moved, first {lost[:5]}; log has {len(log)} records")
+        print(f"partition {part}: {len(acked[part])} acked, {len(log)} in log")

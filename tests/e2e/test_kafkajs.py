@@ -1,0 +1,69 @@
+"""kafkajs (Node.js, its own protocol code): admin createTopics / offsets / deleteTopics and a
+producer sendBatch; records are read back with confluent-kafka (kafkajs consumers need groups)."""
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from ckutil import admin, consume, topic_names, wait_topic
+
+JS_DIR = Path(__file__).parent / "js"
+NODE = shutil.which("node")
+
+
+def kjs(bootstrap, topic, command, arg=None, timeout=60):
+    assert NODE, "node is not installed"
+    assert (JS_DIR / "node_modules" / "kafkajs").is_dir(), "kafkajs is not installed: run scripts/setup"
+    env = dict(os.environ, KAFKAJS_NO_PARTITIONER_WARNING="1")
+    cmd = [NODE, str(JS_DIR / "kjs.js"), bootstrap, topic, command] + ([json.dumps(arg)] if arg is not None else [])
+    r = subprocess.run(cmd, capture_output=True, timeout=timeout, env=env, cwd=JS_DIR)
+    assert r.returncode == 0, (f"kjs.js {command} exited {r.returncode}\n"
+                               f"stdout: {r.stdout.decode(errors='replace')}\nstderr: {r.stderr.decode(errors='replace')}")
+    return json.loads(r.stdout)
+
+
+def test_kafkajs_create_topic_and_metadata(bootstrap, topic_name):
+    out = kjs(bootstrap, topic_name, "create", {"partitions": 3, "configs": {"retention.ms": "3600000"}})
+    assert out["created"] is True
+    (t,) = out["metadata"]
+    assert t["name"] == topic_name
+    assert sorted(p["partitionId"] for p in t["partitions"]) == [0, 1, 2]
+    assert all(p["leader"] == 1 and p["replicas"] == [1] and p["isr"] == [1] for p in t["partitions"])
+    wait_topic(admin(bootstrap), topic_name, 3)
+    # Creating again reports "not created" (TOPIC_ALREADY_EXISTS is swallowed by kafkajs).
+    assert kjs(bootstrap, topic_name, "create", {"partitions": 3})["created"] is False
+
+
+@pytest.mark.parametrize("compression,idempotent", [("None", False), ("GZIP", True)])
+def test_kafkajs_send_batch_read_back(bootstrap, topic_name, compression, idempotent):
+    kjs(bootstrap, topic_name, "create", {"partitions": 3})
+    ts0 = int(time.time() * 1000) - 50_000
+    msgs = [{"key": f"key-{i}", "value": f"value-{i}", "partition": i % 3,
+             "headers": {"idx": str(i)}, "timestamp": str(ts0 + i)} for i in range(90)]
+    res = kjs(bootstrap, topic_name, "produce", {"messages": msgs, "compression": compression,
+                                                 "idempotent": idempotent})
+    assert sorted((r["partition"], r["errorCode"], r["baseOffset"]) for r in res) == [(0, 0, 0), (1, 0, 0), (2, 0, 0)]
+
+    offs = kjs(bootstrap, topic_name, "offsets", {"timestamp": ts0 + 30})
+    assert sorted((o["partition"], o["low"], o["high"]) for o in offs["offsets"]) == [(0, 0, 30), (1, 0, 30), (2, 0, 30)]
+    # Message 30 (partition 0, offset 10) has timestamp ts0+30; partitions 1 and 2 first reach it at offset 10 too.
+    assert sorted((o["partition"], o["offset"]) for o in offs["byTimestamp"]) == [(0, 10), (1, 10), (2, 10)]
+
+    for part in range(3):
+        got = consume(bootstrap, topic_name, partitions=[part], expected=30)
+        want = [m for m in msgs if m["partition"] == part]
+        assert [(m.key(), m.value(), m.headers(), m.timestamp()[1]) for m in got] == [
+            (w["key"].encode(), w["value"].encode(), [("idx", w["headers"]["idx"].encode())], int(w["timestamp"]))
+            for w in want]
+
+
+def test_kafkajs_delete_topic(bootstrap, topic_name):
+    kjs(bootstrap, topic_name, "create", {"partitions": 1})
+    out = kjs(bootstrap, topic_name, "delete")
+    assert topic_name not in out["topics"]
+    assert topic_name not in topic_names(admin(bootstrap))

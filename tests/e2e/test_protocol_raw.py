@@ -1,0 +1,322 @@
+"""Hand-written requests over a socket: malformed frames, exact error codes, Fetch long-poll and
+size limits, pipelining, idempotent sequences. After bad input the broker must close that one
+connection (or answer with an error code) and keep serving everyone else."""
+
+import os
+import socket
+import threading
+import time
+
+import pytest
+
+import kproto
+from kproto import Conn, i8, i16, i32, i64, string
+from ckutil import create_topic, produce_all, producer
+
+
+def assert_still_serving(broker):
+    assert broker.running, "broker process died\n" + broker.stderr_tail()
+    with Conn(broker.bootstrap) as c:
+        keys = kproto.api_versions(c)
+    for k in (kproto.PRODUCE, kproto.FETCH, kproto.METADATA, kproto.API_VERSIONS):
+        assert k in keys, f"API key {k} missing from ApiVersions: {sorted(keys)}"
+
+
+# ---- malformed frames -----------------------------------------------------------------------
+
+
+def test_oversized_frame_closes_connection(broker):
+    with Conn(broker.bootstrap) as c:
+        # 100 MiB + 1 is over the default socket.request.max.bytes (104857600).
+        c.send_raw(i32(104857600 + 1) + i16(kproto.API_VERSIONS) + i16(0) + i32(1))
+        got = c.wait_closed()
+        assert got == b"", f"broker answered an oversized frame with {got[:64]!r}"
+    assert_still_serving(broker)
+
+
+def test_socket_request_max_bytes_is_configurable(broker_factory):
+    b = broker_factory(args=["--set", "socket.request.max.bytes=2000"])
+    with Conn(b.bootstrap) as c:
+        body = i32(10) + b"".join(string("t%04d-" % i + "x" * 200) for i in range(10))  # Metadata v1, ~2 KiB
+        c.request(kproto.METADATA, 1, body, expect_response=False)
+        assert c.wait_closed() == b""
+    with Conn(b.bootstrap) as c:
+        kproto.api_versions(c)  # small requests still fine
+
+
+@pytest.mark.parametrize("size", [-1, -2147483648, 0])
+def test_negative_or_zero_frame_length_closes_connection(broker, size):
+    with Conn(broker.bootstrap) as c:
+        c.send_raw(i32(size) + b"\x00" * 16)
+        assert c.wait_closed() == b""
+    assert_still_serving(broker)
+
+
+@pytest.mark.parametrize("api_key", [999, 32767, -1])
+def test_unknown_api_key_closes_connection(broker, api_key):
+    with Conn(broker.bootstrap) as c:
+        c.request(api_key, 0, b"", expect_response=False)
+        assert c.wait_closed() == b""
+    assert_still_serving(broker)
+
+
+def test_unsupported_version_of_known_api_closes_connection(broker):
+    with Conn(broker.bootstrap) as c:
+        c.request(kproto.METADATA, 999, i32(-1), expect_response=False)
+        assert c.wait_closed() == b""
+    assert_still_serving(broker)
+
+
+def test_api_versions_unsupported_version_gets_v0_error_response(broker):
+    with Conn(broker.bootstrap) as c:
+        # A client newer than the broker sends ApiVersions v99 with a flexible (v2) header and a
+        # body the broker cannot know. Kafka answers in the v0 shape with UNSUPPORTED_VERSION and
+        # its ApiVersions range, so the client can retry with a version both support.
+        body = c.request(kproto.API_VERSIONS, 99, kproto.api_versions_v3_body(), flexible_header=True)
+        err, keys = kproto.parse_api_versions_v0(body)
+        assert err == kproto.UNSUPPORTED_VERSION
+        assert kproto.API_VERSIONS in keys, f"error response must list ApiVersions' range: {keys}"
+        lo, hi = keys[kproto.API_VERSIONS]
+        assert lo == 0 and hi >= 3, f"ApiVersions range v{lo}-v{hi}"
+        # The connection stays usable for the retry.
+        kproto.api_versions(c)
+    assert_still_serving(broker)
+
+
+def test_api_versions_v3_flexible(broker):
+    with Conn(broker.bootstrap) as c:
+        body = c.request(kproto.API_VERSIONS, 3, kproto.api_versions_v3_body(), flexible_header=True)
+    r = kproto.Reader(body)
+    assert r.i16() == 0
+    n = r.uvarint() - 1
+    keys = {}
+    for _ in range(n):
+        k, lo, hi = r.i16(), r.i16(), r.i16()
+        r.skip_tagged_fields()
+        keys[k] = (lo, hi)
+    r.i32()  # throttle
+    with Conn(broker.bootstrap) as c:
+        assert keys == kproto.api_versions(c), "v3 and v0 disagree on the supported versions"
+    for k in (0, 1, 2, 3, 18, 19, 20, 21, 22, 32, 33, 37, 44, 60):
+        assert k in keys, f"API key {k} not advertised; advertised: {sorted(keys)}"
+
+
+def test_truncated_frame_then_eof_closes_connection(broker):
+    with Conn(broker.bootstrap) as c:
+        c.send_raw(i32(100) + i16(kproto.API_VERSIONS) + i16(0) + i32(7))  # 8 of 100 bytes
+        c.sock.shutdown(socket.SHUT_WR)
+        assert c.wait_closed() == b""
+    assert_still_serving(broker)
+
+
+def test_truncated_header_closes_connection(broker):
+    with Conn(broker.bootstrap) as c:
+        c.send_raw(i32(3) + b"\x00\x12\x00")  # a complete 3-byte frame: not even a request header
+        assert c.wait_closed() == b""
+    assert_still_serving(broker)
+
+
+def test_truncated_body_closes_connection(broker):
+    with Conn(broker.bootstrap) as c:
+        # Metadata v1 whose topics array claims 5 names but the frame ends after the count.
+        c.request(kproto.METADATA, 1, i32(5), expect_response=False)
+        assert c.wait_closed() == b""
+    assert_still_serving(broker)
+
+
+def test_garbage_after_valid_request_closes_only_that_connection(broker):
+    other = Conn(broker.bootstrap)
+    try:
+        kproto.api_versions(other)
+        with Conn(broker.bootstrap) as c:
+            c.send_raw(os.urandom(4) + os.urandom(64))
+            try:
+                c.wait_closed()
+            except AssertionError:
+                # Random length may be a plausible size the broker waits for: that's fine as long
+                # as the other connection is unaffected.
+                pass
+        kproto.api_versions(other)
+    finally:
+        other.close()
+    assert_still_serving(broker)
+
+
+# ---- pipelining and acks=0 ------------------------------------------------------------------
+
+
+def test_pipelined_requests_answered_in_order(bootstrap, topic_name):
+    create_topic(bootstrap, topic_name)
+    with Conn(bootstrap) as c:
+        # A long-poll Fetch first: the later requests' responses must still come after it.
+        reqs = [
+            (kproto.FETCH, 4, i32(-1) + i32(500) + i32(1) + i32(1 << 20) + i8(0)
+             + kproto.array([topic_name], lambda t: string(t) + kproto.array([0], lambda p: i32(p) + i64(0) + i32(1 << 20)))),
+            (kproto.API_VERSIONS, 0, b""),
+            (kproto.METADATA, 1, i32(-1)),
+        ]
+        frames = b""
+        ids = []
+        for key, ver, body in reqs:
+            payload = c.header(key, ver) + body
+            ids.append(c.correlation_id)
+            frames += i32(len(payload)) + payload
+        c.send_raw(frames)
+        got = [kproto.Reader(c.recv_frame()).i32() for _ in reqs]
+    assert got == ids
+
+
+def test_acks0_produce_gets_no_response(bootstrap, topic_name):
+    create_topic(bootstrap, topic_name)
+    with Conn(bootstrap) as c:
+        assert kproto.produce(c, topic_name, 0, kproto.record_batch([b"fire-and-forget"]), acks=0) is None
+        acks0_id = c.correlation_id
+        body = c.request(kproto.API_VERSIONS, 0, b"")  # asserts the next frame is this request's
+        assert c.correlation_id == acks0_id + 1
+        kproto.parse_api_versions_v0(body)
+        p = kproto.fetch(c, topic_name, 0, 0)
+    assert p["high_watermark"] == 1
+    assert [r["value"] for b in kproto.parse_batches(p["records"]) for r in b.records] == [b"fire-and-forget"]
+
+
+# ---- Produce errors -------------------------------------------------------------------------
+
+
+def test_produce_error_codes(bootstrap, topic_name):
+    create_topic(bootstrap, topic_name)
+    good = kproto.record_batch([b"a", b"b"])
+    with Conn(bootstrap) as c:
+        assert kproto.produce(c, topic_name, 7, good)[0] == kproto.UNKNOWN_TOPIC_OR_PARTITION, "partition out of range"
+
+        corrupt = bytearray(good)
+        corrupt[-1] ^= 0xFF  # flip a bit in the last record: CRC no longer matches
+        assert kproto.produce(c, topic_name, 0, bytes(corrupt))[0] == 2, "expected CORRUPT_MESSAGE (2)"
+
+        body = (string(None) + i16(2) + i32(5000)
+                + kproto.array([topic_name], lambda t: string(t) + kproto.array([0], lambda p: i32(p) + kproto.nbytes(good))))
+        r = kproto.Reader(c.request(kproto.PRODUCE, 3, body))
+        ((_, [(_, err, _, _)]),) = r.array(lambda r: (r.string(), r.array(lambda r: (r.i32(), r.i16(), r.i64(), r.i64()))))
+        assert err == 21, f"acks=2: expected INVALID_REQUIRED_ACKS (21), got {err}"
+
+        # Nothing above was written; a good batch lands at offset 0.
+        assert kproto.produce(c, topic_name, 0, good) == (0, 0)
+
+
+# ---- Fetch semantics ------------------------------------------------------------------------
+
+
+def test_fetch_long_poll_waits_max_wait_when_no_data(bootstrap, topic_name):
+    create_topic(bootstrap, topic_name)
+    with Conn(bootstrap) as c:
+        t = time.monotonic()
+        p = kproto.fetch(c, topic_name, 0, 0, max_wait_ms=800, min_bytes=1)
+        took = time.monotonic() - t
+    assert p["error"] == 0 and not p["records"]
+    assert 0.7 <= took < 5, f"empty long poll with max_wait 800 ms returned after {took:.3f}s"
+
+
+def test_fetch_min_bytes_zero_returns_at_once(bootstrap, topic_name):
+    create_topic(bootstrap, topic_name)
+    with Conn(bootstrap) as c:
+        t = time.monotonic()
+        p = kproto.fetch(c, topic_name, 0, 0, max_wait_ms=5000, min_bytes=0)
+        took = time.monotonic() - t
+    assert p["error"] == 0
+    assert took < 1.0, f"min_bytes=0 fetch waited {took:.3f}s"
+
+
+def test_fetch_long_poll_wakes_up_on_produce(bootstrap, topic_name):
+    create_topic(bootstrap, topic_name)
+    result = {}
+
+    def poll():
+        with Conn(bootstrap, timeout=30) as c:
+            t = time.monotonic()
+            result["p"] = kproto.fetch(c, topic_name, 0, 0, max_wait_ms=10_000, min_bytes=1)
+            result["t"] = time.monotonic()
+
+    th = threading.Thread(target=poll)
+    th.start()
+    time.sleep(0.5)
+    with Conn(bootstrap) as c:
+        produced_at = time.monotonic()
+        assert kproto.produce(c, topic_name, 0, kproto.record_batch([b"wake up"])) == (0, 0)
+    th.join(20)
+    assert not th.is_alive()
+    assert result["t"] - produced_at < 2.0, f"long poll returned {result['t'] - produced_at:.3f}s after the produce"
+    recs = [r["value"] for b in kproto.parse_batches(result["p"]["records"]) for r in b.records]
+    assert recs == [b"wake up"]
+
+
+def test_fetch_first_batch_larger_than_max_bytes_still_returned(bootstrap, topic_name):
+    create_topic(bootstrap, topic_name)
+    big = os.urandom(50_000)
+    with Conn(bootstrap) as c:
+        assert kproto.produce(c, topic_name, 0, kproto.record_batch([big])) == (0, 0)
+        assert kproto.produce(c, topic_name, 0, kproto.record_batch([b"small"])) == (0, 1)
+        # KIP-74: the first batch comes back whole even when over the limits, so consumers progress.
+        p = kproto.fetch(c, topic_name, 0, 0, max_bytes=1000, partition_max_bytes=1000)
+    assert p["error"] == 0
+    batches = kproto.parse_batches(p["records"] or b"")
+    assert batches and batches[0].base_offset == 0 and batches[0].records[0]["value"] == big
+
+
+def test_fetch_respects_partition_max_bytes(bootstrap, topic_name):
+    create_topic(bootstrap, topic_name)
+    with Conn(bootstrap) as c:
+        for i in range(5):
+            assert kproto.produce(c, topic_name, 0, kproto.record_batch([os.urandom(10_000)])) == (0, i)
+        p = kproto.fetch(c, topic_name, 0, 0, partition_max_bytes=25_000)
+        assert len(p["records"]) <= 25_000, f"{len(p['records'])} bytes returned for partition_max_bytes 25000"
+        assert [b.base_offset for b in kproto.parse_batches(p["records"])] == [0, 1]
+        p = kproto.fetch(c, topic_name, 0, 0, max_bytes=35_000)
+        assert len(p["records"]) <= 35_000
+        assert [b.base_offset for b in kproto.parse_batches(p["records"])] == [0, 1, 2]
+        p = kproto.fetch(c, topic_name, 0, 3)
+        assert [b.base_offset for b in kproto.parse_batches(p["records"])] == [3, 4]
+        assert p["high_watermark"] == 5
+
+
+def test_fetch_errors(bootstrap, topic_name):
+    create_topic(bootstrap, topic_name)
+    with Conn(bootstrap) as c:
+        assert kproto.produce(c, topic_name, 0, kproto.record_batch([b"x"])) == (0, 0)
+        assert kproto.fetch(c, topic_name, 0, 1)["error"] == 0, "fetch at the log end is not an error"
+        assert kproto.fetch(c, topic_name, 0, 2)["error"] == 1, "OFFSET_OUT_OF_RANGE past the log end"
+        assert kproto.fetch(c, topic_name, 0, -5)["error"] == 1, "OFFSET_OUT_OF_RANGE for a negative offset"
+        assert kproto.fetch(c, topic_name, 3, 0)["error"] == kproto.UNKNOWN_TOPIC_OR_PARTITION
+        assert kproto.fetch(c, "no-such-topic-fetch", 0, 0)["error"] == kproto.UNKNOWN_TOPIC_OR_PARTITION
+
+
+# ---- idempotent producer sequences ----------------------------------------------------------
+
+
+def test_idempotent_sequences_duplicates_gaps_and_fencing(bootstrap, topic_name):
+    create_topic(bootstrap, topic_name)
+    with Conn(bootstrap) as c:
+        err, pid, epoch = kproto.init_producer_id(c)
+        assert err == 0 and pid >= 0 and epoch >= 0, (err, pid, epoch)
+        err2, pid2, _ = kproto.init_producer_id(c)
+        assert err2 == 0 and pid2 != pid, "each InitProducerId without a transactional id gets a new producer id"
+
+        def send(seq, n, ep=epoch, p=pid):
+            batch = kproto.record_batch([b"s%d" % (seq + i) for i in range(n)], producer_id=p,
+                                        producer_epoch=ep, base_sequence=seq)
+            return kproto.produce(c, topic_name, 0, batch)
+
+        assert send(0, 3) == (0, 0)
+        assert send(3, 2) == (0, 3)
+        assert send(3, 2) == (0, 3), "a retried batch must be acknowledged with its original offset"
+        assert send(0, 3) == (0, 0), "a retry of an older batch (within the last 5) too"
+        assert send(8, 1)[0] == kproto.OUT_OF_ORDER_SEQUENCE_NUMBER, "sequence gap 5 -> 8"
+        assert send(5, 1) == (0, 5)
+        # A second producer interleaves; sequences are per producer.
+        assert send(0, 1, p=pid2, ep=0) == (0, 6)
+        # Epoch bump (a new epoch starts again at sequence 0), then the old epoch is fenced.
+        assert send(0, 1, ep=epoch + 1) == (0, 7)
+        err, _ = send(6, 1, ep=epoch)
+        assert err in (kproto.INVALID_PRODUCER_EPOCH, kproto.PRODUCER_FENCED), f"stale epoch accepted (error {err})"
+
+        batches = kproto.fetch_all_batches(c, topic_name, 0)
+    values = [r["value"] for b in batches for r in b.records]
+    assert values == [b"s0", b"s1", b"s2", b"s3", b"s4", b"s5", b"s0", b"s0"]

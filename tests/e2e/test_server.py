@@ -1,0 +1,108 @@
+"""The process contract: HTTP endpoints, listener log lines, signals, config precedence."""
+
+import re
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+
+import kproto
+from ckutil import admin, produce_all, producer, wait_topic
+from conftest import SPATE_BIN
+
+PROM_SAMPLE = re.compile(r'^[a-zA-Z_:][a-zA-Z0-9_:]*(\{.*\})?\s+\S+(\s+-?\d+)?$')
+
+
+def test_health(broker):
+    status, _, _ = broker.http_get("/health")
+    assert status == 200
+
+
+def test_metrics_is_prometheus_text(broker, topic_name):
+    produce_all(producer(broker.bootstrap), topic_name, [dict(value=b"m")])  # some traffic to count
+    status, ctype, body = broker.http_get("/metrics")
+    assert status == 200
+    assert ctype.startswith("text/plain"), f"Content-Type {ctype!r}"
+    samples = []
+    for line in body.splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        assert PROM_SAMPLE.match(line), f"not a Prometheus sample line: {line!r}"
+        samples.append(line)
+    assert samples, "no samples in /metrics after produce traffic"
+
+
+def test_unknown_http_path_is_404(broker):
+    assert broker.http_get("/no-such-path")[0] == 404
+
+
+def test_one_log_line_per_listener(broker_factory):
+    b = broker_factory()
+    text = b.stderr_text()
+    kafka_lines = [l for l in text.splitlines() if b.bootstrap in l]
+    http_lines = [l for l in text.splitlines() if f"127.0.0.1:{b.http_port}" in l]
+    assert kafka_lines, f"no stderr line names the Kafka listener {b.bootstrap}:\n{text}"
+    assert http_lines, f"no stderr line names the HTTP listener 127.0.0.1:{b.http_port}:\n{text}"
+
+
+def test_sigint_clean_shutdown(broker_factory):
+    b = broker_factory()
+    b.stop(sig=signal.SIGINT)  # asserts exit code 0 within 15 s
+
+
+def test_sigterm_with_open_connections_and_long_poll(broker_factory, topic_name):
+    b = broker_factory()
+    a = admin(b.bootstrap)
+    produce_all(producer(b.bootstrap), topic_name, [dict(value=b"x")])
+    wait_topic(a, topic_name, 1)
+    idle = kproto.Conn(b.bootstrap)
+    kproto.api_versions(idle)
+    poller = kproto.Conn(b.bootstrap, timeout=30)
+    # A long poll that would outlive the shutdown deadline if the broker waited for it.
+    body = (kproto.i32(-1) + kproto.i32(60_000) + kproto.i32(1) + kproto.i32(1 << 20) + kproto.i8(0)
+            + kproto.array([topic_name], lambda t: kproto.string(t) + kproto.array(
+                [0], lambda p: kproto.i32(p) + kproto.i64(1) + kproto.i32(1 << 20))))
+    poller.request(kproto.FETCH, 4, body, expect_response=False)
+    time.sleep(0.3)
+    t = time.monotonic()
+    try:
+        b.stop()
+    finally:
+        idle.close()
+        poller.close()
+    assert time.monotonic() - t < 15
+
+
+def created_partitions(b, topic):
+    """Auto-create `topic` (a Metadata request with allow_auto_topic_creation) and return its partition count."""
+    a = admin(b.bootstrap)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        t = a.list_topics(topic=topic, timeout=10).topics.get(topic)
+        if t is not None and t.error is None and t.partitions:
+            return len(t.partitions)
+        time.sleep(0.2)
+    raise AssertionError(f"{topic} was not auto-created")
+
+
+def test_config_precedence_set_over_env_over_file(broker_factory):
+    toml = '"num.partitions" = 2\n'
+    b = broker_factory(config=toml)
+    assert created_partitions(b, "from-file") == 2
+    b.stop()
+    b = broker_factory(config=toml, env={"SPATE_NUM_PARTITIONS": "3"})
+    assert created_partitions(b, "from-env") == 3
+    b.stop()
+    b = broker_factory(config=toml, env={"SPATE_NUM_PARTITIONS": "3"}, args=["--set", "num.partitions=4"])
+    assert created_partitions(b, "from-set") == 4
+
+
+def test_invalid_config_value_refuses_to_start(tmp_path):
+    r = subprocess.run([str(SPATE_BIN), "serve", "--data-dir", str(tmp_path / "d"),
+                        "--kafka-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
+                        "--set", "num.partitions=not-a-number"],
+                       capture_output=True, timeout=15)
+    assert r.returncode != 0, "started with num.partitions=not-a-number"
+    assert b"num.partitions" in r.stderr, f"error does not name the bad setting: {r.stderr[-2000:]!r}"
