@@ -176,3 +176,32 @@ async fn write_responses(
     let _ = writer.flush().await;
     let _ = writer.shutdown().await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn read(bytes: &[u8], max: usize) -> Result<Option<BytesMut>, FrameError> {
+        let mut reader = bytes;
+        read_frame(&mut reader, max).await
+    }
+
+    #[tokio::test]
+    async fn frames_are_bounded_before_allocation() {
+        let mut ok = 8i32.to_be_bytes().to_vec();
+        ok.extend_from_slice(&[0, 18, 0, 3, 0, 0, 0, 1]);
+        assert_eq!(read(&ok, 1024).await.expect("valid").expect("frame").len(), 8);
+        assert!(read(&[], 1024).await.expect("eof").is_none(), "clean end of stream");
+        assert!(matches!(read(&(-5i32).to_be_bytes(), 1024).await, Err(FrameError::TooSmall(-5))));
+        assert!(matches!(read(&3i32.to_be_bytes(), 1024).await, Err(FrameError::TooSmall(3))));
+        // A lying length is refused from the prefix alone, before any buffer is allocated.
+        assert!(matches!(
+            read(&i32::MAX.to_be_bytes(), 1024).await,
+            Err(FrameError::TooLarge { size, max: 1024 }) if size == i32::MAX as usize
+        ));
+        // The length promises more than the stream holds.
+        let mut short = 100i32.to_be_bytes().to_vec();
+        short.extend_from_slice(&[0; 10]);
+        assert!(matches!(read(&short, 1024).await, Err(FrameError::Io(_))));
+    }
+}

@@ -234,3 +234,78 @@ pub(crate) fn encode_with_header<R: Encodable>(
     response.encode(&mut buf, version)?;
     Ok(buf.freeze())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_protocol::messages::{ApiVersionsRequest, MetadataRequest};
+    use kafka_protocol::protocol::Message;
+
+    fn frame<R: Encodable>(key: ApiKey, version: i16, request: &R) -> Bytes {
+        let header = RequestHeader::default()
+            .with_request_api_key(key as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(7)
+            .with_client_id(Some(kafka_protocol::protocol::StrBytes::from_static_str("t")));
+        let mut buf = BytesMut::new();
+        header.encode(&mut buf, key.request_header_version(version)).expect("header");
+        request.encode(&mut buf, version).expect("body");
+        buf.freeze()
+    }
+
+    #[test]
+    fn advertised_versions_lie_within_the_protocol_schemas() {
+        // Every advertised range must be decodable by kafka-protocol, or ApiVersions would lie.
+        for (key, range) in SUPPORTED {
+            let schema = key.valid_versions();
+            assert!(range.min <= range.max, "{key:?} has an empty range");
+            assert!(
+                range.min >= schema.min && range.max <= schema.max,
+                "{key:?} advertises {range} outside the schema's {schema}"
+            );
+        }
+        let keys: std::collections::BTreeSet<i16> = SUPPORTED.iter().map(|(k, _)| *k as i16).collect();
+        assert_eq!(keys.len(), SUPPORTED.len(), "an API is listed twice");
+    }
+
+    #[test]
+    fn every_advertised_version_decodes_a_default_request() {
+        assert!(decode_request(frame(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default())).is_ok());
+        for version in MetadataRequest::VERSIONS.min..=MetadataRequest::VERSIONS.max {
+            let key = decode_request(frame(ApiKey::Metadata, version, &MetadataRequest::default()));
+            assert_eq!(key, Ok(ApiKey::Metadata), "Metadata v{version}");
+        }
+    }
+
+    #[test]
+    fn bad_frames_are_errors_not_panics() {
+        // Shorter than a request header.
+        assert!(decode_request(Bytes::from_static(&[0, 3, 0])).is_err());
+        // Unknown API key 999.
+        let err = decode_request(Bytes::from_static(&[0x03, 0xe7, 0, 0, 0, 0, 0, 1])).unwrap_err();
+        assert!(err.contains("unknown API key 999"), "{err}");
+        // A known but unimplemented API (OffsetCommit, key 8).
+        assert!(decode_request(Bytes::from_static(&[0, 8, 0, 2, 0, 0, 0, 1])).is_err());
+        // Metadata v99 is not supported.
+        assert!(decode_request(Bytes::from_static(&[0, 3, 0, 99, 0, 0, 0, 1])).is_err());
+        // A valid header followed by a truncated body.
+        let full = frame(ApiKey::Metadata, 9, &MetadataRequest::default().with_topics(Some(vec![])));
+        assert!(decode_request(full.slice(..full.len() - 2)).is_err());
+        // ApiVersions with an unsupported version is accepted for the v0 fallback answer.
+        assert_eq!(decode_request(Bytes::from_static(&[0, 18, 0, 99, 0, 0, 0, 1])), Ok(ApiKey::ApiVersions));
+    }
+
+    #[test]
+    fn unsupported_api_versions_answers_in_v0_form() {
+        let bytes = futures::executor::block_on(api_versions::unsupported_version_response(42)).expect("encode");
+        let mut body = bytes.slice(4..);
+        let size = i32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
+        assert_eq!(size, body.len());
+        let header = ResponseHeader::decode(&mut body, 0).expect("header v0");
+        assert_eq!(header.correlation_id, 42);
+        let response = kafka_protocol::messages::ApiVersionsResponse::decode(&mut body, 0).expect("v0 body");
+        assert_eq!(response.error_code, kafka_protocol::ResponseError::UnsupportedVersion.code());
+        assert!(response.api_keys.iter().any(|k| k.api_key == ApiKey::ApiVersions as i16 && k.max_version == 4));
+        assert!(body.is_empty(), "v0 form has no trailing tagged fields");
+    }
+}
