@@ -309,6 +309,28 @@ impl Controller {
     }
 }
 
+impl Drop for Inner {
+    /// Last handle dropped without [`Controller::shutdown`]: stop Raft in the background so its
+    /// tasks do not outlive the controller, and release the directory lock only once it stopped.
+    /// Nothing is lost either way: every acknowledged write is already durable.
+    fn drop(&mut self) {
+        let Some(lock) = self.lock.get_mut().take() else {
+            return;
+        };
+        self.router.unregister(self.raft_id);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let raft = self.raft.clone();
+            runtime.spawn(async move {
+                if let Err(e) = raft.shutdown().await {
+                    tracing::warn!(error = %e, "stopping a dropped controller");
+                }
+                // Only now may another controller take the directory.
+                drop(lock);
+            });
+        }
+    }
+}
+
 /// Takes the exclusive advisory lock on `dir/lock`, held for as long as the file stays open.
 fn lock_dir(dir: &Path) -> Result<File, ControllerError> {
     let path = dir.join(LOCK_FILE);

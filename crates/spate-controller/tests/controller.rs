@@ -406,3 +406,25 @@ async fn concurrent_proposals_all_apply() {
     assert_eq!(c.image().next_producer_id, 320);
     c.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test]
+async fn dropping_the_last_handle_stops_raft_and_frees_the_directory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = open(dir.path()).await;
+    propose(&c, create("kept", 1)).await;
+    let image = c.image();
+    drop(c);
+    // The background stop releases the lock promptly; retry briefly.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let c = loop {
+        match Controller::open(dir.path(), NODE, endpoint()).await {
+            Ok(c) => break c,
+            Err(ControllerError::Locked { .. }) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(10)).await
+            }
+            Err(e) => panic!("reopen after drop: {e}"),
+        }
+    };
+    assert_eq!(content(&c.image()), content(&image));
+    c.shutdown().await.expect("shutdown");
+}

@@ -56,3 +56,35 @@ pub(crate) fn spate_id(id: RaftNodeId) -> Option<NodeId> {
 pub(crate) fn io_err(context: impl std::fmt::Display, e: impl std::fmt::Display) -> std::io::Error {
     std::io::Error::other(format!("{context}: {e}"))
 }
+
+/// openraft's own conformance suite for `RaftLogStorage` + `RaftStateMachine`, run against the
+/// file-backed stores, each test in a fresh directory.
+#[cfg(test)]
+mod conformance {
+    use super::log_store::LogStore;
+    use super::state_machine::StateMachine;
+    use super::TypeConfig;
+    use openraft::testing::log::{StoreBuilder, Suite};
+    use openraft::{ErrorSubject, ErrorVerb, StorageError};
+
+    struct Builder;
+
+    impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Builder {
+        async fn build(
+            &self,
+        ) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<TypeConfig>> {
+            let err = |e| StorageError::from_io_error(ErrorSubject::Store, ErrorVerb::Read, e);
+            let dir = tempfile::tempdir().map_err(err)?;
+            let (log, _) = LogStore::open(dir.path()).map_err(err)?;
+            let (sm, _) = StateMachine::open(dir.path()).map_err(err)?;
+            Ok((dir, log, sm))
+        }
+    }
+
+    #[tokio::test]
+    async fn openraft_storage_suite() {
+        if let Err(e) = Suite::test_all(Builder).await {
+            panic!("openraft storage suite failed: {e}");
+        }
+    }
+}
