@@ -223,9 +223,10 @@ impl PartitionLog {
             }
         };
         for base in bases {
-            let seg = Segment::open(dir, base)?;
+            let mut seg = Segment::open(dir, base)?;
             if seg.index_files_suspect(config.index_interval_bytes)? {
-                seg.set_index(seg.rebuild_index(config.index_interval_bytes, true)?);
+                let idx = seg.rebuild_index(config.index_interval_bytes, true)?;
+                seg.set_index(Some(idx));
             }
             segments.insert(base, seg);
         }
@@ -566,8 +567,8 @@ impl PartitionLog {
         let new_base = self.log_end;
         let (seg, oi, ti) = Segment::create(&self.dir, new_base)?;
         fsio::sync_dir(&self.dir)?;
-        if let Some(old) = self.segments.get(&old_base) {
-            old.set_index(index);
+        if let Some(old) = self.segments.get_mut(&old_base) {
+            old.set_index(Some(index));
         }
         self.segments.insert(new_base, seg);
         self.active = Active {
@@ -962,18 +963,27 @@ impl PartitionLog {
                 .map(|(b, _)| *b)
                 .filter(|b| *b > self.log_start)
                 .collect();
-            // Keep at least one segment: the one holding the log start is never in `doomed`.
-            self.delete_segments(&doomed)?;
-            let base = self.active_segment().base;
-            let cut = {
-                let seg = self.active_segment();
+            // The segment that will be active is the last one not doomed (the one holding the
+            // log start never is). Find the cut with its own index before anything changes.
+            let (base, cut) = {
+                let seg = self
+                    .segments
+                    .values()
+                    .rev()
+                    .find(|s| !doomed.contains(&s.base))
+                    .expect("the segment holding the log start survives truncation");
                 let idx = self.index_of(seg)?;
-                self.find_batch(seg, idx, offset)?
-                    .map_or(seg.size, |(p, _)| p)
+                (
+                    seg.base,
+                    self.find_batch(seg, idx, offset)?
+                        .map_or(seg.size, |(p, _)| p),
+                )
             };
+            self.delete_segments(&doomed)?;
             let seg = self.segments.get_mut(&base).expect("active segment exists");
             seg.file.set_len(cut)?;
             seg.file.sync_all()?;
+            seg.set_index(None);
             self.size_bytes -= seg.size - cut;
             seg.size = cut;
             let seg = self.active_segment();

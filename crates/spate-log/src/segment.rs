@@ -343,9 +343,13 @@ impl Segment {
             || (self.size > interval_bytes && oi == 0))
     }
 
-    /// Hands a finished in-memory index to a segment that just stopped being active.
-    pub fn set_index(&self, idx: SegmentIndex) {
-        let _ = self.index.set(idx);
+    /// Replaces the cached index: a segment that stops being active hands over its
+    /// in-memory index, and one that becomes active again (truncation) must drop a stale one.
+    pub fn set_index(&mut self, idx: Option<SegmentIndex>) {
+        self.index = match idx {
+            Some(idx) => OnceLock::from(idx),
+            None => OnceLock::new(),
+        };
     }
 
     /// The segment's index, loaded (and if need be rebuilt) on first use.
