@@ -19,6 +19,12 @@ pub enum ControllerError {
     /// Kafka node ids are non-negative.
     #[error("invalid controller node id {0}: node ids must be non-negative")]
     InvalidNodeId(NodeId),
+    /// The directory holds the state of a controller quorum this node is not a voter of (for
+    /// instance, it was created under another node id).
+    #[error(
+        "controller node {node} is not a voter of the quorum stored here (voters: {voters:?})"
+    )]
+    NotAVoter { node: NodeId, voters: Vec<NodeId> },
     /// This node is not the active controller; `leader` is the one to ask, if known.
     /// Kafka: NOT_CONTROLLER.
     #[error("this node is not the active controller (leader: {leader:?})")]

@@ -119,24 +119,12 @@ impl Controller {
     ) -> Result<Controller, ControllerError> {
         let started = Instant::now();
         let raft_id = raft::raft_id(node).ok_or(ControllerError::InvalidNodeId(node))?;
-        std::fs::create_dir_all(dir)
-            .map_err(|e| ControllerError::io(format!("creating {}", dir.display()), e))?;
-        let lock = lock_dir(dir)?;
-
-        let (log_store, recovery) = LogStore::open(dir).map_err(|e| {
-            ControllerError::io(format!("opening the raft log in {}", dir.display()), e)
-        })?;
-        if recovery.torn_tail_bytes > 0 {
-            tracing::warn!(
-                dir = %dir.display(),
-                records = recovery.records,
-                dropped_bytes = recovery.torn_tail_bytes,
-                "controller raft log had a torn tail (crash during a write); dropped it"
-            );
-        }
-        let (state_machine, image_rx) = StateMachine::open(dir).map_err(|e| {
-            ControllerError::io(format!("loading the snapshot in {}", dir.display()), e)
-        })?;
+        // Disk recovery (replay, torn-tail truncation, fsyncs) runs on the blocking pool.
+        let owned_dir = dir.to_owned();
+        let (lock, log_store, state_machine, image_rx) =
+            tokio::task::spawn_blocking(move || open_storage(&owned_dir))
+                .await
+                .map_err(|e| ControllerError::Raft(format!("storage recovery task: {e}")))??;
 
         let raft_config = openraft::Config {
             cluster_name: "spate-controller".to_owned(),
@@ -228,6 +216,12 @@ impl Controller {
                 .membership_config
                 .voter_ids()
                 .collect();
+            if !voters.contains(&raft_id) {
+                return Err(ControllerError::NotAVoter {
+                    node: self.inner.node,
+                    voters: voters.into_iter().filter_map(raft::spate_id).collect(),
+                });
+            }
             if voters == [raft_id] {
                 raft.trigger()
                     .elect(false)
@@ -329,6 +323,35 @@ impl Drop for Inner {
             });
         }
     }
+}
+
+type Storage = (
+    File,
+    LogStore,
+    StateMachine,
+    watch::Receiver<Arc<MetadataImage>>,
+);
+
+/// Locks `dir` (creating it) and recovers the Raft log and the last snapshot.
+fn open_storage(dir: &Path) -> Result<Storage, ControllerError> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| ControllerError::io(format!("creating {}", dir.display()), e))?;
+    let lock = lock_dir(dir)?;
+    let (log_store, recovery) = LogStore::open(dir).map_err(|e| {
+        ControllerError::io(format!("opening the raft log in {}", dir.display()), e)
+    })?;
+    if recovery.torn_tail_bytes > 0 {
+        tracing::warn!(
+            dir = %dir.display(),
+            records = recovery.records,
+            dropped_bytes = recovery.torn_tail_bytes,
+            "controller raft log had a torn tail (crash during a write); dropped it"
+        );
+    }
+    let (state_machine, image_rx) = StateMachine::open(dir).map_err(|e| {
+        ControllerError::io(format!("loading the snapshot in {}", dir.display()), e)
+    })?;
+    Ok((lock, log_store, state_machine, image_rx))
 }
 
 /// Takes the exclusive advisory lock on `dir/lock`, held for as long as the file stays open.

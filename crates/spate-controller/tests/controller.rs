@@ -428,3 +428,23 @@ async fn dropping_the_last_handle_stops_raft_and_frees_the_directory() {
     assert_eq!(content(&c.image()), content(&image));
     c.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test]
+async fn reopening_under_another_node_id_fails_fast() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    open(dir.path()).await.shutdown().await.expect("shutdown");
+    let started = Instant::now();
+    match Controller::open(dir.path(), NodeId(2), endpoint()).await {
+        Err(ControllerError::NotAVoter {
+            node: NodeId(2),
+            voters,
+        }) => assert_eq!(voters, vec![NODE]),
+        other => panic!("expected NotAVoter, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "fails before the open timeout"
+    );
+    // The directory is usable again by its own node.
+    open(dir.path()).await.shutdown().await.expect("shutdown");
+}
