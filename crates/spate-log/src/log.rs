@@ -297,6 +297,15 @@ impl PartitionLog {
             producers: ProducerStateManager::default(),
             size_bytes,
         };
+        // Segments wholly below a checkpointed log start are leftovers of a deletion that a
+        // crash interrupted.
+        let below: Vec<Offset> = log
+            .segments
+            .values()
+            .filter(|s| !log.is_active(s) && log.segment_end(s) <= log.log_start)
+            .map(|s| s.base)
+            .collect();
+        log.delete_segments(&below)?;
         log.epochs.truncate_from_start(log_start);
         log.reload_producer_state()?;
         tracing::info!(
@@ -999,6 +1008,11 @@ impl PartitionLog {
             self.log_end = scanned.next_offset.unwrap_or(base);
             self.active = self.fresh_active(oi, ti, scanned.index, scanned.builder);
             self.flushed = self.flushed.min(self.log_end);
+            if self.log_end < self.log_start {
+                // The cut batch also held the log start; keep log start ≤ log end.
+                self.log_start = self.log_end;
+                write_log_start(&self.dir, self.log_start)?;
+            }
         }
         self.epochs.truncate_from_end(self.log_end);
         self.epochs.write_checkpoint(&self.dir)?;

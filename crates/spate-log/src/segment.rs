@@ -96,7 +96,13 @@ impl SegmentIndex {
     /// Parses and sanity-checks index files against a log of `log_bytes`; `None` if they
     /// cannot be trusted.
     fn decode(offsets: &[u8], times: &[u8], log_bytes: u64) -> Option<SegmentIndex> {
-        if offsets.len() % OFFSET_ENTRY_BYTES != 0 || times.len() % TIME_ENTRY_BYTES != 0 {
+        // (`chunks_exact` rather than `is_multiple_of`, which is newer than our MSRV.)
+        if !offsets
+            .chunks_exact(OFFSET_ENTRY_BYTES)
+            .remainder()
+            .is_empty()
+            || !times.chunks_exact(TIME_ENTRY_BYTES).remainder().is_empty()
+        {
             return None;
         }
         let mut idx = SegmentIndex::default();

@@ -549,6 +549,36 @@ fn truncate_to_drops_the_tail_and_epochs() {
     assert_eq!(log.epoch_end_offset(E), None);
 }
 
+#[test]
+fn truncating_inside_the_batch_holding_the_log_start_keeps_start_le_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path(), &LogConfig::default());
+    append(&mut log, &[plain(3, 0, 0), plain(2, 0, 0)]);
+    log.delete_records_before(Offset(1)).unwrap();
+    log.truncate_to(Offset(2)).unwrap();
+    assert_eq!(
+        (log.log_start_offset(), log.log_end_offset()),
+        (Offset(0), Offset(0))
+    );
+    let again = append(&mut log, &[plain(1, 0, 0)]);
+    assert_eq!(header(&again[0]).base_offset, Offset(0));
+}
+
+#[test]
+fn leftover_segments_below_the_checkpointed_log_start_are_removed_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cfg(100, 0);
+    let mut log = open(dir.path(), &c);
+    for _ in 0..3 {
+        append(&mut log, &[plain(1, 0, 50)]);
+    }
+    drop(log);
+    std::fs::write(dir.path().join("log-start-offset-checkpoint"), "2\n").unwrap();
+    let log = open(dir.path(), &c);
+    assert_eq!(log.log_start_offset(), Offset(2));
+    assert_eq!(files(dir.path(), ".log").len(), 1);
+}
+
 fn idem(pid: i64, epoch: i16, seq: i32, count: i32) -> Vec<u8> {
     raw_batch(count, (pid, epoch, seq), 0, b"p")
 }
