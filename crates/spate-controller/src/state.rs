@@ -626,4 +626,113 @@ mod tests {
         assert_eq!(serde_json::to_vec(&a).ok(), serde_json::to_vec(&b).ok());
         assert_eq!(a.topics.len(), 19);
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn command() -> impl Strategy<Value = MetadataCommand> {
+            let name =
+                prop::sample::select(vec!["a", "b", "c", "bad name", ""]).prop_map(str::to_owned);
+            prop_oneof![
+                (-1..6i32).prop_map(|n| MetadataCommand::RegisterBroker {
+                    node: NodeId(n),
+                    endpoint: BrokerEndpoint {
+                        host: "h".into(),
+                        port: 1,
+                        rack: None
+                    },
+                }),
+                (name.clone(), 0..8u128, -1..20i32, -2..5i16).prop_map(
+                    |(name, id, partitions, rf)| {
+                        MetadataCommand::CreateTopic {
+                            name,
+                            topic_id: Uuid::from_u128(id),
+                            partitions,
+                            replication_factor: rf,
+                            configs: BTreeMap::new(),
+                        }
+                    }
+                ),
+                name.clone()
+                    .prop_map(|name| MetadataCommand::DeleteTopic { name }),
+                (name.clone(), -1..30i32).prop_map(|(name, new_total)| {
+                    MetadataCommand::CreatePartitions { name, new_total }
+                }),
+                (
+                    name,
+                    prop::collection::btree_map("[a-z.]{1,8}", "[a-z0-9]{0,4}", 0..3)
+                )
+                    .prop_map(|(name, configs)| MetadataCommand::SetTopicConfigs { name, configs }),
+                (0..3i32, -2..2000i64).prop_map(|(n, count)| {
+                    MetadataCommand::AllocateProducerIds {
+                        node: NodeId(n),
+                        count,
+                    }
+                }),
+            ]
+        }
+
+        fn check_invariants(image: &MetadataImage) -> Result<(), TestCaseError> {
+            let mut ids = std::collections::BTreeSet::new();
+            for (name, topic) in &image.topics {
+                prop_assert!(validate_topic_name(name).is_ok());
+                prop_assert!(!topic.topic_id.is_nil());
+                prop_assert!(
+                    ids.insert(topic.topic_id),
+                    "duplicate topic id {}",
+                    topic.topic_id
+                );
+                prop_assert!(!topic.partitions.is_empty());
+                prop_assert!(topic.partitions.len() <= PARTITIONS_PER_TOPIC_MAX as usize);
+                let rf = topic.partitions[0].replicas.len();
+                for p in &topic.partitions {
+                    prop_assert_eq!(p.replicas.len(), rf, "{} mixes replication factors", name);
+                    prop_assert!(rf >= 1);
+                    prop_assert_eq!(Some(&p.leader), p.replicas.first());
+                    prop_assert_eq!(&p.isr, &p.replicas);
+                    let distinct: std::collections::BTreeSet<_> = p.replicas.iter().collect();
+                    prop_assert_eq!(distinct.len(), rf, "replicas repeat a broker");
+                    for r in &p.replicas {
+                        prop_assert!(
+                            image.brokers.contains_key(r),
+                            "replica on unknown broker {}",
+                            r
+                        );
+                    }
+                }
+            }
+            prop_assert!(image.next_producer_id >= 0);
+            Ok(())
+        }
+
+        proptest! {
+            #[test]
+            fn any_command_sequence_keeps_invariants_and_is_deterministic(
+                cmds in prop::collection::vec(command(), 0..60)
+            ) {
+                let mut image = MetadataImage::default();
+                let mut outcomes = Vec::new();
+                for cmd in &cmds {
+                    let before = image.clone();
+                    let next_pid = image.next_producer_id;
+                    let outcome = apply(&mut image, cmd);
+                    match &outcome {
+                        MetadataOutcome::Rejected(_) => prop_assert_eq!(&image, &before),
+                        MetadataOutcome::ProducerIds { first, count } => {
+                            prop_assert_eq!(first.0, next_pid);
+                            prop_assert_eq!(image.next_producer_id, next_pid + count);
+                        }
+                        _ => {}
+                    }
+                    check_invariants(&image)?;
+                    outcomes.push(outcome);
+                }
+                let mut again = MetadataImage::default();
+                let replayed: Vec<_> = cmds.iter().map(|c| apply(&mut again, c)).collect();
+                prop_assert_eq!(again, image);
+                prop_assert_eq!(replayed, outcomes);
+            }
+        }
+    }
 }
