@@ -103,11 +103,14 @@ impl Broker {
         Ok(ProducerId(id))
     }
 
-    pub(crate) fn is_shutting_down(&self) -> bool {
-        *self.shutdown.borrow()
-    }
 }
 
 pub(crate) fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// Resolves once shutdown has been signalled (or the signal's sender is gone). Cancel safe.
+pub async fn shutdown_signalled(shutdown: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns is not `Send`; drop it here rather than in a caller's select.
+    let _ = shutdown.wait_for(|s| *s).await;
 }

@@ -29,11 +29,12 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Cancel safety: not cancel safe; run it as its own task and stop it through `shutdown`.
 pub async fn serve(listener: TcpListener, broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
     let mut connections = JoinSet::new();
+    let for_connections = shutdown.clone();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    connections.spawn(connection(stream, peer, broker.clone(), shutdown.clone()));
+                    connections.spawn(connection(stream, peer, broker.clone(), for_connections.clone()));
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off rather than spin.
@@ -42,7 +43,7 @@ pub async fn serve(listener: TcpListener, broker: Arc<Broker>, mut shutdown: wat
                 }
             },
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            _ = shutdown.wait_for(|s| *s) => break,
+            _ = crate::broker::shutdown_signalled(&mut shutdown) => break,
         }
     }
     drop(listener);
@@ -81,7 +82,7 @@ async fn connection(
     loop {
         let frame = tokio::select! {
             frame = read_frame(&mut reader, broker.config.request_bytes_max) => frame,
-            _ = shutdown.wait_for(|s| *s) => break,
+            _ = crate::broker::shutdown_signalled(&mut shutdown) => break,
         };
         let frame = match frame {
             Ok(Some(frame)) => frame,

@@ -40,6 +40,7 @@ pub(crate) fn metadata_error(e: &MetadataError) -> ResponseError {
         MetadataError::InvalidTopicName(_) => ResponseError::InvalidTopicException,
         MetadataError::InvalidPartitions(_) => ResponseError::InvalidPartitions,
         MetadataError::InvalidReplicationFactor(_) => ResponseError::InvalidReplicationFactor,
+        MetadataError::InvalidRequest(_) => ResponseError::InvalidRequest,
     }
 }
 

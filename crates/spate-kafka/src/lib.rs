@@ -16,7 +16,7 @@ mod errors;
 mod metadata_sync;
 mod topics;
 
-pub use broker::{Broker, BrokerConfig};
+pub use broker::{shutdown_signalled, Broker, BrokerConfig};
 pub use connection::serve;
 pub use metadata_sync::follow_metadata;
 

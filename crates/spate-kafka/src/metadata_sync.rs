@@ -120,7 +120,7 @@ pub async fn follow_metadata(broker: std::sync::Arc<Broker>) {
         apply_image(&broker, &image);
         tokio::select! {
             changed = images.changed() => if changed.is_err() { return },
-            _ = shutdown.wait_for(|s| *s) => return,
+            _ = crate::broker::shutdown_signalled(&mut shutdown) => return,
         }
     }
 }

@@ -195,7 +195,7 @@ impl Partition {
         if let Some(mut log) = taken {
             log.flush()?;
             let flushed = log.flushed_offset();
-            self.flushed.send_replace(Ok(flushed));
+            let _ = self.flushed.send_replace(Ok(flushed));
             return Ok(Some(log));
         }
         Ok(None)
@@ -250,7 +250,7 @@ async fn flusher(partition: std::sync::Weak<Partition>, mut closing: watch::Rece
         }
         if let Err(reason) = p.flush_once().await {
             tracing::error!(partition = %p.tp, %reason, "fsync failed; acks=all writes to this partition will fail");
-            p.flushed.send_replace(Err(reason));
+            let _ = p.flushed.send_replace(Err(reason));
             return;
         }
         drop(p);

@@ -85,7 +85,7 @@ impl Node {
         tasks.push(tokio::spawn(async move {
             let serve = axum::serve(http_listener, router)
                 .with_graceful_shutdown(async move {
-                    let _ = http_shutdown.wait_for(|s| *s).await;
+                    let _ = spate_kafka::shutdown_signalled(&mut http_shutdown).await;
                 });
             if let Err(e) = serve.await {
                 tracing::error!(error = %e, "HTTP server failed");
@@ -140,7 +140,7 @@ async fn retention(replicas: Arc<ReplicaManager>, interval: std::time::Duration,
     loop {
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
-            _ = shutdown.wait_for(|s| *s) => return,
+            _ = spate_kafka::shutdown_signalled(&mut shutdown) => return,
         }
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
         for partition in replicas.all() {

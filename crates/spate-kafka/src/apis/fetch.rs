@@ -95,7 +95,7 @@ pub(crate) async fn handle(
             tokio::select! {
                 _ = changed => {}
                 _ = tokio::time::sleep_until(deadline) => return read_all(&plan).0,
-                _ = shutdown.wait_for(|s| *s) => return read_all(&plan).0,
+                _ = crate::broker::shutdown_signalled(&mut shutdown) => return read_all(&plan).0,
             }
             let (response, bytes, errors) = read_all(&plan);
             if bytes >= min_bytes || errors || Instant::now() >= deadline {

@@ -14,6 +14,8 @@ use std::sync::Arc;
 
 pub(crate) const VERSIONS: VersionRange = VersionRange { min: 1, max: 9 };
 
+const LEADER_EPOCH_VERSION: i16 = 4;
+
 /// Special timestamps of the ListOffsets API.
 const LATEST: i64 = -1;
 const EARLIEST: i64 = -2;
@@ -26,9 +28,11 @@ const LATEST_TIERED: i64 = -5;
 
 pub(crate) async fn handle(
     broker: &Arc<Broker>,
-    _ctx: &RequestContext,
+    ctx: &RequestContext,
     request: ListOffsetsRequest,
 ) -> Reply<ListOffsetsResponse> {
+    // The leader epoch exists from v4; kafka-protocol refuses to encode it set in older ones.
+    let with_epoch = ctx.version() >= LEADER_EPOCH_VERSION;
     let topics = request
         .topics
         .into_iter()
@@ -47,7 +51,7 @@ pub(crate) async fn handle(
                         Ok((offset, timestamp, epoch)) => response
                             .with_offset(offset)
                             .with_timestamp(timestamp)
-                            .with_leader_epoch(epoch),
+                            .with_leader_epoch(if with_epoch { epoch } else { -1 }),
                         Err(code) => response.with_error_code(code.code()),
                     }
                 })

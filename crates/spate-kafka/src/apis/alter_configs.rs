@@ -1,0 +1,85 @@
+//! AlterConfigs (the legacy, non-incremental API): replaces a topic's overrides with exactly
+//! the configs sent; any override not listed is removed, as in Kafka. The new map is validated
+//! whole before it is committed (INVALID_CONFIG with the reason); `validate_only` stops there.
+//!
+//! Broker configs are read-only for now (INVALID_REQUEST, Kafka's code for broker configs it
+//! cannot update dynamically). A resource named twice is refused, once per entry.
+//!
+//! The replacement is computed from the image this broker has read; two concurrent alterations
+//! of one topic each commit a whole map, and the later one wins.
+
+use super::{Reply, RequestContext};
+use crate::broker::Broker;
+use crate::configs;
+use crate::topics::ApiError;
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::alter_configs_request::AlterConfigsResource;
+use kafka_protocol::messages::alter_configs_response::AlterConfigsResourceResponse;
+use kafka_protocol::messages::{AlterConfigsRequest, AlterConfigsResponse};
+use kafka_protocol::protocol::{StrBytes, VersionRange};
+use std::sync::Arc;
+
+pub(crate) const VERSIONS: VersionRange = VersionRange { min: 0, max: 2 };
+
+pub(crate) async fn handle(
+    broker: &Arc<Broker>,
+    _ctx: &RequestContext,
+    request: AlterConfigsRequest,
+) -> Reply<AlterConfigsResponse> {
+    let duplicated = configs::duplicates(
+        request
+            .resources
+            .iter()
+            .map(|r| (r.resource_type, r.resource_name.as_str().to_owned())),
+    );
+    let mut responses = Vec::with_capacity(request.resources.len());
+    for resource in &request.resources {
+        let key = (
+            resource.resource_type,
+            resource.resource_name.as_str().to_owned(),
+        );
+        let outcome = if duplicated.contains(&key) {
+            Err(ApiError::new(
+                ResponseError::InvalidRequest,
+                "Each resource must appear at most once.",
+            ))
+        } else {
+            alter(broker, resource, request.validate_only).await
+        };
+        let response = AlterConfigsResourceResponse::default()
+            .with_resource_type(resource.resource_type)
+            .with_resource_name(resource.resource_name.clone());
+        responses.push(match outcome {
+            Ok(()) => response.with_error_message(None),
+            Err(e) => {
+                tracing::debug!(resource = %resource.resource_name.as_str(), code = ?e.code, message = %e.message, "alter configs refused");
+                response.with_error_code(e.code.code()).with_error_message(Some(StrBytes::from_string(e.message)))
+            }
+        });
+    }
+    Reply::Now(AlterConfigsResponse::default().with_responses(responses))
+}
+
+async fn alter(
+    broker: &Broker,
+    resource: &AlterConfigsResource,
+    validate_only: bool,
+) -> Result<(), ApiError> {
+    if let Some(e) = configs::unalterable_resource(resource.resource_type) {
+        return Err(e);
+    }
+    // The complete new override map: what was sent, nothing else.
+    let replacement = configs::override_map(
+        resource
+            .configs
+            .iter()
+            .map(|c| (c.name.as_str(), c.value.as_deref())),
+    )?;
+    configs::alter_topic_configs(
+        broker,
+        resource.resource_name.as_str(),
+        validate_only,
+        |_current, _defaults| Ok(replacement),
+    )
+    .await
+}
