@@ -326,12 +326,9 @@ impl PartitionLog {
             Some((state, at)) => (state, at.max(self.log_start)),
             None => (ProducerStateManager::default(), self.log_start),
         };
+        let mut state = state;
+        self.for_each_header_from(from, |h| state.replay(h))?;
         self.producers = state;
-        let mut replayed = Vec::new();
-        self.for_each_header_from(from, |h| replayed.push(*h))?;
-        for h in &replayed {
-            self.producers.replay(h);
-        }
         Ok(())
     }
 
@@ -404,8 +401,15 @@ impl PartitionLog {
         idx: &SegmentIndex,
         target: Offset,
     ) -> Result<Option<(u64, BatchHeader)>, LogError> {
-        let mut pos = idx.position_for(rel(seg.base, target));
+        let start = idx.position_for(rel(seg.base, target));
+        let mut pos = start;
         while let Some(h) = seg.header_at(pos)? {
+            if pos == start && start > 0 && h.base_offset > target {
+                // The index points past the target: it cannot be trusted, the log can.
+                tracing::warn!(segment = ?seg.path(LOG_SUFFIX), target = target.0,
+                    "offset index entry overshoots its target; scanning the segment instead");
+                return self.find_batch(seg, &SegmentIndex::default(), target);
+            }
             if h.last_offset() >= target {
                 return Ok(Some((pos, h)));
             }

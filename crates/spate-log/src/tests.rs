@@ -288,6 +288,34 @@ fn missing_or_truncated_index_is_rebuilt() {
 }
 
 #[test]
+fn a_plausible_but_wrong_index_is_not_trusted() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cfg(1000, 0);
+    let mut log = open(dir.path(), &c);
+    let mut stored = Vec::new();
+    for _ in 0..8 {
+        stored.extend(append(&mut log, &[plain(2, 0, 40)]));
+    }
+    append(&mut log, &[plain(1, 0, 900)]); // roll the first segment
+    drop(log);
+    // Monotonic, in-bounds entries that map each offset to a later batch than the real one.
+    let index = &files(dir.path(), ".index")[0];
+    let mut lie = Vec::new();
+    for (rel, pos) in [(0u32, 101u32), (2, 202), (4, 303)] {
+        lie.extend_from_slice(&rel.to_be_bytes());
+        lie.extend_from_slice(&pos.to_be_bytes());
+    }
+    std::fs::write(index, lie).unwrap();
+    let log = open(dir.path(), &c);
+    for (i, b) in stored.iter().enumerate() {
+        let plan = log
+            .plan_read(header(b).base_offset, 1, log.log_end_offset(), true)
+            .unwrap();
+        assert_eq!(&plan.load().unwrap().to_vec(), b, "batch {i}");
+    }
+}
+
+#[test]
 fn recovery_truncates_torn_tail_and_corrupt_batches() {
     let dir = tempfile::tempdir().unwrap();
     let c = LogConfig::default();
