@@ -79,7 +79,8 @@ class Broker:
         assert self.proc is None or self.proc.poll() is not None, "broker already running"
         if not SPATE_BIN.exists():
             raise BrokerError(f"{SPATE_BIN} does not exist: build it with `cargo build --release -p spate`")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SPATE_")}
+        # Settings reach the broker only through this test's own args/env (SPATE_LOG may pass).
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SPATE_") or k == "SPATE_LOG"}
         env.setdefault("RUST_BACKTRACE", "1")
         env.update(self.env)
         self.starts += 1
