@@ -19,7 +19,7 @@ def producer(bootstrap, **conf):
         "message.timeout.ms": 20000,
         "reconnect.backoff.max.ms": 1000,
     }
-    base.update({k.replace("_", "."): v for k, v in conf.items()})
+    base.update(conf)
     return Producer(base)
 
 
@@ -63,7 +63,7 @@ def consumer(bootstrap, **conf):
         "reconnect.backoff.max.ms": 1000,
         "fetch.wait.max.ms": 100,
     }
-    base.update({k.replace("_", "."): v for k, v in conf.items()})
+    base.update(conf)
     return Consumer(base)
 
 

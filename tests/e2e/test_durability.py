@@ -141,6 +141,12 @@ def test_crash_loop_acked_records_survive_exactly_once_in_order(broker_factory, 
     lock = threading.Lock()
 
     def writer(part):
+        try:
+            write(part)
+        except BaseException as e:  # surfaced by the assertions below
+            fatal.append((part, repr(e)))
+
+    def write(part):
         def on_error(err):
             if err.fatal():
                 fatal.append((part, str(err)))
