@@ -155,7 +155,7 @@ async fn produce_fetch_idempotence_and_restart() {
 
     // --- idempotent producer: first batch, duplicate retry, sequence gap
     let init: InitProducerIdResponse =
-        client.call(ApiKey::InitProducerId, 4, &InitProducerIdRequest::default().with_transaction_timeout_ms(60_000)).await;
+        client.call(ApiKey::InitProducerId, 4, &InitProducerIdRequest::default().with_transactional_id(None).with_transaction_timeout_ms(60_000)).await;
     assert_eq!(init.error_code, 0);
     let pid = init.producer_id.0;
     let first = records(&["a", "b", "c"], Some((pid, 0, 0)));
@@ -215,7 +215,7 @@ async fn produce_fetch_idempotence_and_restart() {
     assert_eq!(partition_response(&r).error_code, 0, "sequence continues after restart");
     assert_eq!(partition_response(&r).base_offset, 4);
     let init: InitProducerIdResponse =
-        client.call(ApiKey::InitProducerId, 4, &InitProducerIdRequest::default().with_transaction_timeout_ms(60_000)).await;
+        client.call(ApiKey::InitProducerId, 4, &InitProducerIdRequest::default().with_transactional_id(None).with_transaction_timeout_ms(60_000)).await;
     assert!(init.producer_id.0 > pid, "producer ids are never reused across restarts");
     node.shutdown().await.expect("clean shutdown");
 }

@@ -171,6 +171,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
     {
         let mut applied_any = false;
+        // Answer proposers only after the new image is published, so that a proposer reading
+        // `Controller::image` right after `propose` returns sees its own command applied.
+        let mut answers = Vec::new();
         while let Some((entry, responder)) = entries.try_next().await? {
             let entry: Entry = entry;
             // Copy-on-write: clones only if a subscriber still holds the previous image.
@@ -188,11 +191,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             self.last_applied = Some(entry.log_id);
             applied_any = true;
             if let Some(responder) = responder {
-                responder.send(outcome);
+                answers.push((responder, outcome));
             }
         }
         if applied_any {
             self.publish();
+        }
+        for (responder, outcome) in answers {
+            responder.send(outcome);
         }
         Ok(())
     }
