@@ -10,13 +10,13 @@ use crate::configs;
 use crate::errors;
 use crate::metadata_sync::apply_image;
 use crate::topics::ApiError;
-use kafka_protocol::ResponseError;
 use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
 use kafka_protocol::messages::{CreatePartitionsRequest, CreatePartitionsResponse};
 use kafka_protocol::protocol::{StrBytes, VersionRange};
+use kafka_protocol::ResponseError;
 use spate_controller::{MetadataCommand, MetadataOutcome, TopicImage};
-use spate_types::{NodeId, limits};
+use spate_types::{limits, NodeId};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
@@ -48,8 +48,15 @@ pub(crate) async fn handle(
         results.push(match outcome {
             Ok(()) => result.with_error_message(None),
             Err(e) => {
-                tracing::debug!(topic = %name, code = ?e.code, message = %e.message, "create partitions refused");
-                result.with_error_code(e.code.code()).with_error_message(Some(StrBytes::from_string(e.message)))
+                tracing::debug!(
+                    topic = %name,
+                    code = ?e.code,
+                    message = %e.message,
+                    "create partitions refused",
+                );
+                result
+                    .with_error_code(e.code.code())
+                    .with_error_message(Some(StrBytes::from_string(e.message)))
             }
         });
     }

@@ -10,16 +10,16 @@
 use super::{Reply, RequestContext};
 use crate::broker::Broker;
 use crate::configs::{self, ConfigEntry};
-use crate::topics::{ApiError, NewTopic, create_topic};
-use kafka_protocol::ResponseError;
+use crate::topics::{create_topic, ApiError, NewTopic};
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::create_topics_response::{
     CreatableTopicConfigs, CreatableTopicResult,
 };
 use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse};
 use kafka_protocol::protocol::{StrBytes, VersionRange};
+use kafka_protocol::ResponseError;
 use spate_controller::MetadataImage;
-use spate_types::{NodeId, validate_topic_name};
+use spate_types::{validate_topic_name, NodeId};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
@@ -52,9 +52,16 @@ pub(crate) async fn handle(
                 .with_error_message(None)
                 .with_num_partitions(created.partitions)
                 .with_replication_factor(created.replication_factor)
-                .with_configs(Some(created.configs.into_iter().map(creatable_config).collect())),
+                .with_configs(Some(
+                    created.configs.into_iter().map(creatable_config).collect(),
+                )),
             Err(e) => {
-                tracing::debug!(topic = %name, code = ?e.code, message = %e.message, "create topic refused");
+                tracing::debug!(
+                    topic = %name,
+                    code = ?e.code,
+                    message = %e.message,
+                    "create topic refused",
+                );
                 failed(result, e)
             }
         });
@@ -112,6 +119,8 @@ async fn create(
             &brokers,
         )?
     };
+    // `create_topic` validates the configs too; this adds the value size limit.
+    configs::validate_overrides(&broker.config.log_defaults, &overrides)?;
     let echoed = configs::topic_entries(&broker.config.log_defaults, &overrides);
     let created = create_topic(
         broker,

@@ -10,12 +10,12 @@
 use super::{Reply, RequestContext};
 use crate::broker::Broker;
 use crate::errors;
-use kafka_protocol::ResponseError;
 use kafka_protocol::messages::delete_records_response::{
     DeleteRecordsPartitionResult, DeleteRecordsTopicResult,
 };
 use kafka_protocol::messages::{DeleteRecordsRequest, DeleteRecordsResponse};
 use kafka_protocol::protocol::VersionRange;
+use kafka_protocol::ResponseError;
 use spate_controller::{MetadataImage, PartitionImage};
 use spate_types::{Offset, TopicPartition};
 use std::sync::Arc;
@@ -33,63 +33,71 @@ pub(crate) async fn handle(
     request: DeleteRecordsRequest,
 ) -> Reply<DeleteRecordsResponse> {
     let image = broker.image();
-    let topics = request
-        .topics
-        .into_iter()
-        .map(|topic| {
-            let name = topic.name.0.to_string();
-            let partitions = topic
-                .partitions
-                .into_iter()
-                .map(|p| {
-                    let tp = TopicPartition::new(name.clone(), p.partition_index);
-                    let result = DeleteRecordsPartitionResult::default()
-                        .with_partition_index(p.partition_index);
-                    match delete(broker, &image, &tp, p.offset) {
-                        Ok(low_watermark) => result.with_low_watermark(low_watermark.0),
-                        Err(code) => result
-                            .with_error_code(code.code())
-                            .with_low_watermark(INVALID_LOW_WATERMARK),
-                    }
-                })
-                .collect();
+    let mut topics = Vec::with_capacity(request.topics.len());
+    for topic in request.topics {
+        let name = topic.name.0.to_string();
+        let mut partitions = Vec::with_capacity(topic.partitions.len());
+        for p in topic.partitions {
+            let tp = TopicPartition::new(name.clone(), p.partition_index);
+            let result =
+                DeleteRecordsPartitionResult::default().with_partition_index(p.partition_index);
+            partitions.push(match delete(broker, &image, tp, p.offset).await {
+                Ok(low_watermark) => result.with_low_watermark(low_watermark.0),
+                Err(code) => result
+                    .with_error_code(code.code())
+                    .with_low_watermark(INVALID_LOW_WATERMARK),
+            });
+        }
+        topics.push(
             DeleteRecordsTopicResult::default()
                 .with_name(topic.name)
-                .with_partitions(partitions)
-        })
-        .collect();
+                .with_partitions(partitions),
+        );
+    }
     Reply::Now(DeleteRecordsResponse::default().with_topics(topics))
 }
 
-fn delete(
+async fn delete(
     broker: &Broker,
     image: &MetadataImage,
-    tp: &TopicPartition,
+    tp: TopicPartition,
     requested: i64,
 ) -> Result<Offset, ResponseError> {
-    let assignment = assignment(image, tp)?;
+    let assignment = assignment(image, &tp)?;
     if assignment.leader != broker.config.node_id {
         return Err(ResponseError::NotLeaderOrFollower);
     }
     // Known and led here but not open yet (the image is being applied): retriable.
     let partition = broker
         .replicas
-        .get(tp)
+        .get(&tp)
         .ok_or(ResponseError::NotLeaderOrFollower)?;
     let target = target_offset(requested, partition.high_watermark())?;
-    let outcome = partition.with_log(|log| {
-        if !log.config().deletes() {
-            return Ok(Err(ResponseError::PolicyViolation));
-        }
-        log.delete_records_before(target).map(Ok)
-    });
+    // Unlinking segments and checkpointing the log start offset are disk work: off the
+    // runtime's worker threads.
+    let outcome = tokio::task::spawn_blocking(move || {
+        partition.with_log(|log| {
+            if !log.config().deletes() {
+                return Ok(Err(ResponseError::PolicyViolation));
+            }
+            log.delete_records_before(target).map(Ok)
+        })
+    })
+    .await
+    .map_err(|e| {
+        tracing::error!(partition = %tp, error = %e, "delete records task failed");
+        ResponseError::UnknownServerError
+    })?;
     match outcome {
         Ok(Ok(low_watermark)) => {
             tracing::info!(partition = %tp, %low_watermark, "deleted records");
             Ok(low_watermark)
         }
         Ok(Err(code)) => {
-            tracing::debug!(partition = %tp, "delete records refused: cleanup.policy does not include delete");
+            tracing::debug!(
+                partition = %tp,
+                "delete records refused: cleanup.policy does not include delete",
+            );
             Err(code)
         }
         Err(e) => {

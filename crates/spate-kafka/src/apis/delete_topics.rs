@@ -9,11 +9,11 @@ use crate::broker::Broker;
 use crate::configs;
 use crate::errors;
 use crate::metadata_sync::apply_image;
-use crate::topics::{ApiError, topic_name};
-use kafka_protocol::ResponseError;
+use crate::topics::{topic_name, ApiError};
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::{DeleteTopicsRequest, DeleteTopicsResponse};
 use kafka_protocol::protocol::{StrBytes, VersionRange};
+use kafka_protocol::ResponseError;
 use spate_controller::{MetadataCommand, MetadataImage, MetadataOutcome};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -117,6 +117,16 @@ pub(crate) async fn handle(
         };
         match outcome {
             Ok(topic_id) => {
+                if topic_id != id {
+                    // Deleted and re-created under the same name since `image` was read:
+                    // DeleteTopic names topics by name, so the newer topic went instead.
+                    tracing::warn!(
+                        topic = %name,
+                        requested = %id,
+                        deleted = %topic_id,
+                        "deleted a newer topic of the same name"
+                    );
+                }
                 responses.push(result(Some(&name), topic_id, Ok(())));
                 deleted.insert(name, topic_id);
             }
@@ -253,11 +263,13 @@ mod tests {
         let targets = classify(vec![(None, Uuid::nil()), (Some("a".into()), id)]);
         assert!(matches!(
             &targets[0],
-            Target::Invalid { error: (ResponseError::InvalidRequest, m), .. } if m.starts_with("Neither")
+            Target::Invalid { error: (ResponseError::InvalidRequest, m), .. }
+                if m.starts_with("Neither")
         ));
         assert!(matches!(
             &targets[1],
-            Target::Invalid { name: Some(n), error: (ResponseError::InvalidRequest, m), .. } if n == "a" && m.contains("both")
+            Target::Invalid { name: Some(n), error: (ResponseError::InvalidRequest, m), .. }
+                if n == "a" && m.contains("both")
         ));
     }
 

@@ -6,14 +6,14 @@ use super::{Reply, RequestContext};
 use crate::broker::Broker;
 use crate::configs::{self, ConfigEntry, RESOURCE_BROKER, RESOURCE_TOPIC};
 use crate::topics::ApiError;
-use kafka_protocol::ResponseError;
 use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
 use kafka_protocol::messages::describe_configs_response::{
     DescribeConfigsResourceResult, DescribeConfigsResult, DescribeConfigsSynonym,
 };
 use kafka_protocol::messages::{DescribeConfigsRequest, DescribeConfigsResponse};
 use kafka_protocol::protocol::{StrBytes, VersionRange};
-use spate_types::{NodeId, validate_topic_name};
+use kafka_protocol::ResponseError;
+use spate_types::{validate_topic_name, NodeId};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
@@ -40,8 +40,15 @@ pub(crate) async fn handle(
                     result.with_error_message(None).with_configs(configs)
                 }
                 Err(e) => {
-                    tracing::debug!(resource = %resource.resource_name.as_str(), code = ?e.code, message = %e.message, "describe configs refused");
-                    result.with_error_code(e.code.code()).with_error_message(Some(StrBytes::from_string(e.message)))
+                    tracing::debug!(
+                        resource = %resource.resource_name.as_str(),
+                        code = ?e.code,
+                        message = %e.message,
+                        "describe configs refused",
+                    );
+                    result
+                        .with_error_code(e.code.code())
+                        .with_error_message(Some(StrBytes::from_string(e.message)))
                 }
             }
         })

@@ -16,11 +16,11 @@ use super::{Reply, RequestContext};
 use crate::broker::Broker;
 use crate::configs;
 use crate::topics::ApiError;
-use kafka_protocol::ResponseError;
 use kafka_protocol::messages::incremental_alter_configs_request::AlterConfigsResource;
 use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse;
 use kafka_protocol::messages::{IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse};
 use kafka_protocol::protocol::{StrBytes, VersionRange};
+use kafka_protocol::ResponseError;
 use spate_log::{ConfigKind, LogConfig};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -99,8 +99,15 @@ pub(crate) async fn handle(
         responses.push(match outcome {
             Ok(()) => response.with_error_message(None),
             Err(e) => {
-                tracing::debug!(resource = %resource.resource_name.as_str(), code = ?e.code, message = %e.message, "incremental alter configs refused");
-                response.with_error_code(e.code.code()).with_error_message(Some(StrBytes::from_string(e.message)))
+                tracing::debug!(
+                    resource = %resource.resource_name.as_str(),
+                    code = ?e.code,
+                    message = %e.message,
+                    "incremental alter configs refused",
+                );
+                response
+                    .with_error_code(e.code.code())
+                    .with_error_message(Some(StrBytes::from_string(e.message)))
             }
         });
     }
