@@ -102,11 +102,13 @@ impl Broker {
         block.next += 1;
         Ok(ProducerId(id))
     }
-
 }
 
 pub(crate) fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// Resolves once shutdown has been signalled (or the signal's sender is gone). Cancel safe.

@@ -27,7 +27,11 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// to answer the requests it already read.
 ///
 /// Cancel safety: not cancel safe; run it as its own task and stop it through `shutdown`.
-pub async fn serve(listener: TcpListener, broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    broker: Arc<Broker>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut connections = JoinSet::new();
     let for_connections = shutdown.clone();
     loop {
@@ -52,7 +56,10 @@ pub async fn serve(listener: TcpListener, broker: Arc<Broker>, mut shutdown: wat
     })
     .await;
     if drained.is_err() {
-        tracing::warn!(remaining = connections.len(), "connections did not drain in time; closing them");
+        tracing::warn!(
+            remaining = connections.len(),
+            "connections did not drain in time; closing them"
+        );
         connections.abort_all();
     }
 }
@@ -95,7 +102,12 @@ async fn connection(
         };
         // Bound the request bytes held across all connections (`queued.max.request.bytes`).
         let permits = (frame.len() / MEMORY_PERMIT_BYTES + 1) as u32;
-        let Ok(permit) = broker.request_memory.clone().acquire_many_owned(permits).await else {
+        let Ok(permit) = broker
+            .request_memory
+            .clone()
+            .acquire_many_owned(permits)
+            .await
+        else {
             break;
         };
         match apis::dispatch(&broker, frame).await {
@@ -123,7 +135,10 @@ async fn connection(
 
 fn is_disconnect(e: &std::io::Error) -> bool {
     use std::io::ErrorKind::*;
-    matches!(e.kind(), UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe)
+    matches!(
+        e.kind(),
+        UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe
+    )
 }
 
 /// Reads one size-prefixed frame. `Ok(None)` on a clean end of stream between frames.
@@ -191,10 +206,22 @@ mod tests {
     async fn frames_are_bounded_before_allocation() {
         let mut ok = 8i32.to_be_bytes().to_vec();
         ok.extend_from_slice(&[0, 18, 0, 3, 0, 0, 0, 1]);
-        assert_eq!(read(&ok, 1024).await.expect("valid").expect("frame").len(), 8);
-        assert!(read(&[], 1024).await.expect("eof").is_none(), "clean end of stream");
-        assert!(matches!(read(&(-5i32).to_be_bytes(), 1024).await, Err(FrameError::TooSmall(-5))));
-        assert!(matches!(read(&3i32.to_be_bytes(), 1024).await, Err(FrameError::TooSmall(3))));
+        assert_eq!(
+            read(&ok, 1024).await.expect("valid").expect("frame").len(),
+            8
+        );
+        assert!(
+            read(&[], 1024).await.expect("eof").is_none(),
+            "clean end of stream"
+        );
+        assert!(matches!(
+            read(&(-5i32).to_be_bytes(), 1024).await,
+            Err(FrameError::TooSmall(-5))
+        ));
+        assert!(matches!(
+            read(&3i32.to_be_bytes(), 1024).await,
+            Err(FrameError::TooSmall(3))
+        ));
         // A lying length is refused from the prefix alone, before any buffer is allocated.
         assert!(matches!(
             read(&i32::MAX.to_be_bytes(), 1024).await,

@@ -11,6 +11,7 @@
 
 pub mod apis;
 mod broker;
+mod configs;
 mod connection;
 mod errors;
 mod metadata_sync;

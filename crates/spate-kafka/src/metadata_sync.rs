@@ -17,7 +17,9 @@ const PARTITION_METADATA: &str = "partition.metadata";
 /// Idempotent; called by the image watcher and by admin handlers right after their command
 /// committed, so a client that creates a topic can produce to it at once.
 pub(crate) fn apply_image(broker: &Broker, image: &MetadataImage) {
-    let Ok(mut hosted) = broker.hosted.lock() else { return };
+    let Ok(mut hosted) = broker.hosted.lock() else {
+        return;
+    };
     let replicas = &broker.replicas;
     let now = now_ms();
 
@@ -26,7 +28,10 @@ pub(crate) fn apply_image(broker: &Broker, image: &MetadataImage) {
     for (name, topic) in &image.topics {
         for (index, partition) in topic.partitions.iter().enumerate() {
             if partition.replicas.contains(&broker.config.node_id) {
-                wanted.insert(TopicPartition::new(name.clone(), index as i32), (topic.topic_id, index));
+                wanted.insert(
+                    TopicPartition::new(name.clone(), index as i32),
+                    (topic.topic_id, index),
+                );
             }
         }
     }
@@ -46,7 +51,9 @@ pub(crate) fn apply_image(broker: &Broker, image: &MetadataImage) {
     }
 
     for (tp, (topic_id, index)) in &wanted {
-        let Some(topic) = image.topics.get(&tp.topic) else { continue };
+        let Some(topic) = image.topics.get(&tp.topic) else {
+            continue;
+        };
         let config = match broker.config.log_defaults.with_overrides(&topic.configs) {
             Ok(config) => config,
             Err(e) => {
@@ -96,10 +103,16 @@ fn claim_dir(dir: &Path, topic_id: Uuid) -> std::io::Result<()> {
 /// Removes partition directories that no topic in the image owns (topics deleted while this
 /// node was down). Run once at start-up, after the first [`apply_image`].
 pub(crate) fn remove_orphans(broker: &Broker) {
-    let Ok(hosted) = broker.hosted.lock() else { return };
-    let Ok(entries) = std::fs::read_dir(broker.replicas.logs_dir()) else { return };
-    let hosted_dirs: std::collections::BTreeSet<_> =
-        hosted.keys().map(|tp| broker.replicas.partition_dir(tp)).collect();
+    let Ok(hosted) = broker.hosted.lock() else {
+        return;
+    };
+    let Ok(entries) = std::fs::read_dir(broker.replicas.logs_dir()) else {
+        return;
+    };
+    let hosted_dirs: std::collections::BTreeSet<_> = hosted
+        .keys()
+        .map(|tp| broker.replicas.partition_dir(tp))
+        .collect();
     for entry in entries.flatten() {
         let path = entry.path();
         if path.is_dir() && path.join(PARTITION_METADATA).exists() && !hosted_dirs.contains(&path) {

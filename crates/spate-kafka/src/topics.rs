@@ -20,7 +20,10 @@ pub(crate) struct ApiError {
 
 impl ApiError {
     pub fn new(code: ResponseError, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self {
+            code,
+            message: message.into(),
+        }
     }
 }
 
@@ -51,8 +54,12 @@ pub(crate) async fn create_topic(
 ) -> Result<CreatedTopic, ApiError> {
     validate_topic_name(&topic.name)
         .map_err(|reason| ApiError::new(ResponseError::InvalidTopicException, reason))?;
-    let partitions = if topic.partitions == -1 { broker.config.num_partitions } else { topic.partitions };
-    if partitions < 1 || partitions > limits::PARTITIONS_PER_TOPIC_MAX {
+    let partitions = if topic.partitions == -1 {
+        broker.config.num_partitions
+    } else {
+        topic.partitions
+    };
+    if !(1..=limits::PARTITIONS_PER_TOPIC_MAX).contains(&partitions) {
         return Err(ApiError::new(
             ResponseError::InvalidPartitions,
             format!(
@@ -90,7 +97,11 @@ pub(crate) async fn create_topic(
         ));
     }
     if validate_only {
-        return Ok(CreatedTopic { topic_id: Uuid::nil(), partitions, replication_factor });
+        return Ok(CreatedTopic {
+            topic_id: Uuid::nil(),
+            partitions,
+            replication_factor,
+        });
     }
     let outcome = broker
         .controller
@@ -107,9 +118,15 @@ pub(crate) async fn create_topic(
         MetadataOutcome::TopicCreated { topic_id } => {
             apply_image(broker, &broker.image());
             tracing::info!(topic = %topic.name, partitions, %topic_id, "created topic");
-            Ok(CreatedTopic { topic_id, partitions, replication_factor })
+            Ok(CreatedTopic {
+                topic_id,
+                partitions,
+                replication_factor,
+            })
         }
-        MetadataOutcome::Rejected(e) => Err(ApiError::new(errors::metadata_error(&e), e.to_string())),
+        MetadataOutcome::Rejected(e) => {
+            Err(ApiError::new(errors::metadata_error(&e), e.to_string()))
+        }
         other => Err(ApiError::new(
             ResponseError::UnknownServerError,
             format!("unexpected controller outcome {other:?}"),

@@ -16,7 +16,11 @@ pub struct ReplicaManager {
 
 impl ReplicaManager {
     pub fn new(logs_dir: impl Into<PathBuf>, policy: FlushPolicy) -> Self {
-        Self { logs_dir: logs_dir.into(), policy, partitions: RwLock::new(BTreeMap::new()) }
+        Self {
+            logs_dir: logs_dir.into(),
+            policy,
+            partitions: RwLock::new(BTreeMap::new()),
+        }
     }
 
     pub fn logs_dir(&self) -> &Path {
@@ -32,11 +36,17 @@ impl ReplicaManager {
     }
 
     pub fn contains(&self, tp: &TopicPartition) -> bool {
-        self.partitions.read().map(|p| p.contains_key(tp)).unwrap_or(false)
+        self.partitions
+            .read()
+            .map(|p| p.contains_key(tp))
+            .unwrap_or(false)
     }
 
     pub fn all(&self) -> Vec<Arc<Partition>> {
-        self.partitions.read().map(|p| p.values().cloned().collect()).unwrap_or_default()
+        self.partitions
+            .read()
+            .map(|p| p.values().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Opens the partition (recovering its log) unless it is already hosted.
@@ -51,14 +61,22 @@ impl ReplicaManager {
             return Ok(p);
         }
         let dir = self.partition_dir(&tp);
-        let partition = Partition::open(&dir, tp.clone(), config, leader_epoch, self.policy, now_ms)?;
-        let mut map = self.partitions.write().map_err(|_| ReplicaError::Closed(tp.clone()))?;
+        let partition =
+            Partition::open(&dir, tp.clone(), config, leader_epoch, self.policy, now_ms)?;
+        let mut map = self
+            .partitions
+            .write()
+            .map_err(|_| ReplicaError::Closed(tp.clone()))?;
         Ok(map.entry(tp).or_insert(partition).clone())
     }
 
     /// Stops hosting the partition and deletes its data.
     pub fn delete(&self, tp: &TopicPartition) -> Result<(), ReplicaError> {
-        let removed = self.partitions.write().ok().and_then(|mut map| map.remove(tp));
+        let removed = self
+            .partitions
+            .write()
+            .ok()
+            .and_then(|mut map| map.remove(tp));
         if let Some(partition) = removed {
             if let Some(log) = partition.close()? {
                 log.delete()?;

@@ -20,7 +20,10 @@ pub struct FlushPolicy {
 
 impl Default for FlushPolicy {
     fn default() -> Self {
-        Self { interval: Duration::from_millis(1000), fsync_acks_all: true }
+        Self {
+            interval: Duration::from_millis(1000),
+            fsync_acks_all: true,
+        }
     }
 }
 
@@ -81,7 +84,10 @@ impl Partition {
             dirty: Notify::new(),
             closing: watch::Sender::new(false),
         });
-        tokio::spawn(flusher(Arc::downgrade(&partition), partition.closing.subscribe()));
+        tokio::spawn(flusher(
+            Arc::downgrade(&partition),
+            partition.closing.subscribe(),
+        ));
         Ok(partition)
     }
 
@@ -96,7 +102,9 @@ impl Partition {
     fn lock(&self) -> Result<MutexGuard<'_, Option<PartitionLog>>, ReplicaError> {
         // A poisoned lock means a bug panicked mid-update; the log's own invariants are
         // checked on reopen, so surfacing it as closed is the safe answer.
-        self.log.lock().map_err(|_| ReplicaError::Closed(self.tp.clone()))
+        self.log
+            .lock()
+            .map_err(|_| ReplicaError::Closed(self.tp.clone()))
     }
 
     /// Runs `f` on the open log.
@@ -105,7 +113,9 @@ impl Partition {
         f: impl FnOnce(&mut PartitionLog) -> Result<R, LogError>,
     ) -> Result<R, ReplicaError> {
         let mut guard = self.lock()?;
-        let log = guard.as_mut().ok_or_else(|| ReplicaError::Closed(self.tp.clone()))?;
+        let log = guard
+            .as_mut()
+            .ok_or_else(|| ReplicaError::Closed(self.tp.clone()))?;
         Ok(f(log)?)
     }
 
@@ -144,9 +154,10 @@ impl Partition {
             .await;
         match result.as_deref() {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(reason)) => {
-                Err(ReplicaError::Storage { tp: self.tp.clone(), reason: reason.clone() })
-            }
+            Ok(Err(reason)) => Err(ReplicaError::Storage {
+                tp: self.tp.clone(),
+                reason: reason.clone(),
+            }),
             Err(_) => Err(ReplicaError::Closed(self.tp.clone())),
         }
     }
@@ -171,7 +182,11 @@ impl Partition {
         let high_watermark = self.high_watermark();
         self.with_log(|log| {
             let plan = log.plan_read(start, max_bytes, high_watermark, min_one_batch)?;
-            Ok(PartitionRead { plan, high_watermark, log_start_offset: log.log_start_offset() })
+            Ok(PartitionRead {
+                plan,
+                high_watermark,
+                log_start_offset: log.log_start_offset(),
+            })
         })
     }
 

@@ -21,7 +21,12 @@ pub struct BrokerConfigDef {
 }
 
 const fn def(name: &'static str, default: &'static str, doc: &'static str) -> BrokerConfigDef {
-    BrokerConfigDef { name, default, doc, topic_config: None }
+    BrokerConfigDef {
+        name,
+        default,
+        doc,
+        topic_config: None,
+    }
 }
 
 const fn topic_default(
@@ -30,7 +35,12 @@ const fn topic_default(
     default: &'static str,
     doc: &'static str,
 ) -> BrokerConfigDef {
-    BrokerConfigDef { name, default, doc, topic_config: Some(topic) }
+    BrokerConfigDef {
+        name,
+        default,
+        doc,
+        topic_config: Some(topic),
+    }
 }
 
 /// Every setting `spate serve` accepts.
@@ -65,7 +75,11 @@ pub enum ConfigError {
     #[error("unknown setting '{name}' (from {source_name})")]
     Unknown { name: String, source_name: String },
     #[error("invalid value '{value}' for '{name}': {reason}")]
-    Invalid { name: String, value: String, reason: String },
+    Invalid {
+        name: String,
+        value: String,
+        reason: String,
+    },
     #[error("cannot read config file {path}: {reason}")]
     File { path: PathBuf, reason: String },
 }
@@ -102,23 +116,35 @@ impl ServerConfig {
         env: impl IntoIterator<Item = (String, String)>,
         overrides: &[(String, String)],
     ) -> Result<ServerConfig, ConfigError> {
-        let mut values: BTreeMap<String, String> =
-            BROKER_CONFIGS.iter().map(|d| (d.name.to_owned(), d.default.to_owned())).collect();
+        let mut values: BTreeMap<String, String> = BROKER_CONFIGS
+            .iter()
+            .map(|d| (d.name.to_owned(), d.default.to_owned()))
+            .collect();
         if let Some(path) = file {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| ConfigError::File { path: path.to_owned(), reason: e.to_string() })?;
-            for (name, value) in parse_toml(&text)
-                .map_err(|reason| ConfigError::File { path: path.to_owned(), reason })?
-            {
+            let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+                path: path.to_owned(),
+                reason: e.to_string(),
+            })?;
+            for (name, value) in parse_toml(&text).map_err(|reason| ConfigError::File {
+                path: path.to_owned(),
+                reason,
+            })? {
                 set(&mut values, name, value, &path.display().to_string())?;
             }
         }
         for (key, value) in env {
-            let Some(rest) = key.strip_prefix("SPATE_") else { continue };
+            let Some(rest) = key.strip_prefix("SPATE_") else {
+                continue;
+            };
             let name = rest.to_ascii_lowercase().replace('_', ".");
             // SPATE_LOG (the log filter) and the like are not settings.
             if values.contains_key(&name) {
-                set(&mut values, name, value, &format!("environment variable {key}"))?;
+                set(
+                    &mut values,
+                    name,
+                    value,
+                    &format!("environment variable {key}"),
+                )?;
             }
         }
         for (name, value) in overrides {
@@ -135,9 +161,13 @@ impl ServerConfig {
                 topic_defaults.insert(topic.to_owned(), get(d.name).to_owned());
             }
         }
-        let log_defaults = LogConfig::default().with_overrides(&topic_defaults).map_err(|e| {
-            ConfigError::Invalid { name: "log.*".into(), value: String::new(), reason: e.to_string() }
-        })?;
+        let log_defaults = LogConfig::default()
+            .with_overrides(&topic_defaults)
+            .map_err(|e| ConfigError::Invalid {
+                name: "log.*".into(),
+                value: String::new(),
+                reason: e.to_string(),
+            })?;
         let non_empty = |name: &str| Some(get(name).to_owned()).filter(|s| !s.is_empty());
         let config = ServerConfig {
             node_id: parse_num(&values, "node.id", 0, i32::MAX as i64)? as i32,
@@ -147,14 +177,44 @@ impl ServerConfig {
             advertised_host: non_empty("advertised.host"),
             rack: non_empty("broker.rack"),
             auto_create_topics: parse_bool(&values, "auto.create.topics.enable")?,
-            num_partitions: parse_num(&values, "num.partitions", 1, spate_types::limits::PARTITIONS_PER_TOPIC_MAX as i64)? as i32,
-            default_replication_factor: parse_num(&values, "default.replication.factor", 1, i16::MAX as i64)? as i16,
+            num_partitions: parse_num(
+                &values,
+                "num.partitions",
+                1,
+                spate_types::limits::PARTITIONS_PER_TOPIC_MAX as i64,
+            )? as i32,
+            default_replication_factor: parse_num(
+                &values,
+                "default.replication.factor",
+                1,
+                i16::MAX as i64,
+            )? as i16,
             delete_topic_enable: parse_bool(&values, "delete.topic.enable")?,
-            request_bytes_max: parse_num(&values, "socket.request.max.bytes", 1024, spate_types::limits::FRAME_BYTES_MAX as i64)? as usize,
-            queued_request_bytes_max: parse_num(&values, "queued.max.request.bytes", 1 << 20, i64::MAX)? as usize,
-            flush_interval: Duration::from_millis(parse_num(&values, "log.flush.interval.ms", 1, i64::MAX)? as u64),
+            request_bytes_max: parse_num(
+                &values,
+                "socket.request.max.bytes",
+                1024,
+                spate_types::limits::FRAME_BYTES_MAX as i64,
+            )? as usize,
+            queued_request_bytes_max: parse_num(
+                &values,
+                "queued.max.request.bytes",
+                1 << 20,
+                i64::MAX,
+            )? as usize,
+            flush_interval: Duration::from_millis(parse_num(
+                &values,
+                "log.flush.interval.ms",
+                1,
+                i64::MAX,
+            )? as u64),
             acks_all_fsync: parse_bool(&values, "acks.all.fsync")?,
-            retention_check_interval: Duration::from_millis(parse_num(&values, "log.retention.check.interval.ms", 1, i64::MAX)? as u64),
+            retention_check_interval: Duration::from_millis(parse_num(
+                &values,
+                "log.retention.check.interval.ms",
+                1,
+                i64::MAX,
+            )? as u64),
             log_defaults,
             values,
         };
@@ -162,9 +222,17 @@ impl ServerConfig {
     }
 }
 
-fn set(values: &mut BTreeMap<String, String>, name: String, value: String, source_name: &str) -> Result<(), ConfigError> {
+fn set(
+    values: &mut BTreeMap<String, String>,
+    name: String,
+    value: String,
+    source_name: &str,
+) -> Result<(), ConfigError> {
     if !values.contains_key(&name) {
-        return Err(ConfigError::Unknown { name, source_name: source_name.to_owned() });
+        return Err(ConfigError::Unknown {
+            name,
+            source_name: source_name.to_owned(),
+        });
     }
     values.insert(name, value);
     Ok(())
@@ -179,11 +247,19 @@ fn parse_toml(text: &str) -> Result<Vec<(String, String)>, String> {
     Ok(out)
 }
 
-fn flatten(prefix: &str, value: &toml::Value, out: &mut Vec<(String, String)>) -> Result<(), String> {
+fn flatten(
+    prefix: &str,
+    value: &toml::Value,
+    out: &mut Vec<(String, String)>,
+) -> Result<(), String> {
     match value {
         toml::Value::Table(table) => {
             for (key, value) in table {
-                let name = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+                let name = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
                 flatten(&name, value, out)?;
             }
         }
@@ -197,14 +273,30 @@ fn flatten(prefix: &str, value: &toml::Value, out: &mut Vec<(String, String)>) -
 }
 
 fn invalid(name: &str, value: &str, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { name: name.to_owned(), value: value.to_owned(), reason: reason.into() }
+    ConfigError::Invalid {
+        name: name.to_owned(),
+        value: value.to_owned(),
+        reason: reason.into(),
+    }
 }
 
-fn parse_num(values: &BTreeMap<String, String>, name: &str, min: i64, max: i64) -> Result<i64, ConfigError> {
+fn parse_num(
+    values: &BTreeMap<String, String>,
+    name: &str,
+    min: i64,
+    max: i64,
+) -> Result<i64, ConfigError> {
     let raw = values.get(name).map(String::as_str).unwrap_or("");
-    let n: i64 = raw.trim().parse().map_err(|_| invalid(name, raw, "not an integer"))?;
+    let n: i64 = raw
+        .trim()
+        .parse()
+        .map_err(|_| invalid(name, raw, "not an integer"))?;
     if n < min || n > max {
-        return Err(invalid(name, raw, format!("must be between {min} and {max}")));
+        return Err(invalid(
+            name,
+            raw,
+            format!("must be between {min} and {max}"),
+        ));
     }
     Ok(n)
 }
@@ -222,21 +314,34 @@ fn parse_addr(values: &BTreeMap<String, String>, name: &str) -> Result<SocketAdd
     let raw = values.get(name).map(String::as_str).unwrap_or("");
     // Accept Kafka's listener form too: PLAINTEXT://host:port.
     let addr = raw.strip_prefix("PLAINTEXT://").unwrap_or(raw);
-    addr.parse().map_err(|_| invalid(name, raw, "expected host:port with an IP address, e.g. 127.0.0.1:9092"))
+    addr.parse().map_err(|_| {
+        invalid(
+            name,
+            raw,
+            "expected host:port with an IP address, e.g. 127.0.0.1:9092",
+        )
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn load(file: Option<&str>, env: &[(&str, &str)], over: &[(&str, &str)]) -> Result<ServerConfig, ConfigError> {
+    fn load(
+        file: Option<&str>,
+        env: &[(&str, &str)],
+        over: &[(&str, &str)],
+    ) -> Result<ServerConfig, ConfigError> {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("spate.toml");
         if let Some(text) = file {
             std::fs::write(&path, text).expect("write");
         }
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
-        let over: Vec<_> = over.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let over: Vec<_> = over
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         ServerConfig::load(file.map(|_| path.as_path()), env, &over)
     }
 
@@ -258,9 +363,20 @@ mod tests {
         let file = "\"num.partitions\" = 3\n\"log.retention.ms\" = 1000\n[auto.create.topics]\nenable = false\n";
         let c = load(Some(file), &[("SPATE_NUM_PARTITIONS", "4")], &[]).expect("file+env");
         assert_eq!(c.num_partitions, 4, "env beats file");
-        assert_eq!(c.log_defaults.retention_ms, 1000, "file applies to topic defaults");
-        assert!(!c.auto_create_topics, "nested tables flatten to dotted names");
-        let c = load(Some(file), &[("SPATE_NUM_PARTITIONS", "4")], &[("num.partitions", "5")]).expect("all");
+        assert_eq!(
+            c.log_defaults.retention_ms, 1000,
+            "file applies to topic defaults"
+        );
+        assert!(
+            !c.auto_create_topics,
+            "nested tables flatten to dotted names"
+        );
+        let c = load(
+            Some(file),
+            &[("SPATE_NUM_PARTITIONS", "4")],
+            &[("num.partitions", "5")],
+        )
+        .expect("all");
         assert_eq!(c.num_partitions, 5, "flag beats env");
     }
 
@@ -282,7 +398,12 @@ mod tests {
 
     #[test]
     fn kafka_listener_syntax_is_accepted() {
-        let c = load(None, &[], &[("kafka.listen", "PLAINTEXT://127.0.0.1:19092")]).expect("listener");
+        let c = load(
+            None,
+            &[],
+            &[("kafka.listen", "PLAINTEXT://127.0.0.1:19092")],
+        )
+        .expect("listener");
         assert_eq!(c.kafka_listen.port(), 19092);
     }
 }

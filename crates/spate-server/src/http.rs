@@ -15,7 +15,10 @@ pub(crate) struct HttpState {
 }
 
 pub(crate) fn router(state: HttpState) -> Router {
-    Router::new().route("/health", get(health)).route("/metrics", get(metrics)).with_state(state)
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .with_state(state)
 }
 
 async fn health(State(state): State<HttpState>) -> (StatusCode, &'static str) {
@@ -28,14 +31,23 @@ async fn health(State(state): State<HttpState>) -> (StatusCode, &'static str) {
 
 async fn metrics(State(state): State<HttpState>) -> (StatusCode, String) {
     let Some(handle) = &state.metrics else {
-        return (StatusCode::NOT_FOUND, "metrics recorder not installed\n".into());
+        return (
+            StatusCode::NOT_FOUND,
+            "metrics recorder not installed\n".into(),
+        );
     };
     // Per-partition gauges are sampled at scrape time: idle partitions cost nothing.
     for partition in state.broker.replicas.all() {
         let tp = partition.topic_partition();
-        let labels = [("topic", tp.topic.clone()), ("partition", tp.partition.to_string())];
-        metrics::gauge!("spate_partition_high_watermark", &labels).set(partition.high_watermark().0 as f64);
-        if let Ok((start, size)) = partition.with_log(|log| Ok((log.log_start_offset(), log.size_bytes()))) {
+        let labels = [
+            ("topic", tp.topic.clone()),
+            ("partition", tp.partition.to_string()),
+        ];
+        metrics::gauge!("spate_partition_high_watermark", &labels)
+            .set(partition.high_watermark().0 as f64);
+        if let Ok((start, size)) =
+            partition.with_log(|log| Ok((log.log_start_offset(), log.size_bytes())))
+        {
             metrics::gauge!("spate_partition_log_start_offset", &labels).set(start.0 as f64);
             metrics::gauge!("spate_partition_size_bytes", &labels).set(size as f64);
         }

@@ -33,27 +33,43 @@ pub struct Node {
 
 impl Node {
     /// Starts a node. Returns once both listeners accept connections.
-    pub async fn start(config: ServerConfig, metrics: Option<PrometheusHandle>) -> anyhow::Result<Node> {
-        std::fs::create_dir_all(&config.data_dir)
-            .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+    pub async fn start(
+        config: ServerConfig,
+        metrics: Option<PrometheusHandle>,
+    ) -> anyhow::Result<Node> {
+        std::fs::create_dir_all(&config.data_dir).with_context(|| {
+            format!("cannot create data directory {}", config.data_dir.display())
+        })?;
         let cluster_id = load_cluster_id(&config.data_dir, config.node_id)?;
         let kafka_listener = TcpListener::bind(config.kafka_listen)
             .await
-            .with_context(|| format!("cannot listen for Kafka clients on {}", config.kafka_listen))?;
+            .with_context(|| {
+                format!("cannot listen for Kafka clients on {}", config.kafka_listen)
+            })?;
         let http_listener = TcpListener::bind(config.http_listen)
             .await
             .with_context(|| format!("cannot listen for HTTP on {}", config.http_listen))?;
         let kafka_addr = kafka_listener.local_addr()?;
         let http_addr = http_listener.local_addr()?;
-        let advertised_host = config.advertised_host.clone().unwrap_or_else(|| kafka_addr.ip().to_string());
+        let advertised_host = config
+            .advertised_host
+            .clone()
+            .unwrap_or_else(|| kafka_addr.ip().to_string());
 
         let node_id = NodeId(config.node_id);
-        let endpoint = BrokerEndpoint { host: advertised_host.clone(), port: kafka_addr.port(), rack: config.rack.clone() };
+        let endpoint = BrokerEndpoint {
+            host: advertised_host.clone(),
+            port: kafka_addr.port(),
+            rack: config.rack.clone(),
+        };
         let controller = Controller::open(&config.data_dir.join("metadata"), node_id, endpoint)
             .await
             .context("cannot start the controller")?;
 
-        let policy = FlushPolicy { interval: config.flush_interval, fsync_acks_all: config.acks_all_fsync };
+        let policy = FlushPolicy {
+            interval: config.flush_interval,
+            fsync_acks_all: config.acks_all_fsync,
+        };
         let replicas = Arc::new(ReplicaManager::new(config.data_dir.join("logs"), policy));
         let (shutdown, shutdown_rx) = watch::channel(false);
         let broker = Broker::new(
@@ -79,22 +95,43 @@ impl Node {
 
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(spate_kafka::follow_metadata(broker.clone())));
-        tasks.push(tokio::spawn(retention(replicas.clone(), config.retention_check_interval, shutdown_rx.clone())));
-        let router = http::router(http::HttpState { broker: broker.clone(), metrics });
+        tasks.push(tokio::spawn(retention(
+            replicas.clone(),
+            config.retention_check_interval,
+            shutdown_rx.clone(),
+        )));
+        let router = http::router(http::HttpState {
+            broker: broker.clone(),
+            metrics,
+        });
         let mut http_shutdown = shutdown_rx.clone();
         tasks.push(tokio::spawn(async move {
-            let serve = axum::serve(http_listener, router)
-                .with_graceful_shutdown(async move {
-                    let _ = spate_kafka::shutdown_signalled(&mut http_shutdown).await;
-                });
+            let serve = axum::serve(http_listener, router).with_graceful_shutdown(async move {
+                let _ = spate_kafka::shutdown_signalled(&mut http_shutdown).await;
+            });
             if let Err(e) = serve.await {
                 tracing::error!(error = %e, "HTTP server failed");
             }
         }));
-        let kafka_task = tokio::spawn(spate_kafka::serve(kafka_listener, broker.clone(), shutdown_rx));
-        tracing::info!("Kafka listener on {kafka_addr} (advertised as {}:{})", broker.config.advertised_host, kafka_addr.port());
+        let kafka_task = tokio::spawn(spate_kafka::serve(
+            kafka_listener,
+            broker.clone(),
+            shutdown_rx,
+        ));
+        tracing::info!(
+            "Kafka listener on {kafka_addr} (advertised as {}:{})",
+            broker.config.advertised_host,
+            kafka_addr.port()
+        );
         tracing::info!("HTTP listener on {http_addr} (/metrics, /health)");
-        Ok(Node { broker, kafka_addr, http_addr, shutdown, tasks, kafka_task })
+        Ok(Node {
+            broker,
+            kafka_addr,
+            http_addr,
+            shutdown,
+            tasks,
+            kafka_task,
+        })
     }
 
     /// Stops the node: answers in-flight requests, fsyncs every partition, stops Raft.
@@ -108,8 +145,16 @@ impl Node {
         for (tp, e) in &failures {
             tracing::error!(partition = %tp, error = %e, "failed to flush partition at shutdown");
         }
-        self.broker.controller.shutdown().await.context("controller shutdown failed")?;
-        anyhow::ensure!(failures.is_empty(), "{} partitions failed to flush", failures.len());
+        self.broker
+            .controller
+            .shutdown()
+            .await
+            .context("controller shutdown failed")?;
+        anyhow::ensure!(
+            failures.is_empty(),
+            "{} partitions failed to flush",
+            failures.len()
+        );
         Ok(())
     }
 }
@@ -136,13 +181,20 @@ async fn wait_for_signal() -> anyhow::Result<()> {
 }
 
 /// Deletes segments past retention, in the background so produce never waits on it.
-async fn retention(replicas: Arc<ReplicaManager>, interval: std::time::Duration, mut shutdown: watch::Receiver<bool>) {
+async fn retention(
+    replicas: Arc<ReplicaManager>,
+    interval: std::time::Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
             _ = spate_kafka::shutdown_signalled(&mut shutdown) => return,
         }
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
         for partition in replicas.all() {
             if let Err(e) = partition.with_log(|log| log.apply_retention(now)) {
                 tracing::warn!(partition = %partition.topic_partition(), error = %e, "retention failed");
@@ -158,7 +210,9 @@ fn load_cluster_id(data_dir: &Path, node_id: i32) -> anyhow::Result<String> {
     match std::fs::read_to_string(&path) {
         Ok(text) => {
             let field = |key: &str| {
-                text.lines().find_map(|l| l.strip_prefix(key).and_then(|v| v.strip_prefix('='))).map(str::trim)
+                text.lines()
+                    .find_map(|l| l.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+                    .map(str::trim)
             };
             let stored_node = field("node.id").and_then(|v| v.parse::<i32>().ok());
             anyhow::ensure!(

@@ -36,23 +36,40 @@ struct Client {
 
 impl Client {
     async fn connect(node: &Node) -> Client {
-        Client { stream: TcpStream::connect(node.kafka_addr).await.expect("connect"), correlation_id: 0 }
+        Client {
+            stream: TcpStream::connect(node.kafka_addr).await.expect("connect"),
+            correlation_id: 0,
+        }
     }
 
     async fn send_raw(&mut self, frame: &[u8]) {
-        self.stream.write_all(&(frame.len() as i32).to_be_bytes()).await.expect("write");
+        self.stream
+            .write_all(&(frame.len() as i32).to_be_bytes())
+            .await
+            .expect("write");
         self.stream.write_all(frame).await.expect("write");
     }
 
     async fn read_raw(&mut self) -> Bytes {
         let mut len = [0u8; 4];
-        self.stream.read_exact(&mut len).await.expect("response length");
+        self.stream
+            .read_exact(&mut len)
+            .await
+            .expect("response length");
         let mut body = vec![0u8; i32::from_be_bytes(len) as usize];
-        self.stream.read_exact(&mut body).await.expect("response body");
+        self.stream
+            .read_exact(&mut body)
+            .await
+            .expect("response body");
         Bytes::from(body)
     }
 
-    async fn call<Req: Encodable, Resp: Decodable>(&mut self, key: ApiKey, version: i16, request: &Req) -> Resp {
+    async fn call<Req: Encodable, Resp: Decodable>(
+        &mut self,
+        key: ApiKey,
+        version: i16,
+        request: &Req,
+    ) -> Resp {
         self.correlation_id += 1;
         let header = RequestHeader::default()
             .with_request_api_key(key as i16)
@@ -60,11 +77,14 @@ impl Client {
             .with_correlation_id(self.correlation_id)
             .with_client_id(Some(StrBytes::from_static_str("node-test")));
         let mut buf = BytesMut::new();
-        header.encode(&mut buf, key.request_header_version(version)).expect("encode header");
+        header
+            .encode(&mut buf, key.request_header_version(version))
+            .expect("encode header");
         request.encode(&mut buf, version).expect("encode body");
         self.send_raw(&buf).await;
         let mut response = self.read_raw().await;
-        let header = ResponseHeader::decode(&mut response, key.response_header_version(version)).expect("header");
+        let header = ResponseHeader::decode(&mut response, key.response_header_version(version))
+            .expect("header");
         assert_eq!(header.correlation_id, self.correlation_id);
         Resp::decode(&mut response, version).expect("decode response")
     }
@@ -84,7 +104,11 @@ fn records(values: &[&str], producer: Option<(i64, i16, i32)>) -> Bytes {
             producer_epoch,
             timestamp_type: TimestampType::Creation,
             offset: i as i64,
-            sequence: if base_sequence < 0 { -1 } else { base_sequence + i as i32 },
+            sequence: if base_sequence < 0 {
+                -1
+            } else {
+                base_sequence + i as i32
+            },
             timestamp: 1_700_000_000_000 + i as i64,
             key: Some(Bytes::from(format!("k{i}"))),
             value: Some(Bytes::copy_from_slice(v.as_bytes())),
@@ -92,15 +116,27 @@ fn records(values: &[&str], producer: Option<(i64, i16, i32)>) -> Bytes {
         })
         .collect();
     let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(&mut buf, &records, &RecordEncodeOptions { version: 2, compression: Compression::None })
-        .expect("encode records");
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &records,
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )
+    .expect("encode records");
     buf.freeze()
 }
 
 fn produce_request(topic: &str, acks: i16, records: Bytes) -> ProduceRequest {
-    ProduceRequest::default().with_acks(acks).with_timeout_ms(5000).with_topic_data(vec![TopicProduceData::default()
-        .with_name(TopicName(StrBytes::from_string(topic.to_owned())))
-        .with_partition_data(vec![PartitionProduceData::default().with_index(0).with_records(Some(records))])])
+    ProduceRequest::default()
+        .with_acks(acks)
+        .with_timeout_ms(5000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_string(topic.to_owned())))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(0)
+                .with_records(Some(records))])])
 }
 
 fn fetch_request(topic: &str, offset: i64, max_wait_ms: i32) -> FetchRequest {
@@ -123,7 +159,10 @@ fn values_of(records: &Bytes) -> Vec<(i64, String)> {
     while !buf.is_empty() {
         let set = RecordBatchDecoder::decode(&mut buf).expect("stored batches decode");
         for r in set.records {
-            out.push((r.offset, String::from_utf8(r.value.expect("value").to_vec()).expect("utf-8")));
+            out.push((
+                r.offset,
+                String::from_utf8(r.value.expect("value").to_vec()).expect("utf-8"),
+            ));
         }
     }
     out
@@ -132,8 +171,9 @@ fn values_of(records: &Bytes) -> Vec<(i64, String)> {
 async fn create_by_metadata(client: &mut Client, topic: &str) -> MetadataResponse {
     let request = MetadataRequest::default()
         .with_allow_auto_topic_creation(true)
-        .with_topics(Some(vec![MetadataRequestTopic::default()
-            .with_name(Some(TopicName(StrBytes::from_string(topic.to_owned()))))]));
+        .with_topics(Some(vec![MetadataRequestTopic::default().with_name(Some(
+            TopicName(StrBytes::from_string(topic.to_owned())),
+        ))]));
     client.call(ApiKey::Metadata, 12, &request).await
 }
 
@@ -154,23 +194,57 @@ async fn produce_fetch_idempotence_and_restart() {
     assert_eq!(metadata.brokers[0].port, i32::from(node.kafka_addr.port()));
 
     // --- idempotent producer: first batch, duplicate retry, sequence gap
-    let init: InitProducerIdResponse =
-        client.call(ApiKey::InitProducerId, 4, &InitProducerIdRequest::default().with_transactional_id(None).with_transaction_timeout_ms(60_000)).await;
+    let init: InitProducerIdResponse = client
+        .call(
+            ApiKey::InitProducerId,
+            4,
+            &InitProducerIdRequest::default()
+                .with_transactional_id(None)
+                .with_transaction_timeout_ms(60_000),
+        )
+        .await;
     assert_eq!(init.error_code, 0);
     let pid = init.producer_id.0;
     let first = records(&["a", "b", "c"], Some((pid, 0, 0)));
-    let r: ProduceResponse = client.call(ApiKey::Produce, 9, &produce_request("orders", -1, first.clone())).await;
+    let r: ProduceResponse = client
+        .call(
+            ApiKey::Produce,
+            9,
+            &produce_request("orders", -1, first.clone()),
+        )
+        .await;
     assert_eq!(partition_response(&r).error_code, 0);
     assert_eq!(partition_response(&r).base_offset, 0);
-    let r: ProduceResponse = client.call(ApiKey::Produce, 9, &produce_request("orders", -1, first.clone())).await;
-    assert_eq!(partition_response(&r).error_code, 0, "a retried batch is acknowledged");
-    assert_eq!(partition_response(&r).base_offset, 0, "with its original offset");
+    let r: ProduceResponse = client
+        .call(
+            ApiKey::Produce,
+            9,
+            &produce_request("orders", -1, first.clone()),
+        )
+        .await;
+    assert_eq!(
+        partition_response(&r).error_code,
+        0,
+        "a retried batch is acknowledged"
+    );
+    assert_eq!(
+        partition_response(&r).base_offset,
+        0,
+        "with its original offset"
+    );
     let gap = records(&["x"], Some((pid, 0, 7)));
-    let r: ProduceResponse = client.call(ApiKey::Produce, 9, &produce_request("orders", -1, gap)).await;
-    assert_eq!(partition_response(&r).error_code, ResponseError::OutOfOrderSequenceNumber.code());
+    let r: ProduceResponse = client
+        .call(ApiKey::Produce, 9, &produce_request("orders", -1, gap))
+        .await;
+    assert_eq!(
+        partition_response(&r).error_code,
+        ResponseError::OutOfOrderSequenceNumber.code()
+    );
 
     // --- fetch reads back exactly what was acknowledged, once
-    let f: FetchResponse = client.call(ApiKey::Fetch, 12, &fetch_request("orders", 0, 0)).await;
+    let f: FetchResponse = client
+        .call(ApiKey::Fetch, 12, &fetch_request("orders", 0, 0))
+        .await;
     let p = &f.responses[0].partitions[0];
     assert_eq!(p.error_code, 0);
     assert_eq!(p.high_watermark, 3);
@@ -178,45 +252,109 @@ async fn produce_fetch_idempotence_and_restart() {
     assert_eq!(got, vec![(0, "a".into()), (1, "b".into()), (2, "c".into())]);
 
     // --- fetching from inside a batch returns the whole batch
-    let f: FetchResponse = client.call(ApiKey::Fetch, 12, &fetch_request("orders", 1, 0)).await;
-    assert_eq!(values_of(f.responses[0].partitions[0].records.as_ref().expect("records")).len(), 3);
+    let f: FetchResponse = client
+        .call(ApiKey::Fetch, 12, &fetch_request("orders", 1, 0))
+        .await;
+    assert_eq!(
+        values_of(
+            f.responses[0].partitions[0]
+                .records
+                .as_ref()
+                .expect("records")
+        )
+        .len(),
+        3
+    );
 
     // --- a fetch waiting in long poll is answered when data arrives
     let mut waiter = Client::connect(&node).await;
     let long_poll = tokio::spawn(async move {
-        let f: FetchResponse = waiter.call(ApiKey::Fetch, 12, &fetch_request("orders", 3, 30_000)).await;
+        let f: FetchResponse = waiter
+            .call(ApiKey::Fetch, 12, &fetch_request("orders", 3, 30_000))
+            .await;
         f
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let r: ProduceResponse = client.call(ApiKey::Produce, 9, &produce_request("orders", 1, records(&["d"], None))).await;
+    let r: ProduceResponse = client
+        .call(
+            ApiKey::Produce,
+            9,
+            &produce_request("orders", 1, records(&["d"], None)),
+        )
+        .await;
     assert_eq!(partition_response(&r).base_offset, 3);
     let f = tokio::time::timeout(Duration::from_secs(20), long_poll)
         .await
         .expect("long poll woke before its 30 s wait")
         .expect("task");
-    assert_eq!(values_of(f.responses[0].partitions[0].records.as_ref().expect("records")), vec![(3, "d".into())]);
+    assert_eq!(
+        values_of(
+            f.responses[0].partitions[0]
+                .records
+                .as_ref()
+                .expect("records")
+        ),
+        vec![(3, "d".into())]
+    );
 
     // --- out of range
-    let f: FetchResponse = client.call(ApiKey::Fetch, 12, &fetch_request("orders", 99, 0)).await;
-    assert_eq!(f.responses[0].partitions[0].error_code, ResponseError::OffsetOutOfRange.code());
+    let f: FetchResponse = client
+        .call(ApiKey::Fetch, 12, &fetch_request("orders", 99, 0))
+        .await;
+    assert_eq!(
+        f.responses[0].partitions[0].error_code,
+        ResponseError::OffsetOutOfRange.code()
+    );
 
     // --- restart: data and producer state survive
     drop(client);
     node.shutdown().await.expect("clean shutdown");
     let node = start(dir.path()).await;
     let mut client = Client::connect(&node).await;
-    let f: FetchResponse = client.call(ApiKey::Fetch, 12, &fetch_request("orders", 0, 0)).await;
-    let got = values_of(f.responses[0].partitions[0].records.as_ref().expect("records"));
-    assert_eq!(got.iter().map(|(_, v)| v.as_str()).collect::<Vec<_>>(), ["a", "b", "c", "d"]);
-    let r: ProduceResponse = client.call(ApiKey::Produce, 9, &produce_request("orders", -1, first)).await;
-    assert_eq!(partition_response(&r).base_offset, 0, "duplicate recognised after restart");
+    let f: FetchResponse = client
+        .call(ApiKey::Fetch, 12, &fetch_request("orders", 0, 0))
+        .await;
+    let got = values_of(
+        f.responses[0].partitions[0]
+            .records
+            .as_ref()
+            .expect("records"),
+    );
+    assert_eq!(
+        got.iter().map(|(_, v)| v.as_str()).collect::<Vec<_>>(),
+        ["a", "b", "c", "d"]
+    );
+    let r: ProduceResponse = client
+        .call(ApiKey::Produce, 9, &produce_request("orders", -1, first))
+        .await;
+    assert_eq!(
+        partition_response(&r).base_offset,
+        0,
+        "duplicate recognised after restart"
+    );
     let next = records(&["e"], Some((pid, 0, 3)));
-    let r: ProduceResponse = client.call(ApiKey::Produce, 9, &produce_request("orders", -1, next)).await;
-    assert_eq!(partition_response(&r).error_code, 0, "sequence continues after restart");
+    let r: ProduceResponse = client
+        .call(ApiKey::Produce, 9, &produce_request("orders", -1, next))
+        .await;
+    assert_eq!(
+        partition_response(&r).error_code,
+        0,
+        "sequence continues after restart"
+    );
     assert_eq!(partition_response(&r).base_offset, 4);
-    let init: InitProducerIdResponse =
-        client.call(ApiKey::InitProducerId, 4, &InitProducerIdRequest::default().with_transactional_id(None).with_transaction_timeout_ms(60_000)).await;
-    assert!(init.producer_id.0 > pid, "producer ids are never reused across restarts");
+    let init: InitProducerIdResponse = client
+        .call(
+            ApiKey::InitProducerId,
+            4,
+            &InitProducerIdRequest::default()
+                .with_transactional_id(None)
+                .with_transaction_timeout_ms(60_000),
+        )
+        .await;
+    assert!(
+        init.producer_id.0 > pid,
+        "producer ids are never reused across restarts"
+    );
     node.shutdown().await.expect("clean shutdown");
 }
 
@@ -232,41 +370,75 @@ async fn bad_requests_get_kafka_answers() {
     let header = ResponseHeader::decode(&mut response, 0).expect("header");
     assert_eq!(header.correlation_id, 5);
     let versions = ApiVersionsResponse::decode(&mut response, 0).expect("v0 body");
-    assert_eq!(versions.error_code, ResponseError::UnsupportedVersion.code());
+    assert_eq!(
+        versions.error_code,
+        ResponseError::UnsupportedVersion.code()
+    );
 
     // The same connection still works, and advertises what is implemented.
-    let versions: ApiVersionsResponse = client.call(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default()).await;
+    let versions: ApiVersionsResponse = client
+        .call(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default())
+        .await;
     assert_eq!(versions.error_code, 0);
-    let produce = versions.api_keys.iter().find(|k| k.api_key == ApiKey::Produce as i16).expect("Produce");
+    let produce = versions
+        .api_keys
+        .iter()
+        .find(|k| k.api_key == ApiKey::Produce as i16)
+        .expect("Produce");
     assert_eq!((produce.min_version, produce.max_version), (3, 13));
-    assert!(versions.api_keys.iter().all(|k| k.api_key != ApiKey::JoinGroup as i16), "groups are not implemented");
+    assert!(
+        versions
+            .api_keys
+            .iter()
+            .all(|k| k.api_key != ApiKey::JoinGroup as i16),
+        "groups are not implemented"
+    );
 
     // Invalid topic name.
     let m = create_by_metadata(&mut client, "bad/name").await;
-    assert_eq!(m.topics[0].error_code, ResponseError::InvalidTopicException.code());
+    assert_eq!(
+        m.topics[0].error_code,
+        ResponseError::InvalidTopicException.code()
+    );
 
     // A corrupt batch (flipped CRC byte) is refused and nothing is written.
     create_by_metadata(&mut client, "crc").await;
     let mut bad = BytesMut::from(&records(&["v"], None)[..]);
     let last = bad.len() - 1;
     bad[last] ^= 0xff;
-    let r: ProduceResponse = client.call(ApiKey::Produce, 9, &produce_request("crc", 1, bad.freeze())).await;
-    assert_eq!(partition_response(&r).error_code, ResponseError::CorruptMessage.code());
-    let f: FetchResponse = client.call(ApiKey::Fetch, 12, &fetch_request("crc", 0, 0)).await;
+    let r: ProduceResponse = client
+        .call(ApiKey::Produce, 9, &produce_request("crc", 1, bad.freeze()))
+        .await;
+    assert_eq!(
+        partition_response(&r).error_code,
+        ResponseError::CorruptMessage.code()
+    );
+    let f: FetchResponse = client
+        .call(ApiKey::Fetch, 12, &fetch_request("crc", 0, 0))
+        .await;
     assert_eq!(f.responses[0].partitions[0].high_watermark, 0);
 
     // Unknown API key: the connection is closed; a new one is served.
     client.send_raw(&[0x7f, 0x00, 0, 0, 0, 0, 0, 1]).await;
     let mut buf = [0u8; 1];
-    let n = tokio::time::timeout(Duration::from_secs(5), client.stream.read(&mut buf)).await.expect("closed promptly");
+    let n = tokio::time::timeout(Duration::from_secs(5), client.stream.read(&mut buf))
+        .await
+        .expect("closed promptly");
     assert!(matches!(n, Ok(0) | Err(_)), "connection closed");
     // Oversized frame: refused from its length alone.
     let mut big = Client::connect(&node).await;
-    big.stream.write_all(&(200 * 1024 * 1024i32).to_be_bytes()).await.expect("write");
-    let n = tokio::time::timeout(Duration::from_secs(5), big.stream.read(&mut buf)).await.expect("closed promptly");
+    big.stream
+        .write_all(&(200 * 1024 * 1024i32).to_be_bytes())
+        .await
+        .expect("write");
+    let n = tokio::time::timeout(Duration::from_secs(5), big.stream.read(&mut buf))
+        .await
+        .expect("closed promptly");
     assert!(matches!(n, Ok(0) | Err(_)), "connection closed");
     let mut fresh = Client::connect(&node).await;
-    let versions: ApiVersionsResponse = fresh.call(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default()).await;
+    let versions: ApiVersionsResponse = fresh
+        .call(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default())
+        .await;
     assert_eq!(versions.error_code, 0);
     node.shutdown().await.expect("clean shutdown");
 }

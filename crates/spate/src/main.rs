@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "spate", version, about = "An event-streaming platform that speaks the Kafka protocol")]
+#[command(
+    name = "spate",
+    version,
+    about = "An event-streaming platform that speaks the Kafka protocol"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -74,8 +78,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .ok_or_else(|| anyhow::anyhow!("--set expects NAME=VALUE, got '{pair}'"))?;
         overrides.push((name.trim().to_owned(), value.trim().to_owned()));
     }
-    let config = spate_server::ServerConfig::load(args.config.as_deref(), std::env::vars(), &overrides)?;
+    let config =
+        spate_server::ServerConfig::load(args.config.as_deref(), std::env::vars(), &overrides)?;
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(spate_server::run(config, Some(metrics)))
 }

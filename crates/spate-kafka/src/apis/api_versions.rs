@@ -28,7 +28,9 @@ fn response(error_code: i16) -> ApiVersionsResponse {
                 .with_max_version(range.max)
         })
         .collect();
-    ApiVersionsResponse::default().with_error_code(error_code).with_api_keys(api_keys)
+    ApiVersionsResponse::default()
+        .with_error_code(error_code)
+        .with_api_keys(api_keys)
 }
 
 /// The v0-form answer to an ApiVersions request whose version is not supported.

@@ -47,10 +47,16 @@ pub(crate) async fn handle(
     request: FetchRequest,
 ) -> Reply<FetchResponse> {
     let image = broker.image();
-    let mut plan = Plan { topics: Vec::new(), wanted: Vec::new(), max_bytes: request.max_bytes.max(0) as usize };
+    let mut plan = Plan {
+        topics: Vec::new(),
+        wanted: Vec::new(),
+        max_bytes: request.max_bytes.max(0) as usize,
+    };
     for topic in request.topics {
         let name = if ctx.version() >= TOPIC_ID_VERSION {
-            image.topic_by_id(topic.topic_id).map(|(name, _)| name.to_owned())
+            image
+                .topic_by_id(topic.topic_id)
+                .map(|(name, _)| name.to_owned())
         } else {
             Some(topic.topic.0.to_string())
         };
@@ -78,7 +84,12 @@ pub(crate) async fn handle(
     let mut watches: Vec<watch::Receiver<Offset>> = plan
         .wanted
         .iter()
-        .filter_map(|w| w.partition.as_ref().ok().map(|p| p.subscribe_high_watermark()))
+        .filter_map(|w| {
+            w.partition
+                .as_ref()
+                .ok()
+                .map(|p| p.subscribe_high_watermark())
+        })
         .collect();
     let (response, bytes, errors) = read_all(&plan);
     let min_bytes = request.min_bytes.max(0) as usize;
@@ -127,7 +138,11 @@ fn read_all(plan: &Plan) -> (FetchResponse, usize, bool) {
     let mut topics: Vec<FetchableTopicResponse> = plan
         .topics
         .iter()
-        .map(|(name, id)| FetchableTopicResponse::default().with_topic(name.clone()).with_topic_id(*id))
+        .map(|(name, id)| {
+            FetchableTopicResponse::default()
+                .with_topic(name.clone())
+                .with_topic_id(*id)
+        })
         .collect();
     let mut total = 0usize;
     let mut any_error = false;
@@ -143,7 +158,11 @@ fn read_all(plan: &Plan) -> (FetchResponse, usize, bool) {
         topics[wanted.topic_index].partitions.push(data);
     }
     metrics::counter!("spate_fetch_bytes_total").increment(total as u64);
-    (FetchResponse::default().with_responses(topics), total, any_error)
+    (
+        FetchResponse::default().with_responses(topics),
+        total,
+        any_error,
+    )
 }
 
 fn read_partition(wanted: &Wanted, budget: usize, first: bool) -> PartitionData {

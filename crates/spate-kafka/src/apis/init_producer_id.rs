@@ -23,12 +23,18 @@ pub(crate) async fn handle(
         .with_ongoing_txn_producer_id(ProducerId(-1))
         .with_ongoing_txn_producer_epoch(-1);
     if request.transactional_id.is_some() {
-        return Reply::Now(response.with_error_code(ResponseError::TransactionalIdAuthorizationFailed.code()));
+        return Reply::Now(
+            response.with_error_code(ResponseError::TransactionalIdAuthorizationFailed.code()),
+        );
     }
     // Like Kafka, an idempotent producer always gets a new id, even when it names its old one
     // (KIP-360 epoch bumps apply to transactional producers).
     match broker.next_producer_id().await {
-        Ok(id) => Reply::Now(response.with_producer_id(ProducerId(id.0)).with_producer_epoch(0)),
+        Ok(id) => Reply::Now(
+            response
+                .with_producer_id(ProducerId(id.0))
+                .with_producer_epoch(0),
+        ),
         Err(reason) => {
             tracing::warn!(%reason, "producer id allocation failed");
             Reply::Now(response.with_error_code(ResponseError::CoordinatorNotAvailable.code()))

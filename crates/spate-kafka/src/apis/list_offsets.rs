@@ -47,7 +47,11 @@ pub(crate) async fn handle(
                         .with_timestamp(-1)
                         .with_offset(-1)
                         .with_leader_epoch(-1);
-                    match lookup(broker, &TopicPartition::new(name.clone(), p.partition_index), &p) {
+                    match lookup(
+                        broker,
+                        &TopicPartition::new(name.clone(), p.partition_index),
+                        &p,
+                    ) {
                         Ok((offset, timestamp, epoch)) => response
                             .with_offset(offset)
                             .with_timestamp(timestamp)
@@ -56,7 +60,9 @@ pub(crate) async fn handle(
                     }
                 })
                 .collect();
-            ListOffsetsTopicResponse::default().with_name(topic.name).with_partitions(partitions)
+            ListOffsetsTopicResponse::default()
+                .with_name(topic.name)
+                .with_partitions(partitions)
         })
         .collect();
     Reply::Now(ListOffsetsResponse::default().with_topics(topics))
@@ -67,7 +73,10 @@ fn lookup(
     tp: &TopicPartition,
     request: &kafka_protocol::messages::list_offsets_request::ListOffsetsPartition,
 ) -> Result<(i64, i64, i32), ResponseError> {
-    let partition = broker.replicas.get(tp).ok_or(ResponseError::UnknownTopicOrPartition)?;
+    let partition = broker
+        .replicas
+        .get(tp)
+        .ok_or(ResponseError::UnknownTopicOrPartition)?;
     let epoch = partition.leader_epoch().0;
     if request.current_leader_epoch >= 0 && request.current_leader_epoch != epoch {
         return Err(if request.current_leader_epoch < epoch {
@@ -82,12 +91,18 @@ fn lookup(
         LATEST => Ok((hw, -1, epoch)),
         EARLIEST | EARLIEST_LOCAL => Ok((partition.log_start_offset().map_err(map)?.0, -1, epoch)),
         LATEST_TIERED => Ok((-1, -1, -1)),
-        MAX_TIMESTAMP => match partition.with_log(|log| log.max_timestamp_offset()).map_err(map)? {
+        MAX_TIMESTAMP => match partition
+            .with_log(|log| log.max_timestamp_offset())
+            .map_err(map)?
+        {
             Some((offset, timestamp)) if offset.0 < hw => Ok((offset.0, timestamp, epoch)),
             _ => Ok((-1, -1, -1)),
         },
         target if target >= 0 => {
-            match partition.with_log(|log| log.offset_for_timestamp(target)).map_err(map)? {
+            match partition
+                .with_log(|log| log.offset_for_timestamp(target))
+                .map_err(map)?
+            {
                 Some((offset, timestamp)) if offset.0 < hw => Ok((offset.0, timestamp, epoch)),
                 _ => Ok((-1, -1, -1)),
             }

@@ -29,7 +29,9 @@ pub(crate) async fn handle(
     match request.topics {
         // v0 used an empty list to mean "all topics"; later versions use null.
         None => topics.extend(all_topics(&broker.image())),
-        Some(list) if list.is_empty() && ctx.version() == 0 => topics.extend(all_topics(&broker.image())),
+        Some(list) if list.is_empty() && ctx.version() == 0 => {
+            topics.extend(all_topics(&broker.image()))
+        }
         Some(list) => {
             for requested in list {
                 topics.push(match requested.name {
@@ -55,7 +57,9 @@ pub(crate) async fn handle(
     Reply::Now(
         MetadataResponse::default()
             .with_brokers(brokers)
-            .with_cluster_id(Some(StrBytes::from_string(broker.config.cluster_id.clone())))
+            .with_cluster_id(Some(StrBytes::from_string(
+                broker.config.cluster_id.clone(),
+            )))
             .with_controller_id(BrokerId(controller))
             .with_topics(topics)
             .with_cluster_authorized_operations(AUTHORIZED_OPERATIONS_OMITTED),
@@ -63,7 +67,11 @@ pub(crate) async fn handle(
 }
 
 fn all_topics(image: &MetadataImage) -> Vec<MetadataResponseTopic> {
-    image.topics.iter().map(|(name, topic)| describe(name, topic)).collect()
+    image
+        .topics
+        .iter()
+        .map(|(name, topic)| describe(name, topic))
+        .collect()
 }
 
 async fn by_name(broker: &Broker, name: &str, allow_auto_create: bool) -> MetadataResponseTopic {
@@ -86,10 +94,12 @@ async fn by_name(broker: &Broker, name: &str, allow_auto_create: bool) -> Metada
                 None => ResponseError::LeaderNotAvailable,
             },
             // Created concurrently by another request.
-            Err(e) if e.code == ResponseError::TopicAlreadyExists => match broker.image().topics.get(name) {
-                Some(topic) => return describe(name, topic),
-                None => ResponseError::LeaderNotAvailable,
-            },
+            Err(e) if e.code == ResponseError::TopicAlreadyExists => {
+                match broker.image().topics.get(name) {
+                    Some(topic) => return describe(name, topic),
+                    None => ResponseError::LeaderNotAvailable,
+                }
+            }
             Err(e) => {
                 tracing::warn!(topic = name, error = %e.message, "auto-creation failed");
                 e.code

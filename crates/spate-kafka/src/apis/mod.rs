@@ -9,16 +9,16 @@ use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable, VersionRange};
 use std::sync::Arc;
 
+pub(crate) mod alter_configs;
 pub(crate) mod api_versions;
-// ADMIN pub(crate) mod create_partitions;
-// ADMIN pub(crate) mod create_topics;
-// ADMIN pub(crate) mod delete_records;
-// ADMIN pub(crate) mod delete_topics;
+pub(crate) mod create_partitions;
+pub(crate) mod create_topics;
+pub(crate) mod delete_records;
+pub(crate) mod delete_topics;
 pub(crate) mod describe_cluster;
-// ADMIN pub(crate) mod describe_configs;
-// ADMIN pub(crate) mod alter_configs;
-// ADMIN pub(crate) mod incremental_alter_configs;
+pub(crate) mod describe_configs;
 pub(crate) mod fetch;
+pub(crate) mod incremental_alter_configs;
 pub(crate) mod init_producer_id;
 pub(crate) mod list_offsets;
 pub(crate) mod metadata;
@@ -57,11 +57,23 @@ pub(crate) enum DispatchError {
     #[error("unknown API key {0}")]
     UnknownApiKey(i16),
     #[error("{key:?} version {version} is not supported (supported: {supported})")]
-    UnsupportedVersion { key: ApiKey, version: i16, supported: VersionRange },
+    UnsupportedVersion {
+        key: ApiKey,
+        version: i16,
+        supported: VersionRange,
+    },
     #[error("malformed {key:?} v{version} request: {reason}")]
-    Malformed { key: ApiKey, version: i16, reason: String },
+    Malformed {
+        key: ApiKey,
+        version: i16,
+        reason: String,
+    },
     #[error("failed to encode {key:?} v{version} response: {reason}")]
-    Encode { key: ApiKey, version: i16, reason: String },
+    Encode {
+        key: ApiKey,
+        version: i16,
+        reason: String,
+    },
     #[error("{0}")]
     Closed(String),
 }
@@ -110,19 +122,23 @@ apis! {
     ListOffsets => list_offsets(m::ListOffsetsRequest),
     Metadata => metadata(m::MetadataRequest),
     ApiVersions => api_versions(m::ApiVersionsRequest),
-    // ADMIN CreateTopics => create_topics(m::CreateTopicsRequest),
-    // ADMIN DeleteTopics => delete_topics(m::DeleteTopicsRequest),
-    // ADMIN DeleteRecords => delete_records(m::DeleteRecordsRequest),
+    CreateTopics => create_topics(m::CreateTopicsRequest),
+    DeleteTopics => delete_topics(m::DeleteTopicsRequest),
+    DeleteRecords => delete_records(m::DeleteRecordsRequest),
     InitProducerId => init_producer_id(m::InitProducerIdRequest),
-    // ADMIN DescribeConfigs => describe_configs(m::DescribeConfigsRequest),
-    // ADMIN AlterConfigs => alter_configs(m::AlterConfigsRequest),
-    // ADMIN CreatePartitions => create_partitions(m::CreatePartitionsRequest),
-    // ADMIN IncrementalAlterConfigs => incremental_alter_configs(m::IncrementalAlterConfigsRequest),
+    DescribeConfigs => describe_configs(m::DescribeConfigsRequest),
+    AlterConfigs => alter_configs(m::AlterConfigsRequest),
+    CreatePartitions => create_partitions(m::CreatePartitionsRequest),
+    IncrementalAlterConfigs => incremental_alter_configs(m::IncrementalAlterConfigsRequest),
     DescribeCluster => describe_cluster(m::DescribeClusterRequest),
 }
 
 fn unsupported(key: ApiKey, version: i16) -> DispatchError {
-    DispatchError::UnsupportedVersion { key, version, supported: VersionRange { min: 0, max: -1 } }
+    DispatchError::UnsupportedVersion {
+        key,
+        version,
+        supported: VersionRange { min: 0, max: -1 },
+    }
 }
 
 pub(crate) fn supported_versions(key: ApiKey) -> Option<VersionRange> {
@@ -139,7 +155,10 @@ struct Framing {
 /// `Ok(Err(correlation_id))` means: answer with ApiVersions' unsupported-version response.
 fn check_framing(frame: &[u8]) -> Result<Result<Framing, i32>, DispatchError> {
     if frame.len() < 8 {
-        return Err(DispatchError::Closed(format!("frame of {} bytes has no request header", frame.len())));
+        return Err(DispatchError::Closed(format!(
+            "frame of {} bytes has no request header",
+            frame.len()
+        )));
     }
     let raw_key = i16::from_be_bytes([frame[0], frame[1]]);
     let version = i16::from_be_bytes([frame[2], frame[3]]);
@@ -152,7 +171,11 @@ fn check_framing(frame: &[u8]) -> Result<Result<Framing, i32>, DispatchError> {
         if key == ApiKey::ApiVersions {
             return Ok(Err(correlation_id));
         }
-        return Err(DispatchError::UnsupportedVersion { key, version, supported });
+        return Err(DispatchError::UnsupportedVersion {
+            key,
+            version,
+            supported,
+        });
     }
     Ok(Ok(Framing { key, version }))
 }
@@ -167,10 +190,20 @@ pub(crate) async fn dispatch(
         Ok(framing) => framing,
         // Kafka answers an ApiVersions it cannot parse in v0 form, so that the client can
         // learn the supported range and retry (KIP-511).
-        Err(correlation_id) => return Ok(Some(api_versions::unsupported_version_response(correlation_id))),
+        Err(correlation_id) => {
+            return Ok(Some(api_versions::unsupported_version_response(
+                correlation_id,
+            )))
+        }
     };
-    let header = RequestHeader::decode(&mut frame, key.request_header_version(version))
-        .map_err(|e| DispatchError::Malformed { key, version, reason: e.to_string() })?;
+    let header =
+        RequestHeader::decode(&mut frame, key.request_header_version(version)).map_err(|e| {
+            DispatchError::Malformed {
+                key,
+                version,
+                reason: e.to_string(),
+            }
+        })?;
     metrics::counter!("spate_kafka_requests_total", "api" => format!("{key:?}")).increment(1);
     route(broker, key, RequestContext { header }, frame).await
 }
@@ -183,7 +216,8 @@ pub fn decode_request(frame: Bytes) -> Result<ApiKey, String> {
         Ok(framing) => framing,
         Err(_) => return Ok(ApiKey::ApiVersions),
     };
-    RequestHeader::decode(&mut frame, key.request_header_version(version)).map_err(|e| e.to_string())?;
+    RequestHeader::decode(&mut frame, key.request_header_version(version))
+        .map_err(|e| e.to_string())?;
     decode_body(key, version, frame).map_err(|e| e.to_string())?;
     Ok(key)
 }
@@ -215,8 +249,17 @@ pub(crate) fn encode_response<R: Encodable>(
     correlation_id: i32,
     version: i16,
 ) -> Result<Bytes, DispatchError> {
-    encode_with_header(response, correlation_id, key.response_header_version(version), version)
-        .map_err(|e| DispatchError::Encode { key, version, reason: e.to_string() })
+    encode_with_header(
+        response,
+        correlation_id,
+        key.response_header_version(version),
+        version,
+    )
+    .map_err(|e| DispatchError::Encode {
+        key,
+        version,
+        reason: e.to_string(),
+    })
 }
 
 pub(crate) fn encode_with_header<R: Encodable>(
@@ -245,9 +288,13 @@ mod tests {
             .with_request_api_key(key as i16)
             .with_request_api_version(version)
             .with_correlation_id(7)
-            .with_client_id(Some(kafka_protocol::protocol::StrBytes::from_static_str("t")));
+            .with_client_id(Some(kafka_protocol::protocol::StrBytes::from_static_str(
+                "t",
+            )));
         let mut buf = BytesMut::new();
-        header.encode(&mut buf, key.request_header_version(version)).expect("header");
+        header
+            .encode(&mut buf, key.request_header_version(version))
+            .expect("header");
         request.encode(&mut buf, version).expect("body");
         buf.freeze()
     }
@@ -263,15 +310,25 @@ mod tests {
                 "{key:?} advertises {range} outside the schema's {schema}"
             );
         }
-        let keys: std::collections::BTreeSet<i16> = SUPPORTED.iter().map(|(k, _)| *k as i16).collect();
+        let keys: std::collections::BTreeSet<i16> =
+            SUPPORTED.iter().map(|(k, _)| *k as i16).collect();
         assert_eq!(keys.len(), SUPPORTED.len(), "an API is listed twice");
     }
 
     #[test]
     fn every_advertised_version_decodes_a_default_request() {
-        assert!(decode_request(frame(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default())).is_ok());
+        assert!(decode_request(frame(
+            ApiKey::ApiVersions,
+            3,
+            &ApiVersionsRequest::default()
+        ))
+        .is_ok());
         for version in MetadataRequest::VERSIONS.min..=MetadataRequest::VERSIONS.max {
-            let key = decode_request(frame(ApiKey::Metadata, version, &MetadataRequest::default()));
+            let key = decode_request(frame(
+                ApiKey::Metadata,
+                version,
+                &MetadataRequest::default(),
+            ));
             assert_eq!(key, Ok(ApiKey::Metadata), "Metadata v{version}");
         }
     }
@@ -288,23 +345,38 @@ mod tests {
         // Metadata v99 is not supported.
         assert!(decode_request(Bytes::from_static(&[0, 3, 0, 99, 0, 0, 0, 1])).is_err());
         // A valid header followed by a truncated body.
-        let full = frame(ApiKey::Metadata, 9, &MetadataRequest::default().with_topics(Some(vec![])));
+        let full = frame(
+            ApiKey::Metadata,
+            9,
+            &MetadataRequest::default().with_topics(Some(vec![])),
+        );
         assert!(decode_request(full.slice(..full.len() - 2)).is_err());
         // ApiVersions with an unsupported version is accepted for the v0 fallback answer.
-        assert_eq!(decode_request(Bytes::from_static(&[0, 18, 0, 99, 0, 0, 0, 1])), Ok(ApiKey::ApiVersions));
+        assert_eq!(
+            decode_request(Bytes::from_static(&[0, 18, 0, 99, 0, 0, 0, 1])),
+            Ok(ApiKey::ApiVersions)
+        );
     }
 
     #[test]
     fn unsupported_api_versions_answers_in_v0_form() {
-        let bytes = futures::executor::block_on(api_versions::unsupported_version_response(42)).expect("encode");
+        let bytes = futures::executor::block_on(api_versions::unsupported_version_response(42))
+            .expect("encode");
         let mut body = bytes.slice(4..);
         let size = i32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
         assert_eq!(size, body.len());
         let header = ResponseHeader::decode(&mut body, 0).expect("header v0");
         assert_eq!(header.correlation_id, 42);
-        let response = kafka_protocol::messages::ApiVersionsResponse::decode(&mut body, 0).expect("v0 body");
-        assert_eq!(response.error_code, kafka_protocol::ResponseError::UnsupportedVersion.code());
-        assert!(response.api_keys.iter().any(|k| k.api_key == ApiKey::ApiVersions as i16 && k.max_version == 4));
+        let response =
+            kafka_protocol::messages::ApiVersionsResponse::decode(&mut body, 0).expect("v0 body");
+        assert_eq!(
+            response.error_code,
+            kafka_protocol::ResponseError::UnsupportedVersion.code()
+        );
+        assert!(response
+            .api_keys
+            .iter()
+            .any(|k| k.api_key == ApiKey::ApiVersions as i16 && k.max_version == 4));
         assert!(body.is_empty(), "v0 form has no trailing tagged fields");
     }
 }

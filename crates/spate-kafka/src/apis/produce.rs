@@ -27,7 +27,10 @@ pub(crate) async fn handle(
 ) -> Reply<ProduceResponse> {
     let acks = request.acks;
     let refuse_all = if !matches!(acks, -1..=1) {
-        Some((ResponseError::InvalidRequiredAcks, format!("acks must be -1, 0 or 1, was {acks}")))
+        Some((
+            ResponseError::InvalidRequiredAcks,
+            format!("acks must be -1, 0 or 1, was {acks}"),
+        ))
     } else if request.transactional_id.is_some() {
         Some((
             ResponseError::TransactionalIdAuthorizationFailed,
@@ -43,7 +46,9 @@ pub(crate) async fn handle(
     let mut any_error = false;
     for topic in request.topic_data {
         let name = if ctx.version() >= TOPIC_ID_VERSION {
-            image.topic_by_id(topic.topic_id).map(|(name, _)| name.to_owned())
+            image
+                .topic_by_id(topic.topic_id)
+                .map(|(name, _)| name.to_owned())
         } else {
             Some(topic.name.0.to_string())
         };
@@ -53,9 +58,12 @@ pub(crate) async fn handle(
             let outcome = match (&refuse_all, &name) {
                 (Some((code, message)), _) => Err((*code, Some(message.clone()))),
                 (None, None) => Err((ResponseError::UnknownTopicId, None)),
-                (None, Some(name)) => {
-                    append(broker, TopicPartition::new(name.clone(), data.index), data.records, now)
-                }
+                (None, Some(name)) => append(
+                    broker,
+                    TopicPartition::new(name.clone(), data.index),
+                    data.records,
+                    now,
+                ),
             };
             let response = match outcome {
                 Ok((partition, base_offset, last_offset, log_start)) => {
@@ -88,7 +96,9 @@ pub(crate) async fn handle(
     }
     let mut response = ProduceResponse::default().with_responses(responses);
     match acks {
-        0 if any_error => Reply::Close("acks=0 produce failed; closing so the client notices".into()),
+        0 if any_error => {
+            Reply::Close("acks=0 produce failed; closing so the client notices".into())
+        }
         0 => Reply::Silent,
         _ if waits.is_empty() => Reply::Now(response),
         _ => {
@@ -96,13 +106,21 @@ pub(crate) async fn handle(
             Reply::Later(Box::pin(async move {
                 let results = tokio::time::timeout(
                     timeout,
-                    futures::future::join_all(waits.iter().map(|(_, _, p, last)| p.wait_durable(*last))),
+                    futures::future::join_all(
+                        waits.iter().map(|(_, _, p, last)| p.wait_durable(*last)),
+                    ),
                 )
                 .await;
                 for (index, (t, p, partition, _)) in waits.iter().enumerate() {
                     let error = match &results {
-                        Err(_) => Some((ResponseError::RequestTimedOut, "fsync did not complete within timeout_ms".to_owned())),
-                        Ok(all) => all[index].as_ref().err().map(|e| (errors::replica_error(e), e.to_string())),
+                        Err(_) => Some((
+                            ResponseError::RequestTimedOut,
+                            "fsync did not complete within timeout_ms".to_owned(),
+                        )),
+                        Ok(all) => all[index]
+                            .as_ref()
+                            .err()
+                            .map(|e| (errors::replica_error(e), e.to_string())),
                     };
                     if let Some((code, message)) = error {
                         tracing::warn!(partition = %partition.topic_partition(), %message, "acks=all write failed");
@@ -117,14 +135,23 @@ pub(crate) async fn handle(
     }
 }
 
-type AppendResult = Result<(Arc<Partition>, Offset, Offset, Offset), (ResponseError, Option<String>)>;
+type AppendResult =
+    Result<(Arc<Partition>, Offset, Offset, Offset), (ResponseError, Option<String>)>;
 
-fn append(broker: &Broker, tp: TopicPartition, records: Option<bytes::Bytes>, now: i64) -> AppendResult {
+fn append(
+    broker: &Broker,
+    tp: TopicPartition,
+    records: Option<bytes::Bytes>,
+    now: i64,
+) -> AppendResult {
     let Some(partition) = broker.replicas.get(&tp) else {
         return Err((ResponseError::UnknownTopicOrPartition, None));
     };
     let Some(records) = records else {
-        return Err((ResponseError::CorruptMessage, Some("record set is null".into())));
+        return Err((
+            ResponseError::CorruptMessage,
+            Some("record set is null".into()),
+        ));
     };
     // Offsets and the leader epoch are written into the batch header before it is stored.
     let mut buf = BytesMut::from(&records[..]);
