@@ -8,6 +8,7 @@
 
 use crate::apis::{self, Pending};
 use crate::broker::{Broker, MEMORY_PERMIT_BYTES};
+use crate::probe;
 use bytes::BytesMut;
 use spate_types::limits::IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX;
 use std::net::SocketAddr;
@@ -85,7 +86,7 @@ async fn connection(
     let (tx, rx) = mpsc::channel::<Pending>(IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX);
     let writer = tokio::spawn(write_responses(write_half, rx, peer));
     let mut reader = BufReader::with_capacity(64 * 1024, read_half);
-    metrics::gauge!("spate_kafka_connections").increment(1.0);
+    probe::connection_opened();
     loop {
         let frame = tokio::select! {
             frame = read_frame(&mut reader, broker.config.request_bytes_max) => frame,
@@ -96,6 +97,7 @@ async fn connection(
             Ok(None) => break,
             Err(FrameError::Io(e)) if is_disconnect(&e) => break,
             Err(e) => {
+                probe::bad_request();
                 tracing::warn!(%peer, error = %e, "closing connection");
                 break;
             }
@@ -123,6 +125,7 @@ async fn connection(
             }
             Ok(None) => drop(permit),
             Err(e) => {
+                probe::bad_request();
                 tracing::warn!(%peer, error = %e, "closing connection");
                 break;
             }
@@ -130,7 +133,7 @@ async fn connection(
     }
     drop(tx);
     let _ = writer.await;
-    metrics::gauge!("spate_kafka_connections").decrement(1.0);
+    probe::connection_closed();
 }
 
 fn is_disconnect(e: &std::io::Error) -> bool {

@@ -15,6 +15,7 @@ mod configs;
 mod connection;
 mod errors;
 mod metadata_sync;
+mod probe;
 mod topics;
 
 pub use broker::{shutdown_signalled, Broker, BrokerConfig};

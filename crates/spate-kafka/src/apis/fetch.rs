@@ -157,7 +157,7 @@ fn read_all(plan: &Plan) -> (FetchResponse, usize, bool) {
         total += size;
         topics[wanted.topic_index].partitions.push(data);
     }
-    metrics::counter!("spate_fetch_bytes_total").increment(total as u64);
+    crate::probe::fetched(total);
     (
         FetchResponse::default().with_responses(topics),
         total,

@@ -90,13 +90,14 @@ macro_rules! apis {
             mut body: Bytes,
         ) -> Result<Option<Pending>, DispatchError> {
             let version = ctx.version();
+            let started = std::time::Instant::now();
             match key {
                 $(ApiKey::$key => {
                     let request = <$request as Decodable>::decode(&mut body, version).map_err(|e| {
                         DispatchError::Malformed { key, version, reason: e.to_string() }
                     })?;
                     let reply = $module::handle(broker, &ctx, request).await;
-                    Ok(finish(reply, key, ctx.header.correlation_id, version))
+                    Ok(finish(reply, key, ctx.header.correlation_id, version, started))
                 })*
                 other => Err(unsupported(other, version)),
             }
@@ -204,7 +205,7 @@ pub(crate) async fn dispatch(
                 reason: e.to_string(),
             }
         })?;
-    metrics::counter!("spate_kafka_requests_total", "api" => format!("{key:?}")).increment(1);
+    crate::probe::request_received(key);
     route(broker, key, RequestContext { header }, frame).await
 }
 
@@ -227,14 +228,17 @@ fn finish<R: Encodable + Send + 'static>(
     key: ApiKey,
     correlation_id: i32,
     version: i16,
+    started: std::time::Instant,
 ) -> Option<Pending> {
     match reply {
         Reply::Now(response) => {
+            crate::probe::request_completed(key, started.elapsed());
             let encoded = encode_response(&response, key, correlation_id, version);
             Some(Box::pin(async move { encoded }))
         }
         Reply::Later(future) => Some(Box::pin(async move {
             let response = future.await;
+            crate::probe::request_completed(key, started.elapsed());
             encode_response(&response, key, correlation_id, version)
         })),
         Reply::Silent => None,

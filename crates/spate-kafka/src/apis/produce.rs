@@ -159,7 +159,7 @@ fn append(
         Ok(outcome) => {
             let info = match outcome {
                 AppendOutcome::Appended(info) => {
-                    metrics::counter!("spate_produce_bytes_total").increment(buf.len() as u64);
+                    crate::probe::produced(buf.len());
                     info
                 }
                 AppendOutcome::Duplicate(info) => {
