@@ -409,21 +409,28 @@ def produce(conn: Conn, topic, partition, batch: bytes, acks=-1, timeout_ms=1000
     return err, base_offset
 
 
-def fetch(conn: Conn, topic, partition, offset, *, max_wait_ms=0, min_bytes=0, max_bytes=50 * 1024 * 1024,
-          partition_max_bytes=10 * 1024 * 1024):
-    """Returns dict(error, high_watermark, log_start?, records_bytes)."""
-    body = (i32(-1) + i32(max_wait_ms) + i32(min_bytes) + i32(max_bytes) + i8(0)
+def fetch_multi(conn: Conn, topic, parts, *, max_wait_ms=0, min_bytes=0, max_bytes=50 * 1024 * 1024,
+                isolation_level=0):
+    """parts: [(partition, offset, partition_max_bytes)]. Returns the partition dicts in response order."""
+    body = (i32(-1) + i32(max_wait_ms) + i32(min_bytes) + i32(max_bytes) + i8(isolation_level)
             + array([topic], lambda t: string(t) + array(
-                [partition], lambda p: i32(p) + i64(offset) + i32(partition_max_bytes))))
+                parts, lambda p: i32(p[0]) + i64(p[1]) + i32(p[2]))))
     resp = conn.request(FETCH, 4, body)
     r = Reader(resp)
     r.i32()  # throttle
     topics = r.array(lambda r: (r.string(), r.array(lambda r: dict(
         partition=r.i32(), error=r.i16(), high_watermark=r.i64(), last_stable_offset=r.i64(),
         aborted=r.array(lambda r: (r.i64(), r.i64())), records=r.nbytes()))))
-    (name, parts), = topics
+    (name, got), = topics
     assert name == topic
-    (p,) = parts
+    return got
+
+
+def fetch(conn: Conn, topic, partition, offset, *, max_wait_ms=0, min_bytes=0, max_bytes=50 * 1024 * 1024,
+          partition_max_bytes=10 * 1024 * 1024, isolation_level=0):
+    """One partition; returns dict(partition, error, high_watermark, last_stable_offset, aborted, records)."""
+    (p,) = fetch_multi(conn, topic, [(partition, offset, partition_max_bytes)], max_wait_ms=max_wait_ms,
+                       min_bytes=min_bytes, max_bytes=max_bytes, isolation_level=isolation_level)
     assert p["partition"] == partition
     return p
 
@@ -464,3 +471,20 @@ def create_topics(conn: Conn, topics, validate_only=False, timeout_ms=10000):
     r.i32()
     res = r.array(lambda r: (r.string(), r.i16(), r.string()))
     return {name: (err, msg) for name, err, msg in res}
+
+
+def metadata(conn: Conn, topics, allow_auto_topic_creation=True):
+    """Metadata v4. topics=None asks for all. Returns {name: (error_code, [partition dicts])} plus
+    the brokers under key None."""
+    body = (i32(-1) if topics is None else array(topics, string)) + i8(1 if allow_auto_topic_creation else 0)
+    r = Reader(conn.request(METADATA, 4, body))
+    r.i32()
+    brokers = r.array(lambda r: (r.i32(), r.string(), r.i32(), r.string()))
+    r.string()  # cluster id
+    r.i32()  # controller id
+    out = {None: brokers}
+    for err, name, _internal, parts in r.array(lambda r: (r.i16(), r.string(), r.i8(), r.array(lambda r: dict(
+            error=r.i16(), partition=r.i32(), leader=r.i32(), replicas=r.array(Reader.i32),
+            isr=r.array(Reader.i32))))):
+        out[name] = (err, parts)
+    return out

@@ -302,3 +302,21 @@ def test_auto_create_disabled(broker_factory, topic_name):
     # Explicit creation still works (a new producer: librdkafka caches the topic as unknown).
     create_topic(b.bootstrap, topic_name)
     assert produce_all(producer(b.bootstrap), topic_name, [dict(value=b"now")])[0].offset() == 0
+
+
+def test_longest_valid_topic_name_works_across_restart(broker_factory, topic_name):
+    name = (topic_name + "-" + "x" * 249)[:249]
+    b = broker_factory()
+    create_topic(b.bootstrap, name)
+    produce_all(producer(b.bootstrap), name, [dict(value=b"long name")])
+    b.restart()
+    assert [m.value() for m in consume(b.bootstrap, name, expected=1)] == [b"long name"]
+
+
+def test_topic_names_colliding_on_dot_and_underscore(bootstrap, topic_name):
+    # Kafka refuses "a.b" when "a_b" exists (their metric names would collide).
+    base = topic_name.replace(".", "").replace("_", "")
+    a = create_topic(bootstrap, base + "_x")
+    fs = a.create_topics([NewTopic(base + ".x", num_partitions=1, replication_factor=1)], request_timeout=T)
+    assert error_code(fs[base + ".x"]) == KafkaError.TOPIC_EXCEPTION
+    assert base + ".x" not in topic_names(a)

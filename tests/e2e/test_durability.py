@@ -216,3 +216,27 @@ def test_crash_loop_acked_records_survive_exactly_once_in_order(broker_factory, 
         assert not lost, (f"partition {part}: {len(lost)} of {len(acked[part])} acknowledged records missing or "
                           f"moved, first {lost[:5]}; log has {len(log)} records")
         print(f"partition {part}: {len(acked[part])} acked, {len(log)} in log")
+
+
+def test_admin_changes_survive_immediate_sigkill(broker_factory, topic_name):
+    from confluent_kafka.admin import NewPartitions, NewTopic
+    b = broker_factory()
+    a = admin(b.bootstrap)
+    grown, doomed = topic_name + "-grown", topic_name + "-doomed"
+    create_topic(b.bootstrap, grown, partitions=1)
+    create_topic(b.bootstrap, doomed)
+    # Every change below is acknowledged, then the broker dies at once.
+    assert a.create_topics([NewTopic(topic_name, num_partitions=3, replication_factor=1,
+                                     config={"retention.ms": "7777777"})],
+                           request_timeout=20)[topic_name].result(timeout=20) is None
+    assert a.create_partitions([NewPartitions(grown, 4)], request_timeout=20)[grown].result(timeout=20) is None
+    assert a.delete_topics([doomed], request_timeout=20)[doomed].result(timeout=20) is None
+    b.kill9()
+    b.start()
+    a = admin(b.bootstrap)
+    names = topic_names(a)
+    assert topic_name in names and grown in names and doomed not in names, sorted(names)
+    wait_topic(a, topic_name, 3)
+    wait_topic(a, grown, 4)
+    res = ConfigResource(ResourceType.TOPIC, topic_name)
+    assert a.describe_configs([res], request_timeout=20)[res].result(timeout=20)["retention.ms"].value == "7777777"

@@ -320,3 +320,72 @@ def test_idempotent_sequences_duplicates_gaps_and_fencing(bootstrap, topic_name)
         batches = kproto.fetch_all_batches(c, topic_name, 0)
     values = [r["value"] for b in batches for r in b.records]
     assert values == [b"s0", b"s1", b"s2", b"s3", b"s4", b"s5", b"s0", b"s0"]
+
+
+# ---- Metadata -------------------------------------------------------------------------------
+
+
+def test_metadata_invalid_topic_name_and_no_auto_create_when_not_allowed(bootstrap, topic_name):
+    with Conn(bootstrap) as c:
+        md = kproto.metadata(c, ["bad/name", topic_name], allow_auto_topic_creation=False)
+        assert md["bad/name"][0] == kproto.INVALID_TOPIC_EXCEPTION
+        # The broker allows auto-creation, but this request does not (librdkafka consumers send
+        # false by default): Kafka answers UNKNOWN_TOPIC_OR_PARTITION and creates nothing.
+        assert md[topic_name][0] == kproto.UNKNOWN_TOPIC_OR_PARTITION
+        md = kproto.metadata(c, None)
+        assert topic_name not in md
+        md = kproto.metadata(c, ["bad/name"], allow_auto_topic_creation=True)
+        assert md["bad/name"][0] == kproto.INVALID_TOPIC_EXCEPTION
+        md = kproto.metadata(c, [topic_name], allow_auto_topic_creation=True)
+        assert md[topic_name][0] in (0, 5), f"auto-create answered {md[topic_name]}"  # 5: LEADER_NOT_AVAILABLE while creating
+        host, port = bootstrap.rsplit(":", 1)
+        assert [b[:3] for b in md[None]] == [(1, host, int(port))]
+
+
+# ---- many requests, many connections --------------------------------------------------------
+
+
+def test_five_hundred_pipelined_requests(broker):
+    with Conn(broker.bootstrap, timeout=30) as c:
+        frames = b""
+        ids = []
+        for _ in range(500):
+            payload = c.header(kproto.API_VERSIONS, 0) + b""
+            ids.append(c.correlation_id)
+            frames += i32(len(payload)) + payload
+        c.send_raw(frames)
+        got = []
+        for _ in ids:
+            frame = c.recv_frame()
+            got.append(kproto.Reader(frame).i32())
+            kproto.parse_api_versions_v0(frame[4:])
+    assert got == ids
+
+
+def fd_count(pid):
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_many_connections_are_served_and_released(broker_factory):
+    b = broker_factory()
+    with Conn(b.bootstrap) as c:
+        kproto.api_versions(c)
+    time.sleep(0.3)
+    base = fd_count(b.proc.pid)
+    conns = [Conn(b.bootstrap) for _ in range(300)]
+    for i, c in enumerate(conns):
+        if i % 3 == 0:
+            kproto.api_versions(c)
+        elif i % 3 == 1:
+            c.send_raw(i32(50) + b"\x00\x12")  # a frame that never completes
+        # else: idle
+    assert fd_count(b.proc.pid) >= base + 250, "connections were not all accepted"
+    with Conn(b.bootstrap) as c:
+        kproto.api_versions(c)  # still serving with 300 open connections
+    for c in conns:
+        c.close()
+    deadline = time.monotonic() + 10
+    while fd_count(b.proc.pid) > base + 5 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert fd_count(b.proc.pid) <= base + 5, (
+        f"{fd_count(b.proc.pid)} fds open 10 s after closing 300 connections (before: {base})")

@@ -106,3 +106,23 @@ def test_invalid_config_value_refuses_to_start(tmp_path):
                        capture_output=True, timeout=15)
     assert r.returncode != 0, "started with num.partitions=not-a-number"
     assert b"num.partitions" in r.stderr, f"error does not name the bad setting: {r.stderr[-2000:]!r}"
+
+
+def test_second_broker_on_same_data_dir_refuses_to_start(broker_factory):
+    a = broker_factory()
+    b = broker_factory(start=False)
+    b.data_dir = a.data_dir  # same directory, different ports
+    r = subprocess.run(b.command(), capture_output=True, timeout=20)
+    assert r.returncode != 0, "a second broker started on a data dir in use (Kafka refuses: .lock)"
+    assert a.running
+    with kproto.Conn(a.bootstrap) as c:
+        kproto.api_versions(c)
+
+
+def test_kafka_port_in_use_fails_fast(broker_factory):
+    a = broker_factory()
+    b = broker_factory(start=False)
+    b.kafka_port = a.kafka_port
+    r = subprocess.run(b.command(), capture_output=True, timeout=20)
+    assert r.returncode != 0
+    assert str(a.kafka_port).encode() in r.stderr, f"error does not name the address: {r.stderr[-2000:]!r}"
