@@ -37,25 +37,28 @@ pub enum MetadataCommand {
         replication_factor: i16,
         configs: BTreeMap<String, String>,
     },
+    /// Deletes a topic; with `topic_id`, only that incarnation of the name (a request resolved
+    /// by id must not delete a topic re-created under the same name meanwhile).
     DeleteTopic {
         name: String,
+        #[serde(default)]
+        topic_id: Option<Uuid>,
     },
     /// Grows a topic to `new_total` partitions.
-    CreatePartitions {
-        name: String,
-        new_total: i32,
-    },
+    CreatePartitions { name: String, new_total: i32 },
     /// Full replacement of a topic's config overrides (the front end computes the new map for both
     /// AlterConfigs (replace) and IncrementalAlterConfigs (set/delete/append/subtract)).
+    ///
+    /// With `expected`, applied only if the topic's overrides still equal it (compare-and-set),
+    /// so two concurrent read-modify-write alterations cannot silently undo each other.
     SetTopicConfigs {
         name: String,
         configs: BTreeMap<String, String>,
+        #[serde(default)]
+        expected: Option<BTreeMap<String, String>>,
     },
     /// Hands `node` the next `count` producer ids.
-    AllocateProducerIds {
-        node: NodeId,
-        count: i64,
-    },
+    AllocateProducerIds { node: NodeId, count: i64 },
 }
 
 impl fmt::Display for MetadataCommand {
@@ -69,11 +72,11 @@ impl fmt::Display for MetadataCommand {
                 "CreateTopic({name}, id={topic_id}, partitions={partitions}, rf={replication_factor}, configs={})",
                 configs.len()
             ),
-            Self::DeleteTopic { name } => write!(f, "DeleteTopic({name})"),
+            Self::DeleteTopic { name, .. } => write!(f, "DeleteTopic({name})"),
             Self::CreatePartitions { name, new_total } => {
                 write!(f, "CreatePartitions({name}, new_total={new_total})")
             }
-            Self::SetTopicConfigs { name, configs } => {
+            Self::SetTopicConfigs { name, configs, .. } => {
                 write!(f, "SetTopicConfigs({name}, configs={})", configs.len())
             }
             Self::AllocateProducerIds { node, count } => {
@@ -105,6 +108,10 @@ pub enum MetadataError {
     /// Kafka: UNKNOWN_TOPIC_OR_PARTITION.
     #[error("topic '{0}' does not exist")]
     UnknownTopic(String),
+    /// A compare-and-set command found the state changed since the proposer read it; the
+    /// proposer re-reads and retries.
+    #[error("topic '{0}' was changed concurrently")]
+    ConcurrentModification(String),
     /// Kafka: INVALID_TOPIC_EXCEPTION. Carries the reason.
     #[error("invalid topic name: {0}")]
     InvalidTopicName(String),

@@ -50,16 +50,25 @@ pub fn apply(image: &mut MetadataImage, cmd: &MetadataCommand) -> MetadataOutcom
             *replication_factor,
             configs,
         ),
-        MetadataCommand::DeleteTopic { name } => match image.topics.remove(name) {
-            Some(topic) => Ok(MetadataOutcome::TopicDeleted {
-                topic_id: topic.topic_id,
-            }),
-            None => Err(MetadataError::UnknownTopic(name.clone())),
+        MetadataCommand::DeleteTopic { name, topic_id } => match image.topics.get(name) {
+            Some(topic) if topic_id.is_none_or(|id| id == topic.topic_id) => {
+                let topic_id = topic.topic_id;
+                image.topics.remove(name);
+                Ok(MetadataOutcome::TopicDeleted { topic_id })
+            }
+            _ => Err(MetadataError::UnknownTopic(name.clone())),
         },
         MetadataCommand::CreatePartitions { name, new_total } => {
             create_partitions(image, name, *new_total)
         }
-        MetadataCommand::SetTopicConfigs { name, configs } => match image.topics.get_mut(name) {
+        MetadataCommand::SetTopicConfigs {
+            name,
+            configs,
+            expected,
+        } => match image.topics.get_mut(name) {
+            Some(topic) if expected.as_ref().is_some_and(|e| *e != topic.configs) => {
+                Err(MetadataError::ConcurrentModification(name.clone()))
+            }
             Some(topic) => {
                 topic.configs = configs.clone();
                 Ok(MetadataOutcome::TopicConfigsSet)
@@ -430,13 +439,19 @@ mod tests {
         apply(&mut image, &create("t", id(7), 2, 1));
         let out = apply(
             &mut image,
-            &MetadataCommand::DeleteTopic { name: "t".into() },
+            &MetadataCommand::DeleteTopic {
+                name: "t".into(),
+                topic_id: None,
+            },
         );
         assert_eq!(out, MetadataOutcome::TopicDeleted { topic_id: id(7) });
         assert!(image.topics.is_empty());
         let e = rejected(
             &mut image,
-            MetadataCommand::DeleteTopic { name: "t".into() },
+            MetadataCommand::DeleteTopic {
+                name: "t".into(),
+                topic_id: None,
+            },
         );
         assert_eq!(e, MetadataError::UnknownTopic("t".into()));
         // The name can be reused with a new id.
@@ -534,6 +549,7 @@ mod tests {
             &MetadataCommand::SetTopicConfigs {
                 name: "t".into(),
                 configs: new.clone(),
+                expected: None,
             },
         );
         assert_eq!(out, MetadataOutcome::TopicConfigsSet);
@@ -543,6 +559,7 @@ mod tests {
             MetadataCommand::SetTopicConfigs {
                 name: "u".into(),
                 configs: BTreeMap::new(),
+                expected: None,
             },
         );
         assert_eq!(e, MetadataError::UnknownTopic("u".into()));
@@ -603,9 +620,11 @@ mod tests {
             });
             cmds.push(MetadataCommand::DeleteTopic {
                 name: "topic-4".into(),
+                topic_id: None,
             });
             cmds.push(MetadataCommand::DeleteTopic {
                 name: "missing".into(),
+                topic_id: None,
             });
             cmds.push(MetadataCommand::AllocateProducerIds {
                 node: NodeId(1),
@@ -654,8 +673,10 @@ mod tests {
                         }
                     }
                 ),
-                name.clone()
-                    .prop_map(|name| MetadataCommand::DeleteTopic { name }),
+                name.clone().prop_map(|name| MetadataCommand::DeleteTopic {
+                    name,
+                    topic_id: None
+                }),
                 (name.clone(), -1..30i32).prop_map(|(name, new_total)| {
                     MetadataCommand::CreatePartitions { name, new_total }
                 }),
@@ -663,7 +684,11 @@ mod tests {
                     name,
                     prop::collection::btree_map("[a-z.]{1,8}", "[a-z0-9]{0,4}", 0..3)
                 )
-                    .prop_map(|(name, configs)| MetadataCommand::SetTopicConfigs { name, configs }),
+                    .prop_map(|(name, configs)| MetadataCommand::SetTopicConfigs {
+                        name,
+                        configs,
+                        expected: None
+                    }),
                 (0..3i32, -2..2000i64).prop_map(|(n, count)| {
                     MetadataCommand::AllocateProducerIds {
                         node: NodeId(n),
@@ -734,5 +759,85 @@ mod tests {
                 prop_assert_eq!(replayed, outcomes);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod compare_and_set_tests {
+    use super::*;
+    use spate_types::NodeId;
+
+    fn image_with_topic() -> (MetadataImage, Uuid) {
+        let mut image = MetadataImage::default();
+        apply(
+            &mut image,
+            &MetadataCommand::RegisterBroker {
+                node: NodeId(1),
+                endpoint: crate::BrokerEndpoint {
+                    host: "h".into(),
+                    port: 1,
+                    rack: None,
+                },
+            },
+        );
+        let id = Uuid::from_u128(42);
+        let out = apply(
+            &mut image,
+            &MetadataCommand::CreateTopic {
+                name: "t".into(),
+                topic_id: id,
+                partitions: 1,
+                replication_factor: 1,
+                configs: BTreeMap::new(),
+            },
+        );
+        assert_eq!(out, MetadataOutcome::TopicCreated { topic_id: id });
+        (image, id)
+    }
+
+    #[test]
+    fn set_topic_configs_with_stale_expectation_is_rejected() {
+        let (mut image, _) = image_with_topic();
+        let a = BTreeMap::from([("retention.ms".to_owned(), "1".to_owned())]);
+        let b = BTreeMap::from([("segment.ms".to_owned(), "2".to_owned())]);
+        // Two alterations both read the empty map; the second must not undo the first.
+        let first = MetadataCommand::SetTopicConfigs {
+            name: "t".into(),
+            configs: a.clone(),
+            expected: Some(BTreeMap::new()),
+        };
+        let second = MetadataCommand::SetTopicConfigs {
+            name: "t".into(),
+            configs: b,
+            expected: Some(BTreeMap::new()),
+        };
+        assert_eq!(apply(&mut image, &first), MetadataOutcome::TopicConfigsSet);
+        assert_eq!(
+            apply(&mut image, &second),
+            MetadataOutcome::Rejected(MetadataError::ConcurrentModification("t".into()))
+        );
+        assert_eq!(image.topics["t"].configs, a);
+    }
+
+    #[test]
+    fn delete_by_id_spares_a_recreated_topic() {
+        let (mut image, id) = image_with_topic();
+        let stale = MetadataCommand::DeleteTopic {
+            name: "t".into(),
+            topic_id: Some(Uuid::from_u128(7)),
+        };
+        assert_eq!(
+            apply(&mut image, &stale),
+            MetadataOutcome::Rejected(MetadataError::UnknownTopic("t".into()))
+        );
+        assert!(image.topics.contains_key("t"));
+        let exact = MetadataCommand::DeleteTopic {
+            name: "t".into(),
+            topic_id: Some(id),
+        };
+        assert_eq!(
+            apply(&mut image, &exact),
+            MetadataOutcome::TopicDeleted { topic_id: id }
+        );
     }
 }

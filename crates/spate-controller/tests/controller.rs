@@ -76,7 +76,8 @@ async fn populate(c: &Controller) -> MetadataImage {
             c,
             MetadataCommand::SetTopicConfigs {
                 name: "orders".into(),
-                configs: cfg
+                configs: cfg,
+                expected: None,
             }
         )
         .await,
@@ -97,7 +98,8 @@ async fn populate(c: &Controller) -> MetadataImage {
         propose(
             c,
             MetadataCommand::DeleteTopic {
-                name: "doomed".into()
+                name: "doomed".into(),
+                topic_id: None,
             }
         )
         .await,
@@ -195,6 +197,7 @@ async fn open_propose_subscribe_shutdown_reopen() {
         &c,
         MetadataCommand::DeleteTopic {
             name: "nope".into(),
+            topic_id: None,
         },
     )
     .await;

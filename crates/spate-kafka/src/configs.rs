@@ -16,7 +16,7 @@ use crate::errors;
 use crate::metadata_sync::apply_image;
 use crate::topics::ApiError;
 use kafka_protocol::ResponseError;
-use spate_controller::{MetadataCommand, MetadataImage, MetadataOutcome};
+use spate_controller::{MetadataCommand, MetadataError, MetadataImage, MetadataOutcome};
 use spate_log::{ConfigKind, LogConfig, TOPIC_CONFIGS};
 use spate_types::validate_topic_name;
 use std::collections::{BTreeMap, BTreeSet};
@@ -372,46 +372,55 @@ pub(crate) fn topic_overrides<'a>(
 /// Replaces a topic's overrides with the map `change` computes from the current ones, after
 /// validating it; with `validate_only`, or when nothing changes, nothing is proposed.
 ///
-/// Two concurrent alterations of one topic may both read the same current map; the later
-/// commit wins whole (see the module docs of the callers).
+/// Concurrent alterations of one topic are serialised by compare-and-set: the proposal carries
+/// the map it was computed from, and when another alteration committed first, `change` runs
+/// again on the new map, so neither silently undoes the other.
 pub(crate) async fn alter_topic_configs(
     broker: &Broker,
     name: &str,
     validate_only: bool,
-    change: impl FnOnce(
-        &BTreeMap<String, String>,
-        &LogConfig,
-    ) -> Result<BTreeMap<String, String>, ApiError>,
+    change: impl Fn(&BTreeMap<String, String>, &LogConfig) -> Result<BTreeMap<String, String>, ApiError>,
 ) -> Result<(), ApiError> {
-    let image = broker.image();
-    let current = topic_overrides(&image, name)?;
-    let new = change(current, &broker.config.log_defaults)?;
-    validate_overrides(&broker.config.log_defaults, &new)?;
-    if validate_only || new == *current {
-        return Ok(());
-    }
-    let outcome = broker
-        .controller
-        .propose(MetadataCommand::SetTopicConfigs {
-            name: name.to_owned(),
-            configs: new,
-        })
-        .await
-        .map_err(|e| ApiError::new(errors::controller_error(&e), e.to_string()))?;
-    match outcome {
-        MetadataOutcome::TopicConfigsSet => {
-            apply_image(broker, &broker.image());
-            tracing::info!(topic = name, "altered topic configs");
-            Ok(())
+    const ATTEMPTS_MAX: usize = 16;
+    for _ in 0..ATTEMPTS_MAX {
+        let image = broker.image();
+        let current = topic_overrides(&image, name)?;
+        let new = change(current, &broker.config.log_defaults)?;
+        validate_overrides(&broker.config.log_defaults, &new)?;
+        if validate_only || new == *current {
+            return Ok(());
         }
-        MetadataOutcome::Rejected(e) => {
-            Err(ApiError::new(errors::metadata_error(&e), e.to_string()))
+        let outcome = broker
+            .controller
+            .propose(MetadataCommand::SetTopicConfigs {
+                name: name.to_owned(),
+                configs: new,
+                expected: Some(current.clone()),
+            })
+            .await
+            .map_err(|e| ApiError::new(errors::controller_error(&e), e.to_string()))?;
+        match outcome {
+            MetadataOutcome::TopicConfigsSet => {
+                apply_image(broker, &broker.image());
+                tracing::info!(topic = name, "altered topic configs");
+                return Ok(());
+            }
+            MetadataOutcome::Rejected(MetadataError::ConcurrentModification(_)) => continue,
+            MetadataOutcome::Rejected(e) => {
+                return Err(ApiError::new(errors::metadata_error(&e), e.to_string()))
+            }
+            other => {
+                return Err(ApiError::new(
+                    ResponseError::UnknownServerError,
+                    format!("unexpected controller outcome {other:?}"),
+                ))
+            }
         }
-        other => Err(ApiError::new(
-            ResponseError::UnknownServerError,
-            format!("unexpected controller outcome {other:?}"),
-        )),
     }
+    Err(ApiError::new(
+        ResponseError::RequestTimedOut,
+        format!("the configs of topic '{name}' kept changing concurrently; retry"),
+    ))
 }
 
 /// The keys that occur more than once.

@@ -37,6 +37,8 @@ pub(crate) fn metadata_error(e: &MetadataError) -> ResponseError {
     match e {
         MetadataError::TopicAlreadyExists(_) => ResponseError::TopicAlreadyExists,
         MetadataError::UnknownTopic(_) => ResponseError::UnknownTopicOrPartition,
+        // Proposers retry these themselves; one that still reaches a client is retriable.
+        MetadataError::ConcurrentModification(_) => ResponseError::RequestTimedOut,
         MetadataError::InvalidTopicName(_) => ResponseError::InvalidTopicException,
         MetadataError::InvalidPartitions(_) => ResponseError::InvalidPartitions,
         MetadataError::InvalidReplicationFactor(_) => ResponseError::InvalidReplicationFactor,

@@ -86,7 +86,7 @@ async fn alter(
         broker,
         resource.resource_name.as_str(),
         validate_only,
-        |_current, _defaults| Ok(replacement),
+        |_current, _defaults| Ok(replacement.clone()),
     )
     .await
 }

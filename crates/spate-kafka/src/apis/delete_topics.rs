@@ -113,20 +113,10 @@ pub(crate) async fn handle(
         };
         let outcome = match deleted.get(&name) {
             Some(done) => Ok(*done),
-            None => delete(broker, &name).await,
+            None => delete(broker, &name, id).await,
         };
         match outcome {
             Ok(topic_id) => {
-                if topic_id != id {
-                    // Deleted and re-created under the same name since `image` was read:
-                    // DeleteTopic names topics by name, so the newer topic went instead.
-                    tracing::warn!(
-                        topic = %name,
-                        requested = %id,
-                        deleted = %topic_id,
-                        "deleted a newer topic of the same name"
-                    );
-                }
                 responses.push(result(Some(&name), topic_id, Ok(())));
                 deleted.insert(name, topic_id);
             }
@@ -213,11 +203,14 @@ fn resolve_name(image: &MetadataImage, name: &str) -> Result<Uuid, ApiError> {
     })
 }
 
-async fn delete(broker: &Broker, name: &str) -> Result<Uuid, ApiError> {
+/// Deletes exactly the topic resolved earlier in this request (`id`), never a topic
+/// re-created under the same name in the meantime.
+async fn delete(broker: &Broker, name: &str, id: Uuid) -> Result<Uuid, ApiError> {
     let outcome = broker
         .controller
         .propose(MetadataCommand::DeleteTopic {
             name: name.to_owned(),
+            topic_id: Some(id),
         })
         .await
         .map_err(|e| ApiError::new(errors::controller_error(&e), e.to_string()))?;
