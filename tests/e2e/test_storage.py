@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import KafkaError, TopicPartition
-from confluent_kafka.admin import OffsetSpec
+from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, OffsetSpec, ResourceType
 
 import kproto
+from kproto import i16, i32, string
 from ckutil import admin, consume, consumer, create_topic, produce_all, producer, topic_names, wait_topic
 
 T = 20
@@ -67,27 +68,82 @@ def test_many_small_segments_read_lookup_delete_and_recover(broker_factory, topi
 
 def test_retention_deletes_old_segments(broker_factory, topic_name):
     b = broker_factory(args=["--set", "log.retention.check.interval.ms=200"])
-    a = create_topic(b.bootstrap, topic_name, config={"segment.bytes": "4096", "retention.ms": "60000"})
-    old = int(time.time() * 1000) - 3_600_000  # an hour ago: far past retention.ms
+    a = create_topic(b.bootstrap, topic_name, config={"segment.bytes": "4096"})
+    old = int(time.time() * 1000) - 3_600_000  # an hour ago
     n = 200
     produce_all(producer(b.bootstrap, **{"linger.ms": 0, "batch.num.messages": 5}), topic_name,
                 [dict(value=b"%05d" % i + b"." * 100, timestamp=old + i) for i in range(n)])
+    time.sleep(0.5)
+    assert offsets(a, topic_name) == (0, n), "default retention (7 days) must keep hour-old records"
+
+    # Lowering retention.ms on the live topic makes every closed segment eligible.
+    res = ConfigResource(ResourceType.TOPIC, topic_name, incremental_configs=[
+        ConfigEntry("retention.ms", "60000", incremental_operation=AlterConfigOpType.SET)])
+    a.incremental_alter_configs([res], request_timeout=T)[res].result(timeout=T)
     deadline = time.monotonic() + 15
     lo, hi = offsets(a, topic_name)
     while lo == 0 and time.monotonic() < deadline:
         time.sleep(0.2)
         lo, hi = offsets(a, topic_name)
     assert hi == n, "retention must not move the log end"
-    assert lo > 0, "no segment deleted 15 s after its records passed retention.ms (check interval 200 ms)"
+    assert lo > 0, "no segment deleted 15 s after retention.ms was lowered (check interval 200 ms)"
     got = consume(b.bootstrap, topic_name, expected=n - lo) if lo < n else []
     assert [m.offset() for m in got] == list(range(lo, n))
     with kproto.Conn(b.bootstrap) as c:
         assert kproto.fetch(c, topic_name, 0, 0)["error"] == 1, "fetch below the log start: OFFSET_OUT_OF_RANGE"
     # Fresh records are kept.
     fresh = produce_all(producer(b.bootstrap), topic_name, [dict(value=b"fresh")])
+    assert fresh[0].offset() == n
     time.sleep(1)
     assert offsets(a, topic_name)[1] == n + 1
-    assert consume(b.bootstrap, topic_name, start=fresh[0].offset(), expected=1)[0].value() == b"fresh"
+    assert consume(b.bootstrap, topic_name, start=n, expected=1)[0].value() == b"fresh"
+
+
+@pytest.mark.xfail(strict=False, reason=(
+    "broker bug: acks=all writes in flight when retention deletes the segment holding them wait "
+    "the full timeout_ms and fail with REQUEST_TIMED_OUT (7) ('fsync did not complete within "
+    "timeout_ms'), stalling the connection; a race, so not strict"))
+def test_acks_all_writes_racing_retention_are_acknowledged(broker_factory, topic_name):
+    """Records older than retention.ms may be deleted right after they are written, but their
+    acks=all Produce must still be answered promptly and successfully (Kafka acknowledges the
+    append; deleting expired data later is independent of it)."""
+    b = broker_factory(args=["--set", "log.retention.check.interval.ms=100"])
+    create_topic(b.bootstrap, topic_name, config={"segment.bytes": "4096", "retention.ms": "60000"})
+    old = int(time.time() * 1000) - 3_600_000
+    slow = []
+    with kproto.Conn(b.bootstrap, timeout=30) as c:
+        sent = {}
+        answered = 0
+        n = 0
+        deadline = time.monotonic() + 8
+
+        def recv_one():
+            frame = c.recv_frame()
+            r = kproto.Reader(frame)
+            cid = r.i32()
+            ((_, [(_, err, offset, _)]),) = r.array(
+                lambda r: (r.string(), r.array(lambda r: (r.i32(), r.i16(), r.i64(), r.i64()))))
+            latency = time.monotonic() - sent.pop(cid)
+            if err or latency > 2.0:
+                slow.append((cid, err, offset, round(latency, 2)))
+
+        while time.monotonic() < deadline and not slow:
+            batch = kproto.record_batch([b"%06d" % n + b"." * 300], base_timestamp=old + n)
+            body = (string(None) + i16(-1) + i32(5000) + kproto.array(
+                [topic_name], lambda t: string(t) + kproto.array([0], lambda p: i32(p) + kproto.nbytes(batch))))
+            payload = c.header(kproto.PRODUCE, 3) + body
+            sent[c.correlation_id] = time.monotonic()
+            c.send_raw(i32(len(payload)) + payload)
+            n += 1
+            while len(sent) > 20:
+                recv_one()
+        try:
+            while sent and not slow and time.monotonic() < deadline + 10:
+                recv_one()
+        except (OSError, kproto.Closed) as e:
+            slow.append(("recv", repr(e)))
+    assert not slow, (f"{len(slow)} acks=all Produce responses were errors or took > 2 s "
+                      f"(cid, error, offset, seconds): {slow[:5]}")
 
 
 def test_fetch_offset_inside_a_batch(bootstrap, topic_name):
