@@ -385,13 +385,27 @@ async fn bad_requests_get_kafka_answers() {
         .iter()
         .find(|k| k.api_key == ApiKey::Produce as i16)
         .expect("Produce");
-    assert_eq!((produce.min_version, produce.max_version), (3, 13));
+    // Advertised from v0 like Kafka 4 (KAFKA-18659), implemented from v3.
+    assert_eq!((produce.min_version, produce.max_version), (0, 13));
     assert!(
         versions
             .api_keys
             .iter()
             .all(|k| k.api_key != ApiKey::JoinGroup as i16),
         "groups are not implemented"
+    );
+
+    // Produce v2 is advertised for old librdkafka's feature detection but not implemented:
+    // the connection is closed (as Kafka 4 does).
+    let mut old = Client::connect(&node).await;
+    old.send_raw(&[0, 0, 0, 2, 0, 0, 0, 9, 0xff, 0xff]).await;
+    let mut one = [0u8; 1];
+    let n = tokio::time::timeout(Duration::from_secs(5), old.stream.read(&mut one))
+        .await
+        .expect("closed promptly");
+    assert!(
+        matches!(n, Ok(0) | Err(_)),
+        "Produce v2 closes the connection"
     );
 
     // Invalid topic name.

@@ -1,14 +1,22 @@
-//! ApiVersions: advertises exactly the APIs and versions in [`super::SUPPORTED`].
+//! ApiVersions: advertises exactly the APIs and versions in [`super::SUPPORTED`], with one
+//! deliberate exception that Apache Kafka makes too (KAFKA-18659): Produce is advertised from
+//! v0 although only v3+ is implemented. librdkafka before 2.8 (Debian's kcat, for one) enables
+//! gzip, snappy and lz4 only when the broker advertises Produce v2 and otherwise silently sends
+//! uncompressed batches. A client that really sends Produce v0-v2 gets its connection closed,
+//! as Kafka 4 does.
 
 use super::{encode_with_header, Pending, Reply, RequestContext, SUPPORTED};
 use crate::broker::Broker;
 use kafka_protocol::messages::api_versions_response::ApiVersion;
-use kafka_protocol::messages::{ApiVersionsRequest, ApiVersionsResponse};
+use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, ApiVersionsResponse};
 use kafka_protocol::protocol::VersionRange;
 use kafka_protocol::ResponseError;
 use std::sync::Arc;
 
 pub(crate) const VERSIONS: VersionRange = VersionRange { min: 0, max: 4 };
+
+/// See the module docs: what Kafka 4 advertises for Produce, for old librdkafka's sake.
+const PRODUCE_ADVERTISED_MIN: i16 = 0;
 
 pub(crate) async fn handle(
     _broker: &Arc<Broker>,
@@ -22,9 +30,14 @@ fn response(error_code: i16) -> ApiVersionsResponse {
     let api_keys = SUPPORTED
         .iter()
         .map(|(key, range)| {
+            let min = if *key == ApiKey::Produce {
+                PRODUCE_ADVERTISED_MIN
+            } else {
+                range.min
+            };
             ApiVersion::default()
                 .with_api_key(*key as i16)
-                .with_min_version(range.min)
+                .with_min_version(min)
                 .with_max_version(range.max)
         })
         .collect();
