@@ -5,8 +5,8 @@
 //! Broker configs are read-only for now (INVALID_REQUEST, Kafka's code for broker configs it
 //! cannot update dynamically). A resource named twice is refused, once per entry.
 //!
-//! The replacement is computed from the image this broker has read; two concurrent alterations
-//! of one topic each commit a whole map, and the later one wins.
+//! Two concurrent AlterConfigs of one topic each replace the whole map, so the later one wins,
+//! as in Kafka; they never interleave (compare-and-set in `configs::alter_topic_configs`).
 
 use super::{Reply, RequestContext};
 use crate::broker::Broker;

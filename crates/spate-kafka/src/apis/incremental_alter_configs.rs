@@ -8,9 +8,8 @@
 //! named twice in one resource, a value missing for anything but DELETE, and an unknown
 //! operation are refused with INVALID_REQUEST, as in Kafka.
 //!
-//! Two concurrent alterations of one topic each commit a whole map computed from the image they
-//! read, so the later one can undo the other's change; the controller's `SetTopicConfigs` does
-//! not compare the map it replaces.
+//! Concurrent alterations of one topic cannot undo each other: the new map is committed with
+//! compare-and-set and recomputed from the newer map on conflict (`configs::alter_topic_configs`).
 
 use super::{Reply, RequestContext};
 use crate::broker::Broker;
