@@ -100,9 +100,10 @@ def test_retention_deletes_old_segments(broker_factory, topic_name):
 
 
 @pytest.mark.xfail(strict=False, reason=(
-    "broker bug: acks=all writes in flight when retention deletes the segment holding them wait "
-    "the full timeout_ms and fail with REQUEST_TIMED_OUT (7) ('fsync did not complete within "
-    "timeout_ms'), stalling the connection; a race, so not strict"))
+    "broker bug: retention rolls the expired active segment (PartitionLog::roll raises the log's "
+    "flushed offset) but Partition::flushed is not published because flush_once finds no sync "
+    "target, so acks=all waiters for offsets below the roll hang until timeout_ms -> "
+    "REQUEST_TIMED_OUT (7). A race, hence not strict"))
 def test_acks_all_writes_racing_retention_are_acknowledged(broker_factory, topic_name):
     """Records older than retention.ms may be deleted right after they are written, but their
     acks=all Produce must still be answered promptly and successfully (Kafka acknowledges the
