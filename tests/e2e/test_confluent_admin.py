@@ -320,3 +320,80 @@ def test_topic_names_colliding_on_dot_and_underscore(bootstrap, topic_name):
     fs = a.create_topics([NewTopic(base + ".x", num_partitions=1, replication_factor=1)], request_timeout=T)
     assert error_code(fs[base + ".x"]) == KafkaError.TOPIC_EXCEPTION
     assert base + ".x" not in topic_names(a)
+
+
+def test_list_offsets_out_of_order_timestamps_and_max_timestamp(bootstrap, topic_name):
+    a = create_topic(bootstrap, topic_name)
+    t0 = int(time.time() * 1000) - 100_000
+    deltas = [0, 5000, 1000, 6000, 2000]
+    produce_all(producer(bootstrap), topic_name, [dict(value=b"%d" % d, timestamp=t0 + d) for d in deltas])
+    tp = TopicPartition(topic_name, 0)
+
+    def lo(spec):
+        return a.list_offsets({tp: spec}, request_timeout=T)[tp].result(timeout=T)
+
+    # The earliest offset whose timestamp is >= the target: offset 1 (t0+5000) for t0+2000.
+    assert lo(OffsetSpec.for_timestamp(t0 + 2000)).offset == 1
+    assert lo(OffsetSpec.for_timestamp(t0 + 5500)).offset == 3
+    assert lo(OffsetSpec.for_timestamp(t0 + 6001)).offset == -1
+    # ListOffsets v7+ (advertised): MAX_TIMESTAMP (-3) names the record with the largest timestamp.
+    info = lo(OffsetSpec.max_timestamp())
+    assert (info.offset, info.timestamp) == (3, t0 + 6000)
+
+
+def test_create_topics_invalid_configs(bootstrap, topic_name):
+    a = admin(bootstrap)
+    cases = {
+        topic_name + "-unknown": {"no.such.config": "1"},
+        topic_name + "-badvalue": {"retention.ms": "not-a-number"},
+        topic_name + "-badpolicy": {"cleanup.policy": "shred"},
+    }
+    fs = a.create_topics([NewTopic(n, num_partitions=1, replication_factor=1, config=c) for n, c in cases.items()],
+                         request_timeout=T)
+    for name in cases:
+        assert error_code(fs[name]) == KafkaError.INVALID_CONFIG, f"{name}: {cases[name]}"
+    names = topic_names(a)
+    assert not any(n in names for n in cases)
+
+
+def test_create_topic_with_replica_assignment(bootstrap, topic_name):
+    a = admin(bootstrap)
+    fs = a.create_topics([NewTopic(topic_name, num_partitions=2, replica_assignment=[[1], [1]])], request_timeout=T)
+    assert error_code(fs[topic_name]) == 0
+    t = wait_topic(a, topic_name, 2)
+    assert all(p.replicas == [1] for p in t.partitions.values())
+    bad = topic_name + "-bad"
+    fs = a.create_topics([NewTopic(bad, num_partitions=1, replica_assignment=[[2]])], request_timeout=T)
+    assert error_code(fs[bad]) == KafkaError.INVALID_REPLICA_ASSIGNMENT, "broker 2 does not exist"
+    assert bad not in topic_names(a)
+
+
+def test_validate_only_alter_and_create_partitions_change_nothing(bootstrap, topic_name):
+    a = create_topic(bootstrap, topic_name, config={"retention.ms": "1000000"})
+    res = ConfigResource(ResourceType.TOPIC, topic_name, set_config={"retention.ms": "2000000"})
+    assert error_code(a.alter_configs([res], validate_only=True, request_timeout=T)[res]) == 0
+    inc = ConfigResource(ResourceType.TOPIC, topic_name, incremental_configs=[
+        ConfigEntry("retention.ms", "3000000", incremental_operation=AlterConfigOpType.SET)])
+    assert error_code(a.incremental_alter_configs([inc], validate_only=True, request_timeout=T)[inc]) == 0
+    fs = a.create_partitions([NewPartitions(topic_name, 4)], validate_only=True, request_timeout=T)
+    assert error_code(fs[topic_name]) == 0
+    assert describe_topic_configs(a, topic_name)["retention.ms"].value == "1000000"
+    wait_topic(a, topic_name, 1)
+
+
+def test_many_partitions_topic(broker_factory, topic_name):
+    b = broker_factory()
+    parts = 500
+    t = time.monotonic()
+    a = create_topic(b.bootstrap, topic_name, partitions=parts)
+    created_s = time.monotonic() - t
+    delivered = produce_all(producer(b.bootstrap), topic_name, [dict(value=b"%d" % p, partition=p) for p in range(parts)])
+    assert sorted((m.partition(), m.offset()) for m in delivered) == [(p, 0) for p in range(parts)]
+    t = time.monotonic()
+    b.restart()
+    restart_s = time.monotonic() - t
+    a = admin(b.bootstrap)
+    wait_topic(a, topic_name, parts)
+    got = consume(b.bootstrap, topic_name, partitions=[0, 250, 499], expected=3)
+    assert sorted(m.value() for m in got) == [b"0", b"250", b"499"]
+    assert created_s < 10 and restart_s < 15, f"create took {created_s:.1f}s, restart {restart_s:.1f}s"

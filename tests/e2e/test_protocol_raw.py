@@ -389,3 +389,63 @@ def test_many_connections_are_served_and_released(broker_factory):
         time.sleep(0.1)
     assert fd_count(b.proc.pid) <= base + 5, (
         f"{fd_count(b.proc.pid)} fds open 10 s after closing 300 connections (before: {base})")
+
+
+def test_produce_base_offset_and_leader_epoch_are_assigned_by_the_broker(bootstrap, topic_name):
+    create_topic(bootstrap, topic_name)
+    batch = bytearray(kproto.record_batch([b"a", b"b"]))
+    batch[0:8] = i64(12345)  # producers send 0; whatever they send, the broker assigns the offset
+    with Conn(bootstrap) as c:
+        assert kproto.produce(c, topic_name, 0, kproto.record_batch([b"first"])) == (0, 0)
+        assert kproto.produce(c, topic_name, 0, bytes(batch)) == (0, 1)
+        batches = kproto.fetch_all_batches(c, topic_name, 0)
+    assert [b.base_offset for b in batches] == [0, 1]
+    assert [r["offset"] for r in batches[1].records] == [1, 2]
+    assert all(b.leader_epoch >= 0 for b in batches), "partitionLeaderEpoch must be set by the leader"
+    assert all(b.crc_ok for b in batches)
+
+
+def test_produce_batch_with_bad_inner_offsets_is_rejected(bootstrap, topic_name):
+    create_topic(bootstrap, topic_name)
+    good = kproto.record_batch([b"a", b"b", b"c"])
+    # lastOffsetDelta claims 5 records while the batch holds 3 (the CRC is recomputed, so only
+    # the batch's own consistency is wrong).
+    body = bytearray(good[12 + 4 + 1 + 4:])  # from attributes on
+    body[2:6] = i32(4)
+    import struct
+    bad = good[:12 + 4 + 1] + struct.pack(">I", kproto.crc32c(bytes(body))) + bytes(body)
+    with Conn(bootstrap) as c:
+        err, _ = kproto.produce(c, topic_name, 0, bad)
+        assert err in (2, 87), f"expected CORRUPT_MESSAGE (2) or INVALID_RECORD (87), got {err}"
+        assert kproto.produce(c, topic_name, 0, good) == (0, 0)
+
+
+def test_fetch_min_bytes_waits_for_enough_data(bootstrap, topic_name):
+    create_topic(bootstrap, topic_name)
+    with Conn(bootstrap) as c:
+        assert kproto.produce(c, topic_name, 0, kproto.record_batch([b"x" * 100])) == (0, 0)
+        t = time.monotonic()
+        p = kproto.fetch(c, topic_name, 0, 0, max_wait_ms=700, min_bytes=100_000)
+        took = time.monotonic() - t
+    assert 0.6 <= took < 5, f"min_bytes not reached: should wait max_wait (0.7 s), took {took:.2f}s"
+    assert len(kproto.parse_batches(p["records"])) == 1, "after max_wait the available data comes back"
+
+    result = {}
+
+    def poll():
+        with Conn(bootstrap, timeout=30) as c2:
+            result["p"] = kproto.fetch(c2, topic_name, 0, 0, max_wait_ms=10_000, min_bytes=20_000)
+            result["t"] = time.monotonic()
+
+    th = threading.Thread(target=poll)
+    th.start()
+    time.sleep(0.3)
+    with Conn(bootstrap) as c:
+        assert kproto.produce(c, topic_name, 0, kproto.record_batch([b"y" * 5_000])) == (0, 1)
+        time.sleep(0.5)
+        assert th.is_alive(), "returned before min_bytes was reached"
+        assert kproto.produce(c, topic_name, 0, kproto.record_batch([os.urandom(30_000)])) == (0, 2)
+        produced = time.monotonic()
+    th.join(15)
+    assert result["t"] - produced < 2, "min_bytes reached, but the fetch kept waiting"
+    assert [b.base_offset for b in kproto.parse_batches(result["p"]["records"])] == [0, 1, 2]

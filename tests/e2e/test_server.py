@@ -1,5 +1,6 @@
 """The process contract: HTTP endpoints, listener log lines, signals, config precedence."""
 
+import os
 import re
 import signal
 import subprocess
@@ -126,3 +127,23 @@ def test_kafka_port_in_use_fails_fast(broker_factory):
     r = subprocess.run(b.command(), capture_output=True, timeout=20)
     assert r.returncode != 0
     assert str(a.kafka_port).encode() in r.stderr, f"error does not name the address: {r.stderr[-2000:]!r}"
+
+
+# (An unknown SPATE_* environment variable is not tested: which variables are settings cannot be
+# told apart from other SPATE_* variables such as SPATE_LOG.)
+@pytest.mark.parametrize("how", ["set", "toml"])
+def test_unknown_setting_refuses_to_start(tmp_path, how):
+    cmd = [str(SPATE_BIN), "serve", "--data-dir", str(tmp_path / "d"),
+           "--kafka-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPATE_")}
+    if how == "set":
+        cmd += ["--set", "no.such.setting=1"]
+    else:
+        (tmp_path / "c.toml").write_text('"no.such.setting" = 1\n')
+        cmd += ["--config", str(tmp_path / "c.toml")]
+    try:
+        r = subprocess.run(cmd, capture_output=True, timeout=15, env=env)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"started with an unknown setting ({how})")
+    assert r.returncode != 0
+    assert b"no.such.setting" in r.stderr.lower() or b"no_such_setting" in r.stderr.lower(), r.stderr[-1000:]
