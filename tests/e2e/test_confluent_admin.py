@@ -397,3 +397,48 @@ def test_many_partitions_topic(broker_factory, topic_name):
     got = consume(b.bootstrap, topic_name, partitions=[0, 250, 499], expected=3)
     assert sorted(m.value() for m in got) == [b"0", b"250", b"499"]
     assert created_s < 10 and restart_s < 15, f"create took {created_s:.1f}s, restart {restart_s:.1f}s"
+
+
+def test_describe_topics_topic_ids_change_on_recreate(bootstrap, topic_name):
+    from confluent_kafka import TopicCollection
+    a = create_topic(bootstrap, topic_name, partitions=2)
+    d = a.describe_topics(TopicCollection([topic_name]), request_timeout=T)[topic_name].result(timeout=T)
+    assert d.name == topic_name and d.topic_id is not None
+    assert [(p.id, p.leader.id, [r.id for r in p.replicas], [r.id for r in p.isr]) for p in d.partitions] == [
+        (0, 1, [1], [1]), (1, 1, [1], [1])]
+    first_id = str(d.topic_id)
+    assert error_code(a.delete_topics([topic_name], request_timeout=T)[topic_name]) == 0
+    deadline = time.monotonic() + 10
+    while topic_name in topic_names(a) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    create_topic(bootstrap, topic_name)
+    d = a.describe_topics(TopicCollection([topic_name]), request_timeout=T)[topic_name].result(timeout=T)
+    assert str(d.topic_id) != first_id, "a re-created topic must get a new topic id"
+
+
+def test_describe_broker_configs(broker):
+    a = admin(broker.bootstrap)
+    res = ConfigResource(ResourceType.BROKER, "1")
+    entries = a.describe_configs([res], request_timeout=T)[res].result(timeout=T)
+    for k, v in {"num.partitions": "1", "auto.create.topics.enable": "true",
+                 "socket.request.max.bytes": "104857600", "message.max.bytes": "1048588"}.items():
+        assert k in entries, f"{k} missing from broker DescribeConfigs: {sorted(entries)}"
+        assert entries[k].value == v, f"{k}={entries[k].value}"
+
+
+def test_incremental_alter_configs_append_subtract_list(bootstrap, topic_name):
+    a = create_topic(bootstrap, topic_name, config={"cleanup.policy": "delete"})
+
+    def alter(op, value):
+        res = ConfigResource(ResourceType.TOPIC, topic_name, incremental_configs=[
+            ConfigEntry("cleanup.policy", value, incremental_operation=op)])
+        return error_code(a.incremental_alter_configs([res], request_timeout=T)[res])
+
+    assert alter(AlterConfigOpType.APPEND, "compact") == 0
+    assert set(describe_topic_configs(a, topic_name)["cleanup.policy"].value.split(",")) == {"delete", "compact"}
+    assert alter(AlterConfigOpType.SUBTRACT, "delete") == 0
+    assert describe_topic_configs(a, topic_name)["cleanup.policy"].value == "compact"
+    # APPEND on a non-list config is invalid.
+    res = ConfigResource(ResourceType.TOPIC, topic_name, incremental_configs=[
+        ConfigEntry("retention.ms", "5", incremental_operation=AlterConfigOpType.APPEND)])
+    assert error_code(a.incremental_alter_configs([res], request_timeout=T)[res]) == KafkaError.INVALID_CONFIG

@@ -92,3 +92,46 @@ def test_kafka_python_admin_create_and_delete_topics(bootstrap, topic_name):
             a.delete_topics([topic_name])
     finally:
         a.close()
+
+
+def test_kafka_python_admin_partitions_configs_records_and_offsets(bootstrap, topic_name):
+    from kafka.admin import ConfigResource, ConfigResourceType
+    a = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=T * 1000)
+    try:
+        a.create_topics({topic_name: {"num_partitions": 1, "replication_factor": 1,
+                                      "configs": {"retention.ms": "3600000"}}}, wait_for_metadata=True)
+        a.create_partitions({topic_name: 3})
+        a.wait_for_topics([topic_name])
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            (desc,) = a.describe_topics([topic_name])
+            if len(desc["partitions"]) == 3:
+                break
+            time.sleep(0.1)
+        assert sorted(p["partition_index"] for p in desc["partitions"]) == [0, 1, 2]
+
+        a.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic_name, configs={"retention.ms": "7200000"})])
+        cfg = a.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic_name)], config_filter="all")
+        assert "topic" in cfg and topic_name in cfg["topic"], cfg
+        assert cfg["topic"][topic_name]["retention.ms"]["value"] == "7200000"
+
+        p = kp_producer(bootstrap)
+        ts0 = int(time.time() * 1000) - 10_000
+        for i in range(10):
+            p.send(topic_name, value=b"%d" % i, partition=1, timestamp_ms=ts0 + i * 100)
+        p.flush(timeout=T)
+        p.close(timeout=T)
+        tp = TopicPartition(topic_name, 1)
+        a.delete_records({tp: 3})
+
+        c = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                          request_timeout_ms=T * 1000)
+        try:
+            assert c.beginning_offsets([tp]) == {tp: 3}
+            assert c.end_offsets([tp]) == {tp: 10}
+            found = c.offsets_for_times({tp: ts0 + 450})
+            assert found[tp].offset == 5 and found[tp].timestamp == ts0 + 500
+        finally:
+            c.close()
+    finally:
+        a.close()

@@ -67,3 +67,16 @@ def test_kafkajs_delete_topic(bootstrap, topic_name):
     out = kjs(bootstrap, topic_name, "delete")
     assert topic_name not in out["topics"]
     assert topic_name not in topic_names(admin(bootstrap))
+
+
+def test_kafkajs_admin_partitions_configs_records_cluster(broker, topic_name):
+    kjs(broker.bootstrap, topic_name, "create", {"partitions": 1})
+    msgs = [{"value": f"v{i}", "partition": 0} for i in range(10)]
+    kjs(broker.bootstrap, topic_name, "produce", {"messages": msgs})
+    out = kjs(broker.bootstrap, topic_name, "adminMisc",
+              {"partitions": 3, "retention": "5400000", "deleteBefore": {"0": 4}})
+    assert out["partitions"] == [0, 1, 2]
+    assert out["retention"] == [["retention.ms", "5400000"]]
+    assert sorted((o["partition"], o["low"], o["high"]) for o in out["offsets"]) == [(0, 4, 10), (1, 0, 0), (2, 0, 0)]
+    assert out["cluster"]["brokers"] == [[1, "127.0.0.1", broker.kafka_port]]
+    assert out["cluster"]["controller"] == 1

@@ -4,11 +4,12 @@ older request versions against the broker."""
 import json
 import shutil
 import subprocess
+import time
 
 import pytest
 
 import kproto
-from ckutil import consume, create_topic
+from ckutil import consume, create_topic, produce_all, producer
 
 KCAT = shutil.which("kcat") or shutil.which("kafkacat")
 
@@ -84,3 +85,16 @@ def test_kcat_compression(bootstrap, topic_name, codec):
     with kproto.Conn(bootstrap) as c:
         batches = kproto.fetch_all_batches(c, topic_name, 0)
     assert {b.codec for b in batches} == {codec}
+
+
+def test_kcat_query_offsets_by_timestamp_and_start_at_timestamp(bootstrap, topic_name):
+    create_topic(bootstrap, topic_name)
+    ts0 = int(time.time() * 1000) - 60_000
+    produce_all(producer(bootstrap), topic_name, [dict(value=b"m%d" % i, timestamp=ts0 + i * 1000) for i in range(6)])
+    out = kcat(bootstrap, "-Q", "-t", f"{topic_name}:0:{ts0 + 2500}").decode()
+    # kcat prints: "<topic> [0] offset 3"
+    assert out.split() == [topic_name, "[0]", "offset", "3"], out
+    got = kcat_consume(bootstrap, topic_name, "%o:%s\n", "-o", f"s@{ts0 + 4000}")
+    assert got.splitlines() == ["4:m4", "5:m5"]
+    got = kcat_consume(bootstrap, topic_name, "%o:%s\n", "-o", "-2")  # the last two
+    assert got.splitlines() == ["4:m4", "5:m5"]

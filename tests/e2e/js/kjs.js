@@ -96,6 +96,43 @@ const commands = {
     }
   },
 
+  // arg: {partitions, retention, deleteBefore: {partition: offset}}
+  async adminMisc() {
+    const admin = kafka.admin();
+    await admin.connect();
+    try {
+      const out = {};
+      await admin.createPartitions({ topicPartitions: [{ topic, count: arg.partitions }], timeout: 10000 });
+      const md = await admin.fetchTopicMetadata({ topics: [topic] });
+      out.partitions = md.topics[0].partitions.map((p) => p.partitionId).sort();
+      await admin.alterConfigs({
+        validateOnly: false,
+        resources: [{ type: 2, name: topic, configEntries: [{ name: 'retention.ms', value: arg.retention }] }],
+      });
+      const described = await admin.describeConfigs({
+        includeSynonyms: false,
+        resources: [{ type: 2, name: topic, configNames: ['retention.ms'] }],
+      });
+      out.retention = described.resources[0].configEntries.map((e) => [e.configName, e.configValue]);
+      if (arg.deleteBefore) {
+        await admin.deleteTopicRecords({
+          topic,
+          partitions: Object.entries(arg.deleteBefore).map(([partition, offset]) => ({
+            partition: Number(partition), offset: String(offset),
+          })),
+        });
+        out.offsets = (await admin.fetchTopicOffsets(topic)).map((o) => ({
+          partition: o.partition, low: Number(o.low), high: Number(o.high),
+        }));
+      }
+      const cluster = await admin.describeCluster();
+      out.cluster = { brokers: cluster.brokers.map((b) => [b.nodeId, b.host, b.port]), controller: cluster.controller };
+      return out;
+    } finally {
+      await admin.disconnect();
+    }
+  },
+
   async delete() {
     const admin = kafka.admin();
     await admin.connect();
