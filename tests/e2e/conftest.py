@@ -219,11 +219,12 @@ def bootstrap(broker):
 
 @pytest.fixture
 def broker_factory(tmp_path, request):
-    """broker_factory(args=[...], env={...}, config="toml text", start=True) -> Broker owned by this test."""
+    """broker_factory(args=[...], env={...}, config="toml text", start=True, subdir=None) -> Broker
+    owned by this test."""
     made = []
 
-    def make(args=(), env=None, config=None, start=True):
-        b = Broker(tmp_path / f"broker{len(made)}", name=f"test broker {len(made)}",
+    def make(args=(), env=None, config=None, start=True, subdir=None):
+        b = Broker(tmp_path / (subdir or f"broker{len(made)}"), name=f"test broker {len(made)}",
                    args=args, env=env, config=config)
         made.append(b)
         _track(request.node, b)

@@ -488,3 +488,25 @@ def metadata(conn: Conn, topics, allow_auto_topic_creation=True):
             isr=r.array(Reader.i32))))):
         out[name] = (err, parts)
     return out
+
+
+def list_offsets(conn: Conn, topic, partition, timestamp):
+    """ListOffsets v1: returns (error_code, timestamp, offset). timestamp -1 latest, -2 earliest."""
+    body = i32(-1) + array([topic], lambda t: string(t) + array([partition], lambda p: i32(p) + i64(timestamp)))
+    r = Reader(conn.request(LIST_OFFSETS, 1, body))
+    ((name, [(idx, err, ts, off)]),) = r.array(lambda r: (r.string(), r.array(lambda r: (r.i32(), r.i16(), r.i64(), r.i64()))))
+    assert (name, idx) == (topic, partition)
+    return err, ts, off
+
+
+DELETE_RECORDS = 21
+
+
+def delete_records(conn: Conn, topic, partition, offset, timeout_ms=10000):
+    """DeleteRecords v0: returns (error_code, low_watermark)."""
+    body = array([topic], lambda t: string(t) + array([partition], lambda p: i32(p) + i64(offset))) + i32(timeout_ms)
+    r = Reader(conn.request(DELETE_RECORDS, 0, body))
+    r.i32()
+    ((name, [(idx, low, err)]),) = r.array(lambda r: (r.string(), r.array(lambda r: (r.i32(), r.i64(), r.i16()))))
+    assert (name, idx) == (topic, partition)
+    return err, low

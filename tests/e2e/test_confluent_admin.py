@@ -442,3 +442,14 @@ def test_incremental_alter_configs_append_subtract_list(bootstrap, topic_name):
     res = ConfigResource(ResourceType.TOPIC, topic_name, incremental_configs=[
         ConfigEntry("retention.ms", "5", incremental_operation=AlterConfigOpType.APPEND)])
     assert error_code(a.incremental_alter_configs([res], request_timeout=T)[res]) == KafkaError.INVALID_CONFIG
+
+
+def test_unknown_partition_and_topic_errors(bootstrap, topic_name):
+    a = create_topic(bootstrap, topic_name)
+    with kproto.Conn(bootstrap) as c:  # librdkafka checks partitions itself, so this is raw
+        assert kproto.list_offsets(c, topic_name, 5, -1)[0] == kproto.UNKNOWN_TOPIC_OR_PARTITION
+        assert kproto.list_offsets(c, "no-such-topic-list-offsets", 0, -1)[0] == kproto.UNKNOWN_TOPIC_OR_PARTITION
+        assert kproto.list_offsets(c, topic_name, 0, -2) == (0, -1, 0)
+        assert kproto.delete_records(c, "no-such-topic-delete-records", 0, 1)[0] == kproto.UNKNOWN_TOPIC_OR_PARTITION
+        assert kproto.delete_records(c, topic_name, 3, 0)[0] == kproto.UNKNOWN_TOPIC_OR_PARTITION
+        assert kproto.delete_records(c, topic_name, 0, 0) == (0, 0)

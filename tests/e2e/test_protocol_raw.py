@@ -449,3 +449,94 @@ def test_fetch_min_bytes_waits_for_enough_data(bootstrap, topic_name):
     th.join(15)
     assert result["t"] - produced < 2, "min_bytes reached, but the fetch kept waiting"
     assert [b.base_offset for b in kproto.parse_batches(result["p"]["records"])] == [0, 1, 2]
+
+
+# ---- header and encoding details ------------------------------------------------------------
+
+
+def test_null_client_id_and_unknown_tagged_fields_are_accepted(broker):
+    with Conn(broker.bootstrap) as c:
+        # Request header v1 with a null client id.
+        c.correlation_id += 1
+        payload = i16(kproto.API_VERSIONS) + i16(0) + i32(c.correlation_id) + i16(-1)
+        c.send_raw(i32(len(payload)) + payload)
+        frame = c.recv_frame()
+        assert kproto.Reader(frame).i32() == c.correlation_id
+        assert kproto.parse_api_versions_v0(frame[4:])[0] == 0
+
+        # ApiVersions v3: a tagged field the broker does not know, in the header and in the body.
+        tag = kproto.uvarint(1) + kproto.uvarint(99) + kproto.uvarint(3) + b"xyz"
+        c.correlation_id += 1
+        header = i16(kproto.API_VERSIONS) + i16(3) + i32(c.correlation_id) + string("e2e") + tag
+        body = kproto.compact_string("spate-e2e") + kproto.compact_string("1.0") + tag
+        c.send_raw(i32(len(header) + len(body)) + header + body)
+        frame = c.recv_frame()
+        r = kproto.Reader(frame)
+        assert r.i32() == c.correlation_id
+        assert r.i16() == 0, "unknown tagged fields must be skipped, not rejected"
+
+
+def test_metadata_v0_empty_list_means_all_topics(bootstrap, topic_name):
+    create_topic(bootstrap, topic_name)
+    with Conn(bootstrap) as c:
+        # v0: an empty topic array asks for every topic; v1+: null asks for all, empty for none.
+        r = kproto.Reader(c.request(kproto.METADATA, 0, i32(0)))
+        r.array(lambda r: (r.i32(), r.string(), r.i32()))
+        names_v0 = [t[1] for t in r.array(lambda r: (r.i16(), r.string(), r.array(
+            lambda r: (r.i16(), r.i32(), r.i32(), r.array(kproto.Reader.i32), r.array(kproto.Reader.i32)))))]
+        assert topic_name in names_v0
+        md = kproto.metadata(c, [], allow_auto_topic_creation=False)
+        assert [k for k in md if k is not None] == [], "Metadata v4 with an empty list must return no topics"
+
+
+def test_acks0_produce_error_closes_connection(bootstrap, topic_name):
+    create_topic(bootstrap, topic_name)
+    with Conn(bootstrap) as c:
+        # No response can carry the error, so Kafka closes the connection to make the client notice.
+        assert kproto.produce(c, topic_name, 9, kproto.record_batch([b"lost"]), acks=0) is None
+        assert c.wait_closed() == b""
+
+
+def test_message_max_bytes_boundary(broker_factory, topic_name):
+    limit = 10_000
+    b = broker_factory(args=["--set", f"message.max.bytes={limit}"])
+    create_topic(b.bootstrap, topic_name)
+
+    def batch_of_size(total):
+        probe = kproto.record_batch([b""])
+        return kproto.record_batch([b"x" * (total - len(probe) - 2)])  # value length varint grows by 1-2 bytes
+
+    with Conn(b.bootstrap) as c:
+        exact = batch_of_size(limit)
+        while len(exact) > limit:
+            exact = kproto.record_batch([b"x" * (len(kproto.parse_batches(exact)[0].records[0]["value"]) - 1)])
+        while len(exact) < limit:
+            exact = kproto.record_batch([b"x" * (len(kproto.parse_batches(exact)[0].records[0]["value"]) + 1)])
+        assert len(exact) == limit
+        assert kproto.produce(c, topic_name, 0, exact) == (0, 0), "a batch of exactly message.max.bytes is allowed"
+        over = kproto.record_batch([b"x" * (len(kproto.parse_batches(exact)[0].records[0]["value"]) + 1)])
+        assert len(over) == limit + 1
+        assert kproto.produce(c, topic_name, 0, over)[0] == kproto.MESSAGE_TOO_LARGE
+
+
+def test_socket_request_max_bytes_boundary(broker_factory):
+    limit = 2000
+    b = broker_factory(args=["--set", f"socket.request.max.bytes={limit}"])
+
+    def metadata_frame(c, size):
+        # Metadata v4 (allow_auto_topic_creation=false) naming one topic padded to `size` bytes.
+        c.correlation_id += 1
+        header = i16(kproto.METADATA) + i16(4) + i32(c.correlation_id) + string("e2e")
+        fixed = len(header) + 4 + 2 + 1
+        body = kproto.array(["n" + "x" * (size - fixed - 1)], string) + i8(0)
+        payload = header + body
+        assert len(payload) == size
+        return i32(size) + payload
+
+    with Conn(b.bootstrap) as c:
+        c.send_raw(metadata_frame(c, limit))
+        frame = c.recv_frame()
+        assert kproto.Reader(frame).i32() == c.correlation_id, "a frame of exactly socket.request.max.bytes is served"
+    with Conn(b.bootstrap) as c:
+        c.send_raw(metadata_frame(c, limit + 1))
+        assert c.wait_closed() == b""

@@ -147,3 +147,11 @@ def test_unknown_setting_refuses_to_start(tmp_path, how):
         pytest.fail(f"started with an unknown setting ({how})")
     assert r.returncode != 0
     assert b"no.such.setting" in r.stderr.lower() or b"no_such_setting" in r.stderr.lower(), r.stderr[-1000:]
+
+
+def test_data_dir_with_spaces_and_unicode(broker_factory, topic_name):
+    b = broker_factory(subdir="dir with spaces ünïcødé")
+    produce_all(producer(b.bootstrap), topic_name, [dict(value=b"ok")])
+    b.restart()
+    from ckutil import consume
+    assert [m.value() for m in consume(b.bootstrap, topic_name, expected=1)] == [b"ok"]
