@@ -445,7 +445,7 @@ def test_incremental_alter_configs_append_subtract_list(bootstrap, topic_name):
 
 
 def test_unknown_partition_and_topic_errors(bootstrap, topic_name):
-    a = create_topic(bootstrap, topic_name)
+    create_topic(bootstrap, topic_name)
     with kproto.Conn(bootstrap) as c:  # librdkafka checks partitions itself, so this is raw
         assert kproto.list_offsets(c, topic_name, 5, -1)[0] == kproto.UNKNOWN_TOPIC_OR_PARTITION
         assert kproto.list_offsets(c, "no-such-topic-list-offsets", 0, -1)[0] == kproto.UNKNOWN_TOPIC_OR_PARTITION

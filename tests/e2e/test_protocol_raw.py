@@ -11,7 +11,7 @@ import pytest
 
 import kproto
 from kproto import Conn, i8, i16, i32, i64, string
-from ckutil import create_topic, produce_all, producer
+from ckutil import create_topic
 
 
 def assert_still_serving(broker):
@@ -231,7 +231,6 @@ def test_fetch_long_poll_wakes_up_on_produce(bootstrap, topic_name):
 
     def poll():
         with Conn(bootstrap, timeout=30) as c:
-            t = time.monotonic()
             result["p"] = kproto.fetch(c, topic_name, 0, 0, max_wait_ms=10_000, min_bytes=1)
             result["t"] = time.monotonic()
 
@@ -350,7 +349,7 @@ def test_five_hundred_pipelined_requests(broker):
         frames = b""
         ids = []
         for _ in range(500):
-            payload = c.header(kproto.API_VERSIONS, 0) + b""
+            payload = c.header(kproto.API_VERSIONS, 0)
             ids.append(c.correlation_id)
             frames += i32(len(payload)) + payload
         c.send_raw(frames)

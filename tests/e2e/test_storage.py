@@ -12,7 +12,7 @@ from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
 
 import kproto
 from kproto import i16, i32, string
-from ckutil import admin, consume, consumer, create_topic, produce_all, producer, topic_names, wait_topic
+from ckutil import admin, consume, consumer, create_topic, produce_all, producer, topic_names
 
 T = 20
 
