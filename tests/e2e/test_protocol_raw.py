@@ -539,3 +539,44 @@ def test_socket_request_max_bytes_boundary(broker_factory):
     with Conn(b.bootstrap) as c:
         c.send_raw(metadata_frame(c, limit + 1))
         assert c.wait_closed() == b""
+
+
+def rss_bytes(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_client_that_never_reads_responses_does_not_grow_broker_memory(broker_factory, topic_name):
+    b = broker_factory()
+    create_topic(b.bootstrap, topic_name)
+    with Conn(b.bootstrap) as c:
+        for _ in range(4):
+            assert kproto.produce(c, topic_name, 0, kproto.record_batch([os.urandom(250_000)]))[0] == 0
+    base = rss_bytes(b.proc.pid)
+    # Each Fetch below is answered with ~1 MB. A client that pipelines thousands and never reads
+    # must be throttled by the broker (in-flight limit / backpressure), not buffered in memory.
+    greedy = Conn(b.bootstrap, timeout=2)
+    sent = 0
+    try:
+        body = (i32(-1) + i32(0) + i32(0) + i32(50 << 20) + i8(0)
+                + kproto.array([topic_name], lambda t: string(t) + kproto.array([0], lambda p: i32(p) + i64(0) + i32(10 << 20))))
+        for _ in range(3000):
+            payload = greedy.header(kproto.FETCH, 4) + body
+            greedy.send_raw(i32(len(payload)) + payload)
+            sent += 1
+    except (socket.timeout, TimeoutError):
+        pass  # the broker stopped reading: backpressure, as it should
+    time.sleep(2)
+    grown = rss_bytes(b.proc.pid) - base
+    print(f"sent {sent} Fetch requests before the broker stopped reading; RSS grew {grown >> 20} MiB")
+    try:
+        assert b.running
+        with Conn(b.bootstrap) as c:
+            kproto.api_versions(c)
+        assert grown < 300 << 20, (f"broker RSS grew by {grown >> 20} MiB with {sent} unread ~1 MB Fetch "
+                                   f"responses queued on one connection")
+    finally:
+        greedy.close()
