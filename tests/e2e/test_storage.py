@@ -293,3 +293,39 @@ def test_topic_level_max_message_bytes(bootstrap, topic_name):
     [(err, _)] = produce_all(p, topic_name, [dict(value=os.urandom(5000))], check=False)
     assert err is not None and err.code() == KafkaError.MSG_SIZE_TOO_LARGE, f"delivery error {err}"
     assert produce_all(p, topic_name, [dict(value=b"small")])[0].offset() == 0
+
+
+def test_retention_bytes_deletes_oldest_segments(broker_factory, topic_name):
+    b = broker_factory(args=["--set", "log.retention.check.interval.ms=200"])
+    a = create_topic(b.bootstrap, topic_name, config={"segment.bytes": "4096", "retention.bytes": "20000"})
+    n = 400  # ~50 KB of fresh records: only the size limit can delete them
+    produce_all(producer(b.bootstrap, **{"linger.ms": 0, "batch.num.messages": 5}), topic_name,
+                [dict(value=b"%05d" % i + b"." * 100) for i in range(n)])
+    deadline = time.monotonic() + 15
+    lo, hi = offsets(a, topic_name)
+    while lo == 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+        lo, hi = offsets(a, topic_name)
+    assert hi == n
+    assert lo > 0, "retention.bytes=20000 deleted nothing from a ~50 KB partition within 15 s"
+    kept_bytes = (n - lo) * 120
+    assert kept_bytes < 20000 + 2 * 4096 + 2000, f"kept offsets {lo}..{n} (~{kept_bytes} bytes) for retention.bytes=20000"
+    assert kept_bytes >= 20000 - 4096 - 2000, f"deleted too much: kept offsets {lo}..{n} (~{kept_bytes} bytes)"
+    got = consume(b.bootstrap, topic_name, start=lo, expected=n - lo)
+    assert [m.offset() for m in got] == list(range(lo, n))
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "broker bug: topic config message.timestamp.difference.max.ms is parsed and described "
+    "(spate-log LogConfig::message_timestamp_difference_max_ms) but never enforced on append; "
+    "Kafka rejects such records with INVALID_TIMESTAMP (32)"))
+def test_message_timestamp_difference_max_ms(bootstrap, topic_name):
+    create_topic(bootstrap, topic_name, config={"message.timestamp.difference.max.ms": "3600000"})
+    now = int(time.time() * 1000)
+    with kproto.Conn(bootstrap) as c:
+        assert kproto.produce(c, topic_name, 0, kproto.record_batch([b"now"], base_timestamp=now)) == (0, 0)
+        err, _ = kproto.produce(c, topic_name, 0, kproto.record_batch([b"old"], base_timestamp=now - 2 * 86_400_000))
+        assert err == 32, f"a record two days old with a one-hour limit: expected INVALID_TIMESTAMP (32), got {err}"
+        err, _ = kproto.produce(c, topic_name, 0, kproto.record_batch([b"future"], base_timestamp=now + 2 * 86_400_000))
+        assert err == 32, f"a record two days ahead: expected INVALID_TIMESTAMP (32), got {err}"
+        assert kproto.produce(c, topic_name, 0, kproto.record_batch([b"again"])) == (0, 1)
