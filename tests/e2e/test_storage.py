@@ -329,3 +329,39 @@ def test_message_timestamp_difference_max_ms(bootstrap, topic_name):
         err, _ = kproto.produce(c, topic_name, 0, kproto.record_batch([b"future"], base_timestamp=now + 2 * 86_400_000))
         assert err == 32, f"a record two days ahead: expected INVALID_TIMESTAMP (32), got {err}"
         assert kproto.produce(c, topic_name, 0, kproto.record_batch([b"again"])) == (0, 1)
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "broker bug: min.insync.replicas is accepted but not checked; acks=all on a partition whose ISR "
+    "(1) is below min.insync.replicas (2) must fail with NOT_ENOUGH_REPLICAS (19) (Kafka, and DESIGN.md)"))
+def test_min_insync_replicas_above_replica_count_fails_acks_all(bootstrap, topic_name):
+    create_topic(bootstrap, topic_name, config={"min.insync.replicas": "2"})
+    with kproto.Conn(bootstrap) as c:
+        err, _ = kproto.produce(c, topic_name, 0, kproto.record_batch([b"all"]), acks=-1)
+        assert err == 19, f"acks=all with ISR 1 < min.insync.replicas 2: expected NOT_ENOUGH_REPLICAS (19), got {err}"
+        assert kproto.produce(c, topic_name, 0, kproto.record_batch([b"one"]), acks=1) == (0, 0)
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "broker bug: a record with a null key on a cleanup.policy=compact topic is accepted; Kafka's "
+    "LogValidator rejects it with INVALID_RECORD (87) even before compaction exists"))
+def test_compacted_topic_rejects_records_without_key(bootstrap, topic_name):
+    create_topic(bootstrap, topic_name, config={"cleanup.policy": "compact"})
+    with kproto.Conn(bootstrap) as c:
+        err, _ = kproto.produce(c, topic_name, 0, kproto.record_batch([b"no key"]))
+        assert err == 87, f"null key on a compacted topic: expected INVALID_RECORD (87), got {err}"
+        assert kproto.produce(c, topic_name, 0, kproto.record_batch([b"v"], keys=[b"k"])) == (0, 0)
+
+
+def test_segment_ms_rolls_by_age(broker_factory, topic_name):
+    b = broker_factory()
+    create_topic(b.bootstrap, topic_name, config={"segment.ms": "500"})
+    p = producer(b.bootstrap)
+    produce_all(p, topic_name, [dict(value=b"first")])
+    time.sleep(1.2)
+    produce_all(p, topic_name, [dict(value=b"second")])
+    logs = [f for f in Path(b.data_dir).rglob("*.log") if topic_name in str(f)]
+    if not logs:
+        pytest.skip("unknown on-disk layout")
+    assert len(logs) >= 2, f"segment.ms=500 did not roll a segment after 1.2 s: {sorted(f.name for f in logs)}"
+    assert [m.value() for m in consume(b.bootstrap, topic_name, expected=2)] == [b"first", b"second"]
