@@ -157,3 +157,48 @@ def test_message_larger_than_message_max_bytes_is_rejected(broker_factory, topic
     assert ok[0].offset() == 1
     got = consume(b.bootstrap, topic_name, expected=2)
     assert [m.offset() for m in got] == [0, 1] and got[0].value() == b"small"
+
+
+@pytest.mark.parametrize("reset,expected", [("earliest", [b"old0", b"old1", b"old2"]), ("latest", [b"new"])])
+def test_consumer_offset_out_of_range_resets(bootstrap, topic_name, reset, expected):
+    from confluent_kafka import TopicPartition
+    from ckutil import consumer
+    create_topic(bootstrap, topic_name)
+    produce_all(producer(bootstrap), topic_name, [dict(value=b"old%d" % i) for i in range(3)])
+    c = consumer(bootstrap, **{"auto.offset.reset": reset, "enable.partition.eof": False})
+    try:
+        c.assign([TopicPartition(topic_name, 0, 50)])  # past the end: OFFSET_OUT_OF_RANGE, then reset
+        got = []
+        deadline = time.monotonic() + 15
+        sent_new = False
+        while time.monotonic() < deadline and len(got) < len(expected):
+            m = c.poll(0.2)
+            if m is not None and not m.error():
+                got.append(m.value())
+            if not sent_new and time.monotonic() > deadline - 13:
+                produce_all(producer(bootstrap), topic_name, [dict(value=b"new")])
+                sent_new = True
+        assert got[:len(expected)] == expected
+    finally:
+        c.close()
+
+
+def test_concurrent_auto_create_of_one_topic(bootstrap, topic_name):
+    import threading
+    results, errors = [], []
+
+    def run(i):
+        try:
+            results.extend(produce_all(producer(bootstrap), topic_name, [dict(value=b"%d" % i)]))
+        except Exception as e:
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors, errors
+    assert sorted(m.offset() for m in results) == list(range(6))
+    got = consume(bootstrap, topic_name, expected=6)
+    assert sorted(m.value() for m in got) == [b"%d" % i for i in range(6)]

@@ -376,3 +376,26 @@ def test_admin_crash_loop_acknowledged_changes_hold(broker_factory, topic_name):
         if s == "created":
             t = a.list_topics(topic=n, timeout=10).topics[n]
             assert t.error is None and t.partitions, f"{n} exists without partitions: {t.error}"
+
+
+def test_delete_recreate_then_crash_does_not_resurrect_old_data(broker_factory, topic_name):
+    from confluent_kafka.admin import NewTopic
+    b = broker_factory()
+    a = create_topic(b.bootstrap, topic_name, partitions=2)
+    produce_all(producer(b.bootstrap, acks="all"), topic_name, [dict(value=b"old%d" % i, partition=i % 2) for i in range(10)])
+    assert a.delete_topics([topic_name], request_timeout=20)[topic_name].result(timeout=20) is None
+    deadline = time.monotonic() + 10
+    while True:
+        fs = a.create_topics([NewTopic(topic_name, num_partitions=1, replication_factor=1)], request_timeout=20)
+        try:
+            fs[topic_name].result(timeout=20)
+            break
+        except Exception:
+            assert time.monotonic() < deadline, "could not re-create the topic within 10 s of deleting it"
+            time.sleep(0.1)
+    wait_topic(a, topic_name, 1)
+    produce_all(producer(b.bootstrap, acks="all"), topic_name, [dict(value=b"new")])
+    b.kill9()
+    b.start()
+    wait_topic(admin(b.bootstrap), topic_name, 1)
+    assert read_partition(b.bootstrap, topic_name, 0) == [(0, b"new")]
