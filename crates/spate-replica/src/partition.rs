@@ -216,30 +216,41 @@ impl Partition {
         Ok(None)
     }
 
-    /// One flush pass: fsyncs what was written so far, outside the lock.
+    /// One flush pass: fsyncs what was written so far, outside the lock, then publishes the
+    /// log's flushed offset. The log may also have become durable further without this pass
+    /// (a segment roll fsyncs the outgoing segment, e.g. when retention rolls an expired active
+    /// segment), so the offset is always read back from the log rather than taken from the
+    /// sync target.
     async fn flush_once(&self) -> Result<(), String> {
         let target = match self.lock() {
             Ok(guard) => guard.as_ref().and_then(|log| log.sync_target()),
             Err(e) => return Err(e.to_string()),
         };
-        let Some(target) = target else { return Ok(()) };
-        let offset = target.offset;
-        tokio::task::spawn_blocking(move || target.sync())
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
-        if let Ok(mut guard) = self.lock() {
-            if let Some(log) = guard.as_mut() {
-                log.mark_flushed(offset);
+        if let Some(target) = target {
+            let offset = target.offset;
+            tokio::task::spawn_blocking(move || target.sync())
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+            if let Ok(mut guard) = self.lock() {
+                if let Some(log) = guard.as_mut() {
+                    log.mark_flushed(offset);
+                }
             }
         }
-        self.flushed.send_if_modified(|flushed| match flushed {
-            Ok(current) if offset > *current => {
-                *current = offset;
-                true
-            }
-            _ => false,
-        });
+        let flushed = match self.lock() {
+            Ok(guard) => guard.as_ref().map(|log| log.flushed_offset()),
+            Err(e) => return Err(e.to_string()),
+        };
+        if let Some(offset) = flushed {
+            self.flushed.send_if_modified(|flushed| match flushed {
+                Ok(current) if offset > *current => {
+                    *current = offset;
+                    true
+                }
+                _ => false,
+            });
+        }
         Ok(())
     }
 }
@@ -269,5 +280,124 @@ async fn flusher(partition: std::sync::Weak<Partition>, mut closing: watch::Rece
             return;
         }
         drop(p);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One uncompressed v2 batch with a single record holding `value`.
+    fn batch(value: &[u8], timestamp_ms: i64) -> Vec<u8> {
+        fn varint(out: &mut Vec<u8>, v: i64) {
+            let mut z = ((v << 1) ^ (v >> 63)) as u64;
+            while z >= 0x80 {
+                out.push((z as u8) | 0x80);
+                z >>= 7;
+            }
+            out.push(z as u8);
+        }
+        let mut record = Vec::new();
+        record.push(0); // attributes
+        varint(&mut record, 0); // timestamp delta
+        varint(&mut record, 0); // offset delta
+        varint(&mut record, -1); // null key
+        varint(&mut record, value.len() as i64);
+        record.extend_from_slice(value);
+        varint(&mut record, 0); // headers
+        let mut records = Vec::new();
+        varint(&mut records, record.len() as i64);
+        records.extend_from_slice(&record);
+
+        let mut after_crc = Vec::new();
+        after_crc.extend_from_slice(&0i16.to_be_bytes()); // attributes
+        after_crc.extend_from_slice(&0i32.to_be_bytes()); // last offset delta
+        after_crc.extend_from_slice(&timestamp_ms.to_be_bytes());
+        after_crc.extend_from_slice(&timestamp_ms.to_be_bytes());
+        after_crc.extend_from_slice(&(-1i64).to_be_bytes()); // producer id
+        after_crc.extend_from_slice(&(-1i16).to_be_bytes());
+        after_crc.extend_from_slice(&(-1i32).to_be_bytes());
+        after_crc.extend_from_slice(&1i32.to_be_bytes()); // records count
+        after_crc.extend_from_slice(&records);
+        let mut out = Vec::new();
+        out.extend_from_slice(&0i64.to_be_bytes());
+        out.extend_from_slice(&((4 + 1 + 4 + after_crc.len()) as i32).to_be_bytes());
+        out.extend_from_slice(&(-1i32).to_be_bytes());
+        out.push(2);
+        out.extend_from_slice(&crc32c::crc32c(&after_crc).to_be_bytes());
+        out.extend_from_slice(&after_crc);
+        out
+    }
+
+    fn open(dir: &Path, config: LogConfig) -> Arc<Partition> {
+        Partition::open(
+            dir,
+            TopicPartition::new("t", 0),
+            config,
+            LeaderEpoch(0),
+            FlushPolicy::default(),
+            0,
+        )
+        .expect("open")
+    }
+
+    #[tokio::test]
+    async fn acks_all_waiters_share_fsyncs_and_complete() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = open(dir.path(), LogConfig::default());
+        let mut waits = Vec::new();
+        for i in 0..20 {
+            let mut b = batch(format!("v{i}").as_bytes(), 1_000);
+            let AppendOutcome::Appended(info) = p.append(&mut b, 1_000).expect("append") else {
+                panic!("not a duplicate")
+            };
+            waits.push(info.last_offset);
+        }
+        assert_eq!(p.high_watermark(), Offset(20));
+        let all = join_in_order(waits.iter().map(|o| p.wait_durable(*o)).collect()).await;
+        assert!(all.iter().all(Result::is_ok));
+        assert!(p.with_log(|l| Ok(l.flushed_offset())).expect("log") >= Offset(20));
+    }
+
+    #[tokio::test]
+    async fn acks_all_waiter_completes_when_retention_rolls_its_segment() {
+        // Retention rolls an expired active segment, which fsyncs it: the waiter for an
+        // offset in it must be released even though no sync target remains afterwards.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = LogConfig {
+            retention_ms: 10,
+            ..LogConfig::default()
+        };
+        let p = open(dir.path(), config);
+        let mut b = batch(b"old", 1_000);
+        let AppendOutcome::Appended(info) = p.append(&mut b, 1_000).expect("append") else {
+            panic!("not a duplicate")
+        };
+        p.with_log(|log| log.apply_retention(1_000_000))
+            .expect("retention");
+        tokio::time::timeout(Duration::from_secs(10), p.wait_durable(info.last_offset))
+            .await
+            .expect("waiter released, not stuck until timeout")
+            .expect("durable");
+    }
+
+    #[tokio::test]
+    async fn closed_partition_refuses_appends() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = open(dir.path(), LogConfig::default());
+        p.close().expect("close");
+        let mut b = batch(b"late", 1_000);
+        assert!(matches!(
+            p.append(&mut b, 1_000),
+            Err(ReplicaError::Closed(_))
+        ));
+    }
+
+    async fn join_in_order<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
+        let mut out = Vec::with_capacity(futures.len());
+        for f in futures {
+            out.push(f.await);
+        }
+        out
     }
 }
