@@ -21,7 +21,7 @@ def kjs(bootstrap, topic, command, arg=None, timeout=60):
     assert (JS_DIR / "node_modules" / "kafkajs").is_dir(), "kafkajs is not installed: run scripts/setup"
     env = dict(os.environ, KAFKAJS_NO_PARTITIONER_WARNING="1")
     cmd = [NODE, str(JS_DIR / "kjs.js"), bootstrap, topic, command] + ([json.dumps(arg)] if arg is not None else [])
-    r = subprocess.run(cmd, capture_output=True, timeout=timeout, env=env, cwd=JS_DIR)
+    r = subprocess.run(cmd, capture_output=True, timeout=timeout, env=env, cwd=JS_DIR, stdin=subprocess.DEVNULL)
     assert r.returncode == 0, (f"kjs.js {command} exited {r.returncode}\n"
                                f"stdout: {r.stdout.decode(errors='replace')}\nstderr: {r.stderr.decode(errors='replace')}")
     return json.loads(r.stdout)

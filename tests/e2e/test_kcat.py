@@ -16,7 +16,8 @@ KCAT = shutil.which("kcat") or shutil.which("kafkacat")
 
 def kcat(bootstrap, *args, stdin=None, timeout=30):
     assert KCAT, "kcat is not installed: run scripts/setup"
-    r = subprocess.run([KCAT, "-b", bootstrap, *args], input=stdin, capture_output=True, timeout=timeout)
+    r = subprocess.run([KCAT, "-b", bootstrap, *args], input=stdin if stdin is not None else b"",
+                       capture_output=True, timeout=timeout)
     assert r.returncode == 0, f"kcat {' '.join(args)} exited {r.returncode}\nstderr: {r.stderr.decode(errors='replace')}"
     return r.stdout
 
