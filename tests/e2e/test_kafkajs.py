@@ -80,3 +80,38 @@ def test_kafkajs_admin_partitions_configs_records_cluster(broker, topic_name):
     assert sorted((o["partition"], o["low"], o["high"]) for o in out["offsets"]) == [(0, 4, 10), (1, 0, 0), (2, 0, 0)]
     assert out["cluster"]["brokers"] == [[1, "127.0.0.1", broker.kafka_port]]
     assert out["cluster"]["controller"] == 1
+
+
+@pytest.mark.timeout(120)
+def test_kafkajs_idempotent_producer_across_restarts(broker_factory, topic_name):
+    """kafkajs has its own idempotent producer (sequence numbers, retries): records it got
+    acknowledged across SIGTERM and SIGKILL restarts are all there, once, in order."""
+    from test_durability import read_partition
+    b = broker_factory()
+    kjs(b.bootstrap, topic_name, "create", {"partitions": 1})
+    n = 1500
+    env = dict(os.environ, KAFKAJS_NO_PARTITIONER_WARNING="1")
+    proc = subprocess.Popen([NODE, str(JS_DIR / "kjs.js"), b.bootstrap, topic_name, "produceLoop",
+                             json.dumps({"count": n})], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, cwd=JS_DIR, env=env)
+    try:
+        for graceful in (True, False, False):
+            time.sleep(1.0)
+            b.restart(graceful=graceful)
+        out, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, f"kjs.js produceLoop exited {proc.returncode}: {err.decode(errors='replace')[-3000:]}"
+    res = json.loads(out)
+    acked = res["acked"]
+    print(f"{len(acked)} acknowledged, {len(res['failed'])} failed sends")
+    assert len(acked) >= n // 2, f"only {len(acked)} of {n} sends acknowledged; failures: {res['failed'][:5]}"
+    log = read_partition(b.bootstrap, topic_name, 0)
+    values = [v for _, v in log]
+    assert len(values) == len(set(values)), f"{len(values) - len(set(values))} duplicates in the log"
+    assert values == sorted(values), "records out of order"
+    by_offset = dict(log)
+    lost = [(o, v) for o, v in acked if by_offset.get(o) != v.encode()]
+    assert not lost, f"{len(lost)} acknowledged records missing or moved: {lost[:5]}"

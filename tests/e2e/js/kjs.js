@@ -17,7 +17,7 @@ const kafka = new Kafka({
   brokers: [bootstrap],
   connectionTimeout: 5000,
   requestTimeout: 15000,
-  retry: { retries: 3, initialRetryTime: 200 },
+  retry: { retries: 10, initialRetryTime: 100, maxRetryTime: 1000 },
   logLevel: logLevel.WARN,
   logCreator: () => ({ namespace, level, label, log }) => {
     process.stderr.write(`[kafkajs ${label} ${namespace}] ${JSON.stringify(log)}\n`);
@@ -77,6 +77,31 @@ const commands = {
     } finally {
       await producer.disconnect();
     }
+  },
+
+  // One send() per message (idempotent, acks=all), `count` messages to partition 0, while the
+  // test restarts the broker. Prints the acknowledged [offset, value] pairs and the failures.
+  // arg: {count}
+  async produceLoop() {
+    const producer = kafka.producer({ idempotent: true, maxInFlightRequests: 1, allowAutoTopicCreation: false,
+      retry: { retries: 30, initialRetryTime: 100, maxRetryTime: 1000 } });
+    await producer.connect();
+    const acked = [];
+    const failed = [];
+    try {
+      for (let i = 0; i < arg.count; i++) {
+        const value = `js-${String(i).padStart(6, '0')}`;
+        try {
+          const [r] = await producer.send({ topic, acks: -1, messages: [{ value, partition: 0 }] });
+          acked.push([Number(r.baseOffset), value]);
+        } catch (err) {
+          failed.push([value, String(err && err.message)]);
+        }
+      }
+    } finally {
+      await producer.disconnect().catch(() => {});
+    }
+    return { acked, failed };
   },
 
   // arg: {timestamp} optional
