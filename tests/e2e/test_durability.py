@@ -418,7 +418,7 @@ def test_disk_full_keeps_acknowledged_records(broker_factory, topic_name, tmp_pa
         b.data_dir.mkdir()
         b.start()
         create_topic(b.bootstrap, topic_name, config={"segment.bytes": "1048576"})
-        p = producer(b.bootstrap, acks="all", **{"message.timeout.ms": 5000, "linger.ms": 5})
+        p = producer(b.bootstrap, acks="all", **{"message.timeout.ms": 3000, "linger.ms": 5})
         acked, errors = [], []
 
         def cb(err, msg):
