@@ -580,3 +580,20 @@ def test_client_that_never_reads_responses_does_not_grow_broker_memory(broker_fa
                                    f"responses queued on one connection")
     finally:
         greedy.close()
+
+
+def test_init_producer_id_v3_with_existing_producer(bootstrap):
+    def init_v3(c, pid, epoch):
+        body = kproto.uvarint(0) + i32(60000) + i64(pid) + i16(epoch) + kproto.uvarint(0)  # null transactional id
+        r = kproto.Reader(c.request(kproto.INIT_PRODUCER_ID, 3, body, flexible_header=True))
+        r.i32()
+        return r.i16(), r.i64(), r.i16()
+
+    with Conn(bootstrap) as c:
+        kproto.require_version(c, kproto.INIT_PRODUCER_ID, 3)
+        err, pid, epoch = init_v3(c, -1, -1)
+        assert err == 0 and pid >= 0 and epoch >= 0
+        # KIP-360: an idempotent producer re-initialising with its current id/epoch gets a fresh
+        # identity (Kafka: a new producer id, epoch 0) so it can reset its sequences.
+        err, pid2, epoch2 = init_v3(c, pid, epoch)
+        assert err == 0 and (pid2, epoch2) != (pid, epoch)
