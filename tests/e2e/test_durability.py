@@ -453,3 +453,38 @@ def test_disk_full_keeps_acknowledged_records(broker_factory, topic_name, tmp_pa
     assert not lost, f"{len(lost)} of {len(acked)} acknowledged records lost after the disk filled: {lost[:5]}"
     more = produce_all(producer(b.bootstrap), topic_name, [dict(value=b"after")])
     assert more[0].offset() >= len(acked)
+
+
+def test_consumer_across_broker_restarts_sees_every_record_once(broker_factory, topic_name):
+    from ckutil import consumer
+    b = broker_factory()
+    create_topic(b.bootstrap, topic_name)
+    n = 3000
+    received = []
+    stop = threading.Event()
+
+    def read():
+        c = consumer(b.bootstrap, **{"enable.partition.eof": False, "fetch.wait.max.ms": 200})
+        try:
+            c.assign([TopicPartition(topic_name, 0, 0)])
+            while not stop.is_set() and len(received) < n:
+                m = c.poll(0.2)
+                if m is not None and not m.error():
+                    received.append((m.offset(), m.value()))
+        finally:
+            c.close()
+
+    th = threading.Thread(target=read)
+    th.start()
+    p = producer(b.bootstrap, acks="all", **{"enable.idempotence": True, "message.timeout.ms": 30000})
+    for chunk in range(3):
+        produce_all(p, topic_name, [dict(value=b"%05d" % (chunk * 1000 + i)) for i in range(1000)])
+        time.sleep(0.3)
+        b.restart(graceful=chunk == 0)
+    deadline = time.monotonic() + 30
+    while len(received) < n and time.monotonic() < deadline:
+        time.sleep(0.1)
+    stop.set()
+    th.join(10)
+    assert [o for o, _ in received] == list(range(len(received))), "the consumer saw a gap or a repeat"
+    assert received == [(i, b"%05d" % i) for i in range(n)]
