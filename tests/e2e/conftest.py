@@ -27,6 +27,16 @@ STOP_TIMEOUT_S = 15
 STDERR_TAIL_BYTES = 8000
 
 
+def _die_with_parent():
+    """preexec_fn: the broker gets SIGKILL if the test process dies, so no broker outlives a
+    killed test run (Linux prctl PR_SET_PDEATHSIG)."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
+    except Exception:
+        pass
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -88,7 +98,7 @@ class Broker:
             err.write(f"\n===== e2e: start #{self.starts}: {' '.join(self.command())}\n".encode())
             err.flush()
             self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL,
-                                         stdout=err, stderr=err, env=env)
+                                         stdout=err, stderr=err, env=env, preexec_fn=_die_with_parent)
         self.wait_healthy()
         return self
 
