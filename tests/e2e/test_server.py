@@ -34,6 +34,32 @@ def test_metrics_is_prometheus_text(broker, topic_name):
     assert samples, "no samples in /metrics after produce traffic"
 
 
+def metric_values(broker):
+    status, _, body = broker.http_get("/metrics")
+    assert status == 200
+    out = {}
+    for line in body.splitlines():
+        if line and not line.startswith("#"):
+            name_labels, _, value = line.rpartition(" ")
+            try:
+                out[name_labels] = float(value)
+            except ValueError:
+                pass
+    return out
+
+
+def test_metrics_move_with_traffic(broker_factory, topic_name):
+    b = broker_factory()
+    produce_all(producer(b.bootstrap), topic_name, [dict(value=b"warm-up")])
+    before = metric_values(b)
+    produce_all(producer(b.bootstrap), topic_name, [dict(value=b"x" * 1000) for _ in range(200)])
+    after = metric_values(b)
+    grown = sorted(k for k, v in after.items() if v > before.get(k, 0))
+    assert grown, "no metric changed after 200 records (~200 KB) were produced"
+    assert any(("produce" in k.lower() or "bytes" in k.lower() or "records" in k.lower()) for k in grown), (
+        f"nothing about produced records/bytes moved; changed: {grown[:20]}")
+
+
 def test_unknown_http_path_is_404(broker):
     assert broker.http_get("/no-such-path")[0] == 404
 
