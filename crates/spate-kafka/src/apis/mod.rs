@@ -363,6 +363,32 @@ mod tests {
     }
 
     #[test]
+    fn lying_array_lengths_are_errors_not_huge_allocations() {
+        // Inputs the fuzzer found: each declares ~2^31 array elements in a few bytes, which
+        // unpatched kafka-protocol preallocates (an abort on a 170 GB allocation).
+        let regressions: [&[u8]; 4] = [
+            include_bytes!(
+                "../../../../fuzz/regressions/decode_request/fuzzer_list_offsets_v1_oom.bin"
+            ),
+            include_bytes!(
+                "../../../../fuzz/regressions/decode_request/list_offsets_v1_topics_i32max.bin"
+            ),
+            include_bytes!(
+                "../../../../fuzz/regressions/decode_request/metadata_v12_topics_compact_huge.bin"
+            ),
+            include_bytes!(
+                "../../../../fuzz/regressions/decode_request/produce_v3_partitions_i32max.bin"
+            ),
+        ];
+        for input in regressions {
+            assert!(
+                decode_request(Bytes::copy_from_slice(input)).is_err(),
+                "{input:02x?}"
+            );
+        }
+    }
+
+    #[test]
     fn unsupported_api_versions_answers_in_v0_form() {
         let bytes = futures::executor::block_on(api_versions::unsupported_version_response(42))
             .expect("encode");
