@@ -90,7 +90,12 @@ pub mod limits {
     /// Most partitions a topic may have.
     pub const PARTITIONS_PER_TOPIC_MAX: i32 = 10_000;
     /// Requests one connection may have in flight before the broker stops reading from it.
-    pub const IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX: usize = 32;
+    /// Their bytes are bounded separately (`queued.max.request.bytes`); this count is large
+    /// because librdkafka with `linger.ms=0` sends one small Produce per message and an
+    /// `acks=all` answer waits for an fsync round: a small window caps a connection at
+    /// window/fsync-time requests per second (32 per ~3 ms round was measured to collapse
+    /// under CPU contention).
+    pub const IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX: usize = 1024;
     /// Idempotent producers send at most this many unacknowledged batches per partition; the
     /// broker remembers as many per producer to recognise retries.
     pub const PRODUCER_BATCHES_REMEMBERED: usize = 5;
