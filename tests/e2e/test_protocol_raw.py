@@ -597,3 +597,22 @@ def test_init_producer_id_v3_with_existing_producer(bootstrap):
         # identity (Kafka: a new producer id, epoch 0) so it can reset its sequences.
         err, pid2, epoch2 = init_v3(c, pid, epoch)
         assert err == 0 and (pid2, epoch2) != (pid, epoch)
+
+
+def test_fetch_v5_reports_log_start_offset(bootstrap, topic_name):
+    create_topic(bootstrap, topic_name)
+    with Conn(bootstrap) as c:
+        kproto.require_version(c, kproto.FETCH, 5)
+        assert kproto.produce(c, topic_name, 0, kproto.record_batch([b"%d" % i for i in range(10)])) == (0, 0)
+        assert kproto.delete_records(c, topic_name, 0, 4) == (0, 4)
+        body = (i32(-1) + i32(0) + i32(0) + i32(1 << 20) + i8(0)
+                + kproto.array([topic_name], lambda t: string(t) + kproto.array(
+                    [0], lambda p: i32(p) + i64(4) + i64(-1) + i32(1 << 20))))
+        r = kproto.Reader(c.request(kproto.FETCH, 5, body))
+        r.i32()
+        ((_, [p]),) = r.array(lambda r: (r.string(), r.array(lambda r: dict(
+            partition=r.i32(), error=r.i16(), high_watermark=r.i64(), last_stable_offset=r.i64(),
+            log_start_offset=r.i64(), aborted=r.array(lambda r: (r.i64(), r.i64())), records=r.nbytes()))))
+    assert (p["error"], p["high_watermark"], p["last_stable_offset"], p["log_start_offset"]) == (0, 10, 10, 4)
+    records = [r["offset"] for b in kproto.parse_batches(p["records"]) for r in b.records]
+    assert 4 in records and records[-1] == 9
