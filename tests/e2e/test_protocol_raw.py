@@ -616,3 +616,22 @@ def test_fetch_v5_reports_log_start_offset(bootstrap, topic_name):
     assert (p["error"], p["high_watermark"], p["last_stable_offset"], p["log_start_offset"]) == (0, 10, 10, 4)
     records = [r["offset"] for b in kproto.parse_batches(p["records"]) for r in b.records]
     assert 4 in records and records[-1] == 9
+
+
+def test_produce_errors_are_per_partition(bootstrap, topic_name):
+    create_topic(bootstrap, topic_name, partitions=2)
+    unknown = topic_name + "-never-created"
+    batch = kproto.record_batch([b"v"])
+    body = (string(None) + i16(-1) + i32(10000) + kproto.array(
+        [(topic_name, [0, 7, 1]), (unknown, [0])],
+        lambda t: string(t[0]) + kproto.array(t[1], lambda p: i32(p) + kproto.nbytes(batch))))
+    with Conn(bootstrap) as c:
+        r = kproto.Reader(c.request(kproto.PRODUCE, 3, body))
+        topics = r.array(lambda r: (r.string(), r.array(lambda r: (r.i32(), r.i16(), r.i64(), r.i64()))))
+        got = {(t, p): (err, off) for t, parts in topics for p, err, off, _ in parts}
+        assert got[(topic_name, 0)] == (0, 0)
+        assert got[(topic_name, 1)] == (0, 0)
+        assert got[(topic_name, 7)][0] == kproto.UNKNOWN_TOPIC_OR_PARTITION
+        # Produce does not auto-create (Kafka creates topics from Metadata requests only).
+        assert got[(unknown, 0)][0] == kproto.UNKNOWN_TOPIC_OR_PARTITION
+        assert unknown not in kproto.metadata(c, None)
