@@ -488,3 +488,39 @@ def test_consumer_across_broker_restarts_sees_every_record_once(broker_factory, 
     th.join(10)
     assert [o for o, _ in received] == list(range(len(received))), "the consumer saw a gap or a repeat"
     assert received == [(i, b"%05d" % i) for i in range(n)]
+
+
+@pytest.mark.parametrize("graceful", [True, False], ids=["after-sigterm", "after-sigkill"])
+def test_corrupt_batch_on_disk_is_never_served(broker_factory, topic_name, graceful):
+    b = broker_factory()
+    create_topic(b.bootstrap, topic_name)
+    with kproto.Conn(b.bootstrap) as c:
+        for i in range(3):
+            assert kproto.produce(c, topic_name, 0, kproto.record_batch([b"batch%d-" % i + b"v" * 2000])) == (0, i)
+    if graceful:
+        b.stop()
+    else:
+        b.kill9()
+    logs = [p for p in Path(b.data_dir).rglob("*.log") if topic_name in str(p) and p.stat().st_size > 0]
+    if not logs:
+        pytest.skip("unknown on-disk layout")
+    seg = max(logs, key=lambda p: p.stat().st_size)
+    data = bytearray(seg.read_bytes())
+    pos = data.find(b"batch1-")
+    assert pos > 0, "record payload not found in the segment file"
+    data[pos + 100] ^= 0xFF  # flip a bit inside the second batch's record: its CRC no longer matches
+    seg.write_bytes(bytes(data))
+    b.start()
+    with kproto.Conn(b.bootstrap) as c:
+        served = []
+        for offset in (0, 1, 2):
+            p = kproto.fetch(c, topic_name, 0, offset)
+            batches = kproto.parse_batches(p["records"] or b"")
+            assert all(x.crc_ok for x in batches), f"fetch at {offset} served a batch with a bad CRC"
+            served += [(offset, p["error"], [x.base_offset for x in batches])]
+    print(f"served (fetch offset, error, batch base offsets): {served}")
+    assert b.running
+    # Batch 0 is intact and must still be readable.
+    assert served[0][1] == 0 and 0 in served[0][2], f"intact batch 0 not served: {served}"
+    # Batch 1 is never served (an error, or a log truncated before it).
+    assert all(1 not in offs for _, _, offs in served), f"corrupt batch 1 served: {served}"
