@@ -165,8 +165,14 @@ pub(crate) async fn read_frame(
     if size > max {
         return Err(FrameError::TooLarge { size, max });
     }
-    let mut frame = BytesMut::zeroed(size);
-    reader.read_exact(&mut frame).await?;
+    // Read into spare capacity rather than a zeroed buffer: one pass fewer over every byte.
+    let mut frame = BytesMut::with_capacity(size);
+    let mut body = (&mut *reader).take(size as u64);
+    while frame.len() < size {
+        if body.read_buf(&mut frame).await? == 0 {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+        }
+    }
     Ok(Some(frame))
 }
 
