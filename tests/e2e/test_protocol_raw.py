@@ -640,3 +640,39 @@ def test_produce_errors_are_per_partition(bootstrap, topic_name):
         # Produce does not auto-create (Kafka creates topics from Metadata requests only).
         assert got[(unknown, 0)][0] == kproto.UNKNOWN_TOPIC_OR_PARTITION
         assert unknown not in kproto.metadata(c, None)
+
+
+@pytest.mark.parametrize("acks", [1, -1])
+def test_pipelined_produces_are_appended_in_request_order(bootstrap, topic_name, acks):
+    """Clients with several requests in flight on one connection (librdkafka's
+    max.in.flight) rely on the broker appending them in the order they were sent."""
+    create_topic(bootstrap, topic_name)
+    n = 400
+    with Conn(bootstrap, timeout=30) as c:
+        frames = b""
+        ids = []
+        for i in range(n):
+            batch = kproto.record_batch([b"%04d" % i])
+            body = (string(None) + i16(acks) + i32(10000) + kproto.array(
+                [topic_name], lambda t: string(t) + kproto.array([0], lambda p: i32(p) + kproto.nbytes(batch))))
+            if i % 50 == 25:  # other requests in between
+                payload = c.header(kproto.API_VERSIONS, 0)
+                ids.append((c.correlation_id, None))
+                frames += i32(len(payload)) + payload
+            payload = c.header(kproto.PRODUCE, 3) + body
+            ids.append((c.correlation_id, i))
+            frames += i32(len(payload)) + payload
+        c.send_raw(frames)
+        offsets = {}
+        for cid, i in ids:
+            frame = c.recv_frame()
+            r = kproto.Reader(frame)
+            assert r.i32() == cid, "responses out of order"
+            if i is not None:
+                ((_, [(_, err, off, _)]),) = r.array(
+                    lambda r: (r.string(), r.array(lambda r: (r.i32(), r.i16(), r.i64(), r.i64()))))
+                assert err == 0
+                offsets[i] = off
+        assert [offsets[i] for i in range(n)] == list(range(n)), "appends reordered within one connection"
+        values = [r["value"] for b in kproto.fetch_all_batches(c, topic_name, 0) for r in b.records]
+    assert values == [b"%04d" % i for i in range(n)]
