@@ -73,7 +73,8 @@ def test_create_topics_validate_only_creates_nothing(bootstrap, topic_name):
     wait_topic(a, topic_name, 2)
 
 
-@pytest.mark.parametrize("name", ["bad/name", "with space", "..", ".", "a" * 250, "ümlaut"])
+@pytest.mark.parametrize("name", ["bad/name", "with space", "..", ".", "a" * 250, "ümlaut"],
+                         ids=["slash", "space", "dotdot", "dot", "250-chars", "non-ascii"])
 def test_create_topic_invalid_name(bootstrap, name):
     a = admin(bootstrap)
     fs = a.create_topics([NewTopic(name, num_partitions=1, replication_factor=1)], request_timeout=T)
