@@ -549,11 +549,6 @@ def rss_bytes(pid):
     raise AssertionError("no VmRSS")
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "broker bug: a connection queues up to IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX (1024) fully built "
-    "responses (spate-kafka connection.rs: mpsc::channel(1024) of Pending), bounded by count, not "
-    "bytes: one client pipelining ~1 MB Fetches without reading grows RSS by ~0.5-1 GiB (with 50 MB "
-    "fetches it would be ~50 GB). Kafka mutes a connection until its response is sent"))
 def test_client_that_never_reads_responses_does_not_grow_broker_memory(broker_factory, topic_name):
     b = broker_factory()
     create_topic(b.bootstrap, topic_name)

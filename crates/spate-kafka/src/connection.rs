@@ -6,7 +6,7 @@
 //! (negative or oversized length, unknown API key, undecodable body) closes the connection
 //! with one log line, as Kafka does.
 
-use crate::apis::{self, Pending};
+use crate::apis::{self, Encoded, Response};
 use crate::broker::{Broker, MEMORY_PERMIT_BYTES};
 use crate::probe;
 use bytes::BytesMut;
@@ -83,13 +83,23 @@ async fn connection(
 ) {
     let _ = stream.set_nodelay(true);
     let (read_half, write_half) = stream.into_split();
-    let (tx, rx) = mpsc::channel::<Pending>(IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX);
-    let writer = tokio::spawn(write_responses(write_half, rx, peer));
+    let (tx, rx) = mpsc::channel::<Response>(IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX);
+    let queued = Arc::new(QueuedBytes::default());
+    let writer = tokio::spawn(write_responses(write_half, rx, queued.clone(), peer));
     let mut reader = BufReader::with_capacity(64 * 1024, read_half);
     probe::connection_opened();
     loop {
+        // A client that does not read its responses must not make the broker hold them without
+        // bound: stop reading requests while built responses exceed the budget.
+        // The writer gone (the peer stopped reading and the socket failed) ends the reader too.
+        tokio::select! {
+            _ = queued.below(RESPONSE_BYTES_QUEUED_MAX) => {}
+            _ = tx.closed() => break,
+            _ = crate::broker::shutdown_signalled(&mut shutdown) => break,
+        }
         let frame = tokio::select! {
             frame = read_frame(&mut reader, broker.config.request_bytes_max) => frame,
+            _ = tx.closed() => break,
             _ = crate::broker::shutdown_signalled(&mut shutdown) => break,
         };
         let frame = match frame {
@@ -112,18 +122,18 @@ async fn connection(
         else {
             break;
         };
-        match apis::dispatch(&broker, frame).await {
-            Ok(Some(pending)) => {
-                let pending: Pending = Box::pin(async move {
-                    let response = pending.await;
-                    drop(permit);
-                    response
-                });
-                if tx.send(pending).await.is_err() {
+        let response = apis::dispatch(&broker, frame).await;
+        drop(permit);
+        match response {
+            Ok(Some(response)) => {
+                if let Response::Ready(Ok(bytes)) = &response {
+                    queued.add(bytes.len());
+                }
+                if tx.send(response).await.is_err() {
                     break;
                 }
             }
-            Ok(None) => drop(permit),
+            Ok(None) => {}
             Err(e) => {
                 probe::bad_request();
                 tracing::warn!(%peer, error = %e, "closing connection");
@@ -176,21 +186,63 @@ pub(crate) async fn read_frame(
     Ok(Some(frame))
 }
 
+/// Bytes of built responses a connection holds before its reader pauses. One response may
+/// exceed it (a large fetch); then nothing more is read until it is written.
+const RESPONSE_BYTES_QUEUED_MAX: usize = 16 * 1024 * 1024;
+
+/// Bytes of built, unwritten responses of one connection.
+#[derive(Default)]
+struct QueuedBytes {
+    bytes: std::sync::atomic::AtomicUsize,
+    drained: tokio::sync::Notify,
+}
+
+impl QueuedBytes {
+    fn add(&self, n: usize) {
+        self.bytes.fetch_add(n, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn remove(&self, n: usize) {
+        self.bytes.fetch_sub(n, std::sync::atomic::Ordering::SeqCst);
+        self.drained.notify_waiters();
+    }
+
+    /// Resolves once fewer than `max` bytes are queued. Cancel safe.
+    async fn below(&self, max: usize) {
+        loop {
+            let drained = self.drained.notified();
+            if self.bytes.load(std::sync::atomic::Ordering::SeqCst) < max {
+                return;
+            }
+            drained.await;
+        }
+    }
+}
+
 async fn write_responses(
     write_half: tokio::net::tcp::OwnedWriteHalf,
-    mut rx: mpsc::Receiver<Pending>,
+    mut rx: mpsc::Receiver<Response>,
+    queued: Arc<QueuedBytes>,
     peer: SocketAddr,
 ) {
     let mut writer = tokio::io::BufWriter::with_capacity(64 * 1024, write_half);
-    while let Some(pending) = rx.recv().await {
-        let response = match pending.await {
+    while let Some(response) = rx.recv().await {
+        let (encoded, counted): (Encoded, bool) = match response {
+            Response::Ready(encoded) => (encoded, true),
+            Response::Waiting(future) => (future.await, false),
+        };
+        let response = match encoded {
             Ok(bytes) => bytes,
             Err(e) => {
                 tracing::warn!(%peer, error = %e, "closing connection");
                 break;
             }
         };
-        if writer.write_all(&response).await.is_err() {
+        let written = writer.write_all(&response).await;
+        if counted {
+            queued.remove(response.len());
+        }
+        if written.is_err() {
             break;
         }
         // Flush when nothing else is ready, so pipelined responses share a write.

@@ -5,7 +5,7 @@
 //! uncompressed batches. A client that really sends Produce v0-v2 gets its connection closed,
 //! as Kafka 4 does.
 
-use super::{encode_with_header, Pending, Reply, RequestContext, SUPPORTED};
+use super::{encode_with_header, Reply, RequestContext, Response, SUPPORTED};
 use crate::broker::Broker;
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, ApiVersionsResponse};
@@ -47,7 +47,7 @@ fn response(error_code: i16) -> ApiVersionsResponse {
 }
 
 /// The v0-form answer to an ApiVersions request whose version is not supported.
-pub(crate) fn unsupported_version_response(correlation_id: i32) -> Pending {
+pub(crate) fn unsupported_version_response(correlation_id: i32) -> Response {
     let encoded = encode_with_header(
         &response(ResponseError::UnsupportedVersion.code()),
         correlation_id,
@@ -59,5 +59,5 @@ pub(crate) fn unsupported_version_response(correlation_id: i32) -> Pending {
         version: 0,
         reason: e.to_string(),
     });
-    Box::pin(async move { encoded })
+    Response::Ready(encoded)
 }

@@ -25,7 +25,16 @@ pub(crate) mod metadata;
 pub(crate) mod produce;
 
 /// The encoded response frame (length prefix included), or why the connection must close.
-pub(crate) type Pending = BoxFuture<'static, Result<Bytes, DispatchError>>;
+pub(crate) type Encoded = Result<Bytes, DispatchError>;
+
+/// A response as the connection queues it.
+pub(crate) enum Response {
+    /// Built already: its bytes count against the connection's queued-response budget.
+    Ready(Encoded),
+    /// Built when the writer reaches it (after an fsync, at the end of a long poll), so at most
+    /// one such response per connection exists at a time.
+    Waiting(BoxFuture<'static, Encoded>),
+}
 
 /// What a handler's immediate part returns.
 pub(crate) enum Reply<R> {
@@ -88,7 +97,7 @@ macro_rules! apis {
             key: ApiKey,
             ctx: RequestContext,
             mut body: Bytes,
-        ) -> Result<Option<Pending>, DispatchError> {
+        ) -> Result<Option<Response>, DispatchError> {
             let version = ctx.version();
             let started = std::time::Instant::now();
             match key {
@@ -185,7 +194,7 @@ fn check_framing(frame: &[u8]) -> Result<Result<Framing, i32>, DispatchError> {
 pub(crate) async fn dispatch(
     broker: &Arc<Broker>,
     frame: BytesMut,
-) -> Result<Option<Pending>, DispatchError> {
+) -> Result<Option<Response>, DispatchError> {
     let mut frame = frame.freeze();
     let Framing { key, version, .. } = match check_framing(&frame)? {
         Ok(framing) => framing,
@@ -229,20 +238,24 @@ fn finish<R: Encodable + Send + 'static>(
     correlation_id: i32,
     version: i16,
     started: std::time::Instant,
-) -> Option<Pending> {
+) -> Option<Response> {
     match reply {
         Reply::Now(response) => {
             crate::probe::request_completed(key, started.elapsed());
-            let encoded = encode_response(&response, key, correlation_id, version);
-            Some(Box::pin(async move { encoded }))
+            Some(Response::Ready(encode_response(
+                &response,
+                key,
+                correlation_id,
+                version,
+            )))
         }
-        Reply::Later(future) => Some(Box::pin(async move {
+        Reply::Later(future) => Some(Response::Waiting(Box::pin(async move {
             let response = future.await;
             crate::probe::request_completed(key, started.elapsed());
             encode_response(&response, key, correlation_id, version)
-        })),
+        }))),
         Reply::Silent => None,
-        Reply::Close(reason) => Some(Box::pin(async move { Err(DispatchError::Closed(reason)) })),
+        Reply::Close(reason) => Some(Response::Ready(Err(DispatchError::Closed(reason)))),
     }
 }
 
@@ -390,8 +403,10 @@ mod tests {
 
     #[test]
     fn unsupported_api_versions_answers_in_v0_form() {
-        let bytes = futures::executor::block_on(api_versions::unsupported_version_response(42))
-            .expect("encode");
+        let Response::Ready(encoded) = api_versions::unsupported_version_response(42) else {
+            panic!("answered at once")
+        };
+        let bytes = encoded.expect("encode");
         let mut body = bytes.slice(4..);
         let size = i32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
         assert_eq!(size, body.len());
