@@ -311,10 +311,6 @@ def test_retention_bytes_deletes_oldest_segments(broker_factory, topic_name):
     assert [m.offset() for m in got] == list(range(lo, n))
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "broker bug: topic config message.timestamp.difference.max.ms is parsed and described "
-    "(spate-log LogConfig::message_timestamp_difference_max_ms) but never enforced on append; "
-    "Kafka rejects such records with INVALID_TIMESTAMP (32)"))
 def test_message_timestamp_difference_max_ms(bootstrap, topic_name):
     create_topic(bootstrap, topic_name, config={"message.timestamp.difference.max.ms": "3600000"})
     now = int(time.time() * 1000)
@@ -327,9 +323,6 @@ def test_message_timestamp_difference_max_ms(bootstrap, topic_name):
         assert kproto.produce(c, topic_name, 0, kproto.record_batch([b"again"])) == (0, 1)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "broker bug: min.insync.replicas is accepted but not checked; acks=all on a partition whose ISR "
-    "(1) is below min.insync.replicas (2) must fail with NOT_ENOUGH_REPLICAS (19) (Kafka, and DESIGN.md)"))
 def test_min_insync_replicas_above_replica_count_fails_acks_all(bootstrap, topic_name):
     create_topic(bootstrap, topic_name, config={"min.insync.replicas": "2"})
     with kproto.Conn(bootstrap) as c:

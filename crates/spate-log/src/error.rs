@@ -30,6 +30,12 @@ pub enum LogError {
     },
     #[error("producer epoch is older than the current epoch of its producer id")]
     InvalidProducerEpoch,
+    #[error("record timestamp {timestamp} is more than {max_difference} ms from the broker's clock ({now_ms})")]
+    InvalidTimestamp {
+        timestamp: i64,
+        now_ms: i64,
+        max_difference: i64,
+    },
     #[error("offset {requested} is out of range [{log_start}, {log_end}]")]
     OffsetOutOfRange {
         requested: Offset,

@@ -437,6 +437,28 @@ impl PartitionLog {
         Ok(pos)
     }
 
+    /// `message.timestamp.difference.max.ms`: a batch whose first or largest record timestamp
+    /// is further from the broker's clock is refused whole (Kafka: INVALID_TIMESTAMP). The
+    /// records between are not decompressed to check them one by one.
+    fn check_timestamps(&self, headers: &[BatchHeader], now_ms: i64) -> Result<(), LogError> {
+        let max_difference = self.config.message_timestamp_difference_max_ms;
+        if max_difference == i64::MAX {
+            return Ok(());
+        }
+        for h in headers {
+            for timestamp in [h.base_timestamp, h.max_timestamp] {
+                if timestamp.abs_diff(now_ms) > max_difference.unsigned_abs() {
+                    return Err(LogError::InvalidTimestamp {
+                        timestamp,
+                        now_ms,
+                        max_difference,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Validates, checks producer state, assigns offsets and leader epoch in place, and writes
     /// a produce request's record set. See the module docs for what "written" means.
     pub fn append(
@@ -446,6 +468,7 @@ impl PartitionLog {
         now_ms: i64,
     ) -> Result<AppendOutcome, LogError> {
         let headers = validate_batches(records, self.config.max_message_bytes)?;
+        self.check_timestamps(&headers, now_ms)?;
         let mut next = self.log_end;
         let mut placed = Vec::with_capacity(headers.len());
         for h in &headers {

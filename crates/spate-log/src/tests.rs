@@ -859,3 +859,31 @@ proptest! {
         prop_assert_eq!(log.log_end_offset(), end);
     }
 }
+
+#[test]
+fn timestamps_too_far_from_the_clock_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = LogConfig {
+        message_timestamp_difference_max_ms: 3_600_000,
+        ..LogConfig::default()
+    };
+    let mut log = open(dir.path(), &c);
+    let now = 1_800_000_000_000;
+    let two_days = 2 * 86_400_000;
+    for ts in [now - two_days, now + two_days] {
+        let mut b = plain(1, ts, 10);
+        let err = log.append(&mut b, E, now).unwrap_err();
+        assert!(
+            matches!(err, LogError::InvalidTimestamp { timestamp, .. } if timestamp == ts),
+            "{err}"
+        );
+    }
+    assert_eq!(log.log_end_offset(), Offset(0), "nothing written");
+    // Within the limit, either side of the clock.
+    let mut ok = [plain(1, now - 60_000, 10), plain(1, now + 60_000, 10)].concat();
+    assert!(log.append(&mut ok, E, now).is_ok());
+    // The default (no limit) accepts any timestamp.
+    let free_dir = tempfile::tempdir().unwrap();
+    let mut free = open(free_dir.path(), &LogConfig::default());
+    assert!(free.append(&mut plain(1, 0, 10), E, now).is_ok());
+}

@@ -58,12 +58,11 @@ pub(crate) async fn handle(
             let outcome = match (&refuse_all, &name) {
                 (Some((code, message)), _) => Err((*code, Some(message.clone()))),
                 (None, None) => Err((ResponseError::UnknownTopicId, None)),
-                (None, Some(name)) => append(
-                    broker,
-                    TopicPartition::new(name.clone(), data.index),
-                    data.records,
-                    now,
-                ),
+                (None, Some(name)) => {
+                    let tp = TopicPartition::new(name.clone(), data.index);
+                    enough_replicas(broker, &image, &tp, acks)
+                        .and_then(|()| append(broker, tp, data.records, now))
+                }
             };
             let response = match outcome {
                 Ok((partition, base_offset, last_offset, log_start)) => {
@@ -133,6 +132,39 @@ pub(crate) async fn handle(
             }))
         }
     }
+}
+
+/// `acks=all` needs at least `min.insync.replicas` in-sync replicas (Kafka:
+/// NOT_ENOUGH_REPLICAS, nothing written); `acks=0/1` are not affected.
+fn enough_replicas(
+    broker: &Broker,
+    image: &spate_controller::MetadataImage,
+    tp: &TopicPartition,
+    acks: i16,
+) -> Result<(), (ResponseError, Option<String>)> {
+    if acks != -1 {
+        return Ok(());
+    }
+    let Some(partition) = broker.replicas.get(tp) else {
+        return Ok(());
+    };
+    let required = partition
+        .with_log(|log| Ok(log.config().min_insync_replicas))
+        .unwrap_or(1);
+    let in_sync = image
+        .topics
+        .get(&tp.topic)
+        .and_then(|t| t.partitions.get(tp.partition as usize))
+        .map_or(0, |p| p.isr.len());
+    if (in_sync as i64) < i64::from(required) {
+        return Err((
+            ResponseError::NotEnoughReplicas,
+            Some(format!(
+                "{in_sync} in-sync replicas, min.insync.replicas is {required}"
+            )),
+        ));
+    }
+    Ok(())
 }
 
 type AppendResult =
