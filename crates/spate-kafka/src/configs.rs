@@ -15,6 +15,7 @@ use crate::broker::{Broker, BrokerConfig};
 use crate::errors;
 use crate::metadata_sync::apply_image;
 use crate::topics::ApiError;
+use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use spate_controller::{MetadataCommand, MetadataError, MetadataImage, MetadataOutcome};
 use spate_log::{ConfigKind, LogConfig, TOPIC_CONFIGS};
@@ -421,6 +422,45 @@ pub(crate) async fn alter_topic_configs(
         ResponseError::RequestTimedOut,
         format!("the configs of topic '{name}' kept changing concurrently; retry"),
     ))
+}
+
+/// Alters each resource of an AlterConfigs-style request in order with `alter(index)`; a
+/// resource named twice is refused, every time it appears, as Kafka does.
+pub(crate) async fn alter_resources<Fut>(
+    keys: Vec<(i8, String)>,
+    mut alter: impl FnMut(usize) -> Fut,
+) -> Vec<Result<(), ApiError>>
+where
+    Fut: std::future::Future<Output = Result<(), ApiError>>,
+{
+    let duplicated = duplicates(keys.iter().cloned());
+    let mut outcomes = Vec::with_capacity(keys.len());
+    for (index, key) in keys.iter().enumerate() {
+        outcomes.push(if duplicated.contains(key) {
+            Err(ApiError::new(
+                ResponseError::InvalidRequest,
+                "Each resource must appear at most once.",
+            ))
+        } else {
+            alter(index).await
+        });
+    }
+    outcomes
+}
+
+/// The error code and message a resource's response carries; refusals are logged at debug.
+pub(crate) fn outcome_fields(
+    api: &str,
+    resource: &str,
+    outcome: Result<(), ApiError>,
+) -> (i16, Option<StrBytes>) {
+    match outcome {
+        Ok(()) => (0, None),
+        Err(e) => {
+            tracing::debug!(%resource, code = ?e.code, message = %e.message, "{api} refused");
+            (e.code.code(), Some(StrBytes::from_string(e.message)))
+        }
+    }
 }
 
 /// The keys that occur more than once.

@@ -18,7 +18,7 @@ use crate::topics::ApiError;
 use kafka_protocol::messages::incremental_alter_configs_request::AlterConfigsResource;
 use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse;
 use kafka_protocol::messages::{IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse};
-use kafka_protocol::protocol::{StrBytes, VersionRange};
+use kafka_protocol::protocol::VersionRange;
 use kafka_protocol::ResponseError;
 use spate_log::{ConfigKind, LogConfig};
 use std::collections::BTreeMap;
@@ -72,44 +72,32 @@ pub(crate) async fn handle(
     _ctx: &RequestContext,
     request: IncrementalAlterConfigsRequest,
 ) -> Reply<IncrementalAlterConfigsResponse> {
-    let duplicated = configs::duplicates(
-        request
-            .resources
-            .iter()
-            .map(|r| (r.resource_type, r.resource_name.as_str().to_owned())),
-    );
-    let mut responses = Vec::with_capacity(request.resources.len());
-    for resource in &request.resources {
-        let key = (
-            resource.resource_type,
-            resource.resource_name.as_str().to_owned(),
-        );
-        let outcome = if duplicated.contains(&key) {
-            Err(ApiError::new(
-                ResponseError::InvalidRequest,
-                "Each resource must appear at most once.",
-            ))
-        } else {
-            alter(broker, resource, request.validate_only).await
-        };
-        let response = AlterConfigsResourceResponse::default()
-            .with_resource_type(resource.resource_type)
-            .with_resource_name(resource.resource_name.clone());
-        responses.push(match outcome {
-            Ok(()) => response.with_error_message(None),
-            Err(e) => {
-                tracing::debug!(
-                    resource = %resource.resource_name.as_str(),
-                    code = ?e.code,
-                    message = %e.message,
-                    "incremental alter configs refused",
-                );
-                response
-                    .with_error_code(e.code.code())
-                    .with_error_message(Some(StrBytes::from_string(e.message)))
-            }
-        });
-    }
+    let keys = request
+        .resources
+        .iter()
+        .map(|r| (r.resource_type, r.resource_name.as_str().to_owned()))
+        .collect();
+    let resources = &request.resources;
+    let outcomes = configs::alter_resources(keys, |i| {
+        alter(broker, &resources[i], request.validate_only)
+    })
+    .await;
+    let responses = resources
+        .iter()
+        .zip(outcomes)
+        .map(|(resource, outcome)| {
+            let (code, message) = configs::outcome_fields(
+                "incremental alter configs",
+                resource.resource_name.as_str(),
+                outcome,
+            );
+            AlterConfigsResourceResponse::default()
+                .with_resource_type(resource.resource_type)
+                .with_resource_name(resource.resource_name.clone())
+                .with_error_code(code)
+                .with_error_message(message)
+        })
+        .collect::<Vec<_>>();
     Reply::Now(IncrementalAlterConfigsResponse::default().with_responses(responses))
 }
 
