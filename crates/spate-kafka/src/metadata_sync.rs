@@ -7,7 +7,8 @@
 
 use crate::broker::{now_ms, Broker};
 use spate_controller::MetadataImage;
-use spate_types::TopicPartition;
+use spate_log::LogConfig;
+use spate_types::{LeaderEpoch, TopicPartition};
 use std::collections::BTreeMap;
 use std::path::Path;
 use uuid::Uuid;
@@ -23,15 +24,20 @@ pub(crate) fn apply_image(broker: &Broker, image: &MetadataImage) {
     let replicas = &broker.replicas;
     let now = now_ms();
 
-    // What the image says this node hosts.
-    let mut wanted: BTreeMap<TopicPartition, (Uuid, usize)> = BTreeMap::new();
+    // What the image says this node hosts, and each topic's effective config (parsed once per
+    // topic, not once per partition).
+    let mut wanted: BTreeMap<TopicPartition, (Uuid, LeaderEpoch)> = BTreeMap::new();
+    let mut configs: BTreeMap<&str, LogConfig> = BTreeMap::new();
     for (name, topic) in &image.topics {
         for (index, partition) in topic.partitions.iter().enumerate() {
             if partition.replicas.contains(&broker.config.node_id) {
                 wanted.insert(
                     TopicPartition::new(name.clone(), index as i32),
-                    (topic.topic_id, index),
+                    (topic.topic_id, partition.leader_epoch),
                 );
+                configs
+                    .entry(name)
+                    .or_insert_with(|| topic_config(broker, name, &topic.configs));
             }
         }
     }
@@ -50,17 +56,11 @@ pub(crate) fn apply_image(broker: &Broker, image: &MetadataImage) {
         }
     }
 
-    for (tp, (topic_id, index)) in &wanted {
-        let Some(topic) = image.topics.get(&tp.topic) else {
-            continue;
-        };
-        let config = match broker.config.log_defaults.with_overrides(&topic.configs) {
-            Ok(config) => config,
-            Err(e) => {
-                tracing::error!(partition = %tp, error = %e, "invalid stored topic config; using broker defaults");
-                broker.config.log_defaults.clone()
-            }
-        };
+    for (tp, (topic_id, epoch)) in &wanted {
+        let config = configs
+            .get(tp.topic.as_str())
+            .cloned()
+            .unwrap_or_else(|| broker.config.log_defaults.clone());
         if let Some(partition) = replicas.get(tp) {
             if let Err(e) = partition.set_config(config) {
                 tracing::warn!(partition = %tp, error = %e, "could not update topic config");
@@ -72,14 +72,20 @@ pub(crate) fn apply_image(broker: &Broker, image: &MetadataImage) {
             tracing::error!(partition = %tp, error = %e, "cannot prepare partition directory");
             continue;
         }
-        let epoch = topic.partitions[*index].leader_epoch;
-        match replicas.open(tp.clone(), config, epoch, now) {
+        match replicas.open(tp.clone(), config, *epoch, now) {
             Ok(_) => {
                 hosted.insert(tp.clone(), *topic_id);
             }
             Err(e) => tracing::error!(partition = %tp, error = %e, "failed to open partition"),
         }
     }
+}
+
+fn topic_config(broker: &Broker, topic: &str, overrides: &BTreeMap<String, String>) -> LogConfig {
+    broker.config.log_defaults.with_overrides(overrides).unwrap_or_else(|e| {
+        tracing::error!(%topic, error = %e, "invalid stored topic config; using broker defaults");
+        broker.config.log_defaults.clone()
+    })
 }
 
 /// Makes `dir` belong to `topic_id`: an existing directory of another topic id is removed.
