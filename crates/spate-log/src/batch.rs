@@ -23,6 +23,13 @@ const MAGIC_AT: usize = 16;
 const CRC_AT: usize = 17;
 /// The CRC covers everything from `attributes` to the end of the batch.
 const CRC_COVERAGE_FROM: usize = 21;
+const ATTRIBUTES_AT: usize = 21;
+const BASE_SEQUENCE_AT: usize = 53;
+/// Decoding a compressed batch allocates per record; refuse batches claiming more than this.
+pub(crate) const DECODE_RECORDS_MAX: i32 = 1 << 20;
+/// The smallest encoding of a v2 record (length, attributes, timestamp delta, offset delta,
+/// key length, value length, header count: one byte each).
+pub(crate) const RECORD_BYTES_MIN: usize = 7;
 
 const COMPRESSION_MASK: i16 = 0x07;
 const TIMESTAMP_TYPE_BIT: i16 = 1 << 3;
@@ -185,6 +192,10 @@ pub enum BatchError {
     ControlBatch,
     #[error("batch of {size} bytes exceeds the maximum {max}")]
     TooLarge { size: usize, max: usize },
+    #[error("malformed records in batch: {0}")]
+    MalformedRecords(String),
+    #[error("compacted topic cannot accept a record without a key")]
+    MissingKey,
 }
 
 impl BatchError {
@@ -194,10 +205,12 @@ impl BatchError {
             BatchError::Empty
             | BatchError::Truncated { .. }
             | BatchError::InvalidLength { .. }
-            | BatchError::CrcMismatch { .. } => BatchErrorKind::Corrupt,
+            | BatchError::CrcMismatch { .. }
+            | BatchError::MalformedRecords(_) => BatchErrorKind::Corrupt,
             BatchError::InvalidRecordCount { .. }
             | BatchError::InvalidSequence { .. }
-            | BatchError::ControlBatch => BatchErrorKind::InvalidRecord,
+            | BatchError::ControlBatch
+            | BatchError::MissingKey => BatchErrorKind::InvalidRecord,
             BatchError::UnsupportedMagic(_) => BatchErrorKind::UnsupportedFormat,
             BatchError::TooLarge { .. } => BatchErrorKind::TooLarge,
         }
@@ -297,6 +310,57 @@ pub fn set_base_offset(buf: &mut [u8], offset: Offset) {
 pub fn set_partition_leader_epoch(buf: &mut [u8], epoch: LeaderEpoch) {
     buf[PARTITION_LEADER_EPOCH_AT..PARTITION_LEADER_EPOCH_AT + 4]
         .copy_from_slice(&epoch.0.to_be_bytes());
+}
+
+/// Decodes the records of one whole batch (`batch` holds exactly that batch, CRC already
+/// checked). The record count is checked for plausibility against the bytes first, so a
+/// lying header cannot make the decoder allocate for records that are not there.
+pub(crate) fn decode_records(
+    batch: &[u8],
+    h: &BatchHeader,
+) -> Result<kafka_protocol::records::RecordSet, BatchError> {
+    let payload = h.total_bytes().saturating_sub(HEADER_BYTES);
+    let plausible = if h.compression() == 0 {
+        (h.records_count.max(0) as usize).saturating_mul(RECORD_BYTES_MIN) <= payload
+    } else {
+        h.records_count <= DECODE_RECORDS_MAX
+    };
+    if !plausible {
+        return Err(BatchError::MalformedRecords(format!(
+            "batch claims {} records",
+            h.records_count
+        )));
+    }
+    let mut bytes = bytes::Bytes::copy_from_slice(batch);
+    let set = kafka_protocol::records::RecordBatchDecoder::decode(&mut bytes)
+        .map_err(|e| BatchError::MalformedRecords(e.to_string()))?;
+    if set.records.len() != h.records_count.max(0) as usize {
+        return Err(BatchError::MalformedRecords(format!(
+            "batch claims {} records and holds {}",
+            h.records_count,
+            set.records.len()
+        )));
+    }
+    Ok(set)
+}
+
+/// Compaction re-encodes a batch that lost records with kafka-protocol's encoder, which does
+/// not carry the timestamp type and derives the base sequence from the first record even when
+/// the batch has no producer id. This restores both from the original header and recomputes
+/// the CRC.
+///
+/// # Panics
+/// If `buf` is shorter than a header: callers pass batches they just encoded.
+pub(crate) fn restore_header_fields(buf: &mut [u8], original: &BatchHeader) {
+    let mut attributes = i16::from_be_bytes([buf[ATTRIBUTES_AT], buf[ATTRIBUTES_AT + 1]]);
+    attributes = (attributes & !TIMESTAMP_TYPE_BIT) | (original.attributes & TIMESTAMP_TYPE_BIT);
+    buf[ATTRIBUTES_AT..ATTRIBUTES_AT + 2].copy_from_slice(&attributes.to_be_bytes());
+    if !original.has_producer_id() {
+        buf[BASE_SEQUENCE_AT..BASE_SEQUENCE_AT + 4]
+            .copy_from_slice(&original.base_sequence.to_be_bytes());
+    }
+    let crc = crc32c::crc32c(&buf[CRC_COVERAGE_FROM..]);
+    buf[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
 }
 
 /// Test helpers that build valid batches.

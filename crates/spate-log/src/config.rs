@@ -32,7 +32,7 @@ const fn def(name: &'static str, kind: ConfigKind, doc: &'static str) -> TopicCo
 
 /// Every topic-level config Spate accepts.
 pub const TOPIC_CONFIGS: &[TopicConfigDef] = &[
-    def("cleanup.policy", ConfigKind::List, "\"delete\" and/or \"compact\" (compaction is not implemented yet: compacted topics keep everything)."),
+    def("cleanup.policy", ConfigKind::List, "\"delete\" and/or \"compact\" (keep the latest record per key; records need a key)."),
     def("compression.type", ConfigKind::String, "Only \"producer\": batches are stored as the producer compressed them."),
     def("delete.retention.ms", ConfigKind::Long, "How long delete tombstones are kept on compacted topics."),
     def("file.delete.delay.ms", ConfigKind::Long, "Delay before a deleted segment's files are removed."),
@@ -270,6 +270,11 @@ impl LogConfig {
     pub fn deletes(&self) -> bool {
         self.cleanup_policy.split(',').any(|p| p == "delete")
     }
+
+    /// Whether the log is compacted (`cleanup.policy` contains `compact`).
+    pub fn compacts(&self) -> bool {
+        self.cleanup_policy.split(',').any(|p| p == "compact")
+    }
 }
 
 #[cfg(test)]
@@ -309,6 +314,8 @@ mod tests {
         assert_eq!(c.retention_ms, -1);
         assert_eq!(c.value_of("cleanup.policy").unwrap(), "compact,delete");
         assert!(c.deletes());
+        assert!(c.compacts());
+        assert!(!LogConfig::default().compacts());
     }
 
     #[test]

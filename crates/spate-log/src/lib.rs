@@ -3,9 +3,11 @@
 //! A partition is a directory of segments (log file + sparse offset index + time index) holding
 //! Kafka v2 record batches exactly as producers sent them, with offsets and leader epoch
 //! assigned by the leader, plus three small checkpoint files (log start offset, leader epochs,
-//! producer state snapshots). See [`PartitionLog`] for the contract callers rely on.
+//! producer state snapshots, cleaner checkpoint). See [`PartitionLog`] for the contract callers
+//! rely on and [`compaction`] for `cleanup.policy=compact`.
 
 pub mod batch;
+pub mod compaction;
 pub mod config;
 pub mod epoch_cache;
 pub mod error;
@@ -18,6 +20,10 @@ pub use batch::{
     set_base_offset, set_partition_leader_epoch, validate_batches, BatchError, BatchErrorKind,
     BatchHeader,
 };
+pub use compaction::{
+    CompactionCommit, CompactionLimits, CompactionOutcome, CompactionPlan, CompactionStats,
+    PlannedCompaction, PreparedCompaction, SkipReason, KEY_MAP_ENTRIES_MAX,
+};
 pub use config::{
     ConfigError, ConfigKind, LogConfig, TimestampType, TopicConfigDef, TOPIC_CONFIGS,
 };
@@ -26,5 +32,7 @@ pub use error::LogError;
 pub use log::{AppendInfo, AppendOutcome, PartitionLog, ReadPlan, RetentionOutcome, SyncTarget};
 pub use producer_state::{BatchMetadata, ProducerEntry, ProducerStateManager};
 
+#[cfg(test)]
+mod compaction_tests;
 #[cfg(test)]
 mod tests;

@@ -13,14 +13,21 @@
 //! - Recovery scans only the active segment (rolled segments were fsynced at roll), truncates
 //!   it at the first torn or corrupt byte, and rebuilds its indexes.
 
-use crate::batch::{set_base_offset, set_partition_leader_epoch, validate_batches, BatchHeader};
+use crate::batch::{
+    decode_records, set_base_offset, set_partition_leader_epoch, validate_batches, BatchError,
+    BatchHeader,
+};
+use crate::compaction::{
+    self, CleanedGroup, CompactionCommit, CompactionLimits, CompactionOutcome, CompactionPlan,
+    PlannedCompaction, PlannedSegment, PreparedCompaction, SkipReason,
+};
 use crate::config::LogConfig;
 use crate::epoch_cache::EpochCache;
 use crate::error::LogError;
 use crate::fsio;
 use crate::producer_state::{ProducerStateManager, Staged};
 use crate::segment::{
-    append_index_entries, index_bytes, scan, write_index_files, IndexBuilder, Segment,
+    self, append_index_entries, index_bytes, scan, write_index_files, IndexBuilder, Segment,
     SegmentIndex, INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX,
 };
 use bytes::Bytes;
@@ -35,11 +42,6 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 const LOG_START_CHECKPOINT: &str = "log-start-offset-checkpoint";
-/// Decoding a compressed batch allocates per record; refuse batches claiming more than this.
-const DECODE_RECORDS_MAX: i32 = 1 << 20;
-/// The smallest encoding of a v2 record (length, attributes, timestamp delta, offset delta,
-/// key length, value length, header count: one byte each).
-const RECORD_BYTES_MIN: usize = 7;
 
 /// What an append wrote (or, for a duplicate, what the original write was).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -162,6 +164,11 @@ pub struct PartitionLog {
     epochs: EpochCache,
     producers: ProducerStateManager,
     size_bytes: u64,
+    /// Compaction's first dirty offset: everything below it was compacted at least once.
+    cleaner_checkpoint: Offset,
+    /// Bumped by every change that can make a compaction plan stale in ways a segment's file
+    /// identity does not show (truncation rewrites a segment in place) and by each swap.
+    generation: u64,
 }
 
 fn parse_base(name: &str, suffix: &str) -> Option<Offset> {
@@ -187,6 +194,7 @@ impl PartitionLog {
     /// Opens (creating if absent) the partition log in `dir` and recovers it.
     pub fn open(dir: &Path, config: LogConfig, now_ms: i64) -> Result<PartitionLog, LogError> {
         fs::create_dir_all(dir)?;
+        compaction::recover(dir)?;
         let mut bases = Vec::new();
         for entry in fs::read_dir(dir)? {
             let entry = entry?;
@@ -211,6 +219,7 @@ impl PartitionLog {
             }
         }
         let checkpointed_start = read_log_start(dir)?;
+        let cleaner_checkpoint = compaction::read_checkpoint(dir)?.unwrap_or_default();
 
         let mut segments = BTreeMap::new();
         let active_base = match bases.pop() {
@@ -242,6 +251,9 @@ impl PartitionLog {
             active_base,
             config.index_interval_bytes,
             true,
+            // Only a segment below the cleaner checkpoint can have been compacted (and become
+            // active again through truncation).
+            active_base < cleaner_checkpoint,
             |h| {
                 if scanned_epochs
                     .last()
@@ -276,6 +288,7 @@ impl PartitionLog {
             .min(log_end);
         segments.insert(active_base, active_seg);
         let size_bytes = segments.values().map(|s| s.size).sum();
+        let cleaner_checkpoint = cleaner_checkpoint.min(log_end);
 
         let mut log = PartitionLog {
             dir: dir.to_path_buf(),
@@ -296,6 +309,8 @@ impl PartitionLog {
             epochs,
             producers: ProducerStateManager::default(),
             size_bytes,
+            cleaner_checkpoint,
+            generation: 0,
         };
         // Segments wholly below a checkpointed log start are leftovers of a deletion that a
         // crash interrupted.
@@ -469,6 +484,9 @@ impl PartitionLog {
     ) -> Result<AppendOutcome, LogError> {
         let headers = validate_batches(records, self.config.max_message_bytes)?;
         self.check_timestamps(&headers, now_ms)?;
+        if self.config.compacts() {
+            check_keys(records, &headers)?;
+        }
         let mut next = self.log_end;
         let mut placed = Vec::with_capacity(headers.len());
         for h in &headers {
@@ -811,20 +829,9 @@ impl PartitionLog {
             position: pos,
             reason,
         };
-        let payload = h.total_bytes().saturating_sub(crate::batch::HEADER_BYTES);
-        let plausible = if h.compression() == 0 {
-            (h.records_count as usize).saturating_mul(RECORD_BYTES_MIN) <= payload
-        } else {
-            h.records_count <= DECODE_RECORDS_MAX
-        };
-        if !plausible {
-            return Err(corrupt(format!("batch claims {} records", h.records_count)));
-        }
         let mut buf = vec![0u8; h.total_bytes()];
         seg.file.read_exact_at(&mut buf, pos)?;
-        let mut bytes = Bytes::from(buf);
-        let set = kafka_protocol::records::RecordBatchDecoder::decode(&mut bytes)
-            .map_err(|e| corrupt(e.to_string()))?;
+        let set = decode_records(&buf, h).map_err(|e| corrupt(e.to_string()))?;
         Ok(set
             .records
             .iter()
@@ -914,6 +921,11 @@ impl PartitionLog {
                 let max_ts = match self.segment_max_timestamp(seg)? {
                     Some(t) if t >= 0 => t,
                     Some(_) => file_mtime_ms(&seg.file)?,
+                    // A rolled segment compaction emptied holds nothing to keep.
+                    None if !self.is_active(seg) => {
+                        doomed.push(seg.base);
+                        continue;
+                    }
                     None => break,
                 };
                 if now_ms.saturating_sub(max_ts) <= self.config.retention_ms {
@@ -968,6 +980,187 @@ impl PartitionLog {
         Ok(outcome)
     }
 
+    /// Compaction phase 1 (see [`crate::compaction`]): cheap, under the caller's lock. Only
+    /// rolled segments wholly below `high_watermark` and older than `min.compaction.lag.ms`
+    /// (by their largest timestamp) are cleanable.
+    pub fn plan_compaction(
+        &self,
+        now_ms: i64,
+        high_watermark: Offset,
+        limits: CompactionLimits,
+    ) -> Result<PlannedCompaction, LogError> {
+        if !self.config.compacts() {
+            return Ok(PlannedCompaction::Skip(SkipReason::NotCompacted));
+        }
+        let lag_ms = self.config.min_compaction_lag_ms;
+        let mut segments = Vec::new();
+        for seg in self.segments.values() {
+            let end = self.segment_end(seg);
+            if self.is_active(seg) || end > high_watermark {
+                break;
+            }
+            if lag_ms > 0 {
+                let max_ts = match self.segment_max_timestamp(seg)? {
+                    Some(t) if t >= 0 => Some(t),
+                    Some(_) => Some(file_mtime_ms(&seg.file)?),
+                    None => None,
+                };
+                if max_ts.is_some_and(|t| now_ms.saturating_sub(t) < lag_ms) {
+                    break;
+                }
+            }
+            segments.push(PlannedSegment {
+                base: seg.base,
+                end,
+                file: Arc::clone(&seg.file),
+                size: seg.size,
+            });
+        }
+        let Some(last) = segments.last() else {
+            return Ok(PlannedCompaction::Skip(SkipReason::NothingCleanable));
+        };
+        let first_dirty = self.cleaner_checkpoint.max(segments[0].base);
+        if first_dirty >= last.end {
+            return Ok(PlannedCompaction::Skip(SkipReason::NothingDirty));
+        }
+        // Segment granularity, as Kafka: a segment partly past the checkpoint counts as dirty.
+        let total_bytes: u64 = segments.iter().map(|s| s.size).sum();
+        let dirty_bytes: u64 = segments
+            .iter()
+            .filter(|s| s.end > first_dirty)
+            .map(|s| s.size)
+            .sum();
+        if dirty_bytes == 0 {
+            return Ok(PlannedCompaction::Skip(SkipReason::NothingDirty));
+        }
+        if (dirty_bytes as f64) < self.config.min_cleanable_dirty_ratio * total_bytes as f64 {
+            return Ok(PlannedCompaction::Skip(
+                SkipReason::DirtyRatioBelowMinimum {
+                    dirty_bytes,
+                    total_bytes,
+                },
+            ));
+        }
+        let producer_last = self
+            .producers
+            .iter()
+            .filter_map(|(pid, e)| e.batches.back().map(|b| (*pid, b.last_offset)))
+            .collect();
+        Ok(PlannedCompaction::Plan(CompactionPlan {
+            dir: self.dir.clone(),
+            generation: self.generation,
+            now_ms,
+            delete_retention_ms: self.config.delete_retention_ms,
+            segment_bytes: self.config.segment_bytes,
+            index_interval_bytes: self.config.index_interval_bytes,
+            first_dirty,
+            segments,
+            producer_last,
+            key_map_entries_max: limits.key_map_entries_max,
+        }))
+    }
+
+    /// Compaction phase 3: swaps the cleaned files in, under the caller's lock. Costs renames,
+    /// unlinks and one directory fsync (the commit point). Aborts, removing the cleaned files,
+    /// if any segment changed since phase 1.
+    pub fn commit_compaction(
+        &mut self,
+        mut prepared: PreparedCompaction,
+    ) -> Result<CompactionCommit, LogError> {
+        let unchanged = prepared.dir == self.dir
+            && prepared.generation == self.generation
+            && prepared.groups.iter().flat_map(|g| &g.originals).all(|o| {
+                self.segments.get(&o.base).is_some_and(|s| {
+                    Arc::ptr_eq(&s.file, &o.file) && s.size == o.size && !self.is_active(s)
+                })
+            });
+        if !unchanged {
+            prepared.remove_files();
+            tracing::info!(dir = ?self.dir, "log changed during compaction; pass aborted");
+            return Ok(CompactionCommit {
+                outcome: CompactionOutcome::Aborted,
+                checkpoint: None,
+            });
+        }
+        let groups = std::mem::take(&mut prepared.groups);
+        for g in &groups {
+            fs::rename(
+                CleanedGroup::cleaned_path(&self.dir, g.base, g.end, LOG_SUFFIX),
+                g.swap_path(&self.dir),
+            )?;
+        }
+        // Commit point: from here recovery rolls every swap forward.
+        fsio::sync_dir(&self.dir)?;
+        self.generation += 1;
+        let cleaned_path =
+            |g: &CleanedGroup, suffix| CleanedGroup::cleaned_path(&self.dir, g.base, g.end, suffix);
+        for g in groups {
+            for o in &g.originals {
+                if let Some(seg) = self.segments.remove(&o.base) {
+                    self.size_bytes -= seg.size;
+                }
+                for suffix in [INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
+                    remove_if_exists(&self.dir.join(segment::file_name(o.base, suffix)))?;
+                }
+                if o.base != g.base {
+                    remove_if_exists(&self.dir.join(segment::file_name(o.base, LOG_SUFFIX)))?;
+                }
+            }
+            fs::rename(
+                cleaned_path(&g, INDEX_SUFFIX),
+                self.dir.join(segment::file_name(g.base, INDEX_SUFFIX)),
+            )?;
+            fs::rename(
+                cleaned_path(&g, TIME_INDEX_SUFFIX),
+                self.dir.join(segment::file_name(g.base, TIME_INDEX_SUFFIX)),
+            )?;
+            fs::rename(
+                g.swap_path(&self.dir),
+                self.dir.join(segment::file_name(g.base, LOG_SUFFIX)),
+            )?;
+            let mut seg = Segment::from_file(&self.dir, g.base, g.file, g.size);
+            seg.set_index(Some(g.index));
+            self.size_bytes += g.size;
+            self.segments.insert(g.base, seg);
+        }
+        self.cleaner_checkpoint = prepared.cleaned_up_to;
+        let stats = prepared.stats;
+        tracing::info!(
+            dir = ?self.dir,
+            segments_before = stats.segments_before,
+            segments_after = stats.segments_after,
+            bytes_before = stats.bytes_before,
+            bytes_after = stats.bytes_after,
+            records_removed = stats.records_removed,
+            cleaned_up_to = stats.cleaned_up_to.0,
+            "compacted log"
+        );
+        Ok(CompactionCommit {
+            outcome: CompactionOutcome::Compacted(stats),
+            checkpoint: Some((self.dir.clone(), prepared.cleaned_up_to)),
+        })
+    }
+
+    /// All three compaction phases with `&mut self` held throughout, for callers that own the
+    /// log outright (tests, tools). Cleans up to the log end offset.
+    pub fn compact(
+        &mut self,
+        now_ms: i64,
+        limits: CompactionLimits,
+    ) -> Result<CompactionOutcome, LogError> {
+        let plan = match self.plan_compaction(now_ms, self.log_end, limits)? {
+            PlannedCompaction::Plan(p) => p,
+            PlannedCompaction::Skip(reason) => return Ok(CompactionOutcome::Skipped(reason)),
+        };
+        let prepared = plan.execute()?;
+        self.commit_compaction(prepared)?.persist()
+    }
+
+    /// Compaction's first dirty offset (see [`crate::compaction`]).
+    pub fn cleaner_checkpoint(&self) -> Offset {
+        self.cleaner_checkpoint
+    }
+
     /// Drops everything at and after `offset` (replication truncation). If `offset` falls
     /// inside a batch the whole batch goes, and the log end becomes that batch's base offset.
     /// Truncating to at or below the log start empties the log and restarts it at `offset`.
@@ -976,6 +1169,7 @@ impl PartitionLog {
             return Ok(());
         }
         self.sync_issued.store(-1, Ordering::Relaxed);
+        self.generation += 1;
         if offset <= self.log_start {
             let all: Vec<Offset> = self.segments.keys().copied().collect();
             self.delete_segments(&all)?;
@@ -1001,7 +1195,7 @@ impl PartitionLog {
                 .collect();
             // The segment that will be active is the last one not doomed (the one holding the
             // log start never is). Find the cut with its own index before anything changes.
-            let (base, cut) = {
+            let (base, cut, new_end) = {
                 let seg = self
                     .segments
                     .values()
@@ -1009,11 +1203,13 @@ impl PartitionLog {
                     .find(|s| !doomed.contains(&s.base))
                     .expect("the segment holding the log start survives truncation");
                 let idx = self.index_of(seg)?;
-                (
-                    seg.base,
-                    self.find_batch(seg, idx, offset)?
-                        .map_or(seg.size, |(p, _)| p),
-                )
+                match self.find_batch(seg, idx, offset)? {
+                    // The batch holding `offset` goes whole.
+                    Some((p, h)) if h.base_offset < offset => (seg.base, p, h.base_offset),
+                    // Compaction may have left a gap before `offset`; the log still ends there.
+                    Some((p, _)) => (seg.base, p, offset),
+                    None => (seg.base, seg.size, offset),
+                }
             };
             self.delete_segments(&doomed)?;
             let seg = self.segments.get_mut(&base).expect("active segment exists");
@@ -1029,10 +1225,11 @@ impl PartitionLog {
                 base,
                 self.config.index_interval_bytes,
                 false,
+                base < self.cleaner_checkpoint,
                 |_| {},
             )?;
             let (oi, ti) = write_index_files(&self.dir, base, &scanned.index, true)?;
-            self.log_end = scanned.next_offset.unwrap_or(base);
+            self.log_end = new_end.max(scanned.next_offset.unwrap_or(base));
             self.active = self.fresh_active(oi, ti, scanned.index, scanned.builder);
             self.flushed = self.flushed.min(self.log_end);
             if self.log_end < self.log_start {
@@ -1041,6 +1238,7 @@ impl PartitionLog {
                 write_log_start(&self.dir, self.log_start)?;
             }
         }
+        self.cleaner_checkpoint = self.cleaner_checkpoint.min(self.log_end);
         self.epochs.truncate_from_end(self.log_end);
         self.epochs.write_checkpoint(&self.dir)?;
         ProducerStateManager::delete_snapshots_above(&self.dir, self.log_end)?;
@@ -1079,6 +1277,21 @@ impl PartitionLog {
         fs::remove_dir_all(&dir)?;
         Ok(())
     }
+}
+
+/// Compacted topics refuse records without a key (Kafka: INVALID_RECORD), checked record by
+/// record, which for a compressed batch means decompressing it.
+fn check_keys(records: &[u8], headers: &[BatchHeader]) -> Result<(), BatchError> {
+    let mut pos = 0;
+    for h in headers {
+        let end = pos + h.total_bytes();
+        let set = decode_records(&records[pos..end], h)?;
+        if set.records.iter().any(|r| r.key.is_none()) {
+            return Err(BatchError::MissingKey);
+        }
+        pos = end;
+    }
+    Ok(())
 }
 
 fn file_mtime_ms(file: &File) -> io::Result<i64> {

@@ -93,6 +93,11 @@ impl ProducerStateManager {
         self.producers.len()
     }
 
+    /// Every producer id with its state, by id.
+    pub fn iter(&self) -> impl Iterator<Item = (&ProducerId, &ProducerEntry)> {
+        self.producers.iter()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.producers.is_empty()
     }

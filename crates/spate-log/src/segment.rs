@@ -206,13 +206,16 @@ pub(crate) struct Scan {
 }
 
 /// Reads batches from the start of `file` and stops at the first one that is torn, malformed,
-/// (with `verify_crc`) fails its CRC, or does not continue the offsets of the previous one.
+/// (with `verify_crc`) fails its CRC, or whose offsets do not follow the previous one's
+/// (contiguously, unless `allow_gaps`: the segment may have been compacted).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn scan(
     file: &File,
     size: u64,
     base: Offset,
     interval_bytes: u64,
     verify_crc: bool,
+    allow_gaps: bool,
     mut on_batch: impl FnMut(&BatchHeader),
 ) -> io::Result<Scan> {
     let mut s = Scan {
@@ -264,11 +267,15 @@ pub(crate) fn scan(
             s.stopped = Some("negative last offset delta".into());
             break;
         }
-        let expected_ok = match s.next_offset {
-            // A segment is named after the offset of its first batch. (Compaction, when it
-            // comes, must keep that true or relax this.)
-            None => h.base_offset == base,
-            Some(next) => h.base_offset == next,
+        // Appends keep offsets contiguous, which catches a damaged (not CRC-covered) base
+        // offset in a torn tail. Compaction leaves gaps (removed records and batches, and a
+        // segment whose first records went), so a compacted segment only needs increasing
+        // offsets.
+        let expected_ok = match (s.next_offset, allow_gaps) {
+            (None, false) => h.base_offset == base,
+            (Some(next), false) => h.base_offset == next,
+            (None, true) => h.base_offset >= base,
+            (Some(next), true) => h.base_offset >= next,
         };
         let rel_last = h.last_offset().0 - base.0;
         if !expected_ok || rel_last > i64::from(u32::MAX) || pos + total > u64::from(u32::MAX) {
@@ -324,7 +331,7 @@ impl Segment {
         Ok(Segment::from_file(dir, base, file, size))
     }
 
-    fn from_file(dir: &Path, base: Offset, file: File, size: u64) -> Segment {
+    pub(crate) fn from_file(dir: &Path, base: Offset, file: File, size: u64) -> Segment {
         Segment {
             base,
             file: Arc::new(file),
@@ -383,12 +390,14 @@ impl Segment {
 
     /// Rebuilds both indexes of a non-active segment from its log and rewrites their files.
     pub fn rebuild_index(&self, interval_bytes: u64, sync: bool) -> Result<SegmentIndex, LogError> {
+        // Rolled segments may have been compacted.
         let mut s = scan(
             &self.file,
             self.size,
             self.base,
             interval_bytes,
             false,
+            true,
             |_| {},
         )?;
         if let Some(reason) = &s.stopped {
@@ -448,9 +457,24 @@ pub(crate) fn write_index_files(
     idx: &SegmentIndex,
     sync: bool,
 ) -> io::Result<(File, File)> {
-    let oi = open_rw(&dir.join(file_name(base, INDEX_SUFFIX)), true)?;
+    write_index_pair(
+        &dir.join(file_name(base, INDEX_SUFFIX)),
+        &dir.join(file_name(base, TIME_INDEX_SUFFIX)),
+        idx,
+        sync,
+    )
+}
+
+/// Writes an offset index and a time index to the given paths from scratch.
+pub(crate) fn write_index_pair(
+    offset_index: &Path,
+    time_index: &Path,
+    idx: &SegmentIndex,
+    sync: bool,
+) -> io::Result<(File, File)> {
+    let oi = open_rw(offset_index, true)?;
     oi.write_all_at(&SegmentIndex::encode_offsets(&idx.offsets), 0)?;
-    let ti = open_rw(&dir.join(file_name(base, TIME_INDEX_SUFFIX)), true)?;
+    let ti = open_rw(time_index, true)?;
     ti.write_all_at(&SegmentIndex::encode_times(&idx.times), 0)?;
     if sync {
         oi.sync_data()?;

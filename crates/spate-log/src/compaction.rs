@@ -1,0 +1,635 @@
+//! Log compaction (`cleanup.policy=compact`): keeps the latest record of every key in the
+//! rolled segments, as Kafka's log cleaner does.
+//!
+//! Three phases, so that the partition lock is held only briefly:
+//! 1. [`PartitionLog::plan_compaction`](crate::PartitionLog::plan_compaction) (under the lock):
+//!    picks the cleanable segments (rolled, below the high watermark, older than
+//!    `min.compaction.lag.ms`), checks `min.cleanable.dirty.ratio` and takes `Arc<File>`s of
+//!    the segments. Rolled segment files are never written again, so reading them later is safe.
+//! 2. [`CompactionPlan::execute`] (no lock, blocking I/O): builds the key map from the dirty
+//!    section (offsets from the cleaner checkpoint on), then rewrites every cleanable segment
+//!    into `{base}.{end}.log.cleaned` files (with their indexes), grouping consecutive
+//!    segments up to `segment.bytes`, and fsyncs them.
+//! 3. [`PartitionLog::commit_compaction`](crate::PartitionLog::commit_compaction) (under the
+//!    lock): checks that the segments are still the ones read (truncation, retention or another
+//!    compaction abort the pass), renames each `.cleaned` log to `{base}.{end}.log.swap`,
+//!    fsyncs the directory (the commit point), removes the replaced segments, renames the swap
+//!    file and its indexes into place and swaps the in-memory segments. Readers holding an
+//!    `Arc<File>` of a replaced segment keep reading the old bytes.
+//!    [`CompactionCommit::persist`] then (no lock) writes the cleaner checkpoint.
+//!
+//! Crash safety: recovery deletes every `*.cleaned` file; a `{base}.{end}.log.swap` file is
+//! complete (it was fsynced before the rename), so recovery rolls it forward: it deletes the
+//! segments with base offsets in `[base, end)` and renames the swap file to `{base}.log`.
+//!
+//! What survives a pass, per batch:
+//! - Control and transactional batches are kept whole and never enter the key map, so an
+//!   aborted transaction's record can never make an older committed value disappear.
+//! - The last batch of every producer id known to the producer state is kept whole (Kafka does
+//!   the same), so idempotent producer state (last sequence, epoch) survives compaction.
+//! - Records at or past the end of the key map's coverage are kept.
+//! - Otherwise a record is kept if it has a key, no later record of that key is in the key map,
+//!   and it is not a tombstone older than `delete.retention.ms`. Records without a key are
+//!   removed (Kafka does too; compacted topics refuse them on append).
+//!
+//! A batch that keeps every record is copied byte for byte; one that keeps none is dropped; one
+//! that keeps some is re-encoded by kafka-protocol's encoder with the same compression,
+//! partition leader epoch, producer id/epoch, timestamp type and record offsets and timestamps.
+//! The encoder derives the batch's base offset from its first surviving record (Kafka keeps the
+//! original base offset); record offsets, which are what consumers see, never change.
+//!
+//! Choices:
+//! - Keys are identified by the first 16 bytes of their SHA-256 (Kafka: 16-byte MD5). A
+//!   collision (probability about n²/2¹²⁹) could drop a record whose key collides with a later
+//!   one; that is Kafka's trade-off too.
+//! - The key map holds at most [`CompactionLimits::key_map_entries_max`] keys (about 24 bytes
+//!   each plus hash table overhead). If the dirty section has more, the pass cleans up to the
+//!   offset where the map filled and the next pass continues from there.
+//! - A tombstone's age is its batch's max timestamp (the producer's CreateTime) measured
+//!   against the cleaner's clock; a batch without a timestamp keeps its tombstones.
+//! - The cleaner checkpoint (`cleaner-offset-checkpoint`) is advisory: losing it or finding it
+//!   stale only makes a pass clean more or less; it never affects which offsets exist.
+
+use crate::batch::{check_batch, decode_records, restore_header_fields, BatchHeader, HEADER_BYTES};
+use crate::error::LogError;
+use crate::fsio;
+use crate::segment::{
+    file_name, open_rw, write_index_pair, IndexBuilder, SegmentIndex, INDEX_SUFFIX, LOG_SUFFIX,
+    TIME_INDEX_SUFFIX,
+};
+use bytes::BytesMut;
+use kafka_protocol::records::{Record, RecordBatchEncoder, RecordEncodeOptions};
+use sha2::{Digest, Sha256};
+use spate_types::limits::BATCH_BYTES_MAX;
+use spate_types::{Offset, ProducerId};
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Default bound of the key map: 1 Mi keys, about 32 MiB (Kafka's `log.cleaner.dedupe.buffer.size`
+/// plays this role). Passes run one partition at a time, so this bounds the cleaner's memory.
+pub const KEY_MAP_ENTRIES_MAX: usize = 1 << 20;
+pub(crate) const CLEANER_CHECKPOINT: &str = "cleaner-offset-checkpoint";
+pub(crate) const CLEANED_SUFFIX: &str = ".cleaned";
+pub(crate) const SWAP_SUFFIX: &str = ".log.swap";
+
+/// Resource bounds of one compaction pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CompactionLimits {
+    /// Most distinct keys the key map holds (at least 1 is used).
+    pub key_map_entries_max: usize,
+}
+
+impl Default for CompactionLimits {
+    fn default() -> Self {
+        CompactionLimits {
+            key_map_entries_max: KEY_MAP_ENTRIES_MAX,
+        }
+    }
+}
+
+/// Why a pass did nothing.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum SkipReason {
+    /// `cleanup.policy` does not include `compact`.
+    NotCompacted,
+    /// No rolled segment is old enough (`min.compaction.lag.ms`) and below the high watermark.
+    NothingCleanable,
+    /// Everything cleanable is below the cleaner checkpoint.
+    NothingDirty,
+    /// `dirty_bytes / total_bytes` is below `min.cleanable.dirty.ratio`.
+    DirtyRatioBelowMinimum { dirty_bytes: u64, total_bytes: u64 },
+}
+
+/// What a pass changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CompactionStats {
+    pub segments_before: usize,
+    pub segments_after: usize,
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+    pub records_removed: u64,
+    pub tombstones_removed: u64,
+    pub batches_rewritten: u64,
+    pub batches_dropped: u64,
+    /// The new cleaner checkpoint: everything below it has been compacted once.
+    pub cleaned_up_to: Offset,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum CompactionOutcome {
+    Skipped(SkipReason),
+    /// The log changed while the pass ran outside the lock (truncation, retention, another
+    /// pass); nothing was swapped and the cleaned files were removed.
+    Aborted,
+    Compacted(CompactionStats),
+}
+
+/// The result of phase 1.
+pub enum PlannedCompaction {
+    Plan(CompactionPlan),
+    Skip(SkipReason),
+}
+
+/// A rolled segment as phase 1 saw it.
+#[derive(Clone, Debug)]
+pub(crate) struct PlannedSegment {
+    pub base: Offset,
+    /// Offset after the segment (the next segment's base).
+    pub end: Offset,
+    pub file: Arc<File>,
+    pub size: u64,
+}
+
+/// Phase 1's output: everything phase 2 needs, with no reference to the log.
+pub struct CompactionPlan {
+    pub(crate) dir: PathBuf,
+    pub(crate) generation: u64,
+    pub(crate) now_ms: i64,
+    pub(crate) delete_retention_ms: i64,
+    pub(crate) segment_bytes: u64,
+    pub(crate) index_interval_bytes: u64,
+    pub(crate) first_dirty: Offset,
+    pub(crate) segments: Vec<PlannedSegment>,
+    /// Last offset of the last batch of every producer id in the producer state.
+    pub(crate) producer_last: BTreeMap<ProducerId, Offset>,
+    pub(crate) key_map_entries_max: usize,
+}
+
+/// One cleaned file replacing consecutive segments `originals`.
+pub(crate) struct CleanedGroup {
+    pub base: Offset,
+    pub end: Offset,
+    pub originals: Vec<PlannedSegment>,
+    pub file: File,
+    pub size: u64,
+    pub index: SegmentIndex,
+}
+
+impl CleanedGroup {
+    pub fn cleaned_path(dir: &Path, base: Offset, end: Offset, suffix: &str) -> PathBuf {
+        dir.join(format!(
+            "{:020}.{:020}{suffix}{CLEANED_SUFFIX}",
+            base.0, end.0
+        ))
+    }
+
+    pub fn swap_path(&self, dir: &Path) -> PathBuf {
+        dir.join(format!(
+            "{:020}.{:020}{SWAP_SUFFIX}",
+            self.base.0, self.end.0
+        ))
+    }
+}
+
+/// Phase 2's output. Dropping it without a successful commit removes its cleaned files.
+pub struct PreparedCompaction {
+    pub(crate) dir: PathBuf,
+    pub(crate) generation: u64,
+    pub(crate) cleaned_up_to: Offset,
+    pub(crate) groups: Vec<CleanedGroup>,
+    pub(crate) stats: CompactionStats,
+}
+
+impl PreparedCompaction {
+    pub(crate) fn remove_files(&mut self) {
+        for g in self.groups.drain(..) {
+            for suffix in [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
+                let _ =
+                    fs::remove_file(CleanedGroup::cleaned_path(&self.dir, g.base, g.end, suffix));
+            }
+        }
+    }
+}
+
+impl Drop for PreparedCompaction {
+    fn drop(&mut self) {
+        self.remove_files();
+    }
+}
+
+/// Phase 3's output: the swap is done; [`CompactionCommit::persist`] records the checkpoint.
+#[must_use = "persist() records the cleaner checkpoint"]
+pub struct CompactionCommit {
+    pub(crate) outcome: CompactionOutcome,
+    pub(crate) checkpoint: Option<(PathBuf, Offset)>,
+}
+
+impl CompactionCommit {
+    /// fsyncs the directory (making the final renames durable) and writes the cleaner
+    /// checkpoint. Runs without the partition lock; skipping it only makes the next pass
+    /// consider more of the log dirty.
+    pub fn persist(self) -> Result<CompactionOutcome, LogError> {
+        if let Some((dir, offset)) = &self.checkpoint {
+            fsio::sync_dir(dir)?;
+            write_checkpoint(dir, *offset)?;
+        }
+        Ok(self.outcome)
+    }
+
+    pub fn outcome(&self) -> CompactionOutcome {
+        self.outcome
+    }
+}
+
+type KeyHash = [u8; 16];
+
+fn key_hash(key: &[u8]) -> KeyHash {
+    let digest = Sha256::digest(key);
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&digest[..16]);
+    out
+}
+
+/// Calls `f` with every batch (header and bytes, CRC verified) of a rolled segment file, in
+/// order. A torn or corrupt batch fails the pass: the cleaner never copies corruption.
+fn for_each_batch(
+    path: &Path,
+    file: &File,
+    size: u64,
+    mut f: impl FnMut(&BatchHeader, &[u8]) -> Result<bool, LogError>,
+) -> Result<(), LogError> {
+    let corrupt = |position: u64, reason: String| LogError::Corrupt {
+        path: path.to_path_buf(),
+        position,
+        reason,
+    };
+    let mut header = [0u8; HEADER_BYTES];
+    let mut buf = Vec::new();
+    let mut pos = 0u64;
+    while pos < size {
+        if size - pos < HEADER_BYTES as u64 {
+            return Err(corrupt(pos, "truncated batch header".into()));
+        }
+        file.read_exact_at(&mut header, pos)?;
+        let h = BatchHeader::parse(&header).map_err(|e| corrupt(pos, e.to_string()))?;
+        let total = h.total_bytes() as u64;
+        if h.batch_length < crate::batch::BATCH_LENGTH_MIN
+            || total > BATCH_BYTES_MAX as u64
+            || total > size - pos
+        {
+            return Err(corrupt(pos, format!("bad batch length {}", h.batch_length)));
+        }
+        buf.resize(total as usize, 0);
+        file.read_exact_at(&mut buf, pos)?;
+        check_batch(&buf, BATCH_BYTES_MAX).map_err(|e| corrupt(pos, e.to_string()))?;
+        if !f(&h, &buf)? {
+            return Ok(());
+        }
+        pos += total;
+    }
+    Ok(())
+}
+
+impl CompactionPlan {
+    fn path_of(&self, seg: &PlannedSegment) -> PathBuf {
+        self.dir.join(file_name(seg.base, LOG_SUFFIX))
+    }
+
+    /// Maps each key's hash to its latest offset in the dirty section. Returns the map and the
+    /// offset it covers up to (exclusive): the end of the dirty section, or the offset of the
+    /// first record whose key did not fit.
+    fn build_key_map(&self) -> Result<(HashMap<KeyHash, i64>, Offset), LogError> {
+        let max = self.key_map_entries_max.max(1);
+        let mut map: HashMap<KeyHash, i64> = HashMap::new();
+        let dirty_end = self.segments.last().map_or(self.first_dirty, |s| s.end);
+        let mut stopped_at = None;
+        for seg in self.segments.iter().filter(|s| s.end > self.first_dirty) {
+            let path = self.path_of(seg);
+            for_each_batch(&path, &seg.file, seg.size, |h, bytes| {
+                if h.last_offset() < self.first_dirty || h.is_control() || h.is_transactional() {
+                    return Ok(true);
+                }
+                let set = decode_records(bytes, h).map_err(|e| LogError::Corrupt {
+                    path: path.clone(),
+                    position: 0,
+                    reason: e.to_string(),
+                })?;
+                for r in &set.records {
+                    if r.offset < self.first_dirty.0 {
+                        continue;
+                    }
+                    let Some(key) = &r.key else { continue };
+                    let k = key_hash(key);
+                    if map.len() >= max && !map.contains_key(&k) {
+                        stopped_at = Some(Offset(r.offset));
+                        return Ok(false);
+                    }
+                    map.insert(k, r.offset);
+                }
+                Ok(true)
+            })?;
+            if stopped_at.is_some() {
+                break;
+            }
+        }
+        Ok((map, stopped_at.unwrap_or(dirty_end)))
+    }
+
+    /// Groups consecutive segments below `map_end` so that each cleaned file stays within
+    /// `segment.bytes` and relative offsets and positions fit the index's u32s.
+    fn groups(&self, map_end: Offset) -> Vec<Vec<PlannedSegment>> {
+        let limit = self.segment_bytes.min(u64::from(u32::MAX));
+        let mut groups: Vec<Vec<PlannedSegment>> = Vec::new();
+        let mut bytes = 0u64;
+        for seg in self.segments.iter().filter(|s| s.base < map_end) {
+            let fits = groups.last().is_some_and(|g| {
+                let span = seg.end.0 - g[0].base.0;
+                bytes + seg.size <= limit && span <= i64::from(u32::MAX)
+            });
+            if fits {
+                bytes += seg.size;
+                if let Some(g) = groups.last_mut() {
+                    g.push(seg.clone());
+                }
+            } else {
+                bytes = seg.size;
+                groups.push(vec![seg.clone()]);
+            }
+        }
+        groups
+    }
+
+    /// Phase 2: builds the key map and writes the cleaned files. Blocking I/O; call it without
+    /// the partition lock (e.g. on `spawn_blocking`).
+    pub fn execute(self) -> Result<PreparedCompaction, LogError> {
+        let (map, map_end) = self.build_key_map()?;
+        let mut prepared = PreparedCompaction {
+            dir: self.dir.clone(),
+            generation: self.generation,
+            cleaned_up_to: map_end,
+            groups: Vec::new(),
+            stats: CompactionStats {
+                cleaned_up_to: map_end,
+                ..Default::default()
+            },
+        };
+        for originals in self.groups(map_end) {
+            let group = self.clean_group(originals, &map, map_end, &mut prepared.stats)?;
+            prepared.groups.push(group);
+        }
+        fsio::sync_dir(&self.dir)?;
+        Ok(prepared)
+    }
+
+    fn clean_group(
+        &self,
+        originals: Vec<PlannedSegment>,
+        map: &HashMap<KeyHash, i64>,
+        map_end: Offset,
+        stats: &mut CompactionStats,
+    ) -> Result<CleanedGroup, LogError> {
+        let base = originals[0].base;
+        let end = originals[originals.len() - 1].end;
+        let path = CleanedGroup::cleaned_path(&self.dir, base, end, LOG_SUFFIX);
+        let out = open_rw(&path, true)?;
+        // From here on the group owns the file; a failure below is cleaned up by the caller's
+        // PreparedCompaction only once the group is pushed, so remove it on error here.
+        let result = self.write_group(&out, &originals, base, map, map_end, stats);
+        let (size, mut index) = match result {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = fs::remove_file(&path);
+                return Err(e);
+            }
+        };
+        let finish = || -> io::Result<()> {
+            out.sync_data()?;
+            write_index_pair(
+                &CleanedGroup::cleaned_path(&self.dir, base, end, INDEX_SUFFIX),
+                &CleanedGroup::cleaned_path(&self.dir, base, end, TIME_INDEX_SUFFIX),
+                &index,
+                true,
+            )?;
+            Ok(())
+        };
+        if let Err(e) = finish() {
+            for suffix in [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
+                let _ = fs::remove_file(CleanedGroup::cleaned_path(&self.dir, base, end, suffix));
+            }
+            return Err(e.into());
+        }
+        stats.segments_before += originals.len();
+        stats.segments_after += 1;
+        stats.bytes_before += originals.iter().map(|s| s.size).sum::<u64>();
+        stats.bytes_after += size;
+        index.offsets.shrink_to_fit();
+        Ok(CleanedGroup {
+            base,
+            end,
+            originals,
+            file: out,
+            size,
+            index,
+        })
+    }
+
+    /// Writes the surviving batches of `originals` to `out`; returns its size and index.
+    fn write_group(
+        &self,
+        out: &File,
+        originals: &[PlannedSegment],
+        base: Offset,
+        map: &HashMap<KeyHash, i64>,
+        map_end: Offset,
+        stats: &mut CompactionStats,
+    ) -> Result<(u64, SegmentIndex), LogError> {
+        let mut index = SegmentIndex::default();
+        let mut builder = IndexBuilder::new(self.index_interval_bytes);
+        let mut pos = 0u64;
+        for seg in originals {
+            let path = self.path_of(seg);
+            for_each_batch(&path, &seg.file, seg.size, |h, bytes| {
+                let cleaned = self
+                    .clean_batch(h, bytes, map, map_end, stats)
+                    .map_err(|e| LogError::Corrupt {
+                        path: path.clone(),
+                        position: 0,
+                        reason: e.to_string(),
+                    })?;
+                let written: &[u8] = match &cleaned {
+                    Cleaned::Whole => bytes,
+                    Cleaned::Dropped => return Ok(true),
+                    Cleaned::Rewritten(b) => b,
+                };
+                let wh =
+                    BatchHeader::parse(written).map_err(|e| io::Error::other(e.to_string()))?;
+                out.write_all_at(written, pos)?;
+                builder.on_batch(
+                    &mut index,
+                    (wh.base_offset.0 - base.0) as u32,
+                    (wh.last_offset().0 - base.0) as u32,
+                    pos as u32,
+                    written.len() as u64,
+                    wh.max_timestamp,
+                );
+                pos += written.len() as u64;
+                Ok(true)
+            })?;
+        }
+        builder.finish(&mut index);
+        Ok((pos, index))
+    }
+
+    /// Decides what of one batch survives.
+    fn clean_batch(
+        &self,
+        h: &BatchHeader,
+        bytes: &[u8],
+        map: &HashMap<KeyHash, i64>,
+        map_end: Offset,
+        stats: &mut CompactionStats,
+    ) -> Result<Cleaned, crate::batch::BatchError> {
+        let producers_last =
+            h.has_producer_id() && self.producer_last.get(&h.producer_id) == Some(&h.last_offset());
+        if h.is_control() || h.is_transactional() || producers_last || h.base_offset >= map_end {
+            return Ok(Cleaned::Whole);
+        }
+        let set = decode_records(bytes, h)?;
+        let tombstones_expire = h.max_timestamp >= 0
+            && self.now_ms.saturating_sub(h.max_timestamp) > self.delete_retention_ms;
+        let keep = |r: &Record| {
+            if r.offset >= map_end.0 {
+                return true;
+            }
+            let Some(key) = &r.key else { return false };
+            let superseded = map
+                .get(&key_hash(key))
+                .is_some_and(|latest| *latest > r.offset);
+            let expired_tombstone = r.value.is_none() && tombstones_expire;
+            !(superseded || expired_tombstone)
+        };
+        let kept: Vec<&Record> = set.records.iter().filter(|r| keep(r)).collect();
+        let removed = set.records.len() - kept.len();
+        stats.records_removed += removed as u64;
+        stats.tombstones_removed += set
+            .records
+            .iter()
+            .filter(|r| r.value.is_none() && !keep(r))
+            .count() as u64;
+        if removed == 0 {
+            return Ok(Cleaned::Whole);
+        }
+        if kept.is_empty() {
+            stats.batches_dropped += 1;
+            return Ok(Cleaned::Dropped);
+        }
+        let mut buf = BytesMut::new();
+        RecordBatchEncoder::encode(
+            &mut buf,
+            kept.iter().copied(),
+            &RecordEncodeOptions {
+                version: 2,
+                compression: set.compression,
+            },
+        )
+        .map_err(|e| crate::batch::BatchError::MalformedRecords(e.to_string()))?;
+        let mut buf = buf.to_vec();
+        if buf.len() < HEADER_BYTES {
+            return Err(crate::batch::BatchError::MalformedRecords(
+                "re-encoded batch is shorter than a header".into(),
+            ));
+        }
+        restore_header_fields(&mut buf, h);
+        let nh = check_batch(&buf, BATCH_BYTES_MAX)?;
+        // The kept records share every batch property, so the encoder must write one batch.
+        if nh.total_bytes() != buf.len() || nh.records_count as usize != kept.len() {
+            return Err(crate::batch::BatchError::MalformedRecords(
+                "re-encoding split the batch".into(),
+            ));
+        }
+        stats.batches_rewritten += 1;
+        Ok(Cleaned::Rewritten(buf))
+    }
+}
+
+enum Cleaned {
+    Whole,
+    Dropped,
+    Rewritten(Vec<u8>),
+}
+
+/// Rolls interrupted swaps forward and removes unfinished cleaned files (at open, before
+/// segments are listed). A swap file `{base}.{end}.log.swap` replaces every segment with a base
+/// offset in `[base, end)`.
+pub(crate) fn recover(dir: &Path) -> Result<(), LogError> {
+    let mut swaps = Vec::new();
+    let mut logs = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.ends_with(CLEANED_SUFFIX) {
+            fs::remove_file(entry.path())?;
+        } else if let Some(stem) = name.strip_suffix(SWAP_SUFFIX) {
+            let parsed = stem.split_once('.').and_then(|(b, e)| {
+                (b.len() == 20 && e.len() == 20)
+                    .then(|| Some((Offset(b.parse().ok()?), Offset(e.parse().ok()?))))
+                    .flatten()
+            });
+            match parsed {
+                Some((b, e)) if b < e => swaps.push((b, e, entry.path())),
+                _ => {
+                    tracing::warn!(path = ?entry.path(), "removing unparseable swap file");
+                    fs::remove_file(entry.path())?;
+                }
+            }
+        } else if let Some(stem) = name.strip_suffix(LOG_SUFFIX) {
+            if let Ok(b) = stem.parse::<i64>() {
+                if stem.len() == 20 {
+                    logs.push(Offset(b));
+                }
+            }
+        }
+    }
+    if swaps.is_empty() {
+        return Ok(());
+    }
+    for (base, end, swap) in swaps {
+        for old in logs.iter().filter(|b| **b >= base && **b < end) {
+            for suffix in [INDEX_SUFFIX, TIME_INDEX_SUFFIX, LOG_SUFFIX] {
+                match fs::remove_file(dir.join(file_name(*old, suffix))) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e.into()),
+                    _ => {}
+                }
+            }
+        }
+        // The indexes were removed with the old segment; they are rebuilt from the log.
+        fs::rename(&swap, dir.join(file_name(base, LOG_SUFFIX)))?;
+        tracing::warn!(dir = ?dir, segment = base.0, end = end.0,
+            "completed a compaction swap interrupted by a crash");
+    }
+    fsio::sync_dir(dir)?;
+    Ok(())
+}
+
+pub(crate) fn read_checkpoint(dir: &Path) -> Result<Option<Offset>, LogError> {
+    let path = dir.join(CLEANER_CHECKPOINT);
+    let bytes = match fsio::read_bounded(&path, 64) {
+        Ok(Some(b)) => b,
+        Ok(None) => return Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => Vec::new(),
+        Err(e) => return Err(e.into()),
+    };
+    match std::str::from_utf8(&bytes)
+        .ok()
+        .and_then(|s| s.trim().parse::<i64>().ok())
+    {
+        Some(o) if o >= 0 => Ok(Some(Offset(o))),
+        _ => {
+            tracing::warn!(?path, "ignoring malformed cleaner checkpoint");
+            Ok(None)
+        }
+    }
+}
+
+fn write_checkpoint(dir: &Path, offset: Offset) -> io::Result<()> {
+    fsio::write_atomic(
+        dir,
+        CLEANER_CHECKPOINT,
+        format!("{}\n", offset.0).as_bytes(),
+    )
+}
