@@ -60,6 +60,7 @@ pub const BROKER_CONFIGS: &[BrokerConfigDef] = &[
     def("log.flush.interval.ms", "1000", "Longest time an acks=0/1 write stays in the page cache before fsync."),
     def("acks.all.fsync", "true", "Answer acks=all only after fsync. false is the relaxed mode: acknowledged once in the operating system, fsynced within log.flush.interval.ms."),
     def("log.retention.check.interval.ms", "300000", "How often retention deletes old segments."),
+    def("log.cleaner.backoff.ms", "15000", "How often the log cleaner looks for compacted topics to clean."),
     topic_default("message.max.bytes", "max.message.bytes", "1048588", "Largest record batch accepted."),
     topic_default("log.segment.bytes", "segment.bytes", "1073741824", "Size at which a segment is rolled."),
     topic_default("log.roll.ms", "segment.ms", "604800000", "Age at which a segment is rolled."),
@@ -102,6 +103,8 @@ pub struct ServerConfig {
     pub flush_interval: Duration,
     pub acks_all_fsync: bool,
     pub retention_check_interval: Duration,
+    /// Pause between log cleaner passes over the compacted partitions.
+    pub cleaner_backoff: Duration,
     /// Topic defaults, from the `log.*` settings.
     pub log_defaults: LogConfig,
     /// Every setting's effective value, for display (DescribeConfigs on the broker).
@@ -212,6 +215,12 @@ impl ServerConfig {
             retention_check_interval: Duration::from_millis(parse_num(
                 &values,
                 "log.retention.check.interval.ms",
+                1,
+                i64::MAX,
+            )? as u64),
+            cleaner_backoff: Duration::from_millis(parse_num(
+                &values,
+                "log.cleaner.backoff.ms",
                 1,
                 i64::MAX,
             )? as u64),
@@ -355,6 +364,7 @@ mod tests {
         assert_eq!(c.http_listen.to_string(), "127.0.0.1:9644");
         assert_eq!(c.data_dir, PathBuf::from("./spate-data"));
         assert_eq!(c.log_defaults.retention_ms, 604_800_000);
+        assert_eq!(c.cleaner_backoff, Duration::from_millis(15_000));
         assert!(c.acks_all_fsync);
     }
 

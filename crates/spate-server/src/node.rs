@@ -98,6 +98,7 @@ impl Node {
         tasks.push(tokio::spawn(retention(
             replicas.clone(),
             config.retention_check_interval,
+            config.cleaner_backoff,
             shutdown_rx.clone(),
         )));
         let router = http::router(http::HttpState {
@@ -180,27 +181,80 @@ async fn wait_for_signal() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Deletes segments past retention, in the background so produce never waits on it.
+/// Background log maintenance, so produce never waits on it: deletes segments past retention
+/// every `retention_interval`, and every `cleaner_backoff` runs a compaction pass over each
+/// compacted partition, one partition at a time on the blocking pool (the partition lock is
+/// held only to plan and to swap; see `Partition::compact`).
 async fn retention(
     replicas: Arc<ReplicaManager>,
-    interval: std::time::Duration,
-    mut shutdown: watch::Receiver<bool>,
+    retention_interval: std::time::Duration,
+    cleaner_backoff: std::time::Duration,
+    shutdown: watch::Receiver<bool>,
 ) {
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            _ = spate_kafka::shutdown_signalled(&mut shutdown) => return,
-        }
-        let now = SystemTime::now()
+    fn now_ms() -> i64 {
+        SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
-        for partition in replicas.all() {
-            if let Err(e) = partition.with_log(|log| log.apply_retention(now)) {
-                tracing::warn!(partition = %partition.topic_partition(), error = %e, "retention failed");
+            .unwrap_or(0)
+    }
+    let delete = {
+        let replicas = replicas.clone();
+        let mut shutdown = shutdown.clone();
+        async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(retention_interval) => {}
+                    _ = spate_kafka::shutdown_signalled(&mut shutdown) => return,
+                }
+                let now = now_ms();
+                for partition in replicas.all() {
+                    if let Err(e) = partition.with_log(|log| log.apply_retention(now)) {
+                        tracing::warn!(partition = %partition.topic_partition(), error = %e, "retention failed");
+                    }
+                }
             }
         }
-    }
+    };
+    let clean = {
+        let mut shutdown = shutdown.clone();
+        async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(cleaner_backoff) => {}
+                    _ = spate_kafka::shutdown_signalled(&mut shutdown) => return,
+                }
+                for partition in replicas.all() {
+                    if !partition
+                        .with_log(|log| Ok(log.config().compacts()))
+                        .unwrap_or(false)
+                    {
+                        continue;
+                    }
+                    if *shutdown.borrow() {
+                        return;
+                    }
+                    let tp = partition.topic_partition().clone();
+                    let now = now_ms();
+                    let pass = tokio::task::spawn_blocking(move || {
+                        partition.compact(now, spate_log::CompactionLimits::default())
+                    })
+                    .await;
+                    match pass {
+                        Ok(Ok(outcome)) => {
+                            tracing::debug!(partition = %tp, ?outcome, "log cleaner pass")
+                        }
+                        Ok(Err(e)) => {
+                            tracing::warn!(partition = %tp, error = %e, "log cleaner pass failed")
+                        }
+                        Err(e) => {
+                            tracing::error!(partition = %tp, error = %e, "log cleaner pass panicked")
+                        }
+                    }
+                }
+            }
+        }
+    };
+    tokio::join!(delete, clean);
 }
 
 /// Reads (or creates) `meta.properties`, Kafka's file naming the cluster and node a data
