@@ -331,9 +331,6 @@ def test_min_insync_replicas_above_replica_count_fails_acks_all(bootstrap, topic
         assert kproto.produce(c, topic_name, 0, kproto.record_batch([b"one"]), acks=1) == (0, 0)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "broker bug: a record with a null key on a cleanup.policy=compact topic is accepted; Kafka's "
-    "LogValidator rejects it with INVALID_RECORD (87) even before compaction exists"))
 def test_compacted_topic_rejects_records_without_key(bootstrap, topic_name):
     create_topic(bootstrap, topic_name, config={"cleanup.policy": "compact"})
     with kproto.Conn(bootstrap) as c:
@@ -354,3 +351,58 @@ def test_segment_ms_rolls_by_age(broker_factory, topic_name):
         pytest.skip("unknown on-disk layout")
     assert len(logs) >= 2, f"segment.ms=500 did not roll a segment after 1.2 s: {sorted(f.name for f in logs)}"
     assert [m.value() for m in consume(b.bootstrap, topic_name, expected=2)] == [b"first", b"second"]
+
+
+def test_compaction_keeps_the_latest_value_per_key_at_its_offset(broker_factory, topic_name):
+    """A compacted topic with small segments: the background cleaner (every 200 ms) leaves, below
+    the active segment, exactly the latest record of each key, at its original offset; the active
+    segment is untouched; a restart and further produces see the same log."""
+    b = broker_factory(args=["--set", "log.cleaner.backoff.ms=200"])
+    a = create_topic(b.bootstrap, topic_name, config={
+        "cleanup.policy": "compact", "segment.bytes": "2048", "min.cleanable.dirty.ratio": "0.01"})
+    n = 400
+    keys = [b"key-%02d" % (i % 7 if i % 3 else i % 12) for i in range(n)]
+    sent = [dict(key=keys[i], value=b"%05d-" % i + b"v" * 40) for i in range(n)]
+    p = producer(b.bootstrap, **{"linger.ms": 0, "batch.num.messages": 4, "enable.idempotence": False})
+    delivered = produce_all(p, topic_name, sent)
+    assert [m.offset() for m in delivered] == list(range(n))
+    part_dir = Path(b.data_dir) / "logs" / f"{topic_name}-0"
+
+    def active_base():
+        return max(int(f.name[:20]) for f in part_dir.glob("*.log"))
+
+    def expected(active):
+        latest = {}
+        for i in range(active):
+            latest[keys[i]] = i
+        return sorted(set(latest.values()) | set(range(active, n)))
+
+    deadline = time.monotonic() + 20
+    while True:
+        got = consume(b.bootstrap, topic_name)
+        offs = [m.offset() for m in got]
+        active = active_base()
+        want = expected(active)
+        if offs == want or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert active > 0, "segment.bytes=2048 with ~20 KB written must have rolled"
+    assert offs == want, (f"below the active segment (base {active}) only the latest record per key may remain; "
+                          f"got {len(offs)} records, expected {len(want)}: extra {sorted(set(offs) - set(want))[:10]}, "
+                          f"missing {sorted(set(want) - set(offs))[:10]}")
+    assert len(offs) < n // 2, f"only {n - len(offs)} of {n} records were compacted away"
+    for m in got:
+        assert (m.key(), m.value()) == (keys[m.offset()], sent[m.offset()]["value"]), f"offset {m.offset()}"
+    latest = {k: sent[i]["value"] for i, k in enumerate(keys)}
+    assert {m.key(): m.value() for m in got} == latest, "the latest value of every key survives"
+    assert offsets(a, topic_name) == (0, n)
+    # A fetch from a compacted-away offset starts at the next survivor.
+    gap = next(o for o in range(n) if o not in set(offs))
+    first = consume(b.bootstrap, topic_name, start=gap)[0]
+    assert first.offset() == min(o for o in offs if o > gap)
+
+    b.restart(graceful=False)
+    again = consume(b.bootstrap, topic_name)
+    assert [m.offset() for m in again] == offs
+    more = produce_all(producer(b.bootstrap), topic_name, [dict(key=b"key-00", value=b"after restart")])
+    assert more[0].offset() == n
