@@ -1,4 +1,10 @@
-//! The `spate` binary: `spate serve` runs a node.
+//! The `spate` binary: `spate serve` runs a node; `spate group` inspects consumer groups on
+//! any Kafka-compatible broker.
+
+mod client;
+#[cfg(test)]
+mod fake_broker;
+mod group;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -19,6 +25,9 @@ struct Cli {
 enum Command {
     /// Run a node (single-node cluster by default), data in ./spate-data.
     Serve(ServeArgs),
+    /// Consumer groups: list them, describe one with its members and lag.
+    #[command(subcommand)]
+    Group(group::GroupCommand),
 }
 
 #[derive(clap::Args)]
@@ -53,6 +62,18 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => match serve(args) {
             Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Group(command) => match group::run(command) {
+            Ok(out) => {
+                use std::io::Write;
+                // A closed stdout (`| head`) is not worth a panic.
+                let _ = std::io::stdout().lock().write_all(out.as_bytes());
+                ExitCode::SUCCESS
+            }
             Err(e) => {
                 eprintln!("error: {e:#}");
                 ExitCode::FAILURE
