@@ -31,6 +31,31 @@ pub struct BrokerConfig {
     pub log_defaults: LogConfig,
     /// `delete.topic.enable`
     pub delete_topic_enable: bool,
+    /// Consumer group coordinator settings.
+    pub groups: GroupConfig,
+}
+
+/// Settings of the group coordinator and its offsets topic, named after Kafka's.
+#[derive(Clone, Debug)]
+pub struct GroupConfig {
+    pub settings: spate_coordinator::GroupSettings,
+    /// `offsets.topic.num.partitions`
+    pub offsets_topic_partitions: i32,
+    /// `offsets.topic.segment.bytes`
+    pub offsets_topic_segment_bytes: u64,
+    /// `offsets.retention.check.interval.ms`
+    pub offsets_retention_check: std::time::Duration,
+}
+
+impl Default for GroupConfig {
+    fn default() -> Self {
+        GroupConfig {
+            settings: Default::default(),
+            offsets_topic_partitions: 50,
+            offsets_topic_segment_bytes: 100 * 1024 * 1024,
+            offsets_retention_check: std::time::Duration::from_secs(600),
+        }
+    }
 }
 
 /// Producer ids are handed out from blocks the controller allocates, so that ids stay unique
@@ -50,6 +75,8 @@ pub struct Broker {
     pub(crate) hosted: Mutex<std::collections::BTreeMap<spate_types::TopicPartition, uuid::Uuid>>,
     pub(crate) shutdown: watch::Receiver<bool>,
     pub(crate) request_memory: Arc<tokio::sync::Semaphore>,
+    /// Started on first use (creating `__consumer_offsets`) or at start if it exists.
+    pub(crate) groups: tokio::sync::OnceCell<spate_coordinator::Coordinator>,
 }
 
 /// Request memory is accounted in KiB so that the semaphore's `u32` permits cover large limits.
@@ -71,6 +98,7 @@ impl Broker {
             hosted: Mutex::new(Default::default()),
             shutdown,
             request_memory: Arc::new(tokio::sync::Semaphore::new(permits)),
+            groups: tokio::sync::OnceCell::new(),
         })
     }
 

@@ -122,7 +122,7 @@ async fn connection(
         else {
             break;
         };
-        let response = apis::dispatch(&broker, frame).await;
+        let response = apis::dispatch(&broker, frame, peer).await;
         drop(permit);
         match response {
             Ok(Some(response)) => {

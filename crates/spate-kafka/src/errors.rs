@@ -57,3 +57,29 @@ pub(crate) fn config_error(e: &ConfigError) -> ResponseError {
         ConfigError::Unknown(_) | ConfigError::Invalid { .. } => ResponseError::InvalidConfig,
     }
 }
+
+pub(crate) fn group_error(e: &spate_coordinator::GroupError) -> ResponseError {
+    use spate_coordinator::GroupError as G;
+    match e {
+        G::InvalidGroupId => ResponseError::InvalidGroupId,
+        G::UnknownMemberId => ResponseError::UnknownMemberId,
+        G::MemberIdRequired => ResponseError::MemberIdRequired,
+        G::IllegalGeneration => ResponseError::IllegalGeneration,
+        G::RebalanceInProgress => ResponseError::RebalanceInProgress,
+        G::InconsistentGroupProtocol => ResponseError::InconsistentGroupProtocol,
+        G::InvalidSessionTimeout => ResponseError::InvalidSessionTimeout,
+        G::FencedInstanceId => ResponseError::FencedInstanceId,
+        G::GroupMaxSizeReached => ResponseError::GroupMaxSizeReached,
+        G::CoordinatorNotAvailable => ResponseError::CoordinatorNotAvailable,
+        G::GroupIdNotFound => ResponseError::GroupIdNotFound,
+        G::NonEmptyGroup => ResponseError::NonEmptyGroup,
+        G::GroupSubscribedToTopic => ResponseError::GroupSubscribedToTopic,
+        G::OffsetMetadataTooLarge => ResponseError::OffsetMetadataTooLarge,
+        G::StorageError => ResponseError::KafkaStorageError,
+    }
+}
+
+/// The wire code of an optional group error (0 for none).
+pub(crate) fn group_code(e: Option<spate_coordinator::GroupError>) -> i16 {
+    e.map_or(0, |e| group_error(&e).code())
+}

@@ -14,11 +14,13 @@ mod broker;
 mod configs;
 mod connection;
 mod errors;
+mod groups;
 mod metadata_sync;
 mod probe;
 mod topics;
 
-pub use broker::{shutdown_signalled, Broker, BrokerConfig};
+pub use broker::{shutdown_signalled, Broker, BrokerConfig, GroupConfig};
+pub use groups::{group_lag, start_groups_if_present, GroupLag};
 pub use connection::serve;
 pub use metadata_sync::follow_metadata;
 

@@ -61,6 +61,15 @@ pub const BROKER_CONFIGS: &[BrokerConfigDef] = &[
     def("acks.all.fsync", "true", "Answer acks=all only after fsync. false is the relaxed mode: acknowledged once in the operating system, fsynced within log.flush.interval.ms."),
     def("log.retention.check.interval.ms", "300000", "How often retention deletes old segments."),
     def("log.cleaner.backoff.ms", "15000", "How often the log cleaner looks for compacted topics to clean."),
+    def("group.initial.rebalance.delay.ms", "3000", "How long a new group waits for more members before its first rebalance completes (each join extends it, up to the rebalance timeout)."),
+    def("group.min.session.timeout.ms", "6000", "Smallest session timeout a member may ask for."),
+    def("group.max.session.timeout.ms", "1800000", "Largest session timeout a member may ask for."),
+    def("group.max.size", "2147483647", "Most members a group may have."),
+    def("offset.metadata.max.bytes", "4096", "Longest metadata string an offset commit may carry."),
+    def("offsets.retention.minutes", "10080", "How long an empty group's committed offsets are kept."),
+    def("offsets.retention.check.interval.ms", "600000", "How often expired offsets are removed."),
+    def("offsets.topic.num.partitions", "50", "Partitions of __consumer_offsets (fixed once the topic exists)."),
+    def("offsets.topic.segment.bytes", "104857600", "Segment size of __consumer_offsets."),
     topic_default("message.max.bytes", "max.message.bytes", "1048588", "Largest record batch accepted."),
     topic_default("log.segment.bytes", "segment.bytes", "1073741824", "Size at which a segment is rolled."),
     topic_default("log.roll.ms", "segment.ms", "604800000", "Age at which a segment is rolled."),
@@ -105,6 +114,8 @@ pub struct ServerConfig {
     pub retention_check_interval: Duration,
     /// Pause between log cleaner passes over the compacted partitions.
     pub cleaner_backoff: Duration,
+    /// Group coordinator settings (`group.*`, `offsets.*`).
+    pub groups: spate_kafka::GroupConfig,
     /// Topic defaults, from the `log.*` settings.
     pub log_defaults: LogConfig,
     /// Every setting's effective value, for display (DescribeConfigs on the broker).
@@ -224,11 +235,46 @@ impl ServerConfig {
                 1,
                 i64::MAX,
             )? as u64),
+            groups: group_config(&values)?,
             log_defaults,
             values,
         };
         Ok(config)
     }
+}
+
+fn group_config(values: &BTreeMap<String, String>) -> Result<spate_kafka::GroupConfig, ConfigError> {
+    let num = |name: &str, min: i64, max: i64| parse_num(values, name, min, max);
+    let min_session = num("group.min.session.timeout.ms", 1, i32::MAX as i64)? as i32;
+    let max_session = num("group.max.session.timeout.ms", 1, i32::MAX as i64)? as i32;
+    if min_session > max_session {
+        return Err(ConfigError::Invalid {
+            name: "group.min.session.timeout.ms".into(),
+            value: min_session.to_string(),
+            reason: format!("must not exceed group.max.session.timeout.ms ({max_session})"),
+        });
+    }
+    Ok(spate_kafka::GroupConfig {
+        settings: spate_coordinator::GroupSettings {
+            min_session_timeout_ms: min_session,
+            max_session_timeout_ms: max_session,
+            initial_rebalance_delay_ms: num("group.initial.rebalance.delay.ms", 0, i32::MAX as i64)?,
+            max_size: num("group.max.size", 1, i32::MAX as i64)? as usize,
+            offset_metadata_max_bytes: num("offset.metadata.max.bytes", 0, i32::MAX as i64)? as usize,
+            offsets_retention_ms: num("offsets.retention.minutes", 1, i64::MAX / 60_000)? * 60_000,
+        },
+        offsets_topic_partitions: num(
+            "offsets.topic.num.partitions",
+            1,
+            spate_types::limits::PARTITIONS_PER_TOPIC_MAX as i64,
+        )? as i32,
+        offsets_topic_segment_bytes: num("offsets.topic.segment.bytes", 1 << 14, i32::MAX as i64)? as u64,
+        offsets_retention_check: Duration::from_millis(num(
+            "offsets.retention.check.interval.ms",
+            1,
+            i64::MAX,
+        )? as u64),
+    })
 }
 
 fn set(

@@ -86,12 +86,14 @@ impl Node {
                 queued_request_bytes_max: config.queued_request_bytes_max,
                 log_defaults: config.log_defaults.clone(),
                 delete_topic_enable: config.delete_topic_enable,
+                groups: config.groups.clone(),
             },
             controller,
             replicas.clone(),
             shutdown_rx.clone(),
         );
         spate_kafka::sync_metadata_at_start(&broker);
+        spate_kafka::start_groups_if_present(&broker).await;
 
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(spate_kafka::follow_metadata(broker.clone())));

@@ -125,6 +125,7 @@ pub(crate) async fn handle(
     }
     if !deleted.is_empty() {
         apply_image(broker, &broker.image());
+        crate::groups::forget_deleted_topics(broker).await;
     }
     Reply::Now(DeleteTopicsResponse::default().with_responses(responses))
 }

@@ -13,16 +13,27 @@ pub(crate) mod alter_configs;
 pub(crate) mod api_versions;
 pub(crate) mod create_partitions;
 pub(crate) mod create_topics;
+pub(crate) mod delete_groups;
 pub(crate) mod delete_records;
 pub(crate) mod delete_topics;
 pub(crate) mod describe_cluster;
 pub(crate) mod describe_configs;
+pub(crate) mod describe_groups;
 pub(crate) mod fetch;
+pub(crate) mod find_coordinator;
+pub(crate) mod heartbeat;
 pub(crate) mod incremental_alter_configs;
 pub(crate) mod init_producer_id;
+pub(crate) mod join_group;
+pub(crate) mod leave_group;
+pub(crate) mod list_groups;
 pub(crate) mod list_offsets;
 pub(crate) mod metadata;
+pub(crate) mod offset_commit;
+pub(crate) mod offset_delete;
+pub(crate) mod offset_fetch;
 pub(crate) mod produce;
+pub(crate) mod sync_group;
 
 /// The encoded response frame (length prefix included), or why the connection must close.
 pub(crate) type Encoded = Result<Bytes, DispatchError>;
@@ -53,6 +64,8 @@ pub(crate) enum Reply<R> {
 #[derive(Debug)]
 pub(crate) struct RequestContext {
     pub header: RequestHeader,
+    /// The client's address (Kafka reports it as the group member's host).
+    pub peer: Option<std::net::SocketAddr>,
 }
 
 impl RequestContext {
@@ -141,6 +154,17 @@ apis! {
     CreatePartitions => create_partitions(m::CreatePartitionsRequest),
     IncrementalAlterConfigs => incremental_alter_configs(m::IncrementalAlterConfigsRequest),
     DescribeCluster => describe_cluster(m::DescribeClusterRequest),
+    FindCoordinator => find_coordinator(m::FindCoordinatorRequest),
+    JoinGroup => join_group(m::JoinGroupRequest),
+    SyncGroup => sync_group(m::SyncGroupRequest),
+    Heartbeat => heartbeat(m::HeartbeatRequest),
+    LeaveGroup => leave_group(m::LeaveGroupRequest),
+    OffsetCommit => offset_commit(m::OffsetCommitRequest),
+    OffsetFetch => offset_fetch(m::OffsetFetchRequest),
+    ListGroups => list_groups(m::ListGroupsRequest),
+    DescribeGroups => describe_groups(m::DescribeGroupsRequest),
+    DeleteGroups => delete_groups(m::DeleteGroupsRequest),
+    OffsetDelete => offset_delete(m::OffsetDeleteRequest),
 }
 
 fn unsupported(key: ApiKey, version: i16) -> DispatchError {
@@ -194,6 +218,7 @@ fn check_framing(frame: &[u8]) -> Result<Result<Framing, i32>, DispatchError> {
 pub(crate) async fn dispatch(
     broker: &Arc<Broker>,
     frame: BytesMut,
+    peer: std::net::SocketAddr,
 ) -> Result<Option<Response>, DispatchError> {
     let mut frame = frame.freeze();
     let Framing { key, version, .. } = match check_framing(&frame)? {
@@ -215,7 +240,16 @@ pub(crate) async fn dispatch(
             }
         })?;
     crate::probe::request_received(key);
-    route(broker, key, RequestContext { header }, frame).await
+    route(
+        broker,
+        key,
+        RequestContext {
+            header,
+            peer: Some(peer),
+        },
+        frame,
+    )
+    .await
 }
 
 /// Decodes a request frame (without its length prefix) exactly as the broker would, without
@@ -357,8 +391,8 @@ mod tests {
         // Unknown API key 999.
         let err = decode_request(Bytes::from_static(&[0x03, 0xe7, 0, 0, 0, 0, 0, 1])).unwrap_err();
         assert!(err.contains("unknown API key 999"), "{err}");
-        // A known but unimplemented API (OffsetCommit, key 8).
-        assert!(decode_request(Bytes::from_static(&[0, 8, 0, 2, 0, 0, 0, 1])).is_err());
+        // A known but unimplemented API (TxnOffsetCommit, key 28).
+        assert!(decode_request(Bytes::from_static(&[0, 28, 0, 2, 0, 0, 0, 1])).is_err());
         // Metadata v99 is not supported.
         assert!(decode_request(Bytes::from_static(&[0, 3, 0, 99, 0, 0, 0, 1])).is_err());
         // A valid header followed by a truncated body.

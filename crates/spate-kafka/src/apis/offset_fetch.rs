@@ -1,0 +1,160 @@
+//! OffsetFetch: committed offsets of one group (v0-7) or several (v8+); a partition without a
+//! commit answers offset -1, and null topics means every committed partition.
+
+use super::{Reply, RequestContext};
+use crate::broker::Broker;
+use crate::groups::{coordinator, str_bytes, string};
+use crate::topics::topic_name;
+use kafka_protocol::messages::offset_fetch_response::{
+    OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions,
+    OffsetFetchResponseTopic, OffsetFetchResponseTopics,
+};
+use kafka_protocol::messages::{GroupId, OffsetFetchRequest, OffsetFetchResponse};
+use kafka_protocol::protocol::VersionRange;
+use spate_coordinator::CommittedOffset;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+pub(crate) const VERSIONS: VersionRange = VersionRange { min: 1, max: 9 };
+
+/// v8 (KIP-709) fetches for several groups at once.
+const BATCHED_VERSION: i16 = 8;
+
+type Fetched = Vec<(String, i32, Option<CommittedOffset>)>;
+
+pub(crate) async fn handle(
+    broker: &Arc<Broker>,
+    ctx: &RequestContext,
+    request: OffsetFetchRequest,
+) -> Reply<OffsetFetchResponse> {
+    let batched = ctx.version() >= BATCHED_VERSION;
+    let groups: Vec<(GroupId, Option<Vec<(String, Vec<i32>)>>)> = if batched {
+        request
+            .groups
+            .iter()
+            .map(|g| {
+                let topics = g.topics.as_ref().map(|ts| {
+                    ts.iter()
+                        .map(|t| (string(&t.name.0), t.partition_indexes.clone()))
+                        .collect()
+                });
+                (g.group_id.clone(), topics)
+            })
+            .collect()
+    } else {
+        let topics = request.topics.as_ref().map(|ts| {
+            ts.iter()
+                .map(|t| (string(&t.name.0), t.partition_indexes.clone()))
+                .collect()
+        });
+        vec![(request.group_id.clone(), topics)]
+    };
+    let coordinator = match coordinator(broker).await {
+        Ok(c) => c,
+        Err(e) => {
+            let code = e.code.code();
+            return Reply::Now(if batched {
+                OffsetFetchResponse::default().with_groups(
+                    groups
+                        .into_iter()
+                        .map(|(id, _)| {
+                            OffsetFetchResponseGroup::default()
+                                .with_group_id(id)
+                                .with_error_code(code)
+                        })
+                        .collect(),
+                )
+            } else {
+                OffsetFetchResponse::default().with_error_code(code)
+            });
+        }
+    };
+    let mut answers = Vec::with_capacity(groups.len());
+    for (id, topics) in groups {
+        let group = string(&id.0);
+        let fetched = coordinator
+            .query(move |core, _| core.fetch_offsets(&group, topics.as_deref()))
+            .await
+            .unwrap_or_default();
+        answers.push((id, fetched));
+    }
+    if batched {
+        let groups = answers
+            .into_iter()
+            .map(|(id, fetched)| {
+                let topics = by_topic(fetched)
+                    .into_iter()
+                    .map(|(name, parts)| {
+                        OffsetFetchResponseTopics::default()
+                            .with_name(topic_name(&name))
+                            .with_partitions(
+                                parts
+                                    .into_iter()
+                                    .map(|(p, c)| {
+                                        let (offset, epoch, metadata) = fields(c);
+                                        OffsetFetchResponsePartitions::default()
+                                            .with_partition_index(p)
+                                            .with_committed_offset(offset)
+                                            .with_committed_leader_epoch(epoch)
+                                            .with_metadata(Some(str_bytes(metadata)))
+                                    })
+                                    .collect(),
+                            )
+                    })
+                    .collect();
+                OffsetFetchResponseGroup::default()
+                    .with_group_id(id)
+                    .with_topics(topics)
+            })
+            .collect();
+        return Reply::Now(OffsetFetchResponse::default().with_groups(groups));
+    }
+    let fetched = answers.pop().map(|(_, f)| f).unwrap_or_default();
+    let topics = by_topic(fetched)
+        .into_iter()
+        .map(|(name, parts)| {
+            OffsetFetchResponseTopic::default()
+                .with_name(topic_name(&name))
+                .with_partitions(
+                    parts
+                        .into_iter()
+                        .map(|(p, c)| {
+                            let (offset, epoch, metadata) = fields(c);
+                            OffsetFetchResponsePartition::default()
+                                .with_partition_index(p)
+                                .with_committed_offset(offset)
+                                .with_committed_leader_epoch(epoch)
+                                .with_metadata(Some(str_bytes(metadata)))
+                        })
+                        .collect(),
+                )
+        })
+        .collect();
+    Reply::Now(OffsetFetchResponse::default().with_topics(topics))
+}
+
+/// Groups results by topic, keeping the request's order of topics.
+fn by_topic(fetched: Fetched) -> Vec<(String, Vec<(i32, Option<CommittedOffset>)>)> {
+    let mut order: Vec<String> = Vec::new();
+    let mut map: BTreeMap<String, Vec<(i32, Option<CommittedOffset>)>> = BTreeMap::new();
+    for (topic, partition, c) in fetched {
+        if !map.contains_key(&topic) {
+            order.push(topic.clone());
+        }
+        map.entry(topic).or_default().push((partition, c));
+    }
+    order
+        .into_iter()
+        .map(|t| {
+            let parts = map.remove(&t).unwrap_or_default();
+            (t, parts)
+        })
+        .collect()
+}
+
+/// (offset, leader epoch, metadata): -1, -1, "" for a partition without a commit.
+fn fields(c: Option<CommittedOffset>) -> (i64, i32, String) {
+    c.map_or((-1, -1, String::new()), |c| {
+        (c.offset, c.leader_epoch, c.metadata)
+    })
+}

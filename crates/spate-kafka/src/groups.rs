@@ -1,0 +1,161 @@
+//! The group coordinator as the Kafka handlers reach it: started on first use, which creates
+//! the internal `__consumer_offsets` topic (compacted, `offsets.topic.num.partitions`), or at
+//! start when the topic exists so committed offsets are loaded before clients ask.
+
+use crate::broker::Broker;
+use crate::metadata_sync::apply_image;
+use crate::topics::{create_topic, ApiError, NewTopic};
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
+use spate_coordinator::{Coordinator, OFFSETS_TOPIC};
+use spate_types::TopicPartition;
+
+/// The coordinator, starting it (and creating its topic) if needed.
+pub(crate) async fn coordinator(broker: &Broker) -> Result<&Coordinator, ApiError> {
+    broker
+        .groups
+        .get_or_try_init(|| async {
+            if !broker.image().topics.contains_key(OFFSETS_TOPIC) {
+                let config = &broker.config.groups;
+                let configs = [
+                    ("cleanup.policy", "compact".to_owned()),
+                    (
+                        "segment.bytes",
+                        config.offsets_topic_segment_bytes.to_string(),
+                    ),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect();
+                let created = create_topic(
+                    broker,
+                    NewTopic {
+                        name: OFFSETS_TOPIC.to_owned(),
+                        partitions: config.offsets_topic_partitions,
+                        replication_factor: -1,
+                        configs,
+                    },
+                    false,
+                )
+                .await;
+                match created {
+                    Ok(_) => {}
+                    // Another request created it first.
+                    Err(e) if e.code == ResponseError::TopicAlreadyExists => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            start(broker)
+        })
+        .await
+}
+
+fn start(broker: &Broker) -> Result<Coordinator, ApiError> {
+    let image = broker.image();
+    apply_image(broker, &image);
+    let count = image
+        .topics
+        .get(OFFSETS_TOPIC)
+        .map_or(0, |t| t.partitions.len() as i32);
+    let mut partitions = Vec::with_capacity(count as usize);
+    for index in 0..count {
+        let tp = TopicPartition::new(OFFSETS_TOPIC.to_owned(), index);
+        let partition = broker.replicas.get(&tp).ok_or_else(|| {
+            ApiError::new(
+                ResponseError::CoordinatorNotAvailable,
+                format!("{tp} is not hosted here"),
+            )
+        })?;
+        partitions.push(partition);
+    }
+    let config = &broker.config.groups;
+    let coordinator = Coordinator::start(
+        config.settings.clone(),
+        partitions,
+        config.offsets_retention_check,
+        broker.shutdown.clone(),
+    );
+    Ok(coordinator)
+}
+
+/// Starts the coordinator at node start if `__consumer_offsets` exists, so offsets are
+/// loaded (and expire) without waiting for a client; also drops offsets of topics deleted
+/// while the node was down.
+pub async fn start_groups_if_present(broker: &Broker) {
+    if broker.image().topics.contains_key(OFFSETS_TOPIC) {
+        match coordinator(broker).await {
+            Ok(_) => forget_deleted_topics(broker).await,
+            Err(e) => tracing::error!(error = %e.message, "cannot start the group coordinator"),
+        }
+    }
+}
+
+/// Removes committed offsets of topics that no longer exist (Kafka does this on deletion).
+pub(crate) async fn forget_deleted_topics(broker: &Broker) {
+    let Some(coordinator) = broker.groups.get() else {
+        return;
+    };
+    let image = broker.image();
+    let removed = coordinator
+        .query(move |core, _| core.remove_topics(|t| image.topics.contains_key(t)))
+        .await
+        .unwrap_or(0);
+    if removed > 0 {
+        tracing::info!(removed, "removed committed offsets of deleted topics");
+    }
+}
+
+/// One committed offset and its lag, for `/metrics`.
+#[derive(Clone, Debug)]
+pub struct GroupLag {
+    pub group: String,
+    pub topic: String,
+    pub partition: i32,
+    pub committed: i64,
+    /// High watermark minus committed offset; `None` when the partition is not hosted.
+    pub lag: Option<i64>,
+}
+
+/// Committed offsets and lag of every group, and member counts per group.
+pub async fn group_lag(broker: &Broker) -> (Vec<GroupLag>, Vec<(String, usize)>) {
+    let Some(coordinator) = broker.groups.get() else {
+        return Default::default();
+    };
+    let Ok((offsets, members)) = coordinator
+        .query(|core, _| (core.all_offsets(), core.member_counts()))
+        .await
+    else {
+        return Default::default();
+    };
+    let lags = offsets
+        .into_iter()
+        .map(|(group, topic, partition, committed)| {
+            let tp = TopicPartition::new(topic.clone(), partition);
+            let lag = broker
+                .replicas
+                .get(&tp)
+                .map(|p| (p.high_watermark().0 - committed).max(0));
+            GroupLag {
+                group,
+                topic,
+                partition,
+                committed,
+                lag,
+            }
+        })
+        .collect();
+    let members = members.into_iter().map(|(g, n, _)| (g, n)).collect();
+    (lags, members)
+}
+
+pub(crate) fn string(s: &StrBytes) -> String {
+    s.as_str().to_owned()
+}
+
+pub(crate) fn opt_string(s: &Option<StrBytes>) -> Option<String> {
+    s.as_ref().map(string)
+}
+
+pub(crate) fn str_bytes(s: impl Into<String>) -> StrBytes {
+    StrBytes::from_string(s.into())
+}
