@@ -265,7 +265,10 @@ impl GroupCoordinator {
     /// JoinGroup; the answer comes as [`Action::Join`] (at once or when the rebalance ends).
     pub fn join(&mut self, now: i64, reply: ReplyId, req: JoinRequest) {
         let refuse = |out: &mut Vec<Action>, e: GroupError, req: &JoinRequest| {
-            out.push(Action::Join(reply, JoinResponse::error(e, req.member_id.clone())));
+            out.push(Action::Join(
+                reply,
+                JoinResponse::error(e, req.member_id.clone()),
+            ));
         };
         if req.group_id.is_empty() {
             return refuse(&mut self.out, GroupError::InvalidGroupId, &req);
@@ -283,7 +286,10 @@ impl GroupCoordinator {
                 .insert(req.group_id.clone(), Group::new(req.group_id.clone(), now));
         }
         let new_id = if req.member_id.is_empty() {
-            let prefix = req.instance_id.clone().unwrap_or_else(|| req.client_id.clone());
+            let prefix = req
+                .instance_id
+                .clone()
+                .unwrap_or_else(|| req.client_id.clone());
             Some(self.new_member_id(&prefix))
         } else {
             None
@@ -309,8 +315,10 @@ impl GroupCoordinator {
             sync(g, ctx, reply, req)
         });
         if answered.is_none() {
-            self.out
-                .push(Action::Sync(reply, SyncResponse::error(GroupError::UnknownMemberId)));
+            self.out.push(Action::Sync(
+                reply,
+                SyncResponse::error(GroupError::UnknownMemberId),
+            ));
         }
     }
 
@@ -563,7 +571,10 @@ impl GroupCoordinator {
     pub fn all_offsets(&self) -> Vec<(String, String, i32, i64)> {
         self.offsets
             .iter()
-            .flat_map(|(g, o)| o.iter().map(move |((t, p), c)| (g.clone(), t.clone(), *p, c.offset)))
+            .flat_map(|(g, o)| {
+                o.iter()
+                    .map(move |((t, p), c)| (g.clone(), t.clone(), *p, c.offset))
+            })
             .collect()
     }
 
@@ -573,12 +584,15 @@ impl GroupCoordinator {
             .filter(|g| g.state != GroupState::Dead)
             .filter(|g| {
                 states.is_empty()
-                    || states.iter().any(|s| s.eq_ignore_ascii_case(g.state.name()))
+                    || states
+                        .iter()
+                        .any(|s| s.eq_ignore_ascii_case(g.state.name()))
             })
             .filter(|g| {
                 let t = g.protocol_type.as_deref().unwrap_or("");
                 // KIP-848: "classic" names the group type, not the protocol type.
-                types.is_empty() || types.iter().any(|s| s.eq_ignore_ascii_case("classic"))
+                types.is_empty()
+                    || types.iter().any(|s| s.eq_ignore_ascii_case("classic"))
                     || types.iter().any(|s| s == t)
             })
             .map(|g| GroupListing {
@@ -617,7 +631,11 @@ impl GroupCoordinator {
                     client_host: m.client_host.clone(),
                     metadata: m.metadata_for(&protocol),
                     // Kafka shows assignments only once they are the group's current ones.
-                    assignment: if stable { m.assignment.clone() } else { Bytes::new() },
+                    assignment: if stable {
+                        m.assignment.clone()
+                    } else {
+                        Bytes::new()
+                    },
                 })
                 .collect(),
         }
@@ -1117,8 +1135,14 @@ fn sync(g: &mut Group, ctx: &mut Ctx<'_>, reply: ReplyId, req: SyncRequest) {
     if req.generation_id != g.generation {
         return refuse(ctx, GroupError::IllegalGeneration);
     }
-    if req.protocol_type.as_ref().is_some_and(|t| Some(t) != g.protocol_type.as_ref())
-        || req.protocol_name.as_ref().is_some_and(|p| Some(p) != g.protocol.as_ref())
+    if req
+        .protocol_type
+        .as_ref()
+        .is_some_and(|t| Some(t) != g.protocol_type.as_ref())
+        || req
+            .protocol_name
+            .as_ref()
+            .is_some_and(|p| Some(p) != g.protocol.as_ref())
     {
         return refuse(ctx, GroupError::InconsistentGroupProtocol);
     }
@@ -1138,7 +1162,8 @@ fn sync(g: &mut Group, ctx: &mut Ctx<'_>, reply: ReplyId, req: SyncRequest) {
                 m.keep_alive(ctx.now);
             }
             if is_leader {
-                let mut assignments: BTreeMap<String, Bytes> = req.assignments.into_iter().collect();
+                let mut assignments: BTreeMap<String, Bytes> =
+                    req.assignments.into_iter().collect();
                 for m in g.members.values_mut() {
                     m.assignment = assignments.remove(&m.member_id).unwrap_or_default();
                 }
@@ -1206,8 +1231,10 @@ fn remove_member(g: &mut Group, ctx: &mut Ctx<'_>, id: &str) {
         ));
     }
     if let Some(reply) = m.awaiting_sync.take() {
-        ctx.out
-            .push(Action::Sync(reply, SyncResponse::error(GroupError::UnknownMemberId)));
+        ctx.out.push(Action::Sync(
+            reply,
+            SyncResponse::error(GroupError::UnknownMemberId),
+        ));
     }
     if g.leader.as_deref() == Some(id) {
         g.leader = None;
@@ -1249,7 +1276,10 @@ fn tick_group(g: &mut Group, ctx: &mut Ctx<'_>) {
     if let Some(deadline) = g.sync_deadline_ms.filter(|d| *d <= now) {
         let _ = deadline;
         g.sync_deadline_ms = None;
-        if matches!(g.state, GroupState::CompletingRebalance | GroupState::Stable) {
+        if matches!(
+            g.state,
+            GroupState::CompletingRebalance | GroupState::Stable
+        ) {
             let unsynced: Vec<String> = g
                 .members
                 .values()
@@ -1267,9 +1297,7 @@ fn tick_group(g: &mut Group, ctx: &mut Ctx<'_>) {
         member_gone(g, ctx);
     }
 
-    if g.state == GroupState::PreparingRebalance
-        && g.join_deadline_ms.is_some_and(|d| d <= now)
-    {
+    if g.state == GroupState::PreparingRebalance && g.join_deadline_ms.is_some_and(|d| d <= now) {
         match g.join_phase {
             JoinPhase::InitialDelay { remaining_ms } if g.new_member_added && remaining_ms > 0 => {
                 let delay = ctx.settings.initial_rebalance_delay_ms.min(remaining_ms);

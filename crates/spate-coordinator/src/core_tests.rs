@@ -1,1 +1,947 @@
+//! The group state machine, one behaviour per test: every transition and timeout.
+#![allow(clippy::unwrap_used)]
 
+use super::*;
+
+const SESSION: i32 = 10_000;
+const REBALANCE: i32 = 30_000;
+
+fn settings(delay_ms: i64) -> GroupSettings {
+    GroupSettings {
+        initial_rebalance_delay_ms: delay_ms,
+        ..GroupSettings::default()
+    }
+}
+
+fn coord(delay_ms: i64) -> GroupCoordinator {
+    GroupCoordinator::new(settings(delay_ms), "t".into())
+}
+
+fn join_req(member: &str, protocols: &[&str]) -> JoinRequest {
+    JoinRequest {
+        group_id: "g".into(),
+        member_id: member.into(),
+        instance_id: None,
+        client_id: "c".into(),
+        client_host: "/127.0.0.1".into(),
+        session_timeout_ms: SESSION,
+        rebalance_timeout_ms: REBALANCE,
+        protocol_type: "consumer".into(),
+        protocols: protocols
+            .iter()
+            .map(|p| (p.to_string(), Bytes::from(format!("meta-{p}"))))
+            .collect(),
+        require_known_member_id: true,
+        supports_skip_assignment: false,
+    }
+}
+
+fn joins(c: &mut GroupCoordinator) -> Vec<(ReplyId, JoinResponse)> {
+    c.take_actions()
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::Join(id, r) => Some((id, r)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn actions(
+    c: &mut GroupCoordinator,
+) -> (
+    Vec<(ReplyId, JoinResponse)>,
+    Vec<(ReplyId, SyncResponse)>,
+    usize,
+) {
+    let mut j = Vec::new();
+    let mut s = Vec::new();
+    let mut stores = 0;
+    for a in c.take_actions() {
+        match a {
+            Action::Join(id, r) => j.push((id, r)),
+            Action::Sync(id, r) => s.push((id, r)),
+            Action::Store(_) => stores += 1,
+        }
+    }
+    (j, s, stores)
+}
+
+fn state(c: &GroupCoordinator) -> GroupState {
+    c.describe_group("g").state
+}
+
+/// A new dynamic member: MEMBER_ID_REQUIRED, then the rejoin with its id.
+fn first_join(c: &mut GroupCoordinator, now: i64, reply: ReplyId) -> String {
+    c.join(now, reply, join_req("", &["range"]));
+    let j = joins(c);
+    assert_eq!(j.len(), 1);
+    assert_eq!(j[0].1.error, Some(GroupError::MemberIdRequired));
+    let id = j[0].1.member_id.clone();
+    assert!(!id.is_empty());
+    c.join(now, reply, join_req(&id, &["range"]));
+    id
+}
+
+fn sync_req(member: &str, generation: i32, assignments: &[(&str, &str)]) -> SyncRequest {
+    SyncRequest {
+        group_id: "g".into(),
+        generation_id: generation,
+        member_id: member.into(),
+        assignments: assignments
+            .iter()
+            .map(|(m, a)| (m.to_string(), Bytes::from(a.to_string())))
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn hb(member: &str, generation: i32) -> HeartbeatRequest {
+    HeartbeatRequest {
+        group_id: "g".into(),
+        generation_id: generation,
+        member_id: member.into(),
+        instance_id: None,
+    }
+}
+
+/// One member, stable in generation 1 with assignment "A".
+fn stable_one(c: &mut GroupCoordinator) -> String {
+    let a = first_join(c, 0, 1);
+    let j = joins(c);
+    assert_eq!(j[0].1.generation_id, 1);
+    c.sync(0, 2, sync_req(&a, 1, &[(&a, "A")]));
+    let (_, s, stores) = actions(c);
+    assert_eq!(s[0].1.assignment, Bytes::from("A"));
+    assert_eq!(stores, 1, "a stable group is stored");
+    a
+}
+
+#[test]
+fn empty_group_id_and_bad_session_timeouts_are_refused() {
+    let mut c = coord(0);
+    let mut r = join_req("", &["range"]);
+    r.group_id = String::new();
+    c.join(0, 1, r);
+    assert_eq!(joins(&mut c)[0].1.error, Some(GroupError::InvalidGroupId));
+    for timeout in [5_999, 1_800_001] {
+        let mut r = join_req("", &["range"]);
+        r.session_timeout_ms = timeout;
+        c.join(0, 1, r);
+        assert_eq!(
+            joins(&mut c)[0].1.error,
+            Some(GroupError::InvalidSessionTimeout)
+        );
+    }
+}
+
+#[test]
+fn unknown_member_of_unknown_group_is_refused() {
+    let mut c = coord(0);
+    c.join(0, 1, join_req("ghost", &["range"]));
+    assert_eq!(joins(&mut c)[0].1.error, Some(GroupError::UnknownMemberId));
+    assert!(c.heartbeat(0, &hb("ghost", 1)) == Err(GroupError::UnknownMemberId));
+}
+
+#[test]
+fn single_member_goes_empty_preparing_completing_stable() {
+    let mut c = coord(0);
+    let a = first_join(&mut c, 0, 1);
+    let j = joins(&mut c);
+    assert_eq!(j.len(), 1);
+    let r = &j[0].1;
+    assert_eq!(
+        (r.error, r.generation_id, r.leader.as_str()),
+        (None, 1, a.as_str())
+    );
+    assert_eq!(r.protocol_name.as_deref(), Some("range"));
+    assert_eq!(r.members.len(), 1, "the leader gets the member list");
+    assert_eq!(r.members[0].metadata, Bytes::from("meta-range"));
+    assert_eq!(state(&c), GroupState::CompletingRebalance);
+    c.sync(0, 2, sync_req(&a, 1, &[(&a, "A")]));
+    let (_, s, _) = actions(&mut c);
+    assert_eq!(
+        s,
+        vec![(
+            2,
+            SyncResponse {
+                error: None,
+                protocol_type: Some("consumer".into()),
+                protocol_name: Some("range".into()),
+                assignment: Bytes::from("A"),
+            }
+        )]
+    );
+    assert_eq!(state(&c), GroupState::Stable);
+    assert_eq!(c.heartbeat(100, &hb(&a, 1)), Ok(()));
+    assert_eq!(
+        c.heartbeat(100, &hb(&a, 0)),
+        Err(GroupError::IllegalGeneration)
+    );
+}
+
+#[test]
+fn second_member_triggers_rebalance_and_both_get_generation_two() {
+    let mut c = coord(0);
+    let a = stable_one(&mut c);
+    let b = first_join(&mut c, 10, 3);
+    assert!(joins(&mut c).is_empty(), "b waits for a to rejoin");
+    assert_eq!(state(&c), GroupState::PreparingRebalance);
+    assert_eq!(
+        c.heartbeat(20, &hb(&a, 1)),
+        Err(GroupError::RebalanceInProgress)
+    );
+    c.join(30, 4, join_req(&a, &["range"]));
+    let j = joins(&mut c);
+    assert_eq!(j.len(), 2);
+    for (_, r) in &j {
+        assert_eq!(r.generation_id, 2);
+        assert_eq!(r.leader, a, "the leader stays the leader");
+    }
+    let leader = j.iter().find(|(_, r)| r.member_id == a).unwrap();
+    let follower = j.iter().find(|(_, r)| r.member_id == b).unwrap();
+    assert_eq!(leader.1.members.len(), 2);
+    assert!(follower.1.members.is_empty());
+    // The follower's sync waits for the leader's.
+    c.sync(40, 5, sync_req(&b, 2, &[]));
+    assert!(actions(&mut c).1.is_empty());
+    c.sync(41, 6, sync_req(&a, 2, &[(&a, "A2"), (&b, "B2")]));
+    let (_, s, _) = actions(&mut c);
+    let by: BTreeMap<ReplyId, Bytes> = s.into_iter().map(|(id, r)| (id, r.assignment)).collect();
+    assert_eq!(by[&5], Bytes::from("B2"));
+    assert_eq!(by[&6], Bytes::from("A2"));
+}
+
+#[test]
+fn protocol_choice_is_the_common_most_voted_one_and_inconsistent_is_refused() {
+    let mut c = coord(0);
+    c.join(0, 1, join_req("", &["cooperative-sticky", "range"]));
+    let a = joins(&mut c)[0].1.member_id.clone();
+    c.join(0, 1, join_req(&a, &["cooperative-sticky", "range"]));
+    assert_eq!(
+        joins(&mut c)[0].1.protocol_name.as_deref(),
+        Some("cooperative-sticky")
+    );
+    // A member that shares no protocol is refused; another protocol type too.
+    c.join(0, 2, join_req("", &["roundrobin"]));
+    assert_eq!(
+        joins(&mut c)[0].1.error,
+        Some(GroupError::InconsistentGroupProtocol)
+    );
+    let mut other = join_req("", &["range"]);
+    other.protocol_type = "connect".into();
+    c.join(0, 3, other);
+    assert_eq!(
+        joins(&mut c)[0].1.error,
+        Some(GroupError::InconsistentGroupProtocol)
+    );
+    let mut none = join_req("", &[]);
+    none.group_id = "h".into();
+    c.join(0, 4, none);
+    assert_eq!(
+        joins(&mut c)[0].1.error,
+        Some(GroupError::InconsistentGroupProtocol)
+    );
+}
+
+#[test]
+fn initial_delay_waits_for_more_members_then_completes() {
+    let mut c = coord(3_000);
+    let a = first_join(&mut c, 0, 1);
+    assert!(
+        joins(&mut c).is_empty(),
+        "the first rebalance waits for the delay"
+    );
+    assert_eq!(c.next_deadline(), Some(3_000));
+    c.tick(1_000);
+    let b = first_join(&mut c, 1_000, 2);
+    c.tick(3_000);
+    assert!(joins(&mut c).is_empty(), "a new member extended the delay");
+    assert_eq!(c.next_deadline(), Some(6_000));
+    c.tick(6_000);
+    let j = joins(&mut c);
+    assert_eq!(j.len(), 2);
+    assert!(j.iter().all(|(_, r)| r.generation_id == 1));
+    let _ = (a, b);
+}
+
+#[test]
+fn initial_delay_is_capped_by_the_rebalance_timeout() {
+    let mut c = coord(20_000);
+    first_join(&mut c, 0, 1);
+    c.tick(20_000 - 1);
+    first_join(&mut c, 19_999, 2);
+    c.tick(20_000);
+    // Remaining is 30000 - 20000 = 10000: one more delay of 10 s at most.
+    assert!(joins(&mut c).is_empty());
+    assert_eq!(c.next_deadline(), Some(30_000));
+    c.tick(30_000);
+    assert_eq!(joins(&mut c).len(), 2);
+}
+
+#[test]
+fn member_that_does_not_rejoin_is_dropped_at_the_rebalance_timeout() {
+    let mut c = coord(0);
+    let a = stable_one(&mut c);
+    let b = first_join(&mut c, 100, 3);
+    // a never rejoins; its session would expire at 10000 but it is kept while preparing... only
+    // members awaiting a join are kept alive, so a's session expiry removes it first.
+    c.tick(SESSION as i64);
+    let j = joins(&mut c);
+    assert_eq!(j.len(), 1);
+    assert_eq!(j[0].1.member_id, b);
+    assert_eq!(j[0].1.leader, b, "a new leader is chosen");
+    assert_eq!(j[0].1.generation_id, 2);
+    assert!(!c
+        .describe_group("g")
+        .members
+        .iter()
+        .any(|m| m.member_id == a));
+}
+
+#[test]
+fn rebalance_timeout_completes_the_join_without_stragglers() {
+    let mut c = coord(0);
+    let a = stable_one(&mut c);
+    let b = first_join(&mut c, 0, 3);
+    // a keeps heartbeating (REBALANCE_IN_PROGRESS) but never rejoins.
+    for t in (5_000..30_000).step_by(5_000) {
+        assert_eq!(
+            c.heartbeat(t, &hb(&a, 1)),
+            Err(GroupError::RebalanceInProgress)
+        );
+        c.tick(t);
+        assert!(joins(&mut c).is_empty());
+    }
+    c.tick(REBALANCE as i64);
+    let j = joins(&mut c);
+    assert_eq!(j.len(), 1);
+    assert_eq!(j[0].1.member_id, b);
+    assert_eq!(
+        c.heartbeat(30_001, &hb(&a, 1)),
+        Err(GroupError::UnknownMemberId)
+    );
+}
+
+#[test]
+fn session_timeout_removes_a_silent_member_and_rebalances_the_rest() {
+    let mut c = coord(0);
+    let a = stable_one(&mut c);
+    let b = first_join(&mut c, 0, 3);
+    c.join(0, 4, join_req(&a, &["range"]));
+    joins(&mut c);
+    c.sync(0, 5, sync_req(&a, 2, &[(&a, "A"), (&b, "B")]));
+    c.sync(0, 6, sync_req(&b, 2, &[]));
+    actions(&mut c);
+    assert_eq!(state(&c), GroupState::Stable);
+    // b heartbeats, a goes silent.
+    c.tick(5_000);
+    assert_eq!(c.heartbeat(5_000, &hb(&b, 2)), Ok(()));
+    c.tick(SESSION as i64);
+    assert_eq!(state(&c), GroupState::PreparingRebalance);
+    assert_eq!(
+        c.heartbeat(10_001, &hb(&b, 2)),
+        Err(GroupError::RebalanceInProgress)
+    );
+    c.join(10_002, 7, join_req(&b, &["range"]));
+    let j = joins(&mut c);
+    assert_eq!(
+        (j[0].1.generation_id, j[0].1.leader.as_str()),
+        (3, b.as_str())
+    );
+}
+
+#[test]
+fn leave_rebalances_at_once_and_last_leave_empties_the_group() {
+    let mut c = coord(0);
+    let a = stable_one(&mut c);
+    let r = c.leave(
+        5,
+        &LeaveRequest {
+            group_id: "g".into(),
+            members: vec![(a.clone(), None), ("nobody".into(), None)],
+        },
+    );
+    assert_eq!(r.error, None);
+    assert_eq!(r.members[0].2, None);
+    assert_eq!(r.members[1].2, Some(GroupError::UnknownMemberId));
+    assert_eq!(state(&c), GroupState::Empty);
+    let (_, _, stores) = actions(&mut c);
+    assert_eq!(stores, 1, "the empty group is stored");
+    assert_eq!(c.heartbeat(6, &hb(&a, 2)), Err(GroupError::UnknownMemberId));
+    let unknown = c.leave(
+        5,
+        &LeaveRequest {
+            group_id: "nope".into(),
+            members: vec![("x".into(), None)],
+        },
+    );
+    assert_eq!(unknown.error, Some(GroupError::UnknownMemberId));
+}
+
+#[test]
+fn leave_of_a_member_while_others_wait_completes_their_join() {
+    let mut c = coord(0);
+    let a = stable_one(&mut c);
+    let b = first_join(&mut c, 0, 3);
+    assert!(joins(&mut c).is_empty());
+    c.leave(
+        1,
+        &LeaveRequest {
+            group_id: "g".into(),
+            members: vec![(a, None)],
+        },
+    );
+    let j = joins(&mut c);
+    assert_eq!(j.len(), 1);
+    assert_eq!(j[0].1.member_id, b);
+}
+
+#[test]
+fn sync_errors_unknown_member_wrong_generation_and_during_rebalance() {
+    let mut c = coord(0);
+    let a = stable_one(&mut c);
+    c.sync(1, 10, sync_req("ghost", 1, &[]));
+    c.sync(1, 11, sync_req(&a, 7, &[]));
+    let mut wrong_protocol = sync_req(&a, 1, &[]);
+    wrong_protocol.protocol_name = Some("roundrobin".into());
+    c.sync(1, 12, wrong_protocol);
+    // A stable member re-syncing gets its assignment again.
+    c.sync(1, 13, sync_req(&a, 1, &[]));
+    let (_, s, _) = actions(&mut c);
+    let by: BTreeMap<ReplyId, SyncResponse> = s.into_iter().collect();
+    assert_eq!(by[&10].error, Some(GroupError::UnknownMemberId));
+    assert_eq!(by[&11].error, Some(GroupError::IllegalGeneration));
+    assert_eq!(by[&12].error, Some(GroupError::InconsistentGroupProtocol));
+    assert_eq!(by[&13].assignment, Bytes::from("A"));
+    first_join(&mut c, 2, 14);
+    c.sync(2, 15, sync_req(&a, 1, &[]));
+    let (_, s, _) = actions(&mut c);
+    assert_eq!(s[0].1.error, Some(GroupError::RebalanceInProgress));
+    c.sync(2, 16, sync_req("x", 1, &[]).clone());
+    let mut unknown_group = sync_req("x", 1, &[]);
+    unknown_group.group_id = "nope".into();
+    c.sync(2, 17, unknown_group);
+    let (_, s, _) = actions(&mut c);
+    assert!(s
+        .iter()
+        .all(|(_, r)| r.error == Some(GroupError::UnknownMemberId)));
+}
+
+#[test]
+fn pending_syncs_are_answered_when_a_rebalance_starts() {
+    let mut c = coord(0);
+    let a = stable_one(&mut c);
+    let b = first_join(&mut c, 0, 3);
+    c.join(0, 4, join_req(&a, &["range"]));
+    joins(&mut c);
+    c.sync(1, 5, sync_req(&b, 2, &[]));
+    assert!(actions(&mut c).1.is_empty());
+    // A third member arrives before the leader syncs.
+    first_join(&mut c, 2, 6);
+    let (_, s, _) = actions(&mut c);
+    assert_eq!(
+        s,
+        vec![(5, SyncResponse::error(GroupError::RebalanceInProgress))]
+    );
+}
+
+#[test]
+fn members_that_never_sync_are_removed_after_the_rebalance_timeout() {
+    let mut c = coord(0);
+    let a = stable_one(&mut c);
+    let b = first_join(&mut c, 0, 3);
+    c.join(0, 4, join_req(&a, &["range"]));
+    joins(&mut c);
+    c.sync(1, 5, sync_req(&a, 2, &[(&a, "A"), (&b, "B")]));
+    actions(&mut c);
+    assert_eq!(state(&c), GroupState::Stable);
+    assert_eq!(c.heartbeat(9_000, &hb(&a, 2)), Ok(()));
+    assert_eq!(c.heartbeat(9_000, &hb(&b, 2)), Ok(()));
+    for t in (9_000..=REBALANCE as i64).step_by(9_000) {
+        assert_eq!(c.heartbeat(t, &hb(&a, 2)), Ok(()));
+        assert!(c.heartbeat(t, &hb(&b, 2)).is_ok());
+        c.tick(t);
+    }
+    c.tick(REBALANCE as i64);
+    assert_eq!(state(&c), GroupState::PreparingRebalance, "b never synced");
+    assert_eq!(
+        c.heartbeat(30_001, &hb(&b, 2)),
+        Err(GroupError::UnknownMemberId)
+    );
+}
+
+#[test]
+fn known_member_rejoin_without_change_in_stable_gets_the_current_generation() {
+    let mut c = coord(0);
+    let a = stable_one(&mut c);
+    let b = first_join(&mut c, 0, 3);
+    c.join(0, 4, join_req(&a, &["range"]));
+    joins(&mut c);
+    c.sync(1, 5, sync_req(&a, 2, &[(&a, "A"), (&b, "B")]));
+    actions(&mut c);
+    c.join(2, 6, join_req(&b, &["range"]));
+    let j = joins(&mut c);
+    assert_eq!((j[0].1.error, j[0].1.generation_id), (None, 2));
+    assert_eq!(
+        state(&c),
+        GroupState::Stable,
+        "a follower without changes causes no rebalance"
+    );
+    // The leader rejoining, or new metadata, does.
+    c.join(3, 7, join_req(&a, &["range"]));
+    assert_eq!(state(&c), GroupState::PreparingRebalance);
+}
+
+#[test]
+fn pending_member_that_never_rejoins_expires_and_unblocks_the_join() {
+    let mut c = coord(0);
+    let a = stable_one(&mut c);
+    c.join(10, 3, join_req("", &["range"]));
+    let pending = joins(&mut c)[0].1.member_id.clone();
+    c.join(10, 4, join_req(&a, &["range"]));
+    // Forced rebalance by a's metadata? No: a is the leader, so its rejoin starts one; the
+    // pending member blocks completion until it expires.
+    assert!(joins(&mut c).is_empty());
+    c.tick(10 + SESSION as i64);
+    let j = joins(&mut c);
+    assert_eq!(j.len(), 1);
+    assert_eq!(j[0].1.member_id, a);
+    c.join(20_000, 5, join_req(&pending, &["range"]));
+    assert_eq!(joins(&mut c)[0].1.error, Some(GroupError::UnknownMemberId));
+}
+
+#[test]
+fn twenty_members_joining_at_once_converge_to_one_generation() {
+    let mut c = coord(0);
+    let ids: Vec<String> = (0..20)
+        .map(|i| {
+            c.join(0, i, join_req("", &["range"]));
+            joins(&mut c)[0].1.member_id.clone()
+        })
+        .collect();
+    for (i, id) in ids.iter().enumerate() {
+        c.join(1, 100 + i as u64, join_req(id, &["range"]));
+    }
+    let j = joins(&mut c);
+    assert_eq!(j.len(), 20, "every join answered once");
+    assert!(j
+        .iter()
+        .all(|(_, r)| r.error.is_none() && r.generation_id == 1));
+    let leaders: std::collections::BTreeSet<_> = j.iter().map(|(_, r)| r.leader.clone()).collect();
+    assert_eq!(leaders.len(), 1);
+    let ids_set: std::collections::BTreeSet<_> = ids.iter().cloned().collect();
+    assert_eq!(ids_set.len(), 20, "member ids are unique");
+}
+
+fn static_req(member: &str, instance: &str) -> JoinRequest {
+    JoinRequest {
+        instance_id: Some(instance.into()),
+        ..join_req(member, &["range"])
+    }
+}
+
+#[test]
+fn static_member_restart_keeps_its_assignment_without_rebalance() {
+    let mut c = coord(0);
+    c.join(0, 1, static_req("", "i-a"));
+    let a = joins(&mut c)[0].1.member_id.clone();
+    c.join(0, 2, static_req("", "i-b"));
+    let b = joins(&mut c)
+        .into_iter()
+        .find(|(id, _)| *id == 2)
+        .map(|(_, r)| r.member_id);
+    // The first static member completed generation 1 alone; b's join started generation 2.
+    let (j, _, _) = actions(&mut c);
+    let _ = (j, b);
+    c.join(1, 3, static_req(&a, "i-a"));
+    let j = joins(&mut c);
+    let b = j
+        .iter()
+        .find(|(_, r)| r.member_id != a)
+        .unwrap()
+        .1
+        .member_id
+        .clone();
+    let leader = j[0].1.leader.clone();
+    let follower = if leader == a { b.clone() } else { a.clone() };
+    let follower_instance = if follower == a { "i-a" } else { "i-b" };
+    c.sync(
+        2,
+        4,
+        SyncRequest {
+            instance_id: Some(if leader == a { "i-a" } else { "i-b" }.into()),
+            ..sync_req(&leader, 2, &[(&a, "A"), (&b, "B")])
+        },
+    );
+    actions(&mut c);
+    assert_eq!(state(&c), GroupState::Stable);
+    // The follower restarts: unknown member id, same instance id.
+    c.join(100, 5, static_req("", follower_instance));
+    let j = joins(&mut c);
+    assert_eq!(j.len(), 1);
+    let r = &j[0].1;
+    assert_eq!((r.error, r.generation_id), (None, 2));
+    assert_ne!(
+        r.member_id, follower,
+        "a new member id replaces the old one"
+    );
+    assert_eq!(state(&c), GroupState::Stable, "no rebalance");
+    c.sync(
+        101,
+        6,
+        SyncRequest {
+            instance_id: Some(follower_instance.into()),
+            ..sync_req(&r.member_id, 2, &[])
+        },
+    );
+    let (_, s, _) = actions(&mut c);
+    let expected = if follower == a { "A" } else { "B" };
+    assert_eq!(s[0].1.assignment, Bytes::from(expected));
+    // The old incarnation is fenced.
+    let mut old = hb(&follower, 2);
+    old.instance_id = Some(follower_instance.into());
+    assert_eq!(c.heartbeat(102, &old), Err(GroupError::FencedInstanceId));
+}
+
+#[test]
+fn static_member_leave_by_instance_id_and_fenced_leave() {
+    let mut c = coord(0);
+    c.join(0, 1, static_req("", "i-a"));
+    let a = joins(&mut c)[0].1.member_id.clone();
+    let fenced = c.leave(
+        1,
+        &LeaveRequest {
+            group_id: "g".into(),
+            members: vec![("other".into(), Some("i-a".into()))],
+        },
+    );
+    assert_eq!(fenced.members[0].2, Some(GroupError::FencedInstanceId));
+    let ok = c.leave(
+        1,
+        &LeaveRequest {
+            group_id: "g".into(),
+            members: vec![(String::new(), Some("i-a".into()))],
+        },
+    );
+    assert_eq!(ok.members[0].2, None);
+    assert_eq!(state(&c), GroupState::Empty);
+    let _ = a;
+}
+
+#[test]
+fn static_members_that_do_not_rejoin_stay_until_their_session_expires() {
+    let mut c = coord(0);
+    c.join(0, 1, static_req("", "i-a"));
+    let a = joins(&mut c)[0].1.member_id.clone();
+    c.sync(
+        0,
+        2,
+        SyncRequest {
+            instance_id: Some("i-a".into()),
+            ..sync_req(&a, 1, &[(&a, "A")])
+        },
+    );
+    actions(&mut c);
+    let b = first_join(&mut c, 1, 3);
+    c.tick(REBALANCE as i64 - 1);
+    // a's session (10 s) expired first: it is removed then and b completes alone.
+    let j = joins(&mut c);
+    assert_eq!(j.len(), 1);
+    assert_eq!(j[0].1.member_id, b);
+}
+
+#[test]
+fn group_max_size_is_enforced() {
+    let mut c = GroupCoordinator::new(
+        GroupSettings {
+            max_size: 1,
+            initial_rebalance_delay_ms: 0,
+            ..Default::default()
+        },
+        "t".into(),
+    );
+    first_join(&mut c, 0, 1);
+    joins(&mut c);
+    c.join(0, 2, join_req("", &["range"]));
+    assert_eq!(
+        joins(&mut c)[0].1.error,
+        Some(GroupError::GroupMaxSizeReached)
+    );
+}
+
+fn commit_req(member: &str, generation: i32, offset: i64) -> CommitRequest {
+    CommitRequest {
+        group_id: "g".into(),
+        generation_id: generation,
+        member_id: member.into(),
+        instance_id: None,
+        offsets: vec![("t".into(), 0, offset, 3, Some("meta".into()))],
+    }
+}
+
+fn commit(
+    c: &mut GroupCoordinator,
+    now: i64,
+    req: &CommitRequest,
+) -> Result<Vec<Option<GroupError>>, GroupError> {
+    let prepared = c.prepare_commit(now, req)?;
+    let out = prepared.iter().map(|r| r.as_ref().err().copied()).collect();
+    for r in prepared.into_iter().flatten() {
+        c.apply_record(now, r);
+    }
+    Ok(out)
+}
+
+#[test]
+fn commits_are_checked_against_membership_and_generation() {
+    let mut c = coord(0);
+    // A group that does not exist accepts only generation -1 (an assign() consumer).
+    assert_eq!(
+        commit(&mut c, 0, &commit_req("x", 1, 5)),
+        Err(GroupError::IllegalGeneration)
+    );
+    assert_eq!(commit(&mut c, 0, &commit_req("", -1, 5)), Ok(vec![None]));
+    assert_eq!(c.fetch_offsets("g", None)[0].2.as_ref().unwrap().offset, 5);
+    let a = stable_one(&mut c);
+    assert_eq!(
+        commit(&mut c, 1, &commit_req("ghost", 1, 6)),
+        Err(GroupError::UnknownMemberId)
+    );
+    assert_eq!(
+        commit(&mut c, 1, &commit_req(&a, 0, 6)),
+        Err(GroupError::IllegalGeneration)
+    );
+    assert_eq!(commit(&mut c, 1, &commit_req(&a, 1, 7)), Ok(vec![None]));
+    let f = c.fetch_offsets("g", Some(&[("t".into(), vec![0, 1])]));
+    assert_eq!(
+        f[0].2,
+        Some(CommittedOffset {
+            offset: 7,
+            leader_epoch: 3,
+            metadata: "meta".into(),
+            commit_timestamp_ms: 1
+        })
+    );
+    assert_eq!(f[1].2, None, "an uncommitted partition has no offset");
+    // Commits during CompletingRebalance are refused; during PreparingRebalance allowed.
+    first_join(&mut c, 2, 9);
+    assert_eq!(commit(&mut c, 2, &commit_req(&a, 1, 8)), Ok(vec![None]));
+    c.join(2, 10, join_req(&a, &["range"]));
+    joins(&mut c);
+    assert_eq!(
+        commit(&mut c, 3, &commit_req(&a, 2, 9)),
+        Err(GroupError::RebalanceInProgress)
+    );
+    let mut big = commit_req("", -1, 1);
+    big.group_id = "h".into();
+    big.offsets[0].4 = Some("x".repeat(4097));
+    assert_eq!(
+        commit(&mut c, 0, &big),
+        Ok(vec![Some(GroupError::OffsetMetadataTooLarge)])
+    );
+    let mut empty = commit_req("", -1, 1);
+    empty.group_id = String::new();
+    assert_eq!(commit(&mut c, 0, &empty), Err(GroupError::InvalidGroupId));
+}
+
+#[test]
+fn delete_group_refuses_non_empty_and_removes_offsets() {
+    let mut c = coord(0);
+    assert_eq!(c.delete_group("g"), Err(GroupError::GroupIdNotFound));
+    let a = stable_one(&mut c);
+    commit(&mut c, 1, &commit_req(&a, 1, 4)).unwrap();
+    assert_eq!(c.delete_group("g"), Err(GroupError::NonEmptyGroup));
+    c.leave(
+        2,
+        &LeaveRequest {
+            group_id: "g".into(),
+            members: vec![(a, None)],
+        },
+    );
+    actions(&mut c);
+    assert_eq!(c.delete_group("g"), Ok(()));
+    let (_, _, stores) = actions(&mut c);
+    assert_eq!(stores, 2, "an offset tombstone and a group tombstone");
+    assert!(c.fetch_offsets("g", None).is_empty());
+    assert_eq!(c.describe_group("g").state, GroupState::Dead);
+    assert!(c.list_groups(&[], &[]).is_empty());
+}
+
+#[test]
+fn offset_delete_refuses_subscribed_topics() {
+    use kafka_protocol::messages::ConsumerProtocolSubscription;
+    use kafka_protocol::protocol::Encodable;
+    let mut c = coord(0);
+    let mut sub = bytes::BytesMut::new();
+    sub.extend_from_slice(&0i16.to_be_bytes());
+    ConsumerProtocolSubscription::default()
+        .with_topics(vec![kafka_protocol::protocol::StrBytes::from_static_str(
+            "t",
+        )])
+        .encode(&mut sub, 0)
+        .unwrap();
+    let mut r = join_req("", &["range"]);
+    r.protocols[0].1 = sub.freeze();
+    c.join(0, 1, r.clone());
+    let a = joins(&mut c)[0].1.member_id.clone();
+    r.member_id = a.clone();
+    c.join(0, 2, r);
+    joins(&mut c);
+    c.sync(0, 3, sync_req(&a, 1, &[]));
+    let mut req = commit_req(&a, 1, 1);
+    req.offsets.push(("u".into(), 0, 2, -1, None));
+    commit(&mut c, 0, &req).unwrap();
+    let r = c
+        .delete_offsets("g", &[("t".into(), 0), ("u".into(), 0)])
+        .unwrap();
+    assert_eq!(r, vec![Some(GroupError::GroupSubscribedToTopic), None]);
+    assert_eq!(c.fetch_offsets("g", None).len(), 1);
+    assert_eq!(
+        c.delete_offsets("nope", &[]),
+        Err(GroupError::GroupIdNotFound)
+    );
+}
+
+#[test]
+fn empty_group_offsets_expire_after_retention_and_the_group_goes() {
+    let mut c = GroupCoordinator::new(
+        GroupSettings {
+            offsets_retention_ms: 1_000,
+            initial_rebalance_delay_ms: 0,
+            ..Default::default()
+        },
+        "t".into(),
+    );
+    let a = stable_one(&mut c);
+    commit(&mut c, 0, &commit_req(&a, 1, 4)).unwrap();
+    assert_eq!(
+        c.expire_offsets(10_000),
+        0,
+        "a stable group's offsets never expire"
+    );
+    c.leave(
+        20_000,
+        &LeaveRequest {
+            group_id: "g".into(),
+            members: vec![(a, None)],
+        },
+    );
+    actions(&mut c);
+    assert_eq!(
+        c.expire_offsets(20_999),
+        0,
+        "retention counts from when the group became empty"
+    );
+    assert_eq!(c.expire_offsets(21_000), 1);
+    assert_eq!(c.describe_group("g").state, GroupState::Dead);
+    // Standalone commits expire by commit time.
+    commit(
+        &mut c,
+        30_000,
+        &CommitRequest {
+            group_id: "s".into(),
+            ..commit_req("", -1, 1)
+        },
+    )
+    .unwrap();
+    assert_eq!(c.expire_offsets(30_999), 0);
+    assert_eq!(c.expire_offsets(31_000), 1);
+}
+
+#[test]
+fn offsets_of_deleted_topics_are_removed() {
+    let mut c = coord(0);
+    let mut req = commit_req("", -1, 1);
+    req.offsets.push(("gone".into(), 0, 2, -1, None));
+    commit(&mut c, 0, &req).unwrap();
+    assert_eq!(c.remove_topics(|t| t == "t"), 1);
+    let left = c.fetch_offsets("g", None);
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].0, "t");
+}
+
+#[test]
+fn stored_records_replay_to_the_same_state() {
+    let mut c = coord(0);
+    let a = stable_one(&mut c);
+    let mut records = Vec::new();
+    // Re-run the stable transition to capture its group record.
+    c.sync(1, 9, sync_req(&a, 1, &[]));
+    actions(&mut c);
+    let prepared = c.prepare_commit(2, &commit_req(&a, 1, 11)).unwrap();
+    records.extend(prepared.into_iter().flatten());
+    first_join(&mut c, 3, 10);
+    c.join(3, 11, join_req(&a, &["range"]));
+    let j = joins(&mut c);
+    let b = j
+        .iter()
+        .find(|(_, r)| r.member_id != a)
+        .unwrap()
+        .1
+        .member_id
+        .clone();
+    c.sync(4, 12, sync_req(&a, 2, &[(&a, "A"), (&b, "B")]));
+    for action in c.take_actions() {
+        if let Action::Store(r) = action {
+            records.push(r);
+        }
+    }
+    let mut restored = coord(0);
+    for r in records {
+        let (k, v) = r.encode();
+        restored.apply_record(100, OffsetsRecord::decode(&k, v.as_deref()).unwrap());
+    }
+    let d = restored.describe_group("g");
+    assert_eq!(d.state, GroupState::Stable);
+    assert_eq!(d.members.len(), 2);
+    assert_eq!(
+        restored.fetch_offsets("g", None)[0]
+            .2
+            .as_ref()
+            .unwrap()
+            .offset,
+        11
+    );
+    // Restored members heartbeat in the stored generation; silent ones expire.
+    assert_eq!(restored.heartbeat(101, &hb(&a, 2)), Ok(()));
+    restored.tick(100 + SESSION as i64);
+    let d = restored.describe_group("g");
+    assert_eq!(d.members.len(), 1, "b never came back");
+    assert_eq!(d.state, GroupState::PreparingRebalance);
+}
+
+#[test]
+fn list_groups_filters_by_state_and_type() {
+    let mut c = coord(0);
+    stable_one(&mut c);
+    commit(
+        &mut c,
+        0,
+        &CommitRequest {
+            group_id: "s".into(),
+            ..commit_req("", -1, 1)
+        },
+    )
+    .unwrap();
+    let all = c.list_groups(&[], &[]);
+    assert_eq!(all.len(), 2);
+    let stable = c.list_groups(&["stable".into()], &[]);
+    assert_eq!(stable.len(), 1);
+    assert_eq!(stable[0].protocol_type, "consumer");
+    assert_eq!(c.list_groups(&["Empty".into()], &[])[0].group_id, "s");
+    assert_eq!(c.list_groups(&[], &["consumer".into()]).len(), 1);
+    assert_eq!(c.list_groups(&[], &["classic".into()]).len(), 2);
+}
+
+#[test]
+fn every_waiting_request_is_answered_once() {
+    // A duplicate JoinGroup from the same member answers the first one.
+    let mut c = coord(0);
+    let a = stable_one(&mut c);
+    first_join(&mut c, 0, 3);
+    c.join(0, 4, join_req(&a, &["range"]));
+    let _ = joins(&mut c);
+    c.join(0, 5, join_req(&a, &["range"]));
+    let j = joins(&mut c);
+    assert_eq!(j.iter().filter(|(id, _)| *id == 5).count(), 1);
+}

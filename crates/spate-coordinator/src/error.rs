@@ -15,7 +15,9 @@ pub enum GroupError {
     RebalanceInProgress,
     #[error("the protocol type or protocols are not compatible with the group's")]
     InconsistentGroupProtocol,
-    #[error("the session timeout is outside group.min.session.timeout.ms..group.max.session.timeout.ms")]
+    #[error(
+        "the session timeout is outside group.min.session.timeout.ms..group.max.session.timeout.ms"
+    )]
     InvalidSessionTimeout,
     #[error("another member with this group.instance.id has replaced this one")]
     FencedInstanceId,

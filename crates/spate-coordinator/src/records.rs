@@ -186,7 +186,8 @@ impl OffsetsRecord {
                             };
                             let client_id = get_str(&mut v)?;
                             let client_host = get_str(&mut v)?;
-                            let rebalance_timeout_ms = if version >= 1 { get_i32(&mut v)? } else { -1 };
+                            let rebalance_timeout_ms =
+                                if version >= 1 { get_i32(&mut v)? } else { -1 };
                             let session_timeout_ms = get_i32(&mut v)?;
                             let subscription = get_bytes(&mut v)?;
                             let assignment = get_bytes(&mut v)?;

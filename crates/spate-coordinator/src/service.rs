@@ -14,8 +14,7 @@ use crate::error::GroupError;
 use crate::records::{partition_for, OffsetsRecord};
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::records::{
-    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions,
-    TimestampType,
+    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
 use spate_log::BatchHeader;
 use spate_replica::Partition;
@@ -86,13 +85,20 @@ impl Coordinator {
         }
         // Records the replay did not need (tombstones already applied) are not re-written.
         let _ = core.take_actions();
-        tracing::info!(records = replayed, partitions = partitions.len(), "group coordinator loaded");
+        tracing::info!(
+            records = replayed,
+            partitions = partitions.len(),
+            "group coordinator loaded"
+        );
         let (tx, rx) = mpsc::channel(COMMANDS_QUEUED_MAX);
         tokio::spawn(run(core, partitions, rx, offsets_retention_check, shutdown));
         Coordinator { tx }
     }
 
-    async fn call<R>(&self, make: impl FnOnce(oneshot::Sender<R>) -> Command) -> Result<R, GroupError> {
+    async fn call<R>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<R>) -> Command,
+    ) -> Result<R, GroupError> {
         let (tx, rx) = oneshot::channel();
         self.tx
             .send(make(tx))
@@ -146,7 +152,8 @@ impl Coordinator {
     }
 
     pub async fn heartbeat(&self, req: HeartbeatRequest) -> Result<(), GroupError> {
-        self.query(move |core, now| core.heartbeat(now, &req)).await?
+        self.query(move |core, now| core.heartbeat(now, &req))
+            .await?
     }
 
     pub async fn leave(&self, req: LeaveRequest) -> LeaveResponse {
@@ -256,7 +263,10 @@ fn commit(
         Err(e) => {
             tracing::warn!(group = %req.group_id, error = %e, "offset commit not stored");
             return CommitOutcome {
-                results: Ok(prepared.iter().map(|_| Some(GroupError::StorageError)).collect()),
+                results: Ok(prepared
+                    .iter()
+                    .map(|_| Some(GroupError::StorageError))
+                    .collect()),
                 durable: None,
             };
         }
@@ -324,7 +334,8 @@ fn store(
         )
         .map_err(|e| e.to_string())?;
         let info = match partition.append(&mut buf, now).map_err(|e| e.to_string())? {
-            spate_log::AppendOutcome::Appended(info) | spate_log::AppendOutcome::Duplicate(info) => info,
+            spate_log::AppendOutcome::Appended(info)
+            | spate_log::AppendOutcome::Duplicate(info) => info,
         };
         written.push((partition.clone(), info.last_offset));
     }

@@ -526,6 +526,7 @@ mod tests {
             queued_request_bytes_max: 1 << 20,
             log_defaults: LogConfig::default(),
             delete_topic_enable: true,
+            groups: Default::default(),
         }
     }
 

@@ -20,8 +20,8 @@ mod probe;
 mod topics;
 
 pub use broker::{shutdown_signalled, Broker, BrokerConfig, GroupConfig};
-pub use groups::{group_lag, start_groups_if_present, GroupLag};
 pub use connection::serve;
+pub use groups::{group_lag, start_groups_if_present, GroupLag};
 pub use metadata_sync::follow_metadata;
 
 /// Applies the current metadata image and removes data of topics deleted while down.

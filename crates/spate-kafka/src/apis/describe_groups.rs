@@ -37,7 +37,10 @@ pub(crate) async fn handle(
     let mut groups = Vec::with_capacity(request.groups.len());
     for id in request.groups {
         let name = string(&id.0);
-        let d = match coordinator.query(move |core, _| core.describe_group(&name)).await {
+        let d = match coordinator
+            .query(move |core, _| core.describe_group(&name))
+            .await
+        {
             Ok(d) => d,
             Err(e) => {
                 groups.push(

@@ -28,7 +28,8 @@ pub(crate) async fn handle(
         Ok(listed) => listed,
         Err(e) => {
             return Reply::Now(
-                ListGroupsResponse::default().with_error_code(crate::errors::group_error(&e).code()),
+                ListGroupsResponse::default()
+                    .with_error_code(crate::errors::group_error(&e).code()),
             )
         }
     };

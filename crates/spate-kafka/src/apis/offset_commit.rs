@@ -27,7 +27,10 @@ pub(crate) async fn handle(
     let mut offsets = Vec::new();
     for (t, topic) in request.topics.iter().enumerate() {
         let name = string(&topic.name.0);
-        let count = image.topics.get(&name).map_or(0, |t| t.partitions.len() as i32);
+        let count = image
+            .topics
+            .get(&name)
+            .map_or(0, |t| t.partitions.len() as i32);
         for p in &topic.partitions {
             let slot = if (0..count).contains(&p.partition_index) {
                 offsets.push((
@@ -68,12 +71,16 @@ pub(crate) async fn handle(
         if let Some((partition, offset)) = outcome.durable {
             if let Err(e) = partition.wait_durable(offset).await {
                 tracing::warn!(error = %e, "offset commit not fsynced");
-                results.iter_mut().for_each(|r| *r = Some(GroupError::StorageError));
+                results
+                    .iter_mut()
+                    .for_each(|r| *r = Some(GroupError::StorageError));
             }
         }
-        respond(&names, &slots, |i| match results.get(i).copied().flatten() {
-            None => Ok(()),
-            Some(e) => Err(group_error(&e)),
+        respond(&names, &slots, |i| {
+            match results.get(i).copied().flatten() {
+                None => Ok(()),
+                Some(e) => Err(group_error(&e)),
+            }
         })
     }))
 }

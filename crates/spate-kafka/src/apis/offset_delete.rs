@@ -22,7 +22,9 @@ pub(crate) async fn handle(
 ) -> Reply<OffsetDeleteResponse> {
     let coordinator = match coordinator(broker).await {
         Ok(c) => c,
-        Err(e) => return Reply::Now(OffsetDeleteResponse::default().with_error_code(e.code.code())),
+        Err(e) => {
+            return Reply::Now(OffsetDeleteResponse::default().with_error_code(e.code.code()))
+        }
     };
     let image = broker.image();
     let mut partitions = Vec::new();
@@ -51,7 +53,10 @@ pub(crate) async fn handle(
         .iter()
         .map(|t| {
             let name = string(&t.name.0);
-            let count = image.topics.get(&name).map_or(0, |t| t.partitions.len() as i32);
+            let count = image
+                .topics
+                .get(&name)
+                .map_or(0, |t| t.partitions.len() as i32);
             let parts = t
                 .partitions
                 .iter()

@@ -21,6 +21,9 @@ pub(crate) const VERSIONS: VersionRange = VersionRange { min: 1, max: 9 };
 const BATCHED_VERSION: i16 = 8;
 
 type Fetched = Vec<(String, i32, Option<CommittedOffset>)>;
+/// Requested partitions by topic; `None` means all committed.
+type Wanted = Option<Vec<(String, Vec<i32>)>>;
+type ByTopic = Vec<(String, Vec<(i32, Option<CommittedOffset>)>)>;
 
 pub(crate) async fn handle(
     broker: &Arc<Broker>,
@@ -28,7 +31,7 @@ pub(crate) async fn handle(
     request: OffsetFetchRequest,
 ) -> Reply<OffsetFetchResponse> {
     let batched = ctx.version() >= BATCHED_VERSION;
-    let groups: Vec<(GroupId, Option<Vec<(String, Vec<i32>)>>)> = if batched {
+    let groups: Vec<(GroupId, Wanted)> = if batched {
         request
             .groups
             .iter()
@@ -134,7 +137,7 @@ pub(crate) async fn handle(
 }
 
 /// Groups results by topic, keeping the request's order of topics.
-fn by_topic(fetched: Fetched) -> Vec<(String, Vec<(i32, Option<CommittedOffset>)>)> {
+fn by_topic(fetched: Fetched) -> ByTopic {
     let mut order: Vec<String> = Vec::new();
     let mut map: BTreeMap<String, Vec<(i32, Option<CommittedOffset>)>> = BTreeMap::new();
     for (topic, partition, c) in fetched {
