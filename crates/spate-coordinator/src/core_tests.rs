@@ -1,5 +1,5 @@
 //! The group state machine, one behaviour per test: every transition and timeout.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::type_complexity)]
 
 use super::*;
 
