@@ -69,14 +69,8 @@ def test_kcat_headers(bootstrap, topic_name):
 
 # librdkafka before 2.8 (Debian's kcat has 2.0.2) enables gzip/snappy only when the broker
 # advertises Produce v2 (feature MsgVer1); Spate advertises Produce from v0 as Kafka 4 does for
-# this reason (KAFKA-18659). LZ4 is enabled only when FindCoordinator is advertised, which
-# comes with consumer groups.
-OLD_LIBRDKAFKA_LZ4 = pytest.mark.xfail(
-    strict=True, raises=AssertionError, reason="FindCoordinator is not advertised yet (consumer groups): "
-                        "librdkafka disables lz4 and produces uncompressed")
-
-
-@pytest.mark.parametrize("codec", ["gzip", "snappy", pytest.param("lz4", marks=OLD_LIBRDKAFKA_LZ4), "zstd"])
+# this reason (KAFKA-18659). LZ4 is enabled only when FindCoordinator is advertised.
+@pytest.mark.parametrize("codec", ["gzip", "snappy", "lz4", "zstd"])
 def test_kcat_compression(bootstrap, topic_name, codec):
     create_topic(bootstrap, topic_name)
     values = [f"{codec} line {i} " + "abc" * 40 for i in range(200)]

@@ -113,6 +113,11 @@ pub(crate) async fn handle(
         };
         let outcome = match deleted.get(&name) {
             Some(done) => Ok(*done),
+            // The group coordinator's state lives there.
+            None if name == spate_coordinator::OFFSETS_TOPIC => Err(ApiError::new(
+                ResponseError::InvalidTopicException,
+                format!("the internal topic {name} cannot be deleted"),
+            )),
             None => delete(broker, &name, id).await,
         };
         match outcome {

@@ -176,6 +176,12 @@ fn append(
     records: Option<bytes::Bytes>,
     now: i64,
 ) -> AppendResult {
+    if tp.topic == spate_coordinator::OFFSETS_TOPIC {
+        return Err((
+            ResponseError::InvalidTopicException,
+            Some(format!("cannot append to internal topic {}", tp.topic)),
+        ));
+    }
     let Some(partition) = broker.replicas.get(&tp) else {
         return Err((ResponseError::UnknownTopicOrPartition, None));
     };
