@@ -391,8 +391,15 @@ async fn bad_requests_get_kafka_answers() {
         versions
             .api_keys
             .iter()
-            .all(|k| k.api_key != ApiKey::JoinGroup as i16),
-        "groups are not implemented"
+            .any(|k| k.api_key == ApiKey::JoinGroup as i16 && k.max_version == 9),
+        "consumer groups are advertised"
+    );
+    assert!(
+        versions
+            .api_keys
+            .iter()
+            .all(|k| k.api_key != ApiKey::TxnOffsetCommit as i16),
+        "transactions are not implemented"
     );
 
     // Produce v2 is advertised for old librdkafka's feature detection but not implemented:
