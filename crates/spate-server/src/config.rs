@@ -243,7 +243,9 @@ impl ServerConfig {
     }
 }
 
-fn group_config(values: &BTreeMap<String, String>) -> Result<spate_kafka::GroupConfig, ConfigError> {
+fn group_config(
+    values: &BTreeMap<String, String>,
+) -> Result<spate_kafka::GroupConfig, ConfigError> {
     let num = |name: &str, min: i64, max: i64| parse_num(values, name, min, max);
     let min_session = num("group.min.session.timeout.ms", 1, i32::MAX as i64)? as i32;
     let max_session = num("group.max.session.timeout.ms", 1, i32::MAX as i64)? as i32;
@@ -258,9 +260,14 @@ fn group_config(values: &BTreeMap<String, String>) -> Result<spate_kafka::GroupC
         settings: spate_coordinator::GroupSettings {
             min_session_timeout_ms: min_session,
             max_session_timeout_ms: max_session,
-            initial_rebalance_delay_ms: num("group.initial.rebalance.delay.ms", 0, i32::MAX as i64)?,
+            initial_rebalance_delay_ms: num(
+                "group.initial.rebalance.delay.ms",
+                0,
+                i32::MAX as i64,
+            )?,
             max_size: num("group.max.size", 1, i32::MAX as i64)? as usize,
-            offset_metadata_max_bytes: num("offset.metadata.max.bytes", 0, i32::MAX as i64)? as usize,
+            offset_metadata_max_bytes: num("offset.metadata.max.bytes", 0, i32::MAX as i64)?
+                as usize,
             offsets_retention_ms: num("offsets.retention.minutes", 1, i64::MAX / 60_000)? * 60_000,
         },
         offsets_topic_partitions: num(
@@ -268,7 +275,8 @@ fn group_config(values: &BTreeMap<String, String>) -> Result<spate_kafka::GroupC
             1,
             spate_types::limits::PARTITIONS_PER_TOPIC_MAX as i64,
         )? as i32,
-        offsets_topic_segment_bytes: num("offsets.topic.segment.bytes", 1 << 14, i32::MAX as i64)? as u64,
+        offsets_topic_segment_bytes: num("offsets.topic.segment.bytes", 1 << 14, i32::MAX as i64)?
+            as u64,
         offsets_retention_check: Duration::from_millis(num(
             "offsets.retention.check.interval.ms",
             1,

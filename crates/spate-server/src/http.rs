@@ -65,7 +65,10 @@ async fn render_group_metrics(broker: &Broker, out: &mut String) {
     if lags.is_empty() && members.is_empty() {
         return;
     }
-    let _ = writeln!(out, "# HELP spate_consumer_group_committed_offset Committed offset of a group's partition.");
+    let _ = writeln!(
+        out,
+        "# HELP spate_consumer_group_committed_offset Committed offset of a group's partition."
+    );
     let _ = writeln!(out, "# TYPE spate_consumer_group_committed_offset gauge");
     for l in &lags {
         let _ = writeln!(
@@ -77,7 +80,10 @@ async fn render_group_metrics(broker: &Broker, out: &mut String) {
             l.committed
         );
     }
-    let _ = writeln!(out, "# HELP spate_consumer_group_lag High watermark minus committed offset.");
+    let _ = writeln!(
+        out,
+        "# HELP spate_consumer_group_lag High watermark minus committed offset."
+    );
     let _ = writeln!(out, "# TYPE spate_consumer_group_lag gauge");
     for l in &lags {
         if let Some(lag) = l.lag {
@@ -90,10 +96,17 @@ async fn render_group_metrics(broker: &Broker, out: &mut String) {
             );
         }
     }
-    let _ = writeln!(out, "# HELP spate_consumer_group_members Members of a group.");
+    let _ = writeln!(
+        out,
+        "# HELP spate_consumer_group_members Members of a group."
+    );
     let _ = writeln!(out, "# TYPE spate_consumer_group_members gauge");
     for (group, n) in &members {
-        let _ = writeln!(out, "spate_consumer_group_members{{group=\"{}\"}} {n}", escape(group));
+        let _ = writeln!(
+            out,
+            "spate_consumer_group_members{{group=\"{}\"}} {n}",
+            escape(group)
+        );
     }
 }
 
