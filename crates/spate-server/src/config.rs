@@ -471,3 +471,44 @@ mod tests {
         assert_eq!(c.kafka_listen.port(), 19092);
     }
 }
+
+#[cfg(test)]
+mod group_tests {
+    use super::*;
+
+    fn load(over: &[(&str, &str)]) -> Result<ServerConfig, ConfigError> {
+        let over: Vec<(String, String)> = over
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        ServerConfig::load(None, std::iter::empty(), &over)
+    }
+
+    #[test]
+    fn group_settings_have_kafka_defaults_and_are_checked() {
+        let c = load(&[]).expect("defaults");
+        let g = &c.groups;
+        assert_eq!(g.settings.initial_rebalance_delay_ms, 3000);
+        assert_eq!(g.settings.min_session_timeout_ms, 6000);
+        assert_eq!(g.settings.max_session_timeout_ms, 1_800_000);
+        assert_eq!(g.settings.offsets_retention_ms, 10080 * 60_000);
+        assert_eq!(g.offsets_topic_partitions, 50);
+        let c = load(&[
+            ("group.initial.rebalance.delay.ms", "0"),
+            ("offsets.retention.minutes", "2"),
+        ])
+        .expect("overrides");
+        assert_eq!(c.groups.settings.initial_rebalance_delay_ms, 0);
+        assert_eq!(c.groups.settings.offsets_retention_ms, 120_000);
+        let err = load(&[
+            ("group.min.session.timeout.ms", "60000"),
+            ("group.max.session.timeout.ms", "1000"),
+        ])
+        .expect_err("min above max");
+        assert!(
+            err.to_string().contains("group.max.session.timeout.ms"),
+            "{err}"
+        );
+        assert!(load(&[("offsets.topic.num.partitions", "0")]).is_err());
+    }
+}
