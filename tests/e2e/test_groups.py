@@ -37,9 +37,11 @@ T = 20  # seconds for any admin future / blocking client call
 
 # Kafka error codes used below
 ILLEGAL_GENERATION = 22
+INCONSISTENT_GROUP_PROTOCOL = 23
 INVALID_GROUP_ID = 24
 UNKNOWN_MEMBER_ID = 25
 INVALID_SESSION_TIMEOUT = 26
+REBALANCE_IN_PROGRESS = 27
 COORDINATOR_NOT_AVAILABLE = 15
 INVALID_REQUEST = 42
 NON_EMPTY_GROUP = 68
@@ -528,12 +530,6 @@ def test_cooperative_sticky_join_revokes_only_moved_partitions(gbroker, topic_na
 # 4. static membership
 
 
-STATIC_LEADER_BUG = pytest.mark.xfail(
-    strict=True, raises=AssertionError,
-    reason="broker bug: a static member that was the group leader rejoining a Stable group triggers a rebalance "
-           "(Kafka keeps the group Stable and answers with the old leader id / skipAssignment)")
-
-
 def static_pair(bootstrap, group, topic, nparts, restarted_is_leader, b_factory, conf):
     """Static members A (instance inst-a, in this process) and B (inst-b, made by b_factory).
     The first to join leads the group (Kafka keeps the leader as long as it rejoins), so B is made
@@ -553,7 +549,7 @@ def static_pair(bootstrap, group, topic, nparts, restarted_is_leader, b_factory,
     return a, b
 
 
-@pytest.mark.parametrize("restarted_is_leader", [pytest.param(True, id="leader", marks=STATIC_LEADER_BUG),
+@pytest.mark.parametrize("restarted_is_leader", [pytest.param(True, id="leader"),
                                                  pytest.param(False, id="follower")])
 def test_static_member_closes_and_rejoins_without_rebalance(gbroker, topic_name, group_name, restarted_is_leader):
     nparts, session_ms = 6, 15000
@@ -592,7 +588,7 @@ def test_static_member_closes_and_rejoins_without_rebalance(gbroker, topic_name,
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("restarted_is_leader", [pytest.param(True, id="leader", marks=STATIC_LEADER_BUG),
+@pytest.mark.parametrize("restarted_is_leader", [pytest.param(True, id="leader"),
                                                  pytest.param(False, id="follower")])
 def test_static_member_killed_and_restarted_gets_same_partitions(gbroker, topic_name, group_name, restarted_is_leader):
     nparts, session_ms = 6, 15000
@@ -1048,7 +1044,7 @@ def test_raw_rejoin_with_stale_generation_after_rebalance(gbroker, topic_name, g
         deadline = time.monotonic() + 10
         while True:
             hb = heartbeat(c1, group_name, g1, m1)
-            if hb == 27:  # REBALANCE_IN_PROGRESS
+            if hb == REBALANCE_IN_PROGRESS:
                 break
             assert hb == 0 and time.monotonic() < deadline, f"heartbeat during a pending join: {hb}"
             time.sleep(0.1)
@@ -1061,6 +1057,69 @@ def test_raw_rejoin_with_stale_generation_after_rebalance(gbroker, topic_name, g
         # --- committing with the previous generation is refused
         assert offset_commit(c1, group_name, g1, m1, topic_name, {0: 1}) == {0: ILLEGAL_GENERATION}
         assert heartbeat(c1, group_name, g1, m1) == ILLEGAL_GENERATION
+
+
+def test_raw_sync_join_commit_validation(gbroker, topic_name, group_name):
+    """More of Kafka's validation: SyncGroup with a stale generation / unknown member, a JoinGroup
+    with another protocol type, Heartbeat to an unknown group, commits to unknown partitions."""
+    create_topic(gbroker.bootstrap, topic_name, partitions=2)
+    with S.Conn(gbroker.bootstrap) as c:
+        j = join_as_new_member(c, group_name, [topic_name])
+        me, gen = j["member_id"], j["generation"]
+        mine = assignment_bytes({topic_name: [0, 1]})
+        # --- SyncGroup: wrong generation, unknown member, then the right one
+        assert sync_group(c, group_name, gen + 1, me, [(me, mine)])[0] == ILLEGAL_GENERATION
+        assert sync_group(c, group_name, gen, "no-such-member", [])[0] == UNKNOWN_MEMBER_ID
+        assert sync_group(c, group_name, gen, me, [(me, mine)]) == (0, mine)
+
+        # --- a member speaking another protocol type cannot join a consumer group
+        body = (S.string(group_name) + S.i32(10000) + S.i32(10000) + S.string("") + S.string(None)
+                + S.string("connect") + S.array([("default", b"x")], lambda p: S.string(p[0]) + S.nbytes(p[1])))
+        r = S.Reader(c.request(JOIN_GROUP, 5, body))
+        r.i32()
+        assert r.i16() == INCONSISTENT_GROUP_PROTOCOL
+
+        # --- Heartbeat for a group that does not exist: UNKNOWN_MEMBER_ID
+        assert heartbeat(c, f"{group_name}-nope", 1, "someone") == UNKNOWN_MEMBER_ID
+
+        # --- commits to partitions that do not exist: UNKNOWN_TOPIC_OR_PARTITION, per partition
+        assert offset_commit(c, group_name, gen, me, topic_name, {0: 1, 7: 1}) == {0: 0, 7: S.UNKNOWN_TOPIC_OR_PARTITION}
+        assert offset_commit(c, group_name, gen, me, f"{topic_name}-nope", {0: 1}) == {0: S.UNKNOWN_TOPIC_OR_PARTITION}
+        assert leave_group(c, group_name, me)[0] == 0
+        S.api_versions(c)
+
+
+def test_raw_member_not_rejoining_is_removed_after_rebalance_timeout(gbroker, topic_name, group_name):
+    """A member that keeps heartbeating but does not rejoin a rebalance is dropped when the
+    rebalance timeout passes; the others complete the join without it."""
+    create_topic(gbroker.bootstrap, topic_name, partitions=2)
+    with S.Conn(gbroker.bootstrap) as c1, S.Conn(gbroker.bootstrap) as c2:
+        j1 = join_as_new_member(c1, group_name, [topic_name], rebalance_ms=2000)
+        m1, g1 = j1["member_id"], j1["generation"]
+        assert sync_group(c1, group_name, g1, m1, [(m1, assignment_bytes({topic_name: [0, 1]}))])[0] == 0
+
+        # --- member 2 joins (held: the group waits for member 1 to rejoin)
+        first = join_group(c2, group_name, topics=[topic_name], rebalance_ms=2000)
+        assert first["error"] == MEMBER_ID_REQUIRED
+        m2 = first["member_id"]
+        t0 = time.monotonic()
+        c2.send_raw(_join_frame(c2, group_name, m2, [topic_name], rebalance_ms=2000))
+
+        # --- member 1 only heartbeats: REBALANCE_IN_PROGRESS, until it is removed
+        seen = []
+        deadline = t0 + 15
+        while time.monotonic() < deadline:
+            seen.append(heartbeat(c1, group_name, g1, m1))
+            if seen[-1] == UNKNOWN_MEMBER_ID:
+                break
+            time.sleep(0.2)
+        assert seen[-1] == UNKNOWN_MEMBER_ID and REBALANCE_IN_PROGRESS in seen, f"heartbeats of member 1: {seen}"
+        c2.sock.settimeout(15)
+        j2 = _read_join(c2)
+        elapsed = time.monotonic() - t0
+        assert j2["error"] == 0 and j2["generation"] == g1 + 1 and j2["leader"] == m2, j2
+        assert [m for m, _, _ in j2["members"]] == [m2], f"members of the new generation: {j2['members']}"
+        assert 1.5 <= elapsed < 8, f"member 2's join completed {elapsed:.1f}s after it was sent (rebalance timeout 2 s)"
 
 
 def _join_frame(conn, group, member_id, topics, session_ms=10000, rebalance_ms=10000):

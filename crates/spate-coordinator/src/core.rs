@@ -900,41 +900,57 @@ fn replace_static(
             SyncResponse::error(GroupError::FencedInstanceId),
         ));
     }
-    let changed = !m.same_protocols(&req.protocols);
     m.member_id = new_id.clone();
     m.client_id = req.client_id.clone();
     m.client_host = req.client_host.clone();
     m.session_timeout_ms = req.session_timeout_ms;
     m.rebalance_timeout_ms = req.rebalance_timeout_ms;
+    m.protocols = req.protocols.clone();
     m.keep_alive(ctx.now);
     if let Some(instance) = &req.instance_id {
         g.static_members.insert(instance.clone(), new_id.clone());
     }
-    let is_leader = g.leader.as_deref() == Some(old_id.as_str());
+    // Kafka answers with the leader id as it was before the replacement: a client older than
+    // JoinGroup v9 that sees another leader id acts as a follower and just syncs, so a
+    // restarted static leader gets its assignment back without a rebalance too.
+    let previous_leader = g.leader.clone().unwrap_or_default();
+    let is_leader = previous_leader == old_id;
     if is_leader {
         g.leader = Some(new_id.clone());
     }
     tracing::debug!(group = %g.id, old = %old_id, new = %new_id, "static member replaced");
     match g.state {
-        GroupState::Stable if !changed && (!is_leader || req.supports_skip_assignment) => {
+        GroupState::Stable => {
             m.synced = true;
             g.members.insert(new_id.clone(), m);
-            store_group(g, ctx);
-            let mut response = join_response(g, &new_id, is_leader);
-            response.skip_assignment = is_leader;
-            ctx.out.push(Action::Join(reply, response));
+            if g.select_protocol() == g.protocol {
+                store_group(g, ctx);
+                let mut response = join_response(g, &new_id, is_leader);
+                response.leader = previous_leader;
+                response.skip_assignment = is_leader;
+                ctx.out.push(Action::Join(reply, response));
+            } else {
+                if let Some(m) = g.members.get_mut(&new_id) {
+                    m.awaiting_join = Some((reply, req.supports_skip_assignment));
+                }
+                prepare_rebalance(
+                    g,
+                    ctx,
+                    "a static member's rejoin changes the group protocol",
+                );
+                try_complete_join(g, ctx);
+            }
         }
         GroupState::PreparingRebalance => {
-            m.protocols = req.protocols.clone();
             m.awaiting_join = Some((reply, req.supports_skip_assignment));
             g.members.insert(new_id, m);
             try_complete_join(g, ctx);
         }
         _ => {
-            m.protocols = req.protocols.clone();
+            // CompletingRebalance: the leader may be assigning to the old member id.
             m.awaiting_join = Some((reply, req.supports_skip_assignment));
             g.members.insert(new_id, m);
-            prepare_rebalance(g, ctx, "a static member rejoined with new metadata");
+            prepare_rebalance(g, ctx, "a static member rejoined during a rebalance");
             try_complete_join(g, ctx);
         }
     }

@@ -945,3 +945,47 @@ fn every_waiting_request_is_answered_once() {
     let j = joins(&mut c);
     assert_eq!(j.iter().filter(|(id, _)| *id == 5).count(), 1);
 }
+
+#[test]
+fn static_leader_restart_in_stable_keeps_the_group_stable() {
+    let mut c = coord(0);
+    c.join(0, 1, static_req("", "i-a"));
+    let a = joins(&mut c)[0].1.member_id.clone();
+    let sync = |m: &str| SyncRequest {
+        instance_id: Some("i-a".into()),
+        ..sync_req(m, 1, &[(m, "A")])
+    };
+    c.sync(0, 2, sync(&a));
+    actions(&mut c);
+    c.join(5, 3, static_req("", "i-a"));
+    let j = joins(&mut c);
+    let r = &j[0].1;
+    assert_eq!(state(&c), GroupState::Stable);
+    assert_eq!(r.generation_id, 1);
+    assert_ne!(r.member_id, a);
+    // The old leader id: a pre-v9 client acts as a follower and just syncs.
+    assert_eq!(r.leader, a);
+    assert!(r.skip_assignment);
+    let new = r.member_id.clone();
+    c.sync(
+        6,
+        4,
+        SyncRequest {
+            instance_id: Some("i-a".into()),
+            ..sync_req(&new, 1, &[])
+        },
+    );
+    assert_eq!(actions(&mut c).1[0].1.assignment, Bytes::from("A"));
+    // A static rejoin that changes the chosen protocol rebalances.
+    let mut other = static_req("", "i-a");
+    other.protocols = vec![
+        ("roundrobin".into(), Bytes::new()),
+        ("range".into(), Bytes::new()),
+    ];
+    c.join(7, 5, other);
+    assert_eq!(state(&c), GroupState::CompletingRebalance);
+    assert_eq!(
+        joins(&mut c)[0].1.protocol_name.as_deref(),
+        Some("roundrobin")
+    );
+}

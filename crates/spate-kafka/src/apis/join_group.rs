@@ -81,7 +81,7 @@ pub(crate) async fn handle(
             .with_protocol_type(r.protocol_type.map(str_bytes))
             .with_protocol_name(protocol_name)
             .with_leader(str_bytes(r.leader))
-            .with_skip_assignment(r.skip_assignment)
+            .with_skip_assignment(r.skip_assignment && version >= 9)
             .with_member_id(str_bytes(r.member_id))
             .with_members(members)
     }))
