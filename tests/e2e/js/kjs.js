@@ -3,8 +3,8 @@
 //   node kjs.js BOOTSTRAP TOPIC COMMAND [JSON_ARG]
 //
 // Prints one JSON document on stdout; kafkajs logs go to stderr. Exits 1 on any error.
-// kafkajs consumers need consumer groups, which the broker does not implement yet, so reads are
-// done by the Python side (confluent-kafka with assign()) and here only via admin offsets.
+// Reads are done by the Python side (confluent-kafka with assign()) and here only via admin
+// offsets; kafkajs consumer groups are driven by kjs_groups.js (test_groups_clients.py).
 'use strict';
 
 const { Kafka, logLevel, CompressionTypes } = require('kafkajs');

@@ -1,6 +1,7 @@
 //! DescribeGroups: state, protocol and members (metadata and assignment bytes as the clients
 //! sent them); an unknown group is described as Dead, as Kafka does before v6.
 
+use super::metadata::AUTHORIZED_OPERATIONS_OMITTED;
 use super::{Reply, RequestContext};
 use crate::broker::Broker;
 use crate::groups::{coordinator, str_bytes, string};
@@ -11,8 +12,6 @@ use std::sync::Arc;
 
 pub(crate) const VERSIONS: VersionRange = VersionRange { min: 0, max: 5 };
 
-/// Kafka's "not requested" value for authorized operations.
-const AUTHORIZED_OPERATIONS_OMITTED: i32 = i32::MIN;
 
 pub(crate) async fn handle(
     broker: &Arc<Broker>,

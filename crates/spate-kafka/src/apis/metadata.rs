@@ -16,7 +16,7 @@ use uuid::Uuid;
 pub(crate) const VERSIONS: VersionRange = VersionRange { min: 0, max: 13 };
 
 /// Kafka's value for "authorized operations not requested".
-const AUTHORIZED_OPERATIONS_OMITTED: i32 = i32::MIN;
+pub(crate) const AUTHORIZED_OPERATIONS_OMITTED: i32 = i32::MIN;
 
 pub(crate) async fn handle(
     broker: &Arc<Broker>,
