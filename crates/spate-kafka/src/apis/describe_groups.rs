@@ -12,7 +12,6 @@ use std::sync::Arc;
 
 pub(crate) const VERSIONS: VersionRange = VersionRange { min: 0, max: 5 };
 
-
 pub(crate) async fn handle(
     broker: &Arc<Broker>,
     _ctx: &RequestContext,
