@@ -1263,7 +1263,6 @@ fn member_gone(g: &mut Group, ctx: &mut Ctx<'_>) {
         GroupState::Stable | GroupState::CompletingRebalance => {
             prepare_rebalance(g, ctx, "a member left")
         }
-        GroupState::Empty if g.members.is_empty() => {}
         _ => {}
     }
     try_complete_join(g, ctx);
@@ -1289,8 +1288,7 @@ fn tick_group(g: &mut Group, ctx: &mut Ctx<'_>) {
     }
     changed |= !expired.is_empty();
 
-    if let Some(deadline) = g.sync_deadline_ms.filter(|d| *d <= now) {
-        let _ = deadline;
+    if g.sync_deadline_ms.is_some_and(|d| d <= now) {
         g.sync_deadline_ms = None;
         if matches!(
             g.state,

@@ -607,29 +607,9 @@ pub(crate) fn recover(dir: &Path) -> Result<(), LogError> {
 }
 
 pub(crate) fn read_checkpoint(dir: &Path) -> Result<Option<Offset>, LogError> {
-    let path = dir.join(CLEANER_CHECKPOINT);
-    let bytes = match fsio::read_bounded(&path, 64) {
-        Ok(Some(b)) => b,
-        Ok(None) => return Ok(None),
-        Err(e) if e.kind() == io::ErrorKind::InvalidData => Vec::new(),
-        Err(e) => return Err(e.into()),
-    };
-    match std::str::from_utf8(&bytes)
-        .ok()
-        .and_then(|s| s.trim().parse::<i64>().ok())
-    {
-        Some(o) if o >= 0 => Ok(Some(Offset(o))),
-        _ => {
-            tracing::warn!(?path, "ignoring malformed cleaner checkpoint");
-            Ok(None)
-        }
-    }
+    Ok(fsio::read_offset_checkpoint(dir, CLEANER_CHECKPOINT)?)
 }
 
 fn write_checkpoint(dir: &Path, offset: Offset) -> io::Result<()> {
-    fsio::write_atomic(
-        dir,
-        CLEANER_CHECKPOINT,
-        format!("{}\n", offset.0).as_bytes(),
-    )
+    fsio::write_offset_checkpoint(dir, CLEANER_CHECKPOINT, offset)
 }

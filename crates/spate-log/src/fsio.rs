@@ -43,3 +43,37 @@ pub(crate) fn read_bounded(path: &Path, max_bytes: u64) -> io::Result<Option<Vec
     f.take(max_bytes).read_to_end(&mut buf)?;
     Ok(Some(buf))
 }
+
+/// Reads a checkpoint holding one offset (`<n>\n`); a malformed one is logged and ignored, so
+/// recovery falls back to what the segments say. `Ok(None)` if the file does not exist.
+pub(crate) fn read_offset_checkpoint(
+    dir: &Path,
+    name: &str,
+) -> io::Result<Option<spate_types::Offset>> {
+    let path = dir.join(name);
+    let bytes = match read_bounded(&path, 64) {
+        Ok(Some(b)) => b,
+        Ok(None) => return Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    match std::str::from_utf8(&bytes)
+        .ok()
+        .and_then(|s| s.trim().parse::<i64>().ok())
+    {
+        Some(o) if o >= 0 => Ok(Some(spate_types::Offset(o))),
+        _ => {
+            tracing::warn!(?path, "ignoring malformed offset checkpoint");
+            Ok(None)
+        }
+    }
+}
+
+/// Writes a one-offset checkpoint durably (see [`write_atomic`]).
+pub(crate) fn write_offset_checkpoint(
+    dir: &Path,
+    name: &str,
+    offset: spate_types::Offset,
+) -> io::Result<()> {
+    write_atomic(dir, name, format!("{}\n", offset.0).as_bytes())
+}

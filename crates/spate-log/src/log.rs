@@ -1302,29 +1302,9 @@ fn file_mtime_ms(file: &File) -> io::Result<i64> {
 }
 
 fn read_log_start(dir: &Path) -> Result<Option<Offset>, LogError> {
-    let path = dir.join(LOG_START_CHECKPOINT);
-    let bytes = match fsio::read_bounded(&path, 64) {
-        Ok(Some(b)) => b,
-        Ok(None) => return Ok(None),
-        Err(e) if e.kind() == io::ErrorKind::InvalidData => Vec::new(),
-        Err(e) => return Err(e.into()),
-    };
-    match std::str::from_utf8(&bytes)
-        .ok()
-        .and_then(|s| s.trim().parse::<i64>().ok())
-    {
-        Some(o) if o >= 0 => Ok(Some(Offset(o))),
-        _ => {
-            tracing::warn!(?path, "ignoring malformed log start offset checkpoint");
-            Ok(None)
-        }
-    }
+    Ok(fsio::read_offset_checkpoint(dir, LOG_START_CHECKPOINT)?)
 }
 
 fn write_log_start(dir: &Path, offset: Offset) -> io::Result<()> {
-    fsio::write_atomic(
-        dir,
-        LOG_START_CHECKPOINT,
-        format!("{}\n", offset.0).as_bytes(),
-    )
+    fsio::write_offset_checkpoint(dir, LOG_START_CHECKPOINT, offset)
 }

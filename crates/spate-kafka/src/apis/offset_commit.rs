@@ -3,7 +3,7 @@
 
 use super::{Reply, RequestContext};
 use crate::broker::Broker;
-use crate::errors::{group_code, group_error};
+use crate::errors::group_error;
 use crate::groups::{coordinator, opt_string, string};
 use kafka_protocol::messages::offset_commit_response::{
     OffsetCommitResponsePartition, OffsetCommitResponseTopic,
@@ -105,6 +105,5 @@ fn respond(
                 .with_error_code(code),
         );
     }
-    let _ = group_code;
     OffsetCommitResponse::default().with_topics(topics)
 }

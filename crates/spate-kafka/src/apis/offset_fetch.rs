@@ -85,56 +85,50 @@ pub(crate) async fn handle(
         let groups = answers
             .into_iter()
             .map(|(id, fetched)| {
-                let topics = by_topic(fetched)
-                    .into_iter()
-                    .map(|(name, parts)| {
-                        OffsetFetchResponseTopics::default()
-                            .with_name(topic_name(&name))
-                            .with_partitions(
-                                parts
-                                    .into_iter()
-                                    .map(|(p, c)| {
-                                        let (offset, epoch, metadata) = fields(c);
-                                        OffsetFetchResponsePartitions::default()
-                                            .with_partition_index(p)
-                                            .with_committed_offset(offset)
-                                            .with_committed_leader_epoch(epoch)
-                                            .with_metadata(Some(str_bytes(metadata)))
-                                    })
-                                    .collect(),
-                            )
-                    })
-                    .collect();
                 OffsetFetchResponseGroup::default()
                     .with_group_id(id)
-                    .with_topics(topics)
+                    .with_topics(response_topics!(
+                        fetched,
+                        OffsetFetchResponseTopics,
+                        OffsetFetchResponsePartitions
+                    ))
             })
             .collect();
         return Reply::Now(OffsetFetchResponse::default().with_groups(groups));
     }
     let fetched = answers.pop().map(|(_, f)| f).unwrap_or_default();
-    let topics = by_topic(fetched)
-        .into_iter()
-        .map(|(name, parts)| {
-            OffsetFetchResponseTopic::default()
-                .with_name(topic_name(&name))
-                .with_partitions(
-                    parts
-                        .into_iter()
-                        .map(|(p, c)| {
-                            let (offset, epoch, metadata) = fields(c);
-                            OffsetFetchResponsePartition::default()
-                                .with_partition_index(p)
-                                .with_committed_offset(offset)
-                                .with_committed_leader_epoch(epoch)
-                                .with_metadata(Some(str_bytes(metadata)))
-                        })
-                        .collect(),
-                )
-        })
-        .collect();
-    Reply::Now(OffsetFetchResponse::default().with_topics(topics))
+    Reply::Now(OffsetFetchResponse::default().with_topics(response_topics!(
+        fetched,
+        OffsetFetchResponseTopic,
+        OffsetFetchResponsePartition
+    )))
 }
+
+/// The response's topics; v8+ and older versions use distinct types with the same fields.
+macro_rules! response_topics {
+    ($fetched:expr, $topic:ident, $partition:ident) => {
+        by_topic($fetched)
+            .into_iter()
+            .map(|(name, parts)| {
+                let partitions = parts
+                    .into_iter()
+                    .map(|(p, c)| {
+                        let (offset, epoch, metadata) = fields(c);
+                        $partition::default()
+                            .with_partition_index(p)
+                            .with_committed_offset(offset)
+                            .with_committed_leader_epoch(epoch)
+                            .with_metadata(Some(str_bytes(metadata)))
+                    })
+                    .collect();
+                $topic::default()
+                    .with_name(topic_name(&name))
+                    .with_partitions(partitions)
+            })
+            .collect()
+    };
+}
+use response_topics;
 
 /// Groups results by topic, keeping the request's order of topics.
 fn by_topic(fetched: Fetched) -> ByTopic {
