@@ -29,6 +29,27 @@ pub enum ControllerError {
     /// Kafka: NOT_CONTROLLER.
     #[error("this node is not the active controller (leader: {leader:?})")]
     NotLeader { leader: Option<NodeId> },
+    /// The configured voters (`controller.quorum.voters`) differ from the ones this directory's
+    /// quorum was formed with; voters are fixed when a cluster is first started.
+    #[error(
+        "controller.quorum.voters lists nodes {configured:?}, but this data directory belongs to a quorum of {stored:?}; voters are fixed when the cluster is first started"
+    )]
+    VotersMismatch {
+        stored: Vec<NodeId>,
+        configured: Vec<NodeId>,
+    },
+    /// This node is not among the configured voters.
+    #[error("node {node} is not in controller.quorum.voters {voters:?}; every node is a voter")]
+    NotInVoters { node: NodeId, voters: Vec<NodeId> },
+    /// Several voters are configured but no `controller.listen` address.
+    #[error("controller.listen is required when controller.quorum.voters names several nodes")]
+    NoListener,
+    /// A proposal or heartbeat could not reach the active controller, or it failed there.
+    #[error("forwarding to the active controller {leader}: {reason}")]
+    Forward { leader: NodeId, reason: String },
+    /// A forwarded proposal was committed but this node did not apply it in time.
+    #[error("committed at log index {index} but not applied here in time")]
+    ApplyTimeout { index: u64 },
     /// `open` gave up waiting for this node to become the active controller.
     #[error("controller did not become leader within {waited_ms} ms")]
     OpenTimeout { waited_ms: u64 },

@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 use spate_types::{LeaderEpoch, NodeId, ProducerId};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use uuid::Uuid;
 
@@ -23,11 +23,41 @@ pub struct BrokerEndpoint {
 /// A change to cluster metadata. Only ever applied through the replicated log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MetadataCommand {
-    /// Adds a broker, or replaces the endpoint of a registered one.
+    /// Names the cluster, once: later proposals leave the first id in place (every node of a
+    /// fresh cluster may propose its own candidate; the first committed wins).
+    InitCluster { cluster_id: String },
+    /// Adds a broker, or replaces the endpoint of a registered one (a restart). The broker
+    /// starts fenced; its broker epoch becomes this entry's log index, so heartbeats of an
+    /// earlier incarnation are told apart.
     RegisterBroker {
         node: NodeId,
         endpoint: BrokerEndpoint,
     },
+    /// The broker missed its session (or asked to leave, with `shutdown`): it leaves the ISR
+    /// of every partition where another member remains, and its leaderships move to another
+    /// live ISR member, or to none (leader -1) when it was the last one.
+    FenceBroker {
+        node: NodeId,
+        #[serde(default)]
+        shutdown: bool,
+    },
+    /// The broker caught up with the metadata log after registering: it may lead again. Every
+    /// leaderless partition whose ISR holds it gets it as leader.
+    UnfenceBroker { node: NodeId, broker_epoch: u64 },
+    /// A partition leader changes the ISR (Kafka's AlterPartition). Applied only if `leader`,
+    /// `leader_epoch` and `partition_epoch` are still current, so a stale leader's request is
+    /// refused.
+    AlterPartition {
+        topic: String,
+        partition: i32,
+        leader: NodeId,
+        leader_epoch: LeaderEpoch,
+        partition_epoch: i32,
+        isr: Vec<NodeId>,
+    },
+    /// Moves leadership of each listed partition to its preferred replica (the first of its
+    /// replicas) where that replica is in the ISR, unfenced, and not already leader.
+    ElectPreferredLeaders { partitions: Vec<(String, i32)> },
     /// Creates a topic. `topic_id` is chosen (randomly) by the proposer; `replication_factor`
     /// must already be resolved (Kafka's `-1`, "broker default", is rejected here).
     CreateTopic {
@@ -64,6 +94,20 @@ pub enum MetadataCommand {
 impl fmt::Display for MetadataCommand {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Self::InitCluster { cluster_id } => write!(f, "InitCluster({cluster_id})"),
+            Self::FenceBroker { node, shutdown } => {
+                write!(f, "FenceBroker(node={node}, shutdown={shutdown})")
+            }
+            Self::UnfenceBroker { node, broker_epoch } => {
+                write!(f, "UnfenceBroker(node={node}, epoch={broker_epoch})")
+            }
+            Self::AlterPartition { topic, partition, leader_epoch, partition_epoch, isr, .. } => write!(
+                f,
+                "AlterPartition({topic}-{partition}, leader_epoch={leader_epoch}, partition_epoch={partition_epoch}, isr={isr:?})"
+            ),
+            Self::ElectPreferredLeaders { partitions } => {
+                write!(f, "ElectPreferredLeaders({} partitions)", partitions.len())
+            }
             Self::RegisterBroker { node, endpoint } => {
                 write!(f, "RegisterBroker(node={node}, {}:{})", endpoint.host, endpoint.port)
             }
@@ -89,7 +133,12 @@ impl fmt::Display for MetadataCommand {
 /// What applying a command did. A rejected command changed nothing.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MetadataOutcome {
-    BrokerRegistered,
+    ClusterInitialized { cluster_id: String },
+    BrokerRegistered { broker_epoch: u64 },
+    BrokerFenced,
+    BrokerUnfenced,
+    PartitionAltered { partition_epoch: i32 },
+    LeadersElected { moved: usize },
     TopicCreated { topic_id: Uuid },
     TopicDeleted { topic_id: Uuid },
     PartitionsCreated,
@@ -121,6 +170,18 @@ pub enum MetadataError {
     /// Kafka: INVALID_REPLICATION_FACTOR. Carries the reason.
     #[error("invalid replication factor: {0}")]
     InvalidReplicationFactor(String),
+    /// Kafka: BROKER_ID_NOT_REGISTERED (or STALE_BROKER_EPOCH when the epoch is old).
+    #[error("broker {node} is not registered with epoch {broker_epoch}")]
+    UnknownBroker { node: NodeId, broker_epoch: u64 },
+    /// AlterPartition from a leader whose view is out of date. Kafka: FENCED_LEADER_EPOCH,
+    /// INVALID_UPDATE_VERSION or NOT_LEADER_OR_FOLLOWER.
+    #[error("stale partition state: {0}")]
+    StalePartitionState(String),
+    /// AlterPartition with an ISR that is not a non-empty subset of the replicas, holds a
+    /// fenced broker being added, or leaves out the leader. Kafka: INVALID_REQUEST /
+    /// INELIGIBLE_REPLICA.
+    #[error("invalid ISR: {0}")]
+    InvalidIsr(String),
     /// Kafka: INVALID_REQUEST. A command the proposer should never have built (non-positive
     /// producer id count, nil topic id, negative node id, exhausted producer id space). It is
     /// rejected rather than asserted because a panic while applying a committed entry would
@@ -132,7 +193,19 @@ pub enum MetadataError {
 /// The full cluster metadata as of `last_applied_index`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MetadataImage {
+    /// Set once, by the first committed `InitCluster`.
+    #[serde(default)]
+    pub cluster_id: Option<String>,
     pub brokers: BTreeMap<NodeId, BrokerEndpoint>,
+    /// Each registered broker's epoch: the log index of its latest `RegisterBroker`.
+    #[serde(default)]
+    pub broker_epochs: BTreeMap<NodeId, u64>,
+    /// Registered brokers that may not lead (not yet caught up, session expired, or shut down).
+    #[serde(default)]
+    pub fenced: BTreeSet<NodeId>,
+    /// Fenced brokers that left by controlled shutdown (a subset of `fenced`).
+    #[serde(default)]
+    pub shutting_down: BTreeSet<NodeId>,
     pub topics: BTreeMap<String, TopicImage>,
     /// The first producer id the next `AllocateProducerIds` hands out.
     pub next_producer_id: i64,
@@ -150,6 +223,22 @@ impl MetadataImage {
             .find(|(_, t)| t.topic_id == id)
             .map(|(name, t)| (name.as_str(), t))
     }
+
+    /// Registered brokers that are not fenced, in node id order.
+    pub fn alive_brokers(&self) -> impl Iterator<Item = (&NodeId, &BrokerEndpoint)> {
+        self.brokers
+            .iter()
+            .filter(|(id, _)| !self.fenced.contains(id))
+    }
+
+    pub fn is_alive(&self, node: NodeId) -> bool {
+        self.brokers.contains_key(&node) && !self.fenced.contains(&node)
+    }
+
+    pub fn partition(&self, topic: &str, partition: i32) -> Option<&PartitionImage> {
+        let index = usize::try_from(partition).ok()?;
+        self.topics.get(topic)?.partitions.get(index)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -163,8 +252,35 @@ pub struct TopicImage {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionImage {
+    /// [`NO_LEADER`] while no ISR member is alive.
     pub leader: NodeId,
+    /// Bumped on every leader change.
     pub leader_epoch: LeaderEpoch,
+    /// Bumped on every change of leader or ISR (Kafka's partition epoch), so AlterPartition
+    /// requests built on an older state are refused.
+    #[serde(default)]
+    pub partition_epoch: i32,
+    /// The assigned replicas; the first is the preferred leader.
     pub replicas: Vec<NodeId>,
+    /// Never empty: the last member stays even when fenced, so that only a replica known to
+    /// hold every committed record can lead again (Kafka without unclean election).
     pub isr: Vec<NodeId>,
+}
+
+/// Kafka's leader id for "no leader".
+pub const NO_LEADER: NodeId = NodeId(-1);
+
+impl PartitionImage {
+    pub fn has_leader(&self) -> bool {
+        self.leader != NO_LEADER
+    }
+
+    /// Replicas not alive in `image` (Kafka's offline replicas).
+    pub fn offline_replicas(&self, image: &MetadataImage) -> Vec<NodeId> {
+        self.replicas
+            .iter()
+            .copied()
+            .filter(|r| !image.is_alive(*r))
+            .collect()
+    }
 }

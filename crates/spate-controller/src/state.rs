@@ -5,14 +5,22 @@
 //!   order give the same image on every replica. It never panics on any command, because a
 //!   committed entry that panicked on apply would take down every replica on every restart.
 //! - A rejected command leaves the image untouched.
-//! - Every partition has `1 <= replicas.len() <= brokers at creation`, `leader == replicas[0]`,
-//!   and `isr == replicas` at creation, with `leader_epoch` 0.
+//! - Every partition has `1 <= replicas.len() <= alive brokers at creation`, `leader ==
+//!   replicas[0]`, and `isr == replicas` at creation, with `leader_epoch` 0. Replicas are placed
+//!   on unfenced brokers only.
+//! - The ISR is never empty and is a subset of the replicas; the leader is an ISR member or
+//!   [`NO_LEADER`]; only unfenced brokers are elected. A broker leaves an ISR only while another
+//!   member is alive, so the last member standing (which holds every committed record) stays
+//!   eligible: there is no unclean election.
+//! - `leader_epoch` grows on every leader change, `partition_epoch` on every leader or ISR
+//!   change; neither ever goes back.
 //! - Producer id blocks never overlap: `next_producer_id` only grows.
 //!
 //! `last_applied_index` and `controller_id` are Raft facts, maintained by the Raft glue, not here.
 
 use crate::metadata::{
     MetadataCommand, MetadataError, MetadataImage, MetadataOutcome, PartitionImage, TopicImage,
+    NO_LEADER,
 };
 use spate_types::limits::PARTITIONS_PER_TOPIC_MAX;
 use spate_types::{validate_topic_name, LeaderEpoch, NodeId, ProducerId};
@@ -26,15 +34,91 @@ pub const PRODUCER_IDS_PER_BLOCK_MAX: i64 = 1_000_000;
 /// Applies one command to the image and says what happened.
 pub fn apply(image: &mut MetadataImage, cmd: &MetadataCommand) -> MetadataOutcome {
     let result = match cmd {
+        MetadataCommand::InitCluster { cluster_id } => {
+            if cluster_id.is_empty() {
+                Err(MetadataError::InvalidRequest("empty cluster id".to_owned()))
+            } else {
+                let id = image.cluster_id.get_or_insert_with(|| cluster_id.clone());
+                Ok(MetadataOutcome::ClusterInitialized {
+                    cluster_id: id.clone(),
+                })
+            }
+        }
         MetadataCommand::RegisterBroker { node, endpoint } => {
             if node.0 < 0 {
                 Err(MetadataError::InvalidRequest(format!(
                     "broker node id {node} is negative"
                 )))
             } else {
+                // A new incarnation may have lost its unflushed tail: it must not keep leading
+                // in an epoch whose records others may hold beyond its log end. Fence it until
+                // it has caught up.
                 image.brokers.insert(*node, endpoint.clone());
-                Ok(MetadataOutcome::BrokerRegistered)
+                fence(image, *node);
+                image.shutting_down.remove(node);
+                let broker_epoch = image.last_applied_index;
+                image.broker_epochs.insert(*node, broker_epoch);
+                Ok(MetadataOutcome::BrokerRegistered { broker_epoch })
             }
+        }
+        MetadataCommand::FenceBroker { node, shutdown } => {
+            if !image.brokers.contains_key(node) {
+                Err(MetadataError::UnknownBroker {
+                    node: *node,
+                    broker_epoch: 0,
+                })
+            } else {
+                fence(image, *node);
+                if *shutdown {
+                    image.shutting_down.insert(*node);
+                }
+                Ok(MetadataOutcome::BrokerFenced)
+            }
+        }
+        MetadataCommand::UnfenceBroker { node, broker_epoch } => {
+            if image.broker_epochs.get(node) != Some(broker_epoch) {
+                Err(MetadataError::UnknownBroker {
+                    node: *node,
+                    broker_epoch: *broker_epoch,
+                })
+            } else {
+                unfence(image, *node);
+                Ok(MetadataOutcome::BrokerUnfenced)
+            }
+        }
+        MetadataCommand::AlterPartition {
+            topic,
+            partition,
+            leader,
+            leader_epoch,
+            partition_epoch,
+            isr,
+        } => alter_partition(
+            image,
+            topic,
+            *partition,
+            *leader,
+            *leader_epoch,
+            *partition_epoch,
+            isr,
+        ),
+        MetadataCommand::ElectPreferredLeaders { partitions } => {
+            let mut moved = 0;
+            for (topic, index) in partitions {
+                let alive = alive_set(image);
+                let Some(p) = partition_mut(image, topic, *index) else {
+                    continue;
+                };
+                let Some(preferred) = p.replicas.first().copied() else {
+                    continue;
+                };
+                if p.leader != preferred && p.isr.contains(&preferred) && alive.contains(&preferred)
+                {
+                    set_leader(p, preferred);
+                    moved += 1;
+                }
+            }
+            Ok(MetadataOutcome::LeadersElected { moved })
         }
         MetadataCommand::CreateTopic {
             name,
@@ -104,7 +188,8 @@ fn create_topic(
         return Err(MetadataError::TopicAlreadyExists(name.to_owned()));
     }
     check_partition_count(partitions)?;
-    let brokers = broker_count(image);
+    let nodes: Vec<NodeId> = image.alive_brokers().map(|(id, _)| *id).collect();
+    let brokers = nodes.len();
     if replication_factor == -1 {
         return Err(MetadataError::InvalidReplicationFactor(
             "replication factor -1 (broker default) must be resolved by the front end before proposing"
@@ -119,10 +204,9 @@ fn create_topic(
     let replication_factor = usize::from(replication_factor.unsigned_abs());
     if replication_factor > brokers {
         return Err(MetadataError::InvalidReplicationFactor(format!(
-            "replication factor {replication_factor} is larger than the {brokers} registered broker(s)"
+            "replication factor {replication_factor} is larger than the {brokers} available broker(s)"
         )));
     }
-    let nodes: Vec<NodeId> = image.brokers.keys().copied().collect();
     let partitions = (0..partitions)
         .map(|p| assign_partition(&nodes, topic_id, p, replication_factor))
         .collect();
@@ -142,7 +226,7 @@ fn create_partitions(
     name: &str,
     new_total: i32,
 ) -> Result<MetadataOutcome, MetadataError> {
-    let nodes: Vec<NodeId> = image.brokers.keys().copied().collect();
+    let nodes: Vec<NodeId> = image.alive_brokers().map(|(id, _)| *id).collect();
     let Some(topic) = image.topics.get_mut(name) else {
         return Err(MetadataError::UnknownTopic(name.to_owned()));
     };
@@ -161,7 +245,7 @@ fn create_partitions(
         .max(1);
     if replication_factor > nodes.len() {
         return Err(MetadataError::InvalidReplicationFactor(format!(
-            "topic '{name}' has replication factor {replication_factor} but only {} broker(s) are registered",
+            "topic '{name}' has replication factor {replication_factor} but only {} broker(s) are available",
             nodes.len()
         )));
     }
@@ -196,6 +280,138 @@ fn allocate_producer_ids(
     })
 }
 
+fn alive_set(image: &MetadataImage) -> std::collections::BTreeSet<NodeId> {
+    image.alive_brokers().map(|(id, _)| *id).collect()
+}
+
+fn partition_mut<'a>(
+    image: &'a mut MetadataImage,
+    topic: &str,
+    partition: i32,
+) -> Option<&'a mut PartitionImage> {
+    let index = usize::try_from(partition).ok()?;
+    image.topics.get_mut(topic)?.partitions.get_mut(index)
+}
+
+/// A leader change: new leader (or none) in a new leader epoch and partition epoch.
+fn set_leader(p: &mut PartitionImage, leader: NodeId) {
+    p.leader = leader;
+    p.leader_epoch = LeaderEpoch(p.leader_epoch.0.saturating_add(1));
+    p.partition_epoch = p.partition_epoch.saturating_add(1);
+}
+
+/// Marks `node` fenced, takes it out of every ISR where another member is alive, and moves its
+/// leaderships to the first live ISR member in replica order (or to none).
+fn fence(image: &mut MetadataImage, node: NodeId) {
+    image.fenced.insert(node);
+    let alive = alive_set(image);
+    for topic in image.topics.values_mut() {
+        for p in &mut topic.partitions {
+            let mut changed = false;
+            if p.isr.contains(&node) && p.isr.iter().any(|r| *r != node && alive.contains(r)) {
+                p.isr.retain(|r| *r != node);
+                changed = true;
+            }
+            if p.leader == node {
+                let next = p
+                    .replicas
+                    .iter()
+                    .copied()
+                    .find(|r| *r != node && p.isr.contains(r) && alive.contains(r))
+                    .unwrap_or(NO_LEADER);
+                set_leader(p, next);
+            } else if changed {
+                p.partition_epoch = p.partition_epoch.saturating_add(1);
+            }
+        }
+    }
+}
+
+/// Marks `node` alive again and gives every leaderless partition whose ISR now has a live
+/// member a leader.
+fn unfence(image: &mut MetadataImage, node: NodeId) {
+    image.fenced.remove(&node);
+    image.shutting_down.remove(&node);
+    let alive = alive_set(image);
+    for topic in image.topics.values_mut() {
+        for p in &mut topic.partitions {
+            if p.has_leader() {
+                continue;
+            }
+            if let Some(next) = p
+                .replicas
+                .iter()
+                .copied()
+                .find(|r| p.isr.contains(r) && alive.contains(r))
+            {
+                set_leader(p, next);
+            }
+        }
+    }
+}
+
+fn alter_partition(
+    image: &mut MetadataImage,
+    topic: &str,
+    partition: i32,
+    leader: NodeId,
+    leader_epoch: LeaderEpoch,
+    partition_epoch: i32,
+    isr: &[NodeId],
+) -> Result<MetadataOutcome, MetadataError> {
+    let alive = alive_set(image);
+    let Some(p) = partition_mut(image, topic, partition) else {
+        return Err(MetadataError::UnknownTopic(topic.to_owned()));
+    };
+    if p.leader != leader || p.leader_epoch != leader_epoch {
+        return Err(MetadataError::StalePartitionState(format!(
+            "{topic}-{partition}: leader {leader} in epoch {leader_epoch} asked, but the leader is {} in epoch {}",
+            p.leader, p.leader_epoch
+        )));
+    }
+    if p.partition_epoch != partition_epoch {
+        return Err(MetadataError::StalePartitionState(format!(
+            "{topic}-{partition}: partition epoch {partition_epoch} asked, current is {}",
+            p.partition_epoch
+        )));
+    }
+    let distinct: std::collections::BTreeSet<&NodeId> = isr.iter().collect();
+    if isr.is_empty() || distinct.len() != isr.len() {
+        return Err(MetadataError::InvalidIsr(format!(
+            "{topic}-{partition}: ISR {isr:?} is empty or repeats a broker"
+        )));
+    }
+    if let Some(r) = isr.iter().find(|r| !p.replicas.contains(r)) {
+        return Err(MetadataError::InvalidIsr(format!(
+            "{topic}-{partition}: {r} is not a replica"
+        )));
+    }
+    if !isr.contains(&leader) {
+        return Err(MetadataError::InvalidIsr(format!(
+            "{topic}-{partition}: the ISR must hold the leader {leader}"
+        )));
+    }
+    if let Some(r) = isr
+        .iter()
+        .find(|r| !p.isr.contains(r) && !alive.contains(r))
+    {
+        return Err(MetadataError::InvalidIsr(format!(
+            "{topic}-{partition}: {r} is fenced and cannot join the ISR"
+        )));
+    }
+    // Replica order, so that images do not depend on the order a leader listed them in.
+    p.isr = p
+        .replicas
+        .iter()
+        .copied()
+        .filter(|r| isr.contains(r))
+        .collect();
+    p.partition_epoch = p.partition_epoch.saturating_add(1);
+    Ok(MetadataOutcome::PartitionAltered {
+        partition_epoch: p.partition_epoch,
+    })
+}
+
 fn check_partition_count(partitions: i32) -> Result<(), MetadataError> {
     if !(1..=PARTITIONS_PER_TOPIC_MAX).contains(&partitions) {
         return Err(MetadataError::InvalidPartitions(format!(
@@ -203,10 +419,6 @@ fn check_partition_count(partitions: i32) -> Result<(), MetadataError> {
         )));
     }
     Ok(())
-}
-
-fn broker_count(image: &MetadataImage) -> usize {
-    image.brokers.len()
 }
 
 /// Round-robin over the registered brokers (in node id order), starting at a position that
@@ -229,8 +441,9 @@ fn assign_partition(
         .filter_map(|i| nodes.get((start + i) % n).copied())
         .collect();
     PartitionImage {
-        leader: replicas.first().copied().unwrap_or(NodeId(-1)),
+        leader: replicas.first().copied().unwrap_or(NO_LEADER),
         leader_epoch: LeaderEpoch(0),
+        partition_epoch: 0,
         isr: replicas.clone(),
         replicas,
     }
@@ -249,17 +462,30 @@ mod tests {
         }
     }
 
+    /// Registers `node` and unfences it, as a broker that caught up does.
+    pub(super) fn register_alive(image: &mut MetadataImage, node: NodeId) {
+        image.last_applied_index += 1;
+        let out = apply(
+            image,
+            &MetadataCommand::RegisterBroker {
+                node,
+                endpoint: endpoint(9092),
+            },
+        );
+        let broker_epoch = image.last_applied_index;
+        assert_eq!(out, MetadataOutcome::BrokerRegistered { broker_epoch });
+        image.last_applied_index += 1;
+        let out = apply(
+            image,
+            &MetadataCommand::UnfenceBroker { node, broker_epoch },
+        );
+        assert_eq!(out, MetadataOutcome::BrokerUnfenced);
+    }
+
     fn with_brokers(n: i32) -> MetadataImage {
         let mut image = MetadataImage::default();
         for node in 0..n {
-            let out = apply(
-                &mut image,
-                &MetadataCommand::RegisterBroker {
-                    node: NodeId(node),
-                    endpoint: endpoint(9092),
-                },
-            );
-            assert_eq!(out, MetadataOutcome::BrokerRegistered);
+            register_alive(&mut image, NodeId(node));
         }
         image
     }
@@ -292,19 +518,54 @@ mod tests {
 
     #[test]
     fn register_broker_adds_and_replaces() {
-        let mut image = MetadataImage::default();
+        let mut image = MetadataImage {
+            last_applied_index: 4,
+            ..MetadataImage::default()
+        };
         let cmd = MetadataCommand::RegisterBroker {
             node: NodeId(3),
             endpoint: endpoint(1),
         };
-        assert_eq!(apply(&mut image, &cmd), MetadataOutcome::BrokerRegistered);
+        assert_eq!(
+            apply(&mut image, &cmd),
+            MetadataOutcome::BrokerRegistered { broker_epoch: 4 }
+        );
+        assert!(
+            image.fenced.contains(&NodeId(3)),
+            "registered brokers start fenced"
+        );
+        image.last_applied_index = 9;
         let cmd = MetadataCommand::RegisterBroker {
             node: NodeId(3),
             endpoint: endpoint(2),
         };
-        assert_eq!(apply(&mut image, &cmd), MetadataOutcome::BrokerRegistered);
+        assert_eq!(
+            apply(&mut image, &cmd),
+            MetadataOutcome::BrokerRegistered { broker_epoch: 9 }
+        );
         assert_eq!(image.brokers.len(), 1);
         assert_eq!(image.brokers[&NodeId(3)].port, 2);
+        assert_eq!(image.broker_epochs[&NodeId(3)], 9);
+        // The first incarnation's epoch no longer unfences it.
+        let e = rejected(
+            &mut image,
+            MetadataCommand::UnfenceBroker {
+                node: NodeId(3),
+                broker_epoch: 4,
+            },
+        );
+        assert!(matches!(e, MetadataError::UnknownBroker { .. }), "{e}");
+        assert_eq!(
+            apply(
+                &mut image,
+                &MetadataCommand::UnfenceBroker {
+                    node: NodeId(3),
+                    broker_epoch: 9
+                }
+            ),
+            MetadataOutcome::BrokerUnfenced
+        );
+        assert!(image.is_alive(NodeId(3)));
     }
 
     #[test]
@@ -634,7 +895,14 @@ mod tests {
         };
         let run = || {
             let mut image = MetadataImage::default();
-            let outcomes: Vec<_> = commands().iter().map(|c| apply(&mut image, c)).collect();
+            let mut outcomes = Vec::new();
+            for c in commands() {
+                if let MetadataCommand::RegisterBroker { node, .. } = &c {
+                    register_alive(&mut image, *node);
+                    continue;
+                }
+                outcomes.push(apply(&mut image, &c));
+            }
             (image, outcomes)
         };
         let (a, out_a) = run();
@@ -695,10 +963,74 @@ mod tests {
                         count,
                     }
                 }),
+                (0..6i32, any::<bool>()).prop_map(|(n, shutdown)| MetadataCommand::FenceBroker {
+                    node: NodeId(n),
+                    shutdown
+                }),
+                // Epoch u64::MAX: resolved to the broker's current epoch when applied.
+                (0..6i32).prop_map(|n| MetadataCommand::UnfenceBroker {
+                    node: NodeId(n),
+                    broker_epoch: u64::MAX
+                }),
+                (
+                    prop::sample::select(vec!["a", "b", "c"]),
+                    0..3i32,
+                    0..6i32,
+                    any::<bool>(),
+                    prop::collection::vec(0..6i32, 0..4)
+                )
+                    .prop_map(|(topic, partition, leader, current, isr)| {
+                        MetadataCommand::AlterPartition {
+                            topic: topic.to_owned(),
+                            partition,
+                            leader: NodeId(leader),
+                            // -1: resolved to the current epochs when applied.
+                            leader_epoch: LeaderEpoch(if current { -1 } else { 0 }),
+                            partition_epoch: if current { -1 } else { 0 },
+                            isr: isr.into_iter().map(NodeId).collect(),
+                        }
+                    }),
+                (prop::sample::select(vec!["a", "b", "c"]), 0..3i32).prop_map(|(t, p)| {
+                    MetadataCommand::ElectPreferredLeaders {
+                        partitions: vec![(t.to_owned(), p)],
+                    }
+                }),
             ]
         }
 
-        fn check_invariants(image: &MetadataImage) -> Result<(), TestCaseError> {
+        /// Fills in the "current" placeholders of generated commands from the image.
+        fn resolve(image: &MetadataImage, cmd: MetadataCommand) -> MetadataCommand {
+            match cmd {
+                MetadataCommand::UnfenceBroker { node, .. } => MetadataCommand::UnfenceBroker {
+                    node,
+                    broker_epoch: image.broker_epochs.get(&node).copied().unwrap_or(0),
+                },
+                MetadataCommand::AlterPartition {
+                    topic,
+                    partition,
+                    leader,
+                    leader_epoch,
+                    partition_epoch,
+                    isr,
+                } if leader_epoch.0 == -1 => {
+                    let current = image.partition(&topic, partition);
+                    MetadataCommand::AlterPartition {
+                        leader: current.map_or(leader, |p| p.leader),
+                        leader_epoch: current.map_or(leader_epoch, |p| p.leader_epoch),
+                        partition_epoch: current.map_or(partition_epoch, |p| p.partition_epoch),
+                        topic,
+                        partition,
+                        isr,
+                    }
+                }
+                other => other,
+            }
+        }
+
+        fn check_invariants(
+            before: &MetadataImage,
+            image: &MetadataImage,
+        ) -> Result<(), TestCaseError> {
             let mut ids = std::collections::BTreeSet::new();
             for (name, topic) in &image.topics {
                 prop_assert!(validate_topic_name(name).is_ok());
@@ -711,11 +1043,13 @@ mod tests {
                 prop_assert!(!topic.partitions.is_empty());
                 prop_assert!(topic.partitions.len() <= PARTITIONS_PER_TOPIC_MAX as usize);
                 let rf = topic.partitions[0].replicas.len();
-                for p in &topic.partitions {
+                let old = before
+                    .topics
+                    .get(name)
+                    .filter(|t| t.topic_id == topic.topic_id);
+                for (i, p) in topic.partitions.iter().enumerate() {
                     prop_assert_eq!(p.replicas.len(), rf, "{} mixes replication factors", name);
                     prop_assert!(rf >= 1);
-                    prop_assert_eq!(Some(&p.leader), p.replicas.first());
-                    prop_assert_eq!(&p.isr, &p.replicas);
                     let distinct: std::collections::BTreeSet<_> = p.replicas.iter().collect();
                     prop_assert_eq!(distinct.len(), rf, "replicas repeat a broker");
                     for r in &p.replicas {
@@ -725,36 +1059,68 @@ mod tests {
                             r
                         );
                     }
+                    prop_assert!(!p.isr.is_empty(), "{}-{} has an empty ISR", name, i);
+                    prop_assert!(p.isr.iter().all(|r| p.replicas.contains(r)));
+                    let distinct: std::collections::BTreeSet<_> = p.isr.iter().collect();
+                    prop_assert_eq!(distinct.len(), p.isr.len(), "ISR repeats a broker");
+                    if p.has_leader() {
+                        prop_assert!(p.isr.contains(&p.leader), "leader outside the ISR");
+                        prop_assert!(image.is_alive(p.leader), "fenced leader {}", p.leader);
+                    }
+                    if let Some(prev) = old.and_then(|t| t.partitions.get(i)) {
+                        prop_assert!(p.leader_epoch >= prev.leader_epoch);
+                        prop_assert!(p.partition_epoch >= prev.partition_epoch);
+                        if p.leader != prev.leader {
+                            prop_assert!(p.leader_epoch > prev.leader_epoch);
+                        }
+                        if p.isr != prev.isr {
+                            prop_assert!(p.partition_epoch > prev.partition_epoch);
+                        }
+                    }
                 }
             }
             prop_assert!(image.next_producer_id >= 0);
+            prop_assert!(image.fenced.iter().all(|n| image.brokers.contains_key(n)));
+            prop_assert!(image.shutting_down.is_subset(&image.fenced));
             Ok(())
         }
 
         proptest! {
             #[test]
             fn any_command_sequence_keeps_invariants_and_is_deterministic(
-                cmds in prop::collection::vec(command(), 0..60)
+                cmds in prop::collection::vec(command(), 0..80)
             ) {
                 let mut image = MetadataImage::default();
                 let mut outcomes = Vec::new();
-                for cmd in &cmds {
+                let mut applied = Vec::new();
+                for cmd in cmds {
+                    let cmd = resolve(&image, cmd);
                     let before = image.clone();
                     let next_pid = image.next_producer_id;
-                    let outcome = apply(&mut image, cmd);
+                    image.last_applied_index += 1;
+                    let outcome = apply(&mut image, &cmd);
                     match &outcome {
-                        MetadataOutcome::Rejected(_) => prop_assert_eq!(&image, &before),
+                        MetadataOutcome::Rejected(_) => {
+                            image.last_applied_index -= 1;
+                            prop_assert_eq!(&image, &before);
+                            image.last_applied_index += 1;
+                        }
                         MetadataOutcome::ProducerIds { first, count } => {
                             prop_assert_eq!(first.0, next_pid);
                             prop_assert_eq!(image.next_producer_id, next_pid + count);
                         }
                         _ => {}
                     }
-                    check_invariants(&image)?;
+                    check_invariants(&before, &image)?;
                     outcomes.push(outcome);
+                    applied.push(cmd);
                 }
                 let mut again = MetadataImage::default();
-                let replayed: Vec<_> = cmds.iter().map(|c| apply(&mut again, c)).collect();
+                let mut replayed = Vec::new();
+                for c in &applied {
+                    again.last_applied_index += 1;
+                    replayed.push(apply(&mut again, c));
+                }
                 prop_assert_eq!(again, image);
                 prop_assert_eq!(replayed, outcomes);
             }
@@ -769,17 +1135,7 @@ mod compare_and_set_tests {
 
     fn image_with_topic() -> (MetadataImage, Uuid) {
         let mut image = MetadataImage::default();
-        apply(
-            &mut image,
-            &MetadataCommand::RegisterBroker {
-                node: NodeId(1),
-                endpoint: crate::BrokerEndpoint {
-                    host: "h".into(),
-                    port: 1,
-                    rack: None,
-                },
-            },
-        );
+        super::tests::register_alive(&mut image, NodeId(1));
         let id = Uuid::from_u128(42);
         let out = apply(
             &mut image,
@@ -839,5 +1195,336 @@ mod compare_and_set_tests {
             apply(&mut image, &exact),
             MetadataOutcome::TopicDeleted { topic_id: id }
         );
+    }
+}
+
+#[cfg(test)]
+mod replication_tests {
+    use super::tests::register_alive;
+    use super::*;
+
+    fn cluster_with_topic(brokers: i32, rf: i16) -> MetadataImage {
+        let mut image = MetadataImage::default();
+        for n in 0..brokers {
+            register_alive(&mut image, NodeId(n));
+        }
+        // Topic id 3 with 3 brokers: partition 0 starts at broker 0.
+        let out = apply(
+            &mut image,
+            &MetadataCommand::CreateTopic {
+                name: "t".into(),
+                topic_id: Uuid::from_u128(3),
+                partitions: 1,
+                replication_factor: rf,
+                configs: BTreeMap::new(),
+            },
+        );
+        assert!(
+            matches!(out, MetadataOutcome::TopicCreated { .. }),
+            "{out:?}"
+        );
+        image
+    }
+
+    fn part(image: &MetadataImage) -> &PartitionImage {
+        image.partition("t", 0).expect("partition t-0")
+    }
+
+    fn nodes(ids: &[i32]) -> Vec<NodeId> {
+        ids.iter().copied().map(NodeId).collect()
+    }
+
+    fn fence(image: &mut MetadataImage, node: i32) {
+        let out = apply(
+            image,
+            &MetadataCommand::FenceBroker {
+                node: NodeId(node),
+                shutdown: false,
+            },
+        );
+        assert_eq!(out, MetadataOutcome::BrokerFenced);
+    }
+
+    fn alter(image: &MetadataImage, isr: &[i32]) -> MetadataCommand {
+        let p = part(image);
+        MetadataCommand::AlterPartition {
+            topic: "t".into(),
+            partition: 0,
+            leader: p.leader,
+            leader_epoch: p.leader_epoch,
+            partition_epoch: p.partition_epoch,
+            isr: nodes(isr),
+        }
+    }
+
+    #[test]
+    fn fencing_moves_leadership_down_the_isr_and_keeps_the_last_member() {
+        let mut image = cluster_with_topic(3, 3);
+        assert_eq!(part(&image).leader, NodeId(0));
+        assert_eq!(part(&image).isr, nodes(&[0, 1, 2]));
+
+        fence(&mut image, 0);
+        let p = part(&image);
+        assert_eq!(
+            (p.leader, p.leader_epoch, p.partition_epoch),
+            (NodeId(1), LeaderEpoch(1), 1)
+        );
+        assert_eq!(p.isr, nodes(&[1, 2]));
+        assert_eq!(p.offline_replicas(&image), nodes(&[0]));
+
+        fence(&mut image, 1);
+        let p = part(&image);
+        assert_eq!((p.leader, p.leader_epoch), (NodeId(2), LeaderEpoch(2)));
+        assert_eq!(p.isr, nodes(&[2]));
+
+        // The last ISR member stays in the ISR: it alone is known to hold every committed record.
+        fence(&mut image, 2);
+        let p = part(&image);
+        assert_eq!(
+            (p.leader, p.leader_epoch, p.partition_epoch),
+            (NO_LEADER, LeaderEpoch(3), 3)
+        );
+        assert_eq!(p.isr, nodes(&[2]));
+
+        // Broker 0 comes back first: it is not in the ISR, so no unclean election.
+        register_alive(&mut image, NodeId(0));
+        assert!(
+            !part(&image).has_leader(),
+            "an out-of-sync replica must not lead"
+        );
+
+        // Broker 2 comes back: it leads again in a new epoch.
+        let epoch = image.broker_epochs[&NodeId(2)];
+        assert_eq!(
+            apply(
+                &mut image,
+                &MetadataCommand::UnfenceBroker {
+                    node: NodeId(2),
+                    broker_epoch: epoch
+                }
+            ),
+            MetadataOutcome::BrokerUnfenced
+        );
+        let p = part(&image);
+        assert_eq!((p.leader, p.leader_epoch), (NodeId(2), LeaderEpoch(4)));
+    }
+
+    #[test]
+    fn a_follower_fenced_leaves_the_isr_without_a_leader_change() {
+        let mut image = cluster_with_topic(3, 3);
+        fence(&mut image, 2);
+        let p = part(&image);
+        assert_eq!(
+            (p.leader, p.leader_epoch, p.partition_epoch),
+            (NodeId(0), LeaderEpoch(0), 1)
+        );
+        assert_eq!(p.isr, nodes(&[0, 1]));
+    }
+
+    #[test]
+    fn controlled_shutdown_is_a_fence_marked_shutting_down() {
+        let mut image = cluster_with_topic(3, 3);
+        let out = apply(
+            &mut image,
+            &MetadataCommand::FenceBroker {
+                node: NodeId(0),
+                shutdown: true,
+            },
+        );
+        assert_eq!(out, MetadataOutcome::BrokerFenced);
+        assert!(image.shutting_down.contains(&NodeId(0)));
+        assert_eq!(part(&image).leader, NodeId(1));
+        // Registering again (the restart) clears it, and fences until caught up.
+        image.last_applied_index += 1;
+        apply(
+            &mut image,
+            &MetadataCommand::RegisterBroker {
+                node: NodeId(0),
+                endpoint: crate::BrokerEndpoint {
+                    host: "h".into(),
+                    port: 1,
+                    rack: None,
+                },
+            },
+        );
+        assert!(!image.shutting_down.contains(&NodeId(0)));
+        assert!(image.fenced.contains(&NodeId(0)));
+    }
+
+    #[test]
+    fn reregistering_leader_is_fenced_and_loses_leadership() {
+        // A restarted broker may have lost an unflushed tail of its epoch: it must not lead on.
+        let mut image = cluster_with_topic(3, 3);
+        image.last_applied_index += 1;
+        apply(
+            &mut image,
+            &MetadataCommand::RegisterBroker {
+                node: NodeId(0),
+                endpoint: crate::BrokerEndpoint {
+                    host: "h".into(),
+                    port: 1,
+                    rack: None,
+                },
+            },
+        );
+        let p = part(&image);
+        assert_eq!((p.leader, p.leader_epoch), (NodeId(1), LeaderEpoch(1)));
+        assert_eq!(p.isr, nodes(&[1, 2]));
+    }
+
+    #[test]
+    fn single_node_restart_leads_again_once_unfenced() {
+        let mut image = cluster_with_topic(1, 1);
+        register_alive(&mut image, NodeId(0));
+        let p = part(&image);
+        assert_eq!((p.leader, p.leader_epoch), (NodeId(0), LeaderEpoch(2)));
+        assert_eq!(p.isr, nodes(&[0]));
+    }
+
+    #[test]
+    fn alter_partition_checks_epochs_leader_and_members() {
+        let mut image = cluster_with_topic(3, 3);
+        // Shrink by the leader: applied, partition epoch bumped, leader epoch kept.
+        let cmd = alter(&image, &[0, 1]);
+        assert_eq!(
+            apply(&mut image, &cmd),
+            MetadataOutcome::PartitionAltered { partition_epoch: 1 }
+        );
+        assert_eq!(part(&image).isr, nodes(&[0, 1]));
+        assert_eq!(part(&image).leader_epoch, LeaderEpoch(0));
+
+        let rejected = |image: &mut MetadataImage, cmd: MetadataCommand| {
+            let before = image.clone();
+            match apply(image, &cmd) {
+                MetadataOutcome::Rejected(e) => {
+                    assert_eq!(*image, before);
+                    e
+                }
+                other => panic!("{cmd} should be rejected, got {other:?}"),
+            }
+        };
+        // The same request again carries a stale partition epoch.
+        let mut stale = alter(&image, &[0]);
+        if let MetadataCommand::AlterPartition {
+            partition_epoch, ..
+        } = &mut stale
+        {
+            *partition_epoch = 0;
+        }
+        let e = rejected(&mut image, stale);
+        assert!(matches!(e, MetadataError::StalePartitionState(_)), "{e}");
+        // A stale leader epoch (a deposed leader).
+        let mut deposed = alter(&image, &[0]);
+        if let MetadataCommand::AlterPartition { leader_epoch, .. } = &mut deposed {
+            *leader_epoch = LeaderEpoch(-5);
+        }
+        let e = rejected(&mut image, deposed);
+        assert!(matches!(e, MetadataError::StalePartitionState(_)), "{e}");
+        // Not the leader.
+        let mut other = alter(&image, &[1]);
+        if let MetadataCommand::AlterPartition { leader, .. } = &mut other {
+            *leader = NodeId(1);
+        }
+        let e = rejected(&mut image, other);
+        assert!(matches!(e, MetadataError::StalePartitionState(_)), "{e}");
+        for bad in [&[][..], &[1][..], &[0, 0][..], &[0, 7][..]] {
+            let cmd = alter(&image, bad);
+            let e = rejected(&mut image, cmd);
+            assert!(matches!(e, MetadataError::InvalidIsr(_)), "{bad:?}: {e}");
+        }
+        // A fenced broker cannot join.
+        fence(&mut image, 2);
+        let cmd = alter(&image, &[0, 1, 2]);
+        let e = rejected(&mut image, cmd);
+        assert!(matches!(e, MetadataError::InvalidIsr(_)), "{e}");
+        // Order given by the leader does not matter: stored in replica order.
+        register_alive(&mut image, NodeId(2));
+        let cmd = alter(&image, &[2, 0, 1]);
+        assert!(matches!(
+            apply(&mut image, &cmd),
+            MetadataOutcome::PartitionAltered { .. }
+        ));
+        assert_eq!(part(&image).isr, nodes(&[0, 1, 2]));
+    }
+
+    #[test]
+    fn preferred_leader_election_brings_leadership_home() {
+        let mut image = cluster_with_topic(3, 3);
+        fence(&mut image, 0);
+        register_alive(&mut image, NodeId(0));
+        assert_eq!(part(&image).leader, NodeId(1));
+        let elect = MetadataCommand::ElectPreferredLeaders {
+            partitions: vec![("t".into(), 0), ("missing".into(), 0), ("t".into(), 9)],
+        };
+        // Not in the ISR yet: nothing moves.
+        assert_eq!(
+            apply(&mut image, &elect),
+            MetadataOutcome::LeadersElected { moved: 0 }
+        );
+        let cmd = alter(&image, &[0, 1, 2]);
+        apply(&mut image, &cmd);
+        let epoch = part(&image).leader_epoch;
+        assert_eq!(
+            apply(&mut image, &elect),
+            MetadataOutcome::LeadersElected { moved: 1 }
+        );
+        assert_eq!(part(&image).leader, NodeId(0));
+        assert_eq!(part(&image).leader_epoch, LeaderEpoch(epoch.0 + 1));
+    }
+
+    #[test]
+    fn new_topics_are_placed_on_alive_brokers_only() {
+        let mut image = cluster_with_topic(3, 1);
+        fence(&mut image, 1);
+        let out = apply(
+            &mut image,
+            &MetadataCommand::CreateTopic {
+                name: "u".into(),
+                topic_id: Uuid::from_u128(30),
+                partitions: 6,
+                replication_factor: 2,
+                configs: BTreeMap::new(),
+            },
+        );
+        assert!(matches!(out, MetadataOutcome::TopicCreated { .. }));
+        for p in &image.topics["u"].partitions {
+            assert!(!p.replicas.contains(&NodeId(1)), "{p:?}");
+        }
+        let out = apply(
+            &mut image,
+            &MetadataCommand::CreateTopic {
+                name: "v".into(),
+                topic_id: Uuid::from_u128(31),
+                partitions: 1,
+                replication_factor: 3,
+                configs: BTreeMap::new(),
+            },
+        );
+        assert!(
+            matches!(
+                out,
+                MetadataOutcome::Rejected(MetadataError::InvalidReplicationFactor(_))
+            ),
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn cluster_id_is_set_once() {
+        let mut image = MetadataImage::default();
+        for (candidate, expected) in [("first", "first"), ("second", "first")] {
+            assert_eq!(
+                apply(
+                    &mut image,
+                    &MetadataCommand::InitCluster {
+                        cluster_id: candidate.into()
+                    }
+                ),
+                MetadataOutcome::ClusterInitialized {
+                    cluster_id: expected.into()
+                }
+            );
+        }
+        assert_eq!(image.cluster_id.as_deref(), Some("first"));
     }
 }

@@ -44,12 +44,33 @@ pub(crate) fn metadata_error(e: &MetadataError) -> ResponseError {
         MetadataError::InvalidPartitions(_) => ResponseError::InvalidPartitions,
         MetadataError::InvalidReplicationFactor(_) => ResponseError::InvalidReplicationFactor,
         MetadataError::InvalidRequest(_) => ResponseError::InvalidRequest,
+        MetadataError::UnknownBroker { .. } => ResponseError::StaleBrokerEpoch,
+        MetadataError::StalePartitionState(_) => ResponseError::FencedLeaderEpoch,
+        MetadataError::InvalidIsr(_) => ResponseError::IneligibleReplica,
     }
 }
 
-pub(crate) fn controller_error(_e: &ControllerError) -> ResponseError {
-    // Every controller failure today means the quorum cannot commit; clients retry.
-    ResponseError::NotController
+/// A controller failure as a client sees it: retriable unless the node is broken.
+pub(crate) fn controller_error(e: &ControllerError) -> ResponseError {
+    match e {
+        // The quorum is electing or the active controller moved: clients retry (Kafka answers
+        // admin requests it cannot forward with NOT_CONTROLLER or REQUEST_TIMED_OUT).
+        ControllerError::NotLeader { .. } => ResponseError::NotController,
+        ControllerError::Forward { .. } | ControllerError::ApplyTimeout { .. } => {
+            ResponseError::RequestTimedOut
+        }
+        ControllerError::OpenTimeout { .. } | ControllerError::Stopped(_) => {
+            ResponseError::NotController
+        }
+        ControllerError::Io { .. } => ResponseError::KafkaStorageError,
+        ControllerError::Raft(_)
+        | ControllerError::Locked { .. }
+        | ControllerError::InvalidNodeId(_)
+        | ControllerError::NotAVoter { .. }
+        | ControllerError::VotersMismatch { .. }
+        | ControllerError::NotInVoters { .. }
+        | ControllerError::NoListener => ResponseError::UnknownServerError,
+    }
 }
 
 pub(crate) fn config_error(e: &ConfigError) -> ResponseError {

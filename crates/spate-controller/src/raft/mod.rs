@@ -32,13 +32,15 @@ pub(crate) type StoredMembership =
 pub(crate) type SnapshotMeta = openraft::SnapshotMeta<LeaderId, RaftNodeId, openraft::BasicNode>;
 pub(crate) type Raft = openraft::Raft<TypeConfig, state_machine::StateMachine>;
 
-/// Leader heartbeat period. Openraft ticks every `heartbeat_interval * 13 / 64` ms (about 100 ms
+/// Leader heartbeat period. Openraft ticks every `heartbeat_interval * 13 / 64` ms (about 50 ms
 /// here), which is the only idle wake-up; a single voter sends no heartbeats at all.
-pub(crate) const HEARTBEAT_INTERVAL_MS: u64 = 500;
-/// Election timeouts for the multi-voter future. A restarted single voter does not wait for them:
+pub(crate) const HEARTBEAT_INTERVAL_MS: u64 = 250;
+/// Election timeouts, close to KRaft's default (`controller.quorum.election.timeout.ms` 1000):
+/// a dead active controller is replaced within about two seconds, which bounds how long
+/// failover of everything else waits for it. A restarted single voter does not wait for them:
 /// `Controller::open` triggers its election at once.
-pub(crate) const ELECTION_TIMEOUT_MIN_MS: u64 = 1500;
-pub(crate) const ELECTION_TIMEOUT_MAX_MS: u64 = 3000;
+pub(crate) const ELECTION_TIMEOUT_MIN_MS: u64 = 1000;
+pub(crate) const ELECTION_TIMEOUT_MAX_MS: u64 = 2000;
 
 const _: () = assert!(HEARTBEAT_INTERVAL_MS < ELECTION_TIMEOUT_MIN_MS);
 const _: () = assert!(ELECTION_TIMEOUT_MIN_MS < ELECTION_TIMEOUT_MAX_MS);

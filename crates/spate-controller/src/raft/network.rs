@@ -1,86 +1,367 @@
-//! Raft transport. Today it only routes to Raft nodes in this process — in a single-node cluster
-//! that is this node itself, which openraft never actually calls. Any other peer gets a clear
-//! `Unreachable` error, so a membership that names a remote voter fails loudly instead of
-//! silently. The network milestone replaces [`Router`] lookups with real connections; nothing
-//! else changes, because this is already the path every Raft message takes.
+//! The controller transport: Raft RPCs between voters, and brokers' requests to the active
+//! controller (forwarded proposals, heartbeats), over one framed TCP protocol of ours.
+//!
+//! Wire format: a client opens with the 10-byte preface [`PREFACE`] (magic and version); then
+//! every message is `[len: u32 BE][JSON]`, a [`Request`] answered by exactly one [`Response`] on
+//! the same connection, strictly in turn. Guarantees:
+//! - a frame longer than [`FRAME_BYTES_MAX`] closes the connection before anything is
+//!   allocated for it, and a frame's buffer grows only as its bytes arrive;
+//! - anything else that is not a well-formed request (a wrong preface, bad JSON, a peer that
+//!   stops mid-frame for [`FRAME_READ_TIMEOUT`]) closes the connection with one log line; the
+//!   controller's state is never touched by it;
+//! - inbound connections are bounded by [`INBOUND_CONNECTIONS_MAX`];
+//! - every outbound call ends by its deadline; a connection whose call failed or timed out is
+//!   dropped (it may hold half a frame), never reused.
+//!
+//! JSON costs more than a binary encoding, but the controller carries metadata, not records:
+//! a few small entries per admin request or leadership change.
 
 use super::state_machine::Snapshot;
-use super::{Raft, RaftNodeId, TypeConfig, Vote};
-use crate::metadata::MetadataImage;
+use super::{RaftNodeId, TypeConfig, Vote};
+use crate::metadata::{MetadataCommand, MetadataImage, MetadataOutcome};
 use openraft::errors::{RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
 use openraft::{BasicNode, OptionalSend, RaftNetworkV2};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use spate_types::NodeId;
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::{Arc, RwLock};
+use std::io;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
 
-/// Raft nodes reachable in this process, by Raft node id.
-#[derive(Clone, Default)]
-pub(crate) struct Router {
-    nodes: Arc<RwLock<BTreeMap<RaftNodeId, Raft>>>,
+/// Sent once by the client after connecting: magic and protocol version.
+pub(crate) const PREFACE: &[u8; 10] = b"SPATECTL\x00\x01";
+/// The largest frame either side accepts: a snapshot of the metadata image with headroom over
+/// what the snapshot file itself may hold.
+pub(crate) const FRAME_BYTES_MAX: usize = 2 * crate::fsio::RECORD_BYTES_MAX;
+const _: () = assert!(FRAME_BYTES_MAX <= u32::MAX as usize);
+/// Inbound connections one controller serves at once (voters and brokers keep a few each).
+pub(crate) const INBOUND_CONNECTIONS_MAX: usize = 256;
+/// Idle outbound connections kept per peer for proposals and heartbeats.
+const IDLE_CONNECTIONS_PER_PEER_MAX: usize = 4;
+/// How long a started frame may take to arrive in full.
+pub(crate) const FRAME_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connection set-up limit for outbound calls.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A broker's periodic liveness report to the active controller (Kafka's BrokerHeartbeat).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrokerHeartbeat {
+    pub node: NodeId,
+    /// The epoch the broker registered with: its `RegisterBroker` entry's log index.
+    pub broker_epoch: u64,
+    /// The last metadata log index this broker has applied.
+    pub applied_index: u64,
+    /// The broker is shutting down and asks for its leaderships to move away first.
+    pub want_shutdown: bool,
 }
 
-impl Router {
-    pub(crate) fn register(&self, id: RaftNodeId, raft: Raft) {
-        if let Ok(mut nodes) = self.nodes.write() {
-            nodes.insert(id, raft);
+/// The active controller's answer to a heartbeat.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatReply {
+    /// The broker may not lead (not yet caught up, or shut down).
+    pub fenced: bool,
+    /// A controlled shutdown is complete: the broker leads nothing and may stop.
+    pub shutdown_ready: bool,
+    /// The broker epoch is not the registered one: the broker must register again.
+    pub stale_epoch: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Request {
+    AppendEntries(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<TypeConfig>),
+    PreVote(VoteRequest<TypeConfig>),
+    Snapshot {
+        vote: Vote,
+        meta: super::SnapshotMeta,
+        image: MetadataImage,
+    },
+    /// A broker's proposal for the active controller.
+    Propose(MetadataCommand),
+    Heartbeat(BrokerHeartbeat),
+}
+
+impl Request {
+    fn kind(&self) -> &'static str {
+        match self {
+            Request::AppendEntries(_) => "append-entries",
+            Request::Vote(_) => "vote",
+            Request::PreVote(_) => "pre-vote",
+            Request::Snapshot { .. } => "snapshot",
+            Request::Propose(_) => "propose",
+            Request::Heartbeat(_) => "heartbeat",
         }
     }
+}
 
-    /// Drops the handle, breaking the `Raft -> network -> Router -> Raft` cycle on shutdown.
-    pub(crate) fn unregister(&self, id: RaftNodeId) {
-        if let Ok(mut nodes) = self.nodes.write() {
-            nodes.remove(&id);
-        }
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Response {
+    AppendEntries(AppendEntriesResponse<TypeConfig>),
+    Vote(VoteResponse<TypeConfig>),
+    Snapshot(SnapshotResponse<TypeConfig>),
+    /// Committed and applied on the active controller at log `index`.
+    Proposed {
+        outcome: MetadataOutcome,
+        index: u64,
+    },
+    Heartbeat(HeartbeatReply),
+    /// The receiver is not the active controller; `leader` is, if known.
+    NotLeader {
+        leader: Option<NodeId>,
+    },
+    /// The receiver could not serve the request (its Raft node stopped, for instance).
+    Failed(String),
+}
+
+/// Why an outbound call failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CallError {
+    #[error("controller {addr}: {source}")]
+    Io {
+        addr: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("controller {addr} did not answer within {timeout_ms} ms")]
+    TimedOut { addr: String, timeout_ms: u64 },
+}
+
+async fn write_frame<W, T>(out: &mut W, message: &T) -> io::Result<()>
+where
+    W: tokio::io::AsyncWrite + Unpin,
+    T: Serialize,
+{
+    let json = serde_json::to_vec(message).map_err(io::Error::other)?;
+    if json.len() > FRAME_BYTES_MAX {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "controller message of {} bytes exceeds the {FRAME_BYTES_MAX}-byte limit",
+                json.len()
+            ),
+        ));
     }
+    let len = u32::try_from(json.len()).map_err(io::Error::other)?;
+    out.write_all(&len.to_be_bytes()).await?;
+    out.write_all(&json).await?;
+    out.flush().await
+}
 
-    fn get(&self, target: RaftNodeId) -> Result<Raft, Unreachable<TypeConfig>> {
-        self.nodes
-            .read()
+/// Reads one frame. `Ok(None)` is a clean end of stream between frames. The length is checked
+/// before anything is allocated, and the buffer grows only as bytes arrive.
+async fn read_frame<R, T>(input: &mut R) -> io::Result<Option<T>>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    T: DeserializeOwned,
+{
+    let mut len = [0u8; 4];
+    match input.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > FRAME_BYTES_MAX {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes exceeds the {FRAME_BYTES_MAX}-byte limit"),
+        ));
+    }
+    let mut body = Vec::new();
+    let read = tokio::time::timeout(
+        FRAME_READ_TIMEOUT,
+        (&mut *input).take(len as u64).read_to_end(&mut body),
+    )
+    .await
+    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "frame arrived too slowly"))??;
+    if read != len {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("frame cut short after {read} of {len} bytes"),
+        ));
+    }
+    serde_json::from_slice(&body)
+        .map(Some)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+type Stream = (
+    BufReader<tokio::net::tcp::OwnedReadHalf>,
+    BufWriter<tokio::net::tcp::OwnedWriteHalf>,
+);
+
+async fn connect(addr: &str) -> io::Result<Stream> {
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+    stream.set_nodelay(true)?;
+    let (read, write) = stream.into_split();
+    let mut write = BufWriter::new(write);
+    write.write_all(PREFACE).await?;
+    Ok((BufReader::new(read), write))
+}
+
+/// One request and its response on an open stream.
+async fn exchange(stream: &mut Stream, request: &Request) -> io::Result<Response> {
+    write_frame(&mut stream.1, request).await?;
+    read_frame(&mut stream.0).await?.ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "connection closed before the response",
+        )
+    })
+}
+
+/// Outbound calls to other controllers for proposals and heartbeats, with a few idle
+/// connections kept per address. Raft's own RPCs use [`Connection`]s instead.
+#[derive(Clone, Default)]
+pub(crate) struct Peers {
+    idle: Arc<Mutex<BTreeMap<String, Vec<Stream>>>>,
+}
+
+impl Peers {
+    /// Sends `request` to `addr` and waits for the answer, at most `timeout`.
+    ///
+    /// Cancel safety: cancelling drops the connection in use, so it is safe; the request may or
+    /// may not have been received.
+    pub(crate) async fn call(
+        &self,
+        addr: &str,
+        request: &Request,
+        timeout: Duration,
+    ) -> Result<Response, CallError> {
+        let pooled = self
+            .idle
+            .lock()
             .ok()
-            .and_then(|nodes| nodes.get(&target).cloned())
-            .ok_or_else(|| {
-                Unreachable::from_string(format!(
-                "controller node {target} is not reachable: this build of spate only routes Raft \
-                 messages between controllers in the same process (no network transport yet)"
-            ))
-            })
+            .and_then(|mut idle| idle.get_mut(addr).and_then(Vec::pop));
+        let attempt = async {
+            let mut stream = match pooled {
+                Some(stream) => stream,
+                None => connect(addr).await?,
+            };
+            let response = exchange(&mut stream, request).await?;
+            Ok::<_, io::Error>((stream, response))
+        };
+        let (stream, response) = tokio::time::timeout(timeout, attempt)
+            .await
+            .map_err(|_| CallError::TimedOut {
+                addr: addr.to_owned(),
+                timeout_ms: timeout.as_millis() as u64,
+            })?
+            .map_err(|source| CallError::Io {
+                addr: addr.to_owned(),
+                source,
+            })?;
+        if let Ok(mut idle) = self.idle.lock() {
+            let streams = idle.entry(addr.to_owned()).or_default();
+            if streams.len() < IDLE_CONNECTIONS_PER_PEER_MAX {
+                streams.push(stream);
+            }
+        }
+        Ok(response)
     }
+}
+
+/// Where each voter's controller listens, by Raft node id. Configured addresses win over the
+/// ones stored in the membership, so an operator can move a voter to a new address.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Addresses {
+    pub(crate) voters: BTreeMap<RaftNodeId, String>,
 }
 
 pub(crate) struct NetworkFactory {
-    router: Router,
+    addresses: Addresses,
 }
 
 impl NetworkFactory {
-    pub(crate) fn new(router: Router) -> Self {
-        Self { router }
+    pub(crate) fn new(addresses: Addresses) -> Self {
+        Self { addresses }
     }
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = Connection;
 
-    async fn new_client(&mut self, target: RaftNodeId, _node: &BasicNode) -> Self::Network {
+    async fn new_client(&mut self, target: RaftNodeId, node: &BasicNode) -> Self::Network {
+        let addr = self
+            .addresses
+            .voters
+            .get(&target)
+            .cloned()
+            .unwrap_or_else(|| node.addr.clone());
         Connection {
             target,
-            router: self.router.clone(),
+            addr,
+            stream: None,
         }
     }
 }
 
-/// A client for one target node. Looks the target up on every call, so a node that registers
-/// later becomes reachable without reconnecting.
+/// Raft's client for one target voter: one connection, reopened after any failure.
 pub(crate) struct Connection {
     target: RaftNodeId,
-    router: Router,
+    addr: String,
+    stream: Option<Stream>,
 }
 
-fn unreachable(e: impl std::fmt::Display) -> Unreachable<TypeConfig> {
-    Unreachable::from_string(e.to_string())
+impl Connection {
+    async fn call(
+        &mut self,
+        request: Request,
+        timeout: Duration,
+    ) -> Result<Response, Unreachable<TypeConfig>> {
+        let kind = request.kind();
+        let attempt = async {
+            if self.stream.is_none() {
+                self.stream = Some(connect(&self.addr).await?);
+            }
+            match self.stream.as_mut() {
+                Some(stream) => exchange(stream, &request).await,
+                None => Err(io::Error::other("no stream")),
+            }
+        };
+        let result = tokio::time::timeout(timeout, attempt).await;
+        match result {
+            Ok(Ok(Response::Failed(reason))) => Err(Unreachable::from_string(format!(
+                "controller {} ({}) failed a {kind} request: {reason}",
+                self.target, self.addr
+            ))),
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(e)) => {
+                self.stream = None;
+                Err(Unreachable::from_string(format!(
+                    "controller {} ({}): {kind}: {e}",
+                    self.target, self.addr
+                )))
+            }
+            Err(_) => {
+                self.stream = None;
+                Err(Unreachable::from_string(format!(
+                    "controller {} ({}) did not answer a {kind} request within {} ms",
+                    self.target,
+                    self.addr,
+                    timeout.as_millis()
+                )))
+            }
+        }
+    }
+
+    fn unexpected(&self, kind: &str) -> Unreachable<TypeConfig> {
+        Unreachable::from_string(format!(
+            "controller {} ({}) answered a {kind} request with an unexpected response",
+            self.target, self.addr
+        ))
+    }
 }
 
 impl RaftNetworkV2<TypeConfig> for Connection {
@@ -89,46 +370,232 @@ impl RaftNetworkV2<TypeConfig> for Connection {
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
-        _option: RPCOption,
+        option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        let raft = self.router.get(self.target)?;
-        raft.append_entries(rpc)
-            .await
-            .map_err(|e| RPCError::Unreachable(unreachable(e)))
+        match self
+            .call(Request::AppendEntries(rpc), option.soft_ttl())
+            .await?
+        {
+            Response::AppendEntries(r) => Ok(r),
+            _ => Err(self.unexpected("append-entries").into()),
+        }
     }
 
     async fn vote(
         &mut self,
         rpc: VoteRequest<TypeConfig>,
-        _option: RPCOption,
+        option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        let raft = self.router.get(self.target)?;
-        raft.vote(rpc)
-            .await
-            .map_err(|e| RPCError::Unreachable(unreachable(e)))
+        match self.call(Request::Vote(rpc), option.soft_ttl()).await? {
+            Response::Vote(r) => Ok(r),
+            _ => Err(self.unexpected("vote").into()),
+        }
     }
 
     async fn pre_vote(
         &mut self,
         rpc: VoteRequest<TypeConfig>,
-        _option: RPCOption,
+        option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        let raft = self.router.get(self.target)?;
-        raft.pre_vote(rpc)
-            .await
-            .map_err(|e| RPCError::Unreachable(unreachable(e)))
+        match self.call(Request::PreVote(rpc), option.soft_ttl()).await? {
+            Response::Vote(r) => Ok(r),
+            _ => Err(self.unexpected("pre-vote").into()),
+        }
     }
 
     async fn full_snapshot(
         &mut self,
         vote: Vote,
         snapshot: Snapshot,
-        _cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
-        _option: RPCOption,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        let raft = self.router.get(self.target)?;
-        raft.install_full_snapshot(vote, snapshot)
+        let request = Request::Snapshot {
+            vote,
+            meta: snapshot.meta,
+            image: snapshot.snapshot,
+        };
+        let call = self.call(request, option.hard_ttl());
+        tokio::select! {
+            result = call => match result? {
+                Response::Snapshot(r) => Ok(r),
+                _ => Err(self.unexpected("snapshot").into()),
+            },
+            closed = cancel => {
+                self.stream = None;
+                Err(StreamingError::Closed(closed))
+            }
+        }
+    }
+}
+
+/// What serves decoded requests: the controller, in `lib.rs`.
+pub(crate) type Handler =
+    Arc<dyn Fn(Request) -> futures::future::BoxFuture<'static, Response> + Send + Sync>;
+
+/// Accepts controller connections until `shutdown`; each is served by its own task.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    handler: Handler,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let slots = Arc::new(Semaphore::new(INBOUND_CONNECTIONS_MAX));
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.wait_for(|s| *s) => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::warn!(error = %e, "controller listener accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, limit = INBOUND_CONNECTIONS_MAX, "too many controller connections; closing");
+            continue;
+        };
+        let handler = handler.clone();
+        let mut shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                result = serve_connection(stream, &handler) => {
+                    if let Err(e) = result {
+                        tracing::info!(%peer, error = %e, "closed controller connection");
+                    }
+                }
+                _ = shutdown.wait_for(|s| *s) => {}
+            }
+            drop(slot);
+        });
+    }
+}
+
+async fn serve_connection(stream: TcpStream, handler: &Handler) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    let (read, write) = stream.into_split();
+    let mut read = BufReader::new(read);
+    let mut write = BufWriter::new(write);
+    let mut preface = [0u8; PREFACE.len()];
+    tokio::time::timeout(FRAME_READ_TIMEOUT, read.read_exact(&mut preface))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no preface"))??;
+    if &preface != PREFACE {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not a Spate controller client (wrong preface)",
+        ));
+    }
+    while let Some(request) = read_frame::<_, Request>(&mut read).await? {
+        let response = handler(request).await;
+        write_frame(&mut write, &response).await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn frames_round_trip_and_lengths_are_checked_before_allocating() {
+        let mut buf = Vec::new();
+        let hb = BrokerHeartbeat {
+            node: NodeId(2),
+            broker_epoch: 7,
+            applied_index: 9,
+            want_shutdown: false,
+        };
+        write_frame(&mut buf, &Request::Heartbeat(hb.clone()))
             .await
-            .map_err(|e| StreamingError::Unreachable(unreachable(e)))
+            .expect("write");
+        let mut input = &buf[..];
+        match read_frame::<_, Request>(&mut input).await.expect("read") {
+            Some(Request::Heartbeat(got)) => assert_eq!(got, hb),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(read_frame::<_, Request>(&mut input)
+            .await
+            .expect("eof")
+            .is_none());
+
+        // A length past the limit is refused without reading (or allocating) the body.
+        let huge = (FRAME_BYTES_MAX as u32 + 1).to_be_bytes();
+        let mut input = &huge[..];
+        let e = read_frame::<_, Request>(&mut input)
+            .await
+            .expect_err("too long");
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        // A frame cut short, and a frame of garbage.
+        let mut short = 100u32.to_be_bytes().to_vec();
+        short.extend_from_slice(b"{\"Heart");
+        let e = read_frame::<_, Request>(&mut &short[..])
+            .await
+            .expect_err("short");
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+        let mut garbage = 4u32.to_be_bytes().to_vec();
+        garbage.extend_from_slice(b"\xff\x00{]");
+        let e = read_frame::<_, Request>(&mut &garbage[..])
+            .await
+            .expect_err("garbage");
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[tokio::test]
+    async fn garbage_on_the_controller_port_closes_the_connection() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = served.clone();
+        let handler: Handler = Arc::new(move |_req| {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Box::pin(async { Response::Failed("test".into()) })
+        });
+        let (stop, stop_rx) = watch::channel(false);
+        let server = tokio::spawn(serve(listener, handler, stop_rx));
+
+        // An HTTP request instead of the preface: closed, nothing served.
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        s.write_all(b"GET / HTTP/1.1\r\n\r\n").await.expect("write");
+        let mut rest = Vec::new();
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest))
+            .await
+            .expect("closed promptly")
+            .unwrap_or(0);
+        assert_eq!(n, 0, "nothing is answered to garbage");
+
+        // The right preface and then a huge length: closed too.
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        s.write_all(PREFACE).await.expect("preface");
+        s.write_all(&u32::MAX.to_be_bytes()).await.expect("len");
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest))
+            .await
+            .expect("closed promptly")
+            .unwrap_or(0);
+        assert_eq!(n, 0);
+        assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+        // A real call still works.
+        let peers = Peers::default();
+        let hb = BrokerHeartbeat {
+            node: NodeId(1),
+            broker_epoch: 1,
+            applied_index: 1,
+            want_shutdown: false,
+        };
+        let response = peers
+            .call(
+                &addr.to_string(),
+                &Request::Heartbeat(hb),
+                Duration::from_secs(5),
+            )
+            .await
+            .expect("call");
+        assert!(matches!(response, Response::Failed(_)));
+        assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 1);
+        let _ = stop.send(true);
+        server.await.expect("server stops");
     }
 }

@@ -177,6 +177,7 @@ mod tests {
 
     fn topic(partitions: usize) -> TopicImage {
         let partition = PartitionImage {
+            partition_epoch: 0,
             leader: NodeId(1),
             leader_epoch: LeaderEpoch(0),
             replicas: vec![NodeId(1)],

@@ -180,6 +180,7 @@ mod tests {
     #[test]
     fn unknown_topic_or_partition_index() {
         let partition = PartitionImage {
+            partition_epoch: 0,
             leader: NodeId(1),
             leader_epoch: LeaderEpoch(0),
             replicas: vec![NodeId(1)],

@@ -1,0 +1,328 @@
+//! A controller quorum of three voters in one process, talking over real loopback TCP: forming
+//! without a format step, forwarding, broker fencing and controlled shutdown, leader loss,
+//! restart, and refusal of a data directory that belongs to another quorum.
+
+use spate_controller::{
+    BrokerEndpoint, Controller, ControllerConfig, ControllerError, MetadataCommand, MetadataImage,
+    MetadataOutcome, NO_LEADER,
+};
+use spate_types::NodeId;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use uuid::Uuid;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+struct Cluster {
+    _root: tempfile::TempDir,
+    dirs: BTreeMap<NodeId, PathBuf>,
+    addrs: BTreeMap<NodeId, SocketAddr>,
+    nodes: BTreeMap<NodeId, Controller>,
+}
+
+fn free_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}
+
+fn config(addrs: &BTreeMap<NodeId, SocketAddr>, me: NodeId) -> ControllerConfig {
+    ControllerConfig {
+        voters: addrs.iter().map(|(n, a)| (*n, a.to_string())).collect(),
+        listen: addrs.get(&me).copied(),
+        broker_session_timeout_ms: 1_500,
+        broker_heartbeat_interval_ms: 200,
+        ..ControllerConfig::default()
+    }
+}
+
+fn endpoint(node: NodeId) -> BrokerEndpoint {
+    BrokerEndpoint {
+        host: "127.0.0.1".into(),
+        port: 9000 + node.0 as u16,
+        rack: None,
+    }
+}
+
+async fn open(
+    dir: &Path,
+    node: NodeId,
+    cfg: ControllerConfig,
+) -> Result<Controller, ControllerError> {
+    Controller::open_with_config(dir, node, endpoint(node), cfg).await
+}
+
+impl Cluster {
+    async fn start(n: i32) -> Cluster {
+        let root = tempfile::tempdir().expect("tempdir");
+        let ids: Vec<NodeId> = (1..=n).map(NodeId).collect();
+        let addrs: BTreeMap<NodeId, SocketAddr> = ids.iter().map(|id| (*id, free_addr())).collect();
+        let dirs: BTreeMap<NodeId, PathBuf> = ids
+            .iter()
+            .map(|id| (*id, root.path().join(format!("node-{}", id.0))))
+            .collect();
+        // All voters start at once, as `spate dev` starts them; each blocks until a majority is up.
+        let opens = ids.iter().map(|id| {
+            let cfg = config(&addrs, *id);
+            let dir = dirs[id].clone();
+            let id = *id;
+            tokio::spawn(async move { (id, open(&dir, id, cfg).await) })
+        });
+        let mut nodes = BTreeMap::new();
+        for handle in opens.collect::<Vec<_>>() {
+            let (id, result) = handle.await.expect("join");
+            nodes.insert(id, result.expect("open voter"));
+        }
+        Cluster {
+            _root: root,
+            dirs,
+            addrs,
+            nodes,
+        }
+    }
+
+    fn any(&self) -> &Controller {
+        self.nodes.values().next().expect("a node")
+    }
+
+    fn leader(&self) -> NodeId {
+        self.any().leader().expect("a leader")
+    }
+
+    /// Waits until every running node's image satisfies `check`.
+    async fn wait_all(&self, what: &str, check: impl Fn(&MetadataImage) -> bool) {
+        for (id, node) in &self.nodes {
+            let mut rx = node.subscribe();
+            let waited = tokio::time::timeout(WAIT, rx.wait_for(|image| check(image))).await;
+            assert!(
+                matches!(waited, Ok(Ok(_))),
+                "node {id}: timed out waiting for {what}; image: {:?}",
+                node.image()
+            );
+        }
+    }
+}
+
+fn create(name: &str, rf: i16) -> MetadataCommand {
+    MetadataCommand::CreateTopic {
+        name: name.into(),
+        topic_id: Uuid::new_v4(),
+        partitions: 3,
+        replication_factor: rf,
+        configs: BTreeMap::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_voters_form_one_cluster_and_forward_proposals() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.leader();
+    // One cluster id, three live brokers, on every node.
+    let cluster_id = cluster
+        .any()
+        .image()
+        .cluster_id
+        .clone()
+        .expect("cluster id");
+    cluster
+        .wait_all("three live brokers", |i| {
+            i.brokers.len() == 3
+                && i.fenced.is_empty()
+                && i.cluster_id.as_ref() == Some(&cluster_id)
+        })
+        .await;
+    for node in cluster.nodes.values() {
+        assert_eq!(
+            node.leader(),
+            Some(leader),
+            "all agree on the active controller"
+        );
+    }
+
+    // A follower's proposal is forwarded, and returns only once the follower applied it.
+    let follower = cluster
+        .nodes
+        .iter()
+        .find(|(id, _)| **id != leader)
+        .map(|(_, c)| c.clone())
+        .expect("a follower");
+    let outcome = follower
+        .propose(create("orders", 3))
+        .await
+        .expect("propose");
+    assert!(
+        matches!(outcome, MetadataOutcome::TopicCreated { .. }),
+        "{outcome:?}"
+    );
+    let topic = follower
+        .image()
+        .topics
+        .get("orders")
+        .cloned()
+        .expect("visible on the follower at once");
+    for p in &topic.partitions {
+        assert_eq!(p.replicas.len(), 3);
+        assert_eq!(p.isr.len(), 3);
+        assert_ne!(p.leader, NO_LEADER);
+    }
+    // Leaders spread: three partitions, three different leaders.
+    let leaders: std::collections::BTreeSet<_> =
+        topic.partitions.iter().map(|p| p.leader).collect();
+    assert_eq!(leaders.len(), 3, "{topic:?}");
+
+    let status = follower.quorum_status();
+    assert_eq!(status.leader, Some(leader));
+    assert_eq!(status.voters.len(), 3);
+    let status = cluster.nodes[&leader].quorum_status();
+    assert_eq!(
+        status.voter_matched.len(),
+        3,
+        "the leader tracks every voter: {status:?}"
+    );
+
+    for node in cluster.nodes.values() {
+        node.shutdown().await.expect("shutdown");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_node_is_fenced_and_loses_its_leaderships_then_rejoins() {
+    let mut cluster = Cluster::start(3).await;
+    cluster
+        .wait_all("three live brokers", |i| {
+            i.brokers.len() == 3 && i.fenced.is_empty()
+        })
+        .await;
+    let outcome = cluster.any().propose(create("t", 3)).await.expect("create");
+    assert!(matches!(outcome, MetadataOutcome::TopicCreated { .. }));
+
+    // Stop a node that is not the active controller: its heartbeats stop.
+    let leader = cluster.leader();
+    let victim = *cluster
+        .nodes
+        .keys()
+        .find(|id| **id != leader)
+        .expect("victim");
+    let before = cluster.any().image().topics["t"].clone();
+    cluster
+        .nodes
+        .remove(&victim)
+        .expect("victim")
+        .shutdown()
+        .await
+        .expect("stop");
+
+    cluster
+        .wait_all("the dead node fenced", |i| i.fenced.contains(&victim))
+        .await;
+    let after = cluster.any().image().topics["t"].clone();
+    for (old, new) in before.partitions.iter().zip(&after.partitions) {
+        assert!(!new.isr.contains(&victim), "{new:?}");
+        assert_ne!(new.leader, victim);
+        assert_ne!(new.leader, NO_LEADER, "another ISR member took over");
+        if old.leader == victim {
+            assert!(new.leader_epoch > old.leader_epoch, "new leader, new epoch");
+        } else {
+            assert_eq!(new.leader, old.leader, "other leaderships stay");
+        }
+    }
+
+    // Restarted with its data: it registers again and is unfenced once caught up.
+    let node = open(
+        &cluster.dirs[&victim],
+        victim,
+        config(&cluster.addrs, victim),
+    )
+    .await
+    .expect("restart");
+    cluster.nodes.insert(victim, node);
+    cluster
+        .wait_all("the restarted node unfenced", |i| i.is_alive(victim))
+        .await;
+    for node in cluster.nodes.values() {
+        node.shutdown().await.expect("shutdown");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controlled_shutdown_moves_leaderships_before_stopping() {
+    let cluster = Cluster::start(3).await;
+    cluster
+        .wait_all("three live brokers", |i| {
+            i.brokers.len() == 3 && i.fenced.is_empty()
+        })
+        .await;
+    cluster.any().propose(create("t", 3)).await.expect("create");
+    let leader = cluster.leader();
+    // The active controller itself leaving is the hardest case: it proposes its own fencing.
+    let node = cluster.nodes[&leader].clone();
+    assert!(
+        node.controlled_shutdown(WAIT).await,
+        "the controller reports the shutdown complete"
+    );
+    let image = node.image();
+    assert!(image.shutting_down.contains(&leader));
+    for p in &image.topics["t"].partitions {
+        assert_ne!(p.leader, leader, "{p:?}");
+        assert_ne!(p.leader, NO_LEADER);
+    }
+    for node in cluster.nodes.values() {
+        node.shutdown().await.expect("shutdown");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_the_active_controller_elects_another_and_proposals_continue() {
+    let mut cluster = Cluster::start(3).await;
+    let leader = cluster.leader();
+    cluster
+        .nodes
+        .remove(&leader)
+        .expect("leader")
+        .shutdown()
+        .await
+        .expect("stop");
+    let survivor = cluster.any().clone();
+    let outcome = survivor
+        .propose(create("after", 2))
+        .await
+        .expect("propose after the loss");
+    assert!(
+        matches!(outcome, MetadataOutcome::TopicCreated { .. }),
+        "{outcome:?}"
+    );
+    let new_leader = survivor.leader().expect("new leader");
+    assert_ne!(new_leader, leader);
+    cluster
+        .wait_all("the old controller fenced", |i| i.fenced.contains(&leader))
+        .await;
+    for node in cluster.nodes.values() {
+        node.shutdown().await.expect("shutdown");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_of_another_quorum_is_refused() {
+    let cluster = Cluster::start(3).await;
+    let victim = NodeId(3);
+    let dir = cluster.dirs[&victim].clone();
+    let mut addrs = cluster.addrs.clone();
+    for node in cluster.nodes.values() {
+        node.shutdown().await.expect("shutdown");
+    }
+    // Same node, but configured with a different voter set.
+    addrs.insert(NodeId(4), free_addr());
+    match open(&dir, victim, config(&addrs, victim)).await {
+        Err(ControllerError::VotersMismatch { stored, configured }) => {
+            assert_eq!(stored, vec![NodeId(1), NodeId(2), NodeId(3)]);
+            assert_eq!(configured.len(), 4);
+        }
+        other => panic!("expected VotersMismatch, got {other:?}"),
+    }
+    // A node id that is not among the voters at all.
+    match open(&dir, NodeId(9), config(&cluster.addrs, NodeId(9))).await {
+        Err(ControllerError::NotInVoters { node, .. }) => assert_eq!(node, NodeId(9)),
+        other => panic!("expected NotInVoters, got {other:?}"),
+    }
+}
