@@ -86,9 +86,10 @@ pub struct ControllerConfig {
     pub broker_session_timeout_ms: u64,
     /// `broker.heartbeat.interval.ms`: how often this broker reports itself alive.
     pub broker_heartbeat_interval_ms: u64,
-    /// The cluster id this node proposes if the quorum has none yet (the first committed
-    /// proposal names the cluster).
-    pub cluster_id_candidate: String,
+    /// The cluster id stored in this node's data directory, if any. Connections from nodes of
+    /// another cluster are refused; a quorum that has no id yet is named with it (or with a
+    /// fresh one) by the first committed proposal.
+    pub known_cluster_id: Option<String>,
 }
 
 impl Default for ControllerConfig {
@@ -102,7 +103,7 @@ impl Default for ControllerConfig {
             request_timeout_ms: 15_000,
             broker_session_timeout_ms: 2_400,
             broker_heartbeat_interval_ms: 400,
-            cluster_id_candidate: String::new(),
+            known_cluster_id: None,
         }
     }
 }
@@ -121,6 +122,7 @@ struct Inner {
     /// Controller addresses of the other voters, by node id.
     addresses: BTreeMap<NodeId, String>,
     peers: Peers,
+    identity: raft::network::Identity,
     image_rx: watch::Receiver<Arc<MetadataImage>>,
     liveness: std::sync::Mutex<Liveness>,
     /// This broker's epoch (the log index of its registration); 0 before it registered.
@@ -251,12 +253,21 @@ impl Controller {
         .validate()
         .map_err(|e| ControllerError::Raft(format!("invalid raft config: {e}")))?;
 
+        let identity = raft::network::Identity::new(
+            config
+                .known_cluster_id
+                .clone()
+                .or_else(|| image_rx.borrow().cluster_id.clone()),
+        );
         let raft = Raft::new(
             raft_id,
             Arc::new(raft_config),
-            NetworkFactory::new(Addresses {
-                voters: voters.clone(),
-            }),
+            NetworkFactory::new(
+                Addresses {
+                    voters: voters.clone(),
+                },
+                identity.clone(),
+            ),
             log_store,
             state_machine,
         )
@@ -276,7 +287,8 @@ impl Controller {
                     i64::try_from(config.broker_session_timeout_ms).unwrap_or(i64::MAX),
                 )),
                 config,
-                peers: Peers::default(),
+                peers: Peers::new(identity.clone()),
+                identity,
                 image_rx,
                 broker_epoch: AtomicU64::new(0),
                 listen_addr,
@@ -294,6 +306,7 @@ impl Controller {
             tokio::spawn(raft::network::serve(
                 listener,
                 handler,
+                controller.inner.identity.clone(),
                 controller.inner.tasks_stop.subscribe(),
             ));
         }
@@ -480,25 +493,32 @@ impl Controller {
 
     /// Names the cluster with this node's candidate unless it already has a name.
     async fn ensure_cluster_id(&self) -> Result<(), ControllerError> {
-        if self.image().cluster_id.is_some() {
-            return Ok(());
-        }
-        let candidate = if self.inner.config.cluster_id_candidate.is_empty() {
-            uuid::Uuid::new_v4().simple().to_string()
-        } else {
-            self.inner.config.cluster_id_candidate.clone()
+        let cluster_id = match self.image().cluster_id.clone() {
+            Some(id) => id,
+            None => {
+                let candidate = self
+                    .inner
+                    .config
+                    .known_cluster_id
+                    .clone()
+                    .unwrap_or_else(new_cluster_id);
+                match self
+                    .propose(MetadataCommand::InitCluster {
+                        cluster_id: candidate,
+                    })
+                    .await?
+                {
+                    MetadataOutcome::ClusterInitialized { cluster_id } => cluster_id,
+                    other => {
+                        return Err(ControllerError::Raft(format!(
+                            "naming the cluster: {other:?}"
+                        )))
+                    }
+                }
+            }
         };
-        match self
-            .propose(MetadataCommand::InitCluster {
-                cluster_id: candidate,
-            })
-            .await?
-        {
-            MetadataOutcome::ClusterInitialized { .. } => Ok(()),
-            other => Err(ControllerError::Raft(format!(
-                "naming the cluster: {other:?}"
-            ))),
-        }
+        self.inner.identity.set(&cluster_id);
+        Ok(())
     }
 
     /// Registers (or re-registers) this node as a broker and remembers its broker epoch.
@@ -754,6 +774,18 @@ impl Controller {
         *lock = None;
         result.map_err(|e| ControllerError::Raft(format!("raft shutdown: {e}")))
     }
+}
+
+/// A Kafka-style cluster id: 16 random bytes in URL-safe base64 without padding.
+pub fn new_cluster_id() -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut bits: u128 = uuid::Uuid::new_v4().as_u128();
+    let mut out = String::with_capacity(22);
+    for _ in 0..22 {
+        out.push(ALPHABET[(bits & 63) as usize] as char);
+        bits >>= 6;
+    }
+    out
 }
 
 /// Serves requests arriving on the controller listener. Holds the controller weakly so that

@@ -51,6 +51,18 @@ pub const BROKER_CONFIGS: &[BrokerConfigDef] = &[
     def("http.listen", "127.0.0.1:9644", "Address of the HTTP listener (/metrics, /health)."),
     def("advertised.host", "", "Host clients are told to connect to; empty means the Kafka listener's address."),
     def("broker.rack", "", "Rack of this broker; empty means none."),
+    def("controller.quorum.voters", "", "The controller voters, id@host:port separated by commas (every node of the cluster, the same list on each). Empty: a single-node cluster with no controller listener."),
+    def("controller.listen", "", "Address of the controller listener; empty means this node's entry in controller.quorum.voters."),
+    def("broker.heartbeat.interval.ms", "400", "How often a broker tells the active controller it is alive."),
+    def("broker.session.timeout.ms", "2400", "A broker silent for this long is fenced: its leaderships move to other in-sync replicas."),
+    def("replica.lag.time.max.ms", "10000", "A follower that has not caught up with the leader's log end for this long leaves the ISR."),
+    def("replica.fetch.wait.max.ms", "500", "Longest a follower's fetch waits at the leader for new records."),
+    def("replica.fetch.max.bytes", "1048576", "Bytes a follower asks for per partition in one fetch (at least one batch is always returned)."),
+    def("replica.fetch.response.max.bytes", "10485760", "Bytes a follower asks for in one fetch response."),
+    def("auto.leader.rebalance.enable", "true", "Move leadership back to each partition's preferred replica once it is in sync again."),
+    def("leader.imbalance.check.interval.seconds", "300", "How often the active controller looks for leadership to move back to preferred replicas."),
+    def("offsets.topic.replication.factor", "3", "Replication factor of __consumer_offsets, capped at the number of live brokers when it is created."),
+    def("controlled.shutdown.timeout.ms", "30000", "Longest a stopping node waits for the controller to move its leaderships away."),
     def("auto.create.topics.enable", "true", "Create a topic when a client asks for metadata of an unknown one."),
     def("num.partitions", "1", "Partitions of an auto-created topic, and of CreateTopics asking for the default."),
     def("default.replication.factor", "1", "Replication factor when a client asks for the default."),
@@ -94,6 +106,123 @@ pub enum ConfigError {
     File { path: PathBuf, reason: String },
 }
 
+/// How this node takes part in a cluster. A single node has no voters and no listener.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterSettings {
+    /// `controller.quorum.voters`: node id → controller address (host:port).
+    pub voters: BTreeMap<i32, String>,
+    /// `controller.listen`
+    pub controller_listen: Option<SocketAddr>,
+    pub heartbeat_interval_ms: u64,
+    pub session_timeout_ms: u64,
+    pub replica_lag_time_max_ms: u64,
+    pub replica_fetch_wait_max_ms: u64,
+    pub replica_fetch_max_bytes: usize,
+    pub replica_fetch_response_max_bytes: usize,
+    pub auto_leader_rebalance: bool,
+    pub leader_imbalance_check_interval: Duration,
+    /// Capped at the live brokers when the topic is created.
+    pub offsets_topic_replication_factor: i16,
+    pub controlled_shutdown_timeout: Duration,
+}
+
+/// Parses `controller.quorum.voters`: `1@host:port,2@host:port,...`.
+fn parse_voters(raw: &str) -> Result<BTreeMap<i32, String>, ConfigError> {
+    let name = "controller.quorum.voters";
+    let mut voters = BTreeMap::new();
+    for entry in raw.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (id, addr) = entry
+            .split_once('@')
+            .ok_or_else(|| invalid(name, raw, format!("'{entry}' is not id@host:port")))?;
+        let id: i32 = id
+            .trim()
+            .parse()
+            .ok()
+            .filter(|id| *id >= 0)
+            .ok_or_else(|| invalid(name, raw, format!("'{id}' is not a node id (0 or more)")))?;
+        let port_ok = addr
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        if !port_ok {
+            return Err(invalid(name, raw, format!("'{addr}' is not host:port")));
+        }
+        if voters.insert(id, addr.trim().to_owned()).is_some() {
+            return Err(invalid(name, raw, format!("node {id} is listed twice")));
+        }
+    }
+    Ok(voters)
+}
+
+fn cluster_settings(
+    values: &BTreeMap<String, String>,
+    node_id: i32,
+) -> Result<ClusterSettings, ConfigError> {
+    let get = |name: &str| values.get(name).map(String::as_str).unwrap_or("");
+    let voters = parse_voters(get("controller.quorum.voters"))?;
+    if !voters.is_empty() && !voters.contains_key(&node_id) {
+        return Err(invalid(
+            "controller.quorum.voters",
+            get("controller.quorum.voters"),
+            format!("node.id {node_id} is not in the list; every node of a cluster is a voter"),
+        ));
+    }
+    let controller_listen = match get("controller.listen") {
+        "" => match voters.get(&node_id) {
+            // Listen where the other voters will dial, when that is an IP address.
+            Some(addr) if voters.len() > 1 => Some(addr.parse().map_err(|_| {
+                invalid(
+                    "controller.listen",
+                    "",
+                    format!("this node's voter address '{addr}' is a host name; set controller.listen to an IP address and port"),
+                )
+            })?),
+            _ => None,
+        },
+        _ => Some(parse_addr(values, "controller.listen")?),
+    };
+    let ms = |name: &str, min: i64| parse_num(values, name, min, i64::MAX).map(|v| v as u64);
+    let heartbeat_interval_ms = ms("broker.heartbeat.interval.ms", 1)?;
+    let session_timeout_ms = ms("broker.session.timeout.ms", 1)?;
+    if session_timeout_ms <= heartbeat_interval_ms {
+        return Err(invalid(
+            "broker.session.timeout.ms",
+            get("broker.session.timeout.ms"),
+            format!("must exceed broker.heartbeat.interval.ms ({heartbeat_interval_ms})"),
+        ));
+    }
+    Ok(ClusterSettings {
+        voters,
+        controller_listen,
+        heartbeat_interval_ms,
+        session_timeout_ms,
+        replica_lag_time_max_ms: ms("replica.lag.time.max.ms", 1)?,
+        replica_fetch_wait_max_ms: ms("replica.fetch.wait.max.ms", 0)?,
+        replica_fetch_max_bytes: parse_num(values, "replica.fetch.max.bytes", 1, i32::MAX as i64)?
+            as usize,
+        replica_fetch_response_max_bytes: parse_num(
+            values,
+            "replica.fetch.response.max.bytes",
+            1,
+            i32::MAX as i64,
+        )? as usize,
+        auto_leader_rebalance: parse_bool(values, "auto.leader.rebalance.enable")?,
+        leader_imbalance_check_interval: Duration::from_secs(ms(
+            "leader.imbalance.check.interval.seconds",
+            1,
+        )?),
+        offsets_topic_replication_factor: parse_num(
+            values,
+            "offsets.topic.replication.factor",
+            1,
+            i16::MAX as i64,
+        )? as i16,
+        controlled_shutdown_timeout: Duration::from_millis(ms(
+            "controlled.shutdown.timeout.ms",
+            0,
+        )?),
+    })
+}
+
 /// The parsed configuration of a node.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -103,6 +232,8 @@ pub struct ServerConfig {
     pub http_listen: SocketAddr,
     pub advertised_host: Option<String>,
     pub rack: Option<String>,
+    /// The controller quorum and replication settings.
+    pub cluster: ClusterSettings,
     pub auto_create_topics: bool,
     pub num_partitions: i32,
     pub default_replication_factor: i16,
@@ -183,8 +314,10 @@ impl ServerConfig {
                 reason: e.to_string(),
             })?;
         let non_empty = |name: &str| Some(get(name).to_owned()).filter(|s| !s.is_empty());
+        let node_id = parse_num(&values, "node.id", 0, i32::MAX as i64)? as i32;
         let config = ServerConfig {
-            node_id: parse_num(&values, "node.id", 0, i32::MAX as i64)? as i32,
+            node_id,
+            cluster: cluster_settings(&values, node_id)?,
             data_dir: PathBuf::from(get("data.dir")),
             kafka_listen: parse_addr(&values, "kafka.listen")?,
             http_listen: parse_addr(&values, "http.listen")?,
@@ -469,6 +602,78 @@ mod tests {
         )
         .expect("listener");
         assert_eq!(c.kafka_listen.port(), 19092);
+    }
+}
+
+#[cfg(test)]
+mod cluster_tests {
+    use super::*;
+
+    fn load(over: &[(&str, &str)]) -> Result<ServerConfig, ConfigError> {
+        let over: Vec<(String, String)> = over
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        ServerConfig::load(None, std::iter::empty(), &over)
+    }
+
+    #[test]
+    fn single_node_by_default() {
+        let c = load(&[]).expect("defaults");
+        assert!(c.cluster.voters.is_empty());
+        assert_eq!(c.cluster.controller_listen, None);
+        assert_eq!(c.cluster.session_timeout_ms, 2400);
+        assert_eq!(c.cluster.heartbeat_interval_ms, 400);
+    }
+
+    #[test]
+    fn voters_parse_and_listen_defaults_to_own_entry() {
+        let c = load(&[
+            ("node.id", "2"),
+            (
+                "controller.quorum.voters",
+                "1@127.0.0.1:9093, 2@127.0.0.2:9093,3@127.0.0.3:9093",
+            ),
+        ])
+        .expect("voters");
+        assert_eq!(c.cluster.voters.len(), 3);
+        assert_eq!(c.cluster.voters[&2], "127.0.0.2:9093");
+        assert_eq!(
+            c.cluster.controller_listen,
+            Some("127.0.0.2:9093".parse().expect("addr"))
+        );
+        let c = load(&[
+            ("node.id", "1"),
+            ("controller.quorum.voters", "1@ctl-1:9093,2@ctl-2:9093"),
+            ("controller.listen", "0.0.0.0:9093"),
+        ])
+        .expect("host names with an explicit listener");
+        assert_eq!(c.cluster.voters[&2], "ctl-2:9093");
+    }
+
+    #[test]
+    fn bad_voter_lists_are_clear_errors() {
+        for (voters, expect) in [
+            ("1@127.0.0.1:9093,x@h:1", "not a node id"),
+            ("1@127.0.0.1:9093,2127.0.0.1:9093", "id@host:port"),
+            ("1@127.0.0.1", "host:port"),
+            ("1@127.0.0.1:9093,1@127.0.0.1:9094", "listed twice"),
+            ("2@127.0.0.1:9093,3@127.0.0.1:9094", "not in the list"),
+            ("1@ctl-1:9093,2@ctl-2:9093", "host name"),
+        ] {
+            let e =
+                load(&[("node.id", "1"), ("controller.quorum.voters", voters)]).expect_err(voters);
+            assert!(e.to_string().contains(expect), "{voters}: {e}");
+        }
+        let e = load(&[
+            ("broker.heartbeat.interval.ms", "3000"),
+            ("broker.session.timeout.ms", "3000"),
+        ])
+        .expect_err("session not above heartbeat");
+        assert!(
+            e.to_string().contains("broker.heartbeat.interval.ms"),
+            "{e}"
+        );
     }
 }
 

@@ -9,7 +9,7 @@ use crate::config::ServerConfig;
 use crate::http;
 use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
-use spate_controller::{BrokerEndpoint, Controller};
+use spate_controller::{BrokerEndpoint, Controller, ControllerConfig};
 use spate_kafka::{Broker, BrokerConfig};
 use spate_replica::{FlushPolicy, ReplicaManager};
 use spate_types::NodeId;
@@ -29,6 +29,7 @@ pub struct Node {
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     kafka_task: JoinHandle<()>,
+    controlled_shutdown_timeout: std::time::Duration,
 }
 
 impl Node {
@@ -40,7 +41,7 @@ impl Node {
         std::fs::create_dir_all(&config.data_dir).with_context(|| {
             format!("cannot create data directory {}", config.data_dir.display())
         })?;
-        let cluster_id = load_cluster_id(&config.data_dir, config.node_id)?;
+        let stored_cluster_id = read_meta_properties(&config.data_dir, config.node_id)?;
         let kafka_listener = TcpListener::bind(config.kafka_listen)
             .await
             .with_context(|| {
@@ -62,9 +63,45 @@ impl Node {
             port: kafka_addr.port(),
             rack: config.rack.clone(),
         };
-        let controller = Controller::open(&config.data_dir.join("metadata"), node_id, endpoint)
-            .await
-            .context("cannot start the controller")?;
+        let cluster = &config.cluster;
+        let controller_config = ControllerConfig {
+            voters: cluster
+                .voters
+                .iter()
+                .map(|(id, addr)| (NodeId(*id), addr.clone()))
+                .collect(),
+            listen: cluster.controller_listen,
+            broker_session_timeout_ms: cluster.session_timeout_ms,
+            broker_heartbeat_interval_ms: cluster.heartbeat_interval_ms,
+            known_cluster_id: stored_cluster_id.clone(),
+            ..ControllerConfig::default()
+        };
+        if cluster.voters.len() > 1 {
+            tracing::info!(
+                voters = ?cluster.voters,
+                "joining the controller quorum (waits for a majority of the voters)"
+            );
+        }
+        let controller = Controller::open_with_config(
+            &config.data_dir.join("metadata"),
+            node_id,
+            endpoint,
+            controller_config,
+        )
+        .await
+        .context("cannot start the controller")?;
+        let cluster_id = match check_cluster_id(
+            &config.data_dir,
+            config.node_id,
+            stored_cluster_id,
+            &controller.image(),
+        ) {
+            Ok(id) => id,
+            Err(e) => {
+                let _ = controller.shutdown().await;
+                return Err(e);
+            }
+        };
 
         let policy = FlushPolicy {
             interval: config.flush_interval,
@@ -134,11 +171,25 @@ impl Node {
             shutdown,
             tasks,
             kafka_task,
+            controlled_shutdown_timeout: config.cluster.controlled_shutdown_timeout,
         })
     }
 
-    /// Stops the node: answers in-flight requests, fsyncs every partition, stops Raft.
+    /// Stops the node: moves its leaderships away (controlled shutdown), answers in-flight
+    /// requests, fsyncs every partition, stops Raft.
     pub async fn shutdown(self) -> anyhow::Result<()> {
+        let controller = &self.broker.controller;
+        if controller.image().brokers.len() > 1 {
+            let timeout = self.controlled_shutdown_timeout;
+            if controller.controlled_shutdown(timeout).await {
+                tracing::info!("controlled shutdown: leaderships moved to other replicas");
+            } else {
+                tracing::warn!(
+                    timeout_ms = timeout.as_millis() as u64,
+                    "controlled shutdown did not complete; stopping anyway"
+                );
+            }
+        }
         let _ = self.shutdown.send(true);
         let _ = self.kafka_task.await;
         for task in self.tasks {
@@ -259,10 +310,13 @@ async fn retention(
     tokio::join!(delete, clean);
 }
 
-/// Reads (or creates) `meta.properties`, Kafka's file naming the cluster and node a data
-/// directory belongs to; a directory of another node is refused rather than mixed.
-fn load_cluster_id(data_dir: &Path, node_id: i32) -> anyhow::Result<String> {
-    let path = data_dir.join("meta.properties");
+const META_PROPERTIES: &str = "meta.properties";
+
+/// Reads `meta.properties`, Kafka's file naming the cluster and node a data directory belongs
+/// to, if it exists: a directory of another node is refused rather than mixed. Returns the
+/// stored cluster id.
+fn read_meta_properties(data_dir: &Path, node_id: i32) -> anyhow::Result<Option<String>> {
+    let path = data_dir.join(META_PROPERTIES);
     match std::fs::read_to_string(&path) {
         Ok(text) => {
             let field = |key: &str| {
@@ -273,35 +327,43 @@ fn load_cluster_id(data_dir: &Path, node_id: i32) -> anyhow::Result<String> {
             let stored_node = field("node.id").and_then(|v| v.parse::<i32>().ok());
             anyhow::ensure!(
                 stored_node == Some(node_id),
-                "{} belongs to node {:?}, not node {node_id}",
+                "{} belongs to node {}, not node {node_id}: point data.dir at this node's own directory, or set node.id to {0}",
                 path.display(),
-                stored_node
+                stored_node.map_or("(none)".to_owned(), |n| n.to_string()),
             );
             field("cluster.id")
-                .map(str::to_owned)
+                .map(|id| Some(id.to_owned()))
                 .with_context(|| format!("{} has no cluster.id", path.display()))
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let cluster_id = new_cluster_id();
-            let text = format!("version=1\ncluster.id={cluster_id}\nnode.id={node_id}\n");
-            write_durably(&path, text.as_bytes())?;
-            Ok(cluster_id)
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
 }
 
-/// Kafka cluster ids are 16 random bytes in URL-safe base64 without padding.
-fn new_cluster_id() -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let bytes = uuid::Uuid::new_v4().into_bytes();
-    let mut bits: u128 = u128::from_be_bytes(bytes);
-    let mut out = String::with_capacity(22);
-    for _ in 0..22 {
-        out.push(ALPHABET[(bits & 63) as usize] as char);
-        bits >>= 6;
+/// Compares the quorum's cluster id with the one stored in the data directory, and stores it
+/// on a node's first start.
+fn check_cluster_id(
+    data_dir: &Path,
+    node_id: i32,
+    stored: Option<String>,
+    image: &spate_controller::MetadataImage,
+) -> anyhow::Result<String> {
+    let quorum = image
+        .cluster_id
+        .clone()
+        .context("the controller quorum has no cluster id")?;
+    match stored {
+        Some(stored) if stored != quorum => anyhow::bail!(
+            "{} belongs to cluster {stored}, but the controller quorum is cluster {quorum}: this data directory is from another cluster",
+            data_dir.join(META_PROPERTIES).display()
+        ),
+        Some(_) => {}
+        None => {
+            let text = format!("version=1\ncluster.id={quorum}\nnode.id={node_id}\n");
+            write_durably(&data_dir.join(META_PROPERTIES), text.as_bytes())?;
+        }
     }
-    out
+    Ok(quorum)
 }
 
 /// temp file + fsync + rename + fsync of the directory.

@@ -1,8 +1,10 @@
 //! The controller transport: Raft RPCs between voters, and brokers' requests to the active
 //! controller (forwarded proposals, heartbeats), over one framed TCP protocol of ours.
 //!
-//! Wire format: a client opens with the 10-byte preface [`PREFACE`] (magic and version); then
-//! every message is `[len: u32 BE][JSON]`, a [`Request`] answered by exactly one [`Response`] on
+//! Wire format: a client opens with the 10-byte preface [`PREFACE`] (magic and version) and its
+//! cluster id (one length byte, 0 while it knows none, then the id); a server that knows a
+//! different cluster id closes the connection, so a node whose data belongs to another cluster
+//! can never vote in or be replicated to by this one. Then every message is `[len: u32 BE][JSON]`, a [`Request`] answered by exactly one [`Response`] on
 //! the same connection, strictly in turn. Guarantees:
 //! - a frame longer than [`FRAME_BYTES_MAX`] closes the connection before anything is
 //!   allocated for it, and a frame's buffer grows only as its bytes arrive;
@@ -49,6 +51,8 @@ pub(crate) const INBOUND_CONNECTIONS_MAX: usize = 256;
 const IDLE_CONNECTIONS_PER_PEER_MAX: usize = 4;
 /// How long a started frame may take to arrive in full.
 pub(crate) const FRAME_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest cluster id sent in the preface (Kafka's are 22 characters).
+pub(crate) const CLUSTER_ID_BYTES_MAX: usize = 64;
 /// Connection set-up limit for outbound calls.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -194,19 +198,53 @@ where
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
+/// The cluster id this node knows (from its data directory or, once joined, the quorum), shared
+/// by its outbound connections and its listener.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Identity(Arc<std::sync::RwLock<Option<String>>>);
+
+impl Identity {
+    pub(crate) fn new(cluster_id: Option<String>) -> Self {
+        Self(Arc::new(std::sync::RwLock::new(cluster_id)))
+    }
+
+    pub(crate) fn get(&self) -> Option<String> {
+        self.0.read().ok().and_then(|id| id.clone())
+    }
+
+    pub(crate) fn set(&self, cluster_id: &str) {
+        if let Ok(mut id) = self.0.write() {
+            *id = Some(cluster_id.to_owned());
+        }
+    }
+
+    fn preface(&self) -> Vec<u8> {
+        let id = self.get().unwrap_or_default();
+        let id = if id.len() <= CLUSTER_ID_BYTES_MAX {
+            id
+        } else {
+            String::new()
+        };
+        let mut out = PREFACE.to_vec();
+        out.push(id.len() as u8);
+        out.extend_from_slice(id.as_bytes());
+        out
+    }
+}
+
 type Stream = (
     BufReader<tokio::net::tcp::OwnedReadHalf>,
     BufWriter<tokio::net::tcp::OwnedWriteHalf>,
 );
 
-async fn connect(addr: &str) -> io::Result<Stream> {
+async fn connect(addr: &str, identity: &Identity) -> io::Result<Stream> {
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
     stream.set_nodelay(true)?;
     let (read, write) = stream.into_split();
     let mut write = BufWriter::new(write);
-    write.write_all(PREFACE).await?;
+    write.write_all(&identity.preface()).await?;
     Ok((BufReader::new(read), write))
 }
 
@@ -226,9 +264,17 @@ async fn exchange(stream: &mut Stream, request: &Request) -> io::Result<Response
 #[derive(Clone, Default)]
 pub(crate) struct Peers {
     idle: Arc<Mutex<BTreeMap<String, Vec<Stream>>>>,
+    identity: Identity,
 }
 
 impl Peers {
+    pub(crate) fn new(identity: Identity) -> Self {
+        Self {
+            idle: Default::default(),
+            identity,
+        }
+    }
+
     /// Sends `request` to `addr` and waits for the answer, at most `timeout`.
     ///
     /// Cancel safety: cancelling drops the connection in use, so it is safe; the request may or
@@ -247,7 +293,7 @@ impl Peers {
         let attempt = async {
             let mut stream = match pooled {
                 Some(stream) => stream,
-                None => connect(addr).await?,
+                None => connect(addr, &self.identity).await?,
             };
             let response = exchange(&mut stream, request).await?;
             Ok::<_, io::Error>((stream, response))
@@ -281,11 +327,15 @@ pub(crate) struct Addresses {
 
 pub(crate) struct NetworkFactory {
     addresses: Addresses,
+    identity: Identity,
 }
 
 impl NetworkFactory {
-    pub(crate) fn new(addresses: Addresses) -> Self {
-        Self { addresses }
+    pub(crate) fn new(addresses: Addresses, identity: Identity) -> Self {
+        Self {
+            addresses,
+            identity,
+        }
     }
 }
 
@@ -303,6 +353,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             target,
             addr,
             stream: None,
+            identity: self.identity.clone(),
         }
     }
 }
@@ -312,6 +363,7 @@ pub(crate) struct Connection {
     target: RaftNodeId,
     addr: String,
     stream: Option<Stream>,
+    identity: Identity,
 }
 
 impl Connection {
@@ -323,7 +375,7 @@ impl Connection {
         let kind = request.kind();
         let attempt = async {
             if self.stream.is_none() {
-                self.stream = Some(connect(&self.addr).await?);
+                self.stream = Some(connect(&self.addr, &self.identity).await?);
             }
             match self.stream.as_mut() {
                 Some(stream) => exchange(stream, &request).await,
@@ -437,6 +489,7 @@ pub(crate) type Handler =
 pub(crate) async fn serve(
     listener: TcpListener,
     handler: Handler,
+    identity: Identity,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(INBOUND_CONNECTIONS_MAX));
@@ -458,10 +511,11 @@ pub(crate) async fn serve(
             continue;
         };
         let handler = handler.clone();
+        let identity = identity.clone();
         let mut shutdown = shutdown.clone();
         tokio::spawn(async move {
             tokio::select! {
-                result = serve_connection(stream, &handler) => {
+                result = serve_connection(stream, &handler, &identity) => {
                     if let Err(e) = result {
                         tracing::info!(%peer, error = %e, "closed controller connection");
                     }
@@ -473,7 +527,11 @@ pub(crate) async fn serve(
     }
 }
 
-async fn serve_connection(stream: TcpStream, handler: &Handler) -> io::Result<()> {
+async fn serve_connection(
+    stream: TcpStream,
+    handler: &Handler,
+    identity: &Identity,
+) -> io::Result<()> {
     stream.set_nodelay(true)?;
     let (read, write) = stream.into_split();
     let mut read = BufReader::new(read);
@@ -487,6 +545,33 @@ async fn serve_connection(stream: TcpStream, handler: &Handler) -> io::Result<()
             io::ErrorKind::InvalidData,
             "not a Spate controller client (wrong preface)",
         ));
+    }
+    let mut len = [0u8; 1];
+    let mut theirs = vec![0u8; CLUSTER_ID_BYTES_MAX];
+    let read_id = async {
+        read.read_exact(&mut len).await?;
+        let n = usize::from(len[0]);
+        if n > CLUSTER_ID_BYTES_MAX {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "cluster id too long",
+            ));
+        }
+        read.read_exact(&mut theirs[..n]).await?;
+        theirs.truncate(n);
+        Ok(())
+    };
+    tokio::time::timeout(FRAME_READ_TIMEOUT, read_id)
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no cluster id"))??;
+    let theirs = String::from_utf8_lossy(&theirs).into_owned();
+    if let Some(ours) = identity.get() {
+        if !theirs.is_empty() && theirs != ours {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!("a node of cluster {theirs} connected, but this is cluster {ours}; check its data directory"),
+            ));
+        }
     }
     while let Some(request) = read_frame::<_, Request>(&mut read).await? {
         let response = handler(request).await;
@@ -554,7 +639,8 @@ mod tests {
             Box::pin(async { Response::Failed("test".into()) })
         });
         let (stop, stop_rx) = watch::channel(false);
-        let server = tokio::spawn(serve(listener, handler, stop_rx));
+        let ours = Identity::new(Some("cluster-a".into()));
+        let server = tokio::spawn(serve(listener, handler, ours, stop_rx));
 
         // An HTTP request instead of the preface: closed, nothing served.
         let mut s = TcpStream::connect(addr).await.expect("connect");
@@ -569,6 +655,7 @@ mod tests {
         // The right preface and then a huge length: closed too.
         let mut s = TcpStream::connect(addr).await.expect("connect");
         s.write_all(PREFACE).await.expect("preface");
+        s.write_all(&[0]).await.expect("no cluster id");
         s.write_all(&u32::MAX.to_be_bytes()).await.expect("len");
         let n = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest))
             .await
@@ -577,8 +664,38 @@ mod tests {
         assert_eq!(n, 0);
         assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 0);
 
-        // A real call still works.
-        let peers = Peers::default();
+        // A node of another cluster is turned away.
+        let hb = BrokerHeartbeat {
+            node: NodeId(1),
+            broker_epoch: 1,
+            applied_index: 1,
+            want_shutdown: false,
+        };
+        let stranger = Peers::new(Identity::new(Some("cluster-b".into())));
+        let e = stranger
+            .call(
+                &addr.to_string(),
+                &Request::Heartbeat(hb.clone()),
+                Duration::from_secs(5),
+            )
+            .await
+            .expect_err("other cluster");
+        assert!(matches!(e, CallError::Io { .. }), "{e}");
+        assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+        // A real call still works, from a node of this cluster or one that knows none yet.
+        let fresh = Peers::new(Identity::new(None));
+        assert!(matches!(
+            fresh
+                .call(
+                    &addr.to_string(),
+                    &Request::Heartbeat(hb),
+                    Duration::from_secs(5)
+                )
+                .await,
+            Ok(Response::Failed(_))
+        ));
+        let peers = Peers::new(Identity::new(Some("cluster-a".into())));
         let hb = BrokerHeartbeat {
             node: NodeId(1),
             broker_epoch: 1,
@@ -594,7 +711,7 @@ mod tests {
             .await
             .expect("call");
         assert!(matches!(response, Response::Failed(_)));
-        assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 2);
         let _ = stop.send(true);
         server.await.expect("server stops");
     }
