@@ -295,6 +295,25 @@ pub fn validate_batches(
     Ok(headers)
 }
 
+/// Splits a record set fetched from a partition leader into batches and checks each one's
+/// framing, magic and CRC, up to the hard [`BATCH_BYTES_MAX`] (a topic's `max.message.bytes`
+/// may have been lowered since the leader accepted a batch). Unlike [`validate_batches`] it
+/// accepts what only a leader writes: control batches, and offset deltas with holes
+/// (compaction removes records from the middle of a batch). An error rejects the whole set.
+pub fn validate_replicated_batches(records: &[u8]) -> Result<Vec<BatchHeader>, BatchError> {
+    if records.is_empty() {
+        return Err(BatchError::Empty);
+    }
+    let mut headers = Vec::new();
+    let mut pos = 0;
+    while pos < records.len() {
+        let header = check_batch(&records[pos..], BATCH_BYTES_MAX)?;
+        pos += header.total_bytes();
+        headers.push(header);
+    }
+    Ok(headers)
+}
+
 /// Rewrites `baseOffset` of the batch at the start of `buf`. Not CRC-covered.
 ///
 /// # Panics

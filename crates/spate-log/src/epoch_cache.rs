@@ -46,6 +46,12 @@ impl EpochCache {
         self.dirty |= before != self.entries.len();
     }
 
+    /// Forgets every epoch (the log was emptied).
+    pub(crate) fn clear(&mut self) {
+        self.dirty |= !self.entries.is_empty();
+        self.entries.clear();
+    }
+
     /// Drops epochs wholly below the new log start and moves the one spanning it up to it.
     pub fn truncate_from_start(&mut self, start: Offset) {
         let keep_from = self.entries.iter().rposition(|e| e.1 <= start);

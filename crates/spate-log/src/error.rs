@@ -51,3 +51,40 @@ pub enum LogError {
     #[error("log i/o error: {0}")]
     Io(#[from] io::Error),
 }
+
+/// Errors of [`PartitionLog::append_as_follower`](crate::PartitionLog::append_as_follower).
+///
+/// Kept apart from [`LogError`] because they never reach a Kafka client: the follower's
+/// fetcher handles them (a `NonMonotonicAppend` is a bug in the fetcher, which must truncate
+/// before it appends; `OffsetOverflow` and a `Log` error are the fetched data or the local
+/// disk).
+#[derive(Debug, thiserror::Error)]
+pub enum FollowerAppendError {
+    /// A batch's base offset is below the log end, or below the end of the batch before it in
+    /// the same record set. Nothing was written.
+    #[error("follower append at offset {got} but the log needs at least {expected_at_least}")]
+    NonMonotonicAppend {
+        expected_at_least: Offset,
+        got: Offset,
+    },
+    /// A batch's offsets run past `i64::MAX`: the leader sent garbage. Nothing was written.
+    #[error("batch at offset {base_offset} with last offset delta {last_offset_delta} overflows")]
+    OffsetOverflow {
+        base_offset: Offset,
+        last_offset_delta: i32,
+    },
+    #[error(transparent)]
+    Log(#[from] LogError),
+}
+
+impl From<BatchError> for FollowerAppendError {
+    fn from(e: BatchError) -> Self {
+        FollowerAppendError::Log(LogError::Batch(e))
+    }
+}
+
+impl From<std::io::Error> for FollowerAppendError {
+    fn from(e: std::io::Error) -> Self {
+        FollowerAppendError::Log(LogError::Io(e))
+    }
+}

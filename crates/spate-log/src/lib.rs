@@ -2,8 +2,9 @@
 //!
 //! A partition is a directory of segments (log file + sparse offset index + time index) holding
 //! Kafka v2 record batches exactly as producers sent them, with offsets and leader epoch
-//! assigned by the leader, plus three small checkpoint files (log start offset, leader epochs,
-//! producer state snapshots, cleaner checkpoint). See [`PartitionLog`] for the contract callers
+//! assigned by the leader, plus small checkpoint files (log start offset, leader epochs,
+//! producer state snapshots, cleaner checkpoint, gaps checkpoint). A follower stores its
+//! leader's batches unchanged ([`PartitionLog::append_as_follower`]). See [`PartitionLog`] for the contract callers
 //! rely on and [`compaction`] for `cleanup.policy=compact`.
 
 pub mod batch;
@@ -17,8 +18,8 @@ pub mod producer_state;
 mod segment;
 
 pub use batch::{
-    set_base_offset, set_partition_leader_epoch, validate_batches, BatchError, BatchErrorKind,
-    BatchHeader,
+    set_base_offset, set_partition_leader_epoch, validate_batches, validate_replicated_batches,
+    BatchError, BatchErrorKind, BatchHeader,
 };
 pub use compaction::{
     CompactionCommit, CompactionLimits, CompactionOutcome, CompactionPlan, CompactionStats,
@@ -28,11 +29,13 @@ pub use config::{
     ConfigError, ConfigKind, LogConfig, TimestampType, TopicConfigDef, TOPIC_CONFIGS,
 };
 pub use epoch_cache::EpochCache;
-pub use error::LogError;
+pub use error::{FollowerAppendError, LogError};
 pub use log::{AppendInfo, AppendOutcome, PartitionLog, ReadPlan, RetentionOutcome, SyncTarget};
 pub use producer_state::{BatchMetadata, ProducerEntry, ProducerStateManager};
 
 #[cfg(test)]
 mod compaction_tests;
+#[cfg(test)]
+mod follower_tests;
 #[cfg(test)]
 mod tests;

@@ -12,10 +12,20 @@
 //!   running meanwhile is safe. A batch that fails its CRC is never served.
 //! - Recovery scans only the active segment (rolled segments were fsynced at roll), truncates
 //!   it at the first torn or corrupt byte, and rebuilds its indexes.
+//! - Two write paths: [`PartitionLog::append`] (leader: validates client input, deduplicates
+//!   idempotent retries, assigns offsets and the leader epoch) and
+//!   [`PartitionLog::append_as_follower`] (follower: stores the leader's batches byte for byte,
+//!   offsets included). Both leave the same segments, indexes, epochs and producer state.
+//! - Offsets increase but may have gaps: compaction removes records, and a follower copies a
+//!   compacted leader's gaps. The active segment is scanned at recovery for *contiguous*
+//!   offsets (which catches a torn tail with a damaged base offset) unless it may legitimately
+//!   hold gaps: it lies below the cleaner checkpoint, or below the gaps checkpoint
+//!   (`offset-gaps-checkpoint`), which the follower path writes durably *before* it writes the
+//!   first gapped batch into an active segment (at most once per segment).
 
 use crate::batch::{
-    decode_records, set_base_offset, set_partition_leader_epoch, validate_batches, BatchError,
-    BatchHeader,
+    decode_records, set_base_offset, set_partition_leader_epoch, validate_batches,
+    validate_replicated_batches, BatchError, BatchHeader,
 };
 use crate::compaction::{
     self, CleanedGroup, CompactionCommit, CompactionLimits, CompactionOutcome, CompactionPlan,
@@ -23,7 +33,7 @@ use crate::compaction::{
 };
 use crate::config::LogConfig;
 use crate::epoch_cache::EpochCache;
-use crate::error::LogError;
+use crate::error::{FollowerAppendError, LogError};
 use crate::fsio;
 use crate::producer_state::{ProducerStateManager, Staged};
 use crate::segment::{
@@ -42,6 +52,8 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 const LOG_START_CHECKPOINT: &str = "log-start-offset-checkpoint";
+/// Segments based below this offset may hold gaps between batches (see the module docs).
+const GAPS_CHECKPOINT: &str = "offset-gaps-checkpoint";
 
 /// What an append wrote (or, for a duplicate, what the original write was).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -147,6 +159,9 @@ struct Active {
     roll_base_ms: Option<i64>,
     /// An index write failed; the files are rewritten from memory at the next roll or flush.
     index_files_stale: bool,
+    /// Offset after the segment's last batch, `None` while it holds none: where the recovery
+    /// scan expects the next batch unless the segment may hold gaps.
+    batches_end: Option<Offset>,
 }
 
 /// One partition's log. See the module docs for the contract.
@@ -166,6 +181,9 @@ pub struct PartitionLog {
     size_bytes: u64,
     /// Compaction's first dirty offset: everything below it was compacted at least once.
     cleaner_checkpoint: Offset,
+    /// Segments based below this offset may hold gaps written by the follower path; durable in
+    /// [`GAPS_CHECKPOINT`] before any such gap is written.
+    gaps_below: Offset,
     /// Bumped by every change that can make a compaction plan stale in ways a segment's file
     /// identity does not show (truncation rewrites a segment in place) and by each swap.
     generation: u64,
@@ -220,6 +238,7 @@ impl PartitionLog {
         }
         let checkpointed_start = read_log_start(dir)?;
         let cleaner_checkpoint = compaction::read_checkpoint(dir)?.unwrap_or_default();
+        let gaps_below = fsio::read_offset_checkpoint(dir, GAPS_CHECKPOINT)?.unwrap_or_default();
 
         let mut segments = BTreeMap::new();
         let active_base = match bases.pop() {
@@ -252,8 +271,9 @@ impl PartitionLog {
             config.index_interval_bytes,
             true,
             // Only a segment below the cleaner checkpoint can have been compacted (and become
-            // active again through truncation).
-            active_base < cleaner_checkpoint,
+            // active again through truncation); only one below the gaps checkpoint can hold a
+            // compacted leader's gaps.
+            active_base < cleaner_checkpoint.max(gaps_below),
             |h| {
                 if scanned_epochs
                     .last()
@@ -289,6 +309,7 @@ impl PartitionLog {
         segments.insert(active_base, active_seg);
         let size_bytes = segments.values().map(|s| s.size).sum();
         let cleaner_checkpoint = cleaner_checkpoint.min(log_end);
+        let gaps_below = gaps_below.min(log_end);
 
         let mut log = PartitionLog {
             dir: dir.to_path_buf(),
@@ -301,6 +322,7 @@ impl PartitionLog {
                 time_index: Arc::new(ti),
                 roll_base_ms: Some(now_ms),
                 index_files_stale: false,
+                batches_end: s.next_offset,
             },
             log_start,
             log_end,
@@ -310,6 +332,7 @@ impl PartitionLog {
             producers: ProducerStateManager::default(),
             size_bytes,
             cleaner_checkpoint,
+            gaps_below,
             generation: 0,
         };
         // Segments wholly below a checkpointed log start are leftovers of a deletion that a
@@ -511,7 +534,7 @@ impl PartitionLog {
             }
             Staged::Append(staged) => staged,
         };
-        if self.should_roll(records.len() as u64, headers.len(), next, now_ms) {
+        if self.should_roll(0, records.len() as u64, headers.len(), next, now_ms) {
             self.roll()?;
         }
 
@@ -521,12 +544,159 @@ impl PartitionLog {
             set_partition_leader_epoch(&mut records[pos..], leader_epoch);
             pos += h.total_bytes();
         }
+        let base_offset = self.log_end;
+        self.write_placed(records, &placed, now_ms)?;
+        self.epochs.assign(leader_epoch, base_offset);
+        self.producers.commit(staged);
+        Ok(AppendOutcome::Appended(AppendInfo {
+            base_offset,
+            last_offset: Offset(next.0 - 1),
+            max_timestamp,
+            batch_count: headers.len(),
+            bytes: records.len(),
+        }))
+    }
+
+    /// Appends record batches fetched from the partition leader exactly as they are (Kafka's
+    /// `appendAsFollower`): offsets, leader epochs and bytes unchanged. Returns `None` for an
+    /// empty record set.
+    ///
+    /// - Each batch must start at or past the log end and past the batch before it. Gaps are
+    ///   fine (the leader's compaction removed those offsets); a batch below is refused with
+    ///   [`FollowerAppendError::NonMonotonicAppend`] before anything is written: the fetcher
+    ///   must truncate first.
+    /// - Batches are checked for framing, magic and CRC up to the hard batch size limit
+    ///   ([`validate_replicated_batches`]); timestamps, keys and sequences are not: the leader
+    ///   checked them, and a follower must accept whatever its leader accepted.
+    /// - The leader epoch cache learns each batch's `partitionLeaderEpoch`. Producer state is
+    ///   updated as recovery rebuilds it, with no duplicate refusal, so that this replica
+    ///   recognises idempotent retries if it becomes leader.
+    /// - Segment rolls, index entries, size accounting, sync targets and durability are those
+    ///   of [`PartitionLog::append`]. A batch that needs a new segment starts it at its own base
+    ///   offset. The first gap written into an active segment first makes the gaps checkpoint
+    ///   cover that segment (one small durable write), so that recovery keeps it.
+    ///
+    /// On an I/O error a prefix of whole batches may have been written; the log end offset
+    /// says where the fetcher resumes.
+    pub fn append_as_follower(
+        &mut self,
+        records: &[u8],
+        now_ms: i64,
+    ) -> Result<Option<AppendInfo>, FollowerAppendError> {
+        if records.is_empty() {
+            return Ok(None);
+        }
+        let headers = validate_replicated_batches(records)?;
+        let mut expected = self.log_end;
+        for h in &headers {
+            if h.base_offset < expected {
+                return Err(FollowerAppendError::NonMonotonicAppend {
+                    expected_at_least: expected,
+                    got: h.base_offset,
+                });
+            }
+            expected = match h
+                .base_offset
+                .0
+                .checked_add(i64::from(h.last_offset_delta) + 1)
+            {
+                Some(next) => Offset(next),
+                None => {
+                    return Err(FollowerAppendError::OffsetOverflow {
+                        base_offset: h.base_offset,
+                        last_offset_delta: h.last_offset_delta,
+                    })
+                }
+            };
+        }
+        // Batches go to the active segment in runs, one write each; a roll ends a run.
+        let (mut run_first, mut run_pos, mut run_bytes) = (0, 0, 0u64);
+        let mut pos = 0;
+        for (i, h) in headers.iter().enumerate() {
+            let size = h.total_bytes() as u64;
+            let seg = self.active_segment();
+            let roll = if run_bytes == 0 && seg.size == 0 {
+                // An empty segment takes any batch whose offsets fit relative to its base.
+                rel(seg.base, h.next_offset()) > u64::from(u32::MAX)
+            } else {
+                self.should_roll(run_bytes, size, i - run_first + 1, h.next_offset(), now_ms)
+            };
+            if roll {
+                self.write_follower_run(&records[run_pos..pos], &headers[run_first..i], now_ms)?;
+                self.roll_at(h.base_offset)?;
+                (run_first, run_pos, run_bytes) = (i, pos, 0);
+            }
+            run_bytes += size;
+            pos += h.total_bytes();
+        }
+        self.write_follower_run(&records[run_pos..], &headers[run_first..], now_ms)?;
+        let (first, last) = (headers[0], headers[headers.len() - 1]);
+        Ok(Some(AppendInfo {
+            base_offset: first.base_offset,
+            last_offset: last.last_offset(),
+            max_timestamp: headers.iter().map(|h| h.max_timestamp).max().unwrap_or(-1),
+            batch_count: headers.len(),
+            bytes: records.len(),
+        }))
+    }
+
+    /// Writes one run of leader batches (`headers` describe `bytes`) into the active segment.
+    fn write_follower_run(
+        &mut self,
+        bytes: &[u8],
+        headers: &[BatchHeader],
+        now_ms: i64,
+    ) -> Result<(), LogError> {
+        if headers.is_empty() {
+            return Ok(());
+        }
+        let placed: Vec<(BatchHeader, Offset)> =
+            headers.iter().map(|h| (*h, h.base_offset)).collect();
+        self.write_placed(bytes, &placed, now_ms)?;
+        for h in headers {
+            self.epochs.assign(h.partition_leader_epoch, h.base_offset);
+            self.producers.replay(h);
+        }
+        Ok(())
+    }
+
+    /// Writes whole batches (`placed`: each header with the base offset it is stored at, in
+    /// order, matching `bytes`) at the end of the active segment, adds their index entries and
+    /// moves the log end past the last one. All or nothing: on error nothing is accounted and
+    /// the file is cut back.
+    fn write_placed(
+        &mut self,
+        bytes: &[u8],
+        placed: &[(BatchHeader, Offset)],
+        now_ms: i64,
+    ) -> Result<(), LogError> {
+        let Some((last_h, last_base)) = placed.last() else {
+            return Ok(());
+        };
+        let next = Offset(last_base.0 + i64::from(last_h.last_offset_delta) + 1);
         let (seg_base, seg_pos) = {
             let seg = self.active_segment();
             (seg.base, seg.size)
         };
+        debug_assert!(placed.iter().all(|(_, b)| *b >= seg_base));
+        // The recovery scan expects the segment's first batch at its base and each next one
+        // right after the last. A follower copying a compacted leader, or any append after a
+        // truncation into a gap, breaks that: make the segment's gaps legitimate first, durably,
+        // or recovery would cut the segment at the gap.
+        let mut expected = self.active.batches_end.unwrap_or(seg_base);
+        let gapped = placed.iter().any(|(h, base)| {
+            let gap = *base != expected;
+            expected = Offset(base.0 + i64::from(h.last_offset_delta) + 1);
+            gap
+        });
+        if gapped && seg_base >= self.cleaner_checkpoint.max(self.gaps_below) {
+            let mark = seg_base.next();
+            fsio::write_offset_checkpoint(&self.dir, GAPS_CHECKPOINT, mark)?;
+            self.gaps_below = mark;
+            tracing::debug!(dir = ?self.dir, segment = seg_base.0, "active segment may hold offset gaps");
+        }
         let file = Arc::clone(&self.active_segment().file);
-        if let Err(e) = file.write_all_at(records, seg_pos) {
+        if let Err(e) = file.write_all_at(bytes, seg_pos) {
             // Leave no partial batch behind for the next append to follow.
             let _ = file.set_len(seg_pos);
             return Err(e.into());
@@ -537,7 +707,7 @@ impl PartitionLog {
             self.active.index.times.len(),
         );
         let mut batch_pos = seg_pos;
-        for (h, base) in &placed {
+        for (h, base) in placed {
             let size = h.total_bytes() as u64;
             let last = Offset(base.0 + i64::from(h.last_offset_delta));
             self.active.builder.on_batch(
@@ -562,31 +732,34 @@ impl PartitionLog {
             self.active.index_files_stale = true;
         }
         if let Some(seg) = self.segments.get_mut(&seg_base) {
-            seg.size += records.len() as u64;
+            seg.size += bytes.len() as u64;
         }
-        self.size_bytes += records.len() as u64;
-        let base_offset = self.log_end;
+        self.size_bytes += bytes.len() as u64;
         self.log_end = next;
+        self.active.batches_end = Some(next);
         self.active.roll_base_ms.get_or_insert(now_ms);
-        self.epochs.assign(leader_epoch, base_offset);
-        self.producers.commit(staged);
-        Ok(AppendOutcome::Appended(AppendInfo {
-            base_offset,
-            last_offset: Offset(next.0 - 1),
-            max_timestamp,
-            batch_count: headers.len(),
-            bytes: records.len(),
-        }))
+        Ok(())
     }
 
-    fn should_roll(&self, bytes: u64, batches: usize, next: Offset, now_ms: i64) -> bool {
+    /// Whether `bytes` more, in `batches` batches ending before `next`, need a new segment.
+    /// `pending` bytes (in batches counted in `batches`) are about to be written to the active
+    /// segment ahead of them. An empty segment never rolls.
+    fn should_roll(
+        &self,
+        pending: u64,
+        bytes: u64,
+        batches: usize,
+        next: Offset,
+        now_ms: i64,
+    ) -> bool {
         let seg = self.active_segment();
-        if seg.size == 0 {
+        let used = seg.size + pending;
+        if used == 0 {
             return false;
         }
         let (oi, ti) = index_bytes(&self.active.index);
         let c = &self.config;
-        seg.size + bytes > c.segment_bytes
+        used + bytes > c.segment_bytes
             || self
                 .active
                 .roll_base_ms
@@ -594,11 +767,25 @@ impl PartitionLog {
             || oi + 8 * batches as u64 > c.segment_index_bytes
             || ti + 12 * batches as u64 > c.segment_index_bytes
             || rel(seg.base, next) > u64::from(u32::MAX)
-            || seg.size + bytes > u64::from(u32::MAX)
+            || used + bytes > u64::from(u32::MAX)
     }
 
     /// Closes the active segment (fsyncing its files) and starts a new one at the log end.
     fn roll(&mut self) -> Result<(), LogError> {
+        self.roll_at(self.log_end)
+    }
+
+    /// Closes the active segment (fsyncing its files) and starts a new one at `new_base`, at
+    /// or past the log end. A follower rolls past the log end when the leader's next batch
+    /// lies beyond a compaction gap: the log end moves to `new_base` at once, since no offset
+    /// in between exists (recovery would say the same of the empty new segment).
+    fn roll_at(&mut self, new_base: Offset) -> Result<(), LogError> {
+        assert!(
+            new_base >= self.log_end && new_base > self.active_segment().base,
+            "roll to {new_base} behind the log end {} or the active segment {}",
+            self.log_end,
+            self.active_segment().base
+        );
         let old_base = self.active_segment().base;
         let mut index = std::mem::take(&mut self.active.index);
         let times_before = index.times.len();
@@ -618,7 +805,6 @@ impl PartitionLog {
         self.active.offset_index.sync_data()?;
         self.active.time_index.sync_data()?;
 
-        let new_base = self.log_end;
         let (seg, oi, ti) = Segment::create(&self.dir, new_base)?;
         fsio::sync_dir(&self.dir)?;
         if let Some(old) = self.segments.get_mut(&old_base) {
@@ -632,7 +818,9 @@ impl PartitionLog {
             time_index: Arc::new(ti),
             roll_base_ms: None,
             index_files_stale: false,
+            batches_end: None,
         };
+        self.log_end = new_base;
         self.flushed = self.flushed.max(new_base);
         self.producers.write_snapshot(&self.dir, new_base)?;
         if self.epochs.is_dirty() {
@@ -1171,21 +1359,7 @@ impl PartitionLog {
         self.sync_issued.store(-1, Ordering::Relaxed);
         self.generation += 1;
         if offset <= self.log_start {
-            let all: Vec<Offset> = self.segments.keys().copied().collect();
-            self.delete_segments(&all)?;
-            let (seg, oi, ti) = Segment::create(&self.dir, offset)?;
-            fsio::sync_dir(&self.dir)?;
-            self.segments.insert(offset, seg);
-            self.active = self.fresh_active(
-                oi,
-                ti,
-                SegmentIndex::default(),
-                IndexBuilder::new(self.config.index_interval_bytes),
-            );
-            self.log_start = offset;
-            self.log_end = offset;
-            self.flushed = offset;
-            write_log_start(&self.dir, offset)?;
+            self.reset_at(offset)?;
         } else {
             let doomed: Vec<Offset> = self
                 .segments
@@ -1225,12 +1399,13 @@ impl PartitionLog {
                 base,
                 self.config.index_interval_bytes,
                 false,
-                base < self.cleaner_checkpoint,
+                base < self.cleaner_checkpoint.max(self.gaps_below),
                 |_| {},
             )?;
             let (oi, ti) = write_index_files(&self.dir, base, &scanned.index, true)?;
             self.log_end = new_end.max(scanned.next_offset.unwrap_or(base));
-            self.active = self.fresh_active(oi, ti, scanned.index, scanned.builder);
+            self.active =
+                self.fresh_active(oi, ti, scanned.index, scanned.builder, scanned.next_offset);
             self.flushed = self.flushed.min(self.log_end);
             if self.log_end < self.log_start {
                 // The cut batch also held the log start; keep log start ≤ log end.
@@ -1238,13 +1413,62 @@ impl PartitionLog {
                 write_log_start(&self.dir, self.log_start)?;
             }
         }
+        self.after_truncation()?;
+        tracing::info!(dir = ?self.dir, log_end = self.log_end.0, "truncated log");
+        Ok(())
+    }
+
+    /// Empties the log and restarts it at `offset`, which may lie past the log end (Kafka's
+    /// `truncateFullyAndStartAt`): for a follower whose log end is below the leader's log
+    /// start. Leader epochs and producer state go with the data.
+    pub fn truncate_fully_and_start_at(&mut self, offset: Offset) -> Result<(), LogError> {
+        if offset.0 < 0 {
+            return Err(self.out_of_range(offset));
+        }
+        self.sync_issued.store(-1, Ordering::Relaxed);
+        self.generation += 1;
+        self.reset_at(offset)?;
+        self.epochs.clear();
+        ProducerStateManager::delete_snapshots_above(&self.dir, Offset(-1))?;
+        self.after_truncation()?;
+        tracing::info!(dir = ?self.dir, log_start = offset.0, "emptied log");
+        Ok(())
+    }
+
+    /// Deletes every segment and starts an empty one at `offset` (log start = log end).
+    fn reset_at(&mut self, offset: Offset) -> Result<(), LogError> {
+        let all: Vec<Offset> = self.segments.keys().copied().collect();
+        self.delete_segments(&all)?;
+        let (seg, oi, ti) = Segment::create(&self.dir, offset)?;
+        fsio::sync_dir(&self.dir)?;
+        self.segments.insert(offset, seg);
+        self.active = self.fresh_active(
+            oi,
+            ti,
+            SegmentIndex::default(),
+            IndexBuilder::new(self.config.index_interval_bytes),
+            None,
+        );
+        self.log_start = offset;
+        self.log_end = offset;
+        self.flushed = offset;
+        write_log_start(&self.dir, offset)?;
+        Ok(())
+    }
+
+    /// What every truncation ends with: checkpoints, epochs and producer state cut to the new
+    /// log end.
+    fn after_truncation(&mut self) -> Result<(), LogError> {
         self.cleaner_checkpoint = self.cleaner_checkpoint.min(self.log_end);
+        if self.gaps_below > self.log_end {
+            // A segment the checkpoint covered may be gone; new ones must not inherit it.
+            self.gaps_below = self.log_end;
+            fsio::write_offset_checkpoint(&self.dir, GAPS_CHECKPOINT, self.gaps_below)?;
+        }
         self.epochs.truncate_from_end(self.log_end);
         self.epochs.write_checkpoint(&self.dir)?;
         ProducerStateManager::delete_snapshots_above(&self.dir, self.log_end)?;
-        self.reload_producer_state()?;
-        tracing::info!(dir = ?self.dir, log_end = self.log_end.0, "truncated log");
-        Ok(())
+        self.reload_producer_state()
     }
 
     fn fresh_active(
@@ -1253,6 +1477,7 @@ impl PartitionLog {
         ti: File,
         index: SegmentIndex,
         builder: IndexBuilder,
+        batches_end: Option<Offset>,
     ) -> Active {
         Active {
             index,
@@ -1261,6 +1486,7 @@ impl PartitionLog {
             time_index: Arc::new(ti),
             roll_base_ms: None,
             index_files_stale: false,
+            batches_end,
         }
     }
 
