@@ -1,13 +1,13 @@
-//! A scripted broker for the client's tests: it speaks just enough of the Kafka protocol (the
-//! APIs `spate group` uses) to answer one consumer group, at the version ranges a test chooses,
-//! and records every request it was sent.
+//! A scripted broker for `spate group`'s tests: on top of spate-client's
+//! [`ScriptedBroker`] (framing, version checks, KIP-511), it answers the APIs `spate group` uses
+//! for one consumer group, at the version ranges a test chooses, and records every request it
+//! was sent.
 //!
 //! The scripted group "g1" has one member "m1" assigned t-0, t-1 and t-2; committed offsets
 //! 4, 3, 3; log end offsets 10 each (so the total lag is 20). Group "empty" has no members and
 //! a committed offset 5 on t-0. Any other group is Dead.
 
 use bytes::{BufMut, Bytes, BytesMut};
-use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::consumer_protocol_assignment::{
     ConsumerProtocolAssignment, TopicPartition as AssignedTopic,
 };
@@ -25,16 +25,14 @@ use kafka_protocol::messages::offset_fetch_response::{
     OffsetFetchResponseTopic, OffsetFetchResponseTopics,
 };
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, ApiVersionsResponse, BrokerId, DescribeGroupsRequest,
-    DescribeGroupsResponse, FindCoordinatorRequest, FindCoordinatorResponse, GroupId,
-    ListGroupsRequest, ListGroupsResponse, ListOffsetsRequest, ListOffsetsResponse,
-    MetadataRequest, MetadataResponse, OffsetFetchRequest, OffsetFetchResponse, RequestHeader,
-    ResponseHeader, TopicName,
+    ApiKey, ApiVersionsRequest, BrokerId, DescribeGroupsRequest, DescribeGroupsResponse,
+    FindCoordinatorRequest, FindCoordinatorResponse, GroupId, ListGroupsRequest,
+    ListGroupsResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse,
+    OffsetFetchRequest, OffsetFetchResponse, TopicName,
 };
-use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
+use kafka_protocol::protocol::{Encodable, StrBytes};
+use spate_client::testing::{Received, ScriptedBroker};
 use std::sync::{Arc, Mutex};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 
 pub const NODE_ID: i32 = 1;
 pub const TOPIC: &str = "t";
@@ -81,13 +79,6 @@ impl Script {
             loading_answers: 0,
         }
     }
-
-    fn max(&self, key: ApiKey) -> i16 {
-        self.versions
-            .iter()
-            .find(|(k, _, _)| *k == key)
-            .map_or(-1, |(_, _, max)| *max)
-    }
 }
 
 /// A request as the broker saw it.
@@ -108,30 +99,22 @@ pub struct FakeBroker {
 }
 
 struct State {
-    script: Script,
-    port: i32,
     loading_left: usize,
     seen: Arc<Mutex<Vec<Seen>>>,
 }
 
 impl FakeBroker {
     pub async fn start(script: Script) -> FakeBroker {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let state = Arc::new(Mutex::new(State {
+        let mut state = State {
             loading_left: script.loading_answers,
-            script,
-            port: i32::from(addr.port()),
             seen: seen.clone(),
-        }));
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(serve(stream, state.clone()));
-            }
-        });
+        };
+        let broker =
+            ScriptedBroker::start(script.versions, move |request| answer(&mut state, request))
+                .await;
         FakeBroker {
-            addr: addr.to_string(),
+            addr: broker.addr,
             seen,
         }
     }
@@ -141,82 +124,23 @@ impl FakeBroker {
     }
 }
 
-async fn serve(mut stream: TcpStream, state: Arc<Mutex<State>>) {
-    loop {
-        let mut prefix = [0u8; 4];
-        if stream.read_exact(&mut prefix).await.is_err() {
-            return;
-        }
-        let len = usize::try_from(i32::from_be_bytes(prefix)).expect("sane length");
-        let mut frame = vec![0u8; len];
-        stream.read_exact(&mut frame).await.expect("frame");
-        let response = answer(&mut state.lock().expect("lock"), Bytes::from(frame));
-        stream.write_all(&response).await.expect("write");
-    }
-}
-
-fn frame<R: Encodable + HeaderVersion>(response: &R, correlation_id: i32, version: i16) -> Bytes {
-    let mut body = BytesMut::new();
-    ResponseHeader::default()
-        .with_correlation_id(correlation_id)
-        .encode(&mut body, R::header_version(version))
-        .expect("header");
-    response.encode(&mut body, version).expect("body");
-    let mut out = BytesMut::new();
-    out.put_i32(i32::try_from(body.len()).expect("small"));
-    out.put(body);
-    out.freeze()
-}
-
-fn decode<R: Request>(frame: &mut Bytes, version: i16) -> R {
-    R::decode(frame, version).expect("client sent a decodable request")
-}
-
 fn s(value: &str) -> StrBytes {
     StrBytes::from_string(value.to_owned())
 }
 
-fn answer(state: &mut State, mut body: Bytes) -> Bytes {
-    let key = ApiKey::try_from(i16::from_be_bytes([body[0], body[1]])).expect("known key");
-    let version = i16::from_be_bytes([body[2], body[3]]);
-    let correlation_id = i32::from_be_bytes([body[4], body[5], body[6], body[7]]);
-    let api_versions = || {
-        state
-            .script
-            .versions
-            .iter()
-            .map(|(k, min, max)| {
-                ApiVersion::default()
-                    .with_api_key(*k as i16)
-                    .with_min_version(*min)
-                    .with_max_version(*max)
-            })
-            .collect::<Vec<_>>()
-    };
-    assert!(
-        key == ApiKey::ApiVersions || version <= state.script.max(key),
-        "client sent {key:?} v{version}, beyond what was offered"
-    );
-    if key == ApiKey::ApiVersions && version > state.script.max(key) {
-        let response = ApiVersionsResponse::default()
-            .with_error_code(35)
-            .with_api_keys(api_versions());
-        return frame(&response, correlation_id, 0);
-    }
-    let header = RequestHeader::decode(&mut body, key.request_header_version(version))
-        .expect("header decodes");
-    assert_eq!(header.client_id.as_deref(), Some(crate::client::CLIENT_ID));
-    let port = state.port;
+fn answer(state: &mut State, req: &Received) -> Bytes {
+    assert_eq!(req.header.client_id.as_deref(), Some(crate::cli::CLIENT_ID));
+    let version = req.version;
+    let port = req.broker_port;
     let record = |seen: Seen| state.seen.lock().expect("lock").push(seen);
-    match key {
+    match req.api_key {
         ApiKey::ApiVersions => {
-            let _: ApiVersionsRequest = decode(&mut body, version);
+            let _: ApiVersionsRequest = req.decode();
             record(Seen::ApiVersions(version));
-            let response = ApiVersionsResponse::default().with_api_keys(api_versions());
-            frame(&response, correlation_id, version)
+            req.respond(&req.api_versions())
         }
         ApiKey::Metadata => {
-            let request: MetadataRequest = decode(&mut body, version);
+            let request: MetadataRequest = req.decode();
             record(Seen::Metadata(version, request.clone()));
             let topics = request
                 .topics
@@ -244,10 +168,10 @@ fn answer(state: &mut State, mut body: Bytes) -> Bytes {
                     .with_host(s("127.0.0.1"))
                     .with_port(port)])
                 .with_topics(topics);
-            frame(&response, correlation_id, version)
+            req.respond(&response)
         }
         ApiKey::FindCoordinator => {
-            let request: FindCoordinatorRequest = decode(&mut body, version);
+            let request: FindCoordinatorRequest = req.decode();
             record(Seen::FindCoordinator(version, request.clone()));
             let response = if version >= 4 {
                 FindCoordinatorResponse::default().with_coordinators(
@@ -269,10 +193,10 @@ fn answer(state: &mut State, mut body: Bytes) -> Bytes {
                     .with_host(s("127.0.0.1"))
                     .with_port(port)
             };
-            frame(&response, correlation_id, version)
+            req.respond(&response)
         }
         ApiKey::ListGroups => {
-            let request: ListGroupsRequest = decode(&mut body, version);
+            let request: ListGroupsRequest = req.decode();
             record(Seen::ListGroups(version, request.clone()));
             let all = [("g1", "Stable"), ("empty", "Empty")];
             let groups = all
@@ -292,14 +216,10 @@ fn answer(state: &mut State, mut body: Bytes) -> Bytes {
                     }
                 })
                 .collect();
-            frame(
-                &ListGroupsResponse::default().with_groups(groups),
-                correlation_id,
-                version,
-            )
+            req.respond(&ListGroupsResponse::default().with_groups(groups))
         }
         ApiKey::DescribeGroups => {
-            let request: DescribeGroupsRequest = decode(&mut body, version);
+            let request: DescribeGroupsRequest = req.decode();
             record(Seen::DescribeGroups(version));
             let loading = state.loading_left > 0;
             state.loading_left = state.loading_left.saturating_sub(1);
@@ -308,14 +228,10 @@ fn answer(state: &mut State, mut body: Bytes) -> Bytes {
                 .into_iter()
                 .map(|group| describe(group, loading))
                 .collect();
-            frame(
-                &DescribeGroupsResponse::default().with_groups(groups),
-                correlation_id,
-                version,
-            )
+            req.respond(&DescribeGroupsResponse::default().with_groups(groups))
         }
         ApiKey::OffsetFetch => {
-            let request: OffsetFetchRequest = decode(&mut body, version);
+            let request: OffsetFetchRequest = req.decode();
             record(Seen::OffsetFetch(version, request.clone()));
             let committed = |group: &str| -> Vec<(i32, i64)> {
                 match group {
@@ -360,10 +276,10 @@ fn answer(state: &mut State, mut body: Bytes) -> Bytes {
                         .with_name(TopicName(s(TOPIC)))
                         .with_partitions(partitions)])
             };
-            frame(&response, correlation_id, version)
+            req.respond(&response)
         }
         ApiKey::ListOffsets => {
-            let request: ListOffsetsRequest = decode(&mut body, version);
+            let request: ListOffsetsRequest = req.decode();
             record(Seen::ListOffsets(version, request.clone()));
             let topics = request
                 .topics
@@ -383,11 +299,7 @@ fn answer(state: &mut State, mut body: Bytes) -> Bytes {
                         .with_partitions(partitions)
                 })
                 .collect();
-            frame(
-                &ListOffsetsResponse::default().with_topics(topics),
-                correlation_id,
-                version,
-            )
+            req.respond(&ListOffsetsResponse::default().with_topics(topics))
         }
         other => panic!("the fake broker does not answer {other:?}"),
     }

@@ -11,30 +11,23 @@
 //! The fetching functions do I/O; everything that turns responses into rows and text is pure
 //! and tested below.
 
-use crate::client::{self, ClientError, Cluster};
+use crate::cli::{self, dash, json, render_table, ConnectArgs, Output, Retry};
 use anyhow::Context;
 use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::consumer_protocol_assignment::ConsumerProtocolAssignment;
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
-use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestGroup;
 use kafka_protocol::messages::{
     BrokerId, DescribeGroupsRequest, FindCoordinatorRequest, GroupId, ListGroupsRequest,
-    ListOffsetsRequest, MetadataRequest, OffsetFetchRequest, TopicName,
+    ListOffsetsRequest, OffsetFetchRequest, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Message, StrBytes};
 use serde::Serialize;
+use spate_client::{self as client, ClientError, Cluster};
 use spate_types::TopicPartition;
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
-use tokio::time::Instant;
 
-/// The longest `--timeout-ms` accepted: one hour.
-const TIMEOUT_MS_MAX: u64 = 3_600_000;
-/// Backoff between retries of a coordinator that is loading or not available.
-const RETRY_BACKOFF_MIN: Duration = Duration::from_millis(50);
-const RETRY_BACKOFF_MAX: Duration = Duration::from_millis(1000);
 /// The ListGroups version that brought the states filter (KIP-518).
 const LIST_GROUPS_STATES_VERSION: i16 = 4;
 /// FindCoordinator from this version looks up a batch of keys (KIP-699).
@@ -45,8 +38,6 @@ const OFFSET_FETCH_GROUPS_VERSION: i16 = 8;
 const OFFSET_FETCH_ALL_VERSION: i16 = 2;
 /// ListOffsets has an isolation level from this version.
 const LIST_OFFSETS_ISOLATION_VERSION: i16 = 2;
-/// Metadata has allow_auto_topic_creation from this version.
-const METADATA_AUTO_CREATE_VERSION: i16 = 4;
 const READ_COMMITTED: i8 = 1;
 const LATEST_TIMESTAMP: i64 = -1;
 const CONSUMER_PROTOCOL_TYPE: &str = "consumer";
@@ -63,34 +54,6 @@ const KNOWN_STATES: &[&str] = &[
     "Reconciling",
     "NotReady",
 ];
-
-#[derive(clap::Args)]
-pub struct ConnectArgs {
-    /// Broker to bootstrap from.
-    #[arg(
-        long,
-        env = "SPATE_BOOTSTRAP_SERVER",
-        default_value = "127.0.0.1:9092",
-        value_name = "HOST:PORT"
-    )]
-    bootstrap_server: String,
-    /// Give up after this many milliseconds (connecting, retrying a loading coordinator).
-    #[arg(
-        long,
-        default_value_t = 10_000,
-        value_parser = clap::value_parser!(u64).range(1..=TIMEOUT_MS_MAX)
-    )]
-    timeout_ms: u64,
-    /// Output format.
-    #[arg(long, value_enum, default_value_t = Output::Text)]
-    output: Output,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Output {
-    Text,
-    Json,
-}
 
 #[derive(clap::Subcommand)]
 pub enum GroupCommand {
@@ -119,15 +82,11 @@ pub struct DescribeArgs {
 
 /// Runs a `spate group` command; returns what to print on stdout.
 pub fn run(command: GroupCommand) -> anyhow::Result<String> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
+    cli::block_on(async {
         match command {
             GroupCommand::List(args) => {
                 let states = canonical_states(&args.states);
-                let mut cluster =
-                    Cluster::new(&args.connect.bootstrap_server, args.connect.timeout_ms);
+                let mut cluster = args.connect.cluster();
                 let groups = list_with_retries(&mut cluster, &states).await?;
                 Ok(match args.connect.output {
                     Output::Text => render_list(&groups),
@@ -135,8 +94,7 @@ pub fn run(command: GroupCommand) -> anyhow::Result<String> {
                 })
             }
             GroupCommand::Describe(args) => {
-                let mut cluster =
-                    Cluster::new(&args.connect.bootstrap_server, args.connect.timeout_ms);
+                let mut cluster = args.connect.cluster();
                 let description = describe_with_retries(&mut cluster, &args.group).await?;
                 Ok(match args.connect.output {
                     Output::Text => render_description(&description),
@@ -155,7 +113,11 @@ async fn list_with_retries(
     loop {
         match list_groups(cluster, states).await {
             Ok(groups) => return Ok(groups),
-            Err(error) => retry.wait(cluster, error).await?,
+            Err(error) => {
+                retry
+                    .wait(cluster, error, ClientError::is_coordinator_retriable)
+                    .await?
+            }
         }
     }
 }
@@ -168,46 +130,12 @@ async fn describe_with_retries(
     loop {
         match describe_group(cluster, group).await {
             Ok(description) => return Ok(description),
-            Err(error) => retry.wait(cluster, error).await?,
+            Err(error) => {
+                retry
+                    .wait(cluster, error, ClientError::is_coordinator_retriable)
+                    .await?
+            }
         }
-    }
-}
-
-fn json<T: Serialize>(value: &T) -> anyhow::Result<String> {
-    Ok(serde_json::to_string_pretty(value)? + "\n")
-}
-
-/// Retrying a coordinator error that goes away by itself (COORDINATOR_NOT_AVAILABLE,
-/// COORDINATOR_LOAD_IN_PROGRESS, NOT_COORDINATOR) until the cluster's deadline, with backoff.
-struct Retry {
-    backoff: Duration,
-}
-
-impl Default for Retry {
-    fn default() -> Self {
-        Retry {
-            backoff: RETRY_BACKOFF_MIN,
-        }
-    }
-}
-
-impl Retry {
-    /// Waits before the next attempt, or returns the error if it is not worth retrying or
-    /// the deadline would pass.
-    async fn wait(&mut self, cluster: &Cluster, error: anyhow::Error) -> anyhow::Result<()> {
-        let retriable = error
-            .downcast_ref::<ClientError>()
-            .is_some_and(ClientError::is_coordinator_retriable);
-        if !retriable {
-            return Err(error);
-        }
-        if Instant::now() + self.backoff >= cluster.deadline() {
-            return Err(error.context(format!("gave up after {} ms", cluster.timeout_ms())));
-        }
-        tracing::debug!("retrying in {:?}: {error:#}", self.backoff);
-        tokio::time::sleep(self.backoff).await;
-        self.backoff = (self.backoff * 2).min(RETRY_BACKOFF_MAX);
-        Ok(())
     }
 }
 
@@ -226,12 +154,7 @@ async fn list_groups(cluster: &mut Cluster, states: &[String]) -> anyhow::Result
     let bootstrap = cluster.bootstrap().to_owned();
     let (_, metadata) = cluster
         .send(&bootstrap, |version| {
-            let request = MetadataRequest::default().with_topics(Some(Vec::new()));
-            if version >= METADATA_AUTO_CREATE_VERSION {
-                request.with_allow_auto_topic_creation(false)
-            } else {
-                request
-            }
+            cli::metadata_request(version, Some(&[]))
         })
         .await?;
     let mut brokers: BTreeSet<String> = metadata
@@ -415,6 +338,7 @@ async fn describe_group(cluster: &mut Cluster, group: &str) -> anyhow::Result<Gr
             return Err(ClientError::Kafka {
                 context: format!("DescribeGroups {group} on {coordinator_addr}"),
                 error,
+                message: None,
             }
             .into())
         }
@@ -589,27 +513,16 @@ async fn fetch_log_end_offsets(
     partitions: &BTreeSet<TopicPartition>,
 ) -> anyhow::Result<BTreeMap<TopicPartition, i64>> {
     let mut log_end = BTreeMap::new();
-    let topics: BTreeSet<&str> = partitions.iter().map(|tp| tp.topic.as_str()).collect();
+    // Sorted by topic, so equal names are adjacent.
+    let mut topics: Vec<&str> = partitions.iter().map(|tp| tp.topic.as_str()).collect();
+    topics.dedup();
     if topics.is_empty() {
         return Ok(log_end);
     }
     let bootstrap = cluster.bootstrap().to_owned();
     let (_, metadata) = cluster
         .send(&bootstrap, |version| {
-            let request = MetadataRequest::default().with_topics(Some(
-                topics
-                    .iter()
-                    .map(|t| {
-                        MetadataRequestTopic::default()
-                            .with_name(Some(TopicName(StrBytes::from_string((*t).to_owned()))))
-                    })
-                    .collect(),
-            ));
-            if version >= METADATA_AUTO_CREATE_VERSION {
-                request.with_allow_auto_topic_creation(false)
-            } else {
-                request
-            }
+            cli::metadata_request(version, Some(&topics))
         })
         .await?;
     let brokers: BTreeMap<i32, String> = metadata
@@ -643,15 +556,12 @@ async fn fetch_log_end_offsets(
         }
     }
     for (addr, topics) in &by_leader {
-        let remaining_ms = cluster
-            .deadline()
-            .saturating_duration_since(Instant::now())
-            .as_millis();
+        let remaining_ms = cluster.deadline().remaining_ms_i32();
         let result = cluster
             .send(addr, |version| {
                 let request = ListOffsetsRequest::default()
                     .with_replica_id(BrokerId(-1))
-                    .with_timeout_ms(i32::try_from(remaining_ms).unwrap_or(i32::MAX))
+                    .with_timeout_ms(remaining_ms)
                     .with_topics(
                         topics
                             .iter()
@@ -881,45 +791,12 @@ fn render_assignment(partitions: &[TopicPartition]) -> String {
         .join(" ")
 }
 
-fn dash(s: &str) -> String {
-    if s.is_empty() {
-        "-".to_owned()
-    } else {
-        s.to_owned()
-    }
-}
-
-/// Left-aligned columns, two spaces apart, no trailing spaces; one line per row.
-pub fn render_table(headers: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
-    for row in rows {
-        assert_eq!(row.len(), headers.len(), "row and header widths differ");
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    let header: Vec<String> = headers.iter().map(|h| (*h).to_owned()).collect();
-    for row in std::iter::once(&header).chain(rows) {
-        let mut line = String::new();
-        for (i, (cell, w)) in row.iter().zip(&widths).enumerate() {
-            if i > 0 {
-                line.push_str("  ");
-            }
-            line.push_str(cell);
-            line.extend(std::iter::repeat_n(' ', w - cell.chars().count()));
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use kafka_protocol::messages::consumer_protocol_assignment::TopicPartition as AssignedTopic;
     use kafka_protocol::protocol::Encodable;
+    use std::time::Duration;
 
     fn encoded_assignment(version: i16, topics: &[(&str, &[i32])]) -> Bytes {
         let assignment = ConsumerProtocolAssignment::default()
@@ -1041,24 +918,6 @@ mod tests {
     }
 
     #[test]
-    fn table_columns_align_without_trailing_spaces() {
-        let table = render_table(
-            &["GROUP", "STATE", "PROTOCOL TYPE"],
-            &[
-                vec!["a-long-group".into(), "Stable".into(), "consumer".into()],
-                vec!["g".into(), "Empty".into(), "-".into()],
-            ],
-        );
-        assert_eq!(
-            table,
-            "GROUP         STATE   PROTOCOL TYPE\n\
-             a-long-group  Stable  consumer\n\
-             g             Empty   -\n"
-        );
-        assert_eq!(render_table(&["A", "B"], &[]), "A  B\n");
-    }
-
-    #[test]
     fn describe_text_shows_dashes_for_unknown_offsets() {
         let members = vec![member("m1", &[("t", 0), ("t", 1)])];
         let committed = BTreeMap::from([(TopicPartition::new("t", 0), 4)]);
@@ -1139,7 +998,7 @@ mod tests {
     #[tokio::test]
     async fn describe_on_a_modern_broker_uses_the_newest_versions() {
         let broker = FakeBroker::start(Script::modern()).await;
-        let mut cluster = Cluster::new(&broker.addr, 5_000);
+        let mut cluster = cli::cluster(&broker.addr, 5_000);
         let d = describe_with_retries(&mut cluster, "g1")
             .await
             .expect("describe");
@@ -1209,7 +1068,7 @@ mod tests {
     #[tokio::test]
     async fn describe_on_an_old_broker_uses_the_older_request_forms() {
         let broker = FakeBroker::start(Script::old()).await;
-        let mut cluster = Cluster::new(&broker.addr, 5_000);
+        let mut cluster = cli::cluster(&broker.addr, 5_000);
         let d = describe_with_retries(&mut cluster, "g1")
             .await
             .expect("describe");
@@ -1234,7 +1093,7 @@ mod tests {
     #[tokio::test]
     async fn an_empty_group_shows_committed_offsets_without_consumers() {
         let broker = FakeBroker::start(Script::modern()).await;
-        let mut cluster = Cluster::new(&broker.addr, 5_000);
+        let mut cluster = cli::cluster(&broker.addr, 5_000);
         let d = describe_with_retries(&mut cluster, "empty")
             .await
             .expect("describe");
@@ -1251,7 +1110,7 @@ mod tests {
     #[tokio::test]
     async fn an_unknown_group_does_not_exist() {
         let broker = FakeBroker::start(Script::modern()).await;
-        let mut cluster = Cluster::new(&broker.addr, 5_000);
+        let mut cluster = cli::cluster(&broker.addr, 5_000);
         let err = describe_with_retries(&mut cluster, "nope")
             .await
             .expect_err("dead");
@@ -1265,7 +1124,7 @@ mod tests {
             ..Script::modern()
         })
         .await;
-        let mut cluster = Cluster::new(&broker.addr, 5_000);
+        let mut cluster = cli::cluster(&broker.addr, 5_000);
         let d = describe_with_retries(&mut cluster, "g1")
             .await
             .expect("after retries");
@@ -1283,7 +1142,7 @@ mod tests {
         })
         .await;
         let started = std::time::Instant::now();
-        let mut cluster = Cluster::new(&broker.addr, 300);
+        let mut cluster = cli::cluster(&broker.addr, 300);
         let err = describe_with_retries(&mut cluster, "g1")
             .await
             .expect_err("gives up");
@@ -1300,7 +1159,7 @@ mod tests {
     async fn list_filters_on_the_broker_or_here() {
         for (script, filter_version) in [(Script::modern(), 5), (Script::old(), 2)] {
             let broker = FakeBroker::start(script).await;
-            let mut cluster = Cluster::new(&broker.addr, 5_000);
+            let mut cluster = cli::cluster(&broker.addr, 5_000);
             let all = list_with_retries(&mut cluster, &[]).await.expect("list");
             let states: Vec<_> = all
                 .iter()
@@ -1336,7 +1195,7 @@ mod tests {
             let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
             l.local_addr().expect("addr").port()
         };
-        let mut cluster = Cluster::new(&format!("127.0.0.1:{port}"), 2_000);
+        let mut cluster = cli::cluster(&format!("127.0.0.1:{port}"), 2_000);
         let err = list_with_retries(&mut cluster, &[])
             .await
             .expect_err("refused");
@@ -1349,7 +1208,7 @@ mod tests {
             .await
             .expect("bind");
         let addr = silent.local_addr().expect("addr").to_string();
-        let mut cluster = Cluster::new(&addr, 200);
+        let mut cluster = cli::cluster(&addr, 200);
         let started = std::time::Instant::now();
         let err = describe_with_retries(&mut cluster, "g1")
             .await

@@ -1,10 +1,11 @@
-//! The `spate` binary: `spate serve` runs a node; `spate group` inspects consumer groups on
-//! any Kafka-compatible broker.
+//! The `spate` binary: `spate serve` runs a node; `spate topic` and `spate group` manage
+//! topics and inspect consumer groups on any Kafka-compatible broker.
 
-mod client;
+mod cli;
 #[cfg(test)]
 mod fake_broker;
 mod group;
+mod topic;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -25,6 +26,9 @@ struct Cli {
 enum Command {
     /// Run a node (single-node cluster by default), data in ./spate-data.
     Serve(ServeArgs),
+    /// Topics: create, list, describe, delete, alter configs.
+    #[command(subcommand)]
+    Topic(topic::TopicCommand),
     /// Consumer groups: list them, describe one with its members and lag.
     #[command(subcommand)]
     Group(group::GroupCommand),
@@ -67,18 +71,24 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Group(command) => match group::run(command) {
-            Ok(out) => {
-                use std::io::Write;
-                // A closed stdout (`| head`) is not worth a panic.
-                let _ = std::io::stdout().lock().write_all(out.as_bytes());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                ExitCode::FAILURE
-            }
-        },
+        Command::Topic(command) => print(topic::run(command)),
+        Command::Group(command) => print(group::run(command)),
+    }
+}
+
+/// Prints a command's output on stdout, or its error on stderr.
+fn print(result: anyhow::Result<String>) -> ExitCode {
+    match result {
+        Ok(out) => {
+            use std::io::Write;
+            // A closed stdout (`| head`) is not worth a panic.
+            let _ = std::io::stdout().lock().write_all(out.as_bytes());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 

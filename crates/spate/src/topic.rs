@@ -1,0 +1,1589 @@
+//! `spate topic create|list|describe|delete|alter-config`: topics managed over the Kafka
+//! protocol the way an admin client manages them (CreateTopics, Metadata, DescribeConfigs,
+//! DeleteTopics, IncrementalAlterConfigs), so they work against any Kafka-compatible broker.
+//!
+//! CreateTopics and DeleteTopics go to the controller that Metadata names, as Kafka's admin
+//! client sends them (brokers from before KIP-590 answer NOT_CONTROLLER otherwise; a moved
+//! controller is looked up again); everything else goes to the bootstrap broker.
+//!
+//! `describe` shows what `kafka-topics.sh --describe` shows: a header line per topic whose
+//! configs are those not at their default (any source but DEFAULT_CONFIG), then a row per
+//! partition with its leader, leader epoch (Metadata v7+), replicas, ISR and offline replicas
+//! (Metadata v5+). Topic ids are printed as Kafka prints them (URL-safe base64 without
+//! padding; librdkafka prints standard base64).
+//!
+//! The fetching functions do I/O; everything that turns responses into rows and text is pure
+//! and tested below.
+
+use crate::cli::{self, json, render_table, ConnectArgs, Output, Retry};
+use base64::Engine;
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
+use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
+use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
+use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
+use kafka_protocol::messages::describe_configs_response::DescribeConfigsResult;
+use kafka_protocol::messages::incremental_alter_configs_request::{
+    AlterConfigsResource, AlterableConfig,
+};
+use kafka_protocol::messages::metadata_response::MetadataResponseTopic;
+use kafka_protocol::messages::{
+    CreateTopicsRequest, DeleteTopicsRequest, DeleteTopicsResponse, DescribeConfigsRequest,
+    IncrementalAlterConfigsRequest, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+use serde::Serialize;
+use spate_client::{self as client, ClientError, Cluster};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// CreateTopics takes -1 for "the broker's default" partitions and replication factor from
+/// this version (KIP-464).
+const CREATE_TOPICS_DEFAULTS_VERSION: i16 = 4;
+/// CreateTopics answers with the partition count and replication factor from this version.
+const CREATE_TOPICS_ECHO_VERSION: i16 = 5;
+/// CreateTopics answers with the topic id from this version.
+const CREATE_TOPICS_TOPIC_ID_VERSION: i16 = 7;
+/// DeleteTopics names topics as (name, id) states from this version.
+const DELETE_TOPICS_STATES_VERSION: i16 = 6;
+/// Metadata names the controller from this version.
+const METADATA_CONTROLLER_VERSION: i16 = 1;
+/// Metadata has offline replicas from this version.
+const METADATA_OFFLINE_VERSION: i16 = 5;
+/// Metadata has leader epochs from this version.
+const METADATA_LEADER_EPOCH_VERSION: i16 = 7;
+/// Kafka's ConfigResource.Type TOPIC.
+const RESOURCE_TOPIC: i8 = 2;
+/// Kafka's ConfigSource DEFAULT_CONFIG: the config is at its default.
+const CONFIG_SOURCE_DEFAULT: i8 = 5;
+/// Kafka's AlterConfigOp.OpType SET and DELETE.
+const OP_SET: i8 = 0;
+const OP_DELETE: i8 = 1;
+/// Topics named `__...` are the cluster's own (`__consumer_offsets`, `__transaction_state`).
+const INTERNAL_PREFIX: &str = "__";
+
+#[derive(clap::Subcommand)]
+pub enum TopicCommand {
+    /// Create a topic; prints its topic id.
+    Create(CreateArgs),
+    /// List topics: NAME, PARTITIONS, REPLICATION FACTOR.
+    List(ListArgs),
+    /// Describe topics: id, configs that differ from the defaults, and per partition the
+    /// leader, leader epoch, replicas, in-sync replicas and offline replicas.
+    Describe(NamesArgs),
+    /// Delete topics.
+    Delete(NamesArgs),
+    /// Set or delete a topic's config overrides (the others stay as they are).
+    AlterConfig(AlterConfigArgs),
+}
+
+#[derive(clap::Args)]
+pub struct CreateArgs {
+    /// The topic name.
+    name: String,
+    /// Number of partitions (default: the broker's num.partitions).
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1..))]
+    partitions: Option<i32>,
+    /// Replicas per partition (default: the broker's default.replication.factor).
+    #[arg(long, value_parser = clap::value_parser!(i16).range(1..))]
+    replication_factor: Option<i16>,
+    /// A topic config, e.g. --config retention.ms=3600000 (repeatable).
+    #[arg(long = "config", value_name = "NAME=VALUE", value_parser = parse_config)]
+    configs: Vec<(String, String)>,
+    #[command(flatten)]
+    connect: ConnectArgs,
+}
+
+#[derive(clap::Args)]
+pub struct ListArgs {
+    /// Also list the cluster's internal topics (`__consumer_offsets`, ...).
+    #[arg(long)]
+    internal: bool,
+    #[command(flatten)]
+    connect: ConnectArgs,
+}
+
+#[derive(clap::Args)]
+pub struct NamesArgs {
+    /// Topic names.
+    #[arg(required = true, value_name = "NAME")]
+    names: Vec<String>,
+    #[command(flatten)]
+    connect: ConnectArgs,
+}
+
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("changes").required(true).multiple(true).args(["set", "delete"])))]
+pub struct AlterConfigArgs {
+    /// The topic name.
+    name: String,
+    /// Set a config, e.g. --set retention.ms=3600000 (repeatable).
+    #[arg(long = "set", value_name = "NAME=VALUE", value_parser = parse_config)]
+    set: Vec<(String, String)>,
+    /// Remove a config override, so the default applies again (repeatable).
+    #[arg(long = "delete", value_name = "NAME")]
+    delete: Vec<String>,
+    #[command(flatten)]
+    connect: ConnectArgs,
+}
+
+/// Runs a `spate topic` command; returns what to print on stdout.
+pub fn run(command: TopicCommand) -> anyhow::Result<String> {
+    cli::block_on(async {
+        match command {
+            TopicCommand::Create(args) => {
+                each_once(args.configs.iter().map(|(name, _)| name.as_str()))?;
+                let mut cluster = args.connect.cluster();
+                let created = create_with_retries(
+                    &mut cluster,
+                    &args.name,
+                    args.partitions,
+                    args.replication_factor,
+                    &args.configs,
+                )
+                .await?;
+                Ok(match args.connect.output {
+                    Output::Text => render_created(&created),
+                    Output::Json => json(&created)?,
+                })
+            }
+            TopicCommand::List(args) => {
+                let mut cluster = args.connect.cluster();
+                let topics = list_topics(&mut cluster, args.internal).await?;
+                Ok(match args.connect.output {
+                    Output::Text => render_list(&topics),
+                    Output::Json => json(&Topics { topics })?,
+                })
+            }
+            TopicCommand::Describe(args) => {
+                let names = distinct(&args.names);
+                let mut cluster = args.connect.cluster();
+                let topics = describe_with_retries(&mut cluster, &names).await?;
+                Ok(match args.connect.output {
+                    Output::Text => render_descriptions(&topics),
+                    Output::Json => json(&Topics { topics })?,
+                })
+            }
+            TopicCommand::Delete(args) => {
+                let names = distinct(&args.names);
+                let mut cluster = args.connect.cluster();
+                let deleted = delete_with_retries(&mut cluster, &names).await?;
+                Ok(match args.connect.output {
+                    Output::Text => deleted
+                        .iter()
+                        .map(|name| format!("Deleted topic {name}.\n"))
+                        .collect(),
+                    Output::Json => json(&serde_json::json!({ "deleted": deleted }))?,
+                })
+            }
+            TopicCommand::AlterConfig(args) => {
+                let ops = config_ops(&args.set, &args.delete)?;
+                let mut cluster = args.connect.cluster();
+                alter_configs(&mut cluster, &args.name, ops).await?;
+                Ok(match args.connect.output {
+                    Output::Text => format!("Altered configs of topic {}.\n", args.name),
+                    Output::Json => json(&serde_json::json!({
+                        "topic": args.name,
+                        "set": args.set.iter().cloned().collect::<BTreeMap<_, _>>(),
+                        "deleted": args.delete.iter().map(|name| name.trim()).collect::<Vec<_>>(),
+                    }))?,
+                })
+            }
+        }
+    })
+}
+
+/// `{"topics": [...]}`, fields in declaration order.
+#[derive(Serialize)]
+struct Topics<T> {
+    topics: Vec<T>,
+}
+
+/// `NAME=VALUE` (the value may be empty or contain `=`; the name is trimmed).
+fn parse_config(pair: &str) -> Result<(String, String), String> {
+    match pair.split_once('=') {
+        Some((name, value)) if !name.trim().is_empty() => {
+            Ok((name.trim().to_owned(), value.to_owned()))
+        }
+        _ => Err(format!("expected NAME=VALUE, got '{pair}'")),
+    }
+}
+
+/// An error if a config is named twice (brokers refuse such a request as a whole).
+fn each_once<'a>(names: impl IntoIterator<Item = &'a str>) -> anyhow::Result<()> {
+    let mut seen = BTreeSet::new();
+    for name in names {
+        anyhow::ensure!(seen.insert(name), "config {name} is given twice");
+    }
+    Ok(())
+}
+
+/// SET operations, then DELETE operations; each config may be named once.
+fn config_ops(set: &[(String, String)], delete: &[String]) -> anyhow::Result<Vec<AlterableConfig>> {
+    anyhow::ensure!(
+        delete.iter().all(|name| !name.trim().is_empty()),
+        "--delete needs a config name"
+    );
+    each_once(
+        set.iter()
+            .map(|(name, _)| name.as_str())
+            .chain(delete.iter().map(|name| name.trim())),
+    )?;
+    let sets = set.iter().map(|(name, value)| {
+        AlterableConfig::default()
+            .with_name(StrBytes::from_string(name.clone()))
+            .with_config_operation(OP_SET)
+            .with_value(Some(StrBytes::from_string(value.clone())))
+    });
+    let deletes = delete.iter().map(|name| {
+        AlterableConfig::default()
+            .with_name(StrBytes::from_string(name.trim().to_owned()))
+            .with_config_operation(OP_DELETE)
+            .with_value(None)
+    });
+    Ok(sets.chain(deletes).collect())
+}
+
+/// The names in the order given, each once.
+fn distinct(names: &[String]) -> Vec<String> {
+    let mut seen = BTreeSet::new();
+    names
+        .iter()
+        .filter(|n| seen.insert(n.as_str()))
+        .cloned()
+        .collect()
+}
+
+fn topic_name(name: &str) -> TopicName {
+    TopicName(StrBytes::from_string(name.to_owned()))
+}
+
+/// A topic id as Kafka prints it (URL-safe base64, no padding); none for the nil id (brokers
+/// without topic ids, or versions that do not carry them).
+fn topic_id(id: uuid::Uuid) -> Option<String> {
+    (!id.is_nil()).then(|| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(id.as_bytes()))
+}
+
+fn not_found(names: &[&str]) -> anyhow::Error {
+    match names {
+        [name] => anyhow::anyhow!("topic {name} does not exist"),
+        names => anyhow::anyhow!("topics {} do not exist", names.join(", ")),
+    }
+}
+
+/// Where topics are created and deleted: the controller Metadata names, or the bootstrap
+/// broker if it names none it lists.
+async fn controller(cluster: &mut Cluster) -> anyhow::Result<String> {
+    let bootstrap = cluster.bootstrap().to_owned();
+    let (version, metadata) = cluster
+        .send(&bootstrap, |version| {
+            cli::metadata_request(version, Some(&[]))
+        })
+        .await?;
+    let controller = metadata
+        .brokers
+        .iter()
+        .find(|b| version >= METADATA_CONTROLLER_VERSION && b.node_id == metadata.controller_id)
+        .map(|b| client::address(&b.host, b.port));
+    Ok(controller.unwrap_or(bootstrap))
+}
+
+/// NOT_CONTROLLER: the controller moved since Metadata named it.
+fn controller_moved(error: &ClientError) -> bool {
+    error.kafka_error() == Some(ResponseError::NotController)
+}
+
+// ---- create -------------------------------------------------------------------------------
+
+/// What `spate topic create` reports.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CreatedTopic {
+    pub topic: String,
+    pub topic_id: Option<String>,
+    pub partitions: Option<i32>,
+    pub replication_factor: Option<i16>,
+}
+
+async fn create_with_retries(
+    cluster: &mut Cluster,
+    name: &str,
+    partitions: Option<i32>,
+    replication_factor: Option<i16>,
+    configs: &[(String, String)],
+) -> anyhow::Result<CreatedTopic> {
+    let mut retry = Retry::default();
+    loop {
+        let controller = controller(cluster).await?;
+        let attempt = create_topic(
+            cluster,
+            &controller,
+            name,
+            partitions,
+            replication_factor,
+            configs,
+        );
+        match attempt.await {
+            Ok(created) => return Ok(created),
+            Err(error) => retry.wait(cluster, error, controller_moved).await?,
+        }
+    }
+}
+
+async fn create_topic(
+    cluster: &mut Cluster,
+    controller: &str,
+    name: &str,
+    partitions: Option<i32>,
+    replication_factor: Option<i16>,
+    configs: &[(String, String)],
+) -> anyhow::Result<CreatedTopic> {
+    let version = cluster.version::<CreateTopicsRequest>(controller).await?;
+    anyhow::ensure!(
+        version >= CREATE_TOPICS_DEFAULTS_VERSION
+            || (partitions.is_some() && replication_factor.is_some()),
+        "broker {controller} speaks CreateTopics up to v{version}, which has no broker defaults: \
+         give --partitions and --replication-factor"
+    );
+    let timeout_ms = cluster.deadline().remaining_ms_i32();
+    let (version, response) = cluster
+        .send(controller, |_| {
+            CreateTopicsRequest::default()
+                .with_timeout_ms(timeout_ms)
+                .with_topics(vec![CreatableTopic::default()
+                    .with_name(topic_name(name))
+                    .with_num_partitions(partitions.unwrap_or(-1))
+                    .with_replication_factor(replication_factor.unwrap_or(-1))
+                    .with_configs(
+                        configs
+                            .iter()
+                            .map(|(k, v)| {
+                                CreatableTopicConfig::default()
+                                    .with_name(StrBytes::from_string(k.clone()))
+                                    .with_value(Some(StrBytes::from_string(v.clone())))
+                            })
+                            .collect(),
+                    )])
+        })
+        .await?;
+    let result = response
+        .topics
+        .iter()
+        .find(|t| t.name.0.as_str() == name)
+        .ok_or_else(|| anyhow::anyhow!("CreateTopics response does not mention {name}"))?;
+    let created = created(result, version, partitions, replication_factor)?;
+    tracing::debug!(topic = name, version, "created topic");
+    Ok(created)
+}
+
+/// The created topic, or the broker's error for it. Where the response does not say (older
+/// versions), the partition count and replication factor are the ones asked for.
+fn created(
+    result: &CreatableTopicResult,
+    version: i16,
+    partitions: Option<i32>,
+    replication_factor: Option<i16>,
+) -> Result<CreatedTopic, ClientError> {
+    let name = result.name.0.as_str();
+    client::check_message(result.error_code, result.error_message.as_deref(), || {
+        format!("cannot create topic {name}")
+    })?;
+    let echoed = version >= CREATE_TOPICS_ECHO_VERSION;
+    Ok(CreatedTopic {
+        topic: name.to_owned(),
+        topic_id: if version >= CREATE_TOPICS_TOPIC_ID_VERSION {
+            topic_id(result.topic_id)
+        } else {
+            None
+        },
+        partitions: if echoed {
+            Some(result.num_partitions).filter(|&n| n > 0)
+        } else {
+            partitions
+        },
+        replication_factor: if echoed {
+            Some(result.replication_factor).filter(|&n| n > 0)
+        } else {
+            replication_factor
+        },
+    })
+}
+
+fn render_created(c: &CreatedTopic) -> String {
+    let mut details = Vec::new();
+    if let Some(id) = &c.topic_id {
+        details.push(format!("topic id {id}"));
+    }
+    if let Some(n) = c.partitions {
+        details.push(format!("{n} partition{}", if n == 1 { "" } else { "s" }));
+    }
+    if let Some(r) = c.replication_factor {
+        details.push(format!("replication factor {r}"));
+    }
+    if details.is_empty() {
+        format!("Created topic {}.\n", c.topic)
+    } else {
+        format!("Created topic {} ({}).\n", c.topic, details.join(", "))
+    }
+}
+
+// ---- list ---------------------------------------------------------------------------------
+
+/// One row of `spate topic list`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ListedTopic {
+    pub topic: String,
+    pub topic_id: Option<String>,
+    pub partitions: usize,
+    pub replication_factor: usize,
+    pub internal: bool,
+}
+
+async fn list_topics(cluster: &mut Cluster, internal: bool) -> anyhow::Result<Vec<ListedTopic>> {
+    let bootstrap = cluster.bootstrap().to_owned();
+    let (_, metadata) = cluster
+        .send(&bootstrap, |version| cli::metadata_request(version, None))
+        .await?;
+    for t in &metadata.topics {
+        let name = t.name.as_ref().map_or("?", |n| n.0.as_str());
+        if let Err(e) = client::check(t.error_code, || format!("Metadata for {name}")) {
+            eprintln!("warning: {e}");
+        }
+    }
+    Ok(listed_topics(&metadata.topics, internal))
+}
+
+/// Sorted by name; internal topics (flagged so, or named `__...`) only when asked for.
+fn listed_topics(topics: &[MetadataResponseTopic], internal: bool) -> Vec<ListedTopic> {
+    let mut listed: Vec<ListedTopic> = topics
+        .iter()
+        .filter_map(|t| {
+            let name = t.name.as_ref()?.0.to_string();
+            let is_internal = t.is_internal || name.starts_with(INTERNAL_PREFIX);
+            (internal || !is_internal).then(|| ListedTopic {
+                topic_id: topic_id(t.topic_id),
+                partitions: t.partitions.len(),
+                replication_factor: replication_factor(t),
+                internal: is_internal,
+                topic: name,
+            })
+        })
+        .collect();
+    listed.sort_by(|a, b| a.topic.cmp(&b.topic));
+    listed
+}
+
+/// As Kafka's tools count it: the replicas of the lowest-numbered partition.
+fn replication_factor(topic: &MetadataResponseTopic) -> usize {
+    topic
+        .partitions
+        .iter()
+        .min_by_key(|p| p.partition_index)
+        .map_or(0, |p| p.replica_nodes.len())
+}
+
+fn render_list(topics: &[ListedTopic]) -> String {
+    let rows: Vec<Vec<String>> = topics
+        .iter()
+        .map(|t| {
+            vec![
+                t.topic.clone(),
+                t.partitions.to_string(),
+                t.replication_factor.to_string(),
+            ]
+        })
+        .collect();
+    render_table(&["NAME", "PARTITIONS", "REPLICATION FACTOR"], &rows)
+}
+
+// ---- describe -----------------------------------------------------------------------------
+
+/// One partition row of `spate topic describe`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PartitionRow {
+    pub partition: i32,
+    /// None when the partition has no leader.
+    pub leader: Option<i32>,
+    /// None when unknown (Metadata before v7).
+    pub leader_epoch: Option<i32>,
+    pub replicas: Vec<i32>,
+    pub isr: Vec<i32>,
+    /// Empty also where unknown (Metadata before v5).
+    pub offline_replicas: Vec<i32>,
+    /// The partition's error in Metadata, e.g. LEADER_NOT_AVAILABLE.
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TopicDescription {
+    pub topic: String,
+    pub topic_id: Option<String>,
+    pub partition_count: usize,
+    pub replication_factor: usize,
+    /// Configs not at their default; a value the broker hides (sensitive) is null.
+    pub configs: BTreeMap<String, Option<String>>,
+    pub partitions: Vec<PartitionRow>,
+}
+
+async fn describe_with_retries(
+    cluster: &mut Cluster,
+    names: &[String],
+) -> anyhow::Result<Vec<TopicDescription>> {
+    let mut retry = Retry::default();
+    loop {
+        match describe_topics(cluster, names).await {
+            Ok(topics) => return Ok(topics),
+            // A topic created a moment ago may not have its leaders yet.
+            Err(error) => {
+                retry
+                    .wait(cluster, error, |e| {
+                        e.kafka_error() == Some(ResponseError::LeaderNotAvailable)
+                    })
+                    .await?
+            }
+        }
+    }
+}
+
+async fn describe_topics(
+    cluster: &mut Cluster,
+    names: &[String],
+) -> anyhow::Result<Vec<TopicDescription>> {
+    let bootstrap = cluster.bootstrap().to_owned();
+    let wanted: Vec<&str> = names.iter().map(String::as_str).collect();
+    let (version, metadata) = cluster
+        .send(&bootstrap, |version| {
+            cli::metadata_request(version, Some(&wanted))
+        })
+        .await?;
+    let (_, configs) = cluster
+        .send(&bootstrap, |_| {
+            DescribeConfigsRequest::default().with_resources(
+                names
+                    .iter()
+                    .map(|name| {
+                        DescribeConfigsResource::default()
+                            .with_resource_type(RESOURCE_TOPIC)
+                            .with_resource_name(StrBytes::from_string(name.clone()))
+                            .with_configuration_keys(None)
+                    })
+                    .collect(),
+            )
+        })
+        .await?;
+    let mut non_default = BTreeMap::new();
+    for result in &configs.results {
+        let name = result.resource_name.to_string();
+        if !names.contains(&name) {
+            continue;
+        }
+        match ResponseError::try_from_code(result.error_code) {
+            // Metadata says which topics do not exist.
+            Some(ResponseError::UnknownTopicOrPartition) => continue,
+            _ => client::check_message(result.error_code, result.error_message.as_deref(), || {
+                format!("DescribeConfigs for topic {name}")
+            })?,
+        }
+        non_default.insert(name, non_default_configs(result));
+    }
+    descriptions(names, &metadata.topics, version, non_default)
+}
+
+/// Configs not at their default, as `kafka-topics.sh --describe` lists them.
+fn non_default_configs(result: &DescribeConfigsResult) -> BTreeMap<String, Option<String>> {
+    result
+        .configs
+        .iter()
+        .filter(|c| c.config_source != CONFIG_SOURCE_DEFAULT)
+        .map(|c| (c.name.to_string(), c.value.as_ref().map(|v| v.to_string())))
+        .collect()
+}
+
+/// One description per name, in the order given; an error naming every topic that does not
+/// exist, or the first other topic error.
+fn descriptions(
+    names: &[String],
+    topics: &[MetadataResponseTopic],
+    version: i16,
+    mut configs: BTreeMap<String, BTreeMap<String, Option<String>>>,
+) -> anyhow::Result<Vec<TopicDescription>> {
+    let by_name: BTreeMap<&str, &MetadataResponseTopic> = topics
+        .iter()
+        .filter_map(|t| Some((t.name.as_ref()?.0.as_str(), t)))
+        .collect();
+    let mut missing = Vec::new();
+    let mut out = Vec::with_capacity(names.len());
+    for name in names {
+        let Some(topic) = by_name.get(name.as_str()) else {
+            missing.push(name.as_str());
+            continue;
+        };
+        match ResponseError::try_from_code(topic.error_code) {
+            Some(ResponseError::UnknownTopicOrPartition) => {
+                missing.push(name.as_str());
+                continue;
+            }
+            _ => client::check(topic.error_code, || format!("Metadata for topic {name}"))?,
+        }
+        let mut partitions: Vec<PartitionRow> = topic
+            .partitions
+            .iter()
+            .map(|p| PartitionRow {
+                partition: p.partition_index,
+                leader: Some(p.leader_id.0).filter(|&id| id >= 0),
+                leader_epoch: Some(p.leader_epoch)
+                    .filter(|&e| version >= METADATA_LEADER_EPOCH_VERSION && e >= 0),
+                replicas: p.replica_nodes.iter().map(|b| b.0).collect(),
+                isr: p.isr_nodes.iter().map(|b| b.0).collect(),
+                offline_replicas: if version >= METADATA_OFFLINE_VERSION {
+                    p.offline_replicas.iter().map(|b| b.0).collect()
+                } else {
+                    Vec::new()
+                },
+                error: ResponseError::try_from_code(p.error_code).map(client::error_name),
+            })
+            .collect();
+        partitions.sort_by_key(|p| p.partition);
+        out.push(TopicDescription {
+            topic: name.clone(),
+            topic_id: topic_id(topic.topic_id),
+            partition_count: partitions.len(),
+            replication_factor: replication_factor(topic),
+            configs: configs.remove(name.as_str()).unwrap_or_default(),
+            partitions,
+        });
+    }
+    if !missing.is_empty() {
+        return Err(not_found(&missing));
+    }
+    Ok(out)
+}
+
+/// Comma-separated ids, `-` for none.
+fn id_list(ids: &[i32]) -> String {
+    if ids.is_empty() {
+        return "-".to_owned();
+    }
+    ids.iter().map(i32::to_string).collect::<Vec<_>>().join(",")
+}
+
+fn render_descriptions(topics: &[TopicDescription]) -> String {
+    let opt = |v: Option<i32>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
+    let mut out = String::new();
+    for (i, t) in topics.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        let configs: Vec<String> = t
+            .configs
+            .iter()
+            .map(|(k, v)| format!("{k}={}", v.as_deref().unwrap_or("null")))
+            .collect();
+        out.push_str(&format!(
+            "Topic: {}\tTopicId: {}\tPartitionCount: {}\tReplicationFactor: {}\tConfigs: {}\n",
+            t.topic,
+            t.topic_id.as_deref().unwrap_or("-"),
+            t.partition_count,
+            t.replication_factor,
+            configs.join(",")
+        ));
+        let rows: Vec<Vec<String>> = t
+            .partitions
+            .iter()
+            .map(|p| {
+                vec![
+                    p.partition.to_string(),
+                    opt(p.leader),
+                    opt(p.leader_epoch),
+                    id_list(&p.replicas),
+                    id_list(&p.isr),
+                    id_list(&p.offline_replicas),
+                ]
+            })
+            .collect();
+        out.push_str(&render_table(
+            &[
+                "PARTITION",
+                "LEADER",
+                "LEADER EPOCH",
+                "REPLICAS",
+                "ISR",
+                "OFFLINE",
+            ],
+            &rows,
+        ));
+        for p in &t.partitions {
+            if let Some(error) = &p.error {
+                out.push_str(&format!("Partition {} reports {error}.\n", p.partition));
+            }
+        }
+    }
+    out
+}
+
+// ---- delete -------------------------------------------------------------------------------
+
+async fn delete_with_retries(
+    cluster: &mut Cluster,
+    names: &[String],
+) -> anyhow::Result<Vec<String>> {
+    let mut retry = Retry::default();
+    loop {
+        let controller = controller(cluster).await?;
+        match delete_topics(cluster, &controller, names).await {
+            Ok(deleted) => return Ok(deleted),
+            Err(error) => retry.wait(cluster, error, controller_moved).await?,
+        }
+    }
+}
+
+async fn delete_topics(
+    cluster: &mut Cluster,
+    controller: &str,
+    names: &[String],
+) -> anyhow::Result<Vec<String>> {
+    let timeout_ms = cluster.deadline().remaining_ms_i32();
+    let (_, response) = cluster
+        .send(controller, |version| {
+            let request = DeleteTopicsRequest::default().with_timeout_ms(timeout_ms);
+            if version >= DELETE_TOPICS_STATES_VERSION {
+                request.with_topics(
+                    names
+                        .iter()
+                        .map(|n| DeleteTopicState::default().with_name(Some(topic_name(n))))
+                        .collect(),
+                )
+            } else {
+                request.with_topic_names(names.iter().map(|n| topic_name(n)).collect())
+            }
+        })
+        .await?;
+    deleted(names, &response)
+}
+
+/// The deleted topics in the order given, or an error naming each topic that was not deleted
+/// (and those that were); NOT_CONTROLLER (nothing was deleted) as the [`ClientError`] it is.
+fn deleted(names: &[String], response: &DeleteTopicsResponse) -> anyhow::Result<Vec<String>> {
+    let results: BTreeMap<&str, _> = response
+        .responses
+        .iter()
+        .filter_map(|r| Some((r.name.as_ref()?.0.as_str(), r)))
+        .collect();
+    if let Some(moved) = results
+        .values()
+        .find(|r| ResponseError::try_from_code(r.error_code) == Some(ResponseError::NotController))
+    {
+        client::check(moved.error_code, || "DeleteTopics".to_owned())?;
+    }
+    let mut deleted = Vec::new();
+    let mut missing = Vec::new();
+    let mut failures = Vec::new();
+    for name in names {
+        let Some(result) = results.get(name.as_str()) else {
+            failures.push(format!("the DeleteTopics response does not mention {name}"));
+            continue;
+        };
+        match ResponseError::try_from_code(result.error_code) {
+            None => deleted.push(name.clone()),
+            Some(ResponseError::UnknownTopicOrPartition) => missing.push(name.as_str()),
+            Some(_) => {
+                let error = client::check_message(
+                    result.error_code,
+                    result.error_message.as_deref(),
+                    || format!("cannot delete topic {name}"),
+                )
+                .expect_err("the code is an error");
+                failures.push(error.to_string());
+            }
+        }
+    }
+    if !missing.is_empty() {
+        failures.insert(0, not_found(&missing).to_string());
+    }
+    if failures.is_empty() {
+        return Ok(deleted);
+    }
+    let mut message = failures.join("; ");
+    if !deleted.is_empty() {
+        message.push_str(&format!(" (deleted: {})", deleted.join(", ")));
+    }
+    Err(anyhow::anyhow!(message))
+}
+
+// ---- alter-config -------------------------------------------------------------------------
+
+async fn alter_configs(
+    cluster: &mut Cluster,
+    name: &str,
+    ops: Vec<AlterableConfig>,
+) -> anyhow::Result<()> {
+    let bootstrap = cluster.bootstrap().to_owned();
+    let (_, response) = cluster
+        .send(&bootstrap, |_| {
+            IncrementalAlterConfigsRequest::default().with_resources(vec![
+                AlterConfigsResource::default()
+                    .with_resource_type(RESOURCE_TOPIC)
+                    .with_resource_name(StrBytes::from_string(name.to_owned()))
+                    .with_configs(ops),
+            ])
+        })
+        .await?;
+    let result = response
+        .responses
+        .iter()
+        .find(|r| r.resource_type == RESOURCE_TOPIC && r.resource_name.as_str() == name)
+        .ok_or_else(|| {
+            anyhow::anyhow!("the IncrementalAlterConfigs response does not mention {name}")
+        })?;
+    if ResponseError::try_from_code(result.error_code)
+        == Some(ResponseError::UnknownTopicOrPartition)
+    {
+        return Err(not_found(&[name]));
+    }
+    client::check_message(result.error_code, result.error_message.as_deref(), || {
+        format!("cannot alter configs of topic {name}")
+    })?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
+    use kafka_protocol::messages::describe_configs_response::DescribeConfigsResourceResult;
+    use kafka_protocol::messages::metadata_response::{
+        MetadataResponseBroker, MetadataResponsePartition,
+    };
+    use kafka_protocol::messages::BrokerId;
+
+    const ID: uuid::Uuid = uuid::Uuid::from_bytes([
+        0x4a, 0x4f, 0x2f, 0xe1, 0xae, 0x22, 0x48, 0xb5, 0xb0, 0x36, 0xd7, 0xfc, 0x53, 0x32, 0xae,
+        0x28,
+    ]);
+
+    fn partition(
+        index: i32,
+        leader: i32,
+        replicas: &[i32],
+        isr: &[i32],
+    ) -> MetadataResponsePartition {
+        MetadataResponsePartition::default()
+            .with_partition_index(index)
+            .with_leader_id(BrokerId(leader))
+            .with_leader_epoch(3)
+            .with_replica_nodes(replicas.iter().map(|&b| BrokerId(b)).collect())
+            .with_isr_nodes(isr.iter().map(|&b| BrokerId(b)).collect())
+    }
+
+    fn config_entry(name: &str, value: &str, source: i8) -> DescribeConfigsResourceResult {
+        DescribeConfigsResourceResult::default()
+            .with_name(StrBytes::from_string(name.to_owned()))
+            .with_value(Some(StrBytes::from_string(value.to_owned())))
+            .with_config_source(source)
+    }
+
+    fn metadata_topic(
+        name: &str,
+        partitions: Vec<MetadataResponsePartition>,
+    ) -> MetadataResponseTopic {
+        MetadataResponseTopic::default()
+            .with_name(Some(topic_name(name)))
+            .with_topic_id(ID)
+            .with_partitions(partitions)
+    }
+
+    #[test]
+    fn topic_ids_print_as_kafka_prints_them() {
+        assert_eq!(topic_id(ID).as_deref(), Some("Sk8v4a4iSLWwNtf8UzKuKA"));
+        assert_eq!(topic_id(uuid::Uuid::nil()), None);
+    }
+
+    #[test]
+    fn config_flags_need_a_name_and_an_equals_sign() {
+        assert_eq!(
+            parse_config("retention.ms=1000"),
+            Ok(("retention.ms".into(), "1000".into()))
+        );
+        assert_eq!(parse_config(" a =x=y"), Ok(("a".into(), "x=y".into())));
+        assert_eq!(parse_config("a="), Ok(("a".into(), String::new())));
+        assert_eq!(
+            parse_config("retention.ms"),
+            Err("expected NAME=VALUE, got 'retention.ms'".into())
+        );
+        assert!(parse_config("=1").is_err());
+        let twice = each_once(["a", "b", "a"]).expect_err("twice");
+        assert_eq!(twice.to_string(), "config a is given twice");
+        assert!(each_once(["a", "b"]).is_ok());
+    }
+
+    #[test]
+    fn alter_ops_set_then_delete_each_name_once() {
+        let ops = config_ops(
+            &[("retention.ms".into(), "5".into())],
+            &["cleanup.policy".into()],
+        )
+        .expect("ops");
+        let summary: Vec<_> = ops
+            .iter()
+            .map(|o| (o.name.as_str(), o.config_operation, o.value.as_deref()))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                ("retention.ms", OP_SET, Some("5")),
+                ("cleanup.policy", OP_DELETE, None)
+            ]
+        );
+        let err = config_ops(&[("a".into(), "1".into())], &["a".into()]).expect_err("both");
+        assert_eq!(err.to_string(), "config a is given twice");
+    }
+
+    #[test]
+    fn created_reads_the_id_and_echo_where_the_version_has_them() {
+        let result = CreatableTopicResult::default()
+            .with_name(topic_name("t"))
+            .with_topic_id(ID)
+            .with_num_partitions(3)
+            .with_replication_factor(1);
+        let c = created(&result, 7, None, None).expect("created");
+        assert_eq!(
+            c,
+            CreatedTopic {
+                topic: "t".into(),
+                topic_id: Some("Sk8v4a4iSLWwNtf8UzKuKA".into()),
+                partitions: Some(3),
+                replication_factor: Some(1),
+            }
+        );
+        assert_eq!(
+            render_created(&c),
+            "Created topic t (topic id Sk8v4a4iSLWwNtf8UzKuKA, 3 partitions, replication factor 1).\n"
+        );
+        let old = created(&result, 4, Some(2), Some(1)).expect("created");
+        assert_eq!(
+            (old.topic_id, old.partitions, old.replication_factor),
+            (None, Some(2), Some(1))
+        );
+        let bare = created(&result, 4, None, None).expect("created");
+        assert_eq!(render_created(&bare), "Created topic t.\n");
+    }
+
+    #[test]
+    fn create_errors_carry_the_code_and_the_brokers_message() {
+        let result = CreatableTopicResult::default()
+            .with_name(topic_name("t"))
+            .with_error_code(ResponseError::InvalidReplicationFactor.code())
+            .with_error_message(Some(StrBytes::from_static_str(
+                "Unable to replicate the partition 2 time(s): only 1 broker(s) are registered.",
+            )));
+        let err = created(&result, 7, None, Some(2)).expect_err("refused");
+        assert_eq!(
+            err.to_string(),
+            "cannot create topic t: INVALID_REPLICATION_FACTOR: Unable to replicate the \
+             partition 2 time(s): only 1 broker(s) are registered."
+        );
+        let exists = CreatableTopicResult::default()
+            .with_name(topic_name("t"))
+            .with_error_code(ResponseError::TopicAlreadyExists.code());
+        let err = created(&exists, 7, None, None).expect_err("exists");
+        assert!(
+            err.to_string()
+                .starts_with("cannot create topic t: TOPIC_ALREADY_EXISTS ("),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn list_hides_internal_topics_unless_asked_and_sorts() {
+        let topics = vec![
+            metadata_topic("zeta", vec![partition(0, 1, &[1], &[1])]),
+            metadata_topic("__consumer_offsets", vec![partition(0, 1, &[1], &[1])])
+                .with_is_internal(true),
+            metadata_topic("__private", vec![]),
+            metadata_topic(
+                "alpha",
+                vec![
+                    partition(1, 2, &[2, 3], &[2]),
+                    partition(0, 1, &[1, 2, 3], &[1]),
+                ],
+            ),
+        ];
+        let names = |listed: Vec<ListedTopic>| -> Vec<String> {
+            listed.into_iter().map(|t| t.topic).collect()
+        };
+        assert_eq!(names(listed_topics(&topics, false)), vec!["alpha", "zeta"]);
+        assert_eq!(
+            names(listed_topics(&topics, true)),
+            vec!["__consumer_offsets", "__private", "alpha", "zeta"]
+        );
+        let listed = listed_topics(&topics, false);
+        assert_eq!(
+            render_list(&listed),
+            "NAME   PARTITIONS  REPLICATION FACTOR\n\
+             alpha  2           3\n\
+             zeta   1           1\n"
+        );
+        assert!(!listed[0].internal);
+        assert!(listed_topics(&topics, true)[1].internal, "named __");
+    }
+
+    #[test]
+    fn describe_shows_partitions_with_leaders_epochs_and_offline_replicas() {
+        let topics = vec![metadata_topic(
+            "orders",
+            vec![
+                partition(1, -1, &[2, 3], &[])
+                    .with_offline_replicas(vec![BrokerId(2), BrokerId(3)])
+                    .with_error_code(ResponseError::LeaderNotAvailable.code()),
+                partition(0, 1, &[1, 2, 3], &[1, 2]).with_offline_replicas(vec![BrokerId(3)]),
+            ],
+        )];
+        let configs = BTreeMap::from([(
+            "orders".to_owned(),
+            BTreeMap::from([
+                ("retention.ms".to_owned(), Some("1000".to_owned())),
+                ("sasl.secret".to_owned(), None),
+            ]),
+        )]);
+        let d = descriptions(&["orders".to_owned()], &topics, 12, configs).expect("described");
+        assert_eq!(d.len(), 1);
+        assert_eq!((d[0].partition_count, d[0].replication_factor), (2, 3));
+        assert_eq!(
+            d[0].partitions[0],
+            PartitionRow {
+                partition: 0,
+                leader: Some(1),
+                leader_epoch: Some(3),
+                replicas: vec![1, 2, 3],
+                isr: vec![1, 2],
+                offline_replicas: vec![3],
+                error: None,
+            }
+        );
+        assert_eq!(d[0].partitions[1].leader, None);
+        assert_eq!(
+            d[0].partitions[1].error.as_deref(),
+            Some("LEADER_NOT_AVAILABLE")
+        );
+        assert_eq!(
+            render_descriptions(&d),
+            "Topic: orders\tTopicId: Sk8v4a4iSLWwNtf8UzKuKA\tPartitionCount: 2\t\
+             ReplicationFactor: 3\tConfigs: retention.ms=1000,sasl.secret=null\n\
+             PARTITION  LEADER  LEADER EPOCH  REPLICAS  ISR  OFFLINE\n\
+             0          1       3             1,2,3     1,2  3\n\
+             1          -       3             2,3       -    2,3\n\
+             Partition 1 reports LEADER_NOT_AVAILABLE.\n"
+        );
+        let json = serde_json::to_value(&d[0]).expect("json");
+        assert_eq!(json["partitions"][1]["leader"], serde_json::Value::Null);
+        assert_eq!(json["configs"]["retention.ms"], "1000");
+        assert_eq!(json["topic_id"], "Sk8v4a4iSLWwNtf8UzKuKA");
+
+        // Before Metadata v7 there are no epochs, before v5 no offline replicas.
+        let old = descriptions(&["orders".to_owned()], &topics, 4, BTreeMap::new()).expect("v4");
+        assert_eq!(old[0].partitions[0].leader_epoch, None);
+        assert!(old[0].partitions[0].offline_replicas.is_empty());
+        assert!(old[0].configs.is_empty());
+    }
+
+    #[test]
+    fn describe_names_every_topic_that_does_not_exist() {
+        let topics = vec![
+            metadata_topic("a", vec![partition(0, 1, &[1], &[1])]),
+            MetadataResponseTopic::default()
+                .with_name(Some(topic_name("b")))
+                .with_error_code(ResponseError::UnknownTopicOrPartition.code()),
+        ];
+        let names = |n: &[&str]| n.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let err = descriptions(&names(&["b"]), &topics, 12, BTreeMap::new()).expect_err("b");
+        assert_eq!(err.to_string(), "topic b does not exist");
+        let err = descriptions(&names(&["a", "b", "c"]), &topics, 12, BTreeMap::new())
+            .expect_err("b and c");
+        assert_eq!(err.to_string(), "topics b, c do not exist");
+        let loading = vec![MetadataResponseTopic::default()
+            .with_name(Some(topic_name("a")))
+            .with_error_code(ResponseError::LeaderNotAvailable.code())];
+        let err = descriptions(&names(&["a"]), &loading, 12, BTreeMap::new()).expect_err("a");
+        assert_eq!(
+            err.downcast_ref::<ClientError>()
+                .and_then(ClientError::kafka_error),
+            Some(ResponseError::LeaderNotAvailable),
+            "retried by describe_with_retries"
+        );
+    }
+
+    #[test]
+    fn configs_at_their_default_are_left_out() {
+        let result = DescribeConfigsResult::default().with_configs(vec![
+            config_entry("retention.ms", "1", 1),
+            config_entry("segment.bytes", "2", 4),
+            config_entry("cleanup.policy", "delete", CONFIG_SOURCE_DEFAULT),
+        ]);
+        let configs = non_default_configs(&result);
+        assert_eq!(
+            configs.keys().map(String::as_str).collect::<Vec<_>>(),
+            vec!["retention.ms", "segment.bytes"]
+        );
+    }
+
+    #[test]
+    fn delete_reports_missing_and_failed_topics_and_what_was_deleted() {
+        let result = |name: &str, code: i16, message: Option<&'static str>| {
+            DeletableTopicResult::default()
+                .with_name(Some(topic_name(name)))
+                .with_error_code(code)
+                .with_error_message(message.map(StrBytes::from_static_str))
+        };
+        let names = |n: &[&str]| n.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let ok = DeleteTopicsResponse::default()
+            .with_responses(vec![result("b", 0, None), result("a", 0, None)]);
+        assert_eq!(
+            deleted(&names(&["a", "b"]), &ok).expect("deleted"),
+            vec!["a", "b"]
+        );
+        let mixed = DeleteTopicsResponse::default().with_responses(vec![
+            result("a", 0, None),
+            result("nope", ResponseError::UnknownTopicOrPartition.code(), None),
+            result(
+                "locked",
+                ResponseError::TopicDeletionDisabled.code(),
+                Some("Topic deletion is disabled."),
+            ),
+        ]);
+        let err = deleted(&names(&["a", "nope", "locked"]), &mixed).expect_err("partial");
+        assert_eq!(
+            err.to_string(),
+            "topic nope does not exist; cannot delete topic locked: TOPIC_DELETION_DISABLED: \
+             Topic deletion is disabled. (deleted: a)"
+        );
+        let moved = DeleteTopicsResponse::default().with_responses(vec![result(
+            "a",
+            ResponseError::NotController.code(),
+            None,
+        )]);
+        let err = deleted(&names(&["a"]), &moved).expect_err("moved");
+        assert!(
+            err.downcast_ref::<ClientError>()
+                .is_some_and(controller_moved),
+            "retried by delete_with_retries: {err}"
+        );
+    }
+
+    // ---- against a scripted broker -------------------------------------------------------
+
+    use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse;
+    use kafka_protocol::messages::{
+        ApiKey, CreateTopicsResponse, DescribeConfigsResponse, IncrementalAlterConfigsResponse,
+        MetadataRequest, MetadataResponse,
+    };
+    use spate_client::testing::{Received, ScriptedBroker};
+    use std::sync::{Arc, Mutex};
+
+    /// Requests as the scripted broker decoded them.
+    #[derive(Clone, Debug)]
+    enum Seen {
+        Create(i16, CreateTopicsRequest),
+        Metadata(i16, MetadataRequest),
+        DescribeConfigs(DescribeConfigsRequest),
+        Delete(i16, DeleteTopicsRequest),
+        Alter(IncrementalAlterConfigsRequest),
+    }
+
+    fn topic_versions(
+        create_max: i16,
+        delete_max: i16,
+        metadata_max: i16,
+    ) -> Vec<(ApiKey, i16, i16)> {
+        vec![
+            (ApiKey::ApiVersions, 0, 3),
+            (ApiKey::Metadata, 0, metadata_max),
+            (ApiKey::CreateTopics, 2, create_max),
+            (ApiKey::DeleteTopics, 1, delete_max),
+            (ApiKey::DescribeConfigs, 1, 4),
+            (ApiKey::IncrementalAlterConfigs, 0, 1),
+        ]
+    }
+
+    /// A broker with the topic "orders" (two partitions, retention.ms overridden) that offers
+    /// the topic APIs up to the given versions.
+    async fn topic_broker(
+        create_max: i16,
+        delete_max: i16,
+        metadata_max: i16,
+    ) -> (ScriptedBroker, Arc<Mutex<Vec<Seen>>>) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let versions = topic_versions(create_max, delete_max, metadata_max);
+        let broker = ScriptedBroker::start(versions, move |req: &Received| {
+            let mut log = log.lock().expect("lock");
+            match req.api_key {
+                ApiKey::ApiVersions => req.respond(&req.api_versions()),
+                ApiKey::CreateTopics => {
+                    let request: CreateTopicsRequest = req.decode();
+                    log.push(Seen::Create(req.version, request.clone()));
+                    let topics = request
+                        .topics
+                        .iter()
+                        .map(|t| {
+                            let result = CreatableTopicResult::default().with_name(t.name.clone());
+                            if t.name.0.as_str() == "orders" {
+                                result
+                                    .with_error_code(ResponseError::TopicAlreadyExists.code())
+                                    .with_error_message(Some(StrBytes::from_static_str(
+                                        "Topic 'orders' already exists.",
+                                    )))
+                            } else {
+                                result
+                                    .with_topic_id(ID)
+                                    .with_num_partitions(6)
+                                    .with_replication_factor(1)
+                            }
+                        })
+                        .collect();
+                    req.respond(&CreateTopicsResponse::default().with_topics(topics))
+                }
+                ApiKey::Metadata => {
+                    let request: MetadataRequest = req.decode();
+                    log.push(Seen::Metadata(req.version, request.clone()));
+                    let orders = metadata_topic(
+                        "orders",
+                        vec![partition(0, 1, &[1], &[1]), partition(1, 1, &[1], &[1])],
+                    );
+                    let topics = match request.topics {
+                        None => vec![orders],
+                        // v0 has no null: an empty list means every topic.
+                        Some(wanted) if wanted.is_empty() && req.version == 0 => vec![orders],
+                        Some(wanted) => wanted
+                            .iter()
+                            .filter_map(|t| t.name.clone())
+                            .map(|name| {
+                                if name.0.as_str() == "orders" {
+                                    orders.clone()
+                                } else {
+                                    MetadataResponseTopic::default()
+                                        .with_name(Some(name))
+                                        .with_error_code(
+                                            ResponseError::UnknownTopicOrPartition.code(),
+                                        )
+                                }
+                            })
+                            .collect(),
+                    };
+                    req.respond(&MetadataResponse::default().with_topics(topics))
+                }
+                ApiKey::DescribeConfigs => {
+                    let request: DescribeConfigsRequest = req.decode();
+                    log.push(Seen::DescribeConfigs(request.clone()));
+                    let results = request
+                        .resources
+                        .iter()
+                        .map(|r| {
+                            let result = DescribeConfigsResult::default()
+                                .with_resource_type(r.resource_type)
+                                .with_resource_name(r.resource_name.clone());
+                            if r.resource_name.as_str() != "orders" {
+                                return result.with_error_code(
+                                    ResponseError::UnknownTopicOrPartition.code(),
+                                );
+                            }
+                            result.with_configs(vec![
+                                config_entry("retention.ms", "1000", 1),
+                                config_entry("cleanup.policy", "delete", CONFIG_SOURCE_DEFAULT),
+                            ])
+                        })
+                        .collect();
+                    req.respond(&DescribeConfigsResponse::default().with_results(results))
+                }
+                ApiKey::DeleteTopics => {
+                    let request: DeleteTopicsRequest = req.decode();
+                    log.push(Seen::Delete(req.version, request.clone()));
+                    let names: Vec<TopicName> = if req.version >= DELETE_TOPICS_STATES_VERSION {
+                        request
+                            .topics
+                            .iter()
+                            .filter_map(|t| t.name.clone())
+                            .collect()
+                    } else {
+                        request.topic_names.clone()
+                    };
+                    let responses = names
+                        .into_iter()
+                        .map(|name| DeletableTopicResult::default().with_name(Some(name)))
+                        .collect();
+                    req.respond(&DeleteTopicsResponse::default().with_responses(responses))
+                }
+                ApiKey::IncrementalAlterConfigs => {
+                    let request: IncrementalAlterConfigsRequest = req.decode();
+                    log.push(Seen::Alter(request.clone()));
+                    let responses = request
+                        .resources
+                        .iter()
+                        .map(|r| {
+                            let response = AlterConfigsResourceResponse::default()
+                                .with_resource_type(r.resource_type)
+                                .with_resource_name(r.resource_name.clone());
+                            if r.resource_name.as_str() == "orders" {
+                                response
+                            } else {
+                                response
+                                    .with_error_code(ResponseError::UnknownTopicOrPartition.code())
+                            }
+                        })
+                        .collect();
+                    req.respond(
+                        &IncrementalAlterConfigsResponse::default().with_responses(responses),
+                    )
+                }
+                other => panic!("the topic broker does not answer {other:?}"),
+            }
+        })
+        .await;
+        (broker, seen)
+    }
+
+    #[tokio::test]
+    async fn create_asks_for_broker_defaults_and_sends_configs() {
+        let (broker, seen) = topic_broker(7, 6, 12).await;
+        let mut cluster = cli::cluster(&broker.addr, 5_000);
+        let configs = vec![
+            ("retention.ms".to_owned(), "1000".to_owned()),
+            ("cleanup.policy".to_owned(), "compact".to_owned()),
+        ];
+        let c = create_with_retries(&mut cluster, "events", None, None, &configs)
+            .await
+            .expect("created");
+        assert_eq!(c.topic_id.as_deref(), Some("Sk8v4a4iSLWwNtf8UzKuKA"));
+        assert_eq!(c.partitions, Some(6));
+        let seen = seen.lock().expect("lock").clone();
+        let Some(Seen::Create(version, request)) =
+            seen.iter().find(|s| matches!(s, Seen::Create(..)))
+        else {
+            panic!("no CreateTopics: {seen:?}");
+        };
+        assert_eq!(*version, 7);
+        assert!(request.timeout_ms > 0 && request.timeout_ms <= 5_000);
+        assert!(!request.validate_only);
+        let topic = &request.topics[0];
+        assert_eq!((topic.num_partitions, topic.replication_factor), (-1, -1));
+        let sent: Vec<_> = topic
+            .configs
+            .iter()
+            .map(|c| (c.name.to_string(), c.value.as_deref().map(str::to_owned)))
+            .collect();
+        assert_eq!(
+            sent,
+            vec![
+                ("retention.ms".to_owned(), Some("1000".to_owned())),
+                ("cleanup.policy".to_owned(), Some("compact".to_owned()))
+            ]
+        );
+
+        let err = create_with_retries(&mut cluster, "orders", Some(1), Some(1), &[])
+            .await
+            .expect_err("exists");
+        assert_eq!(
+            format!("{err:#}"),
+            "cannot create topic orders: TOPIC_ALREADY_EXISTS: Topic 'orders' already exists."
+        );
+    }
+
+    #[tokio::test]
+    async fn create_on_a_broker_without_defaults_needs_both_numbers() {
+        let (broker, seen) = topic_broker(3, 6, 12).await;
+        let mut cluster = cli::cluster(&broker.addr, 5_000);
+        let err = create_with_retries(&mut cluster, "events", Some(3), None, &[])
+            .await
+            .expect_err("needs -r");
+        assert!(
+            err.to_string()
+                .contains("give --partitions and --replication-factor"),
+            "{err}"
+        );
+        let creates = |seen: &Arc<Mutex<Vec<Seen>>>| {
+            seen.lock()
+                .expect("lock")
+                .iter()
+                .filter(|s| matches!(s, Seen::Create(..)))
+                .count()
+        };
+        assert_eq!(creates(&seen), 0, "nothing was sent");
+        let c = create_with_retries(&mut cluster, "events", Some(3), Some(1), &[])
+            .await
+            .expect("created");
+        // v3 echoes nothing: the numbers asked for are reported, and there is no topic id.
+        assert_eq!(
+            (c.topic_id, c.partitions, c.replication_factor),
+            (None, Some(3), Some(1))
+        );
+        assert_eq!(creates(&seen), 1);
+    }
+
+    #[tokio::test]
+    async fn topic_changes_go_to_the_controller_and_follow_it() {
+        let (controller, seen) = topic_broker(7, 6, 12).await;
+        let controller_port: i32 = controller
+            .addr
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("port");
+        // The bootstrap broker (node 1) first names itself the controller, then answers
+        // NOT_CONTROLLER and names node 2 from then on.
+        let mut metadata_answers = 0;
+        let bootstrap =
+            ScriptedBroker::start(topic_versions(7, 6, 12), move |req| match req.api_key {
+                ApiKey::ApiVersions => req.respond(&req.api_versions()),
+                ApiKey::Metadata => {
+                    metadata_answers += 1;
+                    let broker = |id: i32, port: i32| {
+                        MetadataResponseBroker::default()
+                            .with_node_id(BrokerId(id))
+                            .with_host(StrBytes::from_static_str("127.0.0.1"))
+                            .with_port(port)
+                    };
+                    req.respond(
+                        &MetadataResponse::default()
+                            .with_brokers(vec![
+                                broker(1, req.broker_port),
+                                broker(2, controller_port),
+                            ])
+                            .with_controller_id(BrokerId(if metadata_answers == 1 {
+                                1
+                            } else {
+                                2
+                            })),
+                    )
+                }
+                ApiKey::CreateTopics => {
+                    let request: CreateTopicsRequest = req.decode();
+                    let topics = request
+                        .topics
+                        .into_iter()
+                        .map(|t| {
+                            CreatableTopicResult::default()
+                                .with_name(t.name)
+                                .with_error_code(ResponseError::NotController.code())
+                        })
+                        .collect();
+                    req.respond(&CreateTopicsResponse::default().with_topics(topics))
+                }
+                other => panic!("the bootstrap broker is not asked for {other:?}"),
+            })
+            .await;
+        let mut cluster = cli::cluster(&bootstrap.addr, 5_000);
+        let created = create_with_retries(&mut cluster, "events", None, None, &[])
+            .await
+            .expect("created on the controller");
+        assert_eq!(created.partitions, Some(6));
+        let names = vec!["a".to_owned()];
+        assert_eq!(
+            delete_with_retries(&mut cluster, &names)
+                .await
+                .expect("deleted on the controller"),
+            names
+        );
+        let seen = seen.lock().expect("lock").clone();
+        assert!(
+            matches!(seen.as_slice(), [Seen::Create(..), Seen::Delete(..)]),
+            "{seen:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn describe_joins_metadata_and_non_default_configs() {
+        let (broker, seen) = topic_broker(7, 6, 12).await;
+        let mut cluster = cli::cluster(&broker.addr, 5_000);
+        let d = describe_with_retries(&mut cluster, &["orders".to_owned()])
+            .await
+            .expect("described");
+        assert_eq!(d[0].partition_count, 2);
+        assert_eq!(
+            d[0].configs,
+            BTreeMap::from([("retention.ms".to_owned(), Some("1000".to_owned()))])
+        );
+        for s in seen.lock().expect("lock").iter() {
+            match s {
+                Seen::Metadata(version, request) => {
+                    assert_eq!(*version, 12);
+                    assert!(!request.allow_auto_topic_creation, "describe never creates");
+                }
+                Seen::DescribeConfigs(request) => {
+                    assert_eq!(request.resources[0].resource_type, RESOURCE_TOPIC);
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        let err = describe_with_retries(&mut cluster, &["orders".to_owned(), "gone".to_owned()])
+            .await
+            .expect_err("gone");
+        assert_eq!(format!("{err:#}"), "topic gone does not exist");
+    }
+
+    #[tokio::test]
+    async fn list_asks_for_all_topics() {
+        for (metadata_max, all) in [(12, None), (0, Some(0))] {
+            let (broker, seen) = topic_broker(7, 6, metadata_max).await;
+            let mut cluster = cli::cluster(&broker.addr, 5_000);
+            let topics = list_topics(&mut cluster, false).await.expect("listed");
+            assert_eq!(topics.len(), 1);
+            let seen = seen.lock().expect("lock").clone();
+            let [Seen::Metadata(_, request)] = seen.as_slice() else {
+                panic!("no Metadata: {seen:?}");
+            };
+            // v0 has no null: an empty list means every topic.
+            assert_eq!(request.topics.as_ref().map(Vec::len), all);
+        }
+    }
+
+    #[tokio::test]
+    async fn delete_names_topics_as_the_version_wants() {
+        for delete_max in [6, 5] {
+            let (broker, seen) = topic_broker(7, delete_max, 12).await;
+            let mut cluster = cli::cluster(&broker.addr, 5_000);
+            let names = vec!["a".to_owned(), "b".to_owned()];
+            assert_eq!(
+                delete_with_retries(&mut cluster, &names)
+                    .await
+                    .expect("deleted"),
+                names
+            );
+            let seen = seen.lock().expect("lock").clone();
+            let Some(Seen::Delete(version, request)) =
+                seen.iter().find(|s| matches!(s, Seen::Delete(..)))
+            else {
+                panic!("no DeleteTopics: {seen:?}");
+            };
+            assert_eq!(*version, delete_max);
+            if delete_max >= DELETE_TOPICS_STATES_VERSION {
+                assert_eq!(request.topics.len(), 2);
+                assert!(request.topic_names.is_empty());
+            } else {
+                assert_eq!(request.topic_names.len(), 2);
+                assert!(request.topics.is_empty());
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn alter_config_sends_set_and_delete_on_the_topic() {
+        let (broker, seen) = topic_broker(7, 6, 12).await;
+        let mut cluster = cli::cluster(&broker.addr, 5_000);
+        let ops = config_ops(
+            &[("retention.ms".into(), "5".into())],
+            &["cleanup.policy".into()],
+        )
+        .expect("ops");
+        alter_configs(&mut cluster, "orders", ops.clone())
+            .await
+            .expect("altered");
+        let seen = seen.lock().expect("lock").clone();
+        let Some(Seen::Alter(request)) = seen.first() else {
+            panic!("no IncrementalAlterConfigs: {seen:?}");
+        };
+        assert_eq!(request.resources[0].resource_type, RESOURCE_TOPIC);
+        assert_eq!(request.resources[0].resource_name.as_str(), "orders");
+        assert_eq!(request.resources[0].configs, ops);
+        let err = alter_configs(&mut cluster, "gone", ops)
+            .await
+            .expect_err("gone");
+        assert_eq!(err.to_string(), "topic gone does not exist");
+    }
+}
