@@ -86,6 +86,13 @@ class Broker:
     # ---- lifecycle -------------------------------------------------------------------------
 
     def start(self):
+        self.launch()
+        self.wait_healthy()
+        return self
+
+    def launch(self):
+        """Starts the process without waiting for it to become healthy (cluster nodes wait for
+        a quorum of their peers, so they are launched together and then waited for)."""
         assert self.proc is None or self.proc.poll() is not None, "broker already running"
         if not SPATE_BIN.exists():
             raise BrokerError(f"{SPATE_BIN} does not exist: build it with `cargo build --release -p spate`")
@@ -99,7 +106,6 @@ class Broker:
             err.flush()
             self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL,
                                          stdout=err, stderr=err, env=env, preexec_fn=_die_with_parent)
-        self.wait_healthy()
         return self
 
     def wait_healthy(self, timeout=HEALTH_TIMEOUT_S):
@@ -193,6 +199,48 @@ class Broker:
             return e.code, e.headers.get("Content-Type", ""), e.read().decode(errors="replace")
 
 
+class Cluster:
+    """N `spate serve` processes on loopback forming one cluster: every node a controller voter
+    and a broker. Defaults as `spate dev` sets them: replication factor min(3, N), offsets
+    topic likewise, min.insync.replicas 2 from three nodes."""
+
+    def __init__(self, workdir: Path, nodes=3, args=(), env=None):
+        self.workdir = Path(workdir)
+        self.controller_ports = {i: free_port() for i in range(1, nodes + 1)}
+        voters = ",".join(f"{i}@127.0.0.1:{p}" for i, p in self.controller_ports.items())
+        rf = min(3, nodes)
+        common = ["--set", f"default.replication.factor={rf}",
+                  "--set", f"offsets.topic.replication.factor={rf}",
+                  "--set", f"min.insync.replicas={2 if rf >= 3 else 1}",
+                  "--set", "group.initial.rebalance.delay.ms=0"]
+        self.nodes = {}
+        for i, port in self.controller_ports.items():
+            node_args = ["--node-id", str(i), "--controller-voters", voters,
+                         "--controller-listen", f"127.0.0.1:{port}"] + common + list(args)
+            self.nodes[i] = Broker(self.workdir / f"node-{i}", name=f"node {i}", args=node_args, env=env)
+
+    @property
+    def bootstrap(self):
+        return ",".join(b.bootstrap for b in self.nodes.values())
+
+    def start(self):
+        for b in self.nodes.values():
+            b.launch()
+        for b in self.nodes.values():
+            b.wait_healthy(timeout=60)
+        return self
+
+    def node_by_port(self, port):
+        return next(b for b in self.nodes.values() if b.kafka_port == port)
+
+    def running(self):
+        return {i: b for i, b in self.nodes.items() if b.running}
+
+    def cleanup(self):
+        for b in self.nodes.values():
+            b.cleanup()
+
+
 # Brokers touched by the running test, with the stderr offset at which the test began.
 _test_brokers = {}
 
@@ -245,6 +293,25 @@ def broker_factory(tmp_path, request):
     yield make
     for b in made:
         b.cleanup()
+
+
+@pytest.fixture
+def cluster_factory(tmp_path, request):
+    """cluster_factory(nodes=3, args=[...], start=True) -> Cluster owned by this test."""
+    made = []
+
+    def make(nodes=3, args=(), env=None, start=True):
+        c = Cluster(tmp_path / f"cluster{len(made)}", nodes=nodes, args=args, env=env)
+        made.append(c)
+        for b in c.nodes.values():
+            _track(request.node, b)
+        if start:
+            c.start()
+        return c
+
+    yield make
+    for c in made:
+        c.cleanup()
 
 
 @pytest.fixture

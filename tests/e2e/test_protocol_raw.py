@@ -174,7 +174,9 @@ def test_acks0_produce_gets_no_response(bootstrap, topic_name):
         body = c.request(kproto.API_VERSIONS, 0, b"")  # asserts the next frame is this request's
         assert c.correlation_id == acks0_id + 1
         kproto.parse_api_versions_v0(body)
-        p = kproto.fetch(c, topic_name, 0, 0)
+        # acks=0/1 records become visible once fsynced (the high watermark counts only durable
+        # records); a waiting consumer makes the broker fsync at once, not at the flush interval.
+        p = kproto.fetch(c, topic_name, 0, 0, max_wait_ms=10000, min_bytes=1)
     assert p["high_watermark"] == 1
     assert [r["value"] for b in kproto.parse_batches(p["records"]) for r in b.records] == [b"fire-and-forget"]
 
@@ -669,5 +671,8 @@ def test_pipelined_produces_are_appended_in_request_order(bootstrap, topic_name,
                 assert err == 0
                 offsets[i] = off
         assert [offsets[i] for i in range(n)] == list(range(n)), "appends reordered within one connection"
+        # acks=1 records are visible once fsynced: wait (long poll) for the last one.
+        last = kproto.fetch(c, topic_name, 0, n - 1, max_wait_ms=10000, min_bytes=1)
+        assert last["high_watermark"] == n, last["high_watermark"]
         values = [r["value"] for b in kproto.fetch_all_batches(c, topic_name, 0) for r in b.records]
     assert values == [b"%04d" % i for i in range(n)]

@@ -378,32 +378,24 @@ impl Controller {
                     )))
                 }
             }
-        } else {
-            let stored: Vec<RaftNodeId> = raft
-                .metrics()
-                .borrow_watched()
-                .membership_config
-                .voter_ids()
-                .collect();
-            if !stored.contains(&raft_id) {
-                return Err(ControllerError::NotAVoter {
-                    node: self.inner.node,
-                    voters: stored.into_iter().filter_map(raft::spate_id).collect(),
-                });
-            }
-            if stored != configured {
-                return Err(ControllerError::VotersMismatch {
-                    stored: stored.into_iter().filter_map(raft::spate_id).collect(),
-                    configured: configured.into_iter().filter_map(raft::spate_id).collect(),
-                });
-            }
-            if stored == [raft_id] {
-                // A restarted sole voter would otherwise sit out a full election timeout first.
-                raft.trigger()
-                    .elect(false)
-                    .await
-                    .map_err(|e| ControllerError::Stopped(e.to_string()))?;
-            }
+        } else if configured == [raft_id] {
+            self.check_voters(&configured)?;
+            // A restarted sole voter would otherwise sit out a full election timeout first.
+            raft.trigger()
+                .elect(false)
+                .await
+                .map_err(|e| ControllerError::Stopped(e.to_string()))?;
+        }
+        let membership_known = raft
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .voter_ids()
+            .next()
+            .is_some();
+        if initialized && membership_known {
+            // Refuse a directory of another quorum before taking part in elections.
+            self.check_voters(&configured)?;
         }
         if configured.len() == 1 {
             let timeout = Duration::from_millis(self.inner.config.open_timeout_ms);
@@ -415,6 +407,9 @@ impl Controller {
                 })?;
         } else {
             self.wait_for_quorum().await?;
+            // Only now is the membership known for sure: a voter that peers reached before it
+            // initialized itself learns it from the leader's log.
+            self.check_voters(&configured)?;
         }
         self.ensure_cluster_id().await?;
         self.register(advertised).await?;
@@ -463,6 +458,35 @@ impl Controller {
         )
         .await;
         matches!(done, Ok(Ok(_)))
+    }
+
+    /// Refuses a directory whose quorum has other voters than the configured ones.
+    fn check_voters(&self, configured: &[RaftNodeId]) -> Result<(), ControllerError> {
+        let stored: Vec<RaftNodeId> = self
+            .inner
+            .raft
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .voter_ids()
+            .collect();
+        if !stored.contains(&self.inner.raft_id) {
+            return Err(ControllerError::NotAVoter {
+                node: self.inner.node,
+                voters: stored.into_iter().filter_map(raft::spate_id).collect(),
+            });
+        }
+        if stored != configured {
+            return Err(ControllerError::VotersMismatch {
+                stored: stored.into_iter().filter_map(raft::spate_id).collect(),
+                configured: configured
+                    .iter()
+                    .copied()
+                    .filter_map(raft::spate_id)
+                    .collect(),
+            });
+        }
+        Ok(())
     }
 
     /// Waits until a leader is known, logging every [`QUORUM_WAIT_LOG_EVERY`] while none is.

@@ -333,11 +333,10 @@ fn store(
             },
         )
         .map_err(|e| e.to_string())?;
-        let info = match partition.append(&mut buf, now).map_err(|e| e.to_string())? {
-            spate_log::AppendOutcome::Appended(info)
-            | spate_log::AppendOutcome::Duplicate(info) => info,
-        };
-        written.push((partition.clone(), info.last_offset));
+        let receipt = partition
+            .append(&mut buf, false, now)
+            .map_err(|e| e.to_string())?;
+        written.push((partition.clone(), receipt.last_offset));
     }
     Ok(written)
 }

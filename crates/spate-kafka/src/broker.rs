@@ -4,7 +4,7 @@ use spate_controller::{Controller, MetadataImage};
 use spate_log::LogConfig;
 use spate_replica::ReplicaManager;
 use spate_types::{NodeId, ProducerId};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 
@@ -45,6 +45,8 @@ pub struct GroupConfig {
     pub offsets_topic_segment_bytes: u64,
     /// `offsets.retention.check.interval.ms`
     pub offsets_retention_check: std::time::Duration,
+    /// `offsets.topic.replication.factor` (capped at the live brokers at creation).
+    pub offsets_topic_replication_factor: i16,
 }
 
 impl Default for GroupConfig {
@@ -54,6 +56,7 @@ impl Default for GroupConfig {
             offsets_topic_partitions: 50,
             offsets_topic_segment_bytes: 100 * 1024 * 1024,
             offsets_retention_check: std::time::Duration::from_secs(600),
+            offsets_topic_replication_factor: 3,
         }
     }
 }
@@ -70,14 +73,16 @@ pub struct Broker {
     pub controller: Controller,
     pub replicas: Arc<ReplicaManager>,
     pub(crate) producer_ids: tokio::sync::Mutex<ProducerIdBlock>,
-    /// Partitions opened from metadata, with the topic id they belong to; its lock serialises
-    /// applying metadata images to the local replicas.
-    pub(crate) hosted: Mutex<std::collections::BTreeMap<spate_types::TopicPartition, uuid::Uuid>>,
+    /// The last metadata log index the reconciler has applied to the local replicas.
+    pub(crate) reconciled: watch::Receiver<u64>,
     pub(crate) shutdown: watch::Receiver<bool>,
     pub(crate) request_memory: Arc<tokio::sync::Semaphore>,
     /// Started on first use (creating `__consumer_offsets`) or at start if it exists.
     pub(crate) groups: tokio::sync::OnceCell<spate_coordinator::Coordinator>,
 }
+
+/// Longest an admin answer waits for the reconciler.
+pub(crate) const RECONCILE_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Request memory is accounted in KiB so that the semaphore's `u32` permits cover large limits.
 pub(crate) const MEMORY_PERMIT_BYTES: usize = 1024;
@@ -87,6 +92,7 @@ impl Broker {
         config: BrokerConfig,
         controller: Controller,
         replicas: Arc<ReplicaManager>,
+        reconciled: watch::Receiver<u64>,
         shutdown: watch::Receiver<bool>,
     ) -> Arc<Broker> {
         let permits = (config.queued_request_bytes_max / MEMORY_PERMIT_BYTES).max(1);
@@ -95,7 +101,7 @@ impl Broker {
             controller,
             replicas,
             producer_ids: tokio::sync::Mutex::new(ProducerIdBlock { next: 0, end: 0 }),
-            hosted: Mutex::new(Default::default()),
+            reconciled,
             shutdown,
             request_memory: Arc::new(tokio::sync::Semaphore::new(permits)),
             groups: tokio::sync::OnceCell::new(),
@@ -104,6 +110,24 @@ impl Broker {
 
     pub fn image(&self) -> Arc<MetadataImage> {
         self.controller.image()
+    }
+
+    /// Waits until the local replicas reflect the current metadata image (the reconciler has
+    /// applied it), so that an admin request answered after a change was committed leaves the
+    /// change usable on this node (a created topic accepts produce here at once). Bounded: the
+    /// answer goes out after [`RECONCILE_WAIT_MAX`] regardless.
+    pub(crate) async fn wait_reconciled(&self) {
+        let index = self.image().last_applied_index;
+        let mut rx = self.reconciled.clone();
+        if tokio::time::timeout(RECONCILE_WAIT_MAX, rx.wait_for(|r| *r >= index))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                index,
+                "local replicas did not catch up with the metadata in time"
+            );
+        }
     }
 
     pub(crate) async fn next_producer_id(&self) -> Result<ProducerId, String> {
@@ -132,7 +156,7 @@ impl Broker {
     }
 }
 
-pub(crate) fn now_ms() -> i64 {
+pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)

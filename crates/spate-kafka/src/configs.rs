@@ -13,7 +13,6 @@
 
 use crate::broker::{Broker, BrokerConfig};
 use crate::errors;
-use crate::metadata_sync::apply_image;
 use crate::topics::ApiError;
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
@@ -402,7 +401,7 @@ pub(crate) async fn alter_topic_configs(
             .map_err(|e| ApiError::new(errors::controller_error(&e), e.to_string()))?;
         match outcome {
             MetadataOutcome::TopicConfigsSet => {
-                apply_image(broker, &broker.image());
+                broker.wait_reconciled().await;
                 tracing::info!(topic = name, "altered topic configs");
                 return Ok(());
             }

@@ -11,6 +11,30 @@ pub(crate) fn replica_error(e: &ReplicaError) -> ResponseError {
         ReplicaError::Log(e) => log_error(e),
         ReplicaError::Closed(_) => ResponseError::NotLeaderOrFollower,
         ReplicaError::Storage { .. } => ResponseError::KafkaStorageError,
+        ReplicaError::NotLeader { .. } => ResponseError::NotLeaderOrFollower,
+        ReplicaError::NotEnoughReplicas { .. } => ResponseError::NotEnoughReplicas,
+        ReplicaError::NotEnoughReplicasAfterAppend { .. } => {
+            ResponseError::NotEnoughReplicasAfterAppend
+        }
+        ReplicaError::FencedLeaderEpoch { .. } => ResponseError::FencedLeaderEpoch,
+        ReplicaError::UnknownLeaderEpoch { .. } => ResponseError::UnknownLeaderEpoch,
+        ReplicaError::NotReplica { .. } => ResponseError::NotLeaderOrFollower,
+        // The leader sent what does not follow this log: a replication bug, not the client's.
+        ReplicaError::Diverged { .. } => ResponseError::KafkaStorageError,
+    }
+}
+
+/// The leader a NOT_LEADER_OR_FOLLOWER answer should point at (KIP-951), if known.
+pub(crate) fn leader_hint(
+    e: &ReplicaError,
+) -> Option<(spate_types::NodeId, spate_types::LeaderEpoch)> {
+    match e {
+        ReplicaError::NotLeader {
+            leader: Some(leader),
+            leader_epoch,
+            ..
+        } => Some((*leader, *leader_epoch)),
+        _ => None,
     }
 }
 

@@ -3,7 +3,6 @@
 //! start when the topic exists so committed offsets are loaded before clients ask.
 
 use crate::broker::Broker;
-use crate::metadata_sync::apply_image;
 use crate::topics::{create_topic, ApiError, NewTopic};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
@@ -32,7 +31,10 @@ pub(crate) async fn coordinator(broker: &Broker) -> Result<&Coordinator, ApiErro
                     NewTopic {
                         name: OFFSETS_TOPIC.to_owned(),
                         partitions: config.offsets_topic_partitions,
-                        replication_factor: -1,
+                        // `offsets.topic.replication.factor`, capped at the live brokers.
+                        replication_factor: config
+                            .offsets_topic_replication_factor
+                            .min(broker.image().alive_brokers().count().max(1) as i16),
                         configs,
                     },
                     false,
@@ -45,6 +47,7 @@ pub(crate) async fn coordinator(broker: &Broker) -> Result<&Coordinator, ApiErro
                     Err(e) => return Err(e),
                 }
             }
+            broker.wait_reconciled().await;
             start(broker)
         })
         .await
@@ -52,7 +55,6 @@ pub(crate) async fn coordinator(broker: &Broker) -> Result<&Coordinator, ApiErro
 
 fn start(broker: &Broker) -> Result<Coordinator, ApiError> {
     let image = broker.image();
-    apply_image(broker, &image);
     let count = image
         .topics
         .get(OFFSETS_TOPIC)

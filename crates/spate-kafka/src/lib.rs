@@ -15,17 +15,9 @@ mod configs;
 mod connection;
 mod errors;
 mod groups;
-mod metadata_sync;
 mod probe;
 mod topics;
 
-pub use broker::{shutdown_signalled, Broker, BrokerConfig, GroupConfig};
+pub use broker::{now_ms, shutdown_signalled, Broker, BrokerConfig, GroupConfig};
 pub use connection::serve;
 pub use groups::{group_lag, start_groups_if_present, GroupLag};
-pub use metadata_sync::follow_metadata;
-
-/// Applies the current metadata image and removes data of topics deleted while down.
-pub fn sync_metadata_at_start(broker: &Broker) {
-    metadata_sync::apply_image(broker, &broker.image());
-    metadata_sync::remove_orphans(broker);
-}

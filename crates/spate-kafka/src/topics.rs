@@ -2,7 +2,6 @@
 
 use crate::broker::Broker;
 use crate::errors;
-use crate::metadata_sync::apply_image;
 use kafka_protocol::messages::TopicName;
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
@@ -75,13 +74,12 @@ pub(crate) async fn create_topic(
         topic.replication_factor
     };
     let image = broker.image();
-    if replication_factor < 1 || replication_factor as usize > image.brokers.len() {
+    let alive = image.alive_brokers().count();
+    if replication_factor < 1 || replication_factor as usize > alive {
         return Err(ApiError::new(
             ResponseError::InvalidReplicationFactor,
             format!(
-                "replication factor must be between 1 and the number of brokers ({}), was {}",
-                image.brokers.len(),
-                topic.replication_factor
+                "replication factor must be between 1 and the number of available brokers ({alive}), was {replication_factor}",
             ),
         ));
     }
@@ -116,7 +114,7 @@ pub(crate) async fn create_topic(
         .map_err(|e| ApiError::new(errors::controller_error(&e), e.to_string()))?;
     match outcome {
         MetadataOutcome::TopicCreated { topic_id } => {
-            apply_image(broker, &broker.image());
+            broker.wait_reconciled().await;
             tracing::info!(topic = %topic.name, partitions, %topic_id, "created topic");
             Ok(CreatedTopic {
                 topic_id,

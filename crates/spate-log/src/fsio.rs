@@ -1,11 +1,13 @@
 //! Small durable files: written to a temp file, fsynced, renamed over the target, and the
-//! directory fsynced, so a crash leaves either the old or the new content, never a mix.
+//! directory fsynced, so a crash leaves either the old or the new content, never a mix. This is
+//! the one durable-write helper of the tree: every crate that replaces a small file uses it.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::Path;
 
-pub(crate) fn write_atomic(dir: &Path, name: &str, contents: &[u8]) -> io::Result<()> {
+/// Replaces `dir/name` with `contents` durably (temp + fsync + rename + fsync of `dir`).
+pub fn write_atomic(dir: &Path, name: &str, contents: &[u8]) -> io::Result<()> {
     let tmp = dir.join(format!("{name}.tmp"));
     {
         let mut f = OpenOptions::new()
@@ -20,7 +22,8 @@ pub(crate) fn write_atomic(dir: &Path, name: &str, contents: &[u8]) -> io::Resul
     sync_dir(dir)
 }
 
-pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
+/// Makes directory entries (creations, renames) in `dir` durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 

@@ -12,7 +12,7 @@ pub mod compaction;
 pub mod config;
 pub mod epoch_cache;
 pub mod error;
-mod fsio;
+pub mod fsio;
 pub mod log;
 pub mod producer_state;
 mod segment;
@@ -30,6 +30,7 @@ pub use config::{
 };
 pub use epoch_cache::EpochCache;
 pub use error::{FollowerAppendError, LogError};
+pub use fsio::write_atomic;
 pub use log::{AppendInfo, AppendOutcome, PartitionLog, ReadPlan, RetentionOutcome, SyncTarget};
 pub use producer_state::{BatchMetadata, ProducerEntry, ProducerStateManager};
 

@@ -33,8 +33,8 @@ pub struct ReplicaSettings {
     pub local: NodeId,
     /// `replica.lag.time.max.ms`: an ISR member not caught up for longer is proposed out.
     pub replica_lag_time_max_ms: i64,
-    /// `min.insync.replicas`. The effective requirement is capped by the replica count (as
-    /// Kafka's `effectiveMinIsr`), so a single-replica topic still takes `acks=all`.
+    /// `min.insync.replicas`. Not capped by the replica count: a topic asking for more
+    /// in-sync copies than it has replicas refuses `acks=all` (NOT_ENOUGH_REPLICAS).
     pub min_insync_replicas: usize,
     /// `acks.all.fsync`: the leader's own durable offset is its fsynced offset (default) or,
     /// in the relaxed mode, its log end.
@@ -706,12 +706,9 @@ impl ReplicaCore {
         Ok(())
     }
 
-    /// `min.insync.replicas`, capped by the replica count, at least 1.
+    /// `min.insync.replicas`, at least 1.
     pub fn required_isr(&self) -> usize {
-        self.settings
-            .min_insync_replicas
-            .min(self.state.replicas.len())
-            .max(1)
+        self.settings.min_insync_replicas.max(1)
     }
 
     pub fn role(&self) -> Role {

@@ -729,15 +729,24 @@ fn appends_need_leadership_and_for_acks_all_enough_in_sync_replicas() {
         })
     );
     assert_eq!(core.check_append(false), Ok(()));
-    tracing::info!("--- min.insync.replicas above the replica count is capped by it");
+    tracing::info!("--- min.insync.replicas above the replica count refuses acks=all");
+    // The user asked for that many durable copies; fewer replicas cannot give them (Kafka
+    // answers NOT_ENOUGH_REPLICAS too; the end-to-end suite checks it with real clients).
     let mut single = ReplicaCore::new(settings(), o(0), o(0), o(0));
     run(
         &mut single,
         0,
         Event::LeaderAndIsr(state(Some(L), 1, 1, &[L], &[L])),
     );
-    assert_eq!(single.required_isr(), 1);
-    assert_eq!(single.check_append(true), Ok(()));
+    assert_eq!(single.required_isr(), 2);
+    assert_eq!(
+        single.check_append(true),
+        Err(AppendRefusal::NotEnoughReplicas {
+            isr: 1,
+            required: 2
+        })
+    );
+    assert_eq!(single.check_append(false), Ok(()));
 }
 
 #[test]

@@ -1,20 +1,18 @@
-//! Partition replicas: the leader side of a partition log.
+//! Partition replicas: Kafka-style leader/follower replication of each partition hosted here.
 //!
-//! A [`Partition`] owns its [`PartitionLog`](spate_log::PartitionLog) behind a short-held mutex
-//! (never held across an `.await` or a disk read/fsync), publishes its high watermark and its
-//! flushed offset through `watch` channels, and runs one flusher task that group-commits fsyncs:
-//! every append that arrives while an fsync is in progress is covered by the next one, so
-//! concurrent `acks=all` producers share fsyncs instead of queueing one each.
-//!
-//! Today every partition is a single-replica leader, so the high watermark is the log end
-//! offset. Replication (follower fetch, ISR) will move the high watermark to the minimum the
-//! in-sync replicas hold; callers already read it through [`Partition::high_watermark`].
-//!
-//! [`ReplicaCore`] (in `core`) is the replication protocol of one partition without I/O:
-//! leader/follower role, high watermark, follower lag and ISR proposals. The shell that runs it
-//! beside the log is still to be wired in.
+//! - [`ReplicaCore`] (`core.rs`) is the replication protocol of one partition without I/O:
+//!   leader/follower role, the high watermark over the ISR's fsynced offsets, follower lag and
+//!   ISR proposals.
+//! - [`Partition`] (`partition.rs`) is its shell: it owns the log, runs the flusher that
+//!   group-commits fsyncs, and offers the front end named verbs (append, wait for `acks=all`,
+//!   read for a consumer or a follower, append from the leader, truncate).
+//! - [`ReplicaManager`] (`manager.rs`) owns the set of hosted partitions, starts and stops
+//!   their fetchers, and queues leaders' ISR proposals for the controller.
+//! - The fetcher (`fetcher.rs`) is the follower side: one task per leader, truncating with
+//!   OffsetForLeaderEpoch, then fetching with the Fetch API as a replica.
 
 mod core;
+mod fetcher;
 mod manager;
 mod partition;
 
@@ -22,8 +20,12 @@ pub use crate::core::{
     AckStatus, AppendRefusal, Command, Event, FetchRefusal, FollowerState, Ignored, LeaderAndIsr,
     Outcome, PendingIsrChange, ReplicaCore, ReplicaSettings, Role, Step,
 };
-pub use manager::ReplicaManager;
-pub use partition::{FlushPolicy, Partition, PartitionRead, ReplicaError};
+pub use fetcher::FetcherSettings;
+pub use manager::{IsrProposal, ReplicaManager, ReplicationSettings, PARTITION_METADATA};
+pub use partition::{
+    AppendReceipt, FlushFailure, FlushPolicy, FollowerPosition, Partition, PartitionRead,
+    ReplicaError, HIGH_WATERMARK_FILE,
+};
 
 #[cfg(test)]
 mod core_tests;

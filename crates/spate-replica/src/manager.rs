@@ -1,26 +1,80 @@
-//! The set of partition replicas this node hosts.
+//! The partition replicas this node hosts: the one map of them, their fetchers and their ISR
+//! proposals. The reconciler (in the server) calls [`ReplicaManager::ensure`] and
+//! [`ReplicaManager::delete`] for each metadata image; the front end reaches partitions through
+//! [`ReplicaManager::get`]; every call that can make a replica change role or propose an ISR
+//! change goes through here, so the fetchers and the proposal queue always follow the replicas.
+//!
+//! Each partition directory holds `partition.metadata` with its topic id (as Kafka's does), so a
+//! topic deleted and re-created under the same name, even while this node was down, never
+//! revives the old data.
 
-use crate::partition::{FlushPolicy, Partition, ReplicaError};
+use crate::core::{Command, LeaderAndIsr, ReplicaSettings};
+use crate::fetcher::{FetcherSettings, Fetchers};
+use crate::partition::{FlushPolicy, Partition, PartitionRead, ReplicaError};
 use spate_log::LogConfig;
-use spate_types::{LeaderEpoch, TopicPartition};
-use std::collections::BTreeMap;
+use spate_types::{LeaderEpoch, NodeId, Offset, TopicPartition};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+pub const PARTITION_METADATA: &str = "partition.metadata";
+/// ISR proposals waiting for the controller, across all partitions (each partition has at most
+/// one pending); a full queue refuses the proposal, which the leader retries on a later tick.
+pub const ISR_PROPOSALS_QUEUED_MAX: usize = 1024;
+
+/// A leader's request to change a partition's ISR, for the controller (AlterPartition).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IsrProposal {
+    pub tp: TopicPartition,
+    pub leader_epoch: LeaderEpoch,
+    pub partition_epoch: i32,
+    pub isr: Vec<NodeId>,
+}
+
+/// Node-wide replication settings.
+#[derive(Clone, Debug)]
+pub struct ReplicationSettings {
+    pub node: NodeId,
+    /// `replica.lag.time.max.ms`
+    pub replica_lag_time_max_ms: i64,
+    pub fetch: FetcherSettings,
+}
 
 /// Hosts partitions under `<logs_dir>/<topic>-<partition>`, the directory naming Kafka uses.
 pub struct ReplicaManager {
     logs_dir: PathBuf,
     policy: FlushPolicy,
+    settings: ReplicationSettings,
     partitions: RwLock<BTreeMap<TopicPartition, Arc<Partition>>>,
+    proposals: mpsc::Sender<IsrProposal>,
+    fetchers: Fetchers,
 }
 
 impl ReplicaManager {
-    pub fn new(logs_dir: impl Into<PathBuf>, policy: FlushPolicy) -> Self {
-        Self {
+    /// The receiver gets every ISR proposal; its owner must answer each refused or failed one
+    /// with [`ReplicaManager::isr_change_failed`].
+    pub fn new(
+        logs_dir: impl Into<PathBuf>,
+        policy: FlushPolicy,
+        settings: ReplicationSettings,
+    ) -> (Arc<Self>, mpsc::Receiver<IsrProposal>) {
+        let (proposals, rx) = mpsc::channel(ISR_PROPOSALS_QUEUED_MAX);
+        let fetchers = Fetchers::new(settings.node, settings.fetch.clone());
+        let manager = Arc::new(Self {
             logs_dir: logs_dir.into(),
             policy,
+            settings,
             partitions: RwLock::new(BTreeMap::new()),
-        }
+            proposals,
+            fetchers,
+        });
+        (manager, rx)
+    }
+
+    pub fn node(&self) -> NodeId {
+        self.settings.node
     }
 
     pub fn logs_dir(&self) -> &Path {
@@ -49,20 +103,64 @@ impl ReplicaManager {
             .unwrap_or_default()
     }
 
-    /// Opens the partition (recovering its log) unless it is already hosted.
-    pub fn open(
+    /// Every hosted partition with its topic id.
+    pub fn hosted(&self) -> Vec<(TopicPartition, Uuid)> {
+        self.partitions
+            .read()
+            .map(|p| p.iter().map(|(tp, p)| (tp.clone(), p.topic_id())).collect())
+            .unwrap_or_default()
+    }
+
+    /// Where the other brokers' Kafka listeners are, for the fetchers.
+    pub fn set_broker_addresses(&self, addresses: BTreeMap<NodeId, String>) {
+        self.fetchers.set_addresses(addresses);
+    }
+
+    /// Brings one partition to the controller's state: opens it (claiming its directory for
+    /// `topic_id`, recovering its log) unless hosted, applies the topic config and the leader
+    /// and ISR. Idempotent.
+    pub fn ensure(
         &self,
         tp: TopicPartition,
+        topic_id: Uuid,
         config: LogConfig,
-        leader_epoch: LeaderEpoch,
+        state: LeaderAndIsr,
         now_ms: i64,
     ) -> Result<Arc<Partition>, ReplicaError> {
-        if let Some(p) = self.get(&tp) {
-            return Ok(p);
-        }
+        let partition = match self.get(&tp) {
+            Some(p) => p,
+            None => self.open(tp, topic_id, config.clone(), now_ms)?,
+        };
+        let mut commands = partition.set_config(config, now_ms)?;
+        commands.extend(partition.apply(state, now_ms)?);
+        self.execute(&partition, commands, now_ms);
+        Ok(partition)
+    }
+
+    fn open(
+        &self,
+        tp: TopicPartition,
+        topic_id: Uuid,
+        config: LogConfig,
+        now_ms: i64,
+    ) -> Result<Arc<Partition>, ReplicaError> {
         let dir = self.partition_dir(&tp);
-        let partition =
-            Partition::open(&dir, tp.clone(), config, leader_epoch, self.policy, now_ms)?;
+        claim_dir(&dir, topic_id).map_err(|e| ReplicaError::Log(spate_log::LogError::Io(e)))?;
+        let settings = ReplicaSettings {
+            local: self.settings.node,
+            replica_lag_time_max_ms: self.settings.replica_lag_time_max_ms,
+            min_insync_replicas: usize::try_from(config.min_insync_replicas.max(1)).unwrap_or(1),
+            fsync_required: self.policy.fsync_acks_all,
+        };
+        let partition = Partition::open(
+            &dir,
+            tp.clone(),
+            topic_id,
+            config,
+            settings,
+            self.policy,
+            now_ms,
+        )?;
         let mut map = self
             .partitions
             .write()
@@ -70,8 +168,114 @@ impl ReplicaManager {
         Ok(map.entry(tp).or_insert(partition).clone())
     }
 
+    /// Carries out the commands a replica returned that concern the node: fetchers and
+    /// ISR proposals.
+    fn execute(&self, partition: &Arc<Partition>, commands: Vec<Command>, now_ms: i64) {
+        let tp = partition.topic_partition();
+        for command in commands {
+            match command {
+                Command::BecomeLeader { leader_epoch, .. } => {
+                    tracing::info!(partition = %tp, %leader_epoch, "became leader");
+                    self.fetchers.unfollow(tp);
+                }
+                Command::BecomeFollower {
+                    leader,
+                    leader_epoch,
+                } => {
+                    tracing::info!(partition = %tp, %leader, %leader_epoch, "became follower");
+                    self.fetchers
+                        .follow(partition.clone(), leader, leader_epoch);
+                }
+                Command::Offline { leader_epoch } => {
+                    tracing::info!(partition = %tp, %leader_epoch, "offline (no leader)");
+                    self.fetchers.unfollow(tp);
+                }
+                Command::ProposeIsr {
+                    leader_epoch,
+                    partition_epoch,
+                    isr,
+                } => {
+                    let proposal = IsrProposal {
+                        tp: tp.clone(),
+                        leader_epoch,
+                        partition_epoch,
+                        isr,
+                    };
+                    if self.proposals.try_send(proposal).is_err() {
+                        tracing::warn!(partition = %tp, "ISR proposal queue full; retrying later");
+                        if let Ok(more) = partition.isr_change_failed(now_ms) {
+                            self.execute(partition, more, now_ms);
+                        }
+                    }
+                }
+                // Published by the partition itself.
+                Command::HighWatermark(_) => {}
+            }
+        }
+    }
+
+    /// The controller refused or failed `proposal`; the leader may propose again later.
+    pub fn isr_change_failed(&self, tp: &TopicPartition, proposal: &IsrProposal, now_ms: i64) {
+        let Some(partition) = self.get(tp) else {
+            return;
+        };
+        // A refusal of an older proposal must not clear a newer one.
+        let current = partition.pending_isr_change();
+        if current
+            .as_ref()
+            .is_some_and(|p| p.partition_epoch == proposal.partition_epoch && p.isr == proposal.isr)
+        {
+            if let Ok(commands) = partition.isr_change_failed(now_ms) {
+                self.execute(&partition, commands, now_ms);
+            }
+        }
+    }
+
+    /// A follower's fetch of `tp` at `fetch_offset` (see [`Partition::read_for_follower`]).
+    pub fn read_for_follower(
+        &self,
+        partition: &Arc<Partition>,
+        replica: NodeId,
+        current_leader_epoch: Option<LeaderEpoch>,
+        fetch_offset: Offset,
+        max_bytes: usize,
+        now_ms: i64,
+    ) -> Result<PartitionRead, ReplicaError> {
+        let (read, commands) = partition.read_for_follower(
+            replica,
+            current_leader_epoch,
+            fetch_offset,
+            max_bytes,
+            now_ms,
+        )?;
+        self.execute(partition, commands, now_ms);
+        Ok(read)
+    }
+
+    /// Periodic work: leaders check follower lag (ISR shrink proposals).
+    pub fn tick(&self, now_ms: i64) {
+        for partition in self.all() {
+            match partition.tick(now_ms) {
+                Ok(commands) => self.execute(&partition, commands, now_ms),
+                Err(e) => {
+                    tracing::debug!(partition = %partition.topic_partition(), error = %e, "tick")
+                }
+            }
+        }
+    }
+
+    /// Writes every moved high watermark to its checkpoint. Blocking.
+    pub fn checkpoint_high_watermarks(&self) {
+        for partition in self.all() {
+            if let Err(e) = partition.checkpoint_high_watermark() {
+                tracing::warn!(partition = %partition.topic_partition(), error = %e, "high watermark checkpoint failed");
+            }
+        }
+    }
+
     /// Stops hosting the partition and deletes its data.
     pub fn delete(&self, tp: &TopicPartition) -> Result<(), ReplicaError> {
+        self.fetchers.unfollow(tp);
         let removed = self
             .partitions
             .write()
@@ -91,8 +295,32 @@ impl ReplicaManager {
         Ok(())
     }
 
-    /// Fsyncs and closes every partition (clean shutdown).
-    pub fn close_all(&self) -> Vec<(TopicPartition, ReplicaError)> {
+    /// Removes partition directories that no hosted partition owns (topics deleted, or
+    /// reassigned away, while this node was down). Run once at start-up, after the first
+    /// reconciliation.
+    pub fn remove_orphans(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.logs_dir) else {
+            return;
+        };
+        let hosted: BTreeSet<PathBuf> = self
+            .hosted()
+            .iter()
+            .map(|(tp, _)| self.partition_dir(tp))
+            .collect();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() && path.join(PARTITION_METADATA).exists() && !hosted.contains(&path) {
+                tracing::info!(dir = %path.display(), "removing data of a partition this node no longer hosts");
+                if let Err(e) = std::fs::remove_dir_all(&path) {
+                    tracing::error!(dir = %path.display(), error = %e, "failed to remove orphan partition");
+                }
+            }
+        }
+    }
+
+    /// Stops the fetchers, fsyncs and closes every partition (clean shutdown).
+    pub async fn close_all(&self) -> Vec<(TopicPartition, ReplicaError)> {
+        self.fetchers.shutdown().await;
         let mut failures = Vec::new();
         for partition in self.all() {
             if let Err(e) = partition.close() {
@@ -101,4 +329,25 @@ impl ReplicaManager {
         }
         failures
     }
+}
+
+/// Makes `dir` belong to `topic_id`: an existing directory of another topic id is removed. The
+/// `partition.metadata` file is written durably before any data goes in.
+fn claim_dir(dir: &Path, topic_id: Uuid) -> std::io::Result<()> {
+    let file = dir.join(PARTITION_METADATA);
+    let content = format!("version: 0\ntopic_id: {topic_id}\n");
+    match std::fs::read_to_string(&file) {
+        Ok(existing) if existing == content => return Ok(()),
+        Ok(_) => {
+            tracing::info!(dir = %dir.display(), "removing data of a deleted topic with the same name");
+            std::fs::remove_dir_all(dir)?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    std::fs::create_dir_all(dir)?;
+    if let Some(parent) = dir.parent() {
+        spate_log::fsio::sync_dir(parent)?;
+    }
+    spate_log::write_atomic(dir, PARTITION_METADATA, content.as_bytes())
 }

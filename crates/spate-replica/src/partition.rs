@@ -1,14 +1,35 @@
-//! One partition replica: append, read, durability and its flusher task.
+//! One partition replica on this node: the shell around [`ReplicaCore`] that owns the log,
+//! carries out the core's decisions, and answers the front end's named verbs (append, wait for
+//! `acks=all`, read for a consumer or a follower, append from the leader, truncate).
+//!
+//! Locking: the core and the log each sit behind a short-held mutex, never held across an
+//! `.await`, an fsync or a disk read. Where both are needed the core is locked first, so an
+//! append is checked (leader, epoch, ISR) and written under one view of the replication state.
+//!
+//! Durability: one flusher task per partition group-commits fsyncs. The high watermark is the
+//! core's: the minimum durable offset over the ISR, so a consumer only reads what survives a
+//! power loss on every in-sync replica. It is published through a `watch` (long polls and
+//! `acks=all` waiters wake on it) and checkpointed to `high-watermark` in the partition
+//! directory by [`Partition::checkpoint_high_watermark`] (the replica manager's tick), so it
+//! restarts no higher than it was published.
 
-use spate_log::{
-    AppendOutcome, CompactionLimits, CompactionOutcome, LogConfig, LogError, PartitionLog,
-    PlannedCompaction, ReadPlan,
+use crate::core::{
+    AckStatus, AppendRefusal, Command, Event, FetchRefusal, LeaderAndIsr, Outcome, ReplicaCore,
+    ReplicaSettings, Role,
 };
-use spate_types::{LeaderEpoch, Offset, TopicPartition};
-use std::path::Path;
+use spate_log::{
+    AppendOutcome, CompactionLimits, CompactionOutcome, FollowerAppendError, LogConfig, LogError,
+    PartitionLog, PlannedCompaction, ReadPlan,
+};
+use spate_types::{LeaderEpoch, NodeId, Offset, TopicPartition};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
+
+/// The file holding the last checkpointed high watermark (decimal, one line).
+pub const HIGH_WATERMARK_FILE: &str = "high-watermark";
 
 /// When the flusher fsyncs.
 #[derive(Clone, Copy, Debug)]
@@ -16,8 +37,8 @@ pub struct FlushPolicy {
     /// Unflushed `acks=1` data is fsynced at most this long after it was written
     /// (`log.flush.interval.ms`).
     pub interval: Duration,
-    /// `acks=all` waits for the fsync covering its batch (the default). `false` is the relaxed,
-    /// opt-in mode (`acks.all.fsync=false`): acknowledged once in the operating system.
+    /// `acks=all` waits for the fsync covering its batch on every in-sync replica (the
+    /// default). `false` is the relaxed, opt-in mode (`acks.all.fsync=false`).
     pub fsync_acks_all: bool,
 }
 
@@ -30,14 +51,67 @@ impl Default for FlushPolicy {
     }
 }
 
+/// Why an fsync failed; sticky: after it the partition cannot promise durability any more.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct FlushFailure(pub String);
+
 #[derive(Debug, thiserror::Error)]
 pub enum ReplicaError {
     #[error(transparent)]
     Log(#[from] LogError),
     #[error("partition {0} is closed")]
     Closed(TopicPartition),
-    #[error("fsync of {tp} failed: {reason}")]
-    Storage { tp: TopicPartition, reason: String },
+    #[error("fsync of {tp} failed: {failure}")]
+    Storage {
+        tp: TopicPartition,
+        failure: FlushFailure,
+    },
+    /// This replica is not the leader (Kafka: NOT_LEADER_OR_FOLLOWER, with the hint).
+    #[error("{tp}: not the leader (leader {leader:?}, epoch {leader_epoch})")]
+    NotLeader {
+        tp: TopicPartition,
+        leader: Option<NodeId>,
+        leader_epoch: LeaderEpoch,
+    },
+    /// `acks=all` while the ISR is smaller than `min.insync.replicas` (nothing written).
+    #[error("{tp}: {isr} in-sync replicas, min.insync.replicas requires {required}")]
+    NotEnoughReplicas {
+        tp: TopicPartition,
+        isr: usize,
+        required: usize,
+    },
+    /// Written and durable on the ISR, but the ISR shrank below `min.insync.replicas`.
+    #[error("{tp}: written, but the ISR shrank to {isr} (min.insync.replicas {required})")]
+    NotEnoughReplicasAfterAppend {
+        tp: TopicPartition,
+        isr: usize,
+        required: usize,
+    },
+    /// A fetch carried a leader epoch older (fenced) or newer (unknown) than this replica's.
+    #[error("{tp}: fetch in leader epoch {requested}, current is {current}")]
+    FencedLeaderEpoch {
+        tp: TopicPartition,
+        requested: LeaderEpoch,
+        current: LeaderEpoch,
+    },
+    #[error("{tp}: fetch in leader epoch {requested}, newer than the current {current}")]
+    UnknownLeaderEpoch {
+        tp: TopicPartition,
+        requested: LeaderEpoch,
+        current: LeaderEpoch,
+    },
+    /// A replica fetch from a node that is not a replica of this partition.
+    #[error("{tp}: node {replica} is not a replica")]
+    NotReplica { tp: TopicPartition, replica: NodeId },
+    /// The leader sent batches that do not follow this replica's log (a bug or a missed
+    /// truncation); nothing was written.
+    #[error("{tp}: {source}")]
+    Diverged {
+        tp: TopicPartition,
+        #[source]
+        source: FollowerAppendError,
+    },
 }
 
 /// What a fetch of one partition sees: the bytes to send and the offsets to report.
@@ -45,47 +119,102 @@ pub struct PartitionRead {
     pub plan: ReadPlan,
     pub high_watermark: Offset,
     pub log_start_offset: Offset,
+    pub log_end_offset: Offset,
+}
+
+/// Where an append landed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AppendReceipt {
+    pub base_offset: Offset,
+    pub last_offset: Offset,
+    /// A retried idempotent batch: acknowledged with its original offsets, not written again.
+    pub duplicate: bool,
+    pub bytes: usize,
+    pub log_start_offset: Offset,
+}
+
+/// A follower's view of its own log, for OffsetForLeaderEpoch and Fetch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FollowerPosition {
+    pub log_end: Offset,
+    pub log_start: Offset,
+    /// The latest leader epoch among the batches in the local log.
+    pub last_epoch: Option<LeaderEpoch>,
+    /// The leader epoch this replica follows in.
+    pub leader_epoch: LeaderEpoch,
+    pub role: Role,
 }
 
 pub struct Partition {
     tp: TopicPartition,
+    topic_id: uuid::Uuid,
+    dir: PathBuf,
+    core: Mutex<ReplicaCore>,
     log: Mutex<Option<PartitionLog>>,
-    leader_epoch: LeaderEpoch,
     policy: FlushPolicy,
     high_watermark: watch::Sender<Offset>,
-    /// Everything below this offset is fsynced. An error is sticky: after a failed fsync the
-    /// partition cannot promise durability any more.
-    flushed: watch::Sender<Result<Offset, String>>,
+    /// The local log end (wakes replica fetches parked in long poll).
+    log_end: watch::Sender<Offset>,
+    /// Bumped on every role or ISR change (wakes `acks=all` waiters that must re-check).
+    state_version: watch::Sender<u64>,
+    flushed: watch::Sender<Result<Offset, FlushFailure>>,
     flush_now: Notify,
     dirty: Notify,
     closing: watch::Sender<bool>,
+    /// The published high watermark has moved since the last checkpoint.
+    checkpoint_due: AtomicBool,
 }
 
 impl Partition {
-    /// Opens (recovering if needed) the log in `dir` and starts the flusher task.
+    /// Opens (recovering if needed) the log in `dir`, starts the flusher task, and starts as
+    /// an offline replica: [`Partition::apply`] makes it a leader or follower.
     ///
     /// Must be called inside a Tokio runtime.
     pub fn open(
         dir: &Path,
         tp: TopicPartition,
+        topic_id: uuid::Uuid,
         config: LogConfig,
-        leader_epoch: LeaderEpoch,
+        settings: ReplicaSettings,
         policy: FlushPolicy,
         now_ms: i64,
     ) -> Result<Arc<Partition>, ReplicaError> {
-        let log = PartitionLog::open(dir, config, now_ms)?;
+        let mut log = PartitionLog::open(dir, config, now_ms)?;
+        // What recovery kept (a kill -9 leaves it in the page cache) is made durable before it
+        // counts toward the high watermark.
+        if log.flushed_offset() < log.log_end_offset() {
+            log.flush()?;
+        }
         let leo = log.log_end_offset();
         let flushed = log.flushed_offset();
+        let checkpoint = read_high_watermark(dir).unwrap_or_else(|e| {
+            tracing::warn!(partition = %tp, error = %e, "unreadable high watermark checkpoint; starting from the log start");
+            None
+        });
+        let start = checkpoint.unwrap_or(log.log_start_offset());
+        // The topic's config is the one source of `min.insync.replicas`.
+        let settings = ReplicaSettings {
+            min_insync_replicas: usize::try_from(log.config().min_insync_replicas.max(1))
+                .unwrap_or(1),
+            ..settings
+        };
+        let core = ReplicaCore::new(settings, leo, flushed, start.max(log.log_start_offset()));
+        let hw = core.high_watermark();
         let partition = Arc::new(Partition {
             tp,
+            topic_id,
+            dir: dir.to_owned(),
+            core: Mutex::new(core),
             log: Mutex::new(Some(log)),
-            leader_epoch,
             policy,
-            high_watermark: watch::Sender::new(leo),
+            high_watermark: watch::Sender::new(hw),
+            log_end: watch::Sender::new(leo),
+            state_version: watch::Sender::new(0),
             flushed: watch::Sender::new(Ok(flushed)),
             flush_now: Notify::new(),
             dirty: Notify::new(),
             closing: watch::Sender::new(false),
+            checkpoint_due: AtomicBool::new(false),
         });
         tokio::spawn(flusher(
             Arc::downgrade(&partition),
@@ -98,8 +227,8 @@ impl Partition {
         &self.tp
     }
 
-    pub fn leader_epoch(&self) -> LeaderEpoch {
-        self.leader_epoch
+    pub fn topic_id(&self) -> uuid::Uuid {
+        self.topic_id
     }
 
     fn lock(&self) -> Result<MutexGuard<'_, Option<PartitionLog>>, ReplicaError> {
@@ -110,7 +239,13 @@ impl Partition {
             .map_err(|_| ReplicaError::Closed(self.tp.clone()))
     }
 
-    /// Runs `f` on the open log.
+    fn core(&self) -> Result<MutexGuard<'_, ReplicaCore>, ReplicaError> {
+        self.core
+            .lock()
+            .map_err(|_| ReplicaError::Closed(self.tp.clone()))
+    }
+
+    /// Runs `f` on the open log (retention, compaction planning, offset lookups).
     pub fn with_log<R>(
         &self,
         f: impl FnOnce(&mut PartitionLog) -> Result<R, LogError>,
@@ -122,27 +257,193 @@ impl Partition {
         Ok(f(log)?)
     }
 
-    /// Appends a produce request's record set. When this returns the bytes are in the
-    /// operating system (they survive `kill -9`); call [`Partition::wait_durable`] for fsync.
-    pub fn append(&self, records: &mut [u8], now_ms: i64) -> Result<AppendOutcome, ReplicaError> {
-        let (outcome, leo) = self.with_log(|log| {
-            let outcome = log.append(records, self.leader_epoch, now_ms)?;
-            Ok((outcome, log.log_end_offset()))
-        })?;
-        // Single replica: the high watermark is the log end offset.
-        self.high_watermark.send_if_modified(|hw| {
-            let moved = leo > *hw;
-            if moved {
-                *hw = leo;
+    /// Feeds one event to the core and carries out the commands that concern this shell
+    /// (publishing the high watermark, waking waiters). The rest (fetcher start/stop, ISR
+    /// proposals) are returned for the replica manager.
+    fn step(&self, core: &mut ReplicaCore, now_ms: i64, event: Event) -> Vec<Command> {
+        let step = core.step(now_ms, event);
+        if let Outcome::TruncatedBelowHighWatermark {
+            high_watermark,
+            log_end,
+        } = step.outcome
+        {
+            tracing::error!(partition = %self.tp, %high_watermark, %log_end, "log truncated below the high watermark");
+        }
+        let mut out = Vec::new();
+        for command in step.commands {
+            match command {
+                Command::HighWatermark(hw) => {
+                    self.high_watermark.send_if_modified(|current| {
+                        let moved = hw > *current;
+                        if moved {
+                            *current = hw;
+                        }
+                        moved
+                    });
+                    self.checkpoint_due.store(true, Ordering::Relaxed);
+                }
+                Command::BecomeLeader { .. }
+                | Command::BecomeFollower { .. }
+                | Command::Offline { .. } => {
+                    self.state_version.send_modify(|v| *v += 1);
+                    out.push(command);
+                }
+                Command::ProposeIsr { .. } => out.push(command),
             }
-            moved
-        });
-        self.dirty.notify_one();
-        Ok(outcome)
+        }
+        out
     }
 
-    /// Waits until every offset up to and including `last_offset` is fsynced (or, in relaxed
-    /// mode, returns at once). Cancel safe.
+    /// Applies the controller's leader and ISR for this partition.
+    pub fn apply(&self, state: LeaderAndIsr, now_ms: i64) -> Result<Vec<Command>, ReplicaError> {
+        let mut core = self.core()?;
+        let before = (core.partition_epoch(), core.leader_epoch());
+        let commands = self.step(&mut core, now_ms, Event::LeaderAndIsr(state));
+        if before != (core.partition_epoch(), core.leader_epoch()) {
+            // ISR changes alter `acks=all` outcomes even without a role change.
+            self.state_version.send_modify(|v| *v += 1);
+        }
+        Ok(commands)
+    }
+
+    /// New topic config: the log's, and the core's `min.insync.replicas`.
+    pub fn set_config(&self, config: LogConfig, now_ms: i64) -> Result<Vec<Command>, ReplicaError> {
+        let min_insync = usize::try_from(config.min_insync_replicas.max(1)).unwrap_or(1);
+        self.with_log(|log| {
+            log.set_config(config);
+            Ok(())
+        })?;
+        let mut core = self.core()?;
+        if core.settings().min_insync_replicas == min_insync {
+            return Ok(Vec::new());
+        }
+        let settings = ReplicaSettings {
+            min_insync_replicas: min_insync,
+            ..core.settings().clone()
+        };
+        let commands = self.step(&mut core, now_ms, Event::SettingsChanged(settings));
+        self.state_version.send_modify(|v| *v += 1);
+        Ok(commands)
+    }
+
+    /// Time passed: the leader checks follower lag (ISR shrink proposals come back).
+    pub fn tick(&self, now_ms: i64) -> Result<Vec<Command>, ReplicaError> {
+        let mut core = self.core()?;
+        Ok(self.step(&mut core, now_ms, Event::Tick))
+    }
+
+    /// The controller refused (or never answered) the pending ISR proposal.
+    pub fn isr_change_failed(&self, now_ms: i64) -> Result<Vec<Command>, ReplicaError> {
+        let mut core = self.core()?;
+        Ok(self.step(&mut core, now_ms, Event::IsrChangeFailed))
+    }
+
+    /// The leader's append of a produce request's record set (offsets and the leader epoch are
+    /// stamped into the batches). When this returns the bytes are in the operating system
+    /// (they survive `kill -9`); [`Partition::wait_acks_all`] waits for the ISR.
+    pub fn append(
+        &self,
+        records: &mut [u8],
+        acks_all: bool,
+        now_ms: i64,
+    ) -> Result<AppendReceipt, ReplicaError> {
+        let mut core = self.core()?;
+        core.check_append(acks_all).map_err(|e| self.refusal(e))?;
+        let epoch = core.leader_epoch();
+        let (outcome, leo, log_start) = self.with_log(|log| {
+            let outcome = log.append(records, epoch, now_ms)?;
+            Ok((outcome, log.log_end_offset(), log.log_start_offset()))
+        })?;
+        self.step(&mut core, now_ms, Event::LogEndChanged { log_end: leo });
+        drop(core);
+        self.log_end.send_replace(leo);
+        let (info, duplicate) = match outcome {
+            AppendOutcome::Appended(info) => {
+                self.dirty.notify_one();
+                (info, false)
+            }
+            AppendOutcome::Duplicate(info) => (info, true),
+        };
+        Ok(AppendReceipt {
+            base_offset: info.base_offset,
+            last_offset: info.last_offset,
+            duplicate,
+            bytes: info.bytes,
+            log_start_offset: log_start,
+        })
+    }
+
+    fn refusal(&self, e: AppendRefusal) -> ReplicaError {
+        match e {
+            AppendRefusal::NotLeader {
+                leader,
+                leader_epoch,
+            } => ReplicaError::NotLeader {
+                tp: self.tp.clone(),
+                leader,
+                leader_epoch,
+            },
+            AppendRefusal::NotEnoughReplicas { isr, required } => ReplicaError::NotEnoughReplicas {
+                tp: self.tp.clone(),
+                isr,
+                required,
+            },
+        }
+    }
+
+    /// Waits until the batch ending at `last_offset` is below the high watermark (durable on
+    /// every in-sync replica) with enough in-sync replicas, or until that can no longer
+    /// happen here (leadership moved, an fsync failed). Cancel safe.
+    pub async fn wait_acks_all(&self, last_offset: Offset) -> Result<(), ReplicaError> {
+        let mut hw = self.high_watermark.subscribe();
+        let mut state = self.state_version.subscribe();
+        let mut flushed = self.flushed.subscribe();
+        self.flush_now.notify_one();
+        loop {
+            if let Err(failure) = &*flushed.borrow_and_update() {
+                return Err(ReplicaError::Storage {
+                    tp: self.tp.clone(),
+                    failure: failure.clone(),
+                });
+            }
+            hw.mark_unchanged();
+            state.mark_unchanged();
+            let status = self.core()?.ack_status(last_offset);
+            match status {
+                AckStatus::Done => return Ok(()),
+                AckStatus::Pending => {}
+                AckStatus::NotEnoughReplicasAfterAppend { isr, required } => {
+                    return Err(ReplicaError::NotEnoughReplicasAfterAppend {
+                        tp: self.tp.clone(),
+                        isr,
+                        required,
+                    })
+                }
+                AckStatus::NotLeader {
+                    leader,
+                    leader_epoch,
+                } => {
+                    return Err(ReplicaError::NotLeader {
+                        tp: self.tp.clone(),
+                        leader,
+                        leader_epoch,
+                    })
+                }
+            }
+            let closed = tokio::select! {
+                r = hw.changed() => r.is_err(),
+                r = state.changed() => r.is_err(),
+                r = flushed.changed() => r.is_err(),
+            };
+            if closed {
+                return Err(ReplicaError::Closed(self.tp.clone()));
+            }
+        }
+    }
+
+    /// Waits until every offset up to and including `last_offset` is fsynced locally (or, in
+    /// relaxed mode, returns at once). Cancel safe. Internal topics written by this node's
+    /// coordinators use it on a single replica.
     pub async fn wait_durable(&self, last_offset: Offset) -> Result<(), ReplicaError> {
         if !self.policy.fsync_acks_all {
             return Ok(());
@@ -157,25 +458,93 @@ impl Partition {
             .await;
         match result.as_deref() {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(reason)) => Err(ReplicaError::Storage {
+            Ok(Err(failure)) => Err(ReplicaError::Storage {
                 tp: self.tp.clone(),
-                reason: reason.clone(),
+                failure: failure.clone(),
             }),
             Err(_) => Err(ReplicaError::Closed(self.tp.clone())),
         }
+    }
+
+    pub fn leader_epoch(&self) -> LeaderEpoch {
+        self.core()
+            .map(|c| c.leader_epoch())
+            .unwrap_or(LeaderEpoch(-1))
+    }
+
+    pub fn role(&self) -> Role {
+        self.core().map(|c| c.role()).unwrap_or(Role::Offline)
+    }
+
+    /// The ISR change this leader has proposed and the controller not yet answered.
+    pub fn pending_isr_change(&self) -> Option<crate::core::PendingIsrChange> {
+        self.core()
+            .ok()
+            .and_then(|c| c.pending_isr_change().cloned())
+    }
+
+    /// The current leader and ISR as this replica applied them.
+    pub fn leader_and_isr(&self) -> Option<LeaderAndIsr> {
+        self.core().ok().map(|c| c.leader_and_isr().clone())
     }
 
     pub fn high_watermark(&self) -> Offset {
         *self.high_watermark.borrow()
     }
 
-    /// Changes when the high watermark moves (for fetches waiting in long poll).
+    /// Changes when the high watermark moves (for consumer fetches in long poll).
     pub fn subscribe_high_watermark(&self) -> watch::Receiver<Offset> {
         self.high_watermark.subscribe()
     }
 
-    /// Plans a read of committed data (below the high watermark) from `start`. The disk read
-    /// itself happens in [`ReadPlan::load`], outside the partition lock.
+    /// Changes when the local log end moves (for follower fetches in long poll).
+    pub fn subscribe_log_end(&self) -> watch::Receiver<Offset> {
+        self.log_end.subscribe()
+    }
+
+    fn fetch_refusal(&self, e: FetchRefusal, requested: Option<LeaderEpoch>) -> ReplicaError {
+        let tp = self.tp.clone();
+        match e {
+            FetchRefusal::FencedLeaderEpoch { current } => ReplicaError::FencedLeaderEpoch {
+                tp,
+                requested: requested.unwrap_or(LeaderEpoch(-1)),
+                current,
+            },
+            FetchRefusal::UnknownLeaderEpoch { current } => ReplicaError::UnknownLeaderEpoch {
+                tp,
+                requested: requested.unwrap_or(LeaderEpoch(-1)),
+                current,
+            },
+            FetchRefusal::NotLeader {
+                leader,
+                leader_epoch,
+            } => ReplicaError::NotLeader {
+                tp,
+                leader,
+                leader_epoch,
+            },
+            FetchRefusal::NotReplica { replica } => ReplicaError::NotReplica { tp, replica },
+        }
+    }
+
+    /// Asks the flusher to fsync now: a consumer is waiting for records past the high
+    /// watermark that `acks=0/1` producers wrote (they become visible once durable).
+    pub fn flush_soon(&self) {
+        self.flush_now.notify_one();
+    }
+
+    /// Checks a consumer may read here (the leader, in the epoch it names, if any).
+    pub fn check_consumer(
+        &self,
+        current_leader_epoch: Option<LeaderEpoch>,
+    ) -> Result<(), ReplicaError> {
+        self.core()?
+            .check_fetch(None, current_leader_epoch)
+            .map_err(|e| self.fetch_refusal(e, current_leader_epoch))
+    }
+
+    /// Plans a consumer's read of committed data (below the high watermark) from `start`. The
+    /// disk read itself happens in [`ReadPlan::load`], outside the partition lock.
     pub fn read(
         &self,
         start: Offset,
@@ -189,19 +558,214 @@ impl Partition {
                 plan,
                 high_watermark,
                 log_start_offset: log.log_start_offset(),
+                log_end_offset: log.log_end_offset(),
             })
         })
+    }
+
+    /// A follower's fetch at `fetch_offset` (everything below is durable on it): records the
+    /// follower's progress (which may move the high watermark or propose an ISR change) and
+    /// plans a read up to the log end. A fetch offset past the log end is out of range.
+    pub fn read_for_follower(
+        &self,
+        replica: NodeId,
+        current_leader_epoch: Option<LeaderEpoch>,
+        fetch_offset: Offset,
+        max_bytes: usize,
+        now_ms: i64,
+    ) -> Result<(PartitionRead, Vec<Command>), ReplicaError> {
+        let mut core = self.core()?;
+        core.check_fetch(Some(replica), current_leader_epoch)
+            .map_err(|e| self.fetch_refusal(e, current_leader_epoch))?;
+        let plan = self.with_log(|log| {
+            let end = log.log_end_offset();
+            let plan = log.plan_read(fetch_offset, max_bytes, end, true)?;
+            Ok((plan, log.log_start_offset(), end))
+        })?;
+        let commands = self.step(
+            &mut core,
+            now_ms,
+            Event::FollowerFetch {
+                replica,
+                fetch_offset,
+            },
+        );
+        let (plan, log_start_offset, log_end_offset) = plan;
+        Ok((
+            PartitionRead {
+                plan,
+                high_watermark: core.high_watermark(),
+                log_start_offset,
+                log_end_offset,
+            },
+            commands,
+        ))
+    }
+
+    /// Only a follower's log may be changed from the leader's: a replica that became leader
+    /// (or went offline) meanwhile refuses, under the core lock, so a late fetcher round can
+    /// never truncate or extend a leader's log.
+    fn check_follower(&self, core: &ReplicaCore) -> Result<(), ReplicaError> {
+        if matches!(core.role(), Role::Follower { .. }) {
+            return Ok(());
+        }
+        Err(ReplicaError::NotLeader {
+            tp: self.tp.clone(),
+            leader: core.leader(),
+            leader_epoch: core.leader_epoch(),
+        })
+    }
+
+    /// This follower's log position, for its fetcher.
+    pub fn follower_position(&self) -> Result<FollowerPosition, ReplicaError> {
+        let core = self.core()?;
+        let (log_end, log_start, last_epoch) = self.with_log(|log| {
+            Ok((
+                log.log_end_offset(),
+                log.log_start_offset(),
+                log.leader_epochs().last().map(|(e, _)| *e),
+            ))
+        })?;
+        Ok(FollowerPosition {
+            log_end,
+            log_start,
+            last_epoch,
+            leader_epoch: core.leader_epoch(),
+            role: core.role(),
+        })
+    }
+
+    /// KIP-101 OffsetForLeaderEpoch, answered by the leader: the largest epoch ≤ `epoch` in
+    /// this log and the offset where it ended (the log end for the current epoch).
+    pub fn epoch_end_offset(
+        &self,
+        epoch: LeaderEpoch,
+    ) -> Result<Option<(LeaderEpoch, Offset)>, ReplicaError> {
+        self.with_log(|log| Ok(log.epoch_end_offset(epoch)))
+    }
+
+    /// A follower truncating to the leader's log (after OffsetForLeaderEpoch). Blocking disk
+    /// work: run it on the blocking pool.
+    pub fn truncate_to(&self, offset: Offset, now_ms: i64) -> Result<Vec<Command>, ReplicaError> {
+        let mut core = self.core()?;
+        self.check_follower(&core)?;
+        let log_end = self.with_log(|log| {
+            log.truncate_to(offset)?;
+            Ok(log.log_end_offset())
+        })?;
+        let commands = self.step(&mut core, now_ms, Event::Truncated { log_end });
+        drop(core);
+        self.log_end.send_replace(log_end);
+        // Truncation may drop what was flushed.
+        self.flushed.send_if_modified(|f| match f {
+            Ok(offset) if *offset > log_end => {
+                *offset = log_end;
+                true
+            }
+            _ => false,
+        });
+        Ok(commands)
+    }
+
+    /// Empties the log and restarts it at `offset` (the leader's log start moved past this
+    /// follower's log end).
+    pub fn truncate_fully(
+        &self,
+        offset: Offset,
+        now_ms: i64,
+    ) -> Result<Vec<Command>, ReplicaError> {
+        let mut core = self.core()?;
+        self.check_follower(&core)?;
+        let log_end = self.with_log(|log| {
+            log.truncate_fully_and_start_at(offset)?;
+            Ok(log.log_end_offset())
+        })?;
+        let commands = self.step(&mut core, now_ms, Event::Truncated { log_end });
+        drop(core);
+        self.log_end.send_replace(log_end);
+        let _ = self.flushed.send_replace(Ok(log_end));
+        Ok(commands)
+    }
+
+    /// A follower's append of batches fetched from the leader, stored byte for byte. When
+    /// fsync is required the batches are fsynced before this returns, so the follower's next
+    /// fetch offset tells the leader they are durable here. Then the leader's high watermark
+    /// is taken in. Blocking disk work (the fsync): run it on the blocking pool.
+    pub fn append_from_leader(
+        &self,
+        records: &[u8],
+        leader_high_watermark: Offset,
+        now_ms: i64,
+    ) -> Result<Vec<Command>, ReplicaError> {
+        let mut core = self.core()?;
+        self.check_follower(&core)?;
+        let (appended, log_end) = {
+            let mut guard = self.lock()?;
+            let log = guard
+                .as_mut()
+                .ok_or_else(|| ReplicaError::Closed(self.tp.clone()))?;
+            let appended =
+                log.append_as_follower(records, now_ms)
+                    .map_err(|source| match source {
+                        FollowerAppendError::Log(e) => ReplicaError::Log(e),
+                        other => ReplicaError::Diverged {
+                            tp: self.tp.clone(),
+                            source: other,
+                        },
+                    })?;
+            if appended.is_some() && self.policy.fsync_acks_all {
+                log.flush()?;
+            }
+            (appended, log.log_end_offset())
+        };
+        let mut commands = Vec::new();
+        if appended.is_some() {
+            commands.extend(self.step(&mut core, now_ms, Event::LogEndChanged { log_end }));
+            if self.policy.fsync_acks_all {
+                commands.extend(self.step(&mut core, now_ms, Event::Flushed { flushed: log_end }));
+                self.flushed.send_if_modified(|f| match f {
+                    Ok(offset) if *offset < log_end => {
+                        *offset = log_end;
+                        true
+                    }
+                    _ => false,
+                });
+            } else {
+                self.dirty.notify_one();
+            }
+        }
+        commands.extend(self.step(
+            &mut core,
+            now_ms,
+            Event::LeaderHighWatermark {
+                high_watermark: leader_high_watermark,
+            },
+        ));
+        drop(core);
+        self.log_end.send_replace(log_end);
+        Ok(commands)
     }
 
     pub fn log_start_offset(&self) -> Result<Offset, ReplicaError> {
         self.with_log(|log| Ok(log.log_start_offset()))
     }
 
-    pub fn set_config(&self, config: LogConfig) -> Result<(), ReplicaError> {
-        self.with_log(|log| {
-            log.set_config(config);
-            Ok(())
-        })
+    /// Writes the published high watermark to `high-watermark` if it moved since the last
+    /// checkpoint (temp + fsync + rename + fsync dir). Blocking.
+    pub fn checkpoint_high_watermark(&self) -> std::io::Result<()> {
+        if !self.checkpoint_due.swap(false, Ordering::Relaxed) {
+            return Ok(());
+        }
+        let hw = self.high_watermark();
+        let result = spate_log::write_atomic(
+            &self.dir,
+            HIGH_WATERMARK_FILE,
+            format!("{}\n", hw.0).as_bytes(),
+        );
+        if result.is_err() {
+            self.checkpoint_due.store(true, Ordering::Relaxed);
+        }
+        result
     }
 
     /// One compaction pass (see `spate_log::compaction`). Blocking: run it on a blocking
@@ -224,7 +788,8 @@ impl Partition {
         Ok(commit.persist()?)
     }
 
-    /// Fsyncs everything and stops the flusher; later calls get [`ReplicaError::Closed`].
+    /// Fsyncs everything, checkpoints the high watermark and stops the flusher; later calls
+    /// get [`ReplicaError::Closed`].
     pub fn close(&self) -> Result<Option<PartitionLog>, ReplicaError> {
         let mut guard = self.lock()?;
         let taken = guard.take();
@@ -234,27 +799,31 @@ impl Partition {
             log.flush()?;
             let flushed = log.flushed_offset();
             let _ = self.flushed.send_replace(Ok(flushed));
+            self.checkpoint_due.store(true, Ordering::Relaxed);
+            if let Err(e) = self.checkpoint_high_watermark() {
+                tracing::warn!(partition = %self.tp, error = %e, "high watermark checkpoint failed at close");
+            }
             return Ok(Some(log));
         }
         Ok(None)
     }
 
     /// One flush pass: fsyncs what was written so far, outside the lock, then publishes the
-    /// log's flushed offset. The log may also have become durable further without this pass
-    /// (a segment roll fsyncs the outgoing segment, e.g. when retention rolls an expired active
-    /// segment), so the offset is always read back from the log rather than taken from the
-    /// sync target.
-    async fn flush_once(&self) -> Result<(), String> {
+    /// log's flushed offset and tells the core. The log may also have become durable further
+    /// without this pass (a segment roll fsyncs the outgoing segment), so the offset is always
+    /// read back from the log rather than taken from the sync target.
+    async fn flush_once(&self) -> Result<(), FlushFailure> {
+        let failure = |e: &dyn std::fmt::Display| FlushFailure(e.to_string());
         let target = match self.lock() {
             Ok(guard) => guard.as_ref().and_then(|log| log.sync_target()),
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(failure(&e)),
         };
         if let Some(target) = target {
             let offset = target.offset;
             tokio::task::spawn_blocking(move || target.sync())
                 .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| failure(&e))?
+                .map_err(|e| failure(&e))?;
             if let Ok(mut guard) = self.lock() {
                 if let Some(log) = guard.as_mut() {
                     log.mark_flushed(offset);
@@ -263,7 +832,7 @@ impl Partition {
         }
         let flushed = match self.lock() {
             Ok(guard) => guard.as_ref().map(|log| log.flushed_offset()),
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(failure(&e)),
         };
         if let Some(offset) = flushed {
             self.flushed.send_if_modified(|flushed| match flushed {
@@ -273,8 +842,25 @@ impl Partition {
                 }
                 _ => false,
             });
+            if let Ok(mut core) = self.core() {
+                // Commands from a flush are only high watermark moves, handled in `step`.
+                let _ = self.step(&mut core, 0, Event::Flushed { flushed: offset });
+            }
         }
         Ok(())
+    }
+}
+
+/// Reads the high watermark checkpoint, if there is one.
+fn read_high_watermark(dir: &Path) -> std::io::Result<Option<Offset>> {
+    match std::fs::read_to_string(dir.join(HIGH_WATERMARK_FILE)) {
+        Ok(text) => text
+            .trim()
+            .parse::<i64>()
+            .map(|v| Some(Offset(v)))
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
     }
 }
 
@@ -297,9 +883,9 @@ async fn flusher(partition: std::sync::Weak<Partition>, mut closing: watch::Rece
                 _ = closing.changed() => return,
             }
         }
-        if let Err(reason) = p.flush_once().await {
-            tracing::error!(partition = %p.tp, %reason, "fsync failed; acks=all writes to this partition will fail");
-            let _ = p.flushed.send_replace(Err(reason));
+        if let Err(failure) = p.flush_once().await {
+            tracing::error!(partition = %p.tp, %failure, "fsync failed; acks=all writes to this partition will fail");
+            let _ = p.flushed.send_replace(Err(failure));
             return;
         }
         drop(p);
@@ -309,6 +895,7 @@ async fn flusher(partition: std::sync::Weak<Partition>, mut closing: watch::Rece
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::Command;
 
     /// One uncompressed v2 batch with a single record holding `value`.
     fn batch(value: &[u8], timestamp_ms: i64) -> Vec<u8> {
@@ -352,16 +939,46 @@ mod tests {
         out
     }
 
-    fn open(dir: &Path, config: LogConfig) -> Arc<Partition> {
-        Partition::open(
+    const LOCAL: NodeId = NodeId(1);
+    const OTHER: NodeId = NodeId(2);
+
+    fn settings() -> ReplicaSettings {
+        ReplicaSettings {
+            local: LOCAL,
+            replica_lag_time_max_ms: 10_000,
+            min_insync_replicas: 1,
+            fsync_required: true,
+        }
+    }
+
+    fn state(leader: NodeId, epoch: i32, replicas: &[NodeId], isr: &[NodeId]) -> LeaderAndIsr {
+        LeaderAndIsr {
+            leader: Some(leader),
+            leader_epoch: LeaderEpoch(epoch),
+            partition_epoch: epoch,
+            replicas: replicas.to_vec(),
+            isr: isr.to_vec(),
+        }
+    }
+
+    fn open_as(dir: &Path, config: LogConfig, state: LeaderAndIsr) -> Arc<Partition> {
+        let p = Partition::open(
             dir,
             TopicPartition::new("t", 0),
+            uuid::Uuid::from_u128(7),
             config,
-            LeaderEpoch(0),
+            settings(),
             FlushPolicy::default(),
             0,
         )
-        .expect("open")
+        .expect("open");
+        p.apply(state, 0).expect("apply");
+        p
+    }
+
+    /// A single-replica leader, as a one-node cluster has.
+    fn open(dir: &Path, config: LogConfig) -> Arc<Partition> {
+        open_as(dir, config, state(LOCAL, 0, &[LOCAL], &[LOCAL]))
     }
 
     #[tokio::test]
@@ -371,15 +988,18 @@ mod tests {
         let mut waits = Vec::new();
         for i in 0..20 {
             let mut b = batch(format!("v{i}").as_bytes(), 1_000);
-            let AppendOutcome::Appended(info) = p.append(&mut b, 1_000).expect("append") else {
-                panic!("not a duplicate")
-            };
-            waits.push(info.last_offset);
+            let receipt = p.append(&mut b, true, 1_000).expect("append");
+            assert!(!receipt.duplicate);
+            waits.push(receipt.last_offset);
         }
-        assert_eq!(p.high_watermark(), Offset(20));
-        let all = join_in_order(waits.iter().map(|o| p.wait_durable(*o)).collect()).await;
-        assert!(all.iter().all(Result::is_ok));
+        let all = join_in_order(waits.iter().map(|o| p.wait_acks_all(*o)).collect()).await;
+        assert!(all.iter().all(Result::is_ok), "{all:?}");
         assert!(p.with_log(|l| Ok(l.flushed_offset())).expect("log") >= Offset(20));
+        assert_eq!(
+            p.high_watermark(),
+            Offset(20),
+            "single replica: the fsynced log end"
+        );
     }
 
     #[tokio::test]
@@ -393,9 +1013,7 @@ mod tests {
         };
         let p = open(dir.path(), config);
         let mut b = batch(b"old", 1_000);
-        let AppendOutcome::Appended(info) = p.append(&mut b, 1_000).expect("append") else {
-            panic!("not a duplicate")
-        };
+        let info = p.append(&mut b, true, 1_000).expect("append");
         p.with_log(|log| log.apply_retention(1_000_000))
             .expect("retention");
         tokio::time::timeout(Duration::from_secs(10), p.wait_durable(info.last_offset))
@@ -411,7 +1029,7 @@ mod tests {
         p.close().expect("close");
         let mut b = batch(b"late", 1_000);
         assert!(matches!(
-            p.append(&mut b, 1_000),
+            p.append(&mut b, true, 1_000),
             Err(ReplicaError::Closed(_))
         ));
     }
@@ -461,8 +1079,11 @@ mod tests {
         let p = open(dir.path(), config);
         for (i, v) in [b"a", b"b", b"c", b"d"].iter().enumerate() {
             let now = 1_000 + i as i64 * 10;
-            p.append(&mut keyed(b"k", *v), now).expect("append");
+            p.append(&mut keyed(b"k", *v), false, now).expect("append");
         }
+        p.wait_acks_all(Offset(3))
+            .await
+            .expect("durable: compaction stays below the HW");
         // A read planned before the pass still loads the old bytes after it.
         let before = p.read(Offset(0), 1 << 20, true).expect("read");
         let p2 = p.clone();
@@ -473,7 +1094,7 @@ mod tests {
                 .expect("compact");
         assert!(matches!(outcome, CompactionOutcome::Compacted(s) if s.records_removed == 2));
         assert!(!before.plan.load().expect("old plan").is_empty());
-        p.append(&mut keyed(b"k", b"e"), 3_000)
+        p.append(&mut keyed(b"k", b"e"), false, 3_000)
             .expect("append after");
         let read = p.read(Offset(0), 1 << 20, true).expect("read");
         let batches = spate_log::validate_batches(&read.plan.load().expect("load"), 1 << 20);
@@ -483,7 +1104,198 @@ mod tests {
             Offset(2),
             "offsets 0 and 1 were superseded"
         );
+        p.wait_acks_all(Offset(4)).await.expect("durable");
         assert_eq!(p.high_watermark(), Offset(5));
+    }
+
+    #[tokio::test]
+    async fn acks_all_waits_for_the_follower_to_fetch_past_the_batch() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = open_as(
+            dir.path(),
+            LogConfig::default(),
+            state(LOCAL, 3, &[LOCAL, OTHER], &[LOCAL, OTHER]),
+        );
+        let receipt = p
+            .append(&mut batch(b"a", 1_000), true, 1_000)
+            .expect("append");
+        assert_eq!(receipt.last_offset, Offset(0));
+        p.wait_durable(receipt.last_offset)
+            .await
+            .expect("leader fsync");
+        assert_eq!(p.high_watermark(), Offset(0), "the follower holds it back");
+        let waiter = {
+            let p = p.clone();
+            tokio::spawn(async move { p.wait_acks_all(Offset(0)).await })
+        };
+        // A fetch at offset 0 says the follower has nothing yet: the batch is served.
+        let (read, _) = p
+            .read_for_follower(OTHER, Some(LeaderEpoch(3)), Offset(0), 1 << 20, 1_100)
+            .expect("follower read");
+        assert!(
+            !read.plan.load().expect("load").is_empty(),
+            "reads past the HW"
+        );
+        assert_eq!(p.high_watermark(), Offset(0));
+        assert!(!waiter.is_finished());
+        // Its next fetch at 1 says offset 0 is durable there: the HW passes it, acks=all done.
+        p.read_for_follower(OTHER, Some(LeaderEpoch(3)), Offset(1), 1 << 20, 1_200)
+            .expect("follower read");
+        assert_eq!(p.high_watermark(), Offset(1));
+        tokio::time::timeout(Duration::from_secs(10), waiter)
+            .await
+            .expect("released")
+            .expect("join")
+            .expect("acked");
+        // A leader's log is never truncated from a (late) fetcher round.
+        assert!(matches!(
+            p.truncate_to(Offset(0), 1_300),
+            Err(ReplicaError::NotLeader { .. })
+        ));
+        assert_eq!(p.high_watermark(), Offset(1));
+        // Stale and foreign fetches are refused.
+        assert!(matches!(
+            p.read_for_follower(OTHER, Some(LeaderEpoch(2)), Offset(1), 1, 1_300),
+            Err(ReplicaError::FencedLeaderEpoch { .. })
+        ));
+        assert!(matches!(
+            p.read_for_follower(NodeId(9), Some(LeaderEpoch(3)), Offset(1), 1, 1_300),
+            Err(ReplicaError::NotReplica { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn losing_leadership_fails_waiters_and_refuses_appends_with_the_new_leader() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = open_as(
+            dir.path(),
+            LogConfig::default(),
+            state(LOCAL, 3, &[LOCAL, OTHER], &[LOCAL, OTHER]),
+        );
+        let receipt = p
+            .append(&mut batch(b"a", 1_000), true, 1_000)
+            .expect("append");
+        let waiter = {
+            let p = p.clone();
+            tokio::spawn(async move { p.wait_acks_all(receipt.last_offset).await })
+        };
+        let commands = p
+            .apply(state(OTHER, 4, &[LOCAL, OTHER], &[OTHER]), 2_000)
+            .expect("apply");
+        assert_eq!(
+            commands,
+            vec![Command::BecomeFollower {
+                leader: OTHER,
+                leader_epoch: LeaderEpoch(4)
+            }]
+        );
+        let result = tokio::time::timeout(Duration::from_secs(10), waiter)
+            .await
+            .expect("released")
+            .expect("join");
+        assert!(
+            matches!(
+                result,
+                Err(ReplicaError::NotLeader {
+                    leader: Some(OTHER),
+                    ..
+                })
+            ),
+            "{result:?}"
+        );
+        assert!(matches!(
+            p.append(&mut batch(b"b", 1_000), false, 2_000),
+            Err(ReplicaError::NotLeader {
+                leader: Some(OTHER),
+                leader_epoch: LeaderEpoch(4),
+                ..
+            })
+        ));
+    }
+
+    #[tokio::test]
+    async fn acks_all_needs_min_insync_replicas() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = LogConfig {
+            min_insync_replicas: 2,
+            ..LogConfig::default()
+        };
+        let p = open_as(
+            dir.path(),
+            config,
+            state(LOCAL, 1, &[LOCAL, OTHER], &[LOCAL]),
+        );
+        assert!(matches!(
+            p.append(&mut batch(b"a", 1_000), true, 1_000),
+            Err(ReplicaError::NotEnoughReplicas {
+                isr: 1,
+                required: 2,
+                ..
+            })
+        ));
+        assert_eq!(
+            p.with_log(|l| Ok(l.log_end_offset())).expect("log"),
+            Offset(0),
+            "nothing written"
+        );
+        p.append(&mut batch(b"a", 1_000), false, 1_000)
+            .expect("acks=1 is not affected");
+    }
+
+    #[tokio::test]
+    async fn a_follower_stores_the_leaders_batches_and_takes_in_its_high_watermark() {
+        let leader_dir = tempfile::tempdir().expect("tempdir");
+        let leader = open(leader_dir.path(), LogConfig::default());
+        for v in [b"a", b"b", b"c"] {
+            leader
+                .append(&mut batch(v, 1_000), true, 1_000)
+                .expect("append");
+        }
+        leader.wait_acks_all(Offset(2)).await.expect("durable");
+        let bytes = leader
+            .read(Offset(0), 1 << 20, true)
+            .expect("read")
+            .plan
+            .load()
+            .expect("load");
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let f = open_as(
+            dir.path(),
+            LogConfig::default(),
+            state(OTHER, 0, &[OTHER, LOCAL], &[OTHER, LOCAL]),
+        );
+        assert!(matches!(
+            f.append(&mut batch(b"x", 1_000), false, 1_000),
+            Err(ReplicaError::NotLeader { .. })
+        ));
+        f.append_from_leader(&bytes, Offset(2), 1_000)
+            .expect("follower append");
+        let position = f.follower_position().expect("position");
+        assert_eq!(position.log_end, Offset(3));
+        assert_eq!(position.last_epoch, Some(LeaderEpoch(0)));
+        assert_eq!(
+            f.high_watermark(),
+            Offset(2),
+            "the leader's, capped by the log end"
+        );
+        assert!(
+            f.with_log(|l| Ok(l.flushed_offset())).expect("log") >= Offset(3),
+            "fsynced before the next fetch"
+        );
+        // Truncation to the leader's end offset.
+        f.truncate_to(Offset(2), 1_100).expect("truncate");
+        assert_eq!(f.follower_position().expect("position").log_end, Offset(2));
+
+        // The high watermark is checkpointed at close and comes back at open.
+        f.close().expect("close");
+        drop(f);
+        let reopened = open_as(
+            dir.path(),
+            LogConfig::default(),
+            state(OTHER, 0, &[OTHER, LOCAL], &[OTHER, LOCAL]),
+        );
+        assert_eq!(reopened.high_watermark(), Offset(2));
     }
 
     async fn join_in_order<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {

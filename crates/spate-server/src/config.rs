@@ -403,6 +403,11 @@ fn group_config(
                 as usize,
             offsets_retention_ms: num("offsets.retention.minutes", 1, i64::MAX / 60_000)? * 60_000,
         },
+        offsets_topic_replication_factor: num(
+            "offsets.topic.replication.factor",
+            1,
+            i16::MAX as i64,
+        )? as i16,
         offsets_topic_partitions: num(
             "offsets.topic.num.partitions",
             1,

@@ -11,7 +11,7 @@ use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
 use spate_controller::{BrokerEndpoint, Controller, ControllerConfig};
 use spate_kafka::{Broker, BrokerConfig};
-use spate_replica::{FlushPolicy, ReplicaManager};
+use spate_replica::{FetcherSettings, FlushPolicy, ReplicaManager, ReplicationSettings};
 use spate_types::NodeId;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -107,7 +107,32 @@ impl Node {
             interval: config.flush_interval,
             fsync_acks_all: config.acks_all_fsync,
         };
-        let replicas = Arc::new(ReplicaManager::new(config.data_dir.join("logs"), policy));
+        let replication = ReplicationSettings {
+            node: node_id,
+            replica_lag_time_max_ms: i64::try_from(cluster.replica_lag_time_max_ms)
+                .unwrap_or(i64::MAX),
+            fetch: FetcherSettings {
+                max_wait_ms: i32::try_from(cluster.replica_fetch_wait_max_ms).unwrap_or(i32::MAX),
+                partition_max_bytes: i32::try_from(cluster.replica_fetch_max_bytes)
+                    .unwrap_or(i32::MAX),
+                response_max_bytes: i32::try_from(cluster.replica_fetch_response_max_bytes)
+                    .unwrap_or(i32::MAX),
+                ..FetcherSettings::default()
+            },
+        };
+        let (replicas, isr_proposals) =
+            ReplicaManager::new(config.data_dir.join("logs"), policy, replication);
+        // The first reconciliation (recovering every hosted partition) happens before serving.
+        let image = controller.image();
+        crate::reconciler::reconcile(
+            node_id,
+            &replicas,
+            &config.log_defaults,
+            &image,
+            spate_kafka::now_ms(),
+        );
+        replicas.remove_orphans();
+        let (reconciled, reconciled_rx) = watch::channel(image.last_applied_index);
         let (shutdown, shutdown_rx) = watch::channel(false);
         let broker = Broker::new(
             BrokerConfig {
@@ -123,17 +148,41 @@ impl Node {
                 queued_request_bytes_max: config.queued_request_bytes_max,
                 log_defaults: config.log_defaults.clone(),
                 delete_topic_enable: config.delete_topic_enable,
-                groups: config.groups.clone(),
+                groups: spate_kafka::GroupConfig {
+                    offsets_topic_replication_factor: cluster.offsets_topic_replication_factor,
+                    ..config.groups.clone()
+                },
             },
-            controller,
+            controller.clone(),
             replicas.clone(),
+            reconciled_rx,
             shutdown_rx.clone(),
         );
-        spate_kafka::sync_metadata_at_start(&broker);
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(crate::reconciler::follow(
+            broker.clone(),
+            reconciled,
+            shutdown_rx.clone(),
+        )));
+        tasks.push(tokio::spawn(crate::reconciler::propose_isr_changes(
+            controller.clone(),
+            replicas.clone(),
+            isr_proposals,
+            shutdown_rx.clone(),
+        )));
+        tasks.push(tokio::spawn(crate::reconciler::replica_ticks(
+            replicas.clone(),
+            shutdown_rx.clone(),
+        )));
+        if cluster.auto_leader_rebalance {
+            tasks.push(tokio::spawn(crate::reconciler::rebalance_leaders(
+                controller.clone(),
+                cluster.leader_imbalance_check_interval,
+                shutdown_rx.clone(),
+            )));
+        }
         spate_kafka::start_groups_if_present(&broker).await;
 
-        let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(spate_kafka::follow_metadata(broker.clone())));
         tasks.push(tokio::spawn(retention(
             replicas.clone(),
             config.retention_check_interval,
@@ -179,7 +228,13 @@ impl Node {
     /// requests, fsyncs every partition, stops Raft.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         let controller = &self.broker.controller;
-        if controller.image().brokers.len() > 1 {
+        let node = controller.node();
+        // Leaderships can only move to another live broker; the last one just stops.
+        if controller
+            .image()
+            .alive_brokers()
+            .any(|(id, _)| *id != node)
+        {
             let timeout = self.controlled_shutdown_timeout;
             if controller.controlled_shutdown(timeout).await {
                 tracing::info!("controlled shutdown: leaderships moved to other replicas");
@@ -195,7 +250,7 @@ impl Node {
         for task in self.tasks {
             let _ = task.await;
         }
-        let failures = self.broker.replicas.close_all();
+        let failures = self.broker.replicas.close_all().await;
         for (tp, e) in &failures {
             tracing::error!(partition = %tp, error = %e, "failed to flush partition at shutdown");
         }

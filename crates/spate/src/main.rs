@@ -1,7 +1,9 @@
-//! The `spate` binary: `spate serve` runs a node; `spate topic` and `spate group` manage
-//! topics and inspect consumer groups on any Kafka-compatible broker.
+//! The `spate` binary: `spate serve` runs a node, `spate dev` a local cluster; `spate topic`
+//! and `spate group` manage topics and inspect consumer groups on any Kafka-compatible broker.
 
 mod cli;
+mod cluster;
+mod dev;
 #[cfg(test)]
 mod fake_broker;
 mod group;
@@ -26,12 +28,17 @@ struct Cli {
 enum Command {
     /// Run a node (single-node cluster by default), data in ./spate-data.
     Serve(ServeArgs),
+    /// A local cluster: N `spate serve` processes on 127.0.0.1, data in ./spate-dev.
+    Dev(dev::DevArgs),
     /// Topics: create, list, describe, delete, alter configs.
     #[command(subcommand)]
     Topic(topic::TopicCommand),
     /// Consumer groups: list them, describe one with its members and lag.
     #[command(subcommand)]
     Group(group::GroupCommand),
+    /// Cluster health: nodes, controller quorum, partitions (exits 2 when unhealthy).
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
 }
 
 #[derive(clap::Args)]
@@ -48,6 +55,16 @@ struct ServeArgs {
     /// Address of the HTTP listener for /metrics and /health (setting http.listen).
     #[arg(long)]
     http_listen: Option<String>,
+    /// This node's id (setting node.id).
+    #[arg(long)]
+    node_id: Option<String>,
+    /// The controller voters, id@host:port,... the same on every node (setting
+    /// controller.quorum.voters).
+    #[arg(long)]
+    controller_voters: Option<String>,
+    /// Address of the controller listener (setting controller.listen).
+    #[arg(long)]
+    controller_listen: Option<String>,
     /// Any setting, e.g. --set num.partitions=3 (repeatable; beats the file and environment).
     #[arg(long = "set", value_name = "NAME=VALUE")]
     set: Vec<String>,
@@ -55,7 +72,7 @@ struct ServeArgs {
 
 fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SPATE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=error"));
     use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -71,8 +88,16 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Dev(args) => match dev::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Topic(command) => print(topic::run(command)),
         Command::Group(command) => print(group::run(command)),
+        Command::Cluster(command) => cluster::run(command),
     }
 }
 
@@ -98,6 +123,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ("data.dir", args.data_dir),
         ("kafka.listen", args.kafka_listen),
         ("http.listen", args.http_listen),
+        ("node.id", args.node_id),
+        ("controller.quorum.voters", args.controller_voters),
+        ("controller.listen", args.controller_listen),
     ] {
         if let Some(value) = value {
             overrides.push((name.to_owned(), value));

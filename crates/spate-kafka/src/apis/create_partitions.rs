@@ -8,7 +8,6 @@ use super::{Reply, RequestContext};
 use crate::broker::Broker;
 use crate::configs;
 use crate::errors;
-use crate::metadata_sync::apply_image;
 use crate::topics::ApiError;
 use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
@@ -81,7 +80,7 @@ async fn grow(
             .map(|p| p.broker_ids.iter().map(|b| b.0).collect())
             .collect()
     });
-    let brokers: Vec<NodeId> = image.brokers.keys().copied().collect();
+    let brokers: Vec<NodeId> = image.alive_brokers().map(|(id, _)| *id).collect();
     check_growth(name, topic, request.count, lists.as_deref(), &brokers)?;
     if validate_only {
         return Ok(());
@@ -96,7 +95,7 @@ async fn grow(
         .map_err(|e| ApiError::new(errors::controller_error(&e), e.to_string()))?;
     match outcome {
         MetadataOutcome::PartitionsCreated => {
-            apply_image(broker, &broker.image());
+            broker.wait_reconciled().await;
             tracing::info!(
                 topic = name,
                 partitions = request.count,

@@ -111,7 +111,7 @@ async fn create(
                 )
             })
             .collect();
-        let brokers: Vec<NodeId> = image.brokers.keys().copied().collect();
+        let brokers: Vec<NodeId> = image.alive_brokers().map(|(id, _)| *id).collect();
         resolve_assignments(
             topic.num_partitions,
             topic.replication_factor,

@@ -8,7 +8,6 @@ use super::{Reply, RequestContext};
 use crate::broker::Broker;
 use crate::configs;
 use crate::errors;
-use crate::metadata_sync::apply_image;
 use crate::topics::{topic_name, ApiError};
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::{DeleteTopicsRequest, DeleteTopicsResponse};
@@ -129,7 +128,7 @@ pub(crate) async fn handle(
         }
     }
     if !deleted.is_empty() {
-        apply_image(broker, &broker.image());
+        broker.wait_reconciled().await;
         crate::groups::forget_deleted_topics(broker).await;
     }
     Reply::Now(DeleteTopicsResponse::default().with_responses(responses))

@@ -32,20 +32,29 @@ pub(crate) async fn handle(
         );
     }
     let image = broker.image();
+    // Fenced brokers only when asked (v2, KIP-1073), marked as such.
     let brokers = image
         .brokers
         .iter()
+        .filter(|(id, _)| request.include_fenced_brokers || !image.fenced.contains(id))
         .map(|(id, endpoint)| {
             DescribeClusterBroker::default()
                 .with_broker_id(BrokerId(id.0))
                 .with_host(StrBytes::from_string(endpoint.host.clone()))
                 .with_port(i32::from(endpoint.port))
                 .with_rack(endpoint.rack.clone().map(StrBytes::from_string))
+                .with_is_fenced(image.fenced.contains(id))
         })
         .collect();
+    // The active controller now, not the one that wrote the last applied entry.
+    let controller = broker
+        .controller
+        .leader()
+        .or(image.controller_id)
+        .map_or(-1, |c| c.0);
     Reply::Now(
         response
-            .with_controller_id(BrokerId(image.controller_id.map(|c| c.0).unwrap_or(-1)))
+            .with_controller_id(BrokerId(controller))
             .with_brokers(brokers),
     )
 }

@@ -1,17 +1,25 @@
-//! Fetch: serves stored batches up to the high watermark, long-polling until `min_bytes` are
-//! available or `max_wait_ms` passes. A waiting fetch wakes as soon as any of its partitions'
-//! high watermark moves, not when the wait expires.
+//! Fetch: serves stored batches, long-polling until `min_bytes` are available or `max_wait_ms`
+//! passes, from the partition leader only.
+//!
+//! - A consumer reads up to the high watermark (durable on every in-sync replica); its wait
+//!   wakes as soon as any of its partitions' high watermark moves.
+//! - A follower (a request with a replica id, KIP-392's `ReplicaState` from v15) reads up to
+//!   the log end; its fetch offset tells the leader what it holds durably, which may move the
+//!   high watermark; its wait wakes when the leader's log end moves.
+//! - A refusal from a replica that is not the leader names the leader (`current_leader`, v12+).
 
 use super::{Reply, RequestContext};
 use crate::broker::Broker;
 use crate::errors;
 use bytes::Bytes;
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::fetch_response::{
+    FetchableTopicResponse, LeaderIdAndEpoch, PartitionData,
+};
 use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, TopicName};
 use kafka_protocol::protocol::VersionRange;
 use kafka_protocol::ResponseError;
-use spate_replica::Partition;
-use spate_types::{Offset, TopicPartition};
+use spate_replica::{Partition, ReplicaManager};
+use spate_types::{LeaderEpoch, NodeId, Offset, TopicPartition};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -22,6 +30,10 @@ pub(crate) const VERSIONS: VersionRange = VersionRange { min: 4, max: 16 };
 
 /// Fetch v13 (KIP-516) names topics by id.
 const TOPIC_ID_VERSION: i16 = 13;
+/// Fetch v15 (KIP-903) moved the replica id into `replica_state`.
+const REPLICA_STATE_VERSION: i16 = 15;
+/// Fetch v12 carries the leader beside NOT_LEADER_OR_FOLLOWER and FENCED_LEADER_EPOCH.
+const LEADER_HINT_VERSION: i16 = 12;
 /// Bound on how long a fetch may wait, whatever the client asks.
 const MAX_WAIT_CAP: Duration = Duration::from_secs(60);
 
@@ -39,6 +51,10 @@ struct Plan {
     topics: Vec<(TopicName, Uuid)>,
     wanted: Vec<Wanted>,
     max_bytes: usize,
+    /// The follower this fetch comes from; `None` for a consumer.
+    replica: Option<NodeId>,
+    replicas: Arc<ReplicaManager>,
+    version: i16,
 }
 
 pub(crate) async fn handle(
@@ -47,10 +63,18 @@ pub(crate) async fn handle(
     request: FetchRequest,
 ) -> Reply<FetchResponse> {
     let image = broker.image();
+    let replica_id = if ctx.version() >= REPLICA_STATE_VERSION {
+        request.replica_state.replica_id.0
+    } else {
+        request.replica_id.0
+    };
     let mut plan = Plan {
         topics: Vec::new(),
         wanted: Vec::new(),
         max_bytes: request.max_bytes.max(0) as usize,
+        replica: (replica_id >= 0).then_some(NodeId(replica_id)),
+        replicas: broker.replicas.clone(),
+        version: ctx.version(),
     };
     for topic in request.topics {
         let name = if ctx.version() >= TOPIC_ID_VERSION {
@@ -81,14 +105,18 @@ pub(crate) async fn handle(
         plan.topics.push((topic.topic, topic.topic_id));
     }
     // Subscribe before the first read so that no append between the read and the wait is missed.
+    let follower = plan.replica.is_some();
     let mut watches: Vec<watch::Receiver<Offset>> = plan
         .wanted
         .iter()
         .filter_map(|w| {
-            w.partition
-                .as_ref()
-                .ok()
-                .map(|p| p.subscribe_high_watermark())
+            w.partition.as_ref().ok().map(|p| {
+                if follower {
+                    p.subscribe_log_end()
+                } else {
+                    p.subscribe_high_watermark()
+                }
+            })
         })
         .collect();
     let (response, bytes, errors) = read_all(&plan);
@@ -149,7 +177,7 @@ fn read_all(plan: &Plan) -> (FetchResponse, usize, bool) {
     for wanted in &plan.wanted {
         let remaining = plan.max_bytes.saturating_sub(total);
         let budget = remaining.min(wanted.partition_max_bytes.max(0) as usize);
-        let data = read_partition(wanted, budget, total == 0);
+        let data = read_partition(plan, wanted, budget, total == 0);
         if data.error_code != 0 {
             any_error = true;
         }
@@ -165,7 +193,7 @@ fn read_all(plan: &Plan) -> (FetchResponse, usize, bool) {
     )
 }
 
-fn read_partition(wanted: &Wanted, budget: usize, first: bool) -> PartitionData {
+fn read_partition(plan: &Plan, wanted: &Wanted, budget: usize, first: bool) -> PartitionData {
     let data = PartitionData::default()
         .with_partition_index(wanted.partition_index)
         .with_high_watermark(-1)
@@ -178,23 +206,34 @@ fn read_partition(wanted: &Wanted, budget: usize, first: bool) -> PartitionData 
         Ok(p) => p,
         Err(code) => return data.with_error_code(code.code()),
     };
-    let epoch = partition.leader_epoch().0;
-    if wanted.current_leader_epoch >= 0 && wanted.current_leader_epoch != epoch {
-        let code = if wanted.current_leader_epoch < epoch {
-            ResponseError::FencedLeaderEpoch
-        } else {
-            ResponseError::UnknownLeaderEpoch
-        };
-        return data.with_error_code(code.code());
-    }
+    let epoch =
+        (wanted.current_leader_epoch >= 0).then_some(LeaderEpoch(wanted.current_leader_epoch));
+    let offset = Offset(wanted.fetch_offset);
     // KIP-74: the first partition with data returns at least one whole batch, so a batch
     // larger than the limits never stalls a consumer.
-    let read = partition
-        .read(Offset(wanted.fetch_offset), budget, first)
-        .and_then(|read| {
-            let bytes = read.plan.load().map_err(spate_replica::ReplicaError::Log)?;
-            Ok((bytes, read.high_watermark, read.log_start_offset))
-        });
+    let read = match plan.replica {
+        Some(replica) => plan.replicas.read_for_follower(
+            partition,
+            replica,
+            epoch,
+            offset,
+            budget,
+            crate::broker::now_ms(),
+        ),
+        None => partition.check_consumer(epoch).and_then(|()| {
+            let read = partition.read(offset, budget, first)?;
+            if read.plan.is_empty() && read.log_end_offset > read.high_watermark {
+                // Records written with acks=0/1 wait for their fsync to become visible; this
+                // consumer is waiting for them, so fsync now rather than at the flush interval.
+                partition.flush_soon();
+            }
+            Ok(read)
+        }),
+    }
+    .and_then(|read| {
+        let bytes = read.plan.load().map_err(spate_replica::ReplicaError::Log)?;
+        Ok((bytes, read.high_watermark, read.log_start_offset))
+    });
     match read {
         Ok((bytes, hw, log_start)) => data
             .with_high_watermark(hw.0)
@@ -207,10 +246,21 @@ fn read_partition(wanted: &Wanted, budget: usize, first: bool) -> PartitionData 
                 tracing::error!(partition = %partition.topic_partition(), error = %e, "fetch failed");
             }
             let log_start = partition.log_start_offset().map(|o| o.0).unwrap_or(-1);
-            data.with_error_code(code.code())
+            let mut data = data
+                .with_error_code(code.code())
                 .with_high_watermark(partition.high_watermark().0)
                 .with_last_stable_offset(partition.high_watermark().0)
-                .with_log_start_offset(log_start)
+                .with_log_start_offset(log_start);
+            if let (Some((leader, epoch)), true) =
+                (errors::leader_hint(&e), plan.version >= LEADER_HINT_VERSION)
+            {
+                data = data.with_current_leader(
+                    LeaderIdAndEpoch::default()
+                        .with_leader_id(BrokerId(leader.0))
+                        .with_leader_epoch(epoch.0),
+                );
+            }
+            data
         }
     }
 }

@@ -77,16 +77,13 @@ fn lookup(
         .replicas
         .get(tp)
         .ok_or(ResponseError::UnknownTopicOrPartition)?;
-    let epoch = partition.leader_epoch().0;
-    if request.current_leader_epoch >= 0 && request.current_leader_epoch != epoch {
-        return Err(if request.current_leader_epoch < epoch {
-            ResponseError::FencedLeaderEpoch
-        } else {
-            ResponseError::UnknownLeaderEpoch
-        });
-    }
-    let hw = partition.high_watermark().0;
     let map = |e: spate_replica::ReplicaError| errors::replica_error(&e);
+    // Only the leader answers, in the epoch the client names (if any).
+    let requested = (request.current_leader_epoch >= 0)
+        .then_some(spate_types::LeaderEpoch(request.current_leader_epoch));
+    partition.check_consumer(requested).map_err(map)?;
+    let epoch = partition.leader_epoch().0;
+    let hw = partition.high_watermark().0;
     match request.timestamp {
         LATEST => Ok((hw, -1, epoch)),
         EARLIEST | EARLIEST_LOCAL => Ok((partition.log_start_offset().map_err(map)?.0, -1, epoch)),

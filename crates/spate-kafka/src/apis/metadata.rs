@@ -1,4 +1,6 @@
-//! Metadata: brokers, topics and partition leadership, with auto-creation of topics.
+//! Metadata: the live brokers (unfenced, with their racks), topics and each partition's
+//! leader, leader epoch, replicas, ISR and offline replicas, with auto-creation of topics. A
+//! partition with no live in-sync replica answers LEADER_NOT_AVAILABLE with leader -1.
 
 use super::{Reply, RequestContext};
 use crate::broker::Broker;
@@ -43,8 +45,7 @@ pub(crate) async fn handle(
     }
     let image = broker.image();
     let brokers = image
-        .brokers
-        .iter()
+        .alive_brokers()
         .map(|(id, endpoint)| {
             MetadataResponseBroker::default()
                 .with_node_id(BrokerId(id.0))
@@ -53,7 +54,11 @@ pub(crate) async fn handle(
                 .with_rack(endpoint.rack.clone().map(StrBytes::from_string))
         })
         .collect();
-    let controller = image.controller_id.map(|id| id.0).unwrap_or(-1);
+    let controller = broker
+        .controller
+        .leader()
+        .or(image.controller_id)
+        .map_or(-1, |id| id.0);
     Reply::Now(
         MetadataResponse::default()
             .with_brokers(brokers)
@@ -70,13 +75,14 @@ fn all_topics(image: &MetadataImage) -> Vec<MetadataResponseTopic> {
     image
         .topics
         .iter()
-        .map(|(name, topic)| describe(name, topic))
+        .map(|(name, topic)| describe(image, name, topic))
         .collect()
 }
 
 async fn by_name(broker: &Broker, name: &str, allow_auto_create: bool) -> MetadataResponseTopic {
-    if let Some(topic) = broker.image().topics.get(name) {
-        return describe(name, topic);
+    let image = broker.image();
+    if let Some(topic) = image.topics.get(name) {
+        return describe(&image, name, topic);
     }
     let error = if let Err(reason) = spate_types::validate_topic_name(name) {
         tracing::debug!(topic = name, %reason, "metadata for invalid topic name");
@@ -89,14 +95,18 @@ async fn by_name(broker: &Broker, name: &str, allow_auto_create: bool) -> Metada
             configs: Default::default(),
         };
         match create_topic(broker, new_topic, false).await {
-            Ok(_) => match broker.image().topics.get(name) {
-                Some(topic) => return describe(name, topic),
-                None => ResponseError::LeaderNotAvailable,
-            },
+            Ok(_) => {
+                let image = broker.image();
+                match image.topics.get(name) {
+                    Some(topic) => return describe(&image, name, topic),
+                    None => ResponseError::LeaderNotAvailable,
+                }
+            }
             // Created concurrently by another request.
             Err(e) if e.code == ResponseError::TopicAlreadyExists => {
-                match broker.image().topics.get(name) {
-                    Some(topic) => return describe(name, topic),
+                let image = broker.image();
+                match image.topics.get(name) {
+                    Some(topic) => return describe(&image, name, topic),
                     None => ResponseError::LeaderNotAvailable,
                 }
             }
@@ -116,7 +126,7 @@ async fn by_name(broker: &Broker, name: &str, allow_auto_create: bool) -> Metada
 
 fn by_id(image: &MetadataImage, id: Uuid) -> MetadataResponseTopic {
     match image.topic_by_id(id) {
-        Some((name, topic)) => describe(name, topic),
+        Some((name, topic)) => describe(image, name, topic),
         None => MetadataResponseTopic::default()
             .with_error_code(ResponseError::UnknownTopicId.code())
             .with_topic_id(id)
@@ -124,18 +134,30 @@ fn by_id(image: &MetadataImage, id: Uuid) -> MetadataResponseTopic {
     }
 }
 
-fn describe(name: &str, topic: &TopicImage) -> MetadataResponseTopic {
+fn describe(image: &MetadataImage, name: &str, topic: &TopicImage) -> MetadataResponseTopic {
     let partitions = topic
         .partitions
         .iter()
         .enumerate()
         .map(|(index, p)| {
+            let error = if p.has_leader() {
+                0
+            } else {
+                ResponseError::LeaderNotAvailable.code()
+            };
             MetadataResponsePartition::default()
+                .with_error_code(error)
                 .with_partition_index(index as i32)
                 .with_leader_id(BrokerId(p.leader.0))
                 .with_leader_epoch(p.leader_epoch.0)
                 .with_replica_nodes(p.replicas.iter().map(|r| BrokerId(r.0)).collect())
                 .with_isr_nodes(p.isr.iter().map(|r| BrokerId(r.0)).collect())
+                .with_offline_replicas(
+                    p.offline_replicas(image)
+                        .iter()
+                        .map(|r| BrokerId(r.0))
+                        .collect(),
+                )
         })
         .collect();
     MetadataResponseTopic::default()

@@ -19,6 +19,7 @@ pub(crate) mod delete_topics;
 pub(crate) mod describe_cluster;
 pub(crate) mod describe_configs;
 pub(crate) mod describe_groups;
+pub(crate) mod describe_quorum;
 pub(crate) mod fetch;
 pub(crate) mod find_coordinator;
 pub(crate) mod heartbeat;
@@ -32,6 +33,7 @@ pub(crate) mod metadata;
 pub(crate) mod offset_commit;
 pub(crate) mod offset_delete;
 pub(crate) mod offset_fetch;
+pub(crate) mod offset_for_leader_epoch;
 pub(crate) mod produce;
 pub(crate) mod sync_group;
 
@@ -154,6 +156,7 @@ apis! {
     CreatePartitions => create_partitions(m::CreatePartitionsRequest),
     IncrementalAlterConfigs => incremental_alter_configs(m::IncrementalAlterConfigsRequest),
     DescribeCluster => describe_cluster(m::DescribeClusterRequest),
+    DescribeQuorum => describe_quorum(m::DescribeQuorumRequest),
     FindCoordinator => find_coordinator(m::FindCoordinatorRequest),
     JoinGroup => join_group(m::JoinGroupRequest),
     SyncGroup => sync_group(m::SyncGroupRequest),
@@ -165,6 +168,7 @@ apis! {
     DescribeGroups => describe_groups(m::DescribeGroupsRequest),
     DeleteGroups => delete_groups(m::DeleteGroupsRequest),
     OffsetDelete => offset_delete(m::OffsetDeleteRequest),
+    OffsetForLeaderEpoch => offset_for_leader_epoch(m::OffsetForLeaderEpochRequest),
 }
 
 fn unsupported(key: ApiKey, version: i16) -> DispatchError {

@@ -69,7 +69,7 @@ pub(crate) async fn handle(
             Ok(results) => results,
         };
         if let Some((partition, offset)) = outcome.durable {
-            if let Err(e) = partition.wait_durable(offset).await {
+            if let Err(e) = partition.wait_acks_all(offset).await {
                 tracing::warn!(error = %e, "offset commit not fsynced");
                 results
                     .iter_mut()

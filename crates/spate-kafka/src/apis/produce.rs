@@ -1,17 +1,22 @@
-//! Produce: validates and appends record batches as received; `acks=all` answers after the
-//! fsync that covers the batch (group-committed by the partition's flusher).
+//! Produce: validates and appends record batches as received, on the partition leader only;
+//! `acks=all` answers once the batch is below the high watermark (fsynced on every in-sync
+//! replica) with at least `min.insync.replicas` in sync. A refusal from a replica that is not
+//! the leader names the leader (KIP-951 `current_leader` and `node_endpoints`, v10+), so
+//! clients skip a metadata round trip.
 
 use super::{Reply, RequestContext};
 use crate::broker::{now_ms, Broker};
 use crate::errors;
 use bytes::BytesMut;
-use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
-use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+use kafka_protocol::messages::produce_response::{
+    LeaderIdAndEpoch, NodeEndpoint, PartitionProduceResponse, TopicProduceResponse,
+};
+use kafka_protocol::messages::{BrokerId, ProduceRequest, ProduceResponse};
 use kafka_protocol::protocol::{StrBytes, VersionRange};
 use kafka_protocol::ResponseError;
-use spate_log::AppendOutcome;
-use spate_replica::Partition;
-use spate_types::{Offset, TopicPartition};
+use spate_replica::{Partition, ReplicaError};
+use spate_types::{NodeId, Offset, TopicPartition};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +24,15 @@ pub(crate) const VERSIONS: VersionRange = VersionRange { min: 3, max: 13 };
 
 /// Produce v13 (KIP-516) names topics by id.
 const TOPIC_ID_VERSION: i16 = 13;
+/// Produce v10 (KIP-951) carries the new leader beside NOT_LEADER_OR_FOLLOWER.
+const LEADER_HINT_VERSION: i16 = 10;
+
+/// A refused partition: the code, a message, and the leader to try (KIP-951).
+type Refusal = (
+    ResponseError,
+    Option<String>,
+    Option<(NodeId, spate_types::LeaderEpoch)>,
+);
 
 pub(crate) async fn handle(
     broker: &Arc<Broker>,
@@ -44,6 +58,7 @@ pub(crate) async fn handle(
     let mut responses = Vec::with_capacity(request.topic_data.len());
     let mut waits: Vec<(usize, usize, Arc<Partition>, Offset)> = Vec::new();
     let mut any_error = false;
+    let mut hinted: BTreeSet<NodeId> = BTreeSet::new();
     for topic in request.topic_data {
         let name = if ctx.version() >= TOPIC_ID_VERSION {
             image
@@ -56,12 +71,11 @@ pub(crate) async fn handle(
         for data in topic.partition_data {
             let response = PartitionProduceResponse::default().with_index(data.index);
             let outcome = match (&refuse_all, &name) {
-                (Some((code, message)), _) => Err((*code, Some(message.clone()))),
-                (None, None) => Err((ResponseError::UnknownTopicId, None)),
+                (Some((code, message)), _) => Err((*code, Some(message.clone()), None)),
+                (None, None) => Err((ResponseError::UnknownTopicId, None, None)),
                 (None, Some(name)) => {
                     let tp = TopicPartition::new(name.clone(), data.index);
-                    enough_replicas(broker, &image, &tp, acks)
-                        .and_then(|()| append(broker, tp, data.records, now))
+                    append(broker, tp, data.records, acks == -1, now)
                 }
             };
             let response = match outcome {
@@ -74,14 +88,25 @@ pub(crate) async fn handle(
                         .with_log_append_time_ms(-1)
                         .with_log_start_offset(log_start.0)
                 }
-                Err((code, message)) => {
+                Err((code, message, hint)) => {
                     any_error = true;
-                    response
+                    let mut response = response
                         .with_error_code(code.code())
                         .with_base_offset(-1)
                         .with_log_append_time_ms(-1)
                         .with_log_start_offset(-1)
-                        .with_error_message(message.map(StrBytes::from_string))
+                        .with_error_message(message.map(StrBytes::from_string));
+                    if let (Some((leader, epoch)), true) =
+                        (hint, ctx.version() >= LEADER_HINT_VERSION)
+                    {
+                        response = response.with_current_leader(
+                            LeaderIdAndEpoch::default()
+                                .with_leader_id(BrokerId(leader.0))
+                                .with_leader_epoch(epoch.0),
+                        );
+                        hinted.insert(leader);
+                    }
+                    response
                 }
             };
             partitions.push(response);
@@ -93,7 +118,21 @@ pub(crate) async fn handle(
                 .with_partition_responses(partitions),
         );
     }
-    let mut response = ProduceResponse::default().with_responses(responses);
+    let endpoints = hinted
+        .iter()
+        .filter_map(|id| {
+            image.brokers.get(id).map(|e| {
+                NodeEndpoint::default()
+                    .with_node_id(BrokerId(id.0))
+                    .with_host(StrBytes::from_string(e.host.clone()))
+                    .with_port(i32::from(e.port))
+                    .with_rack(e.rack.clone().map(StrBytes::from_string))
+            })
+        })
+        .collect();
+    let mut response = ProduceResponse::default()
+        .with_responses(responses)
+        .with_node_endpoints(endpoints);
     match acks {
         0 if any_error => {
             Reply::Close("acks=0 produce failed; closing so the client notices".into())
@@ -106,7 +145,7 @@ pub(crate) async fn handle(
                 let results = tokio::time::timeout(
                     timeout,
                     futures::future::join_all(
-                        waits.iter().map(|(_, _, p, last)| p.wait_durable(*last)),
+                        waits.iter().map(|(_, _, p, last)| p.wait_acks_all(*last)),
                     ),
                 )
                 .await;
@@ -114,7 +153,8 @@ pub(crate) async fn handle(
                     let error = match &results {
                         Err(_) => Some((
                             ResponseError::RequestTimedOut,
-                            "fsync did not complete within timeout_ms".to_owned(),
+                            "the in-sync replicas did not all fsync the batch within timeout_ms"
+                                .to_owned(),
                         )),
                         Ok(all) => all[index]
                             .as_ref()
@@ -134,88 +174,59 @@ pub(crate) async fn handle(
     }
 }
 
-/// `acks=all` needs at least `min.insync.replicas` in-sync replicas (Kafka:
-/// NOT_ENOUGH_REPLICAS, nothing written); `acks=0/1` are not affected.
-fn enough_replicas(
-    broker: &Broker,
-    image: &spate_controller::MetadataImage,
-    tp: &TopicPartition,
-    acks: i16,
-) -> Result<(), (ResponseError, Option<String>)> {
-    if acks != -1 {
-        return Ok(());
-    }
-    let Some(partition) = broker.replicas.get(tp) else {
-        return Ok(());
-    };
-    let required = partition
-        .with_log(|log| Ok(log.config().min_insync_replicas))
-        .unwrap_or(1);
-    let in_sync = image
-        .topics
-        .get(&tp.topic)
-        .and_then(|t| t.partitions.get(tp.partition as usize))
-        .map_or(0, |p| p.isr.len());
-    if (in_sync as i64) < i64::from(required) {
-        return Err((
-            ResponseError::NotEnoughReplicas,
-            Some(format!(
-                "{in_sync} in-sync replicas, min.insync.replicas is {required}"
-            )),
-        ));
-    }
-    Ok(())
-}
-
-type AppendResult =
-    Result<(Arc<Partition>, Offset, Offset, Offset), (ResponseError, Option<String>)>;
+type AppendResult = Result<(Arc<Partition>, Offset, Offset, Offset), Refusal>;
 
 fn append(
     broker: &Broker,
     tp: TopicPartition,
     records: Option<bytes::Bytes>,
+    acks_all: bool,
     now: i64,
 ) -> AppendResult {
     if tp.topic == spate_coordinator::OFFSETS_TOPIC {
         return Err((
             ResponseError::InvalidTopicException,
             Some(format!("cannot append to internal topic {}", tp.topic)),
+            None,
         ));
     }
     let Some(partition) = broker.replicas.get(&tp) else {
-        return Err((ResponseError::UnknownTopicOrPartition, None));
+        return Err((ResponseError::UnknownTopicOrPartition, None, None));
     };
     let Some(records) = records else {
         return Err((
             ResponseError::CorruptMessage,
             Some("record set is null".into()),
+            None,
         ));
     };
     // Offsets and the leader epoch are written into the batch header before it is stored.
     let mut buf = BytesMut::from(&records[..]);
-    match partition.append(&mut buf, now) {
-        Ok(outcome) => {
-            let info = match outcome {
-                AppendOutcome::Appended(info) => {
-                    crate::probe::produced(buf.len());
-                    info
-                }
-                AppendOutcome::Duplicate(info) => {
-                    tracing::debug!(partition = %tp, base_offset = %info.base_offset, "duplicate batch acknowledged");
-                    info
-                }
-            };
-            let log_start = partition.log_start_offset().unwrap_or(Offset(0));
-            Ok((partition, info.base_offset, info.last_offset, log_start))
+    match partition.append(&mut buf, acks_all, now) {
+        Ok(receipt) => {
+            if receipt.duplicate {
+                tracing::debug!(partition = %tp, base_offset = %receipt.base_offset, "duplicate batch acknowledged");
+            } else {
+                crate::probe::produced(receipt.bytes);
+            }
+            Ok((
+                partition,
+                receipt.base_offset,
+                receipt.last_offset,
+                receipt.log_start_offset,
+            ))
         }
         Err(e) => {
             let code = errors::replica_error(&e);
-            if code == ResponseError::KafkaStorageError {
-                tracing::error!(partition = %tp, error = %e, "append failed");
-            } else {
-                tracing::debug!(partition = %tp, error = %e, "append rejected");
+            match &e {
+                ReplicaError::Log(_) | ReplicaError::Storage { .. }
+                    if code == ResponseError::KafkaStorageError =>
+                {
+                    tracing::error!(partition = %tp, error = %e, "append failed")
+                }
+                _ => tracing::debug!(partition = %tp, error = %e, "append refused"),
             }
-            Err((code, Some(e.to_string())))
+            Err((code, Some(e.to_string()), errors::leader_hint(&e)))
         }
     }
 }

@@ -1,0 +1,231 @@
+//! The reconciler: the one place where committed metadata becomes local state. For each image
+//! the controller applies, it brings this node's replicas in line: opens the partitions it is a
+//! replica of (claiming their directories for the topic id), pushes topic configs, hands each
+//! partition its leader and ISR (the replica becomes leader or follower and its fetcher starts
+//! or stops), and deletes partitions whose topic is gone or was re-created. It then publishes
+//! the index it reconciled, which admin handlers wait for before they answer, so a client that
+//! created a topic can produce to it at once, whichever node it asked.
+//!
+//! It also carries leaders' ISR proposals to the controller (AlterPartition) and reports a
+//! refused one back to the replica, which retries on a later tick.
+
+use spate_controller::{Controller, MetadataCommand, MetadataImage, MetadataOutcome, NO_LEADER};
+use spate_kafka::Broker;
+use spate_log::LogConfig;
+use spate_replica::{IsrProposal, LeaderAndIsr, ReplicaManager};
+use spate_types::{NodeId, TopicPartition};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use tokio::sync::{mpsc, watch};
+
+/// The leader and ISR of a partition as the replica core takes it.
+pub(crate) fn leader_and_isr(p: &spate_controller::PartitionImage) -> LeaderAndIsr {
+    LeaderAndIsr {
+        leader: (p.leader != NO_LEADER).then_some(p.leader),
+        leader_epoch: p.leader_epoch,
+        partition_epoch: p.partition_epoch,
+        replicas: p.replicas.clone(),
+        isr: p.isr.clone(),
+    }
+}
+
+fn topic_config(
+    defaults: &LogConfig,
+    topic: &str,
+    overrides: &BTreeMap<String, String>,
+) -> LogConfig {
+    defaults.with_overrides(overrides).unwrap_or_else(|e| {
+        tracing::error!(%topic, error = %e, "invalid stored topic config; using broker defaults");
+        defaults.clone()
+    })
+}
+
+/// Applies one image to the local replicas. Idempotent.
+pub(crate) fn reconcile(
+    node: NodeId,
+    replicas: &ReplicaManager,
+    log_defaults: &LogConfig,
+    image: &MetadataImage,
+    now_ms: i64,
+) {
+    replicas.set_broker_addresses(
+        image
+            .brokers
+            .iter()
+            .map(|(id, e)| (*id, format!("{}:{}", e.host, e.port)))
+            .collect(),
+    );
+    let mut wanted = BTreeMap::new();
+    for (name, topic) in &image.topics {
+        let mut config = None;
+        for (index, p) in topic.partitions.iter().enumerate() {
+            if !p.replicas.contains(&node) {
+                continue;
+            }
+            let config = config
+                .get_or_insert_with(|| topic_config(log_defaults, name, &topic.configs))
+                .clone();
+            let tp = TopicPartition::new(name.clone(), index as i32);
+            wanted.insert(tp, (topic.topic_id, config, leader_and_isr(p)));
+        }
+    }
+    for (tp, topic_id) in replicas.hosted() {
+        if wanted.get(&tp).is_none_or(|(id, _, _)| *id != topic_id) {
+            match replicas.delete(&tp) {
+                Ok(()) => tracing::info!(partition = %tp, "deleted partition"),
+                Err(e) => {
+                    tracing::error!(partition = %tp, error = %e, "failed to delete partition")
+                }
+            }
+        }
+    }
+    for (tp, (topic_id, config, state)) in wanted {
+        if let Err(e) = replicas.ensure(tp.clone(), topic_id, config, state, now_ms) {
+            tracing::error!(partition = %tp, error = %e, "failed to open or update partition");
+        }
+    }
+}
+
+/// Follows the controller's images until shutdown, reconciling each and publishing the index.
+pub(crate) async fn follow(
+    broker: Arc<Broker>,
+    reconciled: watch::Sender<u64>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut images = broker.controller.subscribe();
+    loop {
+        let image = images.borrow_and_update().clone();
+        reconcile(
+            broker.config.node_id,
+            &broker.replicas,
+            &broker.config.log_defaults,
+            &image,
+            spate_kafka::now_ms(),
+        );
+        reconciled.send_replace(image.last_applied_index);
+        tokio::select! {
+            changed = images.changed() => if changed.is_err() { return },
+            _ = spate_kafka::shutdown_signalled(&mut shutdown) => return,
+        }
+    }
+}
+
+/// Carries ISR proposals from partition leaders to the controller.
+pub(crate) async fn propose_isr_changes(
+    controller: Controller,
+    replicas: Arc<ReplicaManager>,
+    mut proposals: mpsc::Receiver<IsrProposal>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let proposal = tokio::select! {
+            p = proposals.recv() => match p { Some(p) => p, None => return },
+            _ = spate_kafka::shutdown_signalled(&mut shutdown) => return,
+        };
+        let controller = controller.clone();
+        let replicas = replicas.clone();
+        // One task per proposal: a slow controller round trip for one partition must not hold
+        // back the others (each partition has at most one proposal pending).
+        tokio::spawn(async move {
+            let tp = proposal.tp.clone();
+            let cmd = MetadataCommand::AlterPartition {
+                topic: tp.topic.clone(),
+                partition: tp.partition,
+                leader: controller.node(),
+                leader_epoch: proposal.leader_epoch,
+                partition_epoch: proposal.partition_epoch,
+                isr: proposal.isr.clone(),
+            };
+            match controller.propose(cmd).await {
+                Ok(MetadataOutcome::PartitionAltered { partition_epoch }) => {
+                    tracing::info!(partition = %tp, isr = ?proposal.isr, partition_epoch, "ISR changed");
+                }
+                Ok(other) => {
+                    tracing::info!(partition = %tp, isr = ?proposal.isr, outcome = ?other, "ISR change refused");
+                    replicas.isr_change_failed(&tp, &proposal, spate_kafka::now_ms());
+                }
+                Err(e) => {
+                    tracing::warn!(partition = %tp, error = %e, "ISR change failed");
+                    replicas.isr_change_failed(&tp, &proposal, spate_kafka::now_ms());
+                }
+            }
+        });
+    }
+}
+
+/// How often leaders check follower lag.
+const REPLICA_TICK: std::time::Duration = std::time::Duration::from_millis(250);
+/// How often moved high watermarks are checkpointed (Kafka:
+/// `replica.high.watermark.checkpoint.interval.ms`, 5 s).
+const HIGH_WATERMARK_CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Leaders' lag checks, and high watermark checkpoints (on the blocking pool).
+pub(crate) async fn replica_ticks(
+    replicas: Arc<ReplicaManager>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(REPLICA_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_checkpoint = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = spate_kafka::shutdown_signalled(&mut shutdown) => return,
+        }
+        replicas.tick(spate_kafka::now_ms());
+        if last_checkpoint.elapsed() >= HIGH_WATERMARK_CHECKPOINT_INTERVAL {
+            last_checkpoint = tokio::time::Instant::now();
+            let replicas = replicas.clone();
+            let _ =
+                tokio::task::spawn_blocking(move || replicas.checkpoint_high_watermarks()).await;
+        }
+    }
+}
+
+/// Partitions whose preferred replica (the first) is alive and in sync but not leading.
+pub(crate) fn imbalanced(image: &MetadataImage) -> Vec<(String, i32)> {
+    let mut out = Vec::new();
+    for (name, topic) in &image.topics {
+        for (index, p) in topic.partitions.iter().enumerate() {
+            let Some(preferred) = p.replicas.first() else {
+                continue;
+            };
+            if p.leader != *preferred && p.isr.contains(preferred) && image.is_alive(*preferred) {
+                out.push((name.clone(), index as i32));
+            }
+        }
+    }
+    out
+}
+
+/// `auto.leader.rebalance.enable`: on the active controller, every
+/// `leader.imbalance.check.interval.seconds`, moves leadership back to preferred replicas.
+pub(crate) async fn rebalance_leaders(
+    controller: Controller,
+    interval: std::time::Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = spate_kafka::shutdown_signalled(&mut shutdown) => return,
+        }
+        if controller.leader() != Some(controller.node()) {
+            continue;
+        }
+        let partitions = imbalanced(&controller.image());
+        if partitions.is_empty() {
+            continue;
+        }
+        match controller
+            .propose(MetadataCommand::ElectPreferredLeaders { partitions })
+            .await
+        {
+            Ok(MetadataOutcome::LeadersElected { moved }) if moved > 0 => {
+                tracing::info!(moved, "moved leadership back to preferred replicas")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "preferred leader election failed"),
+        }
+    }
+}

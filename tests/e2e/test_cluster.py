@@ -1,0 +1,191 @@
+"""A replicated cluster of real `spate serve` processes on loopback, driven by librdkafka
+(confluent-kafka): forming without a format step, replication factor 3 with every byte on
+every replica, failover when a leader is killed with SIGKILL (no acknowledged write lost),
+a killed follower leaving the ISR while writes continue, and a controlled shutdown (SIGTERM)
+that moves leadership before the node stops."""
+
+import threading
+import time
+
+import pytest
+from confluent_kafka import Producer
+from confluent_kafka.admin import NewTopic
+
+from ckutil import CLIENT_TIMEOUT_S, admin, consume, producer, produce_all, wait_topic
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def create_replicated(bootstrap, name, partitions, rf=3):
+    a = admin(bootstrap)
+    fs = a.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=rf)],
+                         operation_timeout=10, request_timeout=CLIENT_TIMEOUT_S)
+    fs[name].result(timeout=CLIENT_TIMEOUT_S)
+    return a, wait_topic(a, name, partitions)
+
+
+def partition_state(a, topic, partition=0):
+    md = a.list_topics(topic=topic, timeout=10)
+    p = md.topics[topic].partitions[partition]
+    return p.leader, list(p.replicas), list(p.isrs)
+
+
+def wait_for(what, check, timeout=30, interval=0.1):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+            if last:
+                return last
+        except Exception as e:  # metadata from a node that just died, etc.
+            last = repr(e)
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last})")
+
+
+def log_bytes(node, topic, partition):
+    d = node.data_dir / "logs" / f"{topic}-{partition}"
+    return sum(f.stat().st_size for f in d.glob("*.log"))
+
+
+class ContinuousProducer:
+    """Produces numbered values to one partition with acks=all and idempotence until stopped,
+    recording which values were acknowledged and any delivery error."""
+
+    def __init__(self, bootstrap, topic, partition=0):
+        self.topic, self.partition = topic, partition
+        self.p = producer(bootstrap, **{"enable.idempotence": True, "acks": "all", "linger.ms": 2,
+                                        "message.timeout.ms": 60000, "retry.backoff.ms": 50})
+        self.acked, self.errors = [], []
+        self.lock = threading.Lock()
+        self.stop_flag = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.sent = 0
+
+    def on_delivery(self, err, msg):
+        with self.lock:
+            if err is not None:
+                self.errors.append(err)
+            else:
+                self.acked.append(int(msg.value()))
+
+    def run(self):
+        while not self.stop_flag.is_set():
+            try:
+                self.p.produce(self.topic, value=str(self.sent).encode(), partition=self.partition,
+                               on_delivery=self.on_delivery)
+                self.sent += 1
+            except BufferError:
+                pass
+            self.p.poll(0.002)
+
+    def start(self):
+        self.thread.start()
+        return self
+
+    def acked_count(self):
+        with self.lock:
+            return len(self.acked)
+
+    def finish(self):
+        self.stop_flag.set()
+        self.thread.join(10)
+        remaining = self.p.flush(60)
+        assert remaining == 0, f"{remaining} messages never got a delivery report"
+        return list(self.acked), list(self.errors)
+
+
+def test_three_nodes_form_a_cluster_and_replicate_every_byte(cluster_factory, topic_name):
+    c = cluster_factory(3)
+    a = admin(c.bootstrap)
+    md = a.list_topics(timeout=10)
+    assert sorted(md.brokers) == [1, 2, 3], md.brokers
+    assert md.controller_id in (1, 2, 3)
+
+    _, t = create_replicated(c.bootstrap, topic_name, 6)
+    leaders = {p.leader for p in t.partitions.values()}
+    assert leaders == {1, 2, 3}, f"leaders spread over the nodes: {leaders}"
+    for p in t.partitions.values():
+        assert sorted(p.replicas) == [1, 2, 3]
+        assert sorted(p.isrs) == [1, 2, 3]
+
+    p = producer(c.bootstrap, **{"acks": "all", "enable.idempotence": True})
+    values = [f"m{i}".encode() for i in range(600)]
+    produce_all(p, topic_name, ({"value": v, "partition": i % 6} for i, v in enumerate(values)))
+    got = consume(c.bootstrap, topic_name, partitions=range(6), expected=600)
+    assert sorted(m.value() for m in got) == sorted(values)
+
+    # Every replica holds the same bytes (the leader's batches, stored as fetched).
+    for part in range(6):
+        wait_for(f"partition {part} identical on every node",
+                 lambda: len({log_bytes(n, topic_name, part) for n in c.nodes.values()}) == 1
+                 and log_bytes(c.nodes[1], topic_name, part) > 0)
+
+
+def test_leader_killed_mid_stream_loses_no_acknowledged_write(cluster_factory, topic_name):
+    c = cluster_factory(3)
+    a, _ = create_replicated(c.bootstrap, topic_name, 1)
+    leader, _, isr = partition_state(a, topic_name)
+    assert len(isr) == 3
+
+    prod = ContinuousProducer(c.bootstrap, topic_name).start()
+    wait_for("200 acknowledged writes", lambda: prod.acked_count() >= 200)
+    print(f"--- kill -9 the leader, node {leader}: a new leader must take over in a higher epoch")
+    c.nodes[leader].kill9()
+    killed_at = prod.acked_count()
+    wait_for("200 more acknowledged writes after the kill", lambda: prod.acked_count() >= killed_at + 200, timeout=60)
+    acked, errors = prod.finish()
+    assert not errors, f"delivery errors: {errors[:5]}"
+
+    survivor = next(b for b in c.nodes.values() if b.running)
+    new_leader, _, new_isr = wait_for("a new leader", lambda: (lambda s: s if s[0] not in (-1, leader) else None)(
+        partition_state(admin(survivor.bootstrap), topic_name)))
+    assert leader not in new_isr
+
+    got = consume(survivor.bootstrap, topic_name, partitions=[0], expected=len(acked))
+    values = [int(m.value()) for m in got]
+    missing = set(acked) - set(values)
+    assert not missing, f"{len(missing)} acknowledged writes lost, e.g. {sorted(missing)[:10]}"
+    assert len(values) == len(set(values)), "an idempotent retry was written twice"
+    assert values == sorted(values), "records out of order"
+
+    print("--- restart the old leader: it truncates, catches up and rejoins the ISR")
+    c.nodes[leader].start()
+    wait_for("the restarted node back in the ISR",
+             lambda: len(partition_state(admin(c.bootstrap), topic_name)[2]) == 3, timeout=60)
+    wait_for("identical logs on every node",
+             lambda: len({log_bytes(n, topic_name, 0) for n in c.nodes.values()}) == 1, timeout=60)
+
+
+def test_killed_follower_leaves_the_isr_and_writes_continue(cluster_factory, topic_name):
+    c = cluster_factory(3)
+    a, _ = create_replicated(c.bootstrap, topic_name, 1)
+    leader, replicas, _ = partition_state(a, topic_name)
+    follower = next(r for r in replicas if r != leader)
+    c.nodes[follower].kill9()
+    wait_for("the killed follower out of the ISR",
+             lambda: follower not in partition_state(admin(c.nodes[leader].bootstrap), topic_name)[2])
+    p = producer(c.nodes[leader].bootstrap, **{"acks": "all"})
+    produce_all(p, topic_name, ({"value": f"after-{i}".encode()} for i in range(50)))
+    got = consume(c.nodes[leader].bootstrap, topic_name, expected=50)
+    assert [m.value() for m in got] == [f"after-{i}".encode() for i in range(50)]
+
+
+def test_sigterm_moves_leadership_before_the_node_stops(cluster_factory, topic_name):
+    c = cluster_factory(3)
+    a, _ = create_replicated(c.bootstrap, topic_name, 1)
+    leader, _, _ = partition_state(a, topic_name)
+    prod = ContinuousProducer(c.bootstrap, topic_name).start()
+    wait_for("100 acknowledged writes", lambda: prod.acked_count() >= 100)
+    print(f"--- SIGTERM the leader, node {leader}: a controlled shutdown, then exit 0")
+    c.nodes[leader].stop()
+    stopped_at = prod.acked_count()
+    wait_for("100 more acknowledged writes", lambda: prod.acked_count() >= stopped_at + 100, timeout=60)
+    acked, errors = prod.finish()
+    assert not errors, f"clients saw failed deliveries: {errors[:5]}"
+    survivor = next(b for b in c.nodes.values() if b.running)
+    new_leader, _, _ = partition_state(admin(survivor.bootstrap), topic_name)
+    assert new_leader not in (-1, leader)
+    got = consume(survivor.bootstrap, topic_name, expected=len(acked))
+    assert set(acked) <= {int(m.value()) for m in got}
