@@ -189,3 +189,53 @@ def test_sigterm_moves_leadership_before_the_node_stops(cluster_factory, topic_n
     assert new_leader not in (-1, leader)
     got = consume(survivor.bootstrap, topic_name, expected=len(acked))
     assert set(acked) <= {int(m.value()) for m in got}
+
+
+def test_group_coordinator_failover_keeps_committed_offsets(cluster_factory, topic_name):
+    from confluent_kafka import Consumer
+    c = cluster_factory(3)
+    create_replicated(c.bootstrap, topic_name, 3)
+    p = producer(c.bootstrap, **{"acks": "all"})
+    produce_all(p, topic_name, ({"value": f"first-{i}".encode(), "partition": i % 3} for i in range(300)))
+    group = f"g-{topic_name}"
+
+    def group_consumer(bootstrap):
+        return Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False,
+                         "auto.offset.reset": "earliest", "session.timeout.ms": 6000,
+                         "reconnect.backoff.max.ms": 1000})
+
+    def read(cons, n, timeout=60):
+        out = []
+        deadline = time.monotonic() + timeout
+        while len(out) < n and time.monotonic() < deadline:
+            m = cons.poll(0.5)
+            if m is None or m.error():
+                continue
+            out.append(m.value())
+        return out
+
+    first = group_consumer(c.bootstrap)
+    first.subscribe([topic_name])
+    got = read(first, 300)
+    assert len(got) == 300, len(got)
+    first.commit(asynchronous=False)
+    first.close()
+
+    a = admin(c.bootstrap)
+    desc = a.describe_consumer_groups([group])[group].result(timeout=CLIENT_TIMEOUT_S)
+    coordinator = desc.coordinator.id
+    print(f"--- kill -9 the group coordinator, node {coordinator}: the offsets partition's new leader takes over")
+    c.nodes[coordinator].kill9()
+    survivors = ",".join(b.bootstrap for b in c.nodes.values() if b.running)
+    produce_all(producer(survivors, **{"acks": "all"}), topic_name,
+                ({"value": f"second-{i}".encode(), "partition": i % 3} for i in range(30)))
+    second = group_consumer(survivors)
+    second.subscribe([topic_name])
+    got = read(second, 30)
+    # Nothing of the first 300 again: the committed offsets survived the coordinator's death.
+    extra = read(second, 1, timeout=3)
+    second.close()
+    assert sorted(got + extra) == sorted(f"second-{i}".encode() for i in range(30)), (got + extra)[:5]
+    a2 = admin(survivors)  # kept alive until the future resolves
+    desc = a2.describe_consumer_groups([group])[group].result(timeout=CLIENT_TIMEOUT_S)
+    assert desc.coordinator.id != coordinator

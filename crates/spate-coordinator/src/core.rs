@@ -641,6 +641,43 @@ impl GroupCoordinator {
         }
     }
 
+    /// Forgets every group (and its committed offsets) that `unloaded` selects: this node no
+    /// longer leads their `__consumer_offsets` partition. Waiting JoinGroup and SyncGroup
+    /// requests are answered NOT_COORDINATOR (each exactly once); nothing is stored, since
+    /// the partition's new leader holds the records. Returns how many groups went.
+    pub fn unload_groups(&mut self, unloaded: impl Fn(&str) -> bool) -> usize {
+        let gone: Vec<String> = self
+            .groups
+            .keys()
+            .chain(self.offsets.keys())
+            .filter(|g| unloaded(g))
+            .cloned()
+            .collect();
+        let mut count = 0;
+        for id in gone {
+            self.offsets.remove(&id);
+            let Some(group) = self.groups.remove(&id) else {
+                continue;
+            };
+            count += 1;
+            for (member_id, member) in group.members {
+                if let Some((reply, _)) = member.awaiting_join {
+                    self.out.push(Action::Join(
+                        reply,
+                        JoinResponse::error(GroupError::NotCoordinator, member_id.clone()),
+                    ));
+                }
+                if let Some(reply) = member.awaiting_sync {
+                    self.out.push(Action::Sync(
+                        reply,
+                        SyncResponse::error(GroupError::NotCoordinator),
+                    ));
+                }
+            }
+        }
+        count
+    }
+
     /// DeleteGroups for one group: refused while it has members.
     pub fn delete_group(&mut self, id: &str) -> Result<(), GroupError> {
         if id.is_empty() {

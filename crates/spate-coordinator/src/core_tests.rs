@@ -989,3 +989,36 @@ fn static_leader_restart_in_stable_keeps_the_group_stable() {
         Some("roundrobin")
     );
 }
+
+#[test]
+fn unloading_a_partition_answers_waiting_requests_not_coordinator_and_forgets_its_groups() {
+    let mut c = coord(0);
+    let a = stable_one(&mut c);
+    // A second member starts a rebalance; its join waits for the first member to rejoin.
+    let b = first_join(&mut c, 10, 3);
+    let (j, _, _) = actions(&mut c);
+    assert!(j.is_empty(), "the join waits: {j:?}");
+    assert!(!a.is_empty());
+    let unloaded = c.unload_groups(|g| g == "g");
+    assert_eq!(unloaded, 1);
+    let (j, s, stores) = actions(&mut c);
+    assert_eq!(
+        stores, 0,
+        "nothing is written: the new leader holds the records"
+    );
+    assert!(s.is_empty());
+    let waiting: Vec<_> = j.iter().map(|(id, r)| (*id, r.error)).collect();
+    assert_eq!(
+        waiting.len(),
+        1,
+        "the waiting join answered exactly once: {waiting:?}"
+    );
+    assert!(waiting
+        .iter()
+        .all(|(_, e)| *e == Some(GroupError::NotCoordinator)));
+    assert_eq!(state(&c), GroupState::Dead, "the group is gone from memory");
+    assert!(c.fetch_offsets("g", None).is_empty());
+    assert!(!b.is_empty());
+    // Groups of other partitions stay.
+    assert_eq!(c.unload_groups(|_| false), 0);
+}

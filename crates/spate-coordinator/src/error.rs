@@ -35,4 +35,10 @@ pub enum GroupError {
     OffsetMetadataTooLarge,
     #[error("the offsets log could not be written")]
     StorageError,
+    /// This node does not lead the group's `__consumer_offsets` partition (any more).
+    #[error("this node is not the coordinator of the group")]
+    NotCoordinator,
+    /// This node is loading the group's partition after becoming its leader.
+    #[error("the coordinator is loading the group's partition")]
+    CoordinatorLoadInProgress,
 }

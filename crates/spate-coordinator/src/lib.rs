@@ -22,4 +22,5 @@ pub use crate::core::{
 };
 pub use error::GroupError;
 pub use group::GroupState;
+pub use records::partition_for;
 pub use service::{CommitOutcome, Coordinator, OFFSETS_TOPIC};

@@ -1,10 +1,17 @@
 //! The coordinator task: one owner of the [`GroupCoordinator`] core, reached by message.
 //!
-//! It appends the core's records to the `__consumer_offsets` partitions (the group's
-//! partition is Kafka's hash of the group id), and replays those partitions at start. An
-//! OffsetCommit is applied to memory once its batch is in the log and answered only after
-//! the batch is fsynced ([`CommitOutcome::durable`]); group metadata records are not waited
-//! for (as in Kafka, losing one only costs members a rejoin).
+//! A node coordinates the groups of the `__consumer_offsets` partitions it leads (a group's
+//! partition is Kafka's hash of the group id). [`Coordinator::own`] hands the task the set of
+//! partitions this node leads: a newly led partition is replayed into memory (up to its log
+//! end: as the leader, its log is the partition's truth), and the groups of a partition no
+//! longer led are dropped, their waiting requests answered NOT_COORDINATOR. Requests for a
+//! group whose partition is not led here get NOT_COORDINATOR, so clients look the coordinator
+//! up again (FindCoordinator names the partition's leader).
+//!
+//! An OffsetCommit is applied to memory once its batch is in the log and answered only after
+//! the batch is below the high watermark ([`CommitOutcome::durable`]: fsynced on every in-sync
+//! replica); group metadata records are not waited for (as in Kafka, losing one only costs
+//! members a rejoin).
 
 use crate::core::{
     Action, CommitRequest, GroupCoordinator, GroupSettings, HeartbeatRequest, JoinRequest,
@@ -17,10 +24,10 @@ use kafka_protocol::records::{
     Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
 use spate_log::BatchHeader;
-use spate_replica::Partition;
+use spate_replica::{Partition, ReplicaError};
 use spate_types::Offset;
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -38,6 +45,27 @@ enum Command {
     Sync(SyncRequest, oneshot::Sender<SyncResponse>),
     Commit(CommitRequest, oneshot::Sender<CommitOutcome>),
     Query(Query),
+    /// A query about one group: refused unless its partition is led here.
+    GroupQuery(String, Query, oneshot::Sender<GroupError>),
+    /// The offsets partitions this node leads now, by partition number.
+    Own(BTreeMap<i32, Arc<Partition>>),
+}
+
+/// Which offsets partitions this node coordinates.
+#[derive(Debug, Default)]
+struct Ownership {
+    count: i32,
+    owned: BTreeSet<i32>,
+}
+
+impl Ownership {
+    fn check(&self, group: &str) -> Result<(), GroupError> {
+        if self.count > 0 && self.owned.contains(&partition_for(group, self.count)) {
+            Ok(())
+        } else {
+            Err(GroupError::NotCoordinator)
+        }
+    }
 }
 
 /// The result of an OffsetCommit.
@@ -52,6 +80,7 @@ pub struct CommitOutcome {
 #[derive(Clone)]
 pub struct Coordinator {
     tx: mpsc::Sender<Command>,
+    ownership: Arc<RwLock<Ownership>>,
 }
 
 pub fn now_ms() -> i64 {
@@ -62,37 +91,76 @@ pub fn now_ms() -> i64 {
 }
 
 impl Coordinator {
-    /// Replays the offsets partitions (index = partition number) and starts the task.
+    /// Starts the task for a `__consumer_offsets` topic of `partition_count` partitions,
+    /// coordinating nothing until [`Coordinator::own`] says which partitions are led here.
     pub fn start(
         settings: GroupSettings,
-        partitions: Vec<Arc<Partition>>,
+        partition_count: i32,
         offsets_retention_check: Duration,
         shutdown: watch::Receiver<bool>,
     ) -> Coordinator {
         let incarnation = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
-        let mut core = GroupCoordinator::new(settings, incarnation);
-        let now = now_ms();
-        let mut replayed = 0usize;
-        for partition in &partitions {
-            match replay(partition, |record| {
-                replayed += 1;
-                core.apply_record(now, record)
-            }) {
-                Ok(()) => {}
-                Err(e) => tracing::error!(partition = %partition.topic_partition(), error = %e,
-                    "cannot replay offsets partition; its groups start empty"),
-            }
-        }
-        // Records the replay did not need (tombstones already applied) are not re-written.
-        let _ = core.take_actions();
-        tracing::info!(
-            records = replayed,
-            partitions = partitions.len(),
-            "group coordinator loaded"
-        );
+        let core = GroupCoordinator::new(settings, incarnation);
+        let ownership = Arc::new(RwLock::new(Ownership {
+            count: partition_count,
+            owned: BTreeSet::new(),
+        }));
         let (tx, rx) = mpsc::channel(COMMANDS_QUEUED_MAX);
-        tokio::spawn(run(core, partitions, rx, offsets_retention_check, shutdown));
-        Coordinator { tx }
+        tokio::spawn(run(
+            core,
+            ownership.clone(),
+            rx,
+            offsets_retention_check,
+            shutdown,
+        ));
+        Coordinator { tx, ownership }
+    }
+
+    /// Hands the task the offsets partitions this node leads now (by partition number): new
+    /// ones are loaded, dropped ones unloaded. Idempotent.
+    pub async fn own(&self, partitions: BTreeMap<i32, Arc<Partition>>) {
+        let _ = self.tx.send(Command::Own(partitions)).await;
+    }
+
+    /// Whether this node coordinates `group` (NOT_COORDINATOR otherwise).
+    pub fn check_group(&self, group: &str) -> Result<(), GroupError> {
+        self.ownership
+            .read()
+            .map_err(|_| GroupError::CoordinatorNotAvailable)?
+            .check(group)
+    }
+
+    /// The offsets partitions this node coordinates.
+    pub fn owned_partitions(&self) -> Vec<i32> {
+        self.ownership
+            .read()
+            .map(|o| o.owned.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Runs `f` on the core for one group, inside the task, if this node coordinates it.
+    pub async fn query_group<R: Send + 'static>(
+        &self,
+        group: &str,
+        f: impl FnOnce(&mut GroupCoordinator, i64) -> R + Send + 'static,
+    ) -> Result<R, GroupError> {
+        let (tx, rx) = oneshot::channel();
+        let (refused_tx, refused_rx) = oneshot::channel();
+        let query: Query = Box::new(move |core, now| {
+            let _ = tx.send(f(core, now));
+        });
+        self.tx
+            .send(Command::GroupQuery(group.to_owned(), query, refused_tx))
+            .await
+            .map_err(|_| GroupError::CoordinatorNotAvailable)?;
+        // A refused query is dropped unanswered after its refusal is sent; an answered one
+        // drops the refusal sender. So wait for the answer first, then for the refusal.
+        match rx.await {
+            Ok(answer) => Ok(answer),
+            Err(_) => Err(refused_rx
+                .await
+                .unwrap_or(GroupError::CoordinatorNotAvailable)),
+        }
     }
 
     async fn call<R>(
@@ -152,13 +220,15 @@ impl Coordinator {
     }
 
     pub async fn heartbeat(&self, req: HeartbeatRequest) -> Result<(), GroupError> {
-        self.query(move |core, now| core.heartbeat(now, &req))
+        let group = req.group_id.clone();
+        self.query_group(&group, move |core, now| core.heartbeat(now, &req))
             .await?
     }
 
     pub async fn leave(&self, req: LeaveRequest) -> LeaveResponse {
         let members = req.members.clone();
-        self.query(move |core, now| core.leave(now, &req))
+        let group = req.group_id.clone();
+        self.query_group(&group, move |core, now| core.leave(now, &req))
             .await
             .unwrap_or_else(|e| LeaveResponse {
                 error: Some(e),
@@ -174,13 +244,21 @@ enum Waiting {
 
 async fn run(
     mut core: GroupCoordinator,
-    partitions: Vec<Arc<Partition>>,
+    ownership: Arc<RwLock<Ownership>>,
     mut rx: mpsc::Receiver<Command>,
     retention_check: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut waiting: BTreeMap<ReplyId, Waiting> = BTreeMap::new();
     let mut next_reply: ReplyId = 0;
+    let count = ownership.read().map(|o| o.count).unwrap_or(0);
+    let mut partitions: BTreeMap<i32, Arc<Partition>> = BTreeMap::new();
+    let check = |group: &str| -> Result<(), GroupError> {
+        ownership
+            .read()
+            .map_err(|_| GroupError::CoordinatorNotAvailable)?
+            .check(group)
+    };
     let mut retention = tokio::time::interval(retention_check.max(Duration::from_millis(10)));
     retention.tick().await;
     loop {
@@ -193,20 +271,51 @@ async fn run(
                 let Some(command) = command else { break };
                 let now = now_ms();
                 match command {
-                    Command::Join(req, tx) => {
-                        next_reply += 1;
-                        waiting.insert(next_reply, Waiting::Join(tx));
-                        core.join(now, next_reply, req);
-                    }
-                    Command::Sync(req, tx) => {
-                        next_reply += 1;
-                        waiting.insert(next_reply, Waiting::Sync(tx));
-                        core.sync(now, next_reply, req);
-                    }
+                    Command::Join(req, tx) => match check(&req.group_id) {
+                        Ok(()) => {
+                            next_reply += 1;
+                            waiting.insert(next_reply, Waiting::Join(tx));
+                            core.join(now, next_reply, req);
+                        }
+                        Err(e) => {
+                            let _ = tx.send(JoinResponse {
+                                error: Some(e),
+                                generation_id: -1,
+                                member_id: req.member_id,
+                                ..Default::default()
+                            });
+                        }
+                    },
+                    Command::Sync(req, tx) => match check(&req.group_id) {
+                        Ok(()) => {
+                            next_reply += 1;
+                            waiting.insert(next_reply, Waiting::Sync(tx));
+                            core.sync(now, next_reply, req);
+                        }
+                        Err(e) => {
+                            let _ = tx.send(SyncResponse {
+                                error: Some(e),
+                                ..Default::default()
+                            });
+                        }
+                    },
                     Command::Commit(req, tx) => {
-                        let _ = tx.send(commit(&mut core, &partitions, now, req));
+                        let outcome = match check(&req.group_id) {
+                            Ok(()) => commit(&mut core, &partitions, count, now, req),
+                            Err(e) => CommitOutcome { results: Err(e), durable: None },
+                        };
+                        let _ = tx.send(outcome);
                     }
                     Command::Query(f) => f(&mut core, now),
+                    Command::GroupQuery(group, f, refused) => match check(&group) {
+                        Ok(()) => f(&mut core, now),
+                        Err(e) => {
+                            let _ = refused.send(e);
+                        }
+                    },
+                    Command::Own(wanted) => {
+                        own(&mut core, &ownership, &mut partitions, count, wanted, now);
+                    }
                 }
             }
             _ = tokio::time::sleep(Duration::from_millis(sleep_ms as u64 + 1)) => core.tick(now_ms()),
@@ -234,7 +343,7 @@ async fn run(
                 Action::Store(record) => stores.push(record),
             }
         }
-        if let Err(e) = store(&partitions, &stores) {
+        if let Err(e) = store(&partitions, count, &stores) {
             tracing::warn!(error = %e, records = stores.len(), "cannot store group metadata");
         }
     }
@@ -242,9 +351,60 @@ async fn run(
     drop(waiting);
 }
 
+/// Loads the partitions newly led here and unloads those no longer led.
+fn own(
+    core: &mut GroupCoordinator,
+    ownership: &RwLock<Ownership>,
+    partitions: &mut BTreeMap<i32, Arc<Partition>>,
+    count: i32,
+    wanted: BTreeMap<i32, Arc<Partition>>,
+    now: i64,
+) {
+    let gone: BTreeSet<i32> = partitions
+        .keys()
+        .filter(|p| !wanted.contains_key(p))
+        .copied()
+        .collect();
+    // Actions of earlier commands were taken already; what the replays add are records the
+    // log holds, not to be written again. Unloading comes after, so its answers survive.
+    let mut replayed = 0usize;
+    for (index, partition) in &wanted {
+        if partitions.contains_key(index) {
+            continue;
+        }
+        match replay(partition, |record| {
+            replayed += 1;
+            core.apply_record(now, record)
+        }) {
+            Ok(()) => {
+                tracing::info!(partition = %partition.topic_partition(), "loaded the groups of an offsets partition this node now leads")
+            }
+            Err(e) => tracing::error!(partition = %partition.topic_partition(), error = %e,
+                "cannot replay offsets partition; its groups start empty"),
+        }
+    }
+    let replay_actions = core.take_actions();
+    debug_assert!(replay_actions.iter().all(|a| matches!(a, Action::Store(_))));
+    if !gone.is_empty() {
+        let unloaded = core.unload_groups(|g| gone.contains(&partition_for(g, count)));
+        tracing::info!(partitions = ?gone, groups = unloaded, "unloaded groups of offsets partitions no longer led here");
+    }
+    *partitions = wanted;
+    if let Ok(mut o) = ownership.write() {
+        o.owned = partitions.keys().copied().collect();
+    }
+    if replayed > 0 {
+        tracing::info!(
+            records = replayed,
+            "group coordinator loaded offsets records"
+        );
+    }
+}
+
 fn commit(
     core: &mut GroupCoordinator,
-    partitions: &[Arc<Partition>],
+    partitions: &BTreeMap<i32, Arc<Partition>>,
+    count: i32,
     now: i64,
     req: CommitRequest,
 ) -> CommitOutcome {
@@ -258,15 +418,17 @@ fn commit(
         }
     };
     let records: Vec<OffsetsRecord> = prepared.iter().filter_map(|r| r.clone().ok()).collect();
-    let durable = match store(partitions, &records) {
+    let durable = match store(partitions, count, &records) {
         Ok(durable) => durable,
         Err(e) => {
             tracing::warn!(group = %req.group_id, error = %e, "offset commit not stored");
+            let code = if e.not_leader {
+                GroupError::NotCoordinator
+            } else {
+                GroupError::StorageError
+            };
             return CommitOutcome {
-                results: Ok(prepared
-                    .iter()
-                    .map(|_| Some(GroupError::StorageError))
-                    .collect()),
+                results: Ok(prepared.iter().map(|_| Some(code)).collect()),
                 durable: None,
             };
         }
@@ -280,16 +442,39 @@ fn commit(
     }
 }
 
+/// Why records could not be stored.
+#[derive(Debug)]
+struct StoreError {
+    reason: String,
+    /// The partition is not (or no longer) led here.
+    not_leader: bool,
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+impl StoreError {
+    fn other(reason: impl std::fmt::Display) -> StoreError {
+        StoreError {
+            reason: reason.to_string(),
+            not_leader: false,
+        }
+    }
+}
+
 /// Appends records to their groups' partitions, one batch per partition. Returns, per
 /// partition written, the last offset to wait on for durability.
 fn store(
-    partitions: &[Arc<Partition>],
+    partitions: &BTreeMap<i32, Arc<Partition>>,
+    count: i32,
     records: &[OffsetsRecord],
-) -> Result<Vec<(Arc<Partition>, Offset)>, String> {
-    if records.is_empty() || partitions.is_empty() {
+) -> Result<Vec<(Arc<Partition>, Offset)>, StoreError> {
+    if records.is_empty() || count <= 0 {
         return Ok(Vec::new());
     }
-    let count = partitions.len() as i32;
     let mut by_partition: BTreeMap<i32, Vec<&OffsetsRecord>> = BTreeMap::new();
     for r in records {
         by_partition
@@ -300,7 +485,12 @@ fn store(
     let now = now_ms();
     let mut written = Vec::new();
     for (index, records) in by_partition {
-        let partition = &partitions[index as usize];
+        let Some(partition) = partitions.get(&index) else {
+            return Err(StoreError {
+                reason: format!("{OFFSETS_TOPIC}-{index} is not led here"),
+                not_leader: true,
+            });
+        };
         let batch: Vec<Record> = records
             .iter()
             .enumerate()
@@ -332,10 +522,13 @@ fn store(
                 compression: Compression::None,
             },
         )
-        .map_err(|e| e.to_string())?;
+        .map_err(StoreError::other)?;
         let receipt = partition
             .append(&mut buf, false, now)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| StoreError {
+                not_leader: matches!(e, ReplicaError::NotLeader { .. }),
+                reason: e.to_string(),
+            })?;
         written.push((partition.clone(), receipt.last_offset));
     }
     Ok(written)
@@ -344,10 +537,10 @@ fn store(
 /// Feeds every record of the partition, in offset order, to `apply`.
 fn replay(partition: &Partition, mut apply: impl FnMut(OffsetsRecord)) -> Result<(), String> {
     let mut next = partition.log_start_offset().map_err(|e| e.to_string())?;
-    let end = partition.high_watermark();
+    let end = partition.log_end_offset().map_err(|e| e.to_string())?;
     while next < end {
         let read = partition
-            .read(next, REPLAY_READ_BYTES, true)
+            .read_to_log_end(next, REPLAY_READ_BYTES)
             .map_err(|e| e.to_string())?;
         if read.plan.is_empty() {
             break;

@@ -121,6 +121,8 @@ pub(crate) fn group_error(e: &spate_coordinator::GroupError) -> ResponseError {
         G::GroupSubscribedToTopic => ResponseError::GroupSubscribedToTopic,
         G::OffsetMetadataTooLarge => ResponseError::OffsetMetadataTooLarge,
         G::StorageError => ResponseError::KafkaStorageError,
+        G::NotCoordinator => ResponseError::NotCoordinator,
+        G::CoordinatorLoadInProgress => ResponseError::CoordinatorLoadInProgress,
     }
 }
 

@@ -8,9 +8,10 @@ use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use spate_coordinator::{Coordinator, OFFSETS_TOPIC};
 use spate_types::TopicPartition;
+use std::sync::Arc;
 
 /// The coordinator, starting it (and creating its topic) if needed.
-pub(crate) async fn coordinator(broker: &Broker) -> Result<&Coordinator, ApiError> {
+pub(crate) async fn coordinator(broker: &Arc<Broker>) -> Result<&Coordinator, ApiError> {
     broker
         .groups
         .get_or_try_init(|| async {
@@ -53,37 +54,76 @@ pub(crate) async fn coordinator(broker: &Broker) -> Result<&Coordinator, ApiErro
         .await
 }
 
-fn start(broker: &Broker) -> Result<Coordinator, ApiError> {
-    let image = broker.image();
-    let count = image
-        .topics
-        .get(OFFSETS_TOPIC)
-        .map_or(0, |t| t.partitions.len() as i32);
-    let mut partitions = Vec::with_capacity(count as usize);
-    for index in 0..count {
-        let tp = TopicPartition::new(OFFSETS_TOPIC.to_owned(), index);
-        let partition = broker.replicas.get(&tp).ok_or_else(|| {
-            ApiError::new(
-                ResponseError::CoordinatorNotAvailable,
-                format!("{tp} is not hosted here"),
-            )
-        })?;
-        partitions.push(partition);
+fn start(broker: &Arc<Broker>) -> Result<Coordinator, ApiError> {
+    let count = offsets_partitions(broker);
+    if count == 0 {
+        return Err(ApiError::new(
+            ResponseError::CoordinatorNotAvailable,
+            format!("{OFFSETS_TOPIC} does not exist"),
+        ));
     }
     let config = &broker.config.groups;
     let coordinator = Coordinator::start(
         config.settings.clone(),
-        partitions,
+        count,
         config.offsets_retention_check,
         broker.shutdown.clone(),
     );
+    tokio::spawn(follow_leadership(broker.clone(), coordinator.clone()));
     Ok(coordinator)
+}
+
+fn offsets_partitions(broker: &Broker) -> i32 {
+    broker
+        .image()
+        .topics
+        .get(OFFSETS_TOPIC)
+        .map_or(0, |t| t.partitions.len() as i32)
+}
+
+/// Keeps the coordinator's set of partitions equal to the `__consumer_offsets` partitions
+/// this node leads, after every reconciliation (a leader change loads or unloads groups).
+async fn follow_leadership(broker: Arc<Broker>, coordinator: Coordinator) {
+    let mut reconciled = broker.reconciled.clone();
+    let mut shutdown = broker.shutdown.clone();
+    let count = offsets_partitions(&broker);
+    let mut last: Option<Vec<i32>> = None;
+    loop {
+        let mut led = std::collections::BTreeMap::new();
+        for index in 0..count {
+            let tp = TopicPartition::new(OFFSETS_TOPIC.to_owned(), index);
+            if let Some(p) = broker.replicas.get(&tp) {
+                if p.role() == spate_replica::Role::Leader {
+                    led.insert(index, p);
+                }
+            }
+        }
+        let keys: Vec<i32> = led.keys().copied().collect();
+        if last.as_ref() != Some(&keys) {
+            coordinator.own(led).await;
+            last = Some(keys);
+        }
+        tokio::select! {
+            changed = reconciled.changed() => if changed.is_err() { return },
+            _ = crate::broker::shutdown_signalled(&mut shutdown) => return,
+        }
+    }
+}
+
+/// The node that coordinates `key` (a group id): the leader of its `__consumer_offsets`
+/// partition, if it has one.
+pub(crate) fn coordinator_node(broker: &Broker, key: &str) -> Option<spate_types::NodeId> {
+    let image = broker.image();
+    let topic = image.topics.get(OFFSETS_TOPIC)?;
+    let index = spate_coordinator::partition_for(key, topic.partitions.len() as i32);
+    let p = topic.partitions.get(usize::try_from(index).ok()?)?;
+    p.has_leader().then_some(p.leader)
 }
 
 /// Starts the coordinator at node start if `__consumer_offsets` exists, so offsets are
 /// loaded (and expire) without waiting for a client; also drops offsets of topics deleted
 /// while the node was down.
-pub async fn start_groups_if_present(broker: &Broker) {
+pub async fn start_groups_if_present(broker: &Arc<Broker>) {
     if broker.image().topics.contains_key(OFFSETS_TOPIC) {
         match coordinator(broker).await {
             Ok(_) => forget_deleted_topics(broker).await,

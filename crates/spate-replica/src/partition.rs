@@ -563,6 +563,31 @@ impl Partition {
         })
     }
 
+    /// Plans a read of everything from `start` up to the log end, committed or not: for the
+    /// leader's own coordinators loading a partition they now lead (as its leader, its log is
+    /// the partition's truth). Never for clients.
+    pub fn read_to_log_end(
+        &self,
+        start: Offset,
+        max_bytes: usize,
+    ) -> Result<PartitionRead, ReplicaError> {
+        let high_watermark = self.high_watermark();
+        self.with_log(|log| {
+            let end = log.log_end_offset();
+            let plan = log.plan_read(start, max_bytes, end, true)?;
+            Ok(PartitionRead {
+                plan,
+                high_watermark,
+                log_start_offset: log.log_start_offset(),
+                log_end_offset: end,
+            })
+        })
+    }
+
+    pub fn log_end_offset(&self) -> Result<Offset, ReplicaError> {
+        self.with_log(|log| Ok(log.log_end_offset()))
+    }
+
     /// A follower's fetch at `fetch_offset` (everything below is durable on it): records the
     /// follower's progress (which may move the high watermark or propose an ISR change) and
     /// plans a read up to the log end. A fetch offset past the log end is out of range.

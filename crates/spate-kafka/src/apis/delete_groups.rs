@@ -24,7 +24,11 @@ pub(crate) async fn handle(
             Err(e) => e.code.code(),
             Ok(c) => {
                 let name = string(&id.0);
-                match c.query(move |core, _| core.delete_group(&name)).await {
+                let group = name.clone();
+                match c
+                    .query_group(&group, move |core, _| core.delete_group(&name))
+                    .await
+                {
                     Ok(Ok(())) => {
                         tracing::info!(group = %id.0.as_str(), "deleted group");
                         0

@@ -35,8 +35,9 @@ pub(crate) async fn handle(
     let mut groups = Vec::with_capacity(request.groups.len());
     for id in request.groups {
         let name = string(&id.0);
+        let group = name.clone();
         let d = match coordinator
-            .query(move |core, _| core.describe_group(&name))
+            .query_group(&group, move |core, _| core.describe_group(&name))
             .await
         {
             Ok(d) => d,

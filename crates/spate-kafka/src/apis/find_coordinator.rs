@@ -1,9 +1,11 @@
-//! FindCoordinator: this node coordinates every group and transactional id (single node).
-//! A group key starts the group coordinator (creating `__consumer_offsets` on first use).
+//! FindCoordinator: a group's coordinator is the leader of its `__consumer_offsets` partition
+//! (Kafka's hash of the group id), whichever node is asked. A group key starts the group
+//! coordinator (creating `__consumer_offsets` on first use). Transactions are not coordinated
+//! yet: a transactional key names this node, whose transactional APIs are not advertised.
 
 use super::{Reply, RequestContext};
 use crate::broker::Broker;
-use crate::groups::{coordinator, str_bytes};
+use crate::groups::{coordinator, coordinator_node, str_bytes};
 use kafka_protocol::messages::find_coordinator_response::Coordinator;
 use kafka_protocol::messages::{BrokerId, FindCoordinatorRequest, FindCoordinatorResponse};
 use kafka_protocol::protocol::{StrBytes, VersionRange};
@@ -34,23 +36,46 @@ pub(crate) async fn handle(
                 ResponseError::InvalidGroupId,
                 "the group id is empty".to_owned(),
             )),
-            KEY_TYPE_GROUP => coordinator(broker).await.err().map(|e| {
-                tracing::warn!(error = %e.message, "group coordinator unavailable");
-                (ResponseError::CoordinatorNotAvailable, e.message)
-            }),
+            KEY_TYPE_GROUP => match coordinator(broker).await {
+                Err(e) => {
+                    tracing::warn!(error = %e.message, "group coordinator unavailable");
+                    Some((ResponseError::CoordinatorNotAvailable, e.message))
+                }
+                Ok(_) => None,
+            },
             KEY_TYPE_TRANSACTION => None,
             other => Some((
                 ResponseError::InvalidRequest,
                 format!("unknown coordinator key type {other}"),
             )),
         };
+        // The node: the group partition's leader, or this node for a transactional id.
+        let found = match (error, request.key_type) {
+            (Some(e), _) => Err(e),
+            (None, KEY_TYPE_GROUP) => coordinator_node(broker, key.as_str())
+                .and_then(|node| broker.image().brokers.get(&node).map(|e| (node, e.clone())))
+                .ok_or_else(|| {
+                    (
+                        ResponseError::CoordinatorNotAvailable,
+                        "the group's offsets partition has no leader right now".to_owned(),
+                    )
+                }),
+            (None, _) => Ok((
+                broker.config.node_id,
+                spate_controller::BrokerEndpoint {
+                    host: broker.config.advertised_host.clone(),
+                    port: broker.config.advertised_port,
+                    rack: None,
+                },
+            )),
+        };
         let c = Coordinator::default().with_key(key);
-        coordinators.push(match error {
-            None => c
-                .with_node_id(BrokerId(broker.config.node_id.0))
-                .with_host(str_bytes(broker.config.advertised_host.clone()))
-                .with_port(i32::from(broker.config.advertised_port)),
-            Some((code, message)) => c
+        coordinators.push(match found {
+            Ok((node, endpoint)) => c
+                .with_node_id(BrokerId(node.0))
+                .with_host(str_bytes(endpoint.host))
+                .with_port(i32::from(endpoint.port)),
+            Err((code, message)) => c
                 .with_node_id(BrokerId(-1))
                 .with_port(-1)
                 .with_error_code(code.code())

@@ -70,10 +70,18 @@ pub(crate) async fn handle(
         };
         if let Some((partition, offset)) = outcome.durable {
             if let Err(e) = partition.wait_acks_all(offset).await {
-                tracing::warn!(error = %e, "offset commit not fsynced");
-                results
-                    .iter_mut()
-                    .for_each(|r| *r = Some(GroupError::StorageError));
+                tracing::warn!(error = %e, "offset commit not durable on the in-sync replicas");
+                // Leadership of the offsets partition moved: the client finds the new
+                // coordinator and commits again.
+                let error = match e {
+                    spate_replica::ReplicaError::NotLeader { .. } => GroupError::NotCoordinator,
+                    spate_replica::ReplicaError::NotEnoughReplicasAfterAppend { .. }
+                    | spate_replica::ReplicaError::NotEnoughReplicas { .. } => {
+                        GroupError::CoordinatorNotAvailable
+                    }
+                    _ => GroupError::StorageError,
+                };
+                results.iter_mut().for_each(|r| *r = Some(error));
             }
         }
         respond(&names, &slots, |i| {

@@ -35,8 +35,9 @@ pub(crate) async fn handle(
     }
     let group = string(&request.group_id.0);
     let wanted = partitions.clone();
+    let owner = group.clone();
     let result = coordinator
-        .query(move |core, _| core.delete_offsets(&group, &wanted))
+        .query_group(&owner, move |core, _| core.delete_offsets(&group, &wanted))
         .await
         .and_then(|r| r);
     let errors = match result {

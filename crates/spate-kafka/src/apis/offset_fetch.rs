@@ -3,6 +3,7 @@
 
 use super::{Reply, RequestContext};
 use crate::broker::Broker;
+use crate::errors::group_error;
 use crate::groups::{coordinator, str_bytes, string};
 use crate::topics::topic_name;
 use kafka_protocol::messages::offset_fetch_response::{
@@ -75,28 +76,42 @@ pub(crate) async fn handle(
     let mut answers = Vec::with_capacity(groups.len());
     for (id, topics) in groups {
         let group = string(&id.0);
+        // NOT_COORDINATOR (the group's partition moved) must reach the client: an empty answer
+        // would read as "nothing committed" and reset the consumer.
         let fetched = coordinator
-            .query(move |core, _| core.fetch_offsets(&group, topics.as_deref()))
-            .await
-            .unwrap_or_default();
+            .query_group(&string(&id.0), move |core, _| {
+                core.fetch_offsets(&group, topics.as_deref())
+            })
+            .await;
         answers.push((id, fetched));
     }
     if batched {
         let groups = answers
             .into_iter()
-            .map(|(id, fetched)| {
-                OffsetFetchResponseGroup::default()
+            .map(|(id, fetched)| match fetched {
+                Ok(fetched) => OffsetFetchResponseGroup::default()
                     .with_group_id(id)
                     .with_topics(response_topics!(
                         fetched,
                         OffsetFetchResponseTopics,
                         OffsetFetchResponsePartitions
-                    ))
+                    )),
+                Err(e) => OffsetFetchResponseGroup::default()
+                    .with_group_id(id)
+                    .with_error_code(group_error(&e).code()),
             })
             .collect();
         return Reply::Now(OffsetFetchResponse::default().with_groups(groups));
     }
-    let fetched = answers.pop().map(|(_, f)| f).unwrap_or_default();
+    let fetched = match answers.pop().map(|(_, f)| f) {
+        Some(Ok(fetched)) => fetched,
+        Some(Err(e)) => {
+            return Reply::Now(
+                OffsetFetchResponse::default().with_error_code(group_error(&e).code()),
+            )
+        }
+        None => Vec::new(),
+    };
     Reply::Now(OffsetFetchResponse::default().with_topics(response_topics!(
         fetched,
         OffsetFetchResponseTopic,
