@@ -5,8 +5,8 @@
 //! intact. Whole files are replaced with the temp file + fsync + rename + fsync(dir) dance, so a
 //! crash leaves either the old or the new file, never a mix.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::path::Path;
 
 /// Largest record we write or accept. Metadata commands are small; this bounds what a corrupt
@@ -58,28 +58,20 @@ pub(crate) fn decode_frames(buf: &[u8]) -> (Vec<&[u8]>, usize) {
 
 /// Makes directory entries (creations, renames) in `dir` durable.
 pub(crate) fn fsync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
+    spate_log::fsio::sync_dir(dir)
 }
 
-/// Atomically replaces `path` with `contents`: write `path.tmp`, fsync, rename, fsync the dir.
+/// Atomically replaces `path` with `contents` with the tree's one durable-write helper
+/// (temp file, fsync, rename, fsync of the directory).
 pub(crate) fn write_atomic(path: &Path, contents: &[u8]) -> io::Result<()> {
     let dir = path
         .parent()
         .ok_or_else(|| io::Error::other("path has no parent directory"))?;
-    let mut tmp_name = path.as_os_str().to_owned();
-    tmp_name.push(".tmp");
-    let tmp = Path::new(&tmp_name);
-    {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(tmp)?;
-        file.write_all(contents)?;
-        file.sync_all()?;
-    }
-    fs::rename(tmp, path)?;
-    fsync_dir(dir)
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| io::Error::other("path has no file name"))?;
+    spate_log::write_atomic(dir, name, contents)
 }
 
 /// Reads a file written by [`write_atomic`] holding one frame. `Ok(None)` if it does not exist.

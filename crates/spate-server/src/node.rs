@@ -415,22 +415,9 @@ fn check_cluster_id(
         Some(_) => {}
         None => {
             let text = format!("version=1\ncluster.id={quorum}\nnode.id={node_id}\n");
-            write_durably(&data_dir.join(META_PROPERTIES), text.as_bytes())?;
+            spate_log::write_atomic(data_dir, META_PROPERTIES, text.as_bytes())
+                .with_context(|| format!("cannot write {}", data_dir.join(META_PROPERTIES).display()))?;
         }
     }
     Ok(quorum)
-}
-
-/// temp file + fsync + rename + fsync of the directory.
-fn write_durably(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }
