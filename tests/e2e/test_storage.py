@@ -356,8 +356,6 @@ def test_segment_ms_rolls_by_age(broker_factory, topic_name):
     time.sleep(1.2)
     produce_all(p, topic_name, [dict(value=b"second")])
     logs = [f for f in Path(b.data_dir).rglob("*.log") if topic_name in str(f)]
-    if not logs:
-        pytest.skip("unknown on-disk layout")
     assert len(logs) >= 2, f"segment.ms=500 did not roll a segment after 1.2 s: {sorted(f.name for f in logs)}"
     assert [m.value() for m in consume(b.bootstrap, topic_name, expected=2)] == [b"first", b"second"]
 
