@@ -8,11 +8,16 @@ import time
 
 import pytest
 
+from confluent_kafka import TopicPartition
+
 import kproto
-from ckutil import admin, produce_all, producer, wait_topic
+from ckutil import admin, consumer, produce_all, producer, wait_topic
 from conftest import SPATE_BIN
 
 PROM_SAMPLE = re.compile(r'^[a-zA-Z_:][a-zA-Z0-9_:]*(\{.*\})?\s+\S+(\s+-?\d+)?$')
+SAMPLE_PARTS = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)')
+LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+DEFAULT_NODE_ID = "1"  # node.id's default
 
 
 def test_health(broker):
@@ -32,6 +37,72 @@ def test_metrics_is_prometheus_text(broker, topic_name):
         assert PROM_SAMPLE.match(line), f"not a Prometheus sample line: {line!r}"
         samples.append(line)
     assert samples, "no samples in /metrics after produce traffic"
+    # A single node is labelled too, with the default node.id.
+    for name, labels, _ in parse_samples(body):
+        assert labels.get("node") == DEFAULT_NODE_ID, f"{name}{labels} has no node=\"{DEFAULT_NODE_ID}\" label"
+
+
+def parse_samples(body):
+    """[(name, labels dict, value)] of every sample line of Prometheus text."""
+    out = []
+    for line in body.splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        m = SAMPLE_PARTS.match(line)
+        assert m, f"not a Prometheus sample line: {line!r}"
+        labels = LABEL.findall(m.group(2) or "")
+        keys = [k for k, _ in labels]
+        assert len(keys) == len(set(keys)), f"a label is repeated: {line!r}"
+        out.append((m.group(1), dict(labels), float(m.group(3))))
+    return out
+
+
+def requests_by_api(b):
+    """{api label: spate_kafka_requests_total} and the node labels seen on them."""
+    status, _, body = b.http_get("/metrics")
+    assert status == 200
+    counts, nodes = {}, set()
+    for name, labels, value in parse_samples(body):
+        if name == "spate_kafka_requests_total":
+            counts[labels.get("api")] = value
+            nodes.add(labels.get("node"))
+    return counts, nodes
+
+
+def test_metrics_label_node_id_and_group_apis(broker_factory, topic_name):
+    """Every sample carries node="<node.id>"; group APIs count under their own api label."""
+    b = broker_factory(args=["--node-id", "7", "--set", "group.initial.rebalance.delay.ms=0"])
+    produce_all(producer(b.bootstrap), topic_name, [dict(value=b"g")])
+    c = consumer(b.bootstrap, **{"group.id": f"metrics-{topic_name}", "enable.partition.eof": False,
+                                 "auto.offset.reset": "earliest"})
+    try:
+        c.subscribe([topic_name])  # FindCoordinator, JoinGroup, SyncGroup, OffsetFetch
+        deadline = time.monotonic() + 20
+        msg = None
+        while msg is None or msg.error():
+            assert time.monotonic() < deadline, "the subscribed consumer got no record within 20s"
+            msg = c.poll(0.5)
+        c.commit(offsets=[TopicPartition(topic_name, 0, msg.offset() + 1)], asynchronous=False)
+    finally:
+        c.close()  # LeaveGroup
+
+    counts, nodes = requests_by_api(b)
+    assert nodes == {"7"}, f"spate_kafka_requests_total node labels: {nodes}"
+    for api in ("FindCoordinator", "JoinGroup", "SyncGroup", "OffsetFetch", "OffsetCommit", "LeaveGroup",
+                "Produce", "Fetch", "Metadata", "ApiVersions"):
+        assert counts.get(api, 0) >= 1, f"no spate_kafka_requests_total{{api=\"{api}\"}}: {counts}"
+    assert not {"other", "unknown"} & counts.keys(), f"requests counted without their API name: {counts}"
+
+    status, _, body = b.http_get("/metrics")
+    assert status == 200
+    samples = parse_samples(body)
+    unlabelled = [(n, l) for n, l, _ in samples if l.get("node") != "7"]
+    assert not unlabelled, f"samples without node=\"7\": {unlabelled[:10]}"
+    # Hand-rendered group gauges are labelled like the rest.
+    assert any(n == "spate_consumer_group_committed_offset" for n, _, _ in samples), \
+        "no spate_consumer_group_committed_offset after a commit"
+    durations = {l.get("api") for n, l, _ in samples if n.startswith("spate_kafka_request_duration_seconds")}
+    assert {"JoinGroup", "FindCoordinator"} <= durations, f"request durations by api: {sorted(durations)}"
 
 
 def metric_values(broker):

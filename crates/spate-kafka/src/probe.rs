@@ -1,5 +1,9 @@
 //! The Kafka front end's metrics. Every metric name the front end exports is in this file;
 //! call sites use the verbs below.
+//!
+//! Labels: per-request metrics carry `api`, the Kafka name of the request's API
+//! (`api="JoinGroup"`). The `node` label is reserved: the `/metrics` endpoint adds
+//! `node="<node.id>"` to every sample, so no metric sets it itself.
 
 use kafka_protocol::messages::ApiKey;
 use std::time::Duration;
@@ -36,6 +40,10 @@ pub(crate) fn fetched(bytes: usize) {
     metrics::counter!("spate_kafka_fetch_bytes_total").increment(bytes as u64);
 }
 
+/// The `api` label: the Kafka name of every API the broker implements (the list
+/// [`crate::apis::SUPPORTED`] advertises in ApiVersions). Only implemented APIs reach the probe
+/// (anything else is answered with an error first), so "unknown" never shows in practice; a
+/// unit test fails when an API is added to `SUPPORTED` without a name here.
 fn api_name(api: ApiKey) -> &'static str {
     match api {
         ApiKey::Produce => "Produce",
@@ -52,7 +60,56 @@ fn api_name(api: ApiKey) -> &'static str {
         ApiKey::CreatePartitions => "CreatePartitions",
         ApiKey::IncrementalAlterConfigs => "IncrementalAlterConfigs",
         ApiKey::DescribeCluster => "DescribeCluster",
-        // Only implemented APIs reach the probe; anything else is dispatched to an error first.
-        _ => "other",
+        ApiKey::DescribeQuorum => "DescribeQuorum",
+        ApiKey::FindCoordinator => "FindCoordinator",
+        ApiKey::JoinGroup => "JoinGroup",
+        ApiKey::SyncGroup => "SyncGroup",
+        ApiKey::Heartbeat => "Heartbeat",
+        ApiKey::LeaveGroup => "LeaveGroup",
+        ApiKey::OffsetCommit => "OffsetCommit",
+        ApiKey::OffsetFetch => "OffsetFetch",
+        ApiKey::ListGroups => "ListGroups",
+        ApiKey::DescribeGroups => "DescribeGroups",
+        ApiKey::DeleteGroups => "DeleteGroups",
+        ApiKey::OffsetDelete => "OffsetDelete",
+        ApiKey::OffsetForLeaderEpoch => "OffsetForLeaderEpoch",
+        _ => UNKNOWN_API,
+    }
+}
+
+/// The `api` label of an API the broker does not implement.
+const UNKNOWN_API: &str = "unknown";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apis::SUPPORTED;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn every_supported_api_has_its_own_kafka_name() {
+        let mut seen: BTreeMap<&str, ApiKey> = BTreeMap::new();
+        for (key, _) in SUPPORTED {
+            let name = api_name(*key);
+            assert_ne!(
+                name, UNKNOWN_API,
+                "{key:?} is supported but has no api label"
+            );
+            // kafka-protocol's variant names are Kafka's API names.
+            assert_eq!(name, format!("{key:?}"), "{key:?} is labelled {name:?}");
+            if let Some(other) = seen.insert(name, *key) {
+                panic!("{key:?} and {other:?} share the api label {name:?}");
+            }
+        }
+        assert_eq!(seen.len(), SUPPORTED.len());
+    }
+
+    #[test]
+    fn unsupported_apis_are_unknown() {
+        for key in ApiKey::iter() {
+            if crate::apis::supported_versions(key).is_none() {
+                assert_eq!(api_name(key), UNKNOWN_API, "{key:?} is not supported");
+            }
+        }
     }
 }

@@ -1,4 +1,8 @@
 //! HTTP endpoints: `/health` and `/metrics` (Prometheus text format).
+//!
+//! Every sample on `/metrics` carries `node="<node.id>"`, added here as the text is rendered
+//! (see [`with_node_label`]), so that a Prometheus scraping every node of a cluster can tell
+//! them apart. Metrics must therefore not set a `node` label themselves.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -54,7 +58,48 @@ async fn metrics(State(state): State<HttpState>) -> (StatusCode, String) {
     }
     let mut text = handle.render();
     render_group_metrics(&state.broker, &mut text).await;
-    (StatusCode::OK, text)
+    let node = state.broker.config.node_id.0.to_string();
+    (StatusCode::OK, with_node_label(&text, &node))
+}
+
+/// Adds the label `node="<node>"` to every sample line of Prometheus text (comment and blank
+/// lines are kept as they are): the one place the node label is set, so it covers the
+/// recorder's metrics and the ones rendered by hand at scrape time alike.
+fn with_node_label(text: &str, node: &str) -> String {
+    let label = format!("node=\"{}\"", escape(node));
+    let mut out = String::with_capacity(text.len() + text.lines().count() * (label.len() + 3));
+    for line in text.split_inclusive('\n') {
+        if line.trim().is_empty() || line.starts_with('#') {
+            out.push_str(line);
+            continue;
+        }
+        // A sample is `name{labels} value [timestamp]` or `name value [timestamp]`.
+        let name_end = line
+            .find(|c: char| c == '{' || c.is_ascii_whitespace())
+            .unwrap_or(line.len());
+        let (name, rest) = line.split_at(name_end);
+        out.push_str(name);
+        match rest.strip_prefix('{') {
+            Some(labels) if labels.trim_start().starts_with('}') => {
+                out.push('{');
+                out.push_str(&label);
+                out.push_str(labels.trim_start());
+            }
+            Some(labels) => {
+                out.push('{');
+                out.push_str(&label);
+                out.push(',');
+                out.push_str(labels);
+            }
+            None => {
+                out.push('{');
+                out.push_str(&label);
+                out.push('}');
+                out.push_str(rest);
+            }
+        }
+    }
+    out
 }
 
 /// Group gauges are written at scrape time from the coordinator's state, so a deleted group
@@ -120,8 +165,64 @@ fn escape(value: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::with_node_label;
+
     #[test]
     fn label_values_are_escaped() {
         assert_eq!(super::escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+
+    #[test]
+    fn node_label_is_added_to_every_sample_line() {
+        let text = "# HELP up Up.\n\
+                    # TYPE up gauge\n\
+                    up 1\n\
+                    spate_kafka_requests_total{api=\"Produce\"} 3\n\
+                    empty_labels{} 0\n\
+                    \n\
+                    with_timestamp 2 1700000000000\n\
+                    group{group=\"a{b} c\",partition=\"0\"} 4";
+        assert_eq!(
+            with_node_label(text, "7"),
+            "# HELP up Up.\n\
+             # TYPE up gauge\n\
+             up{node=\"7\"} 1\n\
+             spate_kafka_requests_total{node=\"7\",api=\"Produce\"} 3\n\
+             empty_labels{node=\"7\"} 0\n\
+             \n\
+             with_timestamp{node=\"7\"} 2 1700000000000\n\
+             group{node=\"7\",group=\"a{b} c\",partition=\"0\"} 4"
+        );
+        assert_eq!(with_node_label("", "7"), "");
+    }
+
+    #[test]
+    fn every_recorded_metric_carries_the_node_label() {
+        // The real exporter's output: counters, gauges and histograms (with their _bucket,
+        // _sum and _count lines), with and without labels.
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            metrics::counter!("c_total").increment(1);
+            metrics::counter!("c_labelled_total", "api" => "JoinGroup").increment(2);
+            metrics::gauge!("g", "topic" => "t", "partition" => "0").set(5.0);
+            metrics::histogram!("h_seconds", "api" => "FindCoordinator").record(0.25);
+            metrics::histogram!("h_plain_seconds").record(0.5);
+        });
+        let text = with_node_label(&handle.render(), "3");
+        let samples: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .collect();
+        assert!(samples.len() >= 5, "{text}");
+        for sample in &samples {
+            let (_, labels) = sample.split_once('{').unwrap_or_else(|| panic!("{sample}"));
+            assert!(labels.starts_with("node=\"3\""), "{sample}");
+            assert_eq!(sample.matches("node=").count(), 1, "{sample}");
+        }
+        assert!(
+            text.contains("c_labelled_total{node=\"3\",api=\"JoinGroup\"} 2"),
+            "{text}"
+        );
     }
 }
