@@ -100,9 +100,25 @@ def admin(bootstrap):
     return AdminClient({"bootstrap.servers": bootstrap})
 
 
+def replication_for(bootstrap):
+    """The replication factor tests use against `bootstrap`: 1 on one node, 3 on a cluster
+    (the bootstrap string lists every node)."""
+    return min(3, len(bootstrap.split(",")))
+
+
+def leader_of(bootstrap, topic, partition=0):
+    """host:port of the partition's leader, for raw protocol probes (which, unlike clients,
+    do not follow leadership themselves)."""
+    md = admin(bootstrap).list_topics(topic=topic, timeout=10)
+    leader = md.topics[topic].partitions[partition].leader
+    b = md.brokers[leader]
+    return f"{b.host}:{b.port}"
+
+
 def create_topic(bootstrap, name, partitions=1, config=None):
     a = admin(bootstrap)
-    fs = a.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1, config=config or {})],
+    fs = a.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=replication_for(bootstrap),
+                                   config=config or {})],
                          operation_timeout=10, request_timeout=CLIENT_TIMEOUT_S)
     fs[name].result(timeout=CLIENT_TIMEOUT_S)
     wait_topic(a, name, partitions)

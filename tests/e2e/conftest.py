@@ -50,8 +50,13 @@ class BrokerError(AssertionError):
 class Broker:
     """One `spate serve` process. restart() keeps the data dir and ports."""
 
-    def __init__(self, workdir: Path, name="spate", args=(), env=None, config=None):
+    def __init__(self, workdir: Path, name="spate", args=(), env=None, config=None, host="127.0.0.1",
+                 prefix=()):
+        """`host`: the address every listener binds and advertises; `prefix`: a command the
+        broker runs under (`ip netns exec NS` for a node in its own network namespace)."""
         self.workdir = Path(workdir)
+        self.host = host
+        self.prefix = list(prefix)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.name = name
         self.data_dir = self.workdir / "data"
@@ -70,15 +75,15 @@ class Broker:
 
     @property
     def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.kafka_port}"
+        return f"{self.host}:{self.kafka_port}"
 
     @property
     def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"http://{self.host}:{self.http_port}"
 
     def command(self):
-        cmd = [str(SPATE_BIN), "serve", "--data-dir", str(self.data_dir),
-               "--kafka-listen", self.bootstrap, "--http-listen", f"127.0.0.1:{self.http_port}"]
+        cmd = self.prefix + [str(SPATE_BIN), "serve", "--data-dir", str(self.data_dir),
+                             "--kafka-listen", self.bootstrap, "--http-listen", f"{self.host}:{self.http_port}"]
         if self.config_path is not None:
             cmd += ["--config", str(self.config_path)]
         return cmd + self.args
@@ -204,10 +209,14 @@ class Cluster:
     and a broker. Defaults as `spate dev` sets them: replication factor min(3, N), offsets
     topic likewise, min.insync.replicas 2 from three nodes."""
 
-    def __init__(self, workdir: Path, nodes=3, args=(), env=None):
+    def __init__(self, workdir: Path, nodes=3, args=(), env=None, hosts=None, prefixes=None):
+        """`hosts`/`prefixes`: per node id, the address and command prefix (see Broker); by
+        default every node is on 127.0.0.1 in this network namespace."""
         self.workdir = Path(workdir)
+        hosts = hosts or {i: "127.0.0.1" for i in range(1, nodes + 1)}
+        prefixes = prefixes or {}
         self.controller_ports = {i: free_port() for i in range(1, nodes + 1)}
-        voters = ",".join(f"{i}@127.0.0.1:{p}" for i, p in self.controller_ports.items())
+        voters = ",".join(f"{i}@{hosts[i]}:{p}" for i, p in self.controller_ports.items())
         rf = min(3, nodes)
         common = ["--set", f"default.replication.factor={rf}",
                   "--set", f"offsets.topic.replication.factor={rf}",
@@ -216,8 +225,9 @@ class Cluster:
         self.nodes = {}
         for i, port in self.controller_ports.items():
             node_args = ["--node-id", str(i), "--controller-voters", voters,
-                         "--controller-listen", f"127.0.0.1:{port}"] + common + list(args)
-            self.nodes[i] = Broker(self.workdir / f"node-{i}", name=f"node {i}", args=node_args, env=env)
+                         "--controller-listen", f"{hosts[i]}:{port}"] + common + list(args)
+            self.nodes[i] = Broker(self.workdir / f"node-{i}", name=f"node {i}", args=node_args, env=env,
+                                   host=hosts[i], prefix=prefixes.get(i, ()))
 
     @property
     def bootstrap(self):
@@ -275,6 +285,31 @@ def bootstrap(broker):
     return broker.bootstrap
 
 
+@pytest.fixture(scope="session")
+def _session_cluster(tmp_path_factory):
+    c = Cluster(tmp_path_factory.mktemp("session-cluster"), nodes=3)
+    try:
+        c.start()
+        yield c
+    finally:
+        c.cleanup()
+
+
+@pytest.fixture(params=["one-node", "three-nodes"])
+def bootstrap_both_shapes(request):
+    """The session broker, then the session 3-node cluster (replication factor 3): client
+    suites override `bootstrap` with this to run against both shapes (use unique topics)."""
+    if request.param == "one-node":
+        return request.getfixturevalue("broker").bootstrap
+    c = request.getfixturevalue("_session_cluster")
+    down = [b.name for b in c.nodes.values() if not b.running]
+    if down:
+        pytest.fail(f"the session cluster lost {down} during an earlier test")
+    for b in c.nodes.values():
+        _track(request.node, b)
+    return c.bootstrap
+
+
 @pytest.fixture
 def broker_factory(tmp_path, request):
     """broker_factory(args=[...], env={...}, config="toml text", start=True, subdir=None) -> Broker
@@ -297,11 +332,13 @@ def broker_factory(tmp_path, request):
 
 @pytest.fixture
 def cluster_factory(tmp_path, request):
-    """cluster_factory(nodes=3, args=[...], start=True) -> Cluster owned by this test."""
+    """cluster_factory(nodes=3, args=[...], start=True, hosts=None, prefixes=None) -> Cluster
+    owned by this test."""
     made = []
 
-    def make(nodes=3, args=(), env=None, start=True):
-        c = Cluster(tmp_path / f"cluster{len(made)}", nodes=nodes, args=args, env=env)
+    def make(nodes=3, args=(), env=None, start=True, hosts=None, prefixes=None):
+        c = Cluster(tmp_path / f"cluster{len(made)}", nodes=nodes, args=args, env=env, hosts=hosts,
+                    prefixes=prefixes)
         made.append(c)
         for b in c.nodes.values():
             _track(request.node, b)

@@ -4,96 +4,14 @@ every replica, failover when a leader is killed with SIGKILL (no acknowledged wr
 a killed follower leaving the ISR while writes continue, and a controlled shutdown (SIGTERM)
 that moves leadership before the node stops."""
 
-import threading
 import time
 
 import pytest
-from confluent_kafka import Producer
-from confluent_kafka.admin import NewTopic
 
-from ckutil import CLIENT_TIMEOUT_S, admin, consume, producer, produce_all, wait_topic
+from ckutil import CLIENT_TIMEOUT_S, admin, consume, producer, produce_all
+from clusterutil import ContinuousProducer, create_replicated, log_bytes, partition_state, wait_for
 
 pytestmark = pytest.mark.timeout(240)
-
-
-def create_replicated(bootstrap, name, partitions, rf=3):
-    a = admin(bootstrap)
-    fs = a.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=rf)],
-                         operation_timeout=10, request_timeout=CLIENT_TIMEOUT_S)
-    fs[name].result(timeout=CLIENT_TIMEOUT_S)
-    return a, wait_topic(a, name, partitions)
-
-
-def partition_state(a, topic, partition=0):
-    md = a.list_topics(topic=topic, timeout=10)
-    p = md.topics[topic].partitions[partition]
-    return p.leader, list(p.replicas), list(p.isrs)
-
-
-def wait_for(what, check, timeout=30, interval=0.1):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-            if last:
-                return last
-        except Exception as e:  # metadata from a node that just died, etc.
-            last = repr(e)
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last})")
-
-
-def log_bytes(node, topic, partition):
-    d = node.data_dir / "logs" / f"{topic}-{partition}"
-    return sum(f.stat().st_size for f in d.glob("*.log"))
-
-
-class ContinuousProducer:
-    """Produces numbered values to one partition with acks=all and idempotence until stopped,
-    recording which values were acknowledged and any delivery error."""
-
-    def __init__(self, bootstrap, topic, partition=0):
-        self.topic, self.partition = topic, partition
-        self.p = producer(bootstrap, **{"enable.idempotence": True, "acks": "all", "linger.ms": 2,
-                                        "message.timeout.ms": 60000, "retry.backoff.ms": 50})
-        self.acked, self.errors = [], []
-        self.lock = threading.Lock()
-        self.stop_flag = threading.Event()
-        self.thread = threading.Thread(target=self.run, daemon=True)
-        self.sent = 0
-
-    def on_delivery(self, err, msg):
-        with self.lock:
-            if err is not None:
-                self.errors.append(err)
-            else:
-                self.acked.append(int(msg.value()))
-
-    def run(self):
-        while not self.stop_flag.is_set():
-            try:
-                self.p.produce(self.topic, value=str(self.sent).encode(), partition=self.partition,
-                               on_delivery=self.on_delivery)
-                self.sent += 1
-            except BufferError:
-                pass
-            self.p.poll(0.002)
-
-    def start(self):
-        self.thread.start()
-        return self
-
-    def acked_count(self):
-        with self.lock:
-            return len(self.acked)
-
-    def finish(self):
-        self.stop_flag.set()
-        self.thread.join(10)
-        remaining = self.p.flush(60)
-        assert remaining == 0, f"{remaining} messages never got a delivery report"
-        return list(self.acked), list(self.errors)
 
 
 def test_three_nodes_form_a_cluster_and_replicate_every_byte(cluster_factory, topic_name):
@@ -123,8 +41,9 @@ def test_three_nodes_form_a_cluster_and_replicate_every_byte(cluster_factory, to
                  and log_bytes(c.nodes[1], topic_name, part) > 0)
 
 
-def test_leader_killed_mid_stream_loses_no_acknowledged_write(cluster_factory, topic_name):
-    c = cluster_factory(3)
+@pytest.mark.parametrize("nodes", [3, 5])
+def test_leader_killed_mid_stream_loses_no_acknowledged_write(cluster_factory, topic_name, nodes):
+    c = cluster_factory(nodes)
     a, _ = create_replicated(c.bootstrap, topic_name, 1)
     leader, _, isr = partition_state(a, topic_name)
     assert len(isr) == 3
@@ -154,8 +73,9 @@ def test_leader_killed_mid_stream_loses_no_acknowledged_write(cluster_factory, t
     c.nodes[leader].start()
     wait_for("the restarted node back in the ISR",
              lambda: len(partition_state(admin(c.bootstrap), topic_name)[2]) == 3, timeout=60)
-    wait_for("identical logs on every node",
-             lambda: len({log_bytes(n, topic_name, 0) for n in c.nodes.values()}) == 1, timeout=60)
+    replicas = [c.nodes[r] for r in partition_state(admin(c.bootstrap), topic_name)[1]]
+    wait_for("identical logs on every replica",
+             lambda: len({log_bytes(n, topic_name, 0) for n in replicas}) == 1, timeout=60)
 
 
 def test_killed_follower_leaves_the_isr_and_writes_continue(cluster_factory, topic_name):

@@ -8,7 +8,13 @@ import pytest
 from confluent_kafka import TIMESTAMP_CREATE_TIME, KafkaError
 
 import kproto
-from ckutil import consume, create_topic, produce_all, producer
+from ckutil import consume, create_topic, leader_of, produce_all, producer
+
+
+@pytest.fixture
+def bootstrap(bootstrap_both_shapes):
+    """Every test here runs against one node and against a 3-node cluster."""
+    return bootstrap_both_shapes
 
 
 def test_roundtrip_keys_values_headers_timestamps_null_and_empty(bootstrap, topic_name):
@@ -38,7 +44,7 @@ def test_roundtrip_keys_values_headers_timestamps_null_and_empty(bootstrap, topi
         assert m.headers() == want_headers, f"offset {m.offset()}"
 
     # The client may blur null and empty; the stored records must not.
-    with kproto.Conn(bootstrap) as c:
+    with kproto.Conn(leader_of(bootstrap, topic_name)) as c:
         records = [r for b in kproto.fetch_all_batches(c, topic_name, 0) for r in b.records]
     assert [(r["key"], r["value"]) for r in records] == [(s["key"], s["value"]) for s in sent]
     assert [r["timestamp"] for r in records] == [s["timestamp"] for s in sent]
@@ -74,7 +80,7 @@ def test_compression_codec_roundtrip_and_stored_untouched(bootstrap, topic_name,
     assert [m.key() for m in got] == [str(i).encode() for i in range(len(values))]
     assert [m.offset() for m in got] == list(range(len(values)))
 
-    with kproto.Conn(bootstrap) as c:
+    with kproto.Conn(leader_of(bootstrap, topic_name)) as c:
         batches = kproto.fetch_all_batches(c, topic_name, 0)
     assert batches, "no batches fetched"
     assert {b.codec for b in batches} == {codec}, f"stored codecs {[b.codec for b in batches]}"
@@ -124,7 +130,7 @@ def test_idempotent_producer_no_duplicates_and_sequences_stored(bootstrap, topic
         got = consume(bootstrap, topic_name, partitions=[part], expected=n // 2)
         assert [m.value() for m in got] == [b"%d" % i for i in range(part, n, 2)]
 
-        with kproto.Conn(bootstrap) as c:
+        with kproto.Conn(leader_of(bootstrap, topic_name, part)) as c:
             batches = kproto.fetch_all_batches(c, topic_name, part)
         pids = {(b.producer_id, b.producer_epoch) for b in batches}
         assert len(pids) == 1 and next(iter(pids))[0] >= 0, f"producer ids in batches: {pids}"

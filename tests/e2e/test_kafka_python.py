@@ -6,7 +6,13 @@ import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import TopicAlreadyExistsError, UnknownTopicOrPartitionError
 
-from ckutil import consume, create_topic, topic_names, admin as ck_admin
+from ckutil import consume, create_topic, replication_for, topic_names, admin as ck_admin
+
+
+@pytest.fixture
+def bootstrap(bootstrap_both_shapes):
+    """Every test here runs against one node and against a 3-node cluster."""
+    return bootstrap_both_shapes
 
 T = 20
 
@@ -70,7 +76,7 @@ def test_kafka_python_gzip(bootstrap, topic_name):
 def test_kafka_python_admin_create_and_delete_topics(bootstrap, topic_name):
     a = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=T * 1000)
     try:
-        a.create_topics({topic_name: {"num_partitions": 3, "replication_factor": 1,
+        a.create_topics({topic_name: {"num_partitions": 3, "replication_factor": replication_for(bootstrap),
                                       "configs": {"retention.ms": "3600000"}}})
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -81,7 +87,7 @@ def test_kafka_python_admin_create_and_delete_topics(bootstrap, topic_name):
         assert sorted(p["partition_index"] for p in desc[topic_name]["partitions"]) == [0, 1, 2]
         assert topic_name in a.list_topics()
         with pytest.raises(TopicAlreadyExistsError):
-            a.create_topics({topic_name: {"num_partitions": 1, "replication_factor": 1}})
+            a.create_topics({topic_name: {"num_partitions": 1, "replication_factor": replication_for(bootstrap)}})
 
         a.delete_topics([topic_name])
         deadline = time.monotonic() + 10
@@ -98,7 +104,7 @@ def test_kafka_python_admin_partitions_configs_records_and_offsets(bootstrap, to
     from kafka.admin import ConfigResource, ConfigResourceType
     a = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=T * 1000)
     try:
-        a.create_topics({topic_name: {"num_partitions": 1, "replication_factor": 1,
+        a.create_topics({topic_name: {"num_partitions": 1, "replication_factor": replication_for(bootstrap),
                                       "configs": {"retention.ms": "3600000"}}}, wait_for_metadata=True)
         a.create_partitions({topic_name: 3})
         a.wait_for_topics([topic_name])

@@ -10,7 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from ckutil import admin, consume, topic_names, wait_topic
+from ckutil import admin, consume, replication_for, topic_names, wait_topic
+
+
+@pytest.fixture
+def bootstrap(bootstrap_both_shapes):
+    """Every test here runs against one node and against a 3-node cluster."""
+    return bootstrap_both_shapes
 
 JS_DIR = Path(__file__).parent / "js"
 NODE = shutil.which("node")
@@ -20,6 +26,8 @@ def kjs(bootstrap, topic, command, arg=None, timeout=60):
     assert NODE, "node is not installed"
     assert (JS_DIR / "node_modules" / "kafkajs").is_dir(), "kafkajs is not installed: run scripts/setup"
     env = dict(os.environ, KAFKAJS_NO_PARTITIONER_WARNING="1")
+    if command == "create":
+        arg = dict(arg or {}, replicationFactor=replication_for(bootstrap))
     cmd = [NODE, str(JS_DIR / "kjs.js"), bootstrap, topic, command] + ([json.dumps(arg)] if arg is not None else [])
     r = subprocess.run(cmd, capture_output=True, timeout=timeout, env=env, cwd=JS_DIR, stdin=subprocess.DEVNULL)
     assert r.returncode == 0, (f"kjs.js {command} exited {r.returncode}\n"
@@ -33,7 +41,11 @@ def test_kafkajs_create_topic_and_metadata(bootstrap, topic_name):
     (t,) = out["metadata"]
     assert t["name"] == topic_name
     assert sorted(p["partitionId"] for p in t["partitions"]) == [0, 1, 2]
-    assert all(p["leader"] == 1 and p["replicas"] == [1] and p["isr"] == [1] for p in t["partitions"])
+    rf = replication_for(bootstrap)
+    for p in t["partitions"]:
+        assert len(set(p["replicas"])) == rf and p["leader"] in p["replicas"], p
+        assert sorted(p["isr"]) == sorted(p["replicas"]), f"the ISR is every replica at creation: {p}"
+    assert len({p["leader"] for p in t["partitions"]}) == rf, "leaders spread over the nodes"
     wait_topic(admin(bootstrap), topic_name, 3)
     # Creating again reports "not created" (TOPIC_ALREADY_EXISTS is swallowed by kafkajs).
     assert kjs(bootstrap, topic_name, "create", {"partitions": 3})["created"] is False

@@ -9,7 +9,13 @@ import time
 import pytest
 
 import kproto
-from ckutil import consume, create_topic, produce_all, producer
+from ckutil import consume, create_topic, leader_of, produce_all, producer
+
+
+@pytest.fixture
+def bootstrap(bootstrap_both_shapes):
+    """Every test here runs against one node and against a 3-node cluster."""
+    return bootstrap_both_shapes
 
 KCAT = shutil.which("kcat") or shutil.which("kafkacat")
 
@@ -77,7 +83,7 @@ def test_kcat_compression(bootstrap, topic_name, codec):
     kcat(bootstrap, "-P", "-t", topic_name, "-X", f"compression.codec={codec}", "-X", "linger.ms=50",
          stdin=("\n".join(values) + "\n").encode())
     assert kcat_consume(bootstrap, topic_name, "%s\n").splitlines() == values
-    with kproto.Conn(bootstrap) as c:
+    with kproto.Conn(leader_of(bootstrap, topic_name)) as c:
         batches = kproto.fetch_all_batches(c, topic_name, 0)
     assert {b.codec for b in batches} == {codec}
 

@@ -14,7 +14,7 @@ const arg = rawArg ? JSON.parse(rawArg) : {};
 
 const kafka = new Kafka({
   clientId: 'spate-e2e-kafkajs',
-  brokers: [bootstrap],
+  brokers: bootstrap.split(','),
   connectionTimeout: 5000,
   requestTimeout: 15000,
   retry: { retries: 10, initialRetryTime: 100, maxRetryTime: 1000 },
@@ -36,7 +36,7 @@ const commands = {
         topics: [{
           topic,
           numPartitions: arg.partitions || 1,
-          replicationFactor: 1,
+          replicationFactor: arg.replicationFactor || 1,
           configEntries: Object.entries(arg.configs || {}).map(([name, value]) => ({ name, value })),
         }],
       });

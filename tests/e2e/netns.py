@@ -1,0 +1,90 @@
+"""Test hosts in network namespaces, so a test can cut the network between cluster nodes.
+
+One Linux bridge in this (the test's) namespace, and per node a namespace with one veth
+interface on the bridge. Node i is at 10.213.S.i and the test process at 10.213.S.254, with S
+chosen from the test's pid. These addresses exist only on this machine, inside the namespaces and
+the bridge this module creates; nothing is routed anywhere else. Partitions are iptables DROP
+rules inside a node's namespace, so the test (the clients) can still reach a node cut off from
+its peers, which is what shows that a partitioned leader stops acknowledging writes.
+
+Needs root, `ip` (iproute2) and `iptables`; scripts/setup installs both.
+"""
+
+import os
+import shutil
+import subprocess
+
+
+def _run(*cmd):
+    r = subprocess.run(list(cmd), capture_output=True, text=True)
+    if r.returncode != 0:
+        raise AssertionError(f"`{' '.join(cmd)}` failed ({r.returncode}): {r.stderr.strip()}")
+    return r.stdout
+
+
+def missing_requirements():
+    """Why this machine cannot run namespace tests, or None."""
+    if os.geteuid() != 0:
+        return "network namespace tests need root"
+    for tool in ("ip", "iptables"):
+        if shutil.which(tool) is None:
+            return f"`{tool}` is missing: run scripts/setup"
+    return None
+
+
+class NetnsLab:
+    def __init__(self, nodes):
+        tag = os.getpid() % 10000
+        subnet = os.getpid() % 200 + 20
+        self.prefix = f"10.213.{subnet}"
+        self.bridge = f"spbr{tag}"
+        self.namespaces = {i: f"spate-e2e-{tag}-{i}" for i in range(1, nodes + 1)}
+        self.veths = {i: f"spv{tag}n{i}" for i in range(1, nodes + 1)}
+        self.created = []
+
+    @property
+    def hosts(self):
+        return {i: f"{self.prefix}.{i}" for i in self.namespaces}
+
+    @property
+    def prefixes(self):
+        return {i: ["ip", "netns", "exec", ns] for i, ns in self.namespaces.items()}
+
+    def up(self):
+        self.teardown()  # leftovers of a killed earlier run with the same pid
+        _run("ip", "link", "add", self.bridge, "type", "bridge")
+        self.created.append(("link", self.bridge))
+        _run("ip", "addr", "add", f"{self.prefix}.254/24", "dev", self.bridge)
+        _run("ip", "link", "set", self.bridge, "up")
+        for i, ns in self.namespaces.items():
+            _run("ip", "netns", "add", ns)
+            self.created.append(("netns", ns))
+            _run("ip", "link", "add", self.veths[i], "type", "veth", "peer", "name", "eth0", "netns", ns)
+            _run("ip", "link", "set", self.veths[i], "master", self.bridge, "up")
+            _run("ip", "netns", "exec", ns, "ip", "addr", "add", f"{self.hosts[i]}/24", "dev", "eth0")
+            _run("ip", "netns", "exec", ns, "ip", "link", "set", "eth0", "up")
+            _run("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
+        return self
+
+    def isolate(self, node):
+        """Cuts `node` off from every other node, both ways; the test's own address stays
+        reachable."""
+        ns = self.namespaces[node]
+        for other, host in self.hosts.items():
+            if other != node:
+                _run("ip", "netns", "exec", ns, "iptables", "-A", "INPUT", "-s", host, "-j", "DROP")
+                _run("ip", "netns", "exec", ns, "iptables", "-A", "OUTPUT", "-d", host, "-j", "DROP")
+
+    def heal(self):
+        for ns in self.namespaces.values():
+            _run("ip", "netns", "exec", ns, "iptables", "-F", "INPUT")
+            _run("ip", "netns", "exec", ns, "iptables", "-F", "OUTPUT")
+
+    def teardown(self):
+        """Deleting a namespace deletes its end of the veth pair, and so the pair."""
+        for ns in self.namespaces.values():
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
+        for v in self.veths.values():
+            subprocess.run(["ip", "link", "del", v], capture_output=True)
+        self.created.clear()
