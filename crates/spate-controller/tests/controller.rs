@@ -3,7 +3,7 @@
 
 use spate_controller::{
     BrokerEndpoint, Controller, ControllerConfig, ControllerError, MetadataCommand, MetadataError,
-    MetadataImage, MetadataOutcome,
+    MetadataImage, MetadataOutcome, StopCause,
 };
 use spate_types::{NodeId, ProducerId};
 use std::collections::BTreeMap;
@@ -237,7 +237,7 @@ async fn open_propose_subscribe_shutdown_reopen() {
     c.shutdown().await.expect("shutdown is idempotent");
     assert!(matches!(
         c.propose(create("late", 1)).await,
-        Err(ControllerError::Stopped(_))
+        Err(ControllerError::Stopped(StopCause::ShutDown))
     ));
 
     // A fresh controller over the same directory restores the exact image. Reopening appends

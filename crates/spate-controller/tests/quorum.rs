@@ -1,6 +1,7 @@
 //! A controller quorum of three voters in one process, talking over real loopback TCP: forming
-//! without a format step, forwarding, broker fencing and controlled shutdown, leader loss,
-//! restart, and refusal of a data directory that belongs to another quorum.
+//! without a format step, forwarding (proposals and the quorum status), broker fencing and
+//! controlled shutdown, leader loss, restart, and refusal of a data directory that belongs to
+//! another quorum.
 
 use spate_controller::{
     BrokerEndpoint, Controller, ControllerConfig, ControllerError, MetadataCommand, MetadataImage,
@@ -181,6 +182,88 @@ async fn three_voters_form_one_cluster_and_forward_proposals() {
         "the leader tracks every voter: {status:?}"
     );
 
+    for node in cluster.nodes.values() {
+        node.shutdown().await.expect("shutdown");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_reports_the_active_controllers_view_of_the_quorum() {
+    let mut cluster = Cluster::start(3).await;
+    cluster
+        .wait_all("three live brokers", |i| {
+            i.brokers.len() == 3 && i.fenced.is_empty()
+        })
+        .await;
+    let leader = cluster.leader();
+    let follower = *cluster
+        .nodes
+        .keys()
+        .find(|id| **id != leader)
+        .expect("a follower");
+    let own = cluster.nodes[&follower].quorum_status();
+    assert!(
+        own.voter_matched.is_empty(),
+        "a follower tracks no replication of its own: {own:?}"
+    );
+
+    // --- a follower asks the active controller, and answers with its view
+    let asked = cluster.nodes[&follower]
+        .leader_quorum_status()
+        .await
+        .expect("the leader's view, through the follower");
+    let direct = cluster.nodes[&leader].quorum_status();
+    assert_eq!(asked.leader, Some(leader));
+    assert_eq!(asked.term, direct.term);
+    assert_eq!(asked.voters, direct.voters);
+    let voters: Vec<NodeId> = cluster.nodes.keys().copied().collect();
+    assert_eq!(
+        asked.voter_matched.keys().copied().collect::<Vec<_>>(),
+        voters,
+        "the leader's replication state for every voter: {asked:?}"
+    );
+    assert!(asked.committed_index >= 1, "{asked:?}");
+    // Every node, the leader included, reports the same leader, term and voters.
+    for (id, node) in &cluster.nodes {
+        let status = node.leader_quorum_status().await.expect("leader's view");
+        assert_eq!(
+            (status.leader, status.term, &status.voters),
+            (asked.leader, asked.term, &asked.voters),
+            "node {id}"
+        );
+    }
+
+    // --- stop the active controller: a follower reports the next one's view once elected
+    cluster
+        .nodes
+        .remove(&leader)
+        .expect("leader")
+        .shutdown()
+        .await
+        .expect("stop");
+    let survivor = cluster.any().clone();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let status = loop {
+        match survivor.leader_quorum_status().await {
+            Ok(status) if status.leader != Some(leader) => break status,
+            Ok(stale) => panic!("the stopped controller cannot answer: {stale:?}"),
+            // Electing, or the dead leader is still the one known: retriable.
+            Err(
+                e @ (ControllerError::NotLeader { .. }
+                | ControllerError::PeerUnreachable { .. }
+                | ControllerError::PeerTimeout { .. }
+                | ControllerError::PeerFailed { .. }),
+            ) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "no new controller within {WAIT:?}: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("not a routing error: {e:?}"),
+        }
+    };
+    assert!(status.term > asked.term, "{status:?} after {asked:?}");
     for node in cluster.nodes.values() {
         node.shutdown().await.expect("shutdown");
     }

@@ -2,7 +2,7 @@
 //! error variant must be given its wire code here.
 
 use kafka_protocol::ResponseError;
-use spate_controller::{ControllerError, MetadataError};
+use spate_controller::{ControllerError, MetadataError, StopCause};
 use spate_log::{BatchError, BatchErrorKind, ConfigError, LogError};
 use spate_replica::ReplicaError;
 
@@ -74,21 +74,36 @@ pub(crate) fn metadata_error(e: &MetadataError) -> ResponseError {
     }
 }
 
-/// A controller failure as a client sees it: retriable unless the node is broken.
+/// A controller failure as a client sees it: retriable unless this node is broken. The leader
+/// itself is not a wire field of the admin responses that carry these codes; it is in the
+/// message (`Display`), and [`ControllerError::leader_hint`] gives it to handlers that have a
+/// field for it (DescribeQuorum).
 pub(crate) fn controller_error(e: &ControllerError) -> ResponseError {
     match e {
-        // The quorum is electing or the active controller moved: clients retry (Kafka answers
-        // admin requests it cannot forward with NOT_CONTROLLER or REQUEST_TIMED_OUT).
+        // The quorum is electing or the active controller moved: clients refresh their metadata
+        // and retry (Kafka answers requests sent to a node that is not the controller so).
         ControllerError::NotLeader { .. } => ResponseError::NotController,
-        ControllerError::Forward { .. } | ControllerError::ApplyTimeout { .. } => {
-            ResponseError::RequestTimedOut
-        }
-        ControllerError::OpenTimeout { .. } | ControllerError::Stopped(_) => {
-            ResponseError::NotController
-        }
-        ControllerError::Io { .. } => ResponseError::KafkaStorageError,
-        ControllerError::Raft(_)
-        | ControllerError::Locked { .. }
+        // The active controller could not be asked, or did not answer in time, through the
+        // whole request timeout: what Kafka answers a request whose forwarding to the
+        // controller timed out. Retriable: a new leader is usually elected meanwhile.
+        ControllerError::PeerUnreachable { .. }
+        | ControllerError::PeerTimeout { .. }
+        | ControllerError::PeerFailed { .. }
+        | ControllerError::ApplyTimeout { .. } => ResponseError::RequestTimedOut,
+        // This node's controller is stopping (or never became leader at open): the request
+        // belongs to another node.
+        ControllerError::Stopped(StopCause::ShutDown | StopCause::Panicked)
+        | ControllerError::OpenTimeout { .. } => ResponseError::NotController,
+        // A command this node proposed for itself was refused by the metadata rules: the same
+        // code as if a client had sent it.
+        ControllerError::Refused { error, .. } => metadata_error(error),
+        // The controller's disk failed; its Raft core stops. Not KAFKA_STORAGE_ERROR, which is
+        // about a partition's log and which clients retry as stale metadata: nothing this node
+        // does will succeed again, so the client should hear it at once.
+        ControllerError::Io { .. } => ResponseError::UnknownServerError,
+        // Refusals at open: a running controller never returns them (the node does not start).
+        // Nothing a client could retry either.
+        ControllerError::Locked { .. }
         | ControllerError::InvalidNodeId(_)
         | ControllerError::NotAVoter { .. }
         | ControllerError::VotersMismatch { .. }
@@ -129,4 +144,188 @@ pub(crate) fn group_error(e: &spate_coordinator::GroupError) -> ResponseError {
 /// The wire code of an optional group error (0 for none).
 pub(crate) fn group_code(e: Option<spate_coordinator::GroupError>) -> i16 {
     e.map_or(0, |e| group_error(&e).code())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spate_controller::PeerFailure;
+    use spate_types::NodeId;
+    use std::io;
+
+    /// Every controller error, with the code a client must see and the leader it points at.
+    fn controller_cases() -> Vec<(ControllerError, ResponseError, Option<NodeId>)> {
+        let io = |kind| io::Error::from(kind);
+        vec![
+            (
+                ControllerError::NotLeader {
+                    leader: Some(NodeId(2)),
+                },
+                ResponseError::NotController,
+                Some(NodeId(2)),
+            ),
+            (
+                ControllerError::NotLeader { leader: None },
+                ResponseError::NotController,
+                None,
+            ),
+            (
+                ControllerError::PeerUnreachable {
+                    peer: NodeId(3),
+                    source: io(io::ErrorKind::ConnectionRefused),
+                },
+                ResponseError::RequestTimedOut,
+                Some(NodeId(3)),
+            ),
+            (
+                ControllerError::PeerTimeout {
+                    peer: NodeId(3),
+                    timeout_ms: 15_000,
+                },
+                ResponseError::RequestTimedOut,
+                Some(NodeId(3)),
+            ),
+            (
+                ControllerError::PeerFailed {
+                    peer: NodeId(1),
+                    failure: PeerFailure::Stopped,
+                },
+                ResponseError::RequestTimedOut,
+                Some(NodeId(1)),
+            ),
+            (
+                ControllerError::PeerFailed {
+                    peer: NodeId(1),
+                    failure: PeerFailure::Storage,
+                },
+                ResponseError::RequestTimedOut,
+                Some(NodeId(1)),
+            ),
+            (
+                ControllerError::ApplyTimeout { index: 7 },
+                ResponseError::RequestTimedOut,
+                None,
+            ),
+            (
+                ControllerError::Stopped(StopCause::ShutDown),
+                ResponseError::NotController,
+                None,
+            ),
+            (
+                ControllerError::Stopped(StopCause::Panicked),
+                ResponseError::NotController,
+                None,
+            ),
+            (
+                ControllerError::OpenTimeout { waited_ms: 10_000 },
+                ResponseError::NotController,
+                None,
+            ),
+            (
+                ControllerError::Refused {
+                    command: "registering this broker",
+                    error: MetadataError::InvalidRequest("negative id".into()),
+                },
+                ResponseError::InvalidRequest,
+                None,
+            ),
+            (
+                ControllerError::Io {
+                    context: "raft storage".into(),
+                    source: io(io::ErrorKind::Other),
+                },
+                ResponseError::UnknownServerError,
+                None,
+            ),
+            (
+                ControllerError::Locked {
+                    path: "/data/controller".into(),
+                },
+                ResponseError::UnknownServerError,
+                None,
+            ),
+            (
+                ControllerError::InvalidNodeId(NodeId(-1)),
+                ResponseError::UnknownServerError,
+                None,
+            ),
+            (
+                ControllerError::NotAVoter {
+                    node: NodeId(4),
+                    voters: vec![NodeId(1)],
+                },
+                ResponseError::UnknownServerError,
+                None,
+            ),
+            (
+                ControllerError::VotersMismatch {
+                    stored: vec![NodeId(1)],
+                    configured: vec![NodeId(2)],
+                },
+                ResponseError::UnknownServerError,
+                None,
+            ),
+            (
+                ControllerError::NotInVoters {
+                    node: NodeId(9),
+                    voters: vec![NodeId(1)],
+                },
+                ResponseError::UnknownServerError,
+                None,
+            ),
+            (
+                ControllerError::NoListener,
+                ResponseError::UnknownServerError,
+                None,
+            ),
+        ]
+    }
+
+    #[test]
+    fn controller_errors_map_to_the_code_a_client_can_act_on() {
+        for (error, code, leader) in controller_cases() {
+            assert_eq!(controller_error(&error), code, "{error:?}");
+            assert_eq!(error.leader_hint(), leader, "{error:?}");
+        }
+    }
+
+    #[test]
+    fn only_a_broken_node_answers_unknown_server_error() {
+        for (error, _, _) in controller_cases() {
+            if controller_error(&error) != ResponseError::UnknownServerError {
+                continue;
+            }
+            assert!(
+                matches!(
+                    error,
+                    ControllerError::Io { .. }
+                        | ControllerError::Locked { .. }
+                        | ControllerError::InvalidNodeId(_)
+                        | ControllerError::NotAVoter { .. }
+                        | ControllerError::VotersMismatch { .. }
+                        | ControllerError::NotInVoters { .. }
+                        | ControllerError::NoListener
+                ),
+                "{error:?} is an operating condition; clients must be able to retry it"
+            );
+        }
+    }
+
+    #[test]
+    fn routing_errors_are_retriable_and_name_the_leader() {
+        let e = ControllerError::NotLeader {
+            leader: Some(NodeId(2)),
+        };
+        assert!(controller_error(&e).is_retriable());
+        assert!(e.to_string().contains("node 2"), "{e}");
+        for e in [
+            ControllerError::PeerTimeout {
+                peer: NodeId(3),
+                timeout_ms: 100,
+            },
+            ControllerError::ApplyTimeout { index: 1 },
+        ] {
+            assert!(controller_error(&e).is_retriable(), "{e:?}");
+        }
+    }
 }

@@ -7,6 +7,7 @@ pub(crate) mod log_store;
 pub(crate) mod network;
 pub(crate) mod state_machine;
 
+use crate::error::{Halted, StopCause};
 use crate::metadata::{MetadataCommand, MetadataOutcome};
 use spate_types::NodeId;
 
@@ -53,6 +54,16 @@ pub(crate) fn raft_id(node: NodeId) -> Option<RaftNodeId> {
 /// `None` for ids that did not come from [`raft_id`].
 pub(crate) fn spate_id(id: RaftNodeId) -> Option<NodeId> {
     i32::try_from(id).ok().map(NodeId)
+}
+
+/// What a fatal Raft error means to this crate: the core stopped (on request or after a
+/// panic), or its storage failed.
+pub(crate) fn halted(fatal: openraft::errors::Fatal<TypeConfig>) -> Halted {
+    match fatal {
+        openraft::errors::Fatal::StorageError(e) => Halted::Storage(std::io::Error::from(e)),
+        openraft::errors::Fatal::Panicked => Halted::Stopped(StopCause::Panicked),
+        openraft::errors::Fatal::Stopped => Halted::Stopped(StopCause::ShutDown),
+    }
 }
 
 pub(crate) fn io_err(context: impl std::fmt::Display, e: impl std::fmt::Display) -> std::io::Error {

@@ -1,5 +1,6 @@
 //! The controller transport: Raft RPCs between voters, and brokers' requests to the active
-//! controller (forwarded proposals, heartbeats), over one framed TCP protocol of ours.
+//! controller (forwarded proposals, heartbeats, quorum status), over one framed TCP protocol of
+//! ours.
 //!
 //! Wire format: a client opens with the 10-byte preface [`PREFACE`] (magic and version) and its
 //! cluster id (one length byte, 0 while it knows none, then the id); a server that knows a
@@ -15,12 +16,18 @@
 //! - every outbound call ends by its deadline; a connection whose call failed or timed out is
 //!   dropped (it may hold half a frame), never reused.
 //!
+//! A request kind the receiver does not know (one added in a later Spate, such as
+//! [`Request::QuorumStatus`]) is bad JSON to it: it closes the connection, and the caller sees
+//! an unreachable peer and falls back (DescribeQuorum answers from its own view).
+//!
 //! JSON costs more than a binary encoding, but the controller carries metadata, not records:
 //! a few small entries per admin request or leadership change.
 
 use super::state_machine::Snapshot;
 use super::{RaftNodeId, TypeConfig, Vote};
+use crate::error::PeerFailure;
 use crate::metadata::{MetadataCommand, MetadataImage, MetadataOutcome};
+use crate::QuorumStatus;
 use openraft::errors::{RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory};
 use openraft::raft::{
@@ -92,10 +99,12 @@ pub(crate) enum Request {
     /// A broker's proposal for the active controller.
     Propose(MetadataCommand),
     Heartbeat(BrokerHeartbeat),
+    /// The active controller's Raft view, for DescribeQuorum on a node that is not it.
+    QuorumStatus,
 }
 
 impl Request {
-    fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             Request::AppendEntries(_) => "append-entries",
             Request::Vote(_) => "vote",
@@ -103,6 +112,7 @@ impl Request {
             Request::Snapshot { .. } => "snapshot",
             Request::Propose(_) => "propose",
             Request::Heartbeat(_) => "heartbeat",
+            Request::QuorumStatus => "quorum-status",
         }
     }
 }
@@ -118,12 +128,14 @@ pub(crate) enum Response {
         index: u64,
     },
     Heartbeat(HeartbeatReply),
+    /// The active controller's Raft view; its `leader` is the node that answered.
+    QuorumStatus(QuorumStatus),
     /// The receiver is not the active controller; `leader` is, if known.
     NotLeader {
         leader: Option<NodeId>,
     },
     /// The receiver could not serve the request (its Raft node stopped, for instance).
-    Failed(String),
+    Failed(PeerFailure),
 }
 
 /// Why an outbound call failed.
@@ -384,8 +396,8 @@ impl Connection {
         };
         let result = tokio::time::timeout(timeout, attempt).await;
         match result {
-            Ok(Ok(Response::Failed(reason))) => Err(Unreachable::from_string(format!(
-                "controller {} ({}) failed a {kind} request: {reason}",
+            Ok(Ok(Response::Failed(failure))) => Err(Unreachable::from_string(format!(
+                "controller {} ({}) failed a {kind} request: {failure}",
                 self.target, self.addr
             ))),
             Ok(Ok(response)) => Ok(response),
@@ -481,7 +493,7 @@ impl RaftNetworkV2<TypeConfig> for Connection {
     }
 }
 
-/// What serves decoded requests: the controller, in `lib.rs`.
+/// What serves decoded requests: the controller, in `forward.rs`.
 pub(crate) type Handler =
     Arc<dyn Fn(Request) -> futures::future::BoxFuture<'static, Response> + Send + Sync>;
 
@@ -629,6 +641,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn quorum_status_requests_and_answers_round_trip() {
+        let status = QuorumStatus {
+            leader: Some(NodeId(1)),
+            term: 4,
+            last_log_index: 12,
+            committed_index: 11,
+            voters: vec![NodeId(1), NodeId(2), NodeId(3)],
+            voter_matched: BTreeMap::from([(NodeId(1), Some(12)), (NodeId(2), None)]),
+        };
+        let mut buf = Vec::new();
+        write_frame(&mut buf, &Request::QuorumStatus)
+            .await
+            .expect("write");
+        write_frame(&mut buf, &Response::QuorumStatus(status.clone()))
+            .await
+            .expect("write");
+        write_frame(&mut buf, &Response::Failed(PeerFailure::Storage))
+            .await
+            .expect("write");
+        let mut input = &buf[..];
+        assert!(matches!(
+            read_frame::<_, Request>(&mut input).await.expect("read"),
+            Some(Request::QuorumStatus)
+        ));
+        match read_frame::<_, Response>(&mut input).await.expect("read") {
+            Some(Response::QuorumStatus(got)) => assert_eq!(got, status),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(matches!(
+            read_frame::<_, Response>(&mut input).await.expect("read"),
+            Some(Response::Failed(PeerFailure::Storage))
+        ));
+    }
+
+    #[tokio::test]
     async fn garbage_on_the_controller_port_closes_the_connection() {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
@@ -636,7 +683,7 @@ mod tests {
         let counter = served.clone();
         let handler: Handler = Arc::new(move |_req| {
             counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            Box::pin(async { Response::Failed("test".into()) })
+            Box::pin(async { Response::Failed(PeerFailure::Stopped) })
         });
         let (stop, stop_rx) = watch::channel(false);
         let ours = Identity::new(Some("cluster-a".into()));

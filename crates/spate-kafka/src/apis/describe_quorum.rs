@@ -2,21 +2,26 @@
 //! reports its metadata log `__cluster_metadata` partition 0, so `kafka-metadata-quorum.sh`
 //! and `spate cluster status` read it alike.
 //!
-//! Every node answers, from its own Raft view ([`Controller::quorum_status`]): the active
-//! controller with the leader, leader epoch (the Raft term), high watermark and each voter's
-//! log end offset; any other node with NOT_LEADER_OR_FOLLOWER on the partition, as Kafka 3.4+
-//! answers, but with the leader id and epoch it knows filled in (Kafka leaves them unset) so a
-//! client can go to the leader.
+//! Every node answers with the active controller's Raft view
+//! ([`Controller::leader_quorum_status`]): its own when it is the active controller, otherwise
+//! the one it asks the active controller for over the controller transport, as Kafka brokers
+//! forward DescribeQuorum to the active controller. So any node reports the same leader, leader
+//! epoch (the Raft term), high watermark and voter log end offsets. Only when the active
+//! controller is unknown (an election) or cannot be asked in time does a node answer from its
+//! own view, with NOT_LEADER_OR_FOLLOWER on the partition as Kafka 3.4+ answers on a node that
+//! is not the leader, but with the leader id and epoch it knows filled in (Kafka leaves them
+//! unset) and the reason in the message, so a client can go to the leader itself.
 //!
 //! Offsets: Raft log indexes count entries from 0 like Kafka offsets do, so index `i` is offset
 //! `i`, and the exclusive Kafka marks are one past the Raft ones: log end offset = last log
 //! index + 1, high watermark = committed index + 1. A lag (high watermark minus log end offset)
 //! is the same either way.
 //!
-//! Timestamps: the leader reports "now" for itself, as Kafka does; openraft does not tell when
-//! a follower last fetched, so followers get -1 ("unknown" in Kafka's schema).
+//! Timestamps: the leader reports "now" for itself, as Kafka does (the answering node's clock
+//! when the view was forwarded); openraft does not tell when a follower last fetched, so
+//! followers get -1 ("unknown" in Kafka's schema).
 //!
-//! [`Controller::quorum_status`]: spate_controller::Controller::quorum_status
+//! [`Controller::leader_quorum_status`]: spate_controller::Controller::leader_quorum_status
 
 use super::{Reply, RequestContext};
 use crate::broker::{now_ms, Broker};
@@ -28,7 +33,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::{StrBytes, VersionRange};
 use kafka_protocol::ResponseError;
-use spate_controller::{BrokerEndpoint, QuorumStatus};
+use spate_controller::{BrokerEndpoint, ControllerError, QuorumStatus};
 use spate_types::NodeId;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -52,25 +57,77 @@ pub(crate) async fn handle(
     ctx: &RequestContext,
     request: DescribeQuorumRequest,
 ) -> Reply<DescribeQuorumResponse> {
-    let status = broker.controller.quorum_status();
-    let image = broker.image();
-    Reply::Now(describe_quorum(
-        ctx.version(),
-        &request,
-        broker.controller.node(),
-        &status,
-        &image.brokers,
-        now_ms(),
-    ))
+    let version = ctx.version();
+    let node = broker.controller.node();
+    if !asks_for_metadata_log(&request) {
+        // Nothing to ask the active controller for.
+        let status = broker.controller.quorum_status();
+        let answer = View::Leader {
+            node,
+            status: &status,
+        };
+        return Reply::Now(describe_quorum(
+            version,
+            &request,
+            answer,
+            &broker.image().brokers,
+            now_ms(),
+        ));
+    }
+    let broker = broker.clone();
+    Reply::Later(Box::pin(async move {
+        let leader = broker.controller.leader_quorum_status().await;
+        let local;
+        let view = match &leader {
+            Ok(status) => match status.leader {
+                Some(leader) => View::Leader {
+                    node: leader,
+                    status,
+                },
+                // `leader_quorum_status` names the node that answered; never reached.
+                None => View::NotLeader {
+                    node,
+                    status,
+                    why: None,
+                },
+            },
+            Err(e) => {
+                local = broker.controller.quorum_status();
+                tracing::debug!(error = %e, "DescribeQuorum: the active controller's view is not available");
+                View::NotLeader {
+                    node,
+                    status: &local,
+                    why: Some(e),
+                }
+            }
+        };
+        describe_quorum(version, &request, view, &broker.image().brokers, now_ms())
+    }))
 }
 
-/// The answer of node `node`, whose Raft view is `status`, to `request` at `version`.
-/// `brokers` give the listeners of the `nodes` list (v2); `now_ms` is the wall clock.
+/// Whose Raft view a DescribeQuorum answer reports.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum View<'a> {
+    /// The active controller `node`'s own view.
+    Leader {
+        node: NodeId,
+        status: &'a QuorumStatus,
+    },
+    /// Only the view of `node`, which is not the active controller, or could not tell which node
+    /// is; `why` is what went wrong when it asked the active controller.
+    NotLeader {
+        node: NodeId,
+        status: &'a QuorumStatus,
+        why: Option<&'a ControllerError>,
+    },
+}
+
+/// The answer to `request` at `version` from `view`. `brokers` give the listeners of the
+/// `nodes` list (v2); `now_ms` is the wall clock.
 pub(crate) fn describe_quorum(
     version: i16,
     request: &DescribeQuorumRequest,
-    node: NodeId,
-    status: &QuorumStatus,
+    view: View<'_>,
     brokers: &BTreeMap<NodeId, BrokerEndpoint>,
     now_ms: i64,
 ) -> DescribeQuorumResponse {
@@ -83,13 +140,31 @@ pub(crate) fn describe_quorum(
     if !asks_for_metadata_log(request) {
         return response.with_topics(unknown_partitions(request, version));
     }
-    let leader_id = status.leader.map_or(NO_LEADER, |l| l.0);
+    // A node that is not the active controller points at the one it knows, never at itself.
+    let (node, status, not_leader) = match view {
+        View::Leader { node, status } if status.leader == Some(node) => (node, status, None),
+        View::Leader { node, status } => (node, status, Some(None)),
+        View::NotLeader { node, status, why } => (node, status, Some(why)),
+    };
+    let leader = match not_leader {
+        None => status.leader,
+        Some(why) => why
+            .and_then(ControllerError::leader_hint)
+            .or(status.leader)
+            .filter(|l| *l != node),
+    };
     let partition = PartitionData::default()
         .with_partition_index(METADATA_PARTITION)
         .with_error_message(None)
-        .with_leader_id(BrokerId(leader_id))
+        .with_leader_id(BrokerId(leader.map_or(NO_LEADER, |l| l.0)))
         .with_leader_epoch(i32::try_from(status.term).unwrap_or(i32::MAX));
-    let partition = if status.leader == Some(node) {
+    let partition = if let Some(why) = not_leader {
+        let message = not_leader_message(node, leader, why);
+        partition
+            .with_error_code(ResponseError::NotLeaderOrFollower.code())
+            .with_error_message(Some(StrBytes::from_string(message)))
+            .with_high_watermark(UNKNOWN)
+    } else {
         let replica = |id: NodeId, log_end_offset: i64| {
             let is_self = id == node;
             ReplicaState::default()
@@ -129,23 +204,30 @@ pub(crate) fn describe_quorum(
                     .collect(),
             )
             .with_observers(observers)
-    } else {
-        let message = match status.leader {
-            Some(leader) => format!("node {node} is not the active controller; node {leader} is"),
-            None => format!("node {node} is not the active controller, and knows of none"),
-        };
-        partition
-            .with_error_code(ResponseError::NotLeaderOrFollower.code())
-            .with_error_message(Some(StrBytes::from_string(message)))
-            .with_high_watermark(UNKNOWN)
     };
     let response = response.with_topics(vec![TopicData::default()
         .with_topic_name(TopicName(StrBytes::from_static_str(METADATA_TOPIC)))
         .with_partitions(vec![partition])]);
     if version >= NODES_VERSION {
-        response.with_nodes(nodes(status, brokers))
+        response.with_nodes(nodes(status, leader, brokers))
     } else {
         response
+    }
+}
+
+/// Why `node` answers from its own view, and where to go instead.
+fn not_leader_message(
+    node: NodeId,
+    leader: Option<NodeId>,
+    why: Option<&ControllerError>,
+) -> String {
+    let routing = match leader {
+        Some(leader) => format!("node {node} is not the active controller; node {leader} is"),
+        None => format!("node {node} is not the active controller, and knows of none"),
+    };
+    match why {
+        None | Some(ControllerError::NotLeader { .. }) => routing,
+        Some(e) => format!("{routing} ({e})"),
     }
 }
 
@@ -193,13 +275,17 @@ fn unknown_partitions(request: &DescribeQuorumRequest, version: i16) -> Vec<Topi
 }
 
 /// The Kafka listener of each voter (and observer) the metadata image knows, by node id; a
-/// client that was told NOT_LEADER_OR_FOLLOWER finds the leader's address here.
-fn nodes(status: &QuorumStatus, brokers: &BTreeMap<NodeId, BrokerEndpoint>) -> Vec<Node> {
+/// client that was told NOT_LEADER_OR_FOLLOWER finds the `leader`'s address here.
+fn nodes(
+    status: &QuorumStatus,
+    leader: Option<NodeId>,
+    brokers: &BTreeMap<NodeId, BrokerEndpoint>,
+) -> Vec<Node> {
     let mut ids: Vec<NodeId> = status
         .voters
         .iter()
         .chain(status.voter_matched.keys())
-        .chain(status.leader.iter())
+        .chain(leader.iter())
         .copied()
         .collect();
     ids.sort_unstable();
@@ -254,6 +340,20 @@ mod tests {
 
     fn metadata_log() -> DescribeQuorumRequest {
         request(&[(METADATA_TOPIC, &[0])])
+    }
+
+    /// Node `node`'s answer from its own view, as when the active controller could not be
+    /// asked for it (or `node` is the active controller).
+    fn own_view(node: NodeId, status: &QuorumStatus) -> View<'_> {
+        if status.leader == Some(node) {
+            View::Leader { node, status }
+        } else {
+            View::NotLeader {
+                node,
+                status,
+                why: None,
+            }
+        }
     }
 
     /// Node 1 leads term 7 of voters 1, 2, 3: it holds up to index 41 and committed 40;
@@ -315,8 +415,7 @@ mod tests {
         let response = describe_quorum(
             2,
             &metadata_log(),
-            NodeId(1),
-            &leader_status(),
+            own_view(NodeId(1), &leader_status()),
             &brokers(),
             NOW_MS,
         );
@@ -377,8 +476,7 @@ mod tests {
             let response = describe_quorum(
                 version,
                 &metadata_log(),
-                NodeId(1),
-                &leader_status(),
+                own_view(NodeId(1), &leader_status()),
                 &brokers(),
                 NOW_MS,
             );
@@ -406,7 +504,13 @@ mod tests {
             voter_matched: BTreeMap::new(),
             ..leader_status()
         };
-        let response = describe_quorum(2, &metadata_log(), NodeId(2), &status, &brokers(), NOW_MS);
+        let response = describe_quorum(
+            2,
+            &metadata_log(),
+            own_view(NodeId(2), &status),
+            &brokers(),
+            NOW_MS,
+        );
         assert_eq!(response.error_code, 0, "the error is on the partition");
         let p = only_partition(&response);
         assert_eq!(p.error_code, ResponseError::NotLeaderOrFollower.code());
@@ -422,7 +526,13 @@ mod tests {
             "the leader's listener is there to go to"
         );
         assert_eq!(round_trip(&response, 2), response);
-        let v0 = describe_quorum(0, &metadata_log(), NodeId(2), &status, &brokers(), NOW_MS);
+        let v0 = describe_quorum(
+            0,
+            &metadata_log(),
+            own_view(NodeId(2), &status),
+            &brokers(),
+            NOW_MS,
+        );
         assert!(v0.nodes.is_empty(), "v0 has no nodes");
         assert_eq!(only_partition(&round_trip(&v0, 0)).leader_id, BrokerId(1));
     }
@@ -435,7 +545,13 @@ mod tests {
             voter_matched: BTreeMap::new(),
             ..leader_status()
         };
-        let response = describe_quorum(1, &metadata_log(), NodeId(1), &status, &brokers(), NOW_MS);
+        let response = describe_quorum(
+            1,
+            &metadata_log(),
+            own_view(NodeId(1), &status),
+            &brokers(),
+            NOW_MS,
+        );
         let p = only_partition(&response);
         assert_eq!(p.error_code, ResponseError::NotLeaderOrFollower.code());
         assert_eq!((p.leader_id, p.leader_epoch), (BrokerId(-1), 8));
@@ -452,8 +568,7 @@ mod tests {
             let response = describe_quorum(
                 2,
                 &request(&asked),
-                NodeId(1),
-                &leader_status(),
+                own_view(NodeId(1), &leader_status()),
                 &brokers(),
                 NOW_MS,
             );
@@ -486,8 +601,7 @@ mod tests {
         let none = describe_quorum(
             2,
             &request(&[]),
-            NodeId(1),
-            &leader_status(),
+            own_view(NodeId(1), &leader_status()),
             &brokers(),
             NOW_MS,
         );
@@ -505,9 +619,101 @@ mod tests {
             committed_index: u64::MAX,
             ..leader_status()
         };
-        let response = describe_quorum(2, &metadata_log(), NodeId(1), &status, &brokers(), NOW_MS);
+        let response = describe_quorum(
+            2,
+            &metadata_log(),
+            own_view(NodeId(1), &status),
+            &brokers(),
+            NOW_MS,
+        );
         let p = only_partition(&response);
         assert_eq!((p.leader_epoch, p.high_watermark), (i32::MAX, i64::MAX));
         assert_eq!(p.current_voters[0].log_end_offset, i64::MAX);
+    }
+
+    #[test]
+    fn a_follower_that_got_the_leaders_view_answers_as_the_leader_would() {
+        let leader = leader_status();
+        let from_leader = describe_quorum(
+            2,
+            &metadata_log(),
+            own_view(NodeId(1), &leader),
+            &brokers(),
+            NOW_MS,
+        );
+        // What node 2 answers after asking node 1: the same bytes.
+        let forwarded = View::Leader {
+            node: leader.leader.expect("a leader"),
+            status: &leader,
+        };
+        let from_follower = describe_quorum(2, &metadata_log(), forwarded, &brokers(), NOW_MS);
+        assert_eq!(from_follower, from_leader);
+        let p = only_partition(&from_follower);
+        assert_eq!(
+            (p.error_code, p.leader_id, p.leader_epoch),
+            (0, BrokerId(1), 7)
+        );
+        assert_eq!(p.current_voters.len(), 3);
+    }
+
+    #[test]
+    fn a_follower_that_cannot_ask_the_leader_says_why_and_points_at_it() {
+        let follower = QuorumStatus {
+            voter_matched: BTreeMap::new(),
+            ..leader_status()
+        };
+        let unreachable = ControllerError::PeerUnreachable {
+            peer: NodeId(1),
+            source: std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+        };
+        let view = View::NotLeader {
+            node: NodeId(2),
+            status: &follower,
+            why: Some(&unreachable),
+        };
+        let response = describe_quorum(2, &metadata_log(), view, &brokers(), NOW_MS);
+        let p = only_partition(&response);
+        assert_eq!(p.error_code, ResponseError::NotLeaderOrFollower.code());
+        assert_eq!((p.leader_id, p.leader_epoch), (BrokerId(1), 7));
+        assert_eq!(
+            p.error_message.as_deref(),
+            Some(
+                "node 2 is not the active controller; node 1 is \
+                 (cannot reach the active controller 1: connection refused)"
+            )
+        );
+
+        // The leader named a newer one: that one is the hint, not the stale local view.
+        let moved = ControllerError::NotLeader {
+            leader: Some(NodeId(3)),
+        };
+        let view = View::NotLeader {
+            node: NodeId(2),
+            status: &follower,
+            why: Some(&moved),
+        };
+        let response = describe_quorum(2, &metadata_log(), view, &brokers(), NOW_MS);
+        let p = only_partition(&response);
+        assert_eq!(p.leader_id, BrokerId(3));
+        assert_eq!(
+            p.error_message.as_deref(),
+            Some("node 2 is not the active controller; node 3 is")
+        );
+    }
+
+    #[test]
+    fn a_node_that_is_not_the_active_controller_never_points_at_itself() {
+        // Node 1 still names itself (its leadership just ended) but could not answer as leader.
+        let status = leader_status();
+        let view = View::NotLeader {
+            node: NodeId(1),
+            status: &status,
+            why: Some(&ControllerError::NotLeader { leader: None }),
+        };
+        let response = describe_quorum(2, &metadata_log(), view, &brokers(), NOW_MS);
+        let p = only_partition(&response);
+        assert_eq!(p.error_code, ResponseError::NotLeaderOrFollower.code());
+        assert_eq!(p.leader_id, BrokerId(-1));
+        assert!(p.current_voters.is_empty());
     }
 }

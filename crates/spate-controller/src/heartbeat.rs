@@ -1,0 +1,231 @@
+//! Broker sessions: this broker's registration and heartbeats to the active controller (the
+//! heartbeat task), and on the active controller the other side: answering heartbeats and
+//! fencing brokers whose session expired (the liveness task). The decisions themselves are
+//! the I/O-free core in `liveness.rs`; this module feeds it and proposes what it returns.
+
+use crate::error::{ControllerError, PeerFailure};
+use crate::forward::LocalWrite;
+use crate::liveness::Liveness;
+use crate::raft::network::{Request, Response};
+use crate::raft::{self};
+use crate::{
+    is_leader, now_ms, BrokerEndpoint, BrokerHeartbeat, Controller, HeartbeatReply, Inner,
+    MetadataCommand, MetadataOutcome,
+};
+use openraft::async_runtime::WatchReceiver;
+use spate_types::NodeId;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, MutexGuard, PoisonError, Weak};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// How often the active controller checks broker sessions.
+const LIVENESS_TICK: Duration = Duration::from_millis(100);
+
+impl Controller {
+    /// Asks the active controller to move this broker's leaderships away (Kafka's controlled
+    /// shutdown) and waits until it leads nothing, at most `timeout`. Returns whether it got
+    /// there; either way the node may stop afterwards (an unclean stop only costs clients a
+    /// session timeout of unavailability).
+    pub async fn controlled_shutdown(&self, timeout: Duration) -> bool {
+        self.inner.want_shutdown.store(true, Ordering::SeqCst);
+        self.inner.heartbeat_now.notify_one();
+        let mut rx = self.inner.last_heartbeat.subscribe();
+        let done = tokio::time::timeout(
+            timeout,
+            rx.wait_for(|r| r.as_ref().is_some_and(|r| r.shutdown_ready)),
+        )
+        .await;
+        matches!(done, Ok(Ok(_)))
+    }
+
+    /// Registers (or re-registers) this node as a broker and remembers its broker epoch.
+    ///
+    /// # Panics
+    ///
+    /// If the state machine answers a registration with anything but `BrokerRegistered` or
+    /// `Rejected` (a bug in `state::apply`).
+    pub async fn register(&self, advertised: &BrokerEndpoint) -> Result<(), ControllerError> {
+        let cmd = MetadataCommand::RegisterBroker {
+            node: self.inner.node,
+            endpoint: advertised.clone(),
+        };
+        match self.propose(cmd).await? {
+            MetadataOutcome::BrokerRegistered { broker_epoch } => {
+                self.inner
+                    .broker_epoch
+                    .store(broker_epoch, Ordering::SeqCst);
+                Ok(())
+            }
+            MetadataOutcome::Rejected(error) => Err(ControllerError::Refused {
+                command: "registering this broker",
+                error,
+            }),
+            other => panic!("a broker registration was answered with {other:?}"),
+        }
+    }
+
+    /// This broker's epoch: the log index of its latest registration.
+    pub fn broker_epoch(&self) -> u64 {
+        self.inner.broker_epoch.load(Ordering::SeqCst)
+    }
+
+    /// Reports this broker alive to the active controller (directly when this node is it).
+    /// `want_shutdown` asks for a controlled shutdown: leaderships move away, and the reply says
+    /// when none is left.
+    pub async fn heartbeat(&self, want_shutdown: bool) -> Result<HeartbeatReply, ControllerError> {
+        let hb = BrokerHeartbeat {
+            node: self.inner.node,
+            broker_epoch: self.broker_epoch(),
+            applied_index: self.image().last_applied_index,
+            want_shutdown,
+        };
+        let leader = self
+            .leader()
+            .ok_or(ControllerError::NotLeader { leader: None })?;
+        if leader == self.inner.node {
+            return handle_heartbeat(&self.inner, hb)
+                .map_err(|leader| ControllerError::NotLeader { leader });
+        }
+        let timeout = Duration::from_millis(self.inner.config.request_timeout_ms);
+        match self
+            .call_leader(leader, &Request::Heartbeat(hb), timeout)
+            .await?
+        {
+            Response::Heartbeat(reply) => Ok(reply),
+            _ => Err(ControllerError::PeerFailed {
+                peer: leader,
+                failure: PeerFailure::UnexpectedAnswer,
+            }),
+        }
+    }
+}
+
+/// The liveness core. A panic while it was held (a bug in `liveness.rs`, which the log shows)
+/// leaves only soft state behind, timestamps and pending proposals, so it is used anyway:
+/// better than fencing nobody ever again.
+fn liveness(inner: &Inner) -> MutexGuard<'_, Liveness> {
+    inner
+        .liveness
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The active controller's side of a heartbeat: answers at once, proposes any resulting change
+/// in the background (the next heartbeat's answer shows it). `Err` carries the leader to ask
+/// instead when this node is not the active controller.
+pub(crate) fn handle_heartbeat(
+    inner: &Arc<Inner>,
+    hb: BrokerHeartbeat,
+) -> Result<HeartbeatReply, Option<NodeId>> {
+    if !is_leader(inner) {
+        return Err(inner
+            .raft
+            .metrics()
+            .borrow_watched()
+            .current_leader
+            .and_then(raft::spate_id));
+    }
+    let image = inner.image_rx.borrow().clone();
+    let now = now_ms(inner);
+    let (reply, command) = {
+        let mut liveness = liveness(inner);
+        liveness.set_leading(now, true);
+        liveness.heartbeat(now, &hb, &image)
+    };
+    if let Some(cmd) = command {
+        propose_in_background(inner, cmd);
+    }
+    Ok(reply)
+}
+
+fn propose_in_background(inner: &Arc<Inner>, cmd: MetadataCommand) {
+    let controller = Controller {
+        inner: inner.clone(),
+    };
+    tokio::spawn(async move {
+        tracing::info!(command = %cmd, "broker liveness change");
+        match controller.write_local(cmd.clone()).await {
+            Ok(LocalWrite::Applied {
+                outcome: MetadataOutcome::Rejected(e),
+                ..
+            }) => tracing::warn!(command = %cmd, error = %e, "liveness change refused"),
+            Ok(_) => {}
+            Err(e) => {
+                let e = ControllerError::from(e);
+                tracing::warn!(command = %cmd, error = %e, "liveness change failed")
+            }
+        }
+    });
+}
+
+/// This broker's heartbeats, every `broker.heartbeat.interval.ms` (at once after a shutdown
+/// request). A stale-epoch answer (the controller forgot this incarnation) registers again.
+pub(crate) async fn heartbeat_task(inner: Weak<Inner>, mut stop: watch::Receiver<bool>) {
+    let Some(interval) = inner
+        .upgrade()
+        .map(|i| Duration::from_millis(i.config.broker_heartbeat_interval_ms.max(1)))
+    else {
+        return;
+    };
+    let mut failures = 0u32;
+    loop {
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        let controller = Controller { inner: strong };
+        let want_shutdown = controller.inner.want_shutdown.load(Ordering::SeqCst);
+        match controller.heartbeat(want_shutdown).await {
+            Ok(reply) if reply.stale_epoch => {
+                tracing::warn!(
+                    "the active controller does not know this broker's epoch; registering again"
+                );
+                if let Err(e) = controller.register(&controller.inner.advertised).await {
+                    tracing::warn!(error = %e, "re-registering failed");
+                }
+            }
+            Ok(reply) => {
+                failures = 0;
+                controller.inner.last_heartbeat.send_replace(Some(reply));
+            }
+            Err(e) => {
+                failures += 1;
+                // One line per few seconds of trouble, not one per heartbeat.
+                if failures % 10 == 1 {
+                    tracing::warn!(error = %e, failures, "broker heartbeat failed");
+                }
+            }
+        }
+        let wake = controller.inner.clone();
+        drop(controller);
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = wake.heartbeat_now.notified() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// On the active controller: fences brokers whose session expired.
+pub(crate) async fn liveness_task(inner: Weak<Inner>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(LIVENESS_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let Some(inner) = inner.upgrade() else { return };
+        let leading = is_leader(&inner);
+        let image = inner.image_rx.borrow().clone();
+        let now = now_ms(&inner);
+        let commands = {
+            let mut liveness = liveness(&inner);
+            liveness.set_leading(now, leading);
+            liveness.tick(now, &image)
+        };
+        for cmd in commands {
+            propose_in_background(&inner, cmd);
+        }
+    }
+}

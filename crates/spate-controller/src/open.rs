@@ -1,0 +1,484 @@
+//! Opening a controller (storage recovery, the Raft node, joining the quorum, naming the
+//! cluster, registering this broker), shutting it down, and the directory lock.
+
+use crate::error::{ControllerError, StopCause};
+use crate::forward::request_handler;
+use crate::forward::RETRY_BACKOFF;
+use crate::heartbeat::{heartbeat_task, liveness_task};
+use crate::liveness::Liveness;
+use crate::raft::log_store::LogStore;
+use crate::raft::network::{Addresses, NetworkFactory, Peers};
+use crate::raft::state_machine::StateMachine;
+use crate::raft::{self, Raft, RaftNodeId};
+use crate::{
+    new_cluster_id, BrokerEndpoint, Controller, ControllerConfig, Inner, MetadataCommand,
+    MetadataImage, MetadataOutcome,
+};
+use openraft::async_runtime::WatchReceiver;
+use openraft::errors::{InitializeError, RaftError};
+use openraft::{BasicNode, ServerState, SnapshotPolicy};
+use spate_types::NodeId;
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::Write;
+use std::path::Path;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{watch, Mutex};
+
+const LOCK_FILE: &str = "lock";
+/// Longest wait between two "still waiting for a quorum" log lines.
+const QUORUM_WAIT_LOG_EVERY: Duration = Duration::from_secs(10);
+
+impl Controller {
+    /// Opens (or creates) the controller's durable state under `dir`, starts the Raft node and
+    /// joins the quorum, then registers this node as a broker (fenced until its heartbeats show
+    /// it caught up) and makes sure the cluster has an id.
+    ///
+    /// A fresh quorum needs no separate format step: every voter initializes membership with the
+    /// same configured voter set (openraft allows that; the vote elects one leader). A directory
+    /// whose stored voters differ from the configured ones is refused with
+    /// [`ControllerError::VotersMismatch`], one created under another node id with
+    /// [`ControllerError::NotAVoter`], and one locked by a running controller with
+    /// [`ControllerError::Locked`].
+    ///
+    /// A single voter elects itself at once (a restarted one does not sit out the election
+    /// timeout) and gives up after `open_timeout_ms`. Several voters wait for a majority as long
+    /// as it takes, logging every few seconds: start the other nodes.
+    ///
+    /// Must run inside a Tokio runtime (either flavor); Raft runs as tasks on it and disk I/O
+    /// on its blocking pool.
+    ///
+    /// Cancel safety: cancelling is safe but not instant: a Raft node already started is stopped
+    /// in the background and the directory lock is released once it has stopped.
+    pub async fn open(
+        dir: &Path,
+        node: NodeId,
+        advertised: BrokerEndpoint,
+    ) -> Result<Controller, ControllerError> {
+        Self::open_with_config(dir, node, advertised, ControllerConfig::default()).await
+    }
+
+    /// [`Controller::open`] with explicit settings.
+    ///
+    /// # Panics
+    ///
+    /// If storage recovery panics (the panic is passed on), or if the Raft settings this crate
+    /// derives from its own constants are invalid: both are bugs.
+    pub async fn open_with_config(
+        dir: &Path,
+        node: NodeId,
+        advertised: BrokerEndpoint,
+        config: ControllerConfig,
+    ) -> Result<Controller, ControllerError> {
+        let started = Instant::now();
+        let raft_id = raft::raft_id(node).ok_or(ControllerError::InvalidNodeId(node))?;
+        let mut voters = BTreeMap::new();
+        for (id, addr) in &config.voters {
+            let rid = raft::raft_id(*id).ok_or(ControllerError::InvalidNodeId(*id))?;
+            voters.insert(rid, addr.clone());
+        }
+        if !voters.is_empty() && !voters.contains_key(&raft_id) {
+            return Err(ControllerError::NotInVoters {
+                node,
+                voters: config.voters.keys().copied().collect(),
+            });
+        }
+        let multi_voter = voters.len() > 1;
+        let listener = match config.listen {
+            Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                ControllerError::io(format!("listening for controllers on {addr}"), e)
+            })?),
+            None if multi_voter => return Err(ControllerError::NoListener),
+            None => None,
+        };
+        let listen_addr = listener.as_ref().and_then(|l| l.local_addr().ok());
+
+        // Disk recovery (replay, torn-tail truncation, fsyncs) runs on the blocking pool.
+        let owned_dir = dir.to_owned();
+        let (lock, log_store, state_machine, image_rx) =
+            tokio::task::spawn_blocking(move || open_storage(&owned_dir))
+                .await
+                .unwrap_or_else(|e| match e.try_into_panic() {
+                    // A panic in recovery is a bug there: let it surface as one.
+                    Ok(panic) => std::panic::resume_unwind(panic),
+                    // Only a runtime that is shutting down cancels a blocking task.
+                    Err(_) => Err(ControllerError::Stopped(StopCause::ShutDown)),
+                })?;
+
+        let raft_config = openraft::Config {
+            cluster_name: "spate-controller".to_owned(),
+            heartbeat_interval: raft::HEARTBEAT_INTERVAL_MS,
+            election_timeout_min: raft::ELECTION_TIMEOUT_MIN_MS,
+            election_timeout_max: raft::ELECTION_TIMEOUT_MAX_MS,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every_entries.max(1)),
+            max_in_snapshot_log_to_keep: config.log_entries_kept_after_snapshot,
+            ..Default::default()
+        }
+        .validate()
+        .unwrap_or_else(|e| panic!("the controller's Raft settings are invalid: {e}"));
+
+        let identity = raft::network::Identity::new(
+            config
+                .known_cluster_id
+                .clone()
+                .or_else(|| image_rx.borrow().cluster_id.clone()),
+        );
+        let raft = Raft::new(
+            raft_id,
+            Arc::new(raft_config),
+            NetworkFactory::new(
+                Addresses {
+                    voters: voters.clone(),
+                },
+                identity.clone(),
+            ),
+            log_store,
+            state_machine,
+        )
+        .await
+        .map_err(raft::halted)?;
+
+        let mut image_rx = image_rx;
+        image_rx.mark_unchanged();
+        let (tasks_stop, _) = watch::channel(false);
+        let controller = Controller {
+            inner: Arc::new(Inner {
+                node,
+                raft_id,
+                raft,
+                addresses: config.voters.clone(),
+                liveness: std::sync::Mutex::new(Liveness::new(
+                    i64::try_from(config.broker_session_timeout_ms).unwrap_or(i64::MAX),
+                )),
+                config,
+                peers: Peers::new(identity.clone()),
+                identity,
+                image_rx,
+                broker_epoch: AtomicU64::new(0),
+                listen_addr,
+                advertised: advertised.clone(),
+                want_shutdown: std::sync::atomic::AtomicBool::new(false),
+                heartbeat_now: tokio::sync::Notify::new(),
+                last_heartbeat: watch::channel(None).0,
+                started: tokio::time::Instant::now(),
+                tasks_stop,
+                lock: Mutex::new(Some(lock)),
+            }),
+        };
+        if let Some(listener) = listener {
+            let handler = request_handler(Arc::downgrade(&controller.inner));
+            tokio::spawn(raft::network::serve(
+                listener,
+                handler,
+                controller.inner.identity.clone(),
+                controller.inner.tasks_stop.subscribe(),
+            ));
+        }
+        tokio::spawn(liveness_task(
+            Arc::downgrade(&controller.inner),
+            controller.inner.tasks_stop.subscribe(),
+        ));
+        match controller.join(&advertised, &voters).await {
+            Ok(()) => {
+                tokio::spawn(heartbeat_task(
+                    Arc::downgrade(&controller.inner),
+                    controller.inner.tasks_stop.subscribe(),
+                ));
+                tracing::info!(
+                    node = %node,
+                    dir = %dir.display(),
+                    voters = controller.inner.config.voters.len().max(1),
+                    last_applied_index = controller.image().last_applied_index,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "controller open"
+                );
+                Ok(controller)
+            }
+            Err(e) => {
+                if let Err(stop) = controller.shutdown().await {
+                    tracing::warn!(error = %stop, "stopping the controller after a failed open");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Initializes or checks membership, waits for a leader, names the cluster and registers
+    /// this broker.
+    async fn join(
+        &self,
+        advertised: &BrokerEndpoint,
+        voters: &BTreeMap<RaftNodeId, String>,
+    ) -> Result<(), ControllerError> {
+        let raft = &self.inner.raft;
+        let raft_id = self.inner.raft_id;
+        let initialized = raft.is_initialized().await.map_err(raft::halted)?;
+        let configured: Vec<RaftNodeId> = if voters.is_empty() {
+            vec![raft_id]
+        } else {
+            voters.keys().copied().collect()
+        };
+        if !initialized {
+            let members: BTreeMap<RaftNodeId, BasicNode> = if voters.is_empty() {
+                // The single voter's address is never dialled; record the broker's for operators.
+                BTreeMap::from([(
+                    raft_id,
+                    BasicNode::new(format!("{}:{}", advertised.host, advertised.port)),
+                )])
+            } else {
+                voters
+                    .iter()
+                    .map(|(id, addr)| (*id, BasicNode::new(addr.clone())))
+                    .collect()
+            };
+            match raft.initialize(members).await {
+                Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+                Err(RaftError::APIError(InitializeError::NotInMembers(_))) => {
+                    return Err(ControllerError::NotAVoter {
+                        node: self.inner.node,
+                        voters: configured
+                            .iter()
+                            .copied()
+                            .filter_map(raft::spate_id)
+                            .collect(),
+                    })
+                }
+                Err(RaftError::Fatal(f)) => return Err(raft::halted(f).into()),
+            }
+        } else if configured == [raft_id] {
+            self.check_voters(&configured)?;
+            // A restarted sole voter would otherwise sit out a full election timeout first.
+            raft.trigger().elect(false).await.map_err(raft::halted)?;
+        }
+        let membership_known = raft
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .voter_ids()
+            .next()
+            .is_some();
+        if initialized && membership_known {
+            // Refuse a directory of another quorum before taking part in elections.
+            self.check_voters(&configured)?;
+        }
+        if configured.len() == 1 {
+            let timeout = Duration::from_millis(self.inner.config.open_timeout_ms);
+            raft.wait(Some(timeout))
+                .state(ServerState::Leader, "controller open: become leader")
+                .await
+                .map_err(|_| ControllerError::OpenTimeout {
+                    waited_ms: timeout.as_millis() as u64,
+                })?;
+        } else {
+            self.wait_for_quorum().await?;
+            // Only now is the membership known for sure: a voter that peers reached before it
+            // initialized itself learns it from the leader's log.
+            self.check_voters(&configured)?;
+        }
+        self.ensure_cluster_id().await?;
+        self.register(advertised).await?;
+        self.wait_unfenced().await
+    }
+
+    /// Heartbeats until the active controller has unfenced this broker (it has applied the
+    /// metadata log up to its own registration), as a Kafka broker waits before serving.
+    async fn wait_unfenced(&self) -> Result<(), ControllerError> {
+        let waiting_since = Instant::now();
+        let mut last_log = Instant::now();
+        loop {
+            match self.heartbeat(false).await {
+                Ok(reply) if !reply.fenced => {
+                    self.inner.last_heartbeat.send_replace(Some(reply));
+                    return Ok(());
+                }
+                Ok(reply) if reply.stale_epoch => self.register(&self.inner.advertised).await?,
+                Ok(_) => {}
+                Err(e @ ControllerError::Stopped(_)) => return Err(e),
+                Err(e) => tracing::debug!(error = %e, "heartbeat while waiting to be unfenced"),
+            }
+            if last_log.elapsed() >= QUORUM_WAIT_LOG_EVERY {
+                last_log = Instant::now();
+                tracing::warn!(
+                    node = %self.inner.node,
+                    waited_s = waiting_since.elapsed().as_secs(),
+                    "waiting for the active controller to unfence this broker"
+                );
+            }
+            tokio::time::sleep(RETRY_BACKOFF).await;
+        }
+    }
+
+    /// Refuses a directory whose quorum has other voters than the configured ones.
+    fn check_voters(&self, configured: &[RaftNodeId]) -> Result<(), ControllerError> {
+        let stored: Vec<RaftNodeId> = self
+            .inner
+            .raft
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .voter_ids()
+            .collect();
+        if !stored.contains(&self.inner.raft_id) {
+            return Err(ControllerError::NotAVoter {
+                node: self.inner.node,
+                voters: stored.into_iter().filter_map(raft::spate_id).collect(),
+            });
+        }
+        if stored != configured {
+            return Err(ControllerError::VotersMismatch {
+                stored: stored.into_iter().filter_map(raft::spate_id).collect(),
+                configured: configured
+                    .iter()
+                    .copied()
+                    .filter_map(raft::spate_id)
+                    .collect(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Waits until a leader is known, logging every [`QUORUM_WAIT_LOG_EVERY`] while none is.
+    async fn wait_for_quorum(&self) -> Result<(), ControllerError> {
+        let waiting_since = Instant::now();
+        loop {
+            let waited = self
+                .inner
+                .raft
+                .wait(Some(QUORUM_WAIT_LOG_EVERY))
+                .metrics(
+                    |m| m.current_leader.is_some(),
+                    "a controller leader is known",
+                )
+                .await;
+            match waited {
+                Ok(_) => return Ok(()),
+                Err(openraft::metrics::WaitError::Timeout(..)) => tracing::warn!(
+                    node = %self.inner.node,
+                    voters = ?self.inner.config.voters,
+                    waited_s = waiting_since.elapsed().as_secs(),
+                    "waiting for a majority of the controller quorum; start the other nodes"
+                ),
+                Err(openraft::metrics::WaitError::ShuttingDown) => {
+                    return Err(ControllerError::Stopped(StopCause::ShutDown))
+                }
+            }
+        }
+    }
+
+    /// Names the cluster with this node's candidate unless it already has a name.
+    async fn ensure_cluster_id(&self) -> Result<(), ControllerError> {
+        let cluster_id = match self.image().cluster_id.clone() {
+            Some(id) => id,
+            None => {
+                let candidate = self
+                    .inner
+                    .config
+                    .known_cluster_id
+                    .clone()
+                    .unwrap_or_else(new_cluster_id);
+                match self
+                    .propose(MetadataCommand::InitCluster {
+                        cluster_id: candidate,
+                    })
+                    .await?
+                {
+                    MetadataOutcome::ClusterInitialized { cluster_id } => cluster_id,
+                    MetadataOutcome::Rejected(error) => {
+                        return Err(ControllerError::Refused {
+                            command: "naming the cluster",
+                            error,
+                        })
+                    }
+                    other => panic!("naming the cluster was answered with {other:?}"),
+                }
+            }
+        };
+        self.inner.identity.set(&cluster_id);
+        Ok(())
+    }
+
+    /// Stops Raft cleanly and releases the directory lock. Every write the controller
+    /// acknowledged was already fsynced. Idempotent; later `propose` calls fail with
+    /// [`ControllerError::Stopped`].
+    pub async fn shutdown(&self) -> Result<(), ControllerError> {
+        let mut lock = self.inner.lock.lock().await;
+        if lock.is_none() {
+            return Ok(());
+        }
+        let _ = self.inner.tasks_stop.send(true);
+        let result = self.inner.raft.shutdown().await;
+        // Dropping the file releases the advisory lock.
+        *lock = None;
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_panic() => Err(ControllerError::Stopped(StopCause::Panicked)),
+            // Cancelled by a runtime that is shutting down: stopped all the same.
+            Err(_) => Ok(()),
+        }
+    }
+}
+
+type Storage = (
+    File,
+    LogStore,
+    StateMachine,
+    watch::Receiver<Arc<MetadataImage>>,
+);
+
+/// Locks `dir` (creating it) and recovers the Raft log and the last snapshot.
+fn open_storage(dir: &Path) -> Result<Storage, ControllerError> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| ControllerError::io(format!("creating {}", dir.display()), e))?;
+    let lock = lock_dir(dir)?;
+    let (log_store, recovery) = LogStore::open(dir).map_err(|e| {
+        ControllerError::io(format!("opening the raft log in {}", dir.display()), e)
+    })?;
+    if recovery.torn_tail_bytes > 0 {
+        tracing::warn!(
+            dir = %dir.display(),
+            records = recovery.records,
+            dropped_bytes = recovery.torn_tail_bytes,
+            "controller raft log had a torn tail (crash during a write); dropped it"
+        );
+    }
+    let (state_machine, image_rx) = StateMachine::open(dir).map_err(|e| {
+        ControllerError::io(format!("loading the snapshot in {}", dir.display()), e)
+    })?;
+    Ok((lock, log_store, state_machine, image_rx))
+}
+
+/// Takes the exclusive advisory lock on `dir/lock`, held for as long as the file stays open.
+fn lock_dir(dir: &Path) -> Result<File, ControllerError> {
+    let path = dir.join(LOCK_FILE);
+    let mut file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| ControllerError::io(format!("opening {}", path.display()), e))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(TryLockError::WouldBlock) => {
+            return Err(ControllerError::Locked {
+                path: dir.to_owned(),
+            })
+        }
+        Err(TryLockError::Error(e)) => {
+            return Err(ControllerError::io(
+                format!("locking {}", path.display()),
+                e,
+            ))
+        }
+    }
+    // For the operator who finds the lock: which process holds it.
+    let pid = format!("{}\n", std::process::id());
+    if let Err(e) = file
+        .set_len(0)
+        .and_then(|()| file.write_all(pid.as_bytes()))
+    {
+        tracing::debug!(error = %e, "could not record the pid in the controller lock file");
+    }
+    Ok(file)
+}
