@@ -207,7 +207,7 @@ class Broker:
 class Cluster:
     """N `spate serve` processes on loopback forming one cluster: every node a controller voter
     and a broker. Defaults as `spate dev` sets them: replication factor min(3, N), offsets
-    topic likewise, min.insync.replicas 2 from three nodes."""
+    topic likewise; min.insync.replicas is the broker's default (2 for three replicas)."""
 
     def __init__(self, workdir: Path, nodes=3, args=(), env=None, hosts=None, prefixes=None):
         """`hosts`/`prefixes`: per node id, the address and command prefix (see Broker); by
@@ -220,7 +220,6 @@ class Cluster:
         rf = min(3, nodes)
         common = ["--set", f"default.replication.factor={rf}",
                   "--set", f"offsets.topic.replication.factor={rf}",
-                  "--set", f"min.insync.replicas={2 if rf >= 3 else 1}",
                   "--set", "group.initial.rebalance.delay.ms=0"]
         self.nodes = {}
         for i, port in self.controller_ports.items():

@@ -23,6 +23,10 @@ pub struct BrokerConfig {
     pub num_partitions: i32,
     /// `default.replication.factor`
     pub default_replication_factor: i16,
+    /// `min.insync.replicas` as the operator set it. `None`: a topic created with replication
+    /// factor 3 or more gets 2 (stored as its own setting, so it does not change later), one
+    /// created with less gets the default 1.
+    pub min_insync_replicas: Option<i32>,
     /// `socket.request.max.bytes`
     pub request_bytes_max: usize,
     /// `queued.max.request.bytes`: request bytes held in memory across all connections.

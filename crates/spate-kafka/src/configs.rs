@@ -493,7 +493,7 @@ pub(crate) fn unalterable_resource(resource_type: i8) -> Option<ApiError> {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use spate_types::NodeId;
 
@@ -511,7 +511,7 @@ mod tests {
             .unwrap_or_else(|| panic!("{name} not described"))
     }
 
-    fn broker_config() -> BrokerConfig {
+    pub(crate) fn broker_config() -> BrokerConfig {
         BrokerConfig {
             node_id: NodeId(1),
             cluster_id: "c".into(),
@@ -521,6 +521,7 @@ mod tests {
             auto_create_topics: true,
             num_partitions: 1,
             default_replication_factor: 1,
+            min_insync_replicas: None,
             request_bytes_max: 104_857_600,
             queued_request_bytes_max: 1 << 20,
             log_defaults: LogConfig::default(),

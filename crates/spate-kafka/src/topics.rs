@@ -45,6 +45,22 @@ pub(crate) struct CreatedTopic {
     pub replication_factor: i16,
 }
 
+const MIN_INSYNC_REPLICAS: &str = "min.insync.replicas";
+
+/// The `min.insync.replicas` a new topic gets when neither it nor the operator chose one: a
+/// majority of three, so an acks=all write survives one node down and is never acknowledged by
+/// a single replica; below three replicas, 1 (Kafka's default).
+fn default_min_insync(
+    config: &crate::BrokerConfig,
+    replication_factor: i16,
+    configs: &BTreeMap<String, String>,
+) -> Option<i32> {
+    if config.min_insync_replicas.is_some() || configs.contains_key(MIN_INSYNC_REPLICAS) {
+        return None;
+    }
+    (replication_factor >= 3).then_some(2)
+}
+
 /// Validates and (unless `validate_only`) creates a topic through the controller.
 pub(crate) async fn create_topic(
     broker: &Broker,
@@ -82,6 +98,12 @@ pub(crate) async fn create_topic(
                 "replication factor must be between 1 and the number of available brokers ({alive}), was {replication_factor}",
             ),
         ));
+    }
+    let mut topic = topic;
+    if let Some(min_isr) = default_min_insync(&broker.config, replication_factor, &topic.configs) {
+        topic
+            .configs
+            .insert(MIN_INSYNC_REPLICAS.to_owned(), min_isr.to_string());
     }
     broker
         .config
@@ -129,5 +151,37 @@ pub(crate) async fn create_topic(
             ResponseError::UnknownServerError,
             format!("unexpected controller outcome {other:?}"),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(min_insync: Option<i32>) -> crate::BrokerConfig {
+        crate::BrokerConfig {
+            min_insync_replicas: min_insync,
+            ..crate::configs::tests::broker_config()
+        }
+    }
+
+    #[test]
+    fn min_insync_defaults_to_a_majority_of_three() {
+        let none = BTreeMap::new();
+        assert_eq!(default_min_insync(&config(None), 3, &none), Some(2));
+        assert_eq!(default_min_insync(&config(None), 5, &none), Some(2));
+        // Below three replicas Kafka's default 1 stays: a second replica is not a majority.
+        assert_eq!(default_min_insync(&config(None), 2, &none), None);
+        assert_eq!(default_min_insync(&config(None), 1, &none), None);
+    }
+
+    #[test]
+    fn min_insync_chosen_by_the_topic_or_the_operator_is_kept() {
+        let chosen = BTreeMap::from([(MIN_INSYNC_REPLICAS.to_owned(), "3".to_owned())]);
+        assert_eq!(default_min_insync(&config(None), 3, &chosen), None);
+        assert_eq!(
+            default_min_insync(&config(Some(1)), 3, &BTreeMap::new()),
+            None
+        );
     }
 }

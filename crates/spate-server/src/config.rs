@@ -89,7 +89,7 @@ pub const BROKER_CONFIGS: &[BrokerConfigDef] = &[
     topic_default("log.retention.bytes", "retention.bytes", "-1", "Partition size above which old segments are deleted; -1 means no limit."),
     topic_default("log.index.interval.bytes", "index.interval.bytes", "4096", "Bytes between offset index entries."),
     topic_default("log.cleanup.policy", "cleanup.policy", "delete", "Default cleanup policy."),
-    topic_default("min.insync.replicas", "min.insync.replicas", "1", "In-sync replicas needed for acks=all."),
+    topic_default("min.insync.replicas", "min.insync.replicas", "", "In-sync replicas needed for acks=all. Empty (the default): 2 for a topic created with replication factor 3 or more, 1 below that."),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -237,6 +237,9 @@ pub struct ServerConfig {
     pub auto_create_topics: bool,
     pub num_partitions: i32,
     pub default_replication_factor: i16,
+    /// `min.insync.replicas` as set by the operator; `None` (the default): decided per topic
+    /// from its replication factor when it is created.
+    pub min_insync_replicas: Option<i32>,
     pub delete_topic_enable: bool,
     pub request_bytes_max: usize,
     pub queued_request_bytes_max: usize,
@@ -302,8 +305,12 @@ impl ServerConfig {
         let get = |name: &str| values.get(name).map(String::as_str).unwrap_or("");
         let mut topic_defaults = BTreeMap::new();
         for d in BROKER_CONFIGS {
-            if let Some(topic) = d.topic_config {
-                topic_defaults.insert(topic.to_owned(), get(d.name).to_owned());
+            // An empty default (min.insync.replicas) is decided per topic at creation.
+            match d.topic_config {
+                Some(topic) if !get(d.name).is_empty() => {
+                    topic_defaults.insert(topic.to_owned(), get(d.name).to_owned());
+                }
+                _ => {}
             }
         }
         let log_defaults = LogConfig::default()
@@ -337,6 +344,8 @@ impl ServerConfig {
                 i16::MAX as i64,
             )? as i16,
             delete_topic_enable: parse_bool(&values, "delete.topic.enable")?,
+            min_insync_replicas: non_empty("min.insync.replicas")
+                .map(|_| log_defaults.min_insync_replicas),
             request_bytes_max: parse_num(
                 &values,
                 "socket.request.max.bytes",
@@ -558,6 +567,17 @@ mod tests {
         assert_eq!(c.log_defaults.retention_ms, 604_800_000);
         assert_eq!(c.cleaner_backoff, Duration::from_millis(15_000));
         assert!(c.acks_all_fsync);
+    }
+
+    #[test]
+    fn min_insync_replicas_is_unset_unless_the_operator_sets_it() {
+        let c = load(None, &[], &[]).expect("defaults");
+        assert_eq!(c.min_insync_replicas, None, "decided per topic at creation");
+        assert_eq!(c.log_defaults.min_insync_replicas, 1);
+        let c = load(None, &[], &[("min.insync.replicas", "3")]).expect("set");
+        assert_eq!(c.min_insync_replicas, Some(3));
+        assert_eq!(c.log_defaults.min_insync_replicas, 3);
+        assert!(load(None, &[], &[("min.insync.replicas", "0")]).is_err());
     }
 
     #[test]

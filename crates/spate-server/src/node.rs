@@ -144,6 +144,7 @@ impl Node {
                 auto_create_topics: config.auto_create_topics,
                 num_partitions: config.num_partitions,
                 default_replication_factor: config.default_replication_factor,
+                min_insync_replicas: config.min_insync_replicas,
                 request_bytes_max: config.request_bytes_max,
                 queued_request_bytes_max: config.queued_request_bytes_max,
                 log_defaults: config.log_defaults.clone(),

@@ -65,10 +65,8 @@ fn cluster_settings(args: &DevArgs, id: u8) -> anyhow::Result<Vec<String>> {
         .map(|i| Ok(format!("{i}@127.0.0.1:{}", port(args.controller_port, i)?)))
         .collect::<anyhow::Result<Vec<_>>>()?
         .join(",");
+    // min.insync.replicas is left to the broker's default: 2 for topics of three replicas.
     let rf = args.nodes.min(3);
-    // Majority of three: acks=all survives one node down and never acknowledges a write held
-    // by a single replica.
-    let min_isr = if rf >= 3 { 2 } else { 1 };
     let mut set = vec![
         format!("node.id={id}"),
         format!("controller.quorum.voters={voters}"),
@@ -78,7 +76,6 @@ fn cluster_settings(args: &DevArgs, id: u8) -> anyhow::Result<Vec<String>> {
         ),
         format!("default.replication.factor={rf}"),
         format!("offsets.topic.replication.factor={rf}"),
-        format!("min.insync.replicas={min_isr}"),
     ];
     set.extend(args.set.iter().cloned());
     Ok(set)
@@ -328,7 +325,10 @@ mod tests {
         ));
         assert!(two.contains(&"controller.listen=127.0.0.1:19093".to_owned()));
         assert!(two.contains(&"default.replication.factor=3".to_owned()));
-        assert!(two.contains(&"min.insync.replicas=2".to_owned()));
+        assert!(
+            !two.iter().any(|s| s.starts_with("min.insync.replicas=")),
+            "left to the broker's default (2 for three replicas)"
+        );
         assert_eq!(
             two.last().map(String::as_str),
             Some("num.partitions=6"),
@@ -336,7 +336,6 @@ mod tests {
         );
         let one = cluster_settings(&args(1), 1).expect("settings");
         assert!(one.contains(&"default.replication.factor=1".to_owned()));
-        assert!(one.contains(&"min.insync.replicas=1".to_owned()));
     }
 
     #[test]
