@@ -10,6 +10,7 @@ use crate::error::{ControllerError, Halted, PeerFailure};
 use crate::raft::network::{CallError, Handler, Request, Response};
 use crate::raft::{self, halted};
 use crate::{heartbeat, quorum, Controller, Inner, MetadataCommand, MetadataOutcome};
+use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, RaftError};
 use spate_types::NodeId;
 use std::sync::{Arc, Weak};
@@ -151,7 +152,26 @@ impl Controller {
                 leader: Some(leader),
             });
         };
-        match self.inner.peers.call(addr, request, timeout).await {
+        // A call to a leader that has lost its place (or is cut off from us) must not hold the
+        // caller for the whole timeout: once this node sees another leader, the call is
+        // abandoned and the caller asks the new one.
+        let mut metrics = self.inner.raft.metrics();
+        let leader_moved = async {
+            loop {
+                let now = metrics.borrow_and_update().current_leader;
+                if now.and_then(raft::spate_id) != Some(leader) {
+                    return now.and_then(raft::spate_id);
+                }
+                if metrics.changed().await.is_err() {
+                    return std::future::pending().await;
+                }
+            }
+        };
+        let answer = tokio::select! {
+            answer = self.inner.peers.call(addr, request, timeout) => answer,
+            now = leader_moved => return Err(ControllerError::NotLeader { leader: now }),
+        };
+        match answer {
             Ok(Response::NotLeader { leader }) => Err(ControllerError::NotLeader { leader }),
             Ok(Response::Failed(failure)) => Err(ControllerError::PeerFailed {
                 peer: leader,

@@ -49,6 +49,7 @@ impl Controller {
         let cmd = MetadataCommand::RegisterBroker {
             node: self.inner.node,
             endpoint: advertised.clone(),
+            directory_id: self.inner.config.directory_id,
         };
         match self.propose(cmd).await? {
             MetadataOutcome::BrokerRegistered { broker_epoch } => {
@@ -87,9 +88,12 @@ impl Controller {
             return handle_heartbeat(&self.inner, hb)
                 .map_err(|leader| ControllerError::NotLeader { leader });
         }
-        let timeout = Duration::from_millis(self.inner.config.request_timeout_ms);
         match self
-            .call_leader(leader, &Request::Heartbeat(hb), timeout)
+            .call_leader(
+                leader,
+                &Request::Heartbeat(hb),
+                heartbeat_timeout(&self.inner.config),
+            )
             .await?
         {
             Response::Heartbeat(reply) => Ok(reply),
@@ -99,6 +103,17 @@ impl Controller {
             }),
         }
     }
+}
+
+/// How long one heartbeat waits for its answer: a third of the session, so that a heartbeat
+/// lost to a dead or cut-off controller is retried (at the next one) well before the session
+/// runs out; never less than the heartbeat interval.
+fn heartbeat_timeout(config: &crate::ControllerConfig) -> Duration {
+    Duration::from_millis(
+        (config.broker_session_timeout_ms / 3)
+            .max(config.broker_heartbeat_interval_ms)
+            .min(config.request_timeout_ms),
+    )
 }
 
 /// The liveness core. A panic while it was held (a bug in `liveness.rs`, which the log shows)

@@ -86,6 +86,9 @@ pub struct ControllerConfig {
     /// another cluster are refused; a quorum that has no id yet is named with it (or with a
     /// fresh one) by the first committed proposal.
     pub known_cluster_id: Option<String>,
+    /// This broker's data directory id (`directory.id` in meta.properties), sent with its
+    /// registration: a broker back with the same directory keeps its ISR places. Nil: unknown.
+    pub directory_id: uuid::Uuid,
 }
 
 impl Default for ControllerConfig {
@@ -100,6 +103,7 @@ impl Default for ControllerConfig {
             broker_session_timeout_ms: 2_400,
             broker_heartbeat_interval_ms: 400,
             known_cluster_id: None,
+            directory_id: uuid::Uuid::nil(),
         }
     }
 }

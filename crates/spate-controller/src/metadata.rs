@@ -29,9 +29,18 @@ pub enum MetadataCommand {
     /// Adds a broker, or replaces the endpoint of a registered one (a restart). The broker
     /// starts fenced; its broker epoch becomes this entry's log index, so heartbeats of an
     /// earlier incarnation are told apart.
+    ///
+    /// `directory_id` names the broker's data directory (`directory.id` in meta.properties,
+    /// Kafka's KIP-858). A broker that comes back with the directory it registered with before
+    /// still holds every record it fsynced, which is all the ISR ever counted for it (a
+    /// follower fetches again only after fsyncing), so it keeps its ISR places. A new directory
+    /// (a wiped or replaced disk, or nil: unknown) leaves every ISR where another member is
+    /// alive, as a fenced broker does.
     RegisterBroker {
         node: NodeId,
         endpoint: BrokerEndpoint,
+        #[serde(default)]
+        directory_id: Uuid,
     },
     /// The broker missed its session (or asked to leave, with `shutdown`): it leaves the ISR
     /// of every partition where another member remains, and its leaderships move to another
@@ -108,9 +117,11 @@ impl fmt::Display for MetadataCommand {
             Self::ElectPreferredLeaders { partitions } => {
                 write!(f, "ElectPreferredLeaders({} partitions)", partitions.len())
             }
-            Self::RegisterBroker { node, endpoint } => {
-                write!(f, "RegisterBroker(node={node}, {}:{})", endpoint.host, endpoint.port)
-            }
+            Self::RegisterBroker { node, endpoint, directory_id } => write!(
+                f,
+                "RegisterBroker(node={node}, {}:{}, directory={directory_id})",
+                endpoint.host, endpoint.port
+            ),
             Self::CreateTopic { name, topic_id, partitions, replication_factor, configs } => write!(
                 f,
                 "CreateTopic({name}, id={topic_id}, partitions={partitions}, rf={replication_factor}, configs={})",
@@ -200,6 +211,9 @@ pub struct MetadataImage {
     /// Each registered broker's epoch: the log index of its latest `RegisterBroker`.
     #[serde(default)]
     pub broker_epochs: BTreeMap<NodeId, u64>,
+    /// Each registered broker's data directory id, as of its latest `RegisterBroker`.
+    #[serde(default)]
+    pub broker_directories: BTreeMap<NodeId, Uuid>,
     /// Registered brokers that may not lead (not yet caught up, session expired, or shut down).
     #[serde(default)]
     pub fenced: BTreeSet<NodeId>,

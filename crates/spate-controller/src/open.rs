@@ -348,8 +348,13 @@ impl Controller {
                 .raft
                 .wait(Some(QUORUM_WAIT_LOG_EVERY))
                 .metrics(
-                    |m| m.current_leader.is_some(),
-                    "a controller leader is known",
+                    // A voter that peers reached before it initialized itself knows the leader
+                    // (from its vote) a moment before the membership entry reaches its log.
+                    |m| {
+                        m.current_leader.is_some()
+                            && m.membership_config.voter_ids().next().is_some()
+                    },
+                    "a controller leader and the membership are known",
                 )
                 .await;
             match waited {

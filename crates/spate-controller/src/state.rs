@@ -44,7 +44,11 @@ pub fn apply(image: &mut MetadataImage, cmd: &MetadataCommand) -> MetadataOutcom
                 })
             }
         }
-        MetadataCommand::RegisterBroker { node, endpoint } => {
+        MetadataCommand::RegisterBroker {
+            node,
+            endpoint,
+            directory_id,
+        } => {
             if node.0 < 0 {
                 Err(MetadataError::InvalidRequest(format!(
                     "broker node id {node} is negative"
@@ -52,9 +56,17 @@ pub fn apply(image: &mut MetadataImage, cmd: &MetadataCommand) -> MetadataOutcom
             } else {
                 // A new incarnation may have lost its unflushed tail: it must not keep leading
                 // in an epoch whose records others may hold beyond its log end. Fence it until
-                // it has caught up.
+                // it has caught up. With the same data directory it still holds everything it
+                // fsynced, so it keeps its ISR places (see `RegisterBroker`).
+                let same_directory = !directory_id.is_nil()
+                    && image.broker_directories.get(node) == Some(directory_id);
                 image.brokers.insert(*node, endpoint.clone());
-                fence(image, *node);
+                image.broker_directories.insert(*node, *directory_id);
+                if same_directory {
+                    fence_leadership(image, *node);
+                } else {
+                    fence(image, *node);
+                }
                 image.shutting_down.remove(node);
                 let broker_epoch = image.last_applied_index;
                 image.broker_epochs.insert(*node, broker_epoch);
@@ -327,6 +339,25 @@ fn fence(image: &mut MetadataImage, node: NodeId) {
     }
 }
 
+/// Marks `node` fenced and moves its leaderships as [`fence`] does, but leaves it in every ISR.
+fn fence_leadership(image: &mut MetadataImage, node: NodeId) {
+    image.fenced.insert(node);
+    let alive = alive_set(image);
+    for topic in image.topics.values_mut() {
+        for p in &mut topic.partitions {
+            if p.leader == node {
+                let next = p
+                    .replicas
+                    .iter()
+                    .copied()
+                    .find(|r| *r != node && p.isr.contains(r) && alive.contains(r))
+                    .unwrap_or(NO_LEADER);
+                set_leader(p, next);
+            }
+        }
+    }
+}
+
 /// Marks `node` alive again and gives every leaderless partition whose ISR now has a live
 /// member a leader.
 fn unfence(image: &mut MetadataImage, node: NodeId) {
@@ -469,6 +500,7 @@ mod tests {
             image,
             &MetadataCommand::RegisterBroker {
                 node,
+                directory_id: Uuid::nil(),
                 endpoint: endpoint(9092),
             },
         );
@@ -516,6 +548,70 @@ mod tests {
         }
     }
 
+    fn register(image: &mut MetadataImage, node: i32, directory: u128) {
+        image.last_applied_index += 1;
+        let out = apply(
+            image,
+            &MetadataCommand::RegisterBroker {
+                node: NodeId(node),
+                directory_id: Uuid::from_u128(directory),
+                endpoint: endpoint(9092),
+            },
+        );
+        assert!(
+            matches!(out, MetadataOutcome::BrokerRegistered { .. }),
+            "{out:?}"
+        );
+    }
+
+    fn isr(image: &MetadataImage) -> Vec<NodeId> {
+        image.topics["t"].partitions[0].isr.clone()
+    }
+
+    #[test]
+    fn a_restart_with_the_same_directory_keeps_isr_places_but_not_leadership() {
+        let mut image = MetadataImage::default();
+        for node in 0..3 {
+            register(&mut image, node, 100 + node as u128);
+            let epoch = image.last_applied_index;
+            apply(
+                &mut image,
+                &MetadataCommand::UnfenceBroker {
+                    node: NodeId(node),
+                    broker_epoch: epoch,
+                },
+            );
+        }
+        apply(&mut image, &create("t", id(1), 1, 3));
+        let p = &image.topics["t"].partitions[0];
+        let (leader, epoch) = (p.leader, p.leader_epoch);
+        let all = isr(&image);
+        let others: Vec<NodeId> = all.iter().copied().filter(|r| *r != leader).collect();
+        let dir = |n: NodeId| 100 + n.0 as u128;
+
+        // The leader restarts with its own directory: fenced, leadership moves in a new epoch,
+        // but it still holds everything it fsynced, so it stays in the ISR.
+        register(&mut image, leader.0, dir(leader));
+        let p = &image.topics["t"].partitions[0];
+        assert!(image.fenced.contains(&leader));
+        assert!(others.contains(&p.leader), "{:?}", p.leader);
+        assert!(p.leader_epoch > epoch);
+        assert_eq!(isr(&image), all);
+        let new_leader = p.leader;
+        let follower = others.iter().copied().find(|r| *r != new_leader).unwrap();
+
+        // A follower comes back with a new directory (a wiped disk): it leaves the ISR.
+        register(&mut image, follower.0, 999);
+        assert!(!isr(&image).contains(&follower));
+        assert_eq!(image.broker_directories[&follower], Uuid::from_u128(999));
+        // An unknown (nil) directory counts as new, even when the stored one is nil too; the
+        // last live member stays (and with every member fenced, nobody leads).
+        register(&mut image, new_leader.0, 0);
+        register(&mut image, new_leader.0, 0);
+        assert_eq!(isr(&image).len(), 2, "{:?}", isr(&image));
+        assert_eq!(image.topics["t"].partitions[0].leader, NO_LEADER);
+    }
+
     #[test]
     fn register_broker_adds_and_replaces() {
         let mut image = MetadataImage {
@@ -524,6 +620,7 @@ mod tests {
         };
         let cmd = MetadataCommand::RegisterBroker {
             node: NodeId(3),
+            directory_id: Uuid::nil(),
             endpoint: endpoint(1),
         };
         assert_eq!(
@@ -537,6 +634,7 @@ mod tests {
         image.last_applied_index = 9;
         let cmd = MetadataCommand::RegisterBroker {
             node: NodeId(3),
+            directory_id: Uuid::nil(),
             endpoint: endpoint(2),
         };
         assert_eq!(
@@ -575,6 +673,7 @@ mod tests {
             &mut image,
             MetadataCommand::RegisterBroker {
                 node: NodeId(-1),
+                directory_id: Uuid::nil(),
                 endpoint: endpoint(1),
             },
         );
@@ -864,6 +963,7 @@ mod tests {
             for node in [5, 1, 3] {
                 cmds.push(MetadataCommand::RegisterBroker {
                     node: NodeId(node),
+                    directory_id: Uuid::nil(),
                     endpoint: endpoint(9000),
                 });
             }
@@ -922,8 +1022,11 @@ mod tests {
             let name =
                 prop::sample::select(vec!["a", "b", "c", "bad name", ""]).prop_map(str::to_owned);
             prop_oneof![
-                (-1..6i32).prop_map(|n| MetadataCommand::RegisterBroker {
+                // Directories 0 (nil: unknown), 1 and 2: restarts with the same, a new or
+                // an unknown data directory.
+                (-1..6i32, 0..3u128).prop_map(|(n, d)| MetadataCommand::RegisterBroker {
                     node: NodeId(n),
+                    directory_id: Uuid::from_u128(d),
                     endpoint: BrokerEndpoint {
                         host: "h".into(),
                         port: 1,
@@ -1340,6 +1443,7 @@ mod replication_tests {
             &mut image,
             &MetadataCommand::RegisterBroker {
                 node: NodeId(0),
+                directory_id: Uuid::nil(),
                 endpoint: crate::BrokerEndpoint {
                     host: "h".into(),
                     port: 1,
@@ -1360,6 +1464,7 @@ mod replication_tests {
             &mut image,
             &MetadataCommand::RegisterBroker {
                 node: NodeId(0),
+                directory_id: Uuid::nil(),
                 endpoint: crate::BrokerEndpoint {
                     host: "h".into(),
                     port: 1,

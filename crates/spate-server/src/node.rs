@@ -41,7 +41,14 @@ impl Node {
         std::fs::create_dir_all(&config.data_dir).with_context(|| {
             format!("cannot create data directory {}", config.data_dir.display())
         })?;
-        let stored_cluster_id = read_meta_properties(&config.data_dir, config.node_id)?;
+        let stored = read_meta_properties(&config.data_dir, config.node_id)?;
+        let stored_cluster_id = stored.as_ref().map(|m| m.cluster_id.clone());
+        // A directory without an id (new, or from before ids existed) gets one now; the
+        // controller learns it with this node's registration.
+        let directory_id = stored
+            .as_ref()
+            .and_then(|m| m.directory_id)
+            .unwrap_or_else(uuid::Uuid::new_v4);
         let kafka_listener = TcpListener::bind(config.kafka_listen)
             .await
             .with_context(|| {
@@ -74,6 +81,7 @@ impl Node {
             broker_session_timeout_ms: cluster.session_timeout_ms,
             broker_heartbeat_interval_ms: cluster.heartbeat_interval_ms,
             known_cluster_id: stored_cluster_id.clone(),
+            directory_id,
             ..ControllerConfig::default()
         };
         if cluster.voters.len() > 1 {
@@ -93,7 +101,8 @@ impl Node {
         let cluster_id = match check_cluster_id(
             &config.data_dir,
             config.node_id,
-            stored_cluster_id,
+            stored.as_ref(),
+            directory_id,
             &controller.image(),
         ) {
             Ok(id) => id,
@@ -368,10 +377,18 @@ async fn retention(
 
 const META_PROPERTIES: &str = "meta.properties";
 
-/// Reads `meta.properties`, Kafka's file naming the cluster and node a data directory belongs
-/// to, if it exists: a directory of another node is refused rather than mixed. Returns the
-/// stored cluster id.
-fn read_meta_properties(data_dir: &Path, node_id: i32) -> anyhow::Result<Option<String>> {
+/// What `meta.properties` says about a data directory.
+#[derive(Debug, PartialEq, Eq)]
+struct MetaProperties {
+    cluster_id: String,
+    /// `directory.id` (Kafka's KIP-858); absent in directories written before it existed.
+    directory_id: Option<uuid::Uuid>,
+}
+
+/// Reads `meta.properties`, Kafka's file naming the cluster, node and directory a data
+/// directory belongs to, if it exists: a directory of another node is refused rather than
+/// mixed.
+fn read_meta_properties(data_dir: &Path, node_id: i32) -> anyhow::Result<Option<MetaProperties>> {
     let path = data_dir.join(META_PROPERTIES);
     match std::fs::read_to_string(&path) {
         Ok(text) => {
@@ -387,38 +404,119 @@ fn read_meta_properties(data_dir: &Path, node_id: i32) -> anyhow::Result<Option<
                 path.display(),
                 stored_node.map_or("(none)".to_owned(), |n| n.to_string()),
             );
-            field("cluster.id")
-                .map(|id| Some(id.to_owned()))
-                .with_context(|| format!("{} has no cluster.id", path.display()))
+            let cluster_id = field("cluster.id")
+                .with_context(|| format!("{} has no cluster.id", path.display()))?
+                .to_owned();
+            let directory_id = field("directory.id")
+                .map(|v| {
+                    uuid::Uuid::parse_str(v).with_context(|| {
+                        format!("{} has an invalid directory.id '{v}'", path.display())
+                    })
+                })
+                .transpose()?;
+            Ok(Some(MetaProperties {
+                cluster_id,
+                directory_id,
+            }))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
 }
 
-/// Compares the quorum's cluster id with the one stored in the data directory, and stores it
-/// on a node's first start.
+/// Compares the quorum's cluster id with the one stored in the data directory, and writes
+/// `meta.properties` on a node's first start (or when it lacks the directory id).
 fn check_cluster_id(
     data_dir: &Path,
     node_id: i32,
-    stored: Option<String>,
+    stored: Option<&MetaProperties>,
+    directory_id: uuid::Uuid,
     image: &spate_controller::MetadataImage,
 ) -> anyhow::Result<String> {
     let quorum = image
         .cluster_id
         .clone()
         .context("the controller quorum has no cluster id")?;
-    match stored {
-        Some(stored) if stored != quorum => anyhow::bail!(
-            "{} belongs to cluster {stored}, but the controller quorum is cluster {quorum}: this data directory is from another cluster",
-            data_dir.join(META_PROPERTIES).display()
-        ),
-        Some(_) => {}
-        None => {
-            let text = format!("version=1\ncluster.id={quorum}\nnode.id={node_id}\n");
-            spate_log::write_atomic(data_dir, META_PROPERTIES, text.as_bytes())
-                .with_context(|| format!("cannot write {}", data_dir.join(META_PROPERTIES).display()))?;
-        }
+    if let Some(stored) = stored {
+        anyhow::ensure!(
+            stored.cluster_id == quorum,
+            "{} belongs to cluster {}, but the controller quorum is cluster {quorum}: this data directory is from another cluster",
+            data_dir.join(META_PROPERTIES).display(),
+            stored.cluster_id
+        );
+    }
+    if stored.is_none_or(|m| m.directory_id != Some(directory_id)) {
+        let text = format!(
+            "version=1\ncluster.id={quorum}\nnode.id={node_id}\ndirectory.id={directory_id}\n"
+        );
+        spate_log::write_atomic(data_dir, META_PROPERTIES, text.as_bytes()).with_context(|| {
+            format!("cannot write {}", data_dir.join(META_PROPERTIES).display())
+        })?;
     }
     Ok(quorum)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(cluster: &str) -> spate_controller::MetadataImage {
+        spate_controller::MetadataImage {
+            cluster_id: Some(cluster.to_owned()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn meta_properties_names_cluster_node_and_directory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert_eq!(read_meta_properties(dir.path(), 1).expect("absent"), None);
+        let d = uuid::Uuid::from_u128(7);
+        assert_eq!(
+            check_cluster_id(dir.path(), 1, None, d, &image("c1")).expect("first"),
+            "c1"
+        );
+        let stored = read_meta_properties(dir.path(), 1)
+            .expect("read")
+            .expect("written");
+        assert_eq!(
+            stored,
+            MetaProperties {
+                cluster_id: "c1".into(),
+                directory_id: Some(d)
+            }
+        );
+        let e = read_meta_properties(dir.path(), 2).expect_err("another node's directory");
+        assert!(e.to_string().contains("belongs to node 1"), "{e}");
+        let e = check_cluster_id(dir.path(), 1, Some(&stored), d, &image("c2"))
+            .expect_err("another cluster");
+        assert!(e.to_string().contains("from another cluster"), "{e}");
+    }
+
+    #[test]
+    fn a_directory_from_before_directory_ids_gets_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join(META_PROPERTIES),
+            "version=1\ncluster.id=c1\nnode.id=3\n",
+        )
+        .expect("write");
+        let stored = read_meta_properties(dir.path(), 3)
+            .expect("read")
+            .expect("present");
+        assert_eq!(stored.directory_id, None);
+        let d = uuid::Uuid::from_u128(9);
+        check_cluster_id(dir.path(), 3, Some(&stored), d, &image("c1")).expect("same cluster");
+        let again = read_meta_properties(dir.path(), 3)
+            .expect("read")
+            .expect("present");
+        assert_eq!(again.directory_id, Some(d));
+        std::fs::write(
+            dir.path().join(META_PROPERTIES),
+            "cluster.id=c1\nnode.id=3\ndirectory.id=nonsense\n",
+        )
+        .expect("write");
+        let e = read_meta_properties(dir.path(), 3).expect_err("bad id");
+        assert!(e.to_string().contains("invalid directory.id"), "{e}");
+    }
 }

@@ -1,0 +1,184 @@
+"""Faults in a replicated cluster of real `spate serve` processes, driven by real clients:
+two of three nodes down (no acknowledgement without a quorum, nothing acknowledged lost,
+recovery when one returns), a replica set below min.insync.replicas (NOT_ENOUGH_REPLICAS while
+acks=1 still works), a restarted leader truncating a divergent tail (KIP-101), and the active
+controller killed with SIGKILL."""
+
+import pytest
+
+from ckutil import admin, consume, produce_all, producer
+from clusterutil import (ContinuousProducer, controller_id, create_replicated, partition_state, raw_produce,
+                         replica_records, wait_for)
+
+pytestmark = pytest.mark.timeout(300)
+
+NONE = 0
+REQUEST_TIMED_OUT = 7
+NOT_ENOUGH_REPLICAS = 19
+
+
+def survivors_of(cluster):
+    return ",".join(b.bootstrap for b in cluster.nodes.values() if b.running)
+
+
+def isr_of(bootstrap, topic, partition=0):
+    return sorted(partition_state(admin(bootstrap), topic, partition)[2])
+
+
+def assert_acked_read_back_once_in_order(bootstrap, topic, acked):
+    got = consume(bootstrap, topic, partitions=[0], expected=len(acked), timeout=60)
+    values = [int(m.value()) for m in got if m.value().isdigit()]
+    missing = set(acked) - set(values)
+    assert not missing, f"{len(missing)} acknowledged writes lost, e.g. {sorted(missing)[:10]}"
+    assert len(values) == len(set(values)), "an idempotent retry was written twice"
+    assert values == sorted(values), "records out of order"
+
+
+def wait_identical_replicas(cluster, topic, partition=0, timeout=60):
+    """Every node's log holds the same record at every offset (read off disk)."""
+    def same():
+        logs = [replica_records(n, topic, partition) for n in cluster.nodes.values()]
+        return all(log == logs[0] for log in logs) and logs[0]
+    return wait_for(f"{topic}-{partition} identical on every node", same, timeout=timeout)
+
+
+def test_two_of_three_down_stops_acknowledging_and_recovers(cluster_factory, topic_name):
+    c = cluster_factory(3)
+    a, _ = create_replicated(c.bootstrap, topic_name, 1)
+    leader, replicas, _ = partition_state(a, topic_name)
+    f1, f2 = [r for r in replicas if r != leader]
+    lead = c.nodes[leader]
+
+    prod = ContinuousProducer(c.bootstrap, topic_name).start()
+    wait_for("100 acknowledged writes", lambda: prod.acked_count() >= 100)
+    print(f"--- kill -9 follower {f1}: the ISR shrinks to two and writes go on (min.insync.replicas=2)")
+    c.nodes[f1].kill9()
+    wait_for(f"node {f1} out of the ISR", lambda: f1 not in isr_of(lead.bootstrap, topic_name))
+    n = prod.acked_count()
+    wait_for("100 more acknowledged writes on two replicas", lambda: prod.acked_count() >= n + 100)
+
+    print(f"--- kill -9 follower {f2}: two of three down, no controller quorum, no acknowledgement")
+    c.nodes[f2].kill9()
+    # The leader cannot shrink the ISR without the quorum, so its high watermark stays where
+    # the dead follower left it: an acks=all write times out instead of being acknowledged.
+    err, _ = raw_produce(lead.bootstrap, topic_name, 0, [b"probe-1"], acks=-1, timeout_ms=2000)
+    assert err in (REQUEST_TIMED_OUT, NOT_ENOUGH_REPLICAS), f"acks=all with two of three down: error {err}"
+    frozen = prod.acked_count()
+    err, _ = raw_produce(lead.bootstrap, topic_name, 0, [b"probe-2"], acks=-1, timeout_ms=2000)
+    assert err in (REQUEST_TIMED_OUT, NOT_ENOUGH_REPLICAS), f"acks=all with two of three down: error {err}"
+    assert prod.acked_count() == frozen, "a write was acknowledged while two of three replicas were down"
+
+    print(f"--- restart node {f1}: the quorum returns, {f1} catches up, rejoins, acknowledgements resume")
+    c.nodes[f1].start()
+    wait_for("acknowledgements resume", lambda: prod.acked_count() >= frozen + 100, timeout=90)
+    acked, errors = prod.finish()
+    assert not errors, f"delivery errors: {errors[:5]}"
+    assert_acked_read_back_once_in_order(lead.bootstrap, topic_name, acked)
+
+    print(f"--- restart node {f2}: it catches up and every replica holds the same records")
+    c.nodes[f2].start()
+    wait_for("all three back in the ISR", lambda: isr_of(c.bootstrap, topic_name) == sorted(replicas), timeout=60)
+    log = wait_identical_replicas(c, topic_name)
+    assert {v for _, v in log.values()} >= {b"probe-1", b"probe-2"}, "unacknowledged probes are kept once committed"
+
+
+def test_below_min_insync_refuses_acks_all_but_takes_acks_1(cluster_factory, topic_name):
+    # Five nodes, replication factor 3: with two replicas down the controller quorum (3 of 5)
+    # still works, so the ISR really shrinks to the leader alone.
+    c = cluster_factory(5)
+    a, _ = create_replicated(c.bootstrap, topic_name, 1)
+    leader, replicas, _ = partition_state(a, topic_name)
+    followers = [r for r in replicas if r != leader]
+    lead = c.nodes[leader]
+    produce_all(producer(c.bootstrap, acks="all"), topic_name, ({"value": f"{i}".encode()} for i in range(50)))
+
+    for f in followers:
+        c.nodes[f].kill9()
+    wait_for("the ISR shrunk to the leader", lambda: isr_of(lead.bootstrap, topic_name) == [leader])
+    err, _ = raw_produce(lead.bootstrap, topic_name, 0, [b"refused"], acks=-1)
+    assert err == NOT_ENOUGH_REPLICAS, f"acks=all with ISR {{{leader}}} below min.insync.replicas=2: error {err}"
+    err, base = raw_produce(lead.bootstrap, topic_name, 0, [b"acks-1"], acks=1)
+    assert (err, base) == (NONE, 50), "acks=1 needs no ISR: appended after the 50 records"
+
+    print(f"--- restart node {followers[0]}: back in the ISR, acks=all is accepted again")
+    c.nodes[followers[0]].start()
+    wait_for("two replicas in the ISR", lambda: len(isr_of(lead.bootstrap, topic_name)) == 2, timeout=60)
+    err, base = raw_produce(lead.bootstrap, topic_name, 0, [b"accepted"], acks=-1)
+    assert (err, base) == (NONE, 51)
+    got = [m.value() for m in consume(lead.bootstrap, topic_name, expected=52)]
+    assert got == [f"{i}".encode() for i in range(50)] + [b"acks-1", b"accepted"], got[-5:]
+
+
+def test_restarted_leader_truncates_a_divergent_tail(cluster_factory, topic_name):
+    c = cluster_factory(3)
+    a, _ = create_replicated(c.bootstrap, topic_name, 1)
+    leader, replicas, _ = partition_state(a, topic_name)
+    followers = [r for r in replicas if r != leader]
+    old_leader = c.nodes[leader]
+    base = [f"base-{i}".encode() for i in range(100)]
+    produce_all(producer(c.bootstrap, acks="all"), topic_name, ({"value": v} for v in base))
+
+    print(f"--- kill -9 both followers {followers}; the old leader takes acks=1 writes no follower has")
+    for f in followers:
+        c.nodes[f].kill9()
+    # Without a controller quorum nothing moves: node `leader` still leads and appends.
+    tail = [f"tail-{i}".encode() for i in range(50)]
+    assert raw_produce(old_leader.bootstrap, topic_name, 0, tail, acks=1) == (NONE, 100)
+    old_log = replica_records(old_leader, topic_name, 0)
+    assert old_log[100][1] == b"tail-0" and len(old_log) == 150, "the divergent tail is on the old leader's disk"
+
+    print(f"--- kill -9 the old leader, restart the followers: one of them leads in a higher epoch")
+    old_leader.kill9()
+    for f in followers:
+        c.nodes[f].launch()
+    for f in followers:
+        c.nodes[f].wait_healthy(timeout=60)
+    survivors = survivors_of(c)
+    new_leader = wait_for("a new leader among the followers",
+                          lambda: (lambda s: s[0] if s[0] in followers else None)(
+                              partition_state(admin(survivors), topic_name)))
+    new = [f"new-{i}".encode() for i in range(50)]
+    produce_all(producer(survivors, acks="all"), topic_name, ({"value": v} for v in new))
+
+    print(f"--- restart the old leader {leader}: it truncates its tail to the new leader's log and rejoins")
+    old_leader.start()
+    wait_for("the old leader back in the ISR", lambda: isr_of(c.bootstrap, topic_name) == sorted(replicas), timeout=60)
+    log = wait_identical_replicas(c, topic_name)
+    assert [v for _, (_, v) in sorted(log.items())] == base + new, "every replica: the base, then the new leader's records"
+    assert log[100][0] > old_log[100][0], "offset 100 now holds a record of the new leader's epoch"
+    assert [m.value() for m in consume(c.nodes[new_leader].bootstrap, topic_name, expected=150)] == base + new
+
+
+def test_active_controller_killed_the_cluster_keeps_working(cluster_factory, topic_name):
+    c = cluster_factory(3)
+    a, t = create_replicated(c.bootstrap, topic_name, 3)
+    ctrl = controller_id(c.bootstrap)
+    assert ctrl in c.nodes, f"DescribeCluster/Metadata names an active controller: {ctrl}"
+    # Write to the partition the controller's node leads, so both roles move at once.
+    part = next(p.id for p in t.partitions.values() if p.leader == ctrl)
+    prod = ContinuousProducer(c.bootstrap, topic_name, partition=part).start()
+    wait_for("100 acknowledged writes", lambda: prod.acked_count() >= 100)
+
+    print(f"--- kill -9 node {ctrl}: the active controller and a partition leader")
+    c.nodes[ctrl].kill9()
+    survivors = survivors_of(c)
+    new_ctrl = wait_for("a new active controller", lambda: (lambda i: i if i not in (ctrl, -1) else None)(
+        controller_id(survivors)))
+    n = prod.acked_count()
+    wait_for("100 more acknowledged writes", lambda: prod.acked_count() >= n + 100, timeout=60)
+    # Metadata writes work through either survivor (one of them forwards to the new controller).
+    for i, b in enumerate(b for b in c.nodes.values() if b.running):
+        create_replicated(b.bootstrap, f"{topic_name}-after-{i}", 2, rf=2)
+    acked, errors = prod.finish()
+    assert not errors, f"delivery errors: {errors[:5]}"
+    got = consume(survivors, topic_name, partitions=[part], expected=len(acked), timeout=60)
+    values = [int(m.value()) for m in got]
+    assert set(acked) <= set(values) and len(values) == len(set(values))
+
+    print(f"--- restart node {ctrl}: it rejoins as a voter and a replica")
+    c.nodes[ctrl].start()
+    wait_for("every partition fully replicated again",
+             lambda: all(isr_of(c.bootstrap, topic_name, p) == [1, 2, 3] for p in range(3)), timeout=60)
+    wait_for("every node names the same active controller",
+             lambda: len({controller_id(b.bootstrap) for b in c.nodes.values()} - {-1}) == 1)
+    print(f"active controller {new_ctrl} after the kill; all nodes agree after the restart")
