@@ -220,7 +220,7 @@ pub(crate) fn request_handler(inner: Weak<Inner>) -> Handler {
                 Request::Snapshot { vote, meta, image } => {
                     let snapshot = raft::state_machine::Snapshot {
                         meta,
-                        snapshot: image,
+                        snapshot: *image,
                     };
                     match raft.install_full_snapshot(vote, snapshot).await {
                         Ok(r) => Response::Snapshot(r),

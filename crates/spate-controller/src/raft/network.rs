@@ -94,7 +94,7 @@ pub(crate) enum Request {
     Snapshot {
         vote: Vote,
         meta: super::SnapshotMeta,
-        image: MetadataImage,
+        image: Box<MetadataImage>,
     },
     /// A broker's proposal for the active controller.
     Propose(MetadataCommand),
@@ -477,7 +477,7 @@ impl RaftNetworkV2<TypeConfig> for Connection {
         let request = Request::Snapshot {
             vote,
             meta: snapshot.meta,
-            image: snapshot.snapshot,
+            image: Box::new(snapshot.snapshot),
         };
         let call = self.call(request, option.hard_ttl());
         tokio::select! {
