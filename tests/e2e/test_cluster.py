@@ -159,3 +159,28 @@ def test_group_coordinator_failover_keeps_committed_offsets(cluster_factory, top
     a2 = admin(survivors)  # kept alive until the future resolves
     desc = a2.describe_consumer_groups([group])[group].result(timeout=CLIENT_TIMEOUT_S)
     assert desc.coordinator.id != coordinator
+
+
+def test_delete_records_reaches_every_replica_and_survives_failover(cluster_factory, topic_name):
+    from confluent_kafka import TopicPartition
+    c = cluster_factory(3)
+    a, _ = create_replicated(c.bootstrap, topic_name, 1)
+    leader, replicas, _ = partition_state(a, topic_name)
+    produce_all(producer(c.bootstrap, acks="all"), topic_name, ({"value": f"v{i}".encode()} for i in range(100)))
+    tp = TopicPartition(topic_name, 0, 60)
+    low = a.delete_records([tp], request_timeout=CLIENT_TIMEOUT_S)[tp].result(timeout=CLIENT_TIMEOUT_S)
+    assert low.low_watermark == 60
+
+    # Followers take the leader's log start from their next Fetch response and checkpoint it.
+    def checkpoints():
+        return {r: (c.nodes[r].data_dir / "logs" / f"{topic_name}-0" / "log-start-offset-checkpoint").read_text().strip()
+                for r in replicas}
+    wait_for("every replica's log start at 60", lambda: set(checkpoints().values()) == {"60"})
+
+    print(f"--- kill -9 the leader, node {leader}: the new leader serves from 60, not from 0")
+    c.nodes[leader].kill9()
+    survivors = ",".join(b.bootstrap for b in c.nodes.values() if b.running)
+    wait_for("a new leader", lambda: partition_state(admin(survivors), topic_name)[0] not in (-1, leader))
+    got = consume(survivors, topic_name, expected=40)
+    assert [m.value() for m in got] == [f"v{i}".encode() for i in range(60, 100)]
+    assert got[0].offset() == 60

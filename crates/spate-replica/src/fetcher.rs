@@ -928,14 +928,18 @@ impl Task {
                     tracing::trace!(partition = %item.tp, dropped = records.len() - whole, "partial batch at the end of a fetch response");
                 }
                 let records = records.slice(..whole);
-                let high_watermark = Offset(data.high_watermark);
-                if records.is_empty() {
-                    // Nothing to write, no fsync: take the leader's high watermark in here
-                    // rather than on the blocking pool, so idle partitions cost one lock.
-                    let result = self.append(&item, &records, high_watermark);
+                let marks = LeaderMarks {
+                    high_watermark: Offset(data.high_watermark),
+                    log_start: Offset(data.log_start_offset),
+                };
+                if records.is_empty() && marks.log_start <= position.log_start {
+                    // Nothing to write, no fsync, no log start to move: take the leader's high
+                    // watermark in here rather than on the blocking pool, so idle partitions
+                    // cost one lock.
+                    let result = self.append(&item, &records, marks);
                     self.after_append(&item, result);
                 } else {
-                    let handle = self.spawn_append(&item, records, high_watermark);
+                    let handle = self.spawn_append(&item, records, marks);
                     jobs.push(Job {
                         item,
                         position,
@@ -1072,36 +1076,45 @@ impl Task {
         &self,
         item: &Item,
         records: Bytes,
-        high_watermark: Offset,
+        leader: LeaderMarks,
     ) -> JoinHandle<DiskResult> {
         let partition = item.partition.clone();
-        let (leader, epoch) = (self.leader, item.leader_epoch);
+        let (leader_id, epoch) = (self.leader, item.leader_epoch);
         tokio::task::spawn_blocking(move || {
-            append_from_leader(&partition, leader, epoch, &records, high_watermark)
+            append_from_leader(&partition, leader_id, epoch, &records, leader)
         })
     }
 
-    fn append(&self, item: &Item, records: &[u8], high_watermark: Offset) -> DiskResult {
+    fn append(&self, item: &Item, records: &[u8], leader: LeaderMarks) -> DiskResult {
         append_from_leader(
             &item.partition,
             self.leader,
             item.leader_epoch,
             records,
-            high_watermark,
+            leader,
         )
     }
 }
 
-/// The follower's append of what the leader returned (blocking: it fsyncs). A log emptied at
-/// an offset inside the leader's first batch (a log start set by DeleteRecords falls inside
-/// batches) starts over at that batch's base offset, as Kafka's follower does.
+/// The leader's high watermark and log start offset, as one Fetch response reported them.
+#[derive(Clone, Copy, Debug)]
+struct LeaderMarks {
+    high_watermark: Offset,
+    log_start: Offset,
+}
+
+/// The follower's append of what the leader returned (blocking: it fsyncs), then the leader's
+/// log start offset taken in. A log emptied at an offset inside the leader's first batch (a
+/// log start set by DeleteRecords falls inside batches) starts over at that batch's base
+/// offset, as Kafka's follower does.
 fn append_from_leader(
     partition: &Partition,
     leader: NodeId,
     epoch: LeaderEpoch,
     records: &[u8],
-    high_watermark: Offset,
+    marks: LeaderMarks,
 ) -> DiskResult {
+    let high_watermark = marks.high_watermark;
     let position = partition.follower_position()?;
     if !following(&position, leader, epoch) {
         return Ok(DiskOutcome::NotFollowing);
@@ -1120,6 +1133,9 @@ fn append_from_leader(
         }
         other => other?,
     };
+    if let Some(log_start) = partition.follow_leader_log_start(marks.log_start)? {
+        tracing::info!(partition = %partition.topic_partition(), %log_start, "log start raised to the leader's");
+    }
     if !commands.is_empty() {
         tracing::debug!(partition = %partition.topic_partition(), ?commands, "commands after a follower append (not for the fetcher)");
     }

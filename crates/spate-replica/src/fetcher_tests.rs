@@ -894,3 +894,48 @@ fn default_settings_are_kafkas_except_the_shorter_backoff() {
     assert_eq!(s.request_timeout_ms, 30_000);
     assert_eq!(s.backoff_ms, 100);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leaders_log_start_offset_becomes_the_followers() {
+    let mut leader = Leader::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = follower(dir.path(), tp(0), 0);
+    let records = [batch(0, 0, 2), batch(2, 0, 2), batch(4, 0, 2)].concat();
+    // First the records; then (an empty response) DeleteRecords on the leader moved its log
+    // start to 3, then past this log's end, which waits for OFFSET_OUT_OF_RANGE instead.
+    leader.answer(move |req| {
+        respond_fetch(req, |_, part| {
+            data(part)
+                .with_high_watermark(6)
+                .with_records(Some(Bytes::from(records.clone())))
+        })
+    });
+    for log_start in [3, 3, 9, 9] {
+        leader.answer(move |req| {
+            respond_fetch(req, |_, part| {
+                data(part)
+                    .with_high_watermark(6)
+                    .with_log_start_offset(log_start)
+            })
+        });
+    }
+    let fetchers = fetchers(&leader.addr());
+    fetchers.follow(p.clone(), LEADER, LeaderEpoch(0));
+    leader.fetch().await;
+    leader.fetch().await;
+    let (third, _) = leader.fetch().await;
+    assert_eq!(
+        only_partition(&third).log_start_offset,
+        3,
+        "the follower reports the leader's log start as its own"
+    );
+    assert_eq!(p.log_start_offset().expect("log"), Offset(3));
+    leader.fetch().await;
+    assert_eq!(
+        p.log_start_offset().expect("log"),
+        Offset(3),
+        "a leader log start past the local log end is not taken in"
+    );
+    assert_eq!(log_end(&p), Offset(6));
+    shut_down(&fetchers).await;
+}

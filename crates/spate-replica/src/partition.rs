@@ -775,6 +775,26 @@ impl Partition {
         self.with_log(|log| Ok(log.log_start_offset()))
     }
 
+    /// Kafka's follower `maybeIncrementLogStartOffset`: the leader's log start offset (raised
+    /// by DeleteRecords) becomes this follower's where it lies inside the local log, so that a
+    /// replica elected later never serves records deleted on the old leader. A leader start
+    /// past the local log end is left to the next fetch (OFFSET_OUT_OF_RANGE starts the log
+    /// over there). Returns the new log start when it moved. Blocking (checkpoint, unlinks).
+    pub fn follow_leader_log_start(
+        &self,
+        leader_log_start: Offset,
+    ) -> Result<Option<Offset>, ReplicaError> {
+        let core = self.core()?;
+        self.check_follower(&core)?;
+        self.with_log(|log| {
+            if leader_log_start <= log.log_start_offset() || leader_log_start > log.log_end_offset()
+            {
+                return Ok(None);
+            }
+            log.delete_records_before(leader_log_start).map(Some)
+        })
+    }
+
     /// Writes the published high watermark to `high-watermark` if it moved since the last
     /// checkpoint (temp + fsync + rename + fsync dir). Blocking.
     pub fn checkpoint_high_watermark(&self) -> std::io::Result<()> {
