@@ -82,7 +82,8 @@ pub struct ReadPlan {
 }
 
 impl ReadPlan {
-    fn empty() -> ReadPlan {
+    /// A plan that reads nothing.
+    pub fn empty() -> ReadPlan {
         ReadPlan {
             file: None,
             path: PathBuf::new(),

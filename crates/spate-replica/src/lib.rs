@@ -23,8 +23,8 @@ pub use crate::core::{
 pub use fetcher::FetcherSettings;
 pub use manager::{IsrProposal, ReplicaManager, ReplicationSettings, PARTITION_METADATA};
 pub use partition::{
-    AppendReceipt, FlushFailure, FlushPolicy, FollowerPosition, Partition, PartitionRead,
-    ReplicaError, HIGH_WATERMARK_FILE,
+    AppendReceipt, FlushFailure, FlushPolicy, FollowerFetch, FollowerPosition, Partition,
+    PartitionRead, ReplicaError, HIGH_WATERMARK_FILE,
 };
 
 #[cfg(test)]

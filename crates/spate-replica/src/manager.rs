@@ -10,9 +10,9 @@
 
 use crate::core::{Command, LeaderAndIsr, ReplicaSettings};
 use crate::fetcher::{FetcherSettings, Fetchers};
-use crate::partition::{FlushPolicy, Partition, PartitionRead, ReplicaError};
+use crate::partition::{FlushPolicy, FollowerFetch, Partition, PartitionRead, ReplicaError};
 use spate_log::LogConfig;
-use spate_types::{LeaderEpoch, NodeId, Offset, TopicPartition};
+use spate_types::{LeaderEpoch, NodeId, TopicPartition};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -235,19 +235,10 @@ impl ReplicaManager {
     pub fn read_for_follower(
         &self,
         partition: &Arc<Partition>,
-        replica: NodeId,
-        current_leader_epoch: Option<LeaderEpoch>,
-        fetch_offset: Offset,
-        max_bytes: usize,
+        fetch: FollowerFetch,
         now_ms: i64,
     ) -> Result<PartitionRead, ReplicaError> {
-        let (read, commands) = partition.read_for_follower(
-            replica,
-            current_leader_epoch,
-            fetch_offset,
-            max_bytes,
-            now_ms,
-        )?;
+        let (read, commands) = partition.read_for_follower(fetch, now_ms)?;
         self.execute(partition, commands, now_ms);
         Ok(read)
     }

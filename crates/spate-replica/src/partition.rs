@@ -120,6 +120,22 @@ pub struct PartitionRead {
     pub high_watermark: Offset,
     pub log_start_offset: Offset,
     pub log_end_offset: Offset,
+    /// For a follower whose log diverged from this leader's (KIP-595): the largest epoch ≤ its
+    /// last fetched epoch and where it ends here. Nothing is read then, and the fetch does not
+    /// count as the follower's progress.
+    pub diverging_epoch: Option<(LeaderEpoch, Offset)>,
+}
+
+/// One partition of a follower's Fetch request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FollowerFetch {
+    pub replica: NodeId,
+    pub current_leader_epoch: Option<LeaderEpoch>,
+    /// Everything below is durable on the follower.
+    pub fetch_offset: Offset,
+    /// The epoch of the follower's last batch (Fetch v12+; `None` before, or for an empty log).
+    pub last_fetched_epoch: Option<LeaderEpoch>,
+    pub max_bytes: usize,
 }
 
 /// Where an append landed.
@@ -559,6 +575,7 @@ impl Partition {
                 high_watermark,
                 log_start_offset: log.log_start_offset(),
                 log_end_offset: log.log_end_offset(),
+                diverging_epoch: None,
             })
         })
     }
@@ -580,6 +597,7 @@ impl Partition {
                 high_watermark,
                 log_start_offset: log.log_start_offset(),
                 log_end_offset: end,
+                diverging_epoch: None,
             })
         })
     }
@@ -590,38 +608,52 @@ impl Partition {
 
     /// A follower's fetch at `fetch_offset` (everything below is durable on it): records the
     /// follower's progress (which may move the high watermark or propose an ISR change) and
-    /// plans a read up to the log end. A fetch offset past the log end is out of range.
+    /// plans a read up to the log end. A fetch offset past the log end is out of range. A
+    /// follower whose last fetched epoch shows its log diverged from this one (Kafka's
+    /// `validateFetchOffsetAndMaybeGetDivergingEpoch`) gets the diverging epoch, no records,
+    /// and no progress: its offsets count only once its log agrees with this one.
     pub fn read_for_follower(
         &self,
-        replica: NodeId,
-        current_leader_epoch: Option<LeaderEpoch>,
-        fetch_offset: Offset,
-        max_bytes: usize,
+        fetch: FollowerFetch,
         now_ms: i64,
     ) -> Result<(PartitionRead, Vec<Command>), ReplicaError> {
         let mut core = self.core()?;
-        core.check_fetch(Some(replica), current_leader_epoch)
-            .map_err(|e| self.fetch_refusal(e, current_leader_epoch))?;
-        let plan = self.with_log(|log| {
+        core.check_fetch(Some(fetch.replica), fetch.current_leader_epoch)
+            .map_err(|e| self.fetch_refusal(e, fetch.current_leader_epoch))?;
+        let (plan, log_start_offset, log_end_offset, diverging_epoch) = self.with_log(|log| {
             let end = log.log_end_offset();
-            let plan = log.plan_read(fetch_offset, max_bytes, end, true)?;
-            Ok((plan, log.log_start_offset(), end))
+            let diverging = fetch
+                .last_fetched_epoch
+                .and_then(|last| log.epoch_end_offset(last).map(|e| (last, e)))
+                .and_then(|(last, (epoch, epoch_end))| {
+                    (epoch < last || epoch_end < fetch.fetch_offset).then_some((epoch, epoch_end))
+                });
+            let plan = if diverging.is_some() {
+                ReadPlan::empty()
+            } else {
+                log.plan_read(fetch.fetch_offset, fetch.max_bytes, end, true)?
+            };
+            Ok((plan, log.log_start_offset(), end, diverging))
         })?;
-        let commands = self.step(
-            &mut core,
-            now_ms,
-            Event::FollowerFetch {
-                replica,
-                fetch_offset,
-            },
-        );
-        let (plan, log_start_offset, log_end_offset) = plan;
+        let commands = if diverging_epoch.is_some() {
+            Vec::new()
+        } else {
+            self.step(
+                &mut core,
+                now_ms,
+                Event::FollowerFetch {
+                    replica: fetch.replica,
+                    fetch_offset: fetch.fetch_offset,
+                },
+            )
+        };
         Ok((
             PartitionRead {
                 plan,
                 high_watermark: core.high_watermark(),
                 log_start_offset,
                 log_end_offset,
+                diverging_epoch,
             },
             commands,
         ))
@@ -1175,7 +1207,16 @@ mod tests {
         };
         // A fetch at offset 0 says the follower has nothing yet: the batch is served.
         let (read, _) = p
-            .read_for_follower(OTHER, Some(LeaderEpoch(3)), Offset(0), 1 << 20, 1_100)
+            .read_for_follower(
+                FollowerFetch {
+                    replica: OTHER,
+                    current_leader_epoch: Some(LeaderEpoch(3)),
+                    fetch_offset: Offset(0),
+                    last_fetched_epoch: None,
+                    max_bytes: 1 << 20,
+                },
+                1_100,
+            )
             .expect("follower read");
         assert!(
             !read.plan.load().expect("load").is_empty(),
@@ -1184,8 +1225,17 @@ mod tests {
         assert_eq!(p.high_watermark(), Offset(0));
         assert!(!waiter.is_finished());
         // Its next fetch at 1 says offset 0 is durable there: the HW passes it, acks=all done.
-        p.read_for_follower(OTHER, Some(LeaderEpoch(3)), Offset(1), 1 << 20, 1_200)
-            .expect("follower read");
+        p.read_for_follower(
+            FollowerFetch {
+                replica: OTHER,
+                current_leader_epoch: Some(LeaderEpoch(3)),
+                fetch_offset: Offset(1),
+                last_fetched_epoch: None,
+                max_bytes: 1 << 20,
+            },
+            1_200,
+        )
+        .expect("follower read");
         assert_eq!(p.high_watermark(), Offset(1));
         tokio::time::timeout(Duration::from_secs(10), waiter)
             .await
@@ -1200,13 +1250,74 @@ mod tests {
         assert_eq!(p.high_watermark(), Offset(1));
         // Stale and foreign fetches are refused.
         assert!(matches!(
-            p.read_for_follower(OTHER, Some(LeaderEpoch(2)), Offset(1), 1, 1_300),
+            p.read_for_follower(
+                FollowerFetch {
+                    replica: OTHER,
+                    current_leader_epoch: Some(LeaderEpoch(2)),
+                    fetch_offset: Offset(1),
+                    last_fetched_epoch: None,
+                    max_bytes: 1
+                },
+                1_300,
+            ),
             Err(ReplicaError::FencedLeaderEpoch { .. })
         ));
         assert!(matches!(
-            p.read_for_follower(NodeId(9), Some(LeaderEpoch(3)), Offset(1), 1, 1_300),
+            p.read_for_follower(
+                FollowerFetch {
+                    replica: NodeId(9),
+                    current_leader_epoch: Some(LeaderEpoch(3)),
+                    fetch_offset: Offset(1),
+                    last_fetched_epoch: None,
+                    max_bytes: 1
+                },
+                1_300,
+            ),
             Err(ReplicaError::NotReplica { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn a_follower_whose_log_diverged_gets_the_diverging_epoch_and_no_credit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = open_as(
+            dir.path(),
+            LogConfig::default(),
+            state(LOCAL, 1, &[LOCAL, OTHER], &[LOCAL, OTHER]),
+        );
+        // Epoch 1 holds offsets 0..2, epoch 3 starts at 2.
+        for (i, v) in [b"a", b"b"].into_iter().enumerate() {
+            p.append(&mut batch(v, 1_000), true, 1_000 + i as i64)
+                .expect("append");
+        }
+        p.apply(state(LOCAL, 3, &[LOCAL, OTHER], &[LOCAL, OTHER]), 1_100)
+            .expect("new epoch");
+        p.append(&mut batch(b"c", 1_200), true, 1_200)
+            .expect("append");
+        p.wait_durable(Offset(2)).await.expect("leader fsync");
+        let fetch = |offset: i64, last: Option<i32>| FollowerFetch {
+            replica: OTHER,
+            current_leader_epoch: Some(LeaderEpoch(3)),
+            fetch_offset: Offset(offset),
+            last_fetched_epoch: last.map(LeaderEpoch),
+            max_bytes: 1 << 20,
+        };
+        // The follower has epoch 1 up to offset 3, but epoch 1 ended at 2 here.
+        let (read, commands) = p.read_for_follower(fetch(3, Some(1)), 1_300).expect("read");
+        assert_eq!(read.diverging_epoch, Some((LeaderEpoch(1), Offset(2))));
+        assert!(read.plan.is_empty(), "no records for a diverged log");
+        assert!(commands.is_empty());
+        assert_eq!(p.high_watermark(), Offset(0), "its offset 3 earned nothing");
+        // An epoch this leader never had (2): the largest below it is 1, which ended at 2.
+        let (read, _) = p.read_for_follower(fetch(2, Some(2)), 1_300).expect("read");
+        assert_eq!(read.diverging_epoch, Some((LeaderEpoch(1), Offset(2))));
+        // Logs that agree: records served, progress counted.
+        let (read, _) = p.read_for_follower(fetch(2, Some(1)), 1_400).expect("read");
+        assert_eq!(read.diverging_epoch, None);
+        assert!(!read.plan.is_empty());
+        let (read, _) = p.read_for_follower(fetch(3, Some(3)), 1_500).expect("read");
+        assert_eq!(read.diverging_epoch, None);
+        assert_eq!(p.high_watermark(), Offset(3), "{:?}", read.high_watermark);
     }
 
     #[tokio::test]

@@ -13,12 +13,12 @@ use crate::broker::Broker;
 use crate::errors;
 use bytes::Bytes;
 use kafka_protocol::messages::fetch_response::{
-    FetchableTopicResponse, LeaderIdAndEpoch, PartitionData,
+    EpochEndOffset, FetchableTopicResponse, LeaderIdAndEpoch, PartitionData,
 };
 use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, TopicName};
 use kafka_protocol::protocol::VersionRange;
 use kafka_protocol::ResponseError;
-use spate_replica::{Partition, ReplicaManager};
+use spate_replica::{FollowerFetch, Partition, ReplicaManager};
 use spate_types::{LeaderEpoch, NodeId, Offset, TopicPartition};
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,6 +44,8 @@ struct Wanted {
     fetch_offset: i64,
     partition_max_bytes: i32,
     current_leader_epoch: i32,
+    /// -1 when absent (before v12, or an empty follower log).
+    last_fetched_epoch: i32,
     partition: Result<Arc<Partition>, ResponseError>,
 }
 
@@ -99,6 +101,7 @@ pub(crate) async fn handle(
                 fetch_offset: p.fetch_offset,
                 partition_max_bytes: p.partition_max_bytes,
                 current_leader_epoch: p.current_leader_epoch,
+                last_fetched_epoch: p.last_fetched_epoch,
                 partition,
             });
         }
@@ -214,10 +217,14 @@ fn read_partition(plan: &Plan, wanted: &Wanted, budget: usize, first: bool) -> P
     let read = match plan.replica {
         Some(replica) => plan.replicas.read_for_follower(
             partition,
-            replica,
-            epoch,
-            offset,
-            budget,
+            FollowerFetch {
+                replica,
+                current_leader_epoch: epoch,
+                fetch_offset: offset,
+                last_fetched_epoch: (wanted.last_fetched_epoch >= 0)
+                    .then_some(LeaderEpoch(wanted.last_fetched_epoch)),
+                max_bytes: budget,
+            },
             crate::broker::now_ms(),
         ),
         None => partition.check_consumer(epoch).and_then(|()| {
@@ -232,14 +239,24 @@ fn read_partition(plan: &Plan, wanted: &Wanted, budget: usize, first: bool) -> P
     }
     .and_then(|read| {
         let bytes = read.plan.load().map_err(spate_replica::ReplicaError::Log)?;
-        Ok((bytes, read.high_watermark, read.log_start_offset))
+        Ok((bytes, read))
     });
     match read {
-        Ok((bytes, hw, log_start)) => data
-            .with_high_watermark(hw.0)
-            .with_last_stable_offset(hw.0)
-            .with_log_start_offset(log_start.0)
-            .with_records(Some(bytes)),
+        Ok((bytes, read)) => {
+            let data = data
+                .with_high_watermark(read.high_watermark.0)
+                .with_last_stable_offset(read.high_watermark.0)
+                .with_log_start_offset(read.log_start_offset.0)
+                .with_records(Some(bytes));
+            match read.diverging_epoch {
+                Some((epoch, end_offset)) => data.with_diverging_epoch(
+                    EpochEndOffset::default()
+                        .with_epoch(epoch.0)
+                        .with_end_offset(end_offset.0),
+                ),
+                None => data,
+            }
+        }
         Err(e) => {
             let code = errors::replica_error(&e);
             if code == ResponseError::KafkaStorageError {
