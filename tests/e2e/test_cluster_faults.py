@@ -182,3 +182,54 @@ def test_active_controller_killed_the_cluster_keeps_working(cluster_factory, top
     wait_for("every node names the same active controller",
              lambda: len({controller_id(b.bootstrap) for b in c.nodes.values()} - {-1}) == 1)
     print(f"active controller {new_ctrl} after the kill; all nodes agree after the restart")
+
+
+@pytest.fixture
+def tmpfs_mounts():
+    """mount(path, size) puts a small tmpfs at `path` (root only); everything is unmounted at
+    the end. Requested before cluster_factory, so the nodes stop before their disks go."""
+    import os
+    import subprocess
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small filesystem needs root")
+    mounted = []
+
+    def mount(path, size):
+        path.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
+        mounted.append(path)
+        return path
+
+    yield mount
+    for path in reversed(mounted):
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def test_a_follower_whose_disk_fills_leaves_the_isr_and_rejoins_when_space_returns(tmpfs_mounts, cluster_factory,
+                                                                                      topic_name):
+    import os
+    c = cluster_factory(3, start=False, args=["--set", "replica.lag.time.max.ms=3000"])
+    full = 3
+    logs = tmpfs_mounts(c.nodes[full].data_dir / "logs", "24m")
+    c.start()
+    a, t = create_replicated(c.bootstrap, topic_name, 3)
+    part = next(p.id for p in t.partitions.values() if p.leader != full)
+    leader = t.partitions[part].leader
+
+    st = os.statvfs(logs)
+    filler = logs / "filler"
+    with open(filler, "wb") as f:
+        f.write(b"\0" * (st.f_bavail * st.f_frsize - 256 * 1024))
+    print(f"--- node {full}'s log disk is full: it cannot append what it fetches for {topic_name}-{part}")
+    values = [f"{i:05d}".encode() + b"x" * 1019 for i in range(3000)]
+    produce_all(producer(c.bootstrap, acks="all", **{"message.timeout.ms": 60000}), topic_name,
+                ({"value": v, "partition": part} for v in values))
+    wait_for(f"node {full} out of the ISR", lambda: full not in isr_of(c.nodes[leader].bootstrap, topic_name, part))
+    assert c.nodes[full].running, "a full disk must not take the node down"
+
+    print(f"--- space returns: node {full} catches up and rejoins the ISR")
+    filler.unlink()
+    wait_for(f"node {full} back in the ISR", lambda: full in isr_of(c.nodes[leader].bootstrap, topic_name, part),
+             timeout=60)
+    log = wait_identical_replicas(c, topic_name, part)
+    assert [v for _, (_, v) in sorted(log.items())] == values
