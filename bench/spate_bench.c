@@ -5,7 +5,11 @@
  *   spate_bench produce -b HOST:PORT -t TOPIC -n COUNT -s BYTES [-a 1|all] [-d MAX_SEND_SECONDS]
  *   spate_bench consume -b HOST:PORT -t TOPIC -n COUNT
  *   spate_bench latency -b HOST:PORT -t TOPIC -r MSGS_PER_S -d SECONDS [-s BYTES] [-a 1|all]
- *   common: [-T HARD_TIMEOUT_S] [-X librdkafka.property=value ...]
+ *   common: [-p PARTITIONS] [-T HARD_TIMEOUT_S] [-X librdkafka.property=value ...]
+ *
+ * -b takes librdkafka's bootstrap list (HOST:PORT,HOST:PORT,...). With -p N, produce and latency
+ * send message i to partition i % N (so N partitions get equal shares, in order), and latency's
+ * consumer reads all N partitions; the topic must have at least N partitions. Default: 1.
  *
  * Every mode is bounded: a message count, and a hard timeout (SIGALRM) after which the process
  * exits by itself with status 3. The last line of stdout is machine-readable:
@@ -34,6 +38,7 @@
 #define EXTRA_CONF_MAX 32
 #define LATENCY_MSGS_MAX 10000000 /* bounds the latency sample array (80 MB) */
 #define PAYLOAD_BYTES_MAX (16 * 1024 * 1024)
+#define PARTITIONS_MAX 10000
 
 static const char *brokers = "127.0.0.1:9092";
 static const char *topic = "spate-bench";
@@ -44,6 +49,7 @@ static long rate = 10000;
 static long duration_s = 10;
 static int duration_set = 0;
 static long timeout_s = 300;
+static long partitions = 1;
 static const char *extra_conf[EXTRA_CONF_MAX];
 static int extra_conf_n = 0;
 
@@ -122,7 +128,7 @@ static rd_kafka_t *new_client(rd_kafka_type_t type, rd_kafka_conf_t *conf) {
 
 /* Asks for the topic's metadata until it has partitions with leaders (the request auto-creates the
  * topic on a broker that allows it). Returns the partition count. Not part of any timed phase. */
-static int wait_for_topic(rd_kafka_t *rk) {
+static int wait_for_topic_any(rd_kafka_t *rk) {
     rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, topic, NULL);
     uint64_t deadline = now_ns() + 30ull * 1000000000ull;
     rd_kafka_resp_err_t last = RD_KAFKA_RESP_ERR_NO_ERROR;
@@ -147,6 +153,13 @@ static int wait_for_topic(rd_kafka_t *rk) {
     }
     die("topic %s did not appear within 30 s (last error %s)", topic, rd_kafka_err2name(last));
     return 0;
+}
+
+/* As wait_for_topic_any, and checks that the topic has the -p partitions this run writes to. */
+static int wait_for_topic(rd_kafka_t *rk) {
+    int n = wait_for_topic_any(rk);
+    if (n < partitions) die("topic %s has %d partitions, -p asks for %ld", topic, n, partitions);
+    return n;
 }
 
 /* ---------------------------------------------------------------- produce */
@@ -206,7 +219,7 @@ static int run_produce(void) {
         if ((i & 255) == 0 && now_ns() > send_until) break;
         for (;;) {
             rd_kafka_resp_err_t err = rd_kafka_producev(
-                rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_PARTITION(0),
+                rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_PARTITION((int32_t)(i % partitions)),
                 RD_KAFKA_V_VALUE(payload, (size_t)msg_bytes), RD_KAFKA_V_END);
             if (err == RD_KAFKA_RESP_ERR_NO_ERROR) break;
             if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL) die("produce: %s", rd_kafka_err2str(err));
@@ -220,10 +233,12 @@ static int run_produce(void) {
     uint64_t end = last_delivery_ns ? last_delivery_ns : now_ns();
     double secs = (double)(end - start) / 1e9;
     double mb = (double)delivered * (double)msg_bytes / 1e6;
-    printf("produced %ld msgs of %ld B (acks=%s) in %.3f s: %.1f MB/s, %.0f msgs/s, %ld delivery errors\n",
-           delivered, msg_bytes, acks, secs, mb / secs, (double)delivered / secs, delivery_errors);
-    printf("RESULT mode=produce acks=%s size=%ld msgs=%ld secs=%.3f mb_s=%.1f msgs_s=%.0f errors=%ld\n",
-           acks, msg_bytes, delivered, secs, mb / secs, (double)delivered / secs, delivery_errors);
+    printf("produced %ld msgs of %ld B (acks=%s, %ld partitions) in %.3f s: %.1f MB/s, %.0f msgs/s, "
+           "%ld delivery errors\n",
+           delivered, msg_bytes, acks, partitions, secs, mb / secs, (double)delivered / secs, delivery_errors);
+    printf("RESULT mode=produce acks=%s size=%ld partitions=%ld msgs=%ld secs=%.3f mb_s=%.1f msgs_s=%.0f "
+           "errors=%ld\n",
+           acks, msg_bytes, partitions, delivered, secs, mb / secs, (double)delivered / secs, delivery_errors);
     fflush(stdout);
     rd_kafka_destroy(rk);
     free(payload);
@@ -255,9 +270,9 @@ static void assign_or_die(rd_kafka_t *rk, rd_kafka_topic_partition_list_t *parts
 static int run_consume(void) {
     if (count <= 0) die("consume needs -n COUNT > 0");
     rd_kafka_t *rk = new_consumer(NULL);
-    int partitions = wait_for_topic(rk);
-    rd_kafka_topic_partition_list_t *parts = rd_kafka_topic_partition_list_new(partitions);
-    for (int p = 0; p < partitions; p++)
+    int topic_partitions = wait_for_topic_any(rk);
+    rd_kafka_topic_partition_list_t *parts = rd_kafka_topic_partition_list_new(topic_partitions);
+    for (int p = 0; p < topic_partitions; p++)
         rd_kafka_topic_partition_list_add(parts, topic, p)->offset = RD_KAFKA_OFFSET_BEGINNING;
 
     long got = 0, bytes = 0, errors = 0;
@@ -361,14 +376,17 @@ static int run_latency(void) {
     rd_kafka_t *producer = new_client(RD_KAFKA_PRODUCER, conf);
     wait_for_topic(producer);
 
-    /* Position the consumer at the current end offset explicitly (ListOffsets), so every message
+    /* Position the consumer at the current end offsets explicitly (ListOffsets), so every message
      * produced from here on is read, with no race against OFFSET_END being resolved late. */
     rd_kafka_t *consumer = new_consumer("500");
-    int64_t low = 0, high = 0;
-    rd_kafka_resp_err_t err = rd_kafka_query_watermark_offsets(consumer, topic, 0, &low, &high, 10000);
-    if (err) die("query_watermark_offsets: %s", rd_kafka_err2str(err));
-    rd_kafka_topic_partition_list_t *parts = rd_kafka_topic_partition_list_new(1);
-    rd_kafka_topic_partition_list_add(parts, topic, 0)->offset = high;
+    rd_kafka_resp_err_t err = RD_KAFKA_RESP_ERR_NO_ERROR;
+    rd_kafka_topic_partition_list_t *parts = rd_kafka_topic_partition_list_new((int)partitions);
+    for (long p = 0; p < partitions; p++) {
+        int64_t low = 0, high = 0;
+        err = rd_kafka_query_watermark_offsets(consumer, topic, (int32_t)p, &low, &high, 10000);
+        if (err) die("query_watermark_offsets partition %ld: %s", p, rd_kafka_err2str(err));
+        rd_kafka_topic_partition_list_add(parts, topic, (int32_t)p)->offset = high;
+    }
     assign_or_die(consumer, parts);
     /* Let the consumer connect and issue its first (long-poll) fetch before sending. */
     for (int i = 0; i < 10; i++) {
@@ -403,7 +421,8 @@ static int run_latency(void) {
         memcpy(payload + 8, &seq, 8);
         send_ns[i] = sent;
         for (;;) {
-            err = rd_kafka_producev(producer, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_PARTITION(0),
+            err = rd_kafka_producev(producer, RD_KAFKA_V_TOPIC(topic),
+                                    RD_KAFKA_V_PARTITION((int32_t)(i % partitions)),
                                     RD_KAFKA_V_VALUE(payload, (size_t)msg_bytes),
                                     RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
                                     RD_KAFKA_V_OPAQUE((void *)(uintptr_t)i), RD_KAFKA_V_END);
@@ -430,15 +449,17 @@ static int run_latency(void) {
         if (ack_ns[i]) ack_ns[acked++] = ack_ns[i];
     qsort(ack_ns, (size_t)acked, sizeof(uint64_t), cmp_u64);
     double ack_p50 = pct_ms(ack_ns, acked, 0.50), ack_p99 = pct_ms(ack_ns, acked, 0.99);
-    printf("latency at %ld msgs/s for %ld s (acks=%s, %ld B): received %ld of %ld, p50 %.2f ms, p99 %.2f ms, "
-           "p99.9 %.2f ms, max %.2f ms; producer ack p50 %.2f ms, p99 %.2f ms; %ld sends >1 ms behind "
-           "schedule; %ld delivery errors\n",
-           rate, duration_s, acks, msg_bytes, n, total, p50, p99, p999, max, ack_p50, ack_p99, late_1ms,
-           delivery_errors);
-    printf("RESULT mode=latency acks=%s rate=%ld secs=%ld sent=%ld received=%ld missing=%ld p50_ms=%.2f "
-           "p99_ms=%.2f p999_ms=%.2f max_ms=%.2f ack_p50_ms=%.2f ack_p99_ms=%.2f late_sends=%ld errors=%ld\n",
-           acks, rate, duration_s, total, n, missing, p50, p99, p999, max, ack_p50, ack_p99, late_1ms,
-           delivery_errors + st.errors);
+    double ack_p999 = pct_ms(ack_ns, acked, 0.999), ack_max = acked ? (double)ack_ns[acked - 1] / 1e6 : 0.0;
+    printf("latency at %ld msgs/s for %ld s (acks=%s, %ld B, %ld partitions): received %ld of %ld, p50 %.2f ms, "
+           "p99 %.2f ms, p99.9 %.2f ms, max %.2f ms; producer ack p50 %.2f ms, p99 %.2f ms, p99.9 %.2f ms, "
+           "max %.2f ms; %ld sends >1 ms behind schedule; %ld delivery errors\n",
+           rate, duration_s, acks, msg_bytes, partitions, n, total, p50, p99, p999, max, ack_p50, ack_p99,
+           ack_p999, ack_max, late_1ms, delivery_errors);
+    printf("RESULT mode=latency acks=%s partitions=%ld rate=%ld secs=%ld sent=%ld received=%ld missing=%ld "
+           "p50_ms=%.2f p99_ms=%.2f p999_ms=%.2f max_ms=%.2f ack_p50_ms=%.2f ack_p99_ms=%.2f ack_p999_ms=%.2f "
+           "ack_max_ms=%.2f late_sends=%ld errors=%ld\n",
+           acks, partitions, rate, duration_s, total, n, missing, p50, p99, p999, max, ack_p50, ack_p99, ack_p999,
+           ack_max, late_1ms, delivery_errors + st.errors);
     fflush(stdout);
 
     rd_kafka_assign(consumer, NULL);
@@ -459,7 +480,8 @@ static int run_latency(void) {
 static void usage(void) {
     fprintf(stderr,
             "usage: spate_bench produce|consume|latency [-b brokers] [-t topic] [-n count] [-s bytes]\n"
-            "                   [-a 1|all] [-r msgs_per_s] [-d seconds] [-T hard_timeout_s] [-X k=v]...\n");
+            "                   [-a 1|all] [-r msgs_per_s] [-d seconds] [-p partitions] [-T hard_timeout_s]\n"
+            "                   [-X k=v]...\n");
     exit(2);
 }
 
@@ -468,7 +490,7 @@ int main(int argc, char **argv) {
     const char *mode = argv[1];
     int opt;
     optind = 2;
-    while ((opt = getopt(argc, argv, "b:t:n:s:a:r:d:T:X:")) != -1) {
+    while ((opt = getopt(argc, argv, "b:t:n:s:a:r:d:p:T:X:")) != -1) {
         switch (opt) {
         case 'b': brokers = optarg; break;
         case 't': topic = optarg; break;
@@ -477,6 +499,7 @@ int main(int argc, char **argv) {
         case 'a': acks = optarg; break;
         case 'r': rate = atol(optarg); break;
         case 'd': duration_s = atol(optarg); duration_set = 1; break;
+        case 'p': partitions = atol(optarg); break;
         case 'T': timeout_s = atol(optarg); break;
         case 'X':
             if (extra_conf_n >= EXTRA_CONF_MAX) die("too many -X");
@@ -487,6 +510,7 @@ int main(int argc, char **argv) {
     }
     if (msg_bytes <= 0 || msg_bytes > PAYLOAD_BYTES_MAX) die("-s must be in 1..%d", PAYLOAD_BYTES_MAX);
     if (timeout_s <= 0) die("-T must be positive");
+    if (partitions < 1 || partitions > PARTITIONS_MAX) die("-p must be in 1..%d", PARTITIONS_MAX);
     signal(SIGALRM, on_alarm);
     alarm((unsigned)timeout_s);
 
