@@ -233,3 +233,34 @@ def test_a_follower_whose_disk_fills_leaves_the_isr_and_rejoins_when_space_retur
              timeout=60)
     log = wait_identical_replicas(c, topic_name, part)
     assert [v for _, (_, v) in sorted(log.items())] == values
+
+
+def test_a_data_directory_of_another_cluster_or_node_is_refused(cluster_factory):
+    a = cluster_factory(3)
+    b = cluster_factory(3)
+    a.nodes[1].stop()
+    b.nodes[1].stop()
+    stranger = a.nodes[1]
+    own = stranger.data_dir
+
+    def refused(data_dir, node):
+        node.data_dir = data_dir
+        node.launch()
+        rc = node.proc.wait(timeout=60)
+        assert rc != 0, "started on a directory that is not its own"
+        return node.stderr_tail()
+
+    print("--- node 1 of cluster A on node 1 of cluster B's directory: another cluster")
+    err = refused(b.nodes[1].data_dir, stranger)
+    assert "this data directory is from another cluster" in err, err
+    assert "voters in controller.quorum.voters" in err and "belongs to cluster" in err, err
+    print("--- node 1 of cluster A on node 2's directory: another node")
+    a.nodes[2].stop()
+    err = refused(a.nodes[2].data_dir, stranger)
+    assert "belongs to node 2, not node 1" in err and "set node.id to 2" in err, err
+    print("--- its own directory: it rejoins")
+    stranger.data_dir = own
+    a.nodes[2].data_dir = a.nodes[2].workdir / "data"
+    a.nodes[2].launch()
+    stranger.start()
+    a.nodes[2].wait_healthy(timeout=60)

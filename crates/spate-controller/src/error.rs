@@ -52,6 +52,16 @@ pub enum ControllerError {
         stored: Vec<NodeId>,
         configured: Vec<NodeId>,
     },
+    /// So many voters answered as members of another cluster that no quorum can form with this
+    /// node: its data directory belongs to another cluster than the configured voters.
+    #[error(
+        "this data directory belongs to cluster {ours}, but the voters in controller.quorum.voters at {addresses:?} are cluster {theirs}: this data directory is from another cluster; point data.dir at this node's own directory"
+    )]
+    OtherCluster {
+        ours: String,
+        theirs: String,
+        addresses: Vec<String>,
+    },
     /// This node is not among the configured voters.
     #[error("node {node} is not in controller.quorum.voters {voters:?}; every node is a voter")]
     NotInVoters { node: NodeId, voters: Vec<NodeId> },
@@ -149,6 +159,7 @@ impl ControllerError {
             | ControllerError::InvalidNodeId(_)
             | ControllerError::NotAVoter { .. }
             | ControllerError::VotersMismatch { .. }
+            | ControllerError::OtherCluster { .. }
             | ControllerError::NotInVoters { .. }
             | ControllerError::NoListener
             | ControllerError::ApplyTimeout { .. }

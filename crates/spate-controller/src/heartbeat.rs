@@ -244,3 +244,87 @@ pub(crate) async fn liveness_task(inner: Weak<Inner>, mut stop: watch::Receiver<
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{new_cluster_id, ControllerConfig, MetadataImage, Seams};
+    use spate_types::{ManualClock, SeededIds};
+
+    const SESSION_MS: u64 = 500;
+
+    fn endpoint(port: u16) -> BrokerEndpoint {
+        BrokerEndpoint {
+            host: "127.0.0.1".into(),
+            port,
+            rack: None,
+        }
+    }
+
+    async fn wait_image(c: &Controller, what: &str, check: impl Fn(&MetadataImage) -> bool) {
+        let mut rx = c.subscribe();
+        tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|i| check(i)))
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting for {what}: {:?}", c.image()))
+            .expect("image channel open");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sessions_expire_on_the_injected_clock_not_the_real_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let clock = Arc::new(ManualClock::new(1_700_000_000_000));
+        let seams = Seams {
+            clock: clock.clone(),
+            ids: Arc::new(SeededIds::new(42)),
+        };
+        let config = ControllerConfig {
+            broker_session_timeout_ms: SESSION_MS,
+            broker_heartbeat_interval_ms: 100,
+            ..ControllerConfig::default()
+        };
+        let c = Controller::open_with_seams(dir.path(), NodeId(1), endpoint(9092), config, seams)
+            .await
+            .expect("open");
+        assert_eq!(
+            c.image().cluster_id,
+            Some(new_cluster_id(&SeededIds::new(42))),
+            "the cluster is named from the injected id source"
+        );
+
+        tracing::info!("--- register broker 2 and heartbeat it caught up: it is unfenced");
+        let broker_epoch = match c
+            .propose(MetadataCommand::RegisterBroker {
+                node: NodeId(2),
+                endpoint: endpoint(9093),
+                directory_id: uuid::Uuid::nil(),
+            })
+            .await
+            .expect("register")
+        {
+            MetadataOutcome::BrokerRegistered { broker_epoch } => broker_epoch,
+            other => panic!("registration answered with {other:?}"),
+        };
+        let hb = BrokerHeartbeat {
+            node: NodeId(2),
+            broker_epoch,
+            applied_index: c.image().last_applied_index,
+            want_shutdown: false,
+        };
+        let reply = handle_heartbeat(&c.inner, hb).expect("this node is the active controller");
+        assert!(reply.fenced && !reply.stale_epoch, "{reply:?}");
+        wait_image(&c, "broker 2 unfenced", |i| i.is_alive(NodeId(2))).await;
+
+        tracing::info!("--- real time passes, well past a session; the injected clock does not");
+        tokio::time::sleep(Duration::from_millis(3 * SESSION_MS)).await;
+        assert!(
+            c.image().is_alive(NodeId(2)),
+            "fenced on the real clock: {:?}",
+            c.image()
+        );
+
+        tracing::info!("--- the injected clock passes the session: broker 2 is fenced");
+        clock.advance(Duration::from_millis(SESSION_MS + 1));
+        wait_image(&c, "broker 2 fenced", |i| i.fenced.contains(&NodeId(2))).await;
+        c.shutdown().await.expect("shutdown");
+    }
+}

@@ -13,6 +13,11 @@
 //! heartbeats and quorum status requests to the one that is, and [`Controller::propose`] returns
 //! only once this node's own image includes the change.
 //!
+//! Time and fresh ids come from the [`Seams`] given to [`Controller::open_with_seams`] (the
+//! system's by default): the liveness core's clock is `Seams::clock`'s monotonic clock, and the
+//! cluster id candidate comes from `Seams::ids`. Timers (heartbeat and liveness intervals,
+//! request deadlines) and openraft's own timing and transport are still the Tokio runtime's.
+//!
 //! Modules: `open.rs` (open, join, shutdown, directory lock), `forward.rs` (proposals, forwarding
 //! to the active controller, the controller listener's request handler), `heartbeat.rs` (broker
 //! registration, heartbeats, the liveness task that fences silent brokers), `quorum.rs` (the
@@ -49,13 +54,15 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::ServerState;
 use raft::network::Peers;
 use raft::{Raft, RaftNodeId};
-use spate_types::NodeId;
+use spate_types::{IdSource, NodeId};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use tokio::sync::{watch, Mutex};
+
+pub use spate_types::Seams;
 
 /// Tuning and quorum settings; [`Controller::open`] uses the defaults (a single voter).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -135,8 +142,8 @@ struct Inner {
     heartbeat_now: tokio::sync::Notify,
     /// The active controller's latest answer to this broker's heartbeat.
     last_heartbeat: watch::Sender<Option<HeartbeatReply>>,
-    /// Zero point of the millisecond clock given to the liveness core.
-    started: tokio::time::Instant,
+    /// The clock (its monotonic side drives the liveness core) and the id source.
+    seams: Seams,
     tasks_stop: watch::Sender<bool>,
     /// The directory lock; `None` once shut down.
     lock: Mutex<Option<File>>,
@@ -183,10 +190,11 @@ impl Controller {
     }
 }
 
-/// A Kafka-style cluster id: 16 random bytes in URL-safe base64 without padding.
-pub fn new_cluster_id() -> String {
+/// A Kafka-style cluster id: 16 bytes of a fresh UUID from `ids` in URL-safe base64 without
+/// padding.
+pub fn new_cluster_id(ids: &dyn IdSource) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut bits: u128 = uuid::Uuid::new_v4().as_u128();
+    let mut bits: u128 = ids.uuid().as_u128();
     let mut out = String::with_capacity(22);
     for _ in 0..22 {
         out.push(ALPHABET[(bits & 63) as usize] as char);
@@ -195,9 +203,9 @@ pub fn new_cluster_id() -> String {
     out
 }
 
-/// Milliseconds since the controller started: the clock of the liveness core.
+/// The monotonic clock in milliseconds (arbitrary origin): the clock of the liveness core.
 fn now_ms(inner: &Inner) -> i64 {
-    i64::try_from(inner.started.elapsed().as_millis()).unwrap_or(i64::MAX)
+    i64::try_from(inner.seams.clock.monotonic_ms()).unwrap_or(i64::MAX)
 }
 
 /// Whether this node is the active controller right now.

@@ -12,7 +12,7 @@ use crate::raft::state_machine::StateMachine;
 use crate::raft::{self, Raft, RaftNodeId};
 use crate::{
     new_cluster_id, BrokerEndpoint, Controller, ControllerConfig, Inner, MetadataCommand,
-    MetadataImage, MetadataOutcome,
+    MetadataImage, MetadataOutcome, Seams,
 };
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{InitializeError, RaftError};
@@ -24,12 +24,15 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::{watch, Mutex};
 
 const LOCK_FILE: &str = "lock";
 /// Longest wait between two "still waiting for a quorum" log lines.
-const QUORUM_WAIT_LOG_EVERY: Duration = Duration::from_secs(10);
+const QUORUM_WAIT_LOG_EVERY_MS: u64 = 10_000;
+/// How often a node waiting for its quorum checks whether the voters turned it away as a node
+/// of another cluster.
+const OTHER_CLUSTER_CHECK_EVERY: Duration = Duration::from_millis(500);
 
 impl Controller {
     /// Opens (or creates) the controller's durable state under `dir`, starts the Raft node and
@@ -64,15 +67,31 @@ impl Controller {
     ///
     /// # Panics
     ///
-    /// If storage recovery panics (the panic is passed on), or if the Raft settings this crate
-    /// derives from its own constants are invalid: both are bugs.
+    /// As [`Controller::open_with_seams`].
     pub async fn open_with_config(
         dir: &Path,
         node: NodeId,
         advertised: BrokerEndpoint,
         config: ControllerConfig,
     ) -> Result<Controller, ControllerError> {
-        let started = Instant::now();
+        Self::open_with_seams(dir, node, advertised, config, Seams::system()).await
+    }
+
+    /// [`Controller::open`] with explicit settings, reading the time and fresh ids from `seams`
+    /// (tests and the simulator pass a manual clock and seeded ids).
+    ///
+    /// # Panics
+    ///
+    /// If storage recovery panics (the panic is passed on), or if the Raft settings this crate
+    /// derives from its own constants are invalid: both are bugs.
+    pub async fn open_with_seams(
+        dir: &Path,
+        node: NodeId,
+        advertised: BrokerEndpoint,
+        config: ControllerConfig,
+        seams: Seams,
+    ) -> Result<Controller, ControllerError> {
+        let started_ms = seams.clock.monotonic_ms();
         let raft_id = raft::raft_id(node).ok_or(ControllerError::InvalidNodeId(node))?;
         let mut voters = BTreeMap::new();
         for (id, addr) in &config.voters {
@@ -162,7 +181,7 @@ impl Controller {
                 want_shutdown: std::sync::atomic::AtomicBool::new(false),
                 heartbeat_now: tokio::sync::Notify::new(),
                 last_heartbeat: watch::channel(None).0,
-                started: tokio::time::Instant::now(),
+                seams,
                 tasks_stop,
                 lock: Mutex::new(Some(lock)),
             }),
@@ -182,6 +201,12 @@ impl Controller {
         ));
         match controller.join(&advertised, &voters).await {
             Ok(()) => {
+                let elapsed_ms = controller
+                    .inner
+                    .seams
+                    .clock
+                    .monotonic_ms()
+                    .saturating_sub(started_ms);
                 tokio::spawn(heartbeat_task(
                     Arc::downgrade(&controller.inner),
                     controller.inner.tasks_stop.subscribe(),
@@ -191,7 +216,7 @@ impl Controller {
                     dir = %dir.display(),
                     voters = controller.inner.config.voters.len().max(1),
                     last_applied_index = controller.image().last_applied_index,
-                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    elapsed_ms,
                     "controller open"
                 );
                 Ok(controller)
@@ -277,16 +302,24 @@ impl Controller {
             // initialized itself learns it from the leader's log.
             self.check_voters(&configured)?;
         }
-        self.ensure_cluster_id().await?;
-        self.register(advertised).await?;
+        // A node with another cluster's data may believe in a leader from its stored state;
+        // its first request to the voters then shows what it is.
+        let joined = async {
+            self.ensure_cluster_id().await?;
+            self.register(advertised).await
+        };
+        if let Err(e) = joined.await {
+            return Err(self.other_cluster().unwrap_or(e));
+        }
         self.wait_unfenced().await
     }
 
     /// Heartbeats until the active controller has unfenced this broker (it has applied the
     /// metadata log up to its own registration), as a Kafka broker waits before serving.
     async fn wait_unfenced(&self) -> Result<(), ControllerError> {
-        let waiting_since = Instant::now();
-        let mut last_log = Instant::now();
+        let clock = &self.inner.seams.clock;
+        let waiting_since_ms = clock.monotonic_ms();
+        let mut last_log_ms = waiting_since_ms;
         loop {
             match self.heartbeat(false).await {
                 Ok(reply) if !reply.fenced => {
@@ -298,11 +331,12 @@ impl Controller {
                 Err(e @ ControllerError::Stopped(_)) => return Err(e),
                 Err(e) => tracing::debug!(error = %e, "heartbeat while waiting to be unfenced"),
             }
-            if last_log.elapsed() >= QUORUM_WAIT_LOG_EVERY {
-                last_log = Instant::now();
+            let now_ms = clock.monotonic_ms();
+            if now_ms.saturating_sub(last_log_ms) >= QUORUM_WAIT_LOG_EVERY_MS {
+                last_log_ms = now_ms;
                 tracing::warn!(
                     node = %self.inner.node,
-                    waited_s = waiting_since.elapsed().as_secs(),
+                    waited_s = now_ms.saturating_sub(waiting_since_ms) / 1000,
                     "waiting for the active controller to unfence this broker"
                 );
             }
@@ -339,14 +373,18 @@ impl Controller {
         Ok(())
     }
 
-    /// Waits until a leader is known, logging every [`QUORUM_WAIT_LOG_EVERY`] while none is.
+    /// Waits until a leader is known, logging every [`QUORUM_WAIT_LOG_EVERY_MS`] while none is,
+    /// and fails if the voters turned this node away as one of another cluster.
     async fn wait_for_quorum(&self) -> Result<(), ControllerError> {
-        let waiting_since = Instant::now();
+        let clock = &self.inner.seams.clock;
+        let waiting_since_ms = clock.monotonic_ms();
+        let mut logged_ms = waiting_since_ms;
         loop {
+            self.check_not_another_cluster()?;
             let waited = self
                 .inner
                 .raft
-                .wait(Some(QUORUM_WAIT_LOG_EVERY))
+                .wait(Some(OTHER_CLUSTER_CHECK_EVERY))
                 .metrics(
                     // A voter that peers reached before it initialized itself knows the leader
                     // (from its vote) a moment before the membership entry reaches its log.
@@ -359,17 +397,49 @@ impl Controller {
                 .await;
             match waited {
                 Ok(_) => return Ok(()),
-                Err(openraft::metrics::WaitError::Timeout(..)) => tracing::warn!(
-                    node = %self.inner.node,
-                    voters = ?self.inner.config.voters,
-                    waited_s = waiting_since.elapsed().as_secs(),
-                    "waiting for a majority of the controller quorum; start the other nodes"
-                ),
+                Err(openraft::metrics::WaitError::Timeout(..)) => {
+                    let now_ms = clock.monotonic_ms();
+                    if now_ms.saturating_sub(logged_ms) >= QUORUM_WAIT_LOG_EVERY_MS {
+                        logged_ms = now_ms;
+                        tracing::warn!(
+                            node = %self.inner.node,
+                            voters = ?self.inner.config.voters,
+                            waited_s = now_ms.saturating_sub(waiting_since_ms) / 1000,
+                            "waiting for a majority of the controller quorum; start the other nodes"
+                        );
+                    }
+                }
                 Err(openraft::metrics::WaitError::ShuttingDown) => {
                     return Err(ControllerError::Stopped(StopCause::ShutDown))
                 }
             }
         }
+    }
+
+    /// Fails when so many voters turned this node away as a member of another cluster that no
+    /// quorum can form with it (more than `voters - majority` of them): its data directory
+    /// belongs to another cluster than the configured voters. Fewer may be a mix-up on their
+    /// side, or a node not started yet; waiting goes on.
+    fn check_not_another_cluster(&self) -> Result<(), ControllerError> {
+        let voters = self.inner.config.voters.len();
+        let can_be_missing = voters - (voters / 2 + 1);
+        if self.inner.identity.rejected_by().len() <= can_be_missing {
+            return Ok(());
+        }
+        Err(self
+            .other_cluster()
+            .unwrap_or(ControllerError::Stopped(StopCause::ShutDown)))
+    }
+
+    /// [`ControllerError::OtherCluster`] if any voter turned this node away.
+    fn other_cluster(&self) -> Option<ControllerError> {
+        let rejected = self.inner.identity.rejected_by();
+        let theirs = rejected.values().next()?.clone();
+        Some(ControllerError::OtherCluster {
+            ours: self.inner.identity.get().unwrap_or_default(),
+            theirs,
+            addresses: rejected.into_keys().collect(),
+        })
     }
 
     /// Names the cluster with this node's candidate unless it already has a name.
@@ -382,7 +452,7 @@ impl Controller {
                     .config
                     .known_cluster_id
                     .clone()
-                    .unwrap_or_else(new_cluster_id);
+                    .unwrap_or_else(|| new_cluster_id(self.inner.seams.ids.as_ref()));
                 match self
                     .propose(MetadataCommand::InitCluster {
                         cluster_id: candidate,

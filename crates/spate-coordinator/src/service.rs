@@ -25,10 +25,10 @@ use kafka_protocol::records::{
 };
 use spate_log::BatchHeader;
 use spate_replica::{Partition, ReplicaError};
-use spate_types::Offset;
+use spate_types::{Clock, Offset, Seams};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// Kafka's name for the internal offsets topic.
@@ -83,23 +83,36 @@ pub struct Coordinator {
     ownership: Arc<RwLock<Ownership>>,
 }
 
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 impl Coordinator {
     /// Starts the task for a `__consumer_offsets` topic of `partition_count` partitions,
     /// coordinating nothing until [`Coordinator::own`] says which partitions are led here.
+    /// Reads the system's clock and random ids; see [`Coordinator::start_with_seams`].
     pub fn start(
         settings: GroupSettings,
         partition_count: i32,
         offsets_retention_check: Duration,
         shutdown: watch::Receiver<bool>,
     ) -> Coordinator {
-        let incarnation = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+        Self::start_with_seams(
+            settings,
+            partition_count,
+            offsets_retention_check,
+            shutdown,
+            Seams::system(),
+        )
+    }
+
+    /// [`Coordinator::start`] reading the time (the wall clock: group deadlines, commit and
+    /// expiry timestamps are epoch milliseconds) and its incarnation id from `seams`. Timers
+    /// (the wait for the next group deadline, the retention check interval) are the runtime's.
+    pub fn start_with_seams(
+        settings: GroupSettings,
+        partition_count: i32,
+        offsets_retention_check: Duration,
+        shutdown: watch::Receiver<bool>,
+        seams: Seams,
+    ) -> Coordinator {
+        let incarnation = seams.ids.uuid().simple().to_string()[..8].to_owned();
         let core = GroupCoordinator::new(settings, incarnation);
         let ownership = Arc::new(RwLock::new(Ownership {
             count: partition_count,
@@ -112,6 +125,7 @@ impl Coordinator {
             rx,
             offsets_retention_check,
             shutdown,
+            seams.clock,
         ));
         Coordinator { tx, ownership }
     }
@@ -248,6 +262,7 @@ async fn run(
     mut rx: mpsc::Receiver<Command>,
     retention_check: Duration,
     mut shutdown: watch::Receiver<bool>,
+    clock: Arc<dyn Clock>,
 ) {
     let mut waiting: BTreeMap<ReplyId, Waiting> = BTreeMap::new();
     let mut next_reply: ReplyId = 0;
@@ -264,12 +279,12 @@ async fn run(
     loop {
         let sleep_ms = core
             .next_deadline()
-            .map(|d| (d - now_ms()).clamp(0, 60_000))
+            .map(|d| (d - clock.now_ms()).clamp(0, 60_000))
             .unwrap_or(60_000);
         tokio::select! {
             command = rx.recv() => {
                 let Some(command) = command else { break };
-                let now = now_ms();
+                let now = clock.now_ms();
                 match command {
                     Command::Join(req, tx) => match check(&req.group_id) {
                         Ok(()) => {
@@ -318,9 +333,9 @@ async fn run(
                     }
                 }
             }
-            _ = tokio::time::sleep(Duration::from_millis(sleep_ms as u64 + 1)) => core.tick(now_ms()),
+            _ = tokio::time::sleep(Duration::from_millis(sleep_ms as u64 + 1)) => core.tick(clock.now_ms()),
             _ = retention.tick() => {
-                let expired = core.expire_offsets(now_ms());
+                let expired = core.expire_offsets(clock.now_ms());
                 if expired > 0 {
                     tracing::info!(expired, "expired committed offsets (offsets.retention.minutes)");
                 }
@@ -343,7 +358,7 @@ async fn run(
                 Action::Store(record) => stores.push(record),
             }
         }
-        if let Err(e) = store(&partitions, count, &stores) {
+        if let Err(e) = store(&partitions, count, &stores, clock.now_ms()) {
             tracing::warn!(error = %e, records = stores.len(), "cannot store group metadata");
         }
     }
@@ -418,7 +433,7 @@ fn commit(
         }
     };
     let records: Vec<OffsetsRecord> = prepared.iter().filter_map(|r| r.clone().ok()).collect();
-    let durable = match store(partitions, count, &records) {
+    let durable = match store(partitions, count, &records, now) {
         Ok(durable) => durable,
         Err(e) => {
             tracing::warn!(group = %req.group_id, error = %e, "offset commit not stored");
@@ -465,12 +480,14 @@ impl StoreError {
     }
 }
 
-/// Appends records to their groups' partitions, one batch per partition. Returns, per
-/// partition written, the last offset to wait on for durability.
+/// Appends records to their groups' partitions, one batch per partition, timestamped `now`
+/// (wall clock, epoch ms). Returns, per partition written, the last offset to wait on for
+/// durability.
 fn store(
     partitions: &BTreeMap<i32, Arc<Partition>>,
     count: i32,
     records: &[OffsetsRecord],
+    now: i64,
 ) -> Result<Vec<(Arc<Partition>, Offset)>, StoreError> {
     if records.is_empty() || count <= 0 {
         return Ok(Vec::new());
@@ -482,7 +499,6 @@ fn store(
             .or_default()
             .push(r);
     }
-    let now = now_ms();
     let mut written = Vec::new();
     for (index, records) in by_partition {
         let Some(partition) = partitions.get(&index) else {

@@ -107,6 +107,7 @@ pub(crate) fn controller_error(e: &ControllerError) -> ResponseError {
         | ControllerError::InvalidNodeId(_)
         | ControllerError::NotAVoter { .. }
         | ControllerError::VotersMismatch { .. }
+        | ControllerError::OtherCluster { .. }
         | ControllerError::NotInVoters { .. }
         | ControllerError::NoListener => ResponseError::UnknownServerError,
     }
@@ -303,6 +304,7 @@ mod tests {
                         | ControllerError::InvalidNodeId(_)
                         | ControllerError::NotAVoter { .. }
                         | ControllerError::VotersMismatch { .. }
+                        | ControllerError::OtherCluster { .. }
                         | ControllerError::NotInVoters { .. }
                         | ControllerError::NoListener
                 ),

@@ -71,6 +71,8 @@ impl Node {
             rack: config.rack.clone(),
         };
         let cluster = &config.cluster;
+        // Where this node's components read the time and fresh ids.
+        let seams = spate_types::Seams::system();
         let controller_config = ControllerConfig {
             voters: cluster
                 .voters
@@ -90,11 +92,12 @@ impl Node {
                 "joining the controller quorum (waits for a majority of the voters)"
             );
         }
-        let controller = Controller::open_with_config(
+        let controller = Controller::open_with_seams(
             &config.data_dir.join("metadata"),
             node_id,
             endpoint,
             controller_config,
+            seams.clone(),
         )
         .await
         .context("cannot start the controller")?;
@@ -138,7 +141,7 @@ impl Node {
             &replicas,
             &config.log_defaults,
             &image,
-            spate_kafka::now_ms(),
+            seams.clock.now_ms(),
         );
         replicas.remove_orphans();
         let (reconciled, reconciled_rx) = watch::channel(image.last_applied_index);
@@ -173,16 +176,19 @@ impl Node {
             broker.clone(),
             reconciled,
             shutdown_rx.clone(),
+            seams.clock.clone(),
         )));
         tasks.push(tokio::spawn(crate::reconciler::propose_isr_changes(
             controller.clone(),
             replicas.clone(),
             isr_proposals,
             shutdown_rx.clone(),
+            seams.clock.clone(),
         )));
         tasks.push(tokio::spawn(crate::reconciler::replica_ticks(
             replicas.clone(),
             shutdown_rx.clone(),
+            seams.clock.clone(),
         )));
         if cluster.auto_leader_rebalance {
             tasks.push(tokio::spawn(crate::reconciler::rebalance_leaders(
@@ -398,11 +404,11 @@ fn read_meta_properties(data_dir: &Path, node_id: i32) -> anyhow::Result<Option<
                     .map(str::trim)
             };
             let stored_node = field("node.id").and_then(|v| v.parse::<i32>().ok());
+            let stored = stored_node.map_or("(none)".to_owned(), |n| n.to_string());
             anyhow::ensure!(
                 stored_node == Some(node_id),
-                "{} belongs to node {}, not node {node_id}: point data.dir at this node's own directory, or set node.id to {0}",
+                "{} belongs to node {stored}, not node {node_id}: point data.dir at this node's own directory, or set node.id to {stored}",
                 path.display(),
-                stored_node.map_or("(none)".to_owned(), |n| n.to_string()),
             );
             let cluster_id = field("cluster.id")
                 .with_context(|| format!("{} has no cluster.id", path.display()))?
@@ -487,7 +493,11 @@ mod tests {
             }
         );
         let e = read_meta_properties(dir.path(), 2).expect_err("another node's directory");
-        assert!(e.to_string().contains("belongs to node 1"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("belongs to node 1, not node 2: point data.dir at this node's own directory, or set node.id to 1"),
+            "{e}"
+        );
         let e = check_cluster_id(dir.path(), 1, Some(&stored), d, &image("c2"))
             .expect_err("another cluster");
         assert!(e.to_string().contains("from another cluster"), "{e}");

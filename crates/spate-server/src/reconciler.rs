@@ -8,12 +8,15 @@
 //!
 //! It also carries leaders' ISR proposals to the controller (AlterPartition) and reports a
 //! refused one back to the replica, which retries on a later tick.
+//!
+//! The time handed to the replica core (`now_ms`, the wall clock) comes from the node's
+//! [`Clock`]; the tick and rebalance intervals are the runtime's timers.
 
 use spate_controller::{Controller, MetadataCommand, MetadataImage, MetadataOutcome, NO_LEADER};
 use spate_kafka::Broker;
 use spate_log::LogConfig;
 use spate_replica::{IsrProposal, LeaderAndIsr, ReplicaManager};
-use spate_types::{NodeId, TopicPartition};
+use spate_types::{Clock, NodeId, TopicPartition};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
@@ -91,6 +94,7 @@ pub(crate) async fn follow(
     broker: Arc<Broker>,
     reconciled: watch::Sender<u64>,
     mut shutdown: watch::Receiver<bool>,
+    clock: Arc<dyn Clock>,
 ) {
     let mut images = broker.controller.subscribe();
     loop {
@@ -100,7 +104,7 @@ pub(crate) async fn follow(
             &broker.replicas,
             &broker.config.log_defaults,
             &image,
-            spate_kafka::now_ms(),
+            clock.now_ms(),
         );
         reconciled.send_replace(image.last_applied_index);
         tokio::select! {
@@ -116,6 +120,7 @@ pub(crate) async fn propose_isr_changes(
     replicas: Arc<ReplicaManager>,
     mut proposals: mpsc::Receiver<IsrProposal>,
     mut shutdown: watch::Receiver<bool>,
+    clock: Arc<dyn Clock>,
 ) {
     loop {
         let proposal = tokio::select! {
@@ -124,6 +129,7 @@ pub(crate) async fn propose_isr_changes(
         };
         let controller = controller.clone();
         let replicas = replicas.clone();
+        let clock = clock.clone();
         // One task per proposal: a slow controller round trip for one partition must not hold
         // back the others (each partition has at most one proposal pending).
         tokio::spawn(async move {
@@ -142,11 +148,11 @@ pub(crate) async fn propose_isr_changes(
                 }
                 Ok(other) => {
                     tracing::info!(partition = %tp, isr = ?proposal.isr, outcome = ?other, "ISR change refused");
-                    replicas.isr_change_failed(&tp, &proposal, spate_kafka::now_ms());
+                    replicas.isr_change_failed(&tp, &proposal, clock.now_ms());
                 }
                 Err(e) => {
                     tracing::warn!(partition = %tp, error = %e, "ISR change failed");
-                    replicas.isr_change_failed(&tp, &proposal, spate_kafka::now_ms());
+                    replicas.isr_change_failed(&tp, &proposal, clock.now_ms());
                 }
             }
         });
@@ -157,24 +163,26 @@ pub(crate) async fn propose_isr_changes(
 const REPLICA_TICK: std::time::Duration = std::time::Duration::from_millis(250);
 /// How often moved high watermarks are checkpointed (Kafka:
 /// `replica.high.watermark.checkpoint.interval.ms`, 5 s).
-const HIGH_WATERMARK_CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+const HIGH_WATERMARK_CHECKPOINT_INTERVAL_MS: u64 = 5_000;
 
 /// Leaders' lag checks, and high watermark checkpoints (on the blocking pool).
 pub(crate) async fn replica_ticks(
     replicas: Arc<ReplicaManager>,
     mut shutdown: watch::Receiver<bool>,
+    clock: Arc<dyn Clock>,
 ) {
     let mut tick = tokio::time::interval(REPLICA_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_checkpoint = tokio::time::Instant::now();
+    let mut last_checkpoint_ms = clock.monotonic_ms();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = spate_kafka::shutdown_signalled(&mut shutdown) => return,
         }
-        replicas.tick(spate_kafka::now_ms());
-        if last_checkpoint.elapsed() >= HIGH_WATERMARK_CHECKPOINT_INTERVAL {
-            last_checkpoint = tokio::time::Instant::now();
+        replicas.tick(clock.now_ms());
+        let now_ms = clock.monotonic_ms();
+        if now_ms.saturating_sub(last_checkpoint_ms) >= HIGH_WATERMARK_CHECKPOINT_INTERVAL_MS {
+            last_checkpoint_ms = now_ms;
             let replicas = replicas.clone();
             let _ =
                 tokio::task::spawn_blocking(move || replicas.checkpoint_high_watermarks()).await;

@@ -1,10 +1,15 @@
-//! Identifiers and limits shared by every Spate crate.
+//! Identifiers, limits and the seams for time and fresh ids ([`clock`]) shared by every Spate
+//! crate.
 //!
 //! Ids are newtypes so that an offset is never passed where a leader epoch is expected. The
 //! inner value is public because these cross the wire as plain Kafka integers.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
+
+pub mod clock;
+
+pub use clock::{Clock, IdSource, ManualClock, RandomIds, Seams, SeededIds, SystemClock};
 
 macro_rules! id_newtype {
     ($(#[$doc:meta])* $name:ident($inner:ty)) => {

@@ -136,6 +136,11 @@ pub(crate) enum Response {
     },
     /// The receiver could not serve the request (its Raft node stopped, for instance).
     Failed(PeerFailure),
+    /// Sent once, instead of serving, to a node whose preface named another cluster: the
+    /// receiver's cluster id. The connection is then closed.
+    OtherCluster {
+        cluster_id: String,
+    },
 }
 
 /// Why an outbound call failed.
@@ -211,22 +216,50 @@ where
 }
 
 /// The cluster id this node knows (from its data directory or, once joined, the quorum), shared
-/// by its outbound connections and its listener.
+/// by its outbound connections and its listener; and which peers turned this node away as a
+/// node of another cluster (peer address → their cluster id).
 #[derive(Clone, Debug, Default)]
-pub(crate) struct Identity(Arc<std::sync::RwLock<Option<String>>>);
+pub(crate) struct Identity {
+    id: Arc<std::sync::RwLock<Option<String>>>,
+    rejected_by: Arc<Mutex<BTreeMap<String, String>>>,
+}
 
 impl Identity {
     pub(crate) fn new(cluster_id: Option<String>) -> Self {
-        Self(Arc::new(std::sync::RwLock::new(cluster_id)))
+        Self {
+            id: Arc::new(std::sync::RwLock::new(cluster_id)),
+            rejected_by: Default::default(),
+        }
     }
 
     pub(crate) fn get(&self) -> Option<String> {
-        self.0.read().ok().and_then(|id| id.clone())
+        self.id.read().ok().and_then(|id| id.clone())
     }
 
     pub(crate) fn set(&self, cluster_id: &str) {
-        if let Ok(mut id) = self.0.write() {
+        if let Ok(mut id) = self.id.write() {
             *id = Some(cluster_id.to_owned());
+        }
+    }
+
+    /// Peers (by address) that last answered as members of another cluster, with their id.
+    pub(crate) fn rejected_by(&self) -> BTreeMap<String, String> {
+        self.rejected_by
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default()
+    }
+
+    fn note_answer(&self, addr: &str, other_cluster: Option<&str>) {
+        if let Ok(mut rejected) = self.rejected_by.lock() {
+            match other_cluster {
+                Some(theirs) => {
+                    rejected.insert(addr.to_owned(), theirs.to_owned());
+                }
+                None => {
+                    rejected.remove(addr);
+                }
+            }
         }
     }
 
@@ -260,15 +293,33 @@ async fn connect(addr: &str, identity: &Identity) -> io::Result<Stream> {
     Ok((BufReader::new(read), write))
 }
 
-/// One request and its response on an open stream.
-async fn exchange(stream: &mut Stream, request: &Request) -> io::Result<Response> {
+/// One request and its response on an open stream. A peer of another cluster answers
+/// [`Response::OtherCluster`]: an error naming both clusters, remembered in `identity`.
+async fn exchange(
+    stream: &mut Stream,
+    request: &Request,
+    addr: &str,
+    identity: &Identity,
+) -> io::Result<Response> {
     write_frame(&mut stream.1, request).await?;
-    read_frame(&mut stream.0).await?.ok_or_else(|| {
+    let response = read_frame(&mut stream.0).await?.ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::UnexpectedEof,
             "connection closed before the response",
         )
-    })
+    })?;
+    if let Response::OtherCluster { cluster_id } = &response {
+        identity.note_answer(addr, Some(cluster_id));
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "the controller at {addr} belongs to cluster {cluster_id}, but this node's data directory belongs to cluster {}",
+                identity.get().unwrap_or_default()
+            ),
+        ));
+    }
+    identity.note_answer(addr, None);
+    Ok(response)
 }
 
 /// Outbound calls to other controllers for proposals and heartbeats, with a few idle
@@ -307,7 +358,7 @@ impl Peers {
                 Some(stream) => stream,
                 None => connect(addr, &self.identity).await?,
             };
-            let response = exchange(&mut stream, request).await?;
+            let response = exchange(&mut stream, request, addr, &self.identity).await?;
             Ok::<_, io::Error>((stream, response))
         };
         let (stream, response) = tokio::time::timeout(timeout, attempt)
@@ -390,7 +441,7 @@ impl Connection {
                 self.stream = Some(connect(&self.addr, &self.identity).await?);
             }
             match self.stream.as_mut() {
-                Some(stream) => exchange(stream, &request).await,
+                Some(stream) => exchange(stream, &request, &self.addr, &self.identity).await,
                 None => Err(io::Error::other("no stream")),
             }
         };
@@ -579,6 +630,18 @@ async fn serve_connection(
     let theirs = String::from_utf8_lossy(&theirs).into_owned();
     if let Some(ours) = identity.get() {
         if !theirs.is_empty() && theirs != ours {
+            // Tell the stranger why, so that it can refuse to start with a clear message;
+            // it has sent a request by now (or will, into a closed connection).
+            let _ = tokio::time::timeout(
+                FRAME_READ_TIMEOUT,
+                write_frame(
+                    &mut write,
+                    &Response::OtherCluster {
+                        cluster_id: ours.clone(),
+                    },
+                ),
+            )
+            .await;
             return Err(io::Error::new(
                 io::ErrorKind::PermissionDenied,
                 format!("a node of cluster {theirs} connected, but this is cluster {ours}; check its data directory"),
@@ -718,7 +781,8 @@ mod tests {
             applied_index: 1,
             want_shutdown: false,
         };
-        let stranger = Peers::new(Identity::new(Some("cluster-b".into())));
+        let stranger_identity = Identity::new(Some("cluster-b".into()));
+        let stranger = Peers::new(stranger_identity.clone());
         let e = stranger
             .call(
                 &addr.to_string(),
@@ -727,7 +791,22 @@ mod tests {
             )
             .await
             .expect_err("other cluster");
-        assert!(matches!(e, CallError::Io { .. }), "{e}");
+        match &e {
+            CallError::Io { source, .. } => {
+                assert_eq!(source.kind(), io::ErrorKind::PermissionDenied, "{e}");
+                assert!(
+                    e.to_string().contains("belongs to cluster cluster-a")
+                        && e.to_string().contains("belongs to cluster cluster-b"),
+                    "names both clusters: {e}"
+                );
+            }
+            other => panic!("{other}"),
+        }
+        assert_eq!(
+            stranger_identity.rejected_by(),
+            BTreeMap::from([(addr.to_string(), "cluster-a".to_owned())]),
+            "the stranger remembers who turned it away"
+        );
         assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 0);
 
         // A real call still works, from a node of this cluster or one that knows none yet.
