@@ -22,10 +22,13 @@ def _run(*cmd):
     return r.stdout
 
 
-def missing_requirements():
-    """Why this machine cannot run namespace tests, or None."""
-    if os.geteuid() != 0:
-        return "network namespace tests need root"
+def not_root():
+    """Why this process cannot create namespaces (it is not root), or None."""
+    return None if os.geteuid() == 0 else "network namespace tests need root"
+
+
+def missing_tools():
+    """A tool scripts/setup installs that is missing, or None."""
     for tool in ("ip", "iptables"):
         if shutil.which(tool) is None:
             return f"`{tool}` is missing: run scripts/setup"

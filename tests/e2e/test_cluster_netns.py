@@ -7,7 +7,7 @@ import pytest
 
 from ckutil import admin, consume, produce_all, producer
 from clusterutil import create_replicated, partition_state, raw_produce, replica_records, wait_for
-from netns import NetnsLab, missing_requirements
+from netns import NetnsLab, missing_tools, not_root
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -19,9 +19,10 @@ NOT_ENOUGH_REPLICAS = 19
 
 @pytest.fixture
 def netns_lab():
-    why = missing_requirements()
-    if why:
-        pytest.skip(why)
+    if not_root():
+        pytest.skip(not_root())
+    if missing_tools():
+        pytest.fail(missing_tools())
     lab = NetnsLab(3).up()
     try:
         yield lab
