@@ -9,6 +9,7 @@ attached to the report (section "spate stderr").
 """
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -37,10 +38,29 @@ def _die_with_parent():
         pass
 
 
+_ports_given = set()
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port below the kernel's ephemeral range: a port the kernel hands out (port 0) can
+    be taken by a client's outgoing connection while a broker restarts on it. Never the same
+    port twice in one session."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    for _ in range(1000):
+        port = random.randrange(10000, max(10001, low))
+        if port in _ports_given:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _ports_given.add(port)
+        return port
+    raise BrokerError("no free port below the ephemeral range")
 
 
 class BrokerError(AssertionError):

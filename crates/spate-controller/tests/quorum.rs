@@ -23,9 +23,21 @@ struct Cluster {
     nodes: BTreeMap<NodeId, Controller>,
 }
 
+/// A free port below the kernel's ephemeral range (32768 and up on Linux): a port the kernel
+/// handed out (port 0) can be taken by any test's outgoing connection between this check and
+/// the voter binding it, or while a stopped voter is down before it binds it again.
 fn free_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr")
+    use std::hash::{BuildHasher, Hasher};
+    for _ in 0..1000 {
+        let random = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        let port = 20_000 + (random % 12_000) as u16;
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            return l.local_addr().expect("addr");
+        }
+    }
+    panic!("no free port between 20000 and 32000");
 }
 
 fn config(addrs: &BTreeMap<NodeId, SocketAddr>, me: NodeId) -> ControllerConfig {
