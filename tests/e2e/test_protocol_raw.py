@@ -676,3 +676,41 @@ def test_pipelined_produces_are_appended_in_request_order(bootstrap, topic_name,
         assert last["high_watermark"] == n, last["high_watermark"]
         values = [r["value"] for b in kproto.fetch_all_batches(c, topic_name, 0) for r in b.records]
     assert values == [b"%04d" % i for i in range(n)]
+
+
+def _fetch_requests(broker):
+    _, _, text = broker.http_get("/metrics")
+    for line in text.splitlines():
+        if line.startswith("spate_kafka_requests_total{") and 'api="Fetch"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_parked_fetch_wakes_up_on_an_acks_1_produce(broker_factory, topic_name):
+    # An acks=1 record becomes visible once fsynced. With a one-minute flush interval, only the
+    # parked consumer fetch noticing the new log end can ask for that fsync in time.
+    b = broker_factory(args=["--set", "log.flush.interval.ms=60000"])
+    create_topic(b.bootstrap, topic_name)
+    result = {}
+    before = _fetch_requests(b)
+
+    def poll():
+        with Conn(b.bootstrap, timeout=60) as c:
+            result["p"] = kproto.fetch(c, topic_name, 0, 0, max_wait_ms=20_000, min_bytes=1)
+            result["t"] = time.monotonic()
+
+    th = threading.Thread(target=poll)
+    th.start()
+    deadline = time.monotonic() + 10
+    while _fetch_requests(b) <= before and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert _fetch_requests(b) > before, "the fetch never reached the broker"
+    with Conn(b.bootstrap) as c:
+        produced_at = time.monotonic()
+        assert kproto.produce(c, topic_name, 0, kproto.record_batch([b"acks one"]), acks=1) == (0, 0)
+    th.join(40)
+    assert not th.is_alive()
+    waited = result["t"] - produced_at
+    assert waited < 10, f"the parked fetch returned {waited:.1f}s after the produce (max wait 20 s)"
+    recs = [r["value"] for b_ in kproto.parse_batches(result["p"]["records"]) for r in b_.records]
+    assert recs == [b"acks one"]

@@ -108,18 +108,20 @@ pub(crate) async fn handle(
         plan.topics.push((topic.topic, topic.topic_id));
     }
     // Subscribe before the first read so that no append between the read and the wait is missed.
+    // A consumer waits for the high watermark, and for the log end too: an acks=0/1 append
+    // becomes visible only once fsynced, and a parked consumer's re-read is what asks for that
+    // fsync at once (`read_partition`), instead of at the next flush interval.
     let follower = plan.replica.is_some();
     let mut watches: Vec<watch::Receiver<Offset>> = plan
         .wanted
         .iter()
-        .filter_map(|w| {
-            w.partition.as_ref().ok().map(|p| {
-                if follower {
-                    p.subscribe_log_end()
-                } else {
-                    p.subscribe_high_watermark()
-                }
-            })
+        .filter_map(|w| w.partition.as_ref().ok())
+        .flat_map(|p| {
+            if follower {
+                vec![p.subscribe_log_end()]
+            } else {
+                vec![p.subscribe_high_watermark(), p.subscribe_log_end()]
+            }
         })
         .collect();
     let (response, bytes, errors) = read_all(&plan);
