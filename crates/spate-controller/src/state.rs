@@ -62,11 +62,12 @@ pub fn apply(image: &mut MetadataImage, cmd: &MetadataCommand) -> MetadataOutcom
                     && image.broker_directories.get(node) == Some(directory_id);
                 image.brokers.insert(*node, endpoint.clone());
                 image.broker_directories.insert(*node, *directory_id);
-                if same_directory {
-                    fence_leadership(image, *node);
+                let places = if same_directory {
+                    IsrPlaces::Keep
                 } else {
-                    fence(image, *node);
-                }
+                    IsrPlaces::Leave
+                };
+                fence(image, *node, places);
                 image.shutting_down.remove(node);
                 let broker_epoch = image.last_applied_index;
                 image.broker_epochs.insert(*node, broker_epoch);
@@ -80,7 +81,7 @@ pub fn apply(image: &mut MetadataImage, cmd: &MetadataCommand) -> MetadataOutcom
                     broker_epoch: 0,
                 })
             } else {
-                fence(image, *node);
+                fence(image, *node, IsrPlaces::Leave);
                 if *shutdown {
                     image.shutting_down.insert(*node);
                 }
@@ -312,15 +313,27 @@ fn set_leader(p: &mut PartitionImage, leader: NodeId) {
     p.partition_epoch = p.partition_epoch.saturating_add(1);
 }
 
-/// Marks `node` fenced, takes it out of every ISR where another member is alive, and moves its
-/// leaderships to the first live ISR member in replica order (or to none).
-fn fence(image: &mut MetadataImage, node: NodeId) {
+/// Whether a fenced broker leaves the ISRs it is in.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum IsrPlaces {
+    /// Out of every ISR where another member is alive (a missed session, a new directory).
+    Leave,
+    /// Kept (a restart with the same data directory: it still holds what it fsynced).
+    Keep,
+}
+
+/// Marks `node` fenced, takes it out of ISRs as `places` says, and moves its leaderships to the
+/// first live ISR member in replica order (or to none).
+fn fence(image: &mut MetadataImage, node: NodeId, places: IsrPlaces) {
     image.fenced.insert(node);
     let alive = alive_set(image);
     for topic in image.topics.values_mut() {
         for p in &mut topic.partitions {
             let mut changed = false;
-            if p.isr.contains(&node) && p.isr.iter().any(|r| *r != node && alive.contains(r)) {
+            if places == IsrPlaces::Leave
+                && p.isr.contains(&node)
+                && p.isr.iter().any(|r| *r != node && alive.contains(r))
+            {
                 p.isr.retain(|r| *r != node);
                 changed = true;
             }
@@ -334,25 +347,6 @@ fn fence(image: &mut MetadataImage, node: NodeId) {
                 set_leader(p, next);
             } else if changed {
                 p.partition_epoch = p.partition_epoch.saturating_add(1);
-            }
-        }
-    }
-}
-
-/// Marks `node` fenced and moves its leaderships as [`fence`] does, but leaves it in every ISR.
-fn fence_leadership(image: &mut MetadataImage, node: NodeId) {
-    image.fenced.insert(node);
-    let alive = alive_set(image);
-    for topic in image.topics.values_mut() {
-        for p in &mut topic.partitions {
-            if p.leader == node {
-                let next = p
-                    .replicas
-                    .iter()
-                    .copied()
-                    .find(|r| *r != node && p.isr.contains(r) && alive.contains(r))
-                    .unwrap_or(NO_LEADER);
-                set_leader(p, next);
             }
         }
     }
