@@ -67,6 +67,23 @@ async fn open(
 }
 
 impl Cluster {
+    /// Starts `n` voters and waits until all of them are registered, unfenced brokers.
+    async fn start_live(n: i32) -> Cluster {
+        let cluster = Cluster::start(n).await;
+        cluster
+            .wait_all("every broker live", |i| {
+                i.brokers.len() == n as usize && i.fenced.is_empty()
+            })
+            .await;
+        cluster
+    }
+
+    async fn shutdown(&self) {
+        for node in self.nodes.values() {
+            node.shutdown().await.expect("shutdown");
+        }
+    }
+
     async fn start(n: i32) -> Cluster {
         let root = tempfile::tempdir().expect("tempdir");
         let ids: Vec<NodeId> = (1..=n).map(NodeId).collect();
@@ -194,19 +211,12 @@ async fn three_voters_form_one_cluster_and_forward_proposals() {
         "the leader tracks every voter: {status:?}"
     );
 
-    for node in cluster.nodes.values() {
-        node.shutdown().await.expect("shutdown");
-    }
+    cluster.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_node_reports_the_active_controllers_view_of_the_quorum() {
-    let mut cluster = Cluster::start(3).await;
-    cluster
-        .wait_all("three live brokers", |i| {
-            i.brokers.len() == 3 && i.fenced.is_empty()
-        })
-        .await;
+    let mut cluster = Cluster::start_live(3).await;
     let leader = cluster.leader();
     let follower = *cluster
         .nodes
@@ -276,19 +286,12 @@ async fn every_node_reports_the_active_controllers_view_of_the_quorum() {
         }
     };
     assert!(status.term > asked.term, "{status:?} after {asked:?}");
-    for node in cluster.nodes.values() {
-        node.shutdown().await.expect("shutdown");
-    }
+    cluster.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_node_is_fenced_and_loses_its_leaderships_then_rejoins() {
-    let mut cluster = Cluster::start(3).await;
-    cluster
-        .wait_all("three live brokers", |i| {
-            i.brokers.len() == 3 && i.fenced.is_empty()
-        })
-        .await;
+    let mut cluster = Cluster::start_live(3).await;
     let outcome = cluster.any().propose(create("t", 3)).await.expect("create");
     assert!(matches!(outcome, MetadataOutcome::TopicCreated { .. }));
 
@@ -335,19 +338,12 @@ async fn a_dead_node_is_fenced_and_loses_its_leaderships_then_rejoins() {
     cluster
         .wait_all("the restarted node unfenced", |i| i.is_alive(victim))
         .await;
-    for node in cluster.nodes.values() {
-        node.shutdown().await.expect("shutdown");
-    }
+    cluster.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn controlled_shutdown_moves_leaderships_before_stopping() {
-    let cluster = Cluster::start(3).await;
-    cluster
-        .wait_all("three live brokers", |i| {
-            i.brokers.len() == 3 && i.fenced.is_empty()
-        })
-        .await;
+    let cluster = Cluster::start_live(3).await;
     cluster.any().propose(create("t", 3)).await.expect("create");
     let leader = cluster.leader();
     // The active controller itself leaving is the hardest case: it proposes its own fencing.
@@ -362,9 +358,7 @@ async fn controlled_shutdown_moves_leaderships_before_stopping() {
         assert_ne!(p.leader, leader, "{p:?}");
         assert_ne!(p.leader, NO_LEADER);
     }
-    for node in cluster.nodes.values() {
-        node.shutdown().await.expect("shutdown");
-    }
+    cluster.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -392,9 +386,7 @@ async fn losing_the_active_controller_elects_another_and_proposals_continue() {
     cluster
         .wait_all("the old controller fenced", |i| i.fenced.contains(&leader))
         .await;
-    for node in cluster.nodes.values() {
-        node.shutdown().await.expect("shutdown");
-    }
+    cluster.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -403,9 +395,7 @@ async fn a_directory_of_another_quorum_is_refused() {
     let victim = NodeId(3);
     let dir = cluster.dirs[&victim].clone();
     let mut addrs = cluster.addrs.clone();
-    for node in cluster.nodes.values() {
-        node.shutdown().await.expect("shutdown");
-    }
+    cluster.shutdown().await;
     // Same node, but configured with a different voter set.
     addrs.insert(NodeId(4), free_addr());
     match open(&dir, victim, config(&addrs, victim)).await {
