@@ -148,6 +148,11 @@ class Reader:
         n = self.i16()
         return None if n < 0 else self.raw(n).decode()
 
+    def nbytes_i16(self):
+        """A nullable string's bytes, undecoded (an int16 length, -1 for null)."""
+        n = self.i16()
+        return None if n < 0 else self.raw(n)
+
     def nbytes(self):
         n = self.i32()
         return None if n < 0 else self.raw(n)
@@ -510,3 +515,19 @@ def delete_records(conn: Conn, topic, partition, offset, timeout_ms=10000):
     ((name, [(idx, low, err)]),) = r.array(lambda r: (r.string(), r.array(lambda r: (r.i32(), r.i64(), r.i16()))))
     assert (name, idx) == (topic, partition)
     return err, low
+
+
+OFFSET_FETCH = 9
+
+
+def offset_fetch(conn: Conn, group, topic, partitions):
+    """OffsetFetch v1 (to the group's coordinator): returns {partition: (offset, metadata, error_code)},
+    the metadata as the raw bytes the broker sent (None when null)."""
+    body = string(group) + array([topic], lambda t: string(t) + array(partitions, i32))
+    r = Reader(conn.request(OFFSET_FETCH, 1, body))
+    out = {}
+    for name, parts in r.array(lambda r: (r.string(), r.array(lambda r: (r.i32(), r.i64(), r.nbytes_i16(), r.i16())))):
+        assert name == topic, name
+        for p, off, meta, err in parts:
+            out[p] = (off, meta, err)
+    return out

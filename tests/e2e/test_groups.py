@@ -363,11 +363,24 @@ def keyed(n, nparts, tag="r"):
 
 
 def committed_offsets(bootstrap, group, topic, nparts):
-    """{partition: (offset, metadata)} as the admin API sees it (-1001 = none)."""
+    """{partition: (offset, metadata)} (-1001 = none): the offsets as librdkafka's admin API reads
+    them, the metadata as the broker sends it in OffsetFetch (decoded by kproto).
+
+    Not librdkafka's metadata: its copy of a partition list (the admin result) copies
+    `metadata_size` bytes without a terminating NUL and confluent-kafka reads the attribute with
+    strdup, so a non-empty metadata string intermittently comes back with heap bytes after it
+    (UnicodeDecodeError on 0xff right after "kp-0-30"), whatever the broker sent. What the broker
+    sends is what the committing client sent: confluent-kafka commits `strlen(metadata) + 1` bytes,
+    its C string's NUL included, so one trailing NUL is dropped here (kafka-python sends none)."""
     a = admin(bootstrap)
     req = ConsumerGroupTopicPartitions(group, [TopicPartition(topic, p) for p in range(nparts)])
     res = a.list_consumer_group_offsets([req], request_timeout=T)[group].result(timeout=T)
-    return {tp.partition: (tp.offset, tp.metadata or "") for tp in res.topic_partitions}
+    offsets = {tp.partition: tp.offset for tp in res.topic_partitions}
+    with kproto.Conn(bootstrap) as conn:
+        raw = kproto.offset_fetch(conn, group, topic, list(range(nparts)))
+    assert {p: err for p, (_, _, err) in raw.items()} == {p: 0 for p in range(nparts)}, raw
+    assert {p: off if off >= 0 else -1001 for p, (off, _, _) in raw.items()} == offsets, (raw, offsets)
+    return {p: (offsets[p], (raw[p][1] or b"").removesuffix(b"\0").decode()) for p in range(nparts)}
 
 
 def describe_group(bootstrap, group):

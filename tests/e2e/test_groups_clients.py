@@ -60,6 +60,13 @@ class KPMember:
                                enable_auto_commit=False, auto_offset_reset="earliest",
                                session_timeout_ms=10000, heartbeat_interval_ms=500, fetch_max_wait_ms=100,
                                reconnect_backoff_max_ms=1000)
+        # Known kafka-python 3.0 bug (dpkp/kafka-python#2855: "_on_join_complete never runs ... the
+        # consumer spins without an assignment"): a leader that joins before its metadata holds the
+        # topic assigns nothing, rejoins when the metadata arrives, and if its poll times out while
+        # that rejoin is in flight, the finished join is never completed: no assignment, no
+        # heartbeats, the session expires (2 runs in 12 here, with group.initial.rebalance.delay.ms=0).
+        # Loading the topic's metadata before subscribing keeps the first join from racing it.
+        assert len(self.c.partitions_for_topic(topic)) > 0, f"{name}: no metadata for {topic}"
         self.c.subscribe([topic], listener=Listener())
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
