@@ -243,6 +243,10 @@ pub(crate) fn request_handler(inner: Weak<Inner>) -> Handler {
                     Ok(reply) => Response::Heartbeat(reply),
                     Err(leader) => Response::NotLeader { leader },
                 },
+                Request::TransferLeader(rpc) => match raft.handle_transfer_leader(rpc).await {
+                    Ok(r) => Response::TransferLeader(r),
+                    Err(f) => Response::Failed(halted(f).peer_failure()),
+                },
                 Request::QuorumStatus => match quorum::leader_status(&inner) {
                     Ok(status) => Response::QuorumStatus(status),
                     Err(leader) => Response::NotLeader { leader },

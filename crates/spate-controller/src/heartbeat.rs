@@ -234,10 +234,11 @@ pub(crate) async fn liveness_task(inner: Weak<Inner>, mut stop: watch::Receiver<
         let leading = is_leader(&inner);
         let image = inner.image_rx.borrow().clone();
         let now = now_ms(&inner);
+        let refused = inner.refusals.snapshot();
         let commands = {
             let mut liveness = liveness(&inner);
             liveness.set_leading(now, leading);
-            liveness.tick(now, &image)
+            liveness.tick(now, &image, &refused)
         };
         for cmd in commands {
             propose_in_background(&inner, cmd);

@@ -132,6 +132,9 @@ struct Inner {
     identity: raft::network::Identity,
     image_rx: watch::Receiver<Arc<MetadataImage>>,
     liveness: std::sync::Mutex<Liveness>,
+    /// Voters whose controller port refuses connections (their process is gone), from Raft's
+    /// connections to them.
+    refusals: raft::network::Refusals,
     /// This broker's epoch (the log index of its registration); 0 before it registered.
     broker_epoch: AtomicU64,
     listen_addr: Option<SocketAddr>,

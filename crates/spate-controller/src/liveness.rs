@@ -9,6 +9,13 @@
 //! active gives every broker a full session from that moment, since it never saw their earlier
 //! heartbeats. Commands it returns are proposals; the same change is not proposed again within
 //! [`REPROPOSE_AFTER_MS`] while the image does not show it yet.
+//!
+//! A crashed process is fenced sooner than its session: when a broker's controller port refuses
+//! connections (the transport reports since when: nothing listens there, so the process is
+//! gone) and no heartbeat from it arrived since, it is fenced one heartbeat interval after the
+//! first refusal. That holds for a new controller too, whose predecessor's process usually died
+//! with it. A broker that is only unreachable (a partition, a paused process, a lost host) does
+//! not refuse, and waits out its session as in Kafka.
 
 use crate::metadata::{MetadataCommand, MetadataImage};
 use crate::raft::network::{BrokerHeartbeat, HeartbeatReply};
@@ -28,6 +35,8 @@ enum Change {
 #[derive(Debug)]
 pub(crate) struct Liveness {
     session_timeout_ms: i64,
+    /// How long after its port first refused a silent broker is fenced.
+    refused_grace_ms: i64,
     last_seen_ms: BTreeMap<NodeId, i64>,
     /// When this node became the active controller; `None` while it is not.
     leading_since_ms: Option<i64>,
@@ -35,9 +44,10 @@ pub(crate) struct Liveness {
 }
 
 impl Liveness {
-    pub(crate) fn new(session_timeout_ms: i64) -> Self {
+    pub(crate) fn new(session_timeout_ms: i64, refused_grace_ms: i64) -> Self {
         Self {
             session_timeout_ms,
+            refused_grace_ms,
             last_seen_ms: BTreeMap::new(),
             leading_since_ms: None,
             proposed: BTreeMap::new(),
@@ -125,8 +135,15 @@ impl Liveness {
         }
     }
 
-    /// Brokers whose session expired, as fence proposals. Nothing while not leading.
-    pub(crate) fn tick(&mut self, now_ms: i64, image: &MetadataImage) -> Vec<MetadataCommand> {
+    /// Brokers whose session expired, or whose controller port has refused connections for the
+    /// grace period with no heartbeat since (`refused`: broker → when refusals began), as fence
+    /// proposals. Nothing while not leading.
+    pub(crate) fn tick(
+        &mut self,
+        now_ms: i64,
+        image: &MetadataImage,
+        refused: &BTreeMap<NodeId, i64>,
+    ) -> Vec<MetadataCommand> {
         let Some(since) = self.leading_since_ms else {
             return Vec::new();
         };
@@ -136,15 +153,14 @@ impl Liveness {
                 self.clear_if(*node, Change::Fence);
                 continue;
             }
-            let last = self
-                .last_seen_ms
-                .get(node)
-                .copied()
-                .unwrap_or(since)
-                .max(since);
-            if now_ms - last > self.session_timeout_ms
-                && self.should_propose(now_ms, *node, Change::Fence)
-            {
+            let heard = self.last_seen_ms.get(node).copied();
+            let last = heard.unwrap_or(since).max(since);
+            let expired = now_ms - last > self.session_timeout_ms;
+            let gone = refused.get(node).is_some_and(|&refused_since| {
+                heard.is_none_or(|h| h < refused_since)
+                    && now_ms - refused_since >= self.refused_grace_ms
+            });
+            if (expired || gone) && self.should_propose(now_ms, *node, Change::Fence) {
                 commands.push(MetadataCommand::FenceBroker {
                     node: *node,
                     shutdown: false,
@@ -164,6 +180,7 @@ mod tests {
     use crate::metadata::BrokerEndpoint;
 
     const SESSION: i64 = 3000;
+    const GRACE: i64 = 400;
 
     fn image(brokers: &[(i32, u64, bool)]) -> MetadataImage {
         let mut image = MetadataImage::default();
@@ -196,23 +213,23 @@ mod tests {
 
     #[test]
     fn nothing_is_fenced_while_not_leading() {
-        let mut l = Liveness::new(SESSION);
+        let mut l = Liveness::new(SESSION, GRACE);
         let img = image(&[(1, 5, false)]);
-        assert!(l.tick(100_000, &img).is_empty());
+        assert!(l.tick(100_000, &img, &BTreeMap::new()).is_empty());
     }
 
     #[test]
     fn a_new_leader_gives_every_broker_a_full_session() {
-        let mut l = Liveness::new(SESSION);
+        let mut l = Liveness::new(SESSION, GRACE);
         let img = image(&[(1, 5, false), (2, 6, false)]);
         l.set_leading(10_000, true);
         assert!(
-            l.tick(10_000 + SESSION, &img).is_empty(),
+            l.tick(10_000 + SESSION, &img, &BTreeMap::new()).is_empty(),
             "exactly one session: not yet"
         );
         l.heartbeat(12_000, &hb(1, 5, 5, false), &img);
         assert_eq!(
-            l.tick(10_001 + SESSION, &img),
+            l.tick(10_001 + SESSION, &img, &BTreeMap::new()),
             vec![MetadataCommand::FenceBroker {
                 node: NodeId(2),
                 shutdown: false
@@ -220,29 +237,37 @@ mod tests {
             "broker 2 never heartbeat"
         );
         // Not proposed again until the re-proposal window passes.
-        assert!(l.tick(10_002 + SESSION, &img).is_empty());
-        assert_eq!(l.tick(10_001 + SESSION + REPROPOSE_AFTER_MS, &img).len(), 1);
+        assert!(l.tick(10_002 + SESSION, &img, &BTreeMap::new()).is_empty());
+        assert_eq!(
+            l.tick(
+                10_001 + SESSION + REPROPOSE_AFTER_MS,
+                &img,
+                &BTreeMap::new()
+            )
+            .len(),
+            1
+        );
         // Broker 1's session runs from its heartbeat.
-        assert!(l.tick(12_000 + SESSION, &img).iter().all(
+        assert!(l.tick(12_000 + SESSION, &img, &BTreeMap::new()).iter().all(
             |c| !matches!(c, MetadataCommand::FenceBroker { node, .. } if *node == NodeId(1))
         ));
     }
 
     #[test]
     fn losing_and_regaining_leadership_restarts_sessions() {
-        let mut l = Liveness::new(SESSION);
+        let mut l = Liveness::new(SESSION, GRACE);
         let img = image(&[(1, 5, false)]);
         l.set_leading(0, true);
         l.set_leading(1_000, false);
-        assert!(l.tick(50_000, &img).is_empty());
+        assert!(l.tick(50_000, &img, &BTreeMap::new()).is_empty());
         l.set_leading(50_000, true);
-        assert!(l.tick(50_000 + SESSION, &img).is_empty());
-        assert_eq!(l.tick(50_001 + SESSION, &img).len(), 1);
+        assert!(l.tick(50_000 + SESSION, &img, &BTreeMap::new()).is_empty());
+        assert_eq!(l.tick(50_001 + SESSION, &img, &BTreeMap::new()).len(), 1);
     }
 
     #[test]
     fn fenced_broker_is_unfenced_once_caught_up_with_its_registration() {
-        let mut l = Liveness::new(SESSION);
+        let mut l = Liveness::new(SESSION, GRACE);
         l.set_leading(0, true);
         let img = image(&[(1, 40, true)]);
         let (reply, cmd) = l.heartbeat(10, &hb(1, 40, 39, false), &img);
@@ -266,7 +291,7 @@ mod tests {
 
     #[test]
     fn stale_epoch_must_register_again() {
-        let mut l = Liveness::new(SESSION);
+        let mut l = Liveness::new(SESSION, GRACE);
         l.set_leading(0, true);
         let img = image(&[(1, 40, false)]);
         let (reply, cmd) = l.heartbeat(10, &hb(1, 7, 50, false), &img);
@@ -278,7 +303,7 @@ mod tests {
 
     #[test]
     fn controlled_shutdown_fences_then_reports_ready() {
-        let mut l = Liveness::new(SESSION);
+        let mut l = Liveness::new(SESSION, GRACE);
         l.set_leading(0, true);
         let img = image(&[(1, 4, false)]);
         let (reply, cmd) = l.heartbeat(10, &hb(1, 4, 9, true), &img);
@@ -296,6 +321,71 @@ mod tests {
         assert!(reply.shutdown_ready);
         assert_eq!(cmd, None);
         // A shut-down broker is not fenced again by the session timer.
-        assert!(l.tick(100_000, &done).is_empty());
+        assert!(l.tick(100_000, &done, &BTreeMap::new()).is_empty());
+    }
+
+    fn fence(node: i32) -> MetadataCommand {
+        MetadataCommand::FenceBroker {
+            node: NodeId(node),
+            shutdown: false,
+        }
+    }
+
+    #[test]
+    fn a_broker_whose_port_refuses_is_fenced_after_the_grace_not_the_session() {
+        let mut l = Liveness::new(SESSION, GRACE);
+        let img = image(&[(1, 5, false), (2, 6, false)]);
+        l.set_leading(0, true);
+        l.heartbeat(10_000, &hb(1, 5, 5, false), &img);
+        l.heartbeat(10_000, &hb(2, 6, 6, false), &img);
+        // Node 2's process is gone from 10 100 on.
+        let refused = BTreeMap::from([(NodeId(2), 10_100)]);
+        assert!(
+            l.tick(10_100 + GRACE - 1, &img, &refused).is_empty(),
+            "within the grace"
+        );
+        assert_eq!(l.tick(10_100 + GRACE, &img, &refused), vec![fence(2)]);
+        const { assert!(10_100 + GRACE < 10_000 + SESSION, "well before the session") };
+    }
+
+    #[test]
+    fn a_heartbeat_after_the_refusals_began_keeps_the_broker() {
+        // The controller cannot reach the broker's port, but the broker reaches the controller
+        // (a one-way problem, or a restart that has already registered again): the session
+        // decides, as for any broker.
+        let mut l = Liveness::new(SESSION, GRACE);
+        let img = image(&[(1, 5, false)]);
+        l.set_leading(0, true);
+        let refused = BTreeMap::from([(NodeId(1), 10_000)]);
+        l.heartbeat(10_200, &hb(1, 5, 5, false), &img);
+        assert!(l.tick(11_000, &img, &refused).is_empty());
+        assert!(l.tick(10_200 + SESSION, &img, &refused).is_empty());
+        assert_eq!(l.tick(10_201 + SESSION, &img, &refused), vec![fence(1)]);
+    }
+
+    #[test]
+    fn a_new_controller_fences_a_refusing_predecessor_at_once() {
+        // Node 1 was the active controller and its process died: the survivors' vote requests
+        // to it were refused during the election, before node 2 led.
+        let mut l = Liveness::new(SESSION, GRACE);
+        let img = image(&[(1, 5, false), (2, 6, false), (3, 7, false)]);
+        let refused = BTreeMap::from([(NodeId(1), 20_000)]);
+        l.set_leading(21_500, true);
+        assert_eq!(
+            l.tick(21_500, &img, &refused),
+            vec![fence(1)],
+            "no full session for a broker whose process is gone"
+        );
+        // The live brokers still get their full session from the election.
+        assert!(l.tick(21_500 + SESSION, &img, &BTreeMap::new()).is_empty());
+    }
+
+    #[test]
+    fn refusals_of_a_fenced_or_unknown_broker_change_nothing() {
+        let mut l = Liveness::new(SESSION, GRACE);
+        let img = image(&[(1, 5, true)]);
+        l.set_leading(0, true);
+        let refused = BTreeMap::from([(NodeId(1), 0), (NodeId(9), 0)]);
+        assert!(l.tick(10_000, &img, &refused).is_empty());
     }
 }

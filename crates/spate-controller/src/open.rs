@@ -144,6 +144,7 @@ impl Controller {
                 .clone()
                 .or_else(|| image_rx.borrow().cluster_id.clone()),
         );
+        let refusals = raft::network::Refusals::new(seams.clock.clone());
         let raft = Raft::new(
             raft_id,
             Arc::new(raft_config),
@@ -152,6 +153,7 @@ impl Controller {
                     voters: voters.clone(),
                 },
                 identity.clone(),
+                refusals.clone(),
             ),
             log_store,
             state_machine,
@@ -170,7 +172,9 @@ impl Controller {
                 addresses: config.voters.clone(),
                 liveness: std::sync::Mutex::new(Liveness::new(
                     i64::try_from(config.broker_session_timeout_ms).unwrap_or(i64::MAX),
+                    i64::try_from(config.broker_heartbeat_interval_ms).unwrap_or(i64::MAX),
                 )),
+                refusals,
                 config,
                 peers: Peers::new(identity.clone()),
                 identity,
@@ -482,6 +486,7 @@ impl Controller {
         if lock.is_none() {
             return Ok(());
         }
+        hand_over_leadership(&self.inner).await;
         let _ = self.inner.tasks_stop.send(true);
         let result = self.inner.raft.shutdown().await;
         // Dropping the file releases the advisory lock.
@@ -492,6 +497,49 @@ impl Controller {
             // Cancelled by a runtime that is shutting down: stopped all the same.
             Err(_) => Ok(()),
         }
+    }
+}
+
+/// When this node is the active controller and other voters exist: asks the most caught-up one
+/// to take over and waits, at most an election timeout, until this node no longer leads. Its
+/// stopping then costs the cluster one round trip instead of an election timeout without a
+/// controller (while brokers that lose a follower or a leader need one). Best effort: on any
+/// failure the voters elect a new controller on their own.
+async fn hand_over_leadership(inner: &Inner) {
+    let metrics = inner.raft.metrics().borrow_watched().clone();
+    if metrics.current_leader != Some(inner.raft_id) {
+        return;
+    }
+    let Some(target) = metrics.replication.as_ref().and_then(|replication| {
+        replication
+            .iter()
+            .filter(|(id, _)| **id != inner.raft_id)
+            .max_by_key(|(id, matched)| {
+                (matched.as_ref().map(|l| l.index()), std::cmp::Reverse(**id))
+            })
+            .map(|(id, _)| *id)
+    }) else {
+        return;
+    };
+    if let Err(e) = inner.raft.trigger().transfer_leader(target).await {
+        tracing::warn!(error = %e, "could not hand the controller role over before stopping");
+        return;
+    }
+    let me = inner.raft_id;
+    let handed = inner
+        .raft
+        .wait(Some(Duration::from_millis(raft::ELECTION_TIMEOUT_MAX_MS)))
+        .metrics(
+            |m| m.current_leader.is_some_and(|l| l != me),
+            "controller hand-over before stopping",
+        )
+        .await;
+    match handed {
+        Ok(m) => tracing::info!(
+            to = ?m.current_leader,
+            "handed the controller role over before stopping"
+        ),
+        Err(e) => tracing::warn!(error = %e, "the controller role was not handed over in time"),
     }
 }
 

@@ -1,7 +1,8 @@
 //! A controller quorum of three voters in one process, talking over real loopback TCP: forming
 //! without a format step, forwarding (proposals and the quorum status), broker fencing and
-//! controlled shutdown, leader loss, restart, and refusal of a data directory that belongs to
-//! another quorum.
+//! controlled shutdown, leader loss, restart, fencing a stopped node (and a stopped controller)
+//! without waiting out its session, and refusal of a data directory that belongs to another
+//! quorum.
 
 use spate_controller::{
     BrokerEndpoint, Controller, ControllerConfig, ControllerError, MetadataCommand, MetadataImage,
@@ -40,11 +41,21 @@ fn free_addr() -> SocketAddr {
     panic!("no free port between 20000 and 32000");
 }
 
+const SESSION_MS: u64 = 1_500;
+
 fn config(addrs: &BTreeMap<NodeId, SocketAddr>, me: NodeId) -> ControllerConfig {
+    config_with_session(addrs, me, SESSION_MS)
+}
+
+fn config_with_session(
+    addrs: &BTreeMap<NodeId, SocketAddr>,
+    me: NodeId,
+    session_ms: u64,
+) -> ControllerConfig {
     ControllerConfig {
         voters: addrs.iter().map(|(n, a)| (*n, a.to_string())).collect(),
         listen: addrs.get(&me).copied(),
-        broker_session_timeout_ms: 1_500,
+        broker_session_timeout_ms: session_ms,
         broker_heartbeat_interval_ms: 200,
         ..ControllerConfig::default()
     }
@@ -69,7 +80,11 @@ async fn open(
 impl Cluster {
     /// Starts `n` voters and waits until all of them are registered, unfenced brokers.
     async fn start_live(n: i32) -> Cluster {
-        let cluster = Cluster::start(n).await;
+        Cluster::start_live_with_session(n, SESSION_MS).await
+    }
+
+    async fn start_live_with_session(n: i32, session_ms: u64) -> Cluster {
+        let cluster = Cluster::start_with_session(n, session_ms).await;
         cluster
             .wait_all("every broker live", |i| {
                 i.brokers.len() == n as usize && i.fenced.is_empty()
@@ -85,6 +100,10 @@ impl Cluster {
     }
 
     async fn start(n: i32) -> Cluster {
+        Cluster::start_with_session(n, SESSION_MS).await
+    }
+
+    async fn start_with_session(n: i32, session_ms: u64) -> Cluster {
         let root = tempfile::tempdir().expect("tempdir");
         let ids: Vec<NodeId> = (1..=n).map(NodeId).collect();
         let addrs: BTreeMap<NodeId, SocketAddr> = ids.iter().map(|id| (*id, free_addr())).collect();
@@ -94,7 +113,7 @@ impl Cluster {
             .collect();
         // All voters start at once, as `spate dev` starts them; each blocks until a majority is up.
         let opens = ids.iter().map(|id| {
-            let cfg = config(&addrs, *id);
+            let cfg = config_with_session(&addrs, *id, session_ms);
             let dir = dirs[id].clone();
             let id = *id;
             tokio::spawn(async move { (id, open(&dir, id, cfg).await) })
@@ -338,6 +357,89 @@ async fn a_dead_node_is_fenced_and_loses_its_leaderships_then_rejoins() {
     cluster
         .wait_all("the restarted node unfenced", |i| i.is_alive(victim))
         .await;
+    cluster.shutdown().await;
+}
+
+/// Far longer than [`WAIT`]: a broker fenced within `WAIT` was not fenced by its session.
+const LONG_SESSION_MS: u64 = 600_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_node_is_fenced_long_before_its_session_runs_out() {
+    let mut cluster = Cluster::start_live_with_session(3, LONG_SESSION_MS).await;
+    cluster.any().propose(create("t", 3)).await.expect("create");
+    let leader = cluster.leader();
+    let victim = *cluster
+        .nodes
+        .keys()
+        .find(|id| **id != leader)
+        .expect("victim");
+    // Its controller port closes with it: connections to it are refused from now on.
+    let started = std::time::Instant::now();
+    cluster
+        .nodes
+        .remove(&victim)
+        .expect("victim")
+        .shutdown()
+        .await
+        .expect("stop");
+    cluster
+        .wait_all("the stopped node fenced", |i| i.fenced.contains(&victim))
+        .await;
+    assert!(started.elapsed() < Duration::from_millis(LONG_SESSION_MS));
+    for p in &cluster.any().image().topics["t"].partitions {
+        assert_ne!(p.leader, victim, "{p:?}");
+        assert!(!p.isr.contains(&victim), "{p:?}");
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_controller_fences_its_stopped_predecessor_without_a_full_session() {
+    let mut cluster = Cluster::start_live_with_session(3, LONG_SESSION_MS).await;
+    cluster.any().propose(create("t", 3)).await.expect("create");
+    let leader = cluster.leader();
+    cluster
+        .nodes
+        .remove(&leader)
+        .expect("leader")
+        .shutdown()
+        .await
+        .expect("stop");
+    cluster
+        .wait_all("the old controller fenced", |i| i.fenced.contains(&leader))
+        .await;
+    let image = cluster.any().image();
+    for p in &image.topics["t"].partitions {
+        assert_ne!(p.leader, leader, "{p:?}");
+        assert_ne!(p.leader, NO_LEADER, "{p:?}");
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_controller_hands_its_role_over_first() {
+    let mut cluster = Cluster::start_live(3).await;
+    let leader = cluster.leader();
+    cluster
+        .nodes
+        .remove(&leader)
+        .expect("leader")
+        .shutdown()
+        .await
+        .expect("stop");
+    // Without a hand-over the survivors would still follow the stopped node here: they only
+    // notice its silence after an election timeout (at least a second after its last heartbeat).
+    let views: Vec<Option<NodeId>> = cluster.nodes.values().map(Controller::leader).collect();
+    assert!(
+        views.iter().any(|v| v.is_some_and(|l| l != leader)),
+        "no survivor follows a new controller yet: {views:?}"
+    );
+    let outcome = cluster
+        .any()
+        .propose(create("after", 2))
+        .await
+        .expect("propose after the hand-over");
+    assert!(matches!(outcome, MetadataOutcome::TopicCreated { .. }));
     cluster.shutdown().await;
 }
 

@@ -31,12 +31,13 @@ use crate::QuorumStatus;
 use openraft::errors::{RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::{BasicNode, OptionalSend, RaftNetworkV2};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use spate_types::NodeId;
+use spate_types::{Clock, NodeId};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
@@ -101,6 +102,10 @@ pub(crate) enum Request {
     Heartbeat(BrokerHeartbeat),
     /// The active controller's Raft view, for DescribeQuorum on a node that is not it.
     QuorumStatus,
+    /// The active controller hands its role to the receiver before it stops (KIP-595's
+    /// EndQuorumEpoch does the same for KRaft): the receiver elects itself at once instead of
+    /// every voter waiting out an election timeout.
+    TransferLeader(TransferLeaderRequest<TypeConfig>),
 }
 
 impl Request {
@@ -113,6 +118,7 @@ impl Request {
             Request::Propose(_) => "propose",
             Request::Heartbeat(_) => "heartbeat",
             Request::QuorumStatus => "quorum-status",
+            Request::TransferLeader(_) => "transfer-leader",
         }
     }
 }
@@ -128,6 +134,7 @@ pub(crate) enum Response {
         index: u64,
     },
     Heartbeat(HeartbeatReply),
+    TransferLeader(TransferLeaderResponse<TypeConfig>),
     /// The active controller's Raft view; its `leader` is the node that answered.
     QuorumStatus(QuorumStatus),
     /// The receiver is not the active controller; `leader` is, if known.
@@ -354,10 +361,16 @@ impl Peers {
             .ok()
             .and_then(|mut idle| idle.get_mut(addr).and_then(Vec::pop));
         let attempt = async {
-            let mut stream = match pooled {
-                Some(stream) => stream,
-                None => connect(addr, &self.identity).await?,
-            };
+            // An idle connection the peer has closed meanwhile (it restarted, or its process is
+            // gone) is replaced by a fresh one, once.
+            if let Some(mut stream) = pooled {
+                match exchange(&mut stream, request, addr, &self.identity).await {
+                    Ok(response) => return Ok((stream, response)),
+                    Err(e) if closed_by_peer(&e) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            let mut stream = connect(addr, &self.identity).await?;
             let response = exchange(&mut stream, request, addr, &self.identity).await?;
             Ok::<_, io::Error>((stream, response))
         };
@@ -388,16 +401,63 @@ pub(crate) struct Addresses {
     pub(crate) voters: BTreeMap<RaftNodeId, String>,
 }
 
+/// Which voters refused a connection to their controller port, and since when (this node's
+/// monotonic clock, ms): nothing listens there, so the process is gone (crashed, killed or
+/// restarting). Raft's connections record it and any answer from the voter clears it; the
+/// liveness core fences a broker that refuses and has not heartbeat since, without waiting out
+/// its session. A voter that is only unreachable (a partition, a paused process, a dead host)
+/// times out instead and is fenced by its session as before.
+#[derive(Clone, Debug)]
+pub(crate) struct Refusals {
+    since_ms: Arc<Mutex<BTreeMap<RaftNodeId, i64>>>,
+    clock: Arc<dyn Clock>,
+}
+
+impl Refusals {
+    pub(crate) fn new(clock: Arc<dyn Clock>) -> Self {
+        Self {
+            since_ms: Default::default(),
+            clock,
+        }
+    }
+
+    fn refused(&self, target: RaftNodeId) {
+        let now = i64::try_from(self.clock.monotonic_ms()).unwrap_or(i64::MAX);
+        if let Ok(mut since) = self.since_ms.lock() {
+            since.entry(target).or_insert(now);
+        }
+    }
+
+    fn answered(&self, target: RaftNodeId) {
+        if let Ok(mut since) = self.since_ms.lock() {
+            since.remove(&target);
+        }
+    }
+
+    /// Brokers whose controller port refuses connections now, with when that began.
+    pub(crate) fn snapshot(&self) -> BTreeMap<NodeId, i64> {
+        let Ok(since) = self.since_ms.lock() else {
+            return BTreeMap::new();
+        };
+        since
+            .iter()
+            .filter_map(|(id, at)| super::spate_id(*id).map(|node| (node, *at)))
+            .collect()
+    }
+}
+
 pub(crate) struct NetworkFactory {
     addresses: Addresses,
     identity: Identity,
+    refusals: Refusals,
 }
 
 impl NetworkFactory {
-    pub(crate) fn new(addresses: Addresses, identity: Identity) -> Self {
+    pub(crate) fn new(addresses: Addresses, identity: Identity, refusals: Refusals) -> Self {
         Self {
             addresses,
             identity,
+            refusals,
         }
     }
 }
@@ -417,6 +477,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             addr,
             stream: None,
             identity: self.identity.clone(),
+            refusals: self.refusals.clone(),
         }
     }
 }
@@ -427,6 +488,19 @@ pub(crate) struct Connection {
     addr: String,
     stream: Option<Stream>,
     identity: Identity,
+    refusals: Refusals,
+}
+
+/// Errors that say a connection that was open is now closed by the peer (its process may have
+/// exited), rather than that the peer is slow or unreachable.
+fn closed_by_peer(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionAborted
+    )
 }
 
 impl Connection {
@@ -437,15 +511,31 @@ impl Connection {
     ) -> Result<Response, Unreachable<TypeConfig>> {
         let kind = request.kind();
         let attempt = async {
-            if self.stream.is_none() {
-                self.stream = Some(connect(&self.addr, &self.identity).await?);
+            // A connection the peer closed since its last use (it restarted, or its process is
+            // gone) is retried once on a fresh one, which either works or is refused at once.
+            let reused = self.stream.is_some();
+            for fresh in [!reused, true] {
+                if fresh {
+                    self.stream = Some(connect(&self.addr, &self.identity).await?);
+                }
+                let Some(stream) = self.stream.as_mut() else {
+                    return Err(io::Error::other("no stream"));
+                };
+                match exchange(stream, &request, &self.addr, &self.identity).await {
+                    Err(e) if !fresh && closed_by_peer(&e) => self.stream = None,
+                    result => return result,
+                }
             }
-            match self.stream.as_mut() {
-                Some(stream) => exchange(stream, &request, &self.addr, &self.identity).await,
-                None => Err(io::Error::other("no stream")),
-            }
+            Err(io::Error::other("no stream"))
         };
         let result = tokio::time::timeout(timeout, attempt).await;
+        match &result {
+            Ok(Ok(_)) => self.refusals.answered(self.target),
+            Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                self.refusals.refused(self.target)
+            }
+            _ => {}
+        }
         match result {
             Ok(Ok(Response::Failed(failure))) => Err(Unreachable::from_string(format!(
                 "controller {} ({}) failed a {kind} request: {failure}",
@@ -504,6 +594,20 @@ impl RaftNetworkV2<TypeConfig> for Connection {
         match self.call(Request::Vote(rpc), option.soft_ttl()).await? {
             Response::Vote(r) => Ok(r),
             _ => Err(self.unexpected("vote").into()),
+        }
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        rpc: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        match self
+            .call(Request::TransferLeader(rpc), option.soft_ttl())
+            .await?
+        {
+            Response::TransferLeader(r) => Ok(r),
+            _ => Err(self.unexpected("transfer-leader").into()),
         }
     }
 
