@@ -25,7 +25,7 @@
 //! - a proposed ISR is never empty and always holds the leader; at most one proposal is pending.
 
 use spate_types::{LeaderEpoch, NodeId, Offset};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// The replica's configuration. `local` never changes over a core's life.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -94,6 +94,11 @@ pub enum Event {
     Tick,
     /// `min.insync.replicas`, `replica.lag.time.max.ms` or `acks.all.fsync` changed.
     SettingsChanged(ReplicaSettings),
+    /// The brokers that may not join the ISR now (fenced, shutting down, not registered), from
+    /// the controller's image. A leader never proposes them (KIP-841): a follower that was in
+    /// sync when its broker died looks caught up for a whole lag window, and the controller
+    /// refuses it, so the leader would otherwise propose it again at every tick.
+    IneligibleReplicas(BTreeSet<NodeId>),
 }
 
 /// What the shell must do, in order.
@@ -176,6 +181,8 @@ pub enum Ignored {
     NoPendingIsrChange,
     /// `SettingsChanged` for another node id.
     SettingsForAnotherNode,
+    /// `IneligibleReplicas` with the set already known.
+    IneligibleUnchanged,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -289,6 +296,9 @@ pub struct ReplicaCore {
     pending: Option<PendingIsrChange>,
     /// Follower only: the leader's high watermark from its latest fetch response.
     leader_high_watermark: Option<Offset>,
+    /// Replicas whose broker may not join the ISR now: fenced, shutting down or not registered
+    /// (KIP-841), as the controller would refuse them.
+    ineligible: BTreeSet<NodeId>,
 }
 
 impl ReplicaCore {
@@ -311,6 +321,7 @@ impl ReplicaCore {
             followers: BTreeMap::new(),
             pending: None,
             leader_high_watermark: None,
+            ineligible: BTreeSet::new(),
         }
     }
 
@@ -379,6 +390,14 @@ impl ReplicaCore {
             Event::Tick => {
                 self.on_tick(now_ms, &mut commands);
                 Outcome::Applied
+            }
+            Event::IneligibleReplicas(brokers) => {
+                if brokers == self.ineligible {
+                    Outcome::Ignored(Ignored::IneligibleUnchanged)
+                } else {
+                    self.ineligible = brokers;
+                    Outcome::Applied
+                }
             }
             Event::SettingsChanged(settings) => {
                 if settings.local != self.settings.local {
@@ -534,12 +553,15 @@ impl ReplicaCore {
     }
 
     /// Kafka's `isFollowerInSync`: the follower holds the high watermark and everything the
-    /// leader wrote before its epoch.
+    /// leader wrote before its epoch, and its broker is eligible (KIP-841).
     fn may_join_isr(&self, replica: NodeId) -> bool {
         let fetch_offset = self.followers.get(&replica).and_then(|f| f.fetch_offset);
         match (fetch_offset, self.epoch_start_offset) {
             (Some(o), Some(start)) => {
-                o >= self.high_watermark && o >= start && self.state.replicas.contains(&replica)
+                o >= self.high_watermark
+                    && o >= start
+                    && self.state.replicas.contains(&replica)
+                    && !self.ineligible.contains(&replica)
             }
             _ => false,
         }

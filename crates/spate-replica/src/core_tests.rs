@@ -607,6 +607,39 @@ fn a_failed_change_is_forgotten_and_retried_on_a_later_tick() {
     assert_eq!(run(&mut core, 9, Event::Tick), [propose(5, &[L, B, C])]);
 }
 
+#[test]
+fn a_replica_whose_broker_is_ineligible_is_never_proposed_in() {
+    // C was in sync when its broker died; the controller fenced it (taking it out of the ISR)
+    // and refuses it back while fenced. Without KIP-841's check the leader, still seeing C at
+    // the log end, proposed it at every tick (seen as a refusal every 250 ms in a cluster).
+    let mut core = leader_with_c_out();
+    fetch(&mut core, 1, B, 10);
+    run(
+        &mut core,
+        2,
+        Event::IneligibleReplicas(std::collections::BTreeSet::from([C])),
+    );
+    assert_eq!(fetch(&mut core, 3, C, 10), [], "caught up but fenced");
+    assert_eq!(run(&mut core, 4, Event::Tick), []);
+    assert_eq!(core.pending_isr_change(), None);
+    assert_eq!(
+        core.step(
+            5,
+            Event::IneligibleReplicas(std::collections::BTreeSet::from([C]))
+        )
+        .outcome,
+        Outcome::Ignored(Ignored::IneligibleUnchanged)
+    );
+    // Unfenced (it registered again and caught up with its registration): the next tick or
+    // fetch proposes it.
+    run(
+        &mut core,
+        6,
+        Event::IneligibleReplicas(std::collections::BTreeSet::new()),
+    );
+    assert_eq!(run(&mut core, 7, Event::Tick), [propose(5, &[L, B, C])]);
+}
+
 // ---- follower high watermark and truncation ----
 
 /// A follower of B in epoch 2 with log end 10 and high watermark 4.
@@ -886,6 +919,8 @@ enum Op {
     /// Truncate to somewhere at or above the high watermark.
     Truncate(u8),
     Tick(u16),
+    /// The brokers (a mask over B, C, D) that may not join the ISR now.
+    Ineligible(u8),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -899,6 +934,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => any::<u8>().prop_map(Op::LeaderHighWatermark),
         1 => any::<u8>().prop_map(Op::Truncate),
         3 => (0u16..20_000).prop_map(Op::Tick),
+        1 => (0u8..8).prop_map(Op::Ineligible),
     ]
 }
 
@@ -928,6 +964,7 @@ proptest! {
         let mut history: Vec<LeaderAndIsr> = Vec::new();
         let mut now = 0i64;
         let mut published = core.high_watermark();
+        let mut ineligible = std::collections::BTreeSet::new();
         for op in ops {
             let event = match op {
                 Op::Controller { new_leader_epoch, leader, replicas, isr } => {
@@ -992,6 +1029,10 @@ proptest! {
                     now += i64::from(dt);
                     Event::Tick
                 }
+                Op::Ineligible(mask) => {
+                    ineligible = [B, C, D].into_iter().enumerate().filter(|(i, _)| mask & (1 << i) != 0).map(|(_, n)| n).collect();
+                    Event::IneligibleReplicas(ineligible.clone())
+                }
             };
             let pending_before = core.pending_isr_change().cloned();
             let hw_before = core.high_watermark();
@@ -1014,6 +1055,10 @@ proptest! {
                 sorted.sort();
                 sorted.dedup();
                 prop_assert_eq!(sorted.len(), isr.len(), "{:?} repeats a replica", isr);
+                prop_assert!(
+                    isr.iter().all(|r| core.isr().contains(r) || !ineligible.contains(r)),
+                    "{:?} adds one of the ineligible {:?}", isr, ineligible
+                );
             }
             for c in &step.commands {
                 if let Command::HighWatermark(h) = c {

@@ -117,14 +117,16 @@ impl ReplicaManager {
     }
 
     /// Brings one partition to the controller's state: opens it (claiming its directory for
-    /// `topic_id`, recovering its log) unless hosted, applies the topic config and the leader
-    /// and ISR. Idempotent.
+    /// `topic_id`, recovering its log) unless hosted, applies the topic config, which of its
+    /// replicas may not join the ISR (`ineligible`: their brokers are fenced, shutting down or
+    /// not registered), and the leader and ISR. Idempotent.
     pub fn ensure(
         &self,
         tp: TopicPartition,
         topic_id: Uuid,
         config: LogConfig,
         state: LeaderAndIsr,
+        ineligible: BTreeSet<NodeId>,
         now_ms: i64,
     ) -> Result<Arc<Partition>, ReplicaError> {
         let partition = match self.get(&tp) {
@@ -132,6 +134,7 @@ impl ReplicaManager {
             None => self.open(tp, topic_id, config.clone(), now_ms)?,
         };
         let mut commands = partition.set_config(config, now_ms)?;
+        commands.extend(partition.set_ineligible(ineligible, now_ms)?);
         commands.extend(partition.apply(state, now_ms)?);
         self.execute(&partition, commands, now_ms);
         Ok(partition)

@@ -22,6 +22,7 @@ use spate_log::{
     PartitionLog, PlannedCompaction, ReadPlan,
 };
 use spate_types::{LeaderEpoch, NodeId, Offset, TopicPartition};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -346,6 +347,16 @@ impl Partition {
     pub fn tick(&self, now_ms: i64) -> Result<Vec<Command>, ReplicaError> {
         let mut core = self.core()?;
         Ok(self.step(&mut core, now_ms, Event::Tick))
+    }
+
+    /// The brokers that may not join the ISR now (fenced, shutting down, not registered).
+    pub fn set_ineligible(
+        &self,
+        brokers: BTreeSet<NodeId>,
+        now_ms: i64,
+    ) -> Result<Vec<Command>, ReplicaError> {
+        let mut core = self.core()?;
+        Ok(self.step(&mut core, now_ms, Event::IneligibleReplicas(brokers)))
     }
 
     /// The controller refused (or never answered) the pending ISR proposal.

@@ -69,11 +69,17 @@ pub(crate) fn reconcile(
                 .get_or_insert_with(|| topic_config(log_defaults, name, &topic.configs))
                 .clone();
             let tp = TopicPartition::new(name.clone(), index as i32);
-            wanted.insert(tp, (topic.topic_id, config, leader_and_isr(p)));
+            let ineligible = p
+                .replicas
+                .iter()
+                .copied()
+                .filter(|r| !image.is_alive(*r))
+                .collect();
+            wanted.insert(tp, (topic.topic_id, config, leader_and_isr(p), ineligible));
         }
     }
     for (tp, topic_id) in replicas.hosted() {
-        if wanted.get(&tp).is_none_or(|(id, _, _)| *id != topic_id) {
+        if wanted.get(&tp).is_none_or(|(id, ..)| *id != topic_id) {
             match replicas.delete(&tp) {
                 Ok(()) => tracing::info!(partition = %tp, "deleted partition"),
                 Err(e) => {
@@ -82,8 +88,8 @@ pub(crate) fn reconcile(
             }
         }
     }
-    for (tp, (topic_id, config, state)) in wanted {
-        if let Err(e) = replicas.ensure(tp.clone(), topic_id, config, state, now_ms) {
+    for (tp, (topic_id, config, state, ineligible)) in wanted {
+        if let Err(e) = replicas.ensure(tp.clone(), topic_id, config, state, ineligible, now_ms) {
             tracing::error!(partition = %tp, error = %e, "failed to open or update partition");
         }
     }
