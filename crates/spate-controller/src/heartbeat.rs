@@ -225,6 +225,7 @@ pub(crate) async fn heartbeat_task(inner: Weak<Inner>, mut stop: watch::Receiver
 pub(crate) async fn liveness_task(inner: Weak<Inner>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(LIVENESS_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut was_leading = false;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -232,6 +233,15 @@ pub(crate) async fn liveness_task(inner: Weak<Inner>, mut stop: watch::Receiver<
         }
         let Some(inner) = inner.upgrade() else { return };
         let leading = is_leader(&inner);
+        if leading != was_leading {
+            let term = inner.raft.metrics().borrow_watched().current_term;
+            if leading {
+                tracing::info!(term, "this node is now the active controller");
+            } else {
+                tracing::info!(term, "this node is no longer the active controller");
+            }
+            was_leading = leading;
+        }
         let image = inner.image_rx.borrow().clone();
         let now = now_ms(&inner);
         let refused = inner.refusals.snapshot();
@@ -241,6 +251,18 @@ pub(crate) async fn liveness_task(inner: Weak<Inner>, mut stop: watch::Receiver<
             liveness.tick(now, &image, &refused)
         };
         for cmd in commands {
+            if let MetadataCommand::FenceBroker { node, .. } = &cmd {
+                match refused.get(node) {
+                    Some(since) => tracing::info!(
+                        broker = %node,
+                        refused_for_ms = now - since,
+                        "fencing a broker whose controller port refuses connections"
+                    ),
+                    None => {
+                        tracing::info!(broker = %node, "fencing a broker whose session expired")
+                    }
+                }
+            }
             propose_in_background(&inner, cmd);
         }
     }
