@@ -13,6 +13,7 @@ use bytes::BytesMut;
 use spate_types::limits::IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -229,7 +230,17 @@ async fn write_responses(
     while let Some(response) = rx.recv().await {
         let (encoded, counted): (Encoded, bool) = match response {
             Response::Ready(encoded) => (encoded, true),
-            Response::Waiting(future) => (future.await, false),
+            Response::Waiting(mut future) => match futures::poll!(future.as_mut()) {
+                Poll::Ready(encoded) => (encoded, false),
+                Poll::Pending => {
+                    // This one waits (an fsync, a long poll): what is already written goes out
+                    // first, or it would wait too, behind a response it does not depend on.
+                    if writer.flush().await.is_err() {
+                        break;
+                    }
+                    (future.await, false)
+                }
+            },
         };
         let response = match encoded {
             Ok(bytes) => bytes,
@@ -261,6 +272,51 @@ mod tests {
     async fn read(bytes: &[u8], max: usize) -> Result<Option<BytesMut>, FrameError> {
         let mut reader = bytes;
         read_frame(&mut reader, max).await
+    }
+
+    #[tokio::test]
+    async fn a_written_response_is_sent_before_the_writer_waits_for_the_next() {
+        // Two pipelined requests: the first answered at once, the second waiting (an acks=all
+        // produce for a partition whose fsync is still running). The first answer must reach
+        // the client now, not sit in the write buffer until the second is ready.
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let mut client = TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (server, peer) = listener.accept().await.expect("accept");
+        let (_read_half, write_half) = server.into_split();
+        let (tx, rx) = mpsc::channel::<Response>(4);
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let first = bytes::Bytes::from_static(&[0, 0, 0, 4, 0, 0, 0, 1]);
+        let second = bytes::Bytes::from_static(&[0, 0, 0, 4, 0, 0, 0, 2]);
+        let queued = Arc::new(QueuedBytes::default());
+        queued.add(first.len());
+        tx.send(Response::Ready(Ok(first.clone())))
+            .await
+            .expect("queue");
+        let later = second.clone();
+        tx.send(Response::Waiting(Box::pin(async move {
+            let _ = released.await;
+            Ok(later)
+        })))
+        .await
+        .expect("queue");
+        let writer = tokio::spawn(write_responses(write_half, rx, queued, peer));
+
+        let mut got = [0u8; 8];
+        tokio::time::timeout(Duration::from_secs(10), client.read_exact(&mut got))
+            .await
+            .expect("the first response arrives while the second still waits")
+            .expect("read");
+        assert_eq!(&got[..], &first[..]);
+
+        release.send(()).expect("release");
+        client.read_exact(&mut got).await.expect("read");
+        assert_eq!(&got[..], &second[..], "then the second, in order");
+        drop(tx);
+        writer
+            .await
+            .expect("writer ends when the reader side is gone");
     }
 
     #[tokio::test]

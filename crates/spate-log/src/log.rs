@@ -11,7 +11,8 @@
 //!   ([`ReadPlan::load`]); a plan keeps its segment file open, so retention or truncation
 //!   running meanwhile is safe. A batch that fails its CRC is never served.
 //! - Recovery scans only the active segment (rolled segments were fsynced at roll), truncates
-//!   it at the first torn or corrupt byte, and rebuilds its indexes.
+//!   it at the first torn or corrupt byte, and rebuilds its indexes. So the flusher fsyncs the
+//!   active segment's log file only ([`SyncTarget`]), never its index files.
 //! - Two write paths: [`PartitionLog::append`] (leader: validates client input, deduplicates
 //!   idempotent retries, assigns offsets and the leader epoch) and
 //!   [`PartitionLog::append_as_follower`] (follower: stores the leader's batches byte for byte,
@@ -895,6 +896,12 @@ impl PartitionLog {
     }
 
     /// Files to fsync for everything written so far; `None` if all is flushed.
+    ///
+    /// Only the active segment's log file: its index files are derived data that recovery
+    /// rebuilds from a scan of that segment at every open, and a roll fsyncs them before the
+    /// segment stops being active. Leaving them out saves two serial fdatasyncs per
+    /// group-commit round (each ~0.4 ms here even with nothing new in them), which an
+    /// `acks=all` producer waits for.
     pub fn sync_target(&self) -> Option<SyncTarget> {
         if self.log_end <= self.flushed {
             return None;
@@ -902,11 +909,7 @@ impl PartitionLog {
         self.sync_issued
             .fetch_max(self.log_end.0, Ordering::Relaxed);
         Some(SyncTarget {
-            files: vec![
-                Arc::clone(&self.active_segment().file),
-                Arc::clone(&self.active.offset_index),
-                Arc::clone(&self.active.time_index),
-            ],
+            files: vec![Arc::clone(&self.active_segment().file)],
             offset: self.log_end,
         })
     }

@@ -709,6 +709,47 @@ fn sync_target_and_mark_flushed() {
 }
 
 #[test]
+fn a_flush_fsyncs_the_log_file_only_and_recovery_rebuilds_the_active_indexes() {
+    // Small index interval: every batch gets an index entry.
+    let dir = tempfile::tempdir().unwrap();
+    let c = cfg(1 << 20, 1);
+    let mut log = open(dir.path(), &c);
+    let mut written = Vec::new();
+    for i in 0..20 {
+        written.extend(append(&mut log, &[plain(2, i, 100)]));
+    }
+    let t = log.sync_target().unwrap();
+    assert_eq!(
+        t.files.len(),
+        1,
+        "one fdatasync per round: the active segment's log file"
+    );
+    t.sync().unwrap();
+    log.mark_flushed(t.offset);
+    assert_eq!(log.flushed_offset(), Offset(40));
+    drop(log);
+
+    // A power loss keeps the fsynced log file but none of the unsynced index bytes.
+    for suffix in [".index", ".timeindex"] {
+        for f in files(dir.path(), suffix) {
+            std::fs::write(&f, b"").unwrap();
+        }
+    }
+    let log = open(dir.path(), &c);
+    assert_eq!(log.log_end_offset(), Offset(40));
+    assert_eq!(read_all(&log), written);
+    // Reads from the middle use the rebuilt index.
+    let plan = log.plan_read(Offset(31), 1, Offset(40), true).unwrap();
+    assert_eq!(header(&plan.load().unwrap()).base_offset, Offset(30));
+    assert!(
+        files(dir.path(), ".index")
+            .iter()
+            .all(|f| std::fs::metadata(f).unwrap().len() > 0),
+        "index files rewritten at open"
+    );
+}
+
+#[test]
 fn delete_removes_the_directory() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("topic-0");

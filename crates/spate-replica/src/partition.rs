@@ -386,7 +386,15 @@ impl Partition {
         self.log_end.send_replace(leo);
         let (info, duplicate) = match outcome {
             AppendOutcome::Appended(info) => {
-                self.dirty.notify_one();
+                if acks_all && self.policy.fsync_acks_all {
+                    // The producer waits for this fsync: start it now. Its response is awaited
+                    // only when the connection's writer reaches it (responses go out in request
+                    // order), and a request for another partition queued ahead must not hold
+                    // this partition's fsync back until its own fsync is done.
+                    self.flush_now.notify_one();
+                } else {
+                    self.dirty.notify_one();
+                }
                 (info, false)
             }
             AppendOutcome::Duplicate(info) => (info, true),
@@ -1088,6 +1096,55 @@ mod tests {
             Offset(20),
             "single replica: the fsynced log end"
         );
+    }
+
+    #[tokio::test]
+    async fn an_acks_all_append_is_fsynced_before_anyone_waits_for_it() {
+        // A connection awaits its responses in request order, so the wait for this append may
+        // start only after an earlier request's fsync on another partition. Its own fsync must
+        // not wait for that: it starts at the append. The flush interval is far beyond the
+        // test's timeout, so only that start makes the data durable here.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = Partition::open(
+            dir.path(),
+            TopicPartition::new("t", 0),
+            uuid::Uuid::from_u128(7),
+            LogConfig::default(),
+            settings(),
+            FlushPolicy {
+                interval: Duration::from_secs(3_600),
+                fsync_acks_all: true,
+            },
+            0,
+        )
+        .expect("open");
+        p.apply(state(LOCAL, 0, &[LOCAL], &[LOCAL]), 0)
+            .expect("apply");
+        let mut hw = p.subscribe_high_watermark();
+
+        p.append(&mut batch(b"one", 1_000), false, 1_000)
+            .expect("append acks=1");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            p.high_watermark(),
+            Offset(0),
+            "acks=1 data waits for the flush interval"
+        );
+
+        let receipt = p
+            .append(&mut batch(b"all", 1_000), true, 1_000)
+            .expect("append acks=all");
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            hw.wait_for(|hw| *hw > receipt.last_offset),
+        )
+        .await
+        .expect("fsynced without a waiter asking for it")
+        .expect("open");
+        assert!(p.with_log(|l| Ok(l.flushed_offset())).expect("log") >= Offset(2));
+        p.wait_acks_all(receipt.last_offset)
+            .await
+            .expect("already durable");
     }
 
     #[tokio::test]
