@@ -171,6 +171,17 @@ impl Controller {
             answer = self.inner.peers.call(addr, request, timeout) => answer,
             now = leader_moved => return Err(ControllerError::NotLeader { leader: now }),
         };
+        if let Some(id) = raft::raft_id(leader) {
+            match &answer {
+                Ok(_) => self.inner.refusals.answered(id),
+                Err(CallError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::ConnectionRefused =>
+                {
+                    self.inner.refusals.refused(id)
+                }
+                Err(_) => {}
+            }
+        }
         match answer {
             Ok(Response::NotLeader { leader }) => Err(ControllerError::NotLeader { leader }),
             Ok(Response::Failed(failure)) => Err(ControllerError::PeerFailed {

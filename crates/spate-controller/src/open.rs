@@ -482,11 +482,29 @@ impl Controller {
     /// acknowledged was already fsynced. Idempotent; later `propose` calls fail with
     /// [`ControllerError::Stopped`].
     pub async fn shutdown(&self) -> Result<(), ControllerError> {
-        let mut lock = self.inner.lock.lock().await;
+        let lock = self.inner.lock.lock().await;
         if lock.is_none() {
             return Ok(());
         }
         hand_over_leadership(&self.inner).await;
+        self.stop(lock).await
+    }
+
+    /// Stops this node the way a crash looks to its peers: no hand-over of the controller
+    /// role, its port just closes. For tests of what the others do then.
+    #[doc(hidden)]
+    pub async fn halt(&self) -> Result<(), ControllerError> {
+        let lock = self.inner.lock.lock().await;
+        if lock.is_none() {
+            return Ok(());
+        }
+        self.stop(lock).await
+    }
+
+    async fn stop(
+        &self,
+        mut lock: tokio::sync::MutexGuard<'_, Option<File>>,
+    ) -> Result<(), ControllerError> {
         let _ = self.inner.tasks_stop.send(true);
         let result = self.inner.raft.shutdown().await;
         // Dropping the file releases the advisory lock.

@@ -403,7 +403,9 @@ pub(crate) struct Addresses {
 
 /// Which voters refused a connection to their controller port, and since when (this node's
 /// monotonic clock, ms): nothing listens there, so the process is gone (crashed, killed or
-/// restarting). Raft's connections record it and any answer from the voter clears it; the
+/// restarting). Raft's connections and this broker's calls to the active controller record
+/// it (the latter right after a controller dies, long before an election has anyone send it a
+/// vote request) and any answer from the voter clears it; the
 /// liveness core fences a broker that refuses and has not heartbeat since, without waiting out
 /// its session. A voter that is only unreachable (a partition, a paused process, a dead host)
 /// times out instead and is fenced by its session as before.
@@ -421,14 +423,14 @@ impl Refusals {
         }
     }
 
-    fn refused(&self, target: RaftNodeId) {
+    pub(crate) fn refused(&self, target: RaftNodeId) {
         let now = i64::try_from(self.clock.monotonic_ms()).unwrap_or(i64::MAX);
         if let Ok(mut since) = self.since_ms.lock() {
             since.entry(target).or_insert(now);
         }
     }
 
-    fn answered(&self, target: RaftNodeId) {
+    pub(crate) fn answered(&self, target: RaftNodeId) {
         if let Ok(mut since) = self.since_ms.lock() {
             since.remove(&target);
         }
