@@ -2,7 +2,8 @@
 //!
 //! Invariants: epochs strictly increase and start offsets do not decrease along the list. The
 //! checkpoint file uses Kafka's `leader-epoch-checkpoint` text format (version, count, then
-//! `epoch offset` lines). It is rewritten durably at roll, flush and truncation; an epoch that
+//! `epoch offset` lines). It is rewritten durably when it changed: at roll (before the segment
+//! stops being active), at truncation, when the log start moves and at flush; an epoch that
 //! starts in the active segment and is not yet checkpointed is recovered from the batches'
 //! `partitionLeaderEpoch` during the recovery scan.
 

@@ -621,12 +621,212 @@ fn truncating_into_a_gap_between_segments_then_appending_survives_a_crash() {
     assert_eq!(read_all(&log), vec![stored(0, 2, 1, 0), more[0].clone()]);
 }
 
+/// One fetch round as the replica shell runs it when fsync is required: append, fsync the sync
+/// target (outside the lock there), mark it flushed. Never `flush()`.
+fn append_and_sync(follower: &mut PartitionLog, bytes: &[u8]) {
+    follower.append_as_follower(bytes, 0).unwrap();
+    if let Some(target) = follower.sync_target() {
+        target.sync().unwrap();
+        follower.mark_flushed(target.offset);
+    }
+    assert_eq!(follower.flushed_offset(), follower.log_end_offset());
+}
+
+/// [`replicate`], one [`append_and_sync`] per fetch.
+fn replicate_synced(leader: &PartitionLog, follower: &mut PartitionLog, max_bytes: usize) {
+    loop {
+        let plan = leader
+            .plan_read(
+                follower.log_end_offset(),
+                max_bytes,
+                leader.log_end_offset(),
+                true,
+            )
+            .unwrap();
+        if plan.is_empty() {
+            break;
+        }
+        append_and_sync(follower, &plan.load().unwrap());
+    }
+}
+
+const EPOCH_CHECKPOINT: &str = "leader-epoch-checkpoint";
+const LOG_START_CHECKPOINT: &str = "log-start-offset-checkpoint";
+
+fn checkpointed_epochs(dir: &Path) -> Vec<(i32, i64)> {
+    std::fs::read_to_string(dir.join(EPOCH_CHECKPOINT))
+        .unwrap()
+        .lines()
+        .skip(2)
+        .map(|l| {
+            let mut parts = l.split_whitespace().map(|p| p.parse::<i64>().unwrap());
+            (parts.next().unwrap() as i32, parts.next().unwrap())
+        })
+        .collect()
+}
+
+fn base_of(path: &Path) -> i64 {
+    path.file_stem().unwrap().to_str().unwrap().parse().unwrap()
+}
+
+#[test]
+fn flush_writes_only_the_metadata_that_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let c = LogConfig::default();
+    let mut log = open(d, &c);
+    log.append_as_follower(&stored(0, 2, 1, 10), 0).unwrap();
+    log.flush().unwrap();
+    for name in [EPOCH_CHECKPOINT, LOG_START_CHECKPOINT] {
+        assert!(d.join(name).exists(), "{name} written at the first flush");
+    }
+    assert_eq!(files(d, ".snapshot").len(), 1);
+    let remove_all = || {
+        for p in files(d, ".snapshot") {
+            std::fs::remove_file(p).unwrap();
+        }
+        for name in [EPOCH_CHECKPOINT, LOG_START_CHECKPOINT] {
+            std::fs::remove_file(d.join(name)).unwrap();
+        }
+    };
+    remove_all();
+
+    tracing::info!("--- nothing changed: a flush writes no file");
+    log.flush().unwrap();
+    assert!(files(d, ".snapshot").is_empty());
+    assert!(!d.join(EPOCH_CHECKPOINT).exists());
+    assert!(!d.join(LOG_START_CHECKPOINT).exists());
+
+    tracing::info!("--- more data in the same epoch: only the producer snapshot at the new end");
+    log.append_as_follower(&stored(2, 1, 1, 10), 0).unwrap();
+    log.flush().unwrap();
+    assert_eq!(files(d, ".snapshot").len(), 1);
+    assert!(!d.join(EPOCH_CHECKPOINT).exists());
+    assert!(!d.join(LOG_START_CHECKPOINT).exists());
+
+    tracing::info!("--- a new epoch: the epoch checkpoint too");
+    log.append_as_follower(&stored(3, 1, 5, 10), 0).unwrap();
+    log.flush().unwrap();
+    assert_eq!(checkpointed_epochs(d), vec![(1, 0), (5, 3)]);
+    assert!(!d.join(LOG_START_CHECKPOINT).exists());
+
+    tracing::info!("--- DeleteRecords writes the log start at once, not at the next flush");
+    log.delete_records_before(Offset(2)).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(d.join(LOG_START_CHECKPOINT)).unwrap(),
+        "2\n"
+    );
+}
+
+#[test]
+fn a_follower_synced_per_fetch_recovers_epochs_producers_and_log_start_after_a_crash() {
+    let (ld, fd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let c = cfg(300, 0);
+    let mut leader = open(ld.path(), &c);
+    let mut follower = open(fd.path(), &c);
+    tracing::info!("--- epochs 1 and 2 and an idempotent producer, across rolled segments");
+    lead(&mut leader, &[plain(2, 0, 60)], 1);
+    lead(&mut leader, &[idem(7, 0, 0, 3)], 1);
+    lead(&mut leader, &[plain(2, 0, 60)], 2);
+    lead(&mut leader, &[idem(7, 0, 3, 2)], 2);
+    lead(&mut leader, &[plain(2, 0, 120)], 2);
+    lead(&mut leader, &[plain(2, 0, 60)], 2);
+    replicate_synced(&leader, &mut follower, 150);
+    assert!(files(fd.path(), ".log").len() > 1, "segments rolled");
+
+    tracing::info!("--- DeleteRecords reaches the follower");
+    assert_eq!(
+        follower.delete_records_before(Offset(6)).unwrap(),
+        Offset(6)
+    );
+
+    tracing::info!("--- epoch 4 starts in the active segment, with the producer's next batch");
+    lead(&mut leader, &[idem(7, 0, 5, 1)], 4);
+    lead(&mut leader, &[plain(1, 0, 10)], 4);
+    replicate_synced(&leader, &mut follower, 150);
+    let active_base = base_of(&files(fd.path(), ".log").pop().unwrap());
+    let (last_epoch, last_start) = *follower.leader_epochs().last().unwrap();
+    assert_eq!(last_epoch, LeaderEpoch(4));
+    assert!(
+        last_start.0 >= active_base,
+        "epoch 4 starts in the active segment"
+    );
+    assert!(
+        checkpointed_epochs(fd.path()).iter().all(|(e, _)| *e != 4),
+        "no checkpoint per fetch: epoch 4 must come back from the batches"
+    );
+    assert!(
+        files(fd.path(), ".snapshot")
+            .iter()
+            .all(|p| base_of(p) <= active_base),
+        "no producer snapshot per fetch"
+    );
+
+    tracing::info!("--- crash: drop without flush, reopen");
+    let epochs = follower.leader_epochs().to_vec();
+    let held = read_all(&follower);
+    let log_end = follower.log_end_offset();
+    drop(follower);
+    let mut follower = open(fd.path(), &c);
+    assert_eq!(follower.log_start_offset(), Offset(6));
+    assert_eq!(follower.log_end_offset(), log_end);
+    assert_eq!(read_all(&follower), held);
+    assert_eq!(follower.leader_epochs(), &epochs[..]);
+    for (epoch, _) in &epochs {
+        assert_eq!(
+            follower.epoch_end_offset(*epoch),
+            leader.epoch_end_offset(*epoch)
+        );
+    }
+
+    tracing::info!("--- promoted, it recognises the producer's retry and its next sequence");
+    let mut retry = idem(7, 0, 5, 1);
+    assert!(matches!(
+        follower.append(&mut retry, LeaderEpoch(5), 0).unwrap(),
+        AppendOutcome::Duplicate(_)
+    ));
+    let mut gap = idem(7, 0, 9, 1);
+    assert!(matches!(
+        follower.append(&mut gap, LeaderEpoch(5), 0),
+        Err(LogError::OutOfOrderSequence { expected: 6, .. })
+    ));
+}
+
+#[test]
+fn a_truncated_follower_synced_per_fetch_recovers_its_new_epochs_after_a_crash() {
+    let (ld, fd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let c = cfg(300, 0);
+    let mut leader = open(ld.path(), &c);
+    let mut follower = open(fd.path(), &c);
+    for _ in 0..4 {
+        lead(&mut leader, &[plain(2, 0, 60)], 1);
+    }
+    replicate_synced(&leader, &mut follower, 1 << 20);
+    tracing::info!("--- uncommitted epoch-2 data the new leader does not have, then truncation");
+    append_and_sync(&mut follower, &stored(8, 3, 2, 60));
+    follower.truncate_to(Offset(8)).unwrap();
+    tracing::info!("--- the epoch-3 leader's data is fetched into the active segment; crash");
+    for _ in 0..2 {
+        lead(&mut leader, &[plain(1, 0, 30)], 3);
+    }
+    replicate_synced(&leader, &mut follower, 1 << 20);
+    drop(follower);
+    let follower = open(fd.path(), &c);
+    assert_same_log(&leader, &follower);
+    assert_eq!(
+        follower.epoch_end_offset(LeaderEpoch(2)),
+        Some((LeaderEpoch(1), Offset(8)))
+    );
+}
+
 // ---- property test ----
 
 #[derive(Clone, Debug)]
 enum Op {
     /// Fetch at most this many bytes from the model leader.
     Fetch(usize),
+    /// Fetch, then fsync as the replica shell does per fetch (sync target, no `flush()`).
+    FetchAndSync(usize),
     /// Drop without flushing, cut the active segment anywhere past its flushed batches (a
     /// torn write), and reopen.
     Crash(u64),
@@ -637,9 +837,25 @@ enum Op {
     Truncate(usize),
 }
 
+/// The epoch cache `batches` (in log order) describe: each epoch's first batch.
+fn epochs_of(batches: &[Vec<u8>]) -> Vec<(LeaderEpoch, Offset)> {
+    let mut epochs: Vec<(LeaderEpoch, Offset)> = Vec::new();
+    for b in batches {
+        let h = header(b);
+        if epochs
+            .last()
+            .is_none_or(|(e, _)| h.partition_leader_epoch > *e)
+        {
+            epochs.push((h.partition_leader_epoch, h.base_offset));
+        }
+    }
+    epochs
+}
+
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        6 => (1usize..600).prop_map(Op::Fetch),
+        4 => (1usize..600).prop_map(Op::Fetch),
+        2 => (1usize..600).prop_map(Op::FetchAndSync),
         1 => any::<u64>().prop_map(Op::Crash),
         1 => Just(Op::FlushAndCrash),
         1 => any::<usize>().prop_map(Op::Truncate),
@@ -702,6 +918,13 @@ proptest! {
         for op in ops {
             match op {
                 Op::Fetch(max) => fetch(&mut log, max),
+                Op::FetchAndSync(max) => {
+                    fetch(&mut log, max);
+                    if let Some(target) = log.sync_target() {
+                        target.sync().unwrap();
+                        log.mark_flushed(target.offset);
+                    }
+                }
                 Op::Crash(cut) => {
                     let flushed = log.flushed_offset();
                     let held = read_all(&log);
@@ -741,19 +964,14 @@ proptest! {
             prop_assert_eq!(&got[..], &batches[..got.len()]);
             let held_end = got.last().map_or(Offset(0), |b| header(b).next_offset());
             prop_assert!(log.log_end_offset() >= held_end);
+            // Whatever crashed, the epoch cache is the one the held batches describe.
+            prop_assert_eq!(log.leader_epochs(), &epochs_of(&got)[..]);
         }
         while log.log_end_offset() < leader_end {
             fetch(&mut log, 1 << 20);
         }
         prop_assert_eq!(read_all(&log), batches.clone());
-        let mut epochs: Vec<(LeaderEpoch, Offset)> = Vec::new();
-        for b in &batches {
-            let h = header(b);
-            if epochs.last().is_none_or(|(e, _)| h.partition_leader_epoch > *e) {
-                epochs.push((h.partition_leader_epoch, h.base_offset));
-            }
-        }
-        prop_assert_eq!(log.leader_epochs(), &epochs[..]);
+        prop_assert_eq!(log.leader_epochs(), &epochs_of(&batches)[..]);
         drop(log);
         let log = open(dir.path(), &c);
         prop_assert_eq!(read_all(&log), batches);

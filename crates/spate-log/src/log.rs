@@ -13,6 +13,12 @@
 //! - Recovery scans only the active segment (rolled segments were fsynced at roll), truncates
 //!   it at the first torn or corrupt byte, and rebuilds its indexes. So the flusher fsyncs the
 //!   active segment's log file only ([`SyncTarget`]), never its index files.
+//! - Metadata is either rebuilt by recovery or written when it changes, never per flush:
+//!   leader epochs starting in the active segment come back from its batches (the checkpoint
+//!   is written at roll, before the segment stops being active, and at truncation); producer
+//!   state is the newest snapshot (written at roll) plus a replay of the batches after it; the
+//!   log start checkpoint is written by every change of the log start. So a [`SyncTarget`]
+//!   alone makes a follower's fetched batches as durable as a leader's appends.
 //! - Two write paths: [`PartitionLog::append`] (leader: validates client input, deduplicates
 //!   idempotent retries, assigns offsets and the leader epoch) and
 //!   [`PartitionLog::append_as_follower`] (follower: stores the leader's batches byte for byte,
@@ -181,6 +187,12 @@ pub struct PartitionLog {
     epochs: EpochCache,
     producers: ProducerStateManager,
     size_bytes: u64,
+    /// The log start in [`LOG_START_CHECKPOINT`] as this process last read or wrote it.
+    log_start_checkpointed: Option<Offset>,
+    /// The offset of the newest producer snapshot on disk that this process loaded or wrote,
+    /// `None` if there is none: [`PartitionLog::flush`] writes one only if this is not the log
+    /// end.
+    producer_snapshot_at: Option<Offset>,
     /// Compaction's first dirty offset: everything below it was compacted at least once.
     cleaner_checkpoint: Offset,
     /// Segments based below this offset may hold gaps written by the follower path; durable in
@@ -332,6 +344,8 @@ impl PartitionLog {
             sync_issued: AtomicI64::new(-1),
             epochs,
             producers: ProducerStateManager::default(),
+            log_start_checkpointed: checkpointed_start,
+            producer_snapshot_at: None,
             size_bytes,
             cleaner_checkpoint,
             gaps_below,
@@ -363,8 +377,14 @@ impl PartitionLog {
     /// after it.
     fn reload_producer_state(&mut self) -> Result<(), LogError> {
         let (state, from) = match ProducerStateManager::load_latest(&self.dir, self.log_end)? {
-            Some((state, at)) => (state, at.max(self.log_start)),
-            None => (ProducerStateManager::default(), self.log_start),
+            Some((state, at)) => {
+                self.producer_snapshot_at = Some(at);
+                (state, at.max(self.log_start))
+            }
+            None => {
+                self.producer_snapshot_at = None;
+                (ProducerStateManager::default(), self.log_start)
+            }
         };
         let mut state = state;
         self.for_each_header_from(from, |h| state.replay(h))?;
@@ -806,6 +826,11 @@ impl PartitionLog {
         self.active_segment().file.sync_data()?;
         self.active.offset_index.sync_data()?;
         self.active.time_index.sync_data()?;
+        // Recovery rebuilds only the active segment's epochs (from its batches); every epoch
+        // starting below it must be in the checkpoint before the segment stops being active.
+        if self.epochs.is_dirty() {
+            self.epochs.write_checkpoint(&self.dir)?;
+        }
 
         let (seg, oi, ti) = Segment::create(&self.dir, new_base)?;
         fsio::sync_dir(&self.dir)?;
@@ -825,9 +850,7 @@ impl PartitionLog {
         self.log_end = new_base;
         self.flushed = self.flushed.max(new_base);
         self.producers.write_snapshot(&self.dir, new_base)?;
-        if self.epochs.is_dirty() {
-            self.epochs.write_checkpoint(&self.dir)?;
-        }
+        self.producer_snapshot_at = Some(new_base);
         tracing::debug!(dir = ?self.dir, segment = new_base.0, "rolled segment");
         Ok(())
     }
@@ -929,7 +952,10 @@ impl PartitionLog {
         self.flushed
     }
 
-    /// fsyncs everything and writes the producer snapshot and checkpoints (shutdown).
+    /// fsyncs the active segment and its index files, then writes what changed since it was
+    /// last written: a producer snapshot at the log end, the leader epoch checkpoint, the log
+    /// start checkpoint (shutdown, and the open of a recovered log). None of those writes is
+    /// needed for durability (see the module docs); they spare the next open a replay.
     pub fn flush(&mut self) -> Result<(), LogError> {
         if self.active.index_files_stale {
             let (oi, ti) = write_index_files(
@@ -945,10 +971,17 @@ impl PartitionLog {
         self.active_segment().file.sync_data()?;
         self.active.offset_index.sync_data()?;
         self.active.time_index.sync_data()?;
-        self.producers.write_snapshot(&self.dir, self.log_end)?;
-        self.epochs.write_checkpoint(&self.dir)?;
-        write_log_start(&self.dir, self.log_start)?;
         self.flushed = self.log_end;
+        if self.producer_snapshot_at != Some(self.log_end) {
+            self.producers.write_snapshot(&self.dir, self.log_end)?;
+            self.producer_snapshot_at = Some(self.log_end);
+        }
+        if self.epochs.is_dirty() {
+            self.epochs.write_checkpoint(&self.dir)?;
+        }
+        if self.log_start_checkpointed != Some(self.log_start) {
+            self.checkpoint_log_start()?;
+        }
         Ok(())
     }
 
@@ -1058,8 +1091,11 @@ impl PartitionLog {
         if offset <= self.log_start {
             return Ok(self.log_start);
         }
+        // Durable before anything acts on it: a failed write leaves the log start where it was,
+        // and the follower retries with the next Fetch response.
+        write_log_start(&self.dir, offset)?;
         self.log_start = offset;
-        write_log_start(&self.dir, self.log_start)?;
+        self.log_start_checkpointed = Some(offset);
         let doomed: Vec<Offset> = self
             .segments
             .values()
@@ -1069,6 +1105,15 @@ impl PartitionLog {
         self.delete_segments(&doomed)?;
         self.after_log_start_raised()?;
         Ok(self.log_start)
+    }
+
+    /// Makes the in-memory log start durable. Every change of the log start writes it at once
+    /// (DeleteRecords before it deletes anything), so a crash never brings back records below
+    /// a log start this replica reported, and [`PartitionLog::flush`] need not rewrite it.
+    fn checkpoint_log_start(&mut self) -> io::Result<()> {
+        write_log_start(&self.dir, self.log_start)?;
+        self.log_start_checkpointed = Some(self.log_start);
+        Ok(())
     }
 
     fn after_log_start_raised(&mut self) -> Result<(), LogError> {
@@ -1163,7 +1208,7 @@ impl PartitionLog {
         let first = self.segments.keys().next().copied().unwrap_or(self.log_end);
         if first > self.log_start {
             self.log_start = first;
-            write_log_start(&self.dir, self.log_start)?;
+            self.checkpoint_log_start()?;
             self.after_log_start_raised()?;
         }
         outcome.segments_deleted = count;
@@ -1414,7 +1459,7 @@ impl PartitionLog {
             if self.log_end < self.log_start {
                 // The cut batch also held the log start; keep log start ≤ log end.
                 self.log_start = self.log_end;
-                write_log_start(&self.dir, self.log_start)?;
+                self.checkpoint_log_start()?;
             }
         }
         self.after_truncation()?;
@@ -1456,7 +1501,7 @@ impl PartitionLog {
         self.log_start = offset;
         self.log_end = offset;
         self.flushed = offset;
-        write_log_start(&self.dir, offset)?;
+        self.checkpoint_log_start()?;
         Ok(())
     }
 

@@ -692,8 +692,18 @@ impl Partition {
         })
     }
 
-    /// This follower's log position, for its fetcher.
+    /// This follower's log position, for its fetcher. Its log end is the next fetch offset,
+    /// which the leader counts as durable here: after a failed fsync (when fsync is required)
+    /// it is refused with [`ReplicaError::Storage`], so the replica stops fetching.
     pub fn follower_position(&self) -> Result<FollowerPosition, ReplicaError> {
+        if self.policy.fsync_acks_all {
+            if let Err(failure) = &*self.flushed.borrow() {
+                return Err(ReplicaError::Storage {
+                    tp: self.tp.clone(),
+                    failure: failure.clone(),
+                });
+            }
+        }
         let core = self.core()?;
         let (log_end, log_start, last_epoch) = self.with_log(|log| {
             Ok((
@@ -767,15 +777,25 @@ impl Partition {
     /// fsync is required the batches are fsynced before this returns, so the follower's next
     /// fetch offset tells the leader they are durable here. Then the leader's high watermark
     /// is taken in. Blocking disk work (the fsync): run it on the blocking pool.
+    ///
+    /// The fsync is the leader flusher's: the active segment's log file only
+    /// ([`PartitionLog::sync_target`]; a roll during the append already fsynced what it closed),
+    /// taken under the log lock and run outside both locks, so consumers and replica fetches
+    /// are not held up by it. No checkpoint is written per fetch: recovery rebuilds the active
+    /// segment's epochs and producer state from its batches, and the log start is checkpointed
+    /// when it moves (see `spate_log::log`). A failed fsync is sticky, as the flusher's: the
+    /// partition stops fetching ([`Partition::follower_position`] refuses), since its log end
+    /// would otherwise be reported to the leader as durable.
     pub fn append_from_leader(
         &self,
         records: &[u8],
         leader_high_watermark: Offset,
         now_ms: i64,
     ) -> Result<Vec<Command>, ReplicaError> {
+        let fsync = self.policy.fsync_acks_all;
         let mut core = self.core()?;
         self.check_follower(&core)?;
-        let (appended, log_end) = {
+        let (appended, log_end, target) = {
             let mut guard = self.lock()?;
             let log = guard
                 .as_mut()
@@ -789,23 +809,42 @@ impl Partition {
                             source: other,
                         },
                     })?;
-            if appended.is_some() && self.policy.fsync_acks_all {
-                log.flush()?;
-            }
-            (appended, log.log_end_offset())
+            let target = if appended.is_some() && fsync {
+                log.sync_target()
+            } else {
+                None
+            };
+            (appended, log.log_end_offset(), target)
         };
         let mut commands = Vec::new();
         if appended.is_some() {
             commands.extend(self.step(&mut core, now_ms, Event::LogEndChanged { log_end }));
-            if self.policy.fsync_acks_all {
-                commands.extend(self.step(&mut core, now_ms, Event::Flushed { flushed: log_end }));
-                self.flushed.send_if_modified(|f| match f {
-                    Ok(offset) if *offset < log_end => {
-                        *offset = log_end;
-                        true
-                    }
-                    _ => false,
+        }
+        if let Some(target) = target {
+            drop(core);
+            let offset = target.offset;
+            if let Err(e) = target.sync() {
+                let failure = FlushFailure(e.to_string());
+                tracing::error!(partition = %self.tp, %failure, "fsync of fetched records failed; this replica stops fetching");
+                let _ = self.flushed.send_replace(Err(failure.clone()));
+                return Err(ReplicaError::Storage {
+                    tp: self.tp.clone(),
+                    failure,
                 });
+            }
+            core = self.core()?;
+            // Ignored if the log was truncated meanwhile; the log's flushed offset says what
+            // is durable either way.
+            self.with_log(|log| {
+                log.mark_flushed(offset);
+                Ok(())
+            })?;
+        }
+        if appended.is_some() {
+            if fsync {
+                let flushed = self.with_log(|log| Ok(log.flushed_offset()))?;
+                commands.extend(self.step(&mut core, now_ms, Event::Flushed { flushed }));
+                self.publish_flushed(flushed);
             } else {
                 self.dirty.notify_one();
             }
@@ -820,6 +859,18 @@ impl Partition {
         drop(core);
         self.log_end.send_replace(log_end);
         Ok(commands)
+    }
+
+    /// Raises the published flushed offset to `offset` (never lowers it, never clears a
+    /// failure).
+    fn publish_flushed(&self, offset: Offset) {
+        self.flushed.send_if_modified(|flushed| match flushed {
+            Ok(current) if offset > *current => {
+                *current = offset;
+                true
+            }
+            _ => false,
+        });
     }
 
     pub fn log_start_offset(&self) -> Result<Offset, ReplicaError> {
@@ -931,13 +982,7 @@ impl Partition {
             Err(e) => return Err(failure(&e)),
         };
         if let Some(offset) = flushed {
-            self.flushed.send_if_modified(|flushed| match flushed {
-                Ok(current) if offset > *current => {
-                    *current = offset;
-                    true
-                }
-                _ => false,
-            });
+            self.publish_flushed(offset);
             if let Ok(mut core) = self.core() {
                 // Commands from a flush are only high watermark moves, handled in `step`.
                 let _ = self.step(&mut core, 0, Event::Flushed { flushed: offset });
@@ -1520,6 +1565,95 @@ mod tests {
             state(OTHER, 0, &[OTHER, LOCAL], &[OTHER, LOCAL]),
         );
         assert_eq!(reopened.high_watermark(), Offset(2));
+    }
+
+    /// Files in `dir` whose name ends with `suffix`.
+    fn named(dir: &Path, suffix: &str) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .expect("read dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(suffix))
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[tokio::test]
+    async fn a_follower_fetch_fsyncs_its_records_and_writes_no_checkpoint() {
+        tracing::info!("--- the leader writes in epochs 0 and 2");
+        let leader_dir = tempfile::tempdir().expect("tempdir");
+        let leader = open(leader_dir.path(), LogConfig::default());
+        for v in [b"a", b"b"] {
+            leader
+                .append(&mut batch(v, 1_000), true, 1_000)
+                .expect("append");
+        }
+        leader
+            .apply(state(LOCAL, 2, &[LOCAL], &[LOCAL]), 0)
+            .expect("apply");
+        leader
+            .append(&mut batch(b"c", 1_000), true, 1_000)
+            .expect("append");
+        leader.wait_acks_all(Offset(2)).await.expect("durable");
+        let bytes = leader
+            .read(Offset(0), 1 << 20, true)
+            .expect("read")
+            .plan
+            .load()
+            .expect("load");
+
+        tracing::info!(
+            "--- one fetch round on the follower: records fsynced, no checkpoint written"
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let f = open_as(
+            dir.path(),
+            LogConfig::default(),
+            state(OTHER, 2, &[OTHER, LOCAL], &[OTHER, LOCAL]),
+        );
+        f.append_from_leader(&bytes, Offset(3), 1_000)
+            .expect("follower append");
+        assert_eq!(
+            f.with_log(|l| Ok(l.flushed_offset())).expect("log"),
+            Offset(3)
+        );
+        assert!(matches!(*f.flushed.borrow(), Ok(Offset(3))), "published");
+        assert_eq!(f.high_watermark(), Offset(3));
+        for suffix in ["checkpoint", ".snapshot"] {
+            assert_eq!(named(dir.path(), suffix), Vec::<String>::new(), "{suffix}");
+        }
+
+        tracing::info!("--- crash (no close, no flush): the log reopens with its data and epochs");
+        drop(f);
+        let log = PartitionLog::open(dir.path(), LogConfig::default(), 0).expect("reopen");
+        assert_eq!(log.log_end_offset(), Offset(3));
+        assert_eq!(
+            log.leader_epochs(),
+            &[(LeaderEpoch(0), Offset(0)), (LeaderEpoch(2), Offset(2))]
+        );
+        let plan = log
+            .plan_read(Offset(0), 1 << 20, Offset(3), true)
+            .expect("plan");
+        assert_eq!(plan.load().expect("load"), bytes);
+    }
+
+    #[tokio::test]
+    async fn a_follower_whose_fsync_failed_stops_fetching() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let f = open_as(
+            dir.path(),
+            LogConfig::default(),
+            state(OTHER, 0, &[OTHER, LOCAL], &[OTHER, LOCAL]),
+        );
+        assert!(f.follower_position().is_ok());
+        tracing::info!(
+            "--- an fsync failed: the log end may not be durable, so it is not a fetch offset"
+        );
+        let _ = f.flushed.send_replace(Err(FlushFailure("EIO".to_owned())));
+        assert!(matches!(
+            f.follower_position(),
+            Err(ReplicaError::Storage { .. })
+        ));
     }
 
     async fn join_in_order<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
