@@ -299,6 +299,7 @@ mod tests {
         let seams = Seams {
             clock: clock.clone(),
             ids: Arc::new(SeededIds::new(42)),
+            ..Seams::system()
         };
         let config = ControllerConfig {
             broker_session_timeout_ms: SESSION_MS,

@@ -106,7 +106,7 @@ impl Controller {
         }
         let multi_voter = voters.len() > 1;
         let listener = match config.listen {
-            Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            Some(addr) => Some(seams.net.bind(addr).await.map_err(|e| {
                 ControllerError::io(format!("listening for controllers on {addr}"), e)
             })?),
             None if multi_voter => return Err(ControllerError::NoListener),
@@ -154,6 +154,7 @@ impl Controller {
                 },
                 identity.clone(),
                 refusals.clone(),
+                seams.net.clone(),
             ),
             log_store,
             state_machine,
@@ -176,7 +177,7 @@ impl Controller {
                 )),
                 refusals,
                 config,
-                peers: Peers::new(identity.clone()),
+                peers: Peers::new(identity.clone(), seams.net.clone()),
                 identity,
                 image_rx,
                 broker_epoch: AtomicU64::new(0),

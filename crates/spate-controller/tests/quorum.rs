@@ -418,6 +418,73 @@ async fn a_new_controller_fences_its_crashed_predecessor_without_a_full_session(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quorum_runs_over_an_in_process_network() {
+    // The network seam: three voters in this process on addresses no socket holds, talking
+    // through `MemoryNetwork`'s pipes (what the simulator builds on). A crashed voter's port
+    // closes there as on TCP, so the refusal fencing works the same.
+    let net = spate_types::MemoryNetwork::new();
+    let root = tempfile::tempdir().expect("tempdir");
+    let addrs: BTreeMap<NodeId, SocketAddr> = (1..=3)
+        .map(|i| (NodeId(i), format!("10.9.0.{i}:9093").parse().expect("addr")))
+        .collect();
+    let opens = addrs.keys().map(|id| {
+        let cfg = config_with_session(&addrs, *id, LONG_SESSION_MS);
+        let dir = root.path().join(format!("node-{}", id.0));
+        let seams = spate_types::Seams {
+            net: std::sync::Arc::new(net.clone()),
+            ..spate_types::Seams::system()
+        };
+        let id = *id;
+        tokio::spawn(async move {
+            (
+                id,
+                Controller::open_with_seams(&dir, id, endpoint(id), cfg, seams).await,
+            )
+        })
+    });
+    let mut nodes = BTreeMap::new();
+    for handle in opens.collect::<Vec<_>>() {
+        let (id, result) = handle.await.expect("join");
+        nodes.insert(id, result.expect("open voter"));
+    }
+    for node in nodes.values() {
+        let mut rx = node.subscribe();
+        tokio::time::timeout(
+            WAIT,
+            rx.wait_for(|i| i.brokers.len() == 3 && i.fenced.is_empty()),
+        )
+        .await
+        .expect("every broker live")
+        .expect("image");
+    }
+    let any = nodes.values().next().expect("node").clone();
+    let outcome = any.propose(create("t", 3)).await.expect("create");
+    assert!(matches!(outcome, MetadataOutcome::TopicCreated { .. }));
+
+    let leader = any.leader().expect("leader");
+    nodes
+        .remove(&leader)
+        .expect("leader")
+        .halt()
+        .await
+        .expect("halt");
+    for node in nodes.values() {
+        let mut rx = node.subscribe();
+        tokio::time::timeout(WAIT, rx.wait_for(|i| i.fenced.contains(&leader)))
+            .await
+            .expect("the crashed controller fenced by its successor, long before its session")
+            .expect("image");
+    }
+    let survivor = nodes.values().next().expect("survivor");
+    assert_ne!(survivor.leader(), Some(leader));
+    let outcome = survivor.propose(create("after", 2)).await.expect("propose");
+    assert!(matches!(outcome, MetadataOutcome::TopicCreated { .. }));
+    for node in nodes.values() {
+        node.shutdown().await.expect("shutdown");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopping_controller_hands_its_role_over_first() {
     let mut cluster = Cluster::start_live(3).await;
     let leader = cluster.leader();

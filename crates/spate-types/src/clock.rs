@@ -1,5 +1,5 @@
-//! Seams for the two sources of nondeterminism the shells around the cores read directly: the
-//! clock and fresh ids.
+//! Seams for the sources of nondeterminism the shells around the cores read directly: the clock
+//! and fresh ids (here) and the network ([`crate::net`]).
 //!
 //! A component that needs the time or a new UUID holds an `Arc<dyn Clock>` or an
 //! `Arc<dyn IdSource>` given to it at construction instead of calling `SystemTime::now`,
@@ -22,14 +22,17 @@ use uuid::Uuid;
 pub struct Seams {
     pub clock: Arc<dyn Clock>,
     pub ids: Arc<dyn IdSource>,
+    /// See [`crate::net`].
+    pub net: Arc<dyn crate::net::Network>,
 }
 
 impl Seams {
-    /// The operating system's clock and random ids.
+    /// The operating system's clock, random ids and TCP.
     pub fn system() -> Seams {
         Seams {
             clock: Arc::new(SystemClock),
             ids: Arc::new(RandomIds),
+            net: Arc::new(crate::net::TcpNetwork),
         }
     }
 }

@@ -1,5 +1,5 @@
-//! Identifiers, limits and the seams for time and fresh ids ([`clock`]) shared by every Spate
-//! crate.
+//! Identifiers, limits and the seams for time and fresh ids ([`clock`]) and the network
+//! ([`net`]) shared by every Spate crate.
 //!
 //! Ids are newtypes so that an offset is never passed where a leader epoch is expected. The
 //! inner value is public because these cross the wire as plain Kafka integers.
@@ -8,8 +8,10 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 
 pub mod clock;
+pub mod net;
 
 pub use clock::{Clock, IdSource, ManualClock, RandomIds, Seams, SeededIds, SystemClock};
+pub use net::{BoxConn, Listener, MemoryNetwork, Network, TcpNetwork};
 
 macro_rules! id_newtype {
     ($(#[$doc:meta])* $name:ident($inner:ty)) => {

@@ -37,6 +37,7 @@ use openraft::raft::{
 use openraft::{BasicNode, OptionalSend, RaftNetworkV2};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use spate_types::net::{BoxConn, Listener, Network};
 use spate_types::{Clock, NodeId};
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -44,7 +45,6 @@ use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
 /// Sent once by the client after connecting: magic and protocol version.
@@ -285,16 +285,15 @@ impl Identity {
 }
 
 type Stream = (
-    BufReader<tokio::net::tcp::OwnedReadHalf>,
-    BufWriter<tokio::net::tcp::OwnedWriteHalf>,
+    BufReader<tokio::io::ReadHalf<BoxConn>>,
+    BufWriter<tokio::io::WriteHalf<BoxConn>>,
 );
 
-async fn connect(addr: &str, identity: &Identity) -> io::Result<Stream> {
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+async fn connect(net: &dyn Network, addr: &str, identity: &Identity) -> io::Result<Stream> {
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, net.connect(addr))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
-    stream.set_nodelay(true)?;
-    let (read, write) = stream.into_split();
+    let (read, write) = tokio::io::split(stream);
     let mut write = BufWriter::new(write);
     write.write_all(&identity.preface()).await?;
     Ok((BufReader::new(read), write))
@@ -331,17 +330,19 @@ async fn exchange(
 
 /// Outbound calls to other controllers for proposals and heartbeats, with a few idle
 /// connections kept per address. Raft's own RPCs use [`Connection`]s instead.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub(crate) struct Peers {
     idle: Arc<Mutex<BTreeMap<String, Vec<Stream>>>>,
     identity: Identity,
+    net: Arc<dyn Network>,
 }
 
 impl Peers {
-    pub(crate) fn new(identity: Identity) -> Self {
+    pub(crate) fn new(identity: Identity, net: Arc<dyn Network>) -> Self {
         Self {
             idle: Default::default(),
             identity,
+            net,
         }
     }
 
@@ -370,7 +371,7 @@ impl Peers {
                     Err(e) => return Err(e),
                 }
             }
-            let mut stream = connect(addr, &self.identity).await?;
+            let mut stream = connect(self.net.as_ref(), addr, &self.identity).await?;
             let response = exchange(&mut stream, request, addr, &self.identity).await?;
             Ok::<_, io::Error>((stream, response))
         };
@@ -452,14 +453,21 @@ pub(crate) struct NetworkFactory {
     addresses: Addresses,
     identity: Identity,
     refusals: Refusals,
+    net: Arc<dyn Network>,
 }
 
 impl NetworkFactory {
-    pub(crate) fn new(addresses: Addresses, identity: Identity, refusals: Refusals) -> Self {
+    pub(crate) fn new(
+        addresses: Addresses,
+        identity: Identity,
+        refusals: Refusals,
+        net: Arc<dyn Network>,
+    ) -> Self {
         Self {
             addresses,
             identity,
             refusals,
+            net,
         }
     }
 }
@@ -480,6 +488,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             stream: None,
             identity: self.identity.clone(),
             refusals: self.refusals.clone(),
+            net: self.net.clone(),
         }
     }
 }
@@ -491,6 +500,7 @@ pub(crate) struct Connection {
     stream: Option<Stream>,
     identity: Identity,
     refusals: Refusals,
+    net: Arc<dyn Network>,
 }
 
 /// Errors that say a connection that was open is now closed by the peer (its process may have
@@ -518,7 +528,8 @@ impl Connection {
             let reused = self.stream.is_some();
             for fresh in [!reused, true] {
                 if fresh {
-                    self.stream = Some(connect(&self.addr, &self.identity).await?);
+                    self.stream =
+                        Some(connect(self.net.as_ref(), &self.addr, &self.identity).await?);
                 }
                 let Some(stream) = self.stream.as_mut() else {
                     return Err(io::Error::other("no stream"));
@@ -656,7 +667,7 @@ pub(crate) type Handler =
 
 /// Accepts controller connections until `shutdown`; each is served by its own task.
 pub(crate) async fn serve(
-    listener: TcpListener,
+    listener: Box<dyn Listener>,
     handler: Handler,
     identity: Identity,
     mut shutdown: watch::Receiver<bool>,
@@ -697,12 +708,11 @@ pub(crate) async fn serve(
 }
 
 async fn serve_connection(
-    stream: TcpStream,
+    stream: BoxConn,
     handler: &Handler,
     identity: &Identity,
 ) -> io::Result<()> {
-    stream.set_nodelay(true)?;
-    let (read, write) = stream.into_split();
+    let (read, write) = tokio::io::split(stream);
     let mut read = BufReader::new(read);
     let mut write = BufWriter::new(write);
     let mut preface = [0u8; PREFACE.len()];
@@ -846,7 +856,10 @@ mod tests {
 
     #[tokio::test]
     async fn garbage_on_the_controller_port_closes_the_connection() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = spate_types::TcpNetwork
+            .bind("127.0.0.1:0".parse().expect("addr"))
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let counter = served.clone();
@@ -859,7 +872,7 @@ mod tests {
         let server = tokio::spawn(serve(listener, handler, ours, stop_rx));
 
         // An HTTP request instead of the preface: closed, nothing served.
-        let mut s = TcpStream::connect(addr).await.expect("connect");
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
         s.write_all(b"GET / HTTP/1.1\r\n\r\n").await.expect("write");
         let mut rest = Vec::new();
         let n = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest))
@@ -869,7 +882,7 @@ mod tests {
         assert_eq!(n, 0, "nothing is answered to garbage");
 
         // The right preface and then a huge length: closed too.
-        let mut s = TcpStream::connect(addr).await.expect("connect");
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
         s.write_all(PREFACE).await.expect("preface");
         s.write_all(&[0]).await.expect("no cluster id");
         s.write_all(&u32::MAX.to_be_bytes()).await.expect("len");
@@ -888,7 +901,7 @@ mod tests {
             want_shutdown: false,
         };
         let stranger_identity = Identity::new(Some("cluster-b".into()));
-        let stranger = Peers::new(stranger_identity.clone());
+        let stranger = Peers::new(stranger_identity.clone(), Arc::new(spate_types::TcpNetwork));
         let e = stranger
             .call(
                 &addr.to_string(),
@@ -916,7 +929,7 @@ mod tests {
         assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 0);
 
         // A real call still works, from a node of this cluster or one that knows none yet.
-        let fresh = Peers::new(Identity::new(None));
+        let fresh = Peers::new(Identity::new(None), Arc::new(spate_types::TcpNetwork));
         assert!(matches!(
             fresh
                 .call(
@@ -927,7 +940,10 @@ mod tests {
                 .await,
             Ok(Response::Failed(_))
         ));
-        let peers = Peers::new(Identity::new(Some("cluster-a".into())));
+        let peers = Peers::new(
+            Identity::new(Some("cluster-a".into())),
+            Arc::new(spate_types::TcpNetwork),
+        );
         let hb = BrokerHeartbeat {
             node: NodeId(1),
             broker_epoch: 1,
