@@ -28,10 +28,10 @@ use crate::error::{check, ClientError, ProtocolError, Waiting};
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, ApiVersionsResponse};
 use kafka_protocol::protocol::{Request, StrBytes, VersionRange};
+use spate_types::net::{BoxConn, Network, TcpNetwork};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 /// The ApiVersions software name (KIP-511): this library, whatever the client id.
@@ -98,7 +98,7 @@ impl Deadline {
 /// One connection to one broker, with the versions it supports.
 pub struct Connection {
     addr: String,
-    stream: TcpStream,
+    stream: BoxConn,
     client_id: StrBytes,
     next_correlation_id: i32,
     /// Broker-supported version range per API key.
@@ -113,13 +113,23 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// Connects and negotiates versions; all of it ends by `deadline`.
+    /// Connects over TCP and negotiates versions; all of it ends by `deadline`.
     pub async fn connect(
         addr: &str,
         config: &ClientConfig,
         deadline: Deadline,
     ) -> Result<Connection, ClientError> {
-        let stream = match tokio::time::timeout_at(deadline.at(), TcpStream::connect(addr)).await {
+        Connection::connect_via(&TcpNetwork, addr, config, deadline).await
+    }
+
+    /// [`Connection::connect`] over `net` (the network seam: TCP, or an in-process network).
+    pub async fn connect_via(
+        net: &dyn Network,
+        addr: &str,
+        config: &ClientConfig,
+        deadline: Deadline,
+    ) -> Result<Connection, ClientError> {
+        let stream = match tokio::time::timeout_at(deadline.at(), net.connect(addr)).await {
             Err(_) => {
                 return Err(ClientError::TimedOut {
                     addr: addr.to_owned(),
@@ -135,10 +145,6 @@ impl Connection {
             }
             Ok(Ok(stream)) => stream,
         };
-        stream.set_nodelay(true).map_err(|error| ClientError::Io {
-            addr: addr.to_owned(),
-            error,
-        })?;
         let mut connection = Connection {
             addr: addr.to_owned(),
             stream,

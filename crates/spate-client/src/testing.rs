@@ -1,6 +1,7 @@
 //! A scripted Kafka broker for tests (feature `testing`, and this crate's own tests).
 //!
-//! It listens on a free loopback port, reads request frames, and checks each request's version
+//! It listens on a free loopback port (or an address of an in-process network), reads request
+//! frames, and checks each request's version
 //! against the ranges it was started with: an ApiVersions request above its own range is
 //! refused as KIP-511 says (UNSUPPORTED_VERSION, body in v0 form, with the ranges), and any
 //! other request outside what was offered fails the test (the broker panics and drops the
@@ -13,9 +14,10 @@ use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::{ApiKey, ApiVersionsResponse, RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request};
+use spate_types::net::{BoxConn, Network, TcpNetwork};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 
 /// Kafka's UNSUPPORTED_VERSION.
 const UNSUPPORTED_VERSION: i16 = 35;
@@ -66,7 +68,21 @@ impl ScriptedBroker {
     where
         F: FnMut(&Received) -> Bytes + Send + 'static,
     {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        ScriptedBroker::start_on(&TcpNetwork, loopback, versions, handler).await
+    }
+
+    /// [`ScriptedBroker::start`] listening on `addr` of `net` (an in-process network, say).
+    pub async fn start_on<F>(
+        net: &dyn Network,
+        addr: SocketAddr,
+        versions: Vec<(ApiKey, i16, i16)>,
+        handler: F,
+    ) -> ScriptedBroker
+    where
+        F: FnMut(&Received) -> Bytes + Send + 'static,
+    {
+        let listener = net.bind(addr).await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let versions: Arc<[(ApiKey, i16, i16)]> = versions.into();
         let handler = Arc::new(Mutex::new(handler));
@@ -83,7 +99,7 @@ impl ScriptedBroker {
 }
 
 async fn serve<F>(
-    mut stream: TcpStream,
+    mut stream: BoxConn,
     port: i32,
     versions: Arc<[(ApiKey, i16, i16)]>,
     handler: Arc<Mutex<F>>,

@@ -11,12 +11,12 @@ use crate::broker::{Broker, MEMORY_PERMIT_BYTES};
 use crate::probe;
 use bytes::BytesMut;
 use spate_types::limits::IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX;
+use spate_types::net::{BoxConn, BoxWrite, Listener};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
@@ -30,7 +30,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 ///
 /// Cancel safety: not cancel safe; run it as its own task and stop it through `shutdown`.
 pub async fn serve(
-    listener: TcpListener,
+    listener: Box<dyn Listener>,
     broker: Arc<Broker>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -77,13 +77,12 @@ pub(crate) enum FrameError {
 }
 
 async fn connection(
-    stream: TcpStream,
+    stream: BoxConn,
     peer: SocketAddr,
     broker: Arc<Broker>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let _ = stream.set_nodelay(true);
-    let (read_half, write_half) = stream.into_split();
+    let (read_half, write_half) = stream.into_halves();
     let (tx, rx) = mpsc::channel::<Response>(IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX);
     let queued = Arc::new(QueuedBytes::default());
     let writer = tokio::spawn(write_responses(write_half, rx, queued.clone(), peer));
@@ -221,7 +220,7 @@ impl QueuedBytes {
 }
 
 async fn write_responses(
-    write_half: tokio::net::tcp::OwnedWriteHalf,
+    write_half: BoxWrite,
     mut rx: mpsc::Receiver<Response>,
     queued: Arc<QueuedBytes>,
     peer: SocketAddr,
@@ -279,12 +278,14 @@ mod tests {
         // Two pipelined requests: the first answered at once, the second waiting (an acks=all
         // produce for a partition whose fsync is still running). The first answer must reach
         // the client now, not sit in the write buffer until the second is ready.
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let mut client = TcpStream::connect(listener.local_addr().expect("addr"))
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let mut client = tokio::net::TcpStream::connect(listener.local_addr().expect("addr"))
             .await
             .expect("connect");
         let (server, peer) = listener.accept().await.expect("accept");
-        let (_read_half, write_half) = server.into_split();
+        let (_read_half, write_half) = spate_types::net::Conn::into_halves(Box::new(server));
         let (tx, rx) = mpsc::channel::<Response>(4);
         let (release, released) = tokio::sync::oneshot::channel::<()>();
         let first = bytes::Bytes::from_static(&[0, 0, 0, 4, 0, 0, 0, 1]);

@@ -79,6 +79,8 @@ pub struct FetcherSettings {
     /// [`CONNECTION_BACKOFF_MAX_MS`]). Kafka's default is 1000 ms with no doubling; a shorter
     /// first wait lets followers reach a new leader sooner after a leader change.
     pub backoff_ms: u64,
+    /// How connections to leaders are opened (the node's `Seams::net`).
+    pub net: Arc<dyn spate_types::Network>,
 }
 
 impl Default for FetcherSettings {
@@ -89,6 +91,7 @@ impl Default for FetcherSettings {
             response_max_bytes: 10 * 1024 * 1024,
             request_timeout_ms: 30_000,
             backoff_ms: 100,
+            net: Arc::new(spate_types::TcpNetwork),
         }
     }
 }
@@ -595,7 +598,8 @@ impl Task {
             }
         }
         let deadline = Deadline::after_ms(self.settings.request_timeout_ms);
-        let connecting = Connection::connect(&address, &self.client, deadline);
+        let connecting =
+            Connection::connect_via(self.settings.net.as_ref(), &address, &self.client, deadline);
         match until_stopped(&self.stop, connecting).await {
             None => None,
             Some(Ok(connection)) => {

@@ -29,6 +29,7 @@ fn settings() -> FetcherSettings {
         response_max_bytes: 10 << 20,
         request_timeout_ms: 10_000,
         backoff_ms: 20,
+        ..FetcherSettings::default()
     }
 }
 
@@ -171,6 +172,14 @@ struct Leader {
 
 impl Leader {
     async fn start() -> Leader {
+        Leader::start_on(
+            &spate_types::TcpNetwork,
+            std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        )
+        .await
+    }
+
+    async fn start_on(net: &dyn spate_types::Network, addr: std::net::SocketAddr) -> Leader {
         let (tx, seen) = mpsc::unbounded_channel();
         let answers: Arc<Mutex<VecDeque<Answer>>> = Arc::default();
         let queued = answers.clone();
@@ -180,7 +189,7 @@ impl Leader {
             (ApiKey::Fetch, 4, 17),
             (ApiKey::OffsetForLeaderEpoch, 2, 4),
         ];
-        let broker = ScriptedBroker::start(versions, move |req| {
+        let broker = ScriptedBroker::start_on(net, addr, versions, move |req| {
             match req.api_key {
                 ApiKey::ApiVersions => return req.respond(&req.api_versions()),
                 ApiKey::Fetch => {
@@ -380,6 +389,42 @@ async fn fetched_batches_are_appended_byte_for_byte_and_the_next_fetch_starts_at
         p.with_log(|l| Ok(l.flushed_offset())).expect("log") >= Offset(3),
         "fsynced before the next fetch"
     );
+    shut_down(&fetchers).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_replicates_over_an_in_process_network() {
+    // The network seam: the leader listens on an address no socket holds, and the fetcher
+    // reaches it through the `MemoryNetwork` it was given.
+    let net = spate_types::MemoryNetwork::new();
+    let addr: std::net::SocketAddr = "10.9.0.2:9092".parse().expect("addr");
+    let mut leader = Leader::start_on(&net, addr).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = follower(dir.path(), tp(0), 0);
+    let records = [batch(0, 0, 2), batch(2, 0, 1)].concat();
+    let sent = records.clone();
+    leader.answer(move |req| {
+        respond_fetch(req, |_, part| {
+            data(part)
+                .with_high_watermark(3)
+                .with_records(Some(Bytes::from(sent.clone())))
+        })
+    });
+    let fetchers = Fetchers::new(
+        LOCAL,
+        FetcherSettings {
+            net: Arc::new(net.clone()),
+            ..settings()
+        },
+    );
+    fetchers.set_addresses(BTreeMap::from([(LEADER, addr.to_string())]));
+    fetchers.follow(p.clone(), LEADER, LeaderEpoch(0));
+    let (first, _) = leader.fetch().await;
+    assert_eq!(only_partition(&first).fetch_offset, 0);
+    let (second, _) = leader.fetch().await;
+    assert_eq!(only_partition(&second).fetch_offset, 3);
+    assert_eq!(&log_bytes(&p)[..], &records[..]);
+    assert_eq!(p.high_watermark(), Offset(3));
     shut_down(&fetchers).await;
 }
 

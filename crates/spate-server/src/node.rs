@@ -49,11 +49,11 @@ impl Node {
             .as_ref()
             .and_then(|m| m.directory_id)
             .unwrap_or_else(uuid::Uuid::new_v4);
-        let kafka_listener = TcpListener::bind(config.kafka_listen)
-            .await
-            .with_context(|| {
-                format!("cannot listen for Kafka clients on {}", config.kafka_listen)
-            })?;
+        // Where this node's components read the time and fresh ids, and open connections.
+        let seams = spate_types::Seams::system();
+        let kafka_listener = seams.net.bind(config.kafka_listen).await.with_context(|| {
+            format!("cannot listen for Kafka clients on {}", config.kafka_listen)
+        })?;
         let http_listener = TcpListener::bind(config.http_listen)
             .await
             .with_context(|| format!("cannot listen for HTTP on {}", config.http_listen))?;
@@ -71,8 +71,6 @@ impl Node {
             rack: config.rack.clone(),
         };
         let cluster = &config.cluster;
-        // Where this node's components read the time and fresh ids.
-        let seams = spate_types::Seams::system();
         let controller_config = ControllerConfig {
             voters: cluster
                 .voters
@@ -129,6 +127,7 @@ impl Node {
                     .unwrap_or(i32::MAX),
                 response_max_bytes: i32::try_from(cluster.replica_fetch_response_max_bytes)
                     .unwrap_or(i32::MAX),
+                net: seams.net.clone(),
                 ..FetcherSettings::default()
             },
         };

@@ -11,7 +11,7 @@ pub mod clock;
 pub mod net;
 
 pub use clock::{Clock, IdSource, ManualClock, RandomIds, Seams, SeededIds, SystemClock};
-pub use net::{BoxConn, Listener, MemoryNetwork, Network, TcpNetwork};
+pub use net::{BoxConn, BoxRead, BoxWrite, Listener, MemoryNetwork, Network, TcpNetwork};
 
 macro_rules! id_newtype {
     ($(#[$doc:meta])* $name:ident($inner:ty)) => {

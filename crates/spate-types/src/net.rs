@@ -17,10 +17,29 @@ use tokio::io::{AsyncRead, AsyncWrite, DuplexStream};
 use tokio::sync::mpsc;
 
 /// One open connection: a bidirectional byte stream.
-pub trait Conn: AsyncRead + AsyncWrite + Send + Sync + Unpin + 'static {}
-impl<T: AsyncRead + AsyncWrite + Send + Sync + Unpin + 'static> Conn for T {}
+pub trait Conn: AsyncRead + AsyncWrite + Send + Sync + Unpin + 'static {
+    /// Splits the connection into halves owned by different tasks (a reader and a writer);
+    /// TCP's without a lock between them.
+    fn into_halves(self: Box<Self>) -> (BoxRead, BoxWrite);
+}
+
+impl Conn for tokio::net::TcpStream {
+    fn into_halves(self: Box<Self>) -> (BoxRead, BoxWrite) {
+        let (read, write) = (*self).into_split();
+        (Box::new(read), Box::new(write))
+    }
+}
+
+impl Conn for DuplexStream {
+    fn into_halves(self: Box<Self>) -> (BoxRead, BoxWrite) {
+        let (read, write) = tokio::io::split(*self);
+        (Box::new(read), Box::new(write))
+    }
+}
 
 pub type BoxConn = Box<dyn Conn>;
+pub type BoxRead = Box<dyn AsyncRead + Send + Sync + Unpin>;
+pub type BoxWrite = Box<dyn AsyncWrite + Send + Sync + Unpin>;
 pub type NetFuture<'a, T> = Pin<Box<dyn Future<Output = io::Result<T>> + Send + 'a>>;
 
 /// Opens connections and listeners.
