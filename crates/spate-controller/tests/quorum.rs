@@ -8,7 +8,7 @@ use spate_controller::{
     BrokerEndpoint, Controller, ControllerConfig, ControllerError, MetadataCommand, MetadataImage,
     MetadataOutcome, NO_LEADER,
 };
-use spate_types::NodeId;
+use spate_types::{NodeId, Seams};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -104,19 +104,30 @@ impl Cluster {
     }
 
     async fn start_with_session(n: i32, session_ms: u64) -> Cluster {
+        let addrs = (1..=n).map(|i| (NodeId(i), free_addr())).collect();
+        Cluster::start_on(addrs, session_ms, Seams::system()).await
+    }
+
+    /// Voters at `addrs` of `seams.net`, all started at once as `spate dev` starts them (each
+    /// blocks until a majority is up).
+    async fn start_on(
+        addrs: BTreeMap<NodeId, SocketAddr>,
+        session_ms: u64,
+        seams: Seams,
+    ) -> Cluster {
         let root = tempfile::tempdir().expect("tempdir");
-        let ids: Vec<NodeId> = (1..=n).map(NodeId).collect();
-        let addrs: BTreeMap<NodeId, SocketAddr> = ids.iter().map(|id| (*id, free_addr())).collect();
-        let dirs: BTreeMap<NodeId, PathBuf> = ids
-            .iter()
+        let dirs: BTreeMap<NodeId, PathBuf> = addrs
+            .keys()
             .map(|id| (*id, root.path().join(format!("node-{}", id.0))))
             .collect();
-        // All voters start at once, as `spate dev` starts them; each blocks until a majority is up.
-        let opens = ids.iter().map(|id| {
+        let opens = addrs.keys().map(|id| {
             let cfg = config_with_session(&addrs, *id, session_ms);
             let dir = dirs[id].clone();
-            let id = *id;
-            tokio::spawn(async move { (id, open(&dir, id, cfg).await) })
+            let (id, seams) = (*id, seams.clone());
+            tokio::spawn(async move {
+                let opened = Controller::open_with_seams(&dir, id, endpoint(id), cfg, seams).await;
+                (id, opened)
+            })
         });
         let mut nodes = BTreeMap::new();
         for handle in opens.collect::<Vec<_>>() {
@@ -129,6 +140,27 @@ impl Cluster {
             addrs,
             nodes,
         }
+    }
+
+    /// Creates topic `name` through any node and checks it was created.
+    async fn create_topic(&self, name: &str, rf: i16) {
+        let outcome = self.any().propose(create(name, rf)).await.expect("create");
+        assert!(
+            matches!(outcome, MetadataOutcome::TopicCreated { .. }),
+            "{outcome:?}"
+        );
+    }
+
+    /// Stops `node` cleanly (an active controller hands its role over first).
+    async fn stop(&mut self, node: NodeId) {
+        let controller = self.nodes.remove(&node).expect("a running node");
+        controller.shutdown().await.expect("stop");
+    }
+
+    /// Stops `node` as kill -9 looks to the others: no hand-over, its port just closes.
+    async fn crash(&mut self, node: NodeId) {
+        let controller = self.nodes.remove(&node).expect("a running node");
+        controller.halt().await.expect("halt");
     }
 
     fn any(&self) -> &Controller {
@@ -275,13 +307,7 @@ async fn every_node_reports_the_active_controllers_view_of_the_quorum() {
     }
 
     // --- stop the active controller: a follower reports the next one's view once elected
-    cluster
-        .nodes
-        .remove(&leader)
-        .expect("leader")
-        .shutdown()
-        .await
-        .expect("stop");
+    cluster.stop(leader).await;
     let survivor = cluster.any().clone();
     let deadline = tokio::time::Instant::now() + WAIT;
     let status = loop {
@@ -311,8 +337,7 @@ async fn every_node_reports_the_active_controllers_view_of_the_quorum() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_node_is_fenced_and_loses_its_leaderships_then_rejoins() {
     let mut cluster = Cluster::start_live(3).await;
-    let outcome = cluster.any().propose(create("t", 3)).await.expect("create");
-    assert!(matches!(outcome, MetadataOutcome::TopicCreated { .. }));
+    cluster.create_topic("t", 3).await;
 
     // Stop a node that is not the active controller: its heartbeats stop.
     let leader = cluster.leader();
@@ -322,13 +347,7 @@ async fn a_dead_node_is_fenced_and_loses_its_leaderships_then_rejoins() {
         .find(|id| **id != leader)
         .expect("victim");
     let before = cluster.any().image().topics["t"].clone();
-    cluster
-        .nodes
-        .remove(&victim)
-        .expect("victim")
-        .shutdown()
-        .await
-        .expect("stop");
+    cluster.stop(victim).await;
 
     cluster
         .wait_all("the dead node fenced", |i| i.fenced.contains(&victim))
@@ -375,13 +394,7 @@ async fn a_stopped_node_is_fenced_long_before_its_session_runs_out() {
         .expect("victim");
     // Its controller port closes with it: connections to it are refused from now on.
     let started = std::time::Instant::now();
-    cluster
-        .nodes
-        .remove(&victim)
-        .expect("victim")
-        .shutdown()
-        .await
-        .expect("stop");
+    cluster.stop(victim).await;
     cluster
         .wait_all("the stopped node fenced", |i| i.fenced.contains(&victim))
         .await;
@@ -399,13 +412,7 @@ async fn a_new_controller_fences_its_crashed_predecessor_without_a_full_session(
     cluster.any().propose(create("t", 3)).await.expect("create");
     let leader = cluster.leader();
     // As kill -9 looks to the others: no hand-over, the port just closes.
-    cluster
-        .nodes
-        .remove(&leader)
-        .expect("leader")
-        .halt()
-        .await
-        .expect("stop");
+    cluster.crash(leader).await;
     cluster
         .wait_all("the old controller fenced", |i| i.fenced.contains(&leader))
         .await;
@@ -422,79 +429,38 @@ async fn a_quorum_runs_over_an_in_process_network() {
     // The network seam: three voters in this process on addresses no socket holds, talking
     // through `MemoryNetwork`'s pipes (what the simulator builds on). A crashed voter's port
     // closes there as on TCP, so the refusal fencing works the same.
-    let net = spate_types::MemoryNetwork::new();
-    let root = tempfile::tempdir().expect("tempdir");
-    let addrs: BTreeMap<NodeId, SocketAddr> = (1..=3)
+    let addrs = (1..=3)
         .map(|i| (NodeId(i), format!("10.9.0.{i}:9093").parse().expect("addr")))
         .collect();
-    let opens = addrs.keys().map(|id| {
-        let cfg = config_with_session(&addrs, *id, LONG_SESSION_MS);
-        let dir = root.path().join(format!("node-{}", id.0));
-        let seams = spate_types::Seams {
-            net: std::sync::Arc::new(net.clone()),
-            ..spate_types::Seams::system()
-        };
-        let id = *id;
-        tokio::spawn(async move {
-            (
-                id,
-                Controller::open_with_seams(&dir, id, endpoint(id), cfg, seams).await,
-            )
+    let seams = Seams {
+        net: std::sync::Arc::new(spate_types::MemoryNetwork::new()),
+        ..Seams::system()
+    };
+    let mut cluster = Cluster::start_on(addrs, LONG_SESSION_MS, seams).await;
+    cluster
+        .wait_all("every broker live", |i| {
+            i.brokers.len() == 3 && i.fenced.is_empty()
         })
-    });
-    let mut nodes = BTreeMap::new();
-    for handle in opens.collect::<Vec<_>>() {
-        let (id, result) = handle.await.expect("join");
-        nodes.insert(id, result.expect("open voter"));
-    }
-    for node in nodes.values() {
-        let mut rx = node.subscribe();
-        tokio::time::timeout(
-            WAIT,
-            rx.wait_for(|i| i.brokers.len() == 3 && i.fenced.is_empty()),
-        )
-        .await
-        .expect("every broker live")
-        .expect("image");
-    }
-    let any = nodes.values().next().expect("node").clone();
-    let outcome = any.propose(create("t", 3)).await.expect("create");
-    assert!(matches!(outcome, MetadataOutcome::TopicCreated { .. }));
+        .await;
+    cluster.create_topic("t", 3).await;
 
-    let leader = any.leader().expect("leader");
-    nodes
-        .remove(&leader)
-        .expect("leader")
-        .halt()
-        .await
-        .expect("halt");
-    for node in nodes.values() {
-        let mut rx = node.subscribe();
-        tokio::time::timeout(WAIT, rx.wait_for(|i| i.fenced.contains(&leader)))
-            .await
-            .expect("the crashed controller fenced by its successor, long before its session")
-            .expect("image");
-    }
-    let survivor = nodes.values().next().expect("survivor");
-    assert_ne!(survivor.leader(), Some(leader));
-    let outcome = survivor.propose(create("after", 2)).await.expect("propose");
-    assert!(matches!(outcome, MetadataOutcome::TopicCreated { .. }));
-    for node in nodes.values() {
-        node.shutdown().await.expect("shutdown");
-    }
+    let leader = cluster.leader();
+    cluster.crash(leader).await;
+    cluster
+        .wait_all("the crashed controller fenced by its successor", |i| {
+            i.fenced.contains(&leader)
+        })
+        .await;
+    assert_ne!(cluster.any().leader(), Some(leader));
+    cluster.create_topic("after", 2).await;
+    cluster.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopping_controller_hands_its_role_over_first() {
     let mut cluster = Cluster::start_live(3).await;
     let leader = cluster.leader();
-    cluster
-        .nodes
-        .remove(&leader)
-        .expect("leader")
-        .shutdown()
-        .await
-        .expect("stop");
+    cluster.stop(leader).await;
     // Without a hand-over the survivors would still follow the stopped node here: they only
     // notice its silence after an election timeout (at least a second after its last heartbeat).
     let views: Vec<Option<NodeId>> = cluster.nodes.values().map(Controller::leader).collect();
@@ -502,12 +468,7 @@ async fn a_stopping_controller_hands_its_role_over_first() {
         views.iter().any(|v| v.is_some_and(|l| l != leader)),
         "no survivor follows a new controller yet: {views:?}"
     );
-    let outcome = cluster
-        .any()
-        .propose(create("after", 2))
-        .await
-        .expect("propose after the hand-over");
-    assert!(matches!(outcome, MetadataOutcome::TopicCreated { .. }));
+    cluster.create_topic("after", 2).await;
     cluster.shutdown().await;
 }
 
@@ -535,13 +496,7 @@ async fn controlled_shutdown_moves_leaderships_before_stopping() {
 async fn losing_the_active_controller_elects_another_and_proposals_continue() {
     let mut cluster = Cluster::start(3).await;
     let leader = cluster.leader();
-    cluster
-        .nodes
-        .remove(&leader)
-        .expect("leader")
-        .shutdown()
-        .await
-        .expect("stop");
+    cluster.stop(leader).await;
     let survivor = cluster.any().clone();
     let outcome = survivor
         .propose(create("after", 2))

@@ -107,6 +107,19 @@ fn lead(log: &mut PartitionLog, batches: &[Vec<u8>], epoch: i32) -> Vec<Vec<u8>>
 /// Copies `leader` into `follower` as a fetcher would: from the follower's log end, at most
 /// `max_bytes` per fetch, up to the leader's log end.
 fn replicate(leader: &PartitionLog, follower: &mut PartitionLog, max_bytes: usize) {
+    replicate_with(leader, follower, max_bytes, |follower, bytes| {
+        let info = follower.append_as_follower(bytes, 0).unwrap().unwrap();
+        assert_eq!(info.bytes, bytes.len());
+    });
+}
+
+/// [`replicate`], storing each fetch's bytes with `store`.
+fn replicate_with(
+    leader: &PartitionLog,
+    follower: &mut PartitionLog,
+    max_bytes: usize,
+    mut store: impl FnMut(&mut PartitionLog, &[u8]),
+) {
     loop {
         let plan = leader
             .plan_read(
@@ -119,9 +132,7 @@ fn replicate(leader: &PartitionLog, follower: &mut PartitionLog, max_bytes: usiz
         if plan.is_empty() {
             break;
         }
-        let bytes = plan.load().unwrap();
-        let info = follower.append_as_follower(&bytes, 0).unwrap().unwrap();
-        assert_eq!(info.bytes, bytes.len());
+        store(follower, &plan.load().unwrap());
     }
 }
 
@@ -634,20 +645,7 @@ fn append_and_sync(follower: &mut PartitionLog, bytes: &[u8]) {
 
 /// [`replicate`], one [`append_and_sync`] per fetch.
 fn replicate_synced(leader: &PartitionLog, follower: &mut PartitionLog, max_bytes: usize) {
-    loop {
-        let plan = leader
-            .plan_read(
-                follower.log_end_offset(),
-                max_bytes,
-                leader.log_end_offset(),
-                true,
-            )
-            .unwrap();
-        if plan.is_empty() {
-            break;
-        }
-        append_and_sync(follower, &plan.load().unwrap());
-    }
+    replicate_with(leader, follower, max_bytes, append_and_sync);
 }
 
 const EPOCH_CHECKPOINT: &str = "leader-epoch-checkpoint";

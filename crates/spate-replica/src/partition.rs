@@ -1521,12 +1521,7 @@ mod tests {
                 .expect("append");
         }
         leader.wait_acks_all(Offset(2)).await.expect("durable");
-        let bytes = leader
-            .read(Offset(0), 1 << 20, true)
-            .expect("read")
-            .plan
-            .load()
-            .expect("load");
+        let bytes = everything(&leader);
 
         let dir = tempfile::tempdir().expect("tempdir");
         let f = open_as(
@@ -1567,6 +1562,15 @@ mod tests {
         assert_eq!(reopened.high_watermark(), Offset(2));
     }
 
+    /// Every record batch of `p` up to its high watermark, as a fetch returns them.
+    fn everything(p: &Partition) -> bytes::Bytes {
+        p.read(Offset(0), 1 << 20, true)
+            .expect("read")
+            .plan
+            .load()
+            .expect("load")
+    }
+
     /// Files in `dir` whose name ends with `suffix`.
     fn named(dir: &Path, suffix: &str) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(dir)
@@ -1595,12 +1599,7 @@ mod tests {
             .append(&mut batch(b"c", 1_000), true, 1_000)
             .expect("append");
         leader.wait_acks_all(Offset(2)).await.expect("durable");
-        let bytes = leader
-            .read(Offset(0), 1 << 20, true)
-            .expect("read")
-            .plan
-            .load()
-            .expect("load");
+        let bytes = everything(&leader);
 
         tracing::info!(
             "--- one fetch round on the follower: records fsynced, no checkpoint written"
