@@ -43,14 +43,14 @@ impl Node {
         })?;
         let stored = read_meta_properties(&config.data_dir, config.node_id)?;
         let stored_cluster_id = stored.as_ref().map(|m| m.cluster_id.clone());
+        // Where this node's components read the time and fresh ids, and open connections.
+        let seams = spate_types::Seams::system();
         // A directory without an id (new, or from before ids existed) gets one now; the
         // controller learns it with this node's registration.
         let directory_id = stored
             .as_ref()
             .and_then(|m| m.directory_id)
-            .unwrap_or_else(uuid::Uuid::new_v4);
-        // Where this node's components read the time and fresh ids, and open connections.
-        let seams = spate_types::Seams::system();
+            .unwrap_or_else(|| seams.ids.uuid());
         let kafka_listener = seams.net.bind(config.kafka_listen).await.with_context(|| {
             format!("cannot listen for Kafka clients on {}", config.kafka_listen)
         })?;
