@@ -86,6 +86,14 @@ def test_killed_follower_leaves_the_isr_and_writes_continue(cluster_factory, top
     c.nodes[follower].kill9()
     wait_for("the killed follower out of the ISR",
              lambda: follower not in partition_state(admin(c.nodes[leader].bootstrap), topic_name)[2])
+    # The dead follower was in sync when it died, so it still looks caught up to the leader; a
+    # leader that proposed it back into the ISR anyway was refused by the controller at every
+    # tick (every 250 ms, for as long as the node stayed down). KIP-841: it proposes nothing.
+    # An observation window, not a synchronisation: six ticks in which the old code proposed
+    # (before any new write: one would leave the dead follower behind the high watermark).
+    time.sleep(1.5)
+    refused = c.nodes[leader].stderr_path.read_text(errors="replace").count("cannot join the ISR")
+    assert refused <= 1, f"the leader proposed the fenced follower back {refused} times"
     p = producer(c.nodes[leader].bootstrap, **{"acks": "all"})
     produce_all(p, topic_name, ({"value": f"after-{i}".encode()} for i in range(50)))
     got = consume(c.nodes[leader].bootstrap, topic_name, expected=50)
