@@ -65,7 +65,8 @@ class KPMember:
         # topic assigns nothing, rejoins when the metadata arrives, and if its poll times out while
         # that rejoin is in flight, the finished join is never completed: no assignment, no
         # heartbeats, the session expires (2 runs in 12 here, with group.initial.rebalance.delay.ms=0).
-        # Loading the topic's metadata before subscribing keeps the first join from racing it.
+        # Loading the topic's metadata before subscribing keeps the first join from racing it;
+        # the same loss once followed a rebalance another member started, so polls are long.
         assert len(self.c.partitions_for_topic(topic)) > 0, f"{name}: no metadata for {topic}"
         self.c.subscribe([topic], listener=Listener())
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -75,7 +76,9 @@ class KPMember:
         from kafka.structs import OffsetAndMetadata
         try:
             while not self.stop_flag.is_set():
-                batch = self.c.poll(timeout_ms=100)
+                # Long polls: kafka-python 3.0 loses a join whose poll timed out while it
+                # was in flight (see __init__), so the shorter the poll, the likelier it is.
+                batch = self.c.poll(timeout_ms=1000)
                 nexts = {}
                 for tp, msgs in batch.items():
                     for m in msgs:
