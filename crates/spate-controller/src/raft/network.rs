@@ -299,6 +299,28 @@ async fn connect(net: &dyn Network, addr: &str, identity: &Identity) -> io::Resu
     Ok((BufReader::new(read), write))
 }
 
+/// `request` on `reused` (a connection kept from an earlier call) or else a fresh one. A kept
+/// connection the peer has closed since (it restarted, or its process is gone) is replaced by a
+/// fresh one once, which either works or is refused at once. Returns the connection to keep.
+async fn exchange_on(
+    net: &dyn Network,
+    reused: Option<Stream>,
+    request: &Request,
+    addr: &str,
+    identity: &Identity,
+) -> io::Result<(Stream, Response)> {
+    if let Some(mut stream) = reused {
+        match exchange(&mut stream, request, addr, identity).await {
+            Ok(response) => return Ok((stream, response)),
+            Err(e) if closed_by_peer(&e) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let mut stream = connect(net, addr, identity).await?;
+    let response = exchange(&mut stream, request, addr, identity).await?;
+    Ok((stream, response))
+}
+
 /// One request and its response on an open stream. A peer of another cluster answers
 /// [`Response::OtherCluster`]: an error naming both clusters, remembered in `identity`.
 async fn exchange(
@@ -361,20 +383,7 @@ impl Peers {
             .lock()
             .ok()
             .and_then(|mut idle| idle.get_mut(addr).and_then(Vec::pop));
-        let attempt = async {
-            // An idle connection the peer has closed meanwhile (it restarted, or its process is
-            // gone) is replaced by a fresh one, once.
-            if let Some(mut stream) = pooled {
-                match exchange(&mut stream, request, addr, &self.identity).await {
-                    Ok(response) => return Ok((stream, response)),
-                    Err(e) if closed_by_peer(&e) => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            let mut stream = connect(self.net.as_ref(), addr, &self.identity).await?;
-            let response = exchange(&mut stream, request, addr, &self.identity).await?;
-            Ok::<_, io::Error>((stream, response))
-        };
+        let attempt = exchange_on(self.net.as_ref(), pooled, request, addr, &self.identity);
         let (stream, response) = tokio::time::timeout(timeout, attempt)
             .await
             .map_err(|_| CallError::TimedOut {
@@ -522,26 +531,24 @@ impl Connection {
         timeout: Duration,
     ) -> Result<Response, Unreachable<TypeConfig>> {
         let kind = request.kind();
-        let attempt = async {
-            // A connection the peer closed since its last use (it restarted, or its process is
-            // gone) is retried once on a fresh one, which either works or is refused at once.
-            let reused = self.stream.is_some();
-            for fresh in [!reused, true] {
-                if fresh {
-                    self.stream =
-                        Some(connect(self.net.as_ref(), &self.addr, &self.identity).await?);
-                }
-                let Some(stream) = self.stream.as_mut() else {
-                    return Err(io::Error::other("no stream"));
-                };
-                match exchange(stream, &request, &self.addr, &self.identity).await {
-                    Err(e) if !fresh && closed_by_peer(&e) => self.stream = None,
-                    result => return result,
-                }
+        // Taken: a call that fails or times out leaves no connection behind (it may hold half a
+        // frame); one that answers puts its connection back.
+        let reused = self.stream.take();
+        let attempt = exchange_on(
+            self.net.as_ref(),
+            reused,
+            &request,
+            &self.addr,
+            &self.identity,
+        );
+        let result = match tokio::time::timeout(timeout, attempt).await {
+            Ok(Ok((stream, response))) => {
+                self.stream = Some(stream);
+                Ok(Ok(response))
             }
-            Err(io::Error::other("no stream"))
+            Ok(Err(e)) => Ok(Err(e)),
+            Err(elapsed) => Err(elapsed),
         };
-        let result = tokio::time::timeout(timeout, attempt).await;
         match &result {
             Ok(Ok(_)) => self.refusals.answered(self.target),
             Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {
@@ -555,22 +562,16 @@ impl Connection {
                 self.target, self.addr
             ))),
             Ok(Ok(response)) => Ok(response),
-            Ok(Err(e)) => {
-                self.stream = None;
-                Err(Unreachable::from_string(format!(
-                    "controller {} ({}): {kind}: {e}",
-                    self.target, self.addr
-                )))
-            }
-            Err(_) => {
-                self.stream = None;
-                Err(Unreachable::from_string(format!(
-                    "controller {} ({}) did not answer a {kind} request within {} ms",
-                    self.target,
-                    self.addr,
-                    timeout.as_millis()
-                )))
-            }
+            Ok(Err(e)) => Err(Unreachable::from_string(format!(
+                "controller {} ({}): {kind}: {e}",
+                self.target, self.addr
+            ))),
+            Err(_) => Err(Unreachable::from_string(format!(
+                "controller {} ({}) did not answer a {kind} request within {} ms",
+                self.target,
+                self.addr,
+                timeout.as_millis()
+            ))),
         }
     }
 
