@@ -1,5 +1,5 @@
 //! Seams for the sources of nondeterminism the shells around the cores read directly: the clock
-//! and fresh ids (here) and the network ([`crate::net`]).
+//! and fresh ids (here), the network ([`crate::net`]) and the disk ([`crate::disk`]).
 //!
 //! A component that needs the time or a new UUID holds an `Arc<dyn Clock>` or an
 //! `Arc<dyn IdSource>` given to it at construction instead of calling `SystemTime::now`,
@@ -24,15 +24,18 @@ pub struct Seams {
     pub ids: Arc<dyn IdSource>,
     /// See [`crate::net`].
     pub net: Arc<dyn crate::net::Network>,
+    /// See [`crate::disk`].
+    pub disk: Arc<dyn crate::disk::Disk>,
 }
 
 impl Seams {
-    /// The operating system's clock, random ids and TCP.
+    /// The operating system's clock, random ids, TCP and file system.
     pub fn system() -> Seams {
         Seams {
             clock: Arc::new(SystemClock),
             ids: Arc::new(RandomIds),
             net: Arc::new(crate::net::TcpNetwork),
+            disk: Arc::new(crate::disk::OsDisk),
         }
     }
 }

@@ -1,5 +1,5 @@
-//! Identifiers, limits and the seams for time and fresh ids ([`clock`]) and the network
-//! ([`net`]) shared by every Spate crate.
+//! Identifiers, limits and the seams for time and fresh ids ([`clock`]), the network ([`net`])
+//! and the disk ([`disk`]) shared by every Spate crate.
 //!
 //! Ids are newtypes so that an offset is never passed where a leader epoch is expected. The
 //! inner value is public because these cross the wire as plain Kafka integers.
@@ -8,9 +8,11 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 
 pub mod clock;
+pub mod disk;
 pub mod net;
 
 pub use clock::{Clock, IdSource, ManualClock, RandomIds, Seams, SeededIds, SystemClock};
+pub use disk::{Disk, DiskFile, MemoryDisk, OpenMode, OsDisk};
 pub use net::{BoxConn, BoxRead, BoxWrite, Listener, MemoryNetwork, Network, TcpNetwork};
 
 macro_rules! id_newtype {
