@@ -4,8 +4,10 @@
 //! that is incomplete, longer than `RECORD_BYTES_MAX`, or fails its CRC; everything before it is
 //! intact. Whole files are replaced with the temp file + fsync + rename + fsync(dir) dance, so a
 //! crash leaves either the old or the new file, never a mix.
+//!
+//! All file access goes through the [`Disk`] seam given by the caller.
 
-use std::fs;
+use spate_types::disk::{self, Disk};
 use std::io;
 use std::path::Path;
 
@@ -56,14 +58,41 @@ pub(crate) fn decode_frames(buf: &[u8]) -> (Vec<&[u8]>, usize) {
     (frames, pos)
 }
 
-/// Makes directory entries (creations, renames) in `dir` durable.
-pub(crate) fn fsync_dir(dir: &Path) -> io::Result<()> {
-    spate_log::fsio::sync_dir(dir)
+/// The largest file [`read_framed_file`] reads: one frame of the largest record.
+const FRAMED_FILE_BYTES_MAX: u64 = (FRAME_HEADER_BYTES + RECORD_BYTES_MAX) as u64;
+
+/// Creates `dir` and its missing parents, and makes each new directory's entry durable in its
+/// parent, so that a crash cannot lose the directory holding files already synced into it.
+pub(crate) fn create_dir_all(disk: &dyn Disk, dir: &Path) -> io::Result<()> {
+    let mut missing = Vec::new();
+    // The root (no parent) always exists; a relative path ends at the current directory.
+    let mut at = Some(dir).filter(|p| p.parent().is_some());
+    while let Some(p) = at {
+        match disk.file_len(p) {
+            Ok(_) => break,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => missing.push(p),
+            Err(e) => return Err(e),
+        }
+        at = p
+            .parent()
+            .filter(|q| !q.as_os_str().is_empty() && q.parent().is_some());
+    }
+    disk.create_dir_all(dir)?;
+    // Top down: each parent exists (and its own entry is durable) before its new child's entry.
+    for p in missing.iter().rev() {
+        let parent = match p.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            // A relative path of one component lives in the current directory.
+            _ => Path::new("."),
+        };
+        disk.sync_dir(parent)?;
+    }
+    Ok(())
 }
 
 /// Atomically replaces `path` with `contents` with the tree's one durable-write helper
 /// (temp file, fsync, rename, fsync of the directory).
-pub(crate) fn write_atomic(path: &Path, contents: &[u8]) -> io::Result<()> {
+pub(crate) fn write_atomic(disk: &dyn Disk, path: &Path, contents: &[u8]) -> io::Result<()> {
     let dir = path
         .parent()
         .ok_or_else(|| io::Error::other("path has no parent directory"))?;
@@ -71,15 +100,13 @@ pub(crate) fn write_atomic(path: &Path, contents: &[u8]) -> io::Result<()> {
         .file_name()
         .and_then(|n| n.to_str())
         .ok_or_else(|| io::Error::other("path has no file name"))?;
-    spate_log::write_atomic(dir, name, contents)
+    disk::write_atomic(disk, dir, name, contents)
 }
 
 /// Reads a file written by [`write_atomic`] holding one frame. `Ok(None)` if it does not exist.
-pub(crate) fn read_framed_file(path: &Path) -> io::Result<Option<Vec<u8>>> {
-    let buf = match fs::read(path) {
-        Ok(buf) => buf,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
+pub(crate) fn read_framed_file(disk: &dyn Disk, path: &Path) -> io::Result<Option<Vec<u8>>> {
+    let Some(buf) = disk::read_bounded(disk, path, FRAMED_FILE_BYTES_MAX)? else {
+        return Ok(None);
     };
     let (frames, intact) = decode_frames(&buf);
     match frames.as_slice() {
@@ -94,6 +121,7 @@ pub(crate) fn read_framed_file(path: &Path) -> io::Result<Option<Vec<u8>>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use spate_types::disk::{MemoryDisk, OsDisk};
 
     #[test]
     fn frames_round_trip_and_stop_at_damage() {
@@ -121,17 +149,46 @@ mod tests {
     fn atomic_write_replaces_whole_file() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("f");
-        assert_eq!(read_framed_file(&path).expect("read"), None);
+        let os = &OsDisk;
+        assert_eq!(read_framed_file(os, &path).expect("read"), None);
         for contents in [&b"first"[..], b"second"] {
             let mut buf = Vec::new();
             encode_frame(contents, &mut buf).expect("encode");
-            write_atomic(&path, &buf).expect("write");
+            write_atomic(os, &path, &buf).expect("write");
             assert_eq!(
-                read_framed_file(&path).expect("read").as_deref(),
+                read_framed_file(os, &path).expect("read").as_deref(),
                 Some(contents)
             );
         }
         std::fs::write(&path, b"garbage!garbage!").expect("write");
-        assert!(read_framed_file(&path).is_err());
+        assert!(read_framed_file(os, &path).is_err());
+    }
+
+    #[test]
+    fn new_directories_survive_a_crash() {
+        let disk = MemoryDisk::default();
+        let dir = Path::new("/data/a/b");
+        disk.create_dir_all(Path::new("/data")).expect("mkdir");
+        disk.sync_dir(Path::new("/")).expect("sync root");
+        create_dir_all(&disk, dir).expect("mkdir durably");
+        write_atomic(&disk, &dir.join("f"), b"kept").expect("write");
+        create_dir_all(&disk, dir).expect("an existing directory is fine");
+        disk.crash();
+        assert_eq!(
+            disk::read_bounded(&disk, &dir.join("f"), 16)
+                .expect("read")
+                .as_deref(),
+            Some(&b"kept"[..])
+        );
+        let names = |d: &str| -> Vec<String> {
+            disk.read_dir(Path::new(d))
+                .expect("the directory survived")
+                .into_iter()
+                .map(|e| e.name)
+                .collect()
+        };
+        assert_eq!(names("/data"), ["a"]);
+        assert_eq!(names("/data/a"), ["b"]);
+        assert_eq!(names("/data/a/b"), ["f"]);
     }
 }

@@ -15,7 +15,9 @@
 //!
 //! Time and fresh ids come from the [`Seams`] given to [`Controller::open_with_seams`] (the
 //! system's by default): the liveness core's clock is `Seams::clock`'s monotonic clock, and the
-//! cluster id candidate comes from `Seams::ids`. Timers (heartbeat and liveness intervals,
+//! cluster id candidate comes from `Seams::ids`. Every file (below) is read, written and
+//! fsynced through `Seams::disk`, so a test can run the controller on an in-memory disk and
+//! crash it. Timers (heartbeat and liveness intervals,
 //! request deadlines) and openraft's own timing and transport are still the Tokio runtime's.
 //!
 //! Modules: `open.rs` (open, join, shutdown, directory lock), `forward.rs` (proposals, forwarding
@@ -54,9 +56,9 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::ServerState;
 use raft::network::Peers;
 use raft::{Raft, RaftNodeId};
+use spate_types::disk::DiskLock;
 use spate_types::{IdSource, NodeId};
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -149,7 +151,7 @@ struct Inner {
     seams: Seams,
     tasks_stop: watch::Sender<bool>,
     /// The directory lock; `None` once shut down.
-    lock: Mutex<Option<File>>,
+    lock: Mutex<Option<DiskLock>>,
 }
 
 impl std::fmt::Debug for Controller {

@@ -4,6 +4,7 @@
 use crate::error::{ControllerError, StopCause};
 use crate::forward::request_handler;
 use crate::forward::RETRY_BACKOFF;
+use crate::fsio;
 use crate::heartbeat::{heartbeat_task, liveness_task};
 use crate::liveness::Liveness;
 use crate::raft::log_store::LogStore;
@@ -17,10 +18,9 @@ use crate::{
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{InitializeError, RaftError};
 use openraft::{BasicNode, ServerState, SnapshotPolicy};
+use spate_types::disk::{Disk, DiskLock, OpenMode};
 use spate_types::NodeId;
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions, TryLockError};
-use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -116,8 +116,9 @@ impl Controller {
 
         // Disk recovery (replay, torn-tail truncation, fsyncs) runs on the blocking pool.
         let owned_dir = dir.to_owned();
+        let disk = seams.disk.clone();
         let (lock, log_store, state_machine, image_rx) =
-            tokio::task::spawn_blocking(move || open_storage(&owned_dir))
+            tokio::task::spawn_blocking(move || open_storage(disk, &owned_dir))
                 .await
                 .unwrap_or_else(|e| match e.try_into_panic() {
                     // A panic in recovery is a bug there: let it surface as one.
@@ -504,11 +505,11 @@ impl Controller {
 
     async fn stop(
         &self,
-        mut lock: tokio::sync::MutexGuard<'_, Option<File>>,
+        mut lock: tokio::sync::MutexGuard<'_, Option<DiskLock>>,
     ) -> Result<(), ControllerError> {
         let _ = self.inner.tasks_stop.send(true);
         let result = self.inner.raft.shutdown().await;
-        // Dropping the file releases the advisory lock.
+        // Dropping the lock releases it.
         *lock = None;
         match result {
             Ok(()) => Ok(()),
@@ -563,18 +564,18 @@ async fn hand_over_leadership(inner: &Inner) {
 }
 
 type Storage = (
-    File,
+    DiskLock,
     LogStore,
     StateMachine,
     watch::Receiver<Arc<MetadataImage>>,
 );
 
-/// Locks `dir` (creating it) and recovers the Raft log and the last snapshot.
-fn open_storage(dir: &Path) -> Result<Storage, ControllerError> {
-    std::fs::create_dir_all(dir)
+/// Locks `dir` of `disk` (creating it) and recovers the Raft log and the last snapshot.
+fn open_storage(disk: Arc<dyn Disk>, dir: &Path) -> Result<Storage, ControllerError> {
+    fsio::create_dir_all(&*disk, dir)
         .map_err(|e| ControllerError::io(format!("creating {}", dir.display()), e))?;
-    let lock = lock_dir(dir)?;
-    let (log_store, recovery) = LogStore::open(dir).map_err(|e| {
+    let lock = lock_dir(&*disk, dir)?;
+    let (log_store, recovery) = LogStore::open(disk.clone(), dir).map_err(|e| {
         ControllerError::io(format!("opening the raft log in {}", dir.display()), e)
     })?;
     if recovery.torn_tail_bytes > 0 {
@@ -585,42 +586,36 @@ fn open_storage(dir: &Path) -> Result<Storage, ControllerError> {
             "controller raft log had a torn tail (crash during a write); dropped it"
         );
     }
-    let (state_machine, image_rx) = StateMachine::open(dir).map_err(|e| {
+    let (state_machine, image_rx) = StateMachine::open(disk, dir).map_err(|e| {
         ControllerError::io(format!("loading the snapshot in {}", dir.display()), e)
     })?;
     Ok((lock, log_store, state_machine, image_rx))
 }
 
-/// Takes the exclusive advisory lock on `dir/lock`, held for as long as the file stays open.
-fn lock_dir(dir: &Path) -> Result<File, ControllerError> {
+/// Takes the exclusive advisory lock on `dir/lock`, held until the returned lock is dropped.
+fn lock_dir(disk: &dyn Disk, dir: &Path) -> Result<DiskLock, ControllerError> {
     let path = dir.join(LOCK_FILE);
-    let mut file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| ControllerError::io(format!("opening {}", path.display()), e))?;
-    match file.try_lock() {
-        Ok(()) => {}
-        Err(TryLockError::WouldBlock) => {
+    let lock = match disk.try_lock(&path) {
+        Ok(Some(lock)) => lock,
+        Ok(None) => {
             return Err(ControllerError::Locked {
                 path: dir.to_owned(),
             })
         }
-        Err(TryLockError::Error(e)) => {
+        Err(e) => {
             return Err(ControllerError::io(
                 format!("locking {}", path.display()),
                 e,
             ))
         }
-    }
+    };
     // For the operator who finds the lock: which process holds it.
     let pid = format!("{}\n", std::process::id());
-    if let Err(e) = file
-        .set_len(0)
-        .and_then(|()| file.write_all(pid.as_bytes()))
-    {
+    if let Err(e) = disk.open(&path, OpenMode::ReadWrite).and_then(|file| {
+        file.set_len(0)
+            .and_then(|()| file.write_all_at(pid.as_bytes(), 0))
+    }) {
         tracing::debug!(error = %e, "could not record the pid in the controller lock file");
     }
-    Ok(file)
+    Ok(lock)
 }

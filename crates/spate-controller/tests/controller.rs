@@ -5,9 +5,10 @@ use spate_controller::{
     BrokerEndpoint, Controller, ControllerConfig, ControllerError, MetadataCommand, MetadataError,
     MetadataImage, MetadataOutcome, StopCause,
 };
-use spate_types::{NodeId, ProducerId};
+use spate_types::{Disk, MemoryDisk, NodeId, ProducerId, Seams};
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
@@ -460,4 +461,94 @@ async fn reopening_under_another_node_id_fails_fast() {
     );
     // The directory is usable again by its own node.
     open(dir.path()).await.shutdown().await.expect("shutdown");
+}
+
+/// Seams whose disk is `disk` (a clone shares its files), the rest the system's.
+fn on_memory_disk(disk: &MemoryDisk) -> Seams {
+    Seams {
+        disk: Arc::new(disk.clone()),
+        ..Seams::system()
+    }
+}
+
+async fn open_on(
+    disk: &MemoryDisk,
+    dir: &Path,
+    config: ControllerConfig,
+) -> Result<Controller, ControllerError> {
+    Controller::open_with_seams(dir, NODE, endpoint(), config, on_memory_disk(disk)).await
+}
+
+#[tokio::test]
+async fn committed_metadata_survives_a_crash_of_a_memory_disk() {
+    let disk = MemoryDisk::default();
+    // Nothing exists yet: the controller creates the directory and its parent itself.
+    let dir = Path::new("/data/metadata");
+    let config = ControllerConfig {
+        snapshot_every_entries: 10,
+        log_entries_kept_after_snapshot: 0,
+        ..ControllerConfig::default()
+    };
+    let c = open_on(&disk, dir, config.clone()).await.expect("open");
+
+    tracing::info!("--- commit enough to snapshot and purge the log, then some more");
+    let log = dir.join("raft-log");
+    let snapshot = dir.join("snapshot");
+    let mut log_bytes_max = 0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for i in 0.. {
+        propose(&c, create(&format!("t{i}"), 1)).await;
+        let bytes = disk.file_len(&log).expect("log");
+        log_bytes_max = log_bytes_max.max(bytes);
+        if disk.file_len(&snapshot).is_ok() && bytes < log_bytes_max {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no snapshot + purge within 10s");
+    }
+    let image = populate(&c).await;
+
+    tracing::info!("--- kill the controller, then cut the power, tearing any unsynced tail");
+    c.halt().await.expect("halt");
+    disk.crash_keeping(&mut |_, tail| tail / 2);
+
+    tracing::info!("--- reopen on the same disk: every committed change is there");
+    let c = open_on(&disk, dir, config).await.expect("reopen");
+    assert_eq!(content(&c.image()), content(&image));
+    assert!(matches!(
+        propose(&c, create("after-the-crash", 1)).await,
+        MetadataOutcome::TopicCreated { .. }
+    ));
+    let image = c.image();
+    c.shutdown().await.expect("shutdown");
+
+    tracing::info!("--- and again after a clean shutdown and a plain crash");
+    disk.crash();
+    let c = open_on(&disk, dir, ControllerConfig::default())
+        .await
+        .expect("reopen");
+    assert_eq!(content(&c.image()), content(&image));
+    c.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn a_directory_of_a_memory_disk_runs_one_controller_at_a_time() {
+    let disk = MemoryDisk::default();
+    let dir = Path::new("/data/metadata");
+    let first = open_on(&disk, dir, ControllerConfig::default())
+        .await
+        .expect("open");
+    match open_on(&disk, dir, ControllerConfig::default()).await {
+        Err(ControllerError::Locked { path }) => assert_eq!(path, dir),
+        other => panic!("second controller on the same dir must fail, got {other:?}"),
+    }
+    assert!(matches!(
+        propose(&first, create("t", 1)).await,
+        MetadataOutcome::TopicCreated { .. }
+    ));
+    first.shutdown().await.expect("shutdown");
+    let second = open_on(&disk, dir, ControllerConfig::default())
+        .await
+        .expect("the lock is free after a shutdown");
+    assert!(second.image().topics.contains_key("t"));
+    second.shutdown().await.expect("shutdown");
 }

@@ -426,14 +426,16 @@ async fn a_new_controller_fences_its_crashed_predecessor_without_a_full_session(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quorum_runs_over_an_in_process_network() {
-    // The network seam: three voters in this process on addresses no socket holds, talking
-    // through `MemoryNetwork`'s pipes (what the simulator builds on). A crashed voter's port
-    // closes there as on TCP, so the refusal fencing works the same.
+    // The network and disk seams: three voters in this process on addresses no socket holds,
+    // talking through `MemoryNetwork`'s pipes, their directories on one `MemoryDisk` (what the
+    // simulator builds on). A crashed voter's port closes there as on TCP, so the refusal
+    // fencing works the same.
     let addrs = (1..=3)
         .map(|i| (NodeId(i), format!("10.9.0.{i}:9093").parse().expect("addr")))
         .collect();
     let seams = Seams {
         net: std::sync::Arc::new(spate_types::MemoryNetwork::new()),
+        disk: std::sync::Arc::new(spate_types::MemoryDisk::default()),
         ..Seams::system()
     };
     let mut cluster = Cluster::start_on(addrs, LONG_SESSION_MS, seams).await;

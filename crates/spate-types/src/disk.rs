@@ -394,9 +394,9 @@ fn not_found(path: &Path) -> io::Error {
     )
 }
 
-/// `/`, or the empty prefix of relative paths: always present.
+/// `/`, or the empty prefix of relative paths (also spelled `.`): always present.
 fn is_root(path: &Path) -> bool {
-    path.parent().is_none() || path.as_os_str().is_empty()
+    path.parent().is_none() || path.as_os_str().is_empty() || path == Path::new(".")
 }
 
 /// A path's parent directory, `None` for the root and its children (`/` or an empty relative
@@ -470,6 +470,18 @@ impl MemoryDisk {
             inode.data = survived.clone();
             inode.durable = survived;
         }
+        // A name lives in its directory: an entry synced into a directory whose own entry was
+        // never made durable is lost with it (and must not come back when a directory of that
+        // name is created again).
+        let orphans: Vec<PathBuf> = state
+            .durable_entries
+            .keys()
+            .filter(|p| !under_durable_dirs(&state.durable_entries, p))
+            .cloned()
+            .collect();
+        for p in orphans {
+            state.durable_entries.remove(&p);
+        }
         state.entries = state.durable_entries.clone();
     }
 
@@ -529,6 +541,18 @@ impl MemoryDisk {
             },
         }
     }
+}
+
+/// Whether every directory above `path` (up to the root, which always exists) is in `entries`.
+fn under_durable_dirs(entries: &BTreeMap<PathBuf, Node>, path: &Path) -> bool {
+    let mut at = parent_of(path);
+    while let Some(dir) = at {
+        if !matches!(entries.get(dir), Some(Node::Dir)) {
+            return false;
+        }
+        at = parent_of(dir);
+    }
+    true
 }
 
 fn used(state: &State) -> u64 {
@@ -1015,6 +1039,12 @@ mod tests {
         assert!(
             d.read_dir(&dir.join("sub")).is_err(),
             "sub's own entry was never synced"
+        );
+        d.create_dir_all(&dir.join("sub")).expect("mkdir again");
+        assert_eq!(
+            read(&d, "/data/sub/f"),
+            None,
+            "a file is lost with its directory"
         );
     }
 

@@ -23,6 +23,9 @@
 //!   restart re-apply less, and any later fsynced write makes it durable too.
 //! - After a failed write the journal refuses further writes (its tail may be torn); openraft
 //!   treats the error as fatal, and the next open truncates the torn tail.
+//!
+//! The journal is read and written through the [`Disk`] seam, positionally: the store keeps the
+//! journal's end itself and writes each record there (no `O_APPEND`).
 
 use super::{io_err, Entry, LogId, TypeConfig, Vote};
 use crate::fsio;
@@ -30,10 +33,10 @@ use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, RaftLogStorage};
 use openraft::{LogState, OptionalSend, RaftLogReader};
 use serde::{Deserialize, Serialize};
+use spate_types::disk::{Disk, DiskFile, OpenMode};
 use std::collections::BTreeMap;
 use std::fmt::Debug;
-use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -147,39 +150,59 @@ impl MemLog {
     }
 }
 
-/// The open journal file. `file` is `None` after a failed write.
+/// The open journal file.
 #[derive(Debug)]
 struct Journal {
+    disk: Arc<dyn Disk>,
     dir: PathBuf,
     path: PathBuf,
-    file: Option<File>,
+    /// `None` after a failed write.
+    file: Option<Arc<dyn DiskFile>>,
+    /// The journal's length: where the next record is written.
+    end: u64,
 }
 
 impl Journal {
-    fn file(&mut self) -> io::Result<&mut File> {
-        self.file.as_mut().ok_or_else(|| {
+    fn file(&self) -> io::Result<&Arc<dyn DiskFile>> {
+        self.file.as_ref().ok_or_else(|| {
             io::Error::other("the raft log journal failed an earlier write; restart the controller")
         })
     }
 
     fn append(&mut self, buf: &[u8], sync: bool) -> io::Result<()> {
         let file = self.file()?;
-        let result = file
-            .write_all(buf)
-            .and_then(|()| if sync { file.sync_data() } else { Ok(()) });
-        if result.is_err() {
-            self.file = None;
+        let result =
+            file.write_all_at(buf, self.end)
+                .and_then(|()| if sync { file.sync_data() } else { Ok(()) });
+        match result {
+            Ok(()) => {
+                self.end += buf.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                self.file = None;
+                Err(e)
+            }
         }
-        result
     }
 
     /// Replaces the journal with `buf` atomically and reopens it for appending.
     fn rewrite(&mut self, buf: &[u8]) -> io::Result<()> {
         self.file()?;
         self.file = None;
-        fsio::write_atomic(&self.path, buf)?;
-        self.file = Some(OpenOptions::new().append(true).open(&self.path)?);
-        fsio::fsync_dir(&self.dir)
+        fsio::write_atomic(&*self.disk, &self.path, buf)?;
+        let file = self.disk.open(&self.path, OpenMode::ReadWrite)?;
+        let end = buf.len() as u64;
+        let len = file.len()?;
+        if len != end {
+            return Err(io::Error::other(format!(
+                "{}: {len} bytes after rewriting it with {end}",
+                self.path.display()
+            )));
+        }
+        self.file = Some(file);
+        self.end = end;
+        self.disk.sync_dir(&self.dir)
     }
 }
 
@@ -219,19 +242,12 @@ pub(crate) struct LogReader {
 }
 
 impl LogStore {
-    /// Opens (creating if needed) the journal in `dir`, dropping a torn tail.
-    pub(crate) fn open(dir: &Path) -> io::Result<(LogStore, Recovery)> {
+    /// Opens (creating if needed) the journal in `dir` of `disk`, dropping a torn tail.
+    pub(crate) fn open(disk: Arc<dyn Disk>, dir: &Path) -> io::Result<(LogStore, Recovery)> {
         let path = dir.join(JOURNAL_FILE);
-        let mut file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(&path)?;
-        let buf = {
-            let mut buf = Vec::new();
-            io::Read::read_to_end(&mut file, &mut buf)?;
-            buf
-        };
+        let file = disk.open(&path, OpenMode::ReadWrite)?;
+        // Read whole, as replay needs it; compaction (`purge`) is what bounds its size.
+        let buf = file.read_all(u64::MAX)?;
         let (frames, intact) = fsio::decode_frames(&buf);
         let mut mem = MemLog::default();
         for (i, payload) in frames.iter().enumerate() {
@@ -251,15 +267,17 @@ impl LogStore {
             file.set_len(intact as u64)?;
             file.sync_all()?;
         }
-        fsio::fsync_dir(dir)?;
+        disk.sync_dir(dir)?;
         let recovery = Recovery {
             records: frames.len(),
             torn_tail_bytes,
         };
         let journal = Journal {
+            disk,
             dir: dir.to_owned(),
             path,
             file: Some(file),
+            end: intact as u64,
         };
         Ok((
             LogStore {
@@ -391,9 +409,40 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 mod tests {
     use super::*;
     use openraft::testing::{blank_ent, log_id};
+    use spate_types::disk::{DiskError, DiskFault, DiskOp, MemoryDisk, OsDisk};
 
     fn ents(range: std::ops::Range<u64>) -> Vec<Entry> {
         range.map(|i| blank_ent::<TypeConfig>(1, 1, i)).collect()
+    }
+
+    fn os() -> Arc<dyn Disk> {
+        Arc::new(OsDisk)
+    }
+
+    /// A memory disk with the empty directory `/ctl` made durable.
+    fn memory() -> (MemoryDisk, PathBuf) {
+        let disk = MemoryDisk::default();
+        let dir = PathBuf::from("/ctl");
+        fsio::create_dir_all(&disk, &dir).expect("mkdir");
+        (disk, dir)
+    }
+
+    fn open_on(disk: &MemoryDisk, dir: &Path) -> (LogStore, Recovery) {
+        LogStore::open(Arc::new(disk.clone()), dir).expect("open")
+    }
+
+    async fn append(store: &mut LogStore, range: std::ops::Range<u64>) -> io::Result<()> {
+        store.append(ents(range), IOFlushed::noop()).await
+    }
+
+    async fn indexes(store: &mut LogStore) -> Vec<u64> {
+        store
+            .try_get_log_entries(..)
+            .await
+            .expect("entries")
+            .iter()
+            .map(|e| e.index())
+            .collect()
     }
 
     async fn state(
@@ -402,24 +451,18 @@ mod tests {
         let log_state = store.get_log_state().await.expect("log state");
         let vote = store.read_vote().await.expect("vote");
         let committed = store.read_committed().await.expect("committed");
-        let indexes = store
-            .try_get_log_entries(..)
-            .await
-            .expect("entries")
-            .iter()
-            .map(|e| e.index())
-            .collect();
-        (log_state, vote, committed, indexes)
+        (log_state, vote, committed, indexes(store).await)
     }
 
-    #[tokio::test]
-    async fn every_operation_survives_reopen() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut store = LogStore::open(dir.path()).expect("open").0;
-        store
-            .append(ents(0..10), IOFlushed::noop())
-            .await
-            .expect("append");
+    /// Every kind of record, then a reopen (after `crash`, which may lose only what was never
+    /// synced: here, nothing, since the last write is an fsynced append).
+    async fn every_operation_survives_reopen_on(
+        disk: Arc<dyn Disk>,
+        dir: &Path,
+        crash: impl FnOnce(),
+    ) {
+        let mut store = LogStore::open(disk.clone(), dir).expect("open").0;
+        append(&mut store, 0..10).await.expect("append");
         let vote = Vote::new_committed(1, 1);
         store.save_vote(&vote).await.expect("vote");
         store
@@ -434,10 +477,7 @@ mod tests {
             .purge(log_id::<TypeConfig>(1, 1, 3))
             .await
             .expect("purge");
-        store
-            .append(ents(8..12), IOFlushed::noop())
-            .await
-            .expect("append after purge");
+        append(&mut store, 8..12).await.expect("append after purge");
         let before = state(&mut store).await;
         assert_eq!(before.3, (4..12).collect::<Vec<_>>());
         assert_eq!(
@@ -445,28 +485,37 @@ mod tests {
             Some(log_id::<TypeConfig>(1, 1, 3))
         );
         assert_eq!(before.1, Some(vote));
+        assert_eq!(before.2, Some(log_id::<TypeConfig>(1, 1, 6)));
         drop(store);
+        crash();
 
-        let (mut store, recovery) = LogStore::open(dir.path()).expect("reopen");
+        let (mut store, recovery) = LogStore::open(disk, dir).expect("reopen");
         assert_eq!(recovery.torn_tail_bytes, 0);
         assert_eq!(state(&mut store).await, before);
     }
 
     #[tokio::test]
+    async fn every_operation_survives_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        every_operation_survives_reopen_on(os(), dir.path(), || {}).await;
+    }
+
+    #[tokio::test]
+    async fn every_operation_survives_a_crash_of_a_memory_disk() {
+        let (disk, dir) = memory();
+        let crashed = disk.clone();
+        every_operation_survives_reopen_on(Arc::new(disk), &dir, move || crashed.crash()).await;
+    }
+
+    #[tokio::test]
     async fn holes_are_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut store = LogStore::open(dir.path()).expect("open").0;
-        store
-            .append(ents(0..3), IOFlushed::noop())
-            .await
-            .expect("append");
-        let err = store
-            .append(ents(4..5), IOFlushed::noop())
-            .await
-            .expect_err("hole");
+        let mut store = LogStore::open(os(), dir.path()).expect("open").0;
+        append(&mut store, 0..3).await.expect("append");
+        let err = append(&mut store, 4..5).await.expect_err("hole");
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
         assert_eq!(
-            state(&mut store).await.3,
+            indexes(&mut store).await,
             vec![0, 1, 2],
             "refused entries are not visible"
         );
@@ -475,12 +524,9 @@ mod tests {
     #[tokio::test]
     async fn every_torn_prefix_reopens_to_a_prefix_of_the_log() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut store = LogStore::open(dir.path()).expect("open").0;
+        let mut store = LogStore::open(os(), dir.path()).expect("open").0;
         for i in 0..5 {
-            store
-                .append(ents(i..i + 1), IOFlushed::noop())
-                .await
-                .expect("append");
+            append(&mut store, i..i + 1).await.expect("append");
         }
         drop(store);
         let path = dir.path().join(JOURNAL_FILE);
@@ -488,8 +534,8 @@ mod tests {
         let mut last_len = 0;
         for cut in (0..=full.len()).rev() {
             std::fs::write(&path, &full[..cut]).expect("write");
-            let (mut store, recovery) = LogStore::open(dir.path()).expect("reopen torn");
-            let indexes = state(&mut store).await.3;
+            let (mut store, recovery) = LogStore::open(os(), dir.path()).expect("reopen torn");
+            let indexes = indexes(&mut store).await;
             assert_eq!(
                 indexes,
                 (0..indexes.len() as u64).collect::<Vec<_>>(),
@@ -506,5 +552,124 @@ mod tests {
             last_len = indexes.len();
         }
         assert_eq!(last_len, 0);
+    }
+
+    #[tokio::test]
+    async fn a_crash_keeps_synced_records_and_loses_unsynced_ones() {
+        let (disk, dir) = memory();
+        let (mut store, _) = open_on(&disk, &dir);
+        let vote = Vote::new_committed(1, 1);
+        store.save_vote(&vote).await.expect("vote");
+        append(&mut store, 0..3).await.expect("append");
+
+        tracing::info!("--- a commit mark is written without an fsync of its own");
+        store
+            .save_committed(Some(log_id::<TypeConfig>(1, 1, 2)))
+            .await
+            .expect("committed");
+        assert!(disk.file_len(&dir.join(JOURNAL_FILE)).expect("len") > 0);
+        disk.crash();
+
+        tracing::info!("--- reopen: the fsynced vote and entries are back, the commit mark is not");
+        let (mut store, recovery) = open_on(&disk, &dir);
+        assert_eq!(
+            recovery.torn_tail_bytes, 0,
+            "a whole record was lost, not torn"
+        );
+        assert_eq!(recovery.records, 4);
+        let (_, got_vote, committed, indexes) = state(&mut store).await;
+        assert_eq!(got_vote, Some(vote));
+        assert_eq!(indexes, vec![0, 1, 2]);
+        assert_eq!(committed, None, "the unsynced commit mark was lost");
+
+        tracing::info!("--- the next fsynced write makes an earlier unsynced one durable too");
+        store
+            .save_committed(Some(log_id::<TypeConfig>(1, 1, 2)))
+            .await
+            .expect("committed");
+        append(&mut store, 3..4).await.expect("append");
+        disk.crash();
+        let (mut store, _) = open_on(&disk, &dir);
+        let (_, _, committed, indexes) = state(&mut store).await;
+        assert_eq!(indexes, vec![0, 1, 2, 3]);
+        assert_eq!(committed, Some(log_id::<TypeConfig>(1, 1, 2)));
+    }
+
+    #[tokio::test]
+    async fn a_torn_tail_is_cut_off_and_later_appends_land_after_the_intact_records() {
+        let (disk, dir) = memory();
+        let (mut store, _) = open_on(&disk, &dir);
+        append(&mut store, 0..3).await.expect("append");
+        let synced_len = disk.file_len(&dir.join(JOURNAL_FILE)).expect("len");
+        store
+            .save_committed(Some(log_id::<TypeConfig>(1, 1, 2)))
+            .await
+            .expect("committed");
+        let mut unsynced = 0;
+        disk.crash_keeping(&mut |path, tail| {
+            assert_eq!(path, dir.join(JOURNAL_FILE));
+            unsynced = tail;
+            tail / 2
+        });
+        assert!(unsynced > 1, "the commit mark was an unsynced tail");
+
+        tracing::info!("--- reopen drops the half-written frame and fsyncs the cut");
+        let (mut store, recovery) = open_on(&disk, &dir);
+        assert_eq!(recovery.torn_tail_bytes, unsynced / 2);
+        assert_eq!(recovery.records, 3);
+        assert_eq!(indexes(&mut store).await, vec![0, 1, 2]);
+        assert_eq!(
+            disk.file_len(&dir.join(JOURNAL_FILE)).expect("len"),
+            synced_len
+        );
+
+        tracing::info!("--- appends after the cut are written where it was, and survive a crash");
+        append(&mut store, 3..5)
+            .await
+            .expect("append after the cut");
+        disk.crash();
+        let (mut store, recovery) = open_on(&disk, &dir);
+        assert_eq!(recovery.torn_tail_bytes, 0);
+        assert_eq!(indexes(&mut store).await, vec![0, 1, 2, 3, 4]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_fsync_fails_the_append_and_every_later_write() {
+        let (disk, dir) = memory();
+        let (mut store, _) = open_on(&disk, &dir);
+        append(&mut store, 0..2).await.expect("append");
+
+        tracing::info!("--- the fsync of the next append fails with EIO");
+        disk.inject(DiskFault {
+            op: DiskOp::Sync,
+            under: dir.clone(),
+            error: DiskError::Io,
+            times: Some(1),
+        });
+        let err = append(&mut store, 2..3).await.expect_err("EIO");
+        assert!(err.to_string().contains("os error 5"), "{err}");
+
+        tracing::info!("--- the fault fired once, yet the journal refuses every later write");
+        let err = append(&mut store, 3..4).await.expect_err("refused");
+        assert!(err.to_string().contains("failed an earlier write"), "{err}");
+        let err = store
+            .save_vote(&Vote::new_committed(1, 1))
+            .await
+            .expect_err("refused");
+        assert!(err.to_string().contains("failed an earlier write"), "{err}");
+        assert_eq!(store.read_vote().await.expect("vote"), None);
+        let err = store
+            .purge(log_id::<TypeConfig>(1, 1, 0))
+            .await
+            .expect_err("refused");
+        assert!(err.to_string().contains("failed an earlier write"), "{err}");
+
+        tracing::info!("--- after a crash, a reopen has the records fsynced before the failure");
+        disk.crash();
+        let (mut store, recovery) = open_on(&disk, &dir);
+        assert_eq!(recovery.torn_tail_bytes, 0);
+        assert_eq!(indexes(&mut store).await, vec![0, 1]);
+        append(&mut store, 2..3).await.expect("append after reopen");
+        assert_eq!(indexes(&mut store).await, vec![0, 1, 2]);
     }
 }

@@ -84,25 +84,49 @@ mod conformance {
     use super::TypeConfig;
     use openraft::testing::log::{StoreBuilder, Suite};
     use openraft::{ErrorSubject, ErrorVerb, StorageError};
+    use spate_types::disk::{Disk, MemoryDisk, OsDisk};
+    use std::path::Path;
+    use std::sync::Arc;
 
-    struct Builder;
+    /// Builds each store on the operating system's disk (in a temp dir) or on a fresh memory
+    /// disk.
+    struct Builder {
+        memory: bool,
+    }
 
-    impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Builder {
+    impl StoreBuilder<TypeConfig, LogStore, StateMachine, Option<tempfile::TempDir>> for Builder {
         async fn build(
             &self,
-        ) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<TypeConfig>> {
+        ) -> Result<(Option<tempfile::TempDir>, LogStore, StateMachine), StorageError<TypeConfig>>
+        {
             let err = |e| StorageError::from_io_error(ErrorSubject::Store, ErrorVerb::Read, e);
-            let dir = tempfile::tempdir().map_err(err)?;
-            let (log, _) = LogStore::open(dir.path()).map_err(err)?;
-            let (sm, _) = StateMachine::open(dir.path()).map_err(err)?;
-            Ok((dir, log, sm))
+            let (guard, disk, dir): (_, Arc<dyn Disk>, _) = if self.memory {
+                let disk = MemoryDisk::default();
+                let dir = Path::new("/ctl").to_owned();
+                crate::fsio::create_dir_all(&disk, &dir).map_err(err)?;
+                (None, Arc::new(disk), dir)
+            } else {
+                let tmp = tempfile::tempdir().map_err(err)?;
+                let dir = tmp.path().to_owned();
+                (Some(tmp), Arc::new(OsDisk), dir)
+            };
+            let (log, _) = LogStore::open(disk.clone(), &dir).map_err(err)?;
+            let (sm, _) = StateMachine::open(disk, &dir).map_err(err)?;
+            Ok((guard, log, sm))
         }
     }
 
     #[tokio::test]
     async fn openraft_storage_suite() {
-        if let Err(e) = Suite::test_all(Builder).await {
+        if let Err(e) = Suite::test_all(Builder { memory: false }).await {
             panic!("openraft storage suite failed: {e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn openraft_storage_suite_on_a_memory_disk() {
+        if let Err(e) = Suite::test_all(Builder { memory: true }).await {
+            panic!("openraft storage suite failed on a memory disk: {e}");
         }
     }
 }

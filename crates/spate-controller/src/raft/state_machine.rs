@@ -24,6 +24,7 @@ use futures::{Stream, TryStreamExt};
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use serde::{Deserialize, Serialize};
+use spate_types::disk::Disk;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -44,14 +45,15 @@ struct StoredSnapshot {
 /// The durable current snapshot, shared by the state machine and its builders.
 #[derive(Debug)]
 struct SnapshotFile {
+    disk: Arc<dyn Disk>,
     path: PathBuf,
     current: Mutex<Option<StoredSnapshot>>,
 }
 
 impl SnapshotFile {
-    fn load(dir: &Path) -> io::Result<SnapshotFile> {
+    fn load(disk: Arc<dyn Disk>, dir: &Path) -> io::Result<SnapshotFile> {
         let path = dir.join(SNAPSHOT_FILE);
-        let current = match fsio::read_framed_file(&path)? {
+        let current = match fsio::read_framed_file(&*disk, &path)? {
             None => None,
             Some(payload) => Some(serde_json::from_slice::<StoredSnapshot>(&payload).map_err(
                 |e| {
@@ -63,6 +65,7 @@ impl SnapshotFile {
             )?),
         };
         Ok(SnapshotFile {
+            disk,
             path,
             current: Mutex::new(current),
         })
@@ -90,7 +93,7 @@ impl SnapshotFile {
                 return Ok(());
             }
         }
-        fsio::write_atomic(&self.path, &payload)?;
+        fsio::write_atomic(&*self.disk, &self.path, &payload)?;
         *current = Some(snap);
         Ok(())
     }
@@ -112,11 +115,12 @@ pub(crate) struct StateMachine {
 }
 
 impl StateMachine {
-    /// Loads the last snapshot in `dir`, if any, as the starting state.
+    /// Loads the last snapshot in `dir` of `disk`, if any, as the starting state.
     pub(crate) fn open(
+        disk: Arc<dyn Disk>,
         dir: &Path,
     ) -> io::Result<(StateMachine, watch::Receiver<Arc<MetadataImage>>)> {
-        let snapshots = Arc::new(SnapshotFile::load(dir)?);
+        let snapshots = Arc::new(SnapshotFile::load(disk, dir)?);
         let (image, last_applied, last_membership) = match snapshots.current()? {
             Some(s) => (s.image, s.meta.last_log_id, s.meta.last_membership),
             None => (MetadataImage::default(), None, StoredMembership::default()),
