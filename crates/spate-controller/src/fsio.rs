@@ -61,35 +61,6 @@ pub(crate) fn decode_frames(buf: &[u8]) -> (Vec<&[u8]>, usize) {
 /// The largest file [`read_framed_file`] reads: one frame of the largest record.
 const FRAMED_FILE_BYTES_MAX: u64 = (FRAME_HEADER_BYTES + RECORD_BYTES_MAX) as u64;
 
-/// Creates `dir` and its missing parents, and makes each new directory's entry durable in its
-/// parent, so that a crash cannot lose the directory holding files already synced into it.
-pub(crate) fn create_dir_all(disk: &dyn Disk, dir: &Path) -> io::Result<()> {
-    let mut missing = Vec::new();
-    // The root (no parent) always exists; a relative path ends at the current directory.
-    let mut at = Some(dir).filter(|p| p.parent().is_some());
-    while let Some(p) = at {
-        match disk.file_len(p) {
-            Ok(_) => break,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => missing.push(p),
-            Err(e) => return Err(e),
-        }
-        at = p
-            .parent()
-            .filter(|q| !q.as_os_str().is_empty() && q.parent().is_some());
-    }
-    disk.create_dir_all(dir)?;
-    // Top down: each parent exists (and its own entry is durable) before its new child's entry.
-    for p in missing.iter().rev() {
-        let parent = match p.parent() {
-            Some(parent) if !parent.as_os_str().is_empty() => parent,
-            // A relative path of one component lives in the current directory.
-            _ => Path::new("."),
-        };
-        disk.sync_dir(parent)?;
-    }
-    Ok(())
-}
-
 /// Atomically replaces `path` with `contents` with the tree's one durable-write helper
 /// (temp file, fsync, rename, fsync of the directory).
 pub(crate) fn write_atomic(disk: &dyn Disk, path: &Path, contents: &[u8]) -> io::Result<()> {
@@ -170,9 +141,9 @@ mod tests {
         let dir = Path::new("/data/a/b");
         disk.create_dir_all(Path::new("/data")).expect("mkdir");
         disk.sync_dir(Path::new("/")).expect("sync root");
-        create_dir_all(&disk, dir).expect("mkdir durably");
+        disk::create_dir_all_durable(&disk, dir).expect("mkdir durably");
         write_atomic(&disk, &dir.join("f"), b"kept").expect("write");
-        create_dir_all(&disk, dir).expect("an existing directory is fine");
+        disk::create_dir_all_durable(&disk, dir).expect("an existing directory is fine");
         disk.crash();
         assert_eq!(
             disk::read_bounded(&disk, &dir.join("f"), 16)

@@ -4,7 +4,6 @@
 use crate::error::{ControllerError, StopCause};
 use crate::forward::request_handler;
 use crate::forward::RETRY_BACKOFF;
-use crate::fsio;
 use crate::heartbeat::{heartbeat_task, liveness_task};
 use crate::liveness::Liveness;
 use crate::raft::log_store::LogStore;
@@ -572,7 +571,7 @@ type Storage = (
 
 /// Locks `dir` of `disk` (creating it) and recovers the Raft log and the last snapshot.
 fn open_storage(disk: Arc<dyn Disk>, dir: &Path) -> Result<Storage, ControllerError> {
-    fsio::create_dir_all(&*disk, dir)
+    spate_types::disk::create_dir_all_durable(&*disk, dir)
         .map_err(|e| ControllerError::io(format!("creating {}", dir.display()), e))?;
     let lock = lock_dir(&*disk, dir)?;
     let (log_store, recovery) = LogStore::open(disk.clone(), dir).map_err(|e| {

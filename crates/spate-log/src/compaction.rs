@@ -4,8 +4,8 @@
 //! Three phases, so that the partition lock is held only briefly:
 //! 1. [`PartitionLog::plan_compaction`](crate::PartitionLog::plan_compaction) (under the lock):
 //!    picks the cleanable segments (rolled, below the high watermark, older than
-//!    `min.compaction.lag.ms`), checks `min.cleanable.dirty.ratio` and takes `Arc<File>`s of
-//!    the segments. Rolled segment files are never written again, so reading them later is safe.
+//!    `min.compaction.lag.ms`), checks `min.cleanable.dirty.ratio` and takes the segments' open
+//!    files. Rolled segment files are never written again, so reading them later is safe.
 //! 2. [`CompactionPlan::execute`] (no lock, blocking I/O): builds the key map from the dirty
 //!    section (offsets from the cleaner checkpoint on), then rewrites every cleanable segment
 //!    into `{base}.{end}.log.cleaned` files (with their indexes), grouping consecutive
@@ -14,8 +14,8 @@
 //!    lock): checks that the segments are still the ones read (truncation, retention or another
 //!    compaction abort the pass), renames each `.cleaned` log to `{base}.{end}.log.swap`,
 //!    fsyncs the directory (the commit point), removes the replaced segments, renames the swap
-//!    file and its indexes into place and swaps the in-memory segments. Readers holding an
-//!    `Arc<File>` of a replaced segment keep reading the old bytes.
+//!    file and its indexes into place and swaps the in-memory segments. Readers holding the
+//!    open file of a replaced segment keep reading the old bytes.
 //!    [`CompactionCommit::persist`] then (no lock) writes the cleaner checkpoint.
 //!
 //! Crash safety: recovery deletes every `*.cleaned` file; a `{base}.{end}.log.swap` file is
@@ -54,18 +54,17 @@ use crate::batch::{check_batch, decode_records, restore_header_fields, BatchHead
 use crate::error::LogError;
 use crate::fsio;
 use crate::segment::{
-    file_name, open_rw, write_index_pair, IndexBuilder, SegmentIndex, INDEX_SUFFIX, LOG_SUFFIX,
+    file_name, write_index_pair, IndexBuilder, SegmentIndex, INDEX_SUFFIX, LOG_SUFFIX,
     TIME_INDEX_SUFFIX,
 };
 use bytes::BytesMut;
 use kafka_protocol::records::{Record, RecordBatchEncoder, RecordEncodeOptions};
 use sha2::{Digest, Sha256};
+use spate_types::disk::{Disk, DiskFile, OpenMode};
 use spate_types::limits::BATCH_BYTES_MAX;
 use spate_types::{Offset, ProducerId};
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{self, File};
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -140,12 +139,14 @@ pub(crate) struct PlannedSegment {
     pub base: Offset,
     /// Offset after the segment (the next segment's base).
     pub end: Offset,
-    pub file: Arc<File>,
+    pub file: Arc<dyn DiskFile>,
     pub size: u64,
 }
 
 /// Phase 1's output: everything phase 2 needs, with no reference to the log.
 pub struct CompactionPlan {
+    /// The log's disk: phase 2 reads and writes through it.
+    pub(crate) disk: Arc<dyn Disk>,
     pub(crate) dir: PathBuf,
     pub(crate) generation: u64,
     pub(crate) now_ms: i64,
@@ -164,7 +165,7 @@ pub(crate) struct CleanedGroup {
     pub base: Offset,
     pub end: Offset,
     pub originals: Vec<PlannedSegment>,
-    pub file: File,
+    pub file: Arc<dyn DiskFile>,
     pub size: u64,
     pub index: SegmentIndex,
 }
@@ -187,6 +188,7 @@ impl CleanedGroup {
 
 /// Phase 2's output. Dropping it without a successful commit removes its cleaned files.
 pub struct PreparedCompaction {
+    pub(crate) disk: Arc<dyn Disk>,
     pub(crate) dir: PathBuf,
     pub(crate) generation: u64,
     pub(crate) cleaned_up_to: Offset,
@@ -198,8 +200,9 @@ impl PreparedCompaction {
     pub(crate) fn remove_files(&mut self) {
         for g in self.groups.drain(..) {
             for suffix in [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
-                let _ =
-                    fs::remove_file(CleanedGroup::cleaned_path(&self.dir, g.base, g.end, suffix));
+                let _ = self.disk.remove_file(&CleanedGroup::cleaned_path(
+                    &self.dir, g.base, g.end, suffix,
+                ));
             }
         }
     }
@@ -215,7 +218,8 @@ impl Drop for PreparedCompaction {
 #[must_use = "persist() records the cleaner checkpoint"]
 pub struct CompactionCommit {
     pub(crate) outcome: CompactionOutcome,
-    pub(crate) checkpoint: Option<(PathBuf, Offset)>,
+    /// Where to write the cleaner checkpoint, and the offset it records.
+    pub(crate) checkpoint: Option<(Arc<dyn Disk>, PathBuf, Offset)>,
 }
 
 impl CompactionCommit {
@@ -223,9 +227,9 @@ impl CompactionCommit {
     /// checkpoint. Runs without the partition lock; skipping it only makes the next pass
     /// consider more of the log dirty.
     pub fn persist(self) -> Result<CompactionOutcome, LogError> {
-        if let Some((dir, offset)) = &self.checkpoint {
-            fsio::sync_dir(dir)?;
-            write_checkpoint(dir, *offset)?;
+        if let Some((disk, dir, offset)) = &self.checkpoint {
+            disk.sync_dir(dir)?;
+            write_checkpoint(&**disk, dir, *offset)?;
         }
         Ok(self.outcome)
     }
@@ -248,7 +252,7 @@ fn key_hash(key: &[u8]) -> KeyHash {
 /// order. A torn or corrupt batch fails the pass: the cleaner never copies corruption.
 fn for_each_batch(
     path: &Path,
-    file: &File,
+    file: &dyn DiskFile,
     size: u64,
     mut f: impl FnMut(&BatchHeader, &[u8]) -> Result<bool, LogError>,
 ) -> Result<(), LogError> {
@@ -299,7 +303,7 @@ impl CompactionPlan {
         let mut stopped_at = None;
         for seg in self.segments.iter().filter(|s| s.end > self.first_dirty) {
             let path = self.path_of(seg);
-            for_each_batch(&path, &seg.file, seg.size, |h, bytes| {
+            for_each_batch(&path, &*seg.file, seg.size, |h, bytes| {
                 if h.last_offset() < self.first_dirty || h.is_control() || h.is_transactional() {
                     return Ok(true);
                 }
@@ -358,6 +362,7 @@ impl CompactionPlan {
     pub fn execute(self) -> Result<PreparedCompaction, LogError> {
         let (map, map_end) = self.build_key_map()?;
         let mut prepared = PreparedCompaction {
+            disk: Arc::clone(&self.disk),
             dir: self.dir.clone(),
             generation: self.generation,
             cleaned_up_to: map_end,
@@ -371,7 +376,7 @@ impl CompactionPlan {
             let group = self.clean_group(originals, &map, map_end, &mut prepared.stats)?;
             prepared.groups.push(group);
         }
-        fsio::sync_dir(&self.dir)?;
+        self.disk.sync_dir(&self.dir)?;
         Ok(prepared)
     }
 
@@ -385,20 +390,21 @@ impl CompactionPlan {
         let base = originals[0].base;
         let end = originals[originals.len() - 1].end;
         let path = CleanedGroup::cleaned_path(&self.dir, base, end, LOG_SUFFIX);
-        let out = open_rw(&path, true)?;
+        let out = self.disk.open(&path, OpenMode::Truncate)?;
         // From here on the group owns the file; a failure below is cleaned up by the caller's
         // PreparedCompaction only once the group is pushed, so remove it on error here.
-        let result = self.write_group(&out, &originals, base, map, map_end, stats);
+        let result = self.write_group(&*out, &originals, base, map, map_end, stats);
         let (size, mut index) = match result {
             Ok(v) => v,
             Err(e) => {
-                let _ = fs::remove_file(&path);
+                let _ = self.disk.remove_file(&path);
                 return Err(e);
             }
         };
         let finish = || -> io::Result<()> {
             out.sync_data()?;
             write_index_pair(
+                &*self.disk,
                 &CleanedGroup::cleaned_path(&self.dir, base, end, INDEX_SUFFIX),
                 &CleanedGroup::cleaned_path(&self.dir, base, end, TIME_INDEX_SUFFIX),
                 &index,
@@ -408,7 +414,9 @@ impl CompactionPlan {
         };
         if let Err(e) = finish() {
             for suffix in [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
-                let _ = fs::remove_file(CleanedGroup::cleaned_path(&self.dir, base, end, suffix));
+                let _ = self
+                    .disk
+                    .remove_file(&CleanedGroup::cleaned_path(&self.dir, base, end, suffix));
             }
             return Err(e.into());
         }
@@ -430,7 +438,7 @@ impl CompactionPlan {
     /// Writes the surviving batches of `originals` to `out`; returns its size and index.
     fn write_group(
         &self,
-        out: &File,
+        out: &dyn DiskFile,
         originals: &[PlannedSegment],
         base: Offset,
         map: &HashMap<KeyHash, i64>,
@@ -442,7 +450,7 @@ impl CompactionPlan {
         let mut pos = 0u64;
         for seg in originals {
             let path = self.path_of(seg);
-            for_each_batch(&path, &seg.file, seg.size, |h, bytes| {
+            for_each_batch(&path, &*seg.file, seg.size, |h, bytes| {
                 let cleaned = self
                     .clean_batch(h, bytes, map, map_end, stats)
                     .map_err(|e| LogError::Corrupt {
@@ -555,15 +563,14 @@ enum Cleaned {
 /// Rolls interrupted swaps forward and removes unfinished cleaned files (at open, before
 /// segments are listed). A swap file `{base}.{end}.log.swap` replaces every segment with a base
 /// offset in `[base, end)`.
-pub(crate) fn recover(dir: &Path) -> Result<(), LogError> {
+pub(crate) fn recover(disk: &dyn Disk, dir: &Path) -> Result<(), LogError> {
     let mut swaps = Vec::new();
     let mut logs = Vec::new();
-    for entry in fs::read_dir(dir)? {
-        let entry = entry?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
+    for entry in disk.read_dir(dir)? {
+        let name = entry.name.as_str();
+        let path = dir.join(name);
         if name.ends_with(CLEANED_SUFFIX) {
-            fs::remove_file(entry.path())?;
+            disk.remove_file(&path)?;
         } else if let Some(stem) = name.strip_suffix(SWAP_SUFFIX) {
             let parsed = stem.split_once('.').and_then(|(b, e)| {
                 (b.len() == 20 && e.len() == 20)
@@ -571,10 +578,10 @@ pub(crate) fn recover(dir: &Path) -> Result<(), LogError> {
                     .flatten()
             });
             match parsed {
-                Some((b, e)) if b < e => swaps.push((b, e, entry.path())),
+                Some((b, e)) if b < e => swaps.push((b, e, path)),
                 _ => {
-                    tracing::warn!(path = ?entry.path(), "removing unparseable swap file");
-                    fs::remove_file(entry.path())?;
+                    tracing::warn!(?path, "removing unparseable swap file");
+                    disk.remove_file(&path)?;
                 }
             }
         } else if let Some(stem) = name.strip_suffix(LOG_SUFFIX) {
@@ -591,25 +598,25 @@ pub(crate) fn recover(dir: &Path) -> Result<(), LogError> {
     for (base, end, swap) in swaps {
         for old in logs.iter().filter(|b| **b >= base && **b < end) {
             for suffix in [INDEX_SUFFIX, TIME_INDEX_SUFFIX, LOG_SUFFIX] {
-                match fs::remove_file(dir.join(file_name(*old, suffix))) {
+                match disk.remove_file(&dir.join(file_name(*old, suffix))) {
                     Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e.into()),
                     _ => {}
                 }
             }
         }
         // The indexes were removed with the old segment; they are rebuilt from the log.
-        fs::rename(&swap, dir.join(file_name(base, LOG_SUFFIX)))?;
+        disk.rename(&swap, &dir.join(file_name(base, LOG_SUFFIX)))?;
         tracing::warn!(dir = ?dir, segment = base.0, end = end.0,
             "completed a compaction swap interrupted by a crash");
     }
-    fsio::sync_dir(dir)?;
+    disk.sync_dir(dir)?;
     Ok(())
 }
 
-pub(crate) fn read_checkpoint(dir: &Path) -> Result<Option<Offset>, LogError> {
-    Ok(fsio::read_offset_checkpoint(dir, CLEANER_CHECKPOINT)?)
+pub(crate) fn read_checkpoint(disk: &dyn Disk, dir: &Path) -> Result<Option<Offset>, LogError> {
+    Ok(fsio::read_offset_checkpoint(disk, dir, CLEANER_CHECKPOINT)?)
 }
 
-fn write_checkpoint(dir: &Path, offset: Offset) -> io::Result<()> {
-    fsio::write_offset_checkpoint(dir, CLEANER_CHECKPOINT, offset)
+fn write_checkpoint(disk: &dyn Disk, dir: &Path, offset: Offset) -> io::Result<()> {
+    fsio::write_offset_checkpoint(disk, dir, CLEANER_CHECKPOINT, offset)
 }

@@ -12,6 +12,12 @@ use proptest::prelude::*;
 use spate_types::{LeaderEpoch, Offset, ProducerId};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The operating system's disk: these tests inspect and damage the files with `std::fs`.
+fn os() -> Arc<dyn spate_types::Disk> {
+    Arc::new(spate_types::OsDisk)
+}
 
 const E: LeaderEpoch = LeaderEpoch(3);
 const HOUR: i64 = 3_600_000;
@@ -85,7 +91,7 @@ struct Log {
 impl Log {
     fn new(c: LogConfig) -> Log {
         let dir = tempfile::tempdir().unwrap();
-        let log = PartitionLog::open(dir.path(), c.clone(), T0).unwrap();
+        let log = PartitionLog::open(os(), dir.path(), c.clone(), T0).unwrap();
         Log {
             log,
             dir,
@@ -118,10 +124,10 @@ impl Log {
         let dummy = tempfile::tempdir().unwrap();
         let old = std::mem::replace(
             &mut self.log,
-            PartitionLog::open(dummy.path(), c.clone(), T0).unwrap(),
+            PartitionLog::open(os(), dummy.path(), c.clone(), T0).unwrap(),
         );
         drop(old);
-        self.log = PartitionLog::open(self.dir.path(), c, self.now).unwrap();
+        self.log = PartitionLog::open(os(), self.dir.path(), c, self.now).unwrap();
     }
 }
 

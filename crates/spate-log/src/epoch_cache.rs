@@ -7,7 +7,7 @@
 //! starts in the active segment and is not yet checkpointed is recovered from the batches'
 //! `partitionLeaderEpoch` during the recovery scan.
 
-use crate::fsio;
+use spate_types::disk::{self, Disk};
 use spate_types::{LeaderEpoch, Offset};
 use std::io;
 use std::path::Path;
@@ -89,21 +89,21 @@ impl EpochCache {
         self.dirty
     }
 
-    pub(crate) fn write_checkpoint(&mut self, dir: &Path) -> io::Result<()> {
+    pub(crate) fn write_checkpoint(&mut self, disk: &dyn Disk, dir: &Path) -> io::Result<()> {
         let mut s = format!("0\n{}\n", self.entries.len());
         for (e, o) in &self.entries {
             s.push_str(&format!("{} {}\n", e.0, o.0));
         }
-        fsio::write_atomic(dir, CHECKPOINT_FILE, s.as_bytes())?;
+        disk::write_atomic(disk, dir, CHECKPOINT_FILE, s.as_bytes())?;
         self.dirty = false;
         Ok(())
     }
 
     /// Loads the checkpoint; a missing or malformed file yields an empty cache (with a warning
     /// for malformed), which recovery then refills from the active segment.
-    pub(crate) fn load(dir: &Path) -> io::Result<EpochCache> {
+    pub(crate) fn load(disk: &dyn Disk, dir: &Path) -> io::Result<EpochCache> {
         let path = dir.join(CHECKPOINT_FILE);
-        let Some(bytes) = fsio::read_bounded(&path, 64 << 20)? else {
+        let Some(bytes) = disk::read_bounded(disk, &path, 64 << 20)? else {
             return Ok(EpochCache::default());
         };
         match parse_checkpoint(&bytes) {
@@ -193,11 +193,13 @@ mod tests {
 
     #[test]
     fn checkpoint_round_trips_and_garbage_is_ignored() {
-        let dir = tempfile::tempdir().unwrap();
+        let d = spate_types::MemoryDisk::default();
+        let dir = Path::new("/p");
+        d.create_dir_all(dir).unwrap();
         let mut c = cache(&[(1, 0), (7, 42)]);
-        c.write_checkpoint(dir.path()).unwrap();
-        assert_eq!(EpochCache::load(dir.path()).unwrap().entries(), c.entries());
-        std::fs::write(dir.path().join(CHECKPOINT_FILE), "0\n99999999999\n1 2\n").unwrap();
-        assert!(EpochCache::load(dir.path()).unwrap().entries().is_empty());
+        c.write_checkpoint(&d, dir).unwrap();
+        assert_eq!(EpochCache::load(&d, dir).unwrap().entries(), c.entries());
+        disk::write_atomic(&d, dir, CHECKPOINT_FILE, b"0\n99999999999\n1 2\n").unwrap();
+        assert!(EpochCache::load(&d, dir).unwrap().entries().is_empty());
     }
 }

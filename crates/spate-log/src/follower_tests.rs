@@ -14,6 +14,12 @@ use kafka_protocol::records::{
 use proptest::prelude::*;
 use spate_types::{LeaderEpoch, Offset, ProducerId};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The operating system's disk: these tests inspect and damage the files with `std::fs`.
+fn os() -> Arc<dyn spate_types::Disk> {
+    Arc::new(spate_types::OsDisk)
+}
 
 fn cfg(segment_bytes: u64, index_interval_bytes: u64) -> LogConfig {
     LogConfig {
@@ -24,7 +30,7 @@ fn cfg(segment_bytes: u64, index_interval_bytes: u64) -> LogConfig {
 }
 
 fn open(dir: &Path, c: &LogConfig) -> PartitionLog {
-    PartitionLog::open(dir, c.clone(), 0).unwrap()
+    PartitionLog::open(os(), dir, c.clone(), 0).unwrap()
 }
 
 fn split(mut bytes: &[u8]) -> Vec<Vec<u8>> {
@@ -535,7 +541,7 @@ fn a_compacted_leader_is_copied_exactly() {
         min_cleanable_dirty_ratio: 0.0,
         ..LogConfig::default()
     };
-    let mut leader = PartitionLog::open(ld.path(), c.clone(), 0).unwrap();
+    let mut leader = PartitionLog::open(os(), ld.path(), c.clone(), 0).unwrap();
     let sets = [
         keyed(&[("a", "1"), ("b", "1"), ("c", "1")], (-1, -1, -1)),
         keyed(&[("a", "2"), ("d", "1")], (-1, -1, -1)),

@@ -5,7 +5,8 @@
 //! assigned by the leader, plus small checkpoint files (log start offset, leader epochs,
 //! producer state snapshots, cleaner checkpoint, gaps checkpoint). A follower stores its
 //! leader's batches unchanged ([`PartitionLog::append_as_follower`]). See [`PartitionLog`] for the contract callers
-//! rely on and [`compaction`] for `cleanup.policy=compact`.
+//! rely on and [`compaction`] for `cleanup.policy=compact`. All file I/O goes through the disk
+//! seam ([`spate_types::disk`]) the log is opened on.
 
 pub mod batch;
 pub mod compaction;
@@ -30,12 +31,13 @@ pub use config::{
 };
 pub use epoch_cache::EpochCache;
 pub use error::{FollowerAppendError, LogError};
-pub use fsio::write_atomic;
 pub use log::{AppendInfo, AppendOutcome, PartitionLog, ReadPlan, RetentionOutcome, SyncTarget};
 pub use producer_state::{BatchMetadata, ProducerEntry, ProducerStateManager};
 
 #[cfg(test)]
 mod compaction_tests;
+#[cfg(test)]
+mod disk_tests;
 #[cfg(test)]
 mod follower_tests;
 #[cfg(test)]

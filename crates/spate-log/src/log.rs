@@ -1,6 +1,9 @@
 //! [`PartitionLog`]: one partition's log on local disk.
 //!
 //! Contract for callers:
+//! - Every file is reached through the [`Disk`] given to [`PartitionLog::open`]: the operating
+//!   system's in production, a `MemoryDisk` that loses what was not synced in tests. "fsync"
+//!   below means that disk's `sync_data`/`sync_all`/`sync_dir`.
 //! - Single owner. The caller wraps the log in a mutex; every method is short. The only
 //!   fsyncs on the write path happen when a segment rolls.
 //! - When [`PartitionLog::append`] returns, the batches are in the OS page cache (they survive
@@ -48,12 +51,11 @@ use crate::segment::{
     SegmentIndex, INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX,
 };
 use bytes::Bytes;
+use spate_types::disk::{Disk, DiskFile};
 use spate_types::limits::BATCH_BYTES_MAX;
 use spate_types::{LeaderEpoch, Offset};
 use std::collections::BTreeMap;
-use std::fs::{self, File};
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -82,7 +84,7 @@ pub enum AppendOutcome {
 /// A read to perform outside the caller's lock: whole batches at `position..position+len`.
 #[derive(Clone, Debug)]
 pub struct ReadPlan {
-    file: Option<Arc<File>>,
+    file: Option<Arc<dyn DiskFile>>,
     path: PathBuf,
     position: u64,
     length: usize,
@@ -136,7 +138,7 @@ impl ReadPlan {
 /// Files to fsync so that everything below `offset` is durable.
 #[derive(Clone, Debug)]
 pub struct SyncTarget {
-    pub files: Vec<Arc<File>>,
+    pub files: Vec<Arc<dyn DiskFile>>,
     pub offset: Offset,
 }
 
@@ -161,8 +163,8 @@ pub struct RetentionOutcome {
 struct Active {
     index: SegmentIndex,
     builder: IndexBuilder,
-    offset_index: Arc<File>,
-    time_index: Arc<File>,
+    offset_index: Arc<dyn DiskFile>,
+    time_index: Arc<dyn DiskFile>,
     /// When the segment's age started counting, for `segment.ms`.
     roll_base_ms: Option<i64>,
     /// An index write failed; the files are rewritten from memory at the next roll or flush.
@@ -174,6 +176,8 @@ struct Active {
 
 /// One partition's log. See the module docs for the contract.
 pub struct PartitionLog {
+    /// Where every file of the log lives (see [`spate_types::disk`]).
+    disk: Arc<dyn Disk>,
     dir: PathBuf,
     config: LogConfig,
     /// By base offset; never empty; the last one is active.
@@ -211,8 +215,8 @@ fn parse_base(name: &str, suffix: &str) -> Option<Offset> {
     stem.parse::<i64>().ok().map(Offset)
 }
 
-fn remove_if_exists(path: &Path) -> io::Result<()> {
-    match fs::remove_file(path) {
+fn remove_if_exists(disk: &dyn Disk, path: &Path) -> io::Result<()> {
+    match disk.remove_file(path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
     }
@@ -223,63 +227,70 @@ fn rel(base: Offset, offset: Offset) -> u64 {
 }
 
 impl PartitionLog {
-    /// Opens (creating if absent) the partition log in `dir` and recovers it.
-    pub fn open(dir: &Path, config: LogConfig, now_ms: i64) -> Result<PartitionLog, LogError> {
-        fs::create_dir_all(dir)?;
-        compaction::recover(dir)?;
+    /// Opens (creating if absent) the partition log in `dir` on `disk` and recovers it. Every
+    /// file of the log is read and written through `disk`, which the log keeps.
+    ///
+    /// A `dir` this creates is not made durable in its parent: a caller that creates the
+    /// directory of a new partition makes it durable first (the replica manager does, with
+    /// [`spate_types::disk::create_dir_all_durable`]).
+    pub fn open(
+        disk: Arc<dyn Disk>,
+        dir: &Path,
+        config: LogConfig,
+        now_ms: i64,
+    ) -> Result<PartitionLog, LogError> {
+        let d = &*disk;
+        d.create_dir_all(dir)?;
+        compaction::recover(d, dir)?;
         let mut bases = Vec::new();
-        for entry in fs::read_dir(dir)? {
-            let entry = entry?;
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
+        for entry in d.read_dir(dir)? {
+            let name = entry.name.as_str();
             if name.ends_with(".tmp") {
-                remove_if_exists(&entry.path())?;
+                remove_if_exists(d, &dir.join(name))?;
             } else if let Some(base) = parse_base(name, LOG_SUFFIX) {
                 bases.push(base);
             }
         }
         bases.sort_unstable();
         // Indexes whose log is gone are leftovers of an interrupted deletion.
-        for entry in fs::read_dir(dir)? {
-            let entry = entry?;
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
+        for entry in d.read_dir(dir)? {
+            let name = entry.name.as_str();
             let base =
                 parse_base(name, INDEX_SUFFIX).or_else(|| parse_base(name, TIME_INDEX_SUFFIX));
             if base.is_some_and(|b| bases.binary_search(&b).is_err()) {
-                remove_if_exists(&entry.path())?;
+                remove_if_exists(d, &dir.join(name))?;
             }
         }
-        let checkpointed_start = read_log_start(dir)?;
-        let cleaner_checkpoint = compaction::read_checkpoint(dir)?.unwrap_or_default();
-        let gaps_below = fsio::read_offset_checkpoint(dir, GAPS_CHECKPOINT)?.unwrap_or_default();
+        let checkpointed_start = read_log_start(d, dir)?;
+        let cleaner_checkpoint = compaction::read_checkpoint(d, dir)?.unwrap_or_default();
+        let gaps_below = fsio::read_offset_checkpoint(d, dir, GAPS_CHECKPOINT)?.unwrap_or_default();
 
         let mut segments = BTreeMap::new();
         let active_base = match bases.pop() {
             Some(b) => b,
             None => {
                 let base = checkpointed_start.unwrap_or_default();
-                Segment::create(dir, base)?;
-                fsio::sync_dir(dir)?;
+                Segment::create(d, dir, base)?;
+                d.sync_dir(dir)?;
                 base
             }
         };
         for base in bases {
-            let mut seg = Segment::open(dir, base)?;
-            if seg.index_files_suspect(config.index_interval_bytes)? {
-                let idx = seg.rebuild_index(config.index_interval_bytes, true)?;
+            let mut seg = Segment::open(d, dir, base)?;
+            if seg.index_files_suspect(d, config.index_interval_bytes)? {
+                let idx = seg.rebuild_index(d, config.index_interval_bytes, true)?;
                 seg.set_index(Some(idx));
             }
             segments.insert(base, seg);
         }
 
         // The active segment: scan every batch, truncate at the first bad byte.
-        let mut active_seg = Segment::open(dir, active_base)?;
-        let mut epochs = EpochCache::load(dir)?;
+        let mut active_seg = Segment::open(d, dir, active_base)?;
+        let mut epochs = EpochCache::load(d, dir)?;
         epochs.truncate_from_end(active_base);
         let mut scanned_epochs = Vec::new();
         let mut s = scan(
-            &active_seg.file,
+            &*active_seg.file,
             active_seg.size,
             active_base,
             config.index_interval_bytes,
@@ -313,7 +324,7 @@ impl PartitionLog {
         for (e, o) in scanned_epochs {
             epochs.assign(e, o);
         }
-        let (oi, ti) = write_index_files(dir, active_base, &s.index, false)?;
+        let (oi, ti) = write_index_files(d, dir, active_base, &s.index, false)?;
         let log_end = s.next_offset.unwrap_or(active_base);
         let first_base = segments.keys().next().copied().unwrap_or(active_base);
         let log_start = checkpointed_start
@@ -326,14 +337,15 @@ impl PartitionLog {
         let gaps_below = gaps_below.min(log_end);
 
         let mut log = PartitionLog {
+            disk,
             dir: dir.to_path_buf(),
             config,
             segments,
             active: Active {
                 index: std::mem::take(&mut s.index),
                 builder: s.builder,
-                offset_index: Arc::new(oi),
-                time_index: Arc::new(ti),
+                offset_index: oi,
+                time_index: ti,
                 roll_base_ms: Some(now_ms),
                 index_files_stale: false,
                 batches_end: s.next_offset,
@@ -376,16 +388,17 @@ impl PartitionLog {
     /// Loads the newest producer snapshot at or below the log end and replays the batches
     /// after it.
     fn reload_producer_state(&mut self) -> Result<(), LogError> {
-        let (state, from) = match ProducerStateManager::load_latest(&self.dir, self.log_end)? {
-            Some((state, at)) => {
-                self.producer_snapshot_at = Some(at);
-                (state, at.max(self.log_start))
-            }
-            None => {
-                self.producer_snapshot_at = None;
-                (ProducerStateManager::default(), self.log_start)
-            }
-        };
+        let (state, from) =
+            match ProducerStateManager::load_latest(&*self.disk, &self.dir, self.log_end)? {
+                Some((state, at)) => {
+                    self.producer_snapshot_at = Some(at);
+                    (state, at.max(self.log_start))
+                }
+                None => {
+                    self.producer_snapshot_at = None;
+                    (ProducerStateManager::default(), self.log_start)
+                }
+            };
         let mut state = state;
         self.for_each_header_from(from, |h| state.replay(h))?;
         self.producers = state;
@@ -431,7 +444,7 @@ impl PartitionLog {
         if self.is_active(seg) {
             Ok(&self.active.index)
         } else {
-            seg.index(self.config.index_interval_bytes)
+            seg.index(&*self.disk, self.config.index_interval_bytes)
         }
     }
 
@@ -713,7 +726,7 @@ impl PartitionLog {
         });
         if gapped && seg_base >= self.cleaner_checkpoint.max(self.gaps_below) {
             let mark = seg_base.next();
-            fsio::write_offset_checkpoint(&self.dir, GAPS_CHECKPOINT, mark)?;
+            fsio::write_offset_checkpoint(&*self.disk, &self.dir, GAPS_CHECKPOINT, mark)?;
             self.gaps_below = mark;
             tracing::debug!(dir = ?self.dir, segment = seg_base.0, "active segment may hold offset gaps");
         }
@@ -743,8 +756,8 @@ impl PartitionLog {
             batch_pos += size;
         }
         if let Err(e) = append_index_entries(
-            &self.active.offset_index,
-            &self.active.time_index,
+            &*self.active.offset_index,
+            &*self.active.time_index,
             &self.active.index,
             offsets_before,
             times_before,
@@ -813,11 +826,11 @@ impl PartitionLog {
         let times_before = index.times.len();
         self.active.builder.finish(&mut index);
         if self.active.index_files_stale {
-            write_index_files(&self.dir, old_base, &index, false)?;
+            write_index_files(&*self.disk, &self.dir, old_base, &index, false)?;
         } else {
             append_index_entries(
-                &self.active.offset_index,
-                &self.active.time_index,
+                &*self.active.offset_index,
+                &*self.active.time_index,
                 &index,
                 index.offsets.len(),
                 times_before,
@@ -829,11 +842,11 @@ impl PartitionLog {
         // Recovery rebuilds only the active segment's epochs (from its batches); every epoch
         // starting below it must be in the checkpoint before the segment stops being active.
         if self.epochs.is_dirty() {
-            self.epochs.write_checkpoint(&self.dir)?;
+            self.epochs.write_checkpoint(&*self.disk, &self.dir)?;
         }
 
-        let (seg, oi, ti) = Segment::create(&self.dir, new_base)?;
-        fsio::sync_dir(&self.dir)?;
+        let (seg, (oi, ti)) = Segment::create(&*self.disk, &self.dir, new_base)?;
+        self.disk.sync_dir(&self.dir)?;
         if let Some(old) = self.segments.get_mut(&old_base) {
             old.set_index(Some(index));
         }
@@ -841,15 +854,16 @@ impl PartitionLog {
         self.active = Active {
             index: SegmentIndex::default(),
             builder: IndexBuilder::new(self.config.index_interval_bytes),
-            offset_index: Arc::new(oi),
-            time_index: Arc::new(ti),
+            offset_index: oi,
+            time_index: ti,
             roll_base_ms: None,
             index_files_stale: false,
             batches_end: None,
         };
         self.log_end = new_base;
         self.flushed = self.flushed.max(new_base);
-        self.producers.write_snapshot(&self.dir, new_base)?;
+        self.producers
+            .write_snapshot(&*self.disk, &self.dir, new_base)?;
         self.producer_snapshot_at = Some(new_base);
         tracing::debug!(dir = ?self.dir, segment = new_base.0, "rolled segment");
         Ok(())
@@ -959,13 +973,14 @@ impl PartitionLog {
     pub fn flush(&mut self) -> Result<(), LogError> {
         if self.active.index_files_stale {
             let (oi, ti) = write_index_files(
+                &*self.disk,
                 &self.dir,
                 self.active_segment().base,
                 &self.active.index,
                 false,
             )?;
-            self.active.offset_index = Arc::new(oi);
-            self.active.time_index = Arc::new(ti);
+            self.active.offset_index = oi;
+            self.active.time_index = ti;
             self.active.index_files_stale = false;
         }
         self.active_segment().file.sync_data()?;
@@ -973,11 +988,12 @@ impl PartitionLog {
         self.active.time_index.sync_data()?;
         self.flushed = self.log_end;
         if self.producer_snapshot_at != Some(self.log_end) {
-            self.producers.write_snapshot(&self.dir, self.log_end)?;
+            self.producers
+                .write_snapshot(&*self.disk, &self.dir, self.log_end)?;
             self.producer_snapshot_at = Some(self.log_end);
         }
         if self.epochs.is_dirty() {
-            self.epochs.write_checkpoint(&self.dir)?;
+            self.epochs.write_checkpoint(&*self.disk, &self.dir)?;
         }
         if self.log_start_checkpointed != Some(self.log_start) {
             self.checkpoint_log_start()?;
@@ -1093,7 +1109,7 @@ impl PartitionLog {
         }
         // Durable before anything acts on it: a failed write leaves the log start where it was,
         // and the follower retries with the next Fetch response.
-        write_log_start(&self.dir, offset)?;
+        write_log_start(&*self.disk, &self.dir, offset)?;
         self.log_start = offset;
         self.log_start_checkpointed = Some(offset);
         let doomed: Vec<Offset> = self
@@ -1111,7 +1127,7 @@ impl PartitionLog {
     /// (DeleteRecords before it deletes anything), so a crash never brings back records below
     /// a log start this replica reported, and [`PartitionLog::flush`] need not rewrite it.
     fn checkpoint_log_start(&mut self) -> io::Result<()> {
-        write_log_start(&self.dir, self.log_start)?;
+        write_log_start(&*self.disk, &self.dir, self.log_start)?;
         self.log_start_checkpointed = Some(self.log_start);
         Ok(())
     }
@@ -1119,7 +1135,7 @@ impl PartitionLog {
     fn after_log_start_raised(&mut self) -> Result<(), LogError> {
         self.epochs.truncate_from_start(self.log_start);
         if self.epochs.is_dirty() {
-            self.epochs.write_checkpoint(&self.dir)?;
+            self.epochs.write_checkpoint(&*self.disk, &self.dir)?;
         }
         Ok(())
     }
@@ -1130,9 +1146,9 @@ impl PartitionLog {
             if let Some(seg) = self.segments.remove(base) {
                 bytes += seg.size;
                 self.size_bytes -= seg.size;
-                // Open read plans keep their Arc<File>; unlinking does not disturb them.
+                // Open read plans keep their file open; unlinking does not disturb them.
                 for suffix in [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
-                    remove_if_exists(&seg.path(suffix))?;
+                    remove_if_exists(&*self.disk, &seg.path(suffix))?;
                 }
                 tracing::info!(dir = ?self.dir, segment = base.0, bytes = seg.size, "deleted segment");
             }
@@ -1157,7 +1173,7 @@ impl PartitionLog {
             for seg in self.segments.values() {
                 let max_ts = match self.segment_max_timestamp(seg)? {
                     Some(t) if t >= 0 => t,
-                    Some(_) => file_mtime_ms(&seg.file)?,
+                    Some(_) => seg.file.modified_ms()?,
                     // A rolled segment compaction emptied holds nothing to keep.
                     None if !self.is_active(seg) => {
                         doomed.push(seg.base);
@@ -1239,7 +1255,7 @@ impl PartitionLog {
             if lag_ms > 0 {
                 let max_ts = match self.segment_max_timestamp(seg)? {
                     Some(t) if t >= 0 => Some(t),
-                    Some(_) => Some(file_mtime_ms(&seg.file)?),
+                    Some(_) => Some(seg.file.modified_ms()?),
                     None => None,
                 };
                 if max_ts.is_some_and(|t| now_ms.saturating_sub(t) < lag_ms) {
@@ -1284,6 +1300,7 @@ impl PartitionLog {
             .filter_map(|(pid, e)| e.batches.back().map(|b| (*pid, b.last_offset)))
             .collect();
         Ok(PlannedCompaction::Plan(CompactionPlan {
+            disk: Arc::clone(&self.disk),
             dir: self.dir.clone(),
             generation: self.generation,
             now_ms,
@@ -1321,13 +1338,13 @@ impl PartitionLog {
         }
         let groups = std::mem::take(&mut prepared.groups);
         for g in &groups {
-            fs::rename(
-                CleanedGroup::cleaned_path(&self.dir, g.base, g.end, LOG_SUFFIX),
-                g.swap_path(&self.dir),
+            self.disk.rename(
+                &CleanedGroup::cleaned_path(&self.dir, g.base, g.end, LOG_SUFFIX),
+                &g.swap_path(&self.dir),
             )?;
         }
         // Commit point: from here recovery rolls every swap forward.
-        fsio::sync_dir(&self.dir)?;
+        self.disk.sync_dir(&self.dir)?;
         self.generation += 1;
         let cleaned_path =
             |g: &CleanedGroup, suffix| CleanedGroup::cleaned_path(&self.dir, g.base, g.end, suffix);
@@ -1337,23 +1354,29 @@ impl PartitionLog {
                     self.size_bytes -= seg.size;
                 }
                 for suffix in [INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
-                    remove_if_exists(&self.dir.join(segment::file_name(o.base, suffix)))?;
+                    remove_if_exists(
+                        &*self.disk,
+                        &self.dir.join(segment::file_name(o.base, suffix)),
+                    )?;
                 }
                 if o.base != g.base {
-                    remove_if_exists(&self.dir.join(segment::file_name(o.base, LOG_SUFFIX)))?;
+                    remove_if_exists(
+                        &*self.disk,
+                        &self.dir.join(segment::file_name(o.base, LOG_SUFFIX)),
+                    )?;
                 }
             }
-            fs::rename(
-                cleaned_path(&g, INDEX_SUFFIX),
-                self.dir.join(segment::file_name(g.base, INDEX_SUFFIX)),
+            self.disk.rename(
+                &cleaned_path(&g, INDEX_SUFFIX),
+                &self.dir.join(segment::file_name(g.base, INDEX_SUFFIX)),
             )?;
-            fs::rename(
-                cleaned_path(&g, TIME_INDEX_SUFFIX),
-                self.dir.join(segment::file_name(g.base, TIME_INDEX_SUFFIX)),
+            self.disk.rename(
+                &cleaned_path(&g, TIME_INDEX_SUFFIX),
+                &self.dir.join(segment::file_name(g.base, TIME_INDEX_SUFFIX)),
             )?;
-            fs::rename(
-                g.swap_path(&self.dir),
-                self.dir.join(segment::file_name(g.base, LOG_SUFFIX)),
+            self.disk.rename(
+                &g.swap_path(&self.dir),
+                &self.dir.join(segment::file_name(g.base, LOG_SUFFIX)),
             )?;
             let mut seg = Segment::from_file(&self.dir, g.base, g.file, g.size);
             seg.set_index(Some(g.index));
@@ -1374,7 +1397,11 @@ impl PartitionLog {
         );
         Ok(CompactionCommit {
             outcome: CompactionOutcome::Compacted(stats),
-            checkpoint: Some((self.dir.clone(), prepared.cleaned_up_to)),
+            checkpoint: Some((
+                Arc::clone(&self.disk),
+                self.dir.clone(),
+                prepared.cleaned_up_to,
+            )),
         })
     }
 
@@ -1443,7 +1470,7 @@ impl PartitionLog {
             seg.size = cut;
             let seg = self.active_segment();
             let scanned = scan(
-                &seg.file,
+                &*seg.file,
                 seg.size,
                 base,
                 self.config.index_interval_bytes,
@@ -1451,7 +1478,7 @@ impl PartitionLog {
                 base < self.cleaner_checkpoint.max(self.gaps_below),
                 |_| {},
             )?;
-            let (oi, ti) = write_index_files(&self.dir, base, &scanned.index, true)?;
+            let (oi, ti) = write_index_files(&*self.disk, &self.dir, base, &scanned.index, true)?;
             self.log_end = new_end.max(scanned.next_offset.unwrap_or(base));
             self.active =
                 self.fresh_active(oi, ti, scanned.index, scanned.builder, scanned.next_offset);
@@ -1478,7 +1505,7 @@ impl PartitionLog {
         self.generation += 1;
         self.reset_at(offset)?;
         self.epochs.clear();
-        ProducerStateManager::delete_snapshots_above(&self.dir, Offset(-1))?;
+        ProducerStateManager::delete_snapshots_above(&*self.disk, &self.dir, Offset(-1))?;
         self.after_truncation()?;
         tracing::info!(dir = ?self.dir, log_start = offset.0, "emptied log");
         Ok(())
@@ -1488,8 +1515,8 @@ impl PartitionLog {
     fn reset_at(&mut self, offset: Offset) -> Result<(), LogError> {
         let all: Vec<Offset> = self.segments.keys().copied().collect();
         self.delete_segments(&all)?;
-        let (seg, oi, ti) = Segment::create(&self.dir, offset)?;
-        fsio::sync_dir(&self.dir)?;
+        let (seg, (oi, ti)) = Segment::create(&*self.disk, &self.dir, offset)?;
+        self.disk.sync_dir(&self.dir)?;
         self.segments.insert(offset, seg);
         self.active = self.fresh_active(
             oi,
@@ -1512,18 +1539,23 @@ impl PartitionLog {
         if self.gaps_below > self.log_end {
             // A segment the checkpoint covered may be gone; new ones must not inherit it.
             self.gaps_below = self.log_end;
-            fsio::write_offset_checkpoint(&self.dir, GAPS_CHECKPOINT, self.gaps_below)?;
+            fsio::write_offset_checkpoint(
+                &*self.disk,
+                &self.dir,
+                GAPS_CHECKPOINT,
+                self.gaps_below,
+            )?;
         }
         self.epochs.truncate_from_end(self.log_end);
-        self.epochs.write_checkpoint(&self.dir)?;
-        ProducerStateManager::delete_snapshots_above(&self.dir, self.log_end)?;
+        self.epochs.write_checkpoint(&*self.disk, &self.dir)?;
+        ProducerStateManager::delete_snapshots_above(&*self.disk, &self.dir, self.log_end)?;
         self.reload_producer_state()
     }
 
     fn fresh_active(
         &self,
-        oi: File,
-        ti: File,
+        oi: Arc<dyn DiskFile>,
+        ti: Arc<dyn DiskFile>,
         index: SegmentIndex,
         builder: IndexBuilder,
         batches_end: Option<Offset>,
@@ -1531,8 +1563,8 @@ impl PartitionLog {
         Active {
             index,
             builder,
-            offset_index: Arc::new(oi),
-            time_index: Arc::new(ti),
+            offset_index: oi,
+            time_index: ti,
             roll_base_ms: None,
             index_files_stale: false,
             batches_end,
@@ -1547,9 +1579,9 @@ impl PartitionLog {
 
     /// Deletes the partition's directory (topic deletion).
     pub fn delete(self) -> Result<(), LogError> {
-        let dir = self.dir.clone();
+        let (disk, dir) = (Arc::clone(&self.disk), self.dir.clone());
         drop(self);
-        fs::remove_dir_all(&dir)?;
+        disk.remove_dir_all(&dir)?;
         Ok(())
     }
 }
@@ -1569,17 +1601,14 @@ fn check_keys(records: &[u8], headers: &[BatchHeader]) -> Result<(), BatchError>
     Ok(())
 }
 
-fn file_mtime_ms(file: &File) -> io::Result<i64> {
-    let modified = file.metadata()?.modified()?;
-    Ok(modified
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
+fn read_log_start(disk: &dyn Disk, dir: &Path) -> Result<Option<Offset>, LogError> {
+    Ok(fsio::read_offset_checkpoint(
+        disk,
+        dir,
+        LOG_START_CHECKPOINT,
+    )?)
 }
 
-fn read_log_start(dir: &Path) -> Result<Option<Offset>, LogError> {
-    Ok(fsio::read_offset_checkpoint(dir, LOG_START_CHECKPOINT)?)
-}
-
-fn write_log_start(dir: &Path, offset: Offset) -> io::Result<()> {
-    fsio::write_offset_checkpoint(dir, LOG_START_CHECKPOINT, offset)
+fn write_log_start(disk: &dyn Disk, dir: &Path, offset: Offset) -> io::Result<()> {
+    fsio::write_offset_checkpoint(disk, dir, LOG_START_CHECKPOINT, offset)
 }

@@ -12,8 +12,8 @@
 
 use crate::batch::{increment_sequence, BatchHeader};
 use crate::error::LogError;
-use crate::fsio;
 use serde::{Deserialize, Serialize};
+use spate_types::disk::{self, Disk};
 use spate_types::limits::PRODUCER_BATCHES_REMEMBERED;
 use spate_types::{Offset, ProducerEpoch, ProducerId};
 use std::collections::{BTreeMap, VecDeque};
@@ -158,7 +158,12 @@ impl ProducerStateManager {
         }
     }
 
-    pub(crate) fn write_snapshot(&self, dir: &Path, offset: Offset) -> io::Result<()> {
+    pub(crate) fn write_snapshot(
+        &self,
+        disk: &dyn Disk,
+        dir: &Path,
+        offset: Offset,
+    ) -> io::Result<()> {
         let body = SnapshotBody {
             producers: self
                 .producers
@@ -169,12 +174,12 @@ impl ProducerStateManager {
         let json = serde_json::to_vec(&body).map_err(io::Error::other)?;
         let mut bytes = format!("{:08x}\n", crc32c::crc32c(&json)).into_bytes();
         bytes.extend_from_slice(&json);
-        fsio::write_atomic(dir, &snapshot_name(offset), &bytes)?;
-        let mut all = list_snapshots(dir)?;
+        disk::write_atomic(disk, dir, &snapshot_name(offset), &bytes)?;
+        let mut all = list_snapshots(disk, dir)?;
         all.sort_unstable();
         let excess = all.len().saturating_sub(SNAPSHOTS_KEPT);
         for old in &all[..excess] {
-            remove_if_exists(&dir.join(snapshot_name(*old)))?;
+            remove_if_exists(disk, &dir.join(snapshot_name(*old)))?;
         }
         Ok(())
     }
@@ -182,18 +187,19 @@ impl ProducerStateManager {
     /// Loads the newest valid snapshot at or below `max_offset`, deleting any above it (they
     /// describe data that no longer exists). Returns the state and the offset it covers.
     pub(crate) fn load_latest(
+        disk: &dyn Disk,
         dir: &Path,
         max_offset: Offset,
     ) -> io::Result<Option<(Self, Offset)>> {
-        let mut all = list_snapshots(dir)?;
+        let mut all = list_snapshots(disk, dir)?;
         all.sort_unstable();
         for offset in all.into_iter().rev() {
             let path = dir.join(snapshot_name(offset));
             if offset > max_offset {
-                remove_if_exists(&path)?;
+                remove_if_exists(disk, &path)?;
                 continue;
             }
-            let parsed = fsio::read_bounded(&path, SNAPSHOT_BYTES_MAX)
+            let parsed = disk::read_bounded(disk, &path, SNAPSHOT_BYTES_MAX)
                 .ok()
                 .flatten()
                 .and_then(|b| parse_snapshot(&b));
@@ -206,10 +212,14 @@ impl ProducerStateManager {
     }
 
     /// Deletes snapshots above `offset` (the log was truncated there).
-    pub(crate) fn delete_snapshots_above(dir: &Path, offset: Offset) -> io::Result<()> {
-        for o in list_snapshots(dir)? {
+    pub(crate) fn delete_snapshots_above(
+        disk: &dyn Disk,
+        dir: &Path,
+        offset: Offset,
+    ) -> io::Result<()> {
+        for o in list_snapshots(disk, dir)? {
             if o > offset {
-                remove_if_exists(&dir.join(snapshot_name(o)))?;
+                remove_if_exists(disk, &dir.join(snapshot_name(o)))?;
             }
         }
         Ok(())
@@ -278,11 +288,10 @@ fn snapshot_name(offset: Offset) -> String {
     format!("{:020}{SNAPSHOT_SUFFIX}", offset.0)
 }
 
-fn list_snapshots(dir: &Path) -> io::Result<Vec<Offset>> {
+fn list_snapshots(disk: &dyn Disk, dir: &Path) -> io::Result<Vec<Offset>> {
     let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        let name = entry?.file_name();
-        if let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(SNAPSHOT_SUFFIX)) {
+    for entry in disk.read_dir(dir)? {
+        if let Some(stem) = entry.name.strip_suffix(SNAPSHOT_SUFFIX) {
             if let Ok(o) = stem.parse::<i64>() {
                 out.push(Offset(o));
             }
@@ -291,8 +300,8 @@ fn list_snapshots(dir: &Path) -> io::Result<Vec<Offset>> {
     Ok(out)
 }
 
-fn remove_if_exists(path: &Path) -> io::Result<()> {
-    match std::fs::remove_file(path) {
+fn remove_if_exists(disk: &dyn Disk, path: &Path) -> io::Result<()> {
+    match disk.remove_file(path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
     }
@@ -449,25 +458,27 @@ mod tests {
 
     #[test]
     fn snapshot_round_trips_and_corrupt_snapshots_fall_back() {
-        let dir = tempfile::tempdir().unwrap();
+        let d = spate_types::MemoryDisk::default();
+        let dir = Path::new("/p");
+        d.create_dir_all(dir).unwrap();
         let mut s = ProducerStateManager::default();
         append(&mut s, &[header(1, 0, 0, 1), header(2, 1, 7, 2)], 0).unwrap();
-        s.write_snapshot(dir.path(), Offset(3)).unwrap();
+        s.write_snapshot(&d, dir, Offset(3)).unwrap();
         append(&mut s, &[header(1, 0, 1, 1)], 3).unwrap();
-        s.write_snapshot(dir.path(), Offset(4)).unwrap();
-        s.write_snapshot(dir.path(), Offset(5)).unwrap();
-        assert_eq!(list_snapshots(dir.path()).unwrap().len(), 2);
-        let (loaded, at) = ProducerStateManager::load_latest(dir.path(), Offset(10))
+        s.write_snapshot(&d, dir, Offset(4)).unwrap();
+        s.write_snapshot(&d, dir, Offset(5)).unwrap();
+        assert_eq!(list_snapshots(&d, dir).unwrap().len(), 2);
+        let (loaded, at) = ProducerStateManager::load_latest(&d, dir, Offset(10))
             .unwrap()
             .unwrap();
         assert_eq!((loaded, at), (s.clone(), Offset(5)));
-        std::fs::write(dir.path().join(snapshot_name(Offset(5))), b"garbage").unwrap();
-        let (_, at) = ProducerStateManager::load_latest(dir.path(), Offset(10))
+        disk::write_atomic(&d, dir, &snapshot_name(Offset(5)), b"garbage").unwrap();
+        let (_, at) = ProducerStateManager::load_latest(&d, dir, Offset(10))
             .unwrap()
             .unwrap();
         assert_eq!(at, Offset(4));
         // Snapshots beyond the log end describe lost data and are dropped.
-        assert!(ProducerStateManager::load_latest(dir.path(), Offset(3))
+        assert!(ProducerStateManager::load_latest(&d, dir, Offset(3))
             .unwrap()
             .is_none());
     }

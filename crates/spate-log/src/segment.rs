@@ -16,11 +16,10 @@
 
 use crate::batch::{check_batch, BatchHeader, HEADER_BYTES};
 use crate::error::LogError;
+use spate_types::disk::{self, Disk, DiskFile, OpenMode};
 use spate_types::limits::BATCH_BYTES_MAX;
 use spate_types::Offset;
-use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
@@ -210,7 +209,7 @@ pub(crate) struct Scan {
 /// (contiguously, unless `allow_gaps`: the segment may have been compacted).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn scan(
-    file: &File,
+    file: &dyn DiskFile,
     size: u64,
     base: Offset,
     interval_bytes: u64,
@@ -306,7 +305,7 @@ pub(crate) fn scan(
 /// segment's index is loaded on first use into `index`.
 pub(crate) struct Segment {
     pub base: Offset,
-    pub file: Arc<File>,
+    pub file: Arc<dyn DiskFile>,
     pub size: u64,
     pub dir: PathBuf,
     index: OnceLock<SegmentIndex>,
@@ -318,23 +317,31 @@ impl Segment {
     }
 
     /// Creates an empty segment (truncating leftovers of the same name) with empty indexes.
-    pub fn create(dir: &Path, base: Offset) -> io::Result<(Segment, File, File)> {
-        let file = open_rw(&dir.join(file_name(base, LOG_SUFFIX)), true)?;
-        let oi = open_rw(&dir.join(file_name(base, INDEX_SUFFIX)), true)?;
-        let ti = open_rw(&dir.join(file_name(base, TIME_INDEX_SUFFIX)), true)?;
-        Ok((Segment::from_file(dir, base, file, 0), oi, ti))
+    pub fn create(disk: &dyn Disk, dir: &Path, base: Offset) -> io::Result<(Segment, IndexFiles)> {
+        let file = disk.open(&dir.join(file_name(base, LOG_SUFFIX)), OpenMode::Truncate)?;
+        let oi = disk.open(&dir.join(file_name(base, INDEX_SUFFIX)), OpenMode::Truncate)?;
+        let ti = disk.open(
+            &dir.join(file_name(base, TIME_INDEX_SUFFIX)),
+            OpenMode::Truncate,
+        )?;
+        Ok((Segment::from_file(dir, base, file, 0), (oi, ti)))
     }
 
-    pub fn open(dir: &Path, base: Offset) -> io::Result<Segment> {
-        let file = open_rw(&dir.join(file_name(base, LOG_SUFFIX)), false)?;
-        let size = file.metadata()?.len();
+    pub fn open(disk: &dyn Disk, dir: &Path, base: Offset) -> io::Result<Segment> {
+        let file = disk.open(&dir.join(file_name(base, LOG_SUFFIX)), OpenMode::ReadWrite)?;
+        let size = file.len()?;
         Ok(Segment::from_file(dir, base, file, size))
     }
 
-    pub(crate) fn from_file(dir: &Path, base: Offset, file: File, size: u64) -> Segment {
+    pub(crate) fn from_file(
+        dir: &Path,
+        base: Offset,
+        file: Arc<dyn DiskFile>,
+        size: u64,
+    ) -> Segment {
         Segment {
             base,
-            file: Arc::new(file),
+            file,
             size,
             dir: dir.to_path_buf(),
             index: OnceLock::new(),
@@ -343,9 +350,9 @@ impl Segment {
 
     /// Whether the index files are missing or visibly shorter than this log needs, checked
     /// from file sizes alone so that start-up reads no index.
-    pub fn index_files_suspect(&self, interval_bytes: u64) -> io::Result<bool> {
-        let len = |suffix| match std::fs::metadata(self.path(suffix)) {
-            Ok(m) => Ok(Some(m.len())),
+    pub fn index_files_suspect(&self, disk: &dyn Disk, interval_bytes: u64) -> io::Result<bool> {
+        let len = |suffix| match disk.file_len(&self.path(suffix)) {
+            Ok(len) => Ok(Some(len)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         };
@@ -368,12 +375,12 @@ impl Segment {
     }
 
     /// The segment's index, loaded (and if need be rebuilt) on first use.
-    pub fn index(&self, interval_bytes: u64) -> Result<&SegmentIndex, LogError> {
+    pub fn index(&self, disk: &dyn Disk, interval_bytes: u64) -> Result<&SegmentIndex, LogError> {
         if let Some(idx) = self.index.get() {
             return Ok(idx);
         }
         let read = |suffix| -> io::Result<Vec<u8>> {
-            match crate::fsio::read_bounded(&self.path(suffix), INDEX_FILE_BYTES_MAX) {
+            match disk::read_bounded(disk, &self.path(suffix), INDEX_FILE_BYTES_MAX) {
                 Ok(b) => Ok(b.unwrap_or_default()),
                 Err(e) if e.kind() == io::ErrorKind::InvalidData => Ok(Vec::new()),
                 Err(e) => Err(e),
@@ -383,16 +390,21 @@ impl Segment {
             SegmentIndex::decode(&read(INDEX_SUFFIX)?, &read(TIME_INDEX_SUFFIX)?, self.size);
         let idx = match decoded {
             Some(idx) => idx,
-            None => self.rebuild_index(interval_bytes, false)?,
+            None => self.rebuild_index(disk, interval_bytes, false)?,
         };
         Ok(self.index.get_or_init(|| idx))
     }
 
     /// Rebuilds both indexes of a non-active segment from its log and rewrites their files.
-    pub fn rebuild_index(&self, interval_bytes: u64, sync: bool) -> Result<SegmentIndex, LogError> {
+    pub fn rebuild_index(
+        &self,
+        disk: &dyn Disk,
+        interval_bytes: u64,
+        sync: bool,
+    ) -> Result<SegmentIndex, LogError> {
         // Rolled segments may have been compacted.
         let mut s = scan(
-            &self.file,
+            &*self.file,
             self.size,
             self.base,
             interval_bytes,
@@ -405,7 +417,7 @@ impl Segment {
                 "index rebuild stopped early; reads past this point will report corruption");
         }
         s.builder.finish(&mut s.index);
-        write_index_files(&self.dir, self.base, &s.index, sync)?;
+        write_index_files(disk, &self.dir, self.base, &s.index, sync)?;
         tracing::info!(segment = ?self.path(LOG_SUFFIX), "rebuilt segment indexes");
         Ok(s.index)
     }
@@ -441,23 +453,19 @@ impl Segment {
     }
 }
 
-pub(crate) fn open_rw(path: &Path, truncate: bool) -> io::Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(truncate)
-        .open(path)
-}
+/// An index file pair, open for appends.
+pub(crate) type IndexFiles = (Arc<dyn DiskFile>, Arc<dyn DiskFile>);
 
 /// Writes both index files from scratch and returns them open for further appends.
 pub(crate) fn write_index_files(
+    disk: &dyn Disk,
     dir: &Path,
     base: Offset,
     idx: &SegmentIndex,
     sync: bool,
-) -> io::Result<(File, File)> {
+) -> io::Result<IndexFiles> {
     write_index_pair(
+        disk,
         &dir.join(file_name(base, INDEX_SUFFIX)),
         &dir.join(file_name(base, TIME_INDEX_SUFFIX)),
         idx,
@@ -467,14 +475,15 @@ pub(crate) fn write_index_files(
 
 /// Writes an offset index and a time index to the given paths from scratch.
 pub(crate) fn write_index_pair(
+    disk: &dyn Disk,
     offset_index: &Path,
     time_index: &Path,
     idx: &SegmentIndex,
     sync: bool,
-) -> io::Result<(File, File)> {
-    let oi = open_rw(offset_index, true)?;
+) -> io::Result<IndexFiles> {
+    let oi = disk.open(offset_index, OpenMode::Truncate)?;
     oi.write_all_at(&SegmentIndex::encode_offsets(&idx.offsets), 0)?;
-    let ti = open_rw(time_index, true)?;
+    let ti = disk.open(time_index, OpenMode::Truncate)?;
     ti.write_all_at(&SegmentIndex::encode_times(&idx.times), 0)?;
     if sync {
         oi.sync_data()?;
@@ -485,8 +494,8 @@ pub(crate) fn write_index_pair(
 
 /// Appends index entries `from..` of `idx` to the files of the active segment.
 pub(crate) fn append_index_entries(
-    oi: &File,
-    ti: &File,
+    oi: &dyn DiskFile,
+    ti: &dyn DiskFile,
     idx: &SegmentIndex,
     offsets_from: usize,
     times_from: usize,

@@ -9,6 +9,12 @@ use kafka_protocol::records::Compression;
 use proptest::prelude::*;
 use spate_types::{LeaderEpoch, Offset, ProducerId};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The operating system's disk: these tests inspect and damage the files with `std::fs`.
+fn os() -> Arc<dyn spate_types::Disk> {
+    Arc::new(spate_types::OsDisk)
+}
 
 const E: LeaderEpoch = LeaderEpoch(1);
 
@@ -21,7 +27,7 @@ fn cfg(segment_bytes: u64, index_interval_bytes: u64) -> LogConfig {
 }
 
 fn open(dir: &Path, c: &LogConfig) -> PartitionLog {
-    PartitionLog::open(dir, c.clone(), 0).unwrap()
+    PartitionLog::open(os(), dir, c.clone(), 0).unwrap()
 }
 
 /// Appends and returns the batches as stored (offsets and epoch assigned).
@@ -225,7 +231,7 @@ fn segment_ms_rolls_by_age() {
         segment_ms: 1000,
         ..LogConfig::default()
     };
-    let mut log = PartitionLog::open(dir.path(), c, 0).unwrap();
+    let mut log = PartitionLog::open(os(), dir.path(), c, 0).unwrap();
     let mut b = plain(1, 0, 0);
     log.append(&mut b, E, 10).unwrap();
     let mut b = plain(1, 0, 0);

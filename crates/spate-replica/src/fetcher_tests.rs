@@ -90,6 +90,7 @@ fn follower(dir: &Path, tp: TopicPartition, epoch: i32) -> Arc<Partition> {
         fsync_required: true,
     };
     let p = Partition::open(
+        Arc::new(spate_types::OsDisk),
         dir,
         tp,
         uuid::Uuid::from_u128(7),

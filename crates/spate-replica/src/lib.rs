@@ -29,3 +29,5 @@ pub use partition::{
 
 #[cfg(test)]
 mod core_tests;
+#[cfg(test)]
+mod manager_tests;

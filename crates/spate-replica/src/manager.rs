@@ -6,12 +6,17 @@
 //!
 //! Each partition directory holds `partition.metadata` with its topic id (as Kafka's does), so a
 //! topic deleted and re-created under the same name, even while this node was down, never
-//! revives the old data.
+//! revives the old data. A new partition's directory (and the logs directory, if it is new too)
+//! is made durable before its log is opened, so a crash never loses a partition's name while
+//! keeping its fsynced data.
+//!
+//! Every file is reached through the [`Disk`] given to [`ReplicaManager::new`].
 
 use crate::core::{Command, LeaderAndIsr, ReplicaSettings};
 use crate::fetcher::{FetcherSettings, Fetchers};
 use crate::partition::{FlushPolicy, FollowerFetch, Partition, PartitionRead, ReplicaError};
 use spate_log::LogConfig;
+use spate_types::disk::{self, Disk};
 use spate_types::{LeaderEpoch, NodeId, TopicPartition};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -20,6 +25,8 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 pub const PARTITION_METADATA: &str = "partition.metadata";
+/// A `partition.metadata` longer than this is not one we wrote.
+const PARTITION_METADATA_BYTES_MAX: u64 = 4096;
 /// ISR proposals waiting for the controller, across all partitions (each partition has at most
 /// one pending); a full queue refuses the proposal, which the leader retries on a later tick.
 pub const ISR_PROPOSALS_QUEUED_MAX: usize = 1024;
@@ -44,6 +51,7 @@ pub struct ReplicationSettings {
 
 /// Hosts partitions under `<logs_dir>/<topic>-<partition>`, the directory naming Kafka uses.
 pub struct ReplicaManager {
+    disk: Arc<dyn Disk>,
     logs_dir: PathBuf,
     policy: FlushPolicy,
     settings: ReplicationSettings,
@@ -53,9 +61,10 @@ pub struct ReplicaManager {
 }
 
 impl ReplicaManager {
-    /// The receiver gets every ISR proposal; its owner must answer each refused or failed one
-    /// with [`ReplicaManager::isr_change_failed`].
+    /// Hosts partitions under `logs_dir` on `disk`. The receiver gets every ISR proposal; its
+    /// owner must answer each refused or failed one with [`ReplicaManager::isr_change_failed`].
     pub fn new(
+        disk: Arc<dyn Disk>,
         logs_dir: impl Into<PathBuf>,
         policy: FlushPolicy,
         settings: ReplicationSettings,
@@ -63,6 +72,7 @@ impl ReplicaManager {
         let (proposals, rx) = mpsc::channel(ISR_PROPOSALS_QUEUED_MAX);
         let fetchers = Fetchers::new(settings.node, settings.fetch.clone());
         let manager = Arc::new(Self {
+            disk,
             logs_dir: logs_dir.into(),
             policy,
             settings,
@@ -148,7 +158,8 @@ impl ReplicaManager {
         now_ms: i64,
     ) -> Result<Arc<Partition>, ReplicaError> {
         let dir = self.partition_dir(&tp);
-        claim_dir(&dir, topic_id).map_err(|e| ReplicaError::Log(spate_log::LogError::Io(e)))?;
+        claim_dir(&*self.disk, &dir, topic_id)
+            .map_err(|e| ReplicaError::Log(spate_log::LogError::Io(e)))?;
         let settings = ReplicaSettings {
             local: self.settings.node,
             replica_lag_time_max_ms: self.settings.replica_lag_time_max_ms,
@@ -156,6 +167,7 @@ impl ReplicaManager {
             fsync_required: self.policy.fsync_acks_all,
         };
         let partition = Partition::open(
+            Arc::clone(&self.disk),
             &dir,
             tp.clone(),
             topic_id,
@@ -280,10 +292,11 @@ impl ReplicaManager {
                 log.delete()?;
             }
         } else {
-            let dir = self.partition_dir(tp);
-            if dir.exists() {
-                std::fs::remove_dir_all(&dir)
-                    .map_err(|e| ReplicaError::Log(spate_log::LogError::Io(e)))?;
+            match self.disk.remove_dir_all(&self.partition_dir(tp)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(ReplicaError::Log(spate_log::LogError::Io(e)));
+                }
+                _ => {}
             }
         }
         Ok(())
@@ -293,7 +306,7 @@ impl ReplicaManager {
     /// reassigned away, while this node was down). Run once at start-up, after the first
     /// reconciliation.
     pub fn remove_orphans(&self) {
-        let Ok(entries) = std::fs::read_dir(&self.logs_dir) else {
+        let Ok(entries) = self.disk.read_dir(&self.logs_dir) else {
             return;
         };
         let hosted: BTreeSet<PathBuf> = self
@@ -301,11 +314,14 @@ impl ReplicaManager {
             .iter()
             .map(|(tp, _)| self.partition_dir(tp))
             .collect();
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() && path.join(PARTITION_METADATA).exists() && !hosted.contains(&path) {
+        for entry in entries {
+            let path = self.logs_dir.join(&entry.name);
+            if entry.is_dir
+                && self.disk.file_len(&path.join(PARTITION_METADATA)).is_ok()
+                && !hosted.contains(&path)
+            {
                 tracing::info!(dir = %path.display(), "removing data of a partition this node no longer hosts");
-                if let Err(e) = std::fs::remove_dir_all(&path) {
+                if let Err(e) = self.disk.remove_dir_all(&path) {
                     tracing::error!(dir = %path.display(), error = %e, "failed to remove orphan partition");
                 }
             }
@@ -326,22 +342,27 @@ impl ReplicaManager {
 }
 
 /// Makes `dir` belong to `topic_id`: an existing directory of another topic id is removed. The
-/// `partition.metadata` file is written durably before any data goes in.
-fn claim_dir(dir: &Path, topic_id: Uuid) -> std::io::Result<()> {
+/// directory (with any missing parent) and its `partition.metadata` file are made durable
+/// before any data goes in.
+fn claim_dir(disk: &dyn Disk, dir: &Path, topic_id: Uuid) -> std::io::Result<()> {
     let file = dir.join(PARTITION_METADATA);
     let content = format!("version: 0\ntopic_id: {topic_id}\n");
-    match std::fs::read_to_string(&file) {
-        Ok(existing) if existing == content => return Ok(()),
-        Ok(_) => {
-            tracing::info!(dir = %dir.display(), "removing data of a deleted topic with the same name");
-            std::fs::remove_dir_all(dir)?;
+    if let Some(existing) = disk::read_bounded(disk, &file, PARTITION_METADATA_BYTES_MAX)? {
+        let existing = std::str::from_utf8(&existing)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+        if existing == content {
+            return Ok(());
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
+        tracing::info!(dir = %dir.display(), "removing data of a deleted topic with the same name");
+        disk.remove_dir_all(dir)?;
     }
-    std::fs::create_dir_all(dir)?;
     if let Some(parent) = dir.parent() {
-        spate_log::fsio::sync_dir(parent)?;
+        // The logs directory itself is new on a node's first partition.
+        spate_types::disk::create_dir_all_durable(disk, parent)?;
+        disk.create_dir_all(dir)?;
+        disk.sync_dir(parent)?;
+    } else {
+        disk.create_dir_all(dir)?;
     }
-    spate_log::write_atomic(dir, PARTITION_METADATA, content.as_bytes())
+    disk::write_atomic(disk, dir, PARTITION_METADATA, content.as_bytes())
 }

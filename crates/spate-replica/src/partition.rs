@@ -21,6 +21,7 @@ use spate_log::{
     AppendOutcome, CompactionLimits, CompactionOutcome, FollowerAppendError, LogConfig, LogError,
     PartitionLog, PlannedCompaction, ReadPlan,
 };
+use spate_types::disk::{self, Disk};
 use spate_types::{LeaderEpoch, NodeId, Offset, TopicPartition};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -31,6 +32,8 @@ use tokio::sync::{watch, Notify};
 
 /// The file holding the last checkpointed high watermark (decimal, one line).
 pub const HIGH_WATERMARK_FILE: &str = "high-watermark";
+/// A high watermark checkpoint longer than this is not one we wrote.
+const HIGH_WATERMARK_FILE_BYTES_MAX: u64 = 64;
 
 /// When the flusher fsyncs.
 #[derive(Clone, Copy, Debug)]
@@ -165,6 +168,8 @@ pub struct FollowerPosition {
 pub struct Partition {
     tp: TopicPartition,
     topic_id: uuid::Uuid,
+    /// The disk the log and the high watermark checkpoint live on.
+    disk: Arc<dyn Disk>,
     dir: PathBuf,
     core: Mutex<ReplicaCore>,
     log: Mutex<Option<PartitionLog>>,
@@ -183,11 +188,13 @@ pub struct Partition {
 }
 
 impl Partition {
-    /// Opens (recovering if needed) the log in `dir`, starts the flusher task, and starts as
-    /// an offline replica: [`Partition::apply`] makes it a leader or follower.
+    /// Opens (recovering if needed) the log in `dir` on `disk`, starts the flusher task, and
+    /// starts as an offline replica: [`Partition::apply`] makes it a leader or follower.
     ///
     /// Must be called inside a Tokio runtime.
+    #[allow(clippy::too_many_arguments)]
     pub fn open(
+        disk: Arc<dyn Disk>,
         dir: &Path,
         tp: TopicPartition,
         topic_id: uuid::Uuid,
@@ -196,7 +203,7 @@ impl Partition {
         policy: FlushPolicy,
         now_ms: i64,
     ) -> Result<Arc<Partition>, ReplicaError> {
-        let mut log = PartitionLog::open(dir, config, now_ms)?;
+        let mut log = PartitionLog::open(Arc::clone(&disk), dir, config, now_ms)?;
         // What recovery kept (a kill -9 leaves it in the page cache) is made durable before it
         // counts toward the high watermark.
         if log.flushed_offset() < log.log_end_offset() {
@@ -204,7 +211,7 @@ impl Partition {
         }
         let leo = log.log_end_offset();
         let flushed = log.flushed_offset();
-        let checkpoint = read_high_watermark(dir).unwrap_or_else(|e| {
+        let checkpoint = read_high_watermark(&*disk, dir).unwrap_or_else(|e| {
             tracing::warn!(partition = %tp, error = %e, "unreadable high watermark checkpoint; starting from the log start");
             None
         });
@@ -220,6 +227,7 @@ impl Partition {
         let partition = Arc::new(Partition {
             tp,
             topic_id,
+            disk,
             dir: dir.to_owned(),
             core: Mutex::new(core),
             log: Mutex::new(Some(log)),
@@ -904,7 +912,8 @@ impl Partition {
             return Ok(());
         }
         let hw = self.high_watermark();
-        let result = spate_log::write_atomic(
+        let result = disk::write_atomic(
+            &*self.disk,
             &self.dir,
             HIGH_WATERMARK_FILE,
             format!("{}\n", hw.0).as_bytes(),
@@ -993,16 +1002,20 @@ impl Partition {
 }
 
 /// Reads the high watermark checkpoint, if there is one.
-fn read_high_watermark(dir: &Path) -> std::io::Result<Option<Offset>> {
-    match std::fs::read_to_string(dir.join(HIGH_WATERMARK_FILE)) {
-        Ok(text) => text
-            .trim()
-            .parse::<i64>()
-            .map(|v| Some(Offset(v)))
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
-    }
+fn read_high_watermark(disk: &dyn Disk, dir: &Path) -> std::io::Result<Option<Offset>> {
+    let invalid = |e: &dyn std::fmt::Display| {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string())
+    };
+    let path = dir.join(HIGH_WATERMARK_FILE);
+    let Some(bytes) = disk::read_bounded(disk, &path, HIGH_WATERMARK_FILE_BYTES_MAX)? else {
+        return Ok(None);
+    };
+    std::str::from_utf8(&bytes)
+        .map_err(|e| invalid(&e))?
+        .trim()
+        .parse::<i64>()
+        .map(|v| Some(Offset(v)))
+        .map_err(|e| invalid(&e))
 }
 
 /// The flusher: fsyncs at once when an `acks=all` producer waits, otherwise within the flush
@@ -1104,6 +1117,7 @@ mod tests {
 
     fn open_as(dir: &Path, config: LogConfig, state: LeaderAndIsr) -> Arc<Partition> {
         let p = Partition::open(
+            Arc::new(spate_types::OsDisk),
             dir,
             TopicPartition::new("t", 0),
             uuid::Uuid::from_u128(7),
@@ -1151,6 +1165,7 @@ mod tests {
         // test's timeout, so only that start makes the data durable here.
         let dir = tempfile::tempdir().expect("tempdir");
         let p = Partition::open(
+            Arc::new(spate_types::OsDisk),
             dir.path(),
             TopicPartition::new("t", 0),
             uuid::Uuid::from_u128(7),
@@ -1624,7 +1639,13 @@ mod tests {
 
         tracing::info!("--- crash (no close, no flush): the log reopens with its data and epochs");
         drop(f);
-        let log = PartitionLog::open(dir.path(), LogConfig::default(), 0).expect("reopen");
+        let log = PartitionLog::open(
+            Arc::new(spate_types::OsDisk),
+            dir.path(),
+            LogConfig::default(),
+            0,
+        )
+        .expect("reopen");
         assert_eq!(log.log_end_offset(), Offset(3));
         assert_eq!(
             log.leader_epochs(),

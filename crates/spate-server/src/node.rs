@@ -12,7 +12,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use spate_controller::{BrokerEndpoint, Controller, ControllerConfig};
 use spate_kafka::{Broker, BrokerConfig};
 use spate_replica::{FetcherSettings, FlushPolicy, ReplicaManager, ReplicationSettings};
-use spate_types::NodeId;
+use spate_types::{Disk, NodeId};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -38,13 +38,14 @@ impl Node {
         config: ServerConfig,
         metrics: Option<PrometheusHandle>,
     ) -> anyhow::Result<Node> {
-        std::fs::create_dir_all(&config.data_dir).with_context(|| {
-            format!("cannot create data directory {}", config.data_dir.display())
-        })?;
-        let stored = read_meta_properties(&config.data_dir, config.node_id)?;
-        let stored_cluster_id = stored.as_ref().map(|m| m.cluster_id.clone());
-        // Where this node's components read the time and fresh ids, and open connections.
+        // Where this node's components read the time and fresh ids, open connections and keep
+        // their files.
         let seams = spate_types::Seams::system();
+        spate_types::disk::create_dir_all_durable(&*seams.disk, &config.data_dir).with_context(
+            || format!("cannot create data directory {}", config.data_dir.display()),
+        )?;
+        let stored = read_meta_properties(&*seams.disk, &config.data_dir, config.node_id)?;
+        let stored_cluster_id = stored.as_ref().map(|m| m.cluster_id.clone());
         // A directory without an id (new, or from before ids existed) gets one now; the
         // controller learns it with this node's registration.
         let directory_id = stored
@@ -100,6 +101,7 @@ impl Node {
         .await
         .context("cannot start the controller")?;
         let cluster_id = match check_cluster_id(
+            &*seams.disk,
             &config.data_dir,
             config.node_id,
             stored.as_ref(),
@@ -131,8 +133,12 @@ impl Node {
                 ..FetcherSettings::default()
             },
         };
-        let (replicas, isr_proposals) =
-            ReplicaManager::new(config.data_dir.join("logs"), policy, replication);
+        let (replicas, isr_proposals) = ReplicaManager::new(
+            seams.disk.clone(),
+            config.data_dir.join("logs"),
+            policy,
+            replication,
+        );
         // The first reconciliation (recovering every hosted partition) happens before serving.
         let image = controller.image();
         crate::reconciler::reconcile(
@@ -381,6 +387,8 @@ async fn retention(
 }
 
 const META_PROPERTIES: &str = "meta.properties";
+/// A `meta.properties` longer than this is not one we wrote.
+const META_PROPERTIES_BYTES_MAX: u64 = 64 * 1024;
 
 /// What `meta.properties` says about a data directory.
 #[derive(Debug, PartialEq, Eq)]
@@ -393,10 +401,23 @@ struct MetaProperties {
 /// Reads `meta.properties`, Kafka's file naming the cluster, node and directory a data
 /// directory belongs to, if it exists: a directory of another node is refused rather than
 /// mixed.
-fn read_meta_properties(data_dir: &Path, node_id: i32) -> anyhow::Result<Option<MetaProperties>> {
+fn read_meta_properties(
+    disk: &dyn Disk,
+    data_dir: &Path,
+    node_id: i32,
+) -> anyhow::Result<Option<MetaProperties>> {
     let path = data_dir.join(META_PROPERTIES);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => {
+    let read =
+        spate_types::disk::read_bounded(disk, &path, META_PROPERTIES_BYTES_MAX).and_then(|bytes| {
+            bytes
+                .map(|b| {
+                    String::from_utf8(b)
+                        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+                })
+                .transpose()
+        });
+    match read {
+        Ok(Some(text)) => {
             let field = |key: &str| {
                 text.lines()
                     .find_map(|l| l.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
@@ -424,7 +445,7 @@ fn read_meta_properties(data_dir: &Path, node_id: i32) -> anyhow::Result<Option<
                 directory_id,
             }))
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Ok(None) => Ok(None),
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
 }
@@ -432,6 +453,7 @@ fn read_meta_properties(data_dir: &Path, node_id: i32) -> anyhow::Result<Option<
 /// Compares the quorum's cluster id with the one stored in the data directory, and writes
 /// `meta.properties` on a node's first start (or when it lacks the directory id).
 fn check_cluster_id(
+    disk: &dyn Disk,
     data_dir: &Path,
     node_id: i32,
     stored: Option<&MetaProperties>,
@@ -454,9 +476,10 @@ fn check_cluster_id(
         let text = format!(
             "version=1\ncluster.id={quorum}\nnode.id={node_id}\ndirectory.id={directory_id}\n"
         );
-        spate_log::write_atomic(data_dir, META_PROPERTIES, text.as_bytes()).with_context(|| {
-            format!("cannot write {}", data_dir.join(META_PROPERTIES).display())
-        })?;
+        spate_types::disk::write_atomic(disk, data_dir, META_PROPERTIES, text.as_bytes())
+            .with_context(|| {
+                format!("cannot write {}", data_dir.join(META_PROPERTIES).display())
+            })?;
     }
     Ok(quorum)
 }
@@ -472,18 +495,39 @@ mod tests {
         }
     }
 
+    const DATA_DIR: &str = "/data";
+
+    /// A fresh data directory, made durable as `Node::start` makes it.
+    fn data_dir() -> (spate_types::MemoryDisk, &'static Path) {
+        let disk = spate_types::MemoryDisk::default();
+        let dir = Path::new(DATA_DIR);
+        spate_types::disk::create_dir_all_durable(&disk, dir).expect("mkdir");
+        (disk, dir)
+    }
+
+    fn write(disk: &spate_types::MemoryDisk, text: &str) {
+        spate_types::disk::write_atomic(
+            disk,
+            Path::new(DATA_DIR),
+            META_PROPERTIES,
+            text.as_bytes(),
+        )
+        .expect("write");
+    }
+
     #[test]
     fn meta_properties_names_cluster_node_and_directory() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        assert_eq!(read_meta_properties(dir.path(), 1).expect("absent"), None);
+        let (disk, dir) = data_dir();
+        assert_eq!(read_meta_properties(&disk, dir, 1).expect("absent"), None);
         let d = uuid::Uuid::from_u128(7);
         assert_eq!(
-            check_cluster_id(dir.path(), 1, None, d, &image("c1")).expect("first"),
+            check_cluster_id(&disk, dir, 1, None, d, &image("c1")).expect("first"),
             "c1"
         );
-        let stored = read_meta_properties(dir.path(), 1)
+        disk.crash();
+        let stored = read_meta_properties(&disk, dir, 1)
             .expect("read")
-            .expect("written");
+            .expect("written durably");
         assert_eq!(
             stored,
             MetaProperties {
@@ -491,41 +535,33 @@ mod tests {
                 directory_id: Some(d)
             }
         );
-        let e = read_meta_properties(dir.path(), 2).expect_err("another node's directory");
+        let e = read_meta_properties(&disk, dir, 2).expect_err("another node's directory");
         assert!(
             e.to_string()
                 .contains("belongs to node 1, not node 2: point data.dir at this node's own directory, or set node.id to 1"),
             "{e}"
         );
-        let e = check_cluster_id(dir.path(), 1, Some(&stored), d, &image("c2"))
+        let e = check_cluster_id(&disk, dir, 1, Some(&stored), d, &image("c2"))
             .expect_err("another cluster");
         assert!(e.to_string().contains("from another cluster"), "{e}");
     }
 
     #[test]
     fn a_directory_from_before_directory_ids_gets_one() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::write(
-            dir.path().join(META_PROPERTIES),
-            "version=1\ncluster.id=c1\nnode.id=3\n",
-        )
-        .expect("write");
-        let stored = read_meta_properties(dir.path(), 3)
+        let (disk, dir) = data_dir();
+        write(&disk, "version=1\ncluster.id=c1\nnode.id=3\n");
+        let stored = read_meta_properties(&disk, dir, 3)
             .expect("read")
             .expect("present");
         assert_eq!(stored.directory_id, None);
         let d = uuid::Uuid::from_u128(9);
-        check_cluster_id(dir.path(), 3, Some(&stored), d, &image("c1")).expect("same cluster");
-        let again = read_meta_properties(dir.path(), 3)
+        check_cluster_id(&disk, dir, 3, Some(&stored), d, &image("c1")).expect("same cluster");
+        let again = read_meta_properties(&disk, dir, 3)
             .expect("read")
             .expect("present");
         assert_eq!(again.directory_id, Some(d));
-        std::fs::write(
-            dir.path().join(META_PROPERTIES),
-            "cluster.id=c1\nnode.id=3\ndirectory.id=nonsense\n",
-        )
-        .expect("write");
-        let e = read_meta_properties(dir.path(), 3).expect_err("bad id");
+        write(&disk, "cluster.id=c1\nnode.id=3\ndirectory.id=nonsense\n");
+        let e = read_meta_properties(&disk, dir, 3).expect_err("bad id");
         assert!(e.to_string().contains("invalid directory.id"), "{e}");
     }
 }

@@ -423,7 +423,7 @@ mod tests {
     fn memory() -> (MemoryDisk, PathBuf) {
         let disk = MemoryDisk::default();
         let dir = PathBuf::from("/ctl");
-        fsio::create_dir_all(&disk, &dir).expect("mkdir");
+        spate_types::disk::create_dir_all_durable(&disk, &dir).expect("mkdir");
         (disk, dir)
     }
 

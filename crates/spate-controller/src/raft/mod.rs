@@ -103,7 +103,7 @@ mod conformance {
             let (guard, disk, dir): (_, Arc<dyn Disk>, _) = if self.memory {
                 let disk = MemoryDisk::default();
                 let dir = Path::new("/ctl").to_owned();
-                crate::fsio::create_dir_all(&disk, &dir).map_err(err)?;
+                spate_types::disk::create_dir_all_durable(&disk, &dir).map_err(err)?;
                 (None, Arc::new(disk), dir)
             } else {
                 let tmp = tempfile::tempdir().map_err(err)?;

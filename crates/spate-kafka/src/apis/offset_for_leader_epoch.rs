@@ -144,6 +144,7 @@ mod tests {
             fsync_required: true,
         };
         Partition::open(
+            Arc::new(spate_types::OsDisk),
             dir,
             TopicPartition::new("t", 0),
             uuid::Uuid::from_u128(1),
