@@ -392,3 +392,59 @@ proptest! {
         }
     }
 }
+
+/// Regression: a roll that failed part way (ENOSPC writing the sealed segment's last time-index
+/// entry) dropped the segment's in-memory index, so the retry wrote the final entry over the
+/// first one of the `.timeindex` file and left the sealed segment with a one-entry index.
+#[test]
+fn a_roll_retried_after_a_full_disk_keeps_the_sealed_segments_index() {
+    let d = disk();
+    let c = LogConfig {
+        // 161-byte batches: the fifth rolls the segment.
+        segment_bytes: 700,
+        index_interval_bytes: 1,
+        ..LogConfig::default()
+    };
+    let mut log = open(&d, &c);
+    let mut acked: Vec<Vec<u8>> = (1..=4)
+        .map(|ts| append(&mut log, raw_batch(1, (-1, -1, -1), ts * 10, &[7u8; 100])))
+        .collect();
+    let before = segments(&d).len();
+
+    tracing::info!("--- the roll fails on the full disk, then goes through");
+    d.set_capacity(Some(d.used_bytes()));
+    let mut b = raw_batch(1, (-1, -1, -1), 50, &[7u8; 100]);
+    assert!(matches!(
+        log.append(&mut b, E, 0),
+        Err(LogError::Io(e)) if e.kind() == io::ErrorKind::StorageFull
+    ));
+    d.set_capacity(None);
+    acked.push(append(
+        &mut log,
+        raw_batch(1, (-1, -1, -1), 50, &[7u8; 100]),
+    ));
+    assert_eq!(segments(&d).len(), before + 1, "rolled");
+
+    tracing::info!(
+        "--- the sealed segment's index files are what a rebuild from its batches writes"
+    );
+    let file = |suffix: &str| Path::new(DIR).join(format!("{:020}{suffix}", 0));
+    let bytes = |suffix: &str| {
+        spate_types::disk::read_bounded(&d, &file(suffix), 1 << 20)
+            .unwrap()
+            .unwrap()
+    };
+    let (offsets, times) = (bytes(".index"), bytes(".timeindex"));
+    assert!(
+        times.len() >= 3 * 12,
+        "several time entries: {} bytes",
+        times.len()
+    );
+    drop(log);
+    d.remove_file(&file(".index")).unwrap();
+    d.remove_file(&file(".timeindex")).unwrap();
+    let log = open(&d, &c);
+    assert_eq!(read_all(&log), acked);
+    assert_eq!(bytes(".index"), offsets, "offset index as rebuilt");
+    assert_eq!(bytes(".timeindex"), times, "time index as rebuilt");
+}

@@ -814,24 +814,17 @@ impl PartitionLog {
     /// or past the log end. A follower rolls past the log end when the leader's next batch
     /// lies beyond a compaction gap: the log end moves to `new_base` at once, since no offset
     /// in between exists (recovery would say the same of the empty new segment).
-    fn roll_at(&mut self, new_base: Offset) -> Result<(), LogError> {
-        assert!(
-            new_base >= self.log_end && new_base > self.active_segment().base,
-            "roll to {new_base} behind the log end {} or the active segment {}",
-            self.log_end,
-            self.active_segment().base
-        );
-        let old_base = self.active_segment().base;
-        let mut index = std::mem::take(&mut self.active.index);
-        let times_before = index.times.len();
-        self.active.builder.finish(&mut index);
+    /// Makes the active segment's log, index files and the epochs below it durable before
+    /// it stops being active; `times_before` is how many time entries its file held.
+    fn seal_active(&mut self, base: Offset, times_before: usize) -> Result<(), LogError> {
+        let index = &self.active.index;
         if self.active.index_files_stale {
-            write_index_files(&*self.disk, &self.dir, old_base, &index, false)?;
+            write_index_files(&*self.disk, &self.dir, base, index, false)?;
         } else {
             append_index_entries(
                 &*self.active.offset_index,
                 &*self.active.time_index,
-                &index,
+                index,
                 index.offsets.len(),
                 times_before,
             )?;
@@ -844,9 +837,35 @@ impl PartitionLog {
         if self.epochs.is_dirty() {
             self.epochs.write_checkpoint(&*self.disk, &self.dir)?;
         }
+        Ok(())
+    }
 
-        let (seg, (oi, ti)) = Segment::create(&*self.disk, &self.dir, new_base)?;
-        self.disk.sync_dir(&self.dir)?;
+    fn roll_at(&mut self, new_base: Offset) -> Result<(), LogError> {
+        assert!(
+            new_base >= self.log_end && new_base > self.active_segment().base,
+            "roll to {new_base} behind the log end {} or the active segment {}",
+            self.log_end,
+            self.active_segment().base
+        );
+        let old_base = self.active_segment().base;
+        let times_before = self.active.index.times.len();
+        // Idempotent: a retried roll does not add the final time entry twice.
+        self.active.builder.finish(&mut self.active.index);
+        let sealed = self.seal_active(old_base, times_before).and_then(|()| {
+            let created = Segment::create(&*self.disk, &self.dir, new_base)?;
+            self.disk.sync_dir(&self.dir)?;
+            Ok(created)
+        });
+        let (seg, (oi, ti)) = match sealed {
+            Ok(created) => created,
+            Err(e) => {
+                // The active segment stays active with its whole index; the index files may
+                // hold part of this attempt's writes, so the next roll or flush rewrites them.
+                self.active.index_files_stale = true;
+                return Err(e);
+            }
+        };
+        let index = std::mem::take(&mut self.active.index);
         if let Some(old) = self.segments.get_mut(&old_base) {
             old.set_index(Some(index));
         }
