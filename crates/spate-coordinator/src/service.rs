@@ -86,25 +86,10 @@ pub struct Coordinator {
 impl Coordinator {
     /// Starts the task for a `__consumer_offsets` topic of `partition_count` partitions,
     /// coordinating nothing until [`Coordinator::own`] says which partitions are led here.
-    /// Reads the system's clock and random ids; see [`Coordinator::start_with_seams`].
-    pub fn start(
-        settings: GroupSettings,
-        partition_count: i32,
-        offsets_retention_check: Duration,
-        shutdown: watch::Receiver<bool>,
-    ) -> Coordinator {
-        Self::start_with_seams(
-            settings,
-            partition_count,
-            offsets_retention_check,
-            shutdown,
-            Seams::system(),
-        )
-    }
-
-    /// [`Coordinator::start`] reading the time (the wall clock: group deadlines, commit and
-    /// expiry timestamps are epoch milliseconds) and its incarnation id from `seams`. Timers
-    /// (the wait for the next group deadline, the retention check interval) are the runtime's.
+    /// It reads the time (the wall clock: group deadlines, commit and expiry timestamps are
+    /// epoch milliseconds) and its incarnation id from `seams` (the node's), never from the
+    /// system directly. Timers (the wait for the next group deadline, the retention check
+    /// interval) are the runtime's.
     pub fn start_with_seams(
         settings: GroupSettings,
         partition_count: i32,

@@ -1,11 +1,13 @@
-//! Shared state every request handler reaches: configuration, the controller and the replicas.
+//! Shared state every request handler reaches: configuration, the controller, the replicas, and
+//! the node's seams (its clock and id source): handlers read the time with [`Broker::now_ms`]
+//! and take fresh ids from [`Broker::seams`], never from the system directly, so a test or the
+//! simulator that builds the broker with a manual clock controls every timestamp it uses.
 
 use spate_controller::{Controller, MetadataImage};
 use spate_log::LogConfig;
 use spate_replica::ReplicaManager;
-use spate_types::{NodeId, ProducerId};
+use spate_types::{NodeId, ProducerId, Seams};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 
 /// The broker settings the Kafka front end needs, named after Kafka's.
@@ -83,6 +85,8 @@ pub struct Broker {
     pub(crate) request_memory: Arc<tokio::sync::Semaphore>,
     /// Started on first use (creating `__consumer_offsets`) or at start if it exists.
     pub(crate) groups: tokio::sync::OnceCell<spate_coordinator::Coordinator>,
+    /// The node's clock, id source, network and disk.
+    seams: Seams,
 }
 
 /// Longest an admin answer waits for the reconciler.
@@ -92,12 +96,15 @@ pub(crate) const RECONCILE_WAIT_MAX: std::time::Duration = std::time::Duration::
 pub(crate) const MEMORY_PERMIT_BYTES: usize = 1024;
 
 impl Broker {
+    /// A broker reading the time and fresh ids from `seams` (the node's; the group coordinator
+    /// it starts gets them too).
     pub fn new(
         config: BrokerConfig,
         controller: Controller,
         replicas: Arc<ReplicaManager>,
         reconciled: watch::Receiver<u64>,
         shutdown: watch::Receiver<bool>,
+        seams: Seams,
     ) -> Arc<Broker> {
         let permits = (config.queued_request_bytes_max / MEMORY_PERMIT_BYTES).max(1);
         Arc::new(Broker {
@@ -109,7 +116,20 @@ impl Broker {
             shutdown,
             request_memory: Arc::new(tokio::sync::Semaphore::new(permits)),
             groups: tokio::sync::OnceCell::new(),
+            seams,
         })
+    }
+
+    /// The seams the broker was built with.
+    pub fn seams(&self) -> &Seams {
+        &self.seams
+    }
+
+    /// Wall-clock time in milliseconds since the Unix epoch, from the broker's clock: the time
+    /// record timestamps are checked against, follower fetches are recorded at and DescribeQuorum
+    /// reports.
+    pub fn now_ms(&self) -> i64 {
+        self.seams.clock.now_ms()
     }
 
     pub fn image(&self) -> Arc<MetadataImage> {
@@ -158,13 +178,6 @@ impl Broker {
         block.next += 1;
         Ok(ProducerId(id))
     }
-}
-
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// Resolves once shutdown has been signalled (or the signal's sender is gone). Cancel safe.

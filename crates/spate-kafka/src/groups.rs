@@ -63,11 +63,14 @@ fn start(broker: &Arc<Broker>) -> Result<Coordinator, ApiError> {
         ));
     }
     let config = &broker.config.groups;
-    let coordinator = Coordinator::start(
+    // The coordinator reads the broker's clock (group sessions, commit and expiry timestamps)
+    // and id source (its incarnation).
+    let coordinator = Coordinator::start_with_seams(
         config.settings.clone(),
         count,
         config.offsets_retention_check,
         broker.shutdown.clone(),
+        broker.seams().clone(),
     );
     tokio::spawn(follow_leadership(broker.clone(), coordinator.clone()));
     Ok(coordinator)

@@ -18,6 +18,6 @@ mod groups;
 mod probe;
 mod topics;
 
-pub use broker::{now_ms, shutdown_signalled, Broker, BrokerConfig, GroupConfig};
+pub use broker::{shutdown_signalled, Broker, BrokerConfig, GroupConfig};
 pub use connection::serve;
 pub use groups::{group_lag, start_groups_if_present, GroupLag};

@@ -127,7 +127,7 @@ pub(crate) async fn create_topic(
         .controller
         .propose(MetadataCommand::CreateTopic {
             name: topic.name.clone(),
-            topic_id: Uuid::new_v4(),
+            topic_id: broker.seams().ids.uuid(),
             partitions,
             replication_factor,
             configs: topic.configs,

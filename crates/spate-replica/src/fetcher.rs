@@ -25,6 +25,9 @@
 //!   is dropped and opened again after `backoff_ms`, doubling up to
 //!   [`CONNECTION_BACKOFF_MAX_MS`].
 //! - A task with no partitions left exits; [`Fetchers::shutdown`] stops all and waits for them.
+//! - The wall-clock time handed to a partition with a truncation or an append is read from
+//!   [`FetcherSettings::clock`] (the node's clock), never from the system directly; backoffs
+//!   and deadlines are the runtime's timers.
 
 use crate::core::Role;
 use crate::partition::{FollowerPosition, Partition, ReplicaError};
@@ -41,11 +44,11 @@ use kafka_protocol::protocol::{StrBytes, VersionRange};
 use kafka_protocol::ResponseError;
 use spate_client::{error_name, ClientConfig, ClientError, Connection, Deadline};
 use spate_log::FollowerAppendError;
-use spate_types::{LeaderEpoch, NodeId, Offset, TopicPartition};
+use spate_types::{Clock, LeaderEpoch, NodeId, Offset, TopicPartition};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -81,6 +84,10 @@ pub struct FetcherSettings {
     pub backoff_ms: u64,
     /// How connections to leaders are opened (the node's `Seams::net`).
     pub net: Arc<dyn spate_types::Network>,
+    /// The wall clock handed to the replica with each truncation and append (segment roll
+    /// by `segment.ms`, the replica core's `now`): the node's `Seams::clock`. Backoffs are
+    /// runtime timers, not read from this clock.
+    pub clock: Arc<dyn Clock>,
 }
 
 impl Default for FetcherSettings {
@@ -92,6 +99,7 @@ impl Default for FetcherSettings {
             request_timeout_ms: 30_000,
             backoff_ms: 100,
             net: Arc::new(spate_types::TcpNetwork),
+            clock: Arc::new(spate_types::SystemClock),
         }
     }
 }
@@ -399,13 +407,6 @@ impl Drop for Fetchers {
 /// state consistent (single-field updates), so what a panicking holder left is usable.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 /// A partition as a round sees it: what the request was built for.
@@ -1060,14 +1061,15 @@ impl Task {
     fn spawn_truncate(&self, item: &Item, offset: Offset, fully: bool) -> JoinHandle<DiskResult> {
         let partition = item.partition.clone();
         let (leader, epoch) = (self.leader, item.leader_epoch);
+        let clock = self.settings.clock.clone();
         tokio::task::spawn_blocking(move || {
             if !following(&partition.follower_position()?, leader, epoch) {
                 return Ok(DiskOutcome::NotFollowing);
             }
             let commands = if fully {
-                partition.truncate_fully(offset, now_ms())?
+                partition.truncate_fully(offset, clock.now_ms())?
             } else {
-                partition.truncate_to(offset, now_ms())?
+                partition.truncate_to(offset, clock.now_ms())?
             };
             if !commands.is_empty() {
                 tracing::debug!(partition = %partition.topic_partition(), ?commands, "commands after truncation (not for the fetcher)");
@@ -1084,8 +1086,9 @@ impl Task {
     ) -> JoinHandle<DiskResult> {
         let partition = item.partition.clone();
         let (leader_id, epoch) = (self.leader, item.leader_epoch);
+        let clock = self.settings.clock.clone();
         tokio::task::spawn_blocking(move || {
-            append_from_leader(&partition, leader_id, epoch, &records, leader)
+            append_from_leader(&partition, leader_id, epoch, &records, leader, &*clock)
         })
     }
 
@@ -1096,6 +1099,7 @@ impl Task {
             item.leader_epoch,
             records,
             leader,
+            &*self.settings.clock,
         )
     }
 }
@@ -1110,20 +1114,21 @@ struct LeaderMarks {
 /// The follower's append of what the leader returned (blocking: it fsyncs), then the leader's
 /// log start offset taken in. A log emptied at an offset inside the leader's first batch (a
 /// log start set by DeleteRecords falls inside batches) starts over at that batch's base
-/// offset, as Kafka's follower does.
+/// offset, as Kafka's follower does. The time handed to the replica is `clock`'s.
 fn append_from_leader(
     partition: &Partition,
     leader: NodeId,
     epoch: LeaderEpoch,
     records: &[u8],
     marks: LeaderMarks,
+    clock: &dyn Clock,
 ) -> DiskResult {
     let high_watermark = marks.high_watermark;
     let position = partition.follower_position()?;
     if !following(&position, leader, epoch) {
         return Ok(DiskOutcome::NotFollowing);
     }
-    let commands = match partition.append_from_leader(records, high_watermark, now_ms()) {
+    let commands = match partition.append_from_leader(records, high_watermark, clock.now_ms()) {
         Err(ReplicaError::Diverged {
             source: FollowerAppendError::NonMonotonicAppend { .. },
             ..
@@ -1132,8 +1137,8 @@ fn append_from_leader(
         {
             let base = Offset(batch_base_offset(records).unwrap_or(position.log_end.0));
             tracing::info!(partition = %partition.topic_partition(), log_start = %position.log_start, batch_base = %base, "the leader's first batch starts below the empty log; starting the log at it");
-            partition.truncate_fully(base, now_ms())?;
-            partition.append_from_leader(records, high_watermark, now_ms())?
+            partition.truncate_fully(base, clock.now_ms())?;
+            partition.append_from_leader(records, high_watermark, clock.now_ms())?
         }
         other => other?,
     };

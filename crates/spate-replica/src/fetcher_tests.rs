@@ -985,3 +985,97 @@ async fn the_leaders_log_start_offset_becomes_the_followers() {
     assert_eq!(log_end(&p), Offset(6));
     shut_down(&fetchers).await;
 }
+
+/// The `*.log` segment files in `dir`.
+fn segment_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .expect("read dir")
+        .filter(|e| {
+            e.as_ref()
+                .expect("entry")
+                .path()
+                .extension()
+                .is_some_and(|x| x == "log")
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_read_the_time_from_the_fetchers_clock() {
+    // A time the system clock does not reach while this runs (the year 2096): a fetcher that
+    // read the system clock would never see the active segment reach its `segment.ms`.
+    const START_MS: i64 = 4_000_000_000_000;
+    const SEGMENT_MS: i64 = 60_000;
+    let clock = Arc::new(spate_types::ManualClock::new(START_MS));
+    let mut leader = Leader::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = Partition::open(
+        Arc::new(spate_types::OsDisk),
+        dir.path(),
+        tp(0),
+        uuid::Uuid::from_u128(7),
+        LogConfig {
+            segment_ms: SEGMENT_MS,
+            ..LogConfig::default()
+        },
+        ReplicaSettings {
+            local: LOCAL,
+            replica_lag_time_max_ms: 10_000,
+            min_insync_replicas: 1,
+            fsync_required: true,
+        },
+        FlushPolicy::default(),
+        START_MS,
+    )
+    .expect("open");
+    p.apply(state(0), START_MS).expect("follower");
+    let first = batch(0, 0, 1);
+    leader.answer(move |req| {
+        respond_fetch(req, |_, part| {
+            data(part)
+                .with_high_watermark(1)
+                .with_records(Some(Bytes::from(first.clone())))
+        })
+    });
+    let fetchers = Fetchers::new(
+        LOCAL,
+        FetcherSettings {
+            clock: clock.clone(),
+            ..settings()
+        },
+    );
+    fetchers.set_addresses(BTreeMap::from([(LEADER, leader.addr())]));
+    fetchers.follow(p.clone(), LEADER, LeaderEpoch(0));
+
+    tracing::info!("--- the first batch goes into the segment opened at the clock's start");
+    leader.fetch().await;
+    let (second, _) = leader.fetch().await;
+    assert_eq!(only_partition(&second).fetch_offset, 1);
+    assert_eq!(segment_files(dir.path()), 1);
+
+    tracing::info!(
+        "--- `segment.ms` passes on the fetcher's clock: the next batch rolls a segment"
+    );
+    clock.advance(Duration::from_millis(SEGMENT_MS as u64));
+    let next = batch(1, 0, 1);
+    leader.answer(move |req| {
+        respond_fetch(req, |_, part| {
+            data(part)
+                .with_high_watermark(2)
+                .with_records(Some(Bytes::from(next.clone())))
+        })
+    });
+    for _ in 0..1_000 {
+        let (request, _) = leader.fetch().await;
+        if only_partition(&request).fetch_offset == 2 {
+            break;
+        }
+    }
+    assert_eq!(log_end(&p), Offset(2));
+    assert_eq!(
+        segment_files(dir.path()),
+        2,
+        "rolled at offset 1 by segment.ms on the injected clock"
+    );
+    shut_down(&fetchers).await;
+}

@@ -12,11 +12,10 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use spate_controller::{BrokerEndpoint, Controller, ControllerConfig};
 use spate_kafka::{Broker, BrokerConfig};
 use spate_replica::{FetcherSettings, FlushPolicy, ReplicaManager, ReplicationSettings};
-use spate_types::{Disk, NodeId};
+use spate_types::{Clock, Disk, NodeId, Seams};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -33,14 +32,26 @@ pub struct Node {
 }
 
 impl Node {
-    /// Starts a node. Returns once both listeners accept connections.
+    /// Starts a node on the operating system's clock, ids, network and disk. Returns once
+    /// both listeners accept connections.
     pub async fn start(
         config: ServerConfig,
         metrics: Option<PrometheusHandle>,
     ) -> anyhow::Result<Node> {
-        // Where this node's components read the time and fresh ids, open connections and keep
-        // their files.
-        let seams = spate_types::Seams::system();
+        Node::start_with_seams(config, metrics, Seams::system()).await
+    }
+
+    /// [`Node::start`] with the node's seams given: where its components read the time and
+    /// fresh ids, open connections and keep their files (tests and the simulator pass a manual
+    /// clock, seeded ids, an in-memory network or disk). Every component on the data path
+    /// (controller, replicas and their fetchers, the Kafka front end, the group coordinator,
+    /// the reconciler and the retention loops) gets these; the HTTP listener binds with Tokio
+    /// directly.
+    pub async fn start_with_seams(
+        config: ServerConfig,
+        metrics: Option<PrometheusHandle>,
+        seams: Seams,
+    ) -> anyhow::Result<Node> {
         spate_types::disk::create_dir_all_durable(&*seams.disk, &config.data_dir).with_context(
             || format!("cannot create data directory {}", config.data_dir.display()),
         )?;
@@ -130,6 +141,7 @@ impl Node {
                 response_max_bytes: i32::try_from(cluster.replica_fetch_response_max_bytes)
                     .unwrap_or(i32::MAX),
                 net: seams.net.clone(),
+                clock: seams.clock.clone(),
                 ..FetcherSettings::default()
             },
         };
@@ -175,6 +187,7 @@ impl Node {
             replicas.clone(),
             reconciled_rx,
             shutdown_rx.clone(),
+            seams.clone(),
         );
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(crate::reconciler::follow(
@@ -209,6 +222,7 @@ impl Node {
             config.retention_check_interval,
             config.cleaner_backoff,
             shutdown_rx.clone(),
+            seams.clock.clone(),
         )));
         let router = http::router(http::HttpState {
             broker: broker.clone(),
@@ -313,21 +327,19 @@ async fn wait_for_signal() -> anyhow::Result<()> {
 /// Background log maintenance, so produce never waits on it: deletes segments past retention
 /// every `retention_interval`, and every `cleaner_backoff` runs a compaction pass over each
 /// compacted partition, one partition at a time on the blocking pool (the partition lock is
-/// held only to plan and to swap; see `Partition::compact`).
+/// held only to plan and to swap; see `Partition::compact`). The time both compare segment
+/// timestamps with (`retention.ms`, `min.compaction.lag.ms`, tombstone horizons) is `clock`'s
+/// wall clock; the intervals are the runtime's timers.
 async fn retention(
     replicas: Arc<ReplicaManager>,
     retention_interval: std::time::Duration,
     cleaner_backoff: std::time::Duration,
     shutdown: watch::Receiver<bool>,
+    clock: Arc<dyn Clock>,
 ) {
-    fn now_ms() -> i64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0)
-    }
     let delete = {
         let replicas = replicas.clone();
+        let clock = clock.clone();
         let mut shutdown = shutdown.clone();
         async move {
             loop {
@@ -335,7 +347,7 @@ async fn retention(
                     _ = tokio::time::sleep(retention_interval) => {}
                     _ = spate_kafka::shutdown_signalled(&mut shutdown) => return,
                 }
-                let now = now_ms();
+                let now = clock.now_ms();
                 for partition in replicas.all() {
                     if let Err(e) = partition.with_log(|log| log.apply_retention(now)) {
                         tracing::warn!(partition = %partition.topic_partition(), error = %e, "retention failed");
@@ -363,7 +375,7 @@ async fn retention(
                         return;
                     }
                     let tp = partition.topic_partition().clone();
-                    let now = now_ms();
+                    let now = clock.now_ms();
                     let pass = tokio::task::spawn_blocking(move || {
                         partition.compact(now, spate_log::CompactionLimits::default())
                     })

@@ -13,20 +13,61 @@ use kafka_protocol::records::{
 };
 use kafka_protocol::ResponseError;
 use spate_server::{Node, ServerConfig};
+use spate_types::{ManualClock, Seams};
 use std::path::Path;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-async fn start(dir: &Path) -> Node {
-    let overrides = [
+fn config(dir: &Path, settings: &[(&str, &str)]) -> ServerConfig {
+    let overrides: Vec<(String, String)> = [
         ("data.dir", dir.to_str().expect("utf-8 path")),
         ("kafka.listen", "127.0.0.1:0"),
         ("http.listen", "127.0.0.1:0"),
     ]
-    .map(|(k, v)| (k.to_owned(), v.to_owned()));
-    let config = ServerConfig::load(None, std::iter::empty(), &overrides).expect("config");
-    Node::start(config, None).await.expect("node starts")
+    .iter()
+    .chain(settings)
+    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+    .collect();
+    ServerConfig::load(None, std::iter::empty(), &overrides).expect("config")
+}
+
+async fn start(dir: &Path) -> Node {
+    Node::start(config(dir, &[]), None)
+        .await
+        .expect("node starts")
+}
+
+/// A wall-clock time the system clock does not reach while these tests run (the year 2096):
+/// a component that reads the system clock instead of the node's gives itself away.
+const FUTURE_MS: i64 = 4_000_000_000_000;
+const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+
+/// A node whose seams read the time from `clock` (the rest are the system's).
+async fn start_on_clock(dir: &Path, clock: &Arc<ManualClock>, settings: &[(&str, &str)]) -> Node {
+    let seams = Seams {
+        clock: clock.clone(),
+        ..Seams::system()
+    };
+    Node::start_with_seams(config(dir, settings), None, seams)
+        .await
+        .expect("node starts")
+}
+
+/// Bounds a polling loop: 10 s in all, a check every 20 ms.
+struct Patience(Instant);
+
+impl Patience {
+    fn new() -> Patience {
+        Patience(Instant::now() + Duration::from_secs(10))
+    }
+
+    /// Waits before the next check; fails the test once the time is up.
+    async fn next(&self, what: &str) {
+        assert!(Instant::now() < self.0, "timed out waiting: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 struct Client {
@@ -91,6 +132,15 @@ impl Client {
 }
 
 fn records(values: &[&str], producer: Option<(i64, i16, i32)>) -> Bytes {
+    records_at(values, producer, 1_700_000_000_000)
+}
+
+/// One batch of `values`, the record at index `i` stamped `first_timestamp_ms + i`.
+fn records_at(
+    values: &[&str],
+    producer: Option<(i64, i16, i32)>,
+    first_timestamp_ms: i64,
+) -> Bytes {
     let (producer_id, producer_epoch, base_sequence) = producer.unwrap_or((-1, -1, -1));
     let records: Vec<Record> = values
         .iter()
@@ -109,7 +159,7 @@ fn records(values: &[&str], producer: Option<(i64, i16, i32)>) -> Bytes {
             } else {
                 base_sequence + i as i32
             },
-            timestamp: 1_700_000_000_000 + i as i64,
+            timestamp: first_timestamp_ms + i as i64,
             key: Some(Bytes::from(format!("k{i}"))),
             value: Some(Bytes::copy_from_slice(v.as_bytes())),
             headers: Default::default(),
@@ -461,5 +511,200 @@ async fn bad_requests_get_kafka_answers() {
         .call(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default())
         .await;
     assert_eq!(versions.error_code, 0);
+    node.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kafka_front_end_reads_the_nodes_clock() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = Arc::new(ManualClock::new(FUTURE_MS));
+    let node = start_on_clock(dir.path(), &clock, &[]).await;
+    let mut client = Client::connect(&node).await;
+
+    tracing::info!("--- a topic that refuses records more than a minute from the broker's time");
+    let created: CreateTopicsResponse = client
+        .call(
+            ApiKey::CreateTopics,
+            7,
+            &CreateTopicsRequest::default()
+                .with_timeout_ms(10_000)
+                .with_topics(vec![create_topics_request::CreatableTopic::default()
+                    .with_name(TopicName(StrBytes::from_static_str("stamped")))
+                    .with_num_partitions(1)
+                    .with_replication_factor(1)
+                    .with_configs(vec![
+                        create_topics_request::CreatableTopicConfig::default()
+                            .with_name(StrBytes::from_static_str(
+                                "message.timestamp.difference.max.ms",
+                            ))
+                            .with_value(Some(StrBytes::from_static_str("60000"))),
+                    ])]),
+        )
+        .await;
+    assert_eq!(created.topics[0].error_code, 0, "{created:?}");
+
+    tracing::info!("--- Produce checks timestamps against the node's clock, not the system's");
+    let r: ProduceResponse = client
+        .call(
+            ApiKey::Produce,
+            9,
+            &produce_request("stamped", 1, records_at(&["now"], None, FUTURE_MS)),
+        )
+        .await;
+    assert_eq!(partition_response(&r).error_code, 0, "{r:?}");
+    let r: ProduceResponse = client
+        .call(
+            ApiKey::Produce,
+            9,
+            &produce_request("stamped", 1, records_at(&["then"], None, 1_700_000_000_000)),
+        )
+        .await;
+    assert_eq!(
+        partition_response(&r).error_code,
+        ResponseError::InvalidTimestamp.code(),
+        "a record from the system's present is decades before the node's clock"
+    );
+
+    tracing::info!("--- DescribeQuorum reports the leader's own timestamps from the node's clock");
+    let quorum: DescribeQuorumResponse = client
+        .call(
+            ApiKey::DescribeQuorum,
+            1,
+            &DescribeQuorumRequest::default().with_topics(vec![
+                describe_quorum_request::TopicData::default()
+                    .with_topic_name(TopicName(StrBytes::from_static_str("__cluster_metadata")))
+                    .with_partitions(vec![
+                        describe_quorum_request::PartitionData::default().with_partition_index(0)
+                    ]),
+            ]),
+        )
+        .await;
+    let leader = &quorum.topics[0].partitions[0].current_voters[0];
+    assert_eq!(
+        (leader.last_fetch_timestamp, leader.last_caught_up_timestamp),
+        (FUTURE_MS, FUTURE_MS),
+        "{quorum:?}"
+    );
+    node.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_offsets_expire_on_the_nodes_clock() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = Arc::new(ManualClock::new(FUTURE_MS));
+    let node = start_on_clock(
+        dir.path(),
+        &clock,
+        &[
+            ("offsets.topic.num.partitions", "1"),
+            ("offsets.retention.minutes", "1440"),
+            ("offsets.retention.check.interval.ms", "20"),
+        ],
+    )
+    .await;
+    let mut client = Client::connect(&node).await;
+    create_by_metadata(&mut client, "orders").await;
+
+    tracing::info!("--- a standalone consumer commits offset 5 (stamped with the node's clock)");
+    let commit = OffsetCommitRequest::default()
+        .with_group_id(GroupId(StrBytes::from_static_str("standalone")))
+        .with_generation_id_or_member_epoch(-1)
+        .with_topics(vec![
+            offset_commit_request::OffsetCommitRequestTopic::default()
+                .with_name(TopicName(StrBytes::from_static_str("orders")))
+                .with_partitions(vec![
+                    offset_commit_request::OffsetCommitRequestPartition::default()
+                        .with_partition_index(0)
+                        .with_committed_offset(5)
+                        .with_committed_leader_epoch(-1),
+                ]),
+        ]);
+    let patience = Patience::new();
+    loop {
+        let r: OffsetCommitResponse = client.call(ApiKey::OffsetCommit, 8, &commit).await;
+        if r.topics[0].partitions[0].error_code == 0 {
+            break;
+        }
+        patience
+            .next("the commit is accepted once the coordinator has loaded")
+            .await;
+    }
+    let fetch = OffsetFetchRequest::default()
+        .with_group_id(GroupId(StrBytes::from_static_str("standalone")))
+        .with_topics(Some(vec![
+            offset_fetch_request::OffsetFetchRequestTopic::default()
+                .with_name(TopicName(StrBytes::from_static_str("orders")))
+                .with_partition_indexes(vec![0]),
+        ]));
+    let committed = |r: &OffsetFetchResponse| r.topics[0].partitions[0].committed_offset;
+    let r: OffsetFetchResponse = client.call(ApiKey::OffsetFetch, 7, &fetch).await;
+    assert_eq!((r.error_code, committed(&r)), (0, 5));
+
+    tracing::info!("--- half the retention passes on the node's clock: the offset stays");
+    clock.set_now_ms(FUTURE_MS + DAY_MS / 2);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let r: OffsetFetchResponse = client.call(ApiKey::OffsetFetch, 7, &fetch).await;
+    assert_eq!(committed(&r), 5);
+
+    tracing::info!(
+        "--- a day passes on the node's clock (its wall clock only): the offset expires"
+    );
+    clock.set_now_ms(FUTURE_MS + DAY_MS + 1);
+    let patience = Patience::new();
+    loop {
+        let r: OffsetFetchResponse = client.call(ApiKey::OffsetFetch, 7, &fetch).await;
+        if committed(&r) == -1 {
+            break;
+        }
+        patience.next("the committed offset expires").await;
+    }
+    node.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_deletes_on_the_nodes_clock() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = Arc::new(ManualClock::new(FUTURE_MS));
+    let node = start_on_clock(
+        dir.path(),
+        &clock,
+        &[
+            // A day.
+            ("log.retention.ms", "86400000"),
+            ("log.retention.check.interval.ms", "20"),
+        ],
+    )
+    .await;
+    let mut client = Client::connect(&node).await;
+    create_by_metadata(&mut client, "aging").await;
+    let r: ProduceResponse = client
+        .call(
+            ApiKey::Produce,
+            9,
+            &produce_request("aging", -1, records_at(&["a", "b", "c"], None, FUTURE_MS)),
+        )
+        .await;
+    assert_eq!(partition_response(&r).error_code, 0, "{r:?}");
+    let log_start = |f: &FetchResponse| f.responses[0].partitions[0].log_start_offset;
+
+    tracing::info!("--- within retention on the node's clock: nothing is deleted");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let f: FetchResponse = client
+        .call(ApiKey::Fetch, 12, &fetch_request("aging", 3, 0))
+        .await;
+    assert_eq!(log_start(&f), 0);
+
+    tracing::info!("--- past retention on the node's clock: the segment goes");
+    clock.set_now_ms(FUTURE_MS + DAY_MS + 1_000);
+    let patience = Patience::new();
+    loop {
+        let f: FetchResponse = client
+            .call(ApiKey::Fetch, 12, &fetch_request("aging", 3, 0))
+            .await;
+        if log_start(&f) == 3 {
+            break;
+        }
+        patience.next("the expired segment is deleted").await;
+    }
     node.shutdown().await.expect("clean shutdown");
 }

@@ -24,7 +24,7 @@
 //! [`Controller::leader_quorum_status`]: spate_controller::Controller::leader_quorum_status
 
 use super::{Reply, RequestContext};
-use crate::broker::{now_ms, Broker};
+use crate::broker::Broker;
 use kafka_protocol::messages::describe_quorum_response::{
     Listener, Node, PartitionData, ReplicaState, TopicData,
 };
@@ -71,7 +71,7 @@ pub(crate) async fn handle(
             &request,
             answer,
             &broker.image().brokers,
-            now_ms(),
+            broker.now_ms(),
         ));
     }
     let broker = broker.clone();
@@ -101,7 +101,13 @@ pub(crate) async fn handle(
                 }
             }
         };
-        describe_quorum(version, &request, view, &broker.image().brokers, now_ms())
+        describe_quorum(
+            version,
+            &request,
+            view,
+            &broker.image().brokers,
+            broker.now_ms(),
+        )
     }))
 }
 

@@ -118,7 +118,7 @@ mod tests {
             timestamp_type: TimestampType::Creation,
             offset: 0,
             sequence: -1,
-            timestamp: crate::broker::now_ms(),
+            timestamp: 1_700_000_000_000,
             key: None,
             value: Some(bytes::Bytes::from_static(b"v")),
             headers: Default::default(),

@@ -5,7 +5,7 @@
 //! clients skip a metadata round trip.
 
 use super::{Reply, RequestContext};
-use crate::broker::{now_ms, Broker};
+use crate::broker::Broker;
 use crate::errors;
 use bytes::BytesMut;
 use kafka_protocol::messages::produce_response::{
@@ -54,7 +54,7 @@ pub(crate) async fn handle(
         None
     };
     let image = broker.image();
-    let now = now_ms();
+    let now = broker.now_ms();
     let mut responses = Vec::with_capacity(request.topic_data.len());
     let mut waits: Vec<(usize, usize, Arc<Partition>, Offset)> = Vec::new();
     let mut any_error = false;
