@@ -454,3 +454,33 @@ def test_unknown_partition_and_topic_errors(bootstrap, topic_name):
         assert kproto.delete_records(c, "no-such-topic-delete-records", 0, 1)[0] == kproto.UNKNOWN_TOPIC_OR_PARTITION
         assert kproto.delete_records(c, topic_name, 3, 0)[0] == kproto.UNKNOWN_TOPIC_OR_PARTITION
         assert kproto.delete_records(c, topic_name, 0, 0) == (0, 0)
+
+
+def test_authorized_operations_are_every_operation_when_asked(bootstrap, topic_name):
+    """KIP-430: with no authorizer every operation Kafka defines on a resource is allowed, and
+    the answer comes only when asked (librdkafka's 0081_admin DescribeTopics/DescribeCluster
+    expected 8 and 7 operations and got none)."""
+    from confluent_kafka import ConsumerGroupTopicPartitions, TopicCollection
+    from confluent_kafka.admin import AclOperation
+    a = create_topic(bootstrap, topic_name)
+    topic = a.describe_topics(TopicCollection([topic_name]), request_timeout=T,
+                              include_authorized_operations=True)[topic_name].result(timeout=T)
+    assert set(topic.authorized_operations) == {
+        AclOperation.READ, AclOperation.WRITE, AclOperation.CREATE, AclOperation.DELETE, AclOperation.ALTER,
+        AclOperation.DESCRIBE, AclOperation.DESCRIBE_CONFIGS, AclOperation.ALTER_CONFIGS}
+    plain = a.describe_topics(TopicCollection([topic_name]), request_timeout=T)[topic_name].result(timeout=T)
+    assert not plain.authorized_operations, "not asked for: none given"
+
+    cluster = a.describe_cluster(request_timeout=T, include_authorized_operations=True).result(timeout=T)
+    assert set(cluster.authorized_operations) == {
+        AclOperation.CREATE, AclOperation.CLUSTER_ACTION, AclOperation.DESCRIBE_CONFIGS,
+        AclOperation.ALTER_CONFIGS, AclOperation.IDEMPOTENT_WRITE, AclOperation.ALTER, AclOperation.DESCRIBE}
+    assert not a.describe_cluster(request_timeout=T).result(timeout=T).authorized_operations
+
+    group = f"{topic_name}-group"
+    committed = a.alter_consumer_group_offsets(
+        [ConsumerGroupTopicPartitions(group, [TopicPartition(topic_name, 0, 0)])], request_timeout=T)
+    committed[group].result(timeout=T)
+    g = a.describe_consumer_groups([group], request_timeout=T,
+                                   include_authorized_operations=True)[group].result(timeout=T)
+    assert set(g.authorized_operations) == {AclOperation.READ, AclOperation.DESCRIBE, AclOperation.DELETE}

@@ -1,5 +1,6 @@
 //! DescribeCluster: the cluster id, the controller and the brokers.
 
+use super::metadata::authorized;
 use super::{Reply, RequestContext};
 use crate::broker::Broker;
 use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
@@ -21,7 +22,10 @@ pub(crate) async fn handle(
     let response = DescribeClusterResponse::default()
         .with_endpoint_type(ENDPOINT_TYPE_BROKERS)
         .with_cluster_id(StrBytes::from_string(broker.config.cluster_id.clone()))
-        .with_cluster_authorized_operations(i32::MIN);
+        .with_cluster_authorized_operations(authorized::if_requested(
+            request.include_cluster_authorized_operations,
+            authorized::CLUSTER,
+        ));
     if request.endpoint_type != ENDPOINT_TYPE_BROKERS {
         return Reply::Now(
             response

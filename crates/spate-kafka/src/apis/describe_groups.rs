@@ -1,7 +1,7 @@
 //! DescribeGroups: state, protocol and members (metadata and assignment bytes as the clients
 //! sent them); an unknown group is described as Dead, as Kafka does before v6.
 
-use super::metadata::AUTHORIZED_OPERATIONS_OMITTED;
+use super::metadata::authorized;
 use super::{Reply, RequestContext};
 use crate::broker::Broker;
 use crate::groups::{coordinator, str_bytes, string};
@@ -32,6 +32,7 @@ pub(crate) async fn handle(
             return Reply::Now(DescribeGroupsResponse::default().with_groups(groups));
         }
     };
+    let request_ops = request.include_authorized_operations;
     let mut groups = Vec::with_capacity(request.groups.len());
     for id in request.groups {
         let name = string(&id.0);
@@ -70,7 +71,10 @@ pub(crate) async fn handle(
                 .with_protocol_type(str_bytes(d.protocol_type))
                 .with_protocol_data(str_bytes(d.protocol))
                 .with_members(members)
-                .with_authorized_operations(AUTHORIZED_OPERATIONS_OMITTED),
+                .with_authorized_operations(authorized::if_requested(
+                    request_ops,
+                    authorized::GROUP,
+                )),
         );
     }
     Reply::Now(DescribeGroupsResponse::default().with_groups(groups))

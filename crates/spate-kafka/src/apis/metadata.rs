@@ -20,6 +20,63 @@ pub(crate) const VERSIONS: VersionRange = VersionRange { min: 0, max: 13 };
 /// Kafka's value for "authorized operations not requested".
 pub(crate) const AUTHORIZED_OPERATIONS_OMITTED: i32 = i32::MIN;
 
+/// KIP-430 authorized operations, answered when a request asks for them. Spate has no
+/// authorizer, so every operation Kafka defines on a resource type is allowed: a bit field
+/// indexed by Kafka's `AclOperation` codes, with the operations of Kafka's
+/// `AclEntry.supportedOperations` for each type.
+pub(crate) mod authorized {
+    const READ: u32 = 3;
+    const WRITE: u32 = 4;
+    const CREATE: u32 = 5;
+    const DELETE: u32 = 6;
+    const ALTER: u32 = 7;
+    const DESCRIBE: u32 = 8;
+    const CLUSTER_ACTION: u32 = 9;
+    const DESCRIBE_CONFIGS: u32 = 10;
+    const ALTER_CONFIGS: u32 = 11;
+    const IDEMPOTENT_WRITE: u32 = 12;
+
+    const fn bits(ops: &[u32]) -> i32 {
+        let mut field = 0i32;
+        let mut i = 0;
+        while i < ops.len() {
+            field |= 1 << ops[i];
+            i += 1;
+        }
+        field
+    }
+
+    pub(crate) const TOPIC: i32 = bits(&[
+        READ,
+        WRITE,
+        CREATE,
+        DELETE,
+        ALTER,
+        DESCRIBE,
+        DESCRIBE_CONFIGS,
+        ALTER_CONFIGS,
+    ]);
+    pub(crate) const GROUP: i32 = bits(&[READ, DESCRIBE, DELETE]);
+    pub(crate) const CLUSTER: i32 = bits(&[
+        CREATE,
+        CLUSTER_ACTION,
+        DESCRIBE_CONFIGS,
+        ALTER_CONFIGS,
+        IDEMPOTENT_WRITE,
+        ALTER,
+        DESCRIBE,
+    ]);
+
+    /// `ops` when the request asked for them, else Kafka's "not requested".
+    pub(crate) fn if_requested(requested: bool, ops: i32) -> i32 {
+        if requested {
+            ops
+        } else {
+            super::AUTHORIZED_OPERATIONS_OMITTED
+        }
+    }
+}
+
 pub(crate) async fn handle(
     broker: &Arc<Broker>,
     ctx: &RequestContext,
@@ -41,6 +98,11 @@ pub(crate) async fn handle(
                     None => by_id(&broker.image(), requested.topic_id),
                 });
             }
+        }
+    }
+    if request.include_topic_authorized_operations {
+        for topic in topics.iter_mut().filter(|t| t.error_code == 0) {
+            topic.topic_authorized_operations = authorized::TOPIC;
         }
     }
     let image = broker.image();
@@ -67,7 +129,10 @@ pub(crate) async fn handle(
             )))
             .with_controller_id(BrokerId(controller))
             .with_topics(topics)
-            .with_cluster_authorized_operations(AUTHORIZED_OPERATIONS_OMITTED),
+            .with_cluster_authorized_operations(authorized::if_requested(
+                request.include_cluster_authorized_operations,
+                authorized::CLUSTER,
+            )),
     )
 }
 
