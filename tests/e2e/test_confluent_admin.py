@@ -484,3 +484,25 @@ def test_authorized_operations_are_every_operation_when_asked(bootstrap, topic_n
     g = a.describe_consumer_groups([group], request_timeout=T,
                                    include_authorized_operations=True)[group].result(timeout=T)
     assert set(g.authorized_operations) == {AclOperation.READ, AclOperation.DESCRIBE, AclOperation.DELETE}
+
+
+def test_keyless_records_on_a_compacted_topic_fail_alone(bootstrap, topic_name):
+    """KIP-467: a batch refused for records without a key names them (record_errors), so the
+    client fails those with INVALID_RECORD and the rest of the batch as collateral
+    (_INVALID_DIFFERENT_RECORD), which it may send again (librdkafka's 0011_produce_batch)."""
+    create_topic(bootstrap, topic_name, config={"cleanup.policy": "compact"})
+    p = producer(bootstrap, **{"linger.ms": 1000, "batch.num.messages": 10, "retries": 0})
+    results = {}
+    for i in range(10):
+        key = None if i in (2, 7) else b"k%d" % i
+        p.produce(topic_name, key=key, value=b"v%d" % i, partition=0,
+                  on_delivery=lambda err, msg, i=i: results.__setitem__(i, err))
+    assert p.flush(T) == 0
+    codes = {i: (err.code() if err else 0) for i, err in results.items()}
+    assert codes[2] == codes[7] == KafkaError.INVALID_RECORD, codes
+    assert all(codes[i] == KafkaError._INVALID_DIFFERENT_RECORD for i in range(10) if i not in (2, 7)), codes
+
+    ok = producer(bootstrap)
+    produce_all(ok, topic_name, [dict(key=b"k%d" % i, value=b"v%d" % i, partition=0) for i in range(10) if i not in (2, 7)])
+    assert [m.key() for m in consume(bootstrap, topic_name, expected=8)] == [
+        b"k%d" % i for i in range(10) if i not in (2, 7)], "nothing of the refused batch was stored"

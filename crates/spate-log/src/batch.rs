@@ -194,8 +194,12 @@ pub enum BatchError {
     TooLarge { size: usize, max: usize },
     #[error("malformed records in batch: {0}")]
     MalformedRecords(String),
-    #[error("compacted topic cannot accept a record without a key")]
-    MissingKey,
+    #[error("compacted topic cannot accept a record without a key ({} of them)", records.len())]
+    MissingKey {
+        /// The index in the record set of every record without a key (KIP-467's
+        /// `batch_index`), so that a client fails those records only.
+        records: Vec<i32>,
+    },
 }
 
 impl BatchError {
@@ -210,7 +214,7 @@ impl BatchError {
             BatchError::InvalidRecordCount { .. }
             | BatchError::InvalidSequence { .. }
             | BatchError::ControlBatch
-            | BatchError::MissingKey => BatchErrorKind::InvalidRecord,
+            | BatchError::MissingKey { .. } => BatchErrorKind::InvalidRecord,
             BatchError::UnsupportedMagic(_) => BatchErrorKind::UnsupportedFormat,
             BatchError::TooLarge { .. } => BatchErrorKind::TooLarge,
         }

@@ -1609,15 +1609,24 @@ impl PartitionLog {
 /// record, which for a compressed batch means decompressing it.
 fn check_keys(records: &[u8], headers: &[BatchHeader]) -> Result<(), BatchError> {
     let mut pos = 0;
+    let mut index = 0i32;
+    let mut keyless = Vec::new();
     for h in headers {
         let end = pos + h.total_bytes();
         let set = decode_records(&records[pos..end], h)?;
-        if set.records.iter().any(|r| r.key.is_none()) {
-            return Err(BatchError::MissingKey);
+        for r in &set.records {
+            if r.key.is_none() {
+                keyless.push(index);
+            }
+            index = index.saturating_add(1);
         }
         pos = end;
     }
-    Ok(())
+    if keyless.is_empty() {
+        Ok(())
+    } else {
+        Err(BatchError::MissingKey { records: keyless })
+    }
 }
 
 fn read_log_start(disk: &dyn Disk, dir: &Path) -> Result<Option<Offset>, LogError> {

@@ -9,11 +9,13 @@ use crate::broker::Broker;
 use crate::errors;
 use bytes::BytesMut;
 use kafka_protocol::messages::produce_response::{
-    LeaderIdAndEpoch, NodeEndpoint, PartitionProduceResponse, TopicProduceResponse,
+    BatchIndexAndErrorMessage, LeaderIdAndEpoch, NodeEndpoint, PartitionProduceResponse,
+    TopicProduceResponse,
 };
 use kafka_protocol::messages::{BrokerId, ProduceRequest, ProduceResponse};
 use kafka_protocol::protocol::{StrBytes, VersionRange};
 use kafka_protocol::ResponseError;
+use spate_log::{BatchError, LogError};
 use spate_replica::{Partition, ReplicaError};
 use spate_types::{NodeId, Offset, TopicPartition};
 use std::collections::BTreeSet;
@@ -28,11 +30,27 @@ const TOPIC_ID_VERSION: i16 = 13;
 const LEADER_HINT_VERSION: i16 = 10;
 
 /// A refused partition: the code, a message, and the leader to try (KIP-951).
-type Refusal = (
-    ResponseError,
-    Option<String>,
-    Option<(NodeId, spate_types::LeaderEpoch)>,
-);
+/// Why a partition's records were not appended.
+struct Refusal {
+    code: ResponseError,
+    message: Option<String>,
+    /// The leader to name beside NOT_LEADER_OR_FOLLOWER (KIP-951).
+    hint: Option<(NodeId, spate_types::LeaderEpoch)>,
+    /// KIP-467: the records that caused the refusal, by index in the record set; a client
+    /// fails these with the error and the others of the batch as collateral.
+    records: Vec<i32>,
+}
+
+impl Refusal {
+    fn new(code: ResponseError, message: Option<String>) -> Refusal {
+        Refusal {
+            code,
+            message,
+            hint: None,
+            records: Vec::new(),
+        }
+    }
+}
 
 pub(crate) async fn handle(
     broker: &Arc<Broker>,
@@ -71,8 +89,8 @@ pub(crate) async fn handle(
         for data in topic.partition_data {
             let response = PartitionProduceResponse::default().with_index(data.index);
             let outcome = match (&refuse_all, &name) {
-                (Some((code, message)), _) => Err((*code, Some(message.clone()), None)),
-                (None, None) => Err((ResponseError::UnknownTopicId, None, None)),
+                (Some((code, message)), _) => Err(Refusal::new(*code, Some(message.clone()))),
+                (None, None) => Err(Refusal::new(ResponseError::UnknownTopicId, None)),
                 (None, Some(name)) => {
                     let tp = TopicPartition::new(name.clone(), data.index);
                     append(broker, tp, data.records, acks == -1, now)
@@ -88,16 +106,23 @@ pub(crate) async fn handle(
                         .with_log_append_time_ms(-1)
                         .with_log_start_offset(log_start.0)
                 }
-                Err((code, message, hint)) => {
+                Err(refusal) => {
                     any_error = true;
                     let mut response = response
-                        .with_error_code(code.code())
+                        .with_error_code(refusal.code.code())
                         .with_base_offset(-1)
                         .with_log_append_time_ms(-1)
                         .with_log_start_offset(-1)
-                        .with_error_message(message.map(StrBytes::from_string));
+                        .with_record_errors(
+                            refusal
+                                .records
+                                .iter()
+                                .map(|&i| BatchIndexAndErrorMessage::default().with_batch_index(i))
+                                .collect(),
+                        )
+                        .with_error_message(refusal.message.map(StrBytes::from_string));
                     if let (Some((leader, epoch)), true) =
-                        (hint, ctx.version() >= LEADER_HINT_VERSION)
+                        (refusal.hint, ctx.version() >= LEADER_HINT_VERSION)
                     {
                         response = response.with_current_leader(
                             LeaderIdAndEpoch::default()
@@ -184,20 +209,18 @@ fn append(
     now: i64,
 ) -> AppendResult {
     if tp.topic == spate_coordinator::OFFSETS_TOPIC {
-        return Err((
+        return Err(Refusal::new(
             ResponseError::InvalidTopicException,
             Some(format!("cannot append to internal topic {}", tp.topic)),
-            None,
         ));
     }
     let Some(partition) = broker.replicas.get(&tp) else {
-        return Err((ResponseError::UnknownTopicOrPartition, None, None));
+        return Err(Refusal::new(ResponseError::UnknownTopicOrPartition, None));
     };
     let Some(records) = records else {
-        return Err((
+        return Err(Refusal::new(
             ResponseError::CorruptMessage,
             Some("record set is null".into()),
-            None,
         ));
     };
     // Offsets and the leader epoch are written into the batch header before it is stored.
@@ -226,7 +249,18 @@ fn append(
                 }
                 _ => tracing::debug!(partition = %tp, error = %e, "append refused"),
             }
-            Err((code, Some(e.to_string()), errors::leader_hint(&e)))
+            let records = match &e {
+                ReplicaError::Log(LogError::Batch(BatchError::MissingKey { records })) => {
+                    records.clone()
+                }
+                _ => Vec::new(),
+            };
+            Err(Refusal {
+                code,
+                message: Some(e.to_string()),
+                hint: errors::leader_hint(&e),
+                records,
+            })
         }
     }
 }
