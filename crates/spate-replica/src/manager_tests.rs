@@ -6,10 +6,6 @@ use crate::core::LeaderAndIsr;
 use crate::fetcher::FetcherSettings;
 use crate::manager::{ReplicaManager, ReplicationSettings, PARTITION_METADATA};
 use crate::partition::{FlushPolicy, Partition};
-use bytes::{Bytes, BytesMut};
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
 use spate_log::LogConfig;
 use spate_types::{Disk, LeaderEpoch, ManualClock, MemoryDisk, NodeId, Offset, TopicPartition};
 use std::collections::BTreeSet;
@@ -62,32 +58,7 @@ fn lead(manager: &ReplicaManager, partition: i32) -> Arc<Partition> {
 
 /// One v2 batch with a single record holding `value`.
 fn batch(value: &str) -> Vec<u8> {
-    let record = Record {
-        transactional: false,
-        control: false,
-        delete_horizon: false,
-        partition_leader_epoch: -1,
-        producer_id: -1,
-        producer_epoch: -1,
-        timestamp_type: TimestampType::Creation,
-        offset: 0,
-        sequence: -1,
-        timestamp: 1_000,
-        key: None,
-        value: Some(Bytes::from(value.to_owned())),
-        headers: Default::default(),
-    };
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        [&record],
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
-    )
-    .expect("encode");
-    buf.to_vec()
+    crate::partition::tests::single_record_batch(None, value.as_bytes())
 }
 
 /// Appends one batch and returns it as stored (offset and leader epoch assigned).

@@ -1047,7 +1047,7 @@ async fn flusher(partition: std::sync::Weak<Partition>, mut closing: watch::Rece
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::core::Command;
 
@@ -1241,6 +1241,11 @@ mod tests {
 
     /// One uncompressed single-record batch with a key.
     fn keyed(key: &[u8], value: &[u8]) -> Vec<u8> {
+        single_record_batch(Some(key), value)
+    }
+
+    /// One uncompressed v2 batch holding one record (timestamp 1 000).
+    pub(crate) fn single_record_batch(key: Option<&[u8]>, value: &[u8]) -> Vec<u8> {
         use kafka_protocol::records::{
             Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
         };
@@ -1255,7 +1260,7 @@ mod tests {
             offset: 0,
             sequence: -1,
             timestamp: 1_000,
-            key: Some(bytes::Bytes::copy_from_slice(key)),
+            key: key.map(bytes::Bytes::copy_from_slice),
             value: Some(bytes::Bytes::copy_from_slice(value)),
             headers: Default::default(),
         };
