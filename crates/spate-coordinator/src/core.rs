@@ -412,6 +412,14 @@ impl GroupCoordinator {
         }
     }
 
+    /// One group's deadlines that have passed, run before a request for that group is
+    /// handled: Kafka's timers fire at the deadline, so a request arriving after it must see
+    /// their effect (a member past its session timeout is gone) even when the task's own
+    /// timer has not fired yet. A no-op when nothing is due or the group is unknown.
+    pub fn tick_group(&mut self, now: i64, id: &str) {
+        self.with_group(now, id, tick_group);
+    }
+
     /// The earliest time [`GroupCoordinator::tick`] has work, if any.
     pub fn next_deadline(&self) -> Option<i64> {
         let mut next: Option<i64> = None;

@@ -51,6 +51,19 @@ enum Command {
     Own(BTreeMap<i32, Arc<Partition>>),
 }
 
+impl Command {
+    /// The group a command is about, if it is about one.
+    fn group(&self) -> Option<&str> {
+        match self {
+            Command::Join(req, _) => Some(&req.group_id),
+            Command::Sync(req, _) => Some(&req.group_id),
+            Command::Commit(req, _) => Some(&req.group_id),
+            Command::GroupQuery(group, _, _) => Some(group),
+            Command::Query(_) | Command::Own(_) => None,
+        }
+    }
+}
+
 /// Which offsets partitions this node coordinates.
 #[derive(Debug, Default)]
 struct Ownership {
@@ -270,6 +283,14 @@ async fn run(
             command = rx.recv() => {
                 let Some(command) = command else { break };
                 let now = clock.now_ms();
+                // Deadlines that passed before the timer fired take effect first, as
+                // Kafka's timers would have: for the group asked about, or for all groups
+                // before a query across them.
+                match command.group() {
+                    Some(group) => core.tick_group(now, group),
+                    None if matches!(command, Command::Query(_)) => core.tick(now),
+                    None => {}
+                }
                 match command {
                     Command::Join(req, tx) => match check(&req.group_id) {
                         Ok(()) => {

@@ -708,3 +708,80 @@ async fn retention_deletes_on_the_nodes_clock() {
     }
     node.shutdown().await.expect("clean shutdown");
 }
+
+/// A request that arrives at a member's session deadline sees the member gone, as Kafka's
+/// timer would have removed it at the deadline, however late the coordinator's own timer
+/// fires. librdkafka's 0081_admin deletes a group exactly one session timeout after its
+/// static members stopped and expects success.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_request_at_a_session_deadline_sees_the_member_expired() {
+    const SESSION_MS: i32 = 300_000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = Arc::new(ManualClock::new(FUTURE_MS));
+    let node = start_on_clock(
+        dir.path(),
+        &clock,
+        &[
+            ("offsets.topic.num.partitions", "1"),
+            ("group.initial.rebalance.delay.ms", "0"),
+        ],
+    )
+    .await;
+    let mut client = Client::connect(&node).await;
+    let group = || GroupId(StrBytes::from_static_str("expiring"));
+    let instance = Some(StrBytes::from_static_str("static-1"));
+
+    tracing::info!("--- a static member joins (retried while the coordinator loads) and syncs");
+    let join = JoinGroupRequest::default()
+        .with_group_id(group())
+        .with_session_timeout_ms(SESSION_MS)
+        .with_rebalance_timeout_ms(SESSION_MS)
+        .with_group_instance_id(instance.clone())
+        .with_protocol_type(StrBytes::from_static_str("consumer"))
+        .with_protocols(vec![join_group_request::JoinGroupRequestProtocol::default(
+        )
+        .with_name(StrBytes::from_static_str("range"))
+        .with_metadata(Bytes::from_static(b"m"))]);
+    let patience = Patience::new();
+    let joined: JoinGroupResponse = loop {
+        let r: JoinGroupResponse = client.call(ApiKey::JoinGroup, 5, &join).await;
+        if r.error_code == 0 {
+            break r;
+        }
+        patience
+            .next(&format!("the join succeeds (error {})", r.error_code))
+            .await;
+    };
+    assert_eq!(joined.leader, joined.member_id);
+    let sync = SyncGroupRequest::default()
+        .with_group_id(group())
+        .with_generation_id(joined.generation_id)
+        .with_member_id(joined.member_id.clone())
+        .with_group_instance_id(instance)
+        .with_assignments(vec![
+            sync_group_request::SyncGroupRequestAssignment::default()
+                .with_member_id(joined.member_id.clone())
+                .with_assignment(Bytes::from_static(b"a")),
+        ]);
+    let r: SyncGroupResponse = client.call(ApiKey::SyncGroup, 3, &sync).await;
+    assert_eq!(r.error_code, 0);
+
+    // The coordinator's timer now waits (in real time) far past anything this test does, so
+    // only the deadline check at the request itself can expire the member.
+    let delete = DeleteGroupsRequest::default().with_groups_names(vec![group()]);
+    let non_empty = ResponseError::NonEmptyGroup.code();
+
+    // Any request makes the coordinator re-arm its timer for the next deadline, capped at a
+    // minute: the check before the deadline stays more than that away from it, so the timer
+    // cannot fire during this test.
+    tracing::info!("--- well before the deadline the member is alive");
+    clock.set_now_ms(FUTURE_MS + i64::from(SESSION_MS) - 100_000);
+    let r: DeleteGroupsResponse = client.call(ApiKey::DeleteGroups, 2, &delete).await;
+    assert_eq!(r.results[0].error_code, non_empty);
+
+    tracing::info!("--- at the deadline it is gone, and the empty group can be deleted");
+    clock.set_now_ms(FUTURE_MS + i64::from(SESSION_MS));
+    let r: DeleteGroupsResponse = client.call(ApiKey::DeleteGroups, 2, &delete).await;
+    assert_eq!(r.results[0].error_code, 0, "{r:?}");
+    node.shutdown().await.expect("clean shutdown");
+}
