@@ -1,5 +1,5 @@
-"""`spate topic create|list|describe|alter-config|delete` against a real broker, checked
-against what a confluent-kafka (librdkafka) AdminClient sees."""
+"""`spate topic create|list|describe|alter-config|add-partitions|delete` against a real broker,
+checked against what a confluent-kafka (librdkafka) AdminClient, producer and consumer see."""
 
 import json
 import time
@@ -7,7 +7,7 @@ import time
 from confluent_kafka import TopicCollection
 from confluent_kafka.admin import ConfigResource, ConfigSource, ResourceType
 
-from ckutil import admin, topic_names, wait_topic
+from ckutil import admin, consume, produce_all, producer, topic_names, wait_topic
 from test_cli_groups import spate
 
 T = 20  # seconds for any admin future
@@ -211,3 +211,68 @@ def test_unknown_topics_are_named(bootstrap, topic_name):
     err = fails("topic", "delete", topic_name, gone, "--bootstrap-server", bootstrap)
     assert f"topic {gone} does not exist (deleted: {topic_name})" in err, err
     wait_gone(a, topic_name)
+
+
+def test_add_partitions_grows_the_topic_for_describe_and_producers(bootstrap, topic_name):
+    a = admin(bootstrap)
+    ok("topic", "create", topic_name, "--partitions", "2", "--bootstrap-server", bootstrap)
+    wait_topic(a, topic_name, 2)
+
+    # --- 2 -> 4: one line; describe and librdkafka's metadata show 4 led partitions
+    out = ok("topic", "add-partitions", topic_name, "--partitions", "4", "--bootstrap-server", bootstrap)
+    assert out == f"Topic {topic_name} now has 4 partitions.\n"
+    header = ok("topic", "describe", topic_name, "--bootstrap-server", bootstrap).splitlines()[0]
+    assert "\tPartitionCount: 4\t" in header, header
+    t = describe_json(bootstrap, topic_name)["topics"][0]
+    assert t["partition_count"] == 4 and [p["partition"] for p in t["partitions"]] == [0, 1, 2, 3], t
+    assert all(p["replicas"] == t["partitions"][0]["replicas"] for p in t["partitions"]), \
+        "new partitions keep the replication factor"
+    wait_topic(a, topic_name, 4)
+
+    # --- a producer writes to a new partition; a consumer reads it back from there
+    delivered = produce_all(producer(bootstrap), topic_name,
+                            [{"value": b"into-3", "partition": 3}, {"value": b"into-0", "partition": 0}])
+    assert [(m.partition(), m.offset()) for m in delivered] == [(3, 0), (0, 0)]
+    got = consume(bootstrap, topic_name, partitions=(3,), expected=1)
+    assert [(m.partition(), m.value()) for m in got] == [(3, b"into-3")]
+
+    # --- JSON output
+    grown = json.loads(ok("topic", "add-partitions", topic_name, "--partitions", "5", "--output", "json",
+                          "--bootstrap-server", bootstrap))
+    assert grown == {"topic": topic_name, "partitions": 5}
+    wait_topic(a, topic_name, 5)
+
+
+def test_add_partitions_errors_are_clear(bootstrap, topic_name):
+    a = admin(bootstrap)
+    ok("topic", "create", topic_name, "--partitions", "2", "--bootstrap-server", bootstrap)
+    wait_topic(a, topic_name, 2)
+    gone = f"{topic_name}-nope"
+
+    err = fails("topic", "add-partitions", gone, "--partitions", "3", "--bootstrap-server", bootstrap)
+    assert err.strip() == f"error: topic {gone} does not exist", err
+    assert gone not in topic_names(a), "adding partitions to an unknown topic does not create it"
+
+    # Not an increase: the broker's INVALID_PARTITIONS, with Kafka's message.
+    err = fails("topic", "add-partitions", topic_name, "--partitions", "2", "--bootstrap-server", bootstrap)
+    assert err.strip() == (f"error: cannot add partitions to topic {topic_name}: INVALID_PARTITIONS: "
+                           "Topic already has 2 partition(s)."), err
+    err = fails("topic", "add-partitions", topic_name, "--partitions", "1", "--bootstrap-server", bootstrap)
+    assert err.strip() == (f"error: cannot add partitions to topic {topic_name}: INVALID_PARTITIONS: "
+                           f"The topic {topic_name} currently has 2 partition(s); 1 would not be an increase."), err
+    # Over the broker's limit of partitions per topic.
+    err = fails("topic", "add-partitions", topic_name, "--partitions", "10001", "--bootstrap-server", bootstrap)
+    assert f"cannot add partitions to topic {topic_name}: INVALID_PARTITIONS: " in err, err
+    assert "10000" in err and "10001" in err, err
+
+    # Bad arguments never reach the broker (clap's usage error, exit code 2).
+    err = fails("topic", "add-partitions", topic_name, "--bootstrap-server", bootstrap, code=2)
+    assert "--partitions <N>" in err, err
+    for bad in ("0", "-1", "many", "3000000000"):
+        err = fails("topic", "add-partitions", topic_name, f"--partitions={bad}", "--bootstrap-server", bootstrap,
+                    code=2)
+        assert f"invalid value '{bad}'" in err, err
+    err = fails("topic", "add-partitions", "--partitions", "3", "--bootstrap-server", bootstrap, code=2)
+    assert "<NAME>" in err, err
+
+    assert describe_json(bootstrap, topic_name)["topics"][0]["partition_count"] == 2, "nothing changed"

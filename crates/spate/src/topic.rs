@@ -1,9 +1,10 @@
-//! `spate topic create|list|describe|delete|alter-config`: topics managed over the Kafka
-//! protocol the way an admin client manages them (CreateTopics, Metadata, DescribeConfigs,
-//! DeleteTopics, IncrementalAlterConfigs), so they work against any Kafka-compatible broker.
+//! `spate topic create|list|describe|delete|alter-config|add-partitions`: topics managed over
+//! the Kafka protocol the way an admin client manages them (CreateTopics, Metadata,
+//! DescribeConfigs, DeleteTopics, IncrementalAlterConfigs, CreatePartitions), so they work
+//! against any Kafka-compatible broker.
 //!
-//! CreateTopics and DeleteTopics go to the controller that Metadata names, as Kafka's admin
-//! client sends them (brokers from before KIP-590 answer NOT_CONTROLLER otherwise; a moved
+//! CreateTopics, DeleteTopics and CreatePartitions go to the controller that Metadata names, as
+//! Kafka's admin client sends them (brokers from before KIP-590 answer NOT_CONTROLLER otherwise; a moved
 //! controller is looked up again); everything else goes to the bootstrap broker.
 //!
 //! `describe` shows what `kafka-topics.sh --describe` shows: a header line per topic whose
@@ -18,6 +19,7 @@
 use crate::cli::{self, json, render_table, ConnectArgs, Output, Retry};
 use base64::Engine;
 use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
 use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
@@ -28,8 +30,8 @@ use kafka_protocol::messages::incremental_alter_configs_request::{
 };
 use kafka_protocol::messages::metadata_response::MetadataResponseTopic;
 use kafka_protocol::messages::{
-    CreateTopicsRequest, DeleteTopicsRequest, DeleteTopicsResponse, DescribeConfigsRequest,
-    IncrementalAlterConfigsRequest, TopicName,
+    CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest, DeleteTopicsRequest,
+    DeleteTopicsResponse, DescribeConfigsRequest, IncrementalAlterConfigsRequest, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use serde::Serialize;
@@ -74,6 +76,9 @@ pub enum TopicCommand {
     Delete(NamesArgs),
     /// Set or delete a topic's config overrides (the others stay as they are).
     AlterConfig(AlterConfigArgs),
+    /// Add partitions to a topic, as `kafka-topics.sh --alter --partitions N`: N is the new
+    /// total, larger than the current count.
+    AddPartitions(AddPartitionsArgs),
 }
 
 #[derive(clap::Args)]
@@ -122,6 +127,19 @@ pub struct AlterConfigArgs {
     /// Remove a config override, so the default applies again (repeatable).
     #[arg(long = "delete", value_name = "NAME")]
     delete: Vec<String>,
+    #[command(flatten)]
+    connect: ConnectArgs,
+}
+
+#[derive(clap::Args)]
+pub struct AddPartitionsArgs {
+    /// The topic name.
+    name: String,
+    /// The new partition count: the total, not how many to add (as kafka-topics.sh
+    /// --alter --partitions). Existing partitions keep their records and keys may now map to
+    /// other partitions.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(1..))]
+    partitions: i32,
     #[command(flatten)]
     connect: ConnectArgs,
 }
@@ -185,6 +203,17 @@ pub fn run(command: TopicCommand) -> anyhow::Result<String> {
                         "topic": args.name,
                         "set": args.set.iter().cloned().collect::<BTreeMap<_, _>>(),
                         "deleted": args.delete.iter().map(|name| name.trim()).collect::<Vec<_>>(),
+                    }))?,
+                })
+            }
+            TopicCommand::AddPartitions(args) => {
+                let mut cluster = args.connect.cluster();
+                add_partitions_with_retries(&mut cluster, &args.name, args.partitions).await?;
+                Ok(match args.connect.output {
+                    Output::Text => render_partitions_added(&args.name, args.partitions),
+                    Output::Json => json(&serde_json::json!({
+                        "topic": args.name,
+                        "partitions": args.partitions,
                     }))?,
                 })
             }
@@ -844,9 +873,77 @@ async fn alter_configs(
     Ok(())
 }
 
+// ---- add-partitions -----------------------------------------------------------------------
+
+async fn add_partitions_with_retries(
+    cluster: &mut Cluster,
+    name: &str,
+    total: i32,
+) -> anyhow::Result<()> {
+    let mut retry = Retry::default();
+    loop {
+        let controller = controller(cluster).await?;
+        match add_partitions(cluster, &controller, name, total).await {
+            Ok(()) => return Ok(()),
+            Err(error) => retry.wait(cluster, error, controller_moved).await?,
+        }
+    }
+}
+
+/// One CreatePartitions request growing `name` to `total` partitions, the broker assigning
+/// the new partitions' replicas.
+async fn add_partitions(
+    cluster: &mut Cluster,
+    controller: &str,
+    name: &str,
+    total: i32,
+) -> anyhow::Result<()> {
+    let timeout_ms = cluster.deadline().remaining_ms_i32();
+    let (_, response) = cluster
+        .send(controller, |_| {
+            CreatePartitionsRequest::default()
+                .with_timeout_ms(timeout_ms)
+                .with_validate_only(false)
+                .with_topics(vec![CreatePartitionsTopic::default()
+                    .with_name(topic_name(name))
+                    .with_count(total)
+                    .with_assignments(None)])
+        })
+        .await?;
+    partitions_added(name, &response)?;
+    tracing::debug!(topic = name, partitions = total, "added partitions");
+    Ok(())
+}
+
+/// `Ok` if the response grew `name`; "does not exist" for an unknown topic; else the broker's
+/// error with its message (INVALID_PARTITIONS: "Topic already has 3 partition(s).") and
+/// NOT_CONTROLLER as the [`ClientError`] it is, so it is retried.
+fn partitions_added(name: &str, response: &CreatePartitionsResponse) -> anyhow::Result<()> {
+    let result = response
+        .results
+        .iter()
+        .find(|r| r.name.0.as_str() == name)
+        .ok_or_else(|| anyhow::anyhow!("the CreatePartitions response does not mention {name}"))?;
+    if ResponseError::try_from_code(result.error_code)
+        == Some(ResponseError::UnknownTopicOrPartition)
+    {
+        return Err(not_found(&[name]));
+    }
+    client::check_message(result.error_code, result.error_message.as_deref(), || {
+        format!("cannot add partitions to topic {name}")
+    })?;
+    Ok(())
+}
+
+/// A topic only grows, from at least one partition: the new count is always plural.
+fn render_partitions_added(name: &str, total: i32) -> String {
+    format!("Topic {name} now has {total} partitions.\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
     use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
     use kafka_protocol::messages::describe_configs_response::DescribeConfigsResourceResult;
     use kafka_protocol::messages::metadata_response::{
@@ -1167,6 +1264,57 @@ mod tests {
         );
     }
 
+    #[test]
+    fn add_partitions_reports_unknown_topics_and_the_brokers_refusal() {
+        let response = |code: i16, message: Option<&'static str>| {
+            CreatePartitionsResponse::default().with_results(vec![
+                CreatePartitionsTopicResult::default()
+                    .with_name(topic_name("t"))
+                    .with_error_code(code)
+                    .with_error_message(message.map(StrBytes::from_static_str)),
+            ])
+        };
+        assert!(partitions_added("t", &response(0, None)).is_ok());
+        assert_eq!(
+            render_partitions_added("t", 4),
+            "Topic t now has 4 partitions.\n"
+        );
+
+        let err = partitions_added(
+            "t",
+            &response(ResponseError::UnknownTopicOrPartition.code(), None),
+        )
+        .expect_err("unknown");
+        assert_eq!(err.to_string(), "topic t does not exist");
+
+        let err = partitions_added(
+            "t",
+            &response(
+                ResponseError::InvalidPartitions.code(),
+                Some("Topic already has 3 partition(s)."),
+            ),
+        )
+        .expect_err("not an increase");
+        assert_eq!(
+            err.to_string(),
+            "cannot add partitions to topic t: INVALID_PARTITIONS: Topic already has 3 partition(s)."
+        );
+
+        let err = partitions_added("t", &response(ResponseError::NotController.code(), None))
+            .expect_err("moved");
+        assert!(
+            err.downcast_ref::<ClientError>()
+                .is_some_and(controller_moved),
+            "retried by add_partitions_with_retries: {err}"
+        );
+
+        let err = partitions_added("other", &response(0, None)).expect_err("not mentioned");
+        assert_eq!(
+            err.to_string(),
+            "the CreatePartitions response does not mention other"
+        );
+    }
+
     // ---- against a scripted broker -------------------------------------------------------
 
     use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse;
@@ -1185,6 +1333,7 @@ mod tests {
         DescribeConfigs(DescribeConfigsRequest),
         Delete(i16, DeleteTopicsRequest),
         Alter(IncrementalAlterConfigsRequest),
+        AddPartitions(i16, CreatePartitionsRequest),
     }
 
     fn topic_versions(
@@ -1199,6 +1348,7 @@ mod tests {
             (ApiKey::DeleteTopics, 1, delete_max),
             (ApiKey::DescribeConfigs, 1, 4),
             (ApiKey::IncrementalAlterConfigs, 0, 1),
+            (ApiKey::CreatePartitions, 0, 3),
         ]
     }
 
@@ -1332,6 +1482,29 @@ mod tests {
                         &IncrementalAlterConfigsResponse::default().with_responses(responses),
                     )
                 }
+                ApiKey::CreatePartitions => {
+                    let request: CreatePartitionsRequest = req.decode();
+                    log.push(Seen::AddPartitions(req.version, request.clone()));
+                    let results = request
+                        .topics
+                        .iter()
+                        .map(|t| {
+                            let result =
+                                CreatePartitionsTopicResult::default().with_name(t.name.clone());
+                            match (t.name.0.as_str(), t.count) {
+                                ("orders", count) if count > 2 => result,
+                                ("orders", _) => result
+                                    .with_error_code(ResponseError::InvalidPartitions.code())
+                                    .with_error_message(Some(StrBytes::from_static_str(
+                                        "Topic already has 2 partition(s).",
+                                    ))),
+                                _ => result
+                                    .with_error_code(ResponseError::UnknownTopicOrPartition.code()),
+                            }
+                        })
+                        .collect();
+                    req.respond(&CreatePartitionsResponse::default().with_results(results))
+                }
                 other => panic!("the topic broker does not answer {other:?}"),
             }
         })
@@ -1425,9 +1598,12 @@ mod tests {
             .next()
             .and_then(|p| p.parse().ok())
             .expect("port");
-        // The bootstrap broker (node 1) first names itself the controller, then answers
-        // NOT_CONTROLLER and names node 2 from then on.
+        // The bootstrap broker (node 1) names itself the controller in its 1st and 4th
+        // Metadata answers (before create and before add-partitions), answers NOT_CONTROLLER,
+        // and names node 2 otherwise.
         let mut metadata_answers = 0;
+        let refused = Arc::new(Mutex::new(Vec::new()));
+        let refusals = refused.clone();
         let bootstrap =
             ScriptedBroker::start(topic_versions(7, 6, 12), move |req| match req.api_key {
                 ApiKey::ApiVersions => req.respond(&req.api_versions()),
@@ -1445,7 +1621,7 @@ mod tests {
                                 broker(1, req.broker_port),
                                 broker(2, controller_port),
                             ])
-                            .with_controller_id(BrokerId(if metadata_answers == 1 {
+                            .with_controller_id(BrokerId(if matches!(metadata_answers, 1 | 4) {
                                 1
                             } else {
                                 2
@@ -1453,6 +1629,7 @@ mod tests {
                     )
                 }
                 ApiKey::CreateTopics => {
+                    refusals.lock().expect("lock").push(req.api_key);
                     let request: CreateTopicsRequest = req.decode();
                     let topics = request
                         .topics
@@ -1464,6 +1641,20 @@ mod tests {
                         })
                         .collect();
                     req.respond(&CreateTopicsResponse::default().with_topics(topics))
+                }
+                ApiKey::CreatePartitions => {
+                    refusals.lock().expect("lock").push(req.api_key);
+                    let request: CreatePartitionsRequest = req.decode();
+                    let results = request
+                        .topics
+                        .into_iter()
+                        .map(|t| {
+                            CreatePartitionsTopicResult::default()
+                                .with_name(t.name)
+                                .with_error_code(ResponseError::NotController.code())
+                        })
+                        .collect();
+                    req.respond(&CreatePartitionsResponse::default().with_results(results))
                 }
                 other => panic!("the bootstrap broker is not asked for {other:?}"),
             })
@@ -1480,10 +1671,21 @@ mod tests {
                 .expect("deleted on the controller"),
             names
         );
+        add_partitions_with_retries(&mut cluster, "orders", 3)
+            .await
+            .expect("grown on the controller");
         let seen = seen.lock().expect("lock").clone();
         assert!(
-            matches!(seen.as_slice(), [Seen::Create(..), Seen::Delete(..)]),
+            matches!(
+                seen.as_slice(),
+                [Seen::Create(..), Seen::Delete(..), Seen::AddPartitions(..)]
+            ),
             "{seen:?}"
+        );
+        assert_eq!(
+            *refused.lock().expect("lock"),
+            vec![ApiKey::CreateTopics, ApiKey::CreatePartitions],
+            "each moved-controller answer was followed"
         );
     }
 
@@ -1560,6 +1762,46 @@ mod tests {
                 assert!(request.topics.is_empty());
             }
         }
+    }
+
+    #[tokio::test]
+    async fn add_partitions_asks_for_the_new_total_and_names_refusals() {
+        let (broker, seen) = topic_broker(7, 6, 12).await;
+        let mut cluster = cli::cluster(&broker.addr, 5_000);
+        add_partitions_with_retries(&mut cluster, "orders", 5)
+            .await
+            .expect("grown");
+        let requests: Vec<(i16, CreatePartitionsRequest)> = seen
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter_map(|s| match s {
+                Seen::AddPartitions(version, request) => Some((*version, request.clone())),
+                _ => None,
+            })
+            .collect();
+        let [(version, request)] = requests.as_slice() else {
+            panic!("not one CreatePartitions: {requests:?}");
+        };
+        assert_eq!(*version, 3);
+        assert!(request.timeout_ms > 0 && request.timeout_ms <= 5_000);
+        assert!(!request.validate_only);
+        let topic = &request.topics[0];
+        assert_eq!((topic.name.0.as_str(), topic.count), ("orders", 5));
+        assert_eq!(topic.assignments, None, "the broker assigns replicas");
+
+        let err = add_partitions_with_retries(&mut cluster, "orders", 2)
+            .await
+            .expect_err("not an increase");
+        assert_eq!(
+            format!("{err:#}"),
+            "cannot add partitions to topic orders: INVALID_PARTITIONS: \
+             Topic already has 2 partition(s)."
+        );
+        let err = add_partitions_with_retries(&mut cluster, "gone", 3)
+            .await
+            .expect_err("gone");
+        assert_eq!(format!("{err:#}"), "topic gone does not exist");
     }
 
     #[tokio::test]
