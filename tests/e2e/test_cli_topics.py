@@ -276,3 +276,16 @@ def test_add_partitions_errors_are_clear(bootstrap, topic_name):
     assert "<NAME>" in err, err
 
     assert describe_json(bootstrap, topic_name)["topics"][0]["partition_count"] == 2, "nothing changed"
+
+
+def test_bootstrap_server_takes_a_list_and_uses_the_first_that_answers(bootstrap, topic_name):
+    # A port nothing listens on: the CLI must fall through to the live broker, as Kafka's
+    # tools do with `--bootstrap-server a,b`.
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{s.getsockname()[1]}"
+    ok("topic", "create", topic_name, "--partitions", "2", "--bootstrap-server", f"{dead},{bootstrap}")
+    assert describe_json(f"{dead}, {bootstrap}", topic_name)["topics"][0]["partition_count"] == 2
+    err = fails("topic", "list", "--bootstrap-server", f"{dead},{dead}", "--timeout-ms", "2000")
+    assert f"cannot connect to broker {dead}" in err, err

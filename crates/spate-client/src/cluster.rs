@@ -17,26 +17,64 @@ const _: () = assert!(
     "a bootstrap and a coordinator at least"
 );
 
+/// The most bootstrap addresses one [`Cluster`] takes.
+pub const BOOTSTRAP_ADDRESSES_MAX: usize = 64;
+
 pub struct Cluster {
-    bootstrap: String,
+    /// Never empty: `host:port` addresses, tried in order.
+    bootstraps: Vec<String>,
+    /// The bootstrap address that last answered.
+    current: usize,
     config: ClientConfig,
     deadline: Deadline,
     connections: BTreeMap<String, Connection>,
 }
 
 impl Cluster {
-    /// A cluster reached through `bootstrap` (`host:port`); nothing is opened yet.
-    pub fn new(bootstrap: impl Into<String>, config: ClientConfig, deadline: Deadline) -> Cluster {
+    /// A cluster reached through `bootstrap`: one `host:port`, or several separated by commas
+    /// as Kafka's tools take them (`bootstrap.servers`); nothing is opened yet. Empty entries
+    /// are ignored, and entries past [`BOOTSTRAP_ADDRESSES_MAX`] too.
+    pub fn new(bootstrap: &str, config: ClientConfig, deadline: Deadline) -> Cluster {
+        let mut bootstraps: Vec<String> = bootstrap
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .take(BOOTSTRAP_ADDRESSES_MAX)
+            .map(str::to_owned)
+            .collect();
+        if bootstraps.is_empty() {
+            // Connecting to it fails with a clear error naming what was given.
+            bootstraps.push(bootstrap.to_owned());
+        }
         Cluster {
-            bootstrap: bootstrap.into(),
+            bootstraps,
+            current: 0,
             config,
             deadline,
             connections: BTreeMap::new(),
         }
     }
 
-    pub fn bootstrap(&self) -> &str {
-        &self.bootstrap
+    /// A bootstrap address that accepts a connection: the one that answered last, else the
+    /// others in order. Fails with the last address's error when none connects.
+    pub async fn bootstrap(&mut self) -> Result<String, ClientError> {
+        let count = self.bootstraps.len();
+        let mut last_error = None;
+        for i in 0..count {
+            let index = (self.current + i) % count;
+            let addr = self.bootstraps[index].clone();
+            match self.connection(&addr).await {
+                Ok(_) => {
+                    self.current = index;
+                    return Ok(addr);
+                }
+                Err(e) => {
+                    tracing::debug!(bootstrap = %addr, error = %e, "bootstrap address unreachable");
+                    last_error = Some(e);
+                }
+            }
+        }
+        Err(last_error.expect("at least one bootstrap address"))
     }
 
     pub fn deadline(&self) -> Deadline {

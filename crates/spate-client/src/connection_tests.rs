@@ -242,7 +242,7 @@ async fn a_cluster_reopens_a_connection_a_bad_response_poisoned() {
     })
     .await;
     let mut cluster = Cluster::new(
-        broker.addr.clone(),
+        &broker.addr,
         ClientConfig::new(CLIENT_ID),
         Deadline::after_ms(5_000),
     );
@@ -297,4 +297,60 @@ async fn an_unreachable_broker_fails_clearly() {
             .starts_with(&format!("cannot connect to broker {addr}: ")),
         "{err}"
     );
+}
+
+/// An address nothing listens on (connecting is refused at once).
+fn refused_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    format!("127.0.0.1:{}", l.local_addr().expect("addr").port())
+}
+
+#[tokio::test]
+async fn a_bootstrap_list_falls_through_to_an_address_that_answers_and_keeps_it() {
+    let (broker, log) = broker(modern(), plain).await;
+    let dead = refused_addr();
+    // Spaces and empty entries, as people type them after `--bootstrap-server`.
+    let mut cluster = Cluster::new(
+        &format!(" {dead}, ,{} ,", broker.addr),
+        ClientConfig::new(CLIENT_ID),
+        Deadline::after_ms(5_000),
+    );
+    assert_eq!(cluster.bootstrap().await.expect("one answers"), broker.addr);
+    let addr = cluster.bootstrap().await.expect("still answers");
+    assert_eq!(addr, broker.addr);
+    cluster
+        .send(&addr, |_| MetadataRequest::default())
+        .await
+        .expect("metadata");
+    // One connection (one ApiVersions): the second call reused the address that answered.
+    let versions = log
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter(|(key, ..)| *key == ApiKey::ApiVersions)
+        .count();
+    assert_eq!(versions, 1);
+}
+
+#[tokio::test]
+async fn a_bootstrap_list_of_dead_addresses_fails_naming_one() {
+    let (a, b) = (refused_addr(), refused_addr());
+    let mut cluster = Cluster::new(
+        &format!("{a},{b}"),
+        ClientConfig::new(CLIENT_ID),
+        Deadline::after_ms(2_000),
+    );
+    let err = cluster.bootstrap().await.expect_err("none answers");
+    assert!(
+        err.to_string()
+            .starts_with(&format!("cannot connect to broker {b}: ")),
+        "{err}"
+    );
+    // An empty list is an error too, not a panic.
+    let mut empty = Cluster::new(
+        " , ",
+        ClientConfig::new(CLIENT_ID),
+        Deadline::after_ms(2_000),
+    );
+    assert!(empty.bootstrap().await.is_err());
 }

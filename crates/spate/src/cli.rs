@@ -26,12 +26,12 @@ const METADATA_NULL_TOPICS_VERSION: i16 = 1;
 
 #[derive(clap::Args)]
 pub struct ConnectArgs {
-    /// Broker to bootstrap from.
+    /// Brokers to bootstrap from, comma-separated; the first that answers is used.
     #[arg(
         long,
         env = "SPATE_BOOTSTRAP_SERVER",
         default_value = "127.0.0.1:9092",
-        value_name = "HOST:PORT"
+        value_name = "HOST:PORT[,HOST:PORT...]"
     )]
     pub bootstrap_server: String,
     /// Give up after this many milliseconds (connecting, waiting for answers, retrying).

@@ -791,7 +791,7 @@ fn render_status(status: &ClusterStatus) -> String {
 // ---- I/O ----------------------------------------------------------------------------------
 
 async fn fetch_status(cluster: &mut Cluster) -> anyhow::Result<ClusterStatus> {
-    let bootstrap = cluster.bootstrap().to_owned();
+    let bootstrap = cluster.bootstrap().await?;
     let mut notes = Vec::new();
     let described = match cluster
         .send(&bootstrap, |version| {
@@ -915,7 +915,7 @@ async fn quorum_with_retries(
     first: &str,
     addresses: &BTreeMap<i32, String>,
 ) -> anyhow::Result<Quorum> {
-    let bootstrap = cluster.bootstrap().to_owned();
+    let bootstrap = cluster.bootstrap().await?;
     let mut retry = Retry::default();
     let mut target = first.to_owned();
     let mut hops = 0;

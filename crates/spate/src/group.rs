@@ -151,7 +151,7 @@ pub struct ListedGroup {
 
 async fn list_groups(cluster: &mut Cluster, states: &[String]) -> anyhow::Result<Vec<ListedGroup>> {
     // Each broker lists the groups it coordinates, so every broker is asked.
-    let bootstrap = cluster.bootstrap().to_owned();
+    let bootstrap = cluster.bootstrap().await?;
     let (_, metadata) = cluster
         .send(&bootstrap, |version| {
             cli::metadata_request(version, Some(&[]))
@@ -398,7 +398,7 @@ fn group_id(group: &str) -> GroupId {
 }
 
 async fn find_coordinator(cluster: &mut Cluster, group: &str) -> anyhow::Result<Node> {
-    let bootstrap = cluster.bootstrap().to_owned();
+    let bootstrap = cluster.bootstrap().await?;
     let key = || StrBytes::from_string(group.to_owned());
     // key_type 0 (group) is the default.
     let (version, response) = cluster
@@ -519,7 +519,7 @@ async fn fetch_log_end_offsets(
     if topics.is_empty() {
         return Ok(log_end);
     }
-    let bootstrap = cluster.bootstrap().to_owned();
+    let bootstrap = cluster.bootstrap().await?;
     let (_, metadata) = cluster
         .send(&bootstrap, |version| {
             cli::metadata_request(version, Some(&topics))

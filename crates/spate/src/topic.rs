@@ -302,7 +302,7 @@ fn not_found(names: &[&str]) -> anyhow::Error {
 /// Where topics are created and deleted: the controller Metadata names, or the bootstrap
 /// broker if it names none it lists.
 async fn controller(cluster: &mut Cluster) -> anyhow::Result<String> {
-    let bootstrap = cluster.bootstrap().to_owned();
+    let bootstrap = cluster.bootstrap().await?;
     let (version, metadata) = cluster
         .send(&bootstrap, |version| {
             cli::metadata_request(version, Some(&[]))
@@ -467,7 +467,7 @@ pub struct ListedTopic {
 }
 
 async fn list_topics(cluster: &mut Cluster, internal: bool) -> anyhow::Result<Vec<ListedTopic>> {
-    let bootstrap = cluster.bootstrap().to_owned();
+    let bootstrap = cluster.bootstrap().await?;
     let (_, metadata) = cluster
         .send(&bootstrap, |version| cli::metadata_request(version, None))
         .await?;
@@ -576,7 +576,7 @@ async fn describe_topics(
     cluster: &mut Cluster,
     names: &[String],
 ) -> anyhow::Result<Vec<TopicDescription>> {
-    let bootstrap = cluster.bootstrap().to_owned();
+    let bootstrap = cluster.bootstrap().await?;
     let wanted: Vec<&str> = names.iter().map(String::as_str).collect();
     let (version, metadata) = cluster
         .send(&bootstrap, |version| {
@@ -844,7 +844,7 @@ async fn alter_configs(
     name: &str,
     ops: Vec<AlterableConfig>,
 ) -> anyhow::Result<()> {
-    let bootstrap = cluster.bootstrap().to_owned();
+    let bootstrap = cluster.bootstrap().await?;
     let (_, response) = cluster
         .send(&bootstrap, |_| {
             IncrementalAlterConfigsRequest::default().with_resources(vec![
