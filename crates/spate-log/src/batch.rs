@@ -1,13 +1,18 @@
-//! Kafka record batches (magic v2): header parsing, validation of produce input, and the two
-//! in-place rewrites the leader makes before storing a batch.
+//! Kafka record batches (magic v2): header parsing, validation of produce input, the rewrites
+//! the leader makes before storing a batch, and bounded decoding and re-encoding of records.
 //!
 //! Invariants: nothing here panics on arbitrary input, and nothing allocates in proportion to a
 //! length read from the input (lengths are checked against `BATCH_BYTES_MAX` and the bytes
-//! actually present first). The rewrites touch only `baseOffset` and `partitionLeaderEpoch`,
-//! which lie before the CRC-covered range, so a stored batch keeps the client's CRC.
+//! actually present first; compressed records inflate to at most [`INFLATED_BYTES_MAX`]).
+//! `baseOffset` and `partitionLeaderEpoch` lie before the CRC-covered range, so rewriting them
+//! keeps the client's CRC; the timestamp type and max timestamp (LogAppendTime) and a
+//! re-encoding (recompression, compaction) are covered, and recompute it.
 
+use kafka_protocol::records::Compression;
 use spate_types::limits::BATCH_BYTES_MAX;
 use spate_types::{LeaderEpoch, Offset, ProducerEpoch, ProducerId};
+use std::cell::Cell;
+use std::io;
 
 /// Bytes before `batchLength`'s coverage starts: baseOffset (8) + batchLength (4).
 pub const LOG_OVERHEAD: usize = 12;
@@ -24,6 +29,7 @@ const CRC_AT: usize = 17;
 /// The CRC covers everything from `attributes` to the end of the batch.
 const CRC_COVERAGE_FROM: usize = 21;
 const ATTRIBUTES_AT: usize = 21;
+const MAX_TIMESTAMP_AT: usize = 35;
 const BASE_SEQUENCE_AT: usize = 53;
 /// Decoding a compressed batch allocates per record; refuse batches claiming more than this.
 pub(crate) const DECODE_RECORDS_MAX: i32 = 1 << 20;
@@ -194,6 +200,8 @@ pub enum BatchError {
     TooLarge { size: usize, max: usize },
     #[error("malformed records in batch: {0}")]
     MalformedRecords(String),
+    #[error("compressed records inflate past {max} bytes")]
+    InflatedTooLarge { max: usize },
     #[error("compacted topic cannot accept a record without a key ({} of them)", records.len())]
     MissingKey {
         /// The index in the record set of every record without a key (KIP-467's
@@ -216,7 +224,9 @@ impl BatchError {
             | BatchError::ControlBatch
             | BatchError::MissingKey { .. } => BatchErrorKind::InvalidRecord,
             BatchError::UnsupportedMagic(_) => BatchErrorKind::UnsupportedFormat,
-            BatchError::TooLarge { .. } => BatchErrorKind::TooLarge,
+            BatchError::TooLarge { .. } | BatchError::InflatedTooLarge { .. } => {
+                BatchErrorKind::TooLarge
+            }
         }
     }
 }
@@ -335,9 +345,38 @@ pub fn set_partition_leader_epoch(buf: &mut [u8], epoch: LeaderEpoch) {
         .copy_from_slice(&epoch.0.to_be_bytes());
 }
 
+/// Kafka's `DefaultRecordBatch.setMaxTimestamp`: sets the batch's timestamp type (the
+/// LogAppendTime attribute bit when `log_append_time`) and max timestamp, and recomputes the
+/// CRC, which covers both. Leaves the batch untouched, CRC included, if both already hold.
+/// For a LogAppendTime batch the max timestamp is every record's timestamp (consumers read it
+/// so); the records themselves are not touched.
+///
+/// # Panics
+/// If `batch` is shorter than a header: callers pass exactly one validated batch.
+pub(crate) fn set_max_timestamp(batch: &mut [u8], log_append_time: bool, max_timestamp: i64) {
+    let h = BatchHeader::parse(batch).expect("a validated batch has a whole header");
+    if h.is_log_append_time() == log_append_time && h.max_timestamp == max_timestamp {
+        return;
+    }
+    let mut attributes = h.attributes & !TIMESTAMP_TYPE_BIT;
+    if log_append_time {
+        attributes |= TIMESTAMP_TYPE_BIT;
+    }
+    batch[ATTRIBUTES_AT..ATTRIBUTES_AT + 2].copy_from_slice(&attributes.to_be_bytes());
+    batch[MAX_TIMESTAMP_AT..MAX_TIMESTAMP_AT + 8].copy_from_slice(&max_timestamp.to_be_bytes());
+    let crc = crc32c::crc32c(&batch[CRC_COVERAGE_FROM..]);
+    batch[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
+}
+
+/// Most bytes the records of one compressed batch may inflate to. A batch stored uncompressed
+/// can be no larger, so a recompressing topic refuses only batches it could never store.
+pub const INFLATED_BYTES_MAX: usize = BATCH_BYTES_MAX;
+
 /// Decodes the records of one whole batch (`batch` holds exactly that batch, CRC already
 /// checked). The record count is checked for plausibility against the bytes first, so a
-/// lying header cannot make the decoder allocate for records that are not there.
+/// lying header cannot make the decoder allocate for records that are not there, and
+/// compressed records are inflated through [`inflate`], which stops at
+/// [`INFLATED_BYTES_MAX`] ([`BatchError::InflatedTooLarge`]).
 pub(crate) fn decode_records(
     batch: &[u8],
     h: &BatchHeader,
@@ -355,8 +394,23 @@ pub(crate) fn decode_records(
         )));
     }
     let mut bytes = bytes::Bytes::copy_from_slice(batch);
-    let set = kafka_protocol::records::RecordBatchDecoder::decode(&mut bytes)
-        .map_err(|e| BatchError::MalformedRecords(e.to_string()))?;
+    // The decoder reports errors as text; the inflater's own error is kept to be returned.
+    let failure: Cell<Option<BatchError>> = Cell::new(None);
+    let set = kafka_protocol::records::RecordBatchDecoder::decode_with_custom_compression(
+        &mut bytes,
+        Some(|compressed: &mut bytes::Bytes, codec: Compression| {
+            inflate(compressed, codec, INFLATED_BYTES_MAX).map_err(|e| {
+                let message = e.to_string();
+                failure.set(Some(e));
+                io::Error::other(message).into()
+            })
+        }),
+    )
+    .map_err(|e| {
+        failure
+            .take()
+            .unwrap_or_else(|| BatchError::MalformedRecords(e.to_string()))
+    })?;
     if set.records.len() != h.records_count.max(0) as usize {
         return Err(BatchError::MalformedRecords(format!(
             "batch claims {} records and holds {}",
@@ -367,10 +421,185 @@ pub(crate) fn decode_records(
     Ok(set)
 }
 
+/// Inflates the records section of a batch compressed with `codec`, refusing to produce more
+/// than `limit` bytes (a few hundred bytes of gzip or zstd can claim gigabytes). gzip, lz4
+/// and zstd are streamed through their decoders with the output capped; snappy's declared
+/// block lengths are summed first and the blocks then inflated by kafka-protocol's own
+/// decompressor (Kafka's xerial framing, or raw snappy).
+fn inflate(
+    compressed: &bytes::Bytes,
+    codec: Compression,
+    limit: usize,
+) -> Result<bytes::Bytes, BatchError> {
+    let malformed =
+        |e: &dyn std::fmt::Display| BatchError::MalformedRecords(format!("{codec:?} records: {e}"));
+    let inflated = match codec {
+        Compression::None => return Ok(compressed.clone()),
+        Compression::Gzip => {
+            read_bounded(flate2::read::MultiGzDecoder::new(&compressed[..]), limit)?
+        }
+        Compression::Lz4 => read_bounded(
+            lz4::Decoder::new(&compressed[..]).map_err(|e| malformed(&e))?,
+            limit,
+        )?,
+        Compression::Zstd => read_bounded(
+            zstd::stream::read::Decoder::with_buffer(&compressed[..]).map_err(|e| malformed(&e))?,
+            limit,
+        )?,
+        Compression::Snappy => {
+            let declared = snappy_declared_len(compressed).ok_or_else(|| {
+                BatchError::MalformedRecords("snappy records: bad framing".into())
+            })?;
+            if declared > limit as u64 {
+                return Err(BatchError::InflatedTooLarge { max: limit });
+            }
+            use kafka_protocol::compression::{Decompressor, Snappy};
+            return Snappy::decompress(&mut compressed.clone(), |out: &mut bytes::Bytes| {
+                Ok(std::mem::take(out))
+            })
+            .map_err(|e| malformed(&e));
+        }
+    };
+    Ok(bytes::Bytes::from(inflated))
+}
+
+/// Reads `reader` to its end, refusing more than `limit` bytes. The buffer grows by doubling
+/// but never past `limit`.
+fn read_bounded(mut reader: impl io::Read, limit: usize) -> Result<Vec<u8>, BatchError> {
+    let mut out: Vec<u8> = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let n = match reader.read(&mut chunk) {
+            Ok(0) => return Ok(out),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return Err(BatchError::MalformedRecords(format!(
+                    "compressed records: {e}"
+                )))
+            }
+        };
+        if n > limit - out.len() {
+            return Err(BatchError::InflatedTooLarge { max: limit });
+        }
+        if out.capacity() - out.len() < n {
+            let want = (out.len().max(n) * 2).min(limit).max(out.len() + n);
+            out.reserve_exact(want - out.len());
+        }
+        out.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Kafka's snappy framing (xerial: a 16-byte magic header, then blocks of a 4-byte length and
+/// that many bytes), or one raw snappy block, as kafka-protocol's decompressor reads it.
+const SNAPPY_XERIAL_MAGIC: &[u8; 16] = b"\x82SNAPPY\x00\x00\x00\x00\x01\x00\x00\x00\x01";
+
+/// The uncompressed length snappy data declares (the sum over its blocks), without inflating
+/// it; `None` if the framing or a block's length preamble is malformed.
+fn snappy_declared_len(data: &[u8]) -> Option<u64> {
+    // A raw snappy block starts with its uncompressed length as a little-endian varint (u32).
+    fn preamble(block: &[u8]) -> Option<u64> {
+        let mut len = 0u64;
+        for (i, b) in block.iter().take(5).enumerate() {
+            len |= u64::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                return u32::try_from(len).ok().map(u64::from);
+            }
+        }
+        None
+    }
+    let Some(mut rest) = data.strip_prefix(&SNAPPY_XERIAL_MAGIC[..]) else {
+        return preamble(data);
+    };
+    let mut total = 0u64;
+    while !rest.is_empty() {
+        let len_bytes: [u8; 4] = rest.get(..4)?.try_into().ok()?;
+        let len = u32::from_be_bytes(len_bytes) as usize;
+        let block = rest.get(4..4 + len)?;
+        total = total.saturating_add(preamble(block)?);
+        rest = &rest[4 + len..];
+    }
+    Some(total)
+}
+
+/// The kafka-protocol codec of a batch attribute codec id.
+fn compression_of(codec: i16) -> Option<Compression> {
+    Some(match codec {
+        0 => Compression::None,
+        1 => Compression::Gzip,
+        2 => Compression::Snappy,
+        3 => Compression::Lz4,
+        4 => Compression::Zstd,
+        _ => return None,
+    })
+}
+
+/// Encodes `records` (all from the batch `original`) as one batch compressed with
+/// `compression`, with kafka-protocol's encoder, then restores what the encoder does not carry
+/// from `original` ([`restore_header_fields`]). Checks that the result is one whole batch of
+/// `records.len()` records. Shared by compaction (a batch that lost records) and
+/// recompression (a batch in another codec).
+pub(crate) fn reencode<'a>(
+    records: impl ExactSizeIterator<Item = &'a kafka_protocol::records::Record> + Clone,
+    compression: Compression,
+    original: &BatchHeader,
+) -> Result<Vec<u8>, BatchError> {
+    let count = records.len();
+    let mut buf = bytes::BytesMut::with_capacity(original.total_bytes());
+    kafka_protocol::records::RecordBatchEncoder::encode(
+        &mut buf,
+        records,
+        &kafka_protocol::records::RecordEncodeOptions {
+            version: 2,
+            compression,
+        },
+    )
+    .map_err(|e| BatchError::MalformedRecords(format!("re-encoding the records: {e}")))?;
+    let mut buf = Vec::from(buf);
+    if buf.len() < HEADER_BYTES {
+        return Err(BatchError::MalformedRecords(
+            "re-encoded batch is shorter than a header".into(),
+        ));
+    }
+    restore_header_fields(&mut buf, original);
+    let nh = check_batch(&buf, BATCH_BYTES_MAX)?;
+    // The records share every batch property, so the encoder must write one batch.
+    if nh.total_bytes() != buf.len() || nh.records_count as usize != count {
+        return Err(BatchError::MalformedRecords(
+            "re-encoding split the batch".into(),
+        ));
+    }
+    Ok(buf)
+}
+
+/// Re-encodes one validated producer batch with `codec` (a batch attribute codec id), as
+/// Kafka's leader does when a topic's `compression.type` differs from the producer's. The
+/// records are decoded ([`decode_records`], so inflation is bounded) and encoded again
+/// ([`reencode`]) with their offset deltas, timestamps, keys, values and headers; the header
+/// keeps the producer id, epoch and base sequence, the transactional flag, the partition
+/// leader epoch and the timestamp type. A batch whose records do not number densely from its
+/// base offset (which the encoder cannot reproduce) is refused as malformed. The caller applies
+/// `max.message.bytes` to the result.
+pub(crate) fn recompress(batch: &[u8], h: &BatchHeader, codec: i16) -> Result<Vec<u8>, BatchError> {
+    let compression = compression_of(codec)
+        .ok_or_else(|| BatchError::MalformedRecords(format!("unknown codec id {codec}")))?;
+    let set = decode_records(batch, h)?;
+    let buf = reencode(set.records.iter(), compression, h)?;
+    let nh = BatchHeader::parse(&buf)?;
+    if nh.last_offset_delta != h.last_offset_delta || nh.base_offset != h.base_offset {
+        return Err(BatchError::MalformedRecords(format!(
+            "records do not number 0..{} from the batch's base offset; cannot recompress",
+            h.records_count
+        )));
+    }
+    Ok(buf)
+}
+
 /// Compaction re-encodes a batch that lost records with kafka-protocol's encoder, which does
-/// not carry the timestamp type and derives the base sequence from the first record even when
-/// the batch has no producer id. This restores both from the original header and recomputes
-/// the CRC.
+/// not carry the timestamp type, computes the max timestamp from the records' own timestamps
+/// (for a LogAppendTime batch the append time is only in the header) and derives the base
+/// sequence from the first record even when the batch has no producer id. This restores all
+/// three from the original header and recomputes the CRC.
 ///
 /// # Panics
 /// If `buf` is shorter than a header: callers pass batches they just encoded.
@@ -378,6 +607,10 @@ pub(crate) fn restore_header_fields(buf: &mut [u8], original: &BatchHeader) {
     let mut attributes = i16::from_be_bytes([buf[ATTRIBUTES_AT], buf[ATTRIBUTES_AT + 1]]);
     attributes = (attributes & !TIMESTAMP_TYPE_BIT) | (original.attributes & TIMESTAMP_TYPE_BIT);
     buf[ATTRIBUTES_AT..ATTRIBUTES_AT + 2].copy_from_slice(&attributes.to_be_bytes());
+    if original.is_log_append_time() {
+        buf[MAX_TIMESTAMP_AT..MAX_TIMESTAMP_AT + 8]
+            .copy_from_slice(&original.max_timestamp.to_be_bytes());
+    }
     if !original.has_producer_id() {
         buf[BASE_SEQUENCE_AT..BASE_SEQUENCE_AT + 4]
             .copy_from_slice(&original.base_sequence.to_be_bytes());
@@ -615,6 +848,67 @@ mod tests {
         assert_eq!(h.base_offset, Offset(1234));
         assert_eq!(h.last_offset(), Offset(1236));
         assert_eq!(h.partition_leader_epoch, LeaderEpoch(9));
+    }
+
+    /// The records section of a batch of one record holding `n` zero bytes, compressed.
+    fn compressed_zeros(n: usize, compression: Compression) -> bytes::Bytes {
+        let b = record_batch(&[0], (-1, -1, -1), Compression::None);
+        let h = BatchHeader::parse(&b).unwrap();
+        let set = decode_records(&b, &h).unwrap();
+        let mut r = set.records[0].clone();
+        r.value = Some(bytes::Bytes::from(vec![0u8; n]));
+        let encoded = reencode(std::iter::once(&r), compression, &h).unwrap();
+        bytes::Bytes::copy_from_slice(&encoded[HEADER_BYTES..])
+    }
+
+    #[test]
+    fn inflation_stops_at_the_limit_for_every_codec() {
+        for c in [
+            Compression::Gzip,
+            Compression::Snappy,
+            Compression::Lz4,
+            Compression::Zstd,
+        ] {
+            let data = compressed_zeros(100_000, c);
+            let whole = inflate(&data, c, 1 << 20).unwrap();
+            assert!(whole.len() > 100_000, "{c:?}");
+            assert_eq!(inflate(&data, c, whole.len()).unwrap(), whole, "{c:?}");
+            assert_eq!(
+                inflate(&data, c, whole.len() - 1),
+                Err(BatchError::InflatedTooLarge {
+                    max: whole.len() - 1
+                }),
+                "{c:?}"
+            );
+            // lz4's frame decoder ends a truncated stream quietly; the record decoder then
+            // finds the records short.
+            match inflate(&data.slice(..data.len() / 2), c, 1 << 20) {
+                Err(BatchError::MalformedRecords(_)) => {}
+                Ok(part) => assert!(c == Compression::Lz4 && part.len() < whole.len()),
+                other => panic!("{c:?}: truncated stream gave {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn snappy_lengths_are_checked_before_anything_is_allocated() {
+        // Raw snappy claiming 4 GiB in five bytes, and xerial framing with one such block.
+        let raw = bytes::Bytes::from_static(&[0xff, 0xff, 0xff, 0xff, 0x0f, 0x00]);
+        assert_eq!(snappy_declared_len(&raw), Some(u64::from(u32::MAX)));
+        assert_eq!(
+            inflate(&raw, Compression::Snappy, 1 << 20),
+            Err(BatchError::InflatedTooLarge { max: 1 << 20 })
+        );
+        let mut framed = SNAPPY_XERIAL_MAGIC.to_vec();
+        for _ in 0..2 {
+            framed.extend_from_slice(&6u32.to_be_bytes());
+            framed.extend_from_slice(&raw);
+        }
+        assert_eq!(snappy_declared_len(&framed), Some(2 * u64::from(u32::MAX)));
+        // A block length past the data, and a varint longer than a u32: malformed framing.
+        framed.extend_from_slice(&100u32.to_be_bytes());
+        assert_eq!(snappy_declared_len(&framed), None);
+        assert_eq!(snappy_declared_len(&[0xff; 6]), None);
     }
 
     #[test]

@@ -4,8 +4,12 @@
 //! Three phases, so that the partition lock is held only briefly:
 //! 1. [`PartitionLog::plan_compaction`](crate::PartitionLog::plan_compaction) (under the lock):
 //!    picks the cleanable segments (rolled, below the high watermark, older than
-//!    `min.compaction.lag.ms`), checks `min.cleanable.dirty.ratio` and takes the segments' open
-//!    files. Rolled segment files are never written again, so reading them later is safe.
+//!    `min.compaction.lag.ms`), checks `min.cleanable.dirty.ratio` (or, below it, whether a
+//!    dirty segment's first batch is older than `max.compaction.lag.ms`, KIP-354) and takes
+//!    the segments' open files. Rolled segment files are never written again, so reading them
+//!    later is safe. A compacted topic's active segment rolls at `max.compaction.lag.ms` too
+//!    ([`LogConfig::max_segment_ms`](crate::LogConfig::max_segment_ms)), so no record waits
+//!    longer than about that, plus the cleaner's backoff, to become cleanable.
 //! 2. [`CompactionPlan::execute`] (no lock, blocking I/O): builds the key map from the dirty
 //!    section (offsets from the cleaner checkpoint on), then rewrites every cleanable segment
 //!    into `{base}.{end}.log.cleaned` files (with their indexes), grouping consecutive
@@ -34,8 +38,8 @@
 //!
 //! A batch that keeps every record is copied byte for byte; one that keeps none is dropped; one
 //! that keeps some is re-encoded by kafka-protocol's encoder with the same compression,
-//! partition leader epoch, producer id/epoch, timestamp type and record offsets and timestamps.
-//! The encoder derives the batch's base offset from its first surviving record (Kafka keeps the
+//! partition leader epoch, producer id/epoch, timestamp type (a LogAppendTime batch keeps its
+//! append time as max timestamp) and record offsets and timestamps. The encoder derives the batch's base offset from its first surviving record (Kafka keeps the
 //! original base offset); record offsets, which are what consumers see, never change.
 //!
 //! Choices:
@@ -45,20 +49,20 @@
 //! - The key map holds at most [`CompactionLimits::key_map_entries_max`] keys (about 24 bytes
 //!   each plus hash table overhead). If the dirty section has more, the pass cleans up to the
 //!   offset where the map filled and the next pass continues from there.
-//! - A tombstone's age is its batch's max timestamp (the producer's CreateTime) measured
-//!   against the cleaner's clock; a batch without a timestamp keeps its tombstones.
+//! - A tombstone's age is its batch's max timestamp (the producer's CreateTime, or the append
+//!   time on a LogAppendTime topic) measured against the cleaner's clock; a batch without a
+//!   timestamp keeps its tombstones.
 //! - The cleaner checkpoint (`cleaner-offset-checkpoint`) is advisory: losing it or finding it
 //!   stale only makes a pass clean more or less; it never affects which offsets exist.
 
-use crate::batch::{check_batch, decode_records, restore_header_fields, BatchHeader, HEADER_BYTES};
+use crate::batch::{check_batch, decode_records, reencode, BatchHeader, HEADER_BYTES};
 use crate::error::LogError;
 use crate::fsio;
 use crate::segment::{
     file_name, write_index_pair, IndexBuilder, SegmentIndex, INDEX_SUFFIX, LOG_SUFFIX,
     TIME_INDEX_SUFFIX,
 };
-use bytes::BytesMut;
-use kafka_protocol::records::{Record, RecordBatchEncoder, RecordEncodeOptions};
+use kafka_protocol::records::Record;
 use sha2::{Digest, Sha256};
 use spate_types::disk::{Disk, DiskFile, OpenMode};
 use spate_types::limits::BATCH_BYTES_MAX;
@@ -101,6 +105,16 @@ pub enum SkipReason {
     NothingDirty,
     /// `dirty_bytes / total_bytes` is below `min.cleanable.dirty.ratio`.
     DirtyRatioBelowMinimum { dirty_bytes: u64, total_bytes: u64 },
+}
+
+/// Why a pass was planned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CompactionTrigger {
+    /// The dirty share of the cleanable segments reached `min.cleanable.dirty.ratio`.
+    DirtyRatio,
+    /// Below that ratio, a dirty segment holds a record `overdue_ms` past
+    /// `max.compaction.lag.ms` (KIP-354; Kafka's "max compaction delay").
+    MaxCompactionLag { overdue_ms: i64 },
 }
 
 /// What a pass changed.
@@ -158,6 +172,14 @@ pub struct CompactionPlan {
     /// Last offset of the last batch of every producer id in the producer state.
     pub(crate) producer_last: BTreeMap<ProducerId, Offset>,
     pub(crate) key_map_entries_max: usize,
+    pub(crate) trigger: CompactionTrigger,
+}
+
+impl CompactionPlan {
+    /// Why phase 1 planned this pass.
+    pub fn trigger(&self) -> CompactionTrigger {
+        self.trigger
+    }
 }
 
 /// One cleaned file replacing consecutive segments `originals`.
@@ -525,30 +547,7 @@ impl CompactionPlan {
             stats.batches_dropped += 1;
             return Ok(Cleaned::Dropped);
         }
-        let mut buf = BytesMut::new();
-        RecordBatchEncoder::encode(
-            &mut buf,
-            kept.iter().copied(),
-            &RecordEncodeOptions {
-                version: 2,
-                compression: set.compression,
-            },
-        )
-        .map_err(|e| crate::batch::BatchError::MalformedRecords(e.to_string()))?;
-        let mut buf = buf.to_vec();
-        if buf.len() < HEADER_BYTES {
-            return Err(crate::batch::BatchError::MalformedRecords(
-                "re-encoded batch is shorter than a header".into(),
-            ));
-        }
-        restore_header_fields(&mut buf, h);
-        let nh = check_batch(&buf, BATCH_BYTES_MAX)?;
-        // The kept records share every batch property, so the encoder must write one batch.
-        if nh.total_bytes() != buf.len() || nh.records_count as usize != kept.len() {
-            return Err(crate::batch::BatchError::MalformedRecords(
-                "re-encoding split the batch".into(),
-            ));
-        }
+        let buf = reencode(kept.iter().copied(), set.compression, h)?;
         stats.batches_rewritten += 1;
         Ok(Cleaned::Rewritten(buf))
     }

@@ -33,15 +33,16 @@ const fn def(name: &'static str, kind: ConfigKind, doc: &'static str) -> TopicCo
 /// Every topic-level config Spate accepts.
 pub const TOPIC_CONFIGS: &[TopicConfigDef] = &[
     def("cleanup.policy", ConfigKind::List, "\"delete\" and/or \"compact\" (keep the latest record per key; records need a key)."),
-    def("compression.type", ConfigKind::String, "Only \"producer\": batches are stored as the producer compressed them."),
+    def("compression.type", ConfigKind::String, "\"producer\" stores batches as the producer compressed them; \"uncompressed\", \"gzip\", \"snappy\", \"lz4\" or \"zstd\" makes the leader recompress every batch of another codec on append."),
     def("delete.retention.ms", ConfigKind::Long, "How long delete tombstones are kept on compacted topics."),
     def("file.delete.delay.ms", ConfigKind::Long, "Delay before a deleted segment's files are removed."),
     def("flush.messages", ConfigKind::Long, "Force an fsync after this many messages."),
     def("flush.ms", ConfigKind::Long, "Force an fsync after this many milliseconds; the default defers to the broker's flush interval."),
     def("index.interval.bytes", ConfigKind::Int, "Bytes of batches between two offset index entries."),
-    def("max.message.bytes", ConfigKind::Int, "Largest record batch accepted."),
-    def("message.timestamp.difference.max.ms", ConfigKind::Long, "Largest allowed difference between a record's timestamp and the broker's clock."),
-    def("message.timestamp.type", ConfigKind::String, "Only \"CreateTime\" is supported."),
+    def("max.compaction.lag.ms", ConfigKind::Long, "Longest a record stays uncompacted on a compacted topic: the active segment rolls at this age, and a log holding an older uncompacted record is cleaned whatever its dirty ratio."),
+    def("max.message.bytes", ConfigKind::Int, "Largest record batch accepted, as sent and as stored after recompression."),
+    def("message.timestamp.difference.max.ms", ConfigKind::Long, "Largest allowed difference between a batch's timestamps and the broker's clock; CreateTime topics only."),
+    def("message.timestamp.type", ConfigKind::String, "\"CreateTime\" (records keep the producer's timestamps) or \"LogAppendTime\" (the leader stamps every batch with its clock on append)."),
     def("min.cleanable.dirty.ratio", ConfigKind::Double, "Dirty ratio above which the log is compacted."),
     def("min.compaction.lag.ms", ConfigKind::Long, "Minimum time a message stays uncompacted."),
     def("min.insync.replicas", ConfigKind::Int, "In-sync replicas needed to acknowledge acks=all."),
@@ -53,10 +54,71 @@ pub const TOPIC_CONFIGS: &[TopicConfigDef] = &[
     def("unclean.leader.election.enable", ConfigKind::Boolean, "Must stay false: Spate never elects an out-of-sync leader."),
 ];
 
-/// The timestamp a record carries in the log.
+/// The timestamp a record carries in the log (`message.timestamp.type`, KIP-32).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TimestampType {
+    /// The producer's timestamps, checked against `message.timestamp.difference.max.ms`.
     CreateTime,
+    /// The leader's clock at append: each batch's timestamp-type attribute is set and its max
+    /// timestamp, which consumers read as every record's timestamp, becomes the append time.
+    LogAppendTime,
+}
+
+impl TimestampType {
+    /// The config value, as Kafka spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            TimestampType::CreateTime => "CreateTime",
+            TimestampType::LogAppendTime => "LogAppendTime",
+        }
+    }
+}
+
+/// A topic's `compression.type`: the codec its leader stores batches in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CompressionType {
+    /// Batches are stored as the producer compressed them.
+    Producer,
+    Uncompressed,
+    Gzip,
+    Snappy,
+    Lz4,
+    Zstd,
+}
+
+impl CompressionType {
+    const ALL: [CompressionType; 6] = [
+        CompressionType::Producer,
+        CompressionType::Uncompressed,
+        CompressionType::Gzip,
+        CompressionType::Snappy,
+        CompressionType::Lz4,
+        CompressionType::Zstd,
+    ];
+
+    /// The config value, as Kafka spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            CompressionType::Producer => "producer",
+            CompressionType::Uncompressed => "uncompressed",
+            CompressionType::Gzip => "gzip",
+            CompressionType::Snappy => "snappy",
+            CompressionType::Lz4 => "lz4",
+            CompressionType::Zstd => "zstd",
+        }
+    }
+
+    /// The batch attribute codec id the leader stores in, `None` for `producer`.
+    pub fn codec(self) -> Option<i16> {
+        match self {
+            CompressionType::Producer => None,
+            CompressionType::Uncompressed => Some(0),
+            CompressionType::Gzip => Some(1),
+            CompressionType::Snappy => Some(2),
+            CompressionType::Lz4 => Some(3),
+            CompressionType::Zstd => Some(4),
+        }
+    }
 }
 
 /// Effective configuration of one partition log.
@@ -77,10 +139,12 @@ pub struct LogConfig {
     pub flush_messages: i64,
     /// `i64::MAX` means "use the broker's flush interval".
     pub flush_ms: i64,
-    pub compression_type: String,
+    pub compression_type: CompressionType,
     pub delete_retention_ms: i64,
     pub min_cleanable_dirty_ratio: f64,
     pub min_compaction_lag_ms: i64,
+    /// KIP-354; `i64::MAX` (Kafka's default) means no bound.
+    pub max_compaction_lag_ms: i64,
     pub file_delete_delay_ms: i64,
     pub unclean_leader_election_enable: bool,
     pub message_timestamp_difference_max_ms: i64,
@@ -103,10 +167,11 @@ impl Default for LogConfig {
             min_insync_replicas: 1,
             flush_messages: i64::MAX,
             flush_ms: i64::MAX,
-            compression_type: "producer".into(),
+            compression_type: CompressionType::Producer,
             delete_retention_ms: DAY_MS,
             min_cleanable_dirty_ratio: 0.5,
             min_compaction_lag_ms: 0,
+            max_compaction_lag_ms: i64::MAX,
             file_delete_delay_ms: 60_000,
             unclean_leader_election_enable: false,
             message_timestamp_difference_max_ms: i64::MAX,
@@ -179,17 +244,26 @@ impl LogConfig {
                     parts.dedup();
                     c.cleanup_policy = parts.join(",");
                 }
+                // Case-sensitive, as Kafka's validator is; "none" is the producer's spelling,
+                // which Kafka refuses for a topic too.
                 "compression.type" => {
-                    if v != "producer" {
-                        return Err(invalid(n, v, "only \"producer\" is supported"));
-                    }
-                    c.compression_type = v.into();
+                    c.compression_type = CompressionType::ALL
+                        .into_iter()
+                        .find(|t| t.name() == v)
+                        .ok_or_else(|| {
+                            invalid(
+                                n,
+                                v,
+                                "must be one of uncompressed, zstd, lz4, snappy, gzip, producer",
+                            )
+                        })?
                 }
                 "delete.retention.ms" => c.delete_retention_ms = parse_i64(n, v, 0, i64::MAX)?,
                 "file.delete.delay.ms" => c.file_delete_delay_ms = parse_i64(n, v, 0, i64::MAX)?,
                 "flush.messages" => c.flush_messages = parse_i64(n, v, 1, i64::MAX)?,
                 "flush.ms" => c.flush_ms = parse_i64(n, v, 0, i64::MAX)?,
                 "index.interval.bytes" => c.index_interval_bytes = parse_u64(n, v, 0, int)?,
+                "max.compaction.lag.ms" => c.max_compaction_lag_ms = parse_i64(n, v, 1, i64::MAX)?,
                 "max.message.bytes" => {
                     c.max_message_bytes = parse_u64(n, v, 0, BATCH_BYTES_MAX as i64)
                         .map_err(|_| invalid(n, v, format!("must be in [0, {BATCH_BYTES_MAX}]")))?
@@ -198,11 +272,19 @@ impl LogConfig {
                 "message.timestamp.difference.max.ms" => {
                     c.message_timestamp_difference_max_ms = parse_i64(n, v, 0, i64::MAX)?
                 }
+                // Case-sensitive, as Kafka's validator is.
                 "message.timestamp.type" => {
-                    if v != "CreateTime" {
-                        return Err(invalid(n, v, "only \"CreateTime\" is supported"));
+                    c.message_timestamp_type = match v {
+                        "CreateTime" => TimestampType::CreateTime,
+                        "LogAppendTime" => TimestampType::LogAppendTime,
+                        _ => {
+                            return Err(invalid(
+                                n,
+                                v,
+                                "must be \"CreateTime\" or \"LogAppendTime\"",
+                            ))
+                        }
                     }
-                    c.message_timestamp_type = TimestampType::CreateTime;
                 }
                 "min.cleanable.dirty.ratio" => {
                     let r: f64 = v
@@ -233,26 +315,52 @@ impl LogConfig {
                 _ => return Err(ConfigError::Unknown(name.clone())),
             }
         }
+        // Kafka's LogConfig.validateValues.
+        if c.min_compaction_lag_ms > c.max_compaction_lag_ms {
+            let name = if overrides.contains_key("max.compaction.lag.ms") {
+                "max.compaction.lag.ms"
+            } else {
+                "min.compaction.lag.ms"
+            };
+            return Err(invalid(
+                name,
+                overrides.get(name).map_or("", String::as_str),
+                format!(
+                    "min.compaction.lag.ms ({}) is larger than max.compaction.lag.ms ({})",
+                    c.min_compaction_lag_ms, c.max_compaction_lag_ms
+                ),
+            ));
+        }
         Ok(c)
+    }
+
+    /// The age at which the active segment rolls (Kafka's `LogConfig.maxSegmentMs`): a
+    /// compacted topic rolls by `max.compaction.lag.ms` too, since only rolled segments are
+    /// cleaned.
+    pub fn max_segment_ms(&self) -> i64 {
+        if self.compacts() {
+            self.segment_ms.min(self.max_compaction_lag_ms)
+        } else {
+            self.segment_ms
+        }
     }
 
     /// The effective value of a known config, rendered as Kafka renders it.
     pub fn value_of(&self, name: &str) -> Option<String> {
         Some(match name {
             "cleanup.policy" => self.cleanup_policy.clone(),
-            "compression.type" => self.compression_type.clone(),
+            "compression.type" => self.compression_type.name().into(),
             "delete.retention.ms" => self.delete_retention_ms.to_string(),
             "file.delete.delay.ms" => self.file_delete_delay_ms.to_string(),
             "flush.messages" => self.flush_messages.to_string(),
             "flush.ms" => self.flush_ms.to_string(),
             "index.interval.bytes" => self.index_interval_bytes.to_string(),
+            "max.compaction.lag.ms" => self.max_compaction_lag_ms.to_string(),
             "max.message.bytes" => self.max_message_bytes.to_string(),
             "message.timestamp.difference.max.ms" => {
                 self.message_timestamp_difference_max_ms.to_string()
             }
-            "message.timestamp.type" => match self.message_timestamp_type {
-                TimestampType::CreateTime => "CreateTime".into(),
-            },
+            "message.timestamp.type" => self.message_timestamp_type.name().into(),
             "min.cleanable.dirty.ratio" => self.min_cleanable_dirty_ratio.to_string(),
             "min.compaction.lag.ms" => self.min_compaction_lag_ms.to_string(),
             "min.insync.replicas" => self.min_insync_replicas.to_string(),
@@ -319,6 +427,93 @@ mod tests {
     }
 
     #[test]
+    fn message_timestamp_type_takes_both_kafka_values() {
+        let c = LogConfig::default();
+        assert_eq!(c.message_timestamp_type, TimestampType::CreateTime);
+        let lat = c
+            .with_overrides(&o(&[("message.timestamp.type", "LogAppendTime")]))
+            .unwrap();
+        assert_eq!(lat.message_timestamp_type, TimestampType::LogAppendTime);
+        assert_eq!(
+            lat.value_of("message.timestamp.type").unwrap(),
+            "LogAppendTime"
+        );
+        let back = lat
+            .with_overrides(&o(&[("message.timestamp.type", "CreateTime")]))
+            .unwrap();
+        assert_eq!(back, c);
+    }
+
+    #[test]
+    fn compression_type_takes_every_kafka_value() {
+        let c = LogConfig::default();
+        assert_eq!(c.compression_type, CompressionType::Producer);
+        for t in CompressionType::ALL {
+            let set = c
+                .with_overrides(&o(&[("compression.type", t.name())]))
+                .unwrap();
+            assert_eq!(set.compression_type, t);
+            assert_eq!(set.value_of("compression.type").unwrap(), t.name());
+        }
+        assert_eq!(CompressionType::Producer.codec(), None);
+        assert_eq!(CompressionType::Uncompressed.codec(), Some(0));
+        assert_eq!(CompressionType::Zstd.codec(), Some(4));
+    }
+
+    #[test]
+    fn max_compaction_lag_bounds_the_segment_age_of_compacted_topics_only() {
+        let c = LogConfig::default();
+        assert_eq!(c.max_compaction_lag_ms, i64::MAX);
+        assert_eq!(
+            c.value_of("max.compaction.lag.ms").unwrap(),
+            "9223372036854775807"
+        );
+        let lag = |policy: &str, lag: &str| {
+            c.with_overrides(&o(&[
+                ("cleanup.policy", policy),
+                ("segment.ms", "60000"),
+                ("max.compaction.lag.ms", lag),
+            ]))
+            .unwrap()
+        };
+        assert_eq!(lag("compact", "1000").max_segment_ms(), 1000);
+        assert_eq!(lag("compact,delete", "1000").max_segment_ms(), 1000);
+        assert_eq!(lag("compact", "90000").max_segment_ms(), 60000);
+        assert_eq!(lag("delete", "1000").max_segment_ms(), 60000);
+        assert_eq!(lag("compact", "1").max_compaction_lag_ms, 1);
+    }
+
+    #[test]
+    fn min_compaction_lag_may_not_exceed_max_compaction_lag() {
+        let c = LogConfig::default();
+        let err = c
+            .with_overrides(&o(&[
+                ("min.compaction.lag.ms", "5000"),
+                ("max.compaction.lag.ms", "4000"),
+            ]))
+            .unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::Invalid { name, .. } if name == "max.compaction.lag.ms"),
+            "{err}"
+        );
+        let err = c
+            .with_overrides(&o(&[("max.compaction.lag.ms", "4000")]))
+            .unwrap()
+            .with_overrides(&o(&[("min.compaction.lag.ms", "5000")]))
+            .unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::Invalid { name, .. } if name == "min.compaction.lag.ms"),
+            "{err}"
+        );
+        assert!(c
+            .with_overrides(&o(&[
+                ("min.compaction.lag.ms", "4000"),
+                ("max.compaction.lag.ms", "4000"),
+            ]))
+            .is_ok());
+    }
+
+    #[test]
     fn unknown_and_invalid_values_are_refused() {
         let c = LogConfig::default();
         assert_eq!(
@@ -331,12 +526,17 @@ mod tests {
             ("max.message.bytes", "-1"),
             ("max.message.bytes", "999999999999"),
             ("retention.ms", "-2"),
-            ("compression.type", "gzip"),
-            ("message.timestamp.type", "LogAppendTime"),
+            ("compression.type", "none"),
+            ("compression.type", "GZIP"),
+            ("compression.type", "brotli"),
+            ("message.timestamp.type", "logappendtime"),
+            ("message.timestamp.type", "NoTimestamp"),
             ("min.insync.replicas", "0"),
             ("cleanup.policy", "shred"),
             ("unclean.leader.election.enable", "true"),
             ("min.cleanable.dirty.ratio", "1.5"),
+            ("max.compaction.lag.ms", "0"),
+            ("max.compaction.lag.ms", "-1"),
         ] {
             assert!(
                 matches!(

@@ -259,6 +259,7 @@ fn append_info_describes_the_copied_batches() {
             base_offset: Offset(0),
             last_offset: Offset(4),
             max_timestamp: 3,
+            log_append_time_ms: -1,
             batch_count: 2,
             bytes: set.len(),
         }

@@ -1,8 +1,8 @@
 //! spate-log: the partition log engine.
 //!
 //! A partition is a directory of segments (log file + sparse offset index + time index) holding
-//! Kafka v2 record batches exactly as producers sent them, with offsets and leader epoch
-//! assigned by the leader, plus small checkpoint files (log start offset, leader epochs,
+//! Kafka v2 record batches as producers sent them, with offsets and leader epoch assigned by
+//! the leader (and, when the topic asks, the append time stamped or the records recompressed), plus small checkpoint files (log start offset, leader epochs,
 //! producer state snapshots, cleaner checkpoint, gaps checkpoint). A follower stores its
 //! leader's batches unchanged ([`PartitionLog::append_as_follower`]). See [`PartitionLog`] for the contract callers
 //! rely on and [`compaction`] for `cleanup.policy=compact`. All file I/O goes through the disk
@@ -24,10 +24,11 @@ pub use batch::{
 };
 pub use compaction::{
     CompactionCommit, CompactionLimits, CompactionOutcome, CompactionPlan, CompactionStats,
-    PlannedCompaction, PreparedCompaction, SkipReason, KEY_MAP_ENTRIES_MAX,
+    CompactionTrigger, PlannedCompaction, PreparedCompaction, SkipReason, KEY_MAP_ENTRIES_MAX,
 };
 pub use config::{
-    ConfigError, ConfigKind, LogConfig, TimestampType, TopicConfigDef, TOPIC_CONFIGS,
+    CompressionType, ConfigError, ConfigKind, LogConfig, TimestampType, TopicConfigDef,
+    TOPIC_CONFIGS,
 };
 pub use epoch_cache::EpochCache;
 pub use error::{FollowerAppendError, LogError};
@@ -42,3 +43,5 @@ mod disk_tests;
 mod follower_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod topic_config_tests;

@@ -22,8 +22,9 @@
 //!   state is the newest snapshot (written at roll) plus a replay of the batches after it; the
 //!   log start checkpoint is written by every change of the log start. So a [`SyncTarget`]
 //!   alone makes a follower's fetched batches as durable as a leader's appends.
-//! - Two write paths: [`PartitionLog::append`] (leader: validates client input, deduplicates
-//!   idempotent retries, assigns offsets and the leader epoch) and
+//! - Two write paths: [`PartitionLog::append`] (leader: validates client input, applies the
+//!   topic's timestamp type and compression, deduplicates idempotent retries, assigns offsets
+//!   and the leader epoch) and
 //!   [`PartitionLog::append_as_follower`] (follower: stores the leader's batches byte for byte,
 //!   offsets included). Both leave the same segments, indexes, epochs and producer state.
 //! - Offsets increase but may have gaps: compaction removes records, and a follower copies a
@@ -34,14 +35,14 @@
 //!   first gapped batch into an active segment (at most once per segment).
 
 use crate::batch::{
-    decode_records, set_base_offset, set_partition_leader_epoch, validate_batches,
-    validate_replicated_batches, BatchError, BatchHeader,
+    decode_records, recompress, set_base_offset, set_max_timestamp, set_partition_leader_epoch,
+    validate_batches, validate_replicated_batches, BatchError, BatchHeader,
 };
 use crate::compaction::{
     self, CleanedGroup, CompactionCommit, CompactionLimits, CompactionOutcome, CompactionPlan,
-    PlannedCompaction, PlannedSegment, PreparedCompaction, SkipReason,
+    CompactionTrigger, PlannedCompaction, PlannedSegment, PreparedCompaction, SkipReason,
 };
-use crate::config::LogConfig;
+use crate::config::{LogConfig, TimestampType};
 use crate::epoch_cache::EpochCache;
 use crate::error::{FollowerAppendError, LogError};
 use crate::fsio;
@@ -70,7 +71,11 @@ pub struct AppendInfo {
     pub base_offset: Offset,
     pub last_offset: Offset,
     pub max_timestamp: i64,
+    /// The broker time the batches were stamped with (`message.timestamp.type=LogAppendTime`),
+    /// -1 if they keep the producer's CreateTime: the Produce response's `log_append_time_ms`.
+    pub log_append_time_ms: i64,
     pub batch_count: usize,
+    /// Bytes stored.
     pub bytes: usize,
 }
 
@@ -534,17 +539,46 @@ impl PartitionLog {
 
     /// Validates, checks producer state, assigns offsets and leader epoch in place, and writes
     /// a produce request's record set. See the module docs for what "written" means.
+    ///
+    /// With a topic `compression.type` other than `producer`, every batch in another codec is
+    /// first re-encoded in the topic's (`batch::recompress`; control batches never are) and
+    /// `max.message.bytes` applies to the result too. The set is then no longer the caller's
+    /// buffer: the append builds it in a buffer of its own and writes that, leaving `records`
+    /// as scratch. Otherwise (the common case) the set is rewritten and written in place, with
+    /// no copy. [`AppendInfo::bytes`] is what was stored either way.
+    ///
+    /// Before offsets are assigned the batches get the topic's timestamp type (Kafka's
+    /// `LogValidator`): with `message.timestamp.type=LogAppendTime` every batch's
+    /// timestamp-type bit is set and its max timestamp becomes `now_ms` (CRC recomputed); with
+    /// CreateTime a batch claiming LogAppendTime has the bit cleared, and
+    /// `message.timestamp.difference.max.ms` applies. An idempotent retry is answered with the
+    /// original append's offsets and timestamps.
     pub fn append(
         &mut self,
         records: &mut [u8],
         leader_epoch: LeaderEpoch,
         now_ms: i64,
     ) -> Result<AppendOutcome, LogError> {
-        let headers = validate_batches(records, self.config.max_message_bytes)?;
-        self.check_timestamps(&headers, now_ms)?;
+        let mut headers = validate_batches(records, self.config.max_message_bytes)?;
+        let log_append_time = self.config.message_timestamp_type == TimestampType::LogAppendTime;
+        if !log_append_time {
+            self.check_timestamps(&headers, now_ms)?;
+        }
         if self.config.compacts() {
             check_keys(records, &headers)?;
         }
+        // The common case (the producer's codec is kept) stays in place; only a recompressed
+        // set lives in a new buffer, which is what gets stored.
+        let mut recompressed: Vec<u8>;
+        let records: &mut [u8] = match self.config.compression_type.codec() {
+            Some(codec) if headers.iter().any(|h| needs_recompression(h, codec)) => {
+                let max = self.config.max_message_bytes.min(BATCH_BYTES_MAX);
+                (recompressed, headers) = recompress_set(records, &headers, codec, max)?;
+                &mut recompressed
+            }
+            _ => records,
+        };
+        stamp_timestamp_type(records, &mut headers, log_append_time, now_ms);
         let mut next = self.log_end;
         let mut placed = Vec::with_capacity(headers.len());
         for h in &headers {
@@ -559,6 +593,13 @@ impl PartitionLog {
                     last_offset: originals.last().map_or(self.log_end, |m| m.last_offset),
                     max_timestamp: originals
                         .iter()
+                        .map(|m| m.max_timestamp)
+                        .max()
+                        .unwrap_or(-1),
+                    // What the original append answered, whatever the topic's type is now.
+                    log_append_time_ms: originals
+                        .iter()
+                        .filter(|m| m.log_append_time)
                         .map(|m| m.max_timestamp)
                         .max()
                         .unwrap_or(-1),
@@ -587,6 +628,7 @@ impl PartitionLog {
             base_offset,
             last_offset: Offset(next.0 - 1),
             max_timestamp,
+            log_append_time_ms: if log_append_time { now_ms } else { -1 },
             batch_count: headers.len(),
             bytes: records.len(),
         }))
@@ -670,6 +712,12 @@ impl PartitionLog {
             base_offset: first.base_offset,
             last_offset: last.last_offset(),
             max_timestamp: headers.iter().map(|h| h.max_timestamp).max().unwrap_or(-1),
+            log_append_time_ms: headers
+                .iter()
+                .filter(|h| h.is_log_append_time())
+                .map(|h| h.max_timestamp)
+                .max()
+                .unwrap_or(-1),
             batch_count: headers.len(),
             bytes: records.len(),
         }))
@@ -798,7 +846,7 @@ impl PartitionLog {
             || self
                 .active
                 .roll_base_ms
-                .is_some_and(|t| now_ms.saturating_sub(t) >= c.segment_ms)
+                .is_some_and(|t| now_ms.saturating_sub(t) >= c.max_segment_ms())
             || oi + 8 * batches as u64 > c.segment_index_bytes
             || ti + 12 * batches as u64 > c.segment_index_bytes
             || rel(seg.base, next) > u64::from(u32::MAX)
@@ -1092,11 +1140,20 @@ impl PartitionLog {
         let mut buf = vec![0u8; h.total_bytes()];
         seg.file.read_exact_at(&mut buf, pos)?;
         let set = decode_records(&buf, h).map_err(|e| corrupt(e.to_string()))?;
+        // A LogAppendTime batch's records all carry its append time (the decoder reports the
+        // producer's CreateTime from the record deltas).
+        let timestamp_of = |r: &kafka_protocol::records::Record| {
+            if h.is_log_append_time() {
+                h.max_timestamp
+            } else {
+                r.timestamp
+            }
+        };
         Ok(set
             .records
             .iter()
-            .find(|r| r.timestamp >= target_ms && r.offset >= self.log_start.0)
-            .map(|r| (Offset(r.offset), r.timestamp)))
+            .find(|r| timestamp_of(r) >= target_ms && r.offset >= self.log_start.0)
+            .map(|r| (Offset(r.offset), timestamp_of(r))))
     }
 
     /// ListOffsets -3 (KIP-734): the offset and timestamp of the record with the largest
@@ -1254,7 +1311,9 @@ impl PartitionLog {
 
     /// Compaction phase 1 (see [`crate::compaction`]): cheap, under the caller's lock. Only
     /// rolled segments wholly below `high_watermark` and older than `min.compaction.lag.ms`
-    /// (by their largest timestamp) are cleanable.
+    /// (by their largest timestamp) are cleanable. A pass is planned when the dirty share of
+    /// those reaches `min.cleanable.dirty.ratio`, or, below it, when a dirty one holds a
+    /// record older than `max.compaction.lag.ms` ([`CompactionTrigger`]).
     pub fn plan_compaction(
         &self,
         now_ms: i64,
@@ -1305,14 +1364,23 @@ impl PartitionLog {
         if dirty_bytes == 0 {
             return Ok(PlannedCompaction::Skip(SkipReason::NothingDirty));
         }
-        if (dirty_bytes as f64) < self.config.min_cleanable_dirty_ratio * total_bytes as f64 {
-            return Ok(PlannedCompaction::Skip(
-                SkipReason::DirtyRatioBelowMinimum {
-                    dirty_bytes,
-                    total_bytes,
-                },
-            ));
-        }
+        let trigger =
+            if (dirty_bytes as f64) >= self.config.min_cleanable_dirty_ratio * total_bytes as f64 {
+                CompactionTrigger::DirtyRatio
+            } else {
+                let dirty = segments.iter().filter(|s| s.end > first_dirty);
+                match self.max_compaction_delay(dirty, now_ms)? {
+                    Some(overdue_ms) => CompactionTrigger::MaxCompactionLag { overdue_ms },
+                    None => {
+                        return Ok(PlannedCompaction::Skip(
+                            SkipReason::DirtyRatioBelowMinimum {
+                                dirty_bytes,
+                                total_bytes,
+                            },
+                        ))
+                    }
+                }
+            };
         let producer_last = self
             .producers
             .iter()
@@ -1330,7 +1398,38 @@ impl PartitionLog {
             segments,
             producer_last,
             key_map_entries_max: limits.key_map_entries_max,
+            trigger,
         }))
+    }
+
+    /// Kafka's `LogCleanerManager.maxCompactionDelay` (KIP-354): by how much the oldest record
+    /// of the `dirty` segments is past `max.compaction.lag.ms`, `None` if it is not. A segment's
+    /// age is its first batch's max timestamp (Kafka's first batch timestamp); segments without
+    /// a timestamp do not count. One header read per dirty segment, only for a bounded lag.
+    fn max_compaction_delay<'a>(
+        &self,
+        dirty: impl Iterator<Item = &'a PlannedSegment>,
+        now_ms: i64,
+    ) -> Result<Option<i64>, LogError> {
+        let lag_ms = self.config.max_compaction_lag_ms;
+        if lag_ms == i64::MAX {
+            return Ok(None);
+        }
+        let mut earliest: Option<i64> = None;
+        for planned in dirty {
+            let Some(seg) = self.segments.get(&planned.base) else {
+                continue;
+            };
+            if let Some(h) = seg.header_at(0)? {
+                if h.max_timestamp > 0 {
+                    earliest = Some(earliest.map_or(h.max_timestamp, |e| e.min(h.max_timestamp)));
+                }
+            }
+        }
+        let clean_until = now_ms.saturating_sub(lag_ms.max(0));
+        Ok(earliest
+            .filter(|t| *t < clean_until)
+            .map(|t| clean_until - t))
     }
 
     /// Compaction phase 3: swaps the cleaned files in, under the caller's lock. Costs renames,
@@ -1602,6 +1701,69 @@ impl PartitionLog {
         drop(self);
         disk.remove_dir_all(&dir)?;
         Ok(())
+    }
+}
+
+fn needs_recompression(h: &BatchHeader, codec: i16) -> bool {
+    !h.is_control() && h.compression() != codec
+}
+
+/// The record set with every batch not in `codec` recompressed (see [`crate::batch::recompress`])
+/// and the others copied, with the new headers. A recompressed batch larger than `max_bytes`
+/// (`max.message.bytes`) is refused, as Kafka does.
+fn recompress_set(
+    records: &[u8],
+    headers: &[BatchHeader],
+    codec: i16,
+    max_bytes: usize,
+) -> Result<(Vec<u8>, Vec<BatchHeader>), BatchError> {
+    let mut out = Vec::with_capacity(records.len());
+    let mut out_headers = Vec::with_capacity(headers.len());
+    let mut pos = 0;
+    for h in headers {
+        let end = pos + h.total_bytes();
+        let batch = &records[pos..end];
+        if needs_recompression(h, codec) {
+            let encoded = recompress(batch, h, codec)?;
+            if encoded.len() > max_bytes {
+                return Err(BatchError::TooLarge {
+                    size: encoded.len(),
+                    max: max_bytes,
+                });
+            }
+            out_headers.push(BatchHeader::parse(&encoded)?);
+            out.extend_from_slice(&encoded);
+        } else {
+            out_headers.push(*h);
+            out.extend_from_slice(batch);
+        }
+        pos = end;
+    }
+    Ok((out, out_headers))
+}
+
+/// Gives every batch of a validated record set the topic's timestamp type (see
+/// [`PartitionLog::append`]), keeping `headers` in step with the bytes. Control batches are
+/// left alone (clients cannot send them; the rule is Kafka's).
+fn stamp_timestamp_type(
+    records: &mut [u8],
+    headers: &mut [BatchHeader],
+    log_append_time: bool,
+    now_ms: i64,
+) {
+    let mut pos = 0;
+    for h in headers.iter_mut() {
+        let end = pos + h.total_bytes();
+        if !h.is_control() && (log_append_time || h.is_log_append_time()) {
+            let max_timestamp = if log_append_time {
+                now_ms
+            } else {
+                h.max_timestamp
+            };
+            set_max_timestamp(&mut records[pos..end], log_append_time, max_timestamp);
+            *h = BatchHeader::parse(&records[pos..end]).expect("the batch was just validated");
+        }
+        pos = end;
     }
 }
 

@@ -33,6 +33,10 @@ pub struct BatchMetadata {
     pub base_offset: Offset,
     pub last_offset: Offset,
     pub max_timestamp: i64,
+    /// The batch was stored with LogAppendTime: `max_timestamp` is its append time, which a
+    /// retry's Produce response reports. Absent from snapshots written before it existed.
+    #[serde(default)]
+    pub log_append_time: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,6 +85,7 @@ fn metadata(h: &BatchHeader, base_offset: Offset) -> BatchMetadata {
         base_offset,
         last_offset: Offset(base_offset.0 + i64::from(h.last_offset_delta)),
         max_timestamp: h.max_timestamp,
+        log_append_time: h.is_log_append_time(),
     }
 }
 

@@ -151,6 +151,9 @@ pub struct AppendReceipt {
     pub duplicate: bool,
     pub bytes: usize,
     pub log_start_offset: Offset,
+    /// The broker time a LogAppendTime topic stamped the batches with, -1 for CreateTime
+    /// (the Produce response's `log_append_time_ms`).
+    pub log_append_time_ms: i64,
 }
 
 /// A follower's view of its own log, for OffsetForLeaderEpoch and Fetch.
@@ -413,6 +416,7 @@ impl Partition {
             duplicate,
             bytes: info.bytes,
             log_start_offset: log_start,
+            log_append_time_ms: info.log_append_time_ms,
         })
     }
 

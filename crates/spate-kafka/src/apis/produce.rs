@@ -1,4 +1,6 @@
-//! Produce: validates and appends record batches as received, on the partition leader only;
+//! Produce: validates and appends record batches, on the partition leader only (the log applies
+//! the topic's timestamp type and compression; `log_append_time_ms` answers with the stamp of
+//! a LogAppendTime topic, -1 otherwise);
 //! `acks=all` answers once the batch is below the high watermark (fsynced on every in-sync
 //! replica) with at least `min.insync.replicas` in sync. A refusal from a replica that is not
 //! the leader names the leader (KIP-951 `current_leader` and `node_endpoints`, v10+), so
@@ -16,7 +18,7 @@ use kafka_protocol::messages::{BrokerId, ProduceRequest, ProduceResponse};
 use kafka_protocol::protocol::{StrBytes, VersionRange};
 use kafka_protocol::ResponseError;
 use spate_log::{BatchError, LogError};
-use spate_replica::{Partition, ReplicaError};
+use spate_replica::{AppendReceipt, Partition, ReplicaError};
 use spate_types::{NodeId, Offset, TopicPartition};
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -97,14 +99,20 @@ pub(crate) async fn handle(
                 }
             };
             let response = match outcome {
-                Ok((partition, base_offset, last_offset, log_start)) => {
+                Ok((partition, receipt)) => {
                     if acks == -1 {
-                        waits.push((responses.len(), partitions.len(), partition, last_offset));
+                        waits.push((
+                            responses.len(),
+                            partitions.len(),
+                            partition,
+                            receipt.last_offset,
+                        ));
                     }
+                    // The broker's stamp on a LogAppendTime topic (KIP-32), -1 for CreateTime.
                     response
-                        .with_base_offset(base_offset.0)
-                        .with_log_append_time_ms(-1)
-                        .with_log_start_offset(log_start.0)
+                        .with_base_offset(receipt.base_offset.0)
+                        .with_log_append_time_ms(receipt.log_append_time_ms)
+                        .with_log_start_offset(receipt.log_start_offset.0)
                 }
                 Err(refusal) => {
                     any_error = true;
@@ -199,7 +207,7 @@ pub(crate) async fn handle(
     }
 }
 
-type AppendResult = Result<(Arc<Partition>, Offset, Offset, Offset), Refusal>;
+type AppendResult = Result<(Arc<Partition>, AppendReceipt), Refusal>;
 
 fn append(
     broker: &Broker,
@@ -232,12 +240,7 @@ fn append(
             } else {
                 crate::probe::produced(receipt.bytes);
             }
-            Ok((
-                partition,
-                receipt.base_offset,
-                receipt.last_offset,
-                receipt.log_start_offset,
-            ))
+            Ok((partition, receipt))
         }
         Err(e) => {
             let code = errors::replica_error(&e);
