@@ -1,5 +1,6 @@
 //! The Spate controller: cluster metadata (brokers, topics, partitions with leader, leader epoch,
-//! replicas and ISR, topic configs, producer id blocks) as a state machine replicated by Raft.
+//! replicas and ISR, topic, group and dynamic broker configs, producer id blocks) as a state
+//! machine replicated by Raft.
 //!
 //! Metadata changes **only** through [`Controller::propose`]: a [`MetadataCommand`] is appended to
 //! the Raft log, committed, and applied by the pure function [`state::apply`] to the
@@ -20,7 +21,8 @@
 //! crash it. Timers (heartbeat and liveness intervals,
 //! request deadlines) and openraft's own timing and transport are still the Tokio runtime's.
 //!
-//! Modules: `open.rs` (open, join, shutdown, directory lock), `forward.rs` (proposals, forwarding
+//! Modules: `resource_configs.rs` (group and dynamic broker config overrides), `open.rs` (open,
+//! join, shutdown, directory lock), `forward.rs` (proposals, forwarding
 //! to the active controller, the controller listener's request handler), `heartbeat.rs` (broker
 //! registration, heartbeats, the liveness task that fences silent brokers), `quorum.rs` (the
 //! Raft view for DescribeQuorum).
@@ -41,6 +43,7 @@ mod metadata;
 mod open;
 mod quorum;
 mod raft;
+mod resource_configs;
 pub mod state;
 
 pub use error::{ControllerError, PeerFailure, StopCause};
@@ -50,6 +53,10 @@ pub use metadata::{
 };
 pub use quorum::QuorumStatus;
 pub use raft::network::{BrokerHeartbeat, HeartbeatReply};
+pub use resource_configs::{
+    ConfigMap, ResourceConfigs, CONFIGS_PER_RESOURCE_MAX, CONFIG_NAME_BYTES_MAX,
+    CONFIG_VALUE_BYTES_MAX, GROUPS_WITH_CONFIGS_MAX, GROUP_ID_BYTES_MAX,
+};
 
 use liveness::Liveness;
 use openraft::async_runtime::WatchReceiver;

@@ -6,6 +6,7 @@
 //! choice (topic ids, node ids) made by the proposer, so applying a command is a pure function of
 //! the image and the command (see `state.rs`).
 
+use crate::resource_configs::ResourceConfigs;
 use serde::{Deserialize, Serialize};
 use spate_types::{LeaderEpoch, NodeId, ProducerId};
 use std::collections::{BTreeMap, BTreeSet};
@@ -98,6 +99,25 @@ pub enum MetadataCommand {
     },
     /// Hands `node` the next `count` producer ids.
     AllocateProducerIds { node: NodeId, count: i64 },
+    /// Full replacement of a group's config overrides (Kafka's dynamic group configs, KIP-848);
+    /// an empty map removes the group's entry. The group need not exist: Kafka keeps configs of
+    /// groups that have no members yet. With `expected`, compare-and-set as `SetTopicConfigs`
+    /// (`None` there means "no overrides").
+    SetGroupConfigs {
+        group: String,
+        configs: BTreeMap<String, String>,
+        #[serde(default)]
+        expected: Option<BTreeMap<String, String>>,
+    },
+    /// Full replacement of dynamic broker config overrides: of one registered broker (`node`),
+    /// or the cluster-wide defaults (`node: None`, Kafka's resource name ""). An empty map
+    /// removes the entry. With `expected`, compare-and-set as `SetTopicConfigs`.
+    SetBrokerConfigs {
+        node: Option<NodeId>,
+        configs: BTreeMap<String, String>,
+        #[serde(default)]
+        expected: Option<BTreeMap<String, String>>,
+    },
 }
 
 impl fmt::Display for MetadataCommand {
@@ -137,6 +157,13 @@ impl fmt::Display for MetadataCommand {
             Self::AllocateProducerIds { node, count } => {
                 write!(f, "AllocateProducerIds(node={node}, count={count})")
             }
+            Self::SetGroupConfigs { group, configs, .. } => {
+                write!(f, "SetGroupConfigs({group}, configs={})", configs.len())
+            }
+            Self::SetBrokerConfigs { node, configs, .. } => match node {
+                Some(node) => write!(f, "SetBrokerConfigs(node={node}, configs={})", configs.len()),
+                None => write!(f, "SetBrokerConfigs(cluster default, configs={})", configs.len()),
+            },
         }
     }
 }
@@ -154,6 +181,8 @@ pub enum MetadataOutcome {
     TopicDeleted { topic_id: Uuid },
     PartitionsCreated,
     TopicConfigsSet,
+    GroupConfigsSet,
+    BrokerConfigsSet,
     ProducerIds { first: ProducerId, count: i64 },
     Rejected(MetadataError),
 }
@@ -169,8 +198,9 @@ pub enum MetadataError {
     #[error("topic '{0}' does not exist")]
     UnknownTopic(String),
     /// A compare-and-set command found the state changed since the proposer read it; the
-    /// proposer re-reads and retries.
-    #[error("topic '{0}' was changed concurrently")]
+    /// proposer re-reads and retries. Carries the resource: `topic 't'`, `group 'g'`,
+    /// `broker 1` or `the cluster-wide broker defaults`.
+    #[error("{0} was changed concurrently")]
     ConcurrentModification(String),
     /// Kafka: INVALID_TOPIC_EXCEPTION. Carries the reason.
     #[error("invalid topic name: {0}")]
@@ -227,6 +257,11 @@ pub struct MetadataImage {
     pub controller_id: Option<NodeId>,
     /// Raft log index of the last applied entry (0 before anything is applied).
     pub last_applied_index: u64,
+    /// Config overrides of groups and dynamic broker configs (`resource_configs.rs`). Left out
+    /// of the serialized image while empty, and absent from images written before it existed:
+    /// both read back as empty.
+    #[serde(default, skip_serializing_if = "ResourceConfigs::is_empty")]
+    pub resource_configs: ResourceConfigs,
 }
 
 impl MetadataImage {

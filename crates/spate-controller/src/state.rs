@@ -15,6 +15,7 @@
 //! - `leader_epoch` grows on every leader change, `partition_epoch` on every leader or ISR
 //!   change; neither ever goes back.
 //! - Producer id blocks never overlap: `next_producer_id` only grows.
+//! - Group and broker config overrides stay within the limits of `resource_configs.rs`.
 //!
 //! `last_applied_index` and `controller_id` are Raft facts, maintained by the Raft glue, not here.
 
@@ -22,6 +23,7 @@ use crate::metadata::{
     MetadataCommand, MetadataError, MetadataImage, MetadataOutcome, PartitionImage, TopicImage,
     NO_LEADER,
 };
+use crate::resource_configs;
 use spate_types::limits::PARTITIONS_PER_TOPIC_MAX;
 use spate_types::{validate_topic_name, LeaderEpoch, NodeId, ProducerId};
 use std::collections::BTreeMap;
@@ -163,9 +165,9 @@ pub fn apply(image: &mut MetadataImage, cmd: &MetadataCommand) -> MetadataOutcom
             configs,
             expected,
         } => match image.topics.get_mut(name) {
-            Some(topic) if expected.as_ref().is_some_and(|e| *e != topic.configs) => {
-                Err(MetadataError::ConcurrentModification(name.clone()))
-            }
+            Some(topic) if expected.as_ref().is_some_and(|e| *e != topic.configs) => Err(
+                MetadataError::ConcurrentModification(format!("topic '{name}'")),
+            ),
             Some(topic) => {
                 topic.configs = configs.clone();
                 Ok(MetadataOutcome::TopicConfigsSet)
@@ -175,6 +177,16 @@ pub fn apply(image: &mut MetadataImage, cmd: &MetadataCommand) -> MetadataOutcom
         MetadataCommand::AllocateProducerIds { node, count } => {
             allocate_producer_ids(image, *node, *count)
         }
+        MetadataCommand::SetGroupConfigs {
+            group,
+            configs,
+            expected,
+        } => resource_configs::set_group_configs(image, group, configs, expected.as_ref()),
+        MetadataCommand::SetBrokerConfigs {
+            node,
+            configs,
+            expected,
+        } => resource_configs::set_broker_configs(image, *node, configs, expected.as_ref()),
     };
     result.unwrap_or_else(MetadataOutcome::Rejected)
 }
@@ -1092,6 +1104,30 @@ mod tests {
                         partitions: vec![(t.to_owned(), p)],
                     }
                 }),
+                (
+                    prop::sample::select(vec!["g", "h", ""]),
+                    prop::collection::btree_map("[a-z.]{0,8}", "[a-z0-9]{0,4}", 0..3),
+                    any::<bool>(),
+                )
+                    .prop_map(|(group, configs, cas)| {
+                        MetadataCommand::SetGroupConfigs {
+                            group: group.to_owned(),
+                            configs,
+                            expected: cas.then(BTreeMap::new),
+                        }
+                    }),
+                (
+                    prop::option::of(-1..6i32),
+                    prop::collection::btree_map("[a-z.]{0,8}", "[a-z0-9]{0,4}", 0..3),
+                    any::<bool>(),
+                )
+                    .prop_map(|(node, configs, cas)| {
+                        MetadataCommand::SetBrokerConfigs {
+                            node: node.map(NodeId),
+                            configs,
+                            expected: cas.then(BTreeMap::new),
+                        }
+                    }),
             ]
         }
 
@@ -1179,6 +1215,11 @@ mod tests {
             prop_assert!(image.next_producer_id >= 0);
             prop_assert!(image.fenced.iter().all(|n| image.brokers.contains_key(n)));
             prop_assert!(image.shutting_down.is_subset(&image.fenced));
+            let stored = &image.resource_configs;
+            prop_assert!(stored.groups.values().all(|m| !m.is_empty()));
+            prop_assert!(stored.brokers.values().all(|m| !m.is_empty()));
+            prop_assert!(stored.brokers.keys().all(|n| image.brokers.contains_key(n)));
+            prop_assert!(!stored.groups.contains_key(""));
             Ok(())
         }
 
@@ -1267,7 +1308,7 @@ mod compare_and_set_tests {
         assert_eq!(apply(&mut image, &first), MetadataOutcome::TopicConfigsSet);
         assert_eq!(
             apply(&mut image, &second),
-            MetadataOutcome::Rejected(MetadataError::ConcurrentModification("t".into()))
+            MetadataOutcome::Rejected(MetadataError::ConcurrentModification("topic 't'".into()))
         );
         assert_eq!(image.topics["t"].configs, a);
     }

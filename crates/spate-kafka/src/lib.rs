@@ -19,5 +19,6 @@ mod probe;
 mod topics;
 
 pub use broker::{shutdown_signalled, Broker, BrokerConfig, GroupConfig};
+pub use configs::effective_log_defaults;
 pub use connection::serve;
 pub use groups::{group_lag, start_groups_if_present, GroupLag};

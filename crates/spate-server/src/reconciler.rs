@@ -51,6 +51,8 @@ pub(crate) fn reconcile(
     image: &MetadataImage,
     now_ms: i64,
 ) {
+    // Dynamic broker configs (cluster-wide, then this node's) over the static `log.*` ones.
+    let log_defaults = &spate_kafka::effective_log_defaults(log_defaults, image, node);
     replicas.set_broker_addresses(
         image
             .brokers

@@ -1,9 +1,9 @@
-//! AlterConfigs (the legacy, non-incremental API): replaces a topic's overrides with exactly
-//! the configs sent; any override not listed is removed, as in Kafka. The new map is validated
+//! AlterConfigs (the legacy, non-incremental API): replaces a topic's or a group's overrides
+//! with exactly the configs sent; any override not listed is removed, as in Kafka. The new map is validated
 //! whole before it is committed (INVALID_CONFIG with the reason); `validate_only` stops there.
 //!
-//! Broker configs are read-only for now (INVALID_REQUEST, Kafka's code for broker configs it
-//! cannot update dynamically). A resource named twice is refused, once per entry.
+//! A broker resource replaces its dynamic broker configs (per broker, or cluster-wide for "").
+//! A resource named twice is refused, once per entry.
 //!
 //! Two concurrent AlterConfigs of one topic each replace the whole map, so the later one wins,
 //! as in Kafka; they never interleave (compare-and-set in `configs::alter_topic_configs`).
@@ -58,6 +58,42 @@ async fn alter(
 ) -> Result<(), ApiError> {
     if let Some(e) = configs::unalterable_resource(resource.resource_type) {
         return Err(e);
+    }
+    if resource.resource_type == configs::RESOURCE_GROUP {
+        let group = configs::group_resource(resource.resource_name.as_str())?;
+        let replacement = configs::group_override_map(
+            resource
+                .configs
+                .iter()
+                .map(|c| (c.name.as_str(), c.value.as_deref())),
+        )?;
+        return configs::alter_stored_configs(
+            broker,
+            &configs::StoredResource::Group(group.to_owned()),
+            validate_only,
+            |_current, _image| Ok(replacement.clone()),
+            |new, _image| configs::validate_group_overrides(new),
+        )
+        .await;
+    }
+    if resource.resource_type == configs::RESOURCE_BROKER {
+        let node =
+            configs::broker_alter_resource(resource.resource_name.as_str(), &broker.image())?;
+        let replacement = configs::override_map(
+            resource
+                .configs
+                .iter()
+                .map(|c| (c.name.as_str(), c.value.as_deref())),
+        )?;
+        let defaults = &broker.config.log_defaults;
+        return configs::alter_stored_configs(
+            broker,
+            &configs::StoredResource::Broker(node),
+            validate_only,
+            |_current, _image| Ok(replacement.clone()),
+            |new, image| configs::validate_broker_overrides(node, new, image, defaults),
+        )
+        .await;
     }
     // The complete new override map: what was sent, nothing else.
     let replacement = configs::override_map(

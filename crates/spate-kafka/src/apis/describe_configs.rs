@@ -1,10 +1,11 @@
-//! DescribeConfigs: a topic's configs (overrides and the defaults behind them) and this
+//! DescribeConfigs: a topic's configs (overrides and the defaults behind them), a group's
+//! configs (KIP-848: Kafka's defaults and the group's overrides, for any group id), and this
 //! broker's own settings, each with its source, synonyms (when asked), type and documentation
 //! (v3+, when asked). See [`crate::configs`] for how sources are decided.
 
 use super::{Reply, RequestContext};
 use crate::broker::Broker;
-use crate::configs::{self, ConfigEntry, RESOURCE_BROKER, RESOURCE_TOPIC};
+use crate::configs::{self, ConfigEntry, RESOURCE_BROKER, RESOURCE_GROUP, RESOURCE_TOPIC};
 use crate::topics::ApiError;
 use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
 use kafka_protocol::messages::describe_configs_response::{
@@ -72,16 +73,33 @@ fn describe(
                     format!("The topic '{name}' does not exist."),
                 )
             })?;
-            Ok(configs::topic_entries(
+            Ok(configs::topic_entries_on(
                 &broker.config.log_defaults,
+                &image,
+                broker.config.node_id,
                 &topic.configs,
             ))
         }
+        RESOURCE_GROUP => {
+            // Kafka answers for any group id, existing or not: defaults plus its overrides.
+            if name.is_empty() {
+                return Err(ApiError::new(
+                    ResponseError::InvalidRequest,
+                    "Group name must not be empty",
+                ));
+            }
+            let image = broker.image();
+            Ok(configs::group_entries(image.resource_configs.group(name)))
+        }
         RESOURCE_BROKER => match broker_resource(name, broker.config.node_id)? {
-            // The cluster-wide dynamic defaults: there are none, configs come from the server
-            // configuration.
-            BrokerResource::ClusterDefault => Ok(Vec::new()),
-            BrokerResource::ThisBroker => Ok(configs::broker_entries(&broker.config)),
+            // Only the cluster-wide dynamic configs that are set, as Kafka answers.
+            BrokerResource::ClusterDefault => Ok(configs::cluster_broker_entries(
+                &broker.image(),
+                &broker.config.log_defaults,
+            )),
+            BrokerResource::ThisBroker => {
+                Ok(configs::broker_entries_on(&broker.config, &broker.image()))
+            }
         },
         other => Err(ApiError::new(
             ResponseError::InvalidRequest,
@@ -254,5 +272,39 @@ mod tests {
             broker_resource("one", node).unwrap_err().code,
             ResponseError::InvalidRequest
         );
+    }
+
+    #[test]
+    fn group_configs_render_with_group_source_and_encode() {
+        let overrides =
+            BTreeMap::from([("consumer.session.timeout.ms".to_owned(), "50000".to_owned())]);
+        let rendered: Vec<_> = configs::group_entries(&overrides)
+            .into_iter()
+            .map(|e| render(e, true, true))
+            .collect();
+        let session = rendered
+            .iter()
+            .find(|r| r.name.as_str() == "consumer.session.timeout.ms")
+            .unwrap();
+        assert_eq!(session.value.as_deref(), Some("50000"));
+        assert_eq!(session.config_source, 8, "GROUP_CONFIG");
+        assert_eq!(session.config_type, 3, "INT");
+        assert!(!session.read_only);
+        let sources: Vec<i8> = session.synonyms.iter().map(|s| s.source).collect();
+        assert_eq!(sources, vec![8, 5]);
+        let doc = session.documentation.as_deref().unwrap();
+        assert!(doc.contains("classic protocol"), "{doc}");
+        let response =
+            DescribeConfigsResponse::default().with_results(vec![DescribeConfigsResult::default()
+                .with_resource_type(RESOURCE_GROUP)
+                .with_resource_name(StrBytes::from_static_str("g"))
+                .with_error_message(None)
+                .with_configs(rendered)]);
+        for version in VERSIONS.min..=VERSIONS.max {
+            let mut buf = bytes::BytesMut::new();
+            response
+                .encode(&mut buf, version)
+                .unwrap_or_else(|e| panic!("v{version}: {e}"));
+        }
     }
 }

@@ -1,10 +1,12 @@
-//! IncrementalAlterConfigs: changes some of a topic's overrides with SET, DELETE, APPEND and
-//! SUBTRACT (the last two only for list-typed configs such as `cleanup.policy`), leaving the
-//! others as they are. The complete new override map is computed from the current image,
-//! validated whole (INVALID_CONFIG with the reason) and committed as one replacement;
-//! `validate_only` stops before the commit.
+//! IncrementalAlterConfigs: changes some of a topic's or a group's overrides with SET, DELETE,
+//! APPEND and SUBTRACT (the last two only for list-typed configs such as `cleanup.policy`),
+//! leaving the others as they are. The complete new override map is computed from the current
+//! image, validated whole (INVALID_CONFIG with the reason) and committed as one replacement;
+//! `validate_only` stops before the commit. Group configs (KIP-848) are stored for any group
+//! id, existing or not, as in Kafka.
 //!
-//! Broker configs are read-only for now (INVALID_REQUEST). A resource named twice, a config
+//! Broker resources alter dynamic broker configs (`configs::validate_broker_overrides`): per
+//! broker (its id) or cluster-wide (""). A resource named twice, a config
 //! named twice in one resource, a value missing for anything but DELETE, and an unknown
 //! operation are refused with INVALID_REQUEST, as in Kafka.
 //!
@@ -120,12 +122,38 @@ async fn alter(
     if let Some(e) = configs::unalterable_resource(resource.resource_type) {
         return Err(e);
     }
-    configs::alter_topic_configs(
-        broker,
-        resource.resource_name.as_str(),
-        validate_only,
-        |current, defaults| apply_ops(current, defaults, &ops),
-    )
+    let name = resource.resource_name.as_str();
+    if resource.resource_type == configs::RESOURCE_GROUP {
+        let group = configs::group_resource(name)?;
+        // No group config is a list: APPEND and SUBTRACT are refused by `apply_ops_with`.
+        return configs::alter_stored_configs(
+            broker,
+            &configs::StoredResource::Group(group.to_owned()),
+            validate_only,
+            |current, _image| apply_ops_with(current, &ops, |_| None, |_| None),
+            |new, _image| configs::validate_group_overrides(new),
+        )
+        .await;
+    }
+    if resource.resource_type == configs::RESOURCE_BROKER {
+        let node = configs::broker_alter_resource(name, &broker.image())?;
+        let defaults = &broker.config.log_defaults;
+        return configs::alter_stored_configs(
+            broker,
+            &configs::StoredResource::Broker(node),
+            validate_only,
+            |current, image| {
+                apply_ops_with(current, &ops, configs::broker_config_kind, |name| {
+                    configs::broker_list_base(name, node, image, defaults)
+                })
+            },
+            |new, image| configs::validate_broker_overrides(node, new, image, defaults),
+        )
+        .await;
+    }
+    configs::alter_topic_configs(broker, name, validate_only, |current, defaults| {
+        apply_ops(current, defaults, &ops)
+    })
     .await
 }
 
@@ -166,6 +194,19 @@ fn apply_ops(
     defaults: &LogConfig,
     ops: &[ConfigOp<'_>],
 ) -> Result<BTreeMap<String, String>, ApiError> {
+    apply_ops_with(current, ops, configs::topic_config_kind, |name| {
+        defaults.value_of(name)
+    })
+}
+
+/// [`apply_ops`] for any resource: `kind_of` says which configs are lists, `default_of` gives
+/// the value an APPEND or SUBTRACT starts from when there is no override.
+fn apply_ops_with(
+    current: &BTreeMap<String, String>,
+    ops: &[ConfigOp<'_>],
+    kind_of: impl Fn(&str) -> Option<ConfigKind>,
+    default_of: impl Fn(&str) -> Option<String>,
+) -> Result<BTreeMap<String, String>, ApiError> {
     check_ops(ops)?;
     let mut new = current.clone();
     for op in ops {
@@ -180,7 +221,7 @@ fn apply_ops(
                 new.remove(op.name);
             }
             (OpType::Append | OpType::Subtract, Some(value)) => {
-                if configs::topic_config_kind(op.name) != Some(ConfigKind::List) {
+                if kind_of(op.name) != Some(ConfigKind::List) {
                     return Err(ApiError::new(
                         ResponseError::InvalidConfig,
                         format!(
@@ -192,7 +233,7 @@ fn apply_ops(
                 let old = new
                     .get(op.name)
                     .cloned()
-                    .or_else(|| defaults.value_of(op.name))
+                    .or_else(|| default_of(op.name))
                     .unwrap_or_default();
                 let mut parts: Vec<&str> = split_list(&old).collect();
                 for item in split_list(value) {
@@ -356,6 +397,32 @@ mod tests {
                 .unwrap_err()
                 .code,
             ResponseError::InvalidConfig
+        );
+    }
+
+    #[test]
+    fn group_configs_take_set_and_delete_but_no_list_operations() {
+        let current = map(&[("consumer.heartbeat.interval.ms", "6000")]);
+        let ops = [
+            op("consumer.session.timeout.ms", SET, Some("50000")),
+            op("consumer.heartbeat.interval.ms", DELETE, Some("")),
+        ];
+        let new = apply_ops_with(&current, &ops, |_| None, |_| None).unwrap();
+        assert_eq!(new, map(&[("consumer.session.timeout.ms", "50000")]));
+        configs::validate_group_overrides(&new).unwrap();
+        let e = apply_ops_with(
+            &current,
+            &[op("consumer.session.timeout.ms", APPEND, Some("1"))],
+            |_| None,
+            |_| None,
+        )
+        .unwrap_err();
+        assert_eq!(
+            (e.code, e.message.as_str()),
+            (
+                ResponseError::InvalidConfig,
+                "Can't APPEND to key consumer.session.timeout.ms because its type is not LIST."
+            )
         );
     }
 }
