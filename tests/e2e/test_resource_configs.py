@@ -260,11 +260,12 @@ def test_cluster_wide_dynamic_configs_reach_every_broker_and_topic_defaults(boot
     try:
         assert raw_incremental_alter(nodes[0], 4, "", [("log.retention.ms", 0, "3600000"),
                                                        ("background.threads", 0, "12")]) == (0, None)
+        # The other nodes learn the change from the replicated metadata, a moment later.
+        want = {"background.threads": ("12", 3, [("background.threads", "12", 3)]),
+                "log.retention.ms": ("3600000", 3, [("log.retention.ms", "3600000", 3)])}
         for node in nodes:
-            got = raw_describe(node, 4, "")
-            assert {n: (v, src, syn) for n, (v, src, _ro, syn) in got.items()} == {
-                "background.threads": ("12", 3, [("background.threads", "12", 3)]),
-                "log.retention.ms": ("3600000", 3, [("log.retention.ms", "3600000", 3)])}, node
+            wait_for(f"node {node} describes the cluster-wide configs", lambda: (
+                got := {n: (v, src, syn) for n, (v, src, _ro, syn) in raw_describe(node, 4, "").items()}) == want or got)
         for b in ids:
             got = describe(a, broker_res(b))
             assert (got["log.retention.ms"].value, got["log.retention.ms"].source) == (
@@ -281,7 +282,7 @@ def test_cluster_wide_dynamic_configs_reach_every_broker_and_topic_defaults(boot
     finally:
         assert raw_incremental_alter(nodes[0], 4, "", [("log.retention.ms", 1, None),
                                                        ("background.threads", 1, None)]) == (0, None)
-    assert raw_describe(nodes[-1], 4, "") == {}
+    wait_for("the cluster-wide configs are gone", lambda: (got := raw_describe(nodes[-1], 4, "")) == {} or got)
 
 
 def test_bad_dynamic_broker_configs_are_refused_with_kafkas_reasons(bootstrap_both_shapes):
