@@ -356,3 +356,16 @@ def test_a_cluster_wide_dynamic_log_default_reaches_a_running_partition(broker_f
     assert raw_incremental_alter(b.bootstrap, 4, "", [("log.segment.bytes", 1, None)]) == (0, None)
     produce_all(p, topic_name, batch(400))
     assert len(segments()) == rolled, segments()
+
+
+def test_a_brokers_rack_is_described_as_clients_read_it(broker_factory):
+    # librdkafka's 0101_fetch_from_follower reads each replica's rack here before it fetches
+    # from a follower in the consumer's rack; it skipped itself while the entry was missing.
+    racked = broker_factory(args=["--set", "broker.rack=rack-a"])
+    a = admin(racked.bootstrap)
+    rack = describe(a, broker_res(broker_ids(a)[0]))["broker.rack"]
+    assert (rack.value, rack.source, rack.is_read_only) == (
+        "rack-a", ConfigSource.STATIC_BROKER_CONFIG.value, True)
+    plain = broker_factory()
+    a = admin(plain.bootstrap)
+    assert "broker.rack" not in describe(a, broker_res(broker_ids(a)[0])), "no rack, no entry"

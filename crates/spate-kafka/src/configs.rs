@@ -276,6 +276,18 @@ pub(crate) fn broker_entries(config: &BrokerConfig) -> Vec<ConfigEntry> {
             kafka_default.to_owned(),
         ));
     }
+    // Kafka's default is null, which a ConfigEntry here cannot carry: an unset rack is left
+    // out rather than described as "". Clients read racks from here (librdkafka's 0101
+    // counts the racks of a partition's replicas before fetching from a follower).
+    if let Some(rack) = &config.rack {
+        entries.push(read_only_entry(
+            "broker.rack",
+            ConfigKind::String,
+            "Rack of this broker, for rack-aware replica placement and follower fetching.",
+            rack.clone(),
+            String::new(),
+        ));
+    }
     entries.sort_by(|a, b| a.name.cmp(b.name));
     entries
 }
@@ -652,6 +664,22 @@ pub(crate) mod tests {
         );
         assert_eq!(entry(&entries, "message.max.bytes").value, "1048588");
         assert_eq!(entry(&entries, "log.retention.ms").kind, ConfigKind::Long);
+        assert!(
+            entries.iter().all(|e| e.name != "broker.rack"),
+            "no rack set, none described"
+        );
+    }
+
+    #[test]
+    fn a_set_broker_rack_is_described_as_a_static_setting() {
+        let mut config = broker_config();
+        config.rack = Some("RACK2".into());
+        let entries = broker_entries(&config);
+        let rack = entry(&entries, "broker.rack");
+        assert_eq!(
+            (rack.value.as_str(), rack.source, rack.read_only),
+            ("RACK2", ConfigSource::StaticBroker, true)
+        );
     }
 
     #[test]
