@@ -531,14 +531,14 @@ pub(crate) mod tests {
     use super::*;
     use spate_types::NodeId;
 
-    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pub(crate) fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
     }
 
-    fn entry<'a>(entries: &'a [ConfigEntry], name: &str) -> &'a ConfigEntry {
+    pub(crate) fn entry<'a>(entries: &'a [ConfigEntry], name: &str) -> &'a ConfigEntry {
         entries
             .iter()
             .find(|e| e.name == name)

@@ -2,21 +2,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+use super::tests::{entry, map};
 use super::*;
-
-fn map(pairs: &[(&str, &str)]) -> ConfigMap {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
-
-fn entry<'a>(entries: &'a [ConfigEntry], name: &str) -> &'a ConfigEntry {
-    entries
-        .iter()
-        .find(|e| e.name == name)
-        .unwrap_or_else(|| panic!("{name} not described"))
-}
 
 fn refused(overrides: &[(&str, &str)]) -> String {
     let e = validate_group_overrides(&map(overrides)).unwrap_err();
