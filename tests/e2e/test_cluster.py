@@ -192,3 +192,62 @@ def test_delete_records_reaches_every_replica_and_survives_failover(cluster_fact
     got = consume(survivors, topic_name, expected=40)
     assert [m.value() for m in got] == [f"v{i}".encode() for i in range(60, 100)]
     assert got[0].offset() == 60
+
+
+def test_manual_replica_assignment_places_each_partition_as_listed(_session_cluster, topic_name):
+    """CreateTopics and CreatePartitions with replica lists: each partition lives on exactly the
+    listed nodes, the first replica leads, and bad lists get INVALID_REPLICA_ASSIGNMENT."""
+    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka.admin import NewPartitions, NewTopic
+
+    c = _session_cluster
+    a = admin(c.bootstrap)
+
+    def code(future):
+        try:
+            future.result(timeout=30)
+            return 0
+        except KafkaException as e:
+            return e.args[0].code()
+
+    lists = [[2, 3], [3, 1], [1, 2]]
+    fs = a.create_topics([NewTopic(topic_name, num_partitions=3, replica_assignment=lists)], request_timeout=30)
+    assert code(fs[topic_name]) == 0
+    fs = a.create_partitions([NewPartitions(topic_name, 5, replica_assignment=[[3, 2], [2, 1]])],
+                             request_timeout=30)
+    assert code(fs[topic_name]) == 0
+    lists += [[3, 2], [2, 1]]
+
+    def placed():
+        t = a.list_topics(topic=topic_name, timeout=10).topics[topic_name]
+        return len(t.partitions) == 5 and all(
+            t.partitions[i].replicas == r and t.partitions[i].leader == r[0] and sorted(t.partitions[i].isrs) == sorted(r)
+            for i, r in enumerate(lists))
+    wait_for("every partition on its listed replicas, led by the first", placed)
+
+    bad = {
+        topic_name + "-rf": [[1], [2, 3]],     # lists of different lengths
+        topic_name + "-unknown": [[4, 1]],     # no broker 4
+        topic_name + "-twice": [[2, 2]],       # a broker twice
+    }
+    fs = a.create_topics([NewTopic(n, num_partitions=len(r), replica_assignment=r) for n, r in bad.items()],
+                         request_timeout=30)
+    for n in bad:
+        assert code(fs[n]) == KafkaError.INVALID_REPLICA_ASSIGNMENT, n
+    fs = a.create_partitions([NewPartitions(topic_name, 6, replica_assignment=[[1]])], request_timeout=30)
+    assert code(fs[topic_name]) == KafkaError.INVALID_REPLICA_ASSIGNMENT, "the topic's replication factor is 2"
+    names = set(a.list_topics(timeout=10).topics)
+    assert not any(n in names for n in bad)
+
+    p = producer(c.bootstrap, acks="all", **{"enable.idempotence": True})
+    values = [f"v{i}".encode() for i in range(100)]
+    produce_all(p, topic_name, ({"value": v, "partition": i % 5} for i, v in enumerate(values)))
+    got = consume(c.bootstrap, topic_name, partitions=range(5), expected=100)
+    assert sorted(m.value() for m in got) == sorted(values)
+    # The listed replicas, and only they, hold each partition's log.
+    for part, replicas in enumerate(lists):
+        wait_for(f"partition {part} identical on nodes {replicas}",
+                 lambda: len({log_bytes(c.nodes[n], topic_name, part) for n in replicas}) == 1
+                 and log_bytes(c.nodes[replicas[0]], topic_name, part) > 0)
+        for n in {1, 2, 3} - set(replicas):
+            assert not (c.nodes[n].data_dir / "logs" / f"{topic_name}-{part}").exists(), (part, n)

@@ -57,6 +57,7 @@ pub use resource_configs::{
     ConfigMap, ResourceConfigs, CONFIGS_PER_RESOURCE_MAX, CONFIG_NAME_BYTES_MAX,
     CONFIG_VALUE_BYTES_MAX, GROUPS_WITH_CONFIGS_MAX, GROUP_ID_BYTES_MAX,
 };
+pub use state::manual_partitions;
 
 use liveness::Liveness;
 use openraft::async_runtime::WatchReceiver;

@@ -76,6 +76,11 @@ pub enum MetadataCommand {
         partitions: i32,
         replication_factor: i16,
         configs: BTreeMap<String, String>,
+        /// The replica list of each partition, chosen by the client (CreateTopics' manual
+        /// assignment); the first replica in the ISR leads. Without, the controller places
+        /// replicas itself.
+        #[serde(default)]
+        assignments: Option<Vec<Vec<NodeId>>>,
     },
     /// Deletes a topic; with `topic_id`, only that incarnation of the name (a request resolved
     /// by id must not delete a topic re-created under the same name meanwhile).
@@ -84,8 +89,14 @@ pub enum MetadataCommand {
         #[serde(default)]
         topic_id: Option<Uuid>,
     },
-    /// Grows a topic to `new_total` partitions.
-    CreatePartitions { name: String, new_total: i32 },
+    /// Grows a topic to `new_total` partitions; `assignments`, when given, holds the replica
+    /// list of each new partition (CreatePartitions' manual assignment).
+    CreatePartitions {
+        name: String,
+        new_total: i32,
+        #[serde(default)]
+        assignments: Option<Vec<Vec<NodeId>>>,
+    },
     /// Full replacement of a topic's config overrides (the front end computes the new map for both
     /// AlterConfigs (replace) and IncrementalAlterConfigs (set/delete/append/subtract)).
     ///
@@ -142,15 +153,18 @@ impl fmt::Display for MetadataCommand {
                 "RegisterBroker(node={node}, {}:{}, directory={directory_id})",
                 endpoint.host, endpoint.port
             ),
-            Self::CreateTopic { name, topic_id, partitions, replication_factor, configs } => write!(
+            Self::CreateTopic { name, topic_id, partitions, replication_factor, configs, assignments } => write!(
                 f,
-                "CreateTopic({name}, id={topic_id}, partitions={partitions}, rf={replication_factor}, configs={})",
-                configs.len()
+                "CreateTopic({name}, id={topic_id}, partitions={partitions}, rf={replication_factor}, configs={}{})",
+                configs.len(),
+                if assignments.is_some() { ", manual assignment" } else { "" }
             ),
             Self::DeleteTopic { name, .. } => write!(f, "DeleteTopic({name})"),
-            Self::CreatePartitions { name, new_total } => {
-                write!(f, "CreatePartitions({name}, new_total={new_total})")
-            }
+            Self::CreatePartitions { name, new_total, assignments } => write!(
+                f,
+                "CreatePartitions({name}, new_total={new_total}{})",
+                if assignments.is_some() { ", manual assignment" } else { "" }
+            ),
             Self::SetTopicConfigs { name, configs, .. } => {
                 write!(f, "SetTopicConfigs({name}, configs={})", configs.len())
             }
@@ -211,6 +225,10 @@ pub enum MetadataError {
     /// Kafka: INVALID_REPLICATION_FACTOR. Carries the reason.
     #[error("invalid replication factor: {0}")]
     InvalidReplicationFactor(String),
+    /// Kafka: INVALID_REPLICA_ASSIGNMENT. A manual assignment naming unknown brokers, a broker
+    /// twice, replica lists of different lengths, or only fenced brokers for a partition.
+    #[error("invalid replica assignment: {0}")]
+    InvalidReplicaAssignment(String),
     /// Kafka: BROKER_ID_NOT_REGISTERED (or STALE_BROKER_EPOCH when the epoch is old).
     #[error("broker {node} is not registered with epoch {broker_epoch}")]
     UnknownBroker { node: NodeId, broker_epoch: u64 },

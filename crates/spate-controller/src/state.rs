@@ -141,12 +141,12 @@ pub fn apply(image: &mut MetadataImage, cmd: &MetadataCommand) -> MetadataOutcom
             partitions,
             replication_factor,
             configs,
+            assignments,
         } => create_topic(
             image,
             name,
             *topic_id,
-            *partitions,
-            *replication_factor,
+            (*partitions, *replication_factor, assignments.as_deref()),
             configs,
         ),
         MetadataCommand::DeleteTopic { name, topic_id } => match image.topics.get(name) {
@@ -157,9 +157,11 @@ pub fn apply(image: &mut MetadataImage, cmd: &MetadataCommand) -> MetadataOutcom
             }
             _ => Err(MetadataError::UnknownTopic(name.clone())),
         },
-        MetadataCommand::CreatePartitions { name, new_total } => {
-            create_partitions(image, name, *new_total)
-        }
+        MetadataCommand::CreatePartitions {
+            name,
+            new_total,
+            assignments,
+        } => create_partitions(image, name, *new_total, assignments.as_deref()),
         MetadataCommand::SetTopicConfigs {
             name,
             configs,
@@ -195,8 +197,7 @@ fn create_topic(
     image: &mut MetadataImage,
     name: &str,
     topic_id: Uuid,
-    partitions: i32,
-    replication_factor: i16,
+    (partitions, replication_factor, assignments): (i32, i16, Option<&[Vec<NodeId>]>),
     configs: &BTreeMap<String, String>,
 ) -> Result<MetadataOutcome, MetadataError> {
     validate_topic_name(name).map_err(MetadataError::InvalidTopicName)?;
@@ -227,14 +228,24 @@ fn create_topic(
         )));
     }
     let replication_factor = usize::from(replication_factor.unsigned_abs());
-    if replication_factor > brokers {
-        return Err(MetadataError::InvalidReplicationFactor(format!(
-            "replication factor {replication_factor} is larger than the {brokers} available broker(s)"
-        )));
-    }
-    let partitions = (0..partitions)
-        .map(|p| assign_partition(&nodes, topic_id, p, replication_factor))
-        .collect();
+    let partitions = if let Some(lists) = assignments {
+        if usize::try_from(partitions).ok() != Some(lists.len()) {
+            return Err(MetadataError::InvalidRequest(format!(
+                "topic '{name}' proposed with {partitions} partition(s) but {} replica list(s)",
+                lists.len()
+            )));
+        }
+        manual_partitions(image, 0, lists, Some(replication_factor))?
+    } else {
+        if replication_factor > brokers {
+            return Err(MetadataError::InvalidReplicationFactor(format!(
+                "replication factor {replication_factor} is larger than the {brokers} available broker(s)"
+            )));
+        }
+        (0..partitions)
+            .map(|p| assign_partition(&nodes, topic_id, p, replication_factor))
+            .collect()
+    };
     image.topics.insert(
         name.to_owned(),
         TopicImage {
@@ -250,9 +261,10 @@ fn create_partitions(
     image: &mut MetadataImage,
     name: &str,
     new_total: i32,
+    assignments: Option<&[Vec<NodeId>]>,
 ) -> Result<MetadataOutcome, MetadataError> {
     let nodes: Vec<NodeId> = image.alive_brokers().map(|(id, _)| *id).collect();
-    let Some(topic) = image.topics.get_mut(name) else {
+    let Some(topic) = image.topics.get(name) else {
         return Err(MetadataError::UnknownTopic(name.to_owned()));
     };
     let current = topic.partitions.len();
@@ -268,18 +280,95 @@ fn create_partitions(
         .first()
         .map_or(1, |p| p.replicas.len())
         .max(1);
-    if replication_factor > nodes.len() {
-        return Err(MetadataError::InvalidReplicationFactor(format!(
-            "topic '{name}' has replication factor {replication_factor} but only {} broker(s) are available",
-            nodes.len()
-        )));
-    }
     let first_new = i32::try_from(current).unwrap_or(i32::MAX);
-    let topic_id = topic.topic_id;
-    topic.partitions.extend(
-        (first_new..new_total).map(|p| assign_partition(&nodes, topic_id, p, replication_factor)),
-    );
+    let added: Vec<PartitionImage> = if let Some(lists) = assignments {
+        if i32::try_from(lists.len()).ok() != new_total.checked_sub(first_new) {
+            return Err(MetadataError::InvalidReplicaAssignment(format!(
+                "Attempted to add {} additional partition(s), but only {} assignment(s) were specified.",
+                new_total - first_new,
+                lists.len()
+            )));
+        }
+        manual_partitions(image, first_new, lists, Some(replication_factor))?
+    } else {
+        if replication_factor > nodes.len() {
+            return Err(MetadataError::InvalidReplicationFactor(format!(
+                "topic '{name}' has replication factor {replication_factor} but only {} broker(s) are available",
+                nodes.len()
+            )));
+        }
+        (first_new..new_total)
+            .map(|p| assign_partition(&nodes, topic.topic_id, p, replication_factor))
+            .collect()
+    };
+    if let Some(topic) = image.topics.get_mut(name) {
+        topic.partitions.extend(added);
+    }
     Ok(MetadataOutcome::PartitionsCreated)
+}
+
+/// Kafka's checks of manually assigned replica lists, one per partition from `first_index` on
+/// (none empty, no broker twice, every broker registered, `replication_factor` replicas each or,
+/// without it, as many as the first list, at least one unfenced replica per partition), and the
+/// partitions they make: the unfenced replicas form the ISR and the first of them leads.
+///
+/// Public so the front end answers a `validate_only` request exactly as the controller would.
+pub fn manual_partitions(
+    image: &MetadataImage,
+    first_index: i32,
+    lists: &[Vec<NodeId>],
+    replication_factor: Option<usize>,
+) -> Result<Vec<PartitionImage>, MetadataError> {
+    let invalid = MetadataError::InvalidReplicaAssignment;
+    let mut replication_factor = replication_factor;
+    let mut partitions = Vec::with_capacity(lists.len());
+    for (replicas, index) in lists.iter().zip(first_index..) {
+        if replicas.is_empty() {
+            return Err(invalid(
+                "The manual partition assignment includes an empty replica list.".to_owned(),
+            ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for id in replicas {
+            if !seen.insert(*id) {
+                return Err(invalid(format!(
+                    "The manual partition assignment includes the broker {id} more than once."
+                )));
+            }
+            if !image.brokers.contains_key(id) {
+                return Err(invalid(format!(
+                    "The manual partition assignment includes broker {id}, but no such broker is registered."
+                )));
+            }
+        }
+        match replication_factor {
+            Some(rf) if rf != replicas.len() => {
+                return Err(invalid(format!(
+                    "The manual partition assignment includes a partition with {} replica(s), but this is not consistent with previous partitions, which have {rf} replica(s).",
+                    replicas.len()
+                )));
+            }
+            _ => replication_factor = Some(replicas.len()),
+        }
+        let isr: Vec<NodeId> = replicas
+            .iter()
+            .copied()
+            .filter(|id| image.is_alive(*id))
+            .collect();
+        let Some(leader) = isr.first().copied() else {
+            return Err(invalid(format!(
+                "All brokers specified in the manual partition assignment for partition {index} are fenced or in controlled shutdown."
+            )));
+        };
+        partitions.push(PartitionImage {
+            leader,
+            leader_epoch: LeaderEpoch(0),
+            partition_epoch: 0,
+            isr,
+            replicas: replicas.clone(),
+        });
+    }
+    Ok(partitions)
 }
 
 fn allocate_producer_ids(
@@ -539,6 +628,7 @@ mod tests {
             partitions,
             replication_factor: rf,
             configs: BTreeMap::new(),
+            assignments: None,
         }
     }
 
@@ -698,6 +788,7 @@ mod tests {
             partitions: 4,
             replication_factor: 2,
             configs: configs.clone(),
+            assignments: None,
         };
         assert_eq!(
             apply(&mut image, &cmd),
@@ -836,6 +927,7 @@ mod tests {
             &MetadataCommand::CreatePartitions {
                 name: "t".into(),
                 new_total: 5,
+                assignments: None,
             },
         );
         assert_eq!(out, MetadataOutcome::PartitionsCreated);
@@ -863,6 +955,7 @@ mod tests {
         let cp = |new_total| MetadataCommand::CreatePartitions {
             name: "t".into(),
             new_total,
+            assignments: None,
         };
         for bad in [
             3,
@@ -884,6 +977,7 @@ mod tests {
             MetadataCommand::CreatePartitions {
                 name: "nope".into(),
                 new_total: 4,
+                assignments: None,
             },
         );
         assert_eq!(e, MetadataError::UnknownTopic("nope".into()));
@@ -906,6 +1000,7 @@ mod tests {
                 partitions: 1,
                 replication_factor: 1,
                 configs,
+                assignments: None,
             },
         );
         let mut new = BTreeMap::new();
@@ -984,6 +1079,7 @@ mod tests {
             cmds.push(MetadataCommand::CreatePartitions {
                 name: "topic-3".into(),
                 new_total: 9,
+                assignments: None,
             });
             cmds.push(MetadataCommand::DeleteTopic {
                 name: "topic-4".into(),
@@ -1047,6 +1143,7 @@ mod tests {
                             partitions,
                             replication_factor: rf,
                             configs: BTreeMap::new(),
+                            assignments: None,
                         }
                     }
                 ),
@@ -1055,7 +1152,11 @@ mod tests {
                     topic_id: None
                 }),
                 (name.clone(), -1..30i32).prop_map(|(name, new_total)| {
-                    MetadataCommand::CreatePartitions { name, new_total }
+                    MetadataCommand::CreatePartitions {
+                        name,
+                        new_total,
+                        assignments: None,
+                    }
                 }),
                 (
                     name,
@@ -1267,6 +1368,10 @@ mod tests {
 }
 
 #[cfg(test)]
+#[path = "assignment_tests.rs"]
+mod assignment_tests;
+
+#[cfg(test)]
 mod compare_and_set_tests {
     use super::*;
     use spate_types::NodeId;
@@ -1283,6 +1388,7 @@ mod compare_and_set_tests {
                 partitions: 1,
                 replication_factor: 1,
                 configs: BTreeMap::new(),
+                assignments: None,
             },
         );
         assert_eq!(out, MetadataOutcome::TopicCreated { topic_id: id });
@@ -1355,6 +1461,7 @@ mod replication_tests {
                 partitions: 1,
                 replication_factor: rf,
                 configs: BTreeMap::new(),
+                assignments: None,
             },
         );
         assert!(
@@ -1624,6 +1731,7 @@ mod replication_tests {
                 partitions: 6,
                 replication_factor: 2,
                 configs: BTreeMap::new(),
+                assignments: None,
             },
         );
         assert!(matches!(out, MetadataOutcome::TopicCreated { .. }));
@@ -1638,6 +1746,7 @@ mod replication_tests {
                 partitions: 1,
                 replication_factor: 3,
                 configs: BTreeMap::new(),
+                assignments: None,
             },
         );
         assert!(

@@ -29,6 +29,7 @@ fn create(name: &str, partitions: i32) -> MetadataCommand {
         partitions,
         replication_factor: 1,
         configs: BTreeMap::new(),
+        assignments: None,
     }
 }
 
@@ -99,7 +100,8 @@ async fn populate(c: &Controller) -> MetadataImage {
             c,
             MetadataCommand::CreatePartitions {
                 name: "payments".into(),
-                new_total: 4
+                new_total: 4,
+                assignments: None,
             }
         )
         .await,
@@ -224,6 +226,7 @@ async fn open_propose_subscribe_shutdown_reopen() {
             partitions: 1,
             replication_factor: 3,
             configs: BTreeMap::new(),
+            assignments: None,
         },
     )
     .await;

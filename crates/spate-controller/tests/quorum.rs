@@ -192,6 +192,7 @@ fn create(name: &str, rf: i16) -> MetadataCommand {
         partitions: 3,
         replication_factor: rf,
         configs: BTreeMap::new(),
+        assignments: None,
     }
 }
 

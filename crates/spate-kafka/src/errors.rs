@@ -67,6 +67,7 @@ pub(crate) fn metadata_error(e: &MetadataError) -> ResponseError {
         MetadataError::InvalidTopicName(_) => ResponseError::InvalidTopicException,
         MetadataError::InvalidPartitions(_) => ResponseError::InvalidPartitions,
         MetadataError::InvalidReplicationFactor(_) => ResponseError::InvalidReplicationFactor,
+        MetadataError::InvalidReplicaAssignment(_) => ResponseError::InvalidReplicaAssignment,
         MetadataError::InvalidRequest(_) => ResponseError::InvalidRequest,
         MetadataError::UnknownBroker { .. } => ResponseError::StaleBrokerEpoch,
         MetadataError::StalePartitionState(_) => ResponseError::FencedLeaderEpoch,

@@ -37,6 +37,7 @@ pub(crate) async fn coordinator(broker: &Arc<Broker>) -> Result<&Coordinator, Ap
                             .offsets_topic_replication_factor
                             .min(broker.image().alive_brokers().count().max(1) as i16),
                         configs,
+                        assignments: None,
                     },
                     false,
                 )

@@ -6,7 +6,7 @@ use kafka_protocol::messages::TopicName;
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use spate_controller::{MetadataCommand, MetadataOutcome};
-use spate_types::{limits, validate_topic_name};
+use spate_types::{limits, validate_topic_name, NodeId};
 use std::collections::BTreeMap;
 use uuid::Uuid;
 
@@ -37,6 +37,9 @@ pub(crate) struct NewTopic {
     /// -1: `default.replication.factor`.
     pub replication_factor: i16,
     pub configs: BTreeMap<String, String>,
+    /// Each partition's replica list, chosen by the client (then `partitions` and
+    /// `replication_factor` are already resolved from it).
+    pub assignments: Option<Vec<Vec<NodeId>>>,
 }
 
 pub(crate) struct CreatedTopic {
@@ -91,7 +94,13 @@ pub(crate) async fn create_topic(
     };
     let image = broker.image();
     let alive = image.alive_brokers().count();
-    if replication_factor < 1 || replication_factor as usize > alive {
+    // Replicas placed by hand may include fenced brokers (each partition needs one unfenced).
+    let placeable = if topic.assignments.is_some() {
+        image.brokers.len()
+    } else {
+        alive
+    };
+    if replication_factor < 1 || replication_factor as usize > placeable {
         return Err(ApiError::new(
             ResponseError::InvalidReplicationFactor,
             format!(
@@ -131,6 +140,7 @@ pub(crate) async fn create_topic(
             partitions,
             replication_factor,
             configs: topic.configs,
+            assignments: topic.assignments,
         })
         .await
         .map_err(|e| ApiError::new(errors::controller_error(&e), e.to_string()))?;

@@ -1,7 +1,7 @@
 //! CreatePartitions: grows topics to a new partition count through the controller (or, with
 //! `validate_only`, only checks), then applies the new image so the new partitions open here
-//! at once. New partitions keep the topic's replication factor; manual assignments are checked
-//! and accepted as CreateTopics accepts them.
+//! at once. New partitions keep the topic's replication factor; a manual assignment (one broker
+//! list per new partition) is checked as CreateTopics checks one and placed as listed.
 
 use super::create_topics::check_manual_assignment;
 use super::{Reply, RequestContext};
@@ -14,7 +14,7 @@ use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicR
 use kafka_protocol::messages::{CreatePartitionsRequest, CreatePartitionsResponse};
 use kafka_protocol::protocol::{StrBytes, VersionRange};
 use kafka_protocol::ResponseError;
-use spate_controller::{MetadataCommand, MetadataOutcome, TopicImage};
+use spate_controller::{MetadataCommand, MetadataImage, MetadataOutcome, TopicImage};
 use spate_types::{limits, NodeId};
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -80,8 +80,7 @@ async fn grow(
             .map(|p| p.broker_ids.iter().map(|b| b.0).collect())
             .collect()
     });
-    let brokers: Vec<NodeId> = image.alive_brokers().map(|(id, _)| *id).collect();
-    check_growth(name, topic, request.count, lists.as_deref(), &brokers)?;
+    check_growth(name, topic, request.count, lists.as_deref(), &image)?;
     if validate_only {
         return Ok(());
     }
@@ -90,6 +89,12 @@ async fn grow(
         .propose(MetadataCommand::CreatePartitions {
             name: name.to_owned(),
             new_total: request.count,
+            assignments: lists.map(|lists| {
+                lists
+                    .into_iter()
+                    .map(|ids| ids.into_iter().map(NodeId).collect())
+                    .collect()
+            }),
         })
         .await
         .map_err(|e| ApiError::new(errors::controller_error(&e), e.to_string()))?;
@@ -120,7 +125,7 @@ fn check_growth(
     topic: &TopicImage,
     count: i32,
     assignments: Option<&[Vec<i32>]>,
-    brokers: &[NodeId],
+    image: &MetadataImage,
 ) -> Result<(), ApiError> {
     let current = i32::try_from(topic.partitions.len()).unwrap_or(i32::MAX);
     if count == current {
@@ -161,7 +166,7 @@ fn check_growth(
     }
     let replication_factor = topic.partitions.first().map(|p| p.replicas.len());
     let lists: Vec<&[i32]> = assignments.iter().map(Vec::as_slice).collect();
-    check_manual_assignment(&lists, replication_factor, brokers).map(|_| ())
+    check_manual_assignment(&lists, replication_factor, image).map(|_| ())
 }
 
 #[cfg(test)]
@@ -172,7 +177,11 @@ mod tests {
     use spate_types::LeaderEpoch;
     use std::collections::BTreeMap;
 
-    const ONE: &[NodeId] = &[NodeId(1)];
+    use crate::apis::create_topics::tests::cluster;
+
+    fn one() -> MetadataImage {
+        cluster(&[1], &[])
+    }
 
     fn topic(partitions: usize) -> TopicImage {
         let partition = PartitionImage {
@@ -191,7 +200,7 @@ mod tests {
 
     #[test]
     fn same_count_is_invalid_partitions_with_kafkas_message() {
-        let e = check_growth("t", &topic(3), 3, None, ONE).unwrap_err();
+        let e = check_growth("t", &topic(3), 3, None, &one()).unwrap_err();
         assert_eq!(
             (e.code, e.message.as_str()),
             (
@@ -203,7 +212,7 @@ mod tests {
 
     #[test]
     fn smaller_count_is_invalid_partitions_with_kafkas_message() {
-        let e = check_growth("t", &topic(4), 3, None, ONE).unwrap_err();
+        let e = check_growth("t", &topic(4), 3, None, &one()).unwrap_err();
         assert_eq!(e.code, ResponseError::InvalidPartitions);
         assert_eq!(
             e.message,
@@ -218,7 +227,7 @@ mod tests {
             &topic(1),
             limits::PARTITIONS_PER_TOPIC_MAX + 1,
             None,
-            ONE,
+            &one(),
         )
         .unwrap_err();
         assert_eq!(e.code, ResponseError::InvalidPartitions);
@@ -226,12 +235,12 @@ mod tests {
 
     #[test]
     fn larger_count_is_accepted() {
-        assert!(check_growth("t", &topic(1), 4, None, ONE).is_ok());
+        assert!(check_growth("t", &topic(1), 4, None, &one()).is_ok());
     }
 
     #[test]
     fn manual_assignment_must_cover_exactly_the_new_partitions() {
-        let e = check_growth("t", &topic(1), 3, Some(&[vec![1]]), ONE).unwrap_err();
+        let e = check_growth("t", &topic(1), 3, Some(&[vec![1]]), &one()).unwrap_err();
         assert_eq!(e.code, ResponseError::InvalidReplicaAssignment);
         assert!(
             e.message
@@ -239,7 +248,7 @@ mod tests {
             "{}",
             e.message
         );
-        assert!(check_growth("t", &topic(1), 3, Some(&[vec![1], vec![1]]), ONE).is_ok());
+        assert!(check_growth("t", &topic(1), 3, Some(&[vec![1], vec![1]]), &one()).is_ok());
     }
 
     #[test]
@@ -249,7 +258,7 @@ mod tests {
             &topic(1),
             2,
             Some(&[vec![1, 2]]),
-            &[NodeId(1), NodeId(2)],
+            &cluster(&[1, 2], &[]),
         )
         .unwrap_err();
         assert_eq!(e.code, ResponseError::InvalidReplicaAssignment);
@@ -257,9 +266,11 @@ mod tests {
     }
 
     #[test]
-    fn manual_assignment_on_a_larger_cluster_is_not_supported_yet() {
-        let e =
-            check_growth("t", &topic(1), 2, Some(&[vec![2]]), &[NodeId(1), NodeId(2)]).unwrap_err();
-        assert_eq!(e.code, ResponseError::InvalidRequest);
+    fn manual_assignment_places_new_partitions_on_any_registered_broker() {
+        let three = cluster(&[1, 2, 3], &[]);
+        assert!(check_growth("t", &topic(1), 3, Some(&[vec![2], vec![3]]), &three).is_ok());
+        let e = check_growth("t", &topic(1), 2, Some(&[vec![4]]), &three).unwrap_err();
+        assert_eq!(e.code, ResponseError::InvalidReplicaAssignment);
+        assert!(e.message.contains("no such broker"), "{}", e.message);
     }
 }

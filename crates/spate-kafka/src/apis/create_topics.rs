@@ -3,13 +3,14 @@
 //! checks them (see [`create_topic`]); v5+ responses echo the partition count, replication
 //! factor and every config with its source, v7 the topic id.
 //!
-//! Manual replica assignments are checked like Kafka's and accepted only when they say exactly
-//! what automatic placement would do (one broker: every replica on it); placing replicas by
-//! hand on a larger cluster is refused with INVALID_REQUEST until the controller supports it.
+//! Manual replica assignments (`replication_factor` and `num_partitions` -1, one broker list per
+//! partition) are checked as Kafka checks them and handed to the controller, which places each
+//! partition's replicas as listed; the first unfenced replica leads.
 
 use super::{Reply, RequestContext};
 use crate::broker::Broker;
 use crate::configs::{self, ConfigEntry};
+use crate::errors;
 use crate::topics::{create_topic, ApiError, NewTopic};
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::create_topics_response::{
@@ -98,8 +99,8 @@ async fn create(
             .iter()
             .map(|c| (c.name.as_str(), c.value.as_deref())),
     )?;
-    let (partitions, replication_factor) = if topic.assignments.is_empty() {
-        (topic.num_partitions, topic.replication_factor)
+    let (partitions, replication_factor, assignments) = if topic.assignments.is_empty() {
+        (topic.num_partitions, topic.replication_factor, None)
     } else {
         let assignments: Vec<(i32, Vec<i32>)> = topic
             .assignments
@@ -111,13 +112,13 @@ async fn create(
                 )
             })
             .collect();
-        let brokers: Vec<NodeId> = image.alive_brokers().map(|(id, _)| *id).collect();
-        resolve_assignments(
+        let (partitions, replication_factor, lists) = resolve_assignments(
             topic.num_partitions,
             topic.replication_factor,
             &assignments,
-            &brokers,
-        )?
+            &image,
+        )?;
+        (partitions, replication_factor, Some(lists))
     };
     // `create_topic` validates the configs too; this adds the value size limit.
     configs::validate_overrides(&broker.config.log_defaults, &overrides)?;
@@ -129,6 +130,7 @@ async fn create(
             partitions,
             replication_factor,
             configs: overrides,
+            assignments,
         },
         validate_only,
     )
@@ -169,13 +171,14 @@ fn colliding_topic<'a>(image: &'a MetadataImage, name: &str) -> Option<&'a str> 
 }
 
 /// Checks CreateTopics' manual assignment (`(partition index, broker ids)` per partition) and
-/// returns the partition count and replication factor it amounts to.
+/// returns the partition count and replication factor it amounts to, and the replica lists in
+/// partition order.
 fn resolve_assignments(
     num_partitions: i32,
     replication_factor: i16,
     assignments: &[(i32, Vec<i32>)],
-    brokers: &[NodeId],
-) -> Result<(i32, i16), ApiError> {
+    image: &MetadataImage,
+) -> Result<(i32, i16, Vec<Vec<NodeId>>), ApiError> {
     if replication_factor != -1 {
         return Err(ApiError::new(
             ResponseError::InvalidRequest,
@@ -208,75 +211,67 @@ fn resolve_assignments(
             "partitions should be a consecutive 0-based integer sequence",
         ));
     }
-    let lists: Vec<&[i32]> = assignments.iter().map(|(_, ids)| ids.as_slice()).collect();
-    let replication_factor = check_manual_assignment(&lists, None, brokers)?;
-    Ok((count, replication_factor))
+    // Replica lists in partition order.
+    let mut sorted: Vec<&(i32, Vec<i32>)> = assignments.iter().collect();
+    sorted.sort_by_key(|(index, _)| *index);
+    let lists: Vec<&[i32]> = sorted.iter().map(|(_, ids)| ids.as_slice()).collect();
+    let replication_factor = check_manual_assignment(&lists, None, image)?;
+    let lists = lists
+        .iter()
+        .map(|ids| ids.iter().copied().map(NodeId).collect())
+        .collect();
+    Ok((count, replication_factor, lists))
 }
 
-/// Checks the replica lists of new partitions as Kafka does (non-empty, no broker twice, every
-/// broker registered, one replication factor, equal to `expected_rf` when the topic has one)
-/// and returns their replication factor.
-///
-/// Only assignments identical to automatic placement are accepted: on a one-broker cluster
-/// every valid list is that broker. Anything else is refused with INVALID_REQUEST, because the
-/// controller places replicas itself.
+/// Checks the replica lists of new partitions as the controller will (see
+/// [`spate_controller::manual_partitions`]: none empty, no broker twice, every broker
+/// registered, at least one unfenced per partition, one replication factor, equal to
+/// `expected_rf` when the topic has one) and returns their replication factor.
 pub(crate) fn check_manual_assignment(
     lists: &[&[i32]],
     expected_rf: Option<usize>,
-    brokers: &[NodeId],
+    image: &MetadataImage,
 ) -> Result<i16, ApiError> {
-    let invalid = |message: String| ApiError::new(ResponseError::InvalidReplicaAssignment, message);
-    let mut replication_factor = expected_rf;
-    for replicas in lists {
-        if replicas.is_empty() {
-            return Err(invalid(
-                "The manual partition assignment includes an empty replica list.".to_owned(),
-            ));
-        }
-        let mut seen = BTreeSet::new();
-        for id in replicas.iter() {
-            if !seen.insert(*id) {
-                return Err(invalid(format!(
-                    "The manual partition assignment includes the broker {id} more than once."
-                )));
-            }
-            if !brokers.contains(&NodeId(*id)) {
-                return Err(invalid(format!(
-                    "The manual partition assignment includes broker {id}, but no such broker is registered."
-                )));
-            }
-        }
-        match replication_factor {
-            Some(rf) if rf != replicas.len() => {
-                return Err(invalid(format!(
-                    "The manual partition assignment includes a partition with {} replica(s), but this is not consistent with previous partitions, which have {rf} replica(s).",
-                    replicas.len()
-                )));
-            }
-            _ => replication_factor = Some(replicas.len()),
-        }
-    }
-    if brokers.len() != 1 {
-        return Err(ApiError::new(
-            ResponseError::InvalidRequest,
-            format!(
-                "manual replica assignment is not supported yet on a cluster of {} brokers; omit the assignment to let the controller place replicas",
-                brokers.len()
-            ),
-        ));
-    }
-    // One broker and valid lists: every list is exactly that broker.
+    let lists: Vec<Vec<NodeId>> = lists
+        .iter()
+        .map(|ids| ids.iter().copied().map(NodeId).collect())
+        .collect();
+    spate_controller::manual_partitions(image, 0, &lists, expected_rf)
+        .map_err(|e| ApiError::new(errors::metadata_error(&e), metadata_message(e)))?;
+    let replication_factor = expected_rf.or_else(|| lists.first().map(Vec::len));
     Ok(i16::try_from(replication_factor.unwrap_or(1)).unwrap_or(i16::MAX))
+}
+
+/// The reason a metadata rule gives, without the `Display` prefix, as Kafka words it.
+fn metadata_message(e: spate_controller::MetadataError) -> String {
+    match e {
+        spate_controller::MetadataError::InvalidReplicaAssignment(message) => message,
+        other => other.to_string(),
+    }
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
-    use spate_controller::TopicImage;
+    use spate_controller::{BrokerEndpoint, TopicImage};
     use std::collections::BTreeMap;
 
-    const ONE: &[NodeId] = &[NodeId(1)];
+    /// A cluster of the registered brokers `ids`, of which `fenced` are fenced.
+    pub(crate) fn cluster(ids: &[i32], fenced: &[i32]) -> MetadataImage {
+        let mut image = MetadataImage::default();
+        for id in ids {
+            let port = u16::try_from(9090 + id).unwrap();
+            let endpoint = BrokerEndpoint {
+                host: "localhost".into(),
+                port,
+                rack: None,
+            };
+            image.brokers.insert(NodeId(*id), endpoint);
+        }
+        image.fenced = fenced.iter().copied().map(NodeId).collect();
+        image
+    }
 
     fn assignment(pairs: &[(i32, &[i32])]) -> Vec<(i32, Vec<i32>)> {
         pairs.iter().map(|(p, ids)| (*p, ids.to_vec())).collect()
@@ -285,16 +280,19 @@ mod tests {
     #[test]
     fn manual_assignment_on_one_broker_gives_partition_count_and_rf_one() {
         let a = assignment(&[(1, &[1]), (0, &[1]), (2, &[1])]);
-        assert_eq!(resolve_assignments(-1, -1, &a, ONE).unwrap(), (3, 1));
+        let (count, rf, lists) = resolve_assignments(-1, -1, &a, &cluster(&[1], &[])).unwrap();
+        assert_eq!((count, rf), (3, 1));
+        assert_eq!(lists, vec![vec![NodeId(1)]; 3]);
     }
 
     #[test]
     fn manual_assignment_requires_minus_one_counts() {
         let a = assignment(&[(0, &[1])]);
-        let e = resolve_assignments(1, -1, &a, ONE).unwrap_err();
+        let one = cluster(&[1], &[]);
+        let e = resolve_assignments(1, -1, &a, &one).unwrap_err();
         assert_eq!(e.code, ResponseError::InvalidRequest);
         assert!(e.message.contains("numPartitions"), "{}", e.message);
-        let e = resolve_assignments(-1, 1, &a, ONE).unwrap_err();
+        let e = resolve_assignments(-1, 1, &a, &one).unwrap_err();
         assert!(e.message.contains("replication factor"), "{}", e.message);
     }
 
@@ -306,7 +304,7 @@ mod tests {
             assignment(&[(0, &[1]), (2, &[1])]),
             assignment(&[(-1, &[1]), (0, &[1])]),
         ] {
-            let e = resolve_assignments(-1, -1, &bad, ONE).unwrap_err();
+            let e = resolve_assignments(-1, -1, &bad, &cluster(&[1], &[])).unwrap_err();
             assert_eq!(
                 e.code,
                 ResponseError::InvalidReplicaAssignment,
@@ -318,19 +316,21 @@ mod tests {
 
     #[test]
     fn manual_assignment_replica_lists_are_checked_like_kafka() {
-        let cases: [(&[&[i32]], &str); 4] = [
+        let two = cluster(&[1, 2], &[]);
+        let cases: [(&[&[i32]], &str); 5] = [
             (&[&[]], "empty replica list"),
             (&[&[1, 1]], "more than once"),
             (&[&[7]], "no such broker"),
+            (&[&[-1]], "no such broker"),
             (&[&[1], &[1, 2]], "not consistent"),
         ];
         for (lists, expected) in cases {
-            let e = check_manual_assignment(lists, None, &[NodeId(1), NodeId(2)]).unwrap_err();
+            let e = check_manual_assignment(lists, None, &two).unwrap_err();
             assert_eq!(e.code, ResponseError::InvalidReplicaAssignment, "{lists:?}");
             assert!(e.message.contains(expected), "{lists:?}: {}", e.message);
         }
         // The topic's existing replication factor binds new partitions.
-        let e = check_manual_assignment(&[&[1]], Some(2), ONE).unwrap_err();
+        let e = check_manual_assignment(&[&[1]], Some(2), &two).unwrap_err();
         assert!(
             e.message.contains("which have 2 replica(s)"),
             "{}",
@@ -339,12 +339,31 @@ mod tests {
     }
 
     #[test]
-    fn valid_manual_assignment_on_a_larger_cluster_is_not_supported_yet() {
-        let e = check_manual_assignment(&[&[1, 2]], None, &[NodeId(1), NodeId(2)]).unwrap_err();
-        assert_eq!(e.code, ResponseError::InvalidRequest);
+    fn manual_assignment_places_replicas_anywhere_on_a_larger_cluster() {
+        let three = cluster(&[1, 2, 3], &[]);
         assert_eq!(
-            check_manual_assignment(&[&[1], &[1]], Some(1), ONE).unwrap(),
+            check_manual_assignment(&[&[3, 1], &[2, 3], &[1, 2]], None, &three).unwrap(),
+            2
+        );
+        assert_eq!(
+            check_manual_assignment(&[&[2]], Some(1), &three).unwrap(),
             1
+        );
+    }
+
+    #[test]
+    fn manual_assignment_needs_one_unfenced_replica_per_partition() {
+        let fenced = cluster(&[1, 2, 3], &[3]);
+        // A fenced broker may hold a replica, as in Kafka; it joins the ISR once caught up.
+        assert_eq!(
+            check_manual_assignment(&[&[3, 1]], None, &fenced).unwrap(),
+            2
+        );
+        let e = check_manual_assignment(&[&[1], &[3]], None, &fenced).unwrap_err();
+        assert_eq!(e.code, ResponseError::InvalidReplicaAssignment);
+        assert_eq!(
+            e.message,
+            "All brokers specified in the manual partition assignment for partition 1 are fenced or in controlled shutdown."
         );
     }
 

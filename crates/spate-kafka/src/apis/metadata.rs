@@ -158,6 +158,7 @@ async fn by_name(broker: &Broker, name: &str, allow_auto_create: bool) -> Metada
             partitions: -1,
             replication_factor: -1,
             configs: Default::default(),
+            assignments: None,
         };
         match create_topic(broker, new_topic, false).await {
             Ok(_) => {
