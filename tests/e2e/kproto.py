@@ -175,6 +175,14 @@ class Reader:
         v = self.uvarint()
         return (v >> 1) ^ -(v & 1)
 
+    def compact_string(self):
+        n = self.uvarint()
+        return None if n == 0 else self.raw(n - 1).decode()
+
+    def compact_array(self, dec):
+        n = self.uvarint()
+        return None if n == 0 else [dec(self) for _ in range(n - 1)]
+
     def skip_tagged_fields(self):
         for _ in range(self.uvarint()):
             self.uvarint()  # tag
@@ -476,6 +484,31 @@ def create_topics(conn: Conn, topics, validate_only=False, timeout_ms=10000):
     r.i32()
     res = r.array(lambda r: (r.string(), r.i16(), r.string()))
     return {name: (err, msg) for name, err, msg in res}
+
+
+def create_topic_echo(bootstrap, name):
+    """CreateTopics v5 (flexible) of one topic with every default; returns the configs the
+    response echoes: {name: (value, config_source)}."""
+    topic = compact_string(name) + i32(-1) + i16(-1) + uvarint(1) + uvarint(1) + uvarint(0)
+    body = uvarint(2) + topic + i32(10000) + i8(0) + uvarint(0)
+    with Conn(bootstrap) as conn:
+        r = Reader(conn.request(CREATE_TOPICS, 5, body, flexible_header=True))
+    r.skip_tagged_fields()  # response header v1
+    r.i32()  # throttle time
+
+    def config(r):
+        entry = (r.compact_string(), r.compact_string(), r.i8(), r.i8(), r.i8())
+        r.skip_tagged_fields()
+        return entry
+
+    def result(r):
+        entry = (r.compact_string(), r.i16(), r.compact_string(), r.i32(), r.i16(), r.compact_array(config))
+        r.skip_tagged_fields()
+        return entry
+
+    ((_, err, message, _, _, configs),) = r.compact_array(result)
+    assert err == NONE, f"CreateTopics v5 of {name}: error {err} {message}"
+    return {n: (value, source) for n, value, _read_only, source, _sensitive in configs}
 
 
 def metadata(conn: Conn, topics, allow_auto_topic_creation=True):

@@ -369,3 +369,22 @@ def test_a_brokers_rack_is_described_as_clients_read_it(broker_factory):
     plain = broker_factory()
     a = admin(plain.bootstrap)
     assert "broker.rack" not in describe(a, broker_res(broker_ids(a)[0])), "no rack, no entry"
+
+
+def test_topic_configs_start_from_the_dynamic_defaults_in_force(broker_factory, topic_name):
+    # The defaults a topic's configs start from are the ones DescribeConfigs shows: with a
+    # cluster-wide log.cleanup.policy=compact, APPEND delete to a topic without its own policy
+    # gives compact,delete (from the static default, delete, it would stay delete), and
+    # CreateTopics echoes the dynamic default with its source.
+    from ckutil import create_topic
+    b = broker_factory()
+    a = create_topic(b.bootstrap, topic_name)
+    assert raw_incremental_alter(b.bootstrap, 4, "", [("log.cleanup.policy", 0, "compact"),
+                                                      ("log.retention.ms", 0, "7200000")]) == (0, None)
+    alter(a, ConfigResource(ResourceType.TOPIC, topic_name, incremental_configs=[op("cleanup.policy", "delete", APPEND)]))
+    got = describe(a, ConfigResource(ResourceType.TOPIC, topic_name))["cleanup.policy"]
+    assert (got.value, got.source) == ("compact,delete", ConfigSource.DYNAMIC_TOPIC_CONFIG.value)
+
+    created = kproto.create_topic_echo(b.bootstrap, topic_name + "-echo")
+    assert created["retention.ms"] == ("7200000", 3), "DYNAMIC_DEFAULT_BROKER_CONFIG"
+    assert created["cleanup.policy"] == ("compact", 3)

@@ -136,6 +136,12 @@ impl Broker {
         self.controller.image()
     }
 
+    /// The topic defaults in force on this broker as of `image`: the static `log.*` settings
+    /// under the dynamic broker configs (see [`crate::effective_log_defaults`]).
+    pub(crate) fn log_defaults_in(&self, image: &MetadataImage) -> LogConfig {
+        crate::effective_log_defaults(&self.config.log_defaults, image, self.config.node_id)
+    }
+
     /// Waits until the local replicas reflect the current metadata image (the reconciler has
     /// applied it), so that an admin request answered after a change was committed leaves the
     /// change usable on this node (a created topic accepts produce here at once). Bounded: the

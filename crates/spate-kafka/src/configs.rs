@@ -414,8 +414,9 @@ pub(crate) async fn alter_topic_configs(
     for _ in 0..ATTEMPTS_MAX {
         let image = broker.image();
         let current = topic_overrides(&image, name)?;
-        let new = change(current, &broker.config.log_defaults)?;
-        validate_overrides(&broker.config.log_defaults, &new)?;
+        let defaults = broker.log_defaults_in(&image);
+        let new = change(current, &defaults)?;
+        validate_overrides(&defaults, &new)?;
         if validate_only || new == *current {
             return Ok(());
         }

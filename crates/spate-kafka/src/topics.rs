@@ -115,8 +115,7 @@ pub(crate) async fn create_topic(
             .insert(MIN_INSYNC_REPLICAS.to_owned(), min_isr.to_string());
     }
     broker
-        .config
-        .log_defaults
+        .log_defaults_in(&image)
         .with_overrides(&topic.configs)
         .map_err(|e| ApiError::new(errors::config_error(&e), e.to_string()))?;
     if image.topics.contains_key(&topic.name) {

@@ -121,8 +121,13 @@ async fn create(
         (partitions, replication_factor, Some(lists))
     };
     // `create_topic` validates the configs too; this adds the value size limit.
-    configs::validate_overrides(&broker.config.log_defaults, &overrides)?;
-    let echoed = configs::topic_entries(&broker.config.log_defaults, &overrides);
+    configs::validate_overrides(&broker.log_defaults_in(&image), &overrides)?;
+    let echoed = configs::topic_entries_on(
+        &broker.config.log_defaults,
+        &image,
+        broker.config.node_id,
+        &overrides,
+    );
     let created = create_topic(
         broker,
         NewTopic {
