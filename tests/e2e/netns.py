@@ -7,7 +7,12 @@ the bridge this module creates; nothing is routed anywhere else. Partitions are 
 rules inside a node's namespace, so the test (the clients) can still reach a node cut off from
 its peers, which is what shows that a partitioned leader stops acknowledging writes.
 
-Needs root, `ip` (iproute2) and `iptables`; scripts/setup installs both.
+Faults beyond a full cut, for the chaos campaign (tests/chaos): one-way drops between two nodes,
+random packet loss (iptables `statistic`), and a degraded link on a node (`tc`: netem delay where
+the kernel has it, else a token bucket that queues and drops past a small rate). `heal` undoes
+all of them.
+
+Needs root, `ip` and `tc` (iproute2) and `iptables`; scripts/setup installs them.
 """
 
 import os
@@ -29,7 +34,7 @@ def not_root():
 
 def missing_tools():
     """A tool scripts/setup installs that is missing, or None."""
-    for tool in ("ip", "iptables"):
+    for tool in ("ip", "iptables", "tc"):
         if shutil.which(tool) is None:
             return f"`{tool}` is missing: run scripts/setup"
     return None
@@ -78,10 +83,41 @@ class NetnsLab:
                 _run("ip", "netns", "exec", ns, "iptables", "-A", "INPUT", "-s", host, "-j", "DROP")
                 _run("ip", "netns", "exec", ns, "iptables", "-A", "OUTPUT", "-d", host, "-j", "DROP")
 
+    def drop_from(self, node, source):
+        """`node` drops every packet from `source` (one way: `node` still sends to `source`, so
+        neither side completes a TCP exchange, but each sees the other's SYNs differently)."""
+        _run("ip", "netns", "exec", self.namespaces[node], "iptables", "-A", "INPUT", "-s",
+             self.hosts[source], "-j", "DROP")
+
+    def cut(self, a, b):
+        """Drops everything between nodes `a` and `b`, both ways."""
+        self.drop_from(a, b)
+        self.drop_from(b, a)
+
+    def lose(self, node, percent):
+        """`node` drops `percent` % of the packets it receives, at random (clients' too)."""
+        _run("ip", "netns", "exec", self.namespaces[node], "iptables", "-A", "INPUT", "-m", "statistic",
+             "--mode", "random", "--probability", f"{percent / 100:.4f}", "-j", "DROP")
+
+    def slow(self, node, delay_ms):
+        """Degrades `node`'s outgoing link: netem adds `delay_ms` (with 25 % jitter) where the
+        kernel has netem; otherwise a token bucket of 2 Mbit/s whose queue holds up to
+        `delay_ms` of traffic delays packets under load and drops past it. Returns which."""
+        cmd = ["ip", "netns", "exec", self.namespaces[node], "tc", "qdisc", "replace", "dev", "eth0", "root"]
+        netem = subprocess.run(cmd + ["netem", "delay", f"{delay_ms}ms", f"{delay_ms // 4}ms"],
+                               capture_output=True, text=True)
+        if netem.returncode == 0:
+            return f"netem delay {delay_ms}ms"
+        _run(*cmd, "tbf", "rate", "2mbit", "burst", "32kbit", "latency", f"{delay_ms}ms")
+        return f"tbf 2mbit, queue {delay_ms}ms (no netem in this kernel)"
+
     def heal(self):
+        """Undoes every cut, drop, loss and slow link."""
         for ns in self.namespaces.values():
             _run("ip", "netns", "exec", ns, "iptables", "-F", "INPUT")
             _run("ip", "netns", "exec", ns, "iptables", "-F", "OUTPUT")
+            subprocess.run(["ip", "netns", "exec", ns, "tc", "qdisc", "del", "dev", "eth0", "root"],
+                           capture_output=True)
 
     def teardown(self):
         """Deleting a namespace deletes its end of the veth pair, and so the pair."""
