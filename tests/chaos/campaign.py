@@ -274,24 +274,25 @@ class Nemesis:
             detail = f"isolate node {nodes[0]}"
         elif mode == "halves":
             cut = len(nodes) // 2
-            a, b = sorted(nodes[:cut]), sorted(nodes[cut:])
-            for x in a:
-                for y in b:
-                    self.lab.cut(x, y)
+            a, b = self.split(nodes[:cut], nodes[cut:])
             detail = f"halves {a} | {b}"
         elif mode == "bridge":
             bridge, rest = nodes[0], nodes[1:]
             cut = len(rest) // 2
-            a, b = sorted(rest[:cut]), sorted(rest[cut:])
-            for x in a:
-                for y in b:
-                    self.lab.cut(x, y)
+            a, b = self.split(rest[:cut], rest[cut:])
             detail = f"bridge: {a} | {b}, both see node {bridge}"
         else:
             for other in nodes[1:]:
                 self.lab.drop_from(nodes[0], other)
             detail = f"one-way: node {nodes[0]} hears no peer, peers hear it"
         return self.lab.heal, sorted(self.cluster.nodes), detail
+
+    def split(self, a, b):
+        """Cuts every node of `a` from every node of `b`; returns both, sorted."""
+        for x in a:
+            for y in b:
+                self.lab.cut(x, y)
+        return sorted(a), sorted(b)
 
     def start_latency(self):
         n = self.node()

@@ -1,5 +1,6 @@
 //! Manual replica assignment: CreateTopic and CreatePartitions with the client's replica lists.
 
+use super::replication_tests::fence;
 use super::tests::register_alive;
 use super::*;
 
@@ -35,17 +36,6 @@ fn grow(new_total: i32, ids: &[&[i32]]) -> MetadataCommand {
         new_total,
         assignments: Some(lists(ids)),
     }
-}
-
-fn fence(image: &mut MetadataImage, node: i32) {
-    let out = apply(
-        image,
-        &MetadataCommand::FenceBroker {
-            node: NodeId(node),
-            shutdown: false,
-        },
-    );
-    assert_eq!(out, MetadataOutcome::BrokerFenced);
 }
 
 /// Applies a command expected to be rejected, checks the image did not change, and returns

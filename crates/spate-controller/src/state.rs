@@ -1479,7 +1479,7 @@ mod replication_tests {
         ids.iter().copied().map(NodeId).collect()
     }
 
-    fn fence(image: &mut MetadataImage, node: i32) {
+    pub(super) fn fence(image: &mut MetadataImage, node: i32) {
         let out = apply(
             image,
             &MetadataCommand::FenceBroker {
