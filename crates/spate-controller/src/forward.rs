@@ -167,7 +167,11 @@ impl Controller {
                 }
             }
         };
+        // Biased (deterministic under simulation). With both ready the answer wins: one that
+        // came back is kept even if the leader moved meanwhile, as what it answers may have
+        // been committed, and asking the new leader again could apply it twice.
         let answer = tokio::select! {
+            biased;
             answer = self.inner.peers.call(addr, request, timeout) => answer,
             now = leader_moved => return Err(ControllerError::NotLeader { leader: now }),
         };

@@ -213,10 +213,14 @@ pub(crate) async fn heartbeat_task(inner: Weak<Inner>, mut stop: watch::Receiver
         }
         let wake = controller.inner.clone();
         drop(controller);
+        // Biased (deterministic under simulation): the stop, which ends the loop, then the
+        // timer; a request for an early heartbeat left pending by the timer is taken on the
+        // next turn.
         tokio::select! {
+            biased;
+            _ = stop.wait_for(|s| *s) => return,
             _ = tokio::time::sleep(interval) => {}
             _ = wake.heartbeat_now.notified() => {}
-            _ = stop.wait_for(|s| *s) => return,
         }
     }
 }
@@ -227,9 +231,11 @@ pub(crate) async fn liveness_task(inner: Weak<Inner>, mut stop: watch::Receiver<
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut was_leading = false;
     loop {
+        // Biased (deterministic under simulation); the stop, which ends the loop, first.
         tokio::select! {
-            _ = tick.tick() => {}
+            biased;
             _ = stop.wait_for(|s| *s) => return,
+            _ = tick.tick() => {}
         }
         let Some(inner) = inner.upgrade() else { return };
         let leading = is_leader(&inner);

@@ -113,18 +113,14 @@ impl Controller {
         };
         let listen_addr = listener.as_ref().and_then(|l| l.local_addr().ok());
 
-        // Disk recovery (replay, torn-tail truncation, fsyncs) runs on the blocking pool.
+        // Disk recovery (replay, torn-tail truncation, fsyncs) runs off the async workers.
         let owned_dir = dir.to_owned();
         let disk = seams.disk.clone();
         let (lock, log_store, state_machine, image_rx) =
-            tokio::task::spawn_blocking(move || open_storage(disk, &owned_dir))
+            spate_types::exec::blocking(move || open_storage(disk, &owned_dir))
                 .await
-                .unwrap_or_else(|e| match e.try_into_panic() {
-                    // A panic in recovery is a bug there: let it surface as one.
-                    Ok(panic) => std::panic::resume_unwind(panic),
-                    // Only a runtime that is shutting down cancels a blocking task.
-                    Err(_) => Err(ControllerError::Stopped(StopCause::ShutDown)),
-                })?;
+                // A panic in recovery is a bug there: let it surface as one.
+                .unwrap_or_else(|e| panic!("controller storage recovery: {e}"))?;
 
         let raft_config = openraft::Config {
             cluster_name: "spate-controller".to_owned(),

@@ -279,7 +279,20 @@ async fn run(
             .next_deadline()
             .map(|d| (d - clock.now_ms()).clamp(0, 60_000))
             .unwrap_or(60_000);
+        // Biased (deterministic under simulation): the shutdown, which ends the loop; then the
+        // timers, ready once per period (a late retention interval catches up by a finite
+        // burst); then the commands, which can arrive back to back and would starve the
+        // timers if polled first.
         tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|s| *s) => break,
+            _ = tokio::time::sleep(Duration::from_millis(sleep_ms as u64 + 1)) => core.tick(clock.now_ms()),
+            _ = retention.tick() => {
+                let expired = core.expire_offsets(clock.now_ms());
+                if expired > 0 {
+                    tracing::info!(expired, "expired committed offsets (offsets.retention.minutes)");
+                }
+            }
             command = rx.recv() => {
                 let Some(command) = command else { break };
                 let now = clock.now_ms();
@@ -339,14 +352,6 @@ async fn run(
                     }
                 }
             }
-            _ = tokio::time::sleep(Duration::from_millis(sleep_ms as u64 + 1)) => core.tick(clock.now_ms()),
-            _ = retention.tick() => {
-                let expired = core.expire_offsets(clock.now_ms());
-                if expired > 0 {
-                    tracing::info!(expired, "expired committed offsets (offsets.retention.minutes)");
-                }
-            }
-            _ = shutdown.wait_for(|s| *s) => break,
         }
         let mut stores = Vec::new();
         for action in core.take_actions() {

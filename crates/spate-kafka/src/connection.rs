@@ -37,7 +37,13 @@ pub async fn serve(
     let mut connections = JoinSet::new();
     let for_connections = shutdown.clone();
     loop {
+        // Biased (deterministic under simulation): the shutdown, which ends the loop; then
+        // reaping ended connections, ready once per connection, so that a storm of
+        // connections cannot keep finished ones in the set; then accepting.
         tokio::select! {
+            biased;
+            _ = crate::broker::shutdown_signalled(&mut shutdown) => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     connections.spawn(connection(stream, peer, broker.clone(), for_connections.clone()));
@@ -48,8 +54,6 @@ pub async fn serve(
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             },
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            _ = crate::broker::shutdown_signalled(&mut shutdown) => break,
         }
     }
     drop(listener);
@@ -92,15 +96,19 @@ async fn connection(
         // A client that does not read its responses must not make the broker hold them without
         // bound: stop reading requests while built responses exceed the budget.
         // The writer gone (the peer stopped reading and the socket failed) ends the reader too.
+        // Both selects are biased (deterministic under simulation), the branches that end the
+        // loop first.
         tokio::select! {
-            _ = queued.below(RESPONSE_BYTES_QUEUED_MAX) => {}
-            _ = tx.closed() => break,
+            biased;
             _ = crate::broker::shutdown_signalled(&mut shutdown) => break,
+            _ = tx.closed() => break,
+            _ = queued.below(RESPONSE_BYTES_QUEUED_MAX) => {}
         }
         let frame = tokio::select! {
-            frame = read_frame(&mut reader, broker.config.request_bytes_max) => frame,
-            _ = tx.closed() => break,
+            biased;
             _ = crate::broker::shutdown_signalled(&mut shutdown) => break,
+            _ = tx.closed() => break,
+            frame = read_frame(&mut reader, broker.config.request_bytes_max) => frame,
         };
         let frame = match frame {
             Ok(Some(frame)) => frame,

@@ -107,9 +107,11 @@ async fn follow_leadership(broker: Arc<Broker>, coordinator: Coordinator) {
             coordinator.own(led).await;
             last = Some(keys);
         }
+        // Biased (deterministic under simulation); the shutdown, which ends the loop, first.
         tokio::select! {
-            changed = reconciled.changed() => if changed.is_err() { return },
+            biased;
             _ = crate::broker::shutdown_signalled(&mut shutdown) => return,
+            changed = reconciled.changed() => if changed.is_err() { return },
         }
     }
 }

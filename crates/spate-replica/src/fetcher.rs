@@ -44,6 +44,7 @@ use kafka_protocol::protocol::{StrBytes, VersionRange};
 use kafka_protocol::ResponseError;
 use spate_client::{error_name, ClientConfig, ClientError, Connection, Deadline};
 use spate_log::FollowerAppendError;
+use spate_types::exec::BlockingPanicked;
 use spate_types::{Clock, LeaderEpoch, NodeId, Offset, TopicPartition};
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -450,13 +451,16 @@ enum DiskOutcome {
 
 type DiskResult = Result<DiskOutcome, ReplicaError>;
 
+/// A truncation or append under way; see [`spawn_disk`].
+type DiskJob = JoinHandle<Result<DiskResult, BlockingPanicked>>;
+
 /// A truncation or append started on the blocking pool, to be awaited before the next round.
 struct Job {
     item: Item,
     position: FollowerPosition,
     kind: JobKind,
     /// `None`: nothing to do on disk (the log already ends at or below the target).
-    handle: Option<JoinHandle<DiskResult>>,
+    handle: Option<DiskJob>,
 }
 
 enum JobKind {
@@ -573,10 +577,13 @@ impl Task {
                 None => std::future::pending().await,
             }
         };
+        // Biased (deterministic under simulation): the stop, then the timer; both other
+        // branches lead to the same next round.
         tokio::select! {
-            _ = self.shared.wake.notified() => true,
-            _ = delay => true,
+            biased;
             _ = self.stop.wait_for(|s| *s) => false,
+            _ = delay => true,
+            _ = self.shared.wake.notified() => true,
         }
     }
 
@@ -633,10 +640,13 @@ impl Task {
                 std::future::pending::<()>().await;
             }
         };
+        // Biased (deterministic under simulation): the stop, then the timer. Every branch ends
+        // the wait alike.
         tokio::select! {
+            biased;
+            _ = self.stop.wait_for(|s| *s) => {}
             _ = tokio::time::sleep(wait) => {}
             _ = address_changed => {}
-            _ = self.stop.wait_for(|s| *s) => {}
         }
     }
 
@@ -1058,11 +1068,11 @@ impl Task {
 
     /// `truncate_to(offset)` (or `truncate_fully(offset)`) on the blocking pool, if the
     /// replica still follows this leader in this epoch.
-    fn spawn_truncate(&self, item: &Item, offset: Offset, fully: bool) -> JoinHandle<DiskResult> {
+    fn spawn_truncate(&self, item: &Item, offset: Offset, fully: bool) -> DiskJob {
         let partition = item.partition.clone();
         let (leader, epoch) = (self.leader, item.leader_epoch);
         let clock = self.settings.clock.clone();
-        tokio::task::spawn_blocking(move || {
+        spawn_disk(move || {
             if !following(&partition.follower_position()?, leader, epoch) {
                 return Ok(DiskOutcome::NotFollowing);
             }
@@ -1078,16 +1088,11 @@ impl Task {
         })
     }
 
-    fn spawn_append(
-        &self,
-        item: &Item,
-        records: Bytes,
-        leader: LeaderMarks,
-    ) -> JoinHandle<DiskResult> {
+    fn spawn_append(&self, item: &Item, records: Bytes, leader: LeaderMarks) -> DiskJob {
         let partition = item.partition.clone();
         let (leader_id, epoch) = (self.leader, item.leader_epoch);
         let clock = self.settings.clock.clone();
-        tokio::task::spawn_blocking(move || {
+        spawn_disk(move || {
             append_from_leader(&partition, leader_id, epoch, &records, leader, &*clock)
         })
     }
@@ -1155,12 +1160,29 @@ fn following(position: &FollowerPosition, leader: NodeId, epoch: LeaderEpoch) ->
     position.role == (Role::Follower { leader }) && position.leader_epoch == epoch
 }
 
-fn joined(result: Result<DiskResult, tokio::task::JoinError>) -> DiskResult {
-    result.unwrap_or_else(|e| {
+/// Starts `work` (blocking: it writes and fsyncs) at once, so that the jobs of one round run
+/// side by side: in a task of its own that hands it to the blocking pool, or runs it inline on
+/// a simulator's thread ([`spate_types::exec::blocking`]).
+fn spawn_disk<F>(work: F) -> DiskJob
+where
+    F: FnOnce() -> DiskResult + Send + 'static,
+{
+    tokio::spawn(spate_types::exec::blocking(work))
+}
+
+fn joined(
+    result: Result<Result<DiskResult, BlockingPanicked>, tokio::task::JoinError>,
+) -> DiskResult {
+    let failed = |e: &dyn std::fmt::Display| {
         Err(ReplicaError::Log(spate_log::LogError::Io(
             std::io::Error::other(format!("the blocking task failed: {e}")),
         )))
-    })
+    };
+    match result {
+        Ok(Ok(result)) => result,
+        Ok(Err(e)) => failed(&e),
+        Err(e) => failed(&e),
+    }
 }
 
 /// `f`, unless the task is told to stop first (then `f` is dropped: a request in flight leaves

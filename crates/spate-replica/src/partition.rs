@@ -477,10 +477,14 @@ impl Partition {
                     })
                 }
             }
+            // Biased (deterministic under simulation). Every branch leads to the same re-read
+            // of all three at the top of the loop, so the order starves nothing; an fsync
+            // result and a role change come before the high watermark.
             let closed = tokio::select! {
-                r = hw.changed() => r.is_err(),
-                r = state.changed() => r.is_err(),
+                biased;
                 r = flushed.changed() => r.is_err(),
+                r = state.changed() => r.is_err(),
+                r = hw.changed() => r.is_err(),
             };
             if closed {
                 return Err(ReplicaError::Closed(self.tp.clone()));
@@ -980,7 +984,7 @@ impl Partition {
         };
         if let Some(target) = target {
             let offset = target.offset;
-            tokio::task::spawn_blocking(move || target.sync())
+            spate_types::exec::blocking(move || target.sync())
                 .await
                 .map_err(|e| failure(&e))?
                 .map_err(|e| failure(&e))?;
@@ -1029,16 +1033,21 @@ async fn flusher(partition: std::sync::Weak<Partition>, mut closing: watch::Rece
         let Some(p) = partition.upgrade() else { return };
         let interval = p.policy.interval;
         // Wait for either an urgent flush request or the first dirty write.
+        // Both selects are biased (deterministic under simulation): closing first, as it ends
+        // the loop. An urgent request is taken before a dirty write: either way the pass
+        // fsyncs everything written, so a dirty write it passes over is flushed by it.
         let urgent = tokio::select! {
+            biased;
+            _ = closing.changed() => return,
             _ = p.flush_now.notified() => true,
             _ = p.dirty.notified() => false,
-            _ = closing.changed() => return,
         };
         if !urgent {
             tokio::select! {
-                _ = p.flush_now.notified() => {}
-                _ = tokio::time::sleep(interval) => {}
+                biased;
                 _ = closing.changed() => return,
+                _ = tokio::time::sleep(interval) => {}
+                _ = p.flush_now.notified() => {}
             }
         }
         if let Err(failure) = p.flush_once().await {

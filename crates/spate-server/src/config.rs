@@ -48,7 +48,7 @@ pub const BROKER_CONFIGS: &[BrokerConfigDef] = &[
     def("node.id", "1", "This node's id."),
     def("data.dir", "./spate-data", "Directory holding metadata and partition logs."),
     def("kafka.listen", "127.0.0.1:9092", "Address of the Kafka listener."),
-    def("http.listen", "127.0.0.1:9644", "Address of the HTTP listener (/metrics, /health)."),
+    def("http.listen", "127.0.0.1:9644", "Address of the HTTP listener (/metrics, /health); empty: no HTTP listener."),
     def("advertised.host", "", "Host clients are told to connect to; empty means the Kafka listener's address."),
     def("broker.rack", "", "Rack of this broker; empty means none."),
     def("controller.quorum.voters", "", "The controller voters, id@host:port separated by commas (every node of the cluster, the same list on each). Empty: a single-node cluster with no controller listener."),
@@ -229,7 +229,8 @@ pub struct ServerConfig {
     pub node_id: i32,
     pub data_dir: PathBuf,
     pub kafka_listen: SocketAddr,
-    pub http_listen: SocketAddr,
+    /// `http.listen`; `None` (the setting empty): no HTTP listener.
+    pub http_listen: Option<SocketAddr>,
     pub advertised_host: Option<String>,
     pub rack: Option<String>,
     /// The controller quorum and replication settings.
@@ -327,7 +328,10 @@ impl ServerConfig {
             cluster: cluster_settings(&values, node_id)?,
             data_dir: PathBuf::from(get("data.dir")),
             kafka_listen: parse_addr(&values, "kafka.listen")?,
-            http_listen: parse_addr(&values, "http.listen")?,
+            http_listen: match values.get("http.listen").map(String::as_str) {
+                Some("") => None,
+                _ => Some(parse_addr(&values, "http.listen")?),
+            },
             advertised_host: non_empty("advertised.host"),
             rack: non_empty("broker.rack"),
             auto_create_topics: parse_bool(&values, "auto.create.topics.enable")?,
@@ -562,7 +566,7 @@ mod tests {
         assert_eq!(c.num_partitions, 1);
         assert_eq!(c.request_bytes_max, 104_857_600);
         assert_eq!(c.kafka_listen.to_string(), "127.0.0.1:9092");
-        assert_eq!(c.http_listen.to_string(), "127.0.0.1:9644");
+        assert_eq!(c.http_listen, Some("127.0.0.1:9644".parse().expect("addr")));
         assert_eq!(c.data_dir, PathBuf::from("./spate-data"));
         assert_eq!(c.log_defaults.retention_ms, 604_800_000);
         assert_eq!(c.cleaner_backoff, Duration::from_millis(15_000));
@@ -627,6 +631,16 @@ mod tests {
         )
         .expect("listener");
         assert_eq!(c.kafka_listen.port(), 19092);
+    }
+
+    #[test]
+    fn an_empty_http_listen_turns_the_http_listener_off() {
+        let c = load(None, &[], &[("http.listen", "")]).expect("config");
+        assert_eq!(c.http_listen, None);
+        let e = load(None, &[], &[("http.listen", "nowhere")])
+            .map(|_| ())
+            .expect_err("refused");
+        assert!(e.to_string().contains("http.listen"), "{e}");
     }
 }
 

@@ -24,7 +24,8 @@ use tokio::task::JoinHandle;
 pub struct Node {
     pub broker: Arc<Broker>,
     pub kafka_addr: SocketAddr,
-    pub http_addr: SocketAddr,
+    /// `None` when `http.listen` is empty.
+    pub http_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     kafka_task: JoinHandle<()>,
@@ -66,11 +67,19 @@ impl Node {
         let kafka_listener = seams.net.bind(config.kafka_listen).await.with_context(|| {
             format!("cannot listen for Kafka clients on {}", config.kafka_listen)
         })?;
-        let http_listener = TcpListener::bind(config.http_listen)
-            .await
-            .with_context(|| format!("cannot listen for HTTP on {}", config.http_listen))?;
+        let http_listener = match config.http_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen for HTTP on {addr}"))?,
+            ),
+            None => None,
+        };
         let kafka_addr = kafka_listener.local_addr()?;
-        let http_addr = http_listener.local_addr()?;
+        let http_addr = http_listener
+            .as_ref()
+            .map(TcpListener::local_addr)
+            .transpose()?;
         let advertised_host = config
             .advertised_host
             .clone()
@@ -224,19 +233,21 @@ impl Node {
             shutdown_rx.clone(),
             seams.clock.clone(),
         )));
-        let router = http::router(http::HttpState {
-            broker: broker.clone(),
-            metrics,
-        });
-        let mut http_shutdown = shutdown_rx.clone();
-        tasks.push(tokio::spawn(async move {
-            let serve = axum::serve(http_listener, router).with_graceful_shutdown(async move {
-                let _ = spate_kafka::shutdown_signalled(&mut http_shutdown).await;
+        if let Some(http_listener) = http_listener {
+            let router = http::router(http::HttpState {
+                broker: broker.clone(),
+                metrics,
             });
-            if let Err(e) = serve.await {
-                tracing::error!(error = %e, "HTTP server failed");
-            }
-        }));
+            let mut http_shutdown = shutdown_rx.clone();
+            tasks.push(tokio::spawn(async move {
+                let serve = axum::serve(http_listener, router).with_graceful_shutdown(async move {
+                    let _ = spate_kafka::shutdown_signalled(&mut http_shutdown).await;
+                });
+                if let Err(e) = serve.await {
+                    tracing::error!(error = %e, "HTTP server failed");
+                }
+            }));
+        }
         let kafka_task = tokio::spawn(spate_kafka::serve(
             kafka_listener,
             broker.clone(),
@@ -247,7 +258,9 @@ impl Node {
             broker.config.advertised_host,
             kafka_addr.port()
         );
-        tracing::info!("HTTP listener on {http_addr} (/metrics, /health)");
+        if let Some(http_addr) = http_addr {
+            tracing::info!("HTTP listener on {http_addr} (/metrics, /health)");
+        }
         Ok(Node {
             broker,
             kafka_addr,
@@ -344,8 +357,9 @@ async fn retention(
         async move {
             loop {
                 tokio::select! {
-                    _ = tokio::time::sleep(retention_interval) => {}
+                    biased;
                     _ = spate_kafka::shutdown_signalled(&mut shutdown) => return,
+                    _ = tokio::time::sleep(retention_interval) => {}
                 }
                 let now = clock.now_ms();
                 for partition in replicas.all() {
@@ -361,8 +375,9 @@ async fn retention(
         async move {
             loop {
                 tokio::select! {
-                    _ = tokio::time::sleep(cleaner_backoff) => {}
+                    biased;
                     _ = spate_kafka::shutdown_signalled(&mut shutdown) => return,
+                    _ = tokio::time::sleep(cleaner_backoff) => {}
                 }
                 for partition in replicas.all() {
                     if !partition
@@ -376,7 +391,7 @@ async fn retention(
                     }
                     let tp = partition.topic_partition().clone();
                     let now = clock.now_ms();
-                    let pass = tokio::task::spawn_blocking(move || {
+                    let pass = spate_types::exec::blocking(move || {
                         partition.compact(now, spate_log::CompactionLimits::default())
                     })
                     .await;

@@ -115,9 +115,11 @@ pub(crate) async fn follow(
             clock.now_ms(),
         );
         reconciled.send_replace(image.last_applied_index);
+        // Biased (deterministic under simulation); the shutdown, which ends the loop, first.
         tokio::select! {
-            changed = images.changed() => if changed.is_err() { return },
+            biased;
             _ = spate_kafka::shutdown_signalled(&mut shutdown) => return,
+            changed = images.changed() => if changed.is_err() { return },
         }
     }
 }
@@ -131,9 +133,11 @@ pub(crate) async fn propose_isr_changes(
     clock: Arc<dyn Clock>,
 ) {
     loop {
+        // Biased (deterministic under simulation); the shutdown, which ends the loop, first.
         let proposal = tokio::select! {
-            p = proposals.recv() => match p { Some(p) => p, None => return },
+            biased;
             _ = spate_kafka::shutdown_signalled(&mut shutdown) => return,
+            p = proposals.recv() => match p { Some(p) => p, None => return },
         };
         let controller = controller.clone();
         let replicas = replicas.clone();
@@ -183,17 +187,23 @@ pub(crate) async fn replica_ticks(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_checkpoint_ms = clock.monotonic_ms();
     loop {
+        // Biased (deterministic under simulation); the shutdown, which ends the loop, first.
         tokio::select! {
-            _ = tick.tick() => {}
+            biased;
             _ = spate_kafka::shutdown_signalled(&mut shutdown) => return,
+            _ = tick.tick() => {}
         }
         replicas.tick(clock.now_ms());
         let now_ms = clock.monotonic_ms();
         if now_ms.saturating_sub(last_checkpoint_ms) >= HIGH_WATERMARK_CHECKPOINT_INTERVAL_MS {
             last_checkpoint_ms = now_ms;
             let replicas = replicas.clone();
-            let _ =
-                tokio::task::spawn_blocking(move || replicas.checkpoint_high_watermarks()).await;
+            // Each partition's failure is logged inside; only a panic comes back here.
+            if let Err(e) =
+                spate_types::exec::blocking(move || replicas.checkpoint_high_watermarks()).await
+            {
+                tracing::error!(error = %e, "high watermark checkpoint failed");
+            }
         }
     }
 }
@@ -222,9 +232,11 @@ pub(crate) async fn rebalance_leaders(
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
+        // Biased (deterministic under simulation); the shutdown, which ends the loop, first.
         tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
+            biased;
             _ = spate_kafka::shutdown_signalled(&mut shutdown) => return,
+            _ = tokio::time::sleep(interval) => {}
         }
         if controller.leader() != Some(controller.node()) {
             continue;

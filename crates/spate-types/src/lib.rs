@@ -9,6 +9,7 @@ use std::fmt;
 
 pub mod clock;
 pub mod disk;
+pub mod exec;
 pub mod net;
 
 pub use clock::{Clock, IdSource, ManualClock, RandomIds, Seams, SeededIds, SystemClock};

@@ -291,7 +291,7 @@ impl LogStore {
     async fn write(&self, records: Vec<Record>, sync: bool) -> io::Result<()> {
         let buf = encode(&records)?;
         let journal = self.journal.clone();
-        tokio::task::spawn_blocking(move || lock(&journal)?.append(&buf, sync))
+        spate_types::exec::blocking(move || lock(&journal)?.append(&buf, sync))
             .await
             .map_err(|e| io_err("raft log write task", e))?
     }
@@ -399,7 +399,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             encode(&mem.to_records())?
         };
         let journal = self.journal.clone();
-        tokio::task::spawn_blocking(move || lock(&journal)?.rewrite(&buf))
+        spate_types::exec::blocking(move || lock(&journal)?.rewrite(&buf))
             .await
             .map_err(|e| io_err("raft log compaction task", e))?
     }

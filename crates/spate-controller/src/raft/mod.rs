@@ -5,6 +5,7 @@
 
 pub(crate) mod log_store;
 pub(crate) mod network;
+pub(crate) mod runtime;
 pub(crate) mod state_machine;
 
 use crate::error::{Halted, StopCause};
@@ -21,6 +22,8 @@ openraft::declare_raft_types!(
         Node = openraft::BasicNode,
         Term = u64,
         LeaderId = openraft::impls::leader_id_adv::LeaderId<u64, u64>,
+        // Tokio, with election timeouts a simulation seed reproduces.
+        AsyncRuntime = runtime::SpateRuntime,
 );
 
 pub(crate) type RaftNodeId = u64;

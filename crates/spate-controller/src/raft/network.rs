@@ -649,15 +649,17 @@ impl RaftNetworkV2<TypeConfig> for Connection {
             image: Box::new(snapshot.snapshot),
         };
         let call = self.call(request, option.hard_ttl());
+        // Biased (deterministic under simulation); openraft's cancellation first.
         tokio::select! {
-            result = call => match result? {
-                Response::Snapshot(r) => Ok(r),
-                _ => Err(self.unexpected("snapshot").into()),
-            },
+            biased;
             closed = cancel => {
                 self.stream = None;
                 Err(StreamingError::Closed(closed))
             }
+            result = call => match result? {
+                Response::Snapshot(r) => Ok(r),
+                _ => Err(self.unexpected("snapshot").into()),
+            },
         }
     }
 }
@@ -675,9 +677,11 @@ pub(crate) async fn serve(
 ) {
     let slots = Arc::new(Semaphore::new(INBOUND_CONNECTIONS_MAX));
     loop {
+        // Biased (deterministic under simulation); the shutdown, which ends the loop, first.
         let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
+            biased;
             _ = shutdown.wait_for(|s| *s) => return,
+            accepted = listener.accept() => accepted,
         };
         let (stream, peer) = match accepted {
             Ok(pair) => pair,
@@ -695,13 +699,15 @@ pub(crate) async fn serve(
         let identity = identity.clone();
         let mut shutdown = shutdown.clone();
         tokio::spawn(async move {
+            // Biased (deterministic under simulation); the shutdown first.
             tokio::select! {
+                biased;
+                _ = shutdown.wait_for(|s| *s) => {}
                 result = serve_connection(stream, &handler, &identity) => {
                     if let Err(e) = result {
                         tracing::info!(%peer, error = %e, "closed controller connection");
                     }
                 }
-                _ = shutdown.wait_for(|s| *s) => {}
             }
             drop(slot);
         });

@@ -100,7 +100,7 @@ impl SnapshotFile {
 }
 
 async fn store_blocking(file: Arc<SnapshotFile>, snap: StoredSnapshot) -> io::Result<()> {
-    tokio::task::spawn_blocking(move || file.store(snap))
+    spate_types::exec::blocking(move || file.store(snap))
         .await
         .map_err(|e| io_err("snapshot write task", e))?
 }

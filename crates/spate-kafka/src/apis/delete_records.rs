@@ -75,7 +75,7 @@ async fn delete(
     let target = target_offset(requested, partition.high_watermark())?;
     // Unlinking segments and checkpointing the log start offset are disk work: off the
     // runtime's worker threads.
-    let outcome = tokio::task::spawn_blocking(move || {
+    let outcome = spate_types::exec::blocking(move || {
         partition.with_log(|log| {
             if !log.config().deletes() {
                 return Ok(Err(ResponseError::PolicyViolation));
@@ -103,7 +103,7 @@ async fn delete(
         Err(e) => {
             let code = errors::replica_error(&e);
             if code == ResponseError::KafkaStorageError {
-                tracing::error!(partition = %tp, error = %e, "delete records failed");
+                tracing::error!(partition = %tp, error = %e, "delete records task failed");
             } else {
                 tracing::debug!(partition = %tp, error = %e, "delete records refused");
             }

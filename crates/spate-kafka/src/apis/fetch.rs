@@ -139,10 +139,14 @@ pub(crate) async fn handle(
         let mut shutdown = broker.shutdown.clone();
         loop {
             let changed = wait_any(&mut watches);
+            // Biased (deterministic under simulation): the shutdown and the deadline before
+            // the offsets, which can move on every produce and must not hold the reply past
+            // `max_wait_ms`.
             tokio::select! {
-                _ = changed => {}
-                _ = tokio::time::sleep_until(deadline) => return read_all(&plan).0,
+                biased;
                 _ = crate::broker::shutdown_signalled(&mut shutdown) => return read_all(&plan).0,
+                _ = tokio::time::sleep_until(deadline) => return read_all(&plan).0,
+                _ = changed => {}
             }
             let (response, bytes, errors) = read_all(&plan);
             if bytes >= min_bytes || errors || Instant::now() >= deadline {

@@ -1,0 +1,263 @@
+//! The nemesis: faults chosen by the seed, injected between `start` and `end` of simulated
+//! time, each undone after a while, and all undone at `end` (the cluster heals).
+//!
+//! Kinds: a process kill with restart (the disk keeps what the page cache held); a power cut
+//! with restart (the disk loses what was not fsynced, keeping a torn part of unsynced appends);
+//! a node isolated from the others (and maybe from the clients); the cluster cut in halves
+//! (five nodes) or a bridge (one node sees both sides); a one-way cut; a link holding its
+//! messages and releasing them late (delay and reordering across links); a flaky link that
+//! drops at random; a full disk; fsync failing with EIO; a node's wall clock jumping.
+
+use crate::history::History;
+use crate::{host_name, NodeParts, Rng};
+use spate_types::disk::{DiskError, DiskFault, DiskOp};
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::Duration;
+
+const CLIENT: &str = "client";
+
+/// How a fault is undone.
+#[derive(Debug)]
+enum Undo {
+    Restart(usize),
+    Repair(Vec<(String, String)>),
+    RepairOneway(String, String),
+    Release(Vec<(String, String)>),
+    Steady(Vec<(String, String)>),
+    DiskHealthy(usize),
+}
+
+pub struct Nemesis {
+    rng: Rng,
+    nodes: usize,
+    end: Duration,
+    next_at: Duration,
+    active: Vec<(Duration, Undo)>,
+    down: BTreeSet<usize>,
+    healed: bool,
+}
+
+fn pairs(a: &[String], b: &[String]) -> Vec<(String, String)> {
+    a.iter()
+        .flat_map(|x| b.iter().map(move |y| (x.clone(), y.clone())))
+        .collect()
+}
+
+impl Nemesis {
+    pub fn new(rng: &mut Rng, nodes: usize, start: Duration, end: Duration) -> Nemesis {
+        let mut rng = Rng::new(rng.next_u64());
+        let next_at = start + rng.millis(0, 2_000);
+        Nemesis {
+            rng,
+            nodes,
+            end,
+            next_at,
+            active: Vec::new(),
+            down: BTreeSet::new(),
+            healed: false,
+        }
+    }
+
+    /// Called after every simulation step.
+    pub fn step(
+        &mut self,
+        now: Duration,
+        sim: &mut turmoil::Sim<'_>,
+        parts: &[NodeParts],
+        history: &Rc<RefCell<History>>,
+    ) {
+        if self.healed {
+            return;
+        }
+        if now >= self.end {
+            for (_, undo) in std::mem::take(&mut self.active) {
+                self.undo(undo, sim, parts, history);
+            }
+            self.healed = true;
+            let mut h = history.borrow_mut();
+            h.event("healed: every fault undone".into());
+            h.healed_at = Some(now);
+            return;
+        }
+        let (due, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.active)
+            .into_iter()
+            .partition(|(at, _)| *at <= now);
+        self.active = keep;
+        for (_, undo) in due {
+            self.undo(undo, sim, parts, history);
+        }
+        if now >= self.next_at {
+            self.inject(now, sim, parts, history);
+            self.next_at = now + self.rng.millis(500, 4_000);
+        }
+    }
+
+    fn pick_node(&mut self) -> usize {
+        1 + usize::try_from(self.rng.below(self.nodes as u64)).unwrap_or(0)
+    }
+
+    fn names(&self, nodes: impl IntoIterator<Item = usize>) -> Vec<String> {
+        nodes.into_iter().map(host_name).collect()
+    }
+
+    fn inject(
+        &mut self,
+        now: Duration,
+        sim: &mut turmoil::Sim<'_>,
+        parts: &[NodeParts],
+        history: &Rc<RefCell<History>>,
+    ) {
+        let lasts = self.rng.millis(300, 5_000);
+        let until = now + lasts;
+        let node = self.pick_node();
+        let others: Vec<usize> = (1..=self.nodes).filter(|n| *n != node).collect();
+        let kind = self.rng.below(10);
+        let what = match kind {
+            0 | 1 if !self.down.contains(&node) && self.down.len() + 1 < self.nodes => {
+                sim.crash(host_name(node));
+                let power_cut = kind == 1;
+                if power_cut {
+                    let mut rng = Rng::new(self.rng.next_u64());
+                    parts[node - 1]
+                        .disk
+                        .crash_keeping(&mut |_, tail| rng.below(tail + 1));
+                }
+                self.down.insert(node);
+                self.active.push((until, Undo::Restart(node)));
+                if power_cut {
+                    format!("power cut on node {node} (unsynced writes lost, torn tails)")
+                } else {
+                    format!("kill node {node}")
+                }
+            }
+            2 => {
+                let mut cut = pairs(&self.names([node]), &self.names(others));
+                if self.rng.chance(0.5) {
+                    cut.push((host_name(node), CLIENT.to_owned()));
+                }
+                for (a, b) in &cut {
+                    sim.partition(a.as_str(), b.as_str());
+                }
+                self.active.push((until, Undo::Repair(cut)));
+                format!("isolate node {node}")
+            }
+            3 => {
+                // Halves (the smaller side without a majority), or a bridge: `node` sees both.
+                let mut rest = others.clone();
+                let split = rest.len() / 2;
+                let side_b = rest.split_off(split);
+                let bridge = self.rng.chance(0.5);
+                let mut side_a = rest;
+                if !bridge {
+                    side_a.push(node);
+                }
+                let cut = pairs(&self.names(side_a.clone()), &self.names(side_b.clone()));
+                for (a, b) in &cut {
+                    sim.partition(a.as_str(), b.as_str());
+                }
+                self.active.push((until, Undo::Repair(cut)));
+                if bridge {
+                    format!("bridge: {side_a:?} | {side_b:?}, node {node} sees both")
+                } else {
+                    format!("halves: {side_a:?} | {side_b:?}")
+                }
+            }
+            4 => {
+                let to = others[usize::try_from(self.rng.below(others.len() as u64)).unwrap_or(0)];
+                sim.partition_oneway(host_name(node).as_str(), host_name(to).as_str());
+                self.active
+                    .push((until, Undo::RepairOneway(host_name(node), host_name(to))));
+                format!("one-way cut: node {node} cannot reach node {to}")
+            }
+            5 => {
+                let held = pairs(&self.names([node]), &self.names(others));
+                for (a, b) in &held {
+                    sim.hold(a.as_str(), b.as_str());
+                }
+                self.active.push((until, Undo::Release(held)));
+                format!("hold node {node}'s links (messages delivered late, reordered)")
+            }
+            6 => {
+                let flaky = pairs(&self.names([node]), &self.names(others));
+                for (a, b) in &flaky {
+                    sim.set_link_fail_rate(a.as_str(), b.as_str(), 0.02);
+                }
+                self.active.push((until, Undo::Steady(flaky)));
+                format!("flaky links around node {node}")
+            }
+            7 => {
+                let disk = &parts[node - 1].disk;
+                disk.set_capacity(Some(disk.used_bytes() + self.rng.below(64 * 1024)));
+                self.active.push((until, Undo::DiskHealthy(node)));
+                format!("disk full on node {node}")
+            }
+            8 => {
+                parts[node - 1].disk.inject(DiskFault {
+                    op: DiskOp::Sync,
+                    under: PathBuf::from(format!("/{}", host_name(node))),
+                    error: DiskError::Io,
+                    times: Some(1 + u32::try_from(self.rng.below(3)).unwrap_or(0)),
+                });
+                self.active.push((until, Undo::DiskHealthy(node)));
+                format!("fsync fails with EIO on node {node}")
+            }
+            _ => {
+                let minutes = i64::try_from(self.rng.below(120)).unwrap_or(0) - 60;
+                parts[node - 1].clock.jump(minutes * 60_000);
+                format!("node {node}'s wall clock jumps {minutes} minutes")
+            }
+        };
+        history
+            .borrow_mut()
+            .event(format!("fault: {what} for {}ms", lasts.as_millis()));
+    }
+
+    fn undo(
+        &mut self,
+        undo: Undo,
+        sim: &mut turmoil::Sim<'_>,
+        parts: &[NodeParts],
+        history: &Rc<RefCell<History>>,
+    ) {
+        let what = match undo {
+            Undo::Restart(node) => {
+                sim.bounce(host_name(node));
+                self.down.remove(&node);
+                format!("restart node {node}")
+            }
+            Undo::Repair(cut) => {
+                for (a, b) in &cut {
+                    sim.repair(a.as_str(), b.as_str());
+                }
+                "repair cut links".into()
+            }
+            Undo::RepairOneway(a, b) => {
+                sim.repair_oneway(a.as_str(), b.as_str());
+                "repair one-way cut".into()
+            }
+            Undo::Release(held) => {
+                for (a, b) in &held {
+                    sim.release(a.as_str(), b.as_str());
+                }
+                "release held links".into()
+            }
+            Undo::Steady(flaky) => {
+                for (a, b) in &flaky {
+                    sim.set_link_fail_rate(a.as_str(), b.as_str(), 0.0);
+                    sim.repair(a.as_str(), b.as_str());
+                }
+                "steady links".into()
+            }
+            Undo::DiskHealthy(node) => {
+                let disk = &parts[node - 1].disk;
+                disk.set_capacity(None);
+                disk.clear_faults();
+                format!("node {node}'s disk healthy")
+            }
+        };
+        history.borrow_mut().event(format!("undo: {what}"));
+    }
+}

@@ -1,0 +1,236 @@
+//! What the clients and the harness observed during one run (the trace), and the invariant
+//! checks over it. Every entry carries the simulated time, so the trace of a seed is the same
+//! text every time it runs; its hash is the run's fingerprint.
+
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+use std::time::Duration;
+
+/// One producer of the workload.
+#[derive(Clone, Debug)]
+pub struct Producer {
+    pub id: u64,
+    /// -1 (all) or 1.
+    pub acks: i16,
+    pub idempotent: bool,
+}
+
+/// An acknowledged write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ack {
+    pub value: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub acks: i16,
+}
+
+/// The history of one run.
+#[derive(Debug, Default)]
+pub struct History {
+    trace: Vec<String>,
+    /// Value → (producer idempotent, partition).
+    sent: BTreeMap<String, (bool, i32)>,
+    acked: Vec<Ack>,
+    /// Partition → offset → value, as consumers read them (before the end).
+    consumed: BTreeMap<i32, BTreeMap<i64, String>>,
+    /// Partition → the highest high watermark a consumer was shown.
+    high_watermarks: BTreeMap<i32, i64>,
+    /// Partition → (records up to the high watermark, that high watermark), read at the end.
+    drained: BTreeMap<i32, (Vec<(i64, String)>, i64)>,
+    /// When the faults stopped, and the first acks=all acknowledgement after that.
+    pub healed_at: Option<Duration>,
+    first_ack_after_heal: Option<Duration>,
+    violations: Vec<String>,
+    /// The simulation's time as the harness last saw it, for events it records between steps
+    /// (outside any host, where turmoil has no current time).
+    harness_time: Duration,
+}
+
+impl History {
+    /// The simulated time: the current host's, or the harness's between steps.
+    fn now(&self) -> Duration {
+        turmoil::sim_elapsed().unwrap_or(self.harness_time)
+    }
+
+    /// Called by the harness after every step.
+    pub fn set_harness_time(&mut self, now: Duration) {
+        self.harness_time = now;
+    }
+
+    /// Appends a line to the trace.
+    pub fn event(&mut self, what: String) {
+        let t = self.now();
+        self.trace.push(format!("{:>9.3} {what}", t.as_secs_f64()));
+    }
+
+    pub fn trace(&self) -> &[String] {
+        &self.trace
+    }
+
+    /// The run's fingerprint: a hash of the whole trace.
+    pub fn trace_hash(&self) -> u64 {
+        // SipHash with fixed keys: the same text hashes the same in every process.
+        #[allow(deprecated)]
+        let mut h = std::hash::SipHasher::new();
+        self.trace.hash(&mut h);
+        h.finish()
+    }
+
+    pub fn sent(&mut self, producer: &Producer, value: &str, partition: i32) {
+        self.sent
+            .insert(value.to_owned(), (producer.idempotent, partition));
+    }
+
+    pub fn acked(&mut self, ack: Ack) {
+        self.event(format!(
+            "ack {} acks={} partition {} offset {}",
+            ack.value, ack.acks, ack.partition, ack.offset
+        ));
+        if ack.acks == -1 {
+            if let Some(healed) = self.healed_at {
+                let now = self.now();
+                if self.first_ack_after_heal.is_none() && now >= healed {
+                    self.first_ack_after_heal = Some(now);
+                }
+            }
+        }
+        self.acked.push(ack);
+    }
+
+    pub fn consumed(&mut self, partition: i32, offset: i64, value: &str) {
+        let log = self.consumed.entry(partition).or_default();
+        if let Some((&last, _)) = log.last_key_value() {
+            if offset <= last {
+                self.violations.push(format!(
+                    "invariant 3: a consumer read partition {partition} offset {offset} after offset {last}"
+                ));
+            }
+        }
+        log.insert(offset, value.to_owned());
+    }
+
+    pub fn observed_high_watermark(&mut self, partition: i32, high_watermark: i64) {
+        let seen = self.high_watermarks.entry(partition).or_insert(0);
+        if high_watermark < *seen {
+            let message = format!(
+                "invariant 3: partition {partition}'s high watermark went back from {seen} to {high_watermark}"
+            );
+            self.event(message.clone());
+            self.violations.push(message);
+        } else {
+            *seen = high_watermark;
+        }
+    }
+
+    pub fn drained(&mut self, partition: i32, log: Vec<(i64, String)>, high_watermark: i64) {
+        self.event(format!(
+            "drained partition {partition}: {} records, high watermark {high_watermark}",
+            log.len()
+        ));
+        self.drained.insert(partition, (log, high_watermark));
+    }
+
+    /// A violation the harness found (a node that could not restart, a panic, no liveness).
+    pub fn violation(&mut self, what: String) {
+        self.event(format!("VIOLATION {what}"));
+        self.violations.push(what);
+    }
+
+    /// The final log of `partition` (up to its high watermark) and that high watermark.
+    pub fn final_log(&self, partition: i32) -> Option<(&[(i64, String)], i64)> {
+        self.drained
+            .get(&partition)
+            .map(|(log, hw)| (log.as_slice(), *hw))
+    }
+
+    pub fn first_ack_after_heal(&self) -> Option<Duration> {
+        self.first_ack_after_heal
+    }
+
+    pub fn acked_count(&self) -> usize {
+        self.acked.len()
+    }
+
+    /// The invariants over the whole history; empty when all hold.
+    pub fn check(&self) -> Vec<String> {
+        let mut out = self.violations.clone();
+        let mut at: BTreeMap<(i32, i64), &str> = BTreeMap::new();
+        let mut seen: BTreeMap<&str, Vec<(i32, i64)>> = BTreeMap::new();
+        for (partition, (log, _)) in &self.drained {
+            for (offset, value) in log {
+                at.insert((*partition, *offset), value);
+                seen.entry(value).or_default().push((*partition, *offset));
+            }
+        }
+        let drained_all = self.drained.len();
+        // 1: acks=all writes are in the final log, at the offset acknowledged.
+        for ack in self.acked.iter().filter(|a| a.acks == -1) {
+            if !self.drained.contains_key(&ack.partition) {
+                continue;
+            }
+            match at.get(&(ack.partition, ack.offset)) {
+                Some(v) if *v == ack.value => {}
+                Some(v) => out.push(format!(
+                    "invariant 1: {} acknowledged (acks=all) at partition {} offset {}, which holds {v}",
+                    ack.value, ack.partition, ack.offset
+                )),
+                None => out.push(format!(
+                    "invariant 1: {} acknowledged (acks=all) at partition {} offset {} is lost",
+                    ack.value, ack.partition, ack.offset
+                )),
+            }
+        }
+        // 5: an idempotent producer's value is written once.
+        for (value, places) in &seen {
+            let idempotent = self.sent.get(*value).is_some_and(|(i, _)| *i);
+            if idempotent && places.len() > 1 {
+                out.push(format!(
+                    "invariant 5: idempotent value {value} written {} times: {places:?}",
+                    places.len()
+                ));
+            }
+            if let Some((_, partition)) = self.sent.get(*value) {
+                if places.iter().any(|(p, _)| p != partition) {
+                    out.push(format!(
+                        "value {value} sent to partition {partition} found at {places:?}"
+                    ));
+                }
+            } else {
+                out.push(format!("value {value} at {places:?} was never sent"));
+            }
+        }
+        // 2 (as consumers see it): what a consumer read below the high watermark is what the
+        // final log holds there.
+        for (partition, log) in &self.consumed {
+            let Some((_, final_hw)) = self.drained.get(partition) else {
+                continue;
+            };
+            for (offset, value) in log {
+                if offset >= final_hw {
+                    out.push(format!(
+                        "invariant 2: a consumer read partition {partition} offset {offset} ({value}), beyond the final high watermark {final_hw}"
+                    ));
+                } else if at.get(&(*partition, *offset)).is_some_and(|v| v != value) {
+                    out.push(format!(
+                        "invariant 2: a consumer read {value} at partition {partition} offset {offset}, which finally holds {}",
+                        at[&(*partition, *offset)]
+                    ));
+                }
+            }
+        }
+        // 3: the final high watermark is not below one a consumer saw.
+        for (partition, seen) in &self.high_watermarks {
+            if let Some((_, final_hw)) = self.drained.get(partition) {
+                if final_hw < seen {
+                    out.push(format!(
+                        "invariant 3: partition {partition} ends at high watermark {final_hw}, below the {seen} a consumer saw"
+                    ));
+                }
+            }
+        }
+        if drained_all == 0 {
+            out.push("the final logs were never read".into());
+        }
+        out
+    }
+}

@@ -1,0 +1,291 @@
+//! Deterministic simulation of whole Spate clusters.
+//!
+//! One `u64` seed decides everything: the workload ([`workload::plan`]), the faults
+//! ([`faults`]), turmoil's message latencies, every id the nodes draw and openraft's election
+//! timeouts. The real node ([`spate_server::Node`]: controller, replicas, fetchers, group
+//! coordinator, Kafka front end) runs unchanged: each simulated node is a turmoil host with its
+//! own paused Tokio runtime, its network turmoil's (behind the network seam), its disk a
+//! [`spate_types::MemoryDisk`] the harness keeps across restarts (so a crash can lose what was
+//! not fsynced), its clock the simulation's. All of it runs on the calling thread; the thread
+//! is marked deterministic ([`spate_types::exec`]) so blocking work runs inline and openraft's
+//! randomness comes from the seed.
+//!
+//! A run ends with the invariant checks of `DESIGN.md` over the history the clients recorded
+//! ([`history::History::check`]) and over the replicas' logs read off their disks
+//! ([`replicas`]). [`run`] returns the violations and the hash of the run's trace: the same
+//! seed gives the same trace, which `same_seed_same_trace` checks.
+
+pub mod faults;
+pub mod history;
+pub mod replicas;
+pub mod seams;
+pub mod workload;
+
+use history::History;
+use spate_types::{MemoryDisk, Seams, SeededIds};
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What to simulate.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub seed: u64,
+    /// 3 or 5.
+    pub nodes: usize,
+    /// How long faults are injected (simulated time).
+    pub faults_for: Duration,
+    /// After the faults stop: how long the producers go on.
+    pub settle: Duration,
+    /// After healing, an acks=all write must succeed within this (liveness).
+    pub liveness_bound: Duration,
+    /// Print node logs and the trace as the run goes.
+    pub verbose: bool,
+}
+
+impl Options {
+    pub fn new(seed: u64, nodes: usize) -> Options {
+        Options {
+            seed,
+            nodes,
+            faults_for: Duration::from_secs(20),
+            settle: Duration::from_secs(10),
+            liveness_bound: Duration::from_secs(20),
+            verbose: false,
+        }
+    }
+}
+
+/// The result of one seed.
+#[derive(Debug)]
+pub struct Outcome {
+    pub seed: u64,
+    pub violations: Vec<String>,
+    pub trace_hash: u64,
+    pub trace: Vec<String>,
+    pub acked: usize,
+    pub steps: u64,
+    pub simulated: Duration,
+}
+
+/// A small seeded generator (SplitMix64) for the harness's own choices.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (`n` > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+
+    pub fn chance(&mut self, p: f64) -> bool {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64 <= p
+    }
+
+    /// Uniform in `[min, max)` milliseconds.
+    pub fn millis(&mut self, min: u64, max: u64) -> Duration {
+        Duration::from_millis(min + self.below(max.saturating_sub(min).max(1)))
+    }
+}
+
+pub const KAFKA_PORT: u16 = 9092;
+pub const CONTROLLER_PORT: u16 = 9093;
+
+pub fn host_name(node: usize) -> String {
+    format!("n{node}")
+}
+
+fn node_config(node: usize, nodes: usize) -> anyhow::Result<spate_server::ServerConfig> {
+    let voters = (1..=nodes)
+        .map(|i| format!("{i}@{}:{CONTROLLER_PORT}", host_name(i)))
+        .collect::<Vec<_>>()
+        .join(",");
+    let settings = [
+        ("node.id", node.to_string()),
+        ("data.dir", format!("/{}", host_name(node))),
+        ("kafka.listen", format!("0.0.0.0:{KAFKA_PORT}")),
+        ("advertised.host", host_name(node)),
+        ("http.listen", String::new()),
+        ("controller.quorum.voters", voters),
+        ("controller.listen", format!("0.0.0.0:{CONTROLLER_PORT}")),
+        ("default.replication.factor", "3".into()),
+        ("auto.create.topics.enable", "false".into()),
+    ];
+    let overrides: Vec<(String, String)> = settings
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+    Ok(spate_server::ServerConfig::load(
+        None,
+        std::iter::empty(),
+        &overrides,
+    )?)
+}
+
+/// What the harness keeps of a node across its restarts.
+#[derive(Clone)]
+pub struct NodeParts {
+    pub disk: MemoryDisk,
+    pub clock: Arc<seams::SimClock>,
+    ids: Arc<SeededIds>,
+}
+
+thread_local! {
+    /// Panics raised on this thread (the simulation's): a node task that panics is a bug even
+    /// when Tokio contains it.
+    static PANICS: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+    static VERBOSE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn install_panic_recorder() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            PANICS.with(|p| p.borrow_mut().push(info.to_string()));
+            if VERBOSE.with(std::cell::Cell::get) {
+                previous(info);
+            }
+        }));
+    });
+}
+
+/// Runs one seed to the end and checks it.
+pub fn run(options: &Options) -> Outcome {
+    install_panic_recorder();
+    PANICS.with(|p| p.borrow_mut().clear());
+    VERBOSE.with(|v| v.set(options.verbose));
+    let _deterministic = spate_types::exec::enter_deterministic(options.seed);
+    let mut rng = Rng::new(options.seed);
+    let nodes = options.nodes;
+    let mut sim = turmoil::Builder::new()
+        .rng_seed(options.seed)
+        .epoch(std::time::UNIX_EPOCH + Duration::from_millis(seams::EPOCH_MS as u64))
+        .simulation_duration(Duration::from_secs(24 * 3600))
+        .tick_duration(Duration::from_millis(1))
+        .min_message_latency(Duration::from_millis(0))
+        .max_message_latency(rng.millis(2, 30))
+        .tcp_capacity(1024)
+        .build();
+    let history = Rc::new(RefCell::new(History::default()));
+    let mut parts = Vec::new();
+    for node in 1..=nodes {
+        let clock = Arc::new(seams::SimClock::default());
+        let part = NodeParts {
+            disk: MemoryDisk::new(clock.clone()),
+            clock,
+            ids: Arc::new(SeededIds::new(rng.next_u64())),
+        };
+        parts.push(part.clone());
+        sim.host(host_name(node), move || {
+            let part = part.clone();
+            async move {
+                let config = node_config(node, nodes).map_err(|e| e.to_string())?;
+                let seams = Seams {
+                    clock: part.clock.clone(),
+                    ids: part.ids.clone(),
+                    net: Arc::new(seams::SimNetwork),
+                    disk: Arc::new(part.disk.clone()),
+                };
+                let node = spate_server::Node::start_with_seams(config, None, seams)
+                    .await
+                    .map_err(|e| format!("node {node} did not start: {e:#}"))?;
+                std::future::pending::<()>().await;
+                drop(node);
+                Ok(())
+            }
+        });
+    }
+    let fault_start = Duration::from_secs(5);
+    let fault_end = fault_start + options.faults_for;
+    let produce_until = fault_end + options.settle;
+    let plan = workload::plan(&mut rng, nodes, produce_until);
+    history.borrow_mut().event(format!(
+        "seed {} nodes {nodes} partitions {} producers {:?}",
+        options.seed, plan.partitions, plan.producers
+    ));
+    sim.client("client", workload::run(plan.clone(), history.clone()));
+
+    let mut nemesis = faults::Nemesis::new(&mut rng, nodes, fault_start, fault_end);
+    let deadline = produce_until + Duration::from_secs(120);
+    let mut steps = 0u64;
+    loop {
+        steps += 1;
+        match sim.step() {
+            Ok(true) => break,
+            Ok(false) => {}
+            Err(e) => {
+                history
+                    .borrow_mut()
+                    .violation(format!("the simulation failed: {e}"));
+                break;
+            }
+        }
+        let now = sim.elapsed();
+        history.borrow_mut().set_harness_time(now);
+        nemesis.step(now, &mut sim, &parts, &history);
+        if now > deadline {
+            history.borrow_mut().violation(format!(
+                "liveness: the workload had not finished {}s after the producers stopped",
+                (deadline - produce_until).as_secs()
+            ));
+            break;
+        }
+    }
+    let simulated = sim.elapsed();
+    {
+        let h = history.borrow();
+        if let Some(healed) = h.healed_at {
+            let any_acks_all = plan.producers.iter().any(|p| p.acks == -1);
+            match h.first_ack_after_heal() {
+                Some(t) if t <= healed + options.liveness_bound => {}
+                _ if !any_acks_all => {}
+                other => {
+                    drop(h);
+                    history.borrow_mut().violation(format!(
+                        "liveness: no acks=all write succeeded within {}s of healing (first: {other:?})",
+                        options.liveness_bound.as_secs()
+                    ));
+                }
+            }
+        }
+    }
+    // Stop every node as a kill would (their disks keep what the page cache held), then
+    // compare the replicas' logs with the final log the clients read.
+    for node in 1..=nodes {
+        if sim.is_host_running(host_name(node)) {
+            sim.crash(host_name(node));
+        }
+    }
+    drop(sim);
+    let mut violations = history.borrow().check();
+    violations.extend(replicas::compare(&parts, &plan, &history.borrow()));
+    PANICS.with(|p| {
+        for panic in p.borrow_mut().drain(..) {
+            violations.push(format!("invariant 7: a node panicked: {panic}"));
+        }
+    });
+    let h = history.borrow();
+    Outcome {
+        seed: options.seed,
+        violations,
+        trace_hash: h.trace_hash(),
+        trace: h.trace().to_vec(),
+        acked: h.acked_count(),
+        steps,
+        simulated,
+    }
+}

@@ -1,0 +1,91 @@
+//! Invariant 2 on the replicas themselves: after a run, every node's copy of every partition
+//! is opened off its disk (as a restart would: recovery included) and compared, offset by
+//! offset, with the final log the clients read from the leader up to the high watermark. A
+//! replica may be shorter (a follower that fell behind) but never different.
+
+use crate::history::History;
+use crate::workload::{Plan, TOPIC};
+use crate::{host_name, NodeParts};
+use kafka_protocol::records::RecordBatchDecoder;
+use spate_log::{LogConfig, PartitionLog};
+use spate_types::Offset;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Everything a replica's log holds: offset → value.
+fn read_replica(
+    parts: &NodeParts,
+    node: usize,
+    partition: i32,
+) -> Result<Option<BTreeMap<i64, String>>, String> {
+    let dir = PathBuf::from(format!("/{}/logs/{TOPIC}-{partition}", host_name(node)));
+    let disk: Arc<dyn spate_types::Disk> = Arc::new(parts.disk.clone());
+    if disk.read_dir(&dir).is_err() {
+        return Ok(None);
+    }
+    let log = PartitionLog::open(disk, &dir, LogConfig::default(), crate::seams::EPOCH_MS)
+        .map_err(|e| format!("node {node} cannot open {}: {e}", dir.display()))?;
+    let mut out = BTreeMap::new();
+    let mut from = log.log_start_offset();
+    while from < log.log_end_offset() {
+        let plan = log
+            .plan_read(from, 1 << 20, log.log_end_offset(), true)
+            .map_err(|e| format!("node {node} partition {partition} at {from}: {e}"))?;
+        let bytes = plan
+            .load()
+            .map_err(|e| format!("node {node} partition {partition} at {from}: {e}"))?;
+        if bytes.is_empty() {
+            break;
+        }
+        let mut buf = bytes;
+        let before = from;
+        while !buf.is_empty() {
+            let set = RecordBatchDecoder::decode(&mut buf).map_err(|e| {
+                format!("node {node} partition {partition}: undecodable batch: {e}")
+            })?;
+            for r in set.records {
+                let value = r
+                    .value
+                    .map(|v| String::from_utf8_lossy(&v).into_owned())
+                    .unwrap_or_default();
+                out.insert(r.offset, value);
+                from = Offset(r.offset + 1).max(from);
+            }
+        }
+        if from == before {
+            break;
+        }
+    }
+    Ok(Some(out))
+}
+
+/// The violations of invariant 2 between the replicas and the final log.
+pub fn compare(parts: &[NodeParts], plan: &Plan, history: &History) -> Vec<String> {
+    let mut out = Vec::new();
+    for partition in 0..plan.partitions {
+        let Some((log, high_watermark)) = history.final_log(partition) else {
+            continue;
+        };
+        let expected: BTreeMap<i64, &String> = log.iter().map(|(o, v)| (*o, v)).collect();
+        for (i, part) in parts.iter().enumerate() {
+            let node = i + 1;
+            match read_replica(part, node, partition) {
+                Ok(None) => {}
+                Ok(Some(replica)) => {
+                    for (offset, value) in replica.range(..high_watermark) {
+                        match expected.get(offset) {
+                            Some(v) if *v == value => {}
+                            other => out.push(format!(
+                                "invariant 2: node {node} holds {value} at partition {partition} offset {offset}, the leader {}",
+                                other.map_or("nothing".to_owned(), |v| v.to_string())
+                            )),
+                        }
+                    }
+                }
+                Err(e) => out.push(format!("replica unreadable after the run: {e}")),
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,523 @@
+//! The workload: Kafka clients running inside the simulation (a turmoil client host) against
+//! the simulated cluster, through Spate's own protocol client over the simulated network.
+//!
+//! Producers write unique values (`p<producer>-<n>`), one record per request, each retried
+//! until it is acknowledged or the workload ends, with `acks=all` or `acks=1`, idempotent or
+//! not (the seed chooses). A consumer follows every partition from the leader, recording each
+//! record and each high watermark it sees. At the end, one read of every partition from its
+//! leader gives the final log. Everything observed goes into the [`History`].
+
+use crate::history::{Ack, History, Producer};
+use crate::Rng;
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{
+    CreateTopicsRequest, FetchRequest, InitProducerIdRequest, MetadataRequest, ProduceRequest,
+    TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
+use spate_client::{ClientConfig, Connection, Deadline};
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+pub const TOPIC: &str = "sim";
+/// Highest versions used: the last that name topics (not ids) in Produce and Fetch.
+const PRODUCE_VERSION_MAX: i16 = 9;
+const FETCH_VERSION_MAX: i16 = 12;
+const REQUEST_TIMEOUT_MS: u64 = 3_000;
+const RETRY_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Kafka error codes the workload tells apart.
+const NONE: i16 = 0;
+const TOPIC_ALREADY_EXISTS: i16 = 36;
+const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
+const UNKNOWN_PRODUCER_ID: i16 = 59;
+
+/// What the workload does, chosen by the seed.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub nodes: usize,
+    pub partitions: i32,
+    pub replication_factor: i16,
+    pub producers: Vec<Producer>,
+    /// Producers stop starting new values at this simulated time.
+    pub produce_until: Duration,
+}
+
+/// Connections to the cluster's brokers and what the last Metadata said.
+struct Client {
+    name: String,
+    nodes: usize,
+    connections: BTreeMap<String, Connection>,
+    /// Partition → leader address.
+    leaders: BTreeMap<i32, String>,
+    next_bootstrap: usize,
+}
+
+fn node_addr(node: usize) -> String {
+    format!("{}:{}", crate::host_name(node), crate::KAFKA_PORT)
+}
+
+fn topic_name() -> TopicName {
+    TopicName(StrBytes::from_static_str(TOPIC))
+}
+
+impl Client {
+    fn new(name: String, nodes: usize) -> Client {
+        Client {
+            name,
+            nodes,
+            connections: BTreeMap::new(),
+            leaders: BTreeMap::new(),
+            next_bootstrap: 0,
+        }
+    }
+
+    async fn connection(&mut self, addr: &str) -> Result<&mut Connection, String> {
+        if !self
+            .connections
+            .get(addr)
+            .is_some_and(Connection::is_usable)
+        {
+            let config = ClientConfig::new(self.name.clone());
+            let conn = Connection::connect_via(
+                &crate::seams::SimNetwork,
+                addr,
+                &config,
+                Deadline::after_ms(REQUEST_TIMEOUT_MS),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            self.connections.insert(addr.to_owned(), conn);
+        }
+        self.connections
+            .get_mut(addr)
+            .ok_or_else(|| "connection vanished".to_owned())
+    }
+
+    /// Forgets a broker after a failure: the next call reconnects and re-reads leaders.
+    fn forget(&mut self, addr: &str) {
+        self.connections.remove(addr);
+        self.leaders.clear();
+    }
+
+    /// Asks the brokers in turn for the topic's leaders.
+    async fn refresh(&mut self) -> Result<(), String> {
+        let mut last = String::new();
+        for _ in 0..self.nodes {
+            self.next_bootstrap = self.next_bootstrap % self.nodes + 1;
+            let addr = node_addr(self.next_bootstrap);
+            let request = MetadataRequest::default().with_topics(Some(vec![
+                MetadataRequestTopic::default().with_name(Some(topic_name())),
+            ]));
+            let response = match self.connection(&addr).await {
+                Ok(conn) => conn
+                    .send(&request, Deadline::after_ms(REQUEST_TIMEOUT_MS))
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e),
+            };
+            let response = match response {
+                Ok(r) => r,
+                Err(e) => {
+                    self.connections.remove(&addr);
+                    last = e;
+                    continue;
+                }
+            };
+            let brokers: BTreeMap<i32, String> = response
+                .brokers
+                .iter()
+                .map(|b| (b.node_id.0, format!("{}:{}", b.host, b.port)))
+                .collect();
+            let Some(topic) = response.topics.first().filter(|t| t.error_code == NONE) else {
+                last = format!("{addr}: topic not known yet");
+                continue;
+            };
+            self.leaders = topic
+                .partitions
+                .iter()
+                .filter(|p| p.error_code == NONE)
+                .filter_map(|p| Some((p.partition_index, brokers.get(&p.leader_id.0)?.clone())))
+                .collect();
+            return Ok(());
+        }
+        Err(last)
+    }
+
+    async fn leader(&mut self, partition: i32) -> Result<String, String> {
+        if !self.leaders.contains_key(&partition) {
+            self.refresh().await?;
+        }
+        self.leaders
+            .get(&partition)
+            .cloned()
+            .ok_or_else(|| format!("no leader for partition {partition}"))
+    }
+}
+
+/// Creates the topic, retrying until the cluster can.
+async fn create_topic(plan: &Plan, history: &Rc<RefCell<History>>) {
+    let mut client = Client::new("sim-admin".into(), plan.nodes);
+    let mut node = 0;
+    loop {
+        node = node % plan.nodes + 1;
+        let addr = node_addr(node);
+        let request = CreateTopicsRequest::default()
+            .with_timeout_ms(5_000)
+            .with_topics(vec![CreatableTopic::default()
+                .with_name(topic_name())
+                .with_num_partitions(plan.partitions)
+                .with_replication_factor(plan.replication_factor)]);
+        let outcome = match client.connection(&addr).await {
+            Ok(conn) => conn
+                .send(&request, Deadline::after_ms(REQUEST_TIMEOUT_MS * 2))
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(r)
+                if r.topics.first().is_some_and(|t| {
+                    t.error_code == NONE || t.error_code == TOPIC_ALREADY_EXISTS
+                }) =>
+            {
+                history.borrow_mut().event(format!("topic {TOPIC} created"));
+                return;
+            }
+            Ok(_) => {}
+            Err(_) => client.forget(&addr),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn batch(value: &str, producer: Option<(i64, i16, i32)>, timestamp_ms: i64) -> Bytes {
+    let (producer_id, producer_epoch, sequence) = producer.unwrap_or((-1, -1, -1));
+    let record = Record {
+        transactional: false,
+        control: false,
+        delete_horizon: false,
+        partition_leader_epoch: -1,
+        producer_id,
+        producer_epoch,
+        timestamp_type: TimestampType::Creation,
+        offset: 0,
+        sequence,
+        timestamp: timestamp_ms,
+        key: None,
+        value: Some(Bytes::copy_from_slice(value.as_bytes())),
+        headers: Default::default(),
+    };
+    let mut buf = BytesMut::new();
+    // A single small record always encodes.
+    let _ = RecordBatchEncoder::encode(
+        &mut buf,
+        std::slice::from_ref(&record),
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    );
+    buf.freeze()
+}
+
+/// The outcome of one produce attempt.
+enum Attempt {
+    Acked(i64),
+    /// Retry the same batch (sequence) later.
+    Retry,
+    /// The producer id is no longer usable: start a new one.
+    Fence(String),
+}
+
+async fn produce_once(client: &mut Client, partition: i32, acks: i16, records: Bytes) -> Attempt {
+    let leader = match client.leader(partition).await {
+        Ok(l) => l,
+        Err(_) => return Attempt::Retry,
+    };
+    let request = ProduceRequest::default()
+        .with_acks(acks)
+        .with_timeout_ms(i32::try_from(REQUEST_TIMEOUT_MS).unwrap_or(i32::MAX) - 500)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(topic_name())
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(partition)
+                .with_records(Some(records))])]);
+    let response = match client.connection(&leader).await {
+        Ok(conn) => match conn.version_at_most::<ProduceRequest>(PRODUCE_VERSION_MAX) {
+            Ok(v) => conn
+                .send_at(&request, v, Deadline::after_ms(REQUEST_TIMEOUT_MS))
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        },
+        Err(e) => Err(e),
+    };
+    let response = match response {
+        Ok(r) => r,
+        Err(_) => {
+            client.forget(&leader);
+            return Attempt::Retry;
+        }
+    };
+    let Some(p) = response
+        .responses
+        .first()
+        .and_then(|t| t.partition_responses.first())
+    else {
+        return Attempt::Retry;
+    };
+    match p.error_code {
+        NONE => Attempt::Acked(p.base_offset),
+        OUT_OF_ORDER_SEQUENCE_NUMBER | UNKNOWN_PRODUCER_ID => {
+            Attempt::Fence(format!("error {}", p.error_code))
+        }
+        _ => {
+            client.leaders.clear();
+            Attempt::Retry
+        }
+    }
+}
+
+async fn init_producer_id(client: &mut Client) -> (i64, i16) {
+    loop {
+        client.next_bootstrap = client.next_bootstrap % client.nodes + 1;
+        let addr = node_addr(client.next_bootstrap);
+        let request = InitProducerIdRequest::default()
+            .with_transactional_id(None)
+            .with_transaction_timeout_ms(60_000);
+        let response = match client.connection(&addr).await {
+            Ok(conn) => conn
+                .send(&request, Deadline::after_ms(REQUEST_TIMEOUT_MS))
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e),
+        };
+        match response {
+            Ok(r) if r.error_code == NONE => return (r.producer_id.0, r.producer_epoch),
+            Ok(_) => {}
+            Err(_) => client.forget(&addr),
+        }
+        tokio::time::sleep(RETRY_BACKOFF).await;
+    }
+}
+
+/// One producer: values `p<id>-0`, `p<id>-1`, ... round-robin over the partitions.
+async fn produce(plan: Rc<Plan>, me: Producer, history: Rc<RefCell<History>>) {
+    let mut client = Client::new(format!("sim-producer-{}", me.id), plan.nodes);
+    let mut pid = None;
+    if me.idempotent {
+        pid = Some(init_producer_id(&mut client).await);
+    }
+    let mut sequences: BTreeMap<(i64, i32), i32> = BTreeMap::new();
+    let mut n = 0u64;
+    while turmoil::sim_elapsed().unwrap_or_default() < plan.produce_until {
+        let partition = i32::try_from(n % u64::try_from(plan.partitions).unwrap_or(1)).unwrap_or(0);
+        let value = format!("p{}-{n}", me.id);
+        history.borrow_mut().sent(&me, &value, partition);
+        loop {
+            let producer = pid.map(|(id, epoch)| {
+                let seq = *sequences.get(&(id, partition)).unwrap_or(&0);
+                (id, epoch, seq)
+            });
+            let now = crate::seams::EPOCH_MS
+                + i64::try_from(turmoil::sim_elapsed().unwrap_or_default().as_millis())
+                    .unwrap_or(0);
+            let records = batch(&value, producer, now);
+            match produce_once(&mut client, partition, me.acks, records).await {
+                Attempt::Acked(offset) => {
+                    if let Some((id, _)) = pid {
+                        *sequences.entry((id, partition)).or_insert(0) += 1;
+                    }
+                    history.borrow_mut().acked(Ack {
+                        value: value.clone(),
+                        partition,
+                        offset,
+                        acks: me.acks,
+                    });
+                    break;
+                }
+                Attempt::Fence(why) => {
+                    history.borrow_mut().event(format!(
+                        "producer {} fenced ({why}): new producer id",
+                        me.id
+                    ));
+                    pid = Some(init_producer_id(&mut client).await);
+                }
+                Attempt::Retry => {
+                    if turmoil::sim_elapsed().unwrap_or_default() >= plan.produce_until {
+                        break;
+                    }
+                    tokio::time::sleep(RETRY_BACKOFF).await;
+                }
+            }
+        }
+        n += 1;
+    }
+}
+
+/// Reads `partition` from its leader from `from`: the records and the high watermark.
+async fn fetch(
+    client: &mut Client,
+    partition: i32,
+    from: i64,
+) -> Result<(Vec<(i64, String)>, i64), String> {
+    let leader = client.leader(partition).await?;
+    let request = FetchRequest::default()
+        .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+        .with_max_wait_ms(200)
+        .with_min_bytes(1)
+        .with_max_bytes(1 << 20)
+        .with_session_epoch(-1)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(topic_name())
+            .with_partitions(vec![FetchPartition::default()
+                .with_partition(partition)
+                .with_fetch_offset(from)
+                .with_partition_max_bytes(1 << 20)])]);
+    let response = match client.connection(&leader).await {
+        Ok(conn) => match conn.version_at_most::<FetchRequest>(FETCH_VERSION_MAX) {
+            Ok(v) => conn
+                .send_at(&request, v, Deadline::after_ms(REQUEST_TIMEOUT_MS))
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        },
+        Err(e) => Err(e),
+    };
+    let response = response.inspect_err(|_| client.forget(&leader))?;
+    let p = response
+        .responses
+        .first()
+        .and_then(|t| t.partitions.first())
+        .ok_or("empty fetch response")?;
+    if p.error_code != NONE {
+        client.leaders.clear();
+        return Err(format!("fetch error {}", p.error_code));
+    }
+    let mut records = Vec::new();
+    if let Some(bytes) = &p.records {
+        let mut buf = bytes.clone();
+        while !buf.is_empty() {
+            let Ok(set) = RecordBatchDecoder::decode(&mut buf) else {
+                break;
+            };
+            for r in set.records {
+                let value = r
+                    .value
+                    .map(|v| String::from_utf8_lossy(&v).into_owned())
+                    .unwrap_or_default();
+                if r.offset >= from {
+                    records.push((r.offset, value));
+                }
+            }
+        }
+    }
+    Ok((records, p.high_watermark))
+}
+
+/// A consumer following every partition until `until`, recording what it reads.
+async fn consume(plan: Rc<Plan>, history: Rc<RefCell<History>>, until: Duration) {
+    let mut client = Client::new("sim-consumer".into(), plan.nodes);
+    let mut positions: BTreeMap<i32, i64> = (0..plan.partitions).map(|p| (p, 0)).collect();
+    while turmoil::sim_elapsed().unwrap_or_default() < until {
+        for partition in 0..plan.partitions {
+            let from = positions[&partition];
+            match fetch(&mut client, partition, from).await {
+                Ok((records, high_watermark)) => {
+                    let mut h = history.borrow_mut();
+                    h.observed_high_watermark(partition, high_watermark);
+                    for (offset, value) in records {
+                        h.consumed(partition, offset, &value);
+                        positions.insert(partition, offset + 1);
+                    }
+                }
+                Err(_) => tokio::time::sleep(RETRY_BACKOFF).await,
+            }
+        }
+    }
+}
+
+/// Reads every partition to its high watermark once the producers have stopped: the final
+/// logs. Retries until each partition answers (the liveness bound is the harness's).
+async fn drain(plan: Rc<Plan>, history: Rc<RefCell<History>>) {
+    let mut client = Client::new("sim-drain".into(), plan.nodes);
+    for partition in 0..plan.partitions {
+        let mut log = Vec::new();
+        let mut from = 0;
+        loop {
+            match fetch(&mut client, partition, from).await {
+                Ok((records, high_watermark)) => {
+                    for (offset, value) in records {
+                        if offset < high_watermark {
+                            from = offset + 1;
+                            log.push((offset, value));
+                        }
+                    }
+                    if from >= high_watermark {
+                        history.borrow_mut().drained(partition, log, high_watermark);
+                        break;
+                    }
+                }
+                Err(_) => tokio::time::sleep(RETRY_BACKOFF).await,
+            }
+        }
+    }
+}
+
+/// The whole workload, run as the simulation's client: create the topic, produce and consume
+/// concurrently, then drain.
+pub async fn run(plan: Plan, history: Rc<RefCell<History>>) -> turmoil::Result {
+    let plan = Rc::new(plan);
+    create_topic(&plan, &history).await;
+    let mut tasks = Vec::new();
+    for producer in plan.producers.clone() {
+        tasks.push(tokio::task::spawn_local(produce(
+            plan.clone(),
+            producer,
+            history.clone(),
+        )));
+    }
+    let consumer =
+        tokio::task::spawn_local(consume(plan.clone(), history.clone(), plan.produce_until));
+    for t in tasks {
+        let _ = t.await;
+    }
+    let _ = consumer.await;
+    history
+        .borrow_mut()
+        .event("producers stopped; draining".into());
+    drain(plan, history.clone()).await;
+    Ok(())
+}
+
+/// The workload a seed chooses.
+pub fn plan(rng: &mut Rng, nodes: usize, produce_until: Duration) -> Plan {
+    let producers = (0..1 + rng.below(3))
+        .map(|id| {
+            // An idempotent producer writes with acks=all, as Kafka's clients require.
+            let idempotent = rng.chance(0.6);
+            Producer {
+                id,
+                acks: if idempotent || rng.chance(0.8) { -1 } else { 1 },
+                idempotent,
+            }
+        })
+        .collect();
+    Plan {
+        nodes,
+        partitions: 1 + i32::try_from(rng.below(3)).unwrap_or(0),
+        replication_factor: 3,
+        producers,
+        produce_until,
+    }
+}
