@@ -18,7 +18,7 @@ use kafka_protocol::messages::{
     CreateTopicsRequest, FetchRequest, InitProducerIdRequest, MetadataRequest, ProduceRequest,
     TopicName,
 };
-use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::protocol::{Request, StrBytes};
 use kafka_protocol::records::{
     Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
@@ -103,6 +103,24 @@ impl Client {
             .ok_or_else(|| "connection vanished".to_owned())
     }
 
+    /// Sends `request` to `addr` at the highest version both sides support, up to
+    /// `version_max`, within the request timeout.
+    async fn call<R: Request>(
+        &mut self,
+        addr: &str,
+        request: &R,
+        version_max: i16,
+        timeout_ms: u64,
+    ) -> Result<R::Response, String> {
+        let conn = self.connection(addr).await?;
+        let version = conn
+            .version_at_most::<R>(version_max)
+            .map_err(|e| e.to_string())?;
+        conn.send_at(request, version, Deadline::after_ms(timeout_ms))
+            .await
+            .map_err(|e| e.to_string())
+    }
+
     /// Forgets a broker after a failure: the next call reconnects and re-reads leaders.
     fn forget(&mut self, addr: &str) {
         self.connections.remove(addr);
@@ -118,13 +136,9 @@ impl Client {
             let request = MetadataRequest::default().with_topics(Some(vec![
                 MetadataRequestTopic::default().with_name(Some(topic_name())),
             ]));
-            let response = match self.connection(&addr).await {
-                Ok(conn) => conn
-                    .send(&request, Deadline::after_ms(REQUEST_TIMEOUT_MS))
-                    .await
-                    .map_err(|e| e.to_string()),
-                Err(e) => Err(e),
-            };
+            let response = self
+                .call(&addr, &request, i16::MAX, REQUEST_TIMEOUT_MS)
+                .await;
             let response = match response {
                 Ok(r) => r,
                 Err(e) => {
@@ -177,13 +191,9 @@ async fn create_topic(plan: &Plan, history: &Rc<RefCell<History>>) {
                 .with_name(topic_name())
                 .with_num_partitions(plan.partitions)
                 .with_replication_factor(plan.replication_factor)]);
-        let outcome = match client.connection(&addr).await {
-            Ok(conn) => conn
-                .send(&request, Deadline::after_ms(REQUEST_TIMEOUT_MS * 2))
-                .await
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e),
-        };
+        let outcome = client
+            .call(&addr, &request, i16::MAX, REQUEST_TIMEOUT_MS * 2)
+            .await;
         match outcome {
             Ok(r)
                 if r.topics.first().is_some_and(|t| {
@@ -252,16 +262,9 @@ async fn produce_once(client: &mut Client, partition: i32, acks: i16, records: B
             .with_partition_data(vec![PartitionProduceData::default()
                 .with_index(partition)
                 .with_records(Some(records))])]);
-    let response = match client.connection(&leader).await {
-        Ok(conn) => match conn.version_at_most::<ProduceRequest>(PRODUCE_VERSION_MAX) {
-            Ok(v) => conn
-                .send_at(&request, v, Deadline::after_ms(REQUEST_TIMEOUT_MS))
-                .await
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        },
-        Err(e) => Err(e),
-    };
+    let response = client
+        .call(&leader, &request, PRODUCE_VERSION_MAX, REQUEST_TIMEOUT_MS)
+        .await;
     let response = match response {
         Ok(r) => r,
         Err(_) => {
@@ -295,13 +298,9 @@ async fn init_producer_id(client: &mut Client) -> (i64, i16) {
         let request = InitProducerIdRequest::default()
             .with_transactional_id(None)
             .with_transaction_timeout_ms(60_000);
-        let response = match client.connection(&addr).await {
-            Ok(conn) => conn
-                .send(&request, Deadline::after_ms(REQUEST_TIMEOUT_MS))
-                .await
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e),
-        };
+        let response = client
+            .call(&addr, &request, i16::MAX, REQUEST_TIMEOUT_MS)
+            .await;
         match response {
             Ok(r) if r.error_code == NONE => return (r.producer_id.0, r.producer_epoch),
             Ok(_) => {}
@@ -384,16 +383,9 @@ async fn fetch(
                 .with_partition(partition)
                 .with_fetch_offset(from)
                 .with_partition_max_bytes(1 << 20)])]);
-    let response = match client.connection(&leader).await {
-        Ok(conn) => match conn.version_at_most::<FetchRequest>(FETCH_VERSION_MAX) {
-            Ok(v) => conn
-                .send_at(&request, v, Deadline::after_ms(REQUEST_TIMEOUT_MS))
-                .await
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        },
-        Err(e) => Err(e),
-    };
+    let response = client
+        .call(&leader, &request, FETCH_VERSION_MAX, REQUEST_TIMEOUT_MS)
+        .await;
     let response = response.inspect_err(|_| client.forget(&leader))?;
     let p = response
         .responses

@@ -175,7 +175,7 @@ impl IdSource for SeededIds {
 
 /// Output `index` of SplitMix64 (Steele, Lea, Flood 2014) seeded with `seed`: the state after
 /// `index + 1` steps of the golden-ratio increment, through its mixing function.
-fn splitmix64(seed: u64, index: u64) -> u64 {
+pub fn splitmix64(seed: u64, index: u64) -> u64 {
     const GOLDEN_GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut z = seed.wrapping_add(index.wrapping_add(1).wrapping_mul(GOLDEN_GAMMA));
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);

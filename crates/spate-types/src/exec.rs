@@ -46,12 +46,8 @@ pub fn is_deterministic() -> bool {
 pub fn seeded_u64() -> Option<u64> {
     SEEDED.with(|s| {
         let state = s.get()?;
-        let next = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        s.set(Some(next));
-        let mut z = next;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        Some(z ^ (z >> 31))
+        s.set(Some(state.wrapping_add(1)));
+        Some(crate::clock::splitmix64(state, 0))
     })
 }
 
