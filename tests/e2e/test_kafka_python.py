@@ -117,9 +117,18 @@ def test_kafka_python_admin_partitions_configs_records_and_offsets(bootstrap, to
         assert sorted(p["partition_index"] for p in desc["partitions"]) == [0, 1, 2]
 
         a.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic_name, configs={"retention.ms": "7200000"})])
-        cfg = a.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic_name)], config_filter="all")
-        assert "topic" in cfg and topic_name in cfg["topic"], cfg
-        assert cfg["topic"][topic_name]["retention.ms"]["value"] == "7200000"
+        # As in Kafka, the node that answers AlterConfigs has applied the change when it answers,
+        # but kafka-python may send DescribeConfigs to another node, which applies the committed
+        # change a moment later: wait for it there (bounded), then assert.
+        deadline = time.monotonic() + 10
+        while True:
+            cfg = a.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic_name)], config_filter="all")
+            assert "topic" in cfg and topic_name in cfg["topic"], cfg
+            value = cfg["topic"][topic_name]["retention.ms"]["value"]
+            if value == "7200000" or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert value == "7200000"
 
         p = kp_producer(bootstrap)
         ts0 = int(time.time() * 1000) - 10_000
