@@ -201,6 +201,22 @@ impl Controller {
             .current_leader
             .and_then(raft::spate_id)
     }
+
+    /// Resolves, with the reason, when the Raft core stopped by itself: a storage error (a
+    /// failed write or fsync of the metadata log) or a panic. The node must stop then (its
+    /// metadata can no longer advance), as Kafka halts when its metadata log directory fails;
+    /// a clean [`Controller::shutdown`] also resolves it, so watch it only while serving.
+    pub async fn halted(&self) -> String {
+        let mut metrics = self.inner.raft.metrics();
+        loop {
+            if let Err(fatal) = &metrics.borrow_and_update().running_state {
+                return format!("the metadata log stopped: {fatal}");
+            }
+            if metrics.changed().await.is_err() {
+                return "the metadata log stopped".to_owned();
+            }
+        }
+    }
 }
 
 /// A Kafka-style cluster id: 16 bytes of a fresh UUID from `ids` in URL-safe base64 without

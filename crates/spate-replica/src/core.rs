@@ -593,13 +593,12 @@ impl ReplicaCore {
                 return;
             }
         }
-        // A follower that caught up while another change was pending, or whose proposal failed.
-        let joiner = self
-            .state
-            .replicas
-            .iter()
-            .copied()
-            .find(|r| *r != local && !self.state.isr.contains(r) && self.may_join_isr(*r));
+        // A follower that caught up while another change was pending, or whose proposal failed;
+        // never one the rule above would take out again (its fetches may have stopped at the
+        // high watermark: only a fetch brings such a follower in, as in Kafka).
+        let joiner = self.state.replicas.iter().copied().find(|r| {
+            *r != local && !self.state.isr.contains(r) && !lagging(r) && self.may_join_isr(*r)
+        });
         if let Some(r) = joiner {
             let mut isr = self.state.isr.clone();
             isr.push(r);

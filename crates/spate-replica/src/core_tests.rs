@@ -607,6 +607,33 @@ fn a_failed_change_is_forgotten_and_retried_on_a_later_tick() {
     assert_eq!(run(&mut core, 9, Event::Tick), [propose(5, &[L, B, C])]);
 }
 
+/// Found by the simulator (seed 7 on 3 nodes): a follower whose fetches stopped (its request
+/// lost in a partition) still held the high watermark by its last fetch offset, so every tick
+/// proposed it in and the next one proposed it out again, and `acks=all` writes failed for
+/// lack of in-sync replicas. As in Kafka, only a fetch brings a follower in; a tick only
+/// retries a join the shrink rule would keep.
+#[test]
+fn a_tick_never_proposes_in_a_follower_the_lag_rule_would_remove() {
+    let mut core = leader_with_c_out();
+    fetch(&mut core, 1, B, 10);
+    fetch(&mut core, 2, C, 9);
+    tracing::info!("--- C reaches the high watermark, then stops fetching; the join fails");
+    assert_eq!(fetch(&mut core, 3, C, 10), [propose(5, &[L, B, C])]);
+    run(&mut core, 4, Event::IsrChangeFailed);
+    fetch(&mut core, LAG_MS, B, 10);
+    assert_eq!(
+        run(&mut core, LAG_MS + 4, Event::Tick),
+        [],
+        "C last caught up at 3: it would be removed at once"
+    );
+    assert_eq!(run(&mut core, 2 * LAG_MS, Event::Tick), []);
+    tracing::info!("--- C fetches again: it joins");
+    assert_eq!(
+        fetch(&mut core, 2 * LAG_MS + 1, C, 10),
+        [propose(5, &[L, B, C])]
+    );
+}
+
 #[test]
 fn a_replica_whose_broker_is_ineligible_is_never_proposed_in() {
     // C was in sync when its broker died; the controller fenced it (taking it out of the ISR)

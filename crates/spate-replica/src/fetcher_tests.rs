@@ -97,6 +97,7 @@ fn follower(dir: &Path, tp: TopicPartition, epoch: i32) -> Arc<Partition> {
         LogConfig::default(),
         settings,
         FlushPolicy::default(),
+        crate::StorageHealth::default(),
         0,
     )
     .expect("open");
@@ -1025,6 +1026,7 @@ async fn appends_read_the_time_from_the_fetchers_clock() {
             fsync_required: true,
         },
         FlushPolicy::default(),
+        crate::StorageHealth::default(),
         START_MS,
     )
     .expect("open");

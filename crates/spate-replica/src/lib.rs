@@ -13,6 +13,7 @@
 
 mod core;
 mod fetcher;
+mod health;
 mod manager;
 mod partition;
 
@@ -21,6 +22,7 @@ pub use crate::core::{
     Outcome, PendingIsrChange, ReplicaCore, ReplicaSettings, Role, Step,
 };
 pub use fetcher::FetcherSettings;
+pub use health::StorageHealth;
 pub use manager::{IsrProposal, ReplicaManager, ReplicationSettings, PARTITION_METADATA};
 pub use partition::{
     AppendReceipt, FlushFailure, FlushPolicy, FollowerFetch, FollowerPosition, Partition,

@@ -14,6 +14,7 @@
 
 use crate::core::{Command, LeaderAndIsr, ReplicaSettings};
 use crate::fetcher::{FetcherSettings, Fetchers};
+use crate::health::StorageHealth;
 use crate::partition::{FlushPolicy, FollowerFetch, Partition, PartitionRead, ReplicaError};
 use spate_log::LogConfig;
 use spate_types::disk::{self, Disk};
@@ -58,6 +59,7 @@ pub struct ReplicaManager {
     partitions: RwLock<BTreeMap<TopicPartition, Arc<Partition>>>,
     proposals: mpsc::Sender<IsrProposal>,
     fetchers: Fetchers,
+    health: StorageHealth,
 }
 
 impl ReplicaManager {
@@ -79,12 +81,18 @@ impl ReplicaManager {
             partitions: RwLock::new(BTreeMap::new()),
             proposals,
             fetchers,
+            health: StorageHealth::default(),
         });
         (manager, rx)
     }
 
     pub fn node(&self) -> NodeId {
         self.settings.node
+    }
+
+    /// The first failed fsync of any hosted partition: the node must stop when there is one.
+    pub fn health(&self) -> &StorageHealth {
+        &self.health
     }
 
     pub fn logs_dir(&self) -> &Path {
@@ -174,6 +182,7 @@ impl ReplicaManager {
             config,
             settings,
             self.policy,
+            self.health.clone(),
             now_ms,
         )?;
         let mut map = self

@@ -17,6 +17,7 @@ use crate::core::{
     AckStatus, AppendRefusal, Command, Event, FetchRefusal, LeaderAndIsr, Outcome, ReplicaCore,
     ReplicaSettings, Role,
 };
+use crate::health::StorageHealth;
 use spate_log::{
     AppendOutcome, CompactionLimits, CompactionOutcome, FollowerAppendError, LogConfig, LogError,
     PartitionLog, PlannedCompaction, ReadPlan,
@@ -183,6 +184,8 @@ pub struct Partition {
     /// Bumped on every role or ISR change (wakes `acks=all` waiters that must re-check).
     state_version: watch::Sender<u64>,
     flushed: watch::Sender<Result<Offset, FlushFailure>>,
+    /// Told of a failed fsync (the node stops; see [`StorageHealth`]).
+    health: StorageHealth,
     flush_now: Notify,
     dirty: Notify,
     closing: watch::Sender<bool>,
@@ -204,6 +207,7 @@ impl Partition {
         config: LogConfig,
         settings: ReplicaSettings,
         policy: FlushPolicy,
+        health: StorageHealth,
         now_ms: i64,
     ) -> Result<Arc<Partition>, ReplicaError> {
         let mut log = PartitionLog::open(Arc::clone(&disk), dir, config, now_ms)?;
@@ -239,6 +243,7 @@ impl Partition {
             log_end: watch::Sender::new(leo),
             state_version: watch::Sender::new(0),
             flushed: watch::Sender::new(Ok(flushed)),
+            health,
             flush_now: Notify::new(),
             dirty: Notify::new(),
             closing: watch::Sender::new(false),
@@ -841,8 +846,10 @@ impl Partition {
             let offset = target.offset;
             if let Err(e) = target.sync() {
                 let failure = FlushFailure(e.to_string());
-                tracing::error!(partition = %self.tp, %failure, "fsync of fetched records failed; this replica stops fetching");
-                let _ = self.flushed.send_replace(Err(failure.clone()));
+                self.fsync_failed(
+                    &failure,
+                    "fsync of fetched records failed; this replica stops fetching",
+                );
                 return Err(ReplicaError::Storage {
                     tp: self.tp.clone(),
                     failure,
@@ -875,6 +882,15 @@ impl Partition {
         drop(core);
         self.log_end.send_replace(log_end);
         Ok(commands)
+    }
+
+    /// A failed fsync: sticky for this partition (its `acks=all` waiters fail, its fetcher
+    /// stops), and reported to the node, which stops (see [`StorageHealth`]).
+    fn fsync_failed(&self, failure: &FlushFailure, what: &str) {
+        tracing::error!(partition = %self.tp, %failure, "{what}");
+        let _ = self.flushed.send_replace(Err(failure.clone()));
+        self.health
+            .fail(format!("fsync of partition {} failed: {failure}", self.tp));
     }
 
     /// Raises the published flushed offset to `offset` (never lowers it, never clears a
@@ -1051,8 +1067,10 @@ async fn flusher(partition: std::sync::Weak<Partition>, mut closing: watch::Rece
             }
         }
         if let Err(failure) = p.flush_once().await {
-            tracing::error!(partition = %p.tp, %failure, "fsync failed; acks=all writes to this partition will fail");
-            let _ = p.flushed.send_replace(Err(failure));
+            p.fsync_failed(
+                &failure,
+                "fsync failed; acks=all writes to this partition fail",
+            );
             return;
         }
         drop(p);
@@ -1137,6 +1155,7 @@ pub(crate) mod tests {
             config,
             settings(),
             FlushPolicy::default(),
+            StorageHealth::default(),
             0,
         )
         .expect("open");
@@ -1188,6 +1207,7 @@ pub(crate) mod tests {
                 interval: Duration::from_secs(3_600),
                 fsync_acks_all: true,
             },
+            StorageHealth::default(),
             0,
         )
         .expect("open");

@@ -59,6 +59,7 @@ pub const BROKER_CONFIGS: &[BrokerConfigDef] = &[
     def("replica.fetch.wait.max.ms", "500", "Longest a follower's fetch waits at the leader for new records."),
     def("replica.fetch.max.bytes", "1048576", "Bytes a follower asks for per partition in one fetch (at least one batch is always returned)."),
     def("replica.fetch.response.max.bytes", "10485760", "Bytes a follower asks for in one fetch response."),
+    def("replica.socket.timeout.ms", "30000", "A follower that gets no answer from its leader this long (beyond replica.fetch.wait.max.ms) drops the connection and opens a new one."),
     def("auto.leader.rebalance.enable", "true", "Move leadership back to each partition's preferred replica once it is in sync again."),
     def("leader.imbalance.check.interval.seconds", "300", "How often the active controller looks for leadership to move back to preferred replicas."),
     def("offsets.topic.replication.factor", "3", "Replication factor of __consumer_offsets, capped at the number of live brokers when it is created."),
@@ -119,6 +120,7 @@ pub struct ClusterSettings {
     pub replica_fetch_wait_max_ms: u64,
     pub replica_fetch_max_bytes: usize,
     pub replica_fetch_response_max_bytes: usize,
+    pub replica_socket_timeout_ms: u64,
     pub auto_leader_rebalance: bool,
     pub leader_imbalance_check_interval: Duration,
     /// Capped at the live brokers when the topic is created.
@@ -197,6 +199,7 @@ fn cluster_settings(
         session_timeout_ms,
         replica_lag_time_max_ms: ms("replica.lag.time.max.ms", 1)?,
         replica_fetch_wait_max_ms: ms("replica.fetch.wait.max.ms", 0)?,
+        replica_socket_timeout_ms: ms("replica.socket.timeout.ms", 1)?,
         replica_fetch_max_bytes: parse_num(values, "replica.fetch.max.bytes", 1, i32::MAX as i64)?
             as usize,
         replica_fetch_response_max_bytes: parse_num(

@@ -151,6 +151,7 @@ impl Node {
                     .unwrap_or(i32::MAX),
                 net: seams.net.clone(),
                 clock: seams.clock.clone(),
+                request_timeout_ms: cluster.replica_socket_timeout_ms,
                 ..FetcherSettings::default()
             },
         };
@@ -272,6 +273,20 @@ impl Node {
         })
     }
 
+    /// Resolves, with the reason, when the node can no longer keep its promises and must stop
+    /// at once: a partition's fsync failed (its disk may have dropped acknowledged writes; see
+    /// `spate_replica::StorageHealth`) or the metadata log stopped. [`run`] then exits
+    /// non-zero without a controlled shutdown, as Kafka halts when its log directory fails;
+    /// a supervisor restarts the process, which recovers from what the disk really holds.
+    pub async fn halted(&self) -> String {
+        let replicas = self.broker.replicas.health();
+        tokio::select! {
+            biased;
+            failure = replicas.failed() => failure,
+            failure = self.broker.controller.halted() => failure,
+        }
+    }
+
     /// Stops the node: moves its leaderships away (controlled shutdown), answers in-flight
     /// requests, fsyncs every partition, stops Raft.
     pub async fn shutdown(self) -> anyhow::Result<()> {
@@ -319,7 +334,14 @@ impl Node {
 /// Runs a node until SIGINT or SIGTERM, then shuts it down cleanly.
 pub async fn run(config: ServerConfig, metrics: Option<PrometheusHandle>) -> anyhow::Result<()> {
     let node = Node::start(config, metrics).await?;
-    wait_for_signal().await?;
+    tokio::select! {
+        biased;
+        signal = wait_for_signal() => signal?,
+        failure = node.halted() => {
+            tracing::error!(%failure, "storage failure: stopping at once");
+            anyhow::bail!("stopped on a storage failure: {failure}");
+        }
+    }
     tracing::info!("shutting down");
     node.shutdown().await?;
     tracing::info!("stopped cleanly");

@@ -785,3 +785,111 @@ async fn a_group_request_at_a_session_deadline_sees_the_member_expired() {
     assert_eq!(r.results[0].error_code, 0, "{r:?}");
     node.shutdown().await.expect("clean shutdown");
 }
+
+/// A failed fsync halts the node (Kafka halts when its only log directory fails): the write
+/// it could not make durable is not acknowledged, `Node::halted` names the failure, and after
+/// a power cut and a restart on a healthy disk every acknowledged record is there and new
+/// writes succeed. Before this, the partition stayed leader with a sticky fsync failure and
+/// refused every `acks=all` write forever (found by the simulator, seed 2 on 3 nodes).
+#[test]
+fn a_failed_fsync_halts_the_node_and_a_restart_recovers_what_was_acknowledged() {
+    use spate_types::disk::{DiskError, DiskFault, DiskOp};
+    let disk = spate_types::MemoryDisk::default();
+    let data = Path::new("/data");
+    let seams = || Seams {
+        disk: Arc::new(disk.clone()),
+        ..Seams::system()
+    };
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime")
+    };
+
+    let first = runtime();
+    first.block_on(async {
+        let node = Node::start_with_seams(config(data, &[]), None, seams())
+            .await
+            .expect("node starts");
+        let mut client = Client::connect(&node).await;
+        assert_eq!(
+            create_by_metadata(&mut client, "t").await.topics[0].error_code,
+            0
+        );
+        let r: ProduceResponse = client
+            .call(
+                ApiKey::Produce,
+                9,
+                &produce_request("t", -1, records(&["kept"], None)),
+            )
+            .await;
+        assert_eq!(
+            partition_response(&r).error_code,
+            0,
+            "acknowledged before the fault"
+        );
+
+        disk.inject(DiskFault {
+            op: DiskOp::Sync,
+            under: data.join("logs"),
+            error: DiskError::Io,
+            times: None,
+        });
+        let r: ProduceResponse = client
+            .call(
+                ApiKey::Produce,
+                9,
+                &produce_request("t", -1, records(&["lost"], None)),
+            )
+            .await;
+        assert_ne!(
+            partition_response(&r).error_code,
+            0,
+            "a write whose fsync failed is not acknowledged"
+        );
+        let reason = tokio::time::timeout(Duration::from_secs(10), node.halted())
+            .await
+            .expect("the node halts on a failed fsync");
+        assert!(
+            reason.contains("fsync") && reason.contains("t-0"),
+            "{reason}"
+        );
+        // The process exits here: nothing shuts down cleanly.
+        std::mem::forget(node);
+    });
+    first.shutdown_background();
+
+    // Power cut (what was not fsynced is gone), then a restart on a healthy disk.
+    disk.crash();
+    disk.clear_faults();
+    let second = runtime();
+    second.block_on(async {
+        let node = Node::start_with_seams(config(data, &[]), None, seams())
+            .await
+            .expect("node restarts");
+        let mut client = Client::connect(&node).await;
+        let patience = Patience::new();
+        let values = loop {
+            let f: FetchResponse = client
+                .call(ApiKey::Fetch, 12, &fetch_request("t", 0, 0))
+                .await;
+            let p = &f.responses[0].partitions[0];
+            if p.error_code == 0 {
+                break values_of(p.records.as_ref().expect("records"));
+            }
+            patience.next("the partition to come back").await;
+        };
+        assert_eq!(values.first(), Some(&(0, "kept".to_owned())), "{values:?}");
+        let r: ProduceResponse = client
+            .call(
+                ApiKey::Produce,
+                9,
+                &produce_request("t", -1, records(&["after"], None)),
+            )
+            .await;
+        assert_eq!(partition_response(&r).error_code, 0, "writes succeed again");
+        node.shutdown().await.expect("clean shutdown");
+    });
+}

@@ -19,6 +19,10 @@ use std::time::Duration;
 
 const CLIENT: &str = "client";
 
+/// Nodes that stopped by themselves (a failed start or a storage failure), with the reason,
+/// pushed by the node hosts and taken by [`Nemesis::supervise`].
+pub type Halts = Rc<RefCell<Vec<(usize, String)>>>;
+
 /// How a fault is undone.
 #[derive(Debug)]
 enum Undo {
@@ -37,6 +41,10 @@ pub struct Nemesis {
     next_at: Duration,
     active: Vec<(Duration, Undo)>,
     down: BTreeSet<usize>,
+    /// Nodes whose disk has had a fault injected: only these may halt.
+    disk_faulted: BTreeSet<usize>,
+    /// Halted nodes and when their supervisor restarts them.
+    restarts: Vec<(Duration, usize)>,
     healed: bool,
 }
 
@@ -57,7 +65,44 @@ impl Nemesis {
             next_at,
             active: Vec::new(),
             down: BTreeSet::new(),
+            disk_faulted: BTreeSet::new(),
+            restarts: Vec::new(),
             healed: false,
+        }
+    }
+
+    /// The supervisor (systemd, Kubernetes): a node that halted is taken down (its tasks stop
+    /// with it) and restarted a moment later, also after the cluster healed. Only a node whose
+    /// disk had a fault may halt; any other halt is a violation.
+    pub fn supervise(
+        &mut self,
+        now: Duration,
+        sim: &mut turmoil::Sim<'_>,
+        halts: &Halts,
+        history: &Rc<RefCell<History>>,
+    ) {
+        for (node, reason) in std::mem::take(&mut *halts.borrow_mut()) {
+            sim.crash(host_name(node));
+            let mut h = history.borrow_mut();
+            h.event(format!("node {node} halted: {reason}"));
+            if !self.disk_faulted.contains(&node) {
+                h.violation(format!("node {node} halted with a healthy disk: {reason}"));
+            }
+            self.restarts
+                .push((now + self.rng.millis(500, 3_000), node));
+        }
+        let (due, wait): (Vec<_>, Vec<_>) = std::mem::take(&mut self.restarts)
+            .into_iter()
+            .partition(|(at, _)| *at <= now);
+        self.restarts = wait;
+        for (_, node) in due {
+            // A node the nemesis itself holds down comes back when that fault is undone.
+            if !self.down.contains(&node) {
+                sim.bounce(host_name(node));
+                history
+                    .borrow_mut()
+                    .event(format!("supervisor restarts node {node}"));
+            }
         }
     }
 
@@ -191,10 +236,12 @@ impl Nemesis {
             7 => {
                 let disk = &parts[node - 1].disk;
                 disk.set_capacity(Some(disk.used_bytes() + self.rng.below(64 * 1024)));
+                self.disk_faulted.insert(node);
                 self.active.push((until, Undo::DiskHealthy(node)));
                 format!("disk full on node {node}")
             }
             8 => {
+                self.disk_faulted.insert(node);
                 parts[node - 1].disk.inject(DiskFault {
                     op: DiskOp::Sync,
                     under: PathBuf::from(format!("/{}", host_name(node))),

@@ -120,6 +120,10 @@ fn node_config(node: usize, nodes: usize) -> anyhow::Result<spate_server::Server
         ("controller.listen", format!("0.0.0.0:{CONTROLLER_PORT}")),
         ("default.replication.factor", "3".into()),
         ("auto.create.topics.enable", "false".into()),
+        // The simulated network drops what a partition cuts and, unlike TCP, never sends it
+        // again once the link heals: a follower whose fetch was lost waits for this timeout
+        // (Kafka's default, 30 s, would outlast the liveness bound).
+        ("replica.socket.timeout.ms", "5000".into()),
     ];
     let overrides: Vec<(String, String)> = settings
         .into_iter()
@@ -179,6 +183,7 @@ pub fn run(options: &Options) -> Outcome {
         .build();
     let history = Rc::new(RefCell::new(History::default()));
     let mut parts = Vec::new();
+    let halts: faults::Halts = Rc::default();
     for node in 1..=nodes {
         let clock = Arc::new(seams::SimClock::default());
         let part = NodeParts {
@@ -187,8 +192,10 @@ pub fn run(options: &Options) -> Outcome {
             ids: Arc::new(SeededIds::new(rng.next_u64())),
         };
         parts.push(part.clone());
+        let halts = halts.clone();
         sim.host(host_name(node), move || {
             let part = part.clone();
+            let halts = halts.clone();
             async move {
                 let config = node_config(node, nodes).map_err(|e| e.to_string())?;
                 let seams = Seams {
@@ -197,11 +204,14 @@ pub fn run(options: &Options) -> Outcome {
                     net: Arc::new(seams::SimNetwork),
                     disk: Arc::new(part.disk.clone()),
                 };
-                let node = spate_server::Node::start_with_seams(config, None, seams)
-                    .await
-                    .map_err(|e| format!("node {node} did not start: {e:#}"))?;
+                // A node that cannot start, or that halts on a storage failure, exits as the
+                // process would; the nemesis, as its supervisor, takes it down and restarts it.
+                let reason = match spate_server::Node::start_with_seams(config, None, seams).await {
+                    Ok(running) => running.halted().await,
+                    Err(e) => format!("did not start: {e:#}"),
+                };
+                halts.borrow_mut().push((node, reason));
                 std::future::pending::<()>().await;
-                drop(node);
                 Ok(())
             }
         });
@@ -233,6 +243,7 @@ pub fn run(options: &Options) -> Outcome {
         }
         let now = sim.elapsed();
         history.borrow_mut().set_harness_time(now);
+        nemesis.supervise(now, &mut sim, &halts, &history);
         nemesis.step(now, &mut sim, &parts, &history);
         if now > deadline {
             history.borrow_mut().violation(format!(

@@ -58,7 +58,8 @@ fn main() {
                 tracing_subscriber::EnvFilter::try_from_default_env()
                     .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off")),
             )
-            .without_time()
+            .with_timer(SimTime)
+            .with_ansi(false)
             .with_writer(std::io::stderr)
             .init();
     }
@@ -141,5 +142,16 @@ fn main() {
     if !failed.is_empty() {
         println!("failing seeds: {failed:?}");
         std::process::exit(1);
+    }
+}
+
+/// Node log lines carry the simulated time (seconds since the simulation began), the time the
+/// trace shows.
+struct SimTime;
+
+impl tracing_subscriber::fmt::time::FormatTime for SimTime {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        let elapsed = turmoil::sim_elapsed().unwrap_or_default();
+        write!(w, "{:9.3}", elapsed.as_secs_f64())
     }
 }

@@ -243,8 +243,8 @@ fn batch(value: &str, producer: Option<(i64, i16, i32)>, timestamp_ms: i64) -> B
 /// The outcome of one produce attempt.
 enum Attempt {
     Acked(i64),
-    /// Retry the same batch (sequence) later.
-    Retry,
+    /// Retry the same batch (sequence) later; why it failed.
+    Retry(String),
     /// The producer id is no longer usable: start a new one.
     Fence(String),
 }
@@ -252,7 +252,7 @@ enum Attempt {
 async fn produce_once(client: &mut Client, partition: i32, acks: i16, records: Bytes) -> Attempt {
     let leader = match client.leader(partition).await {
         Ok(l) => l,
-        Err(_) => return Attempt::Retry,
+        Err(e) => return Attempt::Retry(e),
     };
     let request = ProduceRequest::default()
         .with_acks(acks)
@@ -267,9 +267,9 @@ async fn produce_once(client: &mut Client, partition: i32, acks: i16, records: B
         .await;
     let response = match response {
         Ok(r) => r,
-        Err(_) => {
+        Err(e) => {
             client.forget(&leader);
-            return Attempt::Retry;
+            return Attempt::Retry(format!("{leader}: {e}"));
         }
     };
     let Some(p) = response
@@ -277,16 +277,16 @@ async fn produce_once(client: &mut Client, partition: i32, acks: i16, records: B
         .first()
         .and_then(|t| t.partition_responses.first())
     else {
-        return Attempt::Retry;
+        return Attempt::Retry(format!("{leader}: empty produce response"));
     };
     match p.error_code {
         NONE => Attempt::Acked(p.base_offset),
         OUT_OF_ORDER_SEQUENCE_NUMBER | UNKNOWN_PRODUCER_ID => {
             Attempt::Fence(format!("error {}", p.error_code))
         }
-        _ => {
+        code => {
             client.leaders.clear();
-            Attempt::Retry
+            Attempt::Retry(format!("{leader}: error {code}"))
         }
     }
 }
@@ -319,6 +319,7 @@ async fn produce(plan: Rc<Plan>, me: Producer, history: Rc<RefCell<History>>) {
     }
     let mut sequences: BTreeMap<(i64, i32), i32> = BTreeMap::new();
     let mut n = 0u64;
+    let mut last_failure: Option<String> = None;
     while turmoil::sim_elapsed().unwrap_or_default() < plan.produce_until {
         let partition = i32::try_from(n % u64::try_from(plan.partitions).unwrap_or(1)).unwrap_or(0);
         let value = format!("p{}-{n}", me.id);
@@ -334,6 +335,7 @@ async fn produce(plan: Rc<Plan>, me: Producer, history: Rc<RefCell<History>>) {
             let records = batch(&value, producer, now);
             match produce_once(&mut client, partition, me.acks, records).await {
                 Attempt::Acked(offset) => {
+                    last_failure = None;
                     if let Some((id, _)) = pid {
                         *sequences.entry((id, partition)).or_insert(0) += 1;
                     }
@@ -352,7 +354,14 @@ async fn produce(plan: Rc<Plan>, me: Producer, history: Rc<RefCell<History>>) {
                     ));
                     pid = Some(init_producer_id(&mut client).await);
                 }
-                Attempt::Retry => {
+                Attempt::Retry(why) => {
+                    // Traced once per change of reason, so a long outage stays one line.
+                    if last_failure.as_ref() != Some(&why) {
+                        history
+                            .borrow_mut()
+                            .event(format!("producer {} retries: {why}", me.id));
+                        last_failure = Some(why);
+                    }
                     if turmoil::sim_elapsed().unwrap_or_default() >= plan.produce_until {
                         break;
                     }

@@ -143,5 +143,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(spate_server::run(config, Some(metrics)))
+    let result = runtime.block_on(spate_server::run(config, Some(metrics)));
+    // A node that halted on a storage failure must exit even if a blocking disk call hangs.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(10));
+    result
 }

@@ -151,6 +151,7 @@ mod tests {
             LogConfig::default(),
             settings,
             FlushPolicy::default(),
+            spate_replica::StorageHealth::default(),
             0,
         )
         .expect("open")
