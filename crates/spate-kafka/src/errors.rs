@@ -19,6 +19,7 @@ pub(crate) fn replica_error(e: &ReplicaError) -> ResponseError {
         ReplicaError::FencedLeaderEpoch { .. } => ResponseError::FencedLeaderEpoch,
         ReplicaError::UnknownLeaderEpoch { .. } => ResponseError::UnknownLeaderEpoch,
         ReplicaError::NotReplica { .. } => ResponseError::NotLeaderOrFollower,
+        ReplicaError::HighWatermarkNotSettled { .. } => ResponseError::OffsetNotAvailable,
         // The leader sent what does not follow this log: a replication bug, not the client's.
         ReplicaError::Diverged { .. } => ResponseError::KafkaStorageError,
     }

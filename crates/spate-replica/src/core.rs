@@ -243,6 +243,16 @@ pub enum FetchRefusal {
     /// A replica fetch from a node that is not a replica of the partition.
     #[error("node {replica} is not a replica")]
     NotReplica { replica: NodeId },
+    /// A consumer's read at a new leader whose high watermark has not reached its epoch start
+    /// yet: it may be below what the previous leader published (KIP-207's
+    /// OFFSET_NOT_AVAILABLE; clients retry).
+    #[error(
+        "the new leader's high watermark {high_watermark} is below its epoch start {epoch_start}"
+    )]
+    HighWatermarkNotSettled {
+        high_watermark: Offset,
+        epoch_start: Offset,
+    },
 }
 
 /// What the leader knows of one follower in the current leader epoch.
@@ -723,6 +733,23 @@ impl ReplicaCore {
             if r == self.settings.local || !self.state.replicas.contains(&r) {
                 return Err(FetchRefusal::NotReplica { replica: r });
             }
+        }
+        Ok(())
+    }
+
+    /// Whether to serve a consumer's read of records or offsets: [`ReplicaCore::check_fetch`]
+    /// for a consumer, and the high watermark settled, so a consumer never sees it go back
+    /// across a leader change (invariant 3).
+    pub fn check_consumer_read(
+        &self,
+        current_leader_epoch: Option<LeaderEpoch>,
+    ) -> Result<(), FetchRefusal> {
+        self.check_fetch(None, current_leader_epoch)?;
+        if !self.high_watermark_settled() {
+            return Err(FetchRefusal::HighWatermarkNotSettled {
+                high_watermark: self.high_watermark,
+                epoch_start: self.epoch_start_offset.unwrap_or(self.high_watermark),
+            });
         }
         Ok(())
     }

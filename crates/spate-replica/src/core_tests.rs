@@ -422,6 +422,42 @@ fn the_new_leaders_high_watermark_settles_at_its_epoch_start() {
     assert!(core.high_watermark_settled());
 }
 
+/// Found by the simulator (seed 18 on 3 nodes): a consumer read the old leader's high
+/// watermark, then the new leader's lower one. Until it settles, consumers get
+/// OFFSET_NOT_AVAILABLE (retriable) and followers keep fetching.
+#[test]
+fn consumers_wait_for_a_new_leaders_high_watermark_to_settle() {
+    let mut core = ReplicaCore::new(settings(), o(10), o(10), o(6));
+    run(
+        &mut core,
+        0,
+        Event::LeaderAndIsr(state(Some(L), 1, 1, &[L, B], &[L, B])),
+    );
+    let unsettled = |hw| {
+        Err(FetchRefusal::HighWatermarkNotSettled {
+            high_watermark: o(hw),
+            epoch_start: o(10),
+        })
+    };
+    assert_eq!(core.check_consumer_read(None), unsettled(6));
+    assert_eq!(
+        core.check_fetch(Some(B), None),
+        Ok(()),
+        "followers still fetch"
+    );
+    fetch(&mut core, 1, B, 8);
+    assert_eq!(core.check_consumer_read(Some(LeaderEpoch(1))), unsettled(8));
+    assert_eq!(
+        core.check_consumer_read(Some(LeaderEpoch(0))),
+        Err(FetchRefusal::FencedLeaderEpoch {
+            current: LeaderEpoch(1)
+        }),
+        "the epoch check comes first"
+    );
+    fetch(&mut core, 2, B, 10);
+    assert_eq!(core.check_consumer_read(None), Ok(()));
+}
+
 // ---- follower lag and ISR shrink ----
 
 #[test]

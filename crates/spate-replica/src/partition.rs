@@ -109,6 +109,14 @@ pub enum ReplicaError {
     /// A replica fetch from a node that is not a replica of this partition.
     #[error("{tp}: node {replica} is not a replica")]
     NotReplica { tp: TopicPartition, replica: NodeId },
+    /// A consumer read at a new leader whose high watermark has not settled (Kafka:
+    /// OFFSET_NOT_AVAILABLE, retriable).
+    #[error("{tp}: the new leader's high watermark {high_watermark} has not reached its epoch start {epoch_start}")]
+    HighWatermarkNotSettled {
+        tp: TopicPartition,
+        high_watermark: Offset,
+        epoch_start: Offset,
+    },
     /// The leader sent batches that do not follow this replica's log (a bug or a missed
     /// truncation); nothing was written.
     #[error("{tp}: {source}")]
@@ -580,6 +588,14 @@ impl Partition {
                 leader_epoch,
             },
             FetchRefusal::NotReplica { replica } => ReplicaError::NotReplica { tp, replica },
+            FetchRefusal::HighWatermarkNotSettled {
+                high_watermark,
+                epoch_start,
+            } => ReplicaError::HighWatermarkNotSettled {
+                tp,
+                high_watermark,
+                epoch_start,
+            },
         }
     }
 
@@ -596,6 +612,18 @@ impl Partition {
     ) -> Result<(), ReplicaError> {
         self.core()?
             .check_fetch(None, current_leader_epoch)
+            .map_err(|e| self.fetch_refusal(e, current_leader_epoch))
+    }
+
+    /// Checks a consumer may read records or offsets here: [`Partition::check_consumer`],
+    /// and the high watermark settled (a new leader's may be below what the previous leader
+    /// published until its followers catch up; KIP-207).
+    pub fn check_consumer_read(
+        &self,
+        current_leader_epoch: Option<LeaderEpoch>,
+    ) -> Result<(), ReplicaError> {
+        self.core()?
+            .check_consumer_read(current_leader_epoch)
             .map_err(|e| self.fetch_refusal(e, current_leader_epoch))
     }
 

@@ -236,7 +236,7 @@ fn read_partition(plan: &Plan, wanted: &Wanted, budget: usize, first: bool) -> P
             },
             plan.clock.now_ms(),
         ),
-        None => partition.check_consumer(epoch).and_then(|()| {
+        None => partition.check_consumer_read(epoch).and_then(|()| {
             let read = partition.read(offset, budget, first)?;
             if read.plan.is_empty() && read.log_end_offset > read.high_watermark {
                 // Records written with acks=0/1 wait for their fsync to become visible; this

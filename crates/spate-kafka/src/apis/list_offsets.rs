@@ -78,10 +78,11 @@ fn lookup(
         .get(tp)
         .ok_or(ResponseError::UnknownTopicOrPartition)?;
     let map = |e: spate_replica::ReplicaError| errors::replica_error(&e);
-    // Only the leader answers, in the epoch the client names (if any).
+    // Only the leader answers, in the epoch the client names (if any), once its high
+    // watermark has settled (KIP-207: OFFSET_NOT_AVAILABLE until then).
     let requested = (request.current_leader_epoch >= 0)
         .then_some(spate_types::LeaderEpoch(request.current_leader_epoch));
-    partition.check_consumer(requested).map_err(map)?;
+    partition.check_consumer_read(requested).map_err(map)?;
     let epoch = partition.leader_epoch().0;
     let hw = partition.high_watermark().0;
     match request.timestamp {
