@@ -30,6 +30,10 @@ pub struct History {
     trace: Vec<String>,
     /// Value → (producer idempotent, partition).
     sent: BTreeMap<String, (bool, i32)>,
+    /// Value → how many producer ids it was sent under (more than one when the producer was
+    /// fenced while sending it and took a new id: idempotence covers retries within one id,
+    /// so each id may write it once).
+    producer_ids: BTreeMap<String, usize>,
     acked: Vec<Ack>,
     /// Partition → offset → value, as consumers read them (before the end).
     consumed: BTreeMap<i32, BTreeMap<i64, String>>,
@@ -79,6 +83,12 @@ impl History {
     pub fn sent(&mut self, producer: &Producer, value: &str, partition: i32) {
         self.sent
             .insert(value.to_owned(), (producer.idempotent, partition));
+        self.producer_ids.insert(value.to_owned(), 1);
+    }
+
+    /// The producer took a new producer id while sending `value` (it was fenced).
+    pub fn new_producer_id(&mut self, value: &str) {
+        *self.producer_ids.entry(value.to_owned()).or_insert(1) += 1;
     }
 
     pub fn acked(&mut self, ack: Ack) {
@@ -183,9 +193,10 @@ impl History {
         // 5: an idempotent producer's value is written once.
         for (value, places) in &seen {
             let idempotent = self.sent.get(*value).is_some_and(|(i, _)| *i);
-            if idempotent && places.len() > 1 {
+            let ids = self.producer_ids.get(*value).copied().unwrap_or(1);
+            if idempotent && places.len() > ids {
                 out.push(format!(
-                    "invariant 5: idempotent value {value} written {} times: {places:?}",
+                    "invariant 5: idempotent value {value} written {} times under {ids} producer ids: {places:?}",
                     places.len()
                 ));
             }

@@ -352,6 +352,7 @@ async fn produce(plan: Rc<Plan>, me: Producer, history: Rc<RefCell<History>>) {
                         "producer {} fenced ({why}): new producer id",
                         me.id
                     ));
+                    history.borrow_mut().new_producer_id(&value);
                     pid = Some(init_producer_id(&mut client).await);
                 }
                 Attempt::Retry(why) => {
