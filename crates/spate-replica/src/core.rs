@@ -664,6 +664,10 @@ impl ReplicaCore {
             self.log_end
         };
         let mut hw = own.min(self.log_end);
+        #[cfg(feature = "planted-bugs")]
+        if crate::planted::high_watermark_ignores_followers() {
+            return Some(hw);
+        }
         for member in self.maximal_isr() {
             if member != local {
                 hw = hw.min(self.followers.get(&member)?.fetch_offset?);

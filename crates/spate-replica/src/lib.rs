@@ -16,6 +16,8 @@ mod fetcher;
 mod health;
 mod manager;
 mod partition;
+#[cfg(feature = "planted-bugs")]
+pub mod planted;
 
 pub use crate::core::{
     AckStatus, AppendRefusal, Command, Event, FetchRefusal, FollowerState, Ignored, LeaderAndIsr,

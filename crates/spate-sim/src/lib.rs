@@ -145,10 +145,11 @@ pub struct NodeParts {
 }
 
 thread_local! {
-    /// Panics raised on this thread (the simulation's): a node task that panics is a bug even
-    /// when Tokio contains it.
+    /// Panics raised on this thread while it runs a simulation: a node task that panics is a
+    /// bug even when Tokio contains it.
     static PANICS: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
-    static VERBOSE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Whether this thread is running a simulation (and whether its panics are printed too).
+    static RECORDING: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
 }
 
 fn install_panic_recorder() {
@@ -156,19 +157,41 @@ fn install_panic_recorder() {
     ONCE.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            PANICS.with(|p| p.borrow_mut().push(info.to_string()));
-            if VERBOSE.with(std::cell::Cell::get) {
-                previous(info);
+            match RECORDING.with(std::cell::Cell::get) {
+                Some(verbose) => {
+                    PANICS.with(|p| p.borrow_mut().push(info.to_string()));
+                    if verbose {
+                        previous(info);
+                    }
+                }
+                // Outside a simulation (a test's own assertion, for one), as usual.
+                None => previous(info),
             }
         }));
     });
 }
 
+/// Records this thread's panics until dropped.
+struct Recording;
+
+impl Recording {
+    fn start(verbose: bool) -> Recording {
+        install_panic_recorder();
+        PANICS.with(|p| p.borrow_mut().clear());
+        RECORDING.with(|r| r.set(Some(verbose)));
+        Recording
+    }
+}
+
+impl Drop for Recording {
+    fn drop(&mut self) {
+        RECORDING.with(|r| r.set(None));
+    }
+}
+
 /// Runs one seed to the end and checks it.
 pub fn run(options: &Options) -> Outcome {
-    install_panic_recorder();
-    PANICS.with(|p| p.borrow_mut().clear());
-    VERBOSE.with(|v| v.set(options.verbose));
+    let recording = Recording::start(options.verbose);
     let _deterministic = spate_types::exec::enter_deterministic(options.seed);
     let mut rng = Rng::new(options.seed);
     let nodes = options.nodes;
@@ -281,6 +304,7 @@ pub fn run(options: &Options) -> Outcome {
     drop(sim);
     let mut violations = history.borrow().check();
     violations.extend(replicas::compare(&parts, &plan, &history.borrow()));
+    drop(recording);
     PANICS.with(|p| {
         for panic in p.borrow_mut().drain(..) {
             violations.push(format!("invariant 7: a node panicked: {panic}"));

@@ -1,8 +1,9 @@
 //! `spate-sim`: runs seeds of the deterministic cluster simulation and reports violations.
 //!
-//! `spate-sim --seeds 1000 [--nodes 5]` runs seeds 1..=1000 over the cores and prints a
-//! summary; for a failing seed it prints the command that replays it with its trace:
-//! `spate-sim --seed S --trace`. Exit code 0 only when every seed passed.
+//! `spate-sim --seeds 1000 [--nodes 5]` runs seeds 1..=1000, each in a process of its own, as
+//! many at once as there are cores, and prints a summary; for a failing seed it prints its
+//! violations and the command that replays it with its trace: `spate-sim --seed S --trace`.
+//! Exit code 0 only when every seed passed.
 
 use clap::Parser;
 use spate_sim::{run, Options, Outcome};
@@ -31,7 +32,7 @@ struct Args {
     /// Print the trace (and, with RUST_LOG, the nodes' logs).
     #[arg(long)]
     trace: bool,
-    /// Parallel simulations [number of cores].
+    /// Seeds run at once, each in its own process [number of cores].
     #[arg(long)]
     jobs: Option<usize>,
 }
@@ -50,8 +51,46 @@ fn replay(args: &Args, seed: u64) -> String {
     )
 }
 
+/// The line a single seed ends with, which a batch reads back from the seed's process.
+fn verdict_line(outcome: &Outcome) -> String {
+    format!(
+        "seed {}: {} ({} acknowledged, {} events, {:.1} simulated seconds, trace hash {:016x})",
+        outcome.seed,
+        if outcome.violations.is_empty() {
+            "PASS"
+        } else {
+            "FAIL"
+        },
+        outcome.acked,
+        outcome.trace.len(),
+        outcome.simulated.as_secs_f64(),
+        outcome.trace_hash
+    )
+}
+
+/// What a batch needs of a seed's verdict line: passed, acknowledged, events, simulated secs.
+fn parse_verdict(line: &str) -> Option<(bool, u64, u64, f64)> {
+    let (head, rest) = line.split_once(" (")?;
+    let passed = head.ends_with(": PASS");
+    let mut fields = rest.split(", ");
+    let mut number =
+        |suffix: &str| -> Option<f64> { fields.next()?.strip_suffix(suffix)?.trim().parse().ok() };
+    let acked = number(" acknowledged")?;
+    let events = number(" events")?;
+    let simulated = number(" simulated seconds")?;
+    Some((passed, acked as u64, events as u64, simulated))
+}
+
 fn main() {
     let args = Args::parse();
+    match args.seed {
+        Some(seed) => single(&args, seed),
+        None => batch(&args),
+    }
+}
+
+/// Runs one seed in this process (a fresh process runs a seed the same way every time).
+fn single(args: &Args, seed: u64) {
     if args.trace {
         tracing_subscriber::fmt()
             .with_env_filter(
@@ -63,81 +102,111 @@ fn main() {
             .with_writer(std::io::stderr)
             .init();
     }
-    let seeds: Vec<u64> = match args.seed {
-        Some(s) => vec![s],
-        None => (args.first..args.first + args.seeds).collect(),
-    };
+    let outcome = run(&options(args, seed));
+    if args.trace {
+        for line in &outcome.trace {
+            println!("{line}");
+        }
+    }
+    println!("{}", verdict_line(&outcome));
+    for v in &outcome.violations {
+        println!("  {v}");
+    }
+    if !outcome.violations.is_empty() {
+        println!("  replay: {}", replay(args, seed));
+        std::process::exit(1);
+    }
+}
+
+/// Runs each seed in a process of its own, `jobs` at a time. Not threads: Tokio numbers tasks
+/// from one process-wide counter and a runtime's shutdown order follows those numbers, so a
+/// seed that shares its process with other runs would not replay the same way alone.
+fn batch(args: &Args) {
+    let seeds: Vec<u64> = (args.first..args.first.saturating_add(args.seeds)).collect();
     let jobs = args
         .jobs
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
         .max(1)
         .min(seeds.len().max(1));
+    let exe = std::env::current_exe().unwrap_or_else(|_| "spate-sim".into());
     let started = Instant::now();
     let next = Arc::new(AtomicU64::new(0));
     let seeds = Arc::new(seeds);
-    let (tx, rx) = mpsc::channel::<Outcome>();
+    let (tx, rx) = mpsc::channel::<(u64, Result<String, String>)>();
     let workers: Vec<_> = (0..jobs)
         .map(|_| {
-            let (next, seeds, tx) = (next.clone(), seeds.clone(), tx.clone());
+            let (next, seeds, tx, exe) = (next.clone(), seeds.clone(), tx.clone(), exe.clone());
             let args = args.clone();
-            std::thread::Builder::new()
-                .stack_size(64 << 20)
-                .spawn(move || loop {
-                    let i = next.fetch_add(1, Ordering::SeqCst);
-                    let Some(&seed) = seeds.get(usize::try_from(i).unwrap_or(usize::MAX)) else {
-                        return;
-                    };
-                    if tx.send(run(&options(&args, seed))).is_err() {
-                        return;
-                    }
-                })
-                .expect("spawn a simulation thread")
+            std::thread::spawn(move || loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                let Some(&seed) = seeds.get(usize::try_from(i).unwrap_or(usize::MAX)) else {
+                    return;
+                };
+                let output = std::process::Command::new(&exe)
+                    .args(["--seed", &seed.to_string()])
+                    .args(["--nodes", &args.nodes.to_string()])
+                    .args(["--faults-secs", &args.faults_secs.to_string()])
+                    .env_remove("RUST_LOG")
+                    .output()
+                    .map_err(|e| format!("cannot run {}: {e}", exe.display()))
+                    .map(|o| {
+                        let mut text = String::from_utf8_lossy(&o.stdout).into_owned();
+                        if !o.status.success() && parse_verdict(&text).is_none() {
+                            text.push_str(&format!(
+                                "  the seed's process failed ({}): {}",
+                                o.status,
+                                String::from_utf8_lossy(&o.stderr)
+                                    .lines()
+                                    .rev()
+                                    .take(20)
+                                    .collect::<Vec<_>>()
+                                    .join(" | ")
+                            ));
+                        }
+                        text
+                    });
+                if tx.send((seed, output)).is_err() {
+                    return;
+                }
+            })
         })
         .collect();
     drop(tx);
     let (mut passed, mut failed) = (0u64, Vec::new());
-    let (mut events, mut acked, mut simulated) = (0usize, 0usize, Duration::ZERO);
-    for outcome in rx {
-        events += outcome.trace.len();
-        acked += outcome.acked;
-        simulated += outcome.simulated;
-        if args.trace {
-            for line in &outcome.trace {
-                println!("{line}");
+    let (mut events, mut acked, mut simulated) = (0u64, 0u64, 0f64);
+    for (seed, output) in rx {
+        let text = output.unwrap_or_else(|e| e);
+        match text.lines().next().and_then(parse_verdict) {
+            Some((ok, a, e, s)) => {
+                acked += a;
+                events += e;
+                simulated += s;
+                if ok {
+                    passed += 1;
+                    continue;
+                }
             }
+            None => println!("seed {seed}: FAIL (no verdict)"),
         }
-        if outcome.violations.is_empty() {
-            passed += 1;
-            if args.seed.is_some() {
-                println!(
-                    "seed {}: PASS ({} acknowledged, {} events, trace hash {:016x})",
-                    outcome.seed,
-                    outcome.acked,
-                    outcome.trace.len(),
-                    outcome.trace_hash
-                );
-            }
-        } else {
-            println!("seed {}: FAIL", outcome.seed);
-            for v in &outcome.violations {
-                println!("  {v}");
-            }
-            println!("  replay: {}", replay(&args, outcome.seed));
-            failed.push(outcome.seed);
+        print!("{text}");
+        if !text.ends_with('\n') {
+            println!();
         }
+        failed.push(seed);
     }
     for w in workers {
         let _ = w.join();
     }
+    failed.sort_unstable();
     let total = passed + failed.len() as u64;
     let wall = started.elapsed().as_secs_f64();
     println!(
-        "spate-sim: {total} seeds, {passed} passed, {} failed; {:.2} seeds/s on {jobs} threads, {} events and {} acknowledged writes per seed, {:.0} simulated seconds per seed",
+        "spate-sim: {total} seeds, {passed} passed, {} failed; {:.2} seeds/s with {jobs} jobs, {} events and {} acknowledged writes per seed, {:.0} simulated seconds per seed",
         failed.len(),
         total as f64 / wall.max(1e-9),
-        events / usize::try_from(total.max(1)).unwrap_or(1),
-        acked / usize::try_from(total.max(1)).unwrap_or(1),
-        simulated.as_secs_f64() / total.max(1) as f64,
+        events / total.max(1),
+        acked / total.max(1),
+        simulated / total.max(1) as f64,
     );
     if !failed.is_empty() {
         println!("failing seeds: {failed:?}");
@@ -153,5 +222,38 @@ impl tracing_subscriber::fmt::time::FormatTime for SimTime {
     fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
         let elapsed = turmoil::sim_elapsed().unwrap_or_default();
         write!(w, "{:9.3}", elapsed.as_secs_f64())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_reads_back_the_verdict_line_a_seed_prints() {
+        let outcome = Outcome {
+            seed: 7,
+            violations: vec!["invariant 1: lost".into()],
+            trace_hash: 0xabc,
+            trace: vec!["a".into(), "b".into()],
+            acked: 12,
+            steps: 3,
+            simulated: Duration::from_millis(35_250),
+        };
+        let line = verdict_line(&outcome);
+        assert_eq!(
+            line,
+            "seed 7: FAIL (12 acknowledged, 2 events, 35.2 simulated seconds, trace hash 0000000000000abc)"
+        );
+        assert_eq!(parse_verdict(&line), Some((false, 12, 2, 35.2)));
+        let passing = Outcome {
+            violations: vec![],
+            ..outcome
+        };
+        assert_eq!(
+            parse_verdict(&verdict_line(&passing)),
+            Some((true, 12, 2, 35.2))
+        );
+        assert_eq!(parse_verdict("thread 'main' panicked"), None);
     }
 }
