@@ -6,7 +6,8 @@
 //! a node isolated from the others (and maybe from the clients); the cluster cut in halves
 //! (five nodes) or a bridge (one node sees both sides); a one-way cut; a link holding its
 //! messages and releasing them late (delay and reordering across links); a flaky link that
-//! drops at random; a full disk; fsync failing with EIO; a node's wall clock jumping.
+//! drops at random; a full disk; fsync failing with EIO or ENOSPC, writes failing with EIO; a
+//! node's wall clock jumping.
 
 use crate::history::History;
 use crate::{host_name, NodeParts, Rng};
@@ -241,15 +242,22 @@ impl Nemesis {
                 format!("disk full on node {node}")
             }
             8 => {
+                // A failing fsync (EIO, or ENOSPC on a thin-provisioned volume), or a failing
+                // write (EIO), the next 1-3 times on that node.
+                let (op, error, what) = match self.rng.below(3) {
+                    0 => (DiskOp::Sync, DiskError::Io, "fsync fails with EIO"),
+                    1 => (DiskOp::Sync, DiskError::NoSpace, "fsync fails with ENOSPC"),
+                    _ => (DiskOp::Write, DiskError::Io, "writes fail with EIO"),
+                };
                 self.disk_faulted.insert(node);
                 parts[node - 1].disk.inject(DiskFault {
-                    op: DiskOp::Sync,
+                    op,
                     under: PathBuf::from(format!("/{}", host_name(node))),
-                    error: DiskError::Io,
+                    error,
                     times: Some(1 + u32::try_from(self.rng.below(3)).unwrap_or(0)),
                 });
                 self.active.push((until, Undo::DiskHealthy(node)));
-                format!("fsync fails with EIO on node {node}")
+                format!("{what} on node {node}")
             }
             _ => {
                 let minutes = i64::try_from(self.rng.below(120)).unwrap_or(0) - 60;

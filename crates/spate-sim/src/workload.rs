@@ -59,6 +59,10 @@ struct Client {
     connections: BTreeMap<String, Connection>,
     /// Partition → leader address.
     leaders: BTreeMap<i32, String>,
+    /// Partition → the highest leader epoch any Metadata answer named (KIP-320, as librdkafka
+    /// and the Java client keep it): older answers are ignored, and fetches carry it, so a
+    /// deposed leader that has not heard of its successor refuses them.
+    leader_epochs: BTreeMap<i32, i32>,
     next_bootstrap: usize,
 }
 
@@ -77,6 +81,7 @@ impl Client {
             nodes,
             connections: BTreeMap::new(),
             leaders: BTreeMap::new(),
+            leader_epochs: BTreeMap::new(),
             next_bootstrap: 0,
         }
     }
@@ -156,12 +161,22 @@ impl Client {
                 last = format!("{addr}: topic not known yet");
                 continue;
             };
-            self.leaders = topic
-                .partitions
-                .iter()
-                .filter(|p| p.error_code == NONE)
-                .filter_map(|p| Some((p.partition_index, brokers.get(&p.leader_id.0)?.clone())))
-                .collect();
+            let mut leaders = BTreeMap::new();
+            for p in topic.partitions.iter().filter(|p| p.error_code == NONE) {
+                let known = self.leader_epochs.get(&p.partition_index).copied();
+                if known.is_some_and(|epoch| p.leader_epoch < epoch) {
+                    continue;
+                }
+                if let Some(leader) = brokers.get(&p.leader_id.0) {
+                    leaders.insert(p.partition_index, leader.clone());
+                    self.leader_epochs.insert(p.partition_index, p.leader_epoch);
+                }
+            }
+            if leaders.is_empty() {
+                last = format!("{addr}: no leader newer than known");
+                continue;
+            }
+            self.leaders = leaders;
             return Ok(());
         }
         Err(last)
@@ -374,13 +389,15 @@ async fn produce(plan: Rc<Plan>, me: Producer, history: Rc<RefCell<History>>) {
     }
 }
 
-/// Reads `partition` from its leader from `from`: the records and the high watermark.
+/// Reads `partition` from its leader from `from`: the records, the high watermark and the
+/// node that answered.
 async fn fetch(
     client: &mut Client,
     partition: i32,
     from: i64,
-) -> Result<(Vec<(i64, String)>, i64), String> {
+) -> Result<(Vec<(i64, String)>, i64, String), String> {
     let leader = client.leader(partition).await?;
+    let epoch = client.leader_epochs.get(&partition).copied().unwrap_or(-1);
     let request = FetchRequest::default()
         .with_replica_id(kafka_protocol::messages::BrokerId(-1))
         .with_max_wait_ms(200)
@@ -391,6 +408,7 @@ async fn fetch(
             .with_topic(topic_name())
             .with_partitions(vec![FetchPartition::default()
                 .with_partition(partition)
+                .with_current_leader_epoch(epoch)
                 .with_fetch_offset(from)
                 .with_partition_max_bytes(1 << 20)])]);
     let response = client
@@ -424,19 +442,27 @@ async fn fetch(
             }
         }
     }
-    Ok((records, p.high_watermark))
+    Ok((records, p.high_watermark, leader))
 }
 
 /// A consumer following every partition until `until`, recording what it reads.
 async fn consume(plan: Rc<Plan>, history: Rc<RefCell<History>>, until: Duration) {
     let mut client = Client::new("sim-consumer".into(), plan.nodes);
     let mut positions: BTreeMap<i32, i64> = (0..plan.partitions).map(|p| (p, 0)).collect();
+    // Which node last answered for each partition (a change is traced).
+    let mut serving: BTreeMap<i32, String> = BTreeMap::new();
     while turmoil::sim_elapsed().unwrap_or_default() < until {
         for partition in 0..plan.partitions {
             let from = positions[&partition];
             match fetch(&mut client, partition, from).await {
-                Ok((records, high_watermark)) => {
+                Ok((records, high_watermark, node)) => {
                     let mut h = history.borrow_mut();
+                    if serving.get(&partition) != Some(&node) {
+                        h.event(format!(
+                            "consumer reads partition {partition} from {node} (high watermark {high_watermark})"
+                        ));
+                        serving.insert(partition, node);
+                    }
                     h.observed_high_watermark(partition, high_watermark);
                     for (offset, value) in records {
                         h.consumed(partition, offset, &value);
@@ -458,7 +484,7 @@ async fn drain(plan: Rc<Plan>, history: Rc<RefCell<History>>) {
         let mut from = 0;
         loop {
             match fetch(&mut client, partition, from).await {
-                Ok((records, high_watermark)) => {
+                Ok((records, high_watermark, _)) => {
                     for (offset, value) in records {
                         if offset < high_watermark {
                             from = offset + 1;

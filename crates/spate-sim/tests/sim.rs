@@ -47,10 +47,11 @@ fn one_seed_replays_the_same_run_byte_for_byte() {
 /// found): 1, a node restarted while its disk still failed fsyncs could not start; 2, a failed
 /// fsync left the node leading with a sticky failure; 7, a follower whose fetches stopped
 /// flapped in and out of the ISR; 18, a consumer saw a new leader's high watermark below the
-/// old one's; 155, a stale leader's OUT_OF_ORDER_SEQUENCE made the producer take a new id.
+/// old one's; 155, a stale leader's OUT_OF_ORDER_SEQUENCE made the producer take a new id;
+/// 189, a consumer read a deposed leader that had not heard of its successor.
 #[test]
 fn the_seeds_that_found_bugs_pass() {
-    for seed in [1, 2, 7, 18, 155] {
+    for seed in [1, 2, 7, 18, 155, 189] {
         assert_passes(seed, 3);
     }
 }
