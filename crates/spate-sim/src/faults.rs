@@ -7,7 +7,7 @@
 //! (five nodes) or a bridge (one node sees both sides); a one-way cut; a link holding its
 //! messages and releasing them late (delay and reordering across links); a flaky link that
 //! drops at random; a full disk; fsync failing with EIO or ENOSPC, writes failing with EIO; a
-//! node's wall clock jumping.
+//! node's wall clock jumping; a controlled shutdown and restart.
 
 use crate::history::History;
 use crate::{host_name, NodeParts, Rng};
@@ -23,6 +23,16 @@ const CLIENT: &str = "client";
 /// Nodes that stopped by themselves (a failed start or a storage failure), with the reason,
 /// pushed by the node hosts and taken by [`Nemesis::supervise`].
 pub type Halts = Rc<RefCell<Vec<(usize, String)>>>;
+
+/// Nodes that finished a controlled shutdown, with its outcome, pushed by the node hosts.
+pub type Stops = Rc<RefCell<Vec<(usize, Result<(), String>)>>>;
+
+/// Starts `node` again (its software anew; its disk as the last crash left it), with a fresh
+/// stop signal.
+fn restart(sim: &mut turmoil::Sim<'_>, parts: &[NodeParts], node: usize) {
+    *parts[node - 1].stop.borrow_mut() = Rc::new(tokio::sync::Notify::new());
+    sim.bounce(host_name(node));
+}
 
 /// How a fault is undone.
 #[derive(Debug)]
@@ -79,9 +89,23 @@ impl Nemesis {
         &mut self,
         now: Duration,
         sim: &mut turmoil::Sim<'_>,
+        parts: &[NodeParts],
         halts: &Halts,
+        stops: &Stops,
         history: &Rc<RefCell<History>>,
     ) {
+        for (node, outcome) in std::mem::take(&mut *stops.borrow_mut()) {
+            let mut h = history.borrow_mut();
+            match outcome {
+                Ok(()) => h.event(format!("node {node} shut down cleanly")),
+                Err(e) if self.disk_faulted.contains(&node) => {
+                    h.event(format!("node {node}'s controlled shutdown failed: {e}"))
+                }
+                Err(e) => h.violation(format!(
+                    "node {node}'s controlled shutdown failed with a healthy disk: {e}"
+                )),
+            }
+        }
         for (node, reason) in std::mem::take(&mut *halts.borrow_mut()) {
             sim.crash(host_name(node));
             let mut h = history.borrow_mut();
@@ -99,7 +123,7 @@ impl Nemesis {
         for (_, node) in due {
             // A node the nemesis itself holds down comes back when that fault is undone.
             if !self.down.contains(&node) {
-                sim.bounce(host_name(node));
+                restart(sim, parts, node);
                 history
                     .borrow_mut()
                     .event(format!("supervisor restarts node {node}"));
@@ -160,7 +184,7 @@ impl Nemesis {
         let until = now + lasts;
         let node = self.pick_node();
         let others: Vec<usize> = (1..=self.nodes).filter(|n| *n != node).collect();
-        let kind = self.rng.below(10);
+        let kind = self.rng.below(11);
         let what = match kind {
             0 | 1 if !self.down.contains(&node) && self.down.len() + 1 < self.nodes => {
                 sim.crash(host_name(node));
@@ -259,6 +283,15 @@ impl Nemesis {
                 self.active.push((until, Undo::DiskHealthy(node)));
                 format!("{what} on node {node}")
             }
+            10 if !self.down.contains(&node) && self.down.len() + 1 < self.nodes => {
+                // An operator's controlled shutdown (leaderships move away first), then a
+                // restart once the fault ends; a restart before the shutdown finished is a
+                // kill in the middle of it.
+                parts[node - 1].stop.borrow().notify_one();
+                self.down.insert(node);
+                self.active.push((until, Undo::Restart(node)));
+                format!("controlled shutdown of node {node}")
+            }
             _ => {
                 let minutes = i64::try_from(self.rng.below(120)).unwrap_or(0) - 60;
                 parts[node - 1].clock.jump(minutes * 60_000);
@@ -279,7 +312,7 @@ impl Nemesis {
     ) {
         let what = match undo {
             Undo::Restart(node) => {
-                sim.bounce(host_name(node));
+                restart(sim, parts, node);
                 self.down.remove(&node);
                 format!("restart node {node}")
             }

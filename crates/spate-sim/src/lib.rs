@@ -142,6 +142,9 @@ pub struct NodeParts {
     pub disk: MemoryDisk,
     pub clock: Arc<seams::SimClock>,
     ids: Arc<SeededIds>,
+    /// Notified to shut the node down cleanly (an operator's controlled shutdown); a fresh
+    /// one for each start (`faults::restart`), so a request never outlives its incarnation.
+    pub stop: Rc<RefCell<Rc<tokio::sync::Notify>>>,
 }
 
 thread_local! {
@@ -207,18 +210,20 @@ pub fn run(options: &Options) -> Outcome {
     let history = Rc::new(RefCell::new(History::default()));
     let mut parts = Vec::new();
     let halts: faults::Halts = Rc::default();
+    let stops: faults::Stops = Rc::default();
     for node in 1..=nodes {
         let clock = Arc::new(seams::SimClock::default());
         let part = NodeParts {
             disk: MemoryDisk::new(clock.clone()),
             clock,
             ids: Arc::new(SeededIds::new(rng.next_u64())),
+            stop: Rc::default(),
         };
         parts.push(part.clone());
-        let halts = halts.clone();
+        let (halts, stops) = (halts.clone(), stops.clone());
         sim.host(host_name(node), move || {
             let part = part.clone();
-            let halts = halts.clone();
+            let (halts, stops) = (halts.clone(), stops.clone());
             async move {
                 let config = node_config(node, nodes).map_err(|e| e.to_string())?;
                 let seams = Seams {
@@ -229,11 +234,29 @@ pub fn run(options: &Options) -> Outcome {
                 };
                 // A node that cannot start, or that halts on a storage failure, exits as the
                 // process would; the nemesis, as its supervisor, takes it down and restarts it.
-                let reason = match spate_server::Node::start_with_seams(config, None, seams).await {
-                    Ok(running) => running.halted().await,
-                    Err(e) => format!("did not start: {e:#}"),
+                let stop = part.stop.borrow().clone();
+                let running = match spate_server::Node::start_with_seams(config, None, seams).await
+                {
+                    Ok(running) => running,
+                    Err(e) => {
+                        halts
+                            .borrow_mut()
+                            .push((node, format!("did not start: {e:#}")));
+                        return std::future::pending().await;
+                    }
                 };
-                halts.borrow_mut().push((node, reason));
+                let halted = tokio::select! {
+                    biased;
+                    reason = running.halted() => Some(reason),
+                    () = stop.notified() => None,
+                };
+                match halted {
+                    Some(reason) => halts.borrow_mut().push((node, reason)),
+                    None => {
+                        let outcome = running.shutdown().await.map_err(|e| format!("{e:#}"));
+                        stops.borrow_mut().push((node, outcome));
+                    }
+                }
                 std::future::pending::<()>().await;
                 Ok(())
             }
@@ -266,7 +289,7 @@ pub fn run(options: &Options) -> Outcome {
         }
         let now = sim.elapsed();
         history.borrow_mut().set_harness_time(now);
-        nemesis.supervise(now, &mut sim, &halts, &history);
+        nemesis.supervise(now, &mut sim, &parts, &halts, &stops, &history);
         nemesis.step(now, &mut sim, &parts, &history);
         if now > deadline {
             history.borrow_mut().violation(format!(
