@@ -39,6 +39,10 @@ pub struct History {
     consumed: BTreeMap<i32, BTreeMap<i64, String>>,
     /// Partition → the highest high watermark a consumer was shown.
     high_watermarks: BTreeMap<i32, i64>,
+    /// Partition → (the highest offset a commit acknowledged, the highest one sent).
+    commits: BTreeMap<i32, (Option<i64>, i64)>,
+    /// The group's committed offsets read back at the end (`None` before).
+    committed_at_end: Option<BTreeMap<i32, i64>>,
     /// Partition → (records up to the high watermark, that high watermark), read at the end.
     drained: BTreeMap<i32, (Vec<(i64, String)>, i64)>,
     /// When the faults stopped, and the first acks=all acknowledgement after that.
@@ -132,6 +136,28 @@ impl History {
         }
     }
 
+    /// The consumer sends a commit of `positions` to the group.
+    pub fn commit_sent(&mut self, positions: &BTreeMap<i32, i64>) {
+        for (partition, offset) in positions {
+            let entry = self.commits.entry(*partition).or_insert((None, *offset));
+            entry.1 = entry.1.max(*offset);
+        }
+    }
+
+    /// The group coordinator acknowledged a commit of `positions`.
+    pub fn commit_acked(&mut self, positions: &BTreeMap<i32, i64>) {
+        self.event(format!("offsets committed {positions:?}"));
+        for (partition, offset) in positions {
+            let entry = self.commits.entry(*partition).or_insert((None, *offset));
+            entry.0 = Some(entry.0.map_or(*offset, |acked| acked.max(*offset)));
+        }
+    }
+
+    pub fn committed_at_end(&mut self, committed: BTreeMap<i32, i64>) {
+        self.event(format!("committed offsets at the end {committed:?}"));
+        self.committed_at_end = Some(committed);
+    }
+
     pub fn drained(&mut self, partition: i32, log: Vec<(i64, String)>, high_watermark: i64) {
         self.event(format!(
             "drained partition {partition}: {} records, high watermark {high_watermark}",
@@ -189,6 +215,22 @@ impl History {
                     ack.value, ack.partition, ack.offset
                 )),
             }
+        }
+        // 6: an acknowledged offset commit survives: the offset read back at the end is at
+        // least the last one acknowledged, and no more than the last one sent (commits only
+        // move forward, one committer).
+        if let Some(end) = &self.committed_at_end {
+            for (partition, (acked, sent)) in &self.commits {
+                let Some(acked) = acked else { continue };
+                match end.get(partition) {
+                    Some(o) if o >= acked && o <= sent => {}
+                    other => out.push(format!(
+                        "invariant 6: partition {partition}'s committed offset is {other:?} at the end, but {acked} was acknowledged (the highest sent: {sent})"
+                    )),
+                }
+            }
+        } else if self.commits.values().any(|(acked, _)| acked.is_some()) {
+            out.push("invariant 6: the committed offsets were never read back".into());
         }
         // 5: an idempotent producer's value is written once.
         for (value, places) in &seen {

@@ -4,8 +4,12 @@
 //! Producers write unique values (`p<producer>-<n>`), one record per request, each retried
 //! until it is acknowledged or the workload ends, with `acks=all` or `acks=1`, idempotent or
 //! not (the seed chooses). A consumer follows every partition from the leader, recording each
-//! record and each high watermark it sees. At the end, one read of every partition from its
-//! leader gives the final log. Everything observed goes into the [`History`].
+//! record and each high watermark it sees, and commits its positions to a group every half
+//! second (`offsets.rs`). At the end, one read of every partition from its leader gives the
+//! final log, and the group's committed offsets are read back. Everything observed goes into
+//! the [`History`].
+
+mod offsets;
 
 use crate::history::{Ack, History, Producer};
 use crate::Rng;
@@ -34,6 +38,8 @@ const PRODUCE_VERSION_MAX: i16 = 9;
 const FETCH_VERSION_MAX: i16 = 12;
 const REQUEST_TIMEOUT_MS: u64 = 3_000;
 const RETRY_BACKOFF: Duration = Duration::from_millis(50);
+/// How often the consumer commits its positions (simulated time).
+const COMMIT_EVERY: Duration = Duration::from_millis(500);
 
 /// Kafka error codes the workload tells apart.
 const NONE: i16 = 0;
@@ -451,7 +457,32 @@ async fn consume(plan: Rc<Plan>, history: Rc<RefCell<History>>, until: Duration)
     let mut positions: BTreeMap<i32, i64> = (0..plan.partitions).map(|p| (p, 0)).collect();
     // Which node last answered for each partition (a change is traced).
     let mut serving: BTreeMap<i32, String> = BTreeMap::new();
+    // Positions are committed to the group every COMMIT_EVERY, as auto-commit does.
+    let mut committer = offsets::Committer::default();
+    let mut committed: Option<BTreeMap<i32, i64>> = None;
+    let mut next_commit = Duration::ZERO;
+    let mut commit_failure: Option<String> = None;
     while turmoil::sim_elapsed().unwrap_or_default() < until {
+        let now = turmoil::sim_elapsed().unwrap_or_default();
+        if now >= next_commit && committed.as_ref() != Some(&positions) {
+            next_commit = now + COMMIT_EVERY;
+            history.borrow_mut().commit_sent(&positions);
+            match committer.commit(&mut client, &positions).await {
+                Ok(()) => {
+                    history.borrow_mut().commit_acked(&positions);
+                    committed = Some(positions.clone());
+                    commit_failure = None;
+                }
+                Err(why) => {
+                    if commit_failure.as_ref() != Some(&why) {
+                        history
+                            .borrow_mut()
+                            .event(format!("offset commit failed: {why}"));
+                        commit_failure = Some(why);
+                    }
+                }
+            }
+        }
         for partition in 0..plan.partitions {
             let from = positions[&partition];
             match fetch(&mut client, partition, from).await {
@@ -524,8 +555,25 @@ pub async fn run(plan: Plan, history: Rc<RefCell<History>>) -> turmoil::Result {
     history
         .borrow_mut()
         .event("producers stopped; draining".into());
-    drain(plan, history.clone()).await;
+    drain(plan.clone(), history.clone()).await;
+    read_committed_offsets(&plan, &history).await;
     Ok(())
+}
+
+/// Reads the group's committed offsets once the cluster has healed (retrying until the
+/// coordinator answers; the liveness bound is the harness's).
+async fn read_committed_offsets(plan: &Plan, history: &Rc<RefCell<History>>) {
+    let mut client = Client::new("sim-offsets".into(), plan.nodes);
+    let mut committer = offsets::Committer::default();
+    loop {
+        match committer.fetch(&mut client, plan.partitions).await {
+            Ok(committed) => {
+                history.borrow_mut().committed_at_end(committed);
+                return;
+            }
+            Err(_) => tokio::time::sleep(RETRY_BACKOFF).await,
+        }
+    }
 }
 
 /// The workload a seed chooses.
