@@ -18,6 +18,11 @@ use std::time::Duration;
 
 /// Backoff while no controller leader is known or the known one is unreachable.
 pub(crate) const RETRY_BACKOFF: Duration = Duration::from_millis(50);
+/// The longest one forwarded proposal waits for its answer before it is sent again on a new
+/// connection: an answer lost on the way (a connection that died silently, without a reset)
+/// must not hold the proposer for the whole `request_timeout_ms`. A commit takes milliseconds;
+/// this leaves room for a slow disk.
+const FORWARD_ATTEMPT_MAX: Duration = Duration::from_secs(5);
 
 /// A proposal's fate on this node's own Raft.
 pub(crate) enum LocalWrite {
@@ -96,7 +101,10 @@ impl Controller {
                 continue;
             };
             let request = Request::Propose(cmd.clone());
-            match self.call_leader(leader, &request, remaining).await {
+            match self
+                .call_leader(leader, &request, remaining.min(FORWARD_ATTEMPT_MAX))
+                .await
+            {
                 Ok(Response::Proposed { outcome, index }) => {
                     self.wait_applied(index, deadline).await?;
                     return Ok(outcome);

@@ -1071,15 +1071,14 @@ impl Task {
     fn spawn_truncate(&self, item: &Item, offset: Offset, fully: bool) -> DiskJob {
         let partition = item.partition.clone();
         let (leader, epoch) = (self.leader, item.leader_epoch);
-        let clock = self.settings.clock.clone();
         spawn_disk(move || {
             if !following(&partition.follower_position()?, leader, epoch) {
                 return Ok(DiskOutcome::NotFollowing);
             }
             let commands = if fully {
-                partition.truncate_fully(offset, clock.now_ms())?
+                partition.truncate_fully(offset)?
             } else {
-                partition.truncate_to(offset, clock.now_ms())?
+                partition.truncate_to(offset)?
             };
             if !commands.is_empty() {
                 tracing::debug!(partition = %partition.topic_partition(), ?commands, "commands after truncation (not for the fetcher)");
@@ -1142,7 +1141,7 @@ fn append_from_leader(
         {
             let base = Offset(batch_base_offset(records).unwrap_or(position.log_end.0));
             tracing::info!(partition = %partition.topic_partition(), log_start = %position.log_start, batch_base = %base, "the leader's first batch starts below the empty log; starting the log at it");
-            partition.truncate_fully(base, clock.now_ms())?;
+            partition.truncate_fully(base)?;
             partition.append_from_leader(records, high_watermark, clock.now_ms())?
         }
         other => other?,

@@ -98,10 +98,11 @@ fn follower(dir: &Path, tp: TopicPartition, epoch: i32) -> Arc<Partition> {
         settings,
         FlushPolicy::default(),
         crate::StorageHealth::default(),
+        Arc::new(spate_types::SystemClock),
         0,
     )
     .expect("open");
-    p.apply(state(epoch), 0).expect("apply");
+    p.apply(state(epoch)).expect("apply");
     p
 }
 
@@ -118,7 +119,7 @@ fn follower_with_two_epochs(dir: &Path) -> Arc<Partition> {
     .concat();
     p.append_from_leader(&records, Offset(0), 0)
         .expect("prefill");
-    p.apply(state(2), 0).expect("epoch 2");
+    p.apply(state(2)).expect("epoch 2");
     p
 }
 
@@ -501,7 +502,7 @@ async fn undefined_epoch_end_truncates_to_the_high_watermark() {
     let records = [batch(0, 1, 1), batch(1, 1, 1), batch(2, 1, 1)].concat();
     p.append_from_leader(&records, Offset(1), 0)
         .expect("prefill");
-    p.apply(state(2), 0).expect("epoch 2");
+    p.apply(state(2)).expect("epoch 2");
     assert_eq!(p.high_watermark(), Offset(1));
     leader.answer(|req| {
         respond_epochs(req, |_, part| {
@@ -778,7 +779,7 @@ async fn follow_is_idempotent_a_new_epoch_truncates_again_and_a_new_leader_moves
         "same leader and epoch: nothing changes"
     );
 
-    p.apply(state(1), 0).expect("epoch 1");
+    p.apply(state(1)).expect("epoch 1");
     fetchers.follow(p.clone(), LEADER, LeaderEpoch(1));
     let second = followed(LEADER);
     assert!(second.0 > first.0, "a new generation");
@@ -1027,10 +1028,11 @@ async fn appends_read_the_time_from_the_fetchers_clock() {
         },
         FlushPolicy::default(),
         crate::StorageHealth::default(),
+        Arc::new(spate_types::SystemClock),
         START_MS,
     )
     .expect("open");
-    p.apply(state(0), START_MS).expect("follower");
+    p.apply(state(0)).expect("follower");
     let first = batch(0, 0, 1);
     leader.answer(move |req| {
         respond_fetch(req, |_, part| {

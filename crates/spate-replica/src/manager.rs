@@ -151,10 +151,10 @@ impl ReplicaManager {
             Some(p) => p,
             None => self.open(tp, topic_id, config.clone(), now_ms)?,
         };
-        let mut commands = partition.set_config(config, now_ms)?;
-        commands.extend(partition.set_ineligible(ineligible, now_ms)?);
-        commands.extend(partition.apply(state, now_ms)?);
-        self.execute(&partition, commands, now_ms);
+        let mut commands = partition.set_config(config)?;
+        commands.extend(partition.set_ineligible(ineligible)?);
+        commands.extend(partition.apply(state)?);
+        self.execute(&partition, commands);
         Ok(partition)
     }
 
@@ -183,6 +183,7 @@ impl ReplicaManager {
             settings,
             self.policy,
             self.health.clone(),
+            self.settings.fetch.clock.clone(),
             now_ms,
         )?;
         let mut map = self
@@ -194,7 +195,7 @@ impl ReplicaManager {
 
     /// Carries out the commands a replica returned that concern the node: fetchers and
     /// ISR proposals.
-    fn execute(&self, partition: &Arc<Partition>, commands: Vec<Command>, now_ms: i64) {
+    fn execute(&self, partition: &Arc<Partition>, commands: Vec<Command>) {
         let tp = partition.topic_partition();
         for command in commands {
             match command {
@@ -227,8 +228,8 @@ impl ReplicaManager {
                     };
                     if self.proposals.try_send(proposal).is_err() {
                         tracing::warn!(partition = %tp, "ISR proposal queue full; retrying later");
-                        if let Ok(more) = partition.isr_change_failed(now_ms) {
-                            self.execute(partition, more, now_ms);
+                        if let Ok(more) = partition.isr_change_failed() {
+                            self.execute(partition, more);
                         }
                     }
                 }
@@ -239,7 +240,7 @@ impl ReplicaManager {
     }
 
     /// The controller refused or failed `proposal`; the leader may propose again later.
-    pub fn isr_change_failed(&self, tp: &TopicPartition, proposal: &IsrProposal, now_ms: i64) {
+    pub fn isr_change_failed(&self, tp: &TopicPartition, proposal: &IsrProposal) {
         let Some(partition) = self.get(tp) else {
             return;
         };
@@ -249,8 +250,8 @@ impl ReplicaManager {
             .as_ref()
             .is_some_and(|p| p.partition_epoch == proposal.partition_epoch && p.isr == proposal.isr)
         {
-            if let Ok(commands) = partition.isr_change_failed(now_ms) {
-                self.execute(&partition, commands, now_ms);
+            if let Ok(commands) = partition.isr_change_failed() {
+                self.execute(&partition, commands);
             }
         }
     }
@@ -260,18 +261,18 @@ impl ReplicaManager {
         &self,
         partition: &Arc<Partition>,
         fetch: FollowerFetch,
-        now_ms: i64,
     ) -> Result<PartitionRead, ReplicaError> {
-        let (read, commands) = partition.read_for_follower(fetch, now_ms)?;
-        self.execute(partition, commands, now_ms);
+        let (read, commands) = partition.read_for_follower(fetch)?;
+        self.execute(partition, commands);
         Ok(read)
     }
 
-    /// Periodic work: leaders check follower lag (ISR shrink proposals).
-    pub fn tick(&self, now_ms: i64) {
+    /// Periodic work: leaders check follower lag (ISR shrink proposals), on each partition's
+    /// monotonic clock.
+    pub fn tick(&self) {
         for partition in self.all() {
-            match partition.tick(now_ms) {
-                Ok(commands) => self.execute(&partition, commands, now_ms),
+            match partition.tick() {
+                Ok(commands) => self.execute(&partition, commands),
                 Err(e) => {
                     tracing::debug!(partition = %partition.topic_partition(), error = %e, "tick")
                 }

@@ -211,7 +211,6 @@ impl Node {
             replicas.clone(),
             isr_proposals,
             shutdown_rx.clone(),
-            seams.clock.clone(),
         )));
         tasks.push(tokio::spawn(crate::reconciler::replica_ticks(
             replicas.clone(),

@@ -9,8 +9,10 @@
 //! It also carries leaders' ISR proposals to the controller (AlterPartition) and reports a
 //! refused one back to the replica, which retries on a later tick.
 //!
-//! The time handed to the replica core (`now_ms`, the wall clock) comes from the node's
-//! [`Clock`]; the tick and rebalance intervals are the runtime's timers.
+//! The wall-clock time handed to the partition logs (`now_ms`: segment age, timestamps) comes
+//! from the node's [`Clock`]; the replica cores read its monotonic side themselves (a wall
+//! clock step must not move follower lag); the tick and rebalance intervals are the runtime's
+//! timers.
 
 use spate_controller::{Controller, MetadataCommand, MetadataImage, MetadataOutcome, NO_LEADER};
 use spate_kafka::Broker;
@@ -130,7 +132,6 @@ pub(crate) async fn propose_isr_changes(
     replicas: Arc<ReplicaManager>,
     mut proposals: mpsc::Receiver<IsrProposal>,
     mut shutdown: watch::Receiver<bool>,
-    clock: Arc<dyn Clock>,
 ) {
     loop {
         // Biased (deterministic under simulation); the shutdown, which ends the loop, first.
@@ -141,7 +142,6 @@ pub(crate) async fn propose_isr_changes(
         };
         let controller = controller.clone();
         let replicas = replicas.clone();
-        let clock = clock.clone();
         // One task per proposal: a slow controller round trip for one partition must not hold
         // back the others (each partition has at most one proposal pending).
         tokio::spawn(async move {
@@ -160,11 +160,11 @@ pub(crate) async fn propose_isr_changes(
                 }
                 Ok(other) => {
                     tracing::info!(partition = %tp, isr = ?proposal.isr, outcome = ?other, "ISR change refused");
-                    replicas.isr_change_failed(&tp, &proposal, clock.now_ms());
+                    replicas.isr_change_failed(&tp, &proposal);
                 }
                 Err(e) => {
                     tracing::warn!(partition = %tp, error = %e, "ISR change failed");
-                    replicas.isr_change_failed(&tp, &proposal, clock.now_ms());
+                    replicas.isr_change_failed(&tp, &proposal);
                 }
             }
         });
@@ -193,7 +193,7 @@ pub(crate) async fn replica_ticks(
             _ = spate_kafka::shutdown_signalled(&mut shutdown) => return,
             _ = tick.tick() => {}
         }
-        replicas.tick(clock.now_ms());
+        replicas.tick();
         let now_ms = clock.monotonic_ms();
         if now_ms.saturating_sub(last_checkpoint_ms) >= HIGH_WATERMARK_CHECKPOINT_INTERVAL_MS {
             last_checkpoint_ms = now_ms;

@@ -48,10 +48,12 @@ fn one_seed_replays_the_same_run_byte_for_byte() {
 /// fsync left the node leading with a sticky failure; 7, a follower whose fetches stopped
 /// flapped in and out of the ISR; 18, a consumer saw a new leader's high watermark below the
 /// old one's; 155, a stale leader's OUT_OF_ORDER_SEQUENCE made the producer take a new id;
-/// 189, a consumer read a deposed leader that had not heard of its successor.
+/// 189, a consumer read a deposed leader that had not heard of its successor; 128, a step
+/// back of the leader's wall clock kept a dead follower in the ISR; 1086, a restarted node
+/// waited 15 s for a registration answer lost on a dead connection.
 #[test]
 fn the_seeds_that_found_bugs_pass() {
-    for seed in [1, 2, 7, 18, 155, 189] {
+    for seed in [1, 2, 7, 18, 128, 155, 189, 1086] {
         assert_passes(seed, 3);
     }
 }

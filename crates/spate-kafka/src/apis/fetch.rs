@@ -19,7 +19,7 @@ use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, TopicName}
 use kafka_protocol::protocol::VersionRange;
 use kafka_protocol::ResponseError;
 use spate_replica::{FollowerFetch, Partition, ReplicaManager};
-use spate_types::{Clock, LeaderEpoch, NodeId, Offset, TopicPartition};
+use spate_types::{LeaderEpoch, NodeId, Offset, TopicPartition};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -56,8 +56,6 @@ struct Plan {
     /// The follower this fetch comes from; `None` for a consumer.
     replica: Option<NodeId>,
     replicas: Arc<ReplicaManager>,
-    /// The broker's clock, read at every read (a long poll reads again when it ends).
-    clock: Arc<dyn Clock>,
     version: i16,
 }
 
@@ -78,7 +76,6 @@ pub(crate) async fn handle(
         max_bytes: request.max_bytes.max(0) as usize,
         replica: (replica_id >= 0).then_some(NodeId(replica_id)),
         replicas: broker.replicas.clone(),
-        clock: broker.seams().clock.clone(),
         version: ctx.version(),
     };
     for topic in request.topics {
@@ -234,7 +231,6 @@ fn read_partition(plan: &Plan, wanted: &Wanted, budget: usize, first: bool) -> P
                     .then_some(LeaderEpoch(wanted.last_fetched_epoch)),
                 max_bytes: budget,
             },
-            plan.clock.now_ms(),
         ),
         None => partition.check_consumer_read(epoch).and_then(|()| {
             let read = partition.read(offset, budget, first)?;

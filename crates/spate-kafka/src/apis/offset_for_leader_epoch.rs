@@ -152,6 +152,7 @@ mod tests {
             settings,
             FlushPolicy::default(),
             spate_replica::StorageHealth::default(),
+            Arc::new(spate_types::SystemClock),
             0,
         )
         .expect("open")
@@ -162,11 +163,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = open(dir.path());
         // Offsets 0 and 1 in epoch 1, offset 2 in epoch 3.
-        p.apply(state(LOCAL, 1), 0).expect("leader in 1");
+        p.apply(state(LOCAL, 1)).expect("leader in 1");
         for _ in 0..2 {
             p.append(&mut batch(), false, 0).expect("append");
         }
-        p.apply(state(LOCAL, 3), 0).expect("leader in 3");
+        p.apply(state(LOCAL, 3)).expect("leader in 3");
         p.append(&mut batch(), false, 0).expect("append");
         let p = Some(&*p);
         assert_eq!(end_offset(p, 3, 1), Ok((1, 2)));
@@ -198,7 +199,7 @@ mod tests {
     async fn errors_are_kafkas() {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = open(dir.path());
-        p.apply(state(LOCAL, 3), 0).expect("leader");
+        p.apply(state(LOCAL, 3)).expect("leader");
         let leader = Some(&*p);
         assert_eq!(
             end_offset(leader, 2, 3),
@@ -212,7 +213,7 @@ mod tests {
             end_offset(None, 3, 3),
             Err(ResponseError::UnknownTopicOrPartition)
         );
-        p.apply(state(OTHER, 4), 0).expect("follower");
+        p.apply(state(OTHER, 4)).expect("follower");
         assert_eq!(
             end_offset(Some(&*p), 4, 3),
             Err(ResponseError::NotLeaderOrFollower),
