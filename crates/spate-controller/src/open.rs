@@ -322,6 +322,18 @@ impl Controller {
         let waiting_since_ms = clock.monotonic_ms();
         let mut last_log_ms = waiting_since_ms;
         loop {
+            // A Raft core that stopped (its storage failed) never unfences anyone: give up, so
+            // the node exits and its supervisor restarts it.
+            let stopped = self
+                .inner
+                .raft
+                .metrics()
+                .borrow_watched()
+                .running_state
+                .clone();
+            if let Err(fatal) = stopped {
+                return Err(raft::halted(fatal).into());
+            }
             match self.heartbeat(false).await {
                 Ok(reply) if !reply.fenced => {
                     self.inner.last_heartbeat.send_replace(Some(reply));

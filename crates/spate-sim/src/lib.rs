@@ -145,6 +145,8 @@ pub struct NodeParts {
     /// Notified to shut the node down cleanly (an operator's controlled shutdown); a fresh
     /// one for each start (`faults::restart`), so a request never outlives its incarnation.
     pub stop: Rc<RefCell<Rc<tokio::sync::Notify>>>,
+    /// Whether the node's current incarnation finished starting and still serves.
+    pub serving: Rc<std::cell::Cell<bool>>,
 }
 
 thread_local! {
@@ -218,6 +220,7 @@ pub fn run(options: &Options) -> Outcome {
             clock,
             ids: Arc::new(SeededIds::new(rng.next_u64())),
             stop: Rc::default(),
+            serving: Rc::default(),
         };
         parts.push(part.clone());
         let (halts, stops) = (halts.clone(), stops.clone());
@@ -235,6 +238,7 @@ pub fn run(options: &Options) -> Outcome {
                 // A node that cannot start, or that halts on a storage failure, exits as the
                 // process would; the nemesis, as its supervisor, takes it down and restarts it.
                 let stop = part.stop.borrow().clone();
+                part.serving.set(false);
                 let running = match spate_server::Node::start_with_seams(config, None, seams).await
                 {
                     Ok(running) => running,
@@ -245,11 +249,13 @@ pub fn run(options: &Options) -> Outcome {
                         return std::future::pending().await;
                     }
                 };
+                part.serving.set(true);
                 let halted = tokio::select! {
                     biased;
                     reason = running.halted() => Some(reason),
                     () = stop.notified() => None,
                 };
+                part.serving.set(false);
                 match halted {
                     Some(reason) => halts.borrow_mut().push((node, reason)),
                     None => {
@@ -315,6 +321,16 @@ pub fn run(options: &Options) -> Outcome {
                     ));
                 }
             }
+        }
+    }
+    // Every node serves again by the end: one stuck starting (or never restarted) is a
+    // liveness failure even when the others carry the workload.
+    for (i, part) in parts.iter().enumerate() {
+        if !part.serving.get() {
+            history.borrow_mut().violation(format!(
+                "liveness: node {} was not serving at the end (it had not finished starting)",
+                i + 1
+            ));
         }
     }
     // Stop every node as a kill would (their disks keep what the page cache held), then

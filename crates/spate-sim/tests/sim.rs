@@ -50,10 +50,11 @@ fn one_seed_replays_the_same_run_byte_for_byte() {
 /// old one's; 155, a stale leader's OUT_OF_ORDER_SEQUENCE made the producer take a new id;
 /// 189, a consumer read a deposed leader that had not heard of its successor; 128, a step
 /// back of the leader's wall clock kept a dead follower in the ISR; 1086, a restarted node
-/// waited 15 s for a registration answer lost on a dead connection.
+/// waited 15 s for a registration answer lost on a dead connection; 454, a node whose metadata
+/// log failed while it started waited forever to be unfenced.
 #[test]
 fn the_seeds_that_found_bugs_pass() {
-    for seed in [1, 2, 7, 18, 128, 155, 189, 1086] {
+    for seed in [1, 2, 7, 18, 128, 155, 189, 454, 1086] {
         assert_passes(seed, 3);
     }
 }
