@@ -1172,20 +1172,37 @@ pub(crate) mod tests {
         }
     }
 
-    fn open_as(dir: &Path, config: LogConfig, state: LeaderAndIsr) -> Arc<Partition> {
-        let p = Partition::open(
+    /// A partition of "t" on the OS disk with these settings, not yet given a role.
+    fn open_on(
+        dir: &Path,
+        config: LogConfig,
+        policy: FlushPolicy,
+        clock: Arc<dyn Clock>,
+        now_ms: i64,
+    ) -> Arc<Partition> {
+        Partition::open(
             Arc::new(spate_types::OsDisk),
             dir,
             TopicPartition::new("t", 0),
             uuid::Uuid::from_u128(7),
             config,
             settings(),
-            FlushPolicy::default(),
+            policy,
             StorageHealth::default(),
+            clock,
+            now_ms,
+        )
+        .expect("open")
+    }
+
+    fn open_as(dir: &Path, config: LogConfig, state: LeaderAndIsr) -> Arc<Partition> {
+        let p = open_on(
+            dir,
+            config,
+            FlushPolicy::default(),
             Arc::new(spate_types::SystemClock),
             0,
-        )
-        .expect("open");
+        );
         p.apply(state).expect("apply");
         p
     }
@@ -1204,19 +1221,13 @@ pub(crate) mod tests {
     async fn follower_lag_ignores_steps_of_the_wall_clock() {
         let dir = tempfile::tempdir().expect("tempdir");
         let clock = Arc::new(spate_types::ManualClock::new(1_700_000_000_000));
-        let p = Partition::open(
-            Arc::new(spate_types::OsDisk),
+        let p = open_on(
             dir.path(),
-            TopicPartition::new("t", 0),
-            uuid::Uuid::from_u128(7),
             LogConfig::default(),
-            settings(),
             FlushPolicy::default(),
-            StorageHealth::default(),
             clock.clone(),
             clock.now_ms(),
-        )
-        .expect("open");
+        );
         p.apply(state(LOCAL, 1, &[LOCAL, OTHER], &[LOCAL, OTHER]))
             .expect("apply");
         let proposals = |commands: Vec<Command>| {
@@ -1262,22 +1273,16 @@ pub(crate) mod tests {
         // not wait for that: it starts at the append. The flush interval is far beyond the
         // test's timeout, so only that start makes the data durable here.
         let dir = tempfile::tempdir().expect("tempdir");
-        let p = Partition::open(
-            Arc::new(spate_types::OsDisk),
+        let p = open_on(
             dir.path(),
-            TopicPartition::new("t", 0),
-            uuid::Uuid::from_u128(7),
             LogConfig::default(),
-            settings(),
             FlushPolicy {
                 interval: Duration::from_secs(3_600),
                 fsync_acks_all: true,
             },
-            StorageHealth::default(),
             Arc::new(spate_types::SystemClock),
             0,
-        )
-        .expect("open");
+        );
         p.apply(state(LOCAL, 0, &[LOCAL], &[LOCAL])).expect("apply");
         let mut hw = p.subscribe_high_watermark();
 
