@@ -88,8 +88,11 @@ pub enum Event {
     LeaderHighWatermark { high_watermark: Offset },
     /// The local log was truncated to `log_end` (a follower after OffsetForLeaderEpoch).
     Truncated { log_end: Offset },
-    /// The controller refused our ISR proposal, or it timed out: a later tick may retry.
-    IsrChangeFailed,
+    /// The controller did not apply our ISR proposal: it refused it, or the proposal was never
+    /// sent. Never for a failure whose outcome is unknown (a timeout, a lost answer, a stopped
+    /// controller): that proposal may have been committed, so a joiner must keep counting in
+    /// the maximal ISR until the metadata says (seed 20944). A later tick may propose again.
+    IsrChangeRefused,
     /// Time passed: the leader checks follower lag.
     Tick,
     /// `min.insync.replicas`, `replica.lag.time.max.ms` or `acks.all.fsync` changed.
@@ -122,7 +125,7 @@ pub enum Command {
     /// lazily.
     HighWatermark(Offset),
     /// Ask the controller (AlterPartition) to set the ISR, built on `partition_epoch`. Answer
-    /// with [`Event::LeaderAndIsr`] once committed or [`Event::IsrChangeFailed`].
+    /// with [`Event::LeaderAndIsr`] once committed or [`Event::IsrChangeRefused`].
     ProposeIsr {
         leader_epoch: LeaderEpoch,
         partition_epoch: i32,
@@ -177,7 +180,7 @@ pub enum Ignored {
     },
     /// `LogEndChanged` reported a lower log end than known: truncation is `Truncated`.
     LogEndMovedBackwards { log_end: Offset, reported: Offset },
-    /// `IsrChangeFailed` with no proposal pending.
+    /// `IsrChangeRefused` with no proposal pending.
     NoPendingIsrChange,
     /// `SettingsChanged` for another node id.
     SettingsForAnotherNode,
@@ -388,9 +391,9 @@ impl ReplicaCore {
                     Outcome::Applied
                 }
             }
-            Event::IsrChangeFailed => {
+            Event::IsrChangeRefused => {
                 if self.pending.take().is_some() {
-                    // A failed expansion no longer counts in the maximal ISR.
+                    // A refused expansion no longer counts in the maximal ISR.
                     self.advance_high_watermark(&mut commands);
                     Outcome::Applied
                 } else {

@@ -619,27 +619,27 @@ fn a_pending_expansion_counts_the_joiner_in_the_high_watermark() {
 }
 
 #[test]
-fn a_failed_change_is_forgotten_and_retried_on_a_later_tick() {
+fn a_refused_change_is_forgotten_and_retried_on_a_later_tick() {
     let mut core = leader_with_c_out();
     fetch(&mut core, 1, B, 10);
     fetch(&mut core, 2, C, 10);
     run(&mut core, 3, Event::LogEndChanged { log_end: o(20) });
     run(&mut core, 3, Event::Flushed { flushed: o(20) });
     fetch(&mut core, 4, B, 20);
-    tracing::info!("--- the expansion fails: C no longer holds the high watermark back");
+    tracing::info!("--- the expansion is refused: C no longer holds the high watermark back");
     assert_eq!(
-        run(&mut core, 5, Event::IsrChangeFailed),
+        run(&mut core, 5, Event::IsrChangeRefused),
         [Command::HighWatermark(o(20))]
     );
     assert_eq!(core.pending_isr_change(), None);
     assert_eq!(
-        core.step(5, Event::IsrChangeFailed).outcome,
+        core.step(5, Event::IsrChangeRefused).outcome,
         Outcome::Ignored(Ignored::NoPendingIsrChange)
     );
     tracing::info!("--- C is below the high watermark now; once it catches up a tick retries");
     assert_eq!(run(&mut core, 6, Event::Tick), []);
     assert_eq!(fetch(&mut core, 7, C, 20), [propose(5, &[L, B, C])]);
-    run(&mut core, 8, Event::IsrChangeFailed);
+    run(&mut core, 8, Event::IsrChangeRefused);
     assert_eq!(run(&mut core, 9, Event::Tick), [propose(5, &[L, B, C])]);
 }
 
@@ -653,9 +653,9 @@ fn a_tick_never_proposes_in_a_follower_the_lag_rule_would_remove() {
     let mut core = leader_with_c_out();
     fetch(&mut core, 1, B, 10);
     fetch(&mut core, 2, C, 9);
-    tracing::info!("--- C reaches the high watermark, then stops fetching; the join fails");
+    tracing::info!("--- C reaches the high watermark, then stops fetching; the join is refused");
     assert_eq!(fetch(&mut core, 3, C, 10), [propose(5, &[L, B, C])]);
-    run(&mut core, 4, Event::IsrChangeFailed);
+    run(&mut core, 4, Event::IsrChangeRefused);
     fetch(&mut core, LAG_MS, B, 10);
     assert_eq!(
         run(&mut core, LAG_MS + 4, Event::Tick),
@@ -1071,7 +1071,7 @@ proptest! {
                         controller = next.clone();
                         Event::LeaderAndIsr(next)
                     }
-                    _ => Event::IsrChangeFailed,
+                    _ => Event::IsrChangeRefused,
                 },
                 Op::Append(n) => Event::LogEndChanged { log_end: Offset(core.log_end().0 + i64::from(n)) },
                 Op::Flush(x) => {

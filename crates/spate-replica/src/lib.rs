@@ -25,7 +25,9 @@ pub use crate::core::{
 };
 pub use fetcher::FetcherSettings;
 pub use health::StorageHealth;
-pub use manager::{IsrProposal, ReplicaManager, ReplicationSettings, PARTITION_METADATA};
+pub use manager::{
+    IsrAnswer, IsrProposal, ReplicaManager, ReplicationSettings, PARTITION_METADATA,
+};
 pub use partition::{
     AppendReceipt, FlushFailure, FlushPolicy, FollowerFetch, FollowerPosition, Partition,
     PartitionRead, ReplicaError, HIGH_WATERMARK_FILE,

@@ -41,6 +41,25 @@ pub struct IsrProposal {
     pub isr: Vec<NodeId>,
 }
 
+/// What the controller's answer to an [`IsrProposal`] tells its leader (Kafka's
+/// `Partition.handleAlterPartitionError` draws the same lines).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IsrAnswer {
+    /// Applied: the metadata brings the new ISR.
+    Committed,
+    /// Applied as a refusal (an ineligible or invalid ISR): the proposal is forgotten, and a
+    /// joiner stops counting in the high watermark.
+    Refused,
+    /// Refused because the leader's partition state is out of date (the epochs moved, perhaps
+    /// by this very proposal, sent before and answered late): the proposal stays pending until
+    /// the newer metadata arrives and settles it.
+    Stale,
+    /// No answer that says whether it was applied (a timeout, a lost connection, a stopped
+    /// controller): the proposal stays pending, its joiner counting in the high watermark, and
+    /// is sent again.
+    Unknown,
+}
+
 /// Node-wide replication settings.
 #[derive(Clone, Debug)]
 pub struct ReplicationSettings {
@@ -64,7 +83,8 @@ pub struct ReplicaManager {
 
 impl ReplicaManager {
     /// Hosts partitions under `logs_dir` on `disk`. The receiver gets every ISR proposal; its
-    /// owner must answer each refused or failed one with [`ReplicaManager::isr_change_failed`].
+    /// owner sends each to the controller and reports the answer with
+    /// [`ReplicaManager::isr_proposal_answered`].
     pub fn new(
         disk: Arc<dyn Disk>,
         logs_dir: impl Into<PathBuf>,
@@ -228,7 +248,7 @@ impl ReplicaManager {
                     };
                     if self.proposals.try_send(proposal).is_err() {
                         tracing::warn!(partition = %tp, "ISR proposal queue full; retrying later");
-                        if let Ok(more) = partition.isr_change_failed() {
+                        if let Ok(more) = partition.isr_change_refused() {
                             self.execute(partition, more);
                         }
                     }
@@ -239,19 +259,32 @@ impl ReplicaManager {
         }
     }
 
-    /// The controller refused or failed `proposal`; the leader may propose again later.
-    pub fn isr_change_failed(&self, tp: &TopicPartition, proposal: &IsrProposal) {
+    /// The controller answered `proposal` with `answer`. Returns whether to send it again: only
+    /// for [`IsrAnswer::Unknown`], and only while the partition still has this very proposal
+    /// pending (a newer state or proposal settles it).
+    pub fn isr_proposal_answered(
+        &self,
+        tp: &TopicPartition,
+        proposal: &IsrProposal,
+        answer: IsrAnswer,
+    ) -> bool {
         let Some(partition) = self.get(tp) else {
-            return;
+            return false;
         };
-        // A refusal of an older proposal must not clear a newer one.
-        let current = partition.pending_isr_change();
-        if current
-            .as_ref()
-            .is_some_and(|p| p.partition_epoch == proposal.partition_epoch && p.isr == proposal.isr)
-        {
-            if let Ok(commands) = partition.isr_change_failed() {
-                self.execute(&partition, commands);
+        // An answer to an older proposal must not settle a newer one.
+        let still_pending = partition.pending_isr_change().is_some_and(|p| {
+            p.partition_epoch == proposal.partition_epoch && p.isr == proposal.isr
+        });
+        match answer {
+            IsrAnswer::Committed | IsrAnswer::Stale => false,
+            IsrAnswer::Unknown => still_pending,
+            IsrAnswer::Refused => {
+                if still_pending {
+                    if let Ok(commands) = partition.isr_change_refused() {
+                        self.execute(&partition, commands);
+                    }
+                }
+                false
             }
         }
     }

@@ -1,10 +1,14 @@
 //! The replica manager on a [`MemoryDisk`]: what a power cut leaves of a hosted partition
-//! (its directory, its metadata and its fsynced records, nothing unsynced) and the directory
-//! housekeeping (orphans) done through the disk seam.
+//! (its directory, its metadata and its fsynced records, nothing unsynced), the directory
+//! housekeeping (orphans) done through the disk seam, and how the controller's answers to ISR
+//! proposals settle them.
 
 use crate::core::LeaderAndIsr;
 use crate::fetcher::FetcherSettings;
-use crate::manager::{ReplicaManager, ReplicationSettings, PARTITION_METADATA};
+use crate::manager::{
+    IsrAnswer, IsrProposal, ReplicaManager, ReplicationSettings, PARTITION_METADATA,
+};
+use crate::partition::FollowerFetch;
 use crate::partition::{FlushPolicy, Partition};
 use spate_log::LogConfig;
 use spate_types::{Disk, LeaderEpoch, ManualClock, MemoryDisk, NodeId, Offset, TopicPartition};
@@ -19,7 +23,17 @@ const TOPIC_ID: uuid::Uuid = uuid::Uuid::from_u128(7);
 
 /// A manager on `disk` whose flusher syncs only for `acks=all` (the interval is an hour).
 fn manager(disk: &MemoryDisk) -> Arc<ReplicaManager> {
-    let (manager, _proposals) = ReplicaManager::new(
+    manager_and_proposals(disk).0
+}
+
+/// [`manager`], with the queue its leaders' ISR proposals go to.
+fn manager_and_proposals(
+    disk: &MemoryDisk,
+) -> (
+    Arc<ReplicaManager>,
+    tokio::sync::mpsc::Receiver<IsrProposal>,
+) {
+    ReplicaManager::new(
         Arc::new(disk.clone()),
         LOGS,
         FlushPolicy {
@@ -31,8 +45,7 @@ fn manager(disk: &MemoryDisk) -> Arc<ReplicaManager> {
             replica_lag_time_max_ms: 10_000,
             fetch: FetcherSettings::default(),
         },
-    );
-    manager
+    )
 }
 
 /// Hosts `t-<partition>` as the single-replica leader, as a one-node cluster does.
@@ -149,4 +162,138 @@ async fn orphan_partitions_are_removed_through_the_disk() {
     m.delete(&TopicPartition::new("t", 9))
         .expect("delete absent");
     assert!(disk.read_dir(Path::new(LOGS)).expect("ls").is_empty());
+}
+
+const B: NodeId = NodeId(2);
+const C: NodeId = NodeId(3);
+
+/// `t-0` led here in epoch 0, replicas {1, B, C}, with C out of the ISR at `partition_epoch`.
+fn leader_and_isr(partition_epoch: i32, isr: &[NodeId]) -> LeaderAndIsr {
+    LeaderAndIsr {
+        leader: Some(LOCAL),
+        leader_epoch: LeaderEpoch(0),
+        partition_epoch,
+        replicas: vec![LOCAL, B, C],
+        isr: isr.to_vec(),
+    }
+}
+
+fn ensure(manager: &ReplicaManager, state: LeaderAndIsr) -> Arc<Partition> {
+    manager
+        .ensure(
+            TopicPartition::new("t", 0),
+            TOPIC_ID,
+            LogConfig::default(),
+            state,
+            BTreeSet::new(),
+            0,
+        )
+        .expect("ensure")
+}
+
+/// A follower's fetch at `offset` (everything below it durable there).
+fn follower_fetch(manager: &ReplicaManager, p: &Arc<Partition>, replica: NodeId, offset: i64) {
+    manager
+        .read_for_follower(
+            p,
+            FollowerFetch {
+                replica,
+                current_leader_epoch: Some(LeaderEpoch(0)),
+                fetch_offset: Offset(offset),
+                last_fetched_epoch: None,
+                max_bytes: 1 << 20,
+            },
+        )
+        .expect("follower read");
+}
+
+/// Leads `t-0` with ISR {1, B}, writes two durable records that B holds, and lets C catch up
+/// to the high watermark: the leader proposes C in, and the proposal is returned.
+async fn an_expansion_pending(
+    manager: &ReplicaManager,
+    proposals: &mut tokio::sync::mpsc::Receiver<IsrProposal>,
+) -> (Arc<Partition>, IsrProposal) {
+    let p = ensure(manager, leader_and_isr(0, &[LOCAL, B]));
+    for v in ["a", "b"] {
+        let (last, _) = append(&p, v, true);
+        p.wait_durable(last).await.expect("fsync");
+    }
+    follower_fetch(manager, &p, B, 2);
+    assert_eq!(p.high_watermark(), Offset(2));
+    follower_fetch(manager, &p, C, 2);
+    let proposal = proposals.try_recv().expect("C proposed in");
+    assert_eq!(proposal.isr, [LOCAL, B, C]);
+    assert_eq!(proposal.partition_epoch, 0);
+    (p, proposal)
+}
+
+/// Found by the simulator (seed 20944 on 3 nodes): the leader proposed a caught-up follower
+/// into the ISR, the controller committed it, and the answer was lost (the leader's own
+/// metadata log failed). The leader took the error for a refusal, stopped counting the joiner,
+/// and acknowledged an `acks=all` write it did not have; the joiner, in the committed ISR,
+/// was elected next and the write was lost. An answer that does not say whether the proposal
+/// was applied must leave it pending, the joiner still holding the high watermark back.
+#[tokio::test]
+async fn an_isr_expansion_whose_outcome_is_unknown_still_holds_the_high_watermark_back() {
+    let disk = MemoryDisk::new(Arc::new(ManualClock::new(1_000)));
+    let (m, mut proposals) = manager_and_proposals(&disk);
+    let tp = TopicPartition::new("t", 0);
+    let (p, proposal) = an_expansion_pending(&m, &mut proposals).await;
+
+    tracing::info!("--- the controller's answer is lost: still pending, to be sent again");
+    assert!(m.isr_proposal_answered(&tp, &proposal, IsrAnswer::Unknown));
+    assert!(p.pending_isr_change().is_some());
+    let (last, _) = append(&p, "c", true);
+    p.wait_durable(last).await.expect("fsync");
+    follower_fetch(&m, &p, B, 3);
+    assert_eq!(
+        p.high_watermark(),
+        Offset(2),
+        "C, perhaps in the committed ISR, does not hold offset 2 yet"
+    );
+
+    tracing::info!("--- the resend finds the epochs moved (the first send was committed): wait");
+    assert!(!m.isr_proposal_answered(&tp, &proposal, IsrAnswer::Stale));
+    assert!(p.pending_isr_change().is_some());
+    assert_eq!(p.high_watermark(), Offset(2));
+
+    tracing::info!("--- the metadata brings the committed ISR: settled, C still counts");
+    ensure(&m, leader_and_isr(1, &[LOCAL, B, C]));
+    assert_eq!(p.pending_isr_change(), None);
+    assert!(
+        !m.isr_proposal_answered(&tp, &proposal, IsrAnswer::Unknown),
+        "settled"
+    );
+    assert_eq!(p.high_watermark(), Offset(2));
+    follower_fetch(&m, &p, C, 3);
+    assert_eq!(p.high_watermark(), Offset(3));
+}
+
+#[tokio::test]
+async fn a_refused_isr_expansion_stops_holding_the_high_watermark_back() {
+    let disk = MemoryDisk::new(Arc::new(ManualClock::new(1_000)));
+    let (m, mut proposals) = manager_and_proposals(&disk);
+    let tp = TopicPartition::new("t", 0);
+    let (p, proposal) = an_expansion_pending(&m, &mut proposals).await;
+    let (last, _) = append(&p, "c", true);
+    p.wait_durable(last).await.expect("fsync");
+    follower_fetch(&m, &p, B, 3);
+    assert_eq!(p.high_watermark(), Offset(2), "C, joining, is at 2");
+
+    tracing::info!("--- an answer to another proposal settles nothing");
+    let older = IsrProposal {
+        isr: vec![LOCAL],
+        ..proposal.clone()
+    };
+    assert!(!m.isr_proposal_answered(&tp, &older, IsrAnswer::Refused));
+    assert!(p.pending_isr_change().is_some());
+
+    tracing::info!("--- refused: forgotten, and the ISR {{1, B}} alone sets the high watermark");
+    assert!(!m.isr_proposal_answered(&tp, &proposal, IsrAnswer::Refused));
+    assert_eq!(p.pending_isr_change(), None);
+    assert_eq!(p.high_watermark(), Offset(3));
+    assert!(
+        !m.isr_proposal_answered(&tp, &proposal, IsrAnswer::Unknown),
+        "nothing pending"
+    );
 }

@@ -388,10 +388,10 @@ impl Partition {
         Ok(self.step(&mut core, Event::IneligibleReplicas(brokers)))
     }
 
-    /// The controller refused (or never answered) the pending ISR proposal.
-    pub fn isr_change_failed(&self) -> Result<Vec<Command>, ReplicaError> {
+    /// The controller did not apply the pending ISR proposal (see [`Event::IsrChangeRefused`]).
+    pub fn isr_change_refused(&self) -> Result<Vec<Command>, ReplicaError> {
         let mut core = self.core()?;
-        Ok(self.step(&mut core, Event::IsrChangeFailed))
+        Ok(self.step(&mut core, Event::IsrChangeRefused))
     }
 
     /// The leader's append of a produce request's record set (offsets and the leader epoch are

@@ -6,18 +6,23 @@
 //! the index it reconciled, which admin handlers wait for before they answer, so a client that
 //! created a topic can produce to it at once, whichever node it asked.
 //!
-//! It also carries leaders' ISR proposals to the controller (AlterPartition) and reports a
-//! refused one back to the replica, which retries on a later tick.
+//! It also carries leaders' ISR proposals to the controller (AlterPartition) and reports each
+//! answer back to the replica. A refused proposal is forgotten (the leader retries on a later
+//! tick); one whose outcome is unknown stays pending and is sent again, because it may have been
+//! committed: its joiner must keep holding back the high watermark (seed 20944).
 //!
 //! The wall-clock time handed to the partition logs (`now_ms`: segment age, timestamps) comes
 //! from the node's [`Clock`]; the replica cores read its monotonic side themselves (a wall
 //! clock step must not move follower lag); the tick and rebalance intervals are the runtime's
 //! timers.
 
-use spate_controller::{Controller, MetadataCommand, MetadataImage, MetadataOutcome, NO_LEADER};
+use spate_controller::{
+    Controller, ControllerError, MetadataCommand, MetadataError, MetadataImage, MetadataOutcome,
+    NO_LEADER,
+};
 use spate_kafka::Broker;
 use spate_log::LogConfig;
-use spate_replica::{IsrProposal, LeaderAndIsr, ReplicaManager};
+use spate_replica::{IsrAnswer, IsrProposal, LeaderAndIsr, ReplicaManager};
 use spate_types::{Clock, NodeId, TopicPartition};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -142,6 +147,7 @@ pub(crate) async fn propose_isr_changes(
         };
         let controller = controller.clone();
         let replicas = replicas.clone();
+        let mut shutdown = shutdown.clone();
         // One task per proposal: a slow controller round trip for one partition must not hold
         // back the others (each partition has at most one proposal pending).
         tokio::spawn(async move {
@@ -154,20 +160,51 @@ pub(crate) async fn propose_isr_changes(
                 partition_epoch: proposal.partition_epoch,
                 isr: proposal.isr.clone(),
             };
-            match controller.propose(cmd).await {
-                Ok(MetadataOutcome::PartitionAltered { partition_epoch }) => {
-                    tracing::info!(partition = %tp, isr = ?proposal.isr, partition_epoch, "ISR changed");
+            let mut backoff = ISR_RETRY_BACKOFF_MIN;
+            loop {
+                let result = controller.propose(cmd.clone()).await;
+                let answer = isr_answer(&result);
+                match &result {
+                    Ok(MetadataOutcome::PartitionAltered { partition_epoch }) => {
+                        tracing::info!(partition = %tp, isr = ?proposal.isr, partition_epoch, "ISR changed");
+                    }
+                    Ok(other) => {
+                        tracing::info!(partition = %tp, isr = ?proposal.isr, outcome = ?other, ?answer, "ISR change refused");
+                    }
+                    Err(e) => {
+                        tracing::warn!(partition = %tp, isr = ?proposal.isr, error = %e, "ISR change outcome unknown; still pending");
+                    }
                 }
-                Ok(other) => {
-                    tracing::info!(partition = %tp, isr = ?proposal.isr, outcome = ?other, "ISR change refused");
-                    replicas.isr_change_failed(&tp, &proposal);
+                if !replicas.isr_proposal_answered(&tp, &proposal, answer) {
+                    return;
                 }
-                Err(e) => {
-                    tracing::warn!(partition = %tp, error = %e, "ISR change failed");
-                    replicas.isr_change_failed(&tp, &proposal);
+                // Biased (deterministic under simulation); the shutdown, which ends it, first.
+                tokio::select! {
+                    biased;
+                    _ = spate_kafka::shutdown_signalled(&mut shutdown) => return,
+                    _ = tokio::time::sleep(backoff) => {}
                 }
+                backoff = (backoff * 2).min(ISR_RETRY_BACKOFF_MAX);
             }
         });
+    }
+}
+
+/// Between resends of an ISR proposal whose outcome is unknown.
+const ISR_RETRY_BACKOFF_MIN: std::time::Duration = std::time::Duration::from_millis(100);
+const ISR_RETRY_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// What the controller's reply to an AlterPartition says about it. Any error is
+/// [`IsrAnswer::Unknown`]: the command may have been committed before the error (a forwarded
+/// proposal whose answer was lost, a Raft core that stopped after replicating it).
+fn isr_answer(result: &Result<MetadataOutcome, ControllerError>) -> IsrAnswer {
+    match result {
+        Ok(MetadataOutcome::PartitionAltered { .. }) => IsrAnswer::Committed,
+        Ok(MetadataOutcome::Rejected(
+            MetadataError::StalePartitionState(_) | MetadataError::UnknownTopic(_),
+        )) => IsrAnswer::Stale,
+        Ok(_) => IsrAnswer::Refused,
+        Err(_) => IsrAnswer::Unknown,
     }
 }
 
@@ -254,6 +291,40 @@ pub(crate) async fn rebalance_leaders(
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "preferred leader election failed"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spate_controller::StopCause;
+
+    #[test]
+    fn only_an_applied_refusal_forgets_an_isr_proposal() {
+        let altered = Ok(MetadataOutcome::PartitionAltered { partition_epoch: 4 });
+        assert_eq!(isr_answer(&altered), IsrAnswer::Committed);
+        let rejected = |e| Ok(MetadataOutcome::Rejected(e));
+        assert_eq!(
+            isr_answer(&rejected(MetadataError::InvalidIsr("fenced".into()))),
+            IsrAnswer::Refused
+        );
+        for stale in [
+            MetadataError::StalePartitionState("epoch moved".into()),
+            MetadataError::UnknownTopic("t".into()),
+        ] {
+            assert_eq!(isr_answer(&rejected(stale)), IsrAnswer::Stale);
+        }
+        // Any error may hide a commit: the answer was lost, or the core stopped after it.
+        for lost in [
+            ControllerError::PeerTimeout {
+                peer: NodeId(3),
+                timeout_ms: 5_000,
+            },
+            ControllerError::Stopped(StopCause::ShutDown),
+            ControllerError::NotLeader { leader: None },
+        ] {
+            assert_eq!(isr_answer(&Err(lost)), IsrAnswer::Unknown);
         }
     }
 }
