@@ -12,11 +12,12 @@
 //!
 //! A run ends with the invariant checks of `DESIGN.md` over the history the clients recorded
 //! ([`history::History::check`]) and over the replicas' logs read off their disks
-//! ([`replicas`]). [`run`] returns the violations and the hash of the run's trace: the same
+//! ([`replicas`]), and over the leaderships the nodes logged ([`leaders`]). [`run`] returns the violations and the hash of the run's trace: the same
 //! seed gives the same trace, which `same_seed_same_trace` checks.
 
 pub mod faults;
 pub mod history;
+pub mod leaders;
 pub mod replicas;
 pub mod seams;
 pub mod workload;
@@ -136,6 +137,37 @@ fn node_config(node: usize, nodes: usize) -> anyhow::Result<spate_server::Server
     )?)
 }
 
+/// The run's tracing: the leadership recorder of invariant 4 and, when `verbose`, the node
+/// logs `RUST_LOG` selects (off by default) on stderr, stamped with the simulated time.
+fn subscriber(verbose: bool) -> impl tracing::Subscriber + Send + Sync {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::Layer as _;
+    let logs = verbose.then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_timer(SimTime)
+            .with_ansi(false)
+            .with_writer(std::io::stderr)
+            .with_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off")),
+            )
+    });
+    tracing_subscriber::registry()
+        .with(leaders::Layer.with_filter(leaders::filter()))
+        .with(logs)
+}
+
+/// Node log lines carry the simulated time (seconds since the simulation began), the time the
+/// trace shows.
+struct SimTime;
+
+impl tracing_subscriber::fmt::time::FormatTime for SimTime {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        let elapsed = turmoil::sim_elapsed().unwrap_or_default();
+        write!(w, "{:9.3}", elapsed.as_secs_f64())
+    }
+}
+
 /// What the harness keeps of a node across its restarts.
 #[derive(Clone)]
 pub struct NodeParts {
@@ -197,6 +229,8 @@ impl Drop for Recording {
 /// Runs one seed to the end and checks it.
 pub fn run(options: &Options) -> Outcome {
     let recording = Recording::start(options.verbose);
+    let _logs = tracing::subscriber::set_default(subscriber(options.verbose));
+    leaders::reset();
     let _deterministic = spate_types::exec::enter_deterministic(options.seed);
     let mut rng = Rng::new(options.seed);
     let nodes = options.nodes;
@@ -343,6 +377,11 @@ pub fn run(options: &Options) -> Outcome {
     drop(sim);
     let mut violations = history.borrow().check();
     violations.extend(replicas::compare(&parts, &plan, &history.borrow()));
+    violations.extend(leaders::check(
+        &leaders::seen(),
+        workload::TOPIC,
+        plan.partitions,
+    ));
     drop(recording);
     PANICS.with(|p| {
         for panic in p.borrow_mut().drain(..) {

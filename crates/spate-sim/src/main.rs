@@ -91,17 +91,6 @@ fn main() {
 
 /// Runs one seed in this process (a fresh process runs a seed the same way every time).
 fn single(args: &Args, seed: u64) {
-    if args.trace {
-        tracing_subscriber::fmt()
-            .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_default_env()
-                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off")),
-            )
-            .with_timer(SimTime)
-            .with_ansi(false)
-            .with_writer(std::io::stderr)
-            .init();
-    }
     let outcome = run(&options(args, seed));
     if args.trace {
         for line in &outcome.trace {
@@ -211,17 +200,6 @@ fn batch(args: &Args) {
     if !failed.is_empty() {
         println!("failing seeds: {failed:?}");
         std::process::exit(1);
-    }
-}
-
-/// Node log lines carry the simulated time (seconds since the simulation began), the time the
-/// trace shows.
-struct SimTime;
-
-impl tracing_subscriber::fmt::time::FormatTime for SimTime {
-    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
-        let elapsed = turmoil::sim_elapsed().unwrap_or_default();
-        write!(w, "{:9.3}", elapsed.as_secs_f64())
     }
 }
 
