@@ -125,6 +125,9 @@ fn node_config(node: usize, nodes: usize) -> anyhow::Result<spate_server::Server
         // again once the link heals: a follower whose fetch was lost waits for this timeout
         // (Kafka's default, 30 s, would outlast the liveness bound).
         ("replica.socket.timeout.ms", "5000".into()),
+        // Fewer than Kafka's 50: the group still has a coordinator that moves with its
+        // partition's leadership, and each seed runs about twice as fast.
+        ("offsets.topic.num.partitions", "5".into()),
     ];
     let overrides: Vec<(String, String)> = settings
         .into_iter()
