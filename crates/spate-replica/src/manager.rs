@@ -220,8 +220,9 @@ impl ReplicaManager {
         for command in commands {
             match command {
                 Command::BecomeLeader { leader_epoch, .. } => {
-                    // The simulator's invariant 4 check reads this line (node, partition, epoch).
-                    tracing::info!(node = %self.settings.node, partition = %tp, %leader_epoch, "became leader");
+                    // The simulator's invariant 4 check reads this line (node, partition, topic
+                    // id, epoch).
+                    tracing::info!(node = %self.settings.node, partition = %tp, topic_id = %partition.topic_id(), %leader_epoch, "became leader");
                     self.fetchers.unfollow(tp);
                 }
                 Command::BecomeFollower {

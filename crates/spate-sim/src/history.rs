@@ -45,6 +45,10 @@ pub struct History {
     committed_at_end: Option<BTreeMap<i32, i64>>,
     /// Partition → (records up to the high watermark, that high watermark), read at the end.
     drained: BTreeMap<i32, (Vec<(i64, String)>, i64)>,
+    /// The workload topic's partition count, as last grown.
+    partitions: i32,
+    /// The re-created scratch topic's final log and high watermark, if the seed ran one.
+    scratch: Option<(Vec<(i64, String)>, i64)>,
     /// When the faults stopped, and the first acks=all acknowledgement after that.
     pub healed_at: Option<Duration>,
     first_ack_after_heal: Option<Duration>,
@@ -164,6 +168,24 @@ impl History {
             log.len()
         ));
         self.drained.insert(partition, (log, high_watermark));
+    }
+
+    /// The workload topic has `count` partitions (at creation, or grown).
+    pub fn set_partitions(&mut self, count: i32) {
+        self.partitions = count;
+    }
+
+    pub fn partitions(&self) -> i32 {
+        self.partitions
+    }
+
+    pub fn scratch_drained(&mut self, log: Vec<(i64, String)>, high_watermark: i64) {
+        self.scratch = Some((log, high_watermark));
+    }
+
+    /// The re-created scratch topic's final log and high watermark.
+    pub fn scratch_log(&self) -> Option<(&[(i64, String)], i64)> {
+        self.scratch.as_ref().map(|(log, hw)| (log.as_slice(), *hw))
     }
 
     /// A violation the harness found (a node that could not restart, a panic, no liveness).

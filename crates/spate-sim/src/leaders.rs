@@ -2,7 +2,8 @@
 //!
 //! A replica accepts appends from the moment it becomes leader in an epoch
 //! (`Command::BecomeLeader`), which the replica manager logs as `became leader` with the node,
-//! the partition and the epoch. [`Layer`] is a tracing layer that records those events on the
+//! the partition, its topic id and the epoch (a topic deleted and created again under the
+//! same name starts its epochs afresh). [`Layer`] is a tracing layer that records those events on the
 //! simulation's thread; [`check`] finds two nodes that led one partition in one epoch. Through
 //! the log rather than a hook in the product, so the node code runs unchanged; and loudly: a
 //! partition of the workload's topic for which no leadership was seen is a violation too, so
@@ -18,11 +19,12 @@ use tracing_subscriber::layer::Context;
 const TARGET: &str = "spate_replica::manager";
 const BECAME_LEADER: &str = "became leader";
 
-/// One `became leader`: node, `topic-partition`, leader epoch.
+/// One `became leader`: node, `topic-partition`, topic id, leader epoch.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Leadership {
     pub node: String,
     pub partition: String,
+    pub topic_id: String,
     pub leader_epoch: String,
 }
 
@@ -58,6 +60,7 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Layer {
         let leadership = Leadership {
             node: fields.node.unwrap_or_default(),
             partition: fields.partition.unwrap_or_default(),
+            topic_id: fields.topic_id.unwrap_or_default(),
             leader_epoch: fields.leader_epoch.unwrap_or_default(),
         };
         SEEN.with(|s| s.borrow_mut().push(leadership));
@@ -69,6 +72,7 @@ struct Fields {
     message: Option<String>,
     node: Option<String>,
     partition: Option<String>,
+    topic_id: Option<String>,
     leader_epoch: Option<String>,
 }
 
@@ -78,6 +82,7 @@ impl Visit for Fields {
             "message" => &mut self.message,
             "node" => &mut self.node,
             "partition" => &mut self.partition,
+            "topic_id" => &mut self.topic_id,
             "leader_epoch" => &mut self.leader_epoch,
             _ => return,
         };
@@ -88,18 +93,24 @@ impl Visit for Fields {
 /// Violations of invariant 4 among `seen`, and partitions of `topic` (`0..partitions`) with no
 /// leadership seen at all.
 pub fn check(seen: &[Leadership], topic: &str, partitions: i32) -> Vec<String> {
-    let mut leaders: BTreeMap<(&str, &str), BTreeSet<&str>> = BTreeMap::new();
+    let mut leaders: BTreeMap<(&str, &str, &str), BTreeSet<&str>> = BTreeMap::new();
     for l in seen {
         leaders
-            .entry((l.partition.as_str(), l.leader_epoch.as_str()))
+            .entry((
+                l.partition.as_str(),
+                l.topic_id.as_str(),
+                l.leader_epoch.as_str(),
+            ))
             .or_default()
             .insert(l.node.as_str());
     }
     let mut violations: Vec<String> = leaders
         .iter()
         .filter(|(_, nodes)| nodes.len() > 1)
-        .map(|((partition, epoch), nodes)| {
-            format!("invariant 4: {partition} had leaders {nodes:?} in leader epoch {epoch}")
+        .map(|((partition, topic_id, epoch), nodes)| {
+            format!(
+                "invariant 4: {partition} (topic id {topic_id}) had leaders {nodes:?} in leader epoch {epoch}"
+            )
         })
         .collect();
     for partition in 0..partitions {
@@ -122,6 +133,7 @@ mod tests {
         Leadership {
             node: node.into(),
             partition: partition.into(),
+            topic_id: "t1".into(),
             leader_epoch: epoch.into(),
         }
     }
@@ -137,9 +149,18 @@ mod tests {
         ];
         assert_eq!(
             check(&history, "sim", 2),
-            ["invariant 4: sim-1 had leaders {\"1\", \"3\"} in leader epoch 0"]
+            ["invariant 4: sim-1 (topic id t1) had leaders {\"1\", \"3\"} in leader epoch 0"]
         );
         assert_eq!(check(&history[..3], "sim", 1), Vec::<String>::new());
+        // The same name and epoch under another topic id (deleted, created again) is fine.
+        let recreated = Leadership {
+            topic_id: "t2".into(),
+            ..led("2", "sim-0", "0")
+        };
+        assert_eq!(
+            check(&[led("1", "sim-0", "0"), recreated], "sim", 1),
+            Vec::<String>::new()
+        );
     }
 
     #[test]
@@ -159,7 +180,7 @@ mod tests {
         reset();
         let subscriber = tracing_subscriber::registry().with(Layer.with_filter(filter()));
         tracing::subscriber::with_default(subscriber, || {
-            tracing::info!(target: "spate_replica::manager", node = %2, partition = %"sim-0", leader_epoch = %4, "became leader");
+            tracing::info!(target: "spate_replica::manager", node = %2, partition = %"sim-0", topic_id = %"t1", leader_epoch = %4, "became leader");
             tracing::info!(target: "spate_replica::manager", node = %3, partition = %"sim-0", leader_epoch = %4, "became follower");
             tracing::info!(target: "elsewhere", node = %3, partition = %"sim-0", leader_epoch = %4, "became leader");
         });

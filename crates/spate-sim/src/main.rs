@@ -107,6 +107,9 @@ fn single(args: &Args, seed: u64) {
     }
 }
 
+/// How often a batch reports its progress.
+const PROGRESS_EVERY: Duration = Duration::from_secs(60);
+
 /// Runs each seed in a process of its own, `jobs` at a time. Not threads: Tokio numbers tasks
 /// from one process-wide counter and a runtime's shutdown order follows those numbers, so a
 /// seed that shares its process with other runs would not replay the same way alone.
@@ -163,7 +166,19 @@ fn batch(args: &Args) {
     drop(tx);
     let (mut passed, mut failed) = (0u64, Vec::new());
     let (mut events, mut acked, mut simulated) = (0u64, 0u64, 0f64);
+    let total_seeds = seeds.len();
+    let mut last_progress = Instant::now();
     for (seed, output) in rx {
+        // A long batch says how far it got, on stderr (stdout holds failures and the summary).
+        if last_progress.elapsed() >= PROGRESS_EVERY {
+            last_progress = Instant::now();
+            let done = passed + failed.len() as u64;
+            eprintln!(
+                "spate-sim: {done}/{total_seeds} seeds, {} failed, {:.2} seeds/s",
+                failed.len(),
+                done as f64 / started.elapsed().as_secs_f64().max(1e-9)
+            );
+        }
         let text = output.unwrap_or_else(|e| e);
         match text.lines().next().and_then(parse_verdict) {
             Some((ok, a, e, s)) => {

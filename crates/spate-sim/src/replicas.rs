@@ -4,7 +4,8 @@
 //! replica may be shorter (a follower that fell behind) but never different.
 
 use crate::history::History;
-use crate::workload::{Plan, TOPIC};
+use crate::workload::admin::{DELETED_PREFIX, SCRATCH};
+use crate::workload::TOPIC;
 use crate::{host_name, NodeParts};
 use kafka_protocol::records::RecordBatchDecoder;
 use spate_log::{LogConfig, PartitionLog};
@@ -17,9 +18,10 @@ use std::sync::Arc;
 fn read_replica(
     parts: &NodeParts,
     node: usize,
+    topic: &str,
     partition: i32,
 ) -> Result<Option<BTreeMap<i64, String>>, String> {
-    let dir = PathBuf::from(format!("/{}/logs/{TOPIC}-{partition}", host_name(node)));
+    let dir = PathBuf::from(format!("/{}/logs/{topic}-{partition}", host_name(node)));
     let disk: Arc<dyn spate_types::Disk> = Arc::new(parts.disk.clone());
     if disk.read_dir(&dir).is_err() {
         return Ok(None);
@@ -60,32 +62,58 @@ fn read_replica(
     Ok(Some(out))
 }
 
-/// The violations of invariant 2 between the replicas and the final log.
-pub fn compare(parts: &[NodeParts], plan: &Plan, history: &History) -> Vec<String> {
+/// The violations of invariant 2 between the replicas and the final logs: the workload topic's
+/// and, if the seed ran it, the re-created scratch topic's (whose replicas must also hold
+/// nothing written before its deletion).
+pub fn compare(parts: &[NodeParts], history: &History) -> Vec<String> {
     let mut out = Vec::new();
-    for partition in 0..plan.partitions {
-        let Some((log, high_watermark)) = history.final_log(partition) else {
-            continue;
-        };
-        let expected: BTreeMap<i64, &String> = log.iter().map(|(o, v)| (*o, v)).collect();
+    for partition in 0..history.partitions() {
+        if let Some(final_log) = history.final_log(partition) {
+            compare_partition(parts, TOPIC, partition, final_log, &mut out);
+        }
+    }
+    if let Some(final_log) = history.scratch_log() {
+        compare_partition(parts, SCRATCH, 0, final_log, &mut out);
         for (i, part) in parts.iter().enumerate() {
             let node = i + 1;
-            match read_replica(part, node, partition) {
-                Ok(None) => {}
-                Ok(Some(replica)) => {
-                    for (offset, value) in replica.range(..high_watermark) {
-                        match expected.get(offset) {
-                            Some(v) if *v == value => {}
-                            other => out.push(format!(
-                                "invariant 2: node {node} holds {value} at partition {partition} offset {offset}, the leader {}",
-                                other.map_or("nothing".to_owned(), |v| v.to_string())
-                            )),
-                        }
+            if let Ok(Some(replica)) = read_replica(part, node, SCRATCH, 0) {
+                for (offset, value) in &replica {
+                    if value.starts_with(DELETED_PREFIX) {
+                        out.push(format!(
+                            "node {node} holds {value} at {SCRATCH} offset {offset}, written before the topic was deleted"
+                        ));
                     }
                 }
-                Err(e) => out.push(format!("replica unreadable after the run: {e}")),
             }
         }
     }
     out
+}
+
+fn compare_partition(
+    parts: &[NodeParts],
+    topic: &str,
+    partition: i32,
+    (log, high_watermark): (&[(i64, String)], i64),
+    out: &mut Vec<String>,
+) {
+    let expected: BTreeMap<i64, &String> = log.iter().map(|(o, v)| (*o, v)).collect();
+    for (i, part) in parts.iter().enumerate() {
+        let node = i + 1;
+        match read_replica(part, node, topic, partition) {
+            Ok(None) => {}
+            Ok(Some(replica)) => {
+                for (offset, value) in replica.range(..high_watermark) {
+                    match expected.get(offset) {
+                        Some(v) if *v == value => {}
+                        other => out.push(format!(
+                            "invariant 2: node {node} holds {value} at {topic}-{partition} offset {offset}, the leader {}",
+                            other.map_or("nothing".to_owned(), |v| v.to_string())
+                        )),
+                    }
+                }
+            }
+            Err(e) => out.push(format!("replica unreadable after the run: {e}")),
+        }
+    }
 }

@@ -8,7 +8,12 @@
 //! second (`offsets.rs`). At the end, one read of every partition from its leader gives the
 //! final log, and the group's committed offsets are read back. Everything observed goes into
 //! the [`History`].
+//!
+//! The seed may also add partitions to the topic while the faults run (producers and the
+//! consumer take them up as soon as the addition is acknowledged), and run a second topic
+//! that is deleted and re-created under the same name (`admin.rs`).
 
+pub mod admin;
 mod offsets;
 
 use crate::history::{Ack, History, Producer};
@@ -27,7 +32,7 @@ use kafka_protocol::records::{
     Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
 use spate_client::{ClientConfig, Connection, Deadline};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::Duration;
@@ -51,7 +56,12 @@ const UNKNOWN_PRODUCER_ID: i16 = 59;
 #[derive(Clone, Debug)]
 pub struct Plan {
     pub nodes: usize,
+    /// At creation.
     pub partitions: i32,
+    /// When (simulated time) the topic grows, and to how many partitions.
+    pub grow: Option<(Duration, i32)>,
+    /// The deleted and re-created topic, if the seed runs one.
+    pub scratch: Option<admin::Scratch>,
     pub replication_factor: i16,
     pub producers: Vec<Producer>,
     /// Producers stop starting new values at this simulated time.
@@ -61,6 +71,8 @@ pub struct Plan {
 /// Connections to the cluster's brokers and what the last Metadata said.
 struct Client {
     name: String,
+    /// The topic whose leaders Metadata asks for.
+    topic: &'static str,
     nodes: usize,
     connections: BTreeMap<String, Connection>,
     /// Partition → leader address.
@@ -69,6 +81,9 @@ struct Client {
     /// and the Java client keep it): older answers are ignored, and fetches carry it, so a
     /// deposed leader that has not heard of its successor refuses them.
     leader_epochs: BTreeMap<i32, i32>,
+    /// The topic's id as Metadata last named it: a new id (the topic was deleted and created
+    /// again) starts its leader epochs afresh, as clients do.
+    topic_id: Option<u128>,
     next_bootstrap: usize,
 }
 
@@ -76,20 +91,28 @@ fn node_addr(node: usize) -> String {
     format!("{}:{}", crate::host_name(node), crate::KAFKA_PORT)
 }
 
-fn topic_name() -> TopicName {
-    TopicName(StrBytes::from_static_str(TOPIC))
+fn topic_name(topic: &'static str) -> TopicName {
+    TopicName(StrBytes::from_static_str(topic))
 }
 
 impl Client {
     fn new(name: String, nodes: usize) -> Client {
         Client {
             name,
+            topic: TOPIC,
             nodes,
             connections: BTreeMap::new(),
             leaders: BTreeMap::new(),
             leader_epochs: BTreeMap::new(),
+            topic_id: None,
             next_bootstrap: 0,
         }
+    }
+
+    /// The same client, for `topic`.
+    fn on(mut self, topic: &'static str) -> Client {
+        self.topic = topic;
+        self
     }
 
     async fn connection(&mut self, addr: &str) -> Result<&mut Connection, String> {
@@ -145,7 +168,7 @@ impl Client {
             self.next_bootstrap = self.next_bootstrap % self.nodes + 1;
             let addr = node_addr(self.next_bootstrap);
             let request = MetadataRequest::default().with_topics(Some(vec![
-                MetadataRequestTopic::default().with_name(Some(topic_name())),
+                MetadataRequestTopic::default().with_name(Some(topic_name(self.topic))),
             ]));
             let response = self
                 .call(&addr, &request, i16::MAX, REQUEST_TIMEOUT_MS)
@@ -167,6 +190,10 @@ impl Client {
                 last = format!("{addr}: topic not known yet");
                 continue;
             };
+            if self.topic_id != Some(topic.topic_id.as_u128()) {
+                self.topic_id = Some(topic.topic_id.as_u128());
+                self.leader_epochs.clear();
+            }
             let mut leaders = BTreeMap::new();
             for p in topic.partitions.iter().filter(|p| p.error_code == NONE) {
                 let known = self.leader_epochs.get(&p.partition_index).copied();
@@ -199,19 +226,24 @@ impl Client {
     }
 }
 
-/// Creates the topic, retrying until the cluster can.
-async fn create_topic(plan: &Plan, history: &Rc<RefCell<History>>) {
-    let mut client = Client::new("sim-admin".into(), plan.nodes);
+/// Creates `client`'s topic, retrying until the cluster can (an answer that it exists counts:
+/// an earlier attempt whose answer was lost may have created it).
+async fn create_topic(
+    client: &mut Client,
+    partitions: i32,
+    replication_factor: i16,
+    history: &Rc<RefCell<History>>,
+) {
     let mut node = 0;
     loop {
-        node = node % plan.nodes + 1;
+        node = node % client.nodes + 1;
         let addr = node_addr(node);
         let request = CreateTopicsRequest::default()
             .with_timeout_ms(5_000)
             .with_topics(vec![CreatableTopic::default()
-                .with_name(topic_name())
-                .with_num_partitions(plan.partitions)
-                .with_replication_factor(plan.replication_factor)]);
+                .with_name(topic_name(client.topic))
+                .with_num_partitions(partitions)
+                .with_replication_factor(replication_factor)]);
         let outcome = client
             .call(&addr, &request, i16::MAX, REQUEST_TIMEOUT_MS * 2)
             .await;
@@ -221,7 +253,9 @@ async fn create_topic(plan: &Plan, history: &Rc<RefCell<History>>) {
                     t.error_code == NONE || t.error_code == TOPIC_ALREADY_EXISTS
                 }) =>
             {
-                history.borrow_mut().event(format!("topic {TOPIC} created"));
+                history
+                    .borrow_mut()
+                    .event(format!("topic {} created", client.topic));
                 return;
             }
             Ok(_) => {}
@@ -279,7 +313,7 @@ async fn produce_once(client: &mut Client, partition: i32, acks: i16, records: B
         .with_acks(acks)
         .with_timeout_ms(i32::try_from(REQUEST_TIMEOUT_MS).unwrap_or(i32::MAX) - 500)
         .with_topic_data(vec![TopicProduceData::default()
-            .with_name(topic_name())
+            .with_name(topic_name(client.topic))
             .with_partition_data(vec![PartitionProduceData::default()
                 .with_index(partition)
                 .with_records(Some(records))])]);
@@ -332,7 +366,12 @@ async fn init_producer_id(client: &mut Client) -> (i64, i16) {
 }
 
 /// One producer: values `p<id>-0`, `p<id>-1`, ... round-robin over the partitions.
-async fn produce(plan: Rc<Plan>, me: Producer, history: Rc<RefCell<History>>) {
+async fn produce(
+    plan: Rc<Plan>,
+    me: Producer,
+    partitions: Rc<Cell<i32>>,
+    history: Rc<RefCell<History>>,
+) {
     let mut client = Client::new(format!("sim-producer-{}", me.id), plan.nodes);
     let mut pid = None;
     if me.idempotent {
@@ -342,7 +381,8 @@ async fn produce(plan: Rc<Plan>, me: Producer, history: Rc<RefCell<History>>) {
     let mut n = 0u64;
     let mut last_failure: Option<String> = None;
     while turmoil::sim_elapsed().unwrap_or_default() < plan.produce_until {
-        let partition = i32::try_from(n % u64::try_from(plan.partitions).unwrap_or(1)).unwrap_or(0);
+        let count = u64::try_from(partitions.get()).unwrap_or(1).max(1);
+        let partition = i32::try_from(n % count).unwrap_or(0);
         let value = format!("p{}-{n}", me.id);
         history.borrow_mut().sent(&me, &value, partition);
         loop {
@@ -411,7 +451,7 @@ async fn fetch(
         .with_max_bytes(1 << 20)
         .with_session_epoch(-1)
         .with_topics(vec![FetchTopic::default()
-            .with_topic(topic_name())
+            .with_topic(topic_name(client.topic))
             .with_partitions(vec![FetchPartition::default()
                 .with_partition(partition)
                 .with_current_leader_epoch(epoch)
@@ -452,9 +492,14 @@ async fn fetch(
 }
 
 /// A consumer following every partition until `until`, recording what it reads.
-async fn consume(plan: Rc<Plan>, history: Rc<RefCell<History>>, until: Duration) {
+async fn consume(
+    plan: Rc<Plan>,
+    partitions: Rc<Cell<i32>>,
+    history: Rc<RefCell<History>>,
+    until: Duration,
+) {
     let mut client = Client::new("sim-consumer".into(), plan.nodes);
-    let mut positions: BTreeMap<i32, i64> = (0..plan.partitions).map(|p| (p, 0)).collect();
+    let mut positions: BTreeMap<i32, i64> = BTreeMap::new();
     // Which node last answered for each partition (a change is traced).
     let mut serving: BTreeMap<i32, String> = BTreeMap::new();
     // Positions are committed to the group every COMMIT_EVERY, as auto-commit does.
@@ -483,8 +528,8 @@ async fn consume(plan: Rc<Plan>, history: Rc<RefCell<History>>, until: Duration)
                 }
             }
         }
-        for partition in 0..plan.partitions {
-            let from = positions[&partition];
+        for partition in 0..partitions.get() {
+            let from = *positions.entry(partition).or_insert(0);
             match fetch(&mut client, partition, from).await {
                 Ok((records, high_watermark, node)) => {
                     let mut h = history.borrow_mut();
@@ -508,27 +553,32 @@ async fn consume(plan: Rc<Plan>, history: Rc<RefCell<History>>, until: Duration)
 
 /// Reads every partition to its high watermark once the producers have stopped: the final
 /// logs. Retries until each partition answers (the liveness bound is the harness's).
-async fn drain(plan: Rc<Plan>, history: Rc<RefCell<History>>) {
+async fn drain(plan: Rc<Plan>, partitions: i32, history: Rc<RefCell<History>>) {
     let mut client = Client::new("sim-drain".into(), plan.nodes);
-    for partition in 0..plan.partitions {
-        let mut log = Vec::new();
-        let mut from = 0;
-        loop {
-            match fetch(&mut client, partition, from).await {
-                Ok((records, high_watermark, _)) => {
-                    for (offset, value) in records {
-                        if offset < high_watermark {
-                            from = offset + 1;
-                            log.push((offset, value));
-                        }
-                    }
-                    if from >= high_watermark {
-                        history.borrow_mut().drained(partition, log, high_watermark);
-                        break;
+    for partition in 0..partitions {
+        let (log, high_watermark) = drain_partition(&mut client, partition).await;
+        history.borrow_mut().drained(partition, log, high_watermark);
+    }
+}
+
+/// Reads `partition` of the client's topic to its high watermark, retrying until it answers.
+async fn drain_partition(client: &mut Client, partition: i32) -> (Vec<(i64, String)>, i64) {
+    let mut log = Vec::new();
+    let mut from = 0;
+    loop {
+        match fetch(client, partition, from).await {
+            Ok((records, high_watermark, _)) => {
+                for (offset, value) in records {
+                    if offset < high_watermark {
+                        from = offset + 1;
+                        log.push((offset, value));
                     }
                 }
-                Err(_) => tokio::time::sleep(RETRY_BACKOFF).await,
+                if from >= high_watermark {
+                    return (log, high_watermark);
+                }
             }
+            Err(_) => tokio::time::sleep(RETRY_BACKOFF).await,
         }
     }
 }
@@ -537,17 +587,43 @@ async fn drain(plan: Rc<Plan>, history: Rc<RefCell<History>>) {
 /// concurrently, then drain.
 pub async fn run(plan: Plan, history: Rc<RefCell<History>>) -> turmoil::Result {
     let plan = Rc::new(plan);
-    create_topic(&plan, &history).await;
+    let mut admin = Client::new("sim-admin".into(), plan.nodes);
+    create_topic(
+        &mut admin,
+        plan.partitions,
+        plan.replication_factor,
+        &history,
+    )
+    .await;
+    let partitions = Rc::new(Cell::new(plan.partitions));
+    history.borrow_mut().set_partitions(plan.partitions);
     let mut tasks = Vec::new();
     for producer in plan.producers.clone() {
         tasks.push(tokio::task::spawn_local(produce(
             plan.clone(),
             producer,
+            partitions.clone(),
             history.clone(),
         )));
     }
-    let consumer =
-        tokio::task::spawn_local(consume(plan.clone(), history.clone(), plan.produce_until));
+    if let Some((at, count)) = plan.grow {
+        tasks.push(tokio::task::spawn_local(admin::grow(
+            admin,
+            at,
+            count,
+            partitions.clone(),
+            history.clone(),
+        )));
+    }
+    let scratch = plan.scratch.clone().map(|scratch| {
+        tokio::task::spawn_local(admin::scratch(scratch, plan.clone(), history.clone()))
+    });
+    let consumer = tokio::task::spawn_local(consume(
+        plan.clone(),
+        partitions.clone(),
+        history.clone(),
+        plan.produce_until,
+    ));
     for t in tasks {
         let _ = t.await;
     }
@@ -555,18 +631,21 @@ pub async fn run(plan: Plan, history: Rc<RefCell<History>>) -> turmoil::Result {
     history
         .borrow_mut()
         .event("producers stopped; draining".into());
-    drain(plan.clone(), history.clone()).await;
-    read_committed_offsets(&plan, &history).await;
+    drain(plan.clone(), partitions.get(), history.clone()).await;
+    read_committed_offsets(&plan, partitions.get(), &history).await;
+    if let Some(scratch) = scratch {
+        let _ = scratch.await;
+    }
     Ok(())
 }
 
 /// Reads the group's committed offsets once the cluster has healed (retrying until the
 /// coordinator answers; the liveness bound is the harness's).
-async fn read_committed_offsets(plan: &Plan, history: &Rc<RefCell<History>>) {
+async fn read_committed_offsets(plan: &Plan, partitions: i32, history: &Rc<RefCell<History>>) {
     let mut client = Client::new("sim-offsets".into(), plan.nodes);
     let mut committer = offsets::Committer::default();
     loop {
-        match committer.fetch(&mut client, plan.partitions).await {
+        match committer.fetch(&mut client, partitions).await {
             Ok(committed) => {
                 history.borrow_mut().committed_at_end(committed);
                 return;
@@ -589,9 +668,25 @@ pub fn plan(rng: &mut Rng, nodes: usize, produce_until: Duration) -> Plan {
             }
         })
         .collect();
+    let partitions = 1 + i32::try_from(rng.below(3)).unwrap_or(0);
+    // The faults run from 5 s to `produce_until` - 10 s; additions and deletions land among them.
+    let faults = (
+        Duration::from_secs(5),
+        produce_until.saturating_sub(Duration::from_secs(10)),
+    );
+    let grow = rng.chance(0.3).then(|| {
+        let at = faults.0 + rng.millis(0, faults.1.saturating_sub(faults.0).as_millis() as u64);
+        (
+            at,
+            partitions + 1 + i32::try_from(rng.below(2)).unwrap_or(0),
+        )
+    });
+    let scratch = rng.chance(0.3).then(|| admin::Scratch::plan(rng, faults));
     Plan {
         nodes,
-        partitions: 1 + i32::try_from(rng.below(3)).unwrap_or(0),
+        partitions,
+        grow,
+        scratch,
         replication_factor: 3,
         producers,
         produce_until,

@@ -81,7 +81,7 @@ impl Committer {
             .with_member_id(StrBytes::default())
             .with_retention_time_ms(-1)
             .with_topics(vec![OffsetCommitRequestTopic::default()
-                .with_name(topic_name())
+                .with_name(topic_name(super::TOPIC))
                 .with_partitions(
                     positions
                         .iter()
@@ -130,7 +130,7 @@ impl Committer {
             .with_group_id(group_id())
             .with_require_stable(true)
             .with_topics(Some(vec![OffsetFetchRequestTopic::default()
-                .with_name(topic_name())
+                .with_name(topic_name(super::TOPIC))
                 .with_partition_indexes((0..partitions).collect())]));
         let response = match client
             .call(
