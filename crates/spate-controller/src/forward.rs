@@ -11,7 +11,8 @@ use crate::raft::network::{CallError, Handler, Request, Response};
 use crate::raft::{self, halted};
 use crate::{heartbeat, quorum, Controller, Inner, MetadataCommand, MetadataOutcome};
 use openraft::async_runtime::WatchReceiver;
-use openraft::errors::{ClientWriteError, RaftError};
+use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
+use openraft::ReadPolicy;
 use spate_types::NodeId;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -119,6 +120,75 @@ impl Controller {
             }
             let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
             tokio::time::sleep(RETRY_BACKOFF.min(remaining)).await;
+        }
+    }
+
+    /// A read barrier: waits until this node has applied everything the active controller had
+    /// committed when asked, so that a decision made on [`Controller::image`] afterwards sees
+    /// every change committed before this call. Admin requests (create, delete, grow a topic)
+    /// pass it before they read the image: a node cut off from the controller would otherwise
+    /// answer from a stale view, for instance TOPIC_ALREADY_EXISTS for a topic deleted while it
+    /// was away (simulator seed 116). Kafka brokers forward those requests to the controller
+    /// for the same reason.
+    ///
+    /// Waits through an election, within `request_timeout_ms`; the error is then the last
+    /// reason the active controller could not be asked.
+    ///
+    /// Cancel safety: cancel safe; it only reads.
+    pub async fn catch_up(&self) -> Result<(), ControllerError> {
+        let deadline = tokio::time::Instant::now()
+            + Duration::from_millis(self.inner.config.request_timeout_ms);
+        loop {
+            let read_index = if self.leader() == Some(self.inner.node) {
+                self.leader_read_index(deadline).await
+            } else {
+                self.leader_quorum_status()
+                    .await
+                    .map(|status| status.committed_index)
+            };
+            match read_index {
+                Ok(index) => return self.wait_applied(index, deadline).await,
+                Err(e) => {
+                    let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    let retriable = matches!(
+                        e,
+                        ControllerError::NotLeader { .. }
+                            | ControllerError::PeerUnreachable { .. }
+                            | ControllerError::PeerTimeout { .. }
+                            | ControllerError::PeerFailed { .. }
+                    );
+                    if !retriable || remaining.is_zero() {
+                        return Err(e);
+                    }
+                    tokio::time::sleep(RETRY_BACKOFF.min(remaining)).await;
+                }
+            }
+        }
+    }
+
+    /// On the node that believes it leads: confirms with a quorum that it still does (Raft's
+    /// ReadIndex; a leader cut off from the others has not heard of its successor) and returns
+    /// the index a read must see applied.
+    async fn leader_read_index(
+        &self,
+        deadline: tokio::time::Instant,
+    ) -> Result<u64, ControllerError> {
+        let confirmed = tokio::time::timeout_at(
+            deadline,
+            self.inner.raft.ensure_linearizable(ReadPolicy::ReadIndex),
+        )
+        .await;
+        match confirmed {
+            Ok(Ok(read)) => Ok(read.index()),
+            Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f)))) => {
+                Err(ControllerError::NotLeader {
+                    leader: f.leader_id.and_then(raft::spate_id),
+                })
+            }
+            Ok(Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(_)))) | Err(_) => {
+                Err(ControllerError::NotLeader { leader: None })
+            }
+            Ok(Err(RaftError::Fatal(f))) => Err(halted(f).into()),
         }
     }
 

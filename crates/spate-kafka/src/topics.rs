@@ -92,6 +92,14 @@ pub(crate) async fn create_topic(
     } else {
         topic.replication_factor
     };
+    // Checked against a view that holds every change committed before this request: a node
+    // cut off from the controller answered TOPIC_ALREADY_EXISTS for a topic deleted meanwhile
+    // (simulator seed 116).
+    broker
+        .controller
+        .catch_up()
+        .await
+        .map_err(|e| ApiError::new(errors::controller_error(&e), e.to_string()))?;
     let image = broker.image();
     let alive = image.alive_brokers().count();
     // Replicas placed by hand may include fenced brokers (each partition needs one unfenced).

@@ -68,6 +68,12 @@ async fn grow(
     request: &CreatePartitionsTopic,
     validate_only: bool,
 ) -> Result<(), ApiError> {
+    // Checked against a view that holds every change committed before this request.
+    broker
+        .controller
+        .catch_up()
+        .await
+        .map_err(|e| ApiError::new(crate::errors::controller_error(&e), e.to_string()))?;
     let image = broker.image();
     let topic = image.topics.get(name).ok_or_else(|| {
         ApiError::new(

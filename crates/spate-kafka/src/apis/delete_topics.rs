@@ -72,6 +72,16 @@ pub(crate) async fn handle(
         return Reply::Now(DeleteTopicsResponse::default().with_responses(responses));
     }
 
+    // Names resolve on a view that holds every change committed before this request (a node
+    // cut off from the controller must not answer from an older one).
+    if let Err(e) = broker.controller.catch_up().await {
+        let error = ApiError::new(crate::errors::controller_error(&e), e.to_string());
+        let responses = requested
+            .into_iter()
+            .map(|(name, id)| result(name.as_deref(), id, Err(&error)))
+            .collect();
+        return Reply::Now(DeleteTopicsResponse::default().with_responses(responses));
+    }
     let image = broker.image();
     let mut responses = Vec::with_capacity(requested.len());
     // Topics this request deleted, so that a topic named twice (once by name, once by id)
