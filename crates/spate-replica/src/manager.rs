@@ -169,7 +169,16 @@ impl ReplicaManager {
     ) -> Result<Arc<Partition>, ReplicaError> {
         let partition = match self.get(&tp) {
             Some(p) => p,
-            None => self.open(tp, topic_id, config.clone(), now_ms)?,
+            None => self
+                .open(tp.clone(), topic_id, config.clone(), now_ms)
+                .inspect_err(|e| {
+                    // A replica the metadata counts on cannot serve: the node stops, as on a failed
+                    // fsync, so that its supervisor restarts it and the open is tried again, rather
+                    // than serving on without the partition (Kafka takes the log directory offline).
+                    if matches!(e, ReplicaError::Log(spate_log::LogError::Io(_))) {
+                        self.health.fail(format!("cannot open partition {tp}: {e}"));
+                    }
+                })?,
         };
         let mut commands = partition.set_config(config)?;
         commands.extend(partition.set_ineligible(ineligible)?);
@@ -347,18 +356,18 @@ impl ReplicaManager {
         Ok(())
     }
 
-    /// Removes partition directories that no hosted partition owns (topics deleted, or
-    /// reassigned away, while this node was down). Run once at start-up, after the first
-    /// reconciliation.
-    pub fn remove_orphans(&self) {
+    /// Removes partition directories of partitions the metadata does not assign to this node
+    /// (`assigned`: topics deleted, or reassigned away, while this node was down). Run once at
+    /// start-up, after the first reconciliation. Decided by the metadata, never by which
+    /// partitions opened: an assigned partition that failed to open (a full disk during its
+    /// recovery) keeps its data, or a restart would come back empty, be elected from the ISR,
+    /// and take every acknowledged record with it (simulator seed 2491). A directory of another
+    /// topic id under an assigned name is replaced when that partition opens (`claim_dir`).
+    pub fn remove_orphans(&self, assigned: &BTreeSet<TopicPartition>) {
         let Ok(entries) = self.disk.read_dir(&self.logs_dir) else {
             return;
         };
-        let hosted: BTreeSet<PathBuf> = self
-            .hosted()
-            .iter()
-            .map(|(tp, _)| self.partition_dir(tp))
-            .collect();
+        let hosted: BTreeSet<PathBuf> = assigned.iter().map(|tp| self.partition_dir(tp)).collect();
         for entry in entries {
             let path = self.logs_dir.join(&entry.name);
             if entry.is_dir

@@ -11,6 +11,7 @@ use crate::manager::{
 use crate::partition::FollowerFetch;
 use crate::partition::{FlushPolicy, Partition};
 use spate_log::LogConfig;
+use spate_types::disk::{DiskError, DiskFault, DiskOp};
 use spate_types::{Disk, LeaderEpoch, ManualClock, MemoryDisk, NodeId, Offset, TopicPartition};
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -146,7 +147,7 @@ async fn orphan_partitions_are_removed_through_the_disk() {
     tracing::info!("--- restarted hosting t-0 only: t-1's directory is an orphan");
     let m = manager(&disk);
     lead(&m, 0);
-    m.remove_orphans();
+    m.remove_orphans(&BTreeSet::from([TopicPartition::new("t", 0)]));
     let logs = disk.read_dir(Path::new(LOGS)).expect("ls");
     let names: Vec<&str> = logs.iter().map(|e| e.name.as_str()).collect();
     assert_eq!(names, ["t-0"]);
@@ -162,6 +163,73 @@ async fn orphan_partitions_are_removed_through_the_disk() {
     m.delete(&TopicPartition::new("t", 9))
         .expect("delete absent");
     assert!(disk.read_dir(Path::new(LOGS)).expect("ls").is_empty());
+}
+
+/// Found by the simulator (seed 2491 on 3 nodes): a node restarted on a full disk failed to
+/// open an assigned partition (its recovery could not write a producer snapshot); the start-up
+/// orphan sweep, which went by the partitions that had opened, deleted its directory; the node
+/// then opened it empty and, still in the ISR, was elected leader, and every acknowledged
+/// record of the partition was lost. The sweep now goes by the metadata, and a partition that
+/// cannot open halts the node so that a restart tries again.
+#[tokio::test]
+async fn an_assigned_partition_that_fails_to_open_keeps_its_data_and_halts_the_node() {
+    let disk = MemoryDisk::new(Arc::new(ManualClock::new(1_000)));
+    let m = manager(&disk);
+    let p = lead(&m, 0);
+    let mut acked = Vec::new();
+    for v in ["a", "b"] {
+        let (last, stored) = append(&p, v, true);
+        p.wait_acks_all(last).await.expect("acks=all");
+        acked.extend(stored);
+    }
+    assert!(m.close_all().await.is_empty());
+    drop((p, m));
+
+    tracing::info!("--- restarted while the partition's files cannot be read");
+    let dir = Path::new(LOGS).join("t-0");
+    disk.inject(DiskFault {
+        op: DiskOp::Read,
+        under: dir.clone(),
+        error: DiskError::Io,
+        times: None,
+    });
+    let m = manager(&disk);
+    let tp = TopicPartition::new("t", 0);
+    let state = LeaderAndIsr {
+        leader: Some(LOCAL),
+        leader_epoch: LeaderEpoch(0),
+        partition_epoch: 0,
+        replicas: vec![LOCAL],
+        isr: vec![LOCAL],
+    };
+    let opened = m.ensure(
+        tp.clone(),
+        TOPIC_ID,
+        LogConfig::default(),
+        state,
+        BTreeSet::new(),
+        0,
+    );
+    assert!(opened.is_err(), "the partition cannot open");
+    assert!(
+        m.health().failure().is_some_and(|f| f.contains("t-0")),
+        "the node halts: {:?}",
+        m.health().failure()
+    );
+    m.remove_orphans(&BTreeSet::from([tp]));
+    assert!(
+        disk.file_len(&dir.join(PARTITION_METADATA)).is_ok(),
+        "an assigned partition's directory is not an orphan"
+    );
+    drop(m);
+
+    tracing::info!("--- the disk is readable again: the next start recovers everything");
+    disk.clear_faults();
+    let m = manager(&disk);
+    let p = lead(&m, 0);
+    assert_eq!(p.log_end_offset().expect("leo"), Offset(2));
+    assert_eq!(committed(&p), acked);
+    assert_eq!(m.health().failure(), None);
 }
 
 const B: NodeId = NodeId(2);

@@ -163,14 +163,14 @@ impl Node {
         );
         // The first reconciliation (recovering every hosted partition) happens before serving.
         let image = controller.image();
-        crate::reconciler::reconcile(
+        let assigned = crate::reconciler::reconcile(
             node_id,
             &replicas,
             &config.log_defaults,
             &image,
             seams.clock.now_ms(),
         );
-        replicas.remove_orphans();
+        replicas.remove_orphans(&assigned);
         let (reconciled, reconciled_rx) = watch::channel(image.last_applied_index);
         let (shutdown, shutdown_rx) = watch::channel(false);
         let broker = Broker::new(

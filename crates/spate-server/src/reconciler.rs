@@ -24,7 +24,7 @@ use spate_kafka::Broker;
 use spate_log::LogConfig;
 use spate_replica::{IsrAnswer, IsrProposal, LeaderAndIsr, ReplicaManager};
 use spate_types::{Clock, NodeId, TopicPartition};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 
@@ -50,14 +50,15 @@ fn topic_config(
     })
 }
 
-/// Applies one image to the local replicas. Idempotent.
+/// Applies one image to the local replicas. Idempotent. Returns the partitions the image
+/// assigns to this node (whether or not each opened).
 pub(crate) fn reconcile(
     node: NodeId,
     replicas: &ReplicaManager,
     log_defaults: &LogConfig,
     image: &MetadataImage,
     now_ms: i64,
-) {
+) -> BTreeSet<TopicPartition> {
     // Dynamic broker configs (cluster-wide, then this node's) over the static `log.*` ones.
     let log_defaults = &spate_kafka::effective_log_defaults(log_defaults, image, node);
     replicas.set_broker_addresses(
@@ -97,11 +98,13 @@ pub(crate) fn reconcile(
             }
         }
     }
+    let assigned = wanted.keys().cloned().collect();
     for (tp, (topic_id, config, state, ineligible)) in wanted {
         if let Err(e) = replicas.ensure(tp.clone(), topic_id, config, state, ineligible, now_ms) {
             tracing::error!(partition = %tp, error = %e, "failed to open or update partition");
         }
     }
+    assigned
 }
 
 /// Follows the controller's images until shutdown, reconciling each and publishing the index.
