@@ -38,11 +38,24 @@ enum Target {
     },
 }
 
+/// How long a DeleteTopics request without a timeout may wait for up-to-date metadata before
+/// it resolves its names.
+const RESOLVE_WITHIN_DEFAULT: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub(crate) async fn handle(
     broker: &Arc<Broker>,
     ctx: &RequestContext,
     request: DeleteTopicsRequest,
 ) -> Reply<DeleteTopicsResponse> {
+    // The names are resolved only within the request's timeout: a request that waited out a
+    // partition past it (its client gone, or retrying) must not resolve a name later, when it
+    // may name a topic created again meanwhile (simulator seed 6100 deleted the re-created
+    // topic that way).
+    // librdkafka sends 0 ("do not wait for the deletion"): that gets a short default instead.
+    let timeout = match u64::try_from(request.timeout_ms) {
+        Ok(ms) if ms > 0 => std::time::Duration::from_millis(ms),
+        _ => RESOLVE_WITHIN_DEFAULT,
+    };
     let requested: Vec<(Option<String>, Uuid)> = if ctx.version() >= TOPIC_ID_VERSION {
         request
             .topics
@@ -74,8 +87,19 @@ pub(crate) async fn handle(
 
     // Names resolve on a view that holds every change committed before this request (a node
     // cut off from the controller must not answer from an older one).
-    if let Err(e) = broker.controller.catch_up().await {
-        let error = ApiError::new(crate::errors::controller_error(&e), e.to_string());
+    let caught_up = match tokio::time::timeout(timeout, broker.controller.catch_up()).await {
+        Ok(caught_up) => {
+            caught_up.map_err(|e| ApiError::new(crate::errors::controller_error(&e), e.to_string()))
+        }
+        Err(_) => Err(ApiError::new(
+            ResponseError::RequestTimedOut,
+            format!(
+                "the metadata could not be brought up to date within the request's timeout ({} ms)",
+                timeout.as_millis()
+            ),
+        )),
+    };
+    if let Err(error) = caught_up {
         let responses = requested
             .into_iter()
             .map(|(name, id)| result(name.as_deref(), id, Err(&error)))
