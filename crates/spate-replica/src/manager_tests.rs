@@ -49,25 +49,36 @@ fn manager_and_proposals(
     )
 }
 
-/// Hosts `t-<partition>` as the single-replica leader, as a one-node cluster does.
-fn lead(manager: &ReplicaManager, partition: i32) -> Arc<Partition> {
-    let state = LeaderAndIsr {
+/// The single-replica leader state of a one-node cluster.
+fn alone() -> LeaderAndIsr {
+    LeaderAndIsr {
         leader: Some(LOCAL),
         leader_epoch: LeaderEpoch(0),
         partition_epoch: 0,
         replicas: vec![LOCAL],
         isr: vec![LOCAL],
-    };
-    manager
-        .ensure(
-            TopicPartition::new("t", partition),
-            TOPIC_ID,
-            LogConfig::default(),
-            state,
-            BTreeSet::new(),
-            0,
-        )
-        .expect("ensure")
+    }
+}
+
+/// Brings `t-<partition>` to `state` (opening it if needed).
+fn try_host(
+    manager: &ReplicaManager,
+    partition: i32,
+    state: LeaderAndIsr,
+) -> Result<Arc<Partition>, crate::partition::ReplicaError> {
+    manager.ensure(
+        TopicPartition::new("t", partition),
+        TOPIC_ID,
+        LogConfig::default(),
+        state,
+        BTreeSet::new(),
+        0,
+    )
+}
+
+/// Hosts `t-<partition>` as the single-replica leader, as a one-node cluster does.
+fn lead(manager: &ReplicaManager, partition: i32) -> Arc<Partition> {
+    try_host(manager, partition, alone()).expect("ensure")
 }
 
 /// One v2 batch with a single record holding `value`.
@@ -195,22 +206,10 @@ async fn an_assigned_partition_that_fails_to_open_keeps_its_data_and_halts_the_n
     });
     let m = manager(&disk);
     let tp = TopicPartition::new("t", 0);
-    let state = LeaderAndIsr {
-        leader: Some(LOCAL),
-        leader_epoch: LeaderEpoch(0),
-        partition_epoch: 0,
-        replicas: vec![LOCAL],
-        isr: vec![LOCAL],
-    };
-    let opened = m.ensure(
-        tp.clone(),
-        TOPIC_ID,
-        LogConfig::default(),
-        state,
-        BTreeSet::new(),
-        0,
+    assert!(
+        try_host(&m, 0, alone()).is_err(),
+        "the partition cannot open"
     );
-    assert!(opened.is_err(), "the partition cannot open");
     assert!(
         m.health().failure().is_some_and(|f| f.contains("t-0")),
         "the node halts: {:?}",
@@ -247,16 +246,7 @@ fn leader_and_isr(partition_epoch: i32, isr: &[NodeId]) -> LeaderAndIsr {
 }
 
 fn ensure(manager: &ReplicaManager, state: LeaderAndIsr) -> Arc<Partition> {
-    manager
-        .ensure(
-            TopicPartition::new("t", 0),
-            TOPIC_ID,
-            LogConfig::default(),
-            state,
-            BTreeSet::new(),
-            0,
-        )
-        .expect("ensure")
+    try_host(manager, 0, state).expect("ensure")
 }
 
 /// A follower's fetch at `offset` (everything below it durable there).
