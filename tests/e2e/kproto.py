@@ -17,6 +17,7 @@ LIST_OFFSETS = 2
 METADATA = 3
 API_VERSIONS = 18
 CREATE_TOPICS = 19
+DELETE_TOPICS = 20
 INIT_PRODUCER_ID = 22
 
 # Error codes (Kafka's numbering)
@@ -484,6 +485,14 @@ def create_topics(conn: Conn, topics, validate_only=False, timeout_ms=10000):
     r.i32()
     res = r.array(lambda r: (r.string(), r.i16(), r.string()))
     return {name: (err, msg) for name, err, msg in res}
+
+
+def delete_topics(conn: Conn, names, timeout_ms=10000):
+    """DeleteTopics v1 by name; returns {name: error_code}."""
+    body = array(names, string) + i32(timeout_ms)
+    r = Reader(conn.request(DELETE_TOPICS, 1, body))
+    r.i32()  # throttle
+    return dict(r.array(lambda r: (r.string(), r.i16())))
 
 
 def create_topic_echo(bootstrap, name):

@@ -3,7 +3,9 @@
 One Linux bridge in this (the test's) namespace, and per node a namespace with one veth
 interface on the bridge. Node i is at 10.213.S.i and the test process at 10.213.S.254, with S
 chosen from the test's pid. These addresses exist only on this machine, inside the namespaces and
-the bridge this module creates; nothing is routed anywhere else. Partitions are iptables DROP
+the bridge this module creates; nothing is routed anywhere else (an `unreachable` route covers
+all of 10.213/16 outside a lab's bridge, so a client left over after its lab is gone cannot
+reach out through the default route). Partitions are iptables DROP
 rules inside a node's namespace, so the test (the clients) can still reach a node cut off from
 its peers, which is what shows that a partitioned leader stops acknowledging writes.
 
@@ -40,11 +42,14 @@ def missing_tools():
     return None
 
 
+LAB_NET = "10.213"  # every lab address is 10.213.S.x
+
+
 class NetnsLab:
     def __init__(self, nodes):
         tag = os.getpid() % 10000
         subnet = os.getpid() % 200 + 20
-        self.prefix = f"10.213.{subnet}"
+        self.prefix = f"{LAB_NET}.{subnet}"
         self.bridge = f"spbr{tag}"
         self.namespaces = {i: f"spate-e2e-{tag}-{i}" for i in range(1, nodes + 1)}
         self.veths = {i: f"spv{tag}n{i}" for i in range(1, nodes + 1)}
@@ -60,6 +65,11 @@ class NetnsLab:
 
     def up(self):
         self.teardown()  # leftovers of a killed earlier run with the same pid
+        # A client that outlives its lab (a test's leftover producer retrying in the background)
+        # must not reach these addresses through the default route: the whole 10.213/16 is
+        # unreachable except through a lab's own bridge (its /24 is the more specific route).
+        # Left in place on teardown; it only ever covers addresses the labs made up.
+        _run("ip", "route", "replace", "unreachable", f"{LAB_NET}.0.0/16")
         _run("ip", "link", "add", self.bridge, "type", "bridge")
         self.created.append(("link", self.bridge))
         _run("ip", "addr", "add", f"{self.prefix}.254/24", "dev", self.bridge)

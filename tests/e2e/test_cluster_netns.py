@@ -1,12 +1,19 @@
 """A network partition between real cluster nodes, each `spate serve` in its own network
 namespace (see netns.py): the partitioned leader stops acknowledging, the majority elects a new
-leader in a higher epoch, and after healing every replica holds the same record at every offset.
+leader in a higher epoch, and after healing every replica holds the same record at every offset;
+a DeleteTopics sent to a cut-off node gives up within its timeout instead of deleting, after the
+heal, the topic re-created meanwhile under the same name.
 """
+
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from ckutil import admin, consume, produce_all, producer
-from clusterutil import create_replicated, partition_state, raw_produce, replica_records, wait_for
+from confluent_kafka.admin import NewTopic
+
+import kproto
+from ckutil import admin, consume, produce_all, producer, wait_topic
+from clusterutil import controller_id, create_replicated, partition_state, raw_produce, replica_records, wait_for
 from netns import NetnsLab, missing_tools, not_root
 
 pytestmark = pytest.mark.timeout(300)
@@ -76,3 +83,63 @@ def test_partitioned_leader_stops_acknowledging_and_heals_without_divergence(net
     epochs = {v: e for e, v in log.values()}
     assert epochs[b"new-0"] > epochs[b"base-99"], "the new leader wrote in a higher leader epoch"
     assert [m.value() for m in consume(c.bootstrap, topic_name, expected=200)] == base + new
+
+
+def create_assigned(bootstrap, name, replicas):
+    """One partition on `replicas` in that order (the first is the preferred leader)."""
+    a = admin(bootstrap)
+    a.create_topics([NewTopic(name, num_partitions=1, replica_assignment=[replicas])], request_timeout=20)[name].result(timeout=30)
+    wait_topic(a, name, 1, timeout=30)
+
+
+def test_a_delete_sent_to_a_cut_off_node_times_out_and_spares_the_re_created_topic(netns_lab, cluster_factory,
+                                                                                   topic_name):
+    """Simulator seed 6100: a DeleteTopics waited on a node cut off from the controller for
+    up-to-date metadata. Its client gave up and went elsewhere, where the topic was deleted and
+    created again; after the heal the first request resolved the name to the new topic and
+    deleted it. A DeleteTopics now resolves names only within its own timeout_ms.
+
+    The cut-off node leads the old topic and is made leader of the new one: after the heal, the
+    new topic's follower may fetch from it before it has caught up, while it still holds the old
+    topic under the same name. That follower once copied the old topic's records into the new
+    one (fetching by name); it now fetches by topic id, which the stale node refuses."""
+    c = cluster_factory(3, hosts=netns_lab.hosts, prefixes=netns_lab.prefixes)
+    cut_off = next(n for n in c.nodes if n != controller_id(c.bootstrap))
+    others = [n for n in c.nodes if n != cut_off]
+    majority = ",".join(c.nodes[n].bootstrap for n in others)
+    create_assigned(c.bootstrap, topic_name, [cut_off] + others)
+    produce_all(producer(c.bootstrap, acks="all"), topic_name, ({"value": b"old-%d" % i} for i in range(10)))
+
+    print(f"--- cut node {cut_off} off; a DeleteTopics sent to it waits for metadata it cannot get")
+    netns_lab.isolate(cut_off)
+
+    def delete_on_cut_off_node():
+        with kproto.Conn(c.nodes[cut_off].bootstrap, timeout=120) as conn:
+            return kproto.delete_topics(conn, [topic_name], timeout_ms=2000)
+
+    with ThreadPoolExecutor(1) as pool:
+        stale = pool.submit(delete_on_cut_off_node)
+        print("--- the majority deletes the topic and creates it again under the same name, led by the cut-off node")
+        a = admin(majority)
+        a.delete_topics([topic_name], request_timeout=20)[topic_name].result(timeout=30)
+        wait_for("the topic gone on the majority",
+                 lambda: topic_name not in a.list_topics(timeout=10).topics, timeout=30)
+        create_assigned(majority, topic_name, [cut_off, others[0]])
+        # The request's 2 s are up while the node is still cut off (before the fix it waited on
+        # for the controller's 30 s, and a heal within them let it delete the new topic).
+        answer = stale.result(timeout=120)
+    assert answer == {topic_name: REQUEST_TIMED_OUT}, f"the DeleteTopics sent to the cut-off node answered {answer}"
+    print(f"--- heal: node {cut_off} catches up")
+    netns_lab.heal()
+    # The new topic has two replicas, the deleted one had three.
+    wait_for(f"node {cut_off} sees the re-created topic",
+             lambda: partition_state(admin(c.nodes[cut_off].bootstrap), topic_name)[1] == [cut_off, others[0]],
+             timeout=60)
+
+    # The re-created topic lives on, and holds nothing of the deleted one on any replica: a
+    # write to it is acknowledged (both replicas in sync) and read back alone.
+    produce_all(producer(c.bootstrap, acks="all"), topic_name, [{"value": b"new"}])
+    assert [m.value() for m in consume(c.bootstrap, topic_name, expected=1)] == [b"new"]
+    for n in (cut_off, others[0]):
+        on_disk = [v for _, v in replica_records(c.nodes[n], topic_name, 0).values()]
+        assert on_disk == [b"new"], f"node {n}'s replica of the re-created topic holds {on_disk[:5]}"

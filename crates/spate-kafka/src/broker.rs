@@ -3,10 +3,11 @@
 //! and take fresh ids from [`Broker::seams`], never from the system directly, so a test or the
 //! simulator that builds the broker with a manual clock controls every timestamp it uses.
 
+use kafka_protocol::ResponseError;
 use spate_controller::{Controller, MetadataImage};
 use spate_log::LogConfig;
-use spate_replica::ReplicaManager;
-use spate_types::{NodeId, ProducerId, Seams};
+use spate_replica::{Partition, ReplicaManager};
+use spate_types::{NodeId, ProducerId, Seams, TopicPartition};
 use std::sync::Arc;
 use tokio::sync::watch;
 
@@ -130,6 +131,31 @@ impl Broker {
     /// reports.
     pub fn now_ms(&self) -> i64 {
         self.seams.clock.now_ms()
+    }
+
+    /// The local replica of `tp`, if it is of the topic the request means: the one with the
+    /// request's `topic_id` (Fetch and Produce v13 and later name topics by id), or else the
+    /// one `image` has under that name. A replica of another topic of the same name (deleted
+    /// and created again, and this node's replicas not yet reconciled with the image) is not
+    /// served: UNKNOWN_TOPIC_ID for a request by id, UNKNOWN_TOPIC_OR_PARTITION by name (both
+    /// retriable). Without this check a follower copied a deleted topic's records into its
+    /// re-created namesake, and a producer's write to the new topic landed in the old one.
+    pub(crate) fn hosted(
+        &self,
+        image: &MetadataImage,
+        tp: &TopicPartition,
+        topic_id: Option<uuid::Uuid>,
+    ) -> Result<Arc<Partition>, ResponseError> {
+        let partition = self
+            .replicas
+            .get(tp)
+            .ok_or(ResponseError::UnknownTopicOrPartition)?;
+        let meant = topic_id.or_else(|| image.topics.get(&tp.topic).map(|t| t.topic_id));
+        match (meant, topic_id) {
+            (Some(id), _) if id == partition.topic_id() => Ok(partition),
+            (_, Some(_)) => Err(ResponseError::UnknownTopicId),
+            (_, None) => Err(ResponseError::UnknownTopicOrPartition),
+        }
     }
 
     pub fn image(&self) -> Arc<MetadataImage> {

@@ -10,7 +10,9 @@
 //! - **Fetching**: it fetches from its log end. What the leader returns is appended byte for
 //!   byte, and fsynced, before the next Fetch is sent: the next fetch offset tells the leader
 //!   that everything below it is durable here. A diverging epoch in a Fetch v12 response
-//!   truncates again by the same rule.
+//!   truncates again by the same rule. From v13 topics are named by id, so a leader still
+//!   holding another topic of the same name (deleted and created again) refuses rather than
+//!   serving that topic's records.
 //!
 //! Guarantees:
 //! - A response is applied only to the partition as it was followed when the request was
@@ -54,11 +56,15 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-/// Fetch is sent at most at v12: topics by name, `replica_id` in the request body (v15 moved
-/// it into `replica_state`), `last_fetched_epoch` and `diverging_epoch` (from v12).
-pub(crate) const FETCH_VERSION_MAX: i16 = 12;
+/// Fetch is sent at most at v13: `replica_id` in the request body (v15 moved it into
+/// `replica_state`), `last_fetched_epoch` and `diverging_epoch` (from v12), topics by id (v13).
+pub(crate) const FETCH_VERSION_MAX: i16 = 13;
 /// The first Fetch version with `last_fetched_epoch` (and `diverging_epoch` in the response).
 const LAST_FETCHED_EPOCH_VERSION: i16 = 12;
+/// The first Fetch version that names topics by id (KIP-516). A leader whose replica is of
+/// another topic of the same name (deleted and created again, and the leader not caught up
+/// yet) answers UNKNOWN_TOPIC_ID instead of serving the other topic's records.
+const TOPIC_ID_VERSION: i16 = 13;
 /// OffsetForLeaderEpoch: v3 brought `replica_id` (a leader answers replicas from its own log,
 /// KIP-320); v4 is the newest this module was written against.
 pub(crate) const OFFSET_FOR_LEADER_EPOCH_VERSIONS: VersionRange = VersionRange { min: 3, max: 4 };
@@ -849,21 +855,28 @@ impl Task {
         if asked.is_empty() {
             return Ok(());
         }
-        let mut topics: BTreeMap<&str, Vec<FetchPartition>> = BTreeMap::new();
+        // By id from v13, so that only the replica of this very topic answers; the response
+        // names topics the same way.
+        let by_id = version >= TOPIC_ID_VERSION;
+        let mut topics: BTreeMap<(&str, uuid::Uuid), Vec<FetchPartition>> = BTreeMap::new();
         for (item, position) in asked.values() {
             let last_fetched_epoch = match position.last_epoch {
                 Some(epoch) if version >= LAST_FETCHED_EPOCH_VERSION => epoch.0,
                 _ => -1,
             };
-            topics.entry(item.tp.topic.as_str()).or_default().push(
-                FetchPartition::default()
-                    .with_partition(item.tp.partition)
-                    .with_current_leader_epoch(item.leader_epoch.0)
-                    .with_fetch_offset(position.log_end.0)
-                    .with_last_fetched_epoch(last_fetched_epoch)
-                    .with_log_start_offset(position.log_start.0)
-                    .with_partition_max_bytes(self.settings.partition_max_bytes),
-            );
+            let topic_id = item.partition.topic_id();
+            topics
+                .entry((item.tp.topic.as_str(), topic_id))
+                .or_default()
+                .push(
+                    FetchPartition::default()
+                        .with_partition(item.tp.partition)
+                        .with_current_leader_epoch(item.leader_epoch.0)
+                        .with_fetch_offset(position.log_end.0)
+                        .with_last_fetched_epoch(last_fetched_epoch)
+                        .with_log_start_offset(position.log_start.0)
+                        .with_partition_max_bytes(self.settings.partition_max_bytes),
+                );
         }
         let request = FetchRequest::default()
             .with_replica_id(BrokerId(self.local.0))
@@ -876,13 +889,20 @@ impl Task {
             .with_topics(
                 topics
                     .into_iter()
-                    .map(|(name, partitions)| {
-                        FetchTopic::default()
-                            .with_topic(topic_name(name))
-                            .with_partitions(partitions)
+                    .map(|((name, topic_id), partitions)| {
+                        let topic = FetchTopic::default().with_partitions(partitions);
+                        if by_id {
+                            topic.with_topic_id(topic_id)
+                        } else {
+                            topic.with_topic(topic_name(name))
+                        }
                     })
                     .collect(),
             );
+        let names: BTreeMap<uuid::Uuid, String> = asked
+            .values()
+            .map(|(item, _)| (item.partition.topic_id(), item.tp.topic.clone()))
+            .collect();
         let wait_ms = u64::try_from(self.settings.max_wait_ms).unwrap_or(0);
         let deadline = Deadline::after_ms(wait_ms.saturating_add(self.settings.request_timeout_ms));
         let response = until_stopped(&self.stop, connection.send_at(&request, version, deadline))
@@ -893,7 +913,15 @@ impl Task {
         }
         let mut jobs = Vec::new();
         for topic in response.responses {
-            let name = topic.topic.0.to_string();
+            let name = if by_id {
+                // An id not asked for: its partitions are not looked at.
+                let Some(name) = names.get(&topic.topic_id) else {
+                    continue;
+                };
+                name.clone()
+            } else {
+                topic.topic.0.to_string()
+            };
             for data in topic.partitions {
                 let tp = TopicPartition::new(name.clone(), data.partition_index);
                 // Not asked for, or already seen in this response.

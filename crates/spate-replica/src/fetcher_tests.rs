@@ -183,13 +183,22 @@ impl Leader {
     }
 
     async fn start_on(net: &dyn spate_types::Network, addr: std::net::SocketAddr) -> Leader {
+        // Newer than the fetcher sends, to check its caps.
+        Leader::start_offering(net, addr, 17).await
+    }
+
+    /// A leader offering Fetch up to `fetch_max`.
+    async fn start_offering(
+        net: &dyn spate_types::Network,
+        addr: std::net::SocketAddr,
+        fetch_max: i16,
+    ) -> Leader {
         let (tx, seen) = mpsc::unbounded_channel();
         let answers: Arc<Mutex<VecDeque<Answer>>> = Arc::default();
         let queued = answers.clone();
         let versions = vec![
             (ApiKey::ApiVersions, 0, 3),
-            // Newer than the fetcher sends, to check its caps.
-            (ApiKey::Fetch, 4, 17),
+            (ApiKey::Fetch, 4, fetch_max),
             (ApiKey::OffsetForLeaderEpoch, 2, 4),
         ];
         let broker = ScriptedBroker::start_on(net, addr, versions, move |req| {
@@ -276,6 +285,7 @@ fn respond_fetch(
         .map(|t| {
             FetchableTopicResponse::default()
                 .with_topic(t.topic.clone())
+                .with_topic_id(t.topic_id)
                 .with_partitions(t.partitions.iter().map(|p| part(&t.topic.0, p)).collect())
         })
         .collect();
@@ -368,7 +378,11 @@ async fn fetched_batches_are_appended_byte_for_byte_and_the_next_fetch_starts_at
     assert_eq!((first.min_bytes, first.max_wait_ms), (1, 100));
     assert_eq!(first.max_bytes, 10 << 20);
     assert_eq!(first.isolation_level, 0);
-    assert_eq!(first.topics[0].topic.0.as_str(), "t");
+    assert_eq!(
+        first.topics[0].topic_id,
+        uuid::Uuid::from_u128(7),
+        "v13 names the topic by its id"
+    );
     let part = only_partition(&first);
     assert_eq!(part.partition, 0);
     assert_eq!(part.fetch_offset, 0);
@@ -694,6 +708,8 @@ async fn leadership_and_storage_errors_in_a_fetch_delay_the_partition_which_keep
         ResponseError::FencedLeaderEpoch,
         ResponseError::UnknownLeaderEpoch,
         ResponseError::UnknownTopicOrPartition,
+        // The leader's replica is of another topic of the same name.
+        ResponseError::UnknownTopicId,
         ResponseError::KafkaStorageError,
     ] {
         let mut leader = Leader::start().await;
@@ -713,6 +729,89 @@ async fn leadership_and_storage_errors_in_a_fetch_delay_the_partition_which_keep
         );
         shut_down(&fetchers).await;
     }
+}
+
+/// A leader holding another topic of the same name (deleted and created again, the leader not
+/// caught up yet) must not have its records copied in: they are fetched by topic id, and a
+/// response for another id is not applied (as a follower once copied a deleted topic's records
+/// into its re-created namesake; tests/e2e/test_cluster_netns.py shows it on a real cluster).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_answered_for_another_topic_id_are_not_appended() {
+    let mut leader = Leader::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = follower(dir.path(), tp(0), 0);
+    let other = batch(0, 0, 3);
+    leader.answer(move |req| {
+        let request: FetchRequest = req.decode();
+        let responses = request
+            .topics
+            .iter()
+            .map(|t| {
+                FetchableTopicResponse::default()
+                    .with_topic_id(uuid::Uuid::from_u128(8))
+                    .with_partitions(
+                        t.partitions
+                            .iter()
+                            .map(|part| {
+                                data(part)
+                                    .with_high_watermark(3)
+                                    .with_records(Some(Bytes::from(other.clone())))
+                            })
+                            .collect(),
+                    )
+            })
+            .collect();
+        req.respond(&FetchResponse::default().with_responses(responses))
+    });
+    let fetchers = fetchers(&leader.addr());
+    fetchers.follow(p.clone(), LEADER, LeaderEpoch(0));
+    let (first, version) = leader.fetch().await;
+    assert_eq!(version, 13);
+    assert_eq!(first.topics[0].topic_id, uuid::Uuid::from_u128(7));
+    let (next, _) = leader.fetch().await;
+    assert_eq!(
+        only_partition(&next).fetch_offset,
+        0,
+        "the other topic's records were not appended"
+    );
+    assert_eq!(log_end(&p), Offset(0));
+    shut_down(&fetchers).await;
+}
+
+/// A leader without topic ids in Fetch (before v13) is asked by topic name, and its answer is
+/// matched by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_offering_fetch_v12_is_asked_by_topic_name() {
+    let mut leader = Leader::start_offering(
+        &spate_types::TcpNetwork,
+        std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        12,
+    )
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = follower(dir.path(), tp(0), 0);
+    let records = batch(0, 0, 2);
+    let answer = records.clone();
+    leader.answer(move |req| {
+        respond_fetch(req, |_, part| {
+            data(part)
+                .with_high_watermark(2)
+                .with_records(Some(Bytes::from(answer.clone())))
+        })
+    });
+    let fetchers = fetchers(&leader.addr());
+    fetchers.follow(p.clone(), LEADER, LeaderEpoch(0));
+    let (first, version) = leader.fetch().await;
+    assert_eq!(version, 12);
+    assert_eq!(first.topics[0].topic.0.as_str(), "t");
+    let (next, _) = leader.fetch().await;
+    assert_eq!(
+        only_partition(&next).fetch_offset,
+        2,
+        "appended, matched by name"
+    );
+    assert_eq!(log_bytes(&p), records);
+    shut_down(&fetchers).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

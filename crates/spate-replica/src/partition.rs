@@ -458,13 +458,21 @@ impl Partition {
 
     /// Waits until the batch ending at `last_offset` is below the high watermark (durable on
     /// every in-sync replica) with enough in-sync replicas, or until that can no longer
-    /// happen here (leadership moved, an fsync failed). Cancel safe.
+    /// happen here (leadership moved, an fsync failed, the replica was closed: its topic
+    /// deleted, or the node stopping). Cancel safe.
     pub async fn wait_acks_all(&self, last_offset: Offset) -> Result<(), ReplicaError> {
         let mut hw = self.high_watermark.subscribe();
         let mut state = self.state_version.subscribe();
         let mut flushed = self.flushed.subscribe();
+        let mut closing = self.closing.subscribe();
         self.flush_now.notify_one();
         loop {
+            // A closed replica's high watermark never moves again: answer now rather than at
+            // the request's timeout (Kafka completes the delayed produce when it stops a
+            // replica).
+            if *closing.borrow_and_update() {
+                return Err(ReplicaError::Closed(self.tp.clone()));
+            }
             if let Err(failure) = &*flushed.borrow_and_update() {
                 return Err(ReplicaError::Storage {
                     tp: self.tp.clone(),
@@ -500,6 +508,7 @@ impl Partition {
             // result and a role change come before the high watermark.
             let closed = tokio::select! {
                 biased;
+                r = closing.changed() => r.is_err(),
                 r = flushed.changed() => r.is_err(),
                 r = state.changed() => r.is_err(),
                 r = hw.changed() => r.is_err(),
@@ -1000,7 +1009,9 @@ impl Partition {
         let mut guard = self.lock()?;
         let taken = guard.take();
         drop(guard);
-        let _ = self.closing.send(true);
+        // `send_replace`: the value must change even when nothing listens (the flusher may be
+        // gone), so that a later `wait_acks_all` sees it.
+        self.closing.send_replace(true);
         if let Some(mut log) = taken {
             log.flush()?;
             let flushed = log.flushed_offset();
@@ -1420,6 +1431,43 @@ pub(crate) mod tests {
         );
         p.wait_acks_all(Offset(4)).await.expect("durable");
         assert_eq!(p.high_watermark(), Offset(5));
+    }
+
+    /// A deleted topic's replica is closed: an acks=all write waiting on it is answered then, not
+    /// at its request's timeout (a client's flush of a write to a topic deleted and created
+    /// again stalled that way), and a wait that starts after the close ends at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn acks_all_waiters_end_when_the_replica_closes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = open_as(
+            dir.path(),
+            LogConfig::default(),
+            state(LOCAL, 3, &[LOCAL, OTHER], &[LOCAL, OTHER]),
+        );
+        let receipt = p
+            .append(&mut batch(b"a", 1_000), true, 1_000)
+            .expect("append");
+        p.wait_durable(receipt.last_offset)
+            .await
+            .expect("leader fsync");
+        let waiter = {
+            let p = p.clone();
+            tokio::spawn(async move { p.wait_acks_all(Offset(0)).await })
+        };
+        assert!(!waiter.is_finished(), "the follower holds the batch back");
+        p.close().expect("close");
+        let answered = tokio::time::timeout(std::time::Duration::from_secs(10), waiter)
+            .await
+            .expect("answered when the replica closes")
+            .expect("join");
+        assert!(
+            matches!(answered, Err(ReplicaError::Closed(_))),
+            "{answered:?}"
+        );
+        assert!(matches!(
+            p.wait_acks_all(Offset(0)).await,
+            Err(ReplicaError::Closed(_))
+        ));
     }
 
     #[tokio::test]

@@ -67,11 +67,11 @@ async fn delete(
     if assignment.leader != broker.config.node_id {
         return Err(ResponseError::NotLeaderOrFollower);
     }
-    // Known and led here but not open yet (the image is being applied): retriable.
+    // Known and led here but not open yet, or still another topic of the name (the image is
+    // being applied): retriable.
     let partition = broker
-        .replicas
-        .get(&tp)
-        .ok_or(ResponseError::NotLeaderOrFollower)?;
+        .hosted(image, &tp, None)
+        .map_err(|_| ResponseError::NotLeaderOrFollower)?;
     let target = target_offset(requested, partition.high_watermark())?;
     // Unlinking segments and checkpointing the log start offset are disk work: off the
     // runtime's worker threads.

@@ -79,7 +79,8 @@ pub(crate) async fn handle(
         version: ctx.version(),
     };
     for topic in request.topics {
-        let name = if ctx.version() >= TOPIC_ID_VERSION {
+        let by_id = ctx.version() >= TOPIC_ID_VERSION;
+        let name = if by_id {
             image
                 .topic_by_id(topic.topic_id)
                 .map(|(name, _)| name.to_owned())
@@ -90,10 +91,11 @@ pub(crate) async fn handle(
         for p in topic.partitions {
             let partition = match &name {
                 None => Err(ResponseError::UnknownTopicId),
-                Some(name) => broker
-                    .replicas
-                    .get(&TopicPartition::new(name.clone(), p.partition))
-                    .ok_or(ResponseError::UnknownTopicOrPartition),
+                Some(name) => broker.hosted(
+                    &image,
+                    &TopicPartition::new(name.clone(), p.partition),
+                    by_id.then_some(topic.topic_id),
+                ),
             };
             plan.wanted.push(Wanted {
                 topic_index,

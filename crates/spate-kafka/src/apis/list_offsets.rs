@@ -33,6 +33,7 @@ pub(crate) async fn handle(
 ) -> Reply<ListOffsetsResponse> {
     // The leader epoch exists from v4; kafka-protocol refuses to encode it set in older ones.
     let with_epoch = ctx.version() >= LEADER_EPOCH_VERSION;
+    let image = broker.image();
     let topics = request
         .topics
         .into_iter()
@@ -49,6 +50,7 @@ pub(crate) async fn handle(
                         .with_leader_epoch(-1);
                     match lookup(
                         broker,
+                        &image,
                         &TopicPartition::new(name.clone(), p.partition_index),
                         &p,
                     ) {
@@ -70,13 +72,11 @@ pub(crate) async fn handle(
 
 fn lookup(
     broker: &Broker,
+    image: &spate_controller::MetadataImage,
     tp: &TopicPartition,
     request: &kafka_protocol::messages::list_offsets_request::ListOffsetsPartition,
 ) -> Result<(i64, i64, i32), ResponseError> {
-    let partition = broker
-        .replicas
-        .get(tp)
-        .ok_or(ResponseError::UnknownTopicOrPartition)?;
+    let partition = broker.hosted(image, tp, None)?;
     let map = |e: spate_replica::ReplicaError| errors::replica_error(&e);
     // Only the leader answers, in the epoch the client names (if any), once its high
     // watermark has settled (KIP-207: OFFSET_NOT_AVAILABLE until then).

@@ -32,6 +32,7 @@ pub(crate) async fn handle(
     _ctx: &RequestContext,
     request: OffsetForLeaderEpochRequest,
 ) -> Reply<OffsetForLeaderEpochResponse> {
+    let image = broker.image();
     let topics = request
         .topics
         .into_iter()
@@ -42,7 +43,9 @@ pub(crate) async fn handle(
                 .into_iter()
                 .map(|p| {
                     let tp = TopicPartition::new(name.clone(), p.partition);
-                    let partition = broker.replicas.get(&tp);
+                    // A replica of another topic of the name (the image not yet applied
+                    // here) must not answer for this one.
+                    let partition = broker.hosted(&image, &tp, None).ok();
                     let answer = EpochEndOffset::default()
                         .with_partition(p.partition)
                         .with_leader_epoch(NO_EPOCH)

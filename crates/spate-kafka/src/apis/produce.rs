@@ -17,6 +17,7 @@ use kafka_protocol::messages::produce_response::{
 use kafka_protocol::messages::{BrokerId, ProduceRequest, ProduceResponse};
 use kafka_protocol::protocol::{StrBytes, VersionRange};
 use kafka_protocol::ResponseError;
+use spate_controller::MetadataImage;
 use spate_log::{BatchError, LogError};
 use spate_replica::{AppendReceipt, Partition, ReplicaError};
 use spate_types::{NodeId, Offset, TopicPartition};
@@ -80,7 +81,8 @@ pub(crate) async fn handle(
     let mut any_error = false;
     let mut hinted: BTreeSet<NodeId> = BTreeSet::new();
     for topic in request.topic_data {
-        let name = if ctx.version() >= TOPIC_ID_VERSION {
+        let by_id = ctx.version() >= TOPIC_ID_VERSION;
+        let name = if by_id {
             image
                 .topic_by_id(topic.topic_id)
                 .map(|(name, _)| name.to_owned())
@@ -95,7 +97,15 @@ pub(crate) async fn handle(
                 (None, None) => Err(Refusal::new(ResponseError::UnknownTopicId, None)),
                 (None, Some(name)) => {
                     let tp = TopicPartition::new(name.clone(), data.index);
-                    append(broker, tp, data.records, acks == -1, now)
+                    append(
+                        broker,
+                        &image,
+                        tp,
+                        by_id.then_some(topic.topic_id),
+                        data.records,
+                        acks == -1,
+                        now,
+                    )
                 }
             };
             let response = match outcome {
@@ -211,7 +221,9 @@ type AppendResult = Result<(Arc<Partition>, AppendReceipt), Refusal>;
 
 fn append(
     broker: &Broker,
+    image: &MetadataImage,
     tp: TopicPartition,
+    topic_id: Option<uuid::Uuid>,
     records: Option<bytes::Bytes>,
     acks_all: bool,
     now: i64,
@@ -222,9 +234,9 @@ fn append(
             Some(format!("cannot append to internal topic {}", tp.topic)),
         ));
     }
-    let Some(partition) = broker.replicas.get(&tp) else {
-        return Err(Refusal::new(ResponseError::UnknownTopicOrPartition, None));
-    };
+    let partition = broker
+        .hosted(image, &tp, topic_id)
+        .map_err(|code| Refusal::new(code, None))?;
     let Some(records) = records else {
         return Err(Refusal::new(
             ResponseError::CorruptMessage,
