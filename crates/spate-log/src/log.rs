@@ -1689,6 +1689,12 @@ impl PartitionLog {
         }
     }
 
+    /// A leader's new `epoch` starts at the log end, before anything is written in it (Kafka's
+    /// `maybeAssignEpochStartOffset`). Ignored unless newer than every epoch the log knows.
+    pub fn assign_leader_epoch(&mut self, epoch: LeaderEpoch) {
+        self.epochs.assign(epoch, self.log_end);
+    }
+
     /// KIP-101 OffsetForLeaderEpoch: the largest epoch ≤ `epoch` this log knows and the
     /// offset where it ended. `None` if the log knows no epoch ≤ ... or `epoch` is newer than any.
     pub fn epoch_end_offset(&self, epoch: LeaderEpoch) -> Option<(LeaderEpoch, Offset)> {

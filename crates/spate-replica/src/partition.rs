@@ -332,9 +332,22 @@ impl Partition {
                     });
                     self.checkpoint_due.store(true, Ordering::Relaxed);
                 }
-                Command::BecomeLeader { .. }
-                | Command::BecomeFollower { .. }
-                | Command::Offline { .. } => {
+                Command::BecomeLeader { leader_epoch, .. } => {
+                    // The new epoch starts at the log end before anything is written in it
+                    // (Kafka's `maybeAssignEpochStartOffset`), so that a follower asking where
+                    // its own latest epoch ends here gets an answer, not UNDEFINED (which it
+                    // takes for "truncate to your high watermark", possibly below what the
+                    // leader has committed).
+                    if let Err(e) = self.with_log(|log| {
+                        log.assign_leader_epoch(leader_epoch);
+                        Ok(())
+                    }) {
+                        tracing::debug!(partition = %self.tp, error = %e, "no log to start the leader epoch in");
+                    }
+                    self.state_version.send_modify(|v| *v += 1);
+                    out.push(command);
+                }
+                Command::BecomeFollower { .. } | Command::Offline { .. } => {
                     self.state_version.send_modify(|v| *v += 1);
                     out.push(command);
                 }
@@ -1431,6 +1444,43 @@ pub(crate) mod tests {
         );
         p.wait_acks_all(Offset(4)).await.expect("durable");
         assert_eq!(p.high_watermark(), Offset(5));
+    }
+
+    /// A new leader's epoch starts at its log end before it writes anything (Kafka's
+    /// `maybeAssignEpochStartOffset`): a follower asking where an epoch this leader never wrote
+    /// in ends gets the leader's log end at its election, not UNDEFINED, which would have the
+    /// follower truncate to its own high watermark, possibly below what is committed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_new_leader_answers_for_epochs_before_its_own_without_writing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = open(dir.path(), LogConfig::default());
+        for value in [b"a", b"b"] {
+            p.append(&mut batch(value, 1_000), false, 1_000)
+                .expect("append");
+        }
+        assert_eq!(
+            p.epoch_end_offset(LeaderEpoch(1)).expect("log"),
+            None,
+            "epoch 1 is newer than any this log knows"
+        );
+        p.apply(state(LOCAL, 2, &[LOCAL], &[LOCAL]))
+            .expect("leader in epoch 2");
+        assert_eq!(
+            p.epoch_end_offset(LeaderEpoch(1)).expect("log"),
+            Some((LeaderEpoch(0), Offset(2))),
+            "epoch 1 is not here: epoch 0 ends where epoch 2 starts"
+        );
+        assert_eq!(
+            p.epoch_end_offset(LeaderEpoch(2)).expect("log"),
+            Some((LeaderEpoch(2), Offset(2)))
+        );
+        p.append(&mut batch(b"c", 1_000), false, 1_000)
+            .expect("append in epoch 2");
+        assert_eq!(
+            p.epoch_end_offset(LeaderEpoch(0)).expect("log"),
+            Some((LeaderEpoch(0), Offset(2))),
+            "the first write of epoch 2 leaves its start where it was"
+        );
     }
 
     /// A deleted topic's replica is closed: an acks=all write waiting on it is answered then, not
