@@ -276,6 +276,15 @@ impl Leader {
 /// A Fetch response with `part(topic, requested partition)` for every requested partition.
 fn respond_fetch(
     req: &Received,
+    part: impl FnMut(&str, &FetchPartition) -> PartitionData,
+) -> Bytes {
+    respond_fetch_as(req, None, part)
+}
+
+/// [`respond_fetch`], naming every topic by `topic_id` when given (else by the requested id).
+fn respond_fetch_as(
+    req: &Received,
+    topic_id: Option<uuid::Uuid>,
     mut part: impl FnMut(&str, &FetchPartition) -> PartitionData,
 ) -> Bytes {
     let request: FetchRequest = req.decode();
@@ -285,7 +294,7 @@ fn respond_fetch(
         .map(|t| {
             FetchableTopicResponse::default()
                 .with_topic(t.topic.clone())
-                .with_topic_id(t.topic_id)
+                .with_topic_id(topic_id.unwrap_or(t.topic_id))
                 .with_partitions(t.partitions.iter().map(|p| part(&t.topic.0, p)).collect())
         })
         .collect();
@@ -742,26 +751,11 @@ async fn records_answered_for_another_topic_id_are_not_appended() {
     let p = follower(dir.path(), tp(0), 0);
     let other = batch(0, 0, 3);
     leader.answer(move |req| {
-        let request: FetchRequest = req.decode();
-        let responses = request
-            .topics
-            .iter()
-            .map(|t| {
-                FetchableTopicResponse::default()
-                    .with_topic_id(uuid::Uuid::from_u128(8))
-                    .with_partitions(
-                        t.partitions
-                            .iter()
-                            .map(|part| {
-                                data(part)
-                                    .with_high_watermark(3)
-                                    .with_records(Some(Bytes::from(other.clone())))
-                            })
-                            .collect(),
-                    )
-            })
-            .collect();
-        req.respond(&FetchResponse::default().with_responses(responses))
+        respond_fetch_as(req, Some(uuid::Uuid::from_u128(8)), |_, part| {
+            data(part)
+                .with_high_watermark(3)
+                .with_records(Some(Bytes::from(other.clone())))
+        })
     });
     let fetchers = fetchers(&leader.addr());
     fetchers.follow(p.clone(), LEADER, LeaderEpoch(0));

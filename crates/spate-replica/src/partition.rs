@@ -1446,6 +1446,20 @@ pub(crate) mod tests {
         assert_eq!(p.high_watermark(), Offset(5));
     }
 
+    /// A leader in epoch 3 with a follower in its ISR, holding one acks=all batch ("a") the
+    /// follower has not fetched.
+    fn leader_with_one_batch(dir: &Path) -> (Arc<Partition>, AppendReceipt) {
+        let p = open_as(
+            dir,
+            LogConfig::default(),
+            state(LOCAL, 3, &[LOCAL, OTHER], &[LOCAL, OTHER]),
+        );
+        let receipt = p
+            .append(&mut batch(b"a", 1_000), true, 1_000)
+            .expect("append");
+        (p, receipt)
+    }
+
     /// A new leader's epoch starts at its log end before it writes anything (Kafka's
     /// `maybeAssignEpochStartOffset`): a follower asking where an epoch this leader never wrote
     /// in ends gets the leader's log end at its election, not UNDEFINED, which would have the
@@ -1489,14 +1503,7 @@ pub(crate) mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn acks_all_waiters_end_when_the_replica_closes() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let p = open_as(
-            dir.path(),
-            LogConfig::default(),
-            state(LOCAL, 3, &[LOCAL, OTHER], &[LOCAL, OTHER]),
-        );
-        let receipt = p
-            .append(&mut batch(b"a", 1_000), true, 1_000)
-            .expect("append");
+        let (p, receipt) = leader_with_one_batch(dir.path());
         p.wait_durable(receipt.last_offset)
             .await
             .expect("leader fsync");
@@ -1523,14 +1530,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn acks_all_waits_for_the_follower_to_fetch_past_the_batch() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let p = open_as(
-            dir.path(),
-            LogConfig::default(),
-            state(LOCAL, 3, &[LOCAL, OTHER], &[LOCAL, OTHER]),
-        );
-        let receipt = p
-            .append(&mut batch(b"a", 1_000), true, 1_000)
-            .expect("append");
+        let (p, receipt) = leader_with_one_batch(dir.path());
         assert_eq!(receipt.last_offset, Offset(0));
         p.wait_durable(receipt.last_offset)
             .await
@@ -1646,14 +1646,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn losing_leadership_fails_waiters_and_refuses_appends_with_the_new_leader() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let p = open_as(
-            dir.path(),
-            LogConfig::default(),
-            state(LOCAL, 3, &[LOCAL, OTHER], &[LOCAL, OTHER]),
-        );
-        let receipt = p
-            .append(&mut batch(b"a", 1_000), true, 1_000)
-            .expect("append");
+        let (p, receipt) = leader_with_one_batch(dir.path());
         let waiter = {
             let p = p.clone();
             tokio::spawn(async move { p.wait_acks_all(receipt.last_offset).await })
