@@ -12,6 +12,8 @@
 pub mod core;
 pub mod error;
 pub mod group;
+#[cfg(feature = "planted-bugs")]
+pub mod planted;
 pub mod records;
 pub mod service;
 
@@ -24,3 +26,6 @@ pub use error::GroupError;
 pub use group::GroupState;
 pub use records::partition_for;
 pub use service::{CommitOutcome, Coordinator, OFFSETS_TOPIC};
+
+#[cfg(test)]
+mod service_tests;

@@ -10,8 +10,14 @@
 //!
 //! An OffsetCommit is applied to memory once its batch is in the log and answered only after
 //! the batch is below the high watermark ([`CommitOutcome::durable`]: fsynced on every in-sync
-//! replica); group metadata records are not waited for (as in Kafka, losing one only costs
-//! members a rejoin).
+//! replica). A SyncGroup that hands out an assignment is answered, as in Kafka, only once the
+//! group's record (generation, members, assignment) is below the high watermark too, or the
+//! partition's log as this node loaded it, for a group no record was written for since: a
+//! coordinator that takes over after a failure then knows every generation a member was
+//! assigned partitions in, and never counts one again with other members (two members owning
+//! one partition in "the same" generation, and a commit of the older one's accepted). Other
+//! group records (a member left, the group emptied) are not waited for: losing one costs
+//! members a rejoin.
 
 use crate::core::{
     Action, CommitRequest, GroupCoordinator, GroupSettings, HeartbeatRequest, JoinRequest,
@@ -251,8 +257,13 @@ impl Coordinator {
 
 enum Waiting {
     Join(oneshot::Sender<JoinResponse>),
-    Sync(oneshot::Sender<SyncResponse>),
+    /// The group, and where to answer.
+    Sync(String, oneshot::Sender<SyncResponse>),
 }
+
+/// Where a group's state as this node knows it ends in its offsets partition: the last record
+/// to be durable before a SyncGroup hands out an assignment.
+type DurableAt = (Arc<Partition>, Offset);
 
 async fn run(
     mut core: GroupCoordinator,
@@ -266,6 +277,9 @@ async fn run(
     let mut next_reply: ReplyId = 0;
     let count = ownership.read().map(|o| o.count).unwrap_or(0);
     let mut partitions: BTreeMap<i32, Arc<Partition>> = BTreeMap::new();
+    // Per group, its last group record written here; per partition, its log as loaded.
+    let mut group_records: BTreeMap<String, DurableAt> = BTreeMap::new();
+    let mut loaded_at: BTreeMap<i32, DurableAt> = BTreeMap::new();
     let check = |group: &str| -> Result<(), GroupError> {
         ownership
             .read()
@@ -323,7 +337,7 @@ async fn run(
                     Command::Sync(req, tx) => match check(&req.group_id) {
                         Ok(()) => {
                             next_reply += 1;
-                            waiting.insert(next_reply, Waiting::Sync(tx));
+                            waiting.insert(next_reply, Waiting::Sync(req.group_id.clone(), tx));
                             core.sync(now, next_reply, req);
                         }
                         Err(e) => {
@@ -349,11 +363,19 @@ async fn run(
                     },
                     Command::Own(wanted) => {
                         own(&mut core, &ownership, &mut partitions, count, wanted, now);
+                        loaded_at.retain(|p, _| partitions.contains_key(p));
+                        group_records.retain(|g, _| partitions.contains_key(&partition_for(g, count)));
+                        for (index, partition) in &partitions {
+                            if let (false, Ok(end)) = (loaded_at.contains_key(index), partition.log_end_offset()) {
+                                loaded_at.insert(*index, (partition.clone(), Offset(end.0 - 1)));
+                            }
+                        }
                     }
                 }
             }
         }
         let mut stores = Vec::new();
+        let mut syncs = Vec::new();
         for action in core.take_actions() {
             match action {
                 Action::Join(id, response) => {
@@ -362,19 +384,89 @@ async fn run(
                     }
                 }
                 Action::Sync(id, response) => {
-                    if let Some(Waiting::Sync(tx)) = waiting.remove(&id) {
-                        let _ = tx.send(response);
+                    if let Some(Waiting::Sync(group, tx)) = waiting.remove(&id) {
+                        syncs.push((group, tx, response));
                     }
                 }
                 Action::Store(record) => stores.push(record),
             }
         }
-        if let Err(e) = store(&partitions, count, &stores, clock.now_ms()) {
-            tracing::warn!(error = %e, records = stores.len(), "cannot store group metadata");
+        // The groups whose record this round wrote, and whether writing failed.
+        let written: BTreeSet<String> = stores
+            .iter()
+            .filter(|r| matches!(r, OffsetsRecord::Group { .. }))
+            .map(|r| r.group().to_owned())
+            .collect();
+        let mut failed = None;
+        match store(&partitions, count, &stores, clock.now_ms()) {
+            Ok(at) => {
+                for group in written {
+                    if let Some(durable) = at.get(&partition_for(&group, count)) {
+                        group_records.insert(group, durable.clone());
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, records = stores.len(), "cannot store group metadata");
+                let error = if e.not_leader {
+                    GroupError::NotCoordinator
+                } else {
+                    GroupError::CoordinatorNotAvailable
+                };
+                failed = Some((written, error));
+            }
+        }
+        for (group, tx, response) in syncs {
+            if response.error.is_some() {
+                let _ = tx.send(response);
+                continue;
+            }
+            if let Some((_, error)) = failed.as_ref().filter(|(w, _)| w.contains(&group)) {
+                let _ = tx.send(SyncResponse::error(*error));
+                continue;
+            }
+            let durable = group_records
+                .get(&group)
+                .or_else(|| loaded_at.get(&partition_for(&group, count)))
+                .cloned();
+            match durable {
+                Some(at) => {
+                    tokio::spawn(answer_when_durable(at, tx, response));
+                }
+                None => {
+                    let _ = tx.send(response);
+                }
+            }
         }
     }
     // Dropping the senders answers every waiting request with COORDINATOR_NOT_AVAILABLE.
     drop(waiting);
+}
+
+/// Answers a SyncGroup once its group's record is durable on every in-sync replica, or with
+/// the error a client acts on when it cannot be (the coordinator moved, or cannot store).
+async fn answer_when_durable(
+    (partition, offset): DurableAt,
+    tx: oneshot::Sender<SyncResponse>,
+    response: SyncResponse,
+) {
+    let answer = if offset.0 < 0 {
+        response
+    } else {
+        match partition.wait_acks_all(offset).await {
+            Ok(()) => response,
+            Err(e) => {
+                tracing::warn!(error = %e, "group assignment not durable on the in-sync replicas");
+                SyncResponse::error(match e {
+                    ReplicaError::NotLeader { .. } | ReplicaError::Closed(_) => {
+                        GroupError::NotCoordinator
+                    }
+                    _ => GroupError::CoordinatorNotAvailable,
+                })
+            }
+        }
+    };
+    let _ = tx.send(answer);
 }
 
 /// Loads the partitions newly led here and unloads those no longer led.
@@ -464,7 +556,7 @@ fn commit(
     }
     CommitOutcome {
         results: Ok(prepared.into_iter().map(|r| r.err()).collect()),
-        durable: durable.into_iter().next(),
+        durable: durable.into_values().next(),
     }
 }
 
@@ -492,16 +584,16 @@ impl StoreError {
 }
 
 /// Appends records to their groups' partitions, one batch per partition, timestamped `now`
-/// (wall clock, epoch ms). Returns, per partition written, the last offset to wait on for
-/// durability.
+/// (wall clock, epoch ms). Returns, per partition written (by number), the last offset to
+/// wait on for durability.
 fn store(
     partitions: &BTreeMap<i32, Arc<Partition>>,
     count: i32,
     records: &[OffsetsRecord],
     now: i64,
-) -> Result<Vec<(Arc<Partition>, Offset)>, StoreError> {
+) -> Result<BTreeMap<i32, DurableAt>, StoreError> {
     if records.is_empty() || count <= 0 {
-        return Ok(Vec::new());
+        return Ok(BTreeMap::new());
     }
     let mut by_partition: BTreeMap<i32, Vec<&OffsetsRecord>> = BTreeMap::new();
     for r in records {
@@ -510,7 +602,7 @@ fn store(
             .or_default()
             .push(r);
     }
-    let mut written = Vec::new();
+    let mut written = BTreeMap::new();
     for (index, records) in by_partition {
         let Some(partition) = partitions.get(&index) else {
             return Err(StoreError {
@@ -556,7 +648,7 @@ fn store(
                 not_leader: matches!(e, ReplicaError::NotLeader { .. }),
                 reason: e.to_string(),
             })?;
-        written.push((partition.clone(), receipt.last_offset));
+        written.insert(index, (partition.clone(), receipt.last_offset));
     }
     Ok(written)
 }
