@@ -39,10 +39,15 @@ pub struct History {
     consumed: BTreeMap<i32, BTreeMap<i64, String>>,
     /// Partition → the highest high watermark a consumer was shown.
     high_watermarks: BTreeMap<i32, i64>,
-    /// Partition → (the highest offset a commit acknowledged, the highest one sent).
-    commits: BTreeMap<i32, (Option<i64>, i64)>,
-    /// The group's committed offsets read back at the end (`None` before).
-    committed_at_end: Option<BTreeMap<i32, i64>>,
+    /// Group → partition → (the highest offset a commit acknowledged, the highest one sent).
+    commits: BTreeMap<&'static str, BTreeMap<i32, (Option<i64>, i64)>>,
+    /// Group → its committed offsets read back at the end (absent before).
+    committed_at_end: BTreeMap<&'static str, BTreeMap<i32, i64>>,
+    /// Generation of the members' group → member id → the partitions SyncGroup assigned it.
+    assignments: BTreeMap<i32, BTreeMap<String, Vec<i32>>>,
+    /// When the members' group was seen in a generation (a SyncGroup or an OffsetCommit
+    /// answered in it): from then on, the group's generation is at least that one.
+    generations_seen: Vec<(Duration, i32)>,
     /// Partition → (records up to the high watermark, that high watermark), read at the end.
     drained: BTreeMap<i32, (Vec<(i64, String)>, i64)>,
     /// The workload topic's partition count, as last grown.
@@ -140,26 +145,91 @@ impl History {
         }
     }
 
-    /// The consumer sends a commit of `positions` to the group.
-    pub fn commit_sent(&mut self, positions: &BTreeMap<i32, i64>) {
+    /// A client sends a commit of `positions` to `group`.
+    pub fn commit_sent(&mut self, group: &'static str, positions: &BTreeMap<i32, i64>) {
+        let commits = self.commits.entry(group).or_default();
         for (partition, offset) in positions {
-            let entry = self.commits.entry(*partition).or_insert((None, *offset));
+            let entry = commits.entry(*partition).or_insert((None, *offset));
             entry.1 = entry.1.max(*offset);
         }
     }
 
-    /// The group coordinator acknowledged a commit of `positions`.
-    pub fn commit_acked(&mut self, positions: &BTreeMap<i32, i64>) {
-        self.event(format!("offsets committed {positions:?}"));
+    /// `group`'s coordinator acknowledged a commit of `positions`.
+    pub fn commit_acked(&mut self, group: &'static str, positions: &BTreeMap<i32, i64>) {
+        self.event(format!("{group}: offsets committed {positions:?}"));
+        let commits = self.commits.entry(group).or_default();
         for (partition, offset) in positions {
-            let entry = self.commits.entry(*partition).or_insert((None, *offset));
+            let entry = commits.entry(*partition).or_insert((None, *offset));
             entry.0 = Some(entry.0.map_or(*offset, |acked| acked.max(*offset)));
         }
     }
 
-    pub fn committed_at_end(&mut self, committed: BTreeMap<i32, i64>) {
-        self.event(format!("committed offsets at the end {committed:?}"));
-        self.committed_at_end = Some(committed);
+    /// The members' group acknowledged a commit of `positions` by a member of `generation`,
+    /// sent at `sent_at`. A generation only moves forward, so once the group was seen in a
+    /// newer one, a commit sent later by a member of an older one must be refused (the member
+    /// is a zombie: it stalled past its session timeout and its partitions moved on).
+    pub fn member_commit_acked(
+        &mut self,
+        group: &'static str,
+        generation: i32,
+        sent_at: Duration,
+        positions: &BTreeMap<i32, i64>,
+    ) {
+        self.commit_acked(group, positions);
+        let newer = self
+            .generations_seen
+            .iter()
+            .filter(|(t, g)| *t < sent_at && *g > generation)
+            .map(|(t, g)| (*g, *t))
+            .max();
+        if let Some((seen, at)) = newer {
+            self.violation(format!(
+                "invariant 6: {group} took a commit of {positions:?} by generation {generation}, sent at {:.3}, after generation {seen} was seen at {:.3}",
+                sent_at.as_secs_f64(),
+                at.as_secs_f64()
+            ));
+        }
+        let now = self.now();
+        self.generations_seen.push((now, generation));
+    }
+
+    pub fn committed_at_end(&mut self, group: &'static str, committed: BTreeMap<i32, i64>) {
+        self.event(format!(
+            "{group}: committed offsets at the end {committed:?}"
+        ));
+        self.committed_at_end.insert(group, committed);
+    }
+
+    /// SyncGroup gave `member_id` of the members' group `partitions` in `generation`. Within a
+    /// generation the members' assignments come from one leader's SyncGroup, so they never
+    /// overlap and a member is always told the same; a generation number given twice (a
+    /// coordinator that lost the group's state on failover and counted again) breaks that.
+    pub fn group_synced(&mut self, generation: i32, member_id: &str, partitions: &[i32]) {
+        self.event(format!(
+            "member {member_id} synced generation {generation}: partitions {partitions:?}"
+        ));
+        let members = self.assignments.entry(generation).or_default();
+        let mut found = Vec::new();
+        if let Some(before) = members.get(member_id) {
+            if before.as_slice() != partitions {
+                found.push(format!(
+                    "invariant 6: member {member_id} was assigned {before:?}, then {partitions:?}, in generation {generation}"
+                ));
+            }
+        }
+        for (other, theirs) in members.iter().filter(|(m, _)| m.as_str() != member_id) {
+            if let Some(p) = partitions.iter().find(|p| theirs.contains(p)) {
+                found.push(format!(
+                    "invariant 6: members {other} and {member_id} were both assigned partition {p} in generation {generation}"
+                ));
+            }
+        }
+        members.insert(member_id.to_owned(), partitions.to_vec());
+        let now = self.now();
+        self.generations_seen.push((now, generation));
+        for v in found {
+            self.violation(v);
+        }
     }
 
     pub fn drained(&mut self, partition: i32, log: Vec<(i64, String)>, high_watermark: i64) {
@@ -239,20 +309,28 @@ impl History {
             }
         }
         // 6: an acknowledged offset commit survives: the offset read back at the end is at
-        // least the last one acknowledged, and no more than the last one sent (commits only
-        // move forward, one committer).
-        if let Some(end) = &self.committed_at_end {
-            for (partition, (acked, sent)) in &self.commits {
+        // least the last one acknowledged, and no more than the last one sent. Commits only
+        // move forward: one committer in the standalone group; in the members' group the
+        // values come from one counter, sent in order, and a member's commit is refused once
+        // its generation is over, so a late one never lands after a newer member's.
+        for (group, commits) in &self.commits {
+            let Some(end) = self.committed_at_end.get(group) else {
+                if commits.values().any(|(acked, _)| acked.is_some()) {
+                    out.push(format!(
+                        "invariant 6: {group}'s committed offsets were never read back"
+                    ));
+                }
+                continue;
+            };
+            for (partition, (acked, sent)) in commits {
                 let Some(acked) = acked else { continue };
                 match end.get(partition) {
                     Some(o) if o >= acked && o <= sent => {}
                     other => out.push(format!(
-                        "invariant 6: partition {partition}'s committed offset is {other:?} at the end, but {acked} was acknowledged (the highest sent: {sent})"
+                        "invariant 6: {group} partition {partition}'s committed offset is {other:?} at the end, but {acked} was acknowledged (the highest sent: {sent})"
                     )),
                 }
             }
-        } else if self.commits.values().any(|(acked, _)| acked.is_some()) {
-            out.push("invariant 6: the committed offsets were never read back".into());
         }
         // 5: an idempotent producer's value is written once.
         for (value, places) in &seen {

@@ -101,6 +101,9 @@ impl Rng {
     }
 }
 
+/// Mixed into the seed for the stream the group members are chosen from.
+const MEMBERS_STREAM: u64 = 0x6d65_6d62_6572_7321;
+
 pub const KAFKA_PORT: u16 = 9092;
 pub const CONTROLLER_PORT: u16 = 9093;
 
@@ -310,10 +313,11 @@ pub fn run(options: &Options) -> Outcome {
     let fault_start = Duration::from_secs(5);
     let fault_end = fault_start + options.faults_for;
     let produce_until = fault_end + options.settle;
-    let plan = workload::plan(&mut rng, nodes, produce_until);
+    let mut members_rng = Rng::new(options.seed ^ MEMBERS_STREAM);
+    let plan = workload::plan(&mut rng, &mut members_rng, nodes, produce_until);
     history.borrow_mut().event(format!(
-        "seed {} nodes {nodes} partitions {} producers {:?} grow {:?} scratch {:?}",
-        options.seed, plan.partitions, plan.producers, plan.grow, plan.scratch
+        "seed {} nodes {nodes} partitions {} producers {:?} grow {:?} scratch {:?} members {:?}",
+        options.seed, plan.partitions, plan.producers, plan.grow, plan.scratch, plan.members
     ));
     sim.client("client", workload::run(plan.clone(), history.clone()));
 

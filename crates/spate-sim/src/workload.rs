@@ -9,11 +9,15 @@
 //! final log, and the group's committed offsets are read back. Everything observed goes into
 //! the [`History`].
 //!
+//! In about half the seeds, two or three members of a consumer group join, sync, heartbeat,
+//! commit and leave or vanish while the faults run (`members.rs`).
+//!
 //! The seed may also add partitions to the topic while the faults run (producers and the
 //! consumer take them up as soon as the addition is acknowledged), and run a second topic
 //! that is deleted and re-created under the same name (`admin.rs`).
 
 pub mod admin;
+pub mod members;
 mod offsets;
 
 use crate::history::{Ack, History, Producer};
@@ -64,6 +68,8 @@ pub struct Plan {
     pub scratch: Option<admin::Scratch>,
     pub replication_factor: i16,
     pub producers: Vec<Producer>,
+    /// The consumer group members' lives (none in about half the seeds).
+    pub members: members::Members,
     /// Producers stop starting new values at this simulated time.
     pub produce_until: Duration,
 }
@@ -503,7 +509,7 @@ async fn consume(
     // Which node last answered for each partition (a change is traced).
     let mut serving: BTreeMap<i32, String> = BTreeMap::new();
     // Positions are committed to the group every COMMIT_EVERY, as auto-commit does.
-    let mut committer = offsets::Committer::default();
+    let mut committer = offsets::Committer::new(offsets::GROUP);
     let mut committed: Option<BTreeMap<i32, i64>> = None;
     let mut next_commit = Duration::ZERO;
     let mut commit_failure: Option<String> = None;
@@ -511,10 +517,12 @@ async fn consume(
         let now = turmoil::sim_elapsed().unwrap_or_default();
         if now >= next_commit && committed.as_ref() != Some(&positions) {
             next_commit = now + COMMIT_EVERY;
-            history.borrow_mut().commit_sent(&positions);
-            match committer.commit(&mut client, &positions).await {
+            history.borrow_mut().commit_sent(offsets::GROUP, &positions);
+            match committer.commit(&mut client, (-1, ""), &positions).await {
                 Ok(()) => {
-                    history.borrow_mut().commit_acked(&positions);
+                    history
+                        .borrow_mut()
+                        .commit_acked(offsets::GROUP, &positions);
                     committed = Some(positions.clone());
                     commit_failure = None;
                 }
@@ -618,6 +626,13 @@ pub async fn run(plan: Plan, history: Rc<RefCell<History>>) -> turmoil::Result {
     let scratch = plan.scratch.clone().map(|scratch| {
         tokio::task::spawn_local(admin::scratch(scratch, plan.clone(), history.clone()))
     });
+    if !plan.members.is_empty() {
+        tasks.push(tokio::task::spawn_local(members::run_all(
+            plan.clone(),
+            partitions.clone(),
+            history.clone(),
+        )));
+    }
     let consumer = tokio::task::spawn_local(consume(
         plan.clone(),
         partitions.clone(),
@@ -632,22 +647,30 @@ pub async fn run(plan: Plan, history: Rc<RefCell<History>>) -> turmoil::Result {
         .borrow_mut()
         .event("producers stopped; draining".into());
     drain(plan.clone(), partitions.get(), history.clone()).await;
-    read_committed_offsets(&plan, partitions.get(), &history).await;
+    read_committed_offsets(&plan, offsets::GROUP, partitions.get(), &history).await;
+    if !plan.members.is_empty() {
+        read_committed_offsets(&plan, members::GROUP, partitions.get(), &history).await;
+    }
     if let Some(scratch) = scratch {
         let _ = scratch.await;
     }
     Ok(())
 }
 
-/// Reads the group's committed offsets once the cluster has healed (retrying until the
+/// Reads `group`'s committed offsets once the cluster has healed (retrying until the
 /// coordinator answers; the liveness bound is the harness's).
-async fn read_committed_offsets(plan: &Plan, partitions: i32, history: &Rc<RefCell<History>>) {
+async fn read_committed_offsets(
+    plan: &Plan,
+    group: &'static str,
+    partitions: i32,
+    history: &Rc<RefCell<History>>,
+) {
     let mut client = Client::new("sim-offsets".into(), plan.nodes);
-    let mut committer = offsets::Committer::default();
+    let mut committer = offsets::Committer::new(group);
     loop {
         match committer.fetch(&mut client, partitions).await {
             Ok(committed) => {
-                history.borrow_mut().committed_at_end(committed);
+                history.borrow_mut().committed_at_end(group, committed);
                 return;
             }
             Err(_) => tokio::time::sleep(RETRY_BACKOFF).await,
@@ -655,8 +678,9 @@ async fn read_committed_offsets(plan: &Plan, partitions: i32, history: &Rc<RefCe
     }
 }
 
-/// The workload a seed chooses.
-pub fn plan(rng: &mut Rng, nodes: usize, produce_until: Duration) -> Plan {
+/// The workload a seed chooses. The group members come from their own stream of the seed
+/// (`members_rng`), so that adding them left every other choice of a seed as it was.
+pub fn plan(rng: &mut Rng, members_rng: &mut Rng, nodes: usize, produce_until: Duration) -> Plan {
     let producers = (0..1 + rng.below(3))
         .map(|id| {
             // An idempotent producer writes with acks=all, as Kafka's clients require.
@@ -689,6 +713,11 @@ pub fn plan(rng: &mut Rng, nodes: usize, produce_until: Duration) -> Plan {
         scratch,
         replication_factor: 3,
         producers,
+        members: if members_rng.chance(0.5) {
+            members::plan(members_rng, (Duration::from_secs(2), produce_until))
+        } else {
+            Vec::new()
+        },
         produce_until,
     }
 }

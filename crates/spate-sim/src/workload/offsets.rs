@@ -1,7 +1,8 @@
 //! Group offsets: the consumer commits its positions to group [`GROUP`] as a standalone
 //! consumer does (generation -1, no member; Kafka accepts that for a group with no members),
-//! through the coordinator FindCoordinator names, and at the end they are read back with
-//! OffsetFetch. The history checks invariant 6 with them: an acknowledged commit survives.
+//! and the group members of `members.rs` commit to theirs with their generation, through the
+//! coordinator FindCoordinator names; at the end they are read back with OffsetFetch. The
+//! history checks invariant 6 with them: an acknowledged commit survives.
 
 use super::{topic_name, Client, NONE, REQUEST_TIMEOUT_MS};
 use kafka_protocol::messages::offset_commit_request::{
@@ -14,31 +15,40 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 use std::collections::BTreeMap;
 
+/// The standalone consumer's group.
 pub const GROUP: &str = "sim-group";
 /// The last versions of the simple forms (a single coordinator key; one group per fetch).
 const FIND_COORDINATOR_VERSION_MAX: i16 = 3;
 const OFFSET_COMMIT_VERSION_MAX: i16 = 7;
 const OFFSET_FETCH_VERSION_MAX: i16 = 7;
 
-fn group_id() -> GroupId {
-    GroupId(StrBytes::from_static_str(GROUP))
-}
-
-/// The group's coordinator as last found.
-#[derive(Default)]
+/// A group's coordinator as last found.
 pub struct Committer {
+    group: &'static str,
     coordinator: Option<String>,
 }
 
 impl Committer {
-    async fn coordinator(&mut self, client: &mut Client) -> Result<String, String> {
+    pub fn new(group: &'static str) -> Committer {
+        Committer {
+            group,
+            coordinator: None,
+        }
+    }
+
+    pub fn group_id(&self) -> GroupId {
+        GroupId(StrBytes::from_static_str(self.group))
+    }
+
+    /// The coordinator, looked up when not known.
+    pub async fn coordinator(&mut self, client: &mut Client) -> Result<String, String> {
         if let Some(c) = &self.coordinator {
             return Ok(c.clone());
         }
         client.next_bootstrap = client.next_bootstrap % client.nodes + 1;
         let addr = super::node_addr(client.next_bootstrap);
         let request = FindCoordinatorRequest::default()
-            .with_key(StrBytes::from_static_str(GROUP))
+            .with_key(StrBytes::from_static_str(self.group))
             .with_key_type(0);
         let response = client
             .call(
@@ -60,25 +70,32 @@ impl Committer {
         Ok(coordinator)
     }
 
+    /// The coordinator said it is not (or not yet) the group's: look it up again next time.
+    pub fn coordinator_lost(&mut self) {
+        self.coordinator = None;
+    }
+
     /// On any failure the coordinator is looked up again next time.
-    fn failed(&mut self, client: &mut Client, coordinator: &str, why: String) -> String {
+    pub fn failed(&mut self, client: &mut Client, coordinator: &str, why: String) -> String {
         client.forget(coordinator);
         self.coordinator = None;
         why
     }
 
-    /// Commits `positions` (partition → next offset to read); `Ok` only when every partition's
-    /// commit was acknowledged.
+    /// Commits `positions` (partition → next offset to read) as `member` (generation and
+    /// member id; -1 and "" for a standalone consumer); `Ok` only when every partition's commit
+    /// was acknowledged.
     pub async fn commit(
         &mut self,
         client: &mut Client,
+        member: (i32, &str),
         positions: &BTreeMap<i32, i64>,
     ) -> Result<(), String> {
         let coordinator = self.coordinator(client).await?;
         let request = OffsetCommitRequest::default()
-            .with_group_id(group_id())
-            .with_generation_id_or_member_epoch(-1)
-            .with_member_id(StrBytes::default())
+            .with_group_id(self.group_id())
+            .with_generation_id_or_member_epoch(member.0)
+            .with_member_id(StrBytes::from_string(member.1.to_owned()))
             .with_retention_time_ms(-1)
             .with_topics(vec![OffsetCommitRequestTopic::default()
                 .with_name(topic_name(super::TOPIC))
@@ -127,7 +144,7 @@ impl Committer {
     ) -> Result<BTreeMap<i32, i64>, String> {
         let coordinator = self.coordinator(client).await?;
         let request = OffsetFetchRequest::default()
-            .with_group_id(group_id())
+            .with_group_id(self.group_id())
             .with_require_stable(true)
             .with_topics(Some(vec![OffsetFetchRequestTopic::default()
                 .with_name(topic_name(super::TOPIC))
