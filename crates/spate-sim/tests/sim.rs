@@ -55,11 +55,14 @@ fn one_seed_replays_the_same_run_byte_for_byte() {
 /// answer to its ISR expansion for a refusal and acknowledged a write the joiner lacked; 116,
 /// a node cut off from the controller answered TOPIC_ALREADY_EXISTS for a deleted topic; 2491,
 /// a partition that failed to open on a full disk was swept as an orphan and came back empty;
-/// 6100, a DeleteTopics that outlived its client resolved the name of the re-created topic.
+/// 6100, a DeleteTopics that outlived its client resolved the name of the re-created topic;
+/// 17, 56, 71, a coordinator that took over counted a generation again with other members (a
+/// SyncGroup was answered before the group's record was replicated); 180, an empty group
+/// without offsets was deleted and started again at generation 1 (the harness now keeps it).
 #[test]
 fn the_seeds_that_found_bugs_pass() {
     for seed in [
-        1, 2, 7, 18, 116, 128, 155, 189, 454, 1086, 2491, 6100, 20944,
+        1, 2, 7, 17, 18, 56, 71, 116, 128, 155, 180, 189, 454, 1086, 2491, 6100, 20944,
     ] {
         assert_passes(seed, 3);
     }
