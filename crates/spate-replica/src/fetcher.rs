@@ -4,15 +4,20 @@
 //!
 //! Each followed partition is in one of two phases:
 //! - **Truncating** (after every new leader or leader epoch): its log may have diverged from
-//!   the leader's. It asks the leader with OffsetForLeaderEpoch where its latest local epoch
-//!   ends there and truncates to that (KIP-101, with KIP-279's further rounds when the leader
-//!   answers with an epoch this log does not have);
+//!   the leader's. From a leader that takes Fetch v13, it goes straight to fetching: the
+//!   Fetch carries the epoch of its last batch, and the leader answers a diverging epoch
+//!   when the logs differ there (Kafka's truncation on fetch, used from IBP 2.7). Otherwise
+//!   it asks the leader with OffsetForLeaderEpoch where its latest local epoch ends there and
+//!   truncates to that (KIP-101, with KIP-279's further rounds when the leader answers with an
+//!   epoch this log does not have). OffsetForLeaderEpoch names topics by name only, so a
+//!   leader still holding another topic of the same name (deleted and created again) would
+//!   answer for that topic; a Fetch v13 names the topic by id, and such a leader refuses it.
 //! - **Fetching**: it fetches from its log end. What the leader returns is appended byte for
 //!   byte, and fsynced, before the next Fetch is sent: the next fetch offset tells the leader
-//!   that everything below it is durable here. A diverging epoch in a Fetch v12 response
-//!   truncates again by the same rule. From v13 topics are named by id, so a leader still
-//!   holding another topic of the same name (deleted and created again) refuses rather than
-//!   serving that topic's records.
+//!   that everything below it is durable here. A diverging epoch in a Fetch v12+ response
+//!   truncates by the same rule as an OffsetForLeaderEpoch answer, and the next Fetch asks
+//!   again. From v13 topics are named by id, so a leader still holding another topic of the
+//!   same name refuses rather than serving that topic's records.
 //!
 //! Guarantees:
 //! - A response is applied only to the partition as it was followed when the request was
@@ -656,12 +661,19 @@ impl Task {
         }
     }
 
-    /// OffsetForLeaderEpoch for the truncating partitions, then their truncation.
+    /// OffsetForLeaderEpoch for the truncating partitions, then their truncation; or, from a
+    /// leader that takes Fetch v13, straight to fetching (truncation on fetch).
     async fn truncate_round(
         &self,
         connection: &mut Connection,
         items: Vec<Item>,
     ) -> Result<(), RoundError> {
+        if connection.version_at_most::<FetchRequest>(FETCH_VERSION_MAX)? >= TOPIC_ID_VERSION {
+            for item in items {
+                self.update(&item, |f| f.phase = Phase::Fetching);
+            }
+            return Ok(());
+        }
         let mut asks = Vec::new();
         for item in items {
             match item.partition.follower_position() {

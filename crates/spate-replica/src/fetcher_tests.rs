@@ -187,6 +187,17 @@ impl Leader {
         Leader::start_offering(net, addr, 17).await
     }
 
+    /// A leader without topic ids in Fetch (up to v12): a follower truncates by asking it
+    /// OffsetForLeaderEpoch first.
+    async fn start_v12() -> Leader {
+        Leader::start_offering(
+            &spate_types::TcpNetwork,
+            std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            12,
+        )
+        .await
+    }
+
     /// A leader offering Fetch up to `fetch_max`.
     async fn start_offering(
         net: &dyn spate_types::Network,
@@ -456,7 +467,7 @@ async fn a_follower_replicates_over_an_in_process_network() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_divergent_tail_is_truncated_to_the_leaders_epoch_end_before_fetching() {
-    let mut leader = Leader::start().await;
+    let mut leader = Leader::start_v12().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let p = follower_with_two_epochs(dir.path());
     // The leader never saw epoch 1: its epoch 0 ended at 2.
@@ -490,7 +501,7 @@ async fn a_divergent_tail_is_truncated_to_the_leaders_epoch_end_before_fetching(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_in_an_epoch_this_log_lacks_truncates_to_its_own_epoch_end_and_asks_again() {
-    let mut leader = Leader::start().await;
+    let mut leader = Leader::start_v12().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let p = follower_with_two_epochs(dir.path());
     // The leader's largest epoch ≤ 1 is one this log never had (KIP-279): say it was 0
@@ -519,7 +530,7 @@ async fn an_answer_in_an_epoch_this_log_lacks_truncates_to_its_own_epoch_end_and
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn undefined_epoch_end_truncates_to_the_high_watermark() {
-    let mut leader = Leader::start().await;
+    let mut leader = Leader::start_v12().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let p = follower(dir.path(), tp(0), 1);
     let records = [batch(0, 1, 1), batch(1, 1, 1), batch(2, 1, 1)].concat();
@@ -546,7 +557,7 @@ async fn undefined_epoch_end_truncates_to_the_high_watermark() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_epoch_errors_keep_the_partition_truncating_and_retry() {
-    let mut leader = Leader::start().await;
+    let mut leader = Leader::start_v12().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let p = follower_with_two_epochs(dir.path());
     leader.answer(|req| {
@@ -627,21 +638,16 @@ async fn a_first_batch_straddling_an_empty_logs_start_restarts_the_log_at_the_ba
     shut_down(&fetchers).await;
 }
 
+/// From a leader that takes Fetch v13 a follower truncates on the Fetch response (Kafka's
+/// truncation on fetch): after a new epoch it fetches at once, with the epoch of its last
+/// batch, and never sends OffsetForLeaderEpoch, which names topics only by name (a leader
+/// still holding a deleted topic of the same name would answer for that one).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_diverging_epoch_in_a_fetch_response_truncates_and_fetching_goes_on() {
     let mut leader = Leader::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let p = follower_with_two_epochs(dir.path());
-    // OffsetForLeaderEpoch sees no divergence (epoch 1 ends at 4 there too) ...
-    leader.answer(|req| {
-        respond_epochs(req, |_, part| {
-            EpochEndOffset::default()
-                .with_partition(part.partition)
-                .with_leader_epoch(1)
-                .with_end_offset(4)
-        })
-    });
-    // ... but by the Fetch the leader says epoch 1 ended at 3.
+    // The leader says epoch 1 ended at 3 there.
     leader.answer(|req| {
         respond_fetch(req, |_, part| {
             let mut d = data(part);
@@ -652,14 +658,16 @@ async fn a_diverging_epoch_in_a_fetch_response_truncates_and_fetching_goes_on() 
     });
     let fetchers = fetchers(&leader.addr());
     fetchers.follow(p.clone(), LEADER, LeaderEpoch(2));
-    leader.epochs().await;
-    let (first, _) = leader.fetch().await;
+    let (first, version) = leader.fetch().await;
+    assert_eq!(version, 13);
     assert_eq!(
         (
             only_partition(&first).fetch_offset,
-            only_partition(&first).last_fetched_epoch
+            only_partition(&first).last_fetched_epoch,
+            only_partition(&first).current_leader_epoch
         ),
-        (4, 1)
+        (4, 1, 2),
+        "a Fetch first, no OffsetForLeaderEpoch"
     );
     let (second, _) = leader.fetch().await;
     assert_eq!(
@@ -676,7 +684,7 @@ async fn a_diverging_epoch_in_a_fetch_response_truncates_and_fetching_goes_on() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_that_do_not_follow_the_log_send_the_partition_back_to_truncating() {
-    let mut leader = Leader::start().await;
+    let mut leader = Leader::start_v12().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let p = follower_with_two_epochs(dir.path());
     let bytes = p.with_log(|l| Ok(l.size_bytes())).expect("size");
@@ -776,12 +784,7 @@ async fn records_answered_for_another_topic_id_are_not_appended() {
 /// matched by name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_offering_fetch_v12_is_asked_by_topic_name() {
-    let mut leader = Leader::start_offering(
-        &spate_types::TcpNetwork,
-        std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-        12,
-    )
-    .await;
+    let mut leader = Leader::start_v12().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let p = follower(dir.path(), tp(0), 0);
     let records = batch(0, 0, 2);
