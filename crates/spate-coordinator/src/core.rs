@@ -420,6 +420,24 @@ impl GroupCoordinator {
         self.with_group(now, id, tick_group);
     }
 
+    /// The group's record (its new generation's assignment) could not be stored: as Kafka does
+    /// (`resetAndPropagateAssignmentError`, then `maybePrepareRebalance`), the assignment is
+    /// not kept and the group rebalances, so no member is handed an assignment that a
+    /// coordinator taking over would not know of. Members learn it from their next request.
+    pub fn assignment_not_stored(&mut self, now: i64, id: &str) {
+        self.with_group(now, id, |g, ctx| {
+            if matches!(
+                g.state,
+                GroupState::Stable | GroupState::CompletingRebalance
+            ) {
+                for m in g.members.values_mut() {
+                    m.assignment = Bytes::new();
+                }
+                prepare_rebalance(g, ctx, "the group's assignment could not be stored");
+            }
+        });
+    }
+
     /// The earliest time [`GroupCoordinator::tick`] has work, if any.
     pub fn next_deadline(&self) -> Option<i64> {
         let mut next: Option<i64> = None;

@@ -1022,3 +1022,27 @@ fn unloading_a_partition_answers_waiting_requests_not_coordinator_and_forgets_it
     // Groups of other partitions stay.
     assert_eq!(c.unload_groups(|_| false), 0);
 }
+
+/// An assignment the coordinator could not store is not kept: the group rebalances (Kafka's
+/// `resetAndPropagateAssignmentError`), so a later SyncGroup or heartbeat of this generation
+/// never hands out an assignment a coordinator taking over would not know of (simulator seed
+/// 594: a full disk refused the record, and a member syncing a moment later got it anyway).
+#[test]
+fn an_assignment_that_could_not_be_stored_is_dropped_and_the_group_rebalances() {
+    let mut c = coord(0);
+    let a = stable_one(&mut c);
+    c.assignment_not_stored(0, "g");
+    assert_eq!(state(&c), GroupState::PreparingRebalance);
+    c.sync(1, 3, sync_req(&a, 1, &[]));
+    let (_, s, _) = actions(&mut c);
+    assert_eq!(s[0].1.error, Some(GroupError::RebalanceInProgress));
+    assert_eq!(
+        c.heartbeat(1, &hb(&a, 1)),
+        Err(GroupError::RebalanceInProgress)
+    );
+    assert!(c.describe_group("g").members[0].assignment.is_empty());
+    // The member rejoins: a new generation, stored afresh.
+    c.join(2, 4, join_req(&a, &["range"]));
+    let j = joins(&mut c);
+    assert_eq!(j[0].1.generation_id, 2);
+}

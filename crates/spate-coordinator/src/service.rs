@@ -413,6 +413,12 @@ async fn run(
                 } else {
                     GroupError::CoordinatorNotAvailable
                 };
+                let now = clock.now_ms();
+                for group in &written {
+                    core.assignment_not_stored(now, group);
+                }
+                // Its answers (REBALANCE_IN_PROGRESS to the members waiting on a sync) go out
+                // with the next command's; nothing more is stored for it now.
                 failed = Some((written, error));
             }
         }
