@@ -1548,6 +1548,14 @@ impl PartitionLog {
     /// Truncating to at or below the log start empties the log and restarts it at `offset`.
     pub fn truncate_to(&mut self, offset: Offset) -> Result<(), LogError> {
         if offset >= self.log_end {
+            // Nothing to cut, but an epoch may start at the log end with nothing written in
+            // it: this replica led in it and was deposed before writing. Kept, it would be
+            // its latest epoch, which the new leader never had, and every Fetch would report
+            // a divergence that truncating cannot cure. Kafka drops it here too.
+            self.epochs.truncate_from_end(self.log_end);
+            if self.epochs.is_dirty() {
+                self.epochs.write_checkpoint(&*self.disk, &self.dir)?;
+            }
             return Ok(());
         }
         self.sync_issued.store(-1, Ordering::Relaxed);

@@ -583,6 +583,47 @@ fn truncate_to_drops_the_tail_and_epochs() {
     assert_eq!(log.epoch_end_offset(E), None);
 }
 
+/// An epoch this replica led in without writing starts at the log end (assigned when it
+/// became leader). Truncating to the log end cuts no record but drops that epoch, which the
+/// leader that followed never had (Kafka's `truncateTo` does the same): kept, it stays this
+/// log's latest epoch and every Fetch would report a divergence truncation cannot cure. The
+/// checkpoint goes with it, so a restart does not bring it back.
+#[test]
+fn truncating_to_the_log_end_drops_an_epoch_with_nothing_written_in_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = LogConfig::default();
+    let mut log = open(dir.path(), &c);
+    for _ in 0..2 {
+        log.append(&mut plain(2, 0, 0), LeaderEpoch(1), 0).unwrap();
+    }
+    log.assign_leader_epoch(LeaderEpoch(3));
+    log.flush().unwrap();
+    assert_eq!(
+        log.epoch_end_offset(LeaderEpoch(3)),
+        Some((LeaderEpoch(3), Offset(4)))
+    );
+    log.truncate_to(Offset(4)).unwrap();
+    assert_eq!(log.log_end_offset(), Offset(4), "no record cut");
+    assert_eq!(
+        log.epoch_end_offset(LeaderEpoch(3)),
+        None,
+        "epoch 3 is newer than any this log knows"
+    );
+    assert_eq!(
+        log.epoch_end_offset(LeaderEpoch(1)),
+        Some((LeaderEpoch(1), Offset(4))),
+        "epoch 1 is the latest again"
+    );
+    assert_eq!(read_all(&log).len(), 2);
+    drop(log);
+    let log = open(dir.path(), &c);
+    assert_eq!(
+        log.epoch_end_offset(LeaderEpoch(3)),
+        None,
+        "not back after a restart"
+    );
+}
+
 #[test]
 fn truncating_inside_the_batch_holding_the_log_start_keeps_start_le_end() {
     let dir = tempfile::tempdir().unwrap();

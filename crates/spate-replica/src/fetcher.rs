@@ -765,7 +765,9 @@ impl Task {
     }
 
     /// A truncation of `item` to `offset` (or a restart of its log there, `fully`), started on
-    /// the blocking pool unless the log already ends at or below it.
+    /// the blocking pool unless the log already ends below it. A truncation at the log end
+    /// cuts no record but drops an epoch that starts there with nothing written in it (see
+    /// `PartitionLog::truncate_to`).
     fn truncate_job(
         &self,
         item: Item,
@@ -774,8 +776,8 @@ impl Task {
         fully: bool,
         then: Phase,
     ) -> Job {
-        let handle =
-            (fully || offset < position.log_end).then(|| self.spawn_truncate(&item, offset, fully));
+        let handle = (fully || offset <= position.log_end)
+            .then(|| self.spawn_truncate(&item, offset, fully));
         Job {
             item,
             position,
@@ -954,8 +956,11 @@ impl Task {
                 let diverging = &data.diverging_epoch;
                 if diverging.epoch >= 0 {
                     let (epoch, end_offset) = (diverging.epoch, diverging.end_offset);
+                    // Our latest epoch is newer than the leader's answer: cut to its end, even
+                    // if no record goes (an epoch we led in without writing).
+                    let newer = position.last_epoch.is_some_and(|e| e.0 > epoch);
                     match self.truncation(&item, &position, epoch, end_offset) {
-                        Ok(target) if target.offset < position.log_end => {
+                        Ok(target) if target.offset < position.log_end || newer => {
                             tracing::debug!(partition = %item.tp, epoch, end_offset, "the leader reports a diverging epoch");
                             // Kafka stays fetching: the next request's last fetched epoch
                             // tells the leader whether the logs agree now.

@@ -1179,3 +1179,56 @@ async fn appends_read_the_time_from_the_fetchers_clock() {
     );
     shut_down(&fetchers).await;
 }
+
+/// A follower that led in epoch 3 without writing anything has epoch 3 start at its log end
+/// (assigned when it became leader). The new leader (epoch 4) never had epoch 3: it reports
+/// epoch 1 ending where the follower's log ends. No record is to go, but epoch 3 must, or
+/// every Fetch would carry it and the leader would report the same divergence forever, the
+/// partition never catching up (simulator seed 1378: acks=all writes failed until the end).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_epoch_led_without_writing_is_dropped_when_the_new_leader_never_had_it() {
+    let mut leader = Leader::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = follower(dir.path(), tp(0), 1);
+    p.append_from_leader(&[batch(0, 1, 2), batch(2, 1, 2)].concat(), Offset(0), 0)
+        .expect("prefill");
+    p.apply(LeaderAndIsr {
+        leader: Some(LOCAL),
+        ..state(3)
+    })
+    .expect("leader in epoch 3");
+    p.apply(state(4)).expect("follower in epoch 4");
+    assert_eq!(
+        p.follower_position().expect("position").last_epoch,
+        Some(LeaderEpoch(3))
+    );
+    leader.answer(|req| {
+        respond_fetch(req, |_, part| {
+            let mut d = data(part);
+            d.diverging_epoch.epoch = 1;
+            d.diverging_epoch.end_offset = 4;
+            d
+        })
+    });
+    let fetchers = fetchers(&leader.addr());
+    fetchers.follow(p.clone(), LEADER, LeaderEpoch(4));
+    let (first, _) = leader.fetch().await;
+    assert_eq!(
+        (
+            only_partition(&first).fetch_offset,
+            only_partition(&first).last_fetched_epoch
+        ),
+        (4, 3)
+    );
+    let (second, _) = leader.fetch().await;
+    assert_eq!(
+        (
+            only_partition(&second).fetch_offset,
+            only_partition(&second).last_fetched_epoch
+        ),
+        (4, 1),
+        "epoch 3 is gone, no record with it"
+    );
+    assert_eq!(log_end(&p), Offset(4));
+    shut_down(&fetchers).await;
+}
