@@ -77,26 +77,33 @@ fn five_node_clusters_run_and_pass() {
     }
 }
 
-/// The checkers can fail: with the leader acknowledging acks=all writes on its own fsync (the
-/// followers ignored), a leader that dies before its followers fetched loses acknowledged
-/// records (the final log holds another record at their offset, or none), and the simulator
-/// finds it within a few seeds. The switch is a thread-local of
-/// this test's thread, where the simulation runs (in this process: nextest gives each test
-/// its own, so the seeds before the finding one are always the same).
-#[test]
-fn a_planted_bug_is_found_within_a_few_seeds() {
-    const SEEDS: u64 = 20;
-    spate_replica::planted::set_high_watermark_ignores_followers(true);
-    let found = (1..=SEEDS).find(|seed| {
+/// The first seed of `1..=seeds` whose violations include one starting with `violation`, with
+/// a planted bug switched on by `plant` for the run (a thread-local of this test's thread,
+/// where the simulation runs: in this process, since nextest gives each test its own, the seeds
+/// before the finding one are always the same).
+fn first_seed_finding(plant: fn(bool), seeds: u64, violation: &str) -> Option<u64> {
+    plant(true);
+    let found = (1..=seeds).find(|seed| {
         spate_sim::run(&spate_sim::Options::new(*seed, 3))
             .violations
             .iter()
-            .any(|v| v.starts_with("invariant 1"))
+            .any(|v| v.starts_with(violation))
     });
-    spate_replica::planted::set_high_watermark_ignores_followers(false);
+    plant(false);
     eprintln!("the planted bug was found by seed {found:?}");
+    found
+}
+
+/// The checkers can fail: with the leader acknowledging acks=all writes on its own fsync (the
+/// followers ignored), a leader that dies before its followers fetched loses acknowledged
+/// records (the final log holds another record at their offset, or none), and the simulator
+/// finds it within a few seeds.
+#[test]
+fn a_planted_bug_is_found_within_a_few_seeds() {
+    const SEEDS: u64 = 20;
+    let plant = spate_replica::planted::set_high_watermark_ignores_followers;
     assert!(
-        found.is_some(),
+        first_seed_finding(plant, SEEDS, "invariant 1").is_some(),
         "no seed of 1..={SEEDS} found acknowledged writes lost"
     );
 }
@@ -104,21 +111,13 @@ fn a_planted_bug_is_found_within_a_few_seeds() {
 /// The group checker can fail: with OffsetCommit taking a commit whatever its generation (and
 /// from a member the group no longer has), a member that stalled past its session timeout
 /// commits after the others moved on to a newer generation, and the simulator finds it within
-/// a few dozen seeds. The same thread-local switch as above.
+/// a few dozen seeds.
 #[test]
 fn a_planted_zombie_commit_is_found_within_a_few_dozen_seeds() {
     const SEEDS: u64 = 60;
-    spate_coordinator::planted::set_commits_ignore_generation(true);
-    let found = (1..=SEEDS).find(|seed| {
-        spate_sim::run(&spate_sim::Options::new(*seed, 3))
-            .violations
-            .iter()
-            .any(|v| v.starts_with("invariant 6"))
-    });
-    spate_coordinator::planted::set_commits_ignore_generation(false);
-    eprintln!("the planted zombie commit was found by seed {found:?}");
+    let plant = spate_coordinator::planted::set_commits_ignore_generation;
     assert!(
-        found.is_some(),
+        first_seed_finding(plant, SEEDS, "invariant 6").is_some(),
         "no seed of 1..={SEEDS} found a commit taken from an older generation"
     );
 }

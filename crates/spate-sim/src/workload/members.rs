@@ -20,7 +20,9 @@
 //! group's generations only move forward.
 
 use super::offsets::Committer;
-use super::{topic_name, Client, Plan, NONE, REQUEST_TIMEOUT_MS, RETRY_BACKOFF, TOPIC};
+use super::{
+    topic_name, Client, Plan, COMMIT_EVERY, NONE, REQUEST_TIMEOUT_MS, RETRY_BACKOFF, TOPIC,
+};
 use crate::history::History;
 use crate::Rng;
 use bytes::{BufMut, Bytes, BytesMut};
@@ -42,7 +44,6 @@ pub const GROUP: &str = "sim-members";
 const SESSION_TIMEOUT_MS: i32 = 6_000;
 const REBALANCE_TIMEOUT_MS: i32 = 5_000;
 const HEARTBEAT_EVERY: Duration = Duration::from_millis(500);
-const COMMIT_EVERY: Duration = Duration::from_millis(500);
 /// The consumer protocol's assignment and subscription version the members write.
 const CONSUMER_PROTOCOL_VERSION: i16 = 0;
 
