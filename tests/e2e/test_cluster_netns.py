@@ -2,9 +2,13 @@
 namespace (see netns.py): the partitioned leader stops acknowledging, the majority elects a new
 leader in a higher epoch, and after healing every replica holds the same record at every offset;
 a DeleteTopics sent to a cut-off node gives up within its timeout instead of deleting, after the
-heal, the topic re-created meanwhile under the same name.
+heal, the topic re-created meanwhile under the same name; a controller voter cut off and back
+does not unseat the active controller.
 """
 
+import json
+import subprocess
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -15,6 +19,7 @@ import kproto
 from ckutil import admin, consume, produce_all, producer, wait_topic
 from clusterutil import controller_id, create_replicated, partition_state, raw_produce, replica_records, wait_for
 from netns import NetnsLab, missing_tools, not_root
+from spateproc import SPATE_BIN
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -143,3 +148,48 @@ def test_a_delete_sent_to_a_cut_off_node_times_out_and_spares_the_re_created_top
     for n in (cut_off, others[0]):
         on_disk = [v for _, v in replica_records(c.nodes[n], topic_name, 0).values()]
         assert on_disk == [b"new"], f"node {n}'s replica of the re-created topic holds {on_disk[:5]}"
+
+
+def quorum(bootstrap):
+    """The controller quorum as `spate cluster status` reports it (DescribeQuorum), or None."""
+    out = subprocess.run([str(SPATE_BIN), "cluster", "status", "--output", "json", "--bootstrap-server",
+                          bootstrap, "--timeout-ms", "5000"], capture_output=True, text=True, timeout=30)
+    return json.loads(out.stdout).get("quorum") if out.stdout.strip() else None
+
+
+def caught_up(q, voter):
+    """`q` if it has a leader and `voter` is no entry behind it, else None."""
+    if not q or q.get("leader_id") is None:
+        return None
+    lag = next((v.get("lag") for v in q["voters"] if v["id"] == voter), None)
+    return q if lag == 0 else None
+
+
+def test_a_voter_cut_off_and_back_does_not_unseat_the_active_controller(netns_lab, cluster_factory):
+    c = cluster_factory(3, hosts=netns_lab.hosts, prefixes=netns_lab.prefixes)
+    q = wait_for("a controller quorum with a leader",
+                 lambda: (lambda q: q if q and q.get("leader_id") is not None else None)(quorum(c.bootstrap)),
+                 timeout=60)
+    leader, term = q["leader_id"], q["leader_epoch"]
+    voter = next(v["id"] for v in q["voters"] if v["id"] != leader)
+    majority = ",".join(n.bootstrap for i, n in c.nodes.items() if i != voter)
+    wait_for(f"voter {voter} caught up", lambda: caught_up(quorum(majority), voter), timeout=60)
+
+    print(f"--- cut voter {voter} off for 6 s: its election timeouts pass many times over")
+    netns_lab.isolate(voter)
+    started = time.monotonic()
+    # The metadata log moves on without it (a topic created), so it has entries to catch up on:
+    # caught up again, it has answered the leader since the heal.
+    a = admin(majority)
+    a.create_topics([NewTopic("while-cut-off", num_partitions=1, replication_factor=2)],
+                    request_timeout=20)["while-cut-off"].result(timeout=30)
+    wait_for(f"voter {voter} behind", lambda: (lambda q: q and not caught_up(q, voter))(quorum(majority)),
+             timeout=30)
+    time.sleep(max(0.0, 6 - (time.monotonic() - started)))  # the fault's length, not a wait for an event
+    netns_lab.heal()
+    # Back, it follows the same leader in the same term: had it raised its term at its election
+    # timeouts, its first answer after the heal would have made the active controller step down
+    # (an election, with no active controller for a while).
+    after = wait_for(f"voter {voter} caught up again", lambda: caught_up(quorum(majority), voter), timeout=60)
+    assert (after["leader_id"], after["leader_epoch"]) == (leader, term), (
+        f"the active controller was {leader} in term {term}; after the heal: {after}")
