@@ -355,3 +355,40 @@ async fn a_refused_isr_expansion_stops_holding_the_high_watermark_back() {
         "nothing pending"
     );
 }
+
+/// A truncation that fails on an I/O error (here the fsync of the cut segment) may leave the
+/// log half cut, on disk and in memory: the node halts, as on a failed fsync of an append, and
+/// recovers from its disk when restarted (simulator seed 6198: the follower retried the
+/// truncation forever, never caught up, and acks=all writes failed until the end).
+#[tokio::test]
+async fn a_truncation_failing_on_an_io_error_halts_the_node() {
+    let disk = MemoryDisk::new(Arc::new(ManualClock::new(1_000)));
+    let m = manager(&disk);
+    let p = lead(&m, 0);
+    for v in ["a", "b", "c"] {
+        let (last, _) = append(&p, v, true);
+        p.wait_acks_all(last).await.expect("acks=all");
+    }
+    p.apply(LeaderAndIsr {
+        leader: Some(B),
+        leader_epoch: LeaderEpoch(1),
+        partition_epoch: 1,
+        replicas: vec![LOCAL, B],
+        isr: vec![LOCAL, B],
+    })
+    .expect("a follower of B");
+    disk.inject(DiskFault {
+        op: DiskOp::Sync,
+        under: Path::new(LOGS).join("t-0"),
+        error: DiskError::Io,
+        times: None,
+    });
+    assert!(p.truncate_to(Offset(1)).is_err());
+    assert!(
+        m.health()
+            .failure()
+            .is_some_and(|f| f.contains("truncation of partition t-0")),
+        "the node halts: {:?}",
+        m.health().failure()
+    );
+}

@@ -809,10 +809,12 @@ impl Partition {
     pub fn truncate_to(&self, offset: Offset) -> Result<Vec<Command>, ReplicaError> {
         let mut core = self.core()?;
         self.check_follower(&core)?;
-        let log_end = self.with_log(|log| {
-            log.truncate_to(offset)?;
-            Ok(log.log_end_offset())
-        })?;
+        let log_end = self
+            .with_log(|log| {
+                log.truncate_to(offset)?;
+                Ok(log.log_end_offset())
+            })
+            .inspect_err(|e| self.io_failed(e, "truncation"))?;
         let commands = self.step(&mut core, Event::Truncated { log_end });
         drop(core);
         self.log_end.send_replace(log_end);
@@ -832,10 +834,12 @@ impl Partition {
     pub fn truncate_fully(&self, offset: Offset) -> Result<Vec<Command>, ReplicaError> {
         let mut core = self.core()?;
         self.check_follower(&core)?;
-        let log_end = self.with_log(|log| {
-            log.truncate_fully_and_start_at(offset)?;
-            Ok(log.log_end_offset())
-        })?;
+        let log_end = self
+            .with_log(|log| {
+                log.truncate_fully_and_start_at(offset)?;
+                Ok(log.log_end_offset())
+            })
+            .inspect_err(|e| self.io_failed(e, "truncation"))?;
         let commands = self.step(&mut core, Event::Truncated { log_end });
         drop(core);
         self.log_end.send_replace(log_end);
@@ -870,15 +874,16 @@ impl Partition {
             let log = guard
                 .as_mut()
                 .ok_or_else(|| ReplicaError::Closed(self.tp.clone()))?;
-            let appended =
-                log.append_as_follower(records, now_ms)
-                    .map_err(|source| match source {
-                        FollowerAppendError::Log(e) => ReplicaError::Log(e),
-                        other => ReplicaError::Diverged {
-                            tp: self.tp.clone(),
-                            source: other,
-                        },
-                    })?;
+            let appended = log
+                .append_as_follower(records, now_ms)
+                .map_err(|source| match source {
+                    FollowerAppendError::Log(e) => ReplicaError::Log(e),
+                    other => ReplicaError::Diverged {
+                        tp: self.tp.clone(),
+                        source: other,
+                    },
+                })
+                .inspect_err(|e| self.io_failed(e, "a follower's append"))?;
             let target = if appended.is_some() && fsync {
                 log.sync_target()
             } else {
@@ -934,6 +939,18 @@ impl Partition {
 
     /// A failed fsync: sticky for this partition (its `acks=all` waiters fail, its fetcher
     /// stops), and reported to the node, which stops (see [`StorageHealth`]).
+    /// An I/O error while the log was being changed (a truncation, a follower's append) may
+    /// leave it half changed, on disk and in memory: the node halts and recovers from what its
+    /// disk holds, as a failed fsync does (Kafka takes the log directory offline). Other
+    /// errors (a diverged batch, a closed replica) leave the log as it was.
+    fn io_failed(&self, error: &ReplicaError, what: &str) {
+        if let ReplicaError::Log(spate_log::LogError::Io(e)) = error {
+            tracing::error!(partition = %self.tp, error = %e, "{what} failed on an I/O error");
+            self.health
+                .fail(format!("{what} of partition {} failed: {e}", self.tp));
+        }
+    }
+
     fn fsync_failed(&self, failure: &FlushFailure, what: &str) {
         tracing::error!(partition = %self.tp, %failure, "{what}");
         let _ = self.flushed.send_replace(Err(failure.clone()));
