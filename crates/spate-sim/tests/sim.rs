@@ -60,11 +60,13 @@ fn one_seed_replays_the_same_run_byte_for_byte() {
 /// SyncGroup was answered before the group's record was replicated); 180, an empty group
 /// without offsets was deleted and started again at generation 1 (the harness now keeps it);
 /// 594, a member was handed an assignment the coordinator had failed to store; 1378, a
-/// follower kept an epoch it had led in without writing, and every Fetch diverged.
+/// follower kept an epoch it had led in without writing, and every Fetch diverged; 6198, a
+/// follower's truncation failed on an I/O error and was retried forever.
 #[test]
 fn the_seeds_that_found_bugs_pass() {
     for seed in [
-        1, 2, 7, 17, 18, 56, 71, 116, 128, 155, 180, 189, 454, 594, 1086, 1378, 2491, 6100, 20944,
+        1, 2, 7, 17, 18, 56, 71, 116, 128, 155, 180, 189, 454, 594, 1086, 1378, 2491, 6100, 6198,
+        20944,
     ] {
         assert_passes(seed, 3);
     }
