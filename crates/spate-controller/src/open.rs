@@ -129,6 +129,10 @@ impl Controller {
             election_timeout_max: raft::ELECTION_TIMEOUT_MAX_MS,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every_entries.max(1)),
             max_in_snapshot_log_to_keep: config.log_entries_kept_after_snapshot,
+            // A voter cut off from the quorum times out again and again, but only a Pre-Vote
+            // round that a majority would grant raises its term: back after a heal, it no
+            // longer makes the active controller step down (Raft thesis §9.6; KRaft, KIP-996).
+            enable_pre_vote: Some(true),
             ..Default::default()
         }
         .validate()

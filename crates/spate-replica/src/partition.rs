@@ -874,16 +874,15 @@ impl Partition {
             let log = guard
                 .as_mut()
                 .ok_or_else(|| ReplicaError::Closed(self.tp.clone()))?;
-            let appended = log
-                .append_as_follower(records, now_ms)
-                .map_err(|source| match source {
-                    FollowerAppendError::Log(e) => ReplicaError::Log(e),
-                    other => ReplicaError::Diverged {
-                        tp: self.tp.clone(),
-                        source: other,
-                    },
-                })
-                .inspect_err(|e| self.io_failed(e, "a follower's append"))?;
+            let appended =
+                log.append_as_follower(records, now_ms)
+                    .map_err(|source| match source {
+                        FollowerAppendError::Log(e) => ReplicaError::Log(e),
+                        other => ReplicaError::Diverged {
+                            tp: self.tp.clone(),
+                            source: other,
+                        },
+                    })?;
             let target = if appended.is_some() && fsync {
                 log.sync_target()
             } else {
@@ -939,10 +938,11 @@ impl Partition {
 
     /// A failed fsync: sticky for this partition (its `acks=all` waiters fail, its fetcher
     /// stops), and reported to the node, which stops (see [`StorageHealth`]).
-    /// An I/O error while the log was being changed (a truncation, a follower's append) may
-    /// leave it half changed, on disk and in memory: the node halts and recovers from what its
-    /// disk holds, as a failed fsync does (Kafka takes the log directory offline). Other
-    /// errors (a diverged batch, a closed replica) leave the log as it was.
+    /// An I/O error in a truncation (which deletes segments, cuts a file, syncs it and rewrites
+    /// indexes) may leave the log half cut, on disk and in memory: the node halts and recovers
+    /// from what its disk holds, as a failed fsync does (Kafka takes the log directory
+    /// offline). A follower's append that fails to write (a full disk) changes nothing and is
+    /// retried; a diverged batch or a closed replica leaves the log as it was.
     fn io_failed(&self, error: &ReplicaError, what: &str) {
         if let ReplicaError::Log(spate_log::LogError::Io(e)) = error {
             tracing::error!(partition = %self.tp, error = %e, "{what} failed on an I/O error");
