@@ -765,9 +765,9 @@ impl Task {
     }
 
     /// A truncation of `item` to `offset` (or a restart of its log there, `fully`), started on
-    /// the blocking pool unless the log already ends below it. A truncation at the log end
-    /// cuts no record but drops an epoch that starts there with nothing written in it (see
-    /// `PartitionLog::truncate_to`).
+    /// the blocking pool. `offset` is never past the log end unless `fully`; a truncation at
+    /// the log end cuts no record but drops an epoch that starts there with nothing written
+    /// in it (see `PartitionLog::truncate_to`).
     fn truncate_job(
         &self,
         item: Item,
@@ -776,8 +776,7 @@ impl Task {
         fully: bool,
         then: Phase,
     ) -> Job {
-        let handle = (fully || offset <= position.log_end)
-            .then(|| self.spawn_truncate(&item, offset, fully));
+        let handle = Some(self.spawn_truncate(&item, offset, fully));
         Job {
             item,
             position,
