@@ -65,6 +65,18 @@ pub enum MetadataCommand {
         partition_epoch: i32,
         isr: Vec<NodeId>,
     },
+    /// A replica found a batch of `topic_id`'s partition on its disk damaged (its CRC fails):
+    /// `node` leaves the ISR, and its leadership moves to the next live ISR member in replica
+    /// order, so that it can truncate below the damage and fetch the batch again from a healthy
+    /// copy (Kafka takes the whole log directory offline instead). Refused while `node` is the
+    /// last live ISR member: every other copy may miss committed records, so it stays, refusing
+    /// the damaged batch, and asks again later. A node already out of the ISR is a no-op.
+    LeaveIsr {
+        topic: String,
+        topic_id: Uuid,
+        partition: i32,
+        node: NodeId,
+    },
     /// Moves leadership of each listed partition to its preferred replica (the first of its
     /// replicas) where that replica is in the ISR, unfenced, and not already leader.
     ElectPreferredLeaders { partitions: Vec<(String, i32)> },
@@ -147,6 +159,9 @@ impl fmt::Display for MetadataCommand {
             ),
             Self::ElectPreferredLeaders { partitions } => {
                 write!(f, "ElectPreferredLeaders({} partitions)", partitions.len())
+            }
+            Self::LeaveIsr { topic, partition, node, .. } => {
+                write!(f, "LeaveIsr({topic}-{partition}, node={node})")
             }
             Self::RegisterBroker { node, endpoint, directory_id } => write!(
                 f,

@@ -117,6 +117,12 @@ pub fn apply(image: &mut MetadataImage, cmd: &MetadataCommand) -> MetadataOutcom
             *partition_epoch,
             isr,
         ),
+        MetadataCommand::LeaveIsr {
+            topic,
+            topic_id,
+            partition,
+            node,
+        } => leave_isr(image, topic, *topic_id, *partition, *node),
         MetadataCommand::ElectPreferredLeaders { partitions } => {
             let mut moved = 0;
             for (topic, index) in partitions {
@@ -533,6 +539,51 @@ fn alter_partition(
         .filter(|r| isr.contains(r))
         .collect();
     p.partition_epoch = p.partition_epoch.saturating_add(1);
+    Ok(MetadataOutcome::PartitionAltered {
+        partition_epoch: p.partition_epoch,
+    })
+}
+
+/// See [`MetadataCommand::LeaveIsr`].
+fn leave_isr(
+    image: &mut MetadataImage,
+    topic: &str,
+    topic_id: Uuid,
+    partition: i32,
+    node: NodeId,
+) -> Result<MetadataOutcome, MetadataError> {
+    if image
+        .topics
+        .get(topic)
+        .is_none_or(|t| t.topic_id != topic_id)
+    {
+        return Err(MetadataError::UnknownTopic(topic.to_owned()));
+    }
+    let alive = alive_set(image);
+    let Some(p) = partition_mut(image, topic, partition) else {
+        return Err(MetadataError::UnknownTopic(topic.to_owned()));
+    };
+    if !p.isr.contains(&node) {
+        return Ok(MetadataOutcome::PartitionAltered {
+            partition_epoch: p.partition_epoch,
+        });
+    }
+    let Some(next) = p
+        .replicas
+        .iter()
+        .copied()
+        .find(|r| *r != node && p.isr.contains(r) && alive.contains(r))
+    else {
+        return Err(MetadataError::InvalidIsr(format!(
+            "{topic}-{partition}: {node} is the last live ISR member"
+        )));
+    };
+    p.isr.retain(|r| *r != node);
+    if p.leader == node {
+        set_leader(p, next);
+    } else {
+        p.partition_epoch = p.partition_epoch.saturating_add(1);
+    }
     Ok(MetadataOutcome::PartitionAltered {
         partition_epoch: p.partition_epoch,
     })
@@ -1200,6 +1251,21 @@ mod tests {
                             isr: isr.into_iter().map(NodeId).collect(),
                         }
                     }),
+                // Topic id nil: resolved to the topic's current id when applied.
+                (
+                    prop::sample::select(vec!["a", "b", "c"]),
+                    0..3i32,
+                    0..6i32,
+                    any::<bool>()
+                )
+                    .prop_map(|(topic, partition, node, current)| {
+                        MetadataCommand::LeaveIsr {
+                            topic: topic.to_owned(),
+                            topic_id: Uuid::from_u128(if current { 0 } else { 1 }),
+                            partition,
+                            node: NodeId(node),
+                        }
+                    }),
                 (prop::sample::select(vec!["a", "b", "c"]), 0..3i32).prop_map(|(t, p)| {
                     MetadataCommand::ElectPreferredLeaders {
                         partitions: vec![(t.to_owned(), p)],
@@ -1257,6 +1323,17 @@ mod tests {
                         isr,
                     }
                 }
+                MetadataCommand::LeaveIsr {
+                    topic,
+                    topic_id,
+                    partition,
+                    node,
+                } if topic_id.is_nil() => MetadataCommand::LeaveIsr {
+                    topic_id: image.topics.get(&topic).map_or(topic_id, |t| t.topic_id),
+                    topic,
+                    partition,
+                    node,
+                },
                 other => other,
             }
         }
@@ -1626,6 +1703,87 @@ mod replication_tests {
         let p = part(&image);
         assert_eq!((p.leader, p.leader_epoch), (NodeId(0), LeaderEpoch(2)));
         assert_eq!(p.isr, nodes(&[0]));
+    }
+
+    #[test]
+    fn a_damaged_replica_leaves_the_isr_and_its_leadership_moves_unless_it_is_the_last() {
+        let mut image = cluster_with_topic(3, 3);
+        let leave = |node: i32| MetadataCommand::LeaveIsr {
+            topic: "t".into(),
+            topic_id: Uuid::from_u128(3),
+            partition: 0,
+            node: NodeId(node),
+        };
+        let leader = part(&image).leader;
+        let before = part(&image).clone();
+        // A follower leaves: the ISR shrinks, the leader and its epoch stay.
+        let follower = before.replicas.iter().find(|r| **r != leader).unwrap().0;
+        assert_eq!(
+            apply(&mut image, &leave(follower)),
+            MetadataOutcome::PartitionAltered { partition_epoch: 1 }
+        );
+        assert!(!part(&image).isr.contains(&NodeId(follower)));
+        assert_eq!(part(&image).leader_epoch, before.leader_epoch);
+        // Again: already out, nothing changes.
+        let once = image.clone();
+        assert_eq!(
+            apply(&mut image, &leave(follower)),
+            MetadataOutcome::PartitionAltered { partition_epoch: 1 }
+        );
+        assert_eq!(image, once);
+        // The leader leaves: the next live ISR member in replica order leads, in a new epoch.
+        assert_eq!(
+            apply(&mut image, &leave(leader.0)),
+            MetadataOutcome::PartitionAltered { partition_epoch: 2 }
+        );
+        let p = part(&image);
+        let last = *p.isr.first().unwrap();
+        assert_eq!(p.isr.len(), 1);
+        assert_eq!(p.leader, last);
+        assert_eq!(p.leader_epoch, LeaderEpoch(before.leader_epoch.0 + 1));
+        // The last member stays: every other copy may miss committed records.
+        let once = image.clone();
+        assert!(matches!(
+            apply(&mut image, &leave(last.0)),
+            MetadataOutcome::Rejected(MetadataError::InvalidIsr(_))
+        ));
+        assert_eq!(image, once);
+        // Another incarnation of the topic, or an unknown one: refused, nothing changes.
+        let mut stale = leave(last.0);
+        if let MetadataCommand::LeaveIsr { topic_id, .. } = &mut stale {
+            *topic_id = Uuid::from_u128(99);
+        }
+        assert_eq!(
+            apply(&mut image, &stale),
+            MetadataOutcome::Rejected(MetadataError::UnknownTopic("t".into()))
+        );
+        assert_eq!(image, once);
+    }
+
+    #[test]
+    fn a_damaged_replica_stays_when_the_other_members_are_fenced() {
+        let mut image = cluster_with_topic(3, 3);
+        let leader = part(&image).leader;
+        for r in part(&image).replicas.clone() {
+            if r != leader {
+                fence(&mut image, r.0);
+            }
+        }
+        // Fencing left the leader alone in the ISR; a fenced member would not count anyway.
+        let out = apply(
+            &mut image,
+            &MetadataCommand::LeaveIsr {
+                topic: "t".into(),
+                topic_id: Uuid::from_u128(3),
+                partition: 0,
+                node: leader,
+            },
+        );
+        assert!(matches!(
+            out,
+            MetadataOutcome::Rejected(MetadataError::InvalidIsr(_))
+        ));
+        assert_eq!(part(&image).leader, leader);
     }
 
     #[test]

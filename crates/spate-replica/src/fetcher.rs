@@ -857,13 +857,30 @@ impl Task {
     ) -> Result<(), RoundError> {
         let version = connection.version_at_most::<FetchRequest>(FETCH_VERSION_MAX)?;
         let mut asked: BTreeMap<TopicPartition, (Item, FollowerPosition)> = BTreeMap::new();
+        let mut repairs = Vec::new();
         for item in items {
             match item.partition.follower_position() {
-                Ok(position) => {
-                    asked.insert(item.tp.clone(), (item, position));
-                }
+                // A damaged batch out of the ISR: cut it away first (see `damage.rs`).
+                Ok(position) => match item.partition.repair_offset() {
+                    Some(offset) => {
+                        tracing::info!(partition = %item.tp, %offset, "truncating below the damaged batch");
+                        repairs.push(self.truncate_job(
+                            item,
+                            position,
+                            offset,
+                            false,
+                            Phase::Fetching,
+                        ));
+                    }
+                    None => {
+                        asked.insert(item.tp.clone(), (item, position));
+                    }
+                },
                 Err(e) => self.partition_trouble(&item, Trouble::Local, &e),
             }
+        }
+        if !repairs.is_empty() {
+            self.finish(repairs).await;
         }
         if asked.is_empty() {
             return Ok(());

@@ -12,6 +12,7 @@
 //!   OffsetForLeaderEpoch, then fetching with the Fetch API as a replica.
 
 mod core;
+mod damage;
 mod fetcher;
 mod health;
 mod manager;

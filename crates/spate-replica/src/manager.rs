@@ -18,7 +18,7 @@ use crate::health::StorageHealth;
 use crate::partition::{FlushPolicy, FollowerFetch, Partition, PartitionRead, ReplicaError};
 use spate_log::LogConfig;
 use spate_types::disk::{self, Disk};
-use spate_types::{LeaderEpoch, NodeId, TopicPartition};
+use spate_types::{LeaderEpoch, NodeId, Offset, TopicPartition};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -79,6 +79,9 @@ pub struct ReplicaManager {
     proposals: mpsc::Sender<IsrProposal>,
     fetchers: Fetchers,
     health: StorageHealth,
+    /// Partitions found damaged (see `damage.rs`), for the owner to report to the controller.
+    damage: mpsc::Sender<TopicPartition>,
+    damage_reports: std::sync::Mutex<Option<mpsc::Receiver<TopicPartition>>>,
 }
 
 impl ReplicaManager {
@@ -92,6 +95,7 @@ impl ReplicaManager {
         settings: ReplicationSettings,
     ) -> (Arc<Self>, mpsc::Receiver<IsrProposal>) {
         let (proposals, rx) = mpsc::channel(ISR_PROPOSALS_QUEUED_MAX);
+        let (damage, damage_reports) = mpsc::channel(ISR_PROPOSALS_QUEUED_MAX);
         let fetchers = Fetchers::new(settings.node, settings.fetch.clone());
         let manager = Arc::new(Self {
             disk,
@@ -102,8 +106,33 @@ impl ReplicaManager {
             proposals,
             fetchers,
             health: StorageHealth::default(),
+            damage,
+            damage_reports: std::sync::Mutex::new(Some(damage_reports)),
         });
         (manager, rx)
+    }
+
+    /// The partitions found damaged, each once (see `damage.rs`): the owner asks the
+    /// controller to take this node out of their ISRs. `None` after the first call.
+    pub fn take_damage_reports(&self) -> Option<mpsc::Receiver<TopicPartition>> {
+        self.damage_reports
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    }
+
+    /// A read of `partition` from `start` failed with `error`: damage is recorded and
+    /// reported once (see [`Partition::read_failed`]).
+    pub fn read_failed(&self, partition: &Partition, start: Offset, error: &ReplicaError) {
+        if partition.read_failed(start, error)
+            && self
+                .damage
+                .try_send(partition.topic_partition().clone())
+                .is_err()
+        {
+            tracing::warn!(partition = %partition.topic_partition(), "damage report queue full; reporting at the next read");
+            partition.damage_unreported();
+        }
     }
 
     pub fn node(&self) -> NodeId {

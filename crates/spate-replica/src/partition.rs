@@ -203,6 +203,8 @@ pub struct Partition {
     closing: watch::Sender<bool>,
     /// The published high watermark has moved since the last checkpoint.
     checkpoint_due: AtomicBool,
+    /// A batch that failed its CRC when read (see `damage.rs`).
+    damage: crate::damage::Damage,
 }
 
 impl Partition {
@@ -262,6 +264,7 @@ impl Partition {
             dirty: Notify::new(),
             closing: watch::Sender::new(false),
             checkpoint_due: AtomicBool::new(false),
+            damage: crate::damage::Damage::default(),
         });
         tokio::spawn(flusher(
             Arc::downgrade(&partition),
@@ -697,6 +700,38 @@ impl Partition {
         })
     }
 
+    /// A read from `start` failed with `error`. A corrupt batch (its CRC or framing fails)
+    /// is damage: recorded from `start` on, true the first time (report it to the controller,
+    /// see `damage.rs`). Any other error is not.
+    pub fn read_failed(&self, start: Offset, error: &ReplicaError) -> bool {
+        if !matches!(error, ReplicaError::Log(LogError::Corrupt { .. })) {
+            return false;
+        }
+        tracing::error!(partition = %self.tp, %start, %error, "damaged batch in the local log: it is not served, and is fetched again from a healthy replica");
+        self.damage.record(start)
+    }
+
+    /// Where this replica's damage starts, if it has any.
+    pub fn damaged_from(&self) -> Option<Offset> {
+        self.damage.from()
+    }
+
+    /// The report of this replica's damage could not be queued: forget it, so that the next
+    /// read meeting the batch reports it again.
+    pub fn damage_unreported(&self) {
+        self.damage.forget();
+    }
+
+    /// Where a follower out of the ISR cuts its log to drop its damage before fetching again
+    /// (never while in the ISR: see `damage.rs`).
+    pub fn repair_offset(&self) -> Option<Offset> {
+        let from = self.damage.from()?;
+        let core = self.core().ok()?;
+        let out_of_isr = !core.isr().contains(&core.settings().local);
+        (matches!(core.role(), Role::Follower { .. }) && out_of_isr)
+            .then(|| from.min(core.log_end()))
+    }
+
     pub fn log_end_offset(&self) -> Result<Offset, ReplicaError> {
         self.with_log(|log| Ok(log.log_end_offset()))
     }
@@ -818,6 +853,7 @@ impl Partition {
         let commands = self.step(&mut core, Event::Truncated { log_end });
         drop(core);
         self.log_end.send_replace(log_end);
+        self.damage_cut(log_end);
         // Truncation may drop what was flushed.
         self.flushed.send_if_modified(|f| match f {
             Ok(offset) if *offset > log_end => {
@@ -843,8 +879,15 @@ impl Partition {
         let commands = self.step(&mut core, Event::Truncated { log_end });
         drop(core);
         self.log_end.send_replace(log_end);
+        self.damage_cut(log_end);
         let _ = self.flushed.send_replace(Ok(log_end));
         Ok(commands)
+    }
+
+    fn damage_cut(&self, log_end: Offset) {
+        if self.damage.truncated(log_end) {
+            tracing::info!(partition = %self.tp, %log_end, "damaged batch cut away; fetching it again from the leader");
+        }
     }
 
     /// A follower's append of batches fetched from the leader, stored byte for byte. When
@@ -1780,6 +1823,66 @@ pub(crate) mod tests {
             state(OTHER, 0, &[OTHER, LOCAL], &[OTHER, LOCAL]),
         );
         assert_eq!(reopened.high_watermark(), Offset(2));
+    }
+
+    #[tokio::test]
+    async fn a_damaged_batch_is_refused_reported_once_and_cut_only_out_of_the_isr() {
+        let leader_dir = tempfile::tempdir().expect("tempdir");
+        let leader = open(leader_dir.path(), LogConfig::default());
+        for v in [b"a", b"b", b"c"] {
+            leader
+                .append(&mut batch(v, 1_000), true, 1_000)
+                .expect("append");
+        }
+        leader.wait_acks_all(Offset(2)).await.expect("durable");
+        let bytes = everything(&leader);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let in_isr = state(OTHER, 0, &[OTHER, LOCAL], &[OTHER, LOCAL]);
+        let f = open_as(dir.path(), LogConfig::default(), in_isr.clone());
+        f.append_from_leader(&bytes, Offset(3), 1_000)
+            .expect("follower append");
+        // A bit flipped at rest in the last batch's records (its CRC covers them).
+        let segment = dir.path().join(format!("{:020}.log", 0));
+        let mut stored = std::fs::read(&segment).expect("segment");
+        *stored.last_mut().expect("bytes") ^= 0x40;
+        std::fs::write(&segment, stored).expect("write");
+
+        // A read that reaches the damaged batch is refused.
+        let read = f.read(Offset(0), 1 << 20, true).expect("plan");
+        let error = read.plan.load().map_err(ReplicaError::Log).unwrap_err();
+        assert!(matches!(error, ReplicaError::Log(LogError::Corrupt { .. })));
+        let not_damage = ReplicaError::Closed(TopicPartition::new("t", 0));
+        assert!(
+            !f.read_failed(Offset(2), &not_damage),
+            "only corruption is damage"
+        );
+        assert_eq!(f.damaged_from(), None);
+        assert!(f.read_failed(Offset(2), &error), "the first is reported");
+        assert!(!f.read_failed(Offset(2), &error), "once");
+        assert_eq!(f.damaged_from(), Some(Offset(2)));
+
+        // In the ISR it keeps its log: it could be elected, and must hold every committed
+        // record it can.
+        assert_eq!(f.repair_offset(), None);
+        // Out of the ISR it cuts the damaged batch away, and the cut clears the damage.
+        let mut out = state(OTHER, 0, &[OTHER, LOCAL], &[OTHER]);
+        out.partition_epoch = 1;
+        f.apply(out).expect("apply");
+        assert_eq!(f.repair_offset(), Some(Offset(2)));
+        f.truncate_to(Offset(2)).expect("truncate");
+        assert_eq!(f.damaged_from(), None);
+        assert_eq!(f.repair_offset(), None);
+        assert_eq!(f.follower_position().expect("position").log_end, Offset(2));
+        // Fetched again from the leader, the batch reads clean.
+        let read = leader.read(Offset(2), 1 << 20, true).expect("plan");
+        f.append_from_leader(&read.plan.load().expect("leader's copy"), Offset(3), 1_000)
+            .expect("refetch");
+        let again = f.read(Offset(0), 1 << 20, true).expect("plan");
+        assert_eq!(again.plan.load().expect("clean"), bytes);
+
+        // A leader never cuts its own log: it waits for the controller to move leadership.
+        assert!(leader.read_failed(Offset(1), &error));
+        assert_eq!(leader.repair_offset(), None);
     }
 
     /// Every record batch of `p` up to its high watermark, as a fetch returns them.

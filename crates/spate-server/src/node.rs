@@ -212,6 +212,14 @@ impl Node {
             isr_proposals,
             shutdown_rx.clone(),
         )));
+        if let Some(damaged) = replicas.take_damage_reports() {
+            tasks.push(tokio::spawn(crate::reconciler::report_damage(
+                controller.clone(),
+                replicas.clone(),
+                damaged,
+                shutdown_rx.clone(),
+            )));
+        }
         tasks.push(tokio::spawn(crate::reconciler::replica_ticks(
             replicas.clone(),
             shutdown_rx.clone(),

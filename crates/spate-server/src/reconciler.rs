@@ -9,7 +9,9 @@
 //! It also carries leaders' ISR proposals to the controller (AlterPartition) and reports each
 //! answer back to the replica. A refused proposal is forgotten (the leader retries on a later
 //! tick); one whose outcome is unknown stays pending and is sent again, because it may have been
-//! committed: its joiner must keep holding back the high watermark (seed 20944).
+//! committed: its joiner must keep holding back the high watermark (seed 20944). And it asks
+//! the controller to take this node out of the ISR of a partition whose local copy holds a
+//! damaged batch.
 //!
 //! The wall-clock time handed to the partition logs (`now_ms`: segment age, timestamps) comes
 //! from the node's [`Clock`]; the replica cores read its monotonic side themselves (a wall
@@ -180,6 +182,70 @@ pub(crate) async fn propose_isr_changes(
                 }
                 if !replicas.isr_proposal_answered(&tp, &proposal, answer) {
                     return;
+                }
+                // Biased (deterministic under simulation); the shutdown, which ends it, first.
+                tokio::select! {
+                    biased;
+                    _ = spate_kafka::shutdown_signalled(&mut shutdown) => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(ISR_RETRY_BACKOFF_MAX);
+            }
+        });
+    }
+}
+
+/// Asks the controller to take this node out of the ISR of each partition found damaged
+/// (`LeaveIsr`; see `spate_replica`'s `damage.rs`), again after a backoff until the metadata
+/// shows it out, or the damage is gone (cut away, or the partition closed). A refusal (the
+/// last live ISR member) is asked again too: another member may come back.
+pub(crate) async fn report_damage(
+    controller: Controller,
+    replicas: Arc<ReplicaManager>,
+    mut damaged: mpsc::Receiver<TopicPartition>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        // Biased (deterministic under simulation); the shutdown, which ends the loop, first.
+        let tp = tokio::select! {
+            biased;
+            _ = spate_kafka::shutdown_signalled(&mut shutdown) => return,
+            tp = damaged.recv() => match tp { Some(tp) => tp, None => return },
+        };
+        let controller = controller.clone();
+        let replicas = replicas.clone();
+        let mut shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let mut backoff = ISR_RETRY_BACKOFF_MIN;
+            loop {
+                let Some(partition) = replicas.get(&tp) else {
+                    return;
+                };
+                let in_isr = partition
+                    .leader_and_isr()
+                    .is_some_and(|s| s.isr.contains(&controller.node()));
+                if partition.damaged_from().is_none() || !in_isr {
+                    return;
+                }
+                let result = controller
+                    .propose(MetadataCommand::LeaveIsr {
+                        topic: tp.topic.clone(),
+                        topic_id: partition.topic_id(),
+                        partition: tp.partition,
+                        node: controller.node(),
+                    })
+                    .await;
+                match result {
+                    Ok(MetadataOutcome::PartitionAltered { partition_epoch }) => {
+                        tracing::info!(partition = %tp, partition_epoch, "left the ISR over a damaged batch");
+                    }
+                    Ok(MetadataOutcome::Rejected(MetadataError::UnknownTopic(_))) => return,
+                    Ok(other) => {
+                        tracing::warn!(partition = %tp, outcome = ?other, "cannot leave the ISR over a damaged batch yet");
+                    }
+                    Err(e) => {
+                        tracing::warn!(partition = %tp, error = %e, "leaving the ISR over a damaged batch: outcome unknown");
+                    }
                 }
                 // Biased (deterministic under simulation); the shutdown, which ends it, first.
                 tokio::select! {

@@ -265,6 +265,7 @@ fn read_partition(plan: &Plan, wanted: &Wanted, budget: usize, first: bool) -> P
             }
         }
         Err(e) => {
+            plan.replicas.read_failed(partition, offset, &e);
             let code = errors::replica_error(&e);
             if code == ResponseError::KafkaStorageError {
                 tracing::error!(partition = %partition.topic_partition(), error = %e, "fetch failed");
