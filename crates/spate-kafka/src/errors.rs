@@ -11,7 +11,9 @@ pub(crate) fn replica_error(e: &ReplicaError) -> ResponseError {
         ReplicaError::Log(e) => log_error(e),
         ReplicaError::Closed(_) => ResponseError::NotLeaderOrFollower,
         ReplicaError::Storage { .. } => ResponseError::KafkaStorageError,
-        ReplicaError::NotLeader { .. } => ResponseError::NotLeaderOrFollower,
+        ReplicaError::NotLeader { .. } | ReplicaError::Damaged { .. } => {
+            ResponseError::NotLeaderOrFollower
+        }
         ReplicaError::NotEnoughReplicas { .. } => ResponseError::NotEnoughReplicas,
         ReplicaError::NotEnoughReplicasAfterAppend { .. } => {
             ResponseError::NotEnoughReplicasAfterAppend

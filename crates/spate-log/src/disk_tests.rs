@@ -1,5 +1,6 @@
 //! `PartitionLog` on a [`MemoryDisk`]: what survives a power cut (synced data, and nothing that
-//! was not), torn tails, a full disk, failing fsyncs and latent corruption of a sealed segment.
+//! was not), torn tails, a full disk, failing fsyncs and latent corruption (of a sealed
+//! segment, and inside the active one).
 //! Each test reads as phases; the property test at the end crashes a log at random points.
 #![allow(clippy::unwrap_used)]
 
@@ -344,6 +345,52 @@ enum Op {
     Crash {
         tear_per_256: u64,
     },
+}
+
+#[test]
+fn latent_corruption_inside_the_active_segment_is_kept_by_recovery_and_refused_by_reads() {
+    let d = disk();
+    let c = cfg(1 << 20);
+    let mut log = open(&d, &c);
+    let stored: Vec<Vec<u8>> = (0..4).map(|_| append(&mut log, plain(1, 100))).collect();
+    sync(&mut log);
+    let active = segments(&d)[0].clone();
+    assert_eq!(segments(&d).len(), 1);
+    let end_of_batch = |i: usize| stored[..=i].iter().map(Vec::len).sum::<usize>() as u64;
+
+    tracing::info!("--- a bit rots in batch 1's CRC-covered payload; valid batches follow it");
+    d.corrupt(&active, end_of_batch(1) - 1, 0x10).unwrap();
+    d.crash();
+    drop(log);
+    let log = open(&d, &c);
+    assert_eq!(
+        log.log_end_offset(),
+        Offset(4),
+        "not cut as a torn tail: the batches after it may be committed"
+    );
+    assert!(!log.cut_at_open());
+    assert_eq!(log.damaged_at_open(), Some(Offset(1)));
+    let read = |log: &PartitionLog, o: i64| {
+        log.plan_read(Offset(o), 1 << 16, Offset(4), true)
+            .unwrap()
+            .load()
+    };
+    assert!(matches!(read(&log, 0), Err(LogError::Corrupt { .. })));
+    assert!(matches!(read(&log, 1), Err(LogError::Corrupt { .. })));
+    assert_eq!(
+        read(&log, 2).unwrap().to_vec(),
+        [&stored[2][..], &stored[3]].concat()
+    );
+
+    tracing::info!(
+        "--- damage in the last batch looks like a torn write: cut there, as Kafka does"
+    );
+    d.corrupt(&active, end_of_batch(3) - 1, 0x10).unwrap();
+    drop(log);
+    let log = open(&d, &c);
+    assert_eq!(log.log_end_offset(), Offset(3));
+    assert!(log.cut_at_open());
+    assert_eq!(log.damaged_at_open(), Some(Offset(1)));
 }
 
 fn op() -> impl Strategy<Value = Op> {

@@ -210,6 +210,10 @@ pub struct PartitionLog {
     /// Bumped by every change that can make a compaction plan stale in ways a segment's file
     /// identity does not show (truncation rewrites a segment in place) and by each swap.
     generation: u64,
+    /// Recovery cut the active segment's tail (torn, or damaged at rest) at the last open.
+    cut_at_open: bool,
+    /// The first batch recovery kept in the active segment although its CRC fails.
+    damaged_at_open: Option<Offset>,
 }
 
 fn parse_base(name: &str, suffix: &str) -> Option<Offset> {
@@ -313,7 +317,8 @@ impl PartitionLog {
                 }
             },
         )?;
-        if s.valid_bytes < active_seg.size {
+        let cut_at_open = s.valid_bytes < active_seg.size;
+        if cut_at_open {
             tracing::warn!(
                 dir = ?dir,
                 segment = active_base.0,
@@ -367,6 +372,8 @@ impl PartitionLog {
             cleaner_checkpoint,
             gaps_below,
             generation: 0,
+            cut_at_open,
+            damaged_at_open: s.damaged,
         };
         // Segments wholly below a checkpointed log start are leftovers of a deletion that a
         // crash interrupted.
@@ -1066,6 +1073,34 @@ impl PartitionLog {
             self.checkpoint_log_start()?;
         }
         Ok(())
+    }
+
+    /// The base offset of the batch stored at byte `position` of the segment file `path` (as
+    /// [`LogError::Corrupt`] names a damaged one), if that file is a segment of this log and
+    /// the offset there is plausible for it (the base offset is outside the batch's CRC).
+    pub fn batch_offset_at(&self, path: &Path, position: u64) -> Option<Offset> {
+        let seg = self
+            .segments
+            .values()
+            .find(|s| s.path(LOG_SUFFIX) == path)?;
+        let mut base = [0u8; 8];
+        seg.file.read_exact_at(&mut base, position).ok()?;
+        let offset = Offset(i64::from_be_bytes(base));
+        (offset >= seg.base && offset < self.segment_end(seg)).then_some(offset)
+    }
+
+    /// Whether recovery cut the active segment's tail when this log was opened: a torn write,
+    /// or a batch damaged at rest, which recovery cannot tell apart (see [`PartitionLog::open`]).
+    /// Records a replica had acknowledged to its leader may have gone with it.
+    pub fn cut_at_open(&self) -> bool {
+        self.cut_at_open
+    }
+
+    /// The first batch of the active segment that recovery kept although its CRC fails: a
+    /// valid batch followed it, so it was damaged at rest, not torn by a crash. Reads refuse
+    /// it.
+    pub fn damaged_at_open(&self) -> Option<Offset> {
+        self.damaged_at_open
     }
 
     pub fn log_start_offset(&self) -> Offset {

@@ -202,11 +202,52 @@ pub(crate) struct Scan {
     pub builder: IndexBuilder,
     /// Why the scan stopped before the end of the file.
     pub stopped: Option<String>,
+    /// The first batch kept although its CRC fails (see [`scan`]).
+    pub damaged: Option<Offset>,
+}
+
+/// Whether a whole, valid batch starts at `pos` and continues the offsets of `h`, the batch
+/// before it.
+fn valid_batch_follows(
+    file: &dyn DiskFile,
+    size: u64,
+    pos: u64,
+    h: &BatchHeader,
+    allow_gaps: bool,
+) -> io::Result<bool> {
+    if size.saturating_sub(pos) < HEADER_BYTES as u64 {
+        return Ok(false);
+    }
+    let mut header = [0u8; HEADER_BYTES];
+    file.read_exact_at(&mut header, pos)?;
+    let Ok(next) = BatchHeader::parse(&header) else {
+        return Ok(false);
+    };
+    let total = next.total_bytes() as u64;
+    if next.batch_length < crate::batch::BATCH_LENGTH_MIN
+        || total > BATCH_BYTES_MAX as u64
+        || total > size - pos
+    {
+        return Ok(false);
+    }
+    let continues = if allow_gaps {
+        next.base_offset > h.base_offset
+    } else {
+        next.base_offset == h.next_offset()
+    };
+    if !continues {
+        return Ok(false);
+    }
+    let mut buf = vec![0u8; total as usize];
+    file.read_exact_at(&mut buf, pos)?;
+    Ok(check_batch(&buf, BATCH_BYTES_MAX).is_ok())
 }
 
 /// Reads batches from the start of `file` and stops at the first one that is torn, malformed,
 /// (with `verify_crc`) fails its CRC, or whose offsets do not follow the previous one's
-/// (contiguously, unless `allow_gaps`: the segment may have been compacted).
+/// (contiguously, unless `allow_gaps`: the segment may have been compacted). A whole batch
+/// failing its CRC that a valid batch follows is damage at rest, not a torn tail: it is kept,
+/// and the first such is [`Scan::damaged`].
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn scan(
     file: &dyn DiskFile,
@@ -223,6 +264,7 @@ pub(crate) fn scan(
         index: SegmentIndex::default(),
         builder: IndexBuilder::new(interval_bytes),
         stopped: None,
+        damaged: None,
     };
     let mut buf = Vec::new();
     let mut header = [0u8; HEADER_BYTES];
@@ -258,9 +300,22 @@ pub(crate) fn scan(
         if verify_crc {
             buf.resize(total as usize, 0);
             file.read_exact_at(&mut buf, pos)?;
-            if let Err(e) = check_batch(&buf, BATCH_BYTES_MAX) {
-                s.stopped = Some(e.to_string());
-                break;
+            match check_batch(&buf, BATCH_BYTES_MAX) {
+                Ok(_) => {}
+                // Bits flipped at rest in a whole batch that a whole, valid batch follows: a
+                // torn write leaves nothing valid after the damage, so this is no torn tail.
+                // Kept, so that recovery does not drop the records after it (which may be
+                // committed); reads refuse it, and the replica fetches it again.
+                Err(e @ crate::batch::BatchError::CrcMismatch { .. })
+                    if valid_batch_follows(file, size, pos + total, &h, allow_gaps)? =>
+                {
+                    tracing::error!(position = pos, base_offset = h.base_offset.0, error = %e, "damaged batch inside the segment, followed by valid ones: kept; reads refuse it");
+                    s.damaged.get_or_insert(h.base_offset);
+                }
+                Err(e) => {
+                    s.stopped = Some(e.to_string());
+                    break;
+                }
             }
         } else if h.last_offset_delta < 0 {
             s.stopped = Some("negative last offset delta".into());

@@ -845,6 +845,11 @@ impl ReplicaCore {
         &self.followers
     }
 
+    /// The brokers that may not join the ISR or lead now (see [`Event::IneligibleReplicas`]).
+    pub fn ineligible(&self) -> &BTreeSet<NodeId> {
+        &self.ineligible
+    }
+
     pub fn settings(&self) -> &ReplicaSettings {
         &self.settings
     }

@@ -124,14 +124,19 @@ impl ReplicaManager {
     /// A read of `partition` from `start` failed with `error`: damage is recorded and
     /// reported once (see [`Partition::read_failed`]).
     pub fn read_failed(&self, partition: &Partition, start: Offset, error: &ReplicaError) {
-        if partition.read_failed(start, error)
-            && self
-                .damage
-                .try_send(partition.topic_partition().clone())
-                .is_err()
+        if partition.read_failed(start, error) {
+            self.report_damage(partition);
+        }
+    }
+
+    fn report_damage(&self, partition: &Partition) {
+        if self
+            .damage
+            .try_send(partition.topic_partition().clone())
+            .is_err()
         {
             tracing::warn!(partition = %partition.topic_partition(), "damage report queue full; reporting at the next read");
-            partition.damage_unreported();
+            partition.forget_damage();
         }
     }
 
@@ -196,6 +201,7 @@ impl ReplicaManager {
         ineligible: BTreeSet<NodeId>,
         now_ms: i64,
     ) -> Result<Arc<Partition>, ReplicaError> {
+        let opened = self.get(&tp).is_none();
         let partition = match self.get(&tp) {
             Some(p) => p,
             None => self
@@ -213,6 +219,10 @@ impl ReplicaManager {
         commands.extend(partition.set_ineligible(ineligible)?);
         commands.extend(partition.apply(state)?);
         self.execute(&partition, commands);
+        if opened && partition.damaged_from().is_some() {
+            // Once it knows its ISR: the report is dropped for a replica out of it.
+            self.report_damage(&partition);
+        }
         Ok(partition)
     }
 

@@ -106,6 +106,12 @@ pub enum ReplicaError {
         requested: LeaderEpoch,
         current: LeaderEpoch,
     },
+    /// A leader whose log holds damage (see `damage.rs`) while another ISR member can lead:
+    /// it serves nothing until the controller moves leadership (NOT_LEADER_OR_FOLLOWER), so
+    /// that no write lands on, and no follower truncates to, a log that may miss committed
+    /// records.
+    #[error("{tp}: this replica's log is damaged from offset {from}; leadership is moving")]
+    Damaged { tp: TopicPartition, from: Offset },
     /// A replica fetch from a node that is not a replica of this partition.
     #[error("{tp}: node {replica} is not a replica")]
     NotReplica { tp: TopicPartition, replica: NodeId },
@@ -244,8 +250,15 @@ impl Partition {
                 .unwrap_or(1),
             ..settings
         };
+        // Recovery cut the active segment: a torn tail, or damage at rest that looks like one.
+        // Records the cluster committed may be gone with it, so this replica leaves the ISR
+        // before it may lead (see `damage.rs`); one that only lost unsynced records loses
+        // nothing by it.
+        let cut = log.cut_at_open().then(|| log.log_end_offset());
+        let damaged = [cut, log.damaged_at_open()].into_iter().flatten().min();
         let core = ReplicaCore::new(settings, leo, flushed, start.max(log.log_start_offset()));
         let hw = core.high_watermark();
+        let damage = crate::damage::Damage::open(Arc::clone(&disk), dir, log.log_start_offset());
         let partition = Arc::new(Partition {
             tp,
             topic_id,
@@ -264,8 +277,12 @@ impl Partition {
             dirty: Notify::new(),
             closing: watch::Sender::new(false),
             checkpoint_due: AtomicBool::new(false),
-            damage: crate::damage::Damage::default(),
+            damage,
         });
+        if let Some(from) = damaged {
+            tracing::warn!(partition = %partition.tp, %from, "recovery cut the log's tail or kept a damaged batch: leaving the ISR before leading");
+            partition.damage.record(from);
+        }
         tokio::spawn(flusher(
             Arc::downgrade(&partition),
             partition.closing.subscribe(),
@@ -421,6 +438,7 @@ impl Partition {
     ) -> Result<AppendReceipt, ReplicaError> {
         let mut core = self.core()?;
         core.check_append(acks_all).map_err(|e| self.refusal(e))?;
+        self.check_damage(&core)?;
         let epoch = core.leader_epoch();
         let (outcome, leo, log_start) = self.with_log(|log| {
             let outcome = log.append(records, epoch, now_ms)?;
@@ -635,13 +653,16 @@ impl Partition {
         self.flush_now.notify_one();
     }
 
-    /// Checks a consumer may read here (the leader, in the epoch it names, if any).
+    /// Checks a consumer may read here (the leader, in the epoch it names, if any), and that
+    /// the leader is not damaged: this also answers OffsetForLeaderEpoch, by which a follower
+    /// truncates to the leader's log.
     pub fn check_consumer(
         &self,
         current_leader_epoch: Option<LeaderEpoch>,
     ) -> Result<(), ReplicaError> {
-        self.core()?
-            .check_fetch(None, current_leader_epoch)
+        let core = self.core()?;
+        self.check_damage(&core)?;
+        core.check_fetch(None, current_leader_epoch)
             .map_err(|e| self.fetch_refusal(e, current_leader_epoch))
     }
 
@@ -652,8 +673,9 @@ impl Partition {
         &self,
         current_leader_epoch: Option<LeaderEpoch>,
     ) -> Result<(), ReplicaError> {
-        self.core()?
-            .check_consumer_read(current_leader_epoch)
+        let core = self.core()?;
+        self.check_damage(&core)?;
+        core.check_consumer_read(current_leader_epoch)
             .map_err(|e| self.fetch_refusal(e, current_leader_epoch))
     }
 
@@ -704,11 +726,19 @@ impl Partition {
     /// is damage: recorded from `start` on, true the first time (report it to the controller,
     /// see `damage.rs`). Any other error is not.
     pub fn read_failed(&self, start: Offset, error: &ReplicaError) -> bool {
-        if !matches!(error, ReplicaError::Log(LogError::Corrupt { .. })) {
+        let ReplicaError::Log(LogError::Corrupt { path, position, .. }) = error else {
             return false;
-        }
-        tracing::error!(partition = %self.tp, %start, %error, "damaged batch in the local log: it is not served, and is fetched again from a healthy replica");
-        self.damage.record(start)
+        };
+        // The damaged batch itself where its stored base offset is plausible, else the read's
+        // start (the batch holding it and everything after are suspect).
+        let from = self
+            .with_log(|log| Ok(log.batch_offset_at(path, *position)))
+            .ok()
+            .flatten()
+            .filter(|o| *o >= start)
+            .unwrap_or(start);
+        tracing::error!(partition = %self.tp, %from, %error, "damaged batch in the local log: it is not served, and is fetched again from a healthy replica");
+        self.damage.record(from)
     }
 
     /// Where this replica's damage starts, if it has any.
@@ -718,8 +748,35 @@ impl Partition {
 
     /// The report of this replica's damage could not be queued: forget it, so that the next
     /// read meeting the batch reports it again.
-    pub fn damage_unreported(&self) {
+    pub fn forget_damage(&self) {
         self.damage.forget();
+    }
+
+    /// A damaged leader serves nothing while the ISR has another member
+    /// ([`ReplicaError::Damaged`]), eligible to lead now or not (a fenced one comes back, and
+    /// then leadership moves to it: found by simulator seed 37, where a restarted node whose
+    /// recovery had cut committed records led while the other ISR member was fenced, and both
+    /// followers truncated to it). Alone in the ISR it serves all but the damaged batch: every
+    /// record committed since the others left was fsynced here, which only damage at rest, not
+    /// a power cut, undoes.
+    fn check_damage(&self, core: &ReplicaCore) -> Result<(), ReplicaError> {
+        let Some(from) = self.damage.from() else {
+            return Ok(());
+        };
+        let local = core.settings().local;
+        if core.role() == Role::Leader && core.isr().iter().any(|r| *r != local) {
+            return Err(ReplicaError::Damaged {
+                tp: self.tp.clone(),
+                from,
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether another ISR member is eligible to lead in this damaged replica's place (the
+    /// controller would take it out of the ISR now).
+    pub fn damage_movable(&self) -> bool {
+        self.core().is_ok_and(|core| another_can_lead(&core))
     }
 
     /// Where a follower out of the ISR cuts its log to drop its damage before fetching again
@@ -749,6 +806,7 @@ impl Partition {
         let mut core = self.core()?;
         core.check_fetch(Some(fetch.replica), fetch.current_leader_epoch)
             .map_err(|e| self.fetch_refusal(e, fetch.current_leader_epoch))?;
+        self.check_damage(&core)?;
         let (plan, log_start_offset, log_end_offset, diverging_epoch) = self.with_log(|log| {
             let end = log.log_end_offset();
             let diverging = fetch
@@ -1137,10 +1195,19 @@ impl Partition {
 
 /// Reads the high watermark checkpoint, if there is one.
 fn read_high_watermark(disk: &dyn Disk, dir: &Path) -> std::io::Result<Option<Offset>> {
+    read_offset_file(disk, dir, HIGH_WATERMARK_FILE)
+}
+
+/// An offset written by `disk::write_atomic` as text in `dir/name`; `None` if there is no file.
+pub(crate) fn read_offset_file(
+    disk: &dyn Disk,
+    dir: &Path,
+    name: &str,
+) -> std::io::Result<Option<Offset>> {
     let invalid = |e: &dyn std::fmt::Display| {
         std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string())
     };
-    let path = dir.join(HIGH_WATERMARK_FILE);
+    let path = dir.join(name);
     let Some(bytes) = disk::read_bounded(disk, &path, HIGH_WATERMARK_FILE_BYTES_MAX)? else {
         return Ok(None);
     };
@@ -1154,6 +1221,14 @@ fn read_high_watermark(disk: &dyn Disk, dir: &Path) -> std::io::Result<Option<Of
 
 /// The flusher: fsyncs at once when an `acks=all` producer waits, otherwise within the flush
 /// interval of the first unflushed write. Sleeps (no CPU) while nothing is dirty.
+/// Whether an ISR member other than this replica is eligible (unfenced, not shutting down).
+fn another_can_lead(core: &ReplicaCore) -> bool {
+    let local = core.settings().local;
+    core.isr()
+        .iter()
+        .any(|r| *r != local && !core.ineligible().contains(r))
+}
+
 async fn flusher(partition: std::sync::Weak<Partition>, mut closing: watch::Receiver<bool>) {
     loop {
         let Some(p) = partition.upgrade() else { return };
@@ -1857,9 +1932,13 @@ pub(crate) mod tests {
             "only corruption is damage"
         );
         assert_eq!(f.damaged_from(), None);
-        assert!(f.read_failed(Offset(2), &error), "the first is reported");
-        assert!(!f.read_failed(Offset(2), &error), "once");
-        assert_eq!(f.damaged_from(), Some(Offset(2)));
+        assert!(f.read_failed(Offset(0), &error), "the first is reported");
+        assert!(!f.read_failed(Offset(0), &error), "once");
+        assert_eq!(
+            f.damaged_from(),
+            Some(Offset(2)),
+            "the damaged batch, not the read's start"
+        );
 
         // In the ISR it keeps its log: it could be elected, and must hold every committed
         // record it can.
@@ -1883,6 +1962,83 @@ pub(crate) mod tests {
         // A leader never cuts its own log: it waits for the controller to move leadership.
         assert!(leader.read_failed(Offset(1), &error));
         assert_eq!(leader.repair_offset(), None);
+    }
+
+    #[tokio::test]
+    async fn a_replica_whose_recovery_cut_its_tail_serves_as_leader_only_alone_in_the_isr() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let leading = state(LOCAL, 0, &[LOCAL, OTHER], &[LOCAL, OTHER]);
+        let p = open_as(dir.path(), LogConfig::default(), leading.clone());
+        for v in [b"a", b"b"] {
+            p.append(&mut batch(v, 1_000), false, 1_000)
+                .expect("append");
+        }
+        p.wait_durable(Offset(1)).await.expect("durable");
+        p.close().expect("close");
+        drop(p);
+        assert_eq!(
+            open_as(dir.path(), LogConfig::default(), leading.clone()).damaged_from(),
+            None,
+            "a clean reopen cuts nothing"
+        );
+        // A torn write after the last batch: recovery cuts it.
+        let segment = dir.path().join(format!("{:020}.log", 0));
+        let mut stored = std::fs::read(&segment).expect("segment");
+        stored.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 2, 0, 0]);
+        std::fs::write(&segment, stored).expect("write");
+        let p = open_as(dir.path(), LogConfig::default(), leading.clone());
+        assert_eq!(p.damaged_from(), Some(Offset(2)));
+        assert!(p.damage_movable(), "the other member is eligible");
+        let damaged = |r: Result<(), ReplicaError>| matches!(r, Err(ReplicaError::Damaged { .. }));
+        assert!(damaged(
+            p.append(&mut batch(b"x", 1_000), false, 1_000).map(|_| ())
+        ));
+        assert!(damaged(p.check_consumer_read(None)));
+        assert!(
+            damaged(p.check_consumer(None)),
+            "nor does it answer OffsetForLeaderEpoch, by which followers truncate"
+        );
+        let fetch = FollowerFetch {
+            replica: OTHER,
+            current_leader_epoch: None,
+            fetch_offset: Offset(2),
+            last_fetched_epoch: None,
+            max_bytes: 1 << 20,
+        };
+        assert!(damaged(p.read_for_follower(fetch.clone()).map(|_| ())));
+
+        // A fenced member still holds what it fsynced: leadership waits for it.
+        p.set_ineligible([OTHER].into()).expect("ineligible");
+        assert!(!p.damage_movable(), "the controller would refuse now");
+        assert!(damaged(
+            p.append(&mut batch(b"x", 1_000), false, 1_000).map(|_| ())
+        ));
+        p.set_ineligible(BTreeSet::new()).expect("eligible");
+        // Alone in the ISR it serves: what was committed since is fsynced here.
+        let mut alone = state(LOCAL, 0, &[LOCAL, OTHER], &[LOCAL]);
+        alone.partition_epoch = 1;
+        p.apply(alone).expect("apply");
+        assert!(!p.damage_movable());
+        p.append(&mut batch(b"x", 1_000), false, 1_000)
+            .expect("the only member takes writes");
+        p.close().expect("close");
+        drop(p);
+
+        // The damage outlives a restart whose recovery cuts nothing.
+        let mut out = state(OTHER, 1, &[LOCAL, OTHER], &[OTHER]);
+        out.partition_epoch = 2;
+        let p = open_as(dir.path(), LogConfig::default(), out.clone());
+        assert_eq!(p.damaged_from(), Some(Offset(2)));
+        // Out of the ISR, a follower's repair cuts nothing more here, and clears it for good.
+        assert_eq!(p.repair_offset(), Some(Offset(2)));
+        p.truncate_to(Offset(2)).expect("truncate");
+        assert_eq!(p.damaged_from(), None);
+        p.close().expect("close");
+        drop(p);
+        assert_eq!(
+            open_as(dir.path(), LogConfig::default(), out).damaged_from(),
+            None
+        );
     }
 
     /// Every record batch of `p` up to its high watermark, as a fetch returns them.

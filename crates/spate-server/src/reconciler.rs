@@ -197,8 +197,9 @@ pub(crate) async fn propose_isr_changes(
 
 /// Asks the controller to take this node out of the ISR of each partition found damaged
 /// (`LeaveIsr`; see `spate_replica`'s `damage.rs`), again after a backoff until the metadata
-/// shows it out, or the damage is gone (cut away, or the partition closed). A refusal (the
-/// last live ISR member) is asked again too: another member may come back.
+/// shows it out, or the damage is gone (cut away, or the partition closed). The last live
+/// ISR member waits until another member can take over; a partition's only replica drops its
+/// damage (there is no other copy to fetch from).
 pub(crate) async fn report_damage(
     controller: Controller,
     replicas: Arc<ReplicaManager>,
@@ -221,11 +222,25 @@ pub(crate) async fn report_damage(
                 let Some(partition) = replicas.get(&tp) else {
                     return;
                 };
-                let in_isr = partition
-                    .leader_and_isr()
-                    .is_some_and(|s| s.isr.contains(&controller.node()));
-                if partition.damaged_from().is_none() || !in_isr {
+                let Some(state) = partition.leader_and_isr() else {
                     return;
+                };
+                if partition.damaged_from().is_none() || !state.isr.contains(&controller.node()) {
+                    return;
+                }
+                if state.replicas == [controller.node()] {
+                    // The only copy: nothing to fetch it again from.
+                    partition.forget_damage();
+                    return;
+                }
+                if !partition.damage_movable() {
+                    // The last live member: asked again once another can take over (the
+                    // controller would refuse now, and every refusal is a metadata entry).
+                    tokio::select! {
+                        biased;
+                        _ = spate_kafka::shutdown_signalled(&mut shutdown) => return,
+                        _ = tokio::time::sleep(ISR_RETRY_BACKOFF_MAX) => continue,
+                    }
                 }
                 let result = controller
                     .propose(MetadataCommand::LeaveIsr {

@@ -7,11 +7,18 @@
 //! (five nodes) or a bridge (one node sees both sides); a one-way cut; a link holding its
 //! messages and releasing them late (delay and reordering across links); a flaky link that
 //! drops at random; a full disk; fsync failing with EIO or ENOSPC, writes failing with EIO; a
-//! node's wall clock jumping; a controlled shutdown and restart.
+//! latent corrupted sector (a bit flipped at rest in a stored batch of the workload topic, in
+//! the part its CRC covers); a node's wall clock jumping; a controlled shutdown and restart.
+//!
+//! A pause (SIGSTOP, a long GC or VM stall) is modelled as every link of the node held both
+//! ways, the clients' included: what it sends and what it is sent arrives late, all at once,
+//! as after SIGCONT. Turmoil 0.7 cannot stop a host's tasks, so the node's own timers still
+//! run during the pause; the fault campaign (`scripts/chaos`) sends real SIGSTOPs.
 
 use crate::history::History;
 use crate::{host_name, NodeParts, Rng};
-use spate_types::disk::{DiskError, DiskFault, DiskOp};
+use spate_types::disk::{Disk, DiskError, DiskFault, DiskOp};
+use spate_types::MemoryDisk;
 use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -26,6 +33,60 @@ pub type Halts = Rc<RefCell<Vec<(usize, String)>>>;
 
 /// Nodes that finished a controlled shutdown, with its outcome, pushed by the node hosts.
 pub type Stops = Rc<RefCell<Vec<(usize, Result<(), String>)>>>;
+
+/// Flips one bit at rest in a batch of a workload topic's partition on `node`'s disk, in the
+/// part of the batch its CRC covers (from its attributes on: the base offset, length, leader
+/// epoch and CRC fields are outside, as in Kafka's format). Says where, or `None` if the node
+/// stores no such batch.
+fn corrupt_a_batch(disk: &MemoryDisk, node: usize, rng: &mut Rng) -> Option<String> {
+    let logs = PathBuf::from(format!("/{}/logs", host_name(node)));
+    let prefix = format!("{}-", crate::workload::TOPIC);
+    let mut dirs: Vec<String> = disk
+        .read_dir(&logs)
+        .ok()?
+        .into_iter()
+        .map(|e| e.name)
+        .filter(|n| n.starts_with(&prefix))
+        .collect();
+    dirs.sort();
+    let dir = logs.join(dirs.get(pick(rng, dirs.len())?)?);
+    let mut segments: Vec<String> = disk
+        .read_dir(&dir)
+        .ok()?
+        .into_iter()
+        .map(|e| e.name)
+        .filter(|n| n.ends_with(".log"))
+        .collect();
+    segments.sort();
+    let path = dir.join(segments.get(pick(rng, segments.len())?)?);
+    let bytes = spate_types::disk::read_bounded(disk, &path, 1 << 30).ok()??;
+    // Batch framing: base offset (8 bytes), length of the rest (4), then the rest.
+    let mut batches = Vec::new();
+    let mut pos = 0usize;
+    while let Some(len) = bytes.get(pos + 8..pos + 12) {
+        let len = usize::try_from(i32::from_be_bytes(len.try_into().ok()?)).ok()?;
+        let end = pos + 12 + len;
+        if len < 49 || end > bytes.len() {
+            break;
+        }
+        batches.push((pos, end));
+        pos = end;
+    }
+    let (start, end) = *batches.get(pick(rng, batches.len())?)?;
+    // The CRC covers the batch from its attributes (byte 21) to its end.
+    let at = start + 21 + pick(rng, end - start - 21)?;
+    let bit = 1u8 << rng.below(8);
+    disk.corrupt(&path, at as u64, bit).ok()?;
+    Some(format!(
+        "latent corruption on node {node}: bit {bit:#04x} of byte {at} of {} (the batch at byte {start})",
+        path.display()
+    ))
+}
+
+/// A uniform index below `n`, `None` when there is nothing to pick.
+fn pick(rng: &mut Rng, n: usize) -> Option<usize> {
+    (n > 0).then(|| usize::try_from(rng.below(n as u64)).unwrap_or(0))
+}
 
 /// Starts `node` again (its software anew; its disk as the last crash left it), with a fresh
 /// stop signal.
@@ -243,12 +304,27 @@ impl Nemesis {
                 format!("one-way cut: node {node} cannot reach node {to}")
             }
             5 => {
-                let held = pairs(&self.names([node]), &self.names(others));
+                let pause = self.rng.chance(0.5);
+                let mut held = pairs(&self.names([node]), &self.names(others));
+                if pause {
+                    held.push((host_name(node), CLIENT.to_owned()));
+                }
                 for (a, b) in &held {
                     sim.hold(a.as_str(), b.as_str());
                 }
                 self.active.push((until, Undo::Release(held)));
-                format!("hold node {node}'s links (messages delivered late, reordered)")
+                if pause {
+                    format!("pause node {node} (every link held, the clients' too)")
+                } else {
+                    format!("hold node {node}'s links (messages delivered late, reordered)")
+                }
+            }
+            9 => {
+                let what = corrupt_a_batch(&parts[node - 1].disk, node, &mut self.rng);
+                if what.is_some() {
+                    history.borrow_mut().corrupted.insert(node);
+                }
+                what.unwrap_or_else(|| format!("no stored batch to corrupt on node {node}"))
             }
             6 => {
                 let flaky = pairs(&self.names([node]), &self.names(others));

@@ -2,7 +2,7 @@
 //! checks over it. Every entry carries the simulated time, so the trace of a seed is the same
 //! text every time it runs; its hash is the run's fingerprint.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{Hash, Hasher};
 use std::time::Duration;
 
@@ -54,6 +54,8 @@ pub struct History {
     partitions: i32,
     /// The re-created scratch topic's final log and high watermark, if the seed ran one.
     scratch: Option<(Vec<(i64, String)>, i64)>,
+    /// Nodes whose disk had bits flipped at rest: their copies may end at the damage.
+    pub corrupted: BTreeSet<usize>,
     /// When the faults stopped, and the first acks=all acknowledgement after that.
     pub healed_at: Option<Duration>,
     first_ack_after_heal: Option<Duration>,

@@ -14,12 +14,14 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-/// Everything a replica's log holds: offset → value.
+/// Everything a replica's log holds: offset → value. A copy on a disk with bits flipped at
+/// rest (`corrupted`) is read up to its first damaged batch.
 fn read_replica(
     parts: &NodeParts,
     node: usize,
     topic: &str,
     partition: i32,
+    corrupted: bool,
 ) -> Result<Option<BTreeMap<i64, String>>, String> {
     let dir = PathBuf::from(format!("/{}/logs/{topic}-{partition}", host_name(node)));
     let disk: Arc<dyn spate_types::Disk> = Arc::new(parts.disk.clone());
@@ -31,12 +33,14 @@ fn read_replica(
     let mut out = BTreeMap::new();
     let mut from = log.log_start_offset();
     while from < log.log_end_offset() {
-        let plan = log
+        let read = log
             .plan_read(from, 1 << 20, log.log_end_offset(), true)
-            .map_err(|e| format!("node {node} partition {partition} at {from}: {e}"))?;
-        let bytes = plan
-            .load()
-            .map_err(|e| format!("node {node} partition {partition} at {from}: {e}"))?;
+            .and_then(|plan| plan.load());
+        let bytes = match read {
+            Ok(bytes) => bytes,
+            Err(spate_log::LogError::Corrupt { .. }) if corrupted => break,
+            Err(e) => return Err(format!("node {node} partition {partition} at {from}: {e}")),
+        };
         if bytes.is_empty() {
             break;
         }
@@ -69,14 +73,15 @@ pub fn compare(parts: &[NodeParts], history: &History) -> Vec<String> {
     let mut out = Vec::new();
     for partition in 0..history.partitions() {
         if let Some(final_log) = history.final_log(partition) {
-            compare_partition(parts, TOPIC, partition, final_log, &mut out);
+            compare_partition(parts, TOPIC, partition, final_log, history, &mut out);
         }
     }
     if let Some(final_log) = history.scratch_log() {
-        compare_partition(parts, SCRATCH, 0, final_log, &mut out);
+        compare_partition(parts, SCRATCH, 0, final_log, history, &mut out);
         for (i, part) in parts.iter().enumerate() {
             let node = i + 1;
-            if let Ok(Some(replica)) = read_replica(part, node, SCRATCH, 0) {
+            let corrupted = history.corrupted.contains(&node);
+            if let Ok(Some(replica)) = read_replica(part, node, SCRATCH, 0, corrupted) {
                 for (offset, value) in &replica {
                     if value.starts_with(DELETED_PREFIX) {
                         out.push(format!(
@@ -95,12 +100,19 @@ fn compare_partition(
     topic: &str,
     partition: i32,
     (log, high_watermark): (&[(i64, String)], i64),
+    history: &History,
     out: &mut Vec<String>,
 ) {
     let expected: BTreeMap<i64, &String> = log.iter().map(|(o, v)| (*o, v)).collect();
     for (i, part) in parts.iter().enumerate() {
         let node = i + 1;
-        match read_replica(part, node, topic, partition) {
+        match read_replica(
+            part,
+            node,
+            topic,
+            partition,
+            history.corrupted.contains(&node),
+        ) {
             Ok(None) => {}
             Ok(Some(replica)) => {
                 for (offset, value) in replica.range(..high_watermark) {
