@@ -1,11 +1,13 @@
 """Faults in a replicated cluster of real `spate serve` processes, driven by real clients:
 two of three nodes down (no acknowledgement without a quorum, nothing acknowledged lost,
 recovery when one returns), a replica set below min.insync.replicas (NOT_ENOUGH_REPLICAS while
-acks=1 still works), a restarted leader truncating a divergent tail (KIP-101), and the active
-controller killed with SIGKILL."""
+acks=1 still works), a restarted leader truncating a divergent tail (KIP-101), the active
+controller killed with SIGKILL, and a batch damaged at rest on the leader (refused, leadership
+moved, the batch fetched again)."""
 
 import pytest
 
+import kproto
 from ckutil import admin, consume, produce_all, producer
 from clusterutil import (ContinuousProducer, controller_id, create_replicated, partition_state, raw_produce,
                          replica_records, wait_for)
@@ -264,3 +266,42 @@ def test_a_data_directory_of_another_cluster_or_node_is_refused(cluster_factory)
     a.nodes[2].launch()
     stranger.start()
     a.nodes[2].wait_healthy(timeout=60)
+
+
+def test_a_batch_damaged_at_rest_on_the_leader_is_refused_and_fetched_again(cluster_factory, topic_name):
+    c = cluster_factory(3)
+    a, _ = create_replicated(c.bootstrap, topic_name, 1)
+    leader, replicas, _ = partition_state(a, topic_name)
+    values = [f"v-{i}".encode() for i in range(100)]
+    for i in range(0, 100, 10):
+        assert raw_produce(c.nodes[leader].bootstrap, topic_name, 0, values[i:i + 10]) == (NONE, i)
+    wait_identical_replicas(c, topic_name)
+
+    print(f"--- a bit flips at rest in the leader's (node {leader}) batch at offset 50, inside its CRC")
+    segment = c.nodes[leader].data_dir / "logs" / f"{topic_name}-0" / f"{0:020}.log"
+    stored = bytearray(segment.read_bytes())
+    pos = 0
+    for b in kproto.parse_batches(bytes(stored)):
+        if b.base_offset == 50:
+            break
+        pos += 12 + b.length
+    end = pos + 12 + b.length
+    stored[end - 1] ^= 0x01
+    segment.write_bytes(bytes(stored))  # the running node reads it through the same page cache
+    assert [b.crc_ok for b in kproto.parse_batches(bytes(stored))].count(False) == 1
+
+    print("--- a consumer reading from the start gets every record, in order, from a healthy replica")
+    got = consume(c.bootstrap, topic_name, expected=100, timeout=60)
+    assert [m.value() for m in got if not m.error()] == values
+    new_leader = wait_for("leadership moved off the damaged replica",
+                          lambda: (lambda s: s[0] if s[0] != leader else None)(partition_state(a, topic_name)))
+    assert new_leader in replicas
+
+    print(f"--- node {leader} cuts the damaged batch away, fetches it again and rejoins the ISR")
+    wait_for("the damaged replica back in the ISR", lambda: isr_of(c.bootstrap, topic_name) == sorted(replicas),
+             timeout=60)
+    log = wait_identical_replicas(c, topic_name)
+    assert [v for _, (_, v) in sorted(log.items())] == values
+    assert all(b.crc_ok for b in kproto.parse_batches(segment.read_bytes())), "repaired on disk"
+    assert not (segment.parent / "damaged").exists(), "the damage record goes with the repair"
+    assert raw_produce(c.nodes[new_leader].bootstrap, topic_name, 0, [b"after"]) == (NONE, 100)
