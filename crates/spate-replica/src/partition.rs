@@ -2005,7 +2005,7 @@ pub(crate) mod tests {
             last_fetched_epoch: None,
             max_bytes: 1 << 20,
         };
-        assert!(damaged(p.read_for_follower(fetch.clone()).map(|_| ())));
+        assert!(damaged(p.read_for_follower(fetch).map(|_| ())));
 
         // A fenced member still holds what it fsynced: leadership waits for it.
         p.set_ineligible([OTHER].into()).expect("ineligible");
