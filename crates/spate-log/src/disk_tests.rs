@@ -393,6 +393,53 @@ fn latent_corruption_inside_the_active_segment_is_kept_by_recovery_and_refused_b
     assert_eq!(log.damaged_at_open(), Some(Offset(1)));
 }
 
+/// Found by simulator seed 921: a truncation deleted the producer snapshot above its cut
+/// without making the deletion durable. A power cut brought the snapshot back, the log grew
+/// past it with other records, and the replica, leader after a restart, loaded it: an
+/// idempotent producer's retry of a batch that was no longer in the log was answered as a
+/// duplicate, at an offset holding another record, and never written.
+#[test]
+fn a_producer_snapshot_a_truncation_deleted_stays_deleted_after_a_power_cut() {
+    let d = disk();
+    let c = cfg(1 << 20);
+    let mut log = open(&d, &c);
+    append(&mut log, raw_batch(1, (7, 0, 0), 0, b"a"));
+    append(&mut log, raw_batch(1, (7, 0, 1), 0, b"b"));
+    log.flush().unwrap();
+    let snapshot = Path::new(DIR).join(format!("{:020}.snapshot", 2));
+    assert!(d
+        .read_dir(Path::new(DIR))
+        .unwrap()
+        .iter()
+        .any(|e| Path::new(DIR).join(&e.name) == snapshot));
+
+    tracing::info!("--- truncated below the snapshot, then other records take offsets 1 and 2");
+    log.truncate_to(Offset(1)).unwrap();
+    append(&mut log, raw_batch(1, (9, 0, 0), 0, b"x"));
+    append(&mut log, raw_batch(1, (9, 0, 1), 0, b"y"));
+    sync(&mut log);
+    d.crash();
+    drop(log);
+
+    let mut log = open(&d, &c);
+    assert_eq!(log.log_end_offset(), Offset(3));
+    assert!(
+        !d.read_dir(Path::new(DIR))
+            .unwrap()
+            .iter()
+            .any(|e| Path::new(DIR).join(&e.name) == snapshot),
+        "the deleted snapshot is not back"
+    );
+    let mut retry = raw_batch(1, (7, 0, 1), 0, b"b");
+    assert!(
+        matches!(
+            log.append(&mut retry, E, 0).unwrap(),
+            AppendOutcome::Appended(_)
+        ),
+        "producer 7's batch 1 is not in the log: its retry is written, not answered as a duplicate"
+    );
+}
+
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         6 => (1i32..4, 0usize..120).prop_map(|(records, payload)| Op::Append { records, payload }),

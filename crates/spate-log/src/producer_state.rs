@@ -196,14 +196,11 @@ impl ProducerStateManager {
         dir: &Path,
         max_offset: Offset,
     ) -> io::Result<Option<(Self, Offset)>> {
+        Self::delete_snapshots_above(disk, dir, max_offset)?;
         let mut all = list_snapshots(disk, dir)?;
         all.sort_unstable();
         for offset in all.into_iter().rev() {
             let path = dir.join(snapshot_name(offset));
-            if offset > max_offset {
-                remove_if_exists(disk, &path)?;
-                continue;
-            }
             let parsed = disk::read_bounded(disk, &path, SNAPSHOT_BYTES_MAX)
                 .ok()
                 .flatten()
@@ -216,16 +213,23 @@ impl ProducerStateManager {
         Ok(None)
     }
 
-    /// Deletes snapshots above `offset` (the log was truncated there).
+    /// Deletes snapshots above `offset` (the log was truncated there), durably: a snapshot a
+    /// power cut brought back would describe records no longer in the log once it grows past
+    /// it again, and answer a retry of one of them as a duplicate (simulator seed 921).
     pub(crate) fn delete_snapshots_above(
         disk: &dyn Disk,
         dir: &Path,
         offset: Offset,
     ) -> io::Result<()> {
+        let mut deleted = false;
         for o in list_snapshots(disk, dir)? {
             if o > offset {
                 remove_if_exists(disk, &dir.join(snapshot_name(o)))?;
+                deleted = true;
             }
+        }
+        if deleted {
+            disk.sync_dir(dir)?;
         }
         Ok(())
     }

@@ -456,7 +456,7 @@ impl ReplicaCore {
             std::cmp::Ordering::Greater => {}
         }
         let new_leader_epoch = state.leader_epoch > self.state.leader_epoch;
-        self.state = state;
+        let old_isr = std::mem::replace(&mut self.state, state).isr;
         // Committed or superseded: either way the controller has answered.
         self.pending = None;
         let role = self.role_in_state();
@@ -483,7 +483,15 @@ impl ReplicaCore {
                 Role::Offline => commands.push(Command::Offline { leader_epoch }),
             }
         } else if role == Role::Leader {
-            // Same leadership; the ISR or the replicas changed.
+            // Same leadership; the ISR or the replicas changed. A member that left forgets
+            // what it fetched: it may have left because its log lost records it had fetched
+            // (damage at rest, see `damage.rs`), so only a fetch made after its removal may
+            // bring it back.
+            for gone in old_isr.iter().filter(|r| !self.state.isr.contains(r)) {
+                if let Some(f) = self.followers.get_mut(gone) {
+                    *f = FollowerState::new(now_ms);
+                }
+            }
             self.sync_followers(now_ms);
         }
         self.advance_high_watermark(commands);

@@ -1143,3 +1143,29 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_member_the_controller_takes_out_forgets_its_fetches_and_rejoins_only_on_a_new_one() {
+    let mut core = leader3();
+    fetch(&mut core, 10, B, 10);
+    fetch(&mut core, 10, C, 10);
+    // C leaves (a damaged replica asked to): what it fetched may be gone from its log.
+    run(
+        &mut core,
+        20,
+        Event::LeaderAndIsr(state(Some(L), 1, 6, &[L, B, C], &[L, B])),
+    );
+    assert_eq!(core.followers()[&C].fetch_offset, None);
+    assert!(
+        !run(&mut core, 30, Event::Tick)
+            .iter()
+            .any(|c| matches!(c, Command::ProposeIsr { .. })),
+        "no rejoin on the fetch from before it left"
+    );
+    // Its honest fetch from below the damage does not bring it back either.
+    assert!(!fetch(&mut core, 40, C, 4)
+        .iter()
+        .any(|c| matches!(c, Command::ProposeIsr { .. })));
+    // Caught up again, it rejoins.
+    assert_eq!(fetch(&mut core, 50, C, 10), [propose(6, &[L, B, C])]);
+}

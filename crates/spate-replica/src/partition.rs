@@ -239,10 +239,7 @@ impl Partition {
         }
         let leo = log.log_end_offset();
         let flushed = log.flushed_offset();
-        let checkpoint = read_high_watermark(&*disk, dir).unwrap_or_else(|e| {
-            tracing::warn!(partition = %tp, error = %e, "unreadable high watermark checkpoint; starting from the log start");
-            None
-        });
+        let checkpoint = checkpoint_or(&*disk, dir, &tp);
         let start = checkpoint.unwrap_or(log.log_start_offset());
         // The topic's config is the one source of `min.insync.replicas`.
         let settings = ReplicaSettings {
@@ -254,11 +251,21 @@ impl Partition {
         // Records the cluster committed may be gone with it, so this replica leaves the ISR
         // before it may lead (see `damage.rs`); one that only lost unsynced records loses
         // nothing by it.
-        let cut = log.cut_at_open().then(|| log.log_end_offset());
-        let damaged = [cut, log.damaged_at_open()].into_iter().flatten().min();
+        // Damage recovery found: a kept damaged batch, or a cut tail (see `damage.rs`); the
+        // committed records it may lack run up to the checkpointed high watermark.
+        let committed = checkpoint;
+        let damaged = match (log.damaged_at_open(), log.cut_at_open()) {
+            (Some(batch), _) => Some((batch, false)),
+            (None, true) => Some((log.log_end_offset(), true)),
+            (None, false) => None,
+        };
         let core = ReplicaCore::new(settings, leo, flushed, start.max(log.log_start_offset()));
         let hw = core.high_watermark();
-        let damage = crate::damage::Damage::open(Arc::clone(&disk), dir, log.log_start_offset());
+        let damage = crate::damage::Damage::open(
+            Arc::clone(&disk),
+            dir,
+            (log.log_start_offset(), log.log_end_offset()),
+        );
         let partition = Arc::new(Partition {
             tp,
             topic_id,
@@ -279,9 +286,11 @@ impl Partition {
             checkpoint_due: AtomicBool::new(false),
             damage,
         });
-        if let Some(from) = damaged {
-            tracing::warn!(partition = %partition.tp, %from, "recovery cut the log's tail or kept a damaged batch: leaving the ISR before leading");
-            partition.damage.record(from);
+        if let Some((from, cut)) = damaged {
+            tracing::warn!(partition = %partition.tp, %from, cut, "recovery cut the log's tail or kept a damaged batch: leaving the ISR before leading");
+            partition
+                .damage
+                .record(from, committed.unwrap_or(from).max(from), cut);
         }
         tokio::spawn(flusher(
             Arc::downgrade(&partition),
@@ -385,6 +394,10 @@ impl Partition {
         if before != (core.partition_epoch(), core.leader_epoch()) {
             // ISR changes alter `acks=all` outcomes even without a role change.
             self.state_version.send_modify(|v| *v += 1);
+        }
+        if !core.isr().contains(&core.settings().local) && core.partition_epoch() >= 0 {
+            self.damage.out_of_isr();
+            self.damage_caught_up(core.log_end());
         }
         Ok(commands)
     }
@@ -738,12 +751,13 @@ impl Partition {
             .filter(|o| *o >= start)
             .unwrap_or(start);
         tracing::error!(partition = %self.tp, %from, %error, "damaged batch in the local log: it is not served, and is fetched again from a healthy replica");
-        self.damage.record(from)
+        self.damage
+            .record(from, self.high_watermark().max(from), false)
     }
 
     /// Where this replica's damage starts, if it has any.
     pub fn damaged_from(&self) -> Option<Offset> {
-        self.damage.from()
+        self.damage.get().map(|d| d.from)
     }
 
     /// The report of this replica's damage could not be queued: forget it, so that the next
@@ -760,14 +774,15 @@ impl Partition {
     /// record committed since the others left was fsynced here, which only damage at rest, not
     /// a power cut, undoes.
     fn check_damage(&self, core: &ReplicaCore) -> Result<(), ReplicaError> {
-        let Some(from) = self.damage.from() else {
+        let Some(d) = self.damage.get() else {
             return Ok(());
         };
         let local = core.settings().local;
-        if core.role() == Role::Leader && core.isr().iter().any(|r| *r != local) {
+        let others = core.isr().iter().any(|r| *r != local);
+        if core.role() == Role::Leader && (others || core.log_end() < d.until) {
             return Err(ReplicaError::Damaged {
                 tp: self.tp.clone(),
-                from,
+                from: d.from,
             });
         }
         Ok(())
@@ -782,11 +797,11 @@ impl Partition {
     /// Where a follower out of the ISR cuts its log to drop its damage before fetching again
     /// (never while in the ISR: see `damage.rs`).
     pub fn repair_offset(&self) -> Option<Offset> {
-        let from = self.damage.from()?;
+        let d = self.damage.get().filter(|d| !d.cut)?;
         let core = self.core().ok()?;
         let out_of_isr = !core.isr().contains(&core.settings().local);
         (matches!(core.role(), Role::Follower { .. }) && out_of_isr)
-            .then(|| from.min(core.log_end()))
+            .then(|| d.from.min(core.log_end()))
     }
 
     pub fn log_end_offset(&self) -> Result<Offset, ReplicaError> {
@@ -872,6 +887,14 @@ impl Partition {
             }
         }
         let core = self.core()?;
+        if self.damage.get().is_some_and(|d| !d.cut) && core.isr().contains(&core.settings().local)
+        {
+            // Its fetch offset would claim the damaged batch (see `damage.rs`).
+            return Err(ReplicaError::Damaged {
+                tp: self.tp.clone(),
+                from: self.damage.get().map_or(Offset(0), |d| d.from),
+            });
+        }
         let (log_end, log_start, last_epoch) = self.with_log(|log| {
             Ok((
                 log.log_end_offset(),
@@ -943,8 +966,20 @@ impl Partition {
     }
 
     fn damage_cut(&self, log_end: Offset) {
-        if self.damage.truncated(log_end) {
+        if self
+            .damage
+            .get()
+            .is_some_and(|d| !d.cut && log_end <= d.from)
+        {
             tracing::info!(partition = %self.tp, %log_end, "damaged batch cut away; fetching it again from the leader");
+        }
+        self.damage.truncated(log_end);
+        self.damage_caught_up(log_end);
+    }
+
+    fn damage_caught_up(&self, log_end: Offset) {
+        if self.damage.caught_up(log_end) {
+            tracing::info!(partition = %self.tp, %log_end, "damage repaired: the log holds every record it had acknowledged");
         }
     }
 
@@ -1033,6 +1068,7 @@ impl Partition {
             },
         ));
         drop(core);
+        self.damage_caught_up(log_end);
         self.log_end.send_replace(log_end);
         Ok(commands)
     }
@@ -1194,16 +1230,20 @@ impl Partition {
 }
 
 /// Reads the high watermark checkpoint, if there is one.
+/// The checkpointed high watermark, `None` when absent or unreadable (with a warning).
+fn checkpoint_or(disk: &dyn Disk, dir: &Path, tp: &TopicPartition) -> Option<Offset> {
+    read_high_watermark(disk, dir).unwrap_or_else(|e| {
+        tracing::warn!(partition = %tp, error = %e, "unreadable high watermark checkpoint; starting from the log start");
+        None
+    })
+}
+
 fn read_high_watermark(disk: &dyn Disk, dir: &Path) -> std::io::Result<Option<Offset>> {
     read_offset_file(disk, dir, HIGH_WATERMARK_FILE)
 }
 
 /// An offset written by `disk::write_atomic` as text in `dir/name`; `None` if there is no file.
-pub(crate) fn read_offset_file(
-    disk: &dyn Disk,
-    dir: &Path,
-    name: &str,
-) -> std::io::Result<Option<Offset>> {
+fn read_offset_file(disk: &dyn Disk, dir: &Path, name: &str) -> std::io::Result<Option<Offset>> {
     let invalid = |e: &dyn std::fmt::Display| {
         std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string())
     };
@@ -1941,21 +1981,30 @@ pub(crate) mod tests {
         );
 
         // In the ISR it keeps its log: it could be elected, and must hold every committed
-        // record it can.
+        // record it can. Nor does it fetch: its fetch offset would claim the damaged batch.
         assert_eq!(f.repair_offset(), None);
+        assert!(matches!(
+            f.follower_position(),
+            Err(ReplicaError::Damaged { .. })
+        ));
         // Out of the ISR it cuts the damaged batch away, and the cut clears the damage.
         let mut out = state(OTHER, 0, &[OTHER, LOCAL], &[OTHER]);
         out.partition_epoch = 1;
         f.apply(out).expect("apply");
         assert_eq!(f.repair_offset(), Some(Offset(2)));
         f.truncate_to(Offset(2)).expect("truncate");
-        assert_eq!(f.damaged_from(), None);
-        assert_eq!(f.repair_offset(), None);
+        assert_eq!(f.repair_offset(), None, "cut");
+        assert_eq!(
+            f.damaged_from(),
+            Some(Offset(2)),
+            "until it holds the committed records again"
+        );
         assert_eq!(f.follower_position().expect("position").log_end, Offset(2));
-        // Fetched again from the leader, the batch reads clean.
+        // Fetched again from the leader, the batch reads clean, and the damage is over.
         let read = leader.read(Offset(2), 1 << 20, true).expect("plan");
         f.append_from_leader(&read.plan.load().expect("leader's copy"), Offset(3), 1_000)
             .expect("refetch");
+        assert_eq!(f.damaged_from(), None);
         let again = f.read(Offset(0), 1 << 20, true).expect("plan");
         assert_eq!(again.plan.load().expect("clean"), bytes);
 
@@ -2025,13 +2074,19 @@ pub(crate) mod tests {
         drop(p);
 
         // The damage outlives a restart whose recovery cuts nothing.
-        let mut out = state(OTHER, 1, &[LOCAL, OTHER], &[OTHER]);
-        out.partition_epoch = 2;
-        let p = open_as(dir.path(), LogConfig::default(), out.clone());
+        let mut again = leading.clone();
+        again.leader_epoch = LeaderEpoch(1);
+        let p = open_as(dir.path(), LogConfig::default(), again);
         assert_eq!(p.damaged_from(), Some(Offset(2)));
-        // Out of the ISR, a follower's repair cuts nothing more here, and clears it for good.
-        assert_eq!(p.repair_offset(), Some(Offset(2)));
-        p.truncate_to(Offset(2)).expect("truncate");
+        assert!(damaged(
+            p.append(&mut batch(b"y", 1_000), false, 1_000).map(|_| ())
+        ));
+        // Out of the ISR, with nothing left to cut and every record it knew committed, it is
+        // over, for good.
+        let mut out = state(OTHER, 2, &[LOCAL, OTHER], &[OTHER]);
+        out.partition_epoch = 3;
+        p.apply(out.clone()).expect("apply");
+        assert_eq!(p.repair_offset(), None);
         assert_eq!(p.damaged_from(), None);
         p.close().expect("close");
         drop(p);

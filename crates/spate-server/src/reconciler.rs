@@ -196,10 +196,10 @@ pub(crate) async fn propose_isr_changes(
 }
 
 /// Asks the controller to take this node out of the ISR of each partition found damaged
-/// (`LeaveIsr`; see `spate_replica`'s `damage.rs`), again after a backoff until the metadata
-/// shows it out, or the damage is gone (cut away, or the partition closed). The last live
-/// ISR member waits until another member can take over; a partition's only replica drops its
-/// damage (there is no other copy to fetch from).
+/// (`LeaveIsr`; see `spate_replica`'s `damage.rs`), and again whenever it is in the ISR,
+/// until the damage is over or the partition closed. The last live ISR member waits until
+/// another member can take over; a partition's only replica drops its damage (there is no
+/// other copy to fetch from).
 pub(crate) async fn report_damage(
     controller: Controller,
     replicas: Arc<ReplicaManager>,
@@ -225,7 +225,7 @@ pub(crate) async fn report_damage(
                 let Some(state) = partition.leader_and_isr() else {
                     return;
                 };
-                if partition.damaged_from().is_none() || !state.isr.contains(&controller.node()) {
+                if partition.damaged_from().is_none() {
                     return;
                 }
                 if state.replicas == [controller.node()] {
@@ -233,9 +233,11 @@ pub(crate) async fn report_damage(
                     partition.forget_damage();
                     return;
                 }
-                if !partition.damage_movable() {
-                    // The last live member: asked again once another can take over (the
-                    // controller would refuse now, and every refusal is a metadata entry).
+                // Out of the ISR the fetcher repairs it; watched until it is over, since the
+                // leader may take it back in before then. The last live member asks once
+                // another can take over (the controller would refuse now, and every refusal
+                // is a metadata entry).
+                if !state.isr.contains(&controller.node()) || !partition.damage_movable() {
                     tokio::select! {
                         biased;
                         _ = spate_kafka::shutdown_signalled(&mut shutdown) => return,
