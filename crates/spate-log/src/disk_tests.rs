@@ -393,6 +393,41 @@ fn latent_corruption_inside_the_active_segment_is_kept_by_recovery_and_refused_b
     assert_eq!(log.damaged_at_open(), Some(Offset(1)));
 }
 
+/// Found by simulator seed 1180: the flipped bit was in the batch's last offset delta, which
+/// the CRC covers, so the batch after it did not seem to continue it, and recovery cut there.
+#[test]
+fn a_batch_whose_last_offset_delta_rotted_is_kept_up_to_the_next_batch() {
+    let d = disk();
+    let c = cfg(1 << 20);
+    let mut log = open(&d, &c);
+    let stored: Vec<Vec<u8>> = (0..3).map(|_| append(&mut log, plain(2, 100))).collect();
+    sync(&mut log);
+    let active = segments(&d)[0].clone();
+    // Byte 26 of a batch is the last of its last offset delta (1 here, for 2 records).
+    d.corrupt(&active, stored[0].len() as u64 + 26, 0x40)
+        .unwrap();
+    d.crash();
+    drop(log);
+    let log = open(&d, &c);
+    assert_eq!(log.log_end_offset(), Offset(6));
+    assert!(!log.cut_at_open());
+    assert_eq!(log.damaged_at_open(), Some(Offset(2)));
+    let read = |o: i64| {
+        log.plan_read(Offset(o), 1 << 16, Offset(6), true)
+            .unwrap()
+            .load()
+    };
+    // Reads find batches by their stored headers, and this one's claims offsets past the log
+    // end: nothing of it or after it is served until the replica repairs it (see
+    // `spate-replica/src/damage.rs`), which the damage found at open starts.
+    assert!(
+        read(3).map_or(true, |b| b.is_empty()),
+        "nothing of it is served"
+    );
+    assert!(read(4).map_or(true, |b| b.is_empty()));
+    assert_eq!(&read(0).err().map(|_| ()), &Some(()));
+}
+
 /// Found by simulator seed 921: a truncation deleted the producer snapshot above its cut
 /// without making the deletion durable. A power cut brought the snapshot back, the log grew
 /// past it with other records, and the replica, leader after a restart, loaded it: an

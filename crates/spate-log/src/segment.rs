@@ -206,41 +206,35 @@ pub(crate) struct Scan {
     pub damaged: Option<Offset>,
 }
 
-/// Whether a whole, valid batch starts at `pos` and continues the offsets of `h`, the batch
-/// before it.
+/// The base offset of a whole, valid batch at `pos` whose offsets are above those of `h`,
+/// the damaged batch before it, if there is one.
 fn valid_batch_follows(
     file: &dyn DiskFile,
     size: u64,
     pos: u64,
     h: &BatchHeader,
-    allow_gaps: bool,
-) -> io::Result<bool> {
+) -> io::Result<Option<Offset>> {
     if size.saturating_sub(pos) < HEADER_BYTES as u64 {
-        return Ok(false);
+        return Ok(None);
     }
     let mut header = [0u8; HEADER_BYTES];
     file.read_exact_at(&mut header, pos)?;
     let Ok(next) = BatchHeader::parse(&header) else {
-        return Ok(false);
+        return Ok(None);
     };
     let total = next.total_bytes() as u64;
     if next.batch_length < crate::batch::BATCH_LENGTH_MIN
         || total > BATCH_BYTES_MAX as u64
         || total > size - pos
+        || next.base_offset <= h.base_offset
     {
-        return Ok(false);
-    }
-    let continues = if allow_gaps {
-        next.base_offset > h.base_offset
-    } else {
-        next.base_offset == h.next_offset()
-    };
-    if !continues {
-        return Ok(false);
+        return Ok(None);
     }
     let mut buf = vec![0u8; total as usize];
     file.read_exact_at(&mut buf, pos)?;
-    Ok(check_batch(&buf, BATCH_BYTES_MAX).is_ok())
+    Ok(check_batch(&buf, BATCH_BYTES_MAX)
+        .is_ok()
+        .then_some(next.base_offset))
 }
 
 /// Reads batches from the start of `file` and stops at the first one that is torn, malformed,
@@ -278,7 +272,7 @@ pub(crate) fn scan(
             break;
         }
         file.read_exact_at(&mut header, pos)?;
-        let h = match BatchHeader::parse(&header) {
+        let mut h = match BatchHeader::parse(&header) {
             Ok(h) => h,
             Err(e) => {
                 s.stopped = Some(e.to_string());
@@ -305,12 +299,26 @@ pub(crate) fn scan(
                 // Bits flipped at rest in a whole batch that a whole, valid batch follows: a
                 // torn write leaves nothing valid after the damage, so this is no torn tail.
                 // Kept, so that recovery does not drop the records after it (which may be
-                // committed); reads refuse it, and the replica fetches it again.
-                Err(e @ crate::batch::BatchError::CrcMismatch { .. })
-                    if valid_batch_follows(file, size, pos + total, &h, allow_gaps)? =>
-                {
-                    tracing::error!(position = pos, base_offset = h.base_offset.0, error = %e, "damaged batch inside the segment, followed by valid ones: kept; reads refuse it");
-                    s.damaged.get_or_insert(h.base_offset);
+                // committed); reads refuse it, and the replica fetches it again. Its offsets
+                // run to the next batch's (its own last offset delta is under the CRC, and
+                // may be what rotted), and its timestamps are not indexed.
+                Err(e @ crate::batch::BatchError::CrcMismatch { .. }) => {
+                    match valid_batch_follows(file, size, pos + total, &h)? {
+                        Some(next) => {
+                            tracing::error!(position = pos, base_offset = h.base_offset.0, error = %e, "damaged batch inside the segment, followed by valid ones: kept; reads refuse it");
+                            s.damaged.get_or_insert(h.base_offset);
+                            h = BatchHeader {
+                                last_offset_delta: i32::try_from(next.0 - h.base_offset.0 - 1)
+                                    .unwrap_or(i32::MAX),
+                                max_timestamp: -1,
+                                ..h
+                            };
+                        }
+                        None => {
+                            s.stopped = Some(e.to_string());
+                            break;
+                        }
+                    }
                 }
                 Err(e) => {
                     s.stopped = Some(e.to_string());

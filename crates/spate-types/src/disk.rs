@@ -549,6 +549,16 @@ impl MemoryDisk {
         state.entries = state.durable_entries.clone();
     }
 
+    /// How many bytes of `path` the last `sync_data` made durable (`None`: no such file).
+    pub fn durable_len(&self, path: &Path) -> Option<u64> {
+        let state = lock(&self.state);
+        let Some(Node::File(inode)) = state.entries.get(path) else {
+            return None;
+        };
+        let len = lock(inode).durable.len();
+        u64::try_from(len).ok()
+    }
+
     /// Flips the bits of `xor` into the byte at `offset` of `path`, in what is stored and in
     /// what is durable: a latent sector error. NotFound if the file or the byte is absent.
     pub fn corrupt(&self, path: &Path, offset: u64, xor: u8) -> io::Result<()> {
