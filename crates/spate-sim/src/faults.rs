@@ -18,9 +18,8 @@
 use crate::history::History;
 use crate::{host_name, NodeParts, Rng};
 use spate_types::disk::{Disk, DiskError, DiskFault, DiskOp};
-use spate_types::MemoryDisk;
 use std::cell::RefCell;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Duration;
@@ -37,8 +36,20 @@ pub type Stops = Rc<RefCell<Vec<(usize, Result<(), String>)>>>;
 /// Flips one bit at rest in a batch of a workload topic's partition on `node`'s disk, in the
 /// part of the batch its CRC covers (from its attributes on: the base offset, length, leader
 /// epoch and CRC fields are outside, as in Kafka's format). Says where, or `None` if the node
-/// stores no such batch.
-fn corrupt_a_batch(disk: &MemoryDisk, node: usize, rng: &mut Rng) -> Option<String> {
+/// stores no batch that may rot.
+///
+/// Which may: the invariants hold while a majority of a partition's replicas keep their disks,
+/// so a partition rots on one node per run (`rotted`), and only in a batch another node holds,
+/// byte for byte and durably, and that a durable batch follows here (damage in the last one
+/// looks like a torn write to recovery, which cuts it: docs/testing.md says what that leaves
+/// out).
+fn corrupt_a_batch(
+    parts: &[NodeParts],
+    node: usize,
+    rotted: &mut BTreeMap<String, usize>,
+    rng: &mut Rng,
+) -> Option<String> {
+    let disk = &parts[node - 1].disk;
     let logs = PathBuf::from(format!("/{}/logs", host_name(node)));
     let prefix = format!("{}-", crate::workload::TOPIC);
     let mut dirs: Vec<String> = disk
@@ -47,9 +58,11 @@ fn corrupt_a_batch(disk: &MemoryDisk, node: usize, rng: &mut Rng) -> Option<Stri
         .into_iter()
         .map(|e| e.name)
         .filter(|n| n.starts_with(&prefix))
+        .filter(|n| rotted.get(n).is_none_or(|n2| *n2 == node))
         .collect();
     dirs.sort();
-    let dir = logs.join(dirs.get(pick(rng, dirs.len())?)?);
+    let name = dirs.get(pick(rng, dirs.len())?)?.clone();
+    let dir = logs.join(&name);
     let mut segments: Vec<String> = disk
         .read_dir(&dir)
         .ok()?
@@ -58,7 +71,8 @@ fn corrupt_a_batch(disk: &MemoryDisk, node: usize, rng: &mut Rng) -> Option<Stri
         .filter(|n| n.ends_with(".log"))
         .collect();
     segments.sort();
-    let path = dir.join(segments.get(pick(rng, segments.len())?)?);
+    let segment = segments.get(pick(rng, segments.len())?)?.clone();
+    let path = dir.join(&segment);
     let bytes = spate_types::disk::read_bounded(disk, &path, 1 << 30).ok()??;
     // Batch framing: base offset (8 bytes), length of the rest (4), then the rest.
     let mut batches = Vec::new();
@@ -72,20 +86,33 @@ fn corrupt_a_batch(disk: &MemoryDisk, node: usize, rng: &mut Rng) -> Option<Stri
         batches.push((pos, end));
         pos = end;
     }
-    // Only a batch a durable batch follows: damage in the last one looks like a torn write,
-    // which recovery cuts, and a replica alone in the ISR that lost committed records that
-    // way cannot be replaced until eligible leader replicas (KIP-966) exist (docs/testing.md).
     let durable = usize::try_from(disk.durable_len(&path)?).ok()?;
+    // The same batch, durable, on another node.
+    let elsewhere = |(start, end): (usize, usize)| {
+        (1..=parts.len()).filter(|n| *n != node).any(|other| {
+            let path = PathBuf::from(format!("/{}/logs/{name}/{segment}", host_name(other)));
+            let disk = &parts[other - 1].disk;
+            disk.durable_len(&path)
+                .and_then(|d| usize::try_from(d).ok())
+                .is_some_and(|d| end <= d)
+                && spate_types::disk::read_bounded(disk, &path, 1 << 30)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|b| b.get(start..end) == bytes.get(start..end))
+        })
+    };
     let batches: Vec<(usize, usize)> = batches
         .windows(2)
         .filter(|w| w[1].1 <= durable)
         .map(|w| w[0])
+        .filter(|b| elsewhere(*b))
         .collect();
     let (start, end) = *batches.get(pick(rng, batches.len())?)?;
     // The CRC covers the batch from its attributes (byte 21) to its end.
     let at = start + 21 + pick(rng, end - start - 21)?;
     let bit = 1u8 << rng.below(8);
     disk.corrupt(&path, at as u64, bit).ok()?;
+    rotted.insert(name, node);
     Some(format!(
         "latent corruption on node {node}: bit {bit:#04x} of byte {at} of {} (the batch at byte {start})",
         path.display()
@@ -127,6 +154,8 @@ pub struct Nemesis {
     /// Halted nodes and when their supervisor restarts them.
     restarts: Vec<(Duration, usize)>,
     healed: bool,
+    /// Partition directory → the one node whose copy of it had a bit flipped.
+    rotted: BTreeMap<String, usize>,
 }
 
 fn pairs(a: &[String], b: &[String]) -> Vec<(String, String)> {
@@ -149,6 +178,7 @@ impl Nemesis {
             disk_faulted: BTreeSet::new(),
             restarts: Vec::new(),
             healed: false,
+            rotted: BTreeMap::new(),
         }
     }
 
@@ -329,7 +359,7 @@ impl Nemesis {
                 }
             }
             9 => {
-                let what = corrupt_a_batch(&parts[node - 1].disk, node, &mut self.rng);
+                let what = corrupt_a_batch(parts, node, &mut self.rotted, &mut self.rng);
                 if what.is_some() {
                     history.borrow_mut().corrupted.insert(node);
                 }
