@@ -106,10 +106,11 @@ pub enum ReplicaError {
         requested: LeaderEpoch,
         current: LeaderEpoch,
     },
-    /// A leader whose log holds damage (see `damage.rs`) while another ISR member can lead:
-    /// it serves nothing until the controller moves leadership (NOT_LEADER_OR_FOLLOWER), so
-    /// that no write lands on, and no follower truncates to, a log that may miss committed
-    /// records.
+    /// A damaged replica (see `damage.rs`): as a leader while the ISR has another member, or
+    /// while its log is below the high watermark it knew, it serves nothing
+    /// (NOT_LEADER_OR_FOLLOWER), so that no write lands on, and no follower truncates to, a
+    /// log that may miss committed records; as a follower in the ISR it does not fetch past
+    /// its damaged batch.
     #[error("{tp}: this replica's log is damaged from offset {from}; leadership is moving")]
     Damaged { tp: TopicPartition, from: Offset },
     /// A replica fetch from a node that is not a replica of this partition.
@@ -209,7 +210,7 @@ pub struct Partition {
     closing: watch::Sender<bool>,
     /// The published high watermark has moved since the last checkpoint.
     checkpoint_due: AtomicBool,
-    /// A batch that failed its CRC when read (see `damage.rs`).
+    /// What this replica's log may lack (see `damage.rs`).
     damage: crate::damage::Damage,
 }
 
@@ -247,10 +248,6 @@ impl Partition {
                 .unwrap_or(1),
             ..settings
         };
-        // Recovery cut the active segment: a torn tail, or damage at rest that looks like one.
-        // Records the cluster committed may be gone with it, so this replica leaves the ISR
-        // before it may lead (see `damage.rs`); one that only lost unsynced records loses
-        // nothing by it.
         // Damage recovery found: a kept damaged batch, or a cut tail (see `damage.rs`); the
         // committed records it may lack run up to the checkpointed high watermark.
         let committed = checkpoint;
@@ -736,8 +733,8 @@ impl Partition {
     }
 
     /// A read from `start` failed with `error`. A corrupt batch (its CRC or framing fails)
-    /// is damage: recorded from `start` on, true the first time (report it to the controller,
-    /// see `damage.rs`). Any other error is not.
+    /// is damage, from that batch on (or from `start`), up to the high watermark: true the
+    /// first time (report it to the controller, see `damage.rs`). Any other error is not.
     pub fn read_failed(&self, start: Offset, error: &ReplicaError) -> bool {
         let ReplicaError::Log(LogError::Corrupt { path, position, .. }) = error else {
             return false;
@@ -770,9 +767,9 @@ impl Partition {
     /// ([`ReplicaError::Damaged`]), eligible to lead now or not (a fenced one comes back, and
     /// then leadership moves to it: found by simulator seed 37, where a restarted node whose
     /// recovery had cut committed records led while the other ISR member was fenced, and both
-    /// followers truncated to it). Alone in the ISR it serves all but the damaged batch: every
-    /// record committed since the others left was fsynced here, which only damage at rest, not
-    /// a power cut, undoes.
+    /// followers truncated to it). Alone in the ISR it serves only if its log reaches the high
+    /// watermark it knew: all but a damaged batch, or what a power cut left of a tail whose
+    /// committed part was fsynced.
     fn check_damage(&self, core: &ReplicaCore) -> Result<(), ReplicaError> {
         let Some(d) = self.damage.get() else {
             return Ok(());
