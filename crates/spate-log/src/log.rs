@@ -496,7 +496,17 @@ impl PartitionLog {
                 return self.find_batch(seg, &SegmentIndex::default(), target);
             }
             if h.last_offset() >= target {
-                return Ok(Some((pos, h)));
+                // A last offset past the segment's end is a damaged last offset delta (it is
+                // under the batch's CRC, which only a load checks): where the next batch
+                // starts at or below the target, the target is in that one (seed 1180).
+                let next = pos + h.total_bytes() as u64;
+                let damaged = h.last_offset() >= self.segment_end(seg)
+                    && seg
+                        .header_at(next)?
+                        .is_some_and(|n| n.base_offset <= target);
+                if !damaged {
+                    return Ok(Some((pos, h)));
+                }
             }
             pos += h.total_bytes() as u64;
         }
@@ -970,6 +980,19 @@ impl PartitionLog {
             let Some((pos, h)) = self.find_batch(seg, idx, start)? else {
                 continue;
             };
+            if h.last_offset() >= self.segment_end(seg) {
+                // Its last offset delta rotted (see `find_batch`): refused, as a load of it
+                // would be, so that the damage is found and repaired, not read around.
+                return Err(LogError::Corrupt {
+                    path: seg.path(LOG_SUFFIX),
+                    position: pos,
+                    reason: format!(
+                        "batch at offset {} claims offsets up to {}, past the segment's end",
+                        h.base_offset,
+                        h.last_offset()
+                    ),
+                });
+            }
             if h.last_offset() >= max {
                 return Ok(ReadPlan::empty());
             }
