@@ -375,7 +375,11 @@ fn latent_corruption_inside_the_active_segment_is_kept_by_recovery_and_refused_b
             .unwrap()
             .load()
     };
-    assert!(matches!(read(&log, 0), Err(LogError::Corrupt { .. })));
+    assert_eq!(
+        read(&log, 0).unwrap().to_vec(),
+        stored[0],
+        "a read stops before it"
+    );
     assert!(matches!(read(&log, 1), Err(LogError::Corrupt { .. })));
     assert_eq!(
         read(&log, 2).unwrap().to_vec(),
@@ -418,7 +422,12 @@ fn a_batch_whose_last_offset_delta_rotted_is_kept_up_to_the_next_batch() {
     };
     // Its stored header claims offsets past the log end: reads inside it are refused as
     // damaged (so that the replica repairs it), reads past it find the next batch (seed 180).
-    assert!(matches!(read(0), Err(LogError::Corrupt { .. })));
+    assert_eq!(
+        read(0).unwrap().to_vec(),
+        stored[0],
+        "a read stops before it"
+    );
+    assert!(matches!(read(2), Err(LogError::Corrupt { .. })));
     assert!(matches!(read(3), Err(LogError::Corrupt { .. })));
     assert_eq!(read(4).unwrap().to_vec(), stored[2]);
 }

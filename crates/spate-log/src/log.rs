@@ -118,7 +118,10 @@ impl ReadPlan {
         self.position
     }
 
-    /// Reads the planned bytes and verifies every batch's framing and CRC.
+    /// Reads the planned bytes and verifies every batch's framing and CRC. A damaged batch
+    /// ends the read: the whole batches before it are returned, and a read starting at it
+    /// fails with [`LogError::Corrupt`], so a consumer gets everything up to the damage and
+    /// the damage is reported where it is.
     pub fn load(&self) -> Result<Bytes, LogError> {
         let Some(file) = &self.file else {
             return Ok(Bytes::new());
@@ -127,14 +130,20 @@ impl ReadPlan {
         file.read_exact_at(&mut buf, self.position)?;
         let mut pos = 0;
         while pos < buf.len() {
-            let h = crate::batch::check_batch(&buf[pos..], BATCH_BYTES_MAX).map_err(|e| {
-                LogError::Corrupt {
-                    path: self.path.clone(),
-                    position: self.position + pos as u64,
-                    reason: e.to_string(),
+            match crate::batch::check_batch(&buf[pos..], BATCH_BYTES_MAX) {
+                Ok(h) => pos += h.total_bytes(),
+                Err(_) if pos > 0 => {
+                    buf.truncate(pos);
+                    break;
                 }
-            })?;
-            pos += h.total_bytes();
+                Err(e) => {
+                    return Err(LogError::Corrupt {
+                        path: self.path.clone(),
+                        position: self.position,
+                        reason: e.to_string(),
+                    })
+                }
+            }
         }
         Ok(Bytes::from(buf))
     }

@@ -1959,8 +1959,13 @@ pub(crate) mod tests {
         *stored.last_mut().expect("bytes") ^= 0x40;
         std::fs::write(&segment, stored).expect("write");
 
-        // A read that reaches the damaged batch is refused.
-        let read = f.read(Offset(0), 1 << 20, true).expect("plan");
+        // A read stops before the damaged batch; one starting at it is refused.
+        let before = f.read(Offset(0), 1 << 20, true).expect("plan");
+        assert_eq!(
+            before.plan.load().expect("the batches before it").len(),
+            bytes.len() - split_last(&bytes)
+        );
+        let read = f.read(Offset(2), 1 << 20, true).expect("plan");
         let error = read.plan.load().map_err(ReplicaError::Log).unwrap_err();
         assert!(matches!(error, ReplicaError::Log(LogError::Corrupt { .. })));
         let not_damage = ReplicaError::Closed(TopicPartition::new("t", 0));
@@ -1969,13 +1974,9 @@ pub(crate) mod tests {
             "only corruption is damage"
         );
         assert_eq!(f.damaged_from(), None);
-        assert!(f.read_failed(Offset(0), &error), "the first is reported");
-        assert!(!f.read_failed(Offset(0), &error), "once");
-        assert_eq!(
-            f.damaged_from(),
-            Some(Offset(2)),
-            "the damaged batch, not the read's start"
-        );
+        assert!(f.read_failed(Offset(2), &error), "the first is reported");
+        assert!(!f.read_failed(Offset(2), &error), "once");
+        assert_eq!(f.damaged_from(), Some(Offset(2)));
 
         // In the ISR it keeps its log: it could be elected, and must hold every committed
         // record it can. Nor does it fetch: its fetch offset would claim the damaged batch.
@@ -2091,6 +2092,18 @@ pub(crate) mod tests {
             open_as(dir.path(), LogConfig::default(), out).damaged_from(),
             None
         );
+    }
+
+    /// The length of the last batch in `bytes` (whole v2 batches).
+    fn split_last(bytes: &[u8]) -> usize {
+        let mut pos = 0;
+        let mut last = 0;
+        while pos + 12 <= bytes.len() {
+            let len = i32::from_be_bytes(bytes[pos + 8..pos + 12].try_into().unwrap()) as usize;
+            last = 12 + len;
+            pos += last;
+        }
+        last
     }
 
     /// Every record batch of `p` up to its high watermark, as a fetch returns them.
