@@ -430,6 +430,24 @@ fn a_batch_whose_last_offset_delta_rotted_is_kept_up_to_the_next_batch() {
     assert!(matches!(read(2), Err(LogError::Corrupt { .. })));
     assert!(matches!(read(3), Err(LogError::Corrupt { .. })));
     assert_eq!(read(4).unwrap().to_vec(), stored[2]);
+    drop(log);
+
+    tracing::info!("--- its sign bit flipped instead (seed 2644): the log opens, reads the same");
+    d.corrupt(&active, stored[0].len() as u64 + 26, 0x40)
+        .unwrap();
+    d.corrupt(&active, stored[0].len() as u64 + 23, 0x80)
+        .unwrap();
+    let log = open(&d, &c);
+    assert_eq!(log.log_end_offset(), Offset(6));
+    assert_eq!(log.damaged_at_open(), Some(Offset(2)));
+    let read = |o: i64| {
+        log.plan_read(Offset(o), 1 << 16, Offset(6), true)
+            .and_then(|plan| plan.load())
+    };
+    assert_eq!(read(0).unwrap().to_vec(), stored[0]);
+    assert!(matches!(read(2), Err(LogError::Corrupt { .. })));
+    assert!(matches!(read(3), Err(LogError::Corrupt { .. })));
+    assert_eq!(read(4).unwrap().to_vec(), stored[2]);
 }
 
 /// Found by simulator seed 921: a truncation deleted the producer snapshot above its cut

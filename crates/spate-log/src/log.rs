@@ -240,6 +240,12 @@ fn remove_if_exists(disk: &dyn Disk, path: &Path) -> io::Result<()> {
     }
 }
 
+/// A stored last offset delta no healthy batch has: negative, or reaching past the end of
+/// the batch's segment.
+fn delta_damaged(h: &BatchHeader, segment_end: Offset) -> bool {
+    h.last_offset_delta < 0 || h.last_offset() >= segment_end
+}
+
 fn rel(base: Offset, offset: Offset) -> u64 {
     (offset.0 - base.0).max(0) as u64
 }
@@ -504,18 +510,18 @@ impl PartitionLog {
                     "offset index entry overshoots its target; scanning the segment instead");
                 return self.find_batch(seg, &SegmentIndex::default(), target);
             }
-            if h.last_offset() >= target {
-                // A last offset past the segment's end is a damaged last offset delta (it is
-                // under the batch's CRC, which only a load checks): where the next batch
-                // starts at or below the target, the target is in that one (seed 1180).
+            if delta_damaged(&h, self.segment_end(seg)) {
+                // Its last offset delta rotted (it is under the batch's CRC, which only a load
+                // checks): its offsets run to the next batch's (seeds 180, 2644).
                 let next = pos + h.total_bytes() as u64;
-                let damaged = h.last_offset() >= self.segment_end(seg)
-                    && seg
-                        .header_at(next)?
-                        .is_some_and(|n| n.base_offset <= target);
-                if !damaged {
+                let end = seg
+                    .header_at(next)?
+                    .map_or(self.segment_end(seg), |n| n.base_offset);
+                if target < end {
                     return Ok(Some((pos, h)));
                 }
+            } else if h.last_offset() >= target {
+                return Ok(Some((pos, h)));
             }
             pos += h.total_bytes() as u64;
         }
@@ -989,7 +995,7 @@ impl PartitionLog {
             let Some((pos, h)) = self.find_batch(seg, idx, start)? else {
                 continue;
             };
-            if h.last_offset() >= self.segment_end(seg) {
+            if delta_damaged(&h, self.segment_end(seg)) {
                 // Its last offset delta rotted (see `find_batch`): refused, as a load of it
                 // would be, so that the damage is found and repaired, not read around.
                 return Err(LogError::Corrupt {
