@@ -65,12 +65,13 @@ fn one_seed_replays_the_same_run_byte_for_byte() {
 /// recovery cut committed records at a batch damaged at rest led alone in the ISR, and both
 /// followers truncated to it; 469, a repaired replica taken back into the ISR on a fetch from
 /// before its cut; 921, a deleted producer snapshot brought back by a power cut; 1180, a rotted
-/// last offset delta made recovery cut committed records.
+/// last offset delta made recovery cut committed records; 2644, a negative one made the log
+/// impossible to open.
 #[test]
 fn the_seeds_that_found_bugs_pass() {
     for seed in [
         1, 2, 7, 17, 18, 37, 56, 71, 116, 128, 155, 180, 189, 454, 469, 594, 921, 1086, 1180, 1378,
-        2491, 6100, 6198, 20944,
+        2491, 2644, 6100, 6198, 20944,
     ] {
         assert_passes(seed, 3);
     }
