@@ -55,21 +55,7 @@ fn header(b: &[u8]) -> BatchHeader {
 }
 
 fn read_all(log: &PartitionLog) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut next = log.log_start_offset();
-    loop {
-        let plan = log
-            .plan_read(next, 4096, log.log_end_offset(), true)
-            .unwrap();
-        if plan.is_empty() {
-            break;
-        }
-        for b in split(&plan.load().unwrap()) {
-            next = header(&b).next_offset();
-            out.push(b);
-        }
-    }
-    out
+    read_until(log, log.log_end_offset())
 }
 
 /// Every batch below `limit` (exclusive).

@@ -884,13 +884,14 @@ impl Partition {
             }
         }
         let core = self.core()?;
-        if self.damage.get().is_some_and(|d| !d.cut) && core.isr().contains(&core.settings().local)
-        {
-            // Its fetch offset would claim the damaged batch (see `damage.rs`).
-            return Err(ReplicaError::Damaged {
-                tp: self.tp.clone(),
-                from: self.damage.get().map_or(Offset(0), |d| d.from),
-            });
+        if let Some(d) = self.damage.get().filter(|d| !d.cut) {
+            if core.isr().contains(&core.settings().local) {
+                // Its fetch offset would claim the damaged batch (see `damage.rs`).
+                return Err(ReplicaError::Damaged {
+                    tp: self.tp.clone(),
+                    from: d.from,
+                });
+            }
         }
         let (log_end, log_start, last_epoch) = self.with_log(|log| {
             Ok((
@@ -1886,10 +1887,10 @@ pub(crate) mod tests {
             .expect("acks=1 is not affected");
     }
 
-    #[tokio::test]
-    async fn a_follower_stores_the_leaders_batches_and_takes_in_its_high_watermark() {
-        let leader_dir = tempfile::tempdir().expect("tempdir");
-        let leader = open(leader_dir.path(), LogConfig::default());
+    /// A single-replica leader in `dir` holding three acknowledged batches, and those batches
+    /// as a fetch returns them.
+    async fn leader_with_three_batches(dir: &Path) -> (Arc<Partition>, bytes::Bytes) {
+        let leader = open(dir, LogConfig::default());
         for v in [b"a", b"b", b"c"] {
             leader
                 .append(&mut batch(v, 1_000), true, 1_000)
@@ -1897,6 +1898,13 @@ pub(crate) mod tests {
         }
         leader.wait_acks_all(Offset(2)).await.expect("durable");
         let bytes = everything(&leader);
+        (leader, bytes)
+    }
+
+    #[tokio::test]
+    async fn a_follower_stores_the_leaders_batches_and_takes_in_its_high_watermark() {
+        let leader_dir = tempfile::tempdir().expect("tempdir");
+        let (_leader, bytes) = leader_with_three_batches(leader_dir.path()).await;
 
         let dir = tempfile::tempdir().expect("tempdir");
         let f = open_as(
@@ -1940,14 +1948,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn a_damaged_batch_is_refused_reported_once_and_cut_only_out_of_the_isr() {
         let leader_dir = tempfile::tempdir().expect("tempdir");
-        let leader = open(leader_dir.path(), LogConfig::default());
-        for v in [b"a", b"b", b"c"] {
-            leader
-                .append(&mut batch(v, 1_000), true, 1_000)
-                .expect("append");
-        }
-        leader.wait_acks_all(Offset(2)).await.expect("durable");
-        let bytes = everything(&leader);
+        let (leader, bytes) = leader_with_three_batches(leader_dir.path()).await;
         let dir = tempfile::tempdir().expect("tempdir");
         let in_isr = state(OTHER, 0, &[OTHER, LOCAL], &[OTHER, LOCAL]);
         let f = open_as(dir.path(), LogConfig::default(), in_isr.clone());
