@@ -16,6 +16,7 @@ pub mod group;
 pub mod planted;
 pub mod records;
 pub mod service;
+pub mod txn;
 
 pub use crate::core::{
     Action, CommitRequest, CommittedOffset, GroupCoordinator, GroupDescription, GroupListing,

@@ -56,8 +56,8 @@ pub enum OffsetsRecord {
 }
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
-#[error("malformed __consumer_offsets record: {0}")]
-pub struct RecordError(&'static str);
+#[error("malformed coordinator record: {0}")]
+pub struct RecordError(pub(crate) &'static str);
 
 impl OffsetsRecord {
     /// The group the record belongs to (it decides the offsets partition).
@@ -229,7 +229,7 @@ pub fn partition_for(group: &str, partitions: i32) -> i32 {
     (h & 0x7fff_ffff) % partitions.max(1)
 }
 
-fn put_str(b: &mut BytesMut, s: &str) {
+pub(crate) fn put_str(b: &mut BytesMut, s: &str) {
     b.put_i16(s.len().min(i16::MAX as usize) as i16);
     b.put_slice(&s.as_bytes()[..s.len().min(i16::MAX as usize)]);
 }
@@ -246,7 +246,7 @@ fn put_bytes(b: &mut BytesMut, bytes: &[u8]) {
     b.put_slice(bytes);
 }
 
-fn need(buf: &[u8], n: usize) -> Result<(), RecordError> {
+pub(crate) fn need(buf: &[u8], n: usize) -> Result<(), RecordError> {
     if buf.len() < n {
         Err(RecordError("truncated"))
     } else {
@@ -254,22 +254,22 @@ fn need(buf: &[u8], n: usize) -> Result<(), RecordError> {
     }
 }
 
-fn get_i16(buf: &mut &[u8]) -> Result<i16, RecordError> {
+pub(crate) fn get_i16(buf: &mut &[u8]) -> Result<i16, RecordError> {
     need(buf, 2)?;
     Ok(buf.get_i16())
 }
 
-fn get_i32(buf: &mut &[u8]) -> Result<i32, RecordError> {
+pub(crate) fn get_i32(buf: &mut &[u8]) -> Result<i32, RecordError> {
     need(buf, 4)?;
     Ok(buf.get_i32())
 }
 
-fn get_i64(buf: &mut &[u8]) -> Result<i64, RecordError> {
+pub(crate) fn get_i64(buf: &mut &[u8]) -> Result<i64, RecordError> {
     need(buf, 8)?;
     Ok(buf.get_i64())
 }
 
-fn get_opt_str(buf: &mut &[u8]) -> Result<Option<String>, RecordError> {
+pub(crate) fn get_opt_str(buf: &mut &[u8]) -> Result<Option<String>, RecordError> {
     let len = get_i16(buf)?;
     if len < 0 {
         return Ok(None);
@@ -282,7 +282,7 @@ fn get_opt_str(buf: &mut &[u8]) -> Result<Option<String>, RecordError> {
     Ok(Some(s))
 }
 
-fn get_str(buf: &mut &[u8]) -> Result<String, RecordError> {
+pub(crate) fn get_str(buf: &mut &[u8]) -> Result<String, RecordError> {
     get_opt_str(buf)?.ok_or(RecordError("null string"))
 }
 

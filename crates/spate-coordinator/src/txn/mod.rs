@@ -1,0 +1,28 @@
+//! The transaction coordinator (Kafka's exactly-once transactions, KIP-98, with KIP-890's
+//! server-side defence).
+//!
+//! - [`state`]: one transactional id's metadata and the transitions Kafka allows.
+//! - [`core`]: the state machine without I/O: requests and the clock come in as calls,
+//!   records to store, markers to write and answers come out as actions.
+//! - [`records`]: the `__transaction_state` record format (Kafka's), so a transactional id's
+//!   state lives in an internal compacted log and fails over with partition leadership.
+
+pub mod core;
+pub mod messages;
+pub mod records;
+pub mod state;
+
+#[cfg(test)]
+mod core_tests;
+
+pub use self::core::TxnCoordinator;
+pub use messages::{
+    AddPartitionsRequest, EndRequest, InitRequest, MarkerJob, NeedProducerId, StoreFailure,
+    TxnAction, TxnAnswer, TxnDescription, TxnError, TxnSettings, WriteId,
+    TRANSACTIONAL_ID_BYTES_MAX, TXN_PARTITIONS_MAX,
+};
+pub use records::TxnRecord;
+pub use state::{TxnMetadata, TxnPartition, TxnState};
+
+/// Kafka's name for the internal transaction log topic.
+pub const TRANSACTION_STATE_TOPIC: &str = "__transaction_state";
