@@ -568,10 +568,10 @@ fn commit(
 
 /// Why records could not be stored.
 #[derive(Debug)]
-struct StoreError {
-    reason: String,
+pub(crate) struct StoreError {
+    pub(crate) reason: String,
     /// The partition is not (or no longer) led here.
-    not_leader: bool,
+    pub(crate) not_leader: bool,
 }
 
 impl std::fmt::Display for StoreError {
@@ -616,51 +616,76 @@ fn store(
                 not_leader: true,
             });
         };
-        let batch: Vec<Record> = records
-            .iter()
-            .enumerate()
-            .map(|(i, r)| {
-                let (key, value) = r.encode();
-                Record {
-                    transactional: false,
-                    control: false,
-                    delete_horizon: false,
-                    partition_leader_epoch: -1,
-                    producer_id: -1,
-                    producer_epoch: -1,
-                    timestamp_type: TimestampType::Creation,
-                    offset: i as i64,
-                    sequence: -1,
-                    timestamp: now,
-                    key: Some(key),
-                    value,
-                    headers: Default::default(),
-                }
-            })
-            .collect();
-        let mut buf = BytesMut::new();
-        RecordBatchEncoder::encode(
-            &mut buf,
-            &batch,
-            &RecordEncodeOptions {
-                version: 2,
-                compression: Compression::None,
-            },
-        )
-        .map_err(StoreError::other)?;
-        let receipt = partition
-            .append(&mut buf, false, now)
-            .map_err(|e| StoreError {
-                not_leader: matches!(e, ReplicaError::NotLeader { .. }),
-                reason: e.to_string(),
-            })?;
-        written.insert(index, (partition.clone(), receipt.last_offset));
+        let kvs = records.iter().map(|r| r.encode());
+        let last = append_records(partition, kvs, now)?;
+        written.insert(index, (partition.clone(), last));
     }
     Ok(written)
 }
 
-/// Feeds every record of the partition, in offset order, to `apply`.
+/// Appends one uncompressed batch of keyed records (an internal topic's), timestamped `now`
+/// (wall clock, epoch ms), as the partition's leader. Returns the last offset written.
+pub(crate) fn append_records(
+    partition: &Partition,
+    records: impl Iterator<Item = (Bytes, Option<Bytes>)>,
+    now: i64,
+) -> Result<Offset, StoreError> {
+    let batch: Vec<Record> = records
+        .enumerate()
+        .map(|(i, (key, value))| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            sequence: -1,
+            timestamp: now,
+            key: Some(key),
+            value,
+            headers: Default::default(),
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &batch,
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )
+    .map_err(StoreError::other)?;
+    let receipt = partition
+        .append(&mut buf, false, now)
+        .map_err(|e| StoreError {
+            not_leader: matches!(e, ReplicaError::NotLeader { .. }),
+            reason: e.to_string(),
+        })?;
+    Ok(receipt.last_offset)
+}
+
+/// Feeds every offsets record of the partition, in offset order, to `apply`.
 fn replay(partition: &Partition, mut apply: impl FnMut(OffsetsRecord)) -> Result<(), String> {
+    replay_records(partition, |_, record| {
+        let Some(key) = record.key else { return };
+        match OffsetsRecord::decode(&key, record.value.as_deref()) {
+            Ok(r) => apply(r),
+            Err(e) => {
+                tracing::warn!(offset = record.offset, error = %e, "skipping offsets record")
+            }
+        }
+    })
+}
+
+/// Feeds every record of the data batches of the partition (control batches are skipped),
+/// in offset order, with its batch's header, to `apply`.
+pub(crate) fn replay_records(
+    partition: &Partition,
+    mut apply: impl FnMut(&BatchHeader, Record),
+) -> Result<(), String> {
     let mut next = partition.log_start_offset().map_err(|e| e.to_string())?;
     let end = partition.log_end_offset().map_err(|e| e.to_string())?;
     while next < end {
@@ -683,13 +708,7 @@ fn replay(partition: &Partition, mut apply: impl FnMut(OffsetsRecord)) -> Result
             }
             let set = RecordBatchDecoder::decode(&mut one).map_err(|e| e.to_string())?;
             for record in set.records {
-                let Some(key) = record.key else { continue };
-                match OffsetsRecord::decode(&key, record.value.as_deref()) {
-                    Ok(r) => apply(r),
-                    Err(e) => {
-                        tracing::warn!(offset = record.offset, error = %e, "skipping offsets record")
-                    }
-                }
+                apply(&header, record);
             }
         }
     }

@@ -6,14 +6,19 @@
 //!   records to store, markers to write and answers come out as actions.
 //! - [`records`]: the `__transaction_state` record format (Kafka's), so a transactional id's
 //!   state lives in an internal compacted log and fails over with partition leadership.
+//! - [`service`]: the task that owns the core, stores its records durably, has markers
+//!   written, and loads the partitions this node leads.
 
 pub mod core;
 pub mod messages;
 pub mod records;
+pub mod service;
 pub mod state;
 
 #[cfg(test)]
 mod core_tests;
+#[cfg(test)]
+mod service_tests;
 
 pub use self::core::TxnCoordinator;
 pub use messages::{
@@ -22,6 +27,7 @@ pub use messages::{
     TRANSACTIONAL_ID_BYTES_MAX, TXN_PARTITIONS_MAX,
 };
 pub use records::TxnRecord;
+pub use service::{MarkerWriter, TxnService};
 pub use state::{TxnMetadata, TxnPartition, TxnState};
 
 /// Kafka's name for the internal transaction log topic.

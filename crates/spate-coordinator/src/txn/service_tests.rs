@@ -1,0 +1,231 @@
+//! The transaction coordinator task with a real `__transaction_state` partition: a transaction
+//! through to its Complete record, and a coordinator taking over one left half done.
+
+use super::messages::{
+    AddPartitionsRequest, EndRequest, InitRequest, MarkerJob, TxnError, TxnSettings,
+};
+use super::service::{MarkerWriter, TxnService};
+use super::state::TxnState;
+use super::TRANSACTION_STATE_TOPIC;
+use futures::future::BoxFuture;
+use spate_log::LogConfig;
+use spate_replica::{FlushPolicy, LeaderAndIsr, Partition, ReplicaSettings, StorageHealth};
+use spate_types::{LeaderEpoch, NodeId, Seams, TopicPartition};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+
+const LOCAL: NodeId = NodeId(1);
+
+/// `__transaction_state-0`, led here alone at `epoch`.
+fn txn_partition(dir: &Path, epoch: i32) -> Arc<Partition> {
+    let p = Partition::open(
+        Arc::new(spate_types::OsDisk),
+        dir,
+        TopicPartition::new(TRANSACTION_STATE_TOPIC, 0),
+        uuid::Uuid::from_u128(51),
+        LogConfig::default(),
+        ReplicaSettings {
+            local: LOCAL,
+            replica_lag_time_max_ms: 60_000,
+            min_insync_replicas: 1,
+            fsync_required: true,
+        },
+        FlushPolicy::default(),
+        StorageHealth::default(),
+        Arc::new(spate_types::SystemClock),
+        0,
+    )
+    .expect("open");
+    p.apply(LeaderAndIsr {
+        leader: Some(LOCAL),
+        leader_epoch: LeaderEpoch(epoch),
+        partition_epoch: epoch,
+        replicas: vec![LOCAL],
+        isr: vec![LOCAL],
+    })
+    .expect("leader");
+    p
+}
+
+/// A marker writer that reports each job to the test, and writes it only if told to.
+struct Recorder {
+    jobs: mpsc::UnboundedSender<MarkerJob>,
+    succeed: bool,
+}
+
+impl MarkerWriter for Recorder {
+    fn write(
+        &self,
+        job: MarkerJob,
+        mut abandon: watch::Receiver<bool>,
+    ) -> BoxFuture<'static, bool> {
+        let _ = self.jobs.send(job);
+        let succeed = self.succeed;
+        Box::pin(async move {
+            if succeed {
+                return true;
+            }
+            let _ = abandon.wait_for(|a| *a).await;
+            false
+        })
+    }
+}
+
+fn start(
+    succeed: bool,
+    shutdown: watch::Receiver<bool>,
+) -> (TxnService, mpsc::UnboundedReceiver<MarkerJob>) {
+    let (jobs, rx) = mpsc::unbounded_channel();
+    let service = TxnService::start(
+        TxnSettings {
+            partition_count: 1,
+            ..TxnSettings::default()
+        },
+        Duration::from_secs(600),
+        Arc::new(Recorder { jobs, succeed }),
+        shutdown,
+        Seams::system(),
+    );
+    (service, rx)
+}
+
+async fn allocate() -> Result<i64, String> {
+    Ok(1000)
+}
+
+fn init_req() -> InitRequest {
+    InitRequest {
+        transactional_id: "t".into(),
+        timeout_ms: 60_000,
+        producer_id: -1,
+        producer_epoch: -1,
+    }
+}
+
+async fn state(service: &TxnService) -> Result<TxnState, TxnError> {
+    service
+        .query(|core, _| core.describe("t").map(|d| d.state))
+        .await
+        .and_then(|r| r)
+}
+
+/// Waits (checking as the task answers, up to 30 s) for the id to reach `want`.
+async fn reaches(service: &TxnService, want: TxnState) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = state(service).await;
+        if now == Ok(want) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still {now:?}, not {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_transaction_is_stored_marked_and_completed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let partition = txn_partition(dir.path(), 3);
+    let (_stop, stopped) = watch::channel(false);
+    let (service, mut jobs) = start(true, stopped);
+    assert_eq!(
+        service.init_producer_id(init_req(), allocate).await.error,
+        Some(TxnError::NotCoordinator),
+        "nothing is led yet"
+    );
+    service.own(BTreeMap::from([(0, partition.clone())])).await;
+    let a = service.init_producer_id(init_req(), allocate).await;
+    assert_eq!((a.error, a.producer_id, a.producer_epoch), (None, 1000, 0));
+    assert!(
+        partition.high_watermark().0 >= 1,
+        "answered only once the record is below the high watermark"
+    );
+    let added = service
+        .add_partitions(AddPartitionsRequest {
+            transactional_id: "t".into(),
+            producer_id: 1000,
+            producer_epoch: 0,
+            partitions: vec![("a".into(), 0)],
+            tv2: false,
+        })
+        .await;
+    assert_eq!(added.error, None);
+    let ended = service
+        .end_txn(
+            EndRequest {
+                transactional_id: "t".into(),
+                producer_id: 1000,
+                producer_epoch: 0,
+                commit: true,
+                tv2: false,
+            },
+            allocate,
+        )
+        .await;
+    assert_eq!(ended.error, None);
+    let job = jobs.recv().await.expect("a marker job");
+    assert_eq!(
+        (job.commit, job.coordinator_epoch, job.partitions.clone()),
+        (true, 3, vec![("a".to_owned(), 0)]),
+        "markers carry the partition's leader epoch as the coordinator epoch"
+    );
+    // The Complete record is stored after the markers.
+    reaches(&service, TxnState::CompleteCommit).await;
+}
+
+#[tokio::test]
+async fn a_new_coordinator_writes_the_markers_of_a_transaction_left_between_prepare_and_complete() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (stop, stopped) = watch::channel(false);
+    {
+        let partition = txn_partition(dir.path(), 1);
+        let (service, mut jobs) = start(false, stopped.clone());
+        service.own(BTreeMap::from([(0, partition.clone())])).await;
+        let a = service.init_producer_id(init_req(), allocate).await;
+        service
+            .add_partitions(AddPartitionsRequest {
+                transactional_id: "t".into(),
+                producer_id: a.producer_id,
+                producer_epoch: a.producer_epoch,
+                partitions: vec![("a".into(), 1), ("b".into(), 0)],
+                tv2: false,
+            })
+            .await;
+        let ended = service
+            .end_txn(
+                EndRequest {
+                    transactional_id: "t".into(),
+                    producer_id: a.producer_id,
+                    producer_epoch: a.producer_epoch,
+                    commit: false,
+                    tv2: false,
+                },
+                allocate,
+            )
+            .await;
+        assert_eq!(ended.error, None);
+        assert!(!jobs.recv().await.expect("job").commit);
+        assert_eq!(state(&service).await, Ok(TxnState::PrepareAbort));
+        // Leadership moves away: the unfinished job is abandoned.
+        service.own(BTreeMap::new()).await;
+        assert_eq!(state(&service).await, Err(TxnError::NotCoordinator));
+        let _ = stop.send(true);
+        partition.close().expect("close");
+    }
+    let (_stop, stopped) = watch::channel(false);
+    let partition = txn_partition(dir.path(), 2);
+    let (service, mut jobs) = start(true, stopped);
+    service.own(BTreeMap::from([(0, partition.clone())])).await;
+    let job = jobs.recv().await.expect("the markers are sent again");
+    assert_eq!(
+        (job.commit, job.coordinator_epoch, job.partitions.len()),
+        (false, 2, 2)
+    );
+    reaches(&service, TxnState::CompleteAbort).await;
+}
