@@ -46,6 +46,10 @@ pub(crate) fn log_error(e: &LogError) -> ResponseError {
         LogError::Batch(b) => batch_error(b),
         LogError::OutOfOrderSequence { .. } => ResponseError::OutOfOrderSequenceNumber,
         LogError::InvalidProducerEpoch => ResponseError::InvalidProducerEpoch,
+        LogError::InvalidTxnState { .. } => ResponseError::InvalidTxnState,
+        LogError::TransactionCoordinatorFenced { .. } => {
+            ResponseError::TransactionCoordinatorFenced
+        }
         LogError::InvalidTimestamp { .. } => ResponseError::InvalidTimestamp,
         LogError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
         LogError::Io(_) | LogError::Corrupt { .. } => ResponseError::KafkaStorageError,

@@ -196,6 +196,8 @@ pub enum BatchError {
     InvalidSequence { base_sequence: i32 },
     #[error("clients may not produce control batches")]
     ControlBatch,
+    #[error("transactional batch without a producer id")]
+    TransactionalWithoutProducerId,
     #[error("batch of {size} bytes exceeds the maximum {max}")]
     TooLarge { size: usize, max: usize },
     #[error("malformed records in batch: {0}")]
@@ -222,6 +224,7 @@ impl BatchError {
             BatchError::InvalidRecordCount { .. }
             | BatchError::InvalidSequence { .. }
             | BatchError::ControlBatch
+            | BatchError::TransactionalWithoutProducerId
             | BatchError::MissingKey { .. } => BatchErrorKind::InvalidRecord,
             BatchError::UnsupportedMagic(_) => BatchErrorKind::UnsupportedFormat,
             BatchError::TooLarge { .. } | BatchError::InflatedTooLarge { .. } => {
@@ -297,6 +300,10 @@ pub fn validate_batches(
         }
         if header.is_control() {
             return Err(BatchError::ControlBatch);
+        }
+        // Kafka's `LogValidator`: a transaction belongs to a producer id.
+        if header.is_transactional() && !header.has_producer_id() {
+            return Err(BatchError::TransactionalWithoutProducerId);
         }
         if header.has_producer_id() && header.base_sequence < 0 {
             return Err(BatchError::InvalidSequence {
@@ -836,6 +843,17 @@ mod tests {
         assert_eq!(
             validate_batches(&b, MAX),
             Err(BatchError::InvalidSequence { base_sequence: -1 })
+        );
+        let mut b = raw_batch(1, (-1, -1, -1), 0, b"");
+        b[21..23].copy_from_slice(&TRANSACTIONAL_BIT.to_be_bytes());
+        fix_crc(&mut b);
+        assert_eq!(
+            validate_batches(&b, MAX),
+            Err(BatchError::TransactionalWithoutProducerId)
+        );
+        assert_eq!(
+            BatchError::TransactionalWithoutProducerId.kind(),
+            BatchErrorKind::InvalidRecord
         );
     }
 

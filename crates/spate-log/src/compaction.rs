@@ -16,19 +16,26 @@
 //!    segments up to `segment.bytes`, and fsyncs them.
 //! 3. [`PartitionLog::commit_compaction`](crate::PartitionLog::commit_compaction) (under the
 //!    lock): checks that the segments are still the ones read (truncation, retention or another
-//!    compaction abort the pass), renames each `.cleaned` log to `{base}.{end}.log.swap`,
+//!    compaction abort the pass), renames each cleaned transaction index to
+//!    `{base}.{end}.txnindex.swap` and each `.cleaned` log to `{base}.{end}.log.swap`,
 //!    fsyncs the directory (the commit point), removes the replaced segments, renames the swap
-//!    file and its indexes into place and swaps the in-memory segments. Readers holding the
-//!    open file of a replaced segment keep reading the old bytes.
+//!    files and the indexes into place (the log last) and swaps the in-memory segments.
+//!    Readers holding the open file of a replaced segment keep reading the old bytes.
 //!    [`CompactionCommit::persist`] then (no lock) writes the cleaner checkpoint.
 //!
-//! Crash safety: recovery deletes every `*.cleaned` file; a `{base}.{end}.log.swap` file is
-//! complete (it was fsynced before the rename), so recovery rolls it forward: it deletes the
-//! segments with base offsets in `[base, end)` and renames the swap file to `{base}.log`.
+//! Crash safety: a `{base}.{end}.log.swap` file is complete (it was fsynced before the rename),
+//! so recovery rolls it forward: it deletes the segments with base offsets in `[base, end)` and
+//! renames the swap file to `{base}.log`. The offset and time indexes are rebuilt from the log;
+//! the transaction index cannot be, so recovery renames the cleaned one (its `.txnindex.swap`,
+//! or its `.txnindex.cleaned` if that rename was lost; both were fsynced before the commit
+//! point) to `{base}.txnindex`, or, finding neither, keeps `{base}.txnindex`, which is then
+//! already the cleaned one. Then it deletes every other `*.cleaned` and `.txnindex.swap` file.
 //!
 //! What survives a pass, per batch:
 //! - Control and transactional batches are kept whole and never enter the key map, so an
-//!   aborted transaction's record can never make an older committed value disappear.
+//!   aborted transaction's record can never make an older committed value disappear. The
+//!   cleaned segment carries the transaction index entries of the segments it replaces (their
+//!   markers are kept), and nothing at or past the last stable offset is cleaned.
 //! - The last batch of every producer id known to the producer state is kept whole (Kafka does
 //!   the same), so idempotent producer state (last sequence, epoch) survives compaction.
 //! - Records at or past the end of the key map's coverage are kept.
@@ -62,6 +69,7 @@ use crate::segment::{
     file_name, write_index_pair, IndexBuilder, SegmentIndex, INDEX_SUFFIX, LOG_SUFFIX,
     TIME_INDEX_SUFFIX,
 };
+use crate::txn_index::{self, TXN_INDEX_SUFFIX};
 use kafka_protocol::records::Record;
 use sha2::{Digest, Sha256};
 use spate_types::disk::{Disk, DiskFile, OpenMode};
@@ -78,6 +86,14 @@ pub const KEY_MAP_ENTRIES_MAX: usize = 1 << 20;
 pub(crate) const CLEANER_CHECKPOINT: &str = "cleaner-offset-checkpoint";
 pub(crate) const CLEANED_SUFFIX: &str = ".cleaned";
 pub(crate) const SWAP_SUFFIX: &str = ".log.swap";
+pub(crate) const TXN_SWAP_SUFFIX: &str = ".txnindex.swap";
+/// Every file a pass writes per cleaned group, as `{base}.{end}{suffix}.cleaned`.
+const CLEANED_SUFFIXES: [&str; 4] = [
+    LOG_SUFFIX,
+    INDEX_SUFFIX,
+    TIME_INDEX_SUFFIX,
+    TXN_INDEX_SUFFIX,
+];
 
 /// Resource bounds of one compaction pass.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -206,6 +222,14 @@ impl CleanedGroup {
             self.base.0, self.end.0
         ))
     }
+
+    pub fn txn_swap_path(&self, dir: &Path) -> PathBuf {
+        txn_swap_path(dir, self.base, self.end)
+    }
+}
+
+fn txn_swap_path(dir: &Path, base: Offset, end: Offset) -> PathBuf {
+    dir.join(format!("{:020}.{:020}{TXN_SWAP_SUFFIX}", base.0, end.0))
 }
 
 /// Phase 2's output. Dropping it without a successful commit removes its cleaned files.
@@ -221,7 +245,7 @@ pub struct PreparedCompaction {
 impl PreparedCompaction {
     pub(crate) fn remove_files(&mut self) {
         for g in self.groups.drain(..) {
-            for suffix in [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
+            for suffix in CLEANED_SUFFIXES {
                 let _ = self.disk.remove_file(&CleanedGroup::cleaned_path(
                     &self.dir, g.base, g.end, suffix,
                 ));
@@ -423,7 +447,7 @@ impl CompactionPlan {
                 return Err(e);
             }
         };
-        let finish = || -> io::Result<()> {
+        let finish = || -> Result<(), LogError> {
             out.sync_data()?;
             write_index_pair(
                 &*self.disk,
@@ -432,15 +456,33 @@ impl CompactionPlan {
                 &index,
                 true,
             )?;
+            // The originals' aborts, in order: their markers are all kept.
+            let txn_out = self.disk.open(
+                &CleanedGroup::cleaned_path(&self.dir, base, end, TXN_INDEX_SUFFIX),
+                OpenMode::Truncate,
+            )?;
+            let mut entries = 0;
+            for o in &originals {
+                txn_index::copy_entries(
+                    &*self.disk,
+                    &txn_index::path(&self.dir, o.base),
+                    o.base,
+                    o.end,
+                    o.size,
+                    &*txn_out,
+                    &mut entries,
+                )?;
+            }
+            txn_out.sync_data()?;
             Ok(())
         };
         if let Err(e) = finish() {
-            for suffix in [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
+            for suffix in CLEANED_SUFFIXES {
                 let _ = self
                     .disk
                     .remove_file(&CleanedGroup::cleaned_path(&self.dir, base, end, suffix));
             }
-            return Err(e.into());
+            return Err(e);
         }
         stats.segments_before += originals.len();
         stats.segments_after += 1;
@@ -561,15 +603,17 @@ enum Cleaned {
 
 /// Rolls interrupted swaps forward and removes unfinished cleaned files (at open, before
 /// segments are listed). A swap file `{base}.{end}.log.swap` replaces every segment with a base
-/// offset in `[base, end)`.
+/// offset in `[base, end)`; see the module docs for its transaction index.
 pub(crate) fn recover(disk: &dyn Disk, dir: &Path) -> Result<(), LogError> {
     let mut swaps = Vec::new();
     let mut logs = Vec::new();
+    let mut leftovers = Vec::new();
     for entry in disk.read_dir(dir)? {
         let name = entry.name.as_str();
         let path = dir.join(name);
-        if name.ends_with(CLEANED_SUFFIX) {
-            disk.remove_file(&path)?;
+        if name.ends_with(CLEANED_SUFFIX) || name.ends_with(TXN_SWAP_SUFFIX) {
+            // Those a swap below needs are renamed first; the rest go after.
+            leftovers.push(path);
         } else if let Some(stem) = name.strip_suffix(SWAP_SUFFIX) {
             let parsed = stem.split_once('.').and_then(|(b, e)| {
                 (b.len() == 20 && e.len() == 20)
@@ -591,24 +635,43 @@ pub(crate) fn recover(disk: &dyn Disk, dir: &Path) -> Result<(), LogError> {
             }
         }
     }
-    if swaps.is_empty() {
-        return Ok(());
-    }
-    for (base, end, swap) in swaps {
+    let remove = |path: &Path| match disk.remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    };
+    for (base, end, swap) in &swaps {
+        let (base, end) = (*base, *end);
+        let cleaned_txn = [
+            txn_swap_path(dir, base, end),
+            CleanedGroup::cleaned_path(dir, base, end, TXN_INDEX_SUFFIX),
+        ]
+        .into_iter()
+        .find(|p| leftovers.contains(p));
         for old in logs.iter().filter(|b| **b >= base && **b < end) {
             for suffix in [INDEX_SUFFIX, TIME_INDEX_SUFFIX, LOG_SUFFIX] {
-                match disk.remove_file(&dir.join(file_name(*old, suffix))) {
-                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e.into()),
-                    _ => {}
-                }
+                remove(&dir.join(file_name(*old, suffix)))?;
+            }
+            // Without a cleaned one to roll forward, `{base}.txnindex` is the cleaned one.
+            if cleaned_txn.is_some() || *old != base {
+                remove(&txn_index::path(dir, *old))?;
             }
         }
-        // The indexes were removed with the old segment; they are rebuilt from the log.
-        disk.rename(&swap, &dir.join(file_name(base, LOG_SUFFIX)))?;
+        if let Some(t) = &cleaned_txn {
+            disk.rename(t, &txn_index::path(dir, base))?;
+            leftovers.retain(|p| p != t);
+        }
+        // The offset and time indexes were removed with the old segment; they are rebuilt
+        // from the log.
+        disk.rename(swap, &dir.join(file_name(base, LOG_SUFFIX)))?;
         tracing::warn!(dir = ?dir, segment = base.0, end = end.0,
             "completed a compaction swap interrupted by a crash");
     }
-    disk.sync_dir(dir)?;
+    for path in &leftovers {
+        remove(path)?;
+    }
+    if !swaps.is_empty() {
+        disk.sync_dir(dir)?;
+    }
     Ok(())
 }
 

@@ -15,6 +15,8 @@ use std::path::PathBuf;
 /// | `Batch(e)` | see [`BatchError::kind`] |
 /// | `OutOfOrderSequence` | OUT_OF_ORDER_SEQUENCE_NUMBER |
 /// | `InvalidProducerEpoch` | INVALID_PRODUCER_EPOCH |
+/// | `InvalidTxnState` | INVALID_TXN_STATE |
+/// | `TransactionCoordinatorFenced` | TRANSACTION_COORDINATOR_FENCED |
 /// | `OffsetOutOfRange` | OFFSET_OUT_OF_RANGE |
 /// | `Corrupt` | CORRUPT_MESSAGE (on fetch: KAFKA_STORAGE_ERROR is also reasonable) |
 /// | `Io` | KAFKA_STORAGE_ERROR |
@@ -30,6 +32,17 @@ pub enum LogError {
     },
     #[error("producer epoch is older than the current epoch of its producer id")]
     InvalidProducerEpoch,
+    /// A non-transactional write from a producer id whose transaction is open.
+    #[error("producer {producer_id} has an open transaction: its writes must be transactional")]
+    InvalidTxnState { producer_id: ProducerId },
+    /// A transaction marker from a coordinator older than the one that wrote the producer's
+    /// last marker.
+    #[error("marker for producer {producer_id} from coordinator epoch {coordinator_epoch}, older than {current}")]
+    TransactionCoordinatorFenced {
+        producer_id: ProducerId,
+        coordinator_epoch: i32,
+        current: i32,
+    },
     #[error("record timestamp {timestamp} is more than {max_difference} ms from the broker's clock ({now_ms})")]
     InvalidTimestamp {
         timestamp: i64,

@@ -6,7 +6,8 @@
 //! producer state snapshots, cleaner checkpoint, gaps checkpoint). A follower stores its
 //! leader's batches unchanged ([`PartitionLog::append_as_follower`]). See [`PartitionLog`] for the contract callers
 //! rely on and [`compaction`] for `cleanup.policy=compact`. All file I/O goes through the disk
-//! seam ([`spate_types::disk`]) the log is opened on.
+//! seam ([`spate_types::disk`]) the log is opened on. Transactions (markers, the last stable
+//! offset, per-segment transaction indexes of aborts) are in [`txn`] and `txn_index`.
 
 pub mod batch;
 pub mod compaction;
@@ -17,6 +18,8 @@ pub mod fsio;
 pub mod log;
 pub mod producer_state;
 mod segment;
+pub mod txn;
+pub(crate) mod txn_index;
 
 pub use batch::{
     set_base_offset, set_partition_leader_epoch, validate_batches, validate_replicated_batches,
@@ -34,6 +37,7 @@ pub use epoch_cache::EpochCache;
 pub use error::{FollowerAppendError, LogError};
 pub use log::{AppendInfo, AppendOutcome, PartitionLog, ReadPlan, RetentionOutcome, SyncTarget};
 pub use producer_state::{BatchMetadata, ProducerEntry, ProducerStateManager};
+pub use txn::{AbortedTxn, TxnMarker};
 
 #[cfg(test)]
 mod compaction_tests;
@@ -45,3 +49,7 @@ mod follower_tests;
 mod tests;
 #[cfg(test)]
 mod topic_config_tests;
+#[cfg(test)]
+mod txn_recovery_tests;
+#[cfg(test)]
+mod txn_tests;

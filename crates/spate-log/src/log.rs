@@ -33,6 +33,11 @@
 //!   hold gaps: it lies below the cleaner checkpoint, or below the gaps checkpoint
 //!   (`offset-gaps-checkpoint`), which the follower path writes durably *before* it writes the
 //!   first gapped batch into an active segment (at most once per segment).
+//! - Transactions (`log/transactions.rs`): markers are written by
+//!   [`PartitionLog::append_marker`] (leader) or copied (follower); each segment has a
+//!   transaction index of its aborts (`.txnindex`, see `txn_index.rs`), rebuilt by recovery
+//!   from the newest snapshot on like the active segment's offset index, and fsynced at roll and
+//!   before every snapshot (so the flusher's [`SyncTarget`] stays the log file alone).
 
 use crate::batch::{
     decode_records, recompress, set_base_offset, set_max_timestamp, set_partition_leader_epoch,
@@ -51,6 +56,8 @@ use crate::segment::{
     self, append_index_entries, index_bytes, scan, write_index_files, IndexBuilder, Segment,
     SegmentIndex, INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX,
 };
+use crate::txn::UnreplicatedTxns;
+use crate::txn_index::{self, ActiveTxnIndex, TXN_INDEX_SUFFIX};
 use bytes::Bytes;
 use spate_types::disk::{Disk, DiskFile};
 use spate_types::limits::BATCH_BYTES_MAX;
@@ -60,6 +67,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
+
+mod transactions;
 
 const LOG_START_CHECKPOINT: &str = "log-start-offset-checkpoint";
 /// Segments based below this offset may hold gaps between batches (see the module docs).
@@ -186,6 +195,8 @@ struct Active {
     /// Offset after the segment's last batch, `None` while it holds none: where the recovery
     /// scan expects the next batch unless the segment may hold gaps.
     batches_end: Option<Offset>,
+    /// The segment's transaction index.
+    txn_index: ActiveTxnIndex,
 }
 
 /// One partition's log. See the module docs for the contract.
@@ -204,6 +215,8 @@ pub struct PartitionLog {
     sync_issued: AtomicI64,
     epochs: EpochCache,
     producers: ProducerStateManager,
+    /// Completed transactions whose marker is not yet below the high watermark.
+    unreplicated: UnreplicatedTxns,
     size_bytes: u64,
     /// The log start in [`LOG_START_CHECKPOINT`] as this process last read or wrote it.
     log_start_checkpointed: Option<Offset>,
@@ -279,8 +292,9 @@ impl PartitionLog {
         // Indexes whose log is gone are leftovers of an interrupted deletion.
         for entry in d.read_dir(dir)? {
             let name = entry.name.as_str();
-            let base =
-                parse_base(name, INDEX_SUFFIX).or_else(|| parse_base(name, TIME_INDEX_SUFFIX));
+            let base = parse_base(name, INDEX_SUFFIX)
+                .or_else(|| parse_base(name, TIME_INDEX_SUFFIX))
+                .or_else(|| parse_base(name, TXN_INDEX_SUFFIX));
             if base.is_some_and(|b| bases.binary_search(&b).is_err()) {
                 remove_if_exists(d, &dir.join(name))?;
             }
@@ -305,6 +319,9 @@ impl PartitionLog {
                 let idx = seg.rebuild_index(d, config.index_interval_bytes, true)?;
                 seg.set_index(Some(idx));
             }
+            // The replay below rebuilds the indexes of the segments it covers; the others
+            // were fsynced at roll, but a tail no entry can fill is cut here whatever its cause.
+            txn_index::repair_tail(d, &txn_index::path(dir, base), seg.size)?;
             segments.insert(base, seg);
         }
 
@@ -350,6 +367,7 @@ impl PartitionLog {
             epochs.assign(e, o);
         }
         let (oi, ti) = write_index_files(d, dir, active_base, &s.index, false)?;
+        let txn_index = transactions::open_active_txn_index(d, dir, active_base)?;
         let log_end = s.next_offset.unwrap_or(active_base);
         let first_base = segments.keys().next().copied().unwrap_or(active_base);
         let log_start = checkpointed_start
@@ -374,6 +392,7 @@ impl PartitionLog {
                 roll_base_ms: Some(now_ms),
                 index_files_stale: false,
                 batches_end: s.next_offset,
+                txn_index,
             },
             log_start,
             log_end,
@@ -381,6 +400,7 @@ impl PartitionLog {
             sync_issued: AtomicI64::new(-1),
             epochs,
             producers: ProducerStateManager::default(),
+            unreplicated: UnreplicatedTxns::default(),
             log_start_checkpointed: checkpointed_start,
             producer_snapshot_at: None,
             size_bytes,
@@ -410,50 +430,6 @@ impl PartitionLog {
             "opened partition log"
         );
         Ok(log)
-    }
-
-    /// Loads the newest producer snapshot at or below the log end and replays the batches
-    /// after it.
-    fn reload_producer_state(&mut self) -> Result<(), LogError> {
-        let (state, from) =
-            match ProducerStateManager::load_latest(&*self.disk, &self.dir, self.log_end)? {
-                Some((state, at)) => {
-                    self.producer_snapshot_at = Some(at);
-                    (state, at.max(self.log_start))
-                }
-                None => {
-                    self.producer_snapshot_at = None;
-                    (ProducerStateManager::default(), self.log_start)
-                }
-            };
-        let mut state = state;
-        self.for_each_header_from(from, |h| state.replay(h))?;
-        self.producers = state;
-        Ok(())
-    }
-
-    /// Calls `f` with every batch header from the batch holding `from` to the log end.
-    fn for_each_header_from(
-        &self,
-        from: Offset,
-        mut f: impl FnMut(&BatchHeader),
-    ) -> Result<(), LogError> {
-        let first = self
-            .segments
-            .range(..=from)
-            .next_back()
-            .map_or(Offset(i64::MIN), |(b, _)| *b);
-        for seg in self.segments.range(first..).map(|(_, s)| s) {
-            let idx = self.index_of(seg)?;
-            let mut pos = idx.position_for(rel(seg.base, from));
-            while let Some(h) = seg.header_at(pos)? {
-                if h.last_offset() >= from {
-                    f(&h);
-                }
-                pos += h.total_bytes() as u64;
-            }
-        }
-        Ok(())
     }
 
     fn active_segment(&self) -> &Segment {
@@ -768,10 +744,7 @@ impl PartitionLog {
         let placed: Vec<(BatchHeader, Offset)> =
             headers.iter().map(|h| (*h, h.base_offset)).collect();
         self.write_placed(bytes, &placed, now_ms)?;
-        for h in headers {
-            self.epochs.assign(h.partition_leader_epoch, h.base_offset);
-            self.producers.replay(h);
-        }
+        self.apply_replicated(bytes, headers);
         Ok(())
     }
 
@@ -912,6 +885,9 @@ impl PartitionLog {
         self.active_segment().file.sync_data()?;
         self.active.offset_index.sync_data()?;
         self.active.time_index.sync_data()?;
+        // The roll writes a producer snapshot at the new segment's base: the transaction
+        // index entries below it must be durable first (see `crate::txn_index`).
+        self.active.txn_index.seal()?;
         // Recovery rebuilds only the active segment's epochs (from its batches); every epoch
         // starting below it must be in the checkpoint before the segment stops being active.
         if self.epochs.is_dirty() {
@@ -933,10 +909,11 @@ impl PartitionLog {
         self.active.builder.finish(&mut self.active.index);
         let sealed = self.seal_active(old_base, times_before).and_then(|()| {
             let created = Segment::create(&*self.disk, &self.dir, new_base)?;
+            let txn_index = ActiveTxnIndex::create(&*self.disk, &self.dir, new_base)?;
             self.disk.sync_dir(&self.dir)?;
-            Ok(created)
+            Ok((created, txn_index))
         });
-        let (seg, (oi, ti)) = match sealed {
+        let ((seg, (oi, ti)), txn_index) = match sealed {
             Ok(created) => created,
             Err(e) => {
                 // The active segment stays active with its whole index; the index files may
@@ -958,6 +935,7 @@ impl PartitionLog {
             roll_base_ms: None,
             index_files_stale: false,
             batches_end: None,
+            txn_index,
         };
         self.log_end = new_base;
         self.flushed = self.flushed.max(new_base);
@@ -1098,6 +1076,8 @@ impl PartitionLog {
         self.active_segment().file.sync_data()?;
         self.active.offset_index.sync_data()?;
         self.active.time_index.sync_data()?;
+        // Before the snapshot below: recovery trusts the entries under a snapshot's offset.
+        self.active.txn_index.seal()?;
         self.flushed = self.log_end;
         if self.producer_snapshot_at != Some(self.log_end) {
             self.producers
@@ -1282,6 +1262,7 @@ impl PartitionLog {
     }
 
     fn after_log_start_raised(&mut self) -> Result<(), LogError> {
+        self.unreplicated.on_log_start(self.log_start);
         self.epochs.truncate_from_start(self.log_start);
         if self.epochs.is_dirty() {
             self.epochs.write_checkpoint(&*self.disk, &self.dir)?;
@@ -1296,7 +1277,12 @@ impl PartitionLog {
                 bytes += seg.size;
                 self.size_bytes -= seg.size;
                 // Open read plans keep their file open; unlinking does not disturb them.
-                for suffix in [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
+                for suffix in [
+                    LOG_SUFFIX,
+                    INDEX_SUFFIX,
+                    TIME_INDEX_SUFFIX,
+                    TXN_INDEX_SUFFIX,
+                ] {
                     remove_if_exists(&*self.disk, &seg.path(suffix))?;
                 }
                 tracing::info!(dir = ?self.dir, segment = base.0, bytes = seg.size, "deleted segment");
@@ -1397,10 +1383,13 @@ impl PartitionLog {
             return Ok(PlannedCompaction::Skip(SkipReason::NotCompacted));
         }
         let lag_ms = self.config.min_compaction_lag_ms;
+        // Kafka's `firstUncleanableOffset`: nothing at or past the first unstable offset,
+        // whose transaction's outcome is not yet known to every replica.
+        let cleanable_below = self.last_stable_offset(high_watermark);
         let mut segments = Vec::new();
         for seg in self.segments.values() {
             let end = self.segment_end(seg);
-            if self.is_active(seg) || end > high_watermark {
+            if self.is_active(seg) || end > cleanable_below {
                 break;
             }
             if lag_ms > 0 {
@@ -1529,6 +1518,12 @@ impl PartitionLog {
         }
         let groups = std::mem::take(&mut prepared.groups);
         for g in &groups {
+            // The transaction index cannot be rebuilt from the log: it is rolled forward with
+            // the swap by recovery (see `compaction::recover`).
+            self.disk.rename(
+                &CleanedGroup::cleaned_path(&self.dir, g.base, g.end, TXN_INDEX_SUFFIX),
+                &g.txn_swap_path(&self.dir),
+            )?;
             self.disk.rename(
                 &CleanedGroup::cleaned_path(&self.dir, g.base, g.end, LOG_SUFFIX),
                 &g.swap_path(&self.dir),
@@ -1544,7 +1539,7 @@ impl PartitionLog {
                 if let Some(seg) = self.segments.remove(&o.base) {
                     self.size_bytes -= seg.size;
                 }
-                for suffix in [INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
+                for suffix in [INDEX_SUFFIX, TIME_INDEX_SUFFIX, TXN_INDEX_SUFFIX] {
                     remove_if_exists(
                         &*self.disk,
                         &self.dir.join(segment::file_name(o.base, suffix)),
@@ -1557,6 +1552,12 @@ impl PartitionLog {
                     )?;
                 }
             }
+            // Before the log's rename: recovery takes a swap file without its transaction
+            // index swap to mean this rename happened.
+            self.disk.rename(
+                &g.txn_swap_path(&self.dir),
+                &txn_index::path(&self.dir, g.base),
+            )?;
             self.disk.rename(
                 &cleaned_path(&g, INDEX_SUFFIX),
                 &self.dir.join(segment::file_name(g.base, INDEX_SUFFIX)),
@@ -1678,9 +1679,17 @@ impl PartitionLog {
                 |_| {},
             )?;
             let (oi, ti) = write_index_files(&*self.disk, &self.dir, base, &scanned.index, true)?;
+            // Rebuilt, durably, by the producer state reload below.
+            let txn = transactions::open_active_txn_index(&*self.disk, &self.dir, base)?;
             self.log_end = new_end.max(scanned.next_offset.unwrap_or(base));
-            self.active =
-                self.fresh_active(oi, ti, scanned.index, scanned.builder, scanned.next_offset);
+            self.active = self.fresh_active(
+                oi,
+                ti,
+                txn,
+                scanned.index,
+                scanned.builder,
+                scanned.next_offset,
+            );
             self.flushed = self.flushed.min(self.log_end);
             if self.log_end < self.log_start {
                 // The cut batch also held the log start; keep log start ≤ log end.
@@ -1714,12 +1723,15 @@ impl PartitionLog {
     fn reset_at(&mut self, offset: Offset) -> Result<(), LogError> {
         let all: Vec<Offset> = self.segments.keys().copied().collect();
         self.delete_segments(&all)?;
+        self.unreplicated = UnreplicatedTxns::default();
         let (seg, (oi, ti)) = Segment::create(&*self.disk, &self.dir, offset)?;
+        let txn = ActiveTxnIndex::create(&*self.disk, &self.dir, offset)?;
         self.disk.sync_dir(&self.dir)?;
         self.segments.insert(offset, seg);
         self.active = self.fresh_active(
             oi,
             ti,
+            txn,
             SegmentIndex::default(),
             IndexBuilder::new(self.config.index_interval_bytes),
             None,
@@ -1731,9 +1743,12 @@ impl PartitionLog {
         Ok(())
     }
 
-    /// What every truncation ends with: checkpoints, epochs and producer state cut to the new
-    /// log end.
+    /// What every truncation ends with: checkpoints, epochs, producer state, transactions and
+    /// transaction indexes cut to the new log end.
     fn after_truncation(&mut self) -> Result<(), LogError> {
+        // A transaction whose marker went is open again: the reload finds its data and no
+        // marker. The reload adds back the completions it replays.
+        self.unreplicated.truncate_to(self.log_end);
         self.cleaner_checkpoint = self.cleaner_checkpoint.min(self.log_end);
         if self.gaps_below > self.log_end {
             // A segment the checkpoint covered may be gone; new ones must not inherit it.
@@ -1755,6 +1770,7 @@ impl PartitionLog {
         &self,
         oi: Arc<dyn DiskFile>,
         ti: Arc<dyn DiskFile>,
+        txn_index: ActiveTxnIndex,
         index: SegmentIndex,
         builder: IndexBuilder,
         batches_end: Option<Offset>,
@@ -1767,6 +1783,7 @@ impl PartitionLog {
             roll_base_ms: None,
             index_files_stale: false,
             batches_end,
+            txn_index,
         }
     }
 

@@ -6,12 +6,20 @@
 //! written; the resulting changes are committed only after the write succeeded, so an append
 //! is all-or-nothing for producer state too.
 //!
+//! Transactions (Kafka's `ProducerAppendInfo`): a transactional data batch from a producer
+//! with no open transaction opens one at its base offset; a non-transactional batch while one
+//! is open is refused ([`LogError::InvalidTxnState`]); a marker closes it
+//! ([`crate::txn`]). Open transactions are also indexed by first offset, derived from the
+//! entries and kept in step by every change of an entry, for the last stable offset.
+//!
 //! Persistence: `{offset:020}.snapshot` holds the state covering every batch below `offset`.
 //! Snapshots are written at segment roll and flush (the newest two are kept); on open the
-//! newest valid one is loaded and the log is replayed from its offset.
+//! newest valid one is loaded and the log is replayed from its offset. Fields added since the
+//! first format have serde defaults, so older snapshots load.
 
 use crate::batch::{increment_sequence, BatchHeader};
 use crate::error::LogError;
+use crate::txn::{CompletedTxn, ControlRecord, TxnMarker};
 use serde::{Deserialize, Serialize};
 use spate_types::disk::{self, Disk};
 use spate_types::limits::PRODUCER_BATCHES_REMEMBERED;
@@ -39,11 +47,42 @@ pub struct BatchMetadata {
     pub log_append_time: bool,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProducerEntry {
     pub epoch: ProducerEpoch,
     /// Oldest first; at most `PRODUCER_BATCHES_REMEMBERED`.
     pub batches: VecDeque<BatchMetadata>,
+    /// First offset of the producer's open transaction, `None` if none is open.
+    #[serde(default)]
+    pub current_txn_first_offset: Option<Offset>,
+    /// Epoch of the transaction coordinator that wrote the producer's last marker, -1 if none:
+    /// a marker from an older coordinator is refused.
+    #[serde(default = "no_coordinator_epoch")]
+    pub coordinator_epoch: i32,
+    /// Timestamp of the producer's last write (a data batch's max timestamp, a marker's
+    /// time), -1 if unknown: DescribeProducers' `last_timestamp`.
+    #[serde(default = "no_timestamp")]
+    pub last_timestamp: i64,
+}
+
+fn no_coordinator_epoch() -> i32 {
+    -1
+}
+
+fn no_timestamp() -> i64 {
+    -1
+}
+
+impl Default for ProducerEntry {
+    fn default() -> Self {
+        ProducerEntry {
+            epoch: ProducerEpoch::default(),
+            batches: VecDeque::new(),
+            current_txn_first_offset: None,
+            coordinator_epoch: no_coordinator_epoch(),
+            last_timestamp: no_timestamp(),
+        }
+    }
 }
 
 impl ProducerEntry {
@@ -56,6 +95,7 @@ impl ProducerEntry {
             self.batches.pop_front();
         }
         self.batches.push_back(meta);
+        self.last_timestamp = meta.max_timestamp;
     }
 }
 
@@ -71,6 +111,9 @@ pub(crate) enum Staged {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ProducerStateManager {
     producers: BTreeMap<ProducerId, ProducerEntry>,
+    /// Open transactions by first offset: the entries' `current_txn_first_offset`, inverted.
+    /// Changed only with them ([`ProducerStateManager::set`] and `replay`).
+    ongoing: BTreeMap<Offset, ProducerId>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -107,6 +150,31 @@ impl ProducerStateManager {
         self.producers.is_empty()
     }
 
+    /// Open transactions as `(first offset, producer id)`, earliest first.
+    pub fn open_transactions(&self) -> impl Iterator<Item = (Offset, ProducerId)> + '_ {
+        self.ongoing.iter().map(|(o, p)| (*o, *p))
+    }
+
+    /// First offset of the earliest open transaction.
+    pub fn first_open_offset(&self) -> Option<Offset> {
+        self.ongoing.keys().next().copied()
+    }
+
+    /// Replaces a producer's entry, keeping the index of open transactions in step.
+    fn set(&mut self, pid: ProducerId, entry: ProducerEntry) {
+        let before = self
+            .producers
+            .get(&pid)
+            .and_then(|e| e.current_txn_first_offset);
+        update_ongoing(
+            &mut self.ongoing,
+            pid,
+            before,
+            entry.current_txn_first_offset,
+        );
+        self.producers.insert(pid, entry);
+    }
+
     /// Checks each batch (with the base offset it would be written at) in order.
     pub(crate) fn check(&self, batches: &[(BatchHeader, Offset)]) -> Result<Staged, LogError> {
         let mut staged: BTreeMap<ProducerId, ProducerEntry> = BTreeMap::new();
@@ -124,6 +192,15 @@ impl ProducerStateManager {
                 None => {
                     fresh.get_or_insert(h.base_sequence);
                     let mut entry = current.cloned().unwrap_or_default();
+                    // Kafka's `updateCurrentTxnFirstOffset`: after the epoch and sequence
+                    // checks, so that a zombie hears INVALID_PRODUCER_EPOCH first.
+                    match (entry.current_txn_first_offset, h.is_transactional()) {
+                        (Some(_), false) => {
+                            return Err(LogError::InvalidTxnState { producer_id: pid })
+                        }
+                        (None, true) => entry.current_txn_first_offset = Some(*base),
+                        _ => {}
+                    }
                     entry.record(h.producer_epoch, metadata(h, *base));
                     staged.insert(pid, entry);
                 }
@@ -149,18 +226,113 @@ impl ProducerStateManager {
     }
 
     pub(crate) fn commit(&mut self, staged: BTreeMap<ProducerId, ProducerEntry>) {
-        self.producers.extend(staged);
+        for (pid, entry) in staged {
+            self.set(pid, entry);
+        }
     }
 
-    /// Applies a batch already in the log (recovery replay): no checks.
-    pub(crate) fn replay(&mut self, h: &BatchHeader) {
-        if h.has_producer_id() && !h.is_control() && h.base_sequence >= 0 {
-            let meta = metadata(h, h.base_offset);
-            self.producers
-                .entry(h.producer_id)
-                .or_default()
-                .record(h.producer_epoch, meta);
+    /// Kafka's `appendEndTxnMarker` checks, for a marker the leader is about to write: its
+    /// producer epoch may not be older than the producer's, nor its coordinator epoch older
+    /// than that of the producer's last marker. A marker for a producer with no open
+    /// transaction passes: the coordinator retries markers, so they must be idempotent.
+    pub(crate) fn check_marker(&self, m: &TxnMarker) -> Result<(), LogError> {
+        let Some(e) = self.producers.get(&m.producer_id) else {
+            return Ok(());
+        };
+        if m.producer_epoch < e.epoch {
+            return Err(LogError::InvalidProducerEpoch);
         }
+        if m.coordinator_epoch < e.coordinator_epoch {
+            return Err(LogError::TransactionCoordinatorFenced {
+                producer_id: m.producer_id,
+                coordinator_epoch: m.coordinator_epoch,
+                current: e.coordinator_epoch,
+            });
+        }
+        Ok(())
+    }
+
+    /// Applies a marker written at `offset` (no checks: the leader ran
+    /// [`ProducerStateManager::check_marker`], and a follower or recovery takes what the log
+    /// holds). The producer's epoch becomes the newer of its own and the marker's (transaction
+    /// version 2 bumps it in the marker; the batches remembered for the old epoch go), its
+    /// coordinator epoch the marker's, and its open transaction, if any, is returned closed.
+    pub(crate) fn apply_marker(
+        &mut self,
+        m: &TxnMarker,
+        offset: Offset,
+        timestamp: i64,
+    ) -> Option<CompletedTxn> {
+        let mut e = self
+            .producers
+            .get(&m.producer_id)
+            .cloned()
+            .unwrap_or_default();
+        let completed = e.current_txn_first_offset.take().map(|first| CompletedTxn {
+            producer_id: m.producer_id,
+            first_offset: first,
+            last_offset: offset,
+            aborted: !m.commit,
+        });
+        if m.producer_epoch > e.epoch {
+            e.epoch = m.producer_epoch;
+            e.batches.clear();
+        }
+        e.coordinator_epoch = m.coordinator_epoch;
+        e.last_timestamp = timestamp;
+        self.set(m.producer_id, e);
+        completed
+    }
+
+    /// Applies a batch already in the log (recovery replay, follower appends): no checks.
+    /// `control` is the record of a control batch (`None` for data batches). Returns the
+    /// transaction a marker closed.
+    pub(crate) fn replay(
+        &mut self,
+        h: &BatchHeader,
+        control: Option<ControlRecord>,
+    ) -> Option<CompletedTxn> {
+        if !h.has_producer_id() {
+            return None;
+        }
+        if h.is_control() {
+            let Some(ControlRecord::Marker {
+                commit,
+                coordinator_epoch,
+            }) = control
+            else {
+                return None;
+            };
+            let m = TxnMarker {
+                producer_id: h.producer_id,
+                producer_epoch: h.producer_epoch,
+                coordinator_epoch,
+                commit,
+            };
+            return self.apply_marker(&m, h.base_offset, h.max_timestamp);
+        }
+        if h.base_sequence < 0 {
+            return None;
+        }
+        let meta = metadata(h, h.base_offset);
+        let entry = self.producers.entry(h.producer_id).or_default();
+        let before = entry.current_txn_first_offset;
+        match (before, h.is_transactional()) {
+            (None, true) => entry.current_txn_first_offset = Some(h.base_offset),
+            // A leader refuses this; one that wrote it anyway (an older version) is followed,
+            // and the transaction stays open until its marker.
+            (Some(first), false) => tracing::warn!(
+                producer_id = h.producer_id.0,
+                offset = h.base_offset.0,
+                txn_first_offset = first.0,
+                "non-transactional batch inside an open transaction"
+            ),
+            _ => {}
+        }
+        entry.record(h.producer_epoch, meta);
+        let after = entry.current_txn_first_offset;
+        update_ongoing(&mut self.ongoing, h.producer_id, before, after);
+        None
     }
 
     pub(crate) fn write_snapshot(
@@ -235,6 +407,26 @@ impl ProducerStateManager {
     }
 }
 
+/// Moves `pid`'s open transaction in the index from first offset `before` to `after`.
+fn update_ongoing(
+    ongoing: &mut BTreeMap<Offset, ProducerId>,
+    pid: ProducerId,
+    before: Option<Offset>,
+    after: Option<Offset>,
+) {
+    if before == after {
+        return;
+    }
+    if let Some(b) = before {
+        if ongoing.get(&b) == Some(&pid) {
+            ongoing.remove(&b);
+        }
+    }
+    if let Some(a) = after {
+        ongoing.insert(a, pid);
+    }
+}
+
 fn check_one(
     current: Option<&ProducerEntry>,
     h: &BatchHeader,
@@ -265,11 +457,15 @@ fn check_one(
     {
         return Ok(Some(*m));
     }
-    if let Some(last) = e.batches.back() {
-        let expected = increment_sequence(last.last_seq, 1);
-        if got != expected {
-            return Err(out_of_order(expected));
-        }
+    // No batch remembered at a known epoch: a marker bumped the epoch (transaction version 2)
+    // or recorded it, so the producer starts this epoch at sequence 0 (Kafka's
+    // `checkSequence` with no last sequence).
+    let expected = e
+        .batches
+        .back()
+        .map_or(0, |last| increment_sequence(last.last_seq, 1));
+    if got != expected {
+        return Err(out_of_order(expected));
     }
     Ok(None)
 }
@@ -288,9 +484,15 @@ fn parse_snapshot(bytes: &[u8]) -> Option<ProducerStateManager> {
     {
         return None;
     }
-    Some(ProducerStateManager {
-        producers: body.producers.into_iter().collect(),
-    })
+    let mut state = ProducerStateManager::default();
+    for (pid, mut entry) in body.producers {
+        if entry.last_timestamp < 0 {
+            // A snapshot from before the field: the last batch's timestamp is the best known.
+            entry.last_timestamp = entry.batches.back().map_or(-1, |b| b.max_timestamp);
+        }
+        state.set(pid, entry);
+    }
+    Some(state)
 }
 
 fn snapshot_name(offset: Offset) -> String {
@@ -463,6 +665,55 @@ mod tests {
             append(&mut s, &[header(1, 0, 0, 1), header(1, 0, 1, 1)], 1),
             Err(LogError::OutOfOrderSequence { .. })
         ));
+    }
+
+    /// A snapshot as written before transactions: no `current_txn_first_offset`,
+    /// `coordinator_epoch` or `last_timestamp` (nor `log_append_time`, older still).
+    #[test]
+    fn a_snapshot_written_before_transactions_loads() {
+        let json = br#"{"producers":[[7,{"epoch":2,"batches":[{"first_seq":0,"last_seq":1,"base_offset":0,"last_offset":1,"max_timestamp":55}]}]]}"#;
+        let mut bytes = format!("{:08x}\n", crc32c::crc32c(json)).into_bytes();
+        bytes.extend_from_slice(json);
+        let s = parse_snapshot(&bytes).unwrap();
+        let e = s.entry(ProducerId(7)).unwrap();
+        assert_eq!(e.epoch, ProducerEpoch(2));
+        assert_eq!(e.batches.len(), 1);
+        assert_eq!(e.current_txn_first_offset, None);
+        assert_eq!(e.coordinator_epoch, -1);
+        assert_eq!(e.last_timestamp, 55, "from the last batch");
+        assert_eq!(s.first_open_offset(), None);
+    }
+
+    #[test]
+    fn a_snapshot_taken_mid_transaction_restores_the_open_transactions() {
+        let d = spate_types::MemoryDisk::default();
+        let dir = Path::new("/p");
+        d.create_dir_all(dir).unwrap();
+        let mut s = ProducerStateManager::default();
+        let mut t = raw_batch(2, (1, 0, 0), 9, b"");
+        t[21..23].copy_from_slice(&(1i16 << 4).to_be_bytes());
+        crate::batch::testutil::fix_crc(&mut t);
+        let t = BatchHeader::parse(&t).unwrap();
+        append(&mut s, &[header(2, 0, 0, 1), t], 4).unwrap();
+        let m = TxnMarker {
+            producer_id: ProducerId(3),
+            producer_epoch: ProducerEpoch(1),
+            coordinator_epoch: 6,
+            commit: true,
+        };
+        s.apply_marker(&m, Offset(7), 99);
+        assert_eq!(s.first_open_offset(), Some(Offset(5)));
+        s.write_snapshot(&d, dir, Offset(8)).unwrap();
+        let (loaded, _) = ProducerStateManager::load_latest(&d, dir, Offset(8))
+            .unwrap()
+            .unwrap();
+        assert_eq!(loaded, s);
+        assert_eq!(
+            loaded.open_transactions().collect::<Vec<_>>(),
+            vec![(Offset(5), ProducerId(1))]
+        );
+        let e = loaded.entry(ProducerId(3)).unwrap();
+        assert_eq!((e.coordinator_epoch, e.last_timestamp), (6, 99));
     }
 
     #[test]
