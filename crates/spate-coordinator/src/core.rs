@@ -12,6 +12,7 @@
 use crate::error::GroupError;
 use crate::group::{Group, GroupState, JoinPhase, Member};
 use crate::records::{OffsetsRecord, StoredGroup, StoredMember, StoredOffset};
+use crate::txn_offsets::PendingTxnOffsets;
 use bytes::Bytes;
 use std::collections::BTreeMap;
 
@@ -206,6 +207,8 @@ pub struct GroupCoordinator {
     settings: GroupSettings,
     groups: BTreeMap<String, Group>,
     offsets: BTreeMap<String, Offsets>,
+    /// Offsets committed inside transactions not yet ended.
+    pending_txn: PendingTxnOffsets,
     /// Distinguishes member ids issued by this process from those of earlier runs.
     incarnation: String,
     next_member: u64,
@@ -225,6 +228,7 @@ impl GroupCoordinator {
             settings,
             groups: BTreeMap::new(),
             offsets: BTreeMap::new(),
+            pending_txn: PendingTxnOffsets::default(),
             incarnation,
             next_member: 0,
             out: Vec::new(),
@@ -500,9 +504,17 @@ impl GroupCoordinator {
                 }
             }
         }
+        Ok(self.offset_records(now, req))
+    }
+
+    /// The records of a commit's offsets, or why each cannot be stored.
+    fn offset_records(
+        &self,
+        now: i64,
+        req: &CommitRequest,
+    ) -> Vec<Result<OffsetsRecord, GroupError>> {
         let max = self.settings.offset_metadata_max_bytes;
-        Ok(req
-            .offsets
+        req.offsets
             .iter()
             .map(|(topic, partition, offset, epoch, metadata)| {
                 let metadata = metadata.clone().unwrap_or_default();
@@ -521,7 +533,59 @@ impl GroupCoordinator {
                     }),
                 })
             })
-            .collect())
+            .collect()
+    }
+
+    /// Validates a TxnOffsetCommit as Kafka does: a request naming no member (the producer
+    /// only knows the group id) is not checked against the group's members; one naming a
+    /// member or generation is checked like an OffsetCommit. The records are stored in the
+    /// producer's transactional batch, then held with [`GroupCoordinator::stage_txn_offsets`].
+    pub fn prepare_txn_commit(
+        &mut self,
+        now: i64,
+        req: &CommitRequest,
+    ) -> Result<Vec<Result<OffsetsRecord, GroupError>>, GroupError> {
+        if req.generation_id >= 0 || !req.member_id.is_empty() || req.instance_id.is_some() {
+            return self.prepare_commit(now, req);
+        }
+        if req.group_id.is_empty() {
+            return Err(GroupError::InvalidGroupId);
+        }
+        let group = self
+            .groups
+            .entry(req.group_id.clone())
+            .or_insert_with(|| Group::new(req.group_id.clone(), now));
+        if group.state == GroupState::Dead {
+            return Err(GroupError::CoordinatorNotAvailable);
+        }
+        Ok(self.offset_records(now, req))
+    }
+
+    /// Holds stored transactional offset records until the producer's transaction ends.
+    pub fn stage_txn_offsets(&mut self, producer_id: i64, records: Vec<OffsetsRecord>) {
+        self.pending_txn.stage(producer_id, records);
+    }
+
+    /// A marker for `producer_id` was written to an offsets partition (the groups for which
+    /// `in_partition` holds): a commit applies its pending offsets, an abort drops them.
+    pub fn complete_txn(
+        &mut self,
+        now: i64,
+        producer_id: i64,
+        commit: bool,
+        in_partition: impl Fn(&str) -> bool,
+    ) -> usize {
+        let applied = self.pending_txn.complete(producer_id, commit, in_partition);
+        let count = applied.len();
+        for record in applied {
+            self.apply_record(now, record);
+        }
+        count
+    }
+
+    /// Whether a transaction has an offset of this partition pending (KIP-447).
+    pub fn txn_offset_pending(&self, group: &str, topic: &str, partition: i32) -> bool {
+        self.pending_txn.is_pending(group, topic, partition)
     }
 
     /// Applies a stored record: a commit after its append, or a record replayed at start.
@@ -683,6 +747,7 @@ impl GroupCoordinator {
             .filter(|g| unloaded(g))
             .cloned()
             .collect();
+        self.pending_txn.unload(&unloaded);
         let mut count = 0;
         for id in gone {
             self.offsets.remove(&id);

@@ -17,6 +17,7 @@ pub mod planted;
 pub mod records;
 pub mod service;
 pub mod txn;
+pub mod txn_offsets;
 
 pub use crate::core::{
     Action, CommitRequest, CommittedOffset, GroupCoordinator, GroupDescription, GroupListing,
@@ -26,7 +27,7 @@ pub use crate::core::{
 pub use error::GroupError;
 pub use group::GroupState;
 pub use records::partition_for;
-pub use service::{CommitOutcome, Coordinator, OFFSETS_TOPIC};
+pub use service::{CommitOutcome, Coordinator, TxnProducer, OFFSETS_TOPIC};
 
 #[cfg(test)]
 mod service_tests;

@@ -50,6 +50,8 @@ enum Command {
     Join(JoinRequest, oneshot::Sender<JoinResponse>),
     Sync(SyncRequest, oneshot::Sender<SyncResponse>),
     Commit(CommitRequest, oneshot::Sender<CommitOutcome>),
+    /// A TxnOffsetCommit of this producer id and epoch.
+    TxnCommit(CommitRequest, TxnProducer, oneshot::Sender<CommitOutcome>),
     Query(Query),
     /// A query about one group: refused unless its partition is led here.
     GroupQuery(String, Query, oneshot::Sender<GroupError>),
@@ -63,7 +65,7 @@ impl Command {
         match self {
             Command::Join(req, _) => Some(&req.group_id),
             Command::Sync(req, _) => Some(&req.group_id),
-            Command::Commit(req, _) => Some(&req.group_id),
+            Command::Commit(req, _) | Command::TxnCommit(req, _, _) => Some(&req.group_id),
             Command::GroupQuery(group, _, _) => Some(group),
             Command::Query(_) | Command::Own(_) => None,
         }
@@ -224,6 +226,36 @@ impl Coordinator {
             })
     }
 
+    /// TxnOffsetCommit: the offsets are stored in a transactional batch of `producer` and
+    /// become the group's only when its transaction commits.
+    pub async fn txn_commit(&self, req: CommitRequest, producer: TxnProducer) -> CommitOutcome {
+        self.call(|tx| Command::TxnCommit(req, producer, tx))
+            .await
+            .unwrap_or_else(|e| CommitOutcome {
+                results: Err(e),
+                durable: None,
+            })
+    }
+
+    /// A marker for `producer_id` is durable on offsets partition `partition`: its pending
+    /// transactional offsets there are applied (commit) or dropped (abort).
+    pub async fn complete_txn(&self, partition: i32, producer_id: i64, commit: bool) {
+        let count = self.ownership.read().map_or(0, |o| o.count);
+        let in_partition = move |g: &str| partition_for(g, count) == partition;
+        let applied = self
+            .query(move |core, now| core.complete_txn(now, producer_id, commit, in_partition))
+            .await
+            .unwrap_or(0);
+        if applied > 0 {
+            tracing::debug!(
+                producer_id,
+                commit,
+                applied,
+                "transactional offset commits ended"
+            );
+        }
+    }
+
     /// Runs `f` on the core inside the task; records it queues are stored afterwards.
     pub async fn query<R: Send + 'static>(
         &self,
@@ -349,7 +381,14 @@ async fn run(
                     },
                     Command::Commit(req, tx) => {
                         let outcome = match check(&req.group_id) {
-                            Ok(()) => commit(&mut core, &partitions, count, now, req),
+                            Ok(()) => commit(&mut core, &partitions, count, now, req, None),
+                            Err(e) => CommitOutcome { results: Err(e), durable: None },
+                        };
+                        let _ = tx.send(outcome);
+                    }
+                    Command::TxnCommit(req, producer, tx) => {
+                        let outcome = match check(&req.group_id) {
+                            Ok(()) => commit(&mut core, &partitions, count, now, req, Some(producer)),
                             Err(e) => CommitOutcome { results: Err(e), durable: None },
                         };
                         let _ = tx.send(outcome);
@@ -398,7 +437,7 @@ async fn run(
             .map(|r| r.group().to_owned())
             .collect();
         let mut failed = None;
-        match store(&partitions, count, &stores, clock.now_ms()) {
+        match store(&partitions, count, &stores, clock.now_ms(), None) {
             Ok(at) => {
                 for group in written {
                     if let Some(durable) = at.get(&partition_for(&group, count)) {
@@ -496,9 +535,18 @@ fn own(
         if partitions.contains_key(index) {
             continue;
         }
-        match replay(partition, |record| {
+        let in_partition = |g: &str| partition_for(g, count) == *index;
+        match replay(partition, |replayed_record| {
             replayed += 1;
-            core.apply_record(now, record)
+            match replayed_record {
+                Replayed::Record(record) => core.apply_record(now, record),
+                Replayed::Transactional(producer_id, record) => {
+                    core.stage_txn_offsets(producer_id, vec![record])
+                }
+                Replayed::Marker(producer_id, commit) => {
+                    core.complete_txn(now, producer_id, commit, in_partition);
+                }
+            }
         }) {
             Ok(()) => {
                 tracing::info!(partition = %partition.topic_partition(), "loaded the groups of an offsets partition this node now leads")
@@ -531,8 +579,13 @@ fn commit(
     count: i32,
     now: i64,
     req: CommitRequest,
+    producer: Option<TxnProducer>,
 ) -> CommitOutcome {
-    let prepared = match core.prepare_commit(now, &req) {
+    let prepared = match producer {
+        None => core.prepare_commit(now, &req),
+        Some(_) => core.prepare_txn_commit(now, &req),
+    };
+    let prepared = match prepared {
         Ok(p) => p,
         Err(e) => {
             return CommitOutcome {
@@ -542,7 +595,7 @@ fn commit(
         }
     };
     let records: Vec<OffsetsRecord> = prepared.iter().filter_map(|r| r.clone().ok()).collect();
-    let durable = match store(partitions, count, &records, now) {
+    let durable = match store(partitions, count, &records, now, producer) {
         Ok(durable) => durable,
         Err(e) => {
             tracing::warn!(group = %req.group_id, error = %e, "offset commit not stored");
@@ -557,8 +610,13 @@ fn commit(
             };
         }
     };
-    for record in records {
-        core.apply_record(now, record);
+    match producer {
+        None => {
+            for record in records {
+                core.apply_record(now, record);
+            }
+        }
+        Some(p) => core.stage_txn_offsets(p.producer_id, records),
     }
     CommitOutcome {
         results: Ok(prepared.into_iter().map(|r| r.err()).collect()),
@@ -597,6 +655,7 @@ fn store(
     count: i32,
     records: &[OffsetsRecord],
     now: i64,
+    producer: Option<TxnProducer>,
 ) -> Result<BTreeMap<i32, DurableAt>, StoreError> {
     if records.is_empty() || count <= 0 {
         return Ok(BTreeMap::new());
@@ -617,10 +676,20 @@ fn store(
             });
         };
         let kvs = records.iter().map(|r| r.encode());
-        let last = append_records(partition, kvs, now)?;
+        let last = match producer {
+            None => append_records(partition, kvs, now)?,
+            Some(producer) => append_transactional(partition, kvs, producer, now)?,
+        };
         written.insert(index, (partition.clone(), last));
     }
     Ok(written)
+}
+
+/// A transactional producer a TxnOffsetCommit is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TxnProducer {
+    pub producer_id: i64,
+    pub producer_epoch: i16,
 }
 
 /// Appends one uncompressed batch of keyed records (an internal topic's), timestamped `now`
@@ -630,18 +699,61 @@ pub(crate) fn append_records(
     records: impl Iterator<Item = (Bytes, Option<Bytes>)>,
     now: i64,
 ) -> Result<Offset, StoreError> {
+    append_batch(partition, records, None, now)
+}
+
+/// Appends the records in a transactional batch of `producer`, as Kafka's coordinator writes
+/// a TxnOffsetCommit: the partition's log then holds the producer's transaction open until its
+/// marker. Only this coordinator writes the producer to an offsets partition (Produce to it is
+/// refused), so the next sequence is the one the log expects of it.
+fn append_transactional(
+    partition: &Partition,
+    records: impl Iterator<Item = (Bytes, Option<Bytes>)>,
+    producer: TxnProducer,
+    now: i64,
+) -> Result<Offset, StoreError> {
+    let sequence = partition
+        .with_log(|log| {
+            Ok(log
+                .producer_state()
+                .entry(spate_types::ProducerId(producer.producer_id))
+                .filter(|e| e.epoch.0 == producer.producer_epoch)
+                .and_then(|e| e.batches.back())
+                .map_or(0, |b| spate_log::batch::increment_sequence(b.last_seq, 1)))
+        })
+        .map_err(|e| StoreError {
+            not_leader: matches!(e, ReplicaError::NotLeader { .. }),
+            reason: e.to_string(),
+        })?;
+    append_batch(partition, records, Some((producer, sequence)), now)
+}
+
+fn append_batch(
+    partition: &Partition,
+    records: impl Iterator<Item = (Bytes, Option<Bytes>)>,
+    producer: Option<(TxnProducer, i32)>,
+    now: i64,
+) -> Result<Offset, StoreError> {
+    let (producer_id, producer_epoch, first_sequence) = producer
+        .map_or((-1, -1, -1), |(p, seq)| {
+            (p.producer_id, p.producer_epoch, seq)
+        });
     let batch: Vec<Record> = records
         .enumerate()
         .map(|(i, (key, value))| Record {
-            transactional: false,
+            transactional: producer.is_some(),
             control: false,
             delete_horizon: false,
             partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
+            producer_id,
+            producer_epoch,
             timestamp_type: TimestampType::Creation,
             offset: i as i64,
-            sequence: -1,
+            sequence: if first_sequence < 0 {
+                -1
+            } else {
+                spate_log::batch::increment_sequence(first_sequence, i as i32)
+            },
             timestamp: now,
             key: Some(key),
             value,
@@ -667,12 +779,31 @@ pub(crate) fn append_records(
     Ok(receipt.last_offset)
 }
 
-/// Feeds every offsets record of the partition, in offset order, to `apply`.
-fn replay(partition: &Partition, mut apply: impl FnMut(OffsetsRecord)) -> Result<(), String> {
-    replay_records(partition, |_, record| {
+/// What replaying an offsets partition finds, in log order.
+enum Replayed {
+    /// A record to apply.
+    Record(OffsetsRecord),
+    /// A record of a producer's transaction (TxnOffsetCommit), held until its marker.
+    Transactional(i64, OffsetsRecord),
+    /// A producer's transaction ended here: commit (true) or abort.
+    Marker(i64, bool),
+}
+
+/// Feeds everything of the offsets partition, in offset order, to `apply`.
+fn replay(partition: &Partition, mut apply: impl FnMut(Replayed)) -> Result<(), String> {
+    replay_records(partition, |header, record| {
+        if header.is_control() {
+            if let Some(commit) = record.key.as_deref().and_then(control_commit) {
+                apply(Replayed::Marker(header.producer_id.0, commit));
+            }
+            return;
+        }
         let Some(key) = record.key else { return };
         match OffsetsRecord::decode(&key, record.value.as_deref()) {
-            Ok(r) => apply(r),
+            Ok(r) if header.is_transactional() => {
+                apply(Replayed::Transactional(header.producer_id.0, r))
+            }
+            Ok(r) => apply(Replayed::Record(r)),
             Err(e) => {
                 tracing::warn!(offset = record.offset, error = %e, "skipping offsets record")
             }
@@ -680,8 +811,18 @@ fn replay(partition: &Partition, mut apply: impl FnMut(OffsetsRecord)) -> Result
     })
 }
 
-/// Feeds every record of the data batches of the partition (control batches are skipped),
-/// in offset order, with its batch's header, to `apply`.
+/// A transaction marker's key (Kafka's control record key: version, type 0 = ABORT,
+/// 1 = COMMIT): whether it commits. `None` for another control record.
+fn control_commit(key: &[u8]) -> Option<bool> {
+    match key {
+        [0, 0, 0, 0] => Some(false),
+        [0, 0, 0, 1] => Some(true),
+        _ => None,
+    }
+}
+
+/// Feeds every record of the partition (control records included), in offset order, with
+/// its batch's header, to `apply`.
 pub(crate) fn replay_records(
     partition: &Partition,
     mut apply: impl FnMut(&BatchHeader, Record),
@@ -703,9 +844,6 @@ pub(crate) fn replay_records(
             let mut one: Bytes = bytes.slice(pos..pos + len);
             pos += len;
             next = next.max(header.next_offset());
-            if header.is_control() {
-                continue;
-            }
             let set = RecordBatchDecoder::decode(&mut one).map_err(|e| e.to_string())?;
             for record in set.records {
                 apply(&header, record);

@@ -131,3 +131,110 @@ async fn a_sync_hands_out_its_assignment_only_once_the_group_record_is_durable()
     assert_eq!(answer.assignment, Bytes::from_static(b"a"));
     assert_eq!(partition.high_watermark(), end);
 }
+
+/// Offsets a transaction commits (TxnOffsetCommit) are stored in the producer's transactional
+/// batch and become the group's only at its COMMIT marker; an ABORT drops them; and a
+/// coordinator loading the partition afterwards gets the same answer from the log alone.
+#[tokio::test]
+async fn transactional_offsets_count_only_once_their_transaction_commits_and_survive_a_reload() {
+    use crate::service::TxnProducer;
+    use spate_log::TxnMarker;
+    use spate_types::{ProducerEpoch, ProducerId};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let partition = offsets_partition(dir.path());
+    let (_stop, stopped) = tokio::sync::watch::channel(false);
+    let start = |stopped| {
+        Coordinator::start_with_seams(
+            GroupSettings::default(),
+            1,
+            Duration::from_secs(600),
+            stopped,
+            Seams::system(),
+        )
+    };
+    let coordinator = start(stopped.clone());
+    coordinator
+        .own(BTreeMap::from([(0, partition.clone())]))
+        .await;
+    let producer = TxnProducer {
+        producer_id: 7,
+        producer_epoch: 0,
+    };
+    let commit = |offset: i64| crate::core::CommitRequest {
+        group_id: "g".into(),
+        generation_id: -1,
+        offsets: vec![("t".into(), 0, offset, -1, None)],
+        ..Default::default()
+    };
+    let committed = |c: &Coordinator| {
+        let c = c.clone();
+        async move {
+            c.query(|core, _| {
+                let offset = core
+                    .fetch_offsets("g", None)
+                    .first()
+                    .and_then(|(_, _, o)| o.clone());
+                (
+                    offset.map(|o| o.offset),
+                    core.txn_offset_pending("g", "t", 0),
+                )
+            })
+            .await
+            .expect("query")
+        }
+    };
+    let marker = |commit: bool| {
+        partition
+            .with_log(|log| {
+                log.append_marker(
+                    TxnMarker {
+                        producer_id: ProducerId(7),
+                        producer_epoch: ProducerEpoch(0),
+                        coordinator_epoch: 0,
+                        commit,
+                    },
+                    LeaderEpoch(1),
+                    0,
+                )
+            })
+            .expect("marker");
+    };
+
+    let out = coordinator.txn_commit(commit(5), producer).await;
+    assert_eq!(out.results, Ok(vec![None]));
+    assert_eq!(
+        committed(&coordinator).await,
+        (None, true),
+        "pending until the commit"
+    );
+    marker(true);
+    coordinator.complete_txn(0, 7, true).await;
+    assert_eq!(committed(&coordinator).await, (Some(5), false));
+
+    coordinator.txn_commit(commit(9), producer).await;
+    marker(false);
+    coordinator.complete_txn(0, 7, false).await;
+    assert_eq!(
+        committed(&coordinator).await,
+        (Some(5), false),
+        "an abort commits nothing"
+    );
+
+    // Two more transactions: one committed (its marker written, the coordinator not told
+    // before it moves), one still open.
+    coordinator.txn_commit(commit(11), producer).await;
+    marker(true);
+    coordinator.txn_commit(commit(13), producer).await;
+    coordinator.own(BTreeMap::new()).await;
+
+    let reloaded = start(stopped);
+    reloaded.own(BTreeMap::from([(0, partition.clone())])).await;
+    assert_eq!(
+        committed(&reloaded).await,
+        (Some(11), true),
+        "the reload applies the committed transaction and holds the open one"
+    );
+    reloaded.complete_txn(0, 7, true).await;
+    assert_eq!(committed(&reloaded).await, (Some(13), false));
+}

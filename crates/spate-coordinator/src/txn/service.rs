@@ -309,7 +309,10 @@ impl Task {
             self.core.loading(index, epoch);
             let mut replayed = 0usize;
             let core = &mut self.core;
-            let result = replay_records(&partition, |_, record| {
+            let result = replay_records(&partition, |header, record| {
+                if header.is_control() {
+                    return;
+                }
                 let Some(key) = record.key else { return };
                 match TxnRecord::decode(&key, record.value.as_deref()) {
                     Ok(r) => {
