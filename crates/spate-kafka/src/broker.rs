@@ -40,6 +40,8 @@ pub struct BrokerConfig {
     pub delete_topic_enable: bool,
     /// Consumer group coordinator settings.
     pub groups: GroupConfig,
+    /// Transaction coordinator settings.
+    pub txns: TxnConfig,
 }
 
 /// Settings of the group coordinator and its offsets topic, named after Kafka's.
@@ -68,6 +70,34 @@ impl Default for GroupConfig {
     }
 }
 
+/// Settings of the transaction coordinator and its transaction log, named after Kafka's.
+#[derive(Clone, Debug)]
+pub struct TxnConfig {
+    /// `transaction.max.timeout.ms` and `transactional.id.expiration.ms`; the partition count is
+    /// the transaction log's.
+    pub settings: spate_coordinator::txn::TxnSettings,
+    /// `transaction.state.log.replication.factor` (capped at the live brokers at creation).
+    pub state_log_replication_factor: i16,
+    /// `transaction.state.log.min.isr`
+    pub state_log_min_isr: i32,
+    /// `transaction.state.log.segment.bytes`
+    pub state_log_segment_bytes: u64,
+    /// `transaction.abort.timed.out.transaction.cleanup.interval.ms`
+    pub abort_check: std::time::Duration,
+}
+
+impl Default for TxnConfig {
+    fn default() -> Self {
+        TxnConfig {
+            settings: Default::default(),
+            state_log_replication_factor: 3,
+            state_log_min_isr: 2,
+            state_log_segment_bytes: 100 * 1024 * 1024,
+            abort_check: std::time::Duration::from_secs(10),
+        }
+    }
+}
+
 /// Producer ids are handed out from blocks the controller allocates, so that ids stay unique
 /// across restarts without a controller round trip per producer.
 pub(crate) struct ProducerIdBlock {
@@ -86,6 +116,10 @@ pub struct Broker {
     pub(crate) request_memory: Arc<tokio::sync::Semaphore>,
     /// Started on first use (creating `__consumer_offsets`) or at start if it exists.
     pub(crate) groups: tokio::sync::OnceCell<spate_coordinator::Coordinator>,
+    /// Started on first use (creating `__transaction_state`) or at start if it exists.
+    pub(crate) txns: tokio::sync::OnceCell<spate_coordinator::txn::TxnService>,
+    /// Connections to the other brokers (transaction markers and verification).
+    pub(crate) peers: crate::peers::Peers,
     /// The node's clock, id source, network and disk.
     seams: Seams,
 }
@@ -108,6 +142,7 @@ impl Broker {
         seams: Seams,
     ) -> Arc<Broker> {
         let permits = (config.queued_request_bytes_max / MEMORY_PERMIT_BYTES).max(1);
+        let peers = crate::peers::Peers::new(config.node_id);
         Arc::new(Broker {
             config,
             controller,
@@ -117,6 +152,8 @@ impl Broker {
             shutdown,
             request_memory: Arc::new(tokio::sync::Semaphore::new(permits)),
             groups: tokio::sync::OnceCell::new(),
+            txns: tokio::sync::OnceCell::new(),
+            peers,
             seams,
         })
     }

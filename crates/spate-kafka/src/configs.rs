@@ -562,6 +562,7 @@ pub(crate) mod tests {
             log_defaults: LogConfig::default(),
             delete_topic_enable: true,
             groups: Default::default(),
+            txns: Default::default(),
         }
     }
 

@@ -155,6 +155,35 @@ pub(crate) fn group_code(e: Option<spate_coordinator::GroupError>) -> i16 {
     e.map_or(0, |e| group_error(&e).code())
 }
 
+pub(crate) fn txn_error(e: &spate_coordinator::txn::TxnError) -> ResponseError {
+    use spate_coordinator::txn::TxnError as T;
+    match e {
+        T::InvalidRequest => ResponseError::InvalidRequest,
+        T::InvalidTransactionTimeout => ResponseError::InvalidTransactionTimeout,
+        T::NotCoordinator => ResponseError::NotCoordinator,
+        T::CoordinatorLoadInProgress => ResponseError::CoordinatorLoadInProgress,
+        T::CoordinatorNotAvailable => ResponseError::CoordinatorNotAvailable,
+        T::ConcurrentTransactions => ResponseError::ConcurrentTransactions,
+        T::ProducerFenced => ResponseError::ProducerFenced,
+        T::InvalidProducerIdMapping => ResponseError::InvalidProducerIdMapping,
+        T::InvalidTxnState => ResponseError::InvalidTxnState,
+        T::TransactionalIdNotFound => ResponseError::TransactionalIdNotFound,
+    }
+}
+
+/// The wire code of an optional transaction error (0 for none). Before the version that
+/// introduced PRODUCER_FENCED (KIP-588), clients only know INVALID_PRODUCER_EPOCH, as Kafka
+/// answers them.
+pub(crate) fn txn_code(e: Option<spate_coordinator::txn::TxnError>, knows_fenced: bool) -> i16 {
+    match e {
+        None => 0,
+        Some(spate_coordinator::txn::TxnError::ProducerFenced) if !knows_fenced => {
+            ResponseError::InvalidProducerEpoch.code()
+        }
+        Some(e) => txn_error(&e).code(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -153,6 +153,21 @@ pub(crate) async fn forget_deleted_topics(broker: &Broker) {
     }
 }
 
+/// A transaction marker is durable on `__consumer_offsets` partition `partition`: the group
+/// coordinator applies (commit) or drops (abort) the producer's pending transactional offsets
+/// there (Kafka's `onTransactionCompleted`).
+pub(crate) async fn transaction_completed(
+    broker: &Broker,
+    partition: i32,
+    marker: spate_log::TxnMarker,
+) {
+    if let Some(coordinator) = broker.groups.get() {
+        coordinator
+            .complete_txn(partition, marker.producer_id.0, marker.commit)
+            .await;
+    }
+}
+
 /// One committed offset and its lag, for `/metrics`.
 #[derive(Clone, Debug)]
 pub struct GroupLag {

@@ -15,10 +15,14 @@ mod configs;
 mod connection;
 mod errors;
 mod groups;
+mod markers;
+mod peers;
 mod probe;
 mod topics;
+mod txns;
 
-pub use broker::{shutdown_signalled, Broker, BrokerConfig, GroupConfig};
+pub use broker::{shutdown_signalled, Broker, BrokerConfig, GroupConfig, TxnConfig};
 pub use configs::effective_log_defaults;
 pub use connection::serve;
 pub use groups::{group_lag, start_groups_if_present, GroupLag};
+pub use txns::start_txns_if_present;

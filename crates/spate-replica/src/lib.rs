@@ -5,7 +5,9 @@
 //!   ISR proposals.
 //! - [`Partition`] (`partition.rs`) is its shell: it owns the log, runs the flusher that
 //!   group-commits fsyncs, and offers the front end named verbs (append, wait for `acks=all`,
-//!   read for a consumer or a follower, append from the leader, truncate).
+//!   read for a consumer or a follower, append from the leader, truncate); its transactional
+//!   verbs (markers, the last stable offset, KIP-890 verification guards) are in
+//!   `partition/transactions.rs`.
 //! - [`ReplicaManager`] (`manager.rs`) owns the set of hosted partitions, starts and stops
 //!   their fetchers, and queues leaders' ISR proposals for the controller.
 //! - The fetcher (`fetcher.rs`) is the follower side: one task per leader, truncating with
@@ -38,3 +40,5 @@ pub use partition::{
 mod core_tests;
 #[cfg(test)]
 mod manager_tests;
+#[cfg(test)]
+mod transactions_tests;

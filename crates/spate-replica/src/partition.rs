@@ -12,6 +12,9 @@
 //! `acks=all` waiters wake on it) and checkpointed to `high-watermark` in the partition
 //! directory by [`Partition::checkpoint_high_watermark`] (the replica manager's tick), so it
 //! restarts no higher than it was published.
+//!
+//! Transactions (markers, the last stable offset, KIP-890 verification guards, the reads of
+//! `read_committed` consumers) are in `partition/transactions.rs`.
 
 use crate::core::{
     AckStatus, AppendRefusal, Command, Event, FetchRefusal, LeaderAndIsr, Outcome, ReplicaCore,
@@ -30,6 +33,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
+
+pub(crate) mod transactions;
 
 /// The file holding the last checkpointed high watermark (decimal, one line).
 pub const HIGH_WATERMARK_FILE: &str = "high-watermark";
@@ -138,6 +143,9 @@ pub enum ReplicaError {
 pub struct PartitionRead {
     pub plan: ReadPlan,
     pub high_watermark: Offset,
+    /// The log's last stable offset for `high_watermark` (Fetch reports it in both isolation
+    /// levels; a `read_committed` read stops at it).
+    pub last_stable_offset: Offset,
     pub log_start_offset: Offset,
     pub log_end_offset: Offset,
     /// For a follower whose log diverged from this leader's (KIP-595): the largest epoch ≤ its
@@ -194,6 +202,12 @@ pub struct Partition {
     log: Mutex<Option<PartitionLog>>,
     policy: FlushPolicy,
     high_watermark: watch::Sender<Offset>,
+    /// The last stable offset, republished whenever the high watermark moves or the log is
+    /// truncated (wakes `read_committed` long polls; see `partition/transactions.rs`).
+    last_stable_offset: watch::Sender<Offset>,
+    /// KIP-890 verification guards by producer (see `partition/transactions.rs`). Locked after
+    /// the core and the log, never held while taking either.
+    guards: Mutex<transactions::VerificationGuards>,
     /// The local log end (wakes replica fetches parked in long poll).
     log_end: watch::Sender<Offset>,
     /// Bumped on every role or ISR change (wakes `acks=all` waiters that must re-check).
@@ -258,6 +272,9 @@ impl Partition {
         };
         let core = ReplicaCore::new(settings, leo, flushed, start.max(log.log_start_offset()));
         let hw = core.high_watermark();
+        // Transactions recovery saw complete below it no longer hold the last stable offset.
+        log.on_high_watermark(hw);
+        let lso = log.last_stable_offset(hw);
         let damage = crate::damage::Damage::open(
             Arc::clone(&disk),
             dir,
@@ -272,6 +289,8 @@ impl Partition {
             log: Mutex::new(Some(log)),
             policy,
             high_watermark: watch::Sender::new(hw),
+            last_stable_offset: watch::Sender::new(lso),
+            guards: Mutex::new(transactions::VerificationGuards::default()),
             log_end: watch::Sender::new(leo),
             state_version: watch::Sender::new(0),
             flushed: watch::Sender::new(Ok(flushed)),
@@ -337,6 +356,8 @@ impl Partition {
     /// the log's timestamps).
     fn step(&self, core: &mut ReplicaCore, event: Event) -> Vec<Command> {
         let now = i64::try_from(self.clock.monotonic_ms()).unwrap_or(i64::MAX);
+        // A truncation may reopen a transaction whose marker it cut off.
+        let mut lso_due = matches!(event, Event::Truncated { .. });
         let step = core.step(now, event);
         if let Outcome::TruncatedBelowHighWatermark {
             high_watermark,
@@ -349,7 +370,7 @@ impl Partition {
         for command in step.commands {
             match command {
                 Command::HighWatermark(hw) => {
-                    self.high_watermark.send_if_modified(|current| {
+                    lso_due |= self.high_watermark.send_if_modified(|current| {
                         let moved = hw > *current;
                         if moved {
                             *current = hw;
@@ -379,6 +400,9 @@ impl Partition {
                 }
                 Command::ProposeIsr { .. } => out.push(command),
             }
+        }
+        if lso_due {
+            self.refresh_last_stable_offset();
         }
         out
     }
@@ -446,32 +470,35 @@ impl Partition {
         acks_all: bool,
         now_ms: i64,
     ) -> Result<AppendReceipt, ReplicaError> {
-        let mut core = self.core()?;
+        self.append_as_leader(records, acks_all, now_ms, transactions::Verify::No)
+    }
+
+    /// [`Partition::append`], checking `verify` (KIP-890, see [`Partition::append_verified`])
+    /// under the same locks as the append.
+    fn append_as_leader(
+        &self,
+        records: &mut [u8],
+        acks_all: bool,
+        now_ms: i64,
+        verify: transactions::Verify,
+    ) -> Result<AppendReceipt, ReplicaError> {
+        let core = self.core()?;
         core.check_append(acks_all).map_err(|e| self.refusal(e))?;
         self.check_damage(&core)?;
         let epoch = core.leader_epoch();
         let (outcome, leo, log_start) = self.with_log(|log| {
+            let opening = self.check_verification(log, records, verify)?;
             let outcome = log.append(records, epoch, now_ms)?;
+            if matches!(outcome, AppendOutcome::Appended(_)) {
+                self.verified(&opening);
+            }
             Ok((outcome, log.log_end_offset(), log.log_start_offset()))
         })?;
-        self.step(&mut core, Event::LogEndChanged { log_end: leo });
-        drop(core);
-        self.log_end.send_replace(leo);
         let (info, duplicate) = match outcome {
-            AppendOutcome::Appended(info) => {
-                if acks_all && self.policy.fsync_acks_all {
-                    // The producer waits for this fsync: start it now. Its response is awaited
-                    // only when the connection's writer reaches it (responses go out in request
-                    // order), and a request for another partition queued ahead must not hold
-                    // this partition's fsync back until its own fsync is done.
-                    self.flush_now.notify_one();
-                } else {
-                    self.dirty.notify_one();
-                }
-                (info, false)
-            }
+            AppendOutcome::Appended(info) => (info, false),
             AppendOutcome::Duplicate(info) => (info, true),
         };
+        self.leader_appended(core, leo, !duplicate, acks_all);
         Ok(AppendReceipt {
             base_offset: info.base_offset,
             last_offset: info.last_offset,
@@ -480,6 +507,32 @@ impl Partition {
             log_start_offset: log_start,
             log_append_time_ms: info.log_append_time_ms,
         })
+    }
+
+    /// After a leader's append (of records or a marker): the core and the log end watch learn
+    /// the new log end, and if anything was `written` the flusher is told.
+    fn leader_appended(
+        &self,
+        mut core: MutexGuard<'_, ReplicaCore>,
+        log_end: Offset,
+        written: bool,
+        acks_all: bool,
+    ) {
+        self.step(&mut core, Event::LogEndChanged { log_end });
+        drop(core);
+        self.log_end.send_replace(log_end);
+        if !written {
+            return;
+        }
+        if acks_all && self.policy.fsync_acks_all {
+            // The producer waits for this fsync: start it now. Its response is awaited only
+            // when the connection's writer reaches it (responses go out in request order), and
+            // a request for another partition queued ahead must not hold this partition's
+            // fsync back until its own fsync is done.
+            self.flush_now.notify_one();
+        } else {
+            self.dirty.notify_one();
+        }
     }
 
     fn refusal(&self, e: AppendRefusal) -> ReplicaError {
@@ -703,6 +756,7 @@ impl Partition {
             Ok(PartitionRead {
                 plan,
                 high_watermark,
+                last_stable_offset: log.last_stable_offset(high_watermark),
                 log_start_offset: log.log_start_offset(),
                 log_end_offset: log.log_end_offset(),
                 diverging_epoch: None,
@@ -725,6 +779,7 @@ impl Partition {
             Ok(PartitionRead {
                 plan,
                 high_watermark,
+                last_stable_offset: log.last_stable_offset(high_watermark),
                 log_start_offset: log.log_start_offset(),
                 log_end_offset: end,
                 diverging_epoch: None,
@@ -849,6 +904,8 @@ impl Partition {
             PartitionRead {
                 plan,
                 high_watermark: core.high_watermark(),
+                // As published by the step above (followers do not read it).
+                last_stable_offset: *self.last_stable_offset.borrow(),
                 log_start_offset,
                 log_end_offset,
                 diverging_epoch,

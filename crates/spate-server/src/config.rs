@@ -83,6 +83,13 @@ pub const BROKER_CONFIGS: &[BrokerConfigDef] = &[
     def("offsets.retention.check.interval.ms", "600000", "How often expired offsets are removed."),
     def("offsets.topic.num.partitions", "50", "Partitions of __consumer_offsets (fixed once the topic exists)."),
     def("offsets.topic.segment.bytes", "104857600", "Segment size of __consumer_offsets."),
+    def("transaction.state.log.num.partitions", "50", "Partitions of __transaction_state (fixed once the topic exists)."),
+    def("transaction.state.log.replication.factor", "3", "Replication factor of __transaction_state, capped at the number of live brokers when it is created."),
+    def("transaction.state.log.min.isr", "2", "min.insync.replicas of __transaction_state (capped at its replication factor)."),
+    def("transaction.state.log.segment.bytes", "104857600", "Segment size of __transaction_state."),
+    def("transaction.max.timeout.ms", "900000", "Largest transaction.timeout.ms a producer may ask for."),
+    def("transactional.id.expiration.ms", "604800000", "A transactional id unused this long (no transaction open) is removed."),
+    def("transaction.abort.timed.out.transaction.cleanup.interval.ms", "10000", "How often transactions past their timeout are aborted (and expired transactional ids removed)."),
     topic_default("message.max.bytes", "max.message.bytes", "1048588", "Largest record batch accepted."),
     topic_default("log.segment.bytes", "segment.bytes", "1073741824", "Size at which a segment is rolled."),
     topic_default("log.roll.ms", "segment.ms", "604800000", "Age at which a segment is rolled."),
@@ -254,6 +261,8 @@ pub struct ServerConfig {
     pub cleaner_backoff: Duration,
     /// Group coordinator settings (`group.*`, `offsets.*`).
     pub groups: spate_kafka::GroupConfig,
+    /// Transaction coordinator settings (`transaction.*`, `transactional.id.*`).
+    pub txns: spate_kafka::TxnConfig,
     /// Topic defaults, from the `log.*` settings.
     pub log_defaults: LogConfig,
     /// Every setting's effective value, for display (DescribeConfigs on the broker).
@@ -385,6 +394,7 @@ impl ServerConfig {
                 i64::MAX,
             )? as u64),
             groups: group_config(&values)?,
+            txns: txn_config(&values)?,
             log_defaults,
             values,
         };
@@ -433,6 +443,37 @@ fn group_config(
             as u64,
         offsets_retention_check: Duration::from_millis(num(
             "offsets.retention.check.interval.ms",
+            1,
+            i64::MAX,
+        )? as u64),
+    })
+}
+
+fn txn_config(values: &BTreeMap<String, String>) -> Result<spate_kafka::TxnConfig, ConfigError> {
+    let num = |name: &str, min: i64, max: i64| parse_num(values, name, min, max);
+    Ok(spate_kafka::TxnConfig {
+        settings: spate_coordinator::txn::TxnSettings {
+            max_timeout_ms: num("transaction.max.timeout.ms", 1, i32::MAX as i64)? as i32,
+            id_expiration_ms: num("transactional.id.expiration.ms", 1, i64::MAX / 2)?,
+            partition_count: num(
+                "transaction.state.log.num.partitions",
+                1,
+                spate_types::limits::PARTITIONS_PER_TOPIC_MAX as i64,
+            )? as i32,
+        },
+        state_log_replication_factor: num(
+            "transaction.state.log.replication.factor",
+            1,
+            i16::MAX as i64,
+        )? as i16,
+        state_log_min_isr: num("transaction.state.log.min.isr", 1, i32::MAX as i64)? as i32,
+        state_log_segment_bytes: num(
+            "transaction.state.log.segment.bytes",
+            1 << 14,
+            i32::MAX as i64,
+        )? as u64,
+        abort_check: Duration::from_millis(num(
+            "transaction.abort.timed.out.transaction.cleanup.interval.ms",
             1,
             i64::MAX,
         )? as u64),
@@ -757,5 +798,28 @@ mod group_tests {
             "{err}"
         );
         assert!(load(&[("offsets.topic.num.partitions", "0")]).is_err());
+    }
+
+    #[test]
+    fn transaction_settings_have_kafka_defaults_and_are_checked() {
+        let t = load(&[]).expect("defaults").txns;
+        assert_eq!(t.settings.max_timeout_ms, 900_000);
+        assert_eq!(t.settings.id_expiration_ms, 604_800_000);
+        assert_eq!(t.settings.partition_count, 50);
+        assert_eq!(t.state_log_replication_factor, 3);
+        assert_eq!(t.state_log_min_isr, 2);
+        assert_eq!(t.abort_check, Duration::from_secs(10));
+        let t = load(&[
+            ("transaction.max.timeout.ms", "1000"),
+            ("transaction.state.log.num.partitions", "3"),
+        ])
+        .expect("overrides")
+        .txns;
+        assert_eq!(
+            (t.settings.max_timeout_ms, t.settings.partition_count),
+            (1000, 3)
+        );
+        assert!(load(&[("transaction.state.log.num.partitions", "0")]).is_err());
+        assert!(load(&[("transaction.max.timeout.ms", "-1")]).is_err());
     }
 }

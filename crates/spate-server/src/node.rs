@@ -192,6 +192,7 @@ impl Node {
                     offsets_topic_replication_factor: cluster.offsets_topic_replication_factor,
                     ..config.groups.clone()
                 },
+                txns: config.txns.clone(),
             },
             controller.clone(),
             replicas.clone(),
@@ -233,6 +234,7 @@ impl Node {
             )));
         }
         spate_kafka::start_groups_if_present(&broker).await;
+        spate_kafka::start_txns_if_present(&broker).await;
 
         tasks.push(tokio::spawn(retention(
             replicas.clone(),

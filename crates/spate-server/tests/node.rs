@@ -448,9 +448,16 @@ async fn bad_requests_get_kafka_answers() {
         versions
             .api_keys
             .iter()
-            .all(|k| k.api_key != ApiKey::TxnOffsetCommit as i16),
-        "transactions are not implemented"
+            .any(|k| k.api_key == ApiKey::EndTxn as i16 && k.max_version == 5),
+        "transactions are advertised, transaction version 2 included"
     );
+    // KIP-584 features (v3+): transaction.version 2 is finalized, as on Kafka 4.
+    let finalized: Vec<(String, i16)> = versions
+        .finalized_features
+        .iter()
+        .map(|f| (f.name.to_string(), f.max_version_level))
+        .collect();
+    assert_eq!(finalized, vec![("transaction.version".to_owned(), 2)]);
 
     // Produce v2 is advertised for old librdkafka's feature detection but not implemented:
     // the connection is closed (as Kafka 4 does).

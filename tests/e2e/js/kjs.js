@@ -104,6 +104,34 @@ const commands = {
     return { acked, failed };
   },
 
+  // Transactions, one after another, each committed or aborted.
+  // arg: {transactionalId, transactions: [{values: [...], commit: bool}]}
+  async transactions() {
+    const producer = kafka.producer({
+      transactionalId: arg.transactionalId,
+      idempotent: true,
+      maxInFlightRequests: 1,
+      allowAutoTopicCreation: false,
+    });
+    await producer.connect();
+    const ended = [];
+    try {
+      for (const t of arg.transactions) {
+        const txn = await producer.transaction();
+        await txn.send({ topic, acks: -1, messages: t.values.map((value) => ({ value, partition: 0 })) });
+        if (t.commit) {
+          await txn.commit();
+        } else {
+          await txn.abort();
+        }
+        ended.push(t.commit ? 'committed' : 'aborted');
+      }
+    } finally {
+      await producer.disconnect().catch(() => {});
+    }
+    return { ended };
+  },
+
   // arg: {timestamp} optional
   async offsets() {
     const admin = kafka.admin();

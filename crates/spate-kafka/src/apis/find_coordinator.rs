@@ -1,7 +1,7 @@
-//! FindCoordinator: a group's coordinator is the leader of its `__consumer_offsets` partition
-//! (Kafka's hash of the group id), whichever node is asked. A group key starts the group
-//! coordinator (creating `__consumer_offsets` on first use). Transactions are not coordinated
-//! yet: a transactional key names this node, whose transactional APIs are not advertised.
+//! FindCoordinator: a group's coordinator is the leader of its `__consumer_offsets` partition,
+//! a transactional id's the leader of its `__transaction_state` partition (Kafka's hash of the
+//! key), whichever node is asked. A key starts its coordinator (creating the internal topic
+//! on first use).
 
 use super::{Reply, RequestContext};
 use crate::broker::Broker;
@@ -43,31 +43,39 @@ pub(crate) async fn handle(
                 }
                 Ok(_) => None,
             },
-            KEY_TYPE_TRANSACTION => None,
+            KEY_TYPE_TRANSACTION if key.is_empty() => Some((
+                ResponseError::InvalidRequest,
+                "the transactional id is empty".to_owned(),
+            )),
+            KEY_TYPE_TRANSACTION => match crate::txns::coordinator(broker).await {
+                Err(e) => {
+                    tracing::warn!(error = %e.message, "transaction coordinator unavailable");
+                    Some((ResponseError::CoordinatorNotAvailable, e.message))
+                }
+                Ok(_) => None,
+            },
             other => Some((
                 ResponseError::InvalidRequest,
                 format!("unknown coordinator key type {other}"),
             )),
         };
-        // The node: the group partition's leader, or this node for a transactional id.
-        let found = match (error, request.key_type) {
-            (Some(e), _) => Err(e),
-            (None, KEY_TYPE_GROUP) => coordinator_node(broker, key.as_str())
-                .and_then(|node| broker.image().brokers.get(&node).map(|e| (node, e.clone())))
-                .ok_or_else(|| {
-                    (
-                        ResponseError::CoordinatorNotAvailable,
-                        "the group's offsets partition has no leader right now".to_owned(),
-                    )
-                }),
-            (None, _) => Ok((
-                broker.config.node_id,
-                spate_controller::BrokerEndpoint {
-                    host: broker.config.advertised_host.clone(),
-                    port: broker.config.advertised_port,
-                    rack: None,
-                },
-            )),
+        // The node: the leader of the key's partition of the internal topic.
+        let found = match error {
+            Some(e) => Err(e),
+            None => {
+                let node = if request.key_type == KEY_TYPE_GROUP {
+                    coordinator_node(broker, key.as_str())
+                } else {
+                    crate::txns::coordinator_node(broker, key.as_str())
+                };
+                node.and_then(|node| broker.image().brokers.get(&node).map(|e| (node, e.clone())))
+                    .ok_or_else(|| {
+                        (
+                            ResponseError::CoordinatorNotAvailable,
+                            "the key's coordinator partition has no leader right now".to_owned(),
+                        )
+                    })
+            }
         };
         let c = Coordinator::default().with_key(key);
         coordinators.push(match found {

@@ -9,6 +9,8 @@ use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable, VersionRange};
 use std::sync::Arc;
 
+pub(crate) mod add_offsets_to_txn;
+pub(crate) mod add_partitions_to_txn;
 pub(crate) mod alter_configs;
 pub(crate) mod api_versions;
 pub(crate) mod create_partitions;
@@ -19,7 +21,10 @@ pub(crate) mod delete_topics;
 pub(crate) mod describe_cluster;
 pub(crate) mod describe_configs;
 pub(crate) mod describe_groups;
+pub(crate) mod describe_producers;
 pub(crate) mod describe_quorum;
+pub(crate) mod describe_transactions;
+pub(crate) mod end_txn;
 pub(crate) mod fetch;
 pub(crate) mod find_coordinator;
 pub(crate) mod heartbeat;
@@ -29,6 +34,7 @@ pub(crate) mod join_group;
 pub(crate) mod leave_group;
 pub(crate) mod list_groups;
 pub(crate) mod list_offsets;
+pub(crate) mod list_transactions;
 pub(crate) mod metadata;
 pub(crate) mod offset_commit;
 pub(crate) mod offset_delete;
@@ -36,6 +42,8 @@ pub(crate) mod offset_fetch;
 pub(crate) mod offset_for_leader_epoch;
 pub(crate) mod produce;
 pub(crate) mod sync_group;
+pub(crate) mod txn_offset_commit;
+pub(crate) mod write_txn_markers;
 
 /// The encoded response frame (length prefix included), or why the connection must close.
 pub(crate) type Encoded = Result<Bytes, DispatchError>;
@@ -169,6 +177,14 @@ apis! {
     DeleteGroups => delete_groups(m::DeleteGroupsRequest),
     OffsetDelete => offset_delete(m::OffsetDeleteRequest),
     OffsetForLeaderEpoch => offset_for_leader_epoch(m::OffsetForLeaderEpochRequest),
+    AddPartitionsToTxn => add_partitions_to_txn(m::AddPartitionsToTxnRequest),
+    AddOffsetsToTxn => add_offsets_to_txn(m::AddOffsetsToTxnRequest),
+    EndTxn => end_txn(m::EndTxnRequest),
+    WriteTxnMarkers => write_txn_markers(m::WriteTxnMarkersRequest),
+    DescribeTransactions => describe_transactions(m::DescribeTransactionsRequest),
+    ListTransactions => list_transactions(m::ListTransactionsRequest),
+    TxnOffsetCommit => txn_offset_commit(m::TxnOffsetCommitRequest),
+    DescribeProducers => describe_producers(m::DescribeProducersRequest),
 }
 
 fn unsupported(key: ApiKey, version: i16) -> DispatchError {
@@ -395,8 +411,8 @@ mod tests {
         // Unknown API key 999.
         let err = decode_request(Bytes::from_static(&[0x03, 0xe7, 0, 0, 0, 0, 0, 1])).unwrap_err();
         assert!(err.contains("unknown API key 999"), "{err}");
-        // A known but unimplemented API (TxnOffsetCommit, key 28).
-        assert!(decode_request(Bytes::from_static(&[0, 28, 0, 2, 0, 0, 0, 1])).is_err());
+        // A known but unimplemented API (DescribeAcls, key 29).
+        assert!(decode_request(Bytes::from_static(&[0, 29, 0, 2, 0, 0, 0, 1])).is_err());
         // Metadata v99 is not supported.
         assert!(decode_request(Bytes::from_static(&[0, 3, 0, 99, 0, 0, 0, 1])).is_err());
         // A valid header followed by a truncated body.

@@ -1,5 +1,7 @@
 //! OffsetFetch: committed offsets of one group (v0-7) or several (v8+); a partition without a
-//! commit answers offset -1, and null topics means every committed partition.
+//! commit answers offset -1, and null topics means every committed partition. With
+//! `require_stable` (v7+, KIP-447) a partition whose offset a transaction is about to commit
+//! answers UNSTABLE_OFFSET_COMMIT, which consumers retry, rather than an offset about to change.
 
 use super::{Reply, RequestContext};
 use crate::broker::Broker;
@@ -21,10 +23,11 @@ pub(crate) const VERSIONS: VersionRange = VersionRange { min: 1, max: 9 };
 /// v8 (KIP-709) fetches for several groups at once.
 const BATCHED_VERSION: i16 = 8;
 
-type Fetched = Vec<(String, i32, Option<CommittedOffset>)>;
+/// Per partition: its committed offset, and whether a transaction holds one pending.
+type Fetched = Vec<(String, i32, Option<CommittedOffset>, bool)>;
 /// Requested partitions by topic; `None` means all committed.
 type Wanted = Option<Vec<(String, Vec<i32>)>>;
-type ByTopic = Vec<(String, Vec<(i32, Option<CommittedOffset>)>)>;
+type ByTopic = Vec<(String, Vec<(i32, Option<CommittedOffset>, bool)>)>;
 
 pub(crate) async fn handle(
     broker: &Arc<Broker>,
@@ -78,9 +81,16 @@ pub(crate) async fn handle(
         let group = string(&id.0);
         // NOT_COORDINATOR (the group's partition moved) must reach the client: an empty answer
         // would read as "nothing committed" and reset the consumer.
+        let require_stable = request.require_stable;
         let fetched = coordinator
             .query_group(&string(&id.0), move |core, _| {
                 core.fetch_offsets(&group, topics.as_deref())
+                    .into_iter()
+                    .map(|(t, p, c)| {
+                        let unstable = require_stable && core.txn_offset_pending(&group, &t, p);
+                        (t, p, c, unstable)
+                    })
+                    .collect::<Fetched>()
             })
             .await;
         answers.push((id, fetched));
@@ -127,13 +137,19 @@ macro_rules! response_topics {
             .map(|(name, parts)| {
                 let partitions = parts
                     .into_iter()
-                    .map(|(p, c)| {
-                        let (offset, epoch, metadata) = fields(c);
+                    .map(|(p, c, unstable)| {
+                        let (offset, epoch, metadata) = fields(if unstable { None } else { c });
+                        let code = if unstable {
+                            kafka_protocol::ResponseError::UnstableOffsetCommit.code()
+                        } else {
+                            0
+                        };
                         $partition::default()
                             .with_partition_index(p)
                             .with_committed_offset(offset)
                             .with_committed_leader_epoch(epoch)
                             .with_metadata(Some(str_bytes(metadata)))
+                            .with_error_code(code)
                     })
                     .collect();
                 $topic::default()
@@ -148,12 +164,12 @@ use response_topics;
 /// Groups results by topic, keeping the request's order of topics.
 fn by_topic(fetched: Fetched) -> ByTopic {
     let mut order: Vec<String> = Vec::new();
-    let mut map: BTreeMap<String, Vec<(i32, Option<CommittedOffset>)>> = BTreeMap::new();
-    for (topic, partition, c) in fetched {
+    let mut map: BTreeMap<String, Vec<(i32, Option<CommittedOffset>, bool)>> = BTreeMap::new();
+    for (topic, partition, c, unstable) in fetched {
         if !map.contains_key(&topic) {
             order.push(topic.clone());
         }
-        map.entry(topic).or_default().push((partition, c));
+        map.entry(topic).or_default().push((partition, c, unstable));
     }
     order
         .into_iter()

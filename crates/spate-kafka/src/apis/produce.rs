@@ -5,6 +5,16 @@
 //! replica) with at least `min.insync.replicas` in sync. A refusal from a replica that is not
 //! the leader names the leader (KIP-951 `current_leader` and `node_endpoints`, v10+), so
 //! clients skip a metadata round trip.
+//!
+//! Transactional batches (KIP-98) need the request's `transactional_id`. Before a producer's
+//! first transactional batch on a partition, the leader asks the transaction coordinator
+//! whether the partition is in the producer's ongoing transaction (KIP-890 part 1), or, for a
+//! transaction version 2 producer (Produce v12+), has the coordinator add it (part 2). The
+//! append then goes ahead only if no marker for that producer was written in between (the
+//! partition's verification guard), so a zombie's late write cannot open a transaction the
+//! coordinator knows nothing of. The question is asked before the handler returns, which
+//! holds the connection's later requests back as Kafka's muted channel does, so a producer's
+//! pipelined batches stay in order.
 
 use super::{Reply, RequestContext};
 use crate::broker::Broker;
@@ -31,6 +41,9 @@ pub(crate) const VERSIONS: VersionRange = VersionRange { min: 3, max: 13 };
 const TOPIC_ID_VERSION: i16 = 13;
 /// Produce v10 (KIP-951) carries the new leader beside NOT_LEADER_OR_FOLLOWER.
 const LEADER_HINT_VERSION: i16 = 10;
+/// Produce v12 (KIP-890 part 2): a transaction version 2 producer, whose partitions the
+/// leader adds to its transaction.
+const IMPLICIT_ADD_VERSION: i16 = 12;
 
 /// A refused partition: the code, a message, and the leader to try (KIP-951).
 /// Why a partition's records were not appended.
@@ -66,21 +79,46 @@ pub(crate) async fn handle(
             ResponseError::InvalidRequiredAcks,
             format!("acks must be -1, 0 or 1, was {acks}"),
         ))
-    } else if request.transactional_id.is_some() {
-        Some((
-            ResponseError::TransactionalIdAuthorizationFailed,
-            "transactions are not supported by this broker yet".to_owned(),
-        ))
     } else {
         None
     };
     let image = broker.image();
+    let transactional_id = request.transactional_id.as_ref().map(|t| t.0.to_string());
+    // Verification first (it may wait on the coordinator), then every append at one `now`.
+    let mut guards = std::collections::BTreeMap::new();
+    if refuse_all.is_none() {
+        for (t, topic) in request.topic_data.iter().enumerate() {
+            let name = if ctx.version() >= TOPIC_ID_VERSION {
+                image.topic_by_id(topic.topic_id).map(|(n, _)| n.to_owned())
+            } else {
+                Some(topic.name.0.to_string())
+            };
+            let Some(name) = name else { continue };
+            for (p, data) in topic.partition_data.iter().enumerate() {
+                let tp = TopicPartition::new(name.clone(), data.index);
+                let topic_id = (ctx.version() >= TOPIC_ID_VERSION).then_some(topic.topic_id);
+                if let Some(guard) = verify(
+                    broker,
+                    &image,
+                    &tp,
+                    topic_id,
+                    data.records.as_deref(),
+                    transactional_id.as_deref(),
+                    ctx.version() >= IMPLICIT_ADD_VERSION,
+                )
+                .await
+                {
+                    guards.insert((t, p), guard);
+                }
+            }
+        }
+    }
     let now = broker.now_ms();
     let mut responses = Vec::with_capacity(request.topic_data.len());
     let mut waits: Vec<(usize, usize, Arc<Partition>, Offset)> = Vec::new();
     let mut any_error = false;
     let mut hinted: BTreeSet<NodeId> = BTreeSet::new();
-    for topic in request.topic_data {
+    for (t, topic) in request.topic_data.into_iter().enumerate() {
         let by_id = ctx.version() >= TOPIC_ID_VERSION;
         let name = if by_id {
             image
@@ -90,12 +128,13 @@ pub(crate) async fn handle(
             Some(topic.name.0.to_string())
         };
         let mut partitions = Vec::with_capacity(topic.partition_data.len());
-        for data in topic.partition_data {
+        for (p, data) in topic.partition_data.into_iter().enumerate() {
             let response = PartitionProduceResponse::default().with_index(data.index);
-            let outcome = match (&refuse_all, &name) {
-                (Some((code, message)), _) => Err(Refusal::new(*code, Some(message.clone()))),
-                (None, None) => Err(Refusal::new(ResponseError::UnknownTopicId, None)),
-                (None, Some(name)) => {
+            let outcome = match (&refuse_all, &name, guards.remove(&(t, p))) {
+                (Some((code, message)), _, _) => Err(Refusal::new(*code, Some(message.clone()))),
+                (None, None, _) => Err(Refusal::new(ResponseError::UnknownTopicId, None)),
+                (None, Some(_), Some(Err(refusal))) => Err(refusal),
+                (None, Some(name), guard) => {
                     let tp = TopicPartition::new(name.clone(), data.index);
                     append(
                         broker,
@@ -105,6 +144,7 @@ pub(crate) async fn handle(
                         data.records,
                         acks == -1,
                         now,
+                        guard.and_then(Result::ok),
                     )
                 }
             };
@@ -219,6 +259,65 @@ pub(crate) async fn handle(
 
 type AppendResult = Result<(Arc<Partition>, AppendReceipt), Refusal>;
 
+/// For a record set of transactional batches: `None` if no verification is needed (not
+/// transactional, or the producer's transaction is already open on the partition; the append
+/// itself refuses what is wrong), else the guard the append must present, or the refusal.
+async fn verify(
+    broker: &Arc<Broker>,
+    image: &MetadataImage,
+    tp: &TopicPartition,
+    topic_id: Option<uuid::Uuid>,
+    records: Option<&[u8]>,
+    transactional_id: Option<&str>,
+    add: bool,
+) -> Option<Result<u64, Refusal>> {
+    let header = spate_log::BatchHeader::parse(records?).ok()?;
+    if !header.is_transactional() {
+        return None;
+    }
+    let Some(transactional_id) = transactional_id else {
+        // Kafka refuses transactional records without a transactional id this way.
+        return Some(Err(Refusal::new(
+            ResponseError::TransactionalIdAuthorizationFailed,
+            Some("transactional records need the request's transactional_id".to_owned()),
+        )));
+    };
+    if !header.has_producer_id() {
+        // The append refuses it (INVALID_RECORD).
+        return None;
+    }
+    let partition = broker.hosted(image, tp, topic_id).ok()?;
+    let guard = match partition.verification_guard(header.producer_id, header.producer_epoch) {
+        Ok(None) | Err(_) => return None,
+        Ok(Some(guard)) => guard,
+    };
+    Some(
+        crate::txns::verify(
+            broker,
+            transactional_id,
+            header.producer_id.0,
+            header.producer_epoch.0,
+            tp,
+            add,
+        )
+        .await
+        .map(|()| guard)
+        .map_err(|code| {
+            tracing::debug!(partition = %tp, %transactional_id, ?code, "transactional write not verified");
+            // Produce has no PRODUCER_FENCED: a fenced producer hears of its epoch.
+            let code = match code {
+                ResponseError::ProducerFenced => ResponseError::InvalidProducerEpoch,
+                other => other,
+            };
+            Refusal::new(
+                code,
+                Some("the partition is not in the producer's ongoing transaction".to_owned()),
+            )
+        }),
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
 fn append(
     broker: &Broker,
     image: &MetadataImage,
@@ -227,8 +326,11 @@ fn append(
     records: Option<bytes::Bytes>,
     acks_all: bool,
     now: i64,
+    guard: Option<u64>,
 ) -> AppendResult {
-    if tp.topic == spate_coordinator::OFFSETS_TOPIC {
+    if tp.topic == spate_coordinator::OFFSETS_TOPIC
+        || tp.topic == spate_coordinator::txn::TRANSACTION_STATE_TOPIC
+    {
         return Err(Refusal::new(
             ResponseError::InvalidTopicException,
             Some(format!("cannot append to internal topic {}", tp.topic)),
@@ -245,7 +347,7 @@ fn append(
     };
     // Offsets and the leader epoch are written into the batch header before it is stored.
     let mut buf = BytesMut::from(&records[..]);
-    match partition.append(&mut buf, acks_all, now) {
+    match partition.append_verified(&mut buf, acks_all, now, guard) {
         Ok(receipt) => {
             if receipt.duplicate {
                 tracing::debug!(partition = %tp, base_offset = %receipt.base_offset, "duplicate batch acknowledged");

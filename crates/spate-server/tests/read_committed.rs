@@ -1,0 +1,303 @@
+//! Transactions as consumers and tools see them over the wire, on a node started in-process:
+//! Fetch and ListOffsets in both isolation levels around an open and an aborted transaction,
+//! and DescribeProducers. The transactional batch and the marker are written through the
+//! partition's replica directly (as the produce path and WriteTxnMarkers do), so this test
+//! depends on the read paths only.
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::describe_producers_request::TopicRequest;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
+use spate_log::{BatchHeader, TxnMarker};
+use spate_replica::{Partition, Role};
+use spate_server::{Node, ServerConfig};
+use spate_types::{ProducerEpoch, ProducerId as Pid, TopicPartition};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const TOPIC: &str = "txns";
+const PID: i64 = 1_000;
+const READ_UNCOMMITTED: i8 = 0;
+const READ_COMMITTED: i8 = 1;
+
+struct Client {
+    stream: TcpStream,
+    correlation_id: i32,
+}
+
+impl Client {
+    async fn call<Req: Encodable, Resp: Decodable>(
+        &mut self,
+        key: ApiKey,
+        version: i16,
+        request: &Req,
+    ) -> Resp {
+        self.correlation_id += 1;
+        let header = RequestHeader::default()
+            .with_request_api_key(key as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(self.correlation_id)
+            .with_client_id(Some(StrBytes::from_static_str("read-committed-test")));
+        let mut buf = BytesMut::new();
+        header
+            .encode(&mut buf, key.request_header_version(version))
+            .expect("encode header");
+        request.encode(&mut buf, version).expect("encode body");
+        let frame = buf.freeze();
+        self.stream
+            .write_all(&(frame.len() as i32).to_be_bytes())
+            .await
+            .expect("write");
+        self.stream.write_all(&frame).await.expect("write");
+        let mut len = [0u8; 4];
+        self.stream.read_exact(&mut len).await.expect("length");
+        let mut body = vec![0u8; i32::from_be_bytes(len) as usize];
+        self.stream.read_exact(&mut body).await.expect("body");
+        let mut response = Bytes::from(body);
+        let header = ResponseHeader::decode(&mut response, key.response_header_version(version))
+            .expect("header");
+        assert_eq!(header.correlation_id, self.correlation_id);
+        Resp::decode(&mut response, version).expect("decode response")
+    }
+}
+
+fn topic_name() -> TopicName {
+    TopicName(StrBytes::from_static_str(TOPIC))
+}
+
+/// One batch of `values` stamped `timestamp_ms`; transactional of [`PID`] from `sequence` if
+/// given.
+fn batch(values: &[&str], txn_sequence: Option<i32>, timestamp_ms: i64) -> Vec<u8> {
+    let records: Vec<Record> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| Record {
+            transactional: txn_sequence.is_some(),
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id: if txn_sequence.is_some() { PID } else { -1 },
+            producer_epoch: if txn_sequence.is_some() { 0 } else { -1 },
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            sequence: txn_sequence.map_or(-1, |s| s + i as i32),
+            timestamp: timestamp_ms,
+            key: None,
+            value: Some(Bytes::copy_from_slice(v.as_bytes())),
+            headers: Default::default(),
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &records,
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )
+    .expect("encode records");
+    buf.to_vec()
+}
+
+/// This node's leader replica of the topic, once the reconciler made it one.
+async fn leader(node: &Node) -> Arc<Partition> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let tp = TopicPartition::new(TOPIC, 0);
+        if let Some(p) = node
+            .broker
+            .replicas
+            .get(&tp)
+            .filter(|p| p.role() == Role::Leader)
+        {
+            return p;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for the leader"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn append(p: &Partition, mut records: Vec<u8>, now_ms: i64) {
+    let receipt = p.append(&mut records, true, now_ms).expect("append");
+    p.wait_acks_all(receipt.last_offset)
+        .await
+        .expect("acks=all");
+}
+
+/// The partition answer of a fetch from 0 (topics by name: v4 to v12).
+async fn fetch(client: &mut Client, version: i16, isolation: i8) -> fetch_response::PartitionData {
+    let request = FetchRequest::default()
+        .with_max_wait_ms(0)
+        .with_min_bytes(1)
+        .with_max_bytes(1 << 20)
+        .with_isolation_level(isolation)
+        .with_session_epoch(-1)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(topic_name())
+            .with_partitions(vec![FetchPartition::default()
+                .with_partition(0)
+                .with_fetch_offset(0)
+                .with_partition_max_bytes(1 << 20)])]);
+    let response: FetchResponse = client.call(ApiKey::Fetch, version, &request).await;
+    let data = response.responses[0].partitions[0].clone();
+    assert_eq!(data.error_code, 0, "v{version}");
+    data
+}
+
+/// The `(base, last)` offsets of the batches of a fetch answer.
+fn batches(data: &fetch_response::PartitionData) -> Vec<(i64, i64)> {
+    let bytes = data.records.as_deref().unwrap_or_default();
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while let Some(Ok(h)) = bytes.get(pos..).map(BatchHeader::parse) {
+        pos += h.total_bytes();
+        out.push((h.base_offset.0, h.last_offset().0));
+    }
+    out
+}
+
+fn aborted(data: &fetch_response::PartitionData) -> Option<Vec<(i64, i64)>> {
+    data.aborted_transactions.as_ref().map(|a| {
+        a.iter()
+            .map(|t| (t.producer_id.0, t.first_offset))
+            .collect()
+    })
+}
+
+async fn latest(client: &mut Client, version: i16, isolation: i8) -> i64 {
+    let request = ListOffsetsRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_isolation_level(isolation)
+        .with_topics(vec![ListOffsetsTopic::default()
+            .with_name(topic_name())
+            .with_partitions(vec![ListOffsetsPartition::default()
+                .with_partition_index(0)
+                .with_current_leader_epoch(-1)
+                .with_timestamp(-1)])]);
+    let response: ListOffsetsResponse = client.call(ApiKey::ListOffsets, version, &request).await;
+    let p = &response.topics[0].partitions[0];
+    assert_eq!(p.error_code, 0, "v{version}");
+    p.offset
+}
+
+/// DescribeProducers of partitions 0 (the topic's one) and 7 (none).
+async fn describe(client: &mut Client) -> Vec<describe_producers_response::PartitionResponse> {
+    let request = DescribeProducersRequest::default().with_topics(vec![TopicRequest::default()
+        .with_name(topic_name())
+        .with_partition_indexes(vec![0, 7])]);
+    let r: DescribeProducersResponse = client.call(ApiKey::DescribeProducers, 0, &request).await;
+    r.topics[0].partitions.clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_committed_consumers_and_tools_see_transactions() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let overrides: Vec<(String, String)> = [
+        ("data.dir", dir.path().to_str().expect("utf-8 path")),
+        ("kafka.listen", "127.0.0.1:0"),
+        ("http.listen", "127.0.0.1:0"),
+    ]
+    .iter()
+    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+    .collect();
+    let config = ServerConfig::load(None, std::iter::empty(), &overrides).expect("config");
+    let node = Node::start(config, None).await.expect("node starts");
+    let mut client = Client {
+        stream: TcpStream::connect(node.kafka_addr).await.expect("connect"),
+        correlation_id: 0,
+    };
+    let metadata: MetadataResponse = client
+        .call(
+            ApiKey::Metadata,
+            12,
+            &MetadataRequest::default()
+                .with_allow_auto_topic_creation(true)
+                .with_topics(Some(vec![
+                    MetadataRequestTopic::default().with_name(Some(topic_name()))
+                ])),
+        )
+        .await;
+    assert_eq!(metadata.topics[0].error_code, 0);
+    let p = leader(&node).await;
+    let now_ms = node.broker.now_ms();
+
+    tracing::info!("--- a plain record at 0, then a transaction opens at 1");
+    append(&p, batch(&["a"], None, now_ms), now_ms).await;
+    append(&p, batch(&["t1", "t2"], Some(0), now_ms), now_ms).await;
+    for version in [4, 12] {
+        let all = fetch(&mut client, version, READ_UNCOMMITTED).await;
+        assert_eq!(batches(&all), [(0, 0), (1, 2)], "v{version}");
+        assert_eq!((all.high_watermark, all.last_stable_offset), (3, 1));
+        assert_eq!(aborted(&all), None, "v{version}");
+        let committed = fetch(&mut client, version, READ_COMMITTED).await;
+        assert_eq!(batches(&committed), [(0, 0)], "v{version}");
+        assert_eq!(
+            (committed.high_watermark, committed.last_stable_offset),
+            (3, 1)
+        );
+        assert_eq!(aborted(&committed), Some(vec![]), "v{version}");
+    }
+    for version in [2, 9] {
+        assert_eq!(latest(&mut client, version, READ_UNCOMMITTED).await, 3);
+        assert_eq!(latest(&mut client, version, READ_COMMITTED).await, 1);
+    }
+
+    let partitions = describe(&mut client).await;
+    assert_eq!(partitions[0].error_code, 0);
+    assert_eq!(
+        partitions[1].error_code,
+        kafka_protocol::ResponseError::UnknownTopicOrPartition.code()
+    );
+    let producer = &partitions[0].active_producers[..];
+    assert_eq!(producer.len(), 1);
+    assert_eq!(
+        (
+            producer[0].producer_id.0,
+            producer[0].producer_epoch,
+            producer[0].last_sequence,
+            producer[0].last_timestamp,
+            producer[0].coordinator_epoch,
+            producer[0].current_txn_start_offset,
+        ),
+        (PID, 0, 1, now_ms, -1, 1)
+    );
+
+    tracing::info!("--- ABORT at 3: read_committed gets everything, the abort listed");
+    let marker = TxnMarker {
+        producer_id: Pid(PID),
+        producer_epoch: ProducerEpoch(0),
+        coordinator_epoch: 4,
+        commit: false,
+    };
+    let receipt = p.append_marker(marker, now_ms).expect("marker");
+    p.wait_acks_all(receipt.last_offset)
+        .await
+        .expect("acks=all");
+    let committed = fetch(&mut client, 12, READ_COMMITTED).await;
+    assert_eq!(batches(&committed), [(0, 0), (1, 2), (3, 3)]);
+    assert_eq!(committed.last_stable_offset, 4);
+    assert_eq!(aborted(&committed), Some(vec![(PID, 1)]));
+    assert_eq!(latest(&mut client, 9, READ_COMMITTED).await, 4);
+    let partitions = describe(&mut client).await;
+    let producer = &partitions[0].active_producers[0];
+    assert_eq!(
+        (
+            producer.coordinator_epoch,
+            producer.current_txn_start_offset
+        ),
+        (4, -1)
+    );
+    node.shutdown().await.expect("clean shutdown");
+}

@@ -1,0 +1,244 @@
+"""Transactions (KIP-98) with confluent-kafka (librdkafka), on one node and on a 3-node cluster.
+
+What a read_committed consumer sees: committed transactions, never aborted or open ones; the
+last stable offset holds it back while a transaction is open. Offsets sent in a transaction
+become the group's committed offsets only when it commits. A second producer with the same
+transactional.id fences the first; a transaction open past its timeout is aborted by the
+coordinator.
+"""
+
+import time
+import uuid
+
+import pytest
+from confluent_kafka import (OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer,
+                             TopicPartition)
+
+from ckutil import CLIENT_TIMEOUT_S, consume, create_topic
+
+
+@pytest.fixture
+def bootstrap(bootstrap_both_shapes):
+    return bootstrap_both_shapes
+
+
+def txn_producer(bootstrap, txn_id=None, **conf):
+    base = {
+        "bootstrap.servers": bootstrap,
+        "transactional.id": txn_id or f"txn-{uuid.uuid4().hex[:8]}",
+        "linger.ms": 5,
+        "message.timeout.ms": 20000,
+        "reconnect.backoff.max.ms": 1000,
+    }
+    base.update(conf)
+    p = Producer(base)
+    p.init_transactions(CLIENT_TIMEOUT_S)
+    return p
+
+
+def produce(p, topic, values, partition=0):
+    for v in values:
+        p.produce(topic, value=v, partition=partition)
+    assert p.flush(CLIENT_TIMEOUT_S) == 0
+
+
+def values(bootstrap, topic, isolation, partitions=(0,), expected=None):
+    msgs = consume(bootstrap, topic, partitions=partitions, expected=expected,
+                   **{"isolation.level": isolation})
+    return [m.value() for m in msgs]
+
+
+def watermarks(bootstrap, topic, isolation, partition=0):
+    """(low, high) as ListOffsets answers them: the high watermark, or for read_committed the
+    last stable offset."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "spate-e2e-unused",
+                  "isolation.level": isolation})
+    try:
+        return c.get_watermark_offsets(TopicPartition(topic, partition), timeout=CLIENT_TIMEOUT_S)
+    finally:
+        c.close()
+
+
+def test_committed_is_visible_to_read_committed_and_aborted_only_to_read_uncommitted(bootstrap, topic_name):
+    create_topic(bootstrap, topic_name)
+    p = txn_producer(bootstrap)
+    p.begin_transaction()
+    produce(p, topic_name, [b"c1", b"c2"])
+    p.commit_transaction(CLIENT_TIMEOUT_S)
+    p.begin_transaction()
+    produce(p, topic_name, [b"a1", b"a2"])
+    p.abort_transaction(CLIENT_TIMEOUT_S)
+    p.begin_transaction()
+    produce(p, topic_name, [b"c3"])
+    p.commit_transaction(CLIENT_TIMEOUT_S)
+
+    assert values(bootstrap, topic_name, "read_committed", expected=3) == [b"c1", b"c2", b"c3"]
+    assert values(bootstrap, topic_name, "read_uncommitted", expected=5) == [b"c1", b"c2", b"a1", b"a2", b"c3"]
+    # 5 records and 3 markers: the last stable offset is the log end once all is decided.
+    assert watermarks(bootstrap, topic_name, "read_committed")[1] == 8
+    assert watermarks(bootstrap, topic_name, "read_uncommitted")[1] == 8
+
+
+def test_an_open_transaction_holds_read_committed_consumers_at_its_first_offset(bootstrap, topic_name):
+    create_topic(bootstrap, topic_name)
+    plain = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+    for v in (b"before-1", b"before-2"):
+        plain.produce(topic_name, value=v, partition=0)
+    assert plain.flush(CLIENT_TIMEOUT_S) == 0
+
+    p = txn_producer(bootstrap)
+    p.begin_transaction()
+    produce(p, topic_name, [b"open-1", b"open-2"])
+    # Non-transactional records written after the open transaction's start are held back too.
+    plain.produce(topic_name, value=b"after", partition=0)
+    assert plain.flush(CLIENT_TIMEOUT_S) == 0
+
+    assert watermarks(bootstrap, topic_name, "read_uncommitted")[1] == 5
+    assert watermarks(bootstrap, topic_name, "read_committed")[1] == 2, "the LSO is the open transaction's first offset"
+    assert values(bootstrap, topic_name, "read_committed") == [b"before-1", b"before-2"]
+
+    p.commit_transaction(CLIENT_TIMEOUT_S)
+    assert values(bootstrap, topic_name, "read_committed", expected=5) == [
+        b"before-1", b"before-2", b"open-1", b"open-2", b"after"]
+
+
+def test_a_read_committed_consumer_waiting_at_the_lso_gets_the_commit(bootstrap, topic_name):
+    """A consumer parked in a long poll at the last stable offset is woken by the commit."""
+    create_topic(bootstrap, topic_name)
+    p = txn_producer(bootstrap)
+    p.begin_transaction()
+    produce(p, topic_name, [b"x", b"y"])
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "spate-e2e-unused",
+                  "isolation.level": "read_committed", "fetch.wait.max.ms": 5000,
+                  "enable.partition.eof": True})
+    try:
+        c.assign([TopicPartition(topic_name, 0, OFFSET_BEGINNING)])
+        # The consumer reaches the end of what it may read (the LSO, 0) first.
+        deadline = time.monotonic() + CLIENT_TIMEOUT_S
+        while time.monotonic() < deadline:
+            m = c.poll(0.5)
+            if m is not None and m.error() and m.error().code() == KafkaError._PARTITION_EOF:
+                break
+            assert m is None or m.error(), f"read {m.value()} of an open transaction"
+        else:
+            pytest.fail("no EOF at the last stable offset")
+        p.commit_transaction(CLIENT_TIMEOUT_S)
+        got = []
+        while len(got) < 2 and time.monotonic() < deadline + CLIENT_TIMEOUT_S:
+            m = c.poll(0.5)
+            if m is not None and not m.error():
+                got.append(m.value())
+        assert got == [b"x", b"y"]
+    finally:
+        c.close()
+
+
+def test_offsets_sent_in_a_transaction_are_committed_only_when_it_commits(bootstrap, topic_name):
+    create_topic(bootstrap, topic_name, partitions=2)
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    meta_consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
+                              "enable.auto.commit": False})
+    try:
+        p = txn_producer(bootstrap)
+        tps = [TopicPartition(topic_name, 0, 5), TopicPartition(topic_name, 1, 7)]
+        p.begin_transaction()
+        produce(p, topic_name, [b"out"])
+        p.send_offsets_to_transaction(tps, meta_consumer.consumer_group_metadata(), CLIENT_TIMEOUT_S)
+        p.abort_transaction(CLIENT_TIMEOUT_S)
+        committed = meta_consumer.committed([TopicPartition(topic_name, 0), TopicPartition(topic_name, 1)],
+                                            timeout=CLIENT_TIMEOUT_S)
+        assert [tp.offset for tp in committed] == [-1001, -1001], "an aborted transaction commits nothing"
+
+        p.begin_transaction()
+        produce(p, topic_name, [b"out2"])
+        p.send_offsets_to_transaction(tps, meta_consumer.consumer_group_metadata(), CLIENT_TIMEOUT_S)
+        p.commit_transaction(CLIENT_TIMEOUT_S)
+        committed = meta_consumer.committed([TopicPartition(topic_name, 0), TopicPartition(topic_name, 1)],
+                                            timeout=CLIENT_TIMEOUT_S)
+        assert [tp.offset for tp in committed] == [5, 7]
+    finally:
+        meta_consumer.close()
+
+
+def test_a_second_producer_with_the_same_transactional_id_fences_the_first(bootstrap, topic_name):
+    create_topic(bootstrap, topic_name)
+    txn_id = f"zombie-{uuid.uuid4().hex[:8]}"
+    old = txn_producer(bootstrap, txn_id)
+    old.begin_transaction()
+    produce(old, topic_name, [b"zombie"])
+    new = txn_producer(bootstrap, txn_id)  # aborts the old one's open transaction
+    new.begin_transaction()
+    produce(new, topic_name, [b"fresh"])
+    new.commit_transaction(CLIENT_TIMEOUT_S)
+
+    with pytest.raises(KafkaException) as e:
+        old.commit_transaction(CLIENT_TIMEOUT_S)
+    assert e.value.args[0].fatal(), e.value
+    assert values(bootstrap, topic_name, "read_committed", expected=1) == [b"fresh"]
+
+
+def test_a_transaction_open_past_its_timeout_is_aborted(broker_factory, topic_name):
+    b = broker_factory(args=["--set", "transaction.abort.timed.out.transaction.cleanup.interval.ms=100"])
+    bootstrap = b.bootstrap
+    create_topic(bootstrap, topic_name)
+    p = txn_producer(bootstrap, **{"transaction.timeout.ms": 1000, "message.timeout.ms": 1000})
+    p.begin_transaction()
+    produce(p, topic_name, [b"late"])
+    # The coordinator aborts it: the ABORT marker moves the LSO past the record.
+    deadline = time.monotonic() + CLIENT_TIMEOUT_S
+    while watermarks(bootstrap, topic_name, "read_committed")[1] != 2:
+        assert time.monotonic() < deadline, "the timed-out transaction was not aborted"
+        time.sleep(0.1)
+    assert values(bootstrap, topic_name, "read_committed") == []
+    with pytest.raises(KafkaException):
+        p.commit_transaction(CLIENT_TIMEOUT_S)
+
+
+def test_bad_transactional_requests_get_kafka_errors(bootstrap, topic_name):
+    create_topic(bootstrap, topic_name)
+    with pytest.raises(KafkaException) as e:
+        txn_producer(bootstrap, **{"transaction.timeout.ms": 900_001})
+    assert e.value.args[0].code() == KafkaError.INVALID_TRANSACTION_TIMEOUT, e.value
+    # Transactions keep working after a refused one.
+    p = txn_producer(bootstrap)
+    p.begin_transaction()
+    produce(p, topic_name, [b"ok"])
+    p.commit_transaction(CLIENT_TIMEOUT_S)
+    assert values(bootstrap, topic_name, "read_committed", expected=1) == [b"ok"]
+
+
+def test_kafka_python_transactions_commit_and_abort(bootstrap, topic_name):
+    from kafka import KafkaProducer
+    create_topic(bootstrap, topic_name)
+    p = KafkaProducer(bootstrap_servers=bootstrap, transactional_id=f"kp-{uuid.uuid4().hex[:8]}",
+                      request_timeout_ms=CLIENT_TIMEOUT_S * 1000)
+    try:
+        p.init_transactions()
+        p.begin_transaction()
+        p.send(topic_name, value=b"kp-c1", partition=0)
+        p.commit_transaction()
+        p.begin_transaction()
+        p.send(topic_name, value=b"kp-a1", partition=0)
+        p.flush()  # written, then aborted (kafka-python drops what it has not sent)
+        p.abort_transaction()
+        p.begin_transaction()
+        p.send(topic_name, value=b"kp-c2", partition=0)
+        p.commit_transaction()
+    finally:
+        p.close()
+    assert values(bootstrap, topic_name, "read_committed", expected=2) == [b"kp-c1", b"kp-c2"]
+    assert values(bootstrap, topic_name, "read_uncommitted", expected=3) == [b"kp-c1", b"kp-a1", b"kp-c2"]
+
+
+def test_kafkajs_transactions_commit_and_abort(bootstrap, topic_name):
+    from test_kafkajs import kjs
+    create_topic(bootstrap, topic_name)
+    out = kjs(bootstrap, topic_name, "transactions", {
+        "transactionalId": f"kjs-{uuid.uuid4().hex[:8]}",
+        "transactions": [{"values": ["js-c1", "js-c2"], "commit": True},
+                         {"values": ["js-a1"], "commit": False},
+                         {"values": ["js-c3"], "commit": True}],
+    })
+    assert out["ended"] == ["committed", "aborted", "committed"]
+    assert values(bootstrap, topic_name, "read_committed", expected=3) == [b"js-c1", b"js-c2", b"js-c3"]
+    assert values(bootstrap, topic_name, "read_uncommitted", expected=4) == [b"js-c1", b"js-c2", b"js-a1", b"js-c3"]
