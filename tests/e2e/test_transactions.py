@@ -242,3 +242,41 @@ def test_kafkajs_transactions_commit_and_abort(bootstrap, topic_name):
     assert out["ended"] == ["committed", "aborted", "committed"]
     assert values(bootstrap, topic_name, "read_committed", expected=3) == [b"js-c1", b"js-c2", b"js-c3"]
     assert values(bootstrap, topic_name, "read_uncommitted", expected=4) == [b"js-c1", b"js-c2", b"js-a1", b"js-c3"]
+
+
+def test_kill9_mid_transaction_keeps_the_lso_and_read_committed_results(broker_factory, topic_name):
+    """The last stable offset and what read_committed consumers see come back the same after
+    a SIGKILL: producer state (open transactions) and the transaction index are recovered
+    from the log, and the coordinator reloads the transaction it was in."""
+    b = broker_factory()
+    bootstrap = b.bootstrap
+    create_topic(bootstrap, topic_name)
+    txn_id = f"crash-{uuid.uuid4().hex[:8]}"
+    p = txn_producer(bootstrap, txn_id)
+    p.begin_transaction()
+    produce(p, topic_name, [b"c1"])
+    p.commit_transaction(CLIENT_TIMEOUT_S)
+    p.begin_transaction()
+    produce(p, topic_name, [b"a1", b"a2"])
+    p.abort_transaction(CLIENT_TIMEOUT_S)
+    p.begin_transaction()
+    produce(p, topic_name, [b"open"])  # left open across the crash
+    before = (watermarks(bootstrap, topic_name, "read_committed"),
+              watermarks(bootstrap, topic_name, "read_uncommitted"),
+              values(bootstrap, topic_name, "read_committed"),
+              values(bootstrap, topic_name, "read_uncommitted", expected=4))
+    assert before[0][1] == 5, "c1, its marker, a1, a2 and their marker are stable; 'open' is not"
+    assert before[2] == [b"c1"]
+
+    b.restart(graceful=False)
+    after = (watermarks(bootstrap, topic_name, "read_committed"),
+             watermarks(bootstrap, topic_name, "read_uncommitted"),
+             values(bootstrap, topic_name, "read_committed"),
+             values(bootstrap, topic_name, "read_uncommitted", expected=4))
+    assert after == before
+
+    # A new producer with the same id fences the old one: the open transaction is aborted by
+    # the coordinator that reloaded it, and the LSO moves past its marker.
+    txn_producer(bootstrap, txn_id)
+    assert watermarks(bootstrap, topic_name, "read_committed")[1] == 7
+    assert values(bootstrap, topic_name, "read_committed") == [b"c1"]
