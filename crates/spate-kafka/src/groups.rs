@@ -3,7 +3,7 @@
 //! start when the topic exists so committed offsets are loaded before clients ask.
 
 use crate::broker::Broker;
-use crate::topics::{create_topic, ApiError, NewTopic};
+use crate::topics::{capped_at_live_brokers, ensure_internal_topic, ApiError, NewTopic};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use spate_coordinator::{Coordinator, OFFSETS_TOPIC};
@@ -15,41 +15,28 @@ pub(crate) async fn coordinator(broker: &Arc<Broker>) -> Result<&Coordinator, Ap
     broker
         .groups
         .get_or_try_init(|| async {
-            if !broker.image().topics.contains_key(OFFSETS_TOPIC) {
-                let config = &broker.config.groups;
-                let configs = [
-                    ("cleanup.policy", "compact".to_owned()),
-                    (
-                        "segment.bytes",
-                        config.offsets_topic_segment_bytes.to_string(),
-                    ),
-                ]
-                .into_iter()
-                .map(|(k, v)| (k.to_owned(), v))
-                .collect();
-                let created = create_topic(
+            let config = &broker.config.groups;
+            let configs = [
+                ("cleanup.policy", "compact".to_owned()),
+                (
+                    "segment.bytes",
+                    config.offsets_topic_segment_bytes.to_string(),
+                ),
+            ];
+            let topic = NewTopic {
+                name: OFFSETS_TOPIC.to_owned(),
+                partitions: config.offsets_topic_partitions,
+                replication_factor: capped_at_live_brokers(
                     broker,
-                    NewTopic {
-                        name: OFFSETS_TOPIC.to_owned(),
-                        partitions: config.offsets_topic_partitions,
-                        // `offsets.topic.replication.factor`, capped at the live brokers.
-                        replication_factor: config
-                            .offsets_topic_replication_factor
-                            .min(broker.image().alive_brokers().count().max(1) as i16),
-                        configs,
-                        assignments: None,
-                    },
-                    false,
-                )
-                .await;
-                match created {
-                    Ok(_) => {}
-                    // Another request created it first.
-                    Err(e) if e.code == ResponseError::TopicAlreadyExists => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            broker.wait_reconciled().await;
+                    config.offsets_topic_replication_factor,
+                ),
+                configs: configs
+                    .into_iter()
+                    .map(|(k, v)| (k.to_owned(), v))
+                    .collect(),
+                assignments: None,
+            };
+            ensure_internal_topic(broker, topic).await?;
             start(broker)
         })
         .await

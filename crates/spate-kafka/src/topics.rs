@@ -50,6 +50,31 @@ pub(crate) struct CreatedTopic {
 
 const MIN_INSYNC_REPLICAS: &str = "min.insync.replicas";
 
+/// A replication factor an internal topic asks for, capped at the live brokers (Kafka's
+/// `offsets.topic.replication.factor` and `transaction.state.log.replication.factor` fail
+/// until enough brokers are up; a single node gets a working coordinator instead).
+pub(crate) fn capped_at_live_brokers(broker: &Broker, replication_factor: i16) -> i16 {
+    replication_factor.min(broker.image().alive_brokers().count().max(1) as i16)
+}
+
+/// Creates an internal topic (`__consumer_offsets`, `__transaction_state`) unless it exists,
+/// then waits until this node's replicas follow the metadata. Another request creating it
+/// first is not an error.
+pub(crate) async fn ensure_internal_topic(
+    broker: &std::sync::Arc<Broker>,
+    topic: NewTopic,
+) -> Result<(), ApiError> {
+    if !broker.image().topics.contains_key(&topic.name) {
+        match create_topic(broker, topic, false).await {
+            Ok(_) => {}
+            Err(e) if e.code == ResponseError::TopicAlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    broker.wait_reconciled().await;
+    Ok(())
+}
+
 /// The `min.insync.replicas` a new topic gets when neither it nor the operator chose one: a
 /// majority of three, so an acks=all write survives one node down and is never acknowledged by
 /// a single replica; below three replicas, 1 (Kafka's default).

@@ -7,7 +7,7 @@
 
 use crate::broker::Broker;
 use crate::markers::NodeMarkerWriter;
-use crate::topics::{create_topic, ApiError, NewTopic};
+use crate::topics::{capped_at_live_brokers, ensure_internal_topic, ApiError, NewTopic};
 use kafka_protocol::ResponseError;
 use spate_coordinator::txn::{TxnService, TxnSettings, TRANSACTION_STATE_TOPIC};
 use spate_types::TopicPartition;
@@ -18,41 +18,27 @@ pub(crate) async fn coordinator(broker: &Arc<Broker>) -> Result<&TxnService, Api
     broker
         .txns
         .get_or_try_init(|| async {
-            if !broker.image().topics.contains_key(TRANSACTION_STATE_TOPIC) {
-                let config = &broker.config.txns;
-                let replication_factor = config
-                    .state_log_replication_factor
-                    .min(broker.image().alive_brokers().count().max(1) as i16);
-                let min_isr = config.state_log_min_isr.min(i32::from(replication_factor));
-                let configs = [
-                    ("cleanup.policy", "compact".to_owned()),
-                    ("segment.bytes", config.state_log_segment_bytes.to_string()),
-                    ("min.insync.replicas", min_isr.to_string()),
-                    ("compression.type", "uncompressed".to_owned()),
-                ]
-                .into_iter()
-                .map(|(k, v)| (k.to_owned(), v))
-                .collect();
-                let created = create_topic(
-                    broker,
-                    NewTopic {
-                        name: TRANSACTION_STATE_TOPIC.to_owned(),
-                        partitions: config.settings.partition_count,
-                        replication_factor,
-                        configs,
-                        assignments: None,
-                    },
-                    false,
-                )
-                .await;
-                match created {
-                    Ok(_) => {}
-                    // Another request created it first.
-                    Err(e) if e.code == ResponseError::TopicAlreadyExists => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            broker.wait_reconciled().await;
+            let config = &broker.config.txns;
+            let replication_factor =
+                capped_at_live_brokers(broker, config.state_log_replication_factor);
+            let min_isr = config.state_log_min_isr.min(i32::from(replication_factor));
+            let configs = [
+                ("cleanup.policy", "compact".to_owned()),
+                ("segment.bytes", config.state_log_segment_bytes.to_string()),
+                ("min.insync.replicas", min_isr.to_string()),
+                ("compression.type", "uncompressed".to_owned()),
+            ];
+            let topic = NewTopic {
+                name: TRANSACTION_STATE_TOPIC.to_owned(),
+                partitions: config.settings.partition_count,
+                replication_factor,
+                configs: configs
+                    .into_iter()
+                    .map(|(k, v)| (k.to_owned(), v))
+                    .collect(),
+                assignments: None,
+            };
+            ensure_internal_topic(broker, topic).await?;
             start(broker)
         })
         .await
