@@ -1,14 +1,4 @@
-"""NOT IN THE DEFAULT RUN (its name does not match test_*.py): a reproduction of an open bug
-of issue 9. Run it with `cd tests/e2e && python3 -m pytest eos_faults.py -s` (after
-`cargo build --release`). It passes
-in about two runs of three; in the others the pipeline stalls for good after the leader of
-the transactional id's `__transaction_state` partition is killed, when the node that takes over
-leads the group's `__consumer_offsets` partition too (both coordinators on one node):
-AddOffsetsToTxn succeeds on the new coordinator and the transaction then gets no further
-(librdkafka's `debug=eos` shows no TxnOffsetCommit answer) until the coordinator aborts it on
-its timeout. Root cause not found yet.
-
-Exactly-once under faults: a consume-transform-produce pipeline (librdkafka, transactional
+"""Exactly-once under faults: a consume-transform-produce pipeline (librdkafka, transactional
 producer, read_committed input, offsets sent in each transaction) copies an input topic to an
 output topic on a 3-node cluster while the leaders of the input partition, the output
 partition, the group's offsets partition and the transactional id's transaction log partition
@@ -33,6 +23,11 @@ RECORDS_PER_PARTITION = 1500
 # Records per transaction, at most: about 60 transactions in all, so the faults land mid-run.
 BATCH = 50
 INTERNAL_PARTITIONS = 50
+
+
+class PipelineStalled(Exception):
+    """The pipeline made no progress in time (the open bug the test's xfail names); anything
+    else that goes wrong, a lost or duplicated record above all, fails the test."""
 
 
 def java_partition(key, partitions=INTERNAL_PARTITIONS):
@@ -166,6 +161,10 @@ def committed_offsets(bootstrap, group, topic):
         c.close()
 
 
+@pytest.mark.xfail(strict=False, raises=PipelineStalled, reason=(
+    "broker bug (issue 9, open): in about one run of three the pipeline stalls for good after the "
+    "__transaction_state leader is killed, when the node taking over also coordinates the group "
+    "(AddOffsetsToTxn succeeds, the transaction gets no further until its timeout aborts it)"))
 def test_a_pipeline_copies_every_record_exactly_once_while_leaders_are_killed(cluster_factory):
     c = cluster_factory(3)
     bootstrap = c.bootstrap
@@ -186,9 +185,9 @@ def test_a_pipeline_copies_every_record_exactly_once_while_leaders_are_killed(cl
             before = pipe.committed_txns
             try:
                 wait_for(f"{n} more committed transactions",
-                         lambda: pipe.error or pipe.committed_txns >= before + n, timeout=120)
+                         lambda: pipe.error or pipe.committed_txns >= before + n, timeout=60)
             except AssertionError as e:
-                raise AssertionError(f"{e}; pipeline: {pipe.committed_txns} committed, {pipe.aborts} aborted, "
+                raise PipelineStalled(f"{e}; pipeline: {pipe.committed_txns} committed, {pipe.aborts} aborted, "
                                      f"last: {pipe.last}, assigned: {pipe.assigned}") from None
             assert pipe.error is None, f"pipeline failed: {pipe.error!r}"
 
@@ -210,9 +209,12 @@ def test_a_pipeline_copies_every_record_exactly_once_while_leaders_are_killed(cl
             c.nodes[leader].start()
             progressed_by(1)
 
-        wait_for("the pipeline consumed every input record",
-                 lambda: pipe.error or committed_offsets(bootstrap, group, input_topic) == [end] * PARTITIONS,
-                 timeout=240, interval=0.5)
+        try:
+            wait_for("the pipeline consumed every input record",
+                     lambda: pipe.error or committed_offsets(bootstrap, group, input_topic) == [end] * PARTITIONS,
+                     timeout=120, interval=0.5)
+        except AssertionError as e:
+            raise PipelineStalled(f"{e}; pipeline: {pipe.committed_txns} committed, last: {pipe.last}") from None
         assert pipe.error is None, f"pipeline failed: {pipe.error!r}"
     finally:
         pipe.stop.set()
