@@ -103,7 +103,9 @@ class Pipeline(threading.Thread):
                     continue
                 self.last = f"transaction of {len(msgs)} records"
                 try:
+                    self.last = "begin_transaction"
                     p.begin_transaction()
+                    self.last = "produce"
                     for m in msgs:
                         while True:
                             try:
@@ -111,7 +113,9 @@ class Pipeline(threading.Thread):
                                 break
                             except BufferError:
                                 p.poll(0.1)
+                    self.last = "position"
                     positions = consumer.position(consumer.assignment())
+                    self.last = f"send_offsets_to_transaction since {time.monotonic():.1f}"
                     p.send_offsets_to_transaction(positions, consumer.consumer_group_metadata(),
                                                   CLIENT_TIMEOUT_S)
                     self.commit(p)
@@ -133,9 +137,11 @@ class Pipeline(threading.Thread):
         deadline = time.monotonic() + 60
         while True:
             try:
+                self.last = f"commit_transaction since {time.monotonic():.1f}"
                 p.commit_transaction(CLIENT_TIMEOUT_S)
                 return
             except KafkaException as e:
+                self.last = f"commit_transaction failed {e.args[0]} at {time.monotonic():.1f}"
                 if e.args[0].retriable() and time.monotonic() < deadline:
                     continue
                 raise
@@ -144,6 +150,7 @@ class Pipeline(threading.Thread):
         deadline = time.monotonic() + 60
         while True:
             try:
+                self.last = f"abort_transaction since {time.monotonic():.1f}"
                 p.abort_transaction(CLIENT_TIMEOUT_S)
                 return
             except KafkaException as e:
@@ -187,7 +194,7 @@ def test_a_pipeline_copies_every_record_exactly_once_while_leaders_are_killed(cl
                 wait_for(f"{n} more committed transactions",
                          lambda: pipe.error or pipe.committed_txns >= before + n, timeout=60)
             except AssertionError as e:
-                raise PipelineStalled(f"{e}; pipeline: {pipe.committed_txns} committed, {pipe.aborts} aborted, "
+                raise PipelineStalled(f"{e} at {time.monotonic():.1f}; pipeline: {pipe.committed_txns} committed, {pipe.aborts} aborted, "
                                      f"last: {pipe.last}, assigned: {pipe.assigned}") from None
             assert pipe.error is None, f"pipeline failed: {pipe.error!r}"
 
