@@ -77,6 +77,7 @@ pub(crate) async fn handle(
                     })
             }
         };
+        tracing::debug!(key = %key, key_type = request.key_type, found = ?found.as_ref().map(|(n, _)| *n), "FindCoordinator");
         let c = Coordinator::default().with_key(key);
         coordinators.push(match found {
             Ok((node, endpoint)) => c

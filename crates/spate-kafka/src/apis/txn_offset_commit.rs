@@ -81,7 +81,9 @@ pub(crate) async fn handle(
     let broker = broker.clone();
     Reply::Later(Box::pin(async move {
         let all = |code: ResponseError| respond(&names, &slots, |_| Err(code));
+        tracing::debug!(%group, %transactional_id, producer_id = producer.producer_id, "TxnOffsetCommit received");
         if let Err(e) = coordinator.check_group(&group) {
+            tracing::debug!(%group, error = %e, "TxnOffsetCommit refused");
             return all(group_error(&e));
         }
         let count = broker
@@ -102,6 +104,7 @@ pub(crate) async fn handle(
             add,
         )
         .await;
+        tracing::debug!(%group, %transactional_id, ?verified, "TxnOffsetCommit verified");
         if let Err(code) = verified {
             let code = match code {
                 ResponseError::ProducerFenced if !knows_fenced => {
@@ -114,6 +117,7 @@ pub(crate) async fn handle(
             return all(code);
         }
         let outcome = coordinator.txn_commit(commit, producer).await;
+        tracing::debug!(%group, results = ?outcome.results, "TxnOffsetCommit stored");
         let mut results = match outcome.results {
             Err(e) => return all(group_error(&e)),
             Ok(results) => results,
