@@ -3,7 +3,9 @@
 //! start when the topic exists so committed offsets are loaded before clients ask.
 
 use crate::broker::Broker;
-use crate::topics::{capped_at_live_brokers, ensure_internal_topic, ApiError, NewTopic};
+use crate::topics::{
+    capped_at_live_brokers, ensure_internal_topic, led_partitions, ApiError, NewTopic,
+};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use spate_coordinator::{Coordinator, OFFSETS_TOPIC};
@@ -80,15 +82,7 @@ async fn follow_leadership(broker: Arc<Broker>, coordinator: Coordinator) {
     let count = offsets_partitions(&broker);
     let mut last: Option<Vec<i32>> = None;
     loop {
-        let mut led = std::collections::BTreeMap::new();
-        for index in 0..count {
-            let tp = TopicPartition::new(OFFSETS_TOPIC.to_owned(), index);
-            if let Some(p) = broker.replicas.get(&tp) {
-                if p.role() == spate_replica::Role::Leader {
-                    led.insert(index, p);
-                }
-            }
-        }
+        let led = led_partitions(&broker, OFFSETS_TOPIC, count);
         let keys: Vec<i32> = led.keys().copied().collect();
         if last.as_ref() != Some(&keys) {
             coordinator.own(led).await;

@@ -57,6 +57,23 @@ pub(crate) fn capped_at_live_brokers(broker: &Broker, replication_factor: i16) -
     replication_factor.min(broker.image().alive_brokers().count().max(1) as i16)
 }
 
+/// The partitions of an internal topic (of `count` partitions) this node leads, by number: what
+/// its coordinator loads after each reconciliation.
+pub(crate) fn led_partitions(
+    broker: &Broker,
+    topic: &str,
+    count: i32,
+) -> BTreeMap<i32, std::sync::Arc<spate_replica::Partition>> {
+    (0..count)
+        .filter_map(|index| {
+            let p = broker
+                .replicas
+                .get(&spate_types::TopicPartition::new(topic, index))?;
+            (p.role() == spate_replica::Role::Leader).then_some((index, p))
+        })
+        .collect()
+}
+
 /// Creates an internal topic (`__consumer_offsets`, `__transaction_state`) unless it exists,
 /// then waits until this node's replicas follow the metadata. Another request creating it
 /// first is not an error.

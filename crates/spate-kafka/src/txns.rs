@@ -7,7 +7,9 @@
 
 use crate::broker::Broker;
 use crate::markers::NodeMarkerWriter;
-use crate::topics::{capped_at_live_brokers, ensure_internal_topic, ApiError, NewTopic};
+use crate::topics::{
+    capped_at_live_brokers, ensure_internal_topic, led_partitions, ApiError, NewTopic,
+};
 use kafka_protocol::ResponseError;
 use spate_coordinator::txn::{TxnService, TxnSettings, TRANSACTION_STATE_TOPIC};
 use spate_types::TopicPartition;
@@ -86,15 +88,7 @@ async fn follow_leadership(broker: Arc<Broker>, service: TxnService) {
     let mut shutdown = broker.shutdown.clone();
     let count = state_log_partitions(&broker);
     loop {
-        let mut led = std::collections::BTreeMap::new();
-        for index in 0..count {
-            let tp = TopicPartition::new(TRANSACTION_STATE_TOPIC.to_owned(), index);
-            if let Some(p) = broker.replicas.get(&tp) {
-                if p.role() == spate_replica::Role::Leader {
-                    led.insert(index, p);
-                }
-            }
-        }
+        let led = led_partitions(&broker, TRANSACTION_STATE_TOPIC, count);
         service.own(led).await;
         // Biased (deterministic under simulation); the shutdown, which ends the loop, first.
         tokio::select! {

@@ -144,10 +144,7 @@ fn encode_v1(b: &mut BytesMut, m: &TxnMetadata) {
 }
 
 fn decode_v0(v: &mut &[u8]) -> Result<TxnMetadata, RecordError> {
-    let producer_id = get_i64(v)?;
-    let producer_epoch = get_i16(v)?;
-    let timeout_ms = get_i32(v)?;
-    let state = get_state(v)?;
+    let fixed = fixed_fields(v)?;
     let mut partitions = BTreeSet::new();
     let topics = get_i32(v)?;
     // A topic takes at least 6 bytes (name length, partition count), a partition 4.
@@ -167,25 +164,15 @@ fn decode_v0(v: &mut &[u8]) -> Result<TxnMetadata, RecordError> {
     let last_update_ms = get_i64(v)?;
     let start_ms = get_i64(v)?;
     Ok(TxnMetadata {
-        producer_id,
-        prev_producer_id: NO_PRODUCER_ID,
-        next_producer_id: NO_PRODUCER_ID,
-        producer_epoch,
-        last_producer_epoch: -1,
-        timeout_ms,
-        state,
         partitions,
         start_ms,
         last_update_ms,
-        client_version: 0,
+        ..fixed
     })
 }
 
 fn decode_v1(v: &mut &[u8]) -> Result<TxnMetadata, RecordError> {
-    let producer_id = get_i64(v)?;
-    let producer_epoch = get_i16(v)?;
-    let timeout_ms = get_i32(v)?;
-    let state = get_state(v)?;
+    let fixed = fixed_fields(v)?;
     let mut partitions = BTreeSet::new();
     let topics = get_uvarint(v)?;
     if topics > 0 && (topics - 1) as usize > v.len() / 3 {
@@ -211,17 +198,10 @@ fn decode_v1(v: &mut &[u8]) -> Result<TxnMetadata, RecordError> {
     let last_update_ms = get_i64(v)?;
     let start_ms = get_i64(v)?;
     let mut m = TxnMetadata {
-        producer_id,
-        prev_producer_id: NO_PRODUCER_ID,
-        next_producer_id: NO_PRODUCER_ID,
-        producer_epoch,
-        last_producer_epoch: -1,
-        timeout_ms,
-        state,
         partitions,
         start_ms,
         last_update_ms,
-        client_version: 0,
+        ..fixed
     };
     let tags = get_uvarint(v)?;
     for _ in 0..tags {
@@ -238,6 +218,20 @@ fn decode_v1(v: &mut &[u8]) -> Result<TxnMetadata, RecordError> {
         v.advance(size);
     }
     Ok(m)
+}
+
+/// The fields both value versions start with (producer id, epoch, timeout, state), in a
+/// metadata whose other fields the caller fills in.
+fn fixed_fields(v: &mut &[u8]) -> Result<TxnMetadata, RecordError> {
+    let producer_id = get_i64(v)?;
+    let producer_epoch = get_i16(v)?;
+    let timeout_ms = get_i32(v)?;
+    let state = get_state(v)?;
+    Ok(TxnMetadata {
+        producer_epoch,
+        state,
+        ..TxnMetadata::new(producer_id, timeout_ms, -1)
+    })
 }
 
 fn get_state(v: &mut &[u8]) -> Result<TxnState, RecordError> {
