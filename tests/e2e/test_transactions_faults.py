@@ -239,7 +239,6 @@ def test_a_pipeline_copies_every_record_exactly_once_while_leaders_are_killed(cl
         assert got == sent[p], f"partition {p}: out of order"
 
 
-@pytest.mark.xfail(strict=True, reason="broker bug (issue 9): a fenced node leaves Metadata at once and librdkafka waits for it forever (librdkafka issue 5511)")
 def test_send_offsets_finds_the_new_group_coordinator_after_its_node_dies(cluster_factory):
     """Regression: the node coordinating both the transactional id and the group dies during a
     transaction. librdkafka (2.10 on) drops from its broker list every broker a Metadata answer

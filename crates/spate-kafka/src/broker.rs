@@ -38,6 +38,9 @@ pub struct BrokerConfig {
     pub log_defaults: LogConfig,
     /// `delete.topic.enable`
     pub delete_topic_enable: bool,
+    /// `metadata.fenced.broker.retention.ms`: how long Metadata still lists a fenced broker
+    /// (see [`crate::listed_brokers`]).
+    pub fenced_broker_retention_ms: i64,
     /// Consumer group coordinator settings.
     pub groups: GroupConfig,
     /// Transaction coordinator settings.
@@ -120,6 +123,8 @@ pub struct Broker {
     pub(crate) txns: tokio::sync::OnceCell<spate_coordinator::txn::TxnService>,
     /// Connections to the other brokers (transaction markers and verification).
     pub(crate) peers: crate::peers::Peers,
+    /// When this node first saw each fenced broker fenced, for Metadata's broker list.
+    pub(crate) fenced_since: std::sync::Mutex<crate::listed_brokers::FencedSince>,
     /// The node's clock, id source, network and disk.
     seams: Seams,
 }
@@ -154,6 +159,7 @@ impl Broker {
             groups: tokio::sync::OnceCell::new(),
             txns: tokio::sync::OnceCell::new(),
             peers,
+            fenced_since: Default::default(),
             seams,
         })
     }

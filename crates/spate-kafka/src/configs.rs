@@ -561,6 +561,7 @@ pub(crate) mod tests {
             queued_request_bytes_max: 1 << 20,
             log_defaults: LogConfig::default(),
             delete_topic_enable: true,
+            fenced_broker_retention_ms: 900_000,
             groups: Default::default(),
             txns: Default::default(),
         }

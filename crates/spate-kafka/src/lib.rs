@@ -15,6 +15,7 @@ mod configs;
 mod connection;
 mod errors;
 mod groups;
+mod listed_brokers;
 mod markers;
 mod peers;
 mod probe;

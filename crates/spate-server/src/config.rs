@@ -68,6 +68,7 @@ pub const BROKER_CONFIGS: &[BrokerConfigDef] = &[
     def("num.partitions", "1", "Partitions of an auto-created topic, and of CreateTopics asking for the default."),
     def("default.replication.factor", "1", "Replication factor when a client asks for the default."),
     def("delete.topic.enable", "true", "Allow DeleteTopics."),
+    def("metadata.fenced.broker.retention.ms", "900000", "How long Metadata answers still list a fenced (stopped or unreachable) broker, so that clients retry it and look their coordinators up again instead of waiting for it (0: only live brokers, as Kafka)."),
     def("socket.request.max.bytes", "104857600", "Largest request frame; larger frames close the connection."),
     def("queued.max.request.bytes", "524288000", "Request bytes held in memory across all connections before reading pauses."),
     def("log.flush.interval.ms", "1000", "Longest time an acks=0/1 write stays in the page cache before fsync."),
@@ -252,6 +253,8 @@ pub struct ServerConfig {
     /// from its replication factor when it is created.
     pub min_insync_replicas: Option<i32>,
     pub delete_topic_enable: bool,
+    /// `metadata.fenced.broker.retention.ms`
+    pub fenced_broker_retention_ms: i64,
     pub request_bytes_max: usize,
     pub queued_request_bytes_max: usize,
     pub flush_interval: Duration,
@@ -346,6 +349,12 @@ impl ServerConfig {
             },
             advertised_host: non_empty("advertised.host"),
             rack: non_empty("broker.rack"),
+            fenced_broker_retention_ms: parse_num(
+                &values,
+                "metadata.fenced.broker.retention.ms",
+                0,
+                i64::MAX / 2,
+            )?,
             auto_create_topics: parse_bool(&values, "auto.create.topics.enable")?,
             num_partitions: parse_num(
                 &values,

@@ -188,6 +188,7 @@ impl Node {
                 queued_request_bytes_max: config.queued_request_bytes_max,
                 log_defaults: config.log_defaults.clone(),
                 delete_topic_enable: config.delete_topic_enable,
+                fenced_broker_retention_ms: config.fenced_broker_retention_ms,
                 groups: spate_kafka::GroupConfig {
                     offsets_topic_replication_factor: cluster.offsets_topic_replication_factor,
                     ..config.groups.clone()

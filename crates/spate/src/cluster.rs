@@ -308,7 +308,8 @@ fn nodes_from_describe_cluster(response: &DescribeClusterResponse, version: i16)
     }
 }
 
-/// Metadata lists live brokers only.
+/// Kafka's Metadata lists live brokers only (Spate's also a recently fenced one, but Spate answers
+/// DescribeCluster, so this is for other servers).
 fn nodes_from_metadata(response: &MetadataResponse, version: i16) -> Nodes {
     let controller_id = if version >= METADATA_CONTROLLER_VERSION {
         id(response.controller_id.0)

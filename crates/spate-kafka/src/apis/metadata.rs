@@ -1,4 +1,5 @@
-//! Metadata: the live brokers (unfenced, with their racks), topics and each partition's
+//! Metadata: the live brokers (unfenced, with their racks; a fenced one stays listed for
+//! `metadata.fenced.broker.retention.ms`, see [`crate::listed_brokers`]), topics and each partition's
 //! leader, leader epoch, replicas, ISR and offline replicas, with auto-creation of topics. A
 //! partition with no live in-sync replica answers LEADER_NOT_AVAILABLE with leader -1.
 
@@ -106,8 +107,17 @@ pub(crate) async fn handle(
         }
     }
     let image = broker.image();
-    let brokers = image
-        .alive_brokers()
+    let listed = broker
+        .fenced_since
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .listed(
+            &image,
+            broker.now_ms(),
+            broker.config.fenced_broker_retention_ms,
+        );
+    let brokers = listed
+        .into_iter()
         .map(|(id, endpoint)| {
             MetadataResponseBroker::default()
                 .with_node_id(BrokerId(id.0))
