@@ -166,6 +166,19 @@ pub struct CommittedOffset {
     pub commit_timestamp_ms: i64,
 }
 
+/// One committed offset, as the lag metrics read it ([`GroupCoordinator::all_offsets`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupOffset {
+    pub group: String,
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    /// The group commits its offsets inside transactions
+    /// ([`GroupCoordinator::is_exactly_once`]): its consumers read with
+    /// `isolation.level=read_committed`, up to the partition's last stable offset.
+    pub exactly_once: bool,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GroupListing {
     pub group_id: String,
@@ -567,7 +580,10 @@ impl GroupCoordinator {
     }
 
     /// A marker for `producer_id` was written to an offsets partition (the groups for which
-    /// `in_partition` holds): a commit applies its pending offsets, an abort drops them.
+    /// `in_partition` holds): a commit applies its pending offsets, an abort drops them. A
+    /// group that gets offsets from a commit becomes an exactly-once group
+    /// ([`GroupCoordinator::is_exactly_once`]). The replay of an offsets partition ends its
+    /// transactions here too, so a coordinator taking over knows the same groups as such.
     pub fn complete_txn(
         &mut self,
         now: i64,
@@ -578,9 +594,25 @@ impl GroupCoordinator {
         let applied = self.pending_txn.complete(producer_id, commit, in_partition);
         let count = applied.len();
         for record in applied {
+            let group = record.group().to_owned();
             self.apply_record(now, record);
+            if let Some(g) = self.groups.get_mut(&group) {
+                if !g.exactly_once {
+                    tracing::debug!(group = %group, producer_id,
+                        "exactly-once group: offsets committed in a transaction");
+                }
+                g.exactly_once = true;
+            }
         }
         count
+    }
+
+    /// Whether `group` commits its offsets inside transactions (an exactly-once group, whose
+    /// consumers read with `isolation.level=read_committed`): a transactional offset commit of
+    /// it was applied at its COMMIT, live or in the replay of the offsets log, since the group
+    /// was last created. Sticky until the group goes (deleted, expired or unloaded).
+    pub fn is_exactly_once(&self, group: &str) -> bool {
+        self.groups.get(group).is_some_and(|g| g.exactly_once)
     }
 
     /// Whether a transaction has an offset of this partition pending (KIP-447).
@@ -622,7 +654,10 @@ impl GroupCoordinator {
             },
             OffsetsRecord::Group { group, value } => match value {
                 Some(v) => {
-                    let g = restore_group(group.clone(), v, now);
+                    let mut g = restore_group(group.clone(), v, now);
+                    // The group record carries membership, not how offsets are committed: a
+                    // rebalance after a transactional commit keeps the group exactly-once.
+                    g.exactly_once = self.is_exactly_once(&group);
                     self.groups.insert(group, g);
                 }
                 None => {
@@ -661,13 +696,19 @@ impl GroupCoordinator {
         }
     }
 
-    /// Every committed offset: (group, topic, partition, offset), for lag.
-    pub fn all_offsets(&self) -> Vec<(String, String, i32, i64)> {
+    /// Every committed offset, with whether its group is exactly-once, for lag.
+    pub fn all_offsets(&self) -> Vec<GroupOffset> {
         self.offsets
             .iter()
             .flat_map(|(g, o)| {
-                o.iter()
-                    .map(move |((t, p), c)| (g.clone(), t.clone(), *p, c.offset))
+                let exactly_once = self.is_exactly_once(g);
+                o.iter().map(move |((t, p), c)| GroupOffset {
+                    group: g.clone(),
+                    topic: t.clone(),
+                    partition: *p,
+                    offset: c.offset,
+                    exactly_once,
+                })
             })
             .collect()
     }

@@ -1046,3 +1046,212 @@ fn an_assignment_that_could_not_be_stored_is_dropped_and_the_group_rebalances() 
     let j = joins(&mut c);
     assert_eq!(j[0].1.generation_id, 2);
 }
+
+// ----- exactly-once groups (offsets committed in transactions) -----
+
+/// A TxnOffsetCommit of `group` at `offset` by `producer`, as the service runs it: prepared
+/// (no member named: the producer knows only the group id), stored in the producer's
+/// transactional batch, then held until the transaction ends. Returns the stored records.
+fn txn_commit(
+    c: &mut GroupCoordinator,
+    now: i64,
+    producer: i64,
+    group: &str,
+    offset: i64,
+) -> Vec<OffsetsRecord> {
+    let req = CommitRequest {
+        group_id: group.into(),
+        ..commit_req("", -1, offset)
+    };
+    let records: Vec<OffsetsRecord> = c
+        .prepare_txn_commit(now, &req)
+        .unwrap()
+        .into_iter()
+        .flatten()
+        .collect();
+    assert_eq!(records.len(), 1);
+    c.stage_txn_offsets(producer, records.clone());
+    records
+}
+
+/// `(group, offset, exactly_once)` of every committed offset, as the lag metrics read them.
+fn lag_inputs(c: &GroupCoordinator) -> Vec<(String, i64, bool)> {
+    c.all_offsets()
+        .into_iter()
+        .map(|o| (o.group, o.offset, o.exactly_once))
+        .collect()
+}
+
+#[test]
+fn a_group_becomes_exactly_once_when_its_transactional_offsets_commit_not_when_they_abort() {
+    let mut c = coord(0);
+    commit(
+        &mut c,
+        0,
+        &CommitRequest {
+            group_id: "plain".into(),
+            ..commit_req("", -1, 4)
+        },
+    )
+    .unwrap();
+    txn_commit(&mut c, 1, 7, "g", 5);
+    assert!(!c.is_exactly_once("g"), "pending: nothing decided yet");
+    assert_eq!(lag_inputs(&c), vec![("plain".into(), 4, false)]);
+
+    assert_eq!(c.complete_txn(2, 7, false, |_| true), 0);
+    assert!(!c.is_exactly_once("g"), "an abort commits nothing");
+    assert_eq!(lag_inputs(&c), vec![("plain".into(), 4, false)]);
+
+    txn_commit(&mut c, 3, 8, "g", 6);
+    txn_commit(&mut c, 3, 8, "elsewhere", 1);
+    // The marker is on g's offsets partition only: the other group's offsets stay pending.
+    assert_eq!(c.complete_txn(4, 8, true, |g| g == "g"), 1);
+    assert!(c.is_exactly_once("g"));
+    assert!(!c.is_exactly_once("elsewhere"));
+    assert!(c.txn_offset_pending("elsewhere", "t", 0));
+    assert_eq!(
+        lag_inputs(&c),
+        vec![("g".into(), 6, true), ("plain".into(), 4, false)]
+    );
+
+    tracing::info!("--- a plain commit of the group later does not make it plain again");
+    commit(
+        &mut c,
+        5,
+        &CommitRequest {
+            group_id: "g".into(),
+            ..commit_req("", -1, 9)
+        },
+    )
+    .unwrap();
+    assert_eq!(lag_inputs(&c)[0], ("g".into(), 9, true));
+    // A rebalance of the group (a new group record) keeps it too.
+    let a = {
+        let mut r = join_req("", &["range"]);
+        r.require_known_member_id = false;
+        c.join(6, 1, r);
+        joins(&mut c)[0].1.member_id.clone()
+    };
+    c.sync(6, 2, sync_req(&a, 1, &[(&a, "A")]));
+    actions(&mut c);
+    assert_eq!(state(&c), GroupState::Stable);
+    assert!(c.is_exactly_once("g"));
+}
+
+/// The coordinator taking over an offsets partition replays its log through the same calls
+/// as `service::own`: plain records applied, transactional ones held, markers ending them. It
+/// must find the same exactly-once groups, whatever group records follow the commit.
+#[test]
+fn replaying_a_committed_transactional_offset_commit_makes_the_group_exactly_once_again() {
+    enum Logged {
+        Record(OffsetsRecord),
+        Transactional(i64, OffsetsRecord),
+        Marker(i64, bool),
+    }
+    let mut c = coord(0);
+    let mut log = Vec::new();
+    for r in txn_commit(&mut c, 0, 7, "g", 5) {
+        log.push(Logged::Transactional(7, r));
+    }
+    for r in txn_commit(&mut c, 0, 8, "aborted", 3) {
+        log.push(Logged::Transactional(8, r));
+    }
+    log.push(Logged::Marker(7, true));
+    log.push(Logged::Marker(8, false));
+    c.complete_txn(1, 7, true, |_| true);
+    c.complete_txn(1, 8, false, |_| true);
+    // The group's consumers rebalance after the commit: group records follow it in the log.
+    let a = {
+        let mut r = join_req("", &["range"]);
+        r.require_known_member_id = false;
+        c.join(2, 1, r);
+        joins(&mut c)[0].1.member_id.clone()
+    };
+    c.sync(2, 2, sync_req(&a, 1, &[(&a, "A")]));
+    for action in c.take_actions() {
+        if let Action::Store(r) = action {
+            log.push(Logged::Record(r));
+        }
+    }
+    assert!(c.is_exactly_once("g"));
+
+    let mut restored = coord(0);
+    for entry in log {
+        let decoded = |r: OffsetsRecord| {
+            let (k, v) = r.encode();
+            OffsetsRecord::decode(&k, v.as_deref()).unwrap()
+        };
+        match entry {
+            Logged::Record(r) => restored.apply_record(100, decoded(r)),
+            Logged::Transactional(producer, r) => {
+                restored.stage_txn_offsets(producer, vec![decoded(r)])
+            }
+            Logged::Marker(producer, commit) => {
+                restored.complete_txn(100, producer, commit, |_| true);
+            }
+        }
+    }
+    assert_eq!(restored.describe_group("g").state, GroupState::Stable);
+    assert!(restored.is_exactly_once("g"), "survives the group record");
+    assert!(!restored.is_exactly_once("aborted"));
+    assert_eq!(lag_inputs(&restored), lag_inputs(&c));
+    assert_eq!(lag_inputs(&restored), vec![("g".into(), 5, true)]);
+}
+
+#[test]
+fn the_exactly_once_mark_goes_with_the_group_deleted_expired_or_unloaded() {
+    let mut c = GroupCoordinator::new(
+        GroupSettings {
+            offsets_retention_ms: 1_000,
+            initial_rebalance_delay_ms: 0,
+            ..Default::default()
+        },
+        "t".into(),
+    );
+    let exactly_once = |c: &mut GroupCoordinator, now: i64| {
+        txn_commit(c, now, 7, "g", 5);
+        c.complete_txn(now, 7, true, |_| true);
+        assert!(c.is_exactly_once("g"));
+    };
+
+    tracing::info!("--- deleted: the mark goes, live and in a replay of what was stored");
+    exactly_once(&mut c, 0);
+    let mut stored = txn_commit(&mut c, 0, 9, "g", 6);
+    c.complete_txn(0, 9, true, |_| true);
+    assert_eq!(c.delete_group("g"), Ok(()));
+    assert!(!c.is_exactly_once("g"));
+    for action in c.take_actions() {
+        if let Action::Store(r) = action {
+            stored.push(r);
+        }
+    }
+    let mut restored = coord(0);
+    let mut records = stored.into_iter();
+    restored.stage_txn_offsets(9, records.next().into_iter().collect());
+    restored.complete_txn(1, 9, true, |_| true);
+    assert!(restored.is_exactly_once("g"));
+    for r in records {
+        restored.apply_record(1, r);
+    }
+    assert!(!restored.is_exactly_once("g"), "the tombstones clear it");
+    assert!(restored.all_offsets().is_empty());
+    // Committing plainly to a group of the same id later makes a plain group.
+    commit(&mut c, 1, &commit_req("", -1, 2)).unwrap();
+    assert_eq!(lag_inputs(&c), vec![("g".into(), 2, false)]);
+    assert_eq!(c.delete_group("g"), Ok(()));
+
+    tracing::info!("--- expired: an empty group's offsets and the group go, the mark with them");
+    exactly_once(&mut c, 10_000);
+    assert_eq!(c.expire_offsets(11_000), 1);
+    assert_eq!(c.describe_group("g").state, GroupState::Dead);
+    assert!(!c.is_exactly_once("g"));
+    commit(&mut c, 12_000, &commit_req("", -1, 2)).unwrap();
+    assert!(!c.is_exactly_once("g"));
+    assert_eq!(c.delete_group("g"), Ok(()));
+
+    tracing::info!("--- unloaded: forgotten with the group; the next leader replays it");
+    exactly_once(&mut c, 20_000);
+    assert_eq!(c.unload_groups(|g| g == "g"), 1);
+    assert!(!c.is_exactly_once("g"));
+    assert!(c.all_offsets().is_empty());
+}

@@ -101,6 +101,13 @@ pub struct Group {
     pub sync_deadline_ms: Option<i64>,
     /// When the group entered its current state (Empty: when offsets start to expire).
     pub state_since_ms: i64,
+    /// The group commits its offsets inside transactions (a TxnOffsetCommit of it was applied
+    /// at its transaction's COMMIT): an exactly-once group, whose consumers read with
+    /// `isolation.level=read_committed`, so its lag counts up to the last stable offset, not
+    /// the high watermark. Set live and by the replay of the offsets log alike (the same
+    /// [`crate::core::GroupCoordinator::complete_txn`]), kept when a group record restores
+    /// the group, and gone with the group (deleted, expired, unloaded).
+    pub exactly_once: bool,
 }
 
 impl Group {
@@ -120,6 +127,7 @@ impl Group {
             new_member_added: false,
             sync_deadline_ms: None,
             state_since_ms: now_ms,
+            exactly_once: false,
         }
     }
 

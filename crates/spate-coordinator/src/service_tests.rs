@@ -133,8 +133,9 @@ async fn a_sync_hands_out_its_assignment_only_once_the_group_record_is_durable()
 }
 
 /// Offsets a transaction commits (TxnOffsetCommit) are stored in the producer's transactional
-/// batch and become the group's only at its COMMIT marker; an ABORT drops them; and a
-/// coordinator loading the partition afterwards gets the same answer from the log alone.
+/// batch and become the group's only at its COMMIT marker, which makes it an exactly-once
+/// group; an ABORT drops them; and a coordinator loading the partition afterwards gets the
+/// same answers from the log alone.
 #[tokio::test]
 async fn transactional_offsets_count_only_once_their_transaction_commits_and_survive_a_reload() {
     use crate::service::TxnProducer;
@@ -201,6 +202,15 @@ async fn transactional_offsets_count_only_once_their_transaction_commits_and_sur
             .expect("marker");
     };
 
+    let exactly_once = |c: &Coordinator| {
+        let c = c.clone();
+        async move {
+            c.query(|core, _| core.is_exactly_once("g"))
+                .await
+                .expect("query")
+        }
+    };
+
     let out = coordinator.txn_commit(commit(5), producer).await;
     assert_eq!(out.results, Ok(vec![None]));
     assert_eq!(
@@ -208,9 +218,11 @@ async fn transactional_offsets_count_only_once_their_transaction_commits_and_sur
         (None, true),
         "pending until the commit"
     );
+    assert!(!exactly_once(&coordinator).await);
     marker(true);
     coordinator.complete_txn(0, 7, true).await;
     assert_eq!(committed(&coordinator).await, (Some(5), false));
+    assert!(exactly_once(&coordinator).await);
 
     coordinator.txn_commit(commit(9), producer).await;
     marker(false);
@@ -234,6 +246,10 @@ async fn transactional_offsets_count_only_once_their_transaction_commits_and_sur
         committed(&reloaded).await,
         (Some(11), true),
         "the reload applies the committed transaction and holds the open one"
+    );
+    assert!(
+        exactly_once(&reloaded).await,
+        "the replayed commit makes the group exactly-once again"
     );
     reloaded.complete_txn(0, 7, true).await;
     assert_eq!(committed(&reloaded).await, (Some(13), false));

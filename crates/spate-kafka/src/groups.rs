@@ -9,6 +9,7 @@ use crate::topics::{
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use spate_coordinator::{Coordinator, OFFSETS_TOPIC};
+use spate_replica::Partition;
 use spate_types::TopicPartition;
 use std::sync::Arc;
 
@@ -156,8 +157,25 @@ pub struct GroupLag {
     pub topic: String,
     pub partition: i32,
     pub committed: i64,
-    /// High watermark minus committed offset; `None` when the partition is not hosted.
+    /// What the group's consumers can still read past the committed offset, at least 0: up to
+    /// the last stable offset for an exactly-once group (it commits offsets in transactions),
+    /// up to the high watermark otherwise. `None` when the partition is not hosted on this
+    /// node.
     pub lag: Option<i64>,
+}
+
+/// Lag of a committed offset of `partition`, at least 0. An exactly-once group (it commits
+/// offsets inside transactions, so its consumers read with `isolation.level=read_committed`)
+/// is measured against the last stable offset, the end of what it can read: an open
+/// transaction's records are no lag of it until they commit. Any other group is measured
+/// against the high watermark.
+fn lag(partition: &Partition, committed: i64, exactly_once: bool) -> i64 {
+    let end = if exactly_once {
+        partition.last_stable_offset()
+    } else {
+        partition.high_watermark()
+    };
+    (end.0 - committed).max(0)
 }
 
 /// Committed offsets and lag of every group, and member counts per group.
@@ -173,18 +191,17 @@ pub async fn group_lag(broker: &Broker) -> (Vec<GroupLag>, Vec<(String, usize)>)
     };
     let lags = offsets
         .into_iter()
-        .map(|(group, topic, partition, committed)| {
-            let tp = TopicPartition::new(topic.clone(), partition);
-            let lag = broker
-                .replicas
-                .get(&tp)
-                .map(|p| (p.high_watermark().0 - committed).max(0));
+        .map(|o| {
+            let tp = TopicPartition::new(o.topic.clone(), o.partition);
             GroupLag {
-                group,
-                topic,
-                partition,
-                committed,
-                lag,
+                lag: broker
+                    .replicas
+                    .get(&tp)
+                    .map(|p| lag(&p, o.offset, o.exactly_once)),
+                group: o.group,
+                topic: o.topic,
+                partition: o.partition,
+                committed: o.offset,
             }
         })
         .collect();
@@ -202,4 +219,34 @@ pub(crate) fn opt_string(s: &Option<StrBytes>) -> Option<String> {
 
 pub(crate) fn str_bytes(s: impl Into<String>) -> StrBytes {
     StrBytes::from_string(s.into())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::lag;
+    use crate::apis::fetch::tests::{batch, end_txn, leader, produce, txn, TXN_PID};
+
+    #[tokio::test]
+    async fn an_exactly_once_groups_lag_ends_at_the_last_stable_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = leader(dir.path());
+        produce(&p, batch(2, None, false, 1_000)).await;
+        produce(&p, txn(3, 0, 2_000)).await;
+        // High watermark 5, last stable offset 2 (the open transaction's first offset).
+        assert_eq!(lag(&p, 2, true), 0, "an open transaction is no lag yet");
+        assert_eq!(lag(&p, 2, false), 3);
+        assert_eq!(lag(&p, 0, true), 2);
+        assert_eq!(
+            lag(&p, 9, false),
+            0,
+            "a commit past the end is no negative lag"
+        );
+        assert_eq!(lag(&p, 9, true), 0);
+
+        tracing::info!("--- committed: the three records and the marker count for both");
+        end_txn(&p, TXN_PID, true).await;
+        assert_eq!(lag(&p, 2, true), 4);
+        assert_eq!(lag(&p, 2, false), 4);
+    }
 }

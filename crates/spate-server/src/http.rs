@@ -127,7 +127,7 @@ async fn render_group_metrics(broker: &Broker, out: &mut String) {
     }
     let _ = writeln!(
         out,
-        "# HELP spate_consumer_group_lag High watermark minus committed offset."
+        "# HELP spate_consumer_group_lag Last stable offset minus committed offset for a group that commits its offsets in transactions (its consumers read_committed); high watermark minus committed offset for any other group."
     );
     let _ = writeln!(out, "# TYPE spate_consumer_group_lag gauge");
     for l in &lags {

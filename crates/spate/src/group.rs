@@ -8,6 +8,13 @@
 //! end offset (ListOffsets latest, read_committed). Lag is log end offset minus committed
 //! offset; where either is unknown it is shown as "-".
 //!
+//! The log end offset shown (LOG-END-OFFSET, `log_end_offset`) is the partition's last stable
+//! offset, for every group: the end of what a `read_committed` consumer can reach. Records of
+//! a transaction still open are past it and not counted as lag until the transaction commits;
+//! without open transactions it equals the high watermark. (The broker's
+//! `spate_consumer_group_lag` metric uses the last stable offset only for groups that commit
+//! offsets in transactions, and the high watermark for the others.)
+//!
 //! The fetching functions do I/O; everything that turns responses into rows and text is pure
 //! and tested below.
 
@@ -60,6 +67,9 @@ pub enum GroupCommand {
     /// List consumer groups: GROUP, STATE, PROTOCOL TYPE.
     List(ListArgs),
     /// Describe a group: state, members and their partitions, committed offsets and lag.
+    ///
+    /// LOG-END-OFFSET is the last stable offset (what a read_committed consumer can reach):
+    /// records of an open transaction are not counted as lag until it commits.
     Describe(DescribeArgs),
 }
 
@@ -297,6 +307,8 @@ pub struct OffsetRow {
     pub topic: String,
     pub partition: i32,
     pub current_offset: Option<i64>,
+    /// The last stable offset (ListOffsets latest, read_committed): the end of what a
+    /// `read_committed` consumer can reach.
     pub log_end_offset: Option<i64>,
     pub lag: Option<i64>,
     pub consumer_id: Option<String>,
