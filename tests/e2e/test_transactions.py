@@ -280,3 +280,86 @@ def test_kill9_mid_transaction_keeps_the_lso_and_read_committed_results(broker_f
     txn_producer(bootstrap, txn_id)
     assert watermarks(bootstrap, topic_name, "read_committed")[1] == 7
     assert values(bootstrap, topic_name, "read_committed") == [b"c1"]
+
+
+def test_compaction_removes_aborted_records_and_compacts_committed_ones(broker_factory, topic_name):
+    """A compacted topic written by a transactional producer (keyed records, every other
+    transaction aborted): below the active segment the cleaner (every 200 ms) removes every
+    aborted record, even one whose key has an older committed value that must survive, and keeps
+    only the latest committed value of each key (the cleaner's key map covers the segments below
+    the active one, so a record superseded only there stays). read_committed consumers see the same values
+    before and after the passes and after a SIGKILL restart."""
+    from pathlib import Path
+    b = broker_factory(args=["--set", "log.cleaner.backoff.ms=200"])
+    bootstrap = b.bootstrap
+    create_topic(bootstrap, topic_name, config={
+        "cleanup.policy": "compact", "segment.bytes": "2048", "min.cleanable.dirty.ratio": "0.01",
+        "delete.retention.ms": "0"})
+    p = txn_producer(bootstrap)
+    keys = [b"k%d" % i for i in range(5)]
+    committed, aborted = {}, set()
+    for t in range(30):
+        p.begin_transaction()
+        batch = [(keys[(t + r) % len(keys)], b"t%02d-r%d-" % (t, r) + b"x" * 60) for r in range(4)]
+        for k, v in batch:
+            p.produce(topic_name, key=k, value=v, partition=0)
+        assert p.flush(CLIENT_TIMEOUT_S) == 0
+        if t % 2:
+            p.abort_transaction(CLIENT_TIMEOUT_S)
+            aborted.update(v for _, v in batch)
+        else:
+            p.commit_transaction(CLIENT_TIMEOUT_S)
+            committed.update(dict(batch))
+    part_dir = Path(b.data_dir) / "logs" / f"{topic_name}-0"
+
+    def read(isolation):
+        c = Consumer({"bootstrap.servers": bootstrap, "group.id": "spate-e2e-unused",
+                      "isolation.level": isolation, "enable.auto.commit": False})
+        try:
+            end = c.get_watermark_offsets(TopicPartition(topic_name, 0), timeout=CLIENT_TIMEOUT_S)[1]
+            c.assign([TopicPartition(topic_name, 0, OFFSET_BEGINNING)])
+            got, deadline = [], time.monotonic() + CLIENT_TIMEOUT_S
+            while time.monotonic() < deadline:
+                m = c.poll(0.5)
+                if m is not None and not m.error():
+                    got.append(m)
+                position = c.position([TopicPartition(topic_name, 0)])[0].offset
+                if position >= end:
+                    return got
+            raise AssertionError(f"{isolation}: position stayed below {end}")
+        finally:
+            c.close()
+
+    def active_base():
+        return max(int(f.name[:20]) for f in part_dir.glob("*.log"))
+
+    def latest_committed(msgs):
+        latest = {}
+        for m in msgs:
+            latest[m.key()] = m.value()
+        return latest
+
+    assert latest_committed(read("read_committed")) == committed
+    deadline = time.monotonic() + 30
+    while True:
+        active = active_base()
+        raw = read("read_uncommitted")
+        below = [m for m in raw if m.offset() < active]
+        stale = [m.value() for m in below if m.value() in aborted]
+        superseded = [m.value() for m in below if m.value() != committed[m.key()]
+                      and m.value() not in aborted
+                      and any(o.key() == m.key() and m.offset() < o.offset() < active
+                              and o.value() not in aborted for o in raw)]
+        if not stale and not superseded:
+            break
+        assert time.monotonic() < deadline, (
+            f"below the active segment (base {active}): {len(stale)} aborted records left, e.g. "
+            f"{stale[:3]}; {len(superseded)} superseded committed records left, e.g. {superseded[:3]}")
+        time.sleep(0.3)
+    assert active > 0, "segment.bytes=2048 with ~12 KB written must have rolled"
+    assert len(raw) < 120, f"only {120 - len(raw)} of 120 records were removed"
+    after = read("read_committed")
+    assert latest_committed(after) == committed
+    assert not [m.value() for m in after if m.value() in aborted]
+    b.restart(graceful=False)
+    assert [(m.offset(), m.value()) for m in read("read_committed")] == [(m.offset(), m.value()) for m in after]

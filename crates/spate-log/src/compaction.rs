@@ -6,14 +6,17 @@
 //!    picks the cleanable segments (rolled, below the high watermark, older than
 //!    `min.compaction.lag.ms`), checks `min.cleanable.dirty.ratio` (or, below it, whether a
 //!    dirty segment's first batch is older than `max.compaction.lag.ms`, KIP-354) and takes
-//!    the segments' open files. Rolled segment files are never written again, so reading them
-//!    later is safe. A compacted topic's active segment rolls at `max.compaction.lag.ms` too
+//!    the segments' open files and the aborted transactions that begin in them and end after
+//!    them (read from the transaction indexes, the active segment's included). Rolled segment
+//!    files are never written again, so reading them later is safe. A compacted topic's active
+//!    segment rolls at `max.compaction.lag.ms` too
 //!    ([`LogConfig::max_segment_ms`](crate::LogConfig::max_segment_ms)), so no record waits
 //!    longer than about that, plus the cleaner's backoff, to become cleanable.
-//! 2. [`CompactionPlan::execute`] (no lock, blocking I/O): builds the key map from the dirty
-//!    section (offsets from the cleaner checkpoint on), then rewrites every cleanable segment
-//!    into `{base}.{end}.log.cleaned` files (with their indexes), grouping consecutive
-//!    segments up to `segment.bytes`, and fsyncs them.
+//! 2. [`CompactionPlan::execute`] (no lock, blocking I/O): opens the planned segments'
+//!    transaction indexes, builds the key map from the dirty section (offsets from the cleaner
+//!    checkpoint on), then rewrites every cleanable segment into `{base}.{end}.log.cleaned`
+//!    files (with their indexes), grouping consecutive segments up to `segment.bytes`, and
+//!    fsyncs them.
 //! 3. [`PartitionLog::commit_compaction`](crate::PartitionLog::commit_compaction) (under the
 //!    lock): checks that the segments are still the ones read (truncation, retention or another
 //!    compaction abort the pass), renames each cleaned transaction index to
@@ -23,25 +26,50 @@
 //!    Readers holding the open file of a replaced segment keep reading the old bytes.
 //!    [`CompactionCommit::persist`] then (no lock) writes the cleaner checkpoint.
 //!
-//! Crash safety: a `{base}.{end}.log.swap` file is complete (it was fsynced before the rename),
-//! so recovery rolls it forward: it deletes the segments with base offsets in `[base, end)` and
-//! renames the swap file to `{base}.log`. The offset and time indexes are rebuilt from the log;
-//! the transaction index cannot be, so recovery renames the cleaned one (its `.txnindex.swap`,
-//! or its `.txnindex.cleaned` if that rename was lost; both were fsynced before the commit
-//! point) to `{base}.txnindex`, or, finding neither, keeps `{base}.txnindex`, which is then
-//! already the cleaned one. Then it deletes every other `*.cleaned` and `.txnindex.swap` file.
+//! Crash safety (`compaction/recovery.rs`): a `{base}.{end}.log.swap` file is complete (it was
+//! fsynced before the rename), so recovery rolls it forward: it deletes the segments with base
+//! offsets in `[base, end)` and renames the swap file to `{base}.log`. The offset and time
+//! indexes are rebuilt from the log; the transaction index cannot be, so recovery renames the
+//! cleaned one (its `.txnindex.swap`, or its `.txnindex.cleaned` if that rename was lost; both
+//! were fsynced before the commit point) to `{base}.txnindex`, or, finding neither, keeps
+//! `{base}.txnindex`, which is then already the cleaned one. Then it deletes every other
+//! `*.cleaned` and `.txnindex.swap` file. All groups of a pass share the one commit point, so a
+//! marker removed with the last data of its transaction in another group never outlives, nor is
+//! outlived by, that removal.
 //!
-//! What survives a pass, per batch:
-//! - Control and transactional batches are kept whole and never enter the key map, so an
-//!   aborted transaction's record can never make an older committed value disappear. The
-//!   cleaned segment carries the transaction index entries of the segments it replaces (their
-//!   markers are kept), and nothing at or past the last stable offset is cleaned.
-//! - The last batch of every producer id known to the producer state is kept whole (Kafka does
-//!   the same), so idempotent producer state (last sequence, epoch) survives compaction.
-//! - Records at or past the end of the key map's coverage are kept.
-//! - Otherwise a record is kept if it has a key, no later record of that key is in the key map,
-//!   and it is not a tombstone older than `delete.retention.ms`. Records without a key are
-//!   removed (Kafka does too; compacted topics refuse them on append).
+//! What survives a pass, per batch of the rewritten segments (Kafka's `LogCleaner` with its
+//! `CleanedTransactionMetadata`; how the pass learns each transaction's outcome, and its
+//! limits, are in `compaction/txn.rs`):
+//! - Nothing at or past the last stable offset is cleaned: phase 1 plans only segments that
+//!   end at or below it, so every transaction with data in them is complete and open
+//!   transactions are never touched.
+//! - The last batch of every producer id known to the producer state is kept whole (Kafka
+//!   does the same), so idempotent producer state (last sequence, epoch) survives compaction.
+//!   This holds for a transactional batch too, aborted or not.
+//! - A data batch of an ABORTED transaction (one an aborted-transaction entry of its producer
+//!   spans, see the transaction indexes in `txn_index`) is removed whole, and its records
+//!   never enter the key map, so they can never make an older committed value disappear.
+//! - Records of COMMITTED transactions are compacted like any other: they enter the key map,
+//!   and are removed once superseded or, as tombstones, expired (below).
+//! - A control batch is kept unless it is a COMMIT or ABORT marker such that: no data batch of
+//!   its transaction survives the pass before it (all of it was cleaned away, in this pass or
+//!   earlier, or it had none); its batch's max timestamp is more than `delete.retention.ms`
+//!   before the cleaner's clock; and it lies below the oldest producer state snapshot on disk
+//!   (recovery replays from a snapshot; one taken inside a transaction whose marker is gone
+//!   would reopen that transaction for ever). Then it is removed.
+//! - A segment overlapped by more aborted transactions than
+//!   [`CompactionLimits::txn_entries_max`] keeps its transactional batches and markers whole
+//!   and none of them enters the key map.
+//! - Otherwise a record is kept if it lies at or past the end of the key map's coverage, or if
+//!   it has a key, no later record of that key is in the key map, and it is not a tombstone
+//!   older than `delete.retention.ms`. Records without a key are removed (Kafka does too;
+//!   compacted topics refuse them on append).
+//!
+//! The cleaned segment's transaction index holds, in order, the entries of the indexes of the
+//! segments it replaces whose ABORT marker it keeps: an entry goes only with its marker, which
+//! stays while any data of its transaction remains, so `read_committed` fetches still filter
+//! every aborted record left. Each entry is copied unchanged (its first offset may now precede
+//! the transaction's first surviving record, which filters nothing more).
 //!
 //! A batch that keeps every record is copied byte for byte; one that keeps none is dropped; one
 //! that keeps some is re-encoded by kafka-protocol's encoder with the same compression,
@@ -59,17 +87,28 @@
 //! - A tombstone's age is its batch's max timestamp (the producer's CreateTime, or the append
 //!   time on a LogAppendTime topic) measured against the cleaner's clock; a batch without a
 //!   timestamp keeps its tombstones.
+//! - A marker's age is measured the same way, from the time the leader wrote it. Kafka
+//!   (KIP-534) instead stamps a *delete horizon* (`now + delete.retention.ms`) into a marker's
+//!   batch on the first pass that finds it removable and removes it on a later pass past that
+//!   horizon, so its window starts when the data became removable. Ours starts earlier, at the
+//!   marker's write, which is acceptable: in-sync replicas already hold the marker when it
+//!   becomes cleanable (passes stay below the high watermark), so only a reader lagging by
+//!   more than `delete.retention.ms` can have read a transaction's data and miss its marker,
+//!   the exposure tombstones have here too; and it avoids rewriting every marker once more to
+//!   stamp the horizon.
 //! - The cleaner checkpoint (`cleaner-offset-checkpoint`) is advisory: losing it or finding it
 //!   stale only makes a pass clean more or less; it never affects which offsets exist.
 
 use crate::batch::{check_batch, decode_records, reencode, BatchHeader, HEADER_BYTES};
 use crate::error::LogError;
 use crate::fsio;
+use crate::producer_state::ProducerStateManager;
 use crate::segment::{
     file_name, write_index_pair, IndexBuilder, SegmentIndex, INDEX_SUFFIX, LOG_SUFFIX,
     TIME_INDEX_SUFFIX,
 };
-use crate::txn_index::{self, TXN_INDEX_SUFFIX};
+use crate::txn::AbortedTxn;
+use crate::txn_index::TXN_INDEX_SUFFIX;
 use kafka_protocol::records::Record;
 use sha2::{Digest, Sha256};
 use spate_types::disk::{Disk, DiskFile, OpenMode};
@@ -77,8 +116,15 @@ use spate_types::limits::BATCH_BYTES_MAX;
 use spate_types::{Offset, ProducerId};
 use std::collections::{BTreeMap, HashMap};
 use std::io;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use txn::{SegmentCursor, TxnIndexes, TxnOutcome, TxnPass};
+
+mod recovery;
+mod txn;
+pub(crate) use recovery::recover;
+pub use txn::TXN_ENTRIES_MAX;
 
 /// Default bound of the key map: 1 Mi keys, about 32 MiB (Kafka's `log.cleaner.dedupe.buffer.size`
 /// plays this role). Passes run one partition at a time, so this bounds the cleaner's memory.
@@ -100,12 +146,17 @@ const CLEANED_SUFFIXES: [&str; 4] = [
 pub struct CompactionLimits {
     /// Most distinct keys the key map holds (at least 1 is used).
     pub key_map_entries_max: usize,
+    /// Most aborted transactions held for one segment, and most producers tracked with
+    /// transactional data kept but no marker read yet (at least 1 is used; see
+    /// `compaction/txn.rs`).
+    pub txn_entries_max: usize,
 }
 
 impl Default for CompactionLimits {
     fn default() -> Self {
         CompactionLimits {
             key_map_entries_max: KEY_MAP_ENTRIES_MAX,
+            txn_entries_max: TXN_ENTRIES_MAX,
         }
     }
 }
@@ -140,10 +191,16 @@ pub struct CompactionStats {
     pub segments_after: usize,
     pub bytes_before: u64,
     pub bytes_after: u64,
+    /// Data records removed: superseded, expired tombstones, and those of aborted transactions.
     pub records_removed: u64,
     pub tombstones_removed: u64,
     pub batches_rewritten: u64,
+    /// Data batches that lost every record to a later value or tombstone expiry.
     pub batches_dropped: u64,
+    /// Data batches of aborted transactions removed whole.
+    pub aborted_batches_removed: u64,
+    /// Transaction markers (COMMIT and ABORT control batches) removed.
+    pub markers_removed: u64,
     /// The new cleaner checkpoint: everything below it has been compacted once.
     pub cleaned_up_to: Offset,
 }
@@ -187,7 +244,12 @@ pub struct CompactionPlan {
     pub(crate) segments: Vec<PlannedSegment>,
     /// Last offset of the last batch of every producer id in the producer state.
     pub(crate) producer_last: BTreeMap<ProducerId, Offset>,
+    /// The aborted transactions whose first offset is below the end of `segments` and whose
+    /// marker is at or past it, in marker order (read under the lock: they may be in the
+    /// active segment's index).
+    pub(crate) aborted_after: Vec<AbortedTxn>,
     pub(crate) key_map_entries_max: usize,
+    pub(crate) txn_entries_max: usize,
     pub(crate) trigger: CompactionTrigger,
 }
 
@@ -339,25 +401,33 @@ impl CompactionPlan {
         self.dir.join(file_name(seg.base, LOG_SUFFIX))
     }
 
-    /// Maps each key's hash to its latest offset in the dirty section. Returns the map and the
-    /// offset it covers up to (exclusive): the end of the dirty section, or the offset of the
-    /// first record whose key did not fit.
-    fn build_key_map(&self) -> Result<(HashMap<KeyHash, i64>, Offset), LogError> {
+    /// Maps each key's hash to its latest offset in the dirty section, leaving out control
+    /// batches and the batches of aborted transactions (and of segments whose transactions
+    /// overflowed, see `compaction/txn.rs`). Returns the map and the offset it covers up to
+    /// (exclusive): the end of the dirty section, or the offset of the first record whose key
+    /// did not fit.
+    fn build_key_map(
+        &self,
+        txns: &TxnIndexes,
+    ) -> Result<(HashMap<KeyHash, i64>, Offset), LogError> {
         let max = self.key_map_entries_max.max(1);
         let mut map: HashMap<KeyHash, i64> = HashMap::new();
         let dirty_end = self.segments.last().map_or(self.first_dirty, |s| s.end);
         let mut stopped_at = None;
-        for seg in self.segments.iter().filter(|s| s.end > self.first_dirty) {
+        for (i, seg) in self.segments.iter().enumerate() {
+            if seg.end <= self.first_dirty {
+                continue;
+            }
             let path = self.path_of(seg);
+            let mut cursor = SegmentCursor::new(i);
             for_each_batch(&path, &*seg.file, seg.size, |h, bytes| {
-                if h.last_offset() < self.first_dirty || h.is_control() || h.is_transactional() {
+                if h.last_offset() < self.first_dirty || h.is_control() {
                     return Ok(true);
                 }
-                let set = decode_records(bytes, h).map_err(|e| LogError::Corrupt {
-                    path: path.clone(),
-                    position: 0,
-                    reason: e.to_string(),
-                })?;
+                if h.is_transactional() && cursor.outcome(txns, h)? != TxnOutcome::Committed {
+                    return Ok(true);
+                }
+                let set = decode_records(bytes, h).map_err(|e| corrupt(&path, e))?;
                 for r in &set.records {
                     if r.offset < self.first_dirty.0 {
                         continue;
@@ -379,25 +449,30 @@ impl CompactionPlan {
         Ok((map, stopped_at.unwrap_or(dirty_end)))
     }
 
-    /// Groups consecutive segments below `map_end` so that each cleaned file stays within
-    /// `segment.bytes` and relative offsets and positions fit the index's u32s.
-    fn groups(&self, map_end: Offset) -> Vec<Vec<PlannedSegment>> {
+    /// Groups consecutive segments below `map_end` (as ranges of `self.segments`) so that each
+    /// cleaned file stays within `segment.bytes` and relative offsets and positions fit the
+    /// index's u32s.
+    fn groups(&self, map_end: Offset) -> Vec<Range<usize>> {
         let limit = self.segment_bytes.min(u64::from(u32::MAX));
-        let mut groups: Vec<Vec<PlannedSegment>> = Vec::new();
+        let mut groups: Vec<Range<usize>> = Vec::new();
         let mut bytes = 0u64;
-        for seg in self.segments.iter().filter(|s| s.base < map_end) {
+        for (i, seg) in self.segments.iter().enumerate() {
+            if seg.base >= map_end {
+                break;
+            }
             let fits = groups.last().is_some_and(|g| {
-                let span = seg.end.0 - g[0].base.0;
+                let span = seg.end.0 - self.segments[g.start].base.0;
                 bytes + seg.size <= limit && span <= i64::from(u32::MAX)
             });
-            if fits {
-                bytes += seg.size;
-                if let Some(g) = groups.last_mut() {
-                    g.push(seg.clone());
+            match groups.last_mut() {
+                Some(g) if fits => {
+                    bytes += seg.size;
+                    g.end = i + 1;
                 }
-            } else {
-                bytes = seg.size;
-                groups.push(vec![seg.clone()]);
+                _ => {
+                    bytes = seg.size;
+                    groups.push(i..i + 1);
+                }
             }
         }
         groups
@@ -406,88 +481,83 @@ impl CompactionPlan {
     /// Phase 2: builds the key map and writes the cleaned files. Blocking I/O; call it without
     /// the partition lock (e.g. on `spawn_blocking`).
     pub fn execute(self) -> Result<PreparedCompaction, LogError> {
-        let (map, map_end) = self.build_key_map()?;
+        let txns = TxnIndexes::open(
+            &*self.disk,
+            &self.dir,
+            &self.segments,
+            &self.aborted_after,
+            self.txn_entries_max,
+        )?;
+        let (map, map_end) = self.build_key_map(&txns)?;
+        // Listed here rather than under the lock: a snapshot written since phase 1 is at the
+        // log end, past every planned segment, and truncation aborts the commit.
+        let snapshots_from = ProducerStateManager::oldest_snapshot(&*self.disk, &self.dir)?;
+        let mut pass = Pass {
+            txns,
+            map,
+            map_end,
+            txn: TxnPass::new(
+                self.now_ms,
+                self.delete_retention_ms,
+                snapshots_from,
+                self.txn_entries_max,
+            ),
+            stats: CompactionStats {
+                cleaned_up_to: map_end,
+                ..Default::default()
+            },
+        };
         let mut prepared = PreparedCompaction {
             disk: Arc::clone(&self.disk),
             dir: self.dir.clone(),
             generation: self.generation,
             cleaned_up_to: map_end,
             groups: Vec::new(),
-            stats: CompactionStats {
-                cleaned_up_to: map_end,
-                ..Default::default()
-            },
+            stats: CompactionStats::default(),
         };
-        for originals in self.groups(map_end) {
-            let group = self.clean_group(originals, &map, map_end, &mut prepared.stats)?;
+        for range in self.groups(map_end) {
+            let group = self.clean_group(range, &mut pass)?;
             prepared.groups.push(group);
         }
+        prepared.stats = pass.stats;
         self.disk.sync_dir(&self.dir)?;
         Ok(prepared)
     }
 
-    fn clean_group(
-        &self,
-        originals: Vec<PlannedSegment>,
-        map: &HashMap<KeyHash, i64>,
-        map_end: Offset,
-        stats: &mut CompactionStats,
-    ) -> Result<CleanedGroup, LogError> {
+    fn clean_group(&self, range: Range<usize>, pass: &mut Pass) -> Result<CleanedGroup, LogError> {
+        let originals = self.segments[range.clone()].to_vec();
         let base = originals[0].base;
         let end = originals[originals.len() - 1].end;
-        let path = CleanedGroup::cleaned_path(&self.dir, base, end, LOG_SUFFIX);
-        let out = self.disk.open(&path, OpenMode::Truncate)?;
-        // From here on the group owns the file; a failure below is cleaned up by the caller's
-        // PreparedCompaction only once the group is pushed, so remove it on error here.
-        let result = self.write_group(&*out, &originals, base, map, map_end, stats);
-        let (size, mut index) = match result {
-            Ok(v) => v,
-            Err(e) => {
-                let _ = self.disk.remove_file(&path);
-                return Err(e);
+        let path = |suffix| CleanedGroup::cleaned_path(&self.dir, base, end, suffix);
+        // Until the group is pushed to the caller's PreparedCompaction, which removes its files
+        // when dropped, a failure removes them here.
+        let remove_all = || {
+            for suffix in CLEANED_SUFFIXES {
+                let _ = self.disk.remove_file(&path(suffix));
             }
         };
-        let finish = || -> Result<(), LogError> {
+        let mut write = || -> Result<_, LogError> {
+            let out = self.disk.open(&path(LOG_SUFFIX), OpenMode::Truncate)?;
+            let txn_out = self
+                .disk
+                .open(&path(TXN_INDEX_SUFFIX), OpenMode::Truncate)?;
+            let (size, index) = self.write_group(&*out, &*txn_out, range.clone(), base, pass)?;
             out.sync_data()?;
             write_index_pair(
                 &*self.disk,
-                &CleanedGroup::cleaned_path(&self.dir, base, end, INDEX_SUFFIX),
-                &CleanedGroup::cleaned_path(&self.dir, base, end, TIME_INDEX_SUFFIX),
+                &path(INDEX_SUFFIX),
+                &path(TIME_INDEX_SUFFIX),
                 &index,
                 true,
             )?;
-            // The originals' aborts, in order: their markers are all kept.
-            let txn_out = self.disk.open(
-                &CleanedGroup::cleaned_path(&self.dir, base, end, TXN_INDEX_SUFFIX),
-                OpenMode::Truncate,
-            )?;
-            let mut entries = 0;
-            for o in &originals {
-                txn_index::copy_entries(
-                    &*self.disk,
-                    &txn_index::path(&self.dir, o.base),
-                    o.base,
-                    o.end,
-                    o.size,
-                    &*txn_out,
-                    &mut entries,
-                )?;
-            }
             txn_out.sync_data()?;
-            Ok(())
+            Ok((out, size, index))
         };
-        if let Err(e) = finish() {
-            for suffix in CLEANED_SUFFIXES {
-                let _ = self
-                    .disk
-                    .remove_file(&CleanedGroup::cleaned_path(&self.dir, base, end, suffix));
-            }
-            return Err(e);
-        }
-        stats.segments_before += originals.len();
-        stats.segments_after += 1;
-        stats.bytes_before += originals.iter().map(|s| s.size).sum::<u64>();
-        stats.bytes_after += size;
+        let (out, size, mut index) = write().inspect_err(|_| remove_all())?;
+        pass.stats.segments_before += originals.len();
+        pass.stats.segments_after += 1;
+        pass.stats.bytes_before += originals.iter().map(|s| s.size).sum::<u64>();
+        pass.stats.bytes_after += size;
         index.offsets.shrink_to_fit();
         Ok(CleanedGroup {
             base,
@@ -499,29 +569,26 @@ impl CompactionPlan {
         })
     }
 
-    /// Writes the surviving batches of `originals` to `out`; returns its size and index.
+    /// Writes the surviving batches of the segments in `range` to `out` and the surviving
+    /// entries of their transaction indexes to `txn_out`; returns the log's size and index.
     fn write_group(
         &self,
         out: &dyn DiskFile,
-        originals: &[PlannedSegment],
+        txn_out: &dyn DiskFile,
+        range: Range<usize>,
         base: Offset,
-        map: &HashMap<KeyHash, i64>,
-        map_end: Offset,
-        stats: &mut CompactionStats,
+        pass: &mut Pass,
     ) -> Result<(u64, SegmentIndex), LogError> {
         let mut index = SegmentIndex::default();
         let mut builder = IndexBuilder::new(self.index_interval_bytes);
         let mut pos = 0u64;
-        for seg in originals {
+        let mut txn_entries = 0u64;
+        for i in range {
+            let seg = &self.segments[i];
             let path = self.path_of(seg);
+            let mut cursor = SegmentCursor::new(i);
             for_each_batch(&path, &*seg.file, seg.size, |h, bytes| {
-                let cleaned = self
-                    .clean_batch(h, bytes, map, map_end, stats)
-                    .map_err(|e| LogError::Corrupt {
-                        path: path.clone(),
-                        position: 0,
-                        reason: e.to_string(),
-                    })?;
+                let cleaned = self.clean_batch(h, bytes, &path, &mut cursor, pass)?;
                 let written: &[u8] = match &cleaned {
                     Cleaned::Whole => bytes,
                     Cleaned::Dropped => return Ok(true),
@@ -541,13 +608,60 @@ impl CompactionPlan {
                 pos += written.len() as u64;
                 Ok(true)
             })?;
+            cursor.write_index(&pass.txns, txn_out, &mut txn_entries)?;
         }
         builder.finish(&mut index);
         Ok((pos, index))
     }
 
-    /// Decides what of one batch survives.
+    /// Decides what of one batch of the segment `cursor` reads survives.
     fn clean_batch(
+        &self,
+        h: &BatchHeader,
+        bytes: &[u8],
+        path: &Path,
+        cursor: &mut SegmentCursor,
+        pass: &mut Pass,
+    ) -> Result<Cleaned, LogError> {
+        if h.is_control() {
+            let removed = pass
+                .txn
+                .remove_marker(h, bytes, cursor, &pass.txns, &mut pass.stats)?;
+            return Ok(if removed {
+                Cleaned::Dropped
+            } else {
+                Cleaned::Whole
+            });
+        }
+        let outcome = if h.is_transactional() {
+            Some(cursor.outcome(&pass.txns, h)?)
+        } else {
+            None
+        };
+        let producers_last =
+            h.has_producer_id() && self.producer_last.get(&h.producer_id) == Some(&h.last_offset());
+        if outcome == Some(TxnOutcome::Aborted) && !producers_last {
+            pass.stats.aborted_batches_removed += 1;
+            pass.stats.records_removed += h.records_count.max(0) as u64;
+            return Ok(Cleaned::Dropped);
+        }
+        let cleaned = if producers_last
+            || h.base_offset >= pass.map_end
+            || outcome.is_some_and(|o| o != TxnOutcome::Committed)
+        {
+            Cleaned::Whole
+        } else {
+            self.clean_records(h, bytes, &pass.map, pass.map_end, &mut pass.stats)
+                .map_err(|e| corrupt(path, e))?
+        };
+        if outcome.is_some() && !matches!(cleaned, Cleaned::Dropped) {
+            pass.txn.data_kept(h);
+        }
+        Ok(cleaned)
+    }
+
+    /// Decides which records of a data batch survive by their keys.
+    fn clean_records(
         &self,
         h: &BatchHeader,
         bytes: &[u8],
@@ -555,11 +669,6 @@ impl CompactionPlan {
         map_end: Offset,
         stats: &mut CompactionStats,
     ) -> Result<Cleaned, crate::batch::BatchError> {
-        let producers_last =
-            h.has_producer_id() && self.producer_last.get(&h.producer_id) == Some(&h.last_offset());
-        if h.is_control() || h.is_transactional() || producers_last || h.base_offset >= map_end {
-            return Ok(Cleaned::Whole);
-        }
         let set = decode_records(bytes, h)?;
         let tombstones_expire = h.max_timestamp >= 0
             && self.now_ms.saturating_sub(h.max_timestamp) > self.delete_retention_ms;
@@ -595,84 +704,27 @@ impl CompactionPlan {
     }
 }
 
+/// The state of the clean phase of a pass, across its groups.
+struct Pass<'a> {
+    txns: TxnIndexes<'a>,
+    map: HashMap<KeyHash, i64>,
+    map_end: Offset,
+    txn: TxnPass,
+    stats: CompactionStats,
+}
+
+fn corrupt(path: &Path, e: crate::batch::BatchError) -> LogError {
+    LogError::Corrupt {
+        path: path.to_path_buf(),
+        position: 0,
+        reason: e.to_string(),
+    }
+}
+
 enum Cleaned {
     Whole,
     Dropped,
     Rewritten(Vec<u8>),
-}
-
-/// Rolls interrupted swaps forward and removes unfinished cleaned files (at open, before
-/// segments are listed). A swap file `{base}.{end}.log.swap` replaces every segment with a base
-/// offset in `[base, end)`; see the module docs for its transaction index.
-pub(crate) fn recover(disk: &dyn Disk, dir: &Path) -> Result<(), LogError> {
-    let mut swaps = Vec::new();
-    let mut logs = Vec::new();
-    let mut leftovers = Vec::new();
-    for entry in disk.read_dir(dir)? {
-        let name = entry.name.as_str();
-        let path = dir.join(name);
-        if name.ends_with(CLEANED_SUFFIX) || name.ends_with(TXN_SWAP_SUFFIX) {
-            // Those a swap below needs are renamed first; the rest go after.
-            leftovers.push(path);
-        } else if let Some(stem) = name.strip_suffix(SWAP_SUFFIX) {
-            let parsed = stem.split_once('.').and_then(|(b, e)| {
-                (b.len() == 20 && e.len() == 20)
-                    .then(|| Some((Offset(b.parse().ok()?), Offset(e.parse().ok()?))))
-                    .flatten()
-            });
-            match parsed {
-                Some((b, e)) if b < e => swaps.push((b, e, path)),
-                _ => {
-                    tracing::warn!(?path, "removing unparseable swap file");
-                    disk.remove_file(&path)?;
-                }
-            }
-        } else if let Some(stem) = name.strip_suffix(LOG_SUFFIX) {
-            if let Ok(b) = stem.parse::<i64>() {
-                if stem.len() == 20 {
-                    logs.push(Offset(b));
-                }
-            }
-        }
-    }
-    let remove = |path: &Path| match disk.remove_file(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
-    };
-    for (base, end, swap) in &swaps {
-        let (base, end) = (*base, *end);
-        let cleaned_txn = [
-            txn_swap_path(dir, base, end),
-            CleanedGroup::cleaned_path(dir, base, end, TXN_INDEX_SUFFIX),
-        ]
-        .into_iter()
-        .find(|p| leftovers.contains(p));
-        for old in logs.iter().filter(|b| **b >= base && **b < end) {
-            for suffix in [INDEX_SUFFIX, TIME_INDEX_SUFFIX, LOG_SUFFIX] {
-                remove(&dir.join(file_name(*old, suffix)))?;
-            }
-            // Without a cleaned one to roll forward, `{base}.txnindex` is the cleaned one.
-            if cleaned_txn.is_some() || *old != base {
-                remove(&txn_index::path(dir, *old))?;
-            }
-        }
-        if let Some(t) = &cleaned_txn {
-            disk.rename(t, &txn_index::path(dir, base))?;
-            leftovers.retain(|p| p != t);
-        }
-        // The offset and time indexes were removed with the old segment; they are rebuilt
-        // from the log.
-        disk.rename(swap, &dir.join(file_name(base, LOG_SUFFIX)))?;
-        tracing::warn!(dir = ?dir, segment = base.0, end = end.0,
-            "completed a compaction swap interrupted by a crash");
-    }
-    for path in &leftovers {
-        remove(path)?;
-    }
-    if !swaps.is_empty() {
-        disk.sync_dir(dir)?;
-    }
-    Ok(())
 }
 
 pub(crate) fn read_checkpoint(disk: &dyn Disk, dir: &Path) -> Result<Option<Offset>, LogError> {

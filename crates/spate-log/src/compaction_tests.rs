@@ -24,7 +24,7 @@ const HOUR: i64 = 3_600_000;
 const T0: i64 = 1_700_000_000_000;
 
 /// `(key, value)`; `None` value is a tombstone.
-type Kv<'a> = (Option<&'a str>, Option<&'a str>);
+pub(crate) type Kv<'a> = (Option<&'a str>, Option<&'a str>);
 
 /// A compacted topic whose every append goes to a new segment once the previous one holds
 /// anything (segment.ms = 1 ms and each append happens 1 ms later), cleaned at any dirty ratio.
@@ -40,11 +40,23 @@ fn compact_cfg() -> LogConfig {
 }
 
 fn batch(kvs: &[Kv], ts: i64, producer: (i64, i16, i32), compression: Compression) -> Vec<u8> {
+    encode_batch(kvs, ts, producer, compression, false)
+}
+
+/// One batch of `kvs` from `producer` (id, epoch, base sequence; id -1 for none), record `i`
+/// stamped `ts + i`.
+pub(crate) fn encode_batch(
+    kvs: &[Kv],
+    ts: i64,
+    producer: (i64, i16, i32),
+    compression: Compression,
+    transactional: bool,
+) -> Vec<u8> {
     let records: Vec<Record> = kvs
         .iter()
         .enumerate()
         .map(|(i, (k, v))| Record {
-            transactional: false,
+            transactional,
             control: false,
             delete_horizon: false,
             partition_leader_epoch: -1,
@@ -576,6 +588,7 @@ fn a_full_key_map_cleans_up_to_where_it_filled() {
     l.append(plain(&[(Some("active"), Some("x"))], T0));
     let limits = CompactionLimits {
         key_map_entries_max: 2,
+        ..CompactionLimits::default()
     };
     let mut passes = 0;
     loop {
@@ -769,7 +782,7 @@ proptest! {
             delete_retention_ms: i64::MAX,
             ..compact_cfg()
         });
-        let limits = CompactionLimits { key_map_entries_max: key_map };
+        let limits = CompactionLimits { key_map_entries_max: key_map, ..CompactionLimits::default() };
         // offset -> (key, value) as appended.
         let mut model: BTreeMap<i64, (String, Option<String>)> = BTreeMap::new();
         for op in ops {

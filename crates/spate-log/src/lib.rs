@@ -28,6 +28,7 @@ pub use batch::{
 pub use compaction::{
     CompactionCommit, CompactionLimits, CompactionOutcome, CompactionPlan, CompactionStats,
     CompactionTrigger, PlannedCompaction, PreparedCompaction, SkipReason, KEY_MAP_ENTRIES_MAX,
+    TXN_ENTRIES_MAX,
 };
 pub use config::{
     CompressionType, ConfigError, ConfigKind, LogConfig, TimestampType, TopicConfigDef,
@@ -41,6 +42,8 @@ pub use txn::{AbortedTxn, TxnMarker};
 
 #[cfg(test)]
 mod compaction_tests;
+#[cfg(test)]
+mod compaction_txn_tests;
 #[cfg(test)]
 mod disk_tests;
 #[cfg(test)]

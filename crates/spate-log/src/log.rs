@@ -1372,7 +1372,9 @@ impl PartitionLog {
     /// rolled segments wholly below `high_watermark` and older than `min.compaction.lag.ms`
     /// (by their largest timestamp) are cleanable. A pass is planned when the dirty share of
     /// those reaches `min.cleanable.dirty.ratio`, or, below it, when a dirty one holds a
-    /// record older than `max.compaction.lag.ms` ([`CompactionTrigger`]).
+    /// record older than `max.compaction.lag.ms` ([`CompactionTrigger`]). A planned pass also
+    /// reads, from the transaction indexes past the planned segments, the aborted transactions
+    /// that begin in them and end after them (as a `read_committed` fetch does).
     pub fn plan_compaction(
         &self,
         now_ms: i64,
@@ -1448,6 +1450,10 @@ impl PartitionLog {
             .iter()
             .filter_map(|(pid, e)| e.batches.back().map(|b| (*pid, b.last_offset)))
             .collect();
+        // At most one per producer (its transactions do not overlap); the read stops once the
+        // transactions open at `end` have all ended (see `aborted_transactions`).
+        let end = last.end;
+        let aborted_after = self.aborted_transactions(end, end)?;
         Ok(PlannedCompaction::Plan(CompactionPlan {
             disk: Arc::clone(&self.disk),
             dir: self.dir.clone(),
@@ -1459,7 +1465,9 @@ impl PartitionLog {
             first_dirty,
             segments,
             producer_last,
+            aborted_after,
             key_map_entries_max: limits.key_map_entries_max,
+            txn_entries_max: limits.txn_entries_max,
             trigger,
         }))
     }
@@ -1584,6 +1592,8 @@ impl PartitionLog {
             bytes_before = stats.bytes_before,
             bytes_after = stats.bytes_after,
             records_removed = stats.records_removed,
+            aborted_batches_removed = stats.aborted_batches_removed,
+            markers_removed = stats.markers_removed,
             cleaned_up_to = stats.cleaned_up_to.0,
             "compacted log"
         );

@@ -385,6 +385,12 @@ impl ProducerStateManager {
         Ok(None)
     }
 
+    /// The offset of the oldest snapshot on disk, readable or not: recovery replays the log from
+    /// a snapshot's offset, so compaction keeps the transaction markers at or past it.
+    pub(crate) fn oldest_snapshot(disk: &dyn Disk, dir: &Path) -> io::Result<Option<Offset>> {
+        Ok(list_snapshots(disk, dir)?.into_iter().min())
+    }
+
     /// Deletes snapshots above `offset` (the log was truncated there), durably: a snapshot a
     /// power cut brought back would describe records no longer in the log once it grows past
     /// it again, and answer a retry of one of them as a duplicate (simulator seed 921).

@@ -415,31 +415,28 @@ impl Rebuild {
     }
 }
 
-/// Appends the entries of a rolled segment's index (holding `[base, end)` in `log_bytes`) to
-/// `out` at entry `*out_at`, for compaction, which carries them into the cleaned segment. An
-/// implausible entry fails the pass: the cleaner never copies corruption.
+/// Appends the first `count` entries of `file`, a rolled segment's index holding `[base, end)`
+/// (at `src`, named in errors), to `out` at entry `*out_at`, [`CHUNK_ENTRIES`] per write, for
+/// compaction, which carries them into the cleaned segment. An implausible entry fails the
+/// pass: the cleaner never copies corruption.
 pub(crate) fn copy_entries(
-    disk: &dyn Disk,
+    file: &dyn DiskFile,
+    count: u64,
     src: &Path,
     base: Offset,
     end: Offset,
-    log_bytes: u64,
     out: &dyn DiskFile,
     out_at: &mut u64,
 ) -> Result<(), LogError> {
-    let Some((file, count)) = open_rolled(disk, src, log_bytes)? else {
-        return Ok(());
-    };
     let mut chunk = Vec::with_capacity(CHUNK_ENTRIES);
     let mut failed = None;
-    let ended = read_entries(&*file, count, base, end, |e| {
+    let ended = read_entries(file, count, base, end, |e| {
         chunk.push(*e);
         if chunk.len() == CHUNK_ENTRIES {
-            if let Err(e) = out.write_all_at(&encode(&chunk), *out_at * ENTRY_BYTES as u64) {
+            if let Err(e) = write_at(out, &chunk, out_at) {
                 failed = Some(e);
                 return false;
             }
-            *out_at += chunk.len() as u64;
             chunk.clear();
         }
         true
@@ -447,16 +444,31 @@ pub(crate) fn copy_entries(
     if let Some(e) = failed {
         return Err(e.into());
     }
-    if let ReadEnd::Invalid { entry, reason } = ended {
-        return Err(LogError::Corrupt {
-            path: src.to_path_buf(),
+    check_read(ended, src)?;
+    write_at(out, &chunk, out_at)?;
+    Ok(())
+}
+
+/// Writes `entries` to `out` at entry `*at` and advances `*at` past them.
+pub(crate) fn write_at(out: &dyn DiskFile, entries: &[AbortedTxn], at: &mut u64) -> io::Result<()> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    out.write_all_at(&encode(entries), *at * ENTRY_BYTES as u64)?;
+    *at += entries.len() as u64;
+    Ok(())
+}
+
+/// A read of the index at `path` that met an implausible entry, as [`LogError::Corrupt`].
+pub(crate) fn check_read(ended: ReadEnd, path: &Path) -> Result<(), LogError> {
+    match ended {
+        ReadEnd::Invalid { entry, reason } => Err(LogError::Corrupt {
+            path: path.to_path_buf(),
             position: entry * ENTRY_BYTES as u64,
             reason: format!("transaction index entry: {reason}"),
-        });
+        }),
+        ReadEnd::Done | ReadEnd::Stopped => Ok(()),
     }
-    out.write_all_at(&encode(&chunk), *out_at * ENTRY_BYTES as u64)?;
-    *out_at += chunk.len() as u64;
-    Ok(())
 }
 
 #[cfg(test)]

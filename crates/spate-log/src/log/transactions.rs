@@ -259,13 +259,7 @@ impl PartitionLog {
                     None => ReadEnd::Done,
                 }
             };
-            if let ReadEnd::Invalid { entry, reason } = ended {
-                return Err(LogError::Corrupt {
-                    path,
-                    position: entry * txn_index::ENTRY_BYTES as u64,
-                    reason: format!("transaction index entry: {reason}"),
-                });
-            }
+            txn_index::check_read(ended, &path)?;
             if complete {
                 break;
             }
