@@ -9,6 +9,11 @@ directory, and stops them by PID at the end. Workloads, in this order:
              once with librdkafka's default in-flight window and once with 5 requests
   rf3        `spate dev --nodes 3` (RF 3, min.insync.replicas 2), 6-partition RF 3 topics: the
              same three runs
+  txn        on the same cluster, three fresh 6-partition RF 3 topics, --txn-records records of
+             1 KiB each (at most --txn-secs of sending): idempotent acks=all produce (the
+             non-transactional figure), then transactions of 100 and of 1 000 records
+             (spate_bench txn); records/s, commit latency, and the ratio of each to the
+             non-transactional records/s
   catchup    SIGTERM one node, write up to --catchup-bytes to a 6-partition RF 3 topic (at most
              --catchup-seconds of sending), restart the node, time its log bytes reaching the
              leaders' and its return to every ISR
@@ -464,6 +469,48 @@ def produce_args(topic, secs, max_bytes, partitions=6):
             str(max_bytes // KIB), "-d", str(secs), "-X", "queue.buffering.max.kbytes=131072"]
 
 
+# Transaction sizes of the txn workload (records of 1 KiB per transaction); the records of each of
+# its three runs (~11-13 s of idempotent produce at RF 3 on the quiet 2-core machine, 156-190 MB/s),
+# and a cap on each run's sending time, so the runs stay short when transactions are slow. A run
+# of 1 000-record transactions at >= 70 % of the non-transactional rate commits them all.
+TXN_SIZES = (100, 1000)
+TXN_RECORDS = 2_000_000
+TXN_SECS = 20
+
+
+def bench_txn(tools, cluster, a, results):
+    """The same record count three times, each to a fresh 6-partition RF 3 topic (as rf3-tput):
+    idempotent acks=all produce with no transactions, then transactions of 100 and of 1 000
+    records. Same client settings otherwise (spate_bench's produce settings, a 128 MiB queue).
+    Every run stops sending (beginning transactions) after --txn-secs: a run that is far below
+    the non-transactional rate then commits fewer records, and its rate is over those."""
+    n = a.txn_records
+    log(f"=== 3 nodes, RF 3, 6 partitions: {n} records of 1 KiB (at most {a.txn_secs} s of sending), "
+        f"without and with transactions")
+    server = cluster.live_server()
+    topics = ["txn-plain"] + [f"txn-{size}" for size in TXN_SIZES]
+    for t in topics:
+        tools.topic_create(server, t, 6, 3)
+        cluster.wait_isr(t, 6)
+    pids = [p for p in cluster.pids().values() if p is not None]
+    common = ["-p", "6", "-s", str(KIB), "-n", str(n), "-d", str(a.txn_secs),
+              "-X", "queue.buffering.max.kbytes=131072"]
+    timeout_s = a.txn_secs * 6 + 60
+    plain = results["txn_plain"] = tools.run_client(
+        "txn: produce 1 KiB acks=all, idempotent, no transactions, 6 partitions", cluster.bootstrap,
+        ["produce", "-t", topics[0], "-a", "all", "-X", "enable.idempotence=true", *common], timeout_s, pids)
+    base = float(plain.get("msgs_s", "nan"))
+    for size, topic in zip(TXN_SIZES, topics[1:]):
+        r = results[f"txn_{size}"] = tools.run_client(
+            f"txn: transactions of {size} x 1 KiB, 6 partitions", cluster.bootstrap,
+            ["txn", "-t", topic, "-x", str(size), *common], timeout_s, pids)
+        ok = base > 0 and "msgs_s" in r  # base is NaN when the produce run printed no RESULT
+        r["ratio_to_plain"] = round(float(r["msgs_s"]) / base, 3) if ok else None
+        log(f"transactions of {size}: {r.get('msgs_s')} records/s, {r['ratio_to_plain']} of the "
+            f"non-transactional {plain.get('msgs_s')}; commit p50 {r.get('commit_p50_ms')} / "
+            f"p99 {r.get('commit_p99_ms')} ms")
+
+
 def bench_single(tools, base_dir, out_dir, a, results):
     log("=== single node, 6 partitions")
     node = SingleNode(tools, base_dir, out_dir / "cluster-single-node.log", a.set)
@@ -852,12 +899,10 @@ def report(results, lim, meta):
         c = r.get("cpu")
         return f"{r['load'].split()[0]}; others {c['others_cores']:.2f}" if c else r["load"].split()[0]
 
-    def thr_row(name, r, target, div):
-        if not r:
-            return
-        mb = float(r.get("mb_s", "nan"))
-        ok = "—" if target is None else ("yes" if mb >= target else "**no**")
-        notes = f"{r.get('msgs', '?')} msgs in {r.get('secs', '?')} s, errors {r.get('errors', '?')}, exit {r['exit']}"
+    def limits_and_cpu(mb, div, r):
+        """The throughput's fractions of this machine's limits (div copies of every byte), and the
+        CPU our nodes and client used."""
+        notes = ""
         if disk:
             notes += f"; {frac(mb, div, disk)} of disk fdatasync/{div} ({disk:.0f}/{div} MB/s)"
         if loop and div > 1:
@@ -865,6 +910,15 @@ def report(results, lim, meta):
         c = r.get("cpu")
         if c:
             notes += f"; CPU over the run: nodes {c['nodes_cores']:.2f}, client {c['client_cores']:.2f} cores"
+        return notes
+
+    def thr_row(name, r, target, div):
+        if not r:
+            return
+        mb = float(r.get("mb_s", "nan"))
+        ok = "—" if target is None else ("yes" if mb >= target else "**no**")
+        notes = f"{r.get('msgs', '?')} msgs in {r.get('secs', '?')} s, errors {r.get('errors', '?')}, exit {r['exit']}"
+        notes += limits_and_cpu(mb, div, r)
         w(f"| {name} | {mb:.1f} MB/s ({r.get('msgs_s', '?')} msg/s) | {'≥ %d MB/s' % target if target else '—'} "
           f"| {ok} | {load_txt(r)} | {notes} |")
 
@@ -885,6 +939,30 @@ def report(results, lim, meta):
     thr_row("RF 3 produce 1 KiB acks=all, 6 partitions", results.get("rf3_produce"), 150, 3)
     lat_rows("RF 3, 10 k msg/s, 1 KiB, linger.ms=1", results.get("rf3_latency"), 20, None)
     lat_rows("RF 3, same, max.in.flight=5", results.get("rf3_latency_inflight5"), 20, None)
+    plain = results.get("txn_plain")
+    if plain:
+        thr_row("RF 3 produce 1 KiB acks=all, idempotent, 6 partitions (non-transactional baseline for the "
+                "transactions below)", plain, None, 3)
+    for size in TXN_SIZES:
+        r = results.get(f"txn_{size}")
+        if not r:
+            continue
+        mb, ratio = float(r.get("mb_s", "nan")), r.get("ratio_to_plain")
+        target = 0.70 if size == 1000 else None  # issue 9: transactions of 1 000 reach 70 % of plain
+        ok = "—" if target is None or ratio is None else ("yes" if ratio >= target else "**no**")
+        ratio_txt = f"{ratio * 100:.0f} % of non-transactional" if ratio is not None else "no baseline"
+        capped = " (stopped by the send-time cap)" if r.get("capped") == "1" else ""
+        notes = (f"{r.get('msgs', '?')}{capped} records in {r.get('txns', '?')} transactions in "
+                 f"{r.get('secs', '?')} s, aborts {r.get('aborts', '?')}, errors {r.get('errors', '?')}, "
+                 f"exit {r['exit']}; "
+                 f"commit max {fmt_ms(r.get('commit_max_ms'))} ms; whole transaction (begin → commit returned) "
+                 f"p50 {fmt_ms(r.get('txn_p50_ms'))} / p99 {fmt_ms(r.get('txn_p99_ms'))} ms")
+        notes += limits_and_cpu(mb, 3, r)
+        size_txt = f"{size:,}".replace(",", " ")  # 1 000, as the docs write it
+        w(f"| RF 3 transactions of {size_txt} × 1 KiB, 6 partitions | {mb:.1f} MB/s ({r.get('msgs_s', '?')} "
+          f"records/s, {ratio_txt}); commit p50 {fmt_ms(r.get('commit_p50_ms'))} / "
+          f"p99 {fmt_ms(r.get('commit_p99_ms'))} ms | {'≥ 70 % of non-transactional' if target else '—'} | {ok} "
+          f"| {load_txt(r)} | {notes} |")
     thr_row("single node produce 1 KiB acks=all, 6 partitions", results.get("single_produce"), None, 1)
     lat_rows("single node, 10 k msg/s, 1 KiB, linger.ms=1", results.get("single_latency"), 10, 10)
     lat_rows("single node, same, max.in.flight=5", results.get("single_latency_inflight5"), 10, 10)
@@ -953,9 +1031,13 @@ def main():
     ap.add_argument("--client", required=True, help="the compiled bench/spate_bench.c")
     ap.add_argument("--out", required=True, help="Markdown report; raw figures go to the same name .json")
     ap.add_argument("--limits-env", help="limits.env from scripts/bench --limits, for the fractions")
-    ap.add_argument("--only", default="single,rf3,failover,catchup,idle")
+    ap.add_argument("--only", default="single,rf3,txn,failover,catchup,idle")
     ap.add_argument("--secs", type=int, default=10, help="sending time of a throughput run")
     ap.add_argument("--lat-secs", type=int, default=10, help="duration of a latency run")
+    ap.add_argument("--txn-records", type=int, default=TXN_RECORDS,
+                    help="records (1 KiB) of each run of the txn workload")
+    ap.add_argument("--txn-secs", type=int, default=TXN_SECS,
+                    help="sending time cap of each run of the txn workload")
     ap.add_argument("--kill-trials", type=int, default=20)
     ap.add_argument("--term-trials", type=int, default=6)
     ap.add_argument("--failover-rate", type=int, default=1500,
@@ -1000,10 +1082,11 @@ def main():
     try:
         if "single" in only:
             guarded("single", bench_single, tools, base_dir, out_dir, a, results)
-        if only & {"rf3", "catchup", "idle"}:
+        if only & {"rf3", "txn", "catchup", "idle"}:
             cluster = DevCluster(tools, base_dir, settings=a.set)
             try:
-                for name, fn in (("rf3", bench_rf3), ("catchup", bench_catchup), ("idle", bench_idle)):
+                for name, fn in (("rf3", bench_rf3), ("txn", bench_txn), ("catchup", bench_catchup),
+                                 ("idle", bench_idle)):
                     if name in only:
                         guarded(name, fn, tools, cluster, a, results)
             finally:

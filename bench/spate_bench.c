@@ -5,11 +5,21 @@
  *   spate_bench produce -b HOST:PORT -t TOPIC -n COUNT -s BYTES [-a 1|all] [-d MAX_SEND_SECONDS]
  *   spate_bench consume -b HOST:PORT -t TOPIC -n COUNT
  *   spate_bench latency -b HOST:PORT -t TOPIC -r MSGS_PER_S -d SECONDS [-s BYTES] [-a 1|all]
+ *   spate_bench txn -b HOST:PORT -t TOPIC -n COUNT -s BYTES -x RECORDS_PER_TXN [-d MAX_SEND_SECONDS]
  *   common: [-p PARTITIONS] [-T HARD_TIMEOUT_S] [-X librdkafka.property=value ...]
  *
- * -b takes librdkafka's bootstrap list (HOST:PORT,HOST:PORT,...). With -p N, produce and latency
- * send message i to partition i % N (so N partitions get equal shares, in order), and latency's
- * consumer reads all N partitions; the topic must have at least N partitions. Default: 1.
+ * -b takes librdkafka's bootstrap list (HOST:PORT,HOST:PORT,...). With -p N, produce, latency and
+ * txn send message i to partition i % N (so N partitions get equal shares, in order), and
+ * latency's consumer reads all N partitions; the topic must have at least N partitions. Default: 1.
+ *
+ * txn is a transactional producer (a transactional.id unique to the run, so idempotent and
+ * acks=all; otherwise produce's settings): init_transactions, then begin_transaction, RECORDS_PER_TXN
+ * records, commit_transaction, until COUNT records are committed (the last transaction may be
+ * smaller) or, with -d, no transaction begins after that many seconds. It reports records/s over
+ * first begin -> last commit returned, the time spent in commit_transaction (which includes
+ * flushing the transaction's outstanding records) and the whole transaction (begin -> commit
+ * returned). An abortable error aborts the transaction, which is counted (its records are
+ * produced again in the next one); any abort fails the run.
  *
  * Every mode is bounded: a message count, and a hard timeout (SIGALRM) after which the process
  * exits by itself with status 3. The last line of stdout is machine-readable:
@@ -39,6 +49,10 @@
 #define LATENCY_MSGS_MAX 10000000 /* bounds the latency sample array (80 MB) */
 #define PAYLOAD_BYTES_MAX (16 * 1024 * 1024)
 #define PARTITIONS_MAX 10000
+#define TXNS_MAX 1000000 /* bounds txn's two sample arrays (16 MB) */
+#define RECORDS_PER_TXN_MAX 1000000
+#define TXN_ABORTS_MAX 10 /* txn gives up after this many aborted transactions */
+#define TXN_RETRIES_MAX 5 /* retriable errors of one init/commit/abort call before txn gives up */
 
 static const char *brokers = "127.0.0.1:9092";
 static const char *topic = "spate-bench";
@@ -50,6 +64,7 @@ static long duration_s = 10;
 static int duration_set = 0;
 static long timeout_s = 300;
 static long partitions = 1;
+static long records_per_txn = 0;
 static const char *extra_conf[EXTRA_CONF_MAX];
 static int extra_conf_n = 0;
 
@@ -475,13 +490,172 @@ static int run_latency(void) {
     return (missing == 0 && delivery_errors == 0 && st.errors == 0) ? 0 : 1;
 }
 
+/* ---------------------------------------------------------------- txn */
+
+/* Destroys err; dies unless it is one the caller may retry (retriable, not fatal). */
+static void txn_retriable_or_die(rd_kafka_error_t *err, const char *what) {
+    int retry = rd_kafka_error_is_retriable(err) && !rd_kafka_error_is_fatal(err);
+    fprintf(stderr, "spate_bench: %s: %s (%s)%s\n", what, rd_kafka_error_string(err), rd_kafka_error_name(err),
+            retry ? ", retrying" : "");
+    rd_kafka_error_destroy(err);
+    if (!retry) die("%s failed", what);
+    usleep(100 * 1000);
+}
+
+/* Aborts the current transaction; retries retriable errors, dies on any other. */
+static void txn_abort(rd_kafka_t *rk) {
+    for (int attempt = 0;; attempt++) {
+        rd_kafka_error_t *err = rd_kafka_abort_transaction(rk, -1);
+        if (!err) return;
+        if (attempt >= TXN_RETRIES_MAX) die("abort_transaction: %s", rd_kafka_error_string(err));
+        txn_retriable_or_die(err, "abort_transaction");
+    }
+}
+
+/* Commits the current transaction. Returns 1 on success, 0 if the transaction had to be aborted
+ * (an abortable error); retries retriable errors, dies on fatal ones. */
+static int txn_commit(rd_kafka_t *rk) {
+    for (int attempt = 0;; attempt++) {
+        rd_kafka_error_t *err = rd_kafka_commit_transaction(rk, -1);
+        if (!err) return 1;
+        if (rd_kafka_error_txn_requires_abort(err)) {
+            fprintf(stderr, "spate_bench: commit_transaction: %s (%s), aborting\n", rd_kafka_error_string(err),
+                    rd_kafka_error_name(err));
+            rd_kafka_error_destroy(err);
+            txn_abort(rk);
+            return 0;
+        }
+        if (attempt >= TXN_RETRIES_MAX) die("commit_transaction: %s", rd_kafka_error_string(err));
+        txn_retriable_or_die(err, "commit_transaction");
+    }
+}
+
+static int run_txn(void) {
+    if (count <= 0) die("txn needs -n COUNT > 0");
+    if (records_per_txn < 1 || records_per_txn > RECORDS_PER_TXN_MAX)
+        die("txn needs -x RECORDS_PER_TXN in 1..%d", RECORDS_PER_TXN_MAX);
+    long txns_max = (count + records_per_txn - 1) / records_per_txn;
+    if (txns_max > TXNS_MAX) die("COUNT / RECORDS_PER_TXN above %d transactions", TXNS_MAX);
+
+    char txn_id[128];
+    snprintf(txn_id, sizeof txn_id, "spate-bench-txn-%ld-%" PRIu64, (long)getpid(), now_ns());
+    rd_kafka_conf_t *conf = base_conf();
+    set_conf(conf, "transactional.id", txn_id); /* implies enable.idempotence=true, so acks=all */
+    set_conf(conf, "acks", "all");
+    set_conf(conf, "linger.ms", "5");
+    set_conf(conf, "batch.size", "1000000");
+    set_conf(conf, "compression.type", "none");
+    set_conf(conf, "queue.buffering.max.messages", "2000000");
+    set_conf(conf, "queue.buffering.max.kbytes", "1048576");
+    set_conf(conf, "message.timeout.ms", "60000"); /* must not exceed transaction.timeout.ms (60 s) */
+    rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
+    rd_kafka_t *rk = new_client(RD_KAFKA_PRODUCER, conf);
+    wait_for_topic(rk);
+
+    /* init_transactions (FindCoordinator, InitProducerId) is not part of the timed phase. */
+    uint64_t init_start = now_ns();
+    for (int attempt = 0;; attempt++) {
+        rd_kafka_error_t *err = rd_kafka_init_transactions(rk, 30000);
+        if (!err) break;
+        if (attempt >= TXN_RETRIES_MAX) die("init_transactions: %s", rd_kafka_error_string(err));
+        txn_retriable_or_die(err, "init_transactions");
+    }
+    double init_ms = (double)(now_ns() - init_start) / 1e6;
+
+    char *payload = malloc((size_t)msg_bytes);
+    uint64_t *commit_ns = calloc((size_t)txns_max, sizeof(uint64_t));
+    uint64_t *whole_ns = calloc((size_t)txns_max, sizeof(uint64_t));
+    if (!payload || !commit_ns || !whole_ns) die("out of memory");
+    for (long i = 0; i < msg_bytes; i++) payload[i] = (char)('a' + (i * 7919) % 26);
+
+    /* With -d, no transaction begins after that many seconds, so a run on a slow machine (or with
+     * slow transactions) stays short; throughput is then over the records actually committed. */
+    long committed = 0, txns = 0, aborts = 0, seq = 0; /* seq: records produced, aborted ones too */
+    int capped = 0;
+    uint64_t start = now_ns(), end = start;
+    uint64_t send_until = duration_set ? start + (uint64_t)duration_s * 1000000000ull : UINT64_MAX;
+    while (committed < count && aborts < TXN_ABORTS_MAX) {
+        if (now_ns() > send_until) {
+            capped = 1;
+            break;
+        }
+        long n = count - committed < records_per_txn ? count - committed : records_per_txn;
+        uint64_t t_begin = now_ns();
+        rd_kafka_error_t *err = rd_kafka_begin_transaction(rk);
+        if (err) die("begin_transaction: %s", rd_kafka_error_string(err));
+        int ok = 1;
+        for (long i = 0; i < n && ok; i++, seq++) {
+            for (;;) {
+                rd_kafka_resp_err_t perr = rd_kafka_producev(
+                    rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_PARTITION((int32_t)(seq % partitions)),
+                    RD_KAFKA_V_VALUE(payload, (size_t)msg_bytes), RD_KAFKA_V_END);
+                if (perr == RD_KAFKA_RESP_ERR_NO_ERROR) break;
+                if (perr != RD_KAFKA_RESP_ERR__QUEUE_FULL) {
+                    /* __STATE: the transaction already failed (an abortable error). */
+                    fprintf(stderr, "spate_bench: produce in transaction: %s, aborting\n", rd_kafka_err2str(perr));
+                    ok = 0;
+                    break;
+                }
+                rd_kafka_poll(rk, 10);
+            }
+            if ((seq & 1023) == 0) rd_kafka_poll(rk, 0);
+        }
+        uint64_t t_commit = now_ns();
+        if (ok) {
+            ok = txn_commit(rk);
+        } else {
+            txn_abort(rk);
+        }
+        end = now_ns();
+        if (ok) {
+            commit_ns[txns] = end - t_commit;
+            whole_ns[txns] = end - t_begin;
+            txns++;
+            committed += n;
+        } else {
+            aborts++;
+        }
+    }
+    rd_kafka_flush(rk, 10000); /* nothing is outstanding after a commit; serves the last reports */
+    double secs = (double)(end - start) / 1e9;
+    double mb = (double)committed * (double)msg_bytes / 1e6;
+    qsort(commit_ns, (size_t)txns, sizeof(uint64_t), cmp_u64);
+    qsort(whole_ns, (size_t)txns, sizeof(uint64_t), cmp_u64);
+    double c50 = pct_ms(commit_ns, txns, 0.50), c99 = pct_ms(commit_ns, txns, 0.99);
+    double cmax = txns ? (double)commit_ns[txns - 1] / 1e6 : 0.0;
+    double w50 = pct_ms(whole_ns, txns, 0.50), w99 = pct_ms(whole_ns, txns, 0.99);
+    double wmax = txns ? (double)whole_ns[txns - 1] / 1e6 : 0.0;
+    printf("committed %ld of %ld records of %ld B%s in %ld transactions of up to %ld (acks=all, idempotent, "
+           "%ld partitions) in %.3f s: %.1f MB/s, %.0f records/s; %ld aborted transactions, %ld delivery errors; "
+           "init_transactions %.1f ms (not timed)\n",
+           committed, count, msg_bytes, capped ? " (stopped by -d)" : "", txns, records_per_txn, partitions, secs,
+           mb / secs, (double)committed / secs, aborts, delivery_errors, init_ms);
+    printf("commit latency (time in rd_kafka_commit_transaction, which includes flushing the transaction's "
+           "outstanding records): p50 %.2f ms, p99 %.2f ms, max %.2f ms\n",
+           c50, c99, cmax);
+    printf("whole transaction (begin_transaction -> commit_transaction returned): p50 %.2f ms, p99 %.2f ms, "
+           "max %.2f ms\n",
+           w50, w99, wmax);
+    printf("RESULT mode=txn size=%ld partitions=%ld per_txn=%ld count=%ld msgs=%ld capped=%d txns=%ld aborts=%ld "
+           "secs=%.3f mb_s=%.1f msgs_s=%.0f commit_p50_ms=%.2f commit_p99_ms=%.2f commit_max_ms=%.2f "
+           "txn_p50_ms=%.2f txn_p99_ms=%.2f txn_max_ms=%.2f init_ms=%.1f errors=%ld\n",
+           msg_bytes, partitions, records_per_txn, count, committed, capped, txns, aborts, secs, mb / secs,
+           (double)committed / secs, c50, c99, cmax, w50, w99, wmax, init_ms, delivery_errors);
+    fflush(stdout);
+    rd_kafka_destroy(rk);
+    free(payload);
+    free(commit_ns);
+    free(whole_ns);
+    return ((committed == count || (capped && committed > 0)) && aborts == 0 && delivery_errors == 0) ? 0 : 1;
+}
+
 /* ---------------------------------------------------------------- main */
 
 static void usage(void) {
     fprintf(stderr,
-            "usage: spate_bench produce|consume|latency [-b brokers] [-t topic] [-n count] [-s bytes]\n"
-            "                   [-a 1|all] [-r msgs_per_s] [-d seconds] [-p partitions] [-T hard_timeout_s]\n"
-            "                   [-X k=v]...\n");
+            "usage: spate_bench produce|consume|latency|txn [-b brokers] [-t topic] [-n count] [-s bytes]\n"
+            "                   [-a 1|all] [-r msgs_per_s] [-d seconds] [-x records_per_txn] [-p partitions]\n"
+            "                   [-T hard_timeout_s] [-X k=v]...\n");
     exit(2);
 }
 
@@ -490,7 +664,7 @@ int main(int argc, char **argv) {
     const char *mode = argv[1];
     int opt;
     optind = 2;
-    while ((opt = getopt(argc, argv, "b:t:n:s:a:r:d:p:T:X:")) != -1) {
+    while ((opt = getopt(argc, argv, "b:t:n:s:a:r:d:x:p:T:X:")) != -1) {
         switch (opt) {
         case 'b': brokers = optarg; break;
         case 't': topic = optarg; break;
@@ -499,6 +673,7 @@ int main(int argc, char **argv) {
         case 'a': acks = optarg; break;
         case 'r': rate = atol(optarg); break;
         case 'd': duration_s = atol(optarg); duration_set = 1; break;
+        case 'x': records_per_txn = atol(optarg); break;
         case 'p': partitions = atol(optarg); break;
         case 'T': timeout_s = atol(optarg); break;
         case 'X':
@@ -517,6 +692,7 @@ int main(int argc, char **argv) {
     if (strcmp(mode, "produce") == 0) return run_produce();
     if (strcmp(mode, "consume") == 0) return run_consume();
     if (strcmp(mode, "latency") == 0) return run_latency();
+    if (strcmp(mode, "txn") == 0) return run_txn();
     usage();
     return 2;
 }
