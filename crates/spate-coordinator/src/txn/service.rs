@@ -35,6 +35,15 @@ use tokio::sync::{mpsc, oneshot, watch};
 /// Requests queued for the task; senders wait when it is full.
 const COMMANDS_QUEUED_MAX: usize = 4096;
 
+/// Longest an AddPartitionsToTxn (or AddOffsetsToTxn) that would get CONCURRENT_TRANSACTIONS
+/// waits for the id's state to settle before it is answered so. A producer's next transaction
+/// starts right after its EndTxn is answered, while the markers of the previous one are still
+/// being written; answered at once, librdkafka backs off about 20 ms before it asks again,
+/// which halved the throughput of back-to-back transactions (docs/benchmarks.md). Markers take
+/// milliseconds; a transaction whose markers are stuck (a partition without a leader) is
+/// answered CONCURRENT_TRANSACTIONS after this and the client retries as before.
+const CONCURRENT_WAIT_MAX: Duration = Duration::from_secs(1);
+
 /// How markers reach the partitions of a transaction.
 pub trait MarkerWriter: Send + Sync + 'static {
     /// Writes the markers of `job` on every one of its partitions, each durably (as an
@@ -69,6 +78,9 @@ enum Command {
 #[derive(Clone)]
 pub struct TxnService {
     tx: mpsc::Sender<Command>,
+    /// Counts the records the core heard are stored (or failed): a state change that may
+    /// settle a CONCURRENT_TRANSACTIONS.
+    settled: watch::Receiver<u64>,
 }
 
 impl TxnService {
@@ -84,7 +96,9 @@ impl TxnService {
         seams: Seams,
     ) -> TxnService {
         let (tx, rx) = mpsc::channel(COMMANDS_QUEUED_MAX);
+        let (settled_tx, settled) = watch::channel(0);
         let task = Task {
+            settled: settled_tx,
             core: TxnCoordinator::new(settings),
             partitions: BTreeMap::new(),
             waiting: BTreeMap::new(),
@@ -94,7 +108,7 @@ impl TxnService {
             back: tx.downgrade(),
         };
         tokio::spawn(task.run(rx, abort_check, shutdown));
-        TxnService { tx }
+        TxnService { tx, settled }
     }
 
     /// Hands the task the `__transaction_state` partitions this node leads now: new ones (or
@@ -156,10 +170,27 @@ impl TxnService {
             .await
     }
 
+    /// AddPartitionsToTxn (AddOffsetsToTxn adds the offsets partition). One that would be
+    /// answered CONCURRENT_TRANSACTIONS (the previous transaction's markers are being written,
+    /// or a record of the id is being stored) is asked again each time a record settles, for
+    /// at most [`CONCURRENT_WAIT_MAX`].
     pub async fn add_partitions(&self, req: AddPartitionsRequest) -> TxnAnswer {
-        self.call(|tx| Command::Add(req, tx))
-            .await
-            .unwrap_or_else(TxnAnswer::error)
+        let deadline = tokio::time::Instant::now() + CONCURRENT_WAIT_MAX;
+        let mut settled = self.settled.clone();
+        loop {
+            settled.mark_unchanged();
+            let answer = self
+                .call(|tx| Command::Add(req.clone(), tx))
+                .await
+                .unwrap_or_else(TxnAnswer::error);
+            if answer.error != Some(TxnError::ConcurrentTransactions) {
+                return answer;
+            }
+            match tokio::time::timeout_at(deadline, settled.changed()).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(_)) | Err(_) => return answer,
+            }
+        }
     }
 
     pub async fn end_txn<F, Fut>(&self, req: EndRequest, allocate: F) -> TxnAnswer
@@ -195,6 +226,7 @@ struct Led {
 
 struct Task {
     core: TxnCoordinator,
+    settled: watch::Sender<u64>,
     partitions: BTreeMap<i32, Led>,
     waiting: BTreeMap<ReplyId, oneshot::Sender<TxnAnswer>>,
     next_reply: ReplyId,
@@ -275,7 +307,10 @@ impl Task {
             }
             Command::Query(f) => f(&mut self.core, now),
             Command::Own(wanted) => self.own(wanted),
-            Command::Stored(write, result) => self.core.stored(now, write, result),
+            Command::Stored(write, result) => {
+                self.core.stored(now, write, result);
+                self.settled.send_modify(|n| *n = n.wrapping_add(1));
+            }
             Command::MarkersWritten(job) => self.core.markers_written(now, &job),
         }
     }

@@ -229,3 +229,113 @@ async fn a_new_coordinator_writes_the_markers_of_a_transaction_left_between_prep
     );
     reaches(&service, TxnState::CompleteAbort).await;
 }
+
+/// A marker writer that writes each job once the test opens the gate.
+struct Gated {
+    jobs: mpsc::UnboundedSender<MarkerJob>,
+    gate: watch::Receiver<bool>,
+}
+
+impl MarkerWriter for Gated {
+    fn write(&self, job: MarkerJob, abandon: watch::Receiver<bool>) -> BoxFuture<'static, bool> {
+        let _ = self.jobs.send(job);
+        let (mut gate, mut abandon) = (self.gate.clone(), abandon);
+        Box::pin(async move {
+            tokio::select! {
+                _ = gate.wait_for(|open| *open) => true,
+                _ = abandon.wait_for(|a| *a) => false,
+            }
+        })
+    }
+}
+
+/// A committed transaction whose markers wait for the gate; returns the service, its marker
+/// jobs and the gate.
+async fn committed_awaiting_markers(
+    partition: Arc<Partition>,
+    stopped: watch::Receiver<bool>,
+) -> (TxnService, mpsc::UnboundedReceiver<MarkerJob>, watch::Sender<bool>) {
+    let (jobs_tx, mut jobs) = mpsc::unbounded_channel();
+    let (gate, gate_rx) = watch::channel(false);
+    let service = TxnService::start(
+        TxnSettings {
+            partition_count: 1,
+            ..TxnSettings::default()
+        },
+        Duration::from_secs(600),
+        Arc::new(Gated {
+            jobs: jobs_tx,
+            gate: gate_rx,
+        }),
+        stopped,
+        Seams::system(),
+    );
+    service.own(BTreeMap::from([(0, partition)])).await;
+    let a = service.init_producer_id(init_req(), allocate).await;
+    assert_eq!(a.error, None);
+    assert_eq!(service.add_partitions(add("a")).await.error, None);
+    let ended = service
+        .end_txn(
+            EndRequest {
+                transactional_id: "t".into(),
+                producer_id: 1000,
+                producer_epoch: 0,
+                commit: true,
+                tv2: false,
+            },
+            allocate,
+        )
+        .await;
+    assert_eq!(ended.error, None, "answered once PrepareCommit is stored");
+    jobs.recv().await.expect("a marker job");
+    assert_eq!(state(&service).await, Ok(TxnState::PrepareCommit));
+    (service, jobs, gate)
+}
+
+fn add(topic: &str) -> AddPartitionsRequest {
+    AddPartitionsRequest {
+        transactional_id: "t".into(),
+        producer_id: 1000,
+        producer_epoch: 0,
+        partitions: vec![(topic.into(), 0)],
+        tv2: false,
+    }
+}
+
+#[tokio::test]
+async fn the_next_transactions_add_partitions_waits_for_the_markers_instead_of_refusing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_stop, stopped) = watch::channel(false);
+    let (service, _jobs, gate) =
+        committed_awaiting_markers(txn_partition(dir.path(), 1), stopped).await;
+    let next = tokio::spawn({
+        let service = service.clone();
+        async move { service.add_partitions(add("b")).await }
+    });
+    // The request is parked while the markers are pending (it would have been answered
+    // CONCURRENT_TRANSACTIONS at once before).
+    tokio::task::yield_now().await;
+    assert_eq!(state(&service).await, Ok(TxnState::PrepareCommit));
+    assert!(!next.is_finished(), "answered before the markers were written");
+    gate.send_replace(true);
+    let answer = next.await.expect("join");
+    assert_eq!(answer.error, None, "the next transaction starts once Complete is stored");
+    assert_eq!(state(&service).await, Ok(TxnState::Ongoing));
+}
+
+#[tokio::test]
+async fn an_add_partitions_behind_markers_that_never_finish_is_refused_after_the_wait() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_stop, stopped) = watch::channel(false);
+    let (service, _jobs, _gate) =
+        committed_awaiting_markers(txn_partition(dir.path(), 1), stopped).await;
+    let started = tokio::time::Instant::now();
+    let answer = service.add_partitions(add("b")).await;
+    assert_eq!(answer.error, Some(TxnError::ConcurrentTransactions));
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "refused only after waiting: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(state(&service).await, Ok(TxnState::PrepareCommit));
+}
