@@ -254,7 +254,11 @@ impl MarkerWriter for Gated {
 async fn committed_awaiting_markers(
     partition: Arc<Partition>,
     stopped: watch::Receiver<bool>,
-) -> (TxnService, mpsc::UnboundedReceiver<MarkerJob>, watch::Sender<bool>) {
+) -> (
+    TxnService,
+    mpsc::UnboundedReceiver<MarkerJob>,
+    watch::Sender<bool>,
+) {
     let (jobs_tx, mut jobs) = mpsc::unbounded_channel();
     let (gate, gate_rx) = watch::channel(false);
     let service = TxnService::start(
@@ -316,10 +320,16 @@ async fn the_next_transactions_add_partitions_waits_for_the_markers_instead_of_r
     // CONCURRENT_TRANSACTIONS at once before).
     tokio::task::yield_now().await;
     assert_eq!(state(&service).await, Ok(TxnState::PrepareCommit));
-    assert!(!next.is_finished(), "answered before the markers were written");
+    assert!(
+        !next.is_finished(),
+        "answered before the markers were written"
+    );
     gate.send_replace(true);
     let answer = next.await.expect("join");
-    assert_eq!(answer.error, None, "the next transaction starts once Complete is stored");
+    assert_eq!(
+        answer.error, None,
+        "the next transaction starts once Complete is stored"
+    );
     assert_eq!(state(&service).await, Ok(TxnState::Ongoing));
 }
 
