@@ -422,7 +422,18 @@ impl TxnCoordinator {
         if m.producer_epoch != producer_epoch {
             return Err(TxnError::ProducerFenced);
         }
-        if entry.pending.is_some()
+        // A record being stored that only adds partitions to the ongoing transaction (the
+        // producer registering the next partitions while it writes to the first) leaves the
+        // durable answer for the partitions already added: refusing those made every such
+        // produce wait out librdkafka's 100 ms retry backoff. Any other transition in flight
+        // (an end, a fence) settles first.
+        let adding = entry.pending.as_ref().map(|p| {
+            (p.next.state == TxnState::Ongoing
+                && p.next.producer_id == m.producer_id
+                && p.next.producer_epoch == m.producer_epoch)
+                .then_some(&p.next.partitions)
+        });
+        if matches!(adding, Some(None))
             || matches!(m.state, TxnState::PrepareCommit | TxnState::PrepareAbort)
         {
             return Err(TxnError::ConcurrentTransactions);
@@ -430,9 +441,14 @@ impl TxnCoordinator {
         Ok(partitions
             .iter()
             .map(|p| {
-                (m.state == TxnState::Ongoing && m.partitions.contains(p))
-                    .then_some(())
-                    .map_or(Some(TxnError::InvalidTxnState), |()| None)
+                if m.state == TxnState::Ongoing && m.partitions.contains(p) {
+                    None
+                } else if adding.flatten().is_some_and(|next| next.contains(p)) {
+                    // Its AddPartitionsToTxn is not answered yet.
+                    Some(TxnError::ConcurrentTransactions)
+                } else {
+                    Some(TxnError::InvalidTxnState)
+                }
             })
             .collect())
     }

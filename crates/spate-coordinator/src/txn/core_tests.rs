@@ -436,6 +436,33 @@ fn verification_says_which_partitions_are_in_the_ongoing_transaction() {
         c.verify(ID, pid, epoch, &[tp("a", 0), tp("a", 1)]),
         Ok(vec![None, Some(TxnError::InvalidTxnState)])
     );
+    // The next partitions are being added (their record not yet stored): the partition
+    // already added is still verified, the one being added is not yet.
+    c.add_partitions(
+        2,
+        7,
+        &AddPartitionsRequest {
+            transactional_id: ID.to_owned(),
+            producer_id: pid,
+            producer_epoch: epoch,
+            partitions: vec![tp("a", 1)],
+            tv2: false,
+        },
+    );
+    assert_eq!(
+        c.verify(ID, pid, epoch, &[tp("a", 0), tp("a", 1), tp("a", 2)]),
+        Ok(vec![
+            None,
+            Some(TxnError::ConcurrentTransactions),
+            Some(TxnError::InvalidTxnState)
+        ]),
+        "while an add is being stored"
+    );
+    settle(&mut c, 2);
+    assert_eq!(
+        c.verify(ID, pid, epoch, &[tp("a", 0), tp("a", 1)]),
+        Ok(vec![None, None])
+    );
     c.end_txn(2, 3, &end_req(pid, epoch, true, false), None)
         .unwrap();
     assert_eq!(
