@@ -164,6 +164,12 @@ pub struct CommittedOffset {
     pub leader_epoch: i32,
     pub metadata: String,
     pub commit_timestamp_ms: i64,
+    /// Where the record that set it stands in the offsets log, as a count of the offset
+    /// records this core applied or staged (live appends and replays both run in log order).
+    /// A transactional offset commit whose transaction commits after a plain commit of the
+    /// same partition was appended before it does not replace it (Kafka compares the records'
+    /// log offsets the same way).
+    pub position: u64,
 }
 
 /// One committed offset, as the lag metrics read it ([`GroupCoordinator::all_offsets`]).
@@ -222,6 +228,8 @@ pub struct GroupCoordinator {
     offsets: BTreeMap<String, Offsets>,
     /// Offsets committed inside transactions not yet ended.
     pending_txn: PendingTxnOffsets,
+    /// The next [`CommittedOffset::position`].
+    next_position: u64,
     /// Distinguishes member ids issued by this process from those of earlier runs.
     incarnation: String,
     next_member: u64,
@@ -242,6 +250,7 @@ impl GroupCoordinator {
             groups: BTreeMap::new(),
             offsets: BTreeMap::new(),
             pending_txn: PendingTxnOffsets::default(),
+            next_position: 0,
             incarnation,
             next_member: 0,
             out: Vec::new(),
@@ -576,7 +585,16 @@ impl GroupCoordinator {
 
     /// Holds stored transactional offset records until the producer's transaction ends.
     pub fn stage_txn_offsets(&mut self, producer_id: i64, records: Vec<OffsetsRecord>) {
-        self.pending_txn.stage(producer_id, records);
+        let staged: Vec<(u64, OffsetsRecord)> = records
+            .into_iter()
+            .map(|r| (self.take_position(), r))
+            .collect();
+        self.pending_txn.stage(producer_id, staged);
+    }
+
+    fn take_position(&mut self) -> u64 {
+        self.next_position += 1;
+        self.next_position
     }
 
     /// A marker for `producer_id` was written to an offsets partition (the groups for which
@@ -593,9 +611,9 @@ impl GroupCoordinator {
     ) -> usize {
         let applied = self.pending_txn.complete(producer_id, commit, in_partition);
         let count = applied.len();
-        for record in applied {
+        for (position, record) in applied {
             let group = record.group().to_owned();
-            self.apply_record(now, record);
+            self.apply_at(now, record, position);
             if let Some(g) = self.groups.get_mut(&group) {
                 if !g.exactly_once {
                     tracing::debug!(group = %group, producer_id,
@@ -622,6 +640,13 @@ impl GroupCoordinator {
 
     /// Applies a stored record: a commit after its append, or a record replayed at start.
     pub fn apply_record(&mut self, now: i64, record: OffsetsRecord) {
+        let position = self.take_position();
+        self.apply_at(now, record, position);
+    }
+
+    /// Applies `record`, which stands at `position` in the offsets log: an offset set by a
+    /// record further on (a plain commit appended after a transactional one) stays.
+    fn apply_at(&mut self, now: i64, record: OffsetsRecord, position: u64) {
         match record {
             OffsetsRecord::Offset {
                 group,
@@ -633,13 +658,19 @@ impl GroupCoordinator {
                     self.groups
                         .entry(group.clone())
                         .or_insert_with(|| Group::new(group.clone(), now));
-                    self.offsets.entry(group).or_default().insert(
-                        (topic, partition),
+                    let offsets = self.offsets.entry(group).or_default();
+                    let key = (topic, partition);
+                    if offsets.get(&key).is_some_and(|c| c.position > position) {
+                        return;
+                    }
+                    offsets.insert(
+                        key,
                         CommittedOffset {
                             offset: v.offset,
                             leader_epoch: v.leader_epoch,
                             metadata: v.metadata,
                             commit_timestamp_ms: v.commit_timestamp_ms,
+                            position,
                         },
                     );
                 }

@@ -714,12 +714,13 @@ fn commits_are_checked_against_membership_and_generation() {
     assert_eq!(commit(&mut c, 1, &commit_req(&a, 1, 7)), Ok(vec![None]));
     let f = c.fetch_offsets("g", Some(&[("t".into(), vec![0, 1])]));
     assert_eq!(
-        f[0].2,
+        f[0].2.clone().map(|c| CommittedOffset { position: 0, ..c }),
         Some(CommittedOffset {
             offset: 7,
             leader_epoch: 3,
             metadata: "meta".into(),
-            commit_timestamp_ms: 1
+            commit_timestamp_ms: 1,
+            position: 0,
         })
     );
     assert_eq!(f[1].2, None, "an uncommitted partition has no offset");
@@ -1254,4 +1255,44 @@ fn the_exactly_once_mark_goes_with_the_group_deleted_expired_or_unloaded() {
     assert_eq!(c.unload_groups(|g| g == "g"), 1);
     assert!(!c.is_exactly_once("g"));
     assert!(c.all_offsets().is_empty());
+}
+
+#[test]
+fn a_transactional_offset_commit_ending_after_a_later_plain_commit_does_not_replace_it() {
+    let mut c = coord(0);
+    let plain = |c: &mut GroupCoordinator, now, offset| {
+        commit(
+            c,
+            now,
+            &CommitRequest {
+                group_id: "g".into(),
+                ..commit_req("", -1, offset)
+            },
+        )
+        .unwrap();
+    };
+    let committed = |c: &GroupCoordinator| {
+        c.fetch_offsets("g", Some(&[("t".into(), vec![0])]))[0]
+            .2
+            .as_ref()
+            .map(|o| o.offset)
+    };
+    // Transactional 5 written, then plain 9, then the transaction commits: 9 was written
+    // later in the log and stays (as in Kafka).
+    txn_commit(&mut c, 1, 7, "g", 5);
+    plain(&mut c, 2, 9);
+    assert_eq!(c.complete_txn(3, 7, true, |_| true), 1);
+    assert_eq!(committed(&c), Some(9));
+    // Plain 10, then transactional 12 written after it: the commit applies 12.
+    plain(&mut c, 4, 10);
+    txn_commit(&mut c, 5, 8, "g", 12);
+    assert_eq!(committed(&c), Some(10), "pending until its marker");
+    c.complete_txn(6, 8, true, |_| true);
+    assert_eq!(committed(&c), Some(12));
+    // The same history replayed into a fresh core gives the same answer.
+    let mut r = coord(0);
+    txn_commit(&mut r, 1, 7, "g", 5);
+    plain(&mut r, 2, 9);
+    r.complete_txn(3, 7, true, |_| true);
+    assert_eq!(committed(&r), Some(9));
 }

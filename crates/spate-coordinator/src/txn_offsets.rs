@@ -12,15 +12,20 @@ use crate::records::OffsetsRecord;
 use std::collections::BTreeMap;
 
 /// Pending offset records per producer id, in commit order (a later commit of the same
-/// partition wins when applied).
+/// partition wins when applied), each with its position in the offsets log
+/// ([`crate::core::CommittedOffset::position`]).
 #[derive(Debug, Default)]
 pub struct PendingTxnOffsets {
-    by_producer: BTreeMap<i64, Vec<OffsetsRecord>>,
+    by_producer: BTreeMap<i64, Vec<(u64, OffsetsRecord)>>,
 }
 
 impl PendingTxnOffsets {
     /// Holds `records` (offset records) for `producer_id` until its transaction ends.
-    pub fn stage(&mut self, producer_id: i64, records: impl IntoIterator<Item = OffsetsRecord>) {
+    pub fn stage(
+        &mut self,
+        producer_id: i64,
+        records: impl IntoIterator<Item = (u64, OffsetsRecord)>,
+    ) {
         self.by_producer
             .entry(producer_id)
             .or_default()
@@ -34,12 +39,13 @@ impl PendingTxnOffsets {
         producer_id: i64,
         commit: bool,
         in_partition: impl Fn(&str) -> bool,
-    ) -> Vec<OffsetsRecord> {
+    ) -> Vec<(u64, OffsetsRecord)> {
         let Some(records) = self.by_producer.remove(&producer_id) else {
             return Vec::new();
         };
-        let (ended, kept): (Vec<_>, Vec<_>) =
-            records.into_iter().partition(|r| in_partition(r.group()));
+        let (ended, kept): (Vec<_>, Vec<_>) = records
+            .into_iter()
+            .partition(|(_, r)| in_partition(r.group()));
         if !kept.is_empty() {
             self.by_producer.insert(producer_id, kept);
         }
@@ -52,7 +58,7 @@ impl PendingTxnOffsets {
 
     /// Whether a transaction has an offset of this group's partition pending.
     pub fn is_pending(&self, group: &str, topic: &str, partition: i32) -> bool {
-        self.by_producer.values().flatten().any(|r| {
+        self.by_producer.values().flatten().any(|(_, r)| {
             matches!(r, OffsetsRecord::Offset { group: g, topic: t, partition: p, .. }
                 if g == group && t == topic && *p == partition)
         })
@@ -61,7 +67,7 @@ impl PendingTxnOffsets {
     /// Forgets the pending offsets of groups no longer coordinated here.
     pub fn unload(&mut self, unloaded: impl Fn(&str) -> bool) {
         self.by_producer.retain(|_, records| {
-            records.retain(|r| !unloaded(r.group()));
+            records.retain(|(_, r)| !unloaded(r.group()));
             !records.is_empty()
         });
     }
@@ -94,13 +100,13 @@ mod tests {
     #[test]
     fn a_commit_applies_a_producers_offsets_of_the_marked_partition_and_an_abort_drops_them() {
         let mut p = PendingTxnOffsets::default();
-        p.stage(7, [offset("a", 0, 10), offset("b", 0, 20)]);
-        p.stage(8, [offset("a", 1, 30)]);
+        p.stage(7, [(1, offset("a", 0, 10)), (2, offset("b", 0, 20))]);
+        p.stage(8, [(3, offset("a", 1, 30))]);
         assert!(p.is_pending("a", "t", 0));
         assert!(!p.is_pending("a", "t", 2));
         // Group "a" lives in the marked partition, "b" elsewhere: b stays pending.
         let applied = p.complete(7, true, |g| g == "a");
-        assert_eq!(applied, vec![offset("a", 0, 10)]);
+        assert_eq!(applied, vec![(1, offset("a", 0, 10))]);
         assert!(!p.is_pending("a", "t", 0));
         assert!(p.is_pending("b", "t", 0));
         assert!(
