@@ -10,7 +10,7 @@
 
 use crate::broker::Broker;
 use crate::errors::replica_error;
-use futures::future::BoxFuture;
+use futures::future::{join_all, BoxFuture};
 use kafka_protocol::messages::write_txn_markers_request::{
     WritableTxnMarker, WritableTxnMarkerTopic,
 };
@@ -130,25 +130,32 @@ async fn write_job(
                 .map(|p| p.leader);
             by_leader.entry(leader).or_default().push(tp.clone());
         }
-        for (leader, tps) in by_leader {
-            let results: Vec<(TopicPartition, Result<(), ResponseError>)> = match leader {
-                None => continue,
-                Some(node) if node == broker.config.node_id => {
-                    let mut results = Vec::with_capacity(tps.len());
-                    for tp in tps {
-                        let r = write_local(&broker, &tp, marker).await;
-                        results.push((tp, r));
+        // Every leader at once, and every local partition at once: a marker's cost is one
+        // replication round trip, and a transaction's markers are on the path of its
+        // producer's next transaction (its AddPartitionsToTxn waits for them).
+        let rounds = by_leader.into_iter().map(|(leader, tps)| {
+            let (broker, job) = (&broker, &job);
+            async move {
+                match leader {
+                    None => Vec::new(),
+                    Some(node) if node == broker.config.node_id => {
+                        join_all(tps.into_iter().map(|tp| async move {
+                            let r = write_local(broker, &tp, marker).await;
+                            (tp, r)
+                        }))
+                        .await
                     }
-                    results
+                    Some(node) => match send_remote(broker, node, job, &tps).await {
+                        Ok(results) => results,
+                        Err(e) => {
+                            tracing::debug!(%node, error = %e, "cannot send transaction markers; retrying");
+                            Vec::new()
+                        }
+                    },
                 }
-                Some(node) => match send_remote(&broker, node, &job, &tps).await {
-                    Ok(results) => results,
-                    Err(e) => {
-                        tracing::debug!(%node, error = %e, "cannot send transaction markers; retrying");
-                        continue;
-                    }
-                },
-            };
+            }
+        });
+        for results in join_all(rounds).await {
             for (tp, result) in results {
                 match outcome(result) {
                     Outcome::Written => {
