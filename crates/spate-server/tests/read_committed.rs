@@ -301,3 +301,202 @@ async fn read_committed_consumers_and_tools_see_transactions() {
     );
     node.shutdown().await.expect("clean shutdown");
 }
+
+/// InitProducerId for `id` until the transaction coordinator has loaded (the first request
+/// creates `__transaction_state`): the answer.
+async fn init_producer_id(client: &mut Client, id: &str) -> InitProducerIdResponse {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r: InitProducerIdResponse = client
+            .call(
+                ApiKey::InitProducerId,
+                4,
+                &InitProducerIdRequest::default()
+                    .with_transactional_id(Some(TransactionalId(StrBytes::from_string(
+                        id.to_owned(),
+                    ))))
+                    .with_transaction_timeout_ms(60_000)
+                    .with_producer_id(ProducerId(-1))
+                    .with_producer_epoch(-1),
+            )
+            .await;
+        let retriable = [
+            kafka_protocol::ResponseError::CoordinatorLoadInProgress.code(),
+            kafka_protocol::ResponseError::NotCoordinator.code(),
+            kafka_protocol::ResponseError::CoordinatorNotAvailable.code(),
+        ];
+        if !retriable.contains(&r.error_code) || Instant::now() > deadline {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_transactional_requests_get_kafka_errors_and_lose_nothing() {
+    use kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic;
+    use kafka_protocol::messages::write_txn_markers_request::{
+        WritableTxnMarker, WritableTxnMarkerTopic,
+    };
+    use kafka_protocol::ResponseError as E;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let overrides: Vec<(String, String)> = [
+        ("data.dir", dir.path().to_str().expect("utf-8 path")),
+        ("kafka.listen", "127.0.0.1:0"),
+        ("http.listen", "127.0.0.1:0"),
+    ]
+    .iter()
+    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+    .collect();
+    let config = ServerConfig::load(None, std::iter::empty(), &overrides).expect("config");
+    let node = Node::start(config, None).await.expect("node starts");
+    let mut client = Client {
+        stream: TcpStream::connect(node.kafka_addr).await.expect("connect"),
+        correlation_id: 0,
+    };
+    let metadata: MetadataResponse = client
+        .call(
+            ApiKey::Metadata,
+            12,
+            &MetadataRequest::default()
+                .with_allow_auto_topic_creation(true)
+                .with_topics(Some(vec![
+                    MetadataRequestTopic::default().with_name(Some(topic_name()))
+                ])),
+        )
+        .await;
+    assert_eq!(metadata.topics[0].error_code, 0);
+    let p = leader(&node).await;
+    let now_ms = node.broker.now_ms();
+    append(&p, batch(&["before"], None, now_ms), now_ms).await;
+
+    tracing::info!("--- a transactional id over the length limit");
+    let first = init_producer_id(&mut client, "valid").await;
+    assert_eq!(first.error_code, 0, "{first:?}");
+    let long = init_producer_id(
+        &mut client,
+        &"x".repeat(spate_coordinator::txn::TRANSACTIONAL_ID_BYTES_MAX + 1),
+    )
+    .await;
+    assert_eq!(long.error_code, E::InvalidRequest.code());
+
+    tracing::info!("--- AddPartitionsToTxn naming an unknown topic: nothing is added");
+    let (pid, epoch) = (first.producer_id, first.producer_epoch);
+    let add = |topics: Vec<(&'static str, i32)>| {
+        AddPartitionsToTxnRequest::default()
+            .with_v3_and_below_transactional_id(TransactionalId(StrBytes::from_static_str("valid")))
+            .with_v3_and_below_producer_id(pid)
+            .with_v3_and_below_producer_epoch(epoch)
+            .with_v3_and_below_topics(
+                topics
+                    .into_iter()
+                    .map(|(t, n)| {
+                        AddPartitionsToTxnTopic::default()
+                            .with_name(TopicName(StrBytes::from_static_str(t)))
+                            .with_partitions(vec![n])
+                    })
+                    .collect(),
+            )
+    };
+    let r: AddPartitionsToTxnResponse = client
+        .call(
+            ApiKey::AddPartitionsToTxn,
+            3,
+            &add(vec![("no-such-topic", 0), (TOPIC, 0), (TOPIC, 7)]),
+        )
+        .await;
+    let mut codes: Vec<(String, i32, i16)> = r
+        .results_by_topic_v3_and_below
+        .iter()
+        .flat_map(|t| {
+            t.results_by_partition.iter().map(move |p| {
+                (
+                    t.name.to_string(),
+                    p.partition_index,
+                    p.partition_error_code,
+                )
+            })
+        })
+        .collect();
+    codes.sort();
+    assert_eq!(
+        codes,
+        vec![
+            ("no-such-topic".into(), 0, E::UnknownTopicOrPartition.code()),
+            (TOPIC.into(), 0, E::OperationNotAttempted.code()),
+            (TOPIC.into(), 7, E::UnknownTopicOrPartition.code()),
+        ]
+    );
+    let described = node.broker.image().topics.contains_key("no-such-topic");
+    assert!(!described, "AddPartitionsToTxn creates no topic");
+
+    tracing::info!("--- EndTxn with a stale epoch: the producer was fenced by a new one");
+    let again = init_producer_id(&mut client, "valid").await;
+    assert_eq!((again.error_code, again.producer_epoch), (0, epoch + 1));
+    for (version, want) in [(1, E::InvalidProducerEpoch), (2, E::ProducerFenced)] {
+        let r: EndTxnResponse = client
+            .call(
+                ApiKey::EndTxn,
+                version,
+                &EndTxnRequest::default()
+                    .with_transactional_id(TransactionalId(StrBytes::from_static_str("valid")))
+                    .with_producer_id(pid)
+                    .with_producer_epoch(epoch)
+                    .with_committed(true),
+            )
+            .await;
+        assert_eq!(r.error_code, want.code(), "EndTxn v{version}");
+    }
+
+    tracing::info!(
+        "--- WriteTxnMarkers for a producer the partition never saw, and an unknown topic"
+    );
+    let marker = |topic: &'static str| {
+        WriteTxnMarkersRequest::default().with_markers(vec![WritableTxnMarker::default()
+            .with_producer_id(ProducerId(424_242))
+            .with_producer_epoch(0)
+            .with_transaction_result(false)
+            .with_coordinator_epoch(0)
+            .with_topics(vec![WritableTxnMarkerTopic::default()
+                .with_name(TopicName(StrBytes::from_static_str(topic)))
+                .with_partition_indexes(vec![0])])])
+    };
+    let r: WriteTxnMarkersResponse = client
+        .call(ApiKey::WriteTxnMarkers, 1, &marker(TOPIC))
+        .await;
+    let code = r.markers[0].topics[0].partitions[0].error_code;
+    assert_eq!(
+        code, 0,
+        "a marker for an unknown producer is written (as in Kafka)"
+    );
+    let r: WriteTxnMarkersResponse = client
+        .call(ApiKey::WriteTxnMarkers, 1, &marker("no-such-topic"))
+        .await;
+    assert_eq!(
+        r.markers[0].topics[0].partitions[0].error_code,
+        E::UnknownTopicOrPartition.code()
+    );
+
+    tracing::info!("--- nothing was lost, nothing left open");
+    append(&p, batch(&["after"], None, now_ms), now_ms).await;
+    let hw = p.high_watermark().0;
+    for isolation in [READ_UNCOMMITTED, READ_COMMITTED] {
+        assert_eq!(
+            latest(&mut client, 9, isolation).await,
+            hw,
+            "isolation {isolation}"
+        );
+    }
+    let committed = fetch(&mut client, 12, READ_COMMITTED).await;
+    assert_eq!(
+        aborted(&committed),
+        Some(vec![]),
+        "the stray abort marker spans nothing"
+    );
+    assert_eq!(
+        batches(&committed),
+        vec![(0, 0), (1, 1), (2, 2)],
+        "before, the marker and after, at their offsets"
+    );
+    node.shutdown().await.expect("shutdown");
+}
