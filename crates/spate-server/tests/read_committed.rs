@@ -201,11 +201,11 @@ async fn describe(client: &mut Client) -> Vec<describe_producers_response::Parti
     r.topics[0].partitions.clone()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn read_committed_consumers_and_tools_see_transactions() {
-    let dir = tempfile::tempdir().expect("tempdir");
+/// A node on free loopback ports with its data in `dir`, a client connected to it, and
+/// [`TOPIC`] created by a Metadata request.
+async fn start_with_topic(dir: &std::path::Path) -> (Node, Client) {
     let overrides: Vec<(String, String)> = [
-        ("data.dir", dir.path().to_str().expect("utf-8 path")),
+        ("data.dir", dir.to_str().expect("utf-8 path")),
         ("kafka.listen", "127.0.0.1:0"),
         ("http.listen", "127.0.0.1:0"),
     ]
@@ -230,6 +230,13 @@ async fn read_committed_consumers_and_tools_see_transactions() {
         )
         .await;
     assert_eq!(metadata.topics[0].error_code, 0);
+    (node, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_committed_consumers_and_tools_see_transactions() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (node, mut client) = start_with_topic(dir.path()).await;
     let p = leader(&node).await;
     let now_ms = node.broker.now_ms();
 
@@ -340,32 +347,7 @@ async fn bad_transactional_requests_get_kafka_errors_and_lose_nothing() {
     };
     use kafka_protocol::ResponseError as E;
     let dir = tempfile::tempdir().expect("tempdir");
-    let overrides: Vec<(String, String)> = [
-        ("data.dir", dir.path().to_str().expect("utf-8 path")),
-        ("kafka.listen", "127.0.0.1:0"),
-        ("http.listen", "127.0.0.1:0"),
-    ]
-    .iter()
-    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-    .collect();
-    let config = ServerConfig::load(None, std::iter::empty(), &overrides).expect("config");
-    let node = Node::start(config, None).await.expect("node starts");
-    let mut client = Client {
-        stream: TcpStream::connect(node.kafka_addr).await.expect("connect"),
-        correlation_id: 0,
-    };
-    let metadata: MetadataResponse = client
-        .call(
-            ApiKey::Metadata,
-            12,
-            &MetadataRequest::default()
-                .with_allow_auto_topic_creation(true)
-                .with_topics(Some(vec![
-                    MetadataRequestTopic::default().with_name(Some(topic_name()))
-                ])),
-        )
-        .await;
-    assert_eq!(metadata.topics[0].error_code, 0);
+    let (node, mut client) = start_with_topic(dir.path()).await;
     let p = leader(&node).await;
     let now_ms = node.broker.now_ms();
     append(&p, batch(&["before"], None, now_ms), now_ms).await;

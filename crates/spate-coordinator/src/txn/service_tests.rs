@@ -96,6 +96,16 @@ async fn allocate() -> Result<i64, String> {
     Ok(1000)
 }
 
+fn end_req(producer_id: i64, producer_epoch: i16, commit: bool) -> EndRequest {
+    EndRequest {
+        transactional_id: "t".into(),
+        producer_id,
+        producer_epoch,
+        commit,
+        tv2: false,
+    }
+}
+
 fn init_req() -> InitRequest {
     InitRequest {
         transactional_id: "t".into(),
@@ -156,18 +166,7 @@ async fn a_transaction_is_stored_marked_and_completed() {
         })
         .await;
     assert_eq!(added.error, None);
-    let ended = service
-        .end_txn(
-            EndRequest {
-                transactional_id: "t".into(),
-                producer_id: 1000,
-                producer_epoch: 0,
-                commit: true,
-                tv2: false,
-            },
-            allocate,
-        )
-        .await;
+    let ended = service.end_txn(end_req(1000, 0, true), allocate).await;
     assert_eq!(ended.error, None);
     let job = jobs.recv().await.expect("a marker job");
     assert_eq!(
@@ -198,16 +197,7 @@ async fn a_new_coordinator_writes_the_markers_of_a_transaction_left_between_prep
             })
             .await;
         let ended = service
-            .end_txn(
-                EndRequest {
-                    transactional_id: "t".into(),
-                    producer_id: a.producer_id,
-                    producer_epoch: a.producer_epoch,
-                    commit: false,
-                    tv2: false,
-                },
-                allocate,
-            )
+            .end_txn(end_req(a.producer_id, a.producer_epoch, false), allocate)
             .await;
         assert_eq!(ended.error, None);
         assert!(!jobs.recv().await.expect("job").commit);
@@ -278,18 +268,7 @@ async fn committed_awaiting_markers(
     let a = service.init_producer_id(init_req(), allocate).await;
     assert_eq!(a.error, None);
     assert_eq!(service.add_partitions(add("a")).await.error, None);
-    let ended = service
-        .end_txn(
-            EndRequest {
-                transactional_id: "t".into(),
-                producer_id: 1000,
-                producer_epoch: 0,
-                commit: true,
-                tv2: false,
-            },
-            allocate,
-        )
-        .await;
+    let ended = service.end_txn(end_req(1000, 0, true), allocate).await;
     assert_eq!(ended.error, None, "answered once PrepareCommit is stored");
     jobs.recv().await.expect("a marker job");
     assert_eq!(state(&service).await, Ok(TxnState::PrepareCommit));
