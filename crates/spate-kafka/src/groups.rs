@@ -4,7 +4,8 @@
 
 use crate::broker::Broker;
 use crate::topics::{
-    capped_at_live_brokers, ensure_internal_topic, led_partitions, ApiError, NewTopic,
+    capped_at_live_brokers, ensure_internal_topic, led_partitions, partition_count, ApiError,
+    NewTopic,
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
@@ -46,7 +47,7 @@ pub(crate) async fn coordinator(broker: &Arc<Broker>) -> Result<&Coordinator, Ap
 }
 
 fn start(broker: &Arc<Broker>) -> Result<Coordinator, ApiError> {
-    let count = offsets_partitions(broker);
+    let count = partition_count(broker, OFFSETS_TOPIC);
     if count == 0 {
         return Err(ApiError::new(
             ResponseError::CoordinatorNotAvailable,
@@ -67,20 +68,12 @@ fn start(broker: &Arc<Broker>) -> Result<Coordinator, ApiError> {
     Ok(coordinator)
 }
 
-fn offsets_partitions(broker: &Broker) -> i32 {
-    broker
-        .image()
-        .topics
-        .get(OFFSETS_TOPIC)
-        .map_or(0, |t| t.partitions.len() as i32)
-}
-
 /// Keeps the coordinator's set of partitions equal to the `__consumer_offsets` partitions
 /// this node leads, after every reconciliation (a leader change loads or unloads groups).
 async fn follow_leadership(broker: Arc<Broker>, coordinator: Coordinator) {
     let mut reconciled = broker.reconciled.clone();
     let mut shutdown = broker.shutdown.clone();
-    let count = offsets_partitions(&broker);
+    let count = partition_count(&broker, OFFSETS_TOPIC);
     let mut last: Option<Vec<i32>> = None;
     loop {
         let led = led_partitions(&broker, OFFSETS_TOPIC, count);
@@ -101,11 +94,7 @@ async fn follow_leadership(broker: Arc<Broker>, coordinator: Coordinator) {
 /// The node that coordinates `key` (a group id): the leader of its `__consumer_offsets`
 /// partition, if it has one.
 pub(crate) fn coordinator_node(broker: &Broker, key: &str) -> Option<spate_types::NodeId> {
-    let image = broker.image();
-    let topic = image.topics.get(OFFSETS_TOPIC)?;
-    let index = spate_coordinator::partition_for(key, topic.partitions.len() as i32);
-    let p = topic.partitions.get(usize::try_from(index).ok()?)?;
-    p.has_leader().then_some(p.leader)
+    crate::topics::coordinator_node(broker, OFFSETS_TOPIC, key)
 }
 
 /// Starts the coordinator at node start if `__consumer_offsets` exists, so offsets are

@@ -57,6 +57,30 @@ pub(crate) fn capped_at_live_brokers(broker: &Broker, replication_factor: i16) -
     replication_factor.min(broker.image().alive_brokers().count().max(1) as i16)
 }
 
+/// How many partitions `topic` has in the metadata image (0: it does not exist).
+pub(crate) fn partition_count(broker: &Broker, topic: &str) -> i32 {
+    broker
+        .image()
+        .topics
+        .get(topic)
+        .map_or(0, |t| t.partitions.len() as i32)
+}
+
+/// The node that coordinates `key` on an internal topic (`__consumer_offsets` for a group id,
+/// `__transaction_state` for a transactional id): the leader of the key's partition, if it
+/// has one.
+pub(crate) fn coordinator_node(
+    broker: &Broker,
+    topic: &str,
+    key: &str,
+) -> Option<spate_types::NodeId> {
+    let image = broker.image();
+    let topic = image.topics.get(topic)?;
+    let index = spate_coordinator::partition_for(key, topic.partitions.len() as i32);
+    let p = topic.partitions.get(usize::try_from(index).ok()?)?;
+    p.has_leader().then_some(p.leader)
+}
+
 /// The partitions of an internal topic (of `count` partitions) this node leads, by number: what
 /// its coordinator loads after each reconciliation.
 pub(crate) fn led_partitions(

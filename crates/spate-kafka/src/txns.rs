@@ -8,7 +8,8 @@
 use crate::broker::Broker;
 use crate::markers::NodeMarkerWriter;
 use crate::topics::{
-    capped_at_live_brokers, ensure_internal_topic, led_partitions, ApiError, NewTopic,
+    capped_at_live_brokers, ensure_internal_topic, led_partitions, partition_count, ApiError,
+    NewTopic,
 };
 use kafka_protocol::ResponseError;
 use spate_coordinator::txn::{TxnService, TxnSettings, TRANSACTION_STATE_TOPIC};
@@ -47,7 +48,7 @@ pub(crate) async fn coordinator(broker: &Arc<Broker>) -> Result<&TxnService, Api
 }
 
 fn start(broker: &Arc<Broker>) -> Result<TxnService, ApiError> {
-    let count = state_log_partitions(broker);
+    let count = partition_count(broker, TRANSACTION_STATE_TOPIC);
     if count == 0 {
         return Err(ApiError::new(
             ResponseError::CoordinatorNotAvailable,
@@ -72,21 +73,13 @@ fn start(broker: &Arc<Broker>) -> Result<TxnService, ApiError> {
     Ok(service)
 }
 
-fn state_log_partitions(broker: &Broker) -> i32 {
-    broker
-        .image()
-        .topics
-        .get(TRANSACTION_STATE_TOPIC)
-        .map_or(0, |t| t.partitions.len() as i32)
-}
-
 /// Hands the coordinator the `__transaction_state` partitions this node leads after every
 /// reconciliation (a leader change loads or unloads transactional ids; a partition that failed
 /// to load is tried again).
 async fn follow_leadership(broker: Arc<Broker>, service: TxnService) {
     let mut reconciled = broker.reconciled.clone();
     let mut shutdown = broker.shutdown.clone();
-    let count = state_log_partitions(&broker);
+    let count = partition_count(&broker, TRANSACTION_STATE_TOPIC);
     loop {
         let led = led_partitions(&broker, TRANSACTION_STATE_TOPIC, count);
         service.own(led).await;
@@ -105,11 +98,7 @@ pub(crate) fn coordinator_node(
     broker: &Broker,
     transactional_id: &str,
 ) -> Option<spate_types::NodeId> {
-    let image = broker.image();
-    let topic = image.topics.get(TRANSACTION_STATE_TOPIC)?;
-    let index = spate_coordinator::partition_for(transactional_id, topic.partitions.len() as i32);
-    let p = topic.partitions.get(usize::try_from(index).ok()?)?;
-    p.has_leader().then_some(p.leader)
+    crate::topics::coordinator_node(broker, TRANSACTION_STATE_TOPIC, transactional_id)
 }
 
 /// Starts the coordinator at node start if `__transaction_state` exists.

@@ -10,7 +10,7 @@ use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::*;
-use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::{
     Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
@@ -20,54 +20,14 @@ use spate_server::{Node, ServerConfig};
 use spate_types::{ProducerEpoch, ProducerId as Pid, TopicPartition};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+
+mod common;
+use common::Client;
 
 const TOPIC: &str = "txns";
 const PID: i64 = 1_000;
 const READ_UNCOMMITTED: i8 = 0;
 const READ_COMMITTED: i8 = 1;
-
-struct Client {
-    stream: TcpStream,
-    correlation_id: i32,
-}
-
-impl Client {
-    async fn call<Req: Encodable, Resp: Decodable>(
-        &mut self,
-        key: ApiKey,
-        version: i16,
-        request: &Req,
-    ) -> Resp {
-        self.correlation_id += 1;
-        let header = RequestHeader::default()
-            .with_request_api_key(key as i16)
-            .with_request_api_version(version)
-            .with_correlation_id(self.correlation_id)
-            .with_client_id(Some(StrBytes::from_static_str("read-committed-test")));
-        let mut buf = BytesMut::new();
-        header
-            .encode(&mut buf, key.request_header_version(version))
-            .expect("encode header");
-        request.encode(&mut buf, version).expect("encode body");
-        let frame = buf.freeze();
-        self.stream
-            .write_all(&(frame.len() as i32).to_be_bytes())
-            .await
-            .expect("write");
-        self.stream.write_all(&frame).await.expect("write");
-        let mut len = [0u8; 4];
-        self.stream.read_exact(&mut len).await.expect("length");
-        let mut body = vec![0u8; i32::from_be_bytes(len) as usize];
-        self.stream.read_exact(&mut body).await.expect("body");
-        let mut response = Bytes::from(body);
-        let header = ResponseHeader::decode(&mut response, key.response_header_version(version))
-            .expect("header");
-        assert_eq!(header.correlation_id, self.correlation_id);
-        Resp::decode(&mut response, version).expect("decode response")
-    }
-}
 
 fn topic_name() -> TopicName {
     TopicName(StrBytes::from_static_str(TOPIC))
@@ -214,10 +174,7 @@ async fn start_with_topic(dir: &std::path::Path) -> (Node, Client) {
     .collect();
     let config = ServerConfig::load(None, std::iter::empty(), &overrides).expect("config");
     let node = Node::start(config, None).await.expect("node starts");
-    let mut client = Client {
-        stream: TcpStream::connect(node.kafka_addr).await.expect("connect"),
-        correlation_id: 0,
-    };
+    let mut client = Client::connect(&node).await;
     let metadata: MetadataResponse = client
         .call(
             ApiKey::Metadata,
