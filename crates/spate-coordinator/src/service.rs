@@ -749,8 +749,12 @@ fn append_batch(
             producer_epoch,
             timestamp_type: TimestampType::Creation,
             offset: i as i64,
+            // Consecutive, from -1 without a producer: the encoder starts a new batch at any
+            // record whose offset minus sequence differs from the first's (a constant -1 split
+            // every record into its own batch, and a commit was then no longer all or
+            // nothing). The batch stores only the first record's sequence.
             sequence: if first_sequence < 0 {
-                -1
+                i as i32 - 1
             } else {
                 spate_log::batch::increment_sequence(first_sequence, i as i32)
             },

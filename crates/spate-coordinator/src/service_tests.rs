@@ -254,3 +254,26 @@ async fn transactional_offsets_count_only_once_their_transaction_commits_and_sur
     reloaded.complete_txn(0, 7, true).await;
     assert_eq!(committed(&reloaded).await, (Some(13), false));
 }
+
+/// The records of one internal write (an OffsetCommit of several partitions, a Complete
+/// record with the next Ongoing one) go in one batch: appended, replicated and recovered
+/// all or nothing. The encoder split them one batch per record before.
+#[tokio::test]
+async fn the_records_of_one_internal_write_are_one_batch() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let partition = offsets_partition(dir.path());
+    let records = (0..3).map(|i| (Bytes::from(format!("k{i}")), Some(Bytes::from("v"))));
+    let last = crate::service::append_records(&partition, records, 0).expect("append");
+    assert_eq!(last, Offset(2));
+    let mut seen = Vec::new();
+    crate::service::replay_records(&partition, |header, record| {
+        seen.push((header.base_offset.0, header.producer_id.0, record.key));
+    })
+    .expect("replay");
+    assert_eq!(
+        seen,
+        (0..3)
+            .map(|i| (0, -1, Some(Bytes::from(format!("k{i}")))))
+            .collect::<Vec<_>>()
+    );
+}
