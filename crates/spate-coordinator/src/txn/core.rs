@@ -68,6 +68,10 @@ struct Entry {
     pending: Option<Pending>,
     /// The markers of the Prepare state were written; its Complete record is due.
     markers_done: bool,
+    /// The producer's next AddPartitionsToTxn (or AddOffsetsToTxn), come while the markers of
+    /// the ending transaction were being written: it is answered once its Ongoing record is
+    /// stored in the same batch as the Complete one, one replication round trip instead of two.
+    next_add: Option<(ReplyId, AddPartitionsRequest)>,
 }
 
 /// The transactional ids of the `__transaction_state` partitions this node leads.
@@ -135,6 +139,7 @@ impl TxnCoordinator {
                         metadata,
                         pending: None,
                         markers_done: false,
+                        next_add: None,
                     },
                 );
             }
@@ -179,11 +184,11 @@ impl TxnCoordinator {
         self.writes
             .retain(|_, id| partition_for(id, count) != partition);
         for id in gone {
-            if let Some(Entry {
-                pending: Some(Pending { reply: Some(r), .. }),
-                ..
-            }) = self.txns.remove(&id)
-            {
+            let Some(entry) = self.txns.remove(&id) else {
+                continue;
+            };
+            let waiting = entry.pending.and_then(|p| p.reply);
+            for r in waiting.into_iter().chain(entry.next_add.map(|(r, _)| r)) {
                 self.reply(r, TxnAnswer::error(TxnError::NotCoordinator));
             }
         }
@@ -207,10 +212,32 @@ impl TxnCoordinator {
 
     /// Queues `next` to be stored for `id`, answering `reply` (if any) once it is.
     fn store(&mut self, id: &str, next: TxnMetadata, reply: Option<ReplyId>, then: Then) {
+        self.store_after(id, None, next, reply, then);
+    }
+
+    /// As [`TxnCoordinator::store`], with `before` stored ahead of `next` in the same batch
+    /// (both durable or neither): a Complete record and the next transaction's Ongoing one.
+    fn store_after(
+        &mut self,
+        id: &str,
+        before: Option<TxnMetadata>,
+        next: TxnMetadata,
+        reply: Option<ReplyId>,
+        then: Then,
+    ) {
         self.next_write += 1;
         let write = self.next_write;
         let partition = self.partition_of(id);
         let value = (then != Then::Remove).then(|| next.clone());
+        let record = |value| TxnRecord {
+            transactional_id: id.to_owned(),
+            value,
+        };
+        let records = before
+            .map(|b| record(Some(b)))
+            .into_iter()
+            .chain([record(value)])
+            .collect();
         self.writes.insert(write, id.to_owned());
         if let Some(entry) = self.txns.get_mut(id) {
             entry.pending = Some(Pending {
@@ -223,10 +250,7 @@ impl TxnCoordinator {
         self.actions.push(TxnAction::Store {
             write,
             partition,
-            record: TxnRecord {
-                transactional_id: id.to_owned(),
-                value,
-            },
+            records,
         });
     }
 
@@ -268,6 +292,7 @@ impl TxnCoordinator {
                     metadata: TxnMetadata::new(fresh, req.timeout_ms, now),
                     pending: None,
                     markers_done: false,
+                    next_add: None,
                 },
             );
         }
@@ -355,7 +380,9 @@ impl TxnCoordinator {
     }
 
     /// AddPartitionsToTxn (client form, or a partition leader adding a partition for a
-    /// version 2 client) and AddOffsetsToTxn (the group's offsets partition).
+    /// version 2 client) and AddOffsetsToTxn (the group's offsets partition). One for the
+    /// producer's next transaction, come while the markers of its previous one are being
+    /// written, waits for them and is stored with the Complete record.
     pub fn add_partitions(&mut self, now: i64, reply: ReplyId, req: &AddPartitionsRequest) {
         let id = req.transactional_id.as_str();
         let checked = self.validate_id(id).and_then(|()| {
@@ -364,41 +391,58 @@ impl TxnCoordinator {
                 .get(id)
                 .ok_or(TxnError::InvalidProducerIdMapping)?;
             let m = &entry.metadata;
-            if m.producer_id != req.producer_id {
+            let ending = matches!(m.state, TxnState::PrepareCommit | TxnState::PrepareAbort);
+            // While a transaction ends, its producer continues with the id and epoch its
+            // EndTxn was answered with (version 2 bumps them at Prepare).
+            let (pid, epoch) = if ending {
+                client_visible(m)
+            } else {
+                (m.producer_id, m.producer_epoch)
+            };
+            if pid != req.producer_id {
                 return Err(TxnError::InvalidProducerIdMapping);
             }
-            if m.producer_epoch != req.producer_epoch {
+            if epoch != req.producer_epoch {
                 return Err(TxnError::ProducerFenced);
             }
-            if entry.pending.is_some()
-                || matches!(m.state, TxnState::PrepareCommit | TxnState::PrepareAbort)
-            {
+            if entry.pending.is_some() {
                 return Err(TxnError::ConcurrentTransactions);
             }
-            if !m.state.is_idle() && m.state != TxnState::Ongoing {
-                return Err(TxnError::InvalidTxnState);
-            }
-            if m.partitions.len() + req.partitions.len() > TXN_PARTITIONS_MAX {
-                return Err(TxnError::InvalidRequest);
-            }
-            Ok(m.clone())
+            Ok((ending, entry.markers_done))
         });
-        let m = match checked {
-            Ok(m) => m,
+        let (ending, markers_done) = match checked {
+            Ok(c) => c,
             Err(e) => return self.reply(reply, TxnAnswer::error(e)),
         };
-        if m.state == TxnState::Ongoing && req.partitions.iter().all(|p| m.partitions.contains(p)) {
-            return self.reply(reply, TxnAnswer::ok(m.producer_id, m.producer_epoch));
+        if ending {
+            let Some(entry) = self.txns.get_mut(id) else {
+                return;
+            };
+            // The client sends one at a time: an earlier one still waiting was given up.
+            if let Some((earlier, _)) = entry.next_add.replace((reply, req.clone())) {
+                self.reply(earlier, TxnAnswer::error(TxnError::ConcurrentTransactions));
+            }
+            if markers_done {
+                // The Complete record failed to store and waits for a retry: retry now.
+                self.complete(now, id);
+            }
+            return;
         }
-        let mut next = m.clone();
-        if m.state.is_idle() {
-            next.start_ms = now;
+        let Some(m) = self.txns.get(id).map(|e| e.metadata.clone()) else {
+            return;
+        };
+        match added(&m, req, now) {
+            Err(e) => self.reply(reply, TxnAnswer::error(e)),
+            Ok(None) => self.reply(reply, TxnAnswer::ok(m.producer_id, m.producer_epoch)),
+            Ok(Some(next)) => self.store(id, next, Some(reply), Then::Answer),
         }
-        next.state = TxnState::Ongoing;
-        next.partitions.extend(req.partitions.iter().cloned());
-        next.last_update_ms = now;
-        next.client_version = if req.tv2 { 2 } else { 0 };
-        self.store(id, next, Some(reply), Then::Answer);
+    }
+
+    /// Whether an add for `transactional_id`'s next transaction waits for its markers.
+    pub fn add_waiting(&self, transactional_id: &str) -> bool {
+        self.txns
+            .get(transactional_id)
+            .is_some_and(|e| e.next_add.is_some())
     }
 
     /// KIP-890 part 1: whether each partition is in the producer's ongoing transaction (a
@@ -628,7 +672,27 @@ impl TxnCoordinator {
         next.next_producer_id = NO_PRODUCER_ID;
         next.partitions.clear();
         next.last_update_ms = now;
-        self.store(id, next, None, Then::Completed);
+        let Some((reply, req)) = self.txns.get_mut(id).and_then(|e| e.next_add.take()) else {
+            self.store(id, next, None, Then::Completed);
+            return;
+        };
+        let checked =
+            if (req.producer_id, req.producer_epoch) == (next.producer_id, next.producer_epoch) {
+                added(&next, &req, now)
+            } else {
+                Err(TxnError::ProducerFenced)
+            };
+        match checked {
+            Ok(Some(ongoing)) => {
+                self.store_after(id, Some(next), ongoing, Some(reply), Then::Answer);
+            }
+            // From a Complete state every add starts a transaction: `None` does not come.
+            Ok(None) => self.store(id, next, Some(reply), Then::Answer),
+            Err(e) => {
+                self.reply(reply, TxnAnswer::error(e));
+                self.store(id, next, None, Then::Completed);
+            }
+        }
     }
 
     /// Time passed: abort transactions open longer than their timeout, retry Complete records
@@ -781,6 +845,33 @@ fn fenced_abort(
     fenced.producer_epoch = fenced.producer_epoch.saturating_add(1);
     fenced.last_producer_epoch = NO_PRODUCER_EPOCH;
     prepare_end(&fenced, false, now, fresh)
+}
+
+/// The Ongoing state `m` moves to when `req` adds partitions, or `None` when they are all in
+/// its ongoing transaction already. `m` is the producer's (its id and epoch were checked).
+fn added(
+    m: &TxnMetadata,
+    req: &AddPartitionsRequest,
+    now: i64,
+) -> Result<Option<TxnMetadata>, TxnError> {
+    if !m.state.is_idle() && m.state != TxnState::Ongoing {
+        return Err(TxnError::InvalidTxnState);
+    }
+    if m.partitions.len() + req.partitions.len() > TXN_PARTITIONS_MAX {
+        return Err(TxnError::InvalidRequest);
+    }
+    if m.state == TxnState::Ongoing && req.partitions.iter().all(|p| m.partitions.contains(p)) {
+        return Ok(None);
+    }
+    let mut next = m.clone();
+    if m.state.is_idle() {
+        next.start_ms = now;
+    }
+    next.state = TxnState::Ongoing;
+    next.partitions.extend(req.partitions.iter().cloned());
+    next.last_update_ms = now;
+    next.client_version = if req.tv2 { 2 } else { 0 };
+    Ok(Some(next))
 }
 
 /// The producer id and epoch a client continues with after its EndTxn.

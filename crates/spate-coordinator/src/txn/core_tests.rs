@@ -37,13 +37,15 @@ fn tp(topic: &str, p: i32) -> TxnPartition {
     (topic.to_owned(), p)
 }
 
-/// The stores queued, in order.
+/// The records queued, in order, with the write each is part of.
 fn stores(actions: &[TxnAction]) -> Vec<(WriteId, TxnRecord)> {
     actions
         .iter()
-        .filter_map(|a| match a {
-            TxnAction::Store { write, record, .. } => Some((*write, record.clone())),
-            _ => None,
+        .flat_map(|a| match a {
+            TxnAction::Store { write, records, .. } => {
+                records.iter().map(|r| (*write, r.clone())).collect()
+            }
+            _ => Vec::new(),
         })
         .collect()
 }
@@ -72,7 +74,8 @@ fn markers(actions: &[TxnAction]) -> Vec<MarkerJob> {
 fn store_all(c: &mut TxnCoordinator, now: i64, mut actions: Vec<TxnAction>) -> Vec<TxnAction> {
     let mut seen = Vec::new();
     loop {
-        let writes: Vec<WriteId> = stores(&actions).into_iter().map(|(w, _)| w).collect();
+        let mut writes: Vec<WriteId> = stores(&actions).into_iter().map(|(w, _)| w).collect();
+        writes.dedup();
         seen.extend(actions);
         if writes.is_empty() {
             return seen;
@@ -313,11 +316,8 @@ fn a_commit_goes_prepare_markers_complete() {
             partitions: vec![tp("a", 0), tp("b", 3)],
         }]
     );
-    // Until the markers are written, the producer waits.
-    assert_eq!(
-        add(&mut c, 21, pid, epoch, &[tp("a", 0)]).error,
-        Some(TxnError::ConcurrentTransactions)
-    );
+    // Until the markers are written, the producer waits (an add for its next transaction
+    // waits too: the_next_transactions_add_is_stored_with_the_complete_record).
     assert_eq!(
         end(&mut c, 21, &end_req(pid, epoch, true, false)).0.error,
         Some(TxnError::ConcurrentTransactions)
@@ -351,6 +351,168 @@ fn a_commit_goes_prepare_markers_complete() {
     // The next transaction starts from CompleteCommit.
     assert_eq!(add(&mut c, 40, pid, epoch, &[tp("a", 1)]).error, None);
     assert_eq!(state(&c).start_ms, 40);
+}
+
+/// An AddPartitionsToTxn of the producer's next transaction.
+fn add_req(pid: i64, epoch: i16, parts: &[TxnPartition]) -> AddPartitionsRequest {
+    AddPartitionsRequest {
+        transactional_id: ID.to_owned(),
+        producer_id: pid,
+        producer_epoch: epoch,
+        partitions: parts.to_vec(),
+        tv2: false,
+    }
+}
+
+/// A producer with a committed transaction whose markers are being written.
+fn ending(c: &mut TxnCoordinator, req: &EndRequest) -> (i64, i16, MarkerJob) {
+    let a = init(c, 0, -1, -1);
+    let (pid, epoch) = (a.producer_id, a.producer_epoch);
+    assert_eq!(add(c, 10, pid, epoch, &[tp("a", 0)]).error, None);
+    let req = EndRequest {
+        producer_id: pid,
+        producer_epoch: epoch,
+        ..req.clone()
+    };
+    let (a, jobs) = end(c, 20, &req);
+    assert_eq!(a.error, None);
+    (a.producer_id, a.producer_epoch, jobs[0].clone())
+}
+
+#[test]
+fn the_next_transactions_add_is_stored_with_the_complete_record() {
+    let mut c = coordinator();
+    let (pid, epoch, job) = ending(&mut c, &end_req(0, 0, true, false));
+    // It waits for the markers: no answer, nothing stored.
+    c.add_partitions(21, 40, &add_req(pid, epoch, &[tp("b", 1)]));
+    assert!(c.take_actions().is_empty());
+    assert_eq!(state(&c).state, TxnState::PrepareCommit);
+    // A second one (the first was given up) takes its place; the first is told to retry.
+    c.add_partitions(22, 41, &add_req(pid, epoch, &[tp("b", 1), tp("c", 2)]));
+    assert_eq!(
+        replies(&c.take_actions()),
+        vec![(40, TxnAnswer::error(TxnError::ConcurrentTransactions))]
+    );
+
+    c.markers_written(30, &job);
+    let actions = c.take_actions();
+    let s = stores(&actions);
+    assert_eq!(s.len(), 2, "{actions:?}");
+    assert_eq!(s[0].0, s[1].0, "one write: both records or neither");
+    let (complete, ongoing) = (s[0].1.value.clone().unwrap(), s[1].1.value.clone().unwrap());
+    assert_eq!(complete.state, TxnState::CompleteCommit);
+    assert!(complete.partitions.is_empty());
+    assert_eq!(ongoing.state, TxnState::Ongoing);
+    assert_eq!(
+        ongoing.partitions,
+        [tp("b", 1), tp("c", 2)].into_iter().collect()
+    );
+    assert_eq!(
+        ongoing.start_ms, 30,
+        "the new transaction starts at its add"
+    );
+    assert!(replies(&actions).is_empty(), "answered only once stored");
+    c.stored(31, s[0].0, Ok(()));
+    assert_eq!(
+        replies(&c.take_actions()),
+        vec![(41, TxnAnswer::ok(pid, epoch))]
+    );
+    assert_eq!(state(&c).state, TxnState::Ongoing);
+
+    // A reload of the two records gives the same state.
+    let p = partition_for(ID, 4);
+    let mut reloaded = TxnCoordinator::new(settings());
+    reloaded.loading(p, EPOCH);
+    reloaded.replay(s[0].1.clone());
+    reloaded.replay(s[1].1.clone());
+    reloaded.loaded(p);
+    assert_eq!(reloaded.describe(ID), c.describe(ID));
+    assert!(
+        reloaded.take_actions().is_empty(),
+        "no markers to write again"
+    );
+}
+
+#[test]
+fn a_waiting_add_is_refused_when_its_producer_is_not_the_one_that_continues() {
+    // Version 2 bumped the epoch at EndTxn: the old epoch is fenced at once.
+    let mut c = coordinator();
+    let (pid, epoch, job) = ending(&mut c, &end_req(0, 0, true, true));
+    c.add_partitions(21, 40, &add_req(pid, epoch - 1, &[tp("b", 1)]));
+    assert_eq!(
+        replies(&c.take_actions()),
+        vec![(40, TxnAnswer::error(TxnError::ProducerFenced))]
+    );
+    c.add_partitions(21, 41, &add_req(pid + 1, epoch, &[tp("b", 1)]));
+    assert_eq!(
+        replies(&c.take_actions()),
+        vec![(41, TxnAnswer::error(TxnError::InvalidProducerIdMapping))]
+    );
+    // The epoch its EndTxn answered waits, and is added.
+    c.add_partitions(21, 42, &add_req(pid, epoch, &[tp("b", 1)]));
+    assert!(c.take_actions().is_empty());
+    c.markers_written(30, &job);
+    let (a, seen) = answer(&mut c, 30);
+    assert_eq!(a, TxnAnswer::ok(pid, epoch));
+    assert_eq!(stores(&seen).len(), 2);
+
+    // Over the partition limit: the Complete record is stored alone, the add refused.
+    let mut c = coordinator();
+    let (pid, epoch, job) = ending(&mut c, &end_req(0, 0, false, false));
+    let many: Vec<TxnPartition> = (0..=TXN_PARTITIONS_MAX as i32)
+        .map(|n| tp("m", n))
+        .collect();
+    c.add_partitions(21, 43, &add_req(pid, epoch, &many));
+    c.markers_written(30, &job);
+    let (a, seen) = answer(&mut c, 30);
+    assert_eq!(a.error, Some(TxnError::InvalidRequest));
+    let s = stores(&seen);
+    assert_eq!(s.len(), 1);
+    assert_eq!(
+        s[0].1.value.as_ref().unwrap().state,
+        TxnState::CompleteAbort
+    );
+    assert_eq!(state(&c).state, TxnState::CompleteAbort);
+}
+
+#[test]
+fn a_waiting_add_survives_a_failed_store_and_is_answered_when_unloaded() {
+    let mut c = coordinator();
+    let (pid, epoch, job) = ending(&mut c, &end_req(0, 0, true, false));
+    c.add_partitions(21, 40, &add_req(pid, epoch, &[tp("b", 1)]));
+    c.markers_written(30, &job);
+    let s = stores(&c.take_actions());
+    assert_eq!(s.len(), 2);
+    // Neither record stored: the client hears so, the state stays PrepareCommit with its
+    // markers written.
+    c.stored(31, s[0].0, Err(StoreFailure::Other));
+    assert_eq!(
+        replies(&c.take_actions()),
+        vec![(40, TxnAnswer::error(TxnError::CoordinatorNotAvailable))]
+    );
+    assert_eq!(state(&c).state, TxnState::PrepareCommit);
+    // Its retry stores both at once, without waiting for the next tick.
+    c.add_partitions(32, 41, &add_req(pid, epoch, &[tp("b", 1)]));
+    let (a, seen) = answer(&mut c, 32);
+    assert_eq!(a, TxnAnswer::ok(pid, epoch));
+    let s = stores(&seen);
+    assert_eq!(
+        s.iter()
+            .map(|(_, r)| r.value.as_ref().unwrap().state)
+            .collect::<Vec<_>>(),
+        vec![TxnState::CompleteCommit, TxnState::Ongoing]
+    );
+
+    // Losing the partition answers a waiting add NOT_COORDINATOR.
+    let (_, jobs) = end(&mut c, 40, &end_req(pid, epoch, true, false));
+    assert_eq!(jobs.len(), 1);
+    c.add_partitions(41, 42, &add_req(pid, epoch, &[tp("b", 1)]));
+    assert!(c.take_actions().is_empty());
+    c.unload(partition_for(ID, 4));
+    assert_eq!(
+        replies(&c.take_actions()),
+        vec![(42, TxnAnswer::error(TxnError::NotCoordinator))]
+    );
 }
 
 #[test]
@@ -989,7 +1151,7 @@ proptest! {
         let mut next_reply = 100u64;
         let mut asked: BTreeSet<u64> = BTreeSet::new();
         let mut answered: BTreeMap<u64, usize> = BTreeMap::new();
-        let mut pending: Vec<(WriteId, TxnRecord)> = Vec::new();
+        let mut pending: Vec<(WriteId, Vec<TxnRecord>)> = Vec::new();
         let mut jobs: Vec<MarkerJob> = Vec::new();
         let mut log: Vec<TxnRecord> = Vec::new();
         let mut client = (-1i64, -1i16);
@@ -1031,9 +1193,9 @@ proptest! {
                 }
                 Op::Store { ok } => {
                     if !pending.is_empty() {
-                        let (w, record) = pending.remove(0);
+                        let (w, records) = pending.remove(0);
                         if ok {
-                            log.push(record);
+                            log.extend(records);
                         }
                         c.stored(now, w, if ok { Ok(()) } else { Err(StoreFailure::Other) });
                     }
@@ -1055,15 +1217,19 @@ proptest! {
             }
             for action in c.take_actions() {
                 match action {
-                    TxnAction::Store { write, record, .. } => {
-                        if let (Some(prev), Some(next)) = (log.last().and_then(|r| r.value.as_ref()), record.value.as_ref()) {
-                            prop_assert!(next.state.may_follow(prev.state) || next.state == TxnState::Dead,
-                                "{:?} after {:?}", next.state, prev.state);
-                            if next.producer_id == prev.producer_id {
-                                prop_assert!(next.producer_epoch >= prev.producer_epoch);
+                    TxnAction::Store { write, records, .. } => {
+                        let mut prev = log.last().and_then(|r| r.value.as_ref());
+                        for record in &records {
+                            if let (Some(prev), Some(next)) = (prev, record.value.as_ref()) {
+                                prop_assert!(next.state.may_follow(prev.state) || next.state == TxnState::Dead,
+                                    "{:?} after {:?}", next.state, prev.state);
+                                if next.producer_id == prev.producer_id {
+                                    prop_assert!(next.producer_epoch >= prev.producer_epoch);
+                                }
                             }
+                            prev = record.value.as_ref();
                         }
-                        pending.push((write, record));
+                        pending.push((write, records));
                     }
                     TxnAction::Reply(r, a) => {
                         *answered.entry(r).or_default() += 1;
@@ -1077,14 +1243,22 @@ proptest! {
             // A store the test holds stands for one still in flight: the log the coordinator
             // would reload is `log` (stored ones), never what is still pending.
         }
-        // Resolve everything still in flight.
-        for (w, record) in std::mem::take(&mut pending) {
-            log.push(record);
-            c.stored(now, w, Ok(()));
-        }
-        for action in c.take_actions() {
-            if let TxnAction::Reply(r, _) = action {
-                *answered.entry(r).or_default() += 1;
+        // Resolve everything still in flight: stores, then markers (an add waiting for them
+        // is answered with the Complete record's store), until nothing is left.
+        while !pending.is_empty() || !jobs.is_empty() {
+            for (w, records) in std::mem::take(&mut pending) {
+                log.extend(records);
+                c.stored(now, w, Ok(()));
+            }
+            for job in std::mem::take(&mut jobs) {
+                c.markers_written(now, &job);
+            }
+            for action in c.take_actions() {
+                match action {
+                    TxnAction::Store { write, records, .. } => pending.push((write, records)),
+                    TxnAction::Reply(r, _) => *answered.entry(r).or_default() += 1,
+                    TxnAction::Markers(job) => jobs.push(job),
+                }
             }
         }
         for r in &asked {

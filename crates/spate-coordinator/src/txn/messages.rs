@@ -102,12 +102,13 @@ pub struct MarkerJob {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TxnAction {
-    /// Append `record` to `__transaction_state` partition `partition`, then call
-    /// [`TxnCoordinator::stored`] with `write` once it is durable (or failed).
+    /// Append `records` (one or two: a Complete record and the next transaction's Ongoing
+    /// one) in one batch to `__transaction_state` partition `partition`, then call
+    /// [`TxnCoordinator::stored`] with `write` once they are durable (or failed).
     Store {
         write: WriteId,
         partition: i32,
-        record: TxnRecord,
+        records: Vec<TxnRecord>,
     },
     Reply(ReplyId, TxnAnswer),
     /// Write these markers, then call [`TxnCoordinator::markers_written`].

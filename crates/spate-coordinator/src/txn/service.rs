@@ -35,11 +35,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 /// Requests queued for the task; senders wait when it is full.
 const COMMANDS_QUEUED_MAX: usize = 4096;
 
-/// Longest an AddPartitionsToTxn (or AddOffsetsToTxn) that would get CONCURRENT_TRANSACTIONS
-/// waits for the id's state to settle before it is answered so. A producer's next transaction
-/// starts right after its EndTxn is answered, while the markers of the previous one are still
-/// being written; answered at once, librdkafka backs off about 20 ms before it asks again,
-/// which halved the throughput of back-to-back transactions (docs/benchmarks.md). Markers take
+/// Longest an AddPartitionsToTxn (or AddOffsetsToTxn) waits for the id's state to settle
+/// before it is answered CONCURRENT_TRANSACTIONS. A producer's next transaction starts right
+/// after its EndTxn is answered, while the markers of the previous one are still being
+/// written; answered at once, librdkafka backs off about 20 ms before it asks again, which
+/// halved the throughput of back-to-back transactions (docs/benchmarks.md). Markers take
 /// milliseconds; a transaction whose markers are stuck (a partition without a leader) is
 /// answered CONCURRENT_TRANSACTIONS after this and the client retries as before.
 const CONCURRENT_WAIT_MAX: Duration = Duration::from_secs(1);
@@ -170,19 +170,24 @@ impl TxnService {
             .await
     }
 
-    /// AddPartitionsToTxn (AddOffsetsToTxn adds the offsets partition). One that would be
-    /// answered CONCURRENT_TRANSACTIONS (the previous transaction's markers are being written,
-    /// or a record of the id is being stored) is asked again each time a record settles, for
-    /// at most [`CONCURRENT_WAIT_MAX`].
+    /// AddPartitionsToTxn (AddOffsetsToTxn adds the offsets partition). One come while the
+    /// previous transaction's markers are being written waits for them in the core (which
+    /// stores it with the Complete record); one that would be answered CONCURRENT_TRANSACTIONS
+    /// (a record of the id is being stored) is asked again each time a record settles. Either
+    /// waits at most [`CONCURRENT_WAIT_MAX`], then gets CONCURRENT_TRANSACTIONS; a request
+    /// still waiting in the core may then take effect, as a timed-out request may in Kafka,
+    /// and the client's retry finds its partitions added.
     pub async fn add_partitions(&self, req: AddPartitionsRequest) -> TxnAnswer {
         let deadline = tokio::time::Instant::now() + CONCURRENT_WAIT_MAX;
         let mut settled = self.settled.clone();
         loop {
             settled.mark_unchanged();
-            let answer = self
-                .call(|tx| Command::Add(req.clone(), tx))
-                .await
-                .unwrap_or_else(TxnAnswer::error);
+            // One for the next transaction waits in the core for the previous one's markers.
+            let answer =
+                tokio::time::timeout_at(deadline, self.call(|tx| Command::Add(req.clone(), tx)))
+                    .await
+                    .unwrap_or(Err(TxnError::ConcurrentTransactions))
+                    .unwrap_or_else(TxnAnswer::error);
             if answer.error != Some(TxnError::ConcurrentTransactions) {
                 return answer;
             }
@@ -398,8 +403,8 @@ impl Task {
                 TxnAction::Store {
                     write,
                     partition,
-                    record,
-                } => self.store(write, partition, &record),
+                    records,
+                } => self.store(write, partition, &records),
                 TxnAction::Markers(job) => {
                     let partition = self.core.partition_of(&job.transactional_id);
                     let Some(led) = self.partitions.get(&partition) else {
@@ -419,14 +424,14 @@ impl Task {
         }
     }
 
-    fn store(&mut self, write: WriteId, index: i32, record: &TxnRecord) {
+    fn store(&mut self, write: WriteId, index: i32, records: &[TxnRecord]) {
         let now = self.clock.now_ms();
         let Some(led) = self.partitions.get(&index) else {
             self.core.stored(now, write, Err(StoreFailure::NotLeader));
             return;
         };
         let partition = led.partition.clone();
-        match append_records(&partition, std::iter::once(record.encode()), now) {
+        match append_records(&partition, records.iter().map(TxnRecord::encode), now) {
             Err(e) => {
                 tracing::warn!(error = %e, "cannot store transaction state");
                 let failure = if e.not_leader {

@@ -289,15 +289,21 @@ fn add(topic: &str) -> AddPartitionsRequest {
 async fn the_next_transactions_add_partitions_waits_for_the_markers_instead_of_refusing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (_stop, stopped) = watch::channel(false);
-    let (service, _jobs, gate) =
-        committed_awaiting_markers(txn_partition(dir.path(), 1), stopped).await;
+    let partition = txn_partition(dir.path(), 1);
+    let (service, _jobs, gate) = committed_awaiting_markers(partition.clone(), stopped).await;
     let next = tokio::spawn({
         let service = service.clone();
         async move { service.add_partitions(add("b")).await }
     });
-    // The request is parked while the markers are pending (it would have been answered
-    // CONCURRENT_TRANSACTIONS at once before).
-    tokio::task::yield_now().await;
+    // The request waits in the core while the markers are pending (it would have been
+    // answered CONCURRENT_TRANSACTIONS at once before).
+    while !service
+        .query(|core, _| core.add_waiting(&init_req().transactional_id))
+        .await
+        .expect("query")
+    {
+        tokio::task::yield_now().await;
+    }
     assert_eq!(state(&service).await, Ok(TxnState::PrepareCommit));
     assert!(
         !next.is_finished(),
@@ -310,6 +316,28 @@ async fn the_next_transactions_add_partitions_waits_for_the_markers_instead_of_r
         "the next transaction starts once Complete is stored"
     );
     assert_eq!(state(&service).await, Ok(TxnState::Ongoing));
+    // The Complete record and the next Ongoing one went in one batch.
+    let mut stored = Vec::new();
+    crate::service::replay_records(&partition, |header, record| {
+        let key = record.key.expect("key");
+        let value = super::TxnRecord::decode(&key, record.value.as_deref())
+            .expect("a transaction record")
+            .value
+            .expect("not a tombstone");
+        stored.push((header.base_offset.0, value.state));
+    })
+    .expect("replay");
+    let last_batch = stored.last().map(|(b, _)| *b);
+    let tail: Vec<TxnState> = stored
+        .iter()
+        .filter(|(b, _)| Some(*b) == last_batch)
+        .map(|(_, s)| *s)
+        .collect();
+    assert_eq!(
+        tail,
+        vec![TxnState::CompleteCommit, TxnState::Ongoing],
+        "{stored:?}"
+    );
 }
 
 #[tokio::test]
