@@ -862,6 +862,55 @@ fn a_complete_whose_store_failed_is_retried_by_the_next_tick() {
     assert_eq!(state(&c).state, TxnState::CompleteCommit);
 }
 
+/// Found by the property test: a version 2 abort with no transaction open has no markers to
+/// write, and its Complete record failed to store. It stayed in PrepareAbort for good (no
+/// tick retried it), and the producer's next add waited for markers that were never coming.
+#[test]
+fn a_failed_complete_of_an_abort_with_nothing_open_is_retried() {
+    let mut c = coordinator();
+    let a = init(&mut c, 0, -1, -1);
+    c.end_txn(
+        1,
+        3,
+        &end_req(a.producer_id, a.producer_epoch, false, true),
+        None,
+    )
+    .unwrap();
+    let s = stores(&c.take_actions());
+    c.stored(1, s[0].0, Ok(()));
+    let actions = c.take_actions();
+    let (_, ended) = replies(&actions)[0];
+    assert_eq!(ended.error, None);
+    let s = stores(&actions);
+    assert_eq!(
+        s[0].1.value.as_ref().unwrap().state,
+        TxnState::CompleteAbort
+    );
+    c.stored(2, s[0].0, Err(StoreFailure::Other));
+    assert_eq!(state(&c).state, TxnState::PrepareAbort);
+    c.tick(3);
+    settle(&mut c, 3);
+    assert_eq!(state(&c).state, TxnState::CompleteAbort);
+
+    // The same failure, then the producer's next add: it completes the abort and starts.
+    let (pid, epoch) = (ended.producer_id, ended.producer_epoch);
+    c.end_txn(4, 3, &end_req(pid, epoch, false, true), None)
+        .unwrap();
+    let s = stores(&c.take_actions());
+    c.stored(4, s[0].0, Ok(()));
+    let actions = c.take_actions();
+    let (_, ended) = replies(&actions)[0];
+    c.stored(5, stores(&actions)[0].0, Err(StoreFailure::Other));
+    c.add_partitions(
+        6,
+        40,
+        &add_req(ended.producer_id, ended.producer_epoch, &[tp("b", 1)]),
+    );
+    let (a, _) = answer(&mut c, 6);
+    assert_eq!(a, TxnAnswer::ok(ended.producer_id, ended.producer_epoch));
+    assert_eq!(state(&c).state, TxnState::Ongoing);
+}
+
 #[test]
 fn an_idle_id_expires_with_a_tombstone() {
     let mut c = coordinator();
