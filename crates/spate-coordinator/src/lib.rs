@@ -12,9 +12,11 @@
 pub mod core;
 pub mod error;
 pub mod group;
+mod membership;
 #[cfg(feature = "planted-bugs")]
 pub mod planted;
 pub mod records;
+pub mod requests;
 pub mod service;
 pub mod txn;
 pub mod txn_offsets;

@@ -104,14 +104,14 @@ pub struct MarkerJob {
 pub enum TxnAction {
     /// Append `records` (one or two: a Complete record and the next transaction's Ongoing
     /// one) in one batch to `__transaction_state` partition `partition`, then call
-    /// [`TxnCoordinator::stored`] with `write` once they are durable (or failed).
+    /// [`super::TxnCoordinator::stored`] with `write` once they are durable (or failed).
     Store {
         write: WriteId,
         partition: i32,
         records: Vec<TxnRecord>,
     },
     Reply(ReplyId, TxnAnswer),
-    /// Write these markers, then call [`TxnCoordinator::markers_written`].
+    /// Write these markers, then call [`super::TxnCoordinator::markers_written`].
     Markers(MarkerJob),
 }
 

@@ -4,7 +4,7 @@
 //! - [`state`]: one transactional id's metadata and the transitions Kafka allows.
 //! - [`core`]: the state machine without I/O: requests and the clock come in as calls,
 //!   records to store, markers to write and answers come out as actions.
-//! - [`transitions`]: what each request or timeout makes of an id's stored state (pure).
+//! - `transitions`: what each request or timeout makes of an id's stored state (pure).
 //! - [`records`]: the `__transaction_state` record format (Kafka's), so a transactional id's
 //!   state lives in an internal compacted log and fails over with partition leadership.
 //! - [`service`]: the task that owns the core, stores its records durably, has markers

@@ -174,7 +174,7 @@ impl TxnService {
     /// previous transaction's markers are being written waits for them in the core (which
     /// stores it with the Complete record); one that would be answered CONCURRENT_TRANSACTIONS
     /// (a record of the id is being stored) is asked again each time a record settles. Either
-    /// waits at most [`CONCURRENT_WAIT_MAX`], then gets CONCURRENT_TRANSACTIONS; a request
+    /// waits at most `CONCURRENT_WAIT_MAX` (1 s), then gets CONCURRENT_TRANSACTIONS; a request
     /// still waiting in the core may then take effect, as a timed-out request may in Kafka,
     /// and the client's retry finds its partitions added.
     pub async fn add_partitions(&self, req: AddPartitionsRequest) -> TxnAnswer {
