@@ -158,6 +158,10 @@ struct Inner {
     /// The clock (its monotonic side drives the liveness core) and the id source.
     seams: Seams,
     tasks_stop: watch::Sender<bool>,
+    /// The task accepting controller connections: a stop waits for it, so that the listening
+    /// port is free once the stop returns (a node reopened at once in the same process could
+    /// not bind it otherwise).
+    listener_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The directory lock; `None` once shut down.
     lock: Mutex<Option<DiskLock>>,
 }

@@ -188,17 +188,21 @@ impl Controller {
                 last_heartbeat: watch::channel(None).0,
                 seams,
                 tasks_stop,
+                listener_task: std::sync::Mutex::new(None),
                 lock: Mutex::new(Some(lock)),
             }),
         };
         if let Some(listener) = listener {
             let handler = request_handler(Arc::downgrade(&controller.inner));
-            tokio::spawn(raft::network::serve(
+            let task = tokio::spawn(raft::network::serve(
                 listener,
                 handler,
                 controller.inner.identity.clone(),
                 controller.inner.tasks_stop.subscribe(),
             ));
+            if let Ok(mut slot) = controller.inner.listener_task.lock() {
+                *slot = Some(task);
+            }
         }
         tokio::spawn(liveness_task(
             Arc::downgrade(&controller.inner),
@@ -520,6 +524,17 @@ impl Controller {
     ) -> Result<(), ControllerError> {
         let _ = self.inner.tasks_stop.send(true);
         let result = self.inner.raft.shutdown().await;
+        // The listener task ends at the stop signal (dropping the listener); a panic in it was
+        // logged by the runtime and changes nothing here.
+        let task = self
+            .inner
+            .listener_task
+            .lock()
+            .ok()
+            .and_then(|mut slot| slot.take());
+        if let Some(task) = task {
+            let _ = task.await;
+        }
         // Dropping the lock releases it.
         *lock = None;
         match result {
