@@ -1,8 +1,9 @@
 //! Transactions as consumers and tools see them over the wire, on a node started in-process:
 //! Fetch and ListOffsets in both isolation levels around an open and an aborted transaction,
-//! and DescribeProducers. The transactional batch and the marker are written through the
-//! partition's replica directly (as the produce path and WriteTxnMarkers do), so this test
-//! depends on the read paths only.
+//! and DescribeProducers (the transactional batch and the marker written through the
+//! partition's replica directly, so that test depends on the read paths only); bad
+//! transactional requests; and transaction version 2 end to end (no Kafka client here speaks
+//! it: librdkafka, kafka-python and kafkajs use version 1).
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::describe_producers_request::TopicRequest;
@@ -36,19 +37,25 @@ fn topic_name() -> TopicName {
 /// One batch of `values` stamped `timestamp_ms`; transactional of [`PID`] from `sequence` if
 /// given.
 fn batch(values: &[&str], txn_sequence: Option<i32>, timestamp_ms: i64) -> Vec<u8> {
+    txn_batch(values, txn_sequence.map(|s| (PID, 0, s)), timestamp_ms)
+}
+
+/// One batch of `values` stamped `timestamp_ms`; transactional of the producer (id, epoch,
+/// first sequence) if given.
+fn txn_batch(values: &[&str], producer: Option<(i64, i16, i32)>, timestamp_ms: i64) -> Vec<u8> {
     let records: Vec<Record> = values
         .iter()
         .enumerate()
         .map(|(i, v)| Record {
-            transactional: txn_sequence.is_some(),
+            transactional: producer.is_some(),
             control: false,
             delete_horizon: false,
             partition_leader_epoch: -1,
-            producer_id: if txn_sequence.is_some() { PID } else { -1 },
-            producer_epoch: if txn_sequence.is_some() { 0 } else { -1 },
+            producer_id: producer.map_or(-1, |(id, _, _)| id),
+            producer_epoch: producer.map_or(-1, |(_, e, _)| e),
             timestamp_type: TimestampType::Creation,
             offset: i as i64,
-            sequence: txn_sequence.map_or(-1, |s| s + i as i32),
+            sequence: producer.map_or(-1, |(_, _, s)| s + i as i32),
             timestamp: timestamp_ms,
             key: None,
             value: Some(Bytes::copy_from_slice(v.as_bytes())),
@@ -438,4 +445,135 @@ async fn bad_transactional_requests_get_kafka_errors_and_lose_nothing() {
         "before, the marker and after, at their offsets"
     );
     node.shutdown().await.expect("shutdown");
+}
+
+/// A Produce of `records` to partition 0 as transactional producer `id`: the partition's error.
+async fn produce_txn(client: &mut Client, version: i16, id: &str, records: Vec<u8>) -> i16 {
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    let request = ProduceRequest::default()
+        .with_transactional_id(Some(TransactionalId(StrBytes::from_string(id.to_owned()))))
+        .with_acks(-1)
+        .with_timeout_ms(10_000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(topic_name())
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(0)
+                .with_records(Some(Bytes::from(records)))])]);
+    let r: ProduceResponse = client.call(ApiKey::Produce, version, &request).await;
+    r.responses[0].partition_responses[0].error_code
+}
+
+async fn end_txn(
+    client: &mut Client,
+    version: i16,
+    id: &str,
+    (pid, epoch): (i64, i16),
+    commit: bool,
+) -> EndTxnResponse {
+    client
+        .call(
+            ApiKey::EndTxn,
+            version,
+            &EndTxnRequest::default()
+                .with_transactional_id(TransactionalId(StrBytes::from_string(id.to_owned())))
+                .with_producer_id(ProducerId(pid))
+                .with_producer_epoch(epoch)
+                .with_committed(commit),
+        )
+        .await
+}
+
+/// A read_committed fetch once no transaction holds the partition back (the markers are
+/// written after EndTxn is answered).
+async fn stable(client: &mut Client) -> fetch_response::PartitionData {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let data = fetch(client, 12, READ_COMMITTED).await;
+        if data.last_stable_offset == data.high_watermark {
+            return data;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the markers were not written: {data:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Transaction version 2 (KIP-890 part 2) over the wire, as a Kafka 4 client uses it: no
+/// AddPartitionsToTxn (the leader adds the partition at the first Produce v12), and every
+/// EndTxn v5 bumps the epoch, so a late write of an ended transaction is fenced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_version_2_adds_partitions_at_produce_and_fences_late_writes() {
+    use kafka_protocol::ResponseError as E;
+    const ID: &str = "tv2";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (node, mut client) = start_with_topic(dir.path()).await;
+    let now_ms = node.broker.now_ms();
+    let init = init_producer_id(&mut client, ID).await;
+    assert_eq!(init.error_code, 0, "{init:?}");
+    let (pid, e0) = (init.producer_id.0, init.producer_epoch);
+
+    tracing::info!("--- a version 1 producer (Produce v11) must add the partition first");
+    let refused = produce_txn(
+        &mut client,
+        11,
+        ID,
+        txn_batch(&["v1"], Some((pid, e0, 0)), now_ms),
+    )
+    .await;
+    assert_eq!(
+        refused,
+        E::InvalidTxnState.code(),
+        "written without AddPartitionsToTxn"
+    );
+
+    tracing::info!("--- Produce v12 adds it; EndTxn v5 commits and bumps the epoch");
+    let first = txn_batch(&["c1", "c2"], Some((pid, e0, 0)), now_ms);
+    assert_eq!(produce_txn(&mut client, 12, ID, first).await, 0);
+    let open = fetch(&mut client, 12, READ_COMMITTED).await;
+    assert_eq!(
+        (open.high_watermark, open.last_stable_offset),
+        (2, 0),
+        "open until the marker"
+    );
+    let ended = end_txn(&mut client, 5, ID, (pid, e0), true).await;
+    assert_eq!(ended.error_code, 0, "{ended:?}");
+    let e1 = e0 + 1;
+    assert_eq!((ended.producer_id.0, ended.producer_epoch), (pid, e1));
+    let committed = stable(&mut client).await;
+    assert_eq!(
+        batches(&committed),
+        [(0, 1), (2, 2)],
+        "the records, then the COMMIT marker"
+    );
+    assert_eq!(aborted(&committed), Some(vec![]));
+
+    tracing::info!("--- a late write of the ended transaction (its epoch) is fenced");
+    let late = txn_batch(&["late"], Some((pid, e0, 2)), now_ms);
+    assert_eq!(
+        produce_txn(&mut client, 12, ID, late).await,
+        E::InvalidProducerEpoch.code()
+    );
+    let retried = end_txn(&mut client, 5, ID, (pid, e0), true).await;
+    assert_eq!(
+        (retried.error_code, retried.producer_epoch),
+        (0, e1),
+        "a retried EndTxn (its answer lost) gets the same answer"
+    );
+
+    tracing::info!("--- the next transaction at the bumped epoch, aborted");
+    let next = txn_batch(&["a1"], Some((pid, e1, 0)), now_ms);
+    assert_eq!(produce_txn(&mut client, 12, ID, next).await, 0);
+    let ended = end_txn(&mut client, 5, ID, (pid, e1), false).await;
+    assert_eq!((ended.error_code, ended.producer_epoch), (0, e1 + 1));
+    let after = stable(&mut client).await;
+    assert_eq!(batches(&after), [(0, 1), (2, 2), (3, 3), (4, 4)]);
+    assert_eq!(
+        aborted(&after),
+        Some(vec![(pid, 3)]),
+        "read_committed drops the abort"
+    );
+    assert_eq!(latest(&mut client, 9, READ_COMMITTED).await, 5);
+    node.shutdown().await.expect("clean shutdown");
 }
