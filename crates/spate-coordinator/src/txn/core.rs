@@ -419,10 +419,13 @@ impl TxnCoordinator {
             let Some(entry) = self.txns.get_mut(id) else {
                 return;
             };
-            // The client sends one at a time: an earlier one still waiting was given up.
-            if let Some((earlier, _)) = entry.next_add.replace((reply, req.clone())) {
-                self.reply(earlier, TxnAnswer::error(TxnError::ConcurrentTransactions));
+            // One waits; another (a version 2 producer's leaders each adding their partition,
+            // or a client retrying one it gave up on) is told to retry, and the task asks
+            // again once the records settle.
+            if entry.next_add.is_some() {
+                return self.reply(reply, TxnAnswer::error(TxnError::ConcurrentTransactions));
             }
+            entry.next_add = Some((reply, req.clone()));
             if markers_done {
                 // The Complete record failed to store and waits for a retry: retry now.
                 self.complete(now, id);

@@ -340,6 +340,42 @@ async fn the_next_transactions_add_partitions_waits_for_the_markers_instead_of_r
     );
 }
 
+/// A version 2 producer's first writes of its next transaction, to partitions of different
+/// leaders, each make their leader add the partition while the previous markers are being
+/// written: one waits in the core, the other is asked again once the records settle, and
+/// neither producer write is refused.
+#[tokio::test]
+async fn adds_of_several_partitions_behind_the_markers_all_succeed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_stop, stopped) = watch::channel(false);
+    let (service, _jobs, gate) =
+        committed_awaiting_markers(txn_partition(dir.path(), 1), stopped).await;
+    let spawn_add = |topic: &'static str| {
+        let service = service.clone();
+        tokio::spawn(async move { service.add_partitions(add(topic)).await })
+    };
+    let first = spawn_add("b");
+    while !service
+        .query(|core, _| core.add_waiting(&init_req().transactional_id))
+        .await
+        .expect("query")
+    {
+        tokio::task::yield_now().await;
+    }
+    let second = spawn_add("c");
+    gate.send_replace(true);
+    assert_eq!(first.await.expect("join").error, None);
+    assert_eq!(second.await.expect("join").error, None);
+    let partitions = service
+        .query(|core, _| core.describe("t").map(|d| d.partitions))
+        .await
+        .expect("query");
+    assert_eq!(
+        partitions,
+        Ok(vec![("b".to_owned(), 0), ("c".to_owned(), 0)])
+    );
+}
+
 #[tokio::test]
 async fn an_add_partitions_behind_markers_that_never_finish_is_refused_after_the_wait() {
     let dir = tempfile::tempdir().expect("tempdir");
