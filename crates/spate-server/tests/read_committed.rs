@@ -380,17 +380,7 @@ async fn bad_transactional_requests_get_kafka_errors_and_lose_nothing() {
     let again = init_producer_id(&mut client, "valid").await;
     assert_eq!((again.error_code, again.producer_epoch), (0, epoch + 1));
     for (version, want) in [(1, E::InvalidProducerEpoch), (2, E::ProducerFenced)] {
-        let r: EndTxnResponse = client
-            .call(
-                ApiKey::EndTxn,
-                version,
-                &EndTxnRequest::default()
-                    .with_transactional_id(TransactionalId(StrBytes::from_static_str("valid")))
-                    .with_producer_id(pid)
-                    .with_producer_epoch(epoch)
-                    .with_committed(true),
-            )
-            .await;
+        let r = end_txn(&mut client, version, "valid", (pid.0, epoch), true).await;
         assert_eq!(r.error_code, want.code(), "EndTxn v{version}");
     }
 

@@ -275,6 +275,17 @@ async fn committed_awaiting_markers(
     (service, jobs, gate)
 }
 
+/// Returns once an add for the id's next transaction waits in the core for the markers.
+async fn add_waits(service: &TxnService) {
+    while !service
+        .query(|core, _| core.add_waiting(&init_req().transactional_id))
+        .await
+        .expect("query")
+    {
+        tokio::task::yield_now().await;
+    }
+}
+
 fn add(topic: &str) -> AddPartitionsRequest {
     AddPartitionsRequest {
         transactional_id: "t".into(),
@@ -297,13 +308,7 @@ async fn the_next_transactions_add_partitions_waits_for_the_markers_instead_of_r
     });
     // The request waits in the core while the markers are pending (it would have been
     // answered CONCURRENT_TRANSACTIONS at once before).
-    while !service
-        .query(|core, _| core.add_waiting(&init_req().transactional_id))
-        .await
-        .expect("query")
-    {
-        tokio::task::yield_now().await;
-    }
+    add_waits(&service).await;
     assert_eq!(state(&service).await, Ok(TxnState::PrepareCommit));
     assert!(
         !next.is_finished(),
@@ -355,13 +360,7 @@ async fn adds_of_several_partitions_behind_the_markers_all_succeed() {
         tokio::spawn(async move { service.add_partitions(add(topic)).await })
     };
     let first = spawn_add("b");
-    while !service
-        .query(|core, _| core.add_waiting(&init_req().transactional_id))
-        .await
-        .expect("query")
-    {
-        tokio::task::yield_now().await;
-    }
+    add_waits(&service).await;
     let second = spawn_add("c");
     gate.send_replace(true);
     assert_eq!(first.await.expect("join").error, None);
