@@ -4,15 +4,18 @@ What a read_committed consumer sees: committed transactions, never aborted or op
 last stable offset holds it back while a transaction is open. Offsets sent in a transaction
 become the group's committed offsets only when it commits. A second producer with the same
 transactional.id fences the first; a transaction open past its timeout is aborted by the
-coordinator.
+coordinator. `transaction.partition.verification.enable=false` stops the leaders' KIP-890
+questions without breaking transactions.
 """
 
+import json
 import time
 import uuid
 
 import pytest
 from confluent_kafka import (OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer,
                              TopicPartition)
+from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
 
 from ckutil import CLIENT_TIMEOUT_S, consume, create_topic
 
@@ -363,3 +366,96 @@ def test_compaction_removes_aborted_records_and_compacts_committed_ones(broker_f
     assert not [m.value() for m in after if m.value() in aborted]
     b.restart(graceful=False)
     assert [(m.offset(), m.value()) for m in read("read_committed")] == [(m.offset(), m.value()) for m in after]
+
+
+VERIFICATION = "transaction.partition.verification.enable"
+
+
+def set_verification(bootstrap, value):
+    """Sets (or, value None, deletes) the dynamic value on every broker, as `kafka-configs
+    --alter --entity-type brokers --entity-name N` does (librdkafka refuses the cluster-wide
+    resource, whose name is empty; the Rust test `read_committed.rs` sets that one); then
+    waits until every node describes it."""
+    a = AdminClient({"bootstrap.servers": bootstrap})
+    op = (ConfigEntry(VERIFICATION, value, incremental_operation=AlterConfigOpType.SET) if value is not None
+          else ConfigEntry(VERIFICATION, "", incremental_operation=AlterConfigOpType.DELETE))
+    nodes = sorted(a.list_topics(timeout=CLIENT_TIMEOUT_S).brokers)
+    for node in nodes:
+        res = ConfigResource(ResourceType.BROKER, str(node), incremental_configs=[op])
+        a.incremental_alter_configs([res])[res].result(timeout=CLIENT_TIMEOUT_S)
+    for node in nodes:
+        res = ConfigResource(ResourceType.BROKER, str(node))
+        deadline = time.monotonic() + CLIENT_TIMEOUT_S
+        while a.describe_configs([res])[res].result(timeout=CLIENT_TIMEOUT_S)[VERIFICATION].value != (value or "true"):
+            assert time.monotonic() < deadline, f"node {node} never described {VERIFICATION}={value}"
+            time.sleep(0.05)
+
+
+def add_partitions_received(cluster):
+    """AddPartitionsToTxn requests the cluster's brokers received: the producer's own and the
+    partition leaders' verification questions (v4 verify_only) to the coordinator."""
+    total = 0
+    for b in cluster.nodes.values():
+        _, _, body = b.http_get("/metrics")
+        for line in body.splitlines():
+            if line.startswith("spate_kafka_requests_total{") and 'api="AddPartitionsToTxn"' in line:
+                total += float(line.rsplit(" ", 1)[1])
+    return int(total)
+
+
+def one_transaction(bootstrap, topic, partitions, group):
+    """A transaction over every partition of `topic` with offsets sent, committed; then the
+    AddPartitionsToTxn requests the producer sent, from librdkafka's statistics."""
+    stats = []
+    p = txn_producer(bootstrap, **{"statistics.interval.ms": 100, "stats_cb": stats.append})
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        p.begin_transaction()
+        for part in range(partitions):
+            p.produce(topic, value=f"v{part}".encode(), partition=part)
+        p.send_offsets_to_transaction([TopicPartition(topic, 0, 3)], c.consumer_group_metadata(),
+                                      CLIENT_TIMEOUT_S)
+        p.commit_transaction(CLIENT_TIMEOUT_S)
+        # Statistics emitted after the commit count every request it needed.
+        seen = len(stats)
+        deadline = time.monotonic() + CLIENT_TIMEOUT_S
+        while len(stats) <= seen + 1 and time.monotonic() < deadline:
+            p.poll(0.1)
+        assert len(stats) > seen + 1, "no librdkafka statistics after the commit"
+        brokers = json.loads(stats[-1])["brokers"].values()
+        sent = sum(b.get("req", {}).get("AddPartitionsToTxn", 0) for b in brokers)
+        assert sent >= 1, "librdkafka's statistics count no AddPartitionsToTxn"
+        committed = c.committed([TopicPartition(topic, 0)], timeout=CLIENT_TIMEOUT_S)
+        assert committed[0].offset == 3, "the offsets of the transaction were committed"
+        return sent
+    finally:
+        c.close()
+
+
+def test_verification_off_skips_the_leaders_questions_and_transactions_still_work(_session_cluster, topic_name):
+    """`transaction.partition.verification.enable=false` (on every broker, with the admin client):
+    the partition leaders stop asking the coordinator before a transaction's first write to
+    each partition (KIP-890 part 1), so the brokers receive only the producer's own
+    AddPartitionsToTxn; transactions still commit, with their offsets, and read_committed sees
+    them. Deleted again, the questions come back."""
+    cluster = _session_cluster
+    bootstrap = cluster.bootstrap
+    partitions = 6  # two led by each node: most are not on the coordinator's node
+    create_topic(bootstrap, topic_name, partitions=partitions)
+    group = f"g-{uuid.uuid4().hex[:8]}"
+
+    before = add_partitions_received(cluster)
+    sent = one_transaction(bootstrap, topic_name, partitions, group)
+    asked = add_partitions_received(cluster) - before - sent
+    assert asked >= 1, "with verification on, leaders on other nodes ask the coordinator"
+
+    set_verification(bootstrap, "false")
+    try:
+        before = add_partitions_received(cluster)
+        sent = one_transaction(bootstrap, topic_name, partitions, group)
+        assert add_partitions_received(cluster) - before == sent, \
+            "with verification off, the brokers receive only the producer's AddPartitionsToTxn"
+    finally:
+        set_verification(bootstrap, None)
+    assert sorted(values(bootstrap, topic_name, "read_committed", partitions=range(partitions),
+                         expected=2 * partitions)) == sorted([f"v{i}".encode() for i in range(partitions)] * 2)

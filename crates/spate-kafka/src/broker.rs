@@ -211,6 +211,12 @@ impl Broker {
         crate::effective_log_defaults(&self.config.log_defaults, image, self.config.node_id)
     }
 
+    /// Whether this broker verifies transactional writes with their coordinator (KIP-890 part 1,
+    /// `transaction.partition.verification.enable`) as of `image`.
+    pub(crate) fn txn_verification_in(&self, image: &MetadataImage) -> bool {
+        crate::configs::transaction_verification_enabled(image, self.config.node_id)
+    }
+
     /// Waits until the local replicas reflect the current metadata image (the reconciler has
     /// applied it), so that an admin request answered after a change was committed leaves the
     /// change usable on this node (a created topic accepts produce here at once). Bounded: the

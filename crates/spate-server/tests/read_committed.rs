@@ -567,3 +567,94 @@ async fn transaction_version_2_adds_partitions_at_produce_and_fences_late_writes
     assert_eq!(latest(&mut client, 9, READ_COMMITTED).await, 5);
     node.shutdown().await.expect("clean shutdown");
 }
+
+/// Sets `transaction.partition.verification.enable` cluster-wide (IncrementalAlterConfigs, as
+/// `kafka-configs --entity-default --entity-type brokers` does) and waits until the node's
+/// metadata has it.
+async fn set_verification(client: &mut Client, node: &Node, value: &str) {
+    use kafka_protocol::messages::incremental_alter_configs_request::{
+        AlterConfigsResource, AlterableConfig,
+    };
+    const NAME: &str = "transaction.partition.verification.enable";
+    let request = IncrementalAlterConfigsRequest::default().with_resources(vec![
+        AlterConfigsResource::default()
+            .with_resource_type(4) // BROKER; "" names the cluster-wide default
+            .with_resource_name(StrBytes::from_static_str(""))
+            .with_configs(vec![AlterableConfig::default()
+                .with_name(StrBytes::from_static_str(NAME))
+                .with_config_operation(0) // SET
+                .with_value(Some(StrBytes::from_string(value.to_owned())))]),
+    ]);
+    let r: IncrementalAlterConfigsResponse = client
+        .call(ApiKey::IncrementalAlterConfigs, 1, &request)
+        .await;
+    assert_eq!(r.responses[0].error_code, 0, "{r:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node
+        .broker
+        .image()
+        .resource_configs
+        .broker(None)
+        .get(NAME)
+        .map(String::as_str)
+        != Some(value)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{NAME}={value} never reached the metadata"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// `transaction.partition.verification.enable=false` skips KIP-890's question, as in Kafka: a
+/// version 1 producer's write to a partition it never added goes in (and, the coordinator
+/// knowing nothing of it, holds read_committed consumers back: the hanging transaction the
+/// defence exists for). Set back to true, the same write from another producer is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verification_off_lets_an_unadded_partition_in_and_on_again_refuses_it() {
+    use kafka_protocol::ResponseError as E;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (node, mut client) = start_with_topic(dir.path()).await;
+    let now_ms = node.broker.now_ms();
+
+    set_verification(&mut client, &node, "false").await;
+    let init = init_producer_id(&mut client, "unchecked").await;
+    assert_eq!(init.error_code, 0, "{init:?}");
+    let batch = txn_batch(
+        &["u"],
+        Some((init.producer_id.0, init.producer_epoch, 0)),
+        now_ms,
+    );
+    assert_eq!(
+        produce_txn(&mut client, 11, "unchecked", batch).await,
+        0,
+        "written without AddPartitionsToTxn, unchecked"
+    );
+    let open = fetch(&mut client, 12, READ_COMMITTED).await;
+    assert_eq!(
+        (open.high_watermark, open.last_stable_offset),
+        (1, 0),
+        "in the log, its transaction open"
+    );
+
+    set_verification(&mut client, &node, "true").await;
+    let init = init_producer_id(&mut client, "checked").await;
+    assert_eq!(init.error_code, 0, "{init:?}");
+    let batch = txn_batch(
+        &["c"],
+        Some((init.producer_id.0, init.producer_epoch, 0)),
+        now_ms,
+    );
+    assert_eq!(
+        produce_txn(&mut client, 11, "checked", batch).await,
+        E::InvalidTxnState.code(),
+        "verified again: refused without AddPartitionsToTxn"
+    );
+    let after = fetch(&mut client, 12, READ_UNCOMMITTED).await;
+    assert_eq!(
+        after.high_watermark, 1,
+        "nothing of the refused write was stored"
+    );
+    node.shutdown().await.expect("shutdown");
+}

@@ -14,7 +14,9 @@
 //! partition's verification guard), so a zombie's late write cannot open a transaction the
 //! coordinator knows nothing of. The question is asked before the handler returns, which
 //! holds the connection's later requests back as Kafka's muted channel does, so a producer's
-//! pipelined batches stay in order.
+//! pipelined batches stay in order. `transaction.partition.verification.enable=false` (a
+//! dynamic broker config) skips the question for version 1 producers, as Kafka does: their
+//! transactional batches go in unchecked.
 
 use super::{Reply, RequestContext};
 use crate::broker::Broker;
@@ -84,9 +86,12 @@ pub(crate) async fn handle(
     };
     let image = broker.image();
     let transactional_id = request.transactional_id.as_ref().map(|t| t.0.to_string());
+    // A version 2 producer's partitions are added here whatever the setting says.
+    let implicit_add = ctx.version() >= IMPLICIT_ADD_VERSION;
+    let verifying = implicit_add || broker.txn_verification_in(&image);
     // Verification first (it may wait on the coordinator), then every append at one `now`.
     let mut guards = std::collections::BTreeMap::new();
-    if refuse_all.is_none() {
+    if refuse_all.is_none() && verifying {
         for (t, topic) in request.topic_data.iter().enumerate() {
             let name = if ctx.version() >= TOPIC_ID_VERSION {
                 image.topic_by_id(topic.topic_id).map(|(n, _)| n.to_owned())
@@ -104,7 +109,7 @@ pub(crate) async fn handle(
                     topic_id,
                     data.records.as_deref(),
                     transactional_id.as_deref(),
-                    ctx.version() >= IMPLICIT_ADD_VERSION,
+                    implicit_add,
                 )
                 .await
                 {
@@ -136,6 +141,11 @@ pub(crate) async fn handle(
                 (None, Some(_), Some(Err(refusal))) => Err(refusal),
                 (None, Some(name), guard) => {
                     let tp = TopicPartition::new(name.clone(), data.index);
+                    let check = if verifying {
+                        Check::Guard(guard.and_then(Result::ok))
+                    } else {
+                        Check::Off
+                    };
                     append(
                         broker,
                         &image,
@@ -144,7 +154,7 @@ pub(crate) async fn handle(
                         data.records,
                         acks == -1,
                         now,
-                        guard.and_then(Result::ok),
+                        check,
                     )
                 }
             };
@@ -259,6 +269,16 @@ pub(crate) async fn handle(
 
 type AppendResult = Result<(Arc<Partition>, AppendReceipt), Refusal>;
 
+/// What an append checks about KIP-890 verification.
+#[derive(Clone, Copy, Debug)]
+enum Check {
+    /// A transactional batch that opens its producer's transaction on the partition must come
+    /// with this guard (`None`: none was issued, so such a batch is refused).
+    Guard(Option<u64>),
+    /// `transaction.partition.verification.enable=false`: transactional batches go in unchecked.
+    Off,
+}
+
 /// For a record set of transactional batches: `None` if no verification is needed (not
 /// transactional, or the producer's transaction is already open on the partition; the append
 /// itself refuses what is wrong), else the guard the append must present, or the refusal.
@@ -326,7 +346,7 @@ fn append(
     records: Option<bytes::Bytes>,
     acks_all: bool,
     now: i64,
-    guard: Option<u64>,
+    check: Check,
 ) -> AppendResult {
     if tp.topic == spate_coordinator::OFFSETS_TOPIC
         || tp.topic == spate_coordinator::txn::TRANSACTION_STATE_TOPIC
@@ -347,7 +367,11 @@ fn append(
     };
     // Offsets and the leader epoch are written into the batch header before it is stored.
     let mut buf = BytesMut::from(&records[..]);
-    match partition.append_verified(&mut buf, acks_all, now, guard) {
+    let appended = match check {
+        Check::Guard(guard) => partition.append_verified(&mut buf, acks_all, now, guard),
+        Check::Off => partition.append(&mut buf, acks_all, now),
+    };
+    match appended {
         Ok(receipt) => {
             if receipt.duplicate {
                 tracing::debug!(partition = %tp, base_offset = %receipt.base_offset, "duplicate batch acknowledged");

@@ -5,6 +5,8 @@
 //! adds the partition instead, for a transaction version 2 producer), then stores
 //! the offsets in a transactional batch of the producer; they become the group's committed
 //! offsets when the COMMIT marker reaches the offsets partition, and are dropped on ABORT.
+//! `transaction.partition.verification.enable=false` skips the check for version 1 producers,
+//! as it does for Produce.
 
 use super::{Reply, RequestContext};
 use crate::broker::Broker;
@@ -86,35 +88,38 @@ pub(crate) async fn handle(
             tracing::debug!(%group, error = %e, "TxnOffsetCommit refused");
             return all(group_error(&e));
         }
-        let count = broker
-            .image()
-            .topics
-            .get(OFFSETS_TOPIC)
-            .map_or(0, |t| t.partitions.len() as i32);
-        let offsets_tp = TopicPartition::new(
-            OFFSETS_TOPIC,
-            spate_coordinator::partition_for(&group, count),
-        );
-        let verified = crate::txns::verify(
-            &broker,
-            &transactional_id,
-            producer.producer_id,
-            producer.producer_epoch,
-            &offsets_tp,
-            add,
-        )
-        .await;
-        tracing::debug!(%group, %transactional_id, ?verified, "TxnOffsetCommit verified");
-        if let Err(code) = verified {
-            let code = match code {
-                ResponseError::ProducerFenced if !knows_fenced => {
-                    ResponseError::InvalidProducerEpoch
-                }
-                // The coordinator moving or busy: the producer retries.
-                ResponseError::NotEnoughReplicas => ResponseError::CoordinatorLoadInProgress,
-                other => other,
-            };
-            return all(code);
+        let image = broker.image();
+        // A version 2 producer's offsets partition is added here whatever the setting says.
+        if add || broker.txn_verification_in(&image) {
+            let count = image
+                .topics
+                .get(OFFSETS_TOPIC)
+                .map_or(0, |t| t.partitions.len() as i32);
+            let offsets_tp = TopicPartition::new(
+                OFFSETS_TOPIC,
+                spate_coordinator::partition_for(&group, count),
+            );
+            let verified = crate::txns::verify(
+                &broker,
+                &transactional_id,
+                producer.producer_id,
+                producer.producer_epoch,
+                &offsets_tp,
+                add,
+            )
+            .await;
+            tracing::debug!(%group, %transactional_id, ?verified, "TxnOffsetCommit verified");
+            if let Err(code) = verified {
+                let code = match code {
+                    ResponseError::ProducerFenced if !knows_fenced => {
+                        ResponseError::InvalidProducerEpoch
+                    }
+                    // The coordinator moving or busy: the producer retries.
+                    ResponseError::NotEnoughReplicas => ResponseError::CoordinatorLoadInProgress,
+                    other => other,
+                };
+                return all(code);
+            }
         }
         let outcome = coordinator.txn_commit(commit, producer).await;
         tracing::debug!(%group, results = ?outcome.results, "TxnOffsetCommit stored");

@@ -9,6 +9,8 @@ pub(crate) enum DynamicEffect {
     /// The default of this topic config for every topic without its own override, on every
     /// partition of the broker(s) it is set for (see [`effective_log_defaults`]).
     TopicDefault(&'static str),
+    /// Read by the broker where it applies (see [`transaction_verification_enabled`]).
+    Broker,
     /// Stored and described only: Spate has no machinery this config could steer (a thread
     /// pool, SASL, a connection quota). Kafka stores such configs the same way, e.g. for a
     /// listener that does not use them.
@@ -16,10 +18,12 @@ pub(crate) enum DynamicEffect {
 }
 
 /// One of Kafka's dynamically updatable broker configs (`DynamicBrokerConfig`) that Spate
-/// accepts without a topic synonym: these have no effect.
+/// accepts without a topic synonym: these have no effect unless `applied`.
 #[derive(Debug)]
 pub(crate) struct DynamicConfigDef {
     pub name: &'static str,
+    /// The broker reads it ([`DynamicEffect::Broker`]); otherwise stored and described only.
+    pub applied: bool,
     pub kind: ConfigKind,
     /// Kafka's default.
     pub default: &'static str,
@@ -41,6 +45,7 @@ pub(super) const fn dynamic(
 ) -> DynamicConfigDef {
     DynamicConfigDef {
         name,
+        applied: false,
         kind,
         default,
         per_broker_only: false,
@@ -80,12 +85,21 @@ pub(super) const fn per_broker(
     }
 }
 
+/// A dynamic config the broker applies itself.
+pub(super) const fn applied(def: DynamicConfigDef) -> DynamicConfigDef {
+    DynamicConfigDef {
+        applied: true,
+        ..def
+    }
+}
+
 pub(super) const INT_MAX: f64 = i32::MAX as f64;
 
-/// Kafka's dynamically updatable broker configs that Spate stores without effect, in name
-/// order (the `log.*` topic defaults, which do take effect, come from the topic configs).
+/// Kafka's dynamically updatable broker configs that are not topic defaults, in name order:
+/// stored without effect unless `applied` (the `log.*` topic defaults, which do take effect,
+/// come from the topic configs).
 #[rustfmt::skip]
-pub(crate) const NO_EFFECT_DYNAMIC_CONFIGS: &[DynamicConfigDef] = &[
+pub(crate) const BROKER_DYNAMIC_CONFIGS: &[DynamicConfigDef] = &[
     threads("background.threads", "10", "Threads for background processing (Kafka's scheduler). Stored and described only: Spate runs its background work on the Tokio runtime."),
     dynamic("log.cleaner.dedupe.buffer.size", ConfigKind::Long, "134217728", Some((0.0, i64::MAX as f64)), "Memory for log deduplication across cleaner threads. Stored and described only: Spate's cleaner sizes its own buffers."),
     dynamic("log.cleaner.io.buffer.load.factor", ConfigKind::Double, "0.9", Some((0.0, 1.0)), "Load factor of the cleaner's dedupe buffer. Stored and described only."),
@@ -114,11 +128,11 @@ pub(crate) const NO_EFFECT_DYNAMIC_CONFIGS: &[DynamicConfigDef] = &[
     per_broker("sasl.login.refresh.window.factor", ConfigKind::Double, "0.8", Some((0.5, 1.0)), "Fraction of the credential lifetime after which it is refreshed. Stored and described only: Spate has no SASL listener."),
     per_broker("sasl.login.refresh.window.jitter", ConfigKind::Double, "0.05", Some((0.0, 0.25)), "Random jitter added to the refresh time. Stored and described only: Spate has no SASL listener."),
     per_broker("sasl.mechanism.inter.broker.protocol", ConfigKind::String, "GSSAPI", None, "SASL mechanism between brokers. Stored and described only: Spate has no SASL listener."),
-    dynamic("transaction.partition.verification.enable", ConfigKind::Boolean, "true", None, "Verify that a partition was added to the transaction before writing. Stored and described only."),
+    applied(dynamic("transaction.partition.verification.enable", ConfigKind::Boolean, "true", None, "Whether a partition leader asks the transaction coordinator, before a producer's first transactional write of a transaction to the partition, that the partition is in the producer's ongoing transaction (KIP-890 part 1); false skips the question and its round trip, and lets such a write in unchecked. Transaction version 2 producers have their partitions added by the leader either way.")),
 ];
 
-pub(super) fn no_effect_def(name: &str) -> Option<&'static DynamicConfigDef> {
-    NO_EFFECT_DYNAMIC_CONFIGS.iter().find(|d| d.name == name)
+pub(super) fn broker_dynamic_def(name: &str) -> Option<&'static DynamicConfigDef> {
+    BROKER_DYNAMIC_CONFIGS.iter().find(|d| d.name == name)
 }
 
 /// The topic config a `log.*`-style broker config provides the default for.
@@ -135,7 +149,30 @@ pub(crate) fn dynamic_effect(name: &str) -> Option<DynamicEffect> {
     if let Some(topic) = topic_config_of(name) {
         return Some(DynamicEffect::TopicDefault(topic));
     }
-    no_effect_def(name).map(|_| DynamicEffect::None)
+    broker_dynamic_def(name).map(|d| {
+        if d.applied {
+            DynamicEffect::Broker
+        } else {
+            DynamicEffect::None
+        }
+    })
+}
+
+/// `transaction.partition.verification.enable` on `node`: its own dynamic value, else the
+/// cluster-wide one, else Kafka's default (true). Values were validated when set; one that
+/// is not a boolean after all keeps the default.
+pub(crate) fn transaction_verification_enabled(image: &MetadataImage, node: NodeId) -> bool {
+    const NAME: &str = "transaction.partition.verification.enable";
+    let stored = &image.resource_configs;
+    [stored.broker(Some(node)), stored.broker(None)]
+        .into_iter()
+        .find_map(|level| level.get(NAME))
+        .and_then(|v| match v.trim().to_ascii_lowercase().as_str() {
+            "true" => Some(true),
+            "false" => Some(false),
+            _ => None,
+        })
+        .unwrap_or(true)
 }
 
 /// Renames broker-level `log.*` settings to the topic configs they default, dropping others.
@@ -206,9 +243,12 @@ pub(super) fn name_set<'a>(names: impl IntoIterator<Item = &'a str>) -> String {
     format!("Set({})", names.into_iter().collect::<Vec<_>>().join(", "))
 }
 
-/// Checks one value of a config without effect against its type and bounds, as Kafka's
+/// Checks one value of a dynamic broker config against its type and bounds, as Kafka's
 /// `ConfigDef` does.
-pub(super) fn check_no_effect_value(def: &DynamicConfigDef, raw: &str) -> Result<(), ApiError> {
+pub(super) fn check_broker_dynamic_value(
+    def: &DynamicConfigDef,
+    raw: &str,
+) -> Result<(), ApiError> {
     let value = raw.trim();
     let number = match def.kind {
         ConfigKind::Int => value.parse::<i32>().ok().map(f64::from),
@@ -298,7 +338,7 @@ pub(crate) fn validate_broker_overrides(
         let per_broker: Vec<&str> = new
             .keys()
             .map(String::as_str)
-            .filter(|n| no_effect_def(n).is_some_and(|d| d.per_broker_only))
+            .filter(|n| broker_dynamic_def(n).is_some_and(|d| d.per_broker_only))
             .collect();
         if !per_broker.is_empty() {
             return refuse(format!(
@@ -311,10 +351,10 @@ pub(crate) fn validate_broker_overrides(
         .with_overrides(&as_topic_overrides(new))
         .map_err(|e| ApiError::new(errors::config_error(&e), e.to_string()))?;
     for (name, value) in new {
-        let Some(def) = no_effect_def(name) else {
+        let Some(def) = broker_dynamic_def(name) else {
             continue;
         };
-        check_no_effect_value(def, value)?;
+        check_broker_dynamic_value(def, value)?;
         if def.thread_pool {
             let old: i64 = current_no_effect_value(image, node, def)
                 .trim()
@@ -355,7 +395,7 @@ pub(crate) fn broker_list_base(
     }
     match topic_config_of(name) {
         Some(topic) => static_defaults.value_of(topic),
-        None => no_effect_def(name).map(|d| d.default.to_owned()),
+        None => broker_dynamic_def(name).map(|d| d.default.to_owned()),
     }
 }
 
@@ -363,7 +403,7 @@ pub(crate) fn broker_list_base(
 pub(crate) fn broker_config_kind(name: &str) -> Option<ConfigKind> {
     match topic_config_of(name) {
         Some(topic) => topic_config_kind(topic),
-        None => no_effect_def(name).map(|d| d.kind),
+        None => broker_dynamic_def(name).map(|d| d.kind),
     }
 }
 
@@ -455,7 +495,7 @@ pub(crate) fn broker_entries_on(config: &BrokerConfig, image: &MetadataImage) ->
             with_dynamic_synonyms(entry, dynamic)
         })
         .collect();
-    for def in NO_EFFECT_DYNAMIC_CONFIGS {
+    for def in BROKER_DYNAMIC_CONFIGS {
         if entries.iter().any(|e| e.name == def.name) {
             continue;
         }
@@ -491,7 +531,7 @@ pub(crate) fn cluster_broker_entries(
                     (broker_synonym(topic)?, def.kind, def.doc)
                 }
                 None => {
-                    let def = no_effect_def(name)?;
+                    let def = broker_dynamic_def(name)?;
                     (def.name, def.kind, def.doc)
                 }
             };

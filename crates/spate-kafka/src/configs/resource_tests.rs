@@ -241,6 +241,10 @@ fn only_kafkas_dynamic_broker_configs_are_accepted() {
         dynamic_effect("background.threads"),
         Some(DynamicEffect::None)
     );
+    assert_eq!(
+        dynamic_effect("transaction.partition.verification.enable"),
+        Some(DynamicEffect::Broker)
+    );
     for fixed in [
         "node.id",
         "log.dirs",
@@ -250,14 +254,14 @@ fn only_kafkas_dynamic_broker_configs_are_accepted() {
     ] {
         assert_eq!(dynamic_effect(fixed), None, "{fixed}");
     }
-    let names: Vec<_> = NO_EFFECT_DYNAMIC_CONFIGS.iter().map(|d| d.name).collect();
+    let names: Vec<_> = BROKER_DYNAMIC_CONFIGS.iter().map(|d| d.name).collect();
     let mut sorted = names.clone();
     sorted.sort_unstable();
     sorted.dedup();
     assert_eq!(names, sorted, "sorted, no name twice");
-    for def in NO_EFFECT_DYNAMIC_CONFIGS {
+    for def in BROKER_DYNAMIC_CONFIGS {
         assert!(topic_config_of(def.name).is_none(), "{}", def.name);
-        check_no_effect_value(def, def.default)
+        check_broker_dynamic_value(def, def.default)
             .unwrap_or_else(|e| panic!("{}: {}", def.name, e.message));
     }
 }
@@ -347,6 +351,31 @@ fn broker_resources_of_alterations_name_a_registered_broker_or_the_cluster() {
             "No broker with id 7 found."
         )
     );
+}
+
+#[test]
+fn transaction_verification_is_on_unless_the_broker_or_cluster_value_says_false() {
+    const NAME: &str = "transaction.partition.verification.enable";
+    let mut image = image_with_brokers(&[1, 2]);
+    assert!(
+        transaction_verification_enabled(&image, NodeId(1)),
+        "Kafka's default"
+    );
+    // Cluster-wide off reaches every broker; a value's case and spaces do not matter.
+    image.resource_configs.cluster_broker = map(&[(NAME, " FALSE ")]);
+    assert!(!transaction_verification_enabled(&image, NodeId(1)));
+    assert!(!transaction_verification_enabled(&image, NodeId(2)));
+    // A broker's own value wins there only.
+    image
+        .resource_configs
+        .brokers
+        .insert(NodeId(1), map(&[(NAME, "true")]));
+    assert!(transaction_verification_enabled(&image, NodeId(1)));
+    assert!(!transaction_verification_enabled(&image, NodeId(2)));
+    // A stored value that is not a boolean (validated when set, so only from a later Spate)
+    // keeps the default rather than switching the defence off.
+    image.resource_configs.cluster_broker = map(&[(NAME, "maybe")]);
+    assert!(transaction_verification_enabled(&image, NodeId(2)));
 }
 
 #[test]
