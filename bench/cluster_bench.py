@@ -9,12 +9,12 @@ directory, and stops them by PID at the end. Workloads, in this order:
              once with librdkafka's default in-flight window and once with 5 requests
   rf3        `spate dev --nodes 3` (RF 3, min.insync.replicas 2), 6-partition RF 3 topics: the
              same three runs
-  txn        on the same cluster, three fresh 6-partition RF 3 topics, --txn-records records of
+  txn        on the same cluster, four fresh 6-partition RF 3 topics, --txn-records records of
              1 KiB each (at most --txn-secs of sending): idempotent acks=all produce (the
              non-transactional figure), then transactions of 100 and of 1 000 records
              (spate_bench txn), each after sync and dropping the page cache (as root);
              records/s, commit latency, and the ratio of each to the non-transactional
-             records/s
+             records/s; then transactions of 1 000 from 4 producers side by side
   catchup    SIGTERM one node, write up to --catchup-bytes to a 6-partition RF 3 topic (at most
              --catchup-seconds of sending), restart the node, time its log bytes reaching the
              leaders' and its return to every ISR
@@ -41,6 +41,7 @@ import random
 import re
 import resource
 import signal
+import statistics
 import socket
 import subprocess
 import sys
@@ -233,27 +234,67 @@ class Tools:
     def status(self, server):
         return self.cli("cluster", "status", "--bootstrap-server", server, json_out=True)
 
-    def run_client(self, name, bootstrap, args, timeout_s, node_pids=()):
-        """Runs spate_bench, returns its RESULT fields plus where the CPU went meanwhile."""
+    def run_client(self, name, bootstrap, args, timeout_s, node_pids=(), copies=1):
+        """Runs spate_bench (`copies` processes side by side, each its own producer), returns its
+        RESULT fields plus where the CPU went meanwhile. With several copies the fields are the
+        sum (msgs, errors, aborts, txns), the slowest copy's secs, the rates over those (mb_s,
+        msgs_s), and for latencies the median of the copies' p50s and the highest p99/max."""
         cmd = [self.client, *args, "-b", bootstrap, "-T", str(timeout_s)]
-        log(f"--- {name}: {' '.join(cmd)}")
-        self.client_log.write(f"\n=== {name} ({time.strftime('%H:%M:%S')}, load {loadavg()}): {' '.join(cmd)}\n")
+        log(f"--- {name}: {copies} x {' '.join(cmd)}" if copies > 1 else f"--- {name}: {' '.join(cmd)}")
+        self.client_log.write(f"\n=== {name} ({time.strftime('%H:%M:%S')}, load {loadavg()}, {copies} "
+                              f"process(es)): {' '.join(cmd)}\n")
         self.client_log.flush()
         ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         window = CpuWindow(node_pids)
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s + 10)
+        procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for _ in range(copies)]
+        outs = []
+        for p in procs:
+            try:
+                out, err = p.communicate(timeout=timeout_s + 10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                out, err = p.communicate()
+            outs.append((p.returncode, out, err))
         ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        self.client_log.write(r.stdout + r.stderr)
+        each = []
+        for code, out, err in outs:
+            self.client_log.write(out + err)
+            sys.stderr.write(out + "".join(err.splitlines(True)[:20]))
+            lines = [l for l in out.splitlines() if l.startswith("RESULT")]
+            r = dict(kv.split("=", 1) for kv in lines[-1].split()[1:]) if lines else {"failed": "1"}
+            r["exit"] = str(code)
+            each.append(r)
         self.client_log.flush()
-        sys.stderr.write(r.stdout + "".join(r.stderr.splitlines(True)[:20]))
-        lines = [l for l in r.stdout.splitlines() if l.startswith("RESULT")]
-        res = dict(kv.split("=", 1) for kv in lines[-1].split()[1:]) if lines else {"failed": "1"}
-        res["exit"] = str(r.returncode)
+        res = each[0] if copies == 1 else combine_results(each)
         res["client_cpu_s"] = round((ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime), 2)
         res["cpu"] = window.end(res["client_cpu_s"])
         res["load"] = loadavg()
         log(f"CPU over the run: {res['cpu']}; load {res['load']}")
         return res
+
+
+def combine_results(each):
+    """The RESULT fields of producers that ran side by side, as one run (see run_client)."""
+    if any("failed" in r for r in each):
+        return {"failed": "1", "exit": ",".join(r["exit"] for r in each)}
+    res = dict(each[0])
+    for k in ("msgs", "errors", "aborts", "txns"):
+        if k in res:
+            res[k] = str(sum(int(r[k]) for r in each))
+    secs = max(float(r["secs"]) for r in each)
+    size = int(res.get("size", KIB))
+    res["secs"] = f"{secs:.3f}"
+    res["msgs_s"] = str(round(int(res["msgs"]) / secs))
+    res["mb_s"] = f"{int(res['msgs']) * size / secs / 1e6:.1f}"
+    res["capped"] = "1" if any(r.get("capped") == "1" for r in each) else "0"
+    for k in [k for k in res if k.endswith("_p50_ms")]:
+        res[k] = f"{statistics.median(float(r[k]) for r in each):.2f}"
+    for k in [k for k in res if k.endswith("_p99_ms") or k.endswith("_max_ms")]:
+        res[k] = f"{max(float(r[k]) for r in each):.2f}"
+    res["exit"] = ",".join(r["exit"] for r in each) if any(r["exit"] != "0" for r in each) else "0"
+    res["producers"] = str(len(each))
+    return res
 
 
 # ------------------------------------------------------------------ nodes
@@ -475,6 +516,8 @@ def produce_args(topic, secs, max_bytes, partitions=6):
 # and a cap on each run's sending time, so the runs stay short when transactions are slow. A run
 # of 1 000-record transactions at >= 70 % of the non-transactional rate commits them all.
 TXN_SIZES = (100, 1000)
+# Transactional producers of the side-by-side run (transactions of 1 000).
+TXN_PRODUCERS = 4
 TXN_RECORDS = 2_000_000
 TXN_SECS = 20
 
@@ -498,13 +541,14 @@ def bench_txn(tools, cluster, a, results):
     """The same record count three times, each to a fresh 6-partition RF 3 topic (as rf3-tput):
     idempotent acks=all produce with no transactions, then transactions of 100 and of 1 000
     records. Same client settings otherwise (spate_bench's produce settings, a 128 MiB queue).
-    Every run stops sending (beginning transactions) after --txn-secs: a run that is far below
+    Then transactions of 1 000 with TXN_PRODUCERS producers side by side, each sending its
+    share. Every run stops sending (beginning transactions) after --txn-secs: a run that is far below
     the non-transactional rate then commits fewer records, and its rate is over those."""
     n = a.txn_records
     log(f"=== 3 nodes, RF 3, 6 partitions: {n} records of 1 KiB (at most {a.txn_secs} s of sending), "
         f"without and with transactions")
     server = cluster.live_server()
-    topics = ["txn-plain"] + [f"txn-{size}" for size in TXN_SIZES]
+    topics = ["txn-plain"] + [f"txn-{size}" for size in TXN_SIZES] + ["txn-1000-many"]
     for t in topics:
         tools.topic_create(server, t, 6, 3)
         cluster.wait_isr(t, 6)
@@ -516,17 +560,34 @@ def bench_txn(tools, cluster, a, results):
     plain = results["txn_plain"] = tools.run_client(
         "txn: produce 1 KiB acks=all, idempotent, no transactions, 6 partitions", cluster.bootstrap,
         ["produce", "-t", topics[0], "-a", "all", "-X", "enable.idempotence=true", *common], timeout_s, pids)
-    base = float(plain.get("msgs_s", "nan"))
     for size, topic in zip(TXN_SIZES, topics[1:]):
         settle_page_cache()
         r = results[f"txn_{size}"] = tools.run_client(
             f"txn: transactions of {size} x 1 KiB, 6 partitions", cluster.bootstrap,
             ["txn", "-t", topic, "-x", str(size), *common], timeout_s, pids)
-        ok = base > 0 and "msgs_s" in r  # base is NaN when the produce run printed no RESULT
-        r["ratio_to_plain"] = round(float(r["msgs_s"]) / base, 3) if ok else None
-        log(f"transactions of {size}: {r.get('msgs_s')} records/s, {r['ratio_to_plain']} of the "
-            f"non-transactional {plain.get('msgs_s')}; commit p50 {r.get('commit_p50_ms')} / "
-            f"p99 {r.get('commit_p99_ms')} ms")
+        note_ratio(r, plain, f"transactions of {size}")
+    # Transactions of 1 000 again with several producers side by side (as a Kafka Streams
+    # application runs one transactional producer per task), each sending its share, against
+    # the same non-transactional rate: one idempotent producer already takes the cluster to
+    # the disk's limit, and four of them side by side measured librdkafka's CPU on 2 cores
+    # (1.4 cores of client, 73 MB/s), not the cluster.
+    k = TXN_PRODUCERS
+    share = ["-p", "6", "-s", str(KIB), "-n", str(n // k), "-d", str(a.txn_secs),
+             "-X", "queue.buffering.max.kbytes=131072"]
+    settle_page_cache()
+    r = results["txn_1000_many"] = tools.run_client(
+        f"txn: {k} producers side by side, transactions of 1000 x 1 KiB", cluster.bootstrap,
+        ["txn", "-t", topics[3], "-x", "1000", *share], timeout_s, pids, k)
+    note_ratio(r, plain, f"{k} producers' transactions of 1000")
+
+def note_ratio(r, plain, what):
+    """Records r's rate as a fraction of the non-transactional run plain's."""
+    base = float(plain.get("msgs_s", "nan"))
+    ok = base > 0 and "msgs_s" in r  # base is NaN when the produce run printed no RESULT
+    r["ratio_to_plain"] = round(float(r["msgs_s"]) / base, 3) if ok else None
+    log(f"{what}: {r.get('msgs_s')} records/s, {r['ratio_to_plain']} of the "
+        f"non-transactional {plain.get('msgs_s')}; commit p50 {r.get('commit_p50_ms')} / "
+        f"p99 {r.get('commit_p99_ms')} ms")
 
 
 def bench_single(tools, base_dir, out_dir, a, results):
@@ -981,6 +1042,18 @@ def report(results, lim, meta):
           f"records/s, {ratio_txt}); commit p50 {fmt_ms(r.get('commit_p50_ms'))} / "
           f"p99 {fmt_ms(r.get('commit_p99_ms'))} ms | {'≥ 70 % of non-transactional' if target else '—'} | {ok} "
           f"| {load_txt(r)} | {notes} |")
+    r = results.get("txn_1000_many")
+    if r:
+        mb, ratio = float(r.get("mb_s", "nan")), r.get("ratio_to_plain")
+        ratio_txt = (f"{ratio * 100:.0f} % of non-transactional (one producer, the row above the transactions)"
+                     if ratio is not None else "no baseline")
+        notes = (f"{r.get('msgs', '?')} records in {r.get('txns', '?')} transactions in {r.get('secs', '?')} s "
+                 f"(slowest producer), aborts {r.get('aborts', '?')}, errors {r.get('errors', '?')}, exit {r['exit']}; "
+                 f"commit p50 is the median of the producers' p50s, p99 the highest")
+        notes += limits_and_cpu(mb, 3, r)
+        w(f"| RF 3 transactions of 1 000 × 1 KiB, 6 partitions, {r.get('producers', '?')} producers side by side | "
+          f"{mb:.1f} MB/s ({r.get('msgs_s', '?')} records/s, {ratio_txt}); commit p50 {fmt_ms(r.get('commit_p50_ms'))} / "
+          f"p99 {fmt_ms(r.get('commit_p99_ms'))} ms | — | — | {load_txt(r)} | {notes} |")
     thr_row("single node produce 1 KiB acks=all, 6 partitions", results.get("single_produce"), None, 1)
     lat_rows("single node, 10 k msg/s, 1 KiB, linger.ms=1", results.get("single_latency"), 10, 10)
     lat_rows("single node, same, max.in.flight=5", results.get("single_latency_inflight5"), 10, 10)
