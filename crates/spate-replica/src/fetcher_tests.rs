@@ -2,12 +2,23 @@
 //! does to a real follower partition in a temporary directory. Tests synchronise on the
 //! requests the leader receives, never on sleeps.
 
+use super::disk::first_batch_straddles;
+use super::fetch::whole_batches_len;
+use super::truncate::{truncation_target, Truncation};
 use super::*;
 use crate::core::{LeaderAndIsr, ReplicaSettings};
 use crate::partition::FlushPolicy;
+use bytes::Bytes;
+use kafka_protocol::messages::fetch_request::FetchPartition;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
-use kafka_protocol::messages::offset_for_leader_epoch_response::OffsetForLeaderTopicResult;
-use kafka_protocol::messages::{FetchResponse, OffsetForLeaderEpochResponse};
+use kafka_protocol::messages::offset_for_leader_epoch_request::OffsetForLeaderPartition;
+use kafka_protocol::messages::offset_for_leader_epoch_response::{
+    EpochEndOffset, OffsetForLeaderTopicResult,
+};
+use kafka_protocol::messages::{
+    ApiKey, BrokerId, FetchRequest, FetchResponse, OffsetForLeaderEpochRequest,
+    OffsetForLeaderEpochResponse,
+};
 use kafka_protocol::records::{
     Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
