@@ -1140,7 +1140,7 @@ fn a_group_becomes_exactly_once_when_its_transactional_offsets_commit_not_when_t
 }
 
 /// The coordinator taking over an offsets partition replays its log through the same calls
-/// as `service::own`: plain records applied, transactional ones held, markers ending them. It
+/// as `service::task::own`: plain records applied, transactional ones held, markers ending them. It
 /// must find the same exactly-once groups, whatever group records follow the commit.
 #[test]
 fn replaying_a_committed_transactional_offset_commit_makes_the_group_exactly_once_again() {
