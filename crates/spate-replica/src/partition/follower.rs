@@ -3,7 +3,7 @@
 
 use super::{FlushFailure, FollowerPosition, Partition, ReplicaError};
 use crate::core::{Command, Event, ReplicaCore, Role};
-use spate_log::FollowerAppendError;
+use spate_log::{FollowerAppendError, LogError, PartitionLog};
 use spate_types::Offset;
 
 impl Partition {
@@ -62,18 +62,7 @@ impl Partition {
     /// A follower truncating to the leader's log (after OffsetForLeaderEpoch). Blocking disk
     /// work: run it on the blocking pool.
     pub fn truncate_to(&self, offset: Offset) -> Result<Vec<Command>, ReplicaError> {
-        let mut core = self.core()?;
-        self.check_follower(&core)?;
-        let log_end = self
-            .with_log(|log| {
-                log.truncate_to(offset)?;
-                Ok(log.log_end_offset())
-            })
-            .inspect_err(|e| self.io_failed(e, "truncation"))?;
-        let commands = self.step(&mut core, Event::Truncated { log_end });
-        drop(core);
-        self.log_end.send_replace(log_end);
-        self.damage_cut(log_end);
+        let (commands, log_end) = self.truncate_with(|log| log.truncate_to(offset))?;
         // Truncation may drop what was flushed.
         self.flushed.send_if_modified(|f| match f {
             Ok(offset) if *offset > log_end => {
@@ -88,11 +77,23 @@ impl Partition {
     /// Empties the log and restarts it at `offset` (the leader's log start moved past this
     /// follower's log end).
     pub fn truncate_fully(&self, offset: Offset) -> Result<Vec<Command>, ReplicaError> {
+        let (commands, log_end) =
+            self.truncate_with(|log| log.truncate_fully_and_start_at(offset))?;
+        let _ = self.flushed.send_replace(Ok(log_end));
+        Ok(commands)
+    }
+
+    /// A follower's truncation: `cut` under the core lock (a leader's log is never cut), then
+    /// the core, the log end's watchers and the damage record learn the new log end.
+    fn truncate_with(
+        &self,
+        cut: impl FnOnce(&mut PartitionLog) -> Result<(), LogError>,
+    ) -> Result<(Vec<Command>, Offset), ReplicaError> {
         let mut core = self.core()?;
         self.check_follower(&core)?;
         let log_end = self
             .with_log(|log| {
-                log.truncate_fully_and_start_at(offset)?;
+                cut(log)?;
                 Ok(log.log_end_offset())
             })
             .inspect_err(|e| self.io_failed(e, "truncation"))?;
@@ -100,8 +101,7 @@ impl Partition {
         drop(core);
         self.log_end.send_replace(log_end);
         self.damage_cut(log_end);
-        let _ = self.flushed.send_replace(Ok(log_end));
-        Ok(commands)
+        Ok((commands, log_end))
     }
 
     /// A follower's append of batches fetched from the leader, stored byte for byte. When
