@@ -20,7 +20,7 @@ from confluent_kafka import Consumer, TopicPartition
 from ckutil import CLIENT_TIMEOUT_S, create_topic
 from test_cli_groups import describe_json, spate
 from test_groups import metric_samples
-from test_transactions import produce, txn_producer, watermarks
+from test_transactions import produce, txn_producer, wait_stable, watermarks
 
 COMMITTED = 5  # records of the first, committed transaction
 OPEN = 4  # records of the transaction left open
@@ -69,7 +69,7 @@ def test_an_exactly_once_groups_lag_ends_at_the_last_stable_offset(broker_factor
         produce(p, topic_name, [b"c%d" % i for i in range(COMMITTED)])
         p.commit_transaction(CLIENT_TIMEOUT_S)
         stable_end = COMMITTED + 1  # the records and their commit marker
-        assert watermarks(bootstrap, topic_name, "read_committed")[1] == stable_end
+        wait_stable(bootstrap, topic_name, stable_end)  # the marker follows EndTxn's answer
         p.begin_transaction()
         p.send_offsets_to_transaction([TopicPartition(topic_name, 0, stable_end)],
                                       consumers[0].consumer_group_metadata(), CLIENT_TIMEOUT_S)
@@ -108,7 +108,7 @@ def test_an_exactly_once_groups_lag_ends_at_the_last_stable_offset(broker_factor
         # --- the transaction commits: its records and its marker are lag of both groups
         p.commit_transaction(CLIENT_TIMEOUT_S)
         end = stable_end + OPEN + 1
-        assert watermarks(bootstrap, topic_name, "read_committed")[1] == end
+        wait_stable(bootstrap, topic_name, end)
         wait_lags(b, topic_name, {eos: OPEN + 1, plain: OPEN + 1})
         assert describe_row(bootstrap, eos, topic_name) == (stable_end, end, OPEN + 1)
     finally:

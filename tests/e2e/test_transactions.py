@@ -62,6 +62,16 @@ def watermarks(bootstrap, topic, isolation, partition=0):
         c.close()
 
 
+def wait_stable(bootstrap, topic, want, partition=0, timeout=CLIENT_TIMEOUT_S):
+    """Polls ListOffsets (read_committed) until the last stable offset is `want`. EndTxn is
+    answered once the transaction's outcome is stored, before its markers are written (as in
+    Kafka), so the LSO moves a moment after commit_transaction/abort_transaction return."""
+    deadline = time.monotonic() + timeout
+    while (got := watermarks(bootstrap, topic, "read_committed", partition)[1]) != want:
+        assert time.monotonic() < deadline, f"the last stable offset of {topic}-{partition} is {got}, not {want}"
+        time.sleep(0.1)
+
+
 def test_committed_is_visible_to_read_committed_and_aborted_only_to_read_uncommitted(bootstrap, topic_name):
     create_topic(bootstrap, topic_name)
     p = txn_producer(bootstrap)
@@ -188,10 +198,7 @@ def test_a_transaction_open_past_its_timeout_is_aborted(broker_factory, topic_na
     p.begin_transaction()
     produce(p, topic_name, [b"late"])
     # The coordinator aborts it: the ABORT marker moves the LSO past the record.
-    deadline = time.monotonic() + CLIENT_TIMEOUT_S
-    while watermarks(bootstrap, topic_name, "read_committed")[1] != 2:
-        assert time.monotonic() < deadline, "the timed-out transaction was not aborted"
-        time.sleep(0.1)
+    wait_stable(bootstrap, topic_name, 2)
     assert values(bootstrap, topic_name, "read_committed") == []
     with pytest.raises(KafkaException):
         p.commit_transaction(CLIENT_TIMEOUT_S)
@@ -264,6 +271,7 @@ def test_kill9_mid_transaction_keeps_the_lso_and_read_committed_results(broker_f
     p.abort_transaction(CLIENT_TIMEOUT_S)
     p.begin_transaction()
     produce(p, topic_name, [b"open"])  # left open across the crash
+    wait_stable(bootstrap, topic_name, 5)  # the abort's marker is written after EndTxn's answer
     before = (watermarks(bootstrap, topic_name, "read_committed"),
               watermarks(bootstrap, topic_name, "read_uncommitted"),
               values(bootstrap, topic_name, "read_committed"),
