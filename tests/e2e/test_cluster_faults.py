@@ -3,7 +3,13 @@ two of three nodes down (no acknowledgement without a quorum, nothing acknowledg
 recovery when one returns), a replica set below min.insync.replicas (NOT_ENOUGH_REPLICAS while
 acks=1 still works), a restarted leader truncating a divergent tail (KIP-101), the active
 controller killed with SIGKILL, and a batch damaged at rest on the leader (refused, leadership
-moved, the batch fetched again)."""
+moved, the batch fetched again). The leader's gauges of parked requests follow: its followers'
+long polls while idle, an acks=all produce held while its followers are paused (SIGSTOP) and
+answered when they resume, none left after."""
+
+import os
+import signal
+import threading
 
 import pytest
 
@@ -11,6 +17,7 @@ import kproto
 from ckutil import admin, consume, produce_all, producer
 from clusterutil import (ContinuousProducer, controller_id, create_replicated, partition_state, raw_produce,
                          replica_records, wait_for)
+from test_groups import metric_samples
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -25,6 +32,13 @@ def survivors_of(cluster):
 
 def isr_of(bootstrap, topic, partition=0):
     return sorted(partition_state(admin(bootstrap), topic, partition)[2])
+
+
+def parked(node, metric, **labels):
+    """A node's gauge of parked requests (`spate_kafka_delayed_fetches{fetcher}` or
+    `spate_kafka_delayed_produces`), 0 while absent (before the first one parks)."""
+    return sum(v for got, v in metric_samples(node, metric)
+               if all(got.get(k) == want for k, want in labels.items()))
 
 
 def assert_acked_read_back_once_in_order(bootstrap, topic, acked):
@@ -50,6 +64,9 @@ def test_two_of_three_down_stops_acknowledging_and_recovers(cluster_factory, top
     leader, replicas, _ = partition_state(a, topic_name)
     f1, f2 = [r for r in replicas if r != leader]
     lead = c.nodes[leader]
+    # Idle, each follower's fetcher long-polls the leader (only this topic has replicas).
+    wait_for("both followers' fetches parked on the leader",
+             lambda: parked(lead, "spate_kafka_delayed_fetches", fetcher="follower") == 2)
 
     prod = ContinuousProducer(c.bootstrap, topic_name).start()
     wait_for("100 acknowledged writes", lambda: prod.acked_count() >= 100)
@@ -76,12 +93,43 @@ def test_two_of_three_down_stops_acknowledging_and_recovers(cluster_factory, top
     acked, errors = prod.finish()
     assert not errors, f"delivery errors: {errors[:5]}"
     assert_acked_read_back_once_in_order(lead.bootstrap, topic_name, acked)
+    assert parked(lead, "spate_kafka_delayed_produces") == 0, "every answered produce left the gauge"
 
     print(f"--- restart node {f2}: it catches up and every replica holds the same records")
     c.nodes[f2].start()
     wait_for("all three back in the ISR", lambda: isr_of(c.bootstrap, topic_name) == sorted(replicas), timeout=60)
     log = wait_identical_replicas(c, topic_name)
     assert {v for _, v in log.values()} >= {b"probe-1", b"probe-2"}, "unacknowledged probes are kept once committed"
+
+
+def test_an_acks_all_produce_parks_while_its_followers_are_paused_and_completes_when_they_resume(
+        cluster_factory, topic_name):
+    c = cluster_factory(3)
+    a, _ = create_replicated(c.bootstrap, topic_name, 1)
+    leader, replicas, _ = partition_state(a, topic_name)
+    lead = c.nodes[leader]
+    followers = [c.nodes[r] for r in replicas if r != leader]
+    assert parked(lead, "spate_kafka_delayed_produces") == 0
+    result = {}
+    th = threading.Thread(target=lambda: result.update(got=raw_produce(
+        lead.bootstrap, topic_name, 0, [b"held"], acks=-1, timeout_ms=30_000)))
+    for f in followers:
+        os.kill(f.proc.pid, signal.SIGSTOP)
+    try:
+        # Neither follower can fetch, fsync and report the batch (nor can the ISR shrink
+        # without the controller quorum): the produce waits on the leader, counted.
+        th.start()
+        wait_for("the produce parked on the leader",
+                 lambda: parked(lead, "spate_kafka_delayed_produces") == 1)
+        assert th.is_alive() and "got" not in result, "answered while no follower could fsync it"
+    finally:
+        for f in followers:
+            os.kill(f.proc.pid, signal.SIGCONT)
+    th.join(40)
+    assert result.get("got") == (NONE, 0), f"acks=all after the followers resumed: {result}"
+    assert parked(lead, "spate_kafka_delayed_produces") == 0, "the answered produce left the gauge"
+    log = wait_identical_replicas(c, topic_name)
+    assert [v for _, v in log.values()] == [b"held"]
 
 
 def test_below_min_insync_refuses_acks_all_but_takes_acks_1(cluster_factory, topic_name):

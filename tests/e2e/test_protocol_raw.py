@@ -12,6 +12,7 @@ import pytest
 import kproto
 from kproto import Conn, i8, i16, i32, i64, string
 from ckutil import create_topic
+from test_groups import metric_samples
 
 
 def assert_still_serving(broker):
@@ -227,7 +228,24 @@ def test_fetch_min_bytes_zero_returns_at_once(bootstrap, topic_name):
     assert took < 1.0, f"min_bytes=0 fetch waited {took:.3f}s"
 
 
-def test_fetch_long_poll_wakes_up_on_produce(bootstrap, topic_name):
+def delayed_fetches(broker, fetcher="consumer"):
+    """The broker's count of parked Fetch requests (`spate_kafka_delayed_fetches`; absent
+    before the first one parks)."""
+    return sum(v for labels, v in metric_samples(broker, "spate_kafka_delayed_fetches")
+               if labels.get("fetcher") == fetcher)
+
+
+def wait_parked(broker, before, timeout=20):
+    """Returns once the broker counts more parked consumer fetches than `before`: the long poll
+    a test started is waiting, its watches in place, so what the test does next must wake it."""
+    deadline = time.monotonic() + timeout
+    while delayed_fetches(broker) <= before:
+        assert time.monotonic() < deadline, f"no fetch parked within {timeout}s"
+        time.sleep(0.02)
+
+
+def test_fetch_long_poll_wakes_up_on_produce(broker, topic_name):
+    bootstrap = broker.bootstrap
     create_topic(bootstrap, topic_name)
     result = {}
 
@@ -236,9 +254,10 @@ def test_fetch_long_poll_wakes_up_on_produce(bootstrap, topic_name):
             result["p"] = kproto.fetch(c, topic_name, 0, 0, max_wait_ms=10_000, min_bytes=1)
             result["t"] = time.monotonic()
 
+    before = delayed_fetches(broker)
     th = threading.Thread(target=poll)
     th.start()
-    time.sleep(0.5)
+    wait_parked(broker, before)
     with Conn(bootstrap) as c:
         produced_at = time.monotonic()
         assert kproto.produce(c, topic_name, 0, kproto.record_batch([b"wake up"])) == (0, 0)
@@ -247,6 +266,7 @@ def test_fetch_long_poll_wakes_up_on_produce(bootstrap, topic_name):
     assert result["t"] - produced_at < 2.0, f"long poll returned {result['t'] - produced_at:.3f}s after the produce"
     recs = [r["value"] for b in kproto.parse_batches(result["p"]["records"]) for r in b.records]
     assert recs == [b"wake up"]
+    assert delayed_fetches(broker) == before, "an answered fetch is no longer counted as parked"
 
 
 def test_fetch_first_batch_larger_than_max_bytes_still_returned(bootstrap, topic_name):
@@ -421,7 +441,8 @@ def test_produce_batch_with_bad_inner_offsets_is_rejected(bootstrap, topic_name)
         assert kproto.produce(c, topic_name, 0, good) == (0, 0)
 
 
-def test_fetch_min_bytes_waits_for_enough_data(bootstrap, topic_name):
+def test_fetch_min_bytes_waits_for_enough_data(broker, topic_name):
+    bootstrap = broker.bootstrap
     create_topic(bootstrap, topic_name)
     with Conn(bootstrap) as c:
         assert kproto.produce(c, topic_name, 0, kproto.record_batch([b"x" * 100])) == (0, 0)
@@ -438,11 +459,13 @@ def test_fetch_min_bytes_waits_for_enough_data(bootstrap, topic_name):
             result["p"] = kproto.fetch(c2, topic_name, 0, 0, max_wait_ms=10_000, min_bytes=20_000)
             result["t"] = time.monotonic()
 
+    before = delayed_fetches(broker)
     th = threading.Thread(target=poll)
     th.start()
-    time.sleep(0.3)
+    wait_parked(broker, before)
     with Conn(bootstrap) as c:
         assert kproto.produce(c, topic_name, 0, kproto.record_batch([b"y" * 5_000])) == (0, 1)
+        # An observation window: a fetch woken by this produce would return within it.
         time.sleep(0.5)
         assert th.is_alive(), "returned before min_bytes was reached"
         assert kproto.produce(c, topic_name, 0, kproto.record_batch([os.urandom(30_000)])) == (0, 2)

@@ -13,6 +13,7 @@ from confluent_kafka import TopicPartition
 import kproto
 from ckutil import admin, consumer, produce_all, producer, wait_topic
 from conftest import SPATE_BIN
+from test_protocol_raw import delayed_fetches, wait_parked
 
 PROM_SAMPLE = re.compile(r'^[a-zA-Z_:][a-zA-Z0-9_:]*(\{.*\})?\s+\S+(\s+-?\d+)?$')
 SAMPLE_PARTS = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)')
@@ -161,8 +162,9 @@ def test_sigterm_with_open_connections_and_long_poll(broker_factory, topic_name)
     body = (kproto.i32(-1) + kproto.i32(60_000) + kproto.i32(1) + kproto.i32(1 << 20) + kproto.i8(0)
             + kproto.array([topic_name], lambda t: kproto.string(t) + kproto.array(
                 [0], lambda p: kproto.i32(p) + kproto.i64(1) + kproto.i32(1 << 20))))
+    before = delayed_fetches(b)
     poller.request(kproto.FETCH, 4, body, expect_response=False)
-    time.sleep(0.3)
+    wait_parked(b, before)
     t = time.monotonic()
     try:
         b.stop()

@@ -40,6 +40,45 @@ pub(crate) fn fetched(bytes: usize) {
     metrics::counter!("spate_kafka_fetch_bytes_total").increment(bytes as u64);
 }
 
+/// Who sent a parked Fetch (Kafka's `fetcherType`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Fetcher {
+    Consumer,
+    Follower,
+}
+
+/// A request parked until something happens (Kafka's purgatory), counted in its gauge for as
+/// long as this lives: an `acks=all` Produce waiting for the in-sync replicas
+/// (`spate_kafka_delayed_produces`), a Fetch long-polling for data
+/// (`spate_kafka_delayed_fetches{fetcher}`). Taken once the request's waits are in place, so a
+/// change after the gauge moved wakes it; dropped with the reply or with the connection.
+#[derive(Debug)]
+#[must_use = "the request counts as delayed only while this lives"]
+pub(crate) struct Delayed(metrics::Gauge);
+
+impl Drop for Delayed {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
+fn delayed(gauge: metrics::Gauge) -> Delayed {
+    gauge.increment(1.0);
+    Delayed(gauge)
+}
+
+pub(crate) fn delayed_produce() -> Delayed {
+    delayed(metrics::gauge!("spate_kafka_delayed_produces"))
+}
+
+pub(crate) fn delayed_fetch(fetcher: Fetcher) -> Delayed {
+    let label = match fetcher {
+        Fetcher::Consumer => "consumer",
+        Fetcher::Follower => "follower",
+    };
+    delayed(metrics::gauge!("spate_kafka_delayed_fetches", "fetcher" => label))
+}
+
 /// The `api` label: the Kafka name of every API the broker implements (the list
 /// [`crate::apis::SUPPORTED`] advertises in ApiVersions). Only implemented APIs reach the probe
 /// (anything else is answered with an error first), so "unknown" never shows in practice; a

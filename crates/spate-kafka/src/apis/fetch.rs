@@ -22,6 +22,7 @@
 use super::{Reply, RequestContext};
 use crate::broker::Broker;
 use crate::errors;
+use crate::probe;
 use bytes::Bytes;
 use kafka_protocol::messages::fetch_response::{
     AbortedTransaction, EpochEndOffset, FetchableTopicResponse, LeaderIdAndEpoch, PartitionData,
@@ -136,13 +137,18 @@ pub(crate) async fn handle(
         return Reply::Now(response);
     }
     let deadline = Instant::now() + max_wait;
-    Reply::Later(Box::pin(long_poll(
-        plan,
-        watches,
-        min_bytes,
-        deadline,
-        broker.shutdown.clone(),
-    )))
+    let fetcher = match plan.replica {
+        Some(_) => probe::Fetcher::Follower,
+        None => probe::Fetcher::Consumer,
+    };
+    // Counted from here, with the watches in place: an append after the gauge moved wakes it.
+    let delayed = probe::delayed_fetch(fetcher);
+    let shutdown = broker.shutdown.clone();
+    Reply::Later(Box::pin(async move {
+        let response = long_poll(plan, watches, min_bytes, deadline, shutdown).await;
+        drop(delayed);
+        response
+    }))
 }
 
 /// What a parked fetch waits for, per partition. A follower: the leader's log end. A consumer:
@@ -231,7 +237,7 @@ fn read_all(plan: &Plan) -> (FetchResponse, usize, bool) {
         total += size;
         topics[wanted.topic_index].partitions.push(data);
     }
-    crate::probe::fetched(total);
+    probe::fetched(total);
     (
         FetchResponse::default().with_responses(topics),
         total,

@@ -21,6 +21,7 @@
 use super::{Reply, RequestContext};
 use crate::broker::Broker;
 use crate::errors;
+use crate::probe;
 use bytes::BytesMut;
 use kafka_protocol::messages::produce_response::{
     BatchIndexAndErrorMessage, LeaderIdAndEpoch, NodeEndpoint, PartitionProduceResponse,
@@ -234,6 +235,7 @@ pub(crate) async fn handle(
         _ if waits.is_empty() => Reply::Now(response),
         _ => {
             let timeout = Duration::from_millis(request.timeout_ms.max(0) as u64);
+            let delayed = probe::delayed_produce();
             Reply::Later(Box::pin(async move {
                 let results = tokio::time::timeout(
                     timeout,
@@ -261,6 +263,7 @@ pub(crate) async fn handle(
                         r.error_message = Some(StrBytes::from_string(message));
                     }
                 }
+                drop(delayed);
                 response
             }))
         }
@@ -376,7 +379,7 @@ fn append(
             if receipt.duplicate {
                 tracing::debug!(partition = %tp, base_offset = %receipt.base_offset, "duplicate batch acknowledged");
             } else {
-                crate::probe::produced(receipt.bytes);
+                probe::produced(receipt.bytes);
             }
             Ok((partition, receipt))
         }
