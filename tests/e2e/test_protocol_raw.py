@@ -269,6 +269,28 @@ def test_fetch_long_poll_wakes_up_on_produce(broker, topic_name):
     assert delayed_fetches(broker) == before, "an answered fetch is no longer counted as parked"
 
 
+def test_a_long_poll_ends_with_its_connection(broker, topic_name):
+    """A client that closes its connection while its Fetch long-polls gets nothing more, and
+    the broker lets the parked fetch go at once rather than at its max_wait (as Kafka closes
+    the channel): the gauge of parked fetches drops back well within the 30 s asked for."""
+    bootstrap = broker.bootstrap
+    create_topic(bootstrap, topic_name)
+    before = delayed_fetches(broker)
+    c = Conn(bootstrap, timeout=30)
+    body = (i32(-1) + i32(30_000) + i32(1_000_000) + i32(1 << 20) + i8(0)
+            + kproto.array([topic_name], lambda t: string(t) + kproto.array(
+                [0], lambda p: i32(p) + i64(0) + i32(1 << 20))))
+    c.request(kproto.FETCH, 4, body, expect_response=False)
+    wait_parked(broker, before)
+    closed = time.monotonic()
+    c.close()
+    deadline = closed + 10
+    while delayed_fetches(broker) > before:
+        assert time.monotonic() < deadline, "the closed connection's long poll is still parked"
+        time.sleep(0.02)
+    assert_still_serving(broker)
+
+
 def test_fetch_first_batch_larger_than_max_bytes_still_returned(bootstrap, topic_name):
     create_topic(bootstrap, topic_name)
     big = os.urandom(50_000)

@@ -4,7 +4,8 @@
 //! runs the handler's immediate part, and queues the rest (a future yielding the encoded
 //! response) on a bounded channel; the writer awaits the queued futures in order. A bad frame
 //! (negative or oversized length, unknown API key, undecodable body) closes the connection
-//! with one log line, as Kafka does.
+//! with one log line, as Kafka does. A peer that closes the connection gets nothing more: what
+//! was still waiting to be answered is dropped at once.
 
 use crate::apis::{self, Encoded, Response};
 use crate::broker::{Broker, MEMORY_PERMIT_BYTES};
@@ -92,6 +93,8 @@ async fn connection(
     let writer = tokio::spawn(write_responses(write_half, rx, queued.clone(), peer));
     let mut reader = BufReader::with_capacity(64 * 1024, read_half);
     probe::connection_opened();
+    // The peer closed the connection: nobody reads what is still waiting to be answered.
+    let mut peer_gone = false;
     loop {
         // A client that does not read its responses must not make the broker hold them without
         // bound: stop reading requests while built responses exceed the budget.
@@ -112,8 +115,14 @@ async fn connection(
         };
         let frame = match frame {
             Ok(Some(frame)) => frame,
-            Ok(None) => break,
-            Err(FrameError::Io(e)) if is_disconnect(&e) => break,
+            Ok(None) => {
+                peer_gone = true;
+                break;
+            }
+            Err(FrameError::Io(e)) if is_disconnect(&e) => {
+                peer_gone = true;
+                break;
+            }
             Err(e) => {
                 probe::bad_request();
                 tracing::warn!(%peer, error = %e, "closing connection");
@@ -150,6 +159,12 @@ async fn connection(
         }
     }
     drop(tx);
+    if peer_gone {
+        // As Kafka closes the channel: a parked long poll or acks=all wait ends now instead
+        // of holding the connection's task (and its place in the delayed gauges) until it
+        // times out. What was appended stays appended; only the answer is dropped.
+        writer.abort();
+    }
     let _ = writer.await;
     probe::connection_closed();
 }
