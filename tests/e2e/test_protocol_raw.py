@@ -266,7 +266,6 @@ def test_fetch_long_poll_wakes_up_on_produce(broker, topic_name):
     assert result["t"] - produced_at < 2.0, f"long poll returned {result['t'] - produced_at:.3f}s after the produce"
     recs = [r["value"] for b in kproto.parse_batches(result["p"]["records"]) for r in b.records]
     assert recs == [b"wake up"]
-    assert delayed_fetches(broker) == before, "an answered fetch is no longer counted as parked"
 
 
 def test_a_long_poll_ends_with_its_connection(broker, topic_name):
