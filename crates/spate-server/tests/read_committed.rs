@@ -2,8 +2,9 @@
 //! Fetch and ListOffsets in both isolation levels around an open and an aborted transaction,
 //! and DescribeProducers (the transactional batch and the marker written through the
 //! partition's replica directly, so that test depends on the read paths only); bad
-//! transactional requests; and transaction version 2 end to end (no Kafka client here speaks
-//! it: librdkafka, kafka-python and kafkajs use version 1).
+//! transactional requests; the verification of a request's partitions; and transaction
+//! version 2 end to end (no Kafka client here speaks it: librdkafka, kafka-python and kafkajs
+//! use version 1).
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::describe_producers_request::TopicRequest;
@@ -171,10 +172,17 @@ async fn describe(client: &mut Client) -> Vec<describe_producers_response::Parti
 /// A node on free loopback ports with its data in `dir`, a client connected to it, and
 /// [`TOPIC`] created by a Metadata request.
 async fn start_with_topic(dir: &std::path::Path) -> (Node, Client) {
+    start_with_partitions(dir, 1).await
+}
+
+/// A node whose auto-created topic [`TOPIC`] has `partitions` partitions.
+async fn start_with_partitions(dir: &std::path::Path, partitions: u32) -> (Node, Client) {
+    let partitions = partitions.to_string();
     let overrides: Vec<(String, String)> = [
         ("data.dir", dir.to_str().expect("utf-8 path")),
         ("kafka.listen", "127.0.0.1:0"),
         ("http.listen", "127.0.0.1:0"),
+        ("num.partitions", partitions.as_str()),
     ]
     .iter()
     .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -656,5 +664,73 @@ async fn verification_off_lets_an_unadded_partition_in_and_on_again_refuses_it()
         after.high_watermark, 1,
         "nothing of the refused write was stored"
     );
+    node.shutdown().await.expect("shutdown");
+}
+
+/// One Produce request carrying a transaction's first write to three partitions, two of them
+/// added with AddPartitionsToTxn. The partitions are verified at once (how long that takes is
+/// not asserted here); each still gets its own answer, in request order: the added ones are
+/// written, the other is refused with INVALID_TXN_STATE and holds nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_partitions_of_one_produce_request_are_verified_each_on_its_own() {
+    use kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic;
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::ResponseError as E;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (node, mut client) = start_with_partitions(dir.path(), 3).await;
+    let now_ms = node.broker.now_ms();
+    let init = init_producer_id(&mut client, "multi").await;
+    assert_eq!(init.error_code, 0, "{init:?}");
+    let (pid, epoch) = (init.producer_id, init.producer_epoch);
+
+    let add = AddPartitionsToTxnRequest::default()
+        .with_v3_and_below_transactional_id(TransactionalId(StrBytes::from_static_str("multi")))
+        .with_v3_and_below_producer_id(pid)
+        .with_v3_and_below_producer_epoch(epoch)
+        .with_v3_and_below_topics(vec![AddPartitionsToTxnTopic::default()
+            .with_name(topic_name())
+            .with_partitions(vec![0, 1])]);
+    let r: AddPartitionsToTxnResponse = client.call(ApiKey::AddPartitionsToTxn, 3, &add).await;
+    let added: Vec<i16> = r.results_by_topic_v3_and_below[0]
+        .results_by_partition
+        .iter()
+        .map(|p| p.partition_error_code)
+        .collect();
+    assert_eq!(added, [0, 0], "{r:?}");
+
+    let data = |partition: i32| {
+        PartitionProduceData::default()
+            .with_index(partition)
+            .with_records(Some(Bytes::from(txn_batch(
+                &["v"],
+                Some((pid.0, epoch, 0)),
+                now_ms,
+            ))))
+    };
+    let request = ProduceRequest::default()
+        .with_transactional_id(Some(TransactionalId(StrBytes::from_static_str("multi"))))
+        .with_acks(-1)
+        .with_timeout_ms(10_000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(topic_name())
+            .with_partition_data(vec![data(0), data(2), data(1)])]);
+    let r: ProduceResponse = client.call(ApiKey::Produce, 11, &request).await;
+    let codes: Vec<(i32, i16, i64)> = r.responses[0]
+        .partition_responses
+        .iter()
+        .map(|p| (p.index, p.error_code, p.base_offset))
+        .collect();
+    assert_eq!(
+        codes,
+        [(0, 0, 0), (2, E::InvalidTxnState.code(), -1), (1, 0, 0)],
+        "each partition answered in request order, the unadded one refused"
+    );
+    let refused = node
+        .broker
+        .replicas
+        .get(&TopicPartition::new(TOPIC, 2))
+        .expect("partition 2 is hosted");
+    let end = refused.log_end_offset().expect("log end");
+    assert_eq!(end.0, 0, "nothing of the refused write was stored");
     node.shutdown().await.expect("shutdown");
 }

@@ -91,8 +91,12 @@ pub(crate) async fn handle(
     let implicit_add = ctx.version() >= IMPLICIT_ADD_VERSION;
     let verifying = implicit_add || broker.txn_verification_in(&image);
     // Verification first (it may wait on the coordinator), then every append at one `now`.
+    // The partitions of a request are verified at once: one coordinator round trip for a
+    // transaction's first write to many partitions (a Java or kafka-python producer sends a
+    // leader's partitions in one request), not one after another.
     let mut guards = std::collections::BTreeMap::new();
     if refuse_all.is_none() && verifying {
+        let mut checks = Vec::new();
         for (t, topic) in request.topic_data.iter().enumerate() {
             let name = if ctx.version() >= TOPIC_ID_VERSION {
                 image.topic_by_id(topic.topic_id).map(|(n, _)| n.to_owned())
@@ -103,19 +107,25 @@ pub(crate) async fn handle(
             for (p, data) in topic.partition_data.iter().enumerate() {
                 let tp = TopicPartition::new(name.clone(), data.index);
                 let topic_id = (ctx.version() >= TOPIC_ID_VERSION).then_some(topic.topic_id);
-                if let Some(guard) = verify(
-                    broker,
-                    &image,
-                    &tp,
-                    topic_id,
-                    data.records.as_deref(),
-                    transactional_id.as_deref(),
-                    implicit_add,
-                )
-                .await
-                {
-                    guards.insert((t, p), guard);
-                }
+                let (image, transactional_id) = (&image, transactional_id.as_deref());
+                checks.push(async move {
+                    let guard = verify(
+                        broker,
+                        image,
+                        &tp,
+                        topic_id,
+                        data.records.as_deref(),
+                        transactional_id,
+                        implicit_add,
+                    )
+                    .await;
+                    ((t, p), guard)
+                });
+            }
+        }
+        for (at, guard) in futures::future::join_all(checks).await {
+            if let Some(guard) = guard {
+                guards.insert(at, guard);
             }
         }
     }
