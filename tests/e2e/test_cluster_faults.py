@@ -17,7 +17,7 @@ import kproto
 from ckutil import admin, consume, produce_all, producer
 from clusterutil import (ContinuousProducer, controller_id, create_replicated, partition_state, raw_produce,
                          replica_records, wait_for)
-from test_groups import metric_samples
+from test_groups import metric_sum as parked  # a gauge of parked requests, 0 while absent
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -32,13 +32,6 @@ def survivors_of(cluster):
 
 def isr_of(bootstrap, topic, partition=0):
     return sorted(partition_state(admin(bootstrap), topic, partition)[2])
-
-
-def parked(node, metric, **labels):
-    """A node's gauge of parked requests (`spate_kafka_delayed_fetches{fetcher}` or
-    `spate_kafka_delayed_produces`), 0 while absent (before the first one parks)."""
-    return sum(v for got, v in metric_samples(node, metric)
-               if all(got.get(k) == want for k, want in labels.items()))
 
 
 def assert_acked_read_back_once_in_order(bootstrap, topic, acked):

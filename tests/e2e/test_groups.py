@@ -1172,6 +1172,12 @@ def metric_samples(broker, name):
     return out
 
 
+def metric_sum(broker, name, **labels):
+    """The sum of one metric's samples whose labels include `labels` (0 while it is absent)."""
+    return sum(v for got, v in metric_samples(broker, name)
+               if all(got.get(k) == want for k, want in labels.items()))
+
+
 def group_metric(broker, name, group, topic=None):
     """{partition: value} (or {None: value} for per-group metrics) for one group."""
     out = {}

@@ -12,7 +12,7 @@ import pytest
 import kproto
 from kproto import Conn, i8, i16, i32, i64, string
 from ckutil import create_topic
-from test_groups import metric_samples
+from test_groups import metric_sum
 
 
 def assert_still_serving(broker):
@@ -231,8 +231,7 @@ def test_fetch_min_bytes_zero_returns_at_once(bootstrap, topic_name):
 def delayed_fetches(broker, fetcher="consumer"):
     """The broker's count of parked Fetch requests (`spate_kafka_delayed_fetches`; absent
     before the first one parks)."""
-    return sum(v for labels, v in metric_samples(broker, "spate_kafka_delayed_fetches")
-               if labels.get("fetcher") == fetcher)
+    return metric_sum(broker, "spate_kafka_delayed_fetches", fetcher=fetcher)
 
 
 def wait_parked(broker, before, timeout=20):
