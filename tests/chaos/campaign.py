@@ -1,15 +1,17 @@
 """A fault campaign against a cluster of real `spate serve` processes (`scripts/chaos`).
 
 Each node runs in its own network namespace (tests/e2e/netns.py). Producers (librdkafka through
-confluent-kafka: acks=all, idempotence) write unique values to every partition of one topic
-while consumers read every partition, and a nemesis driven by the seed injects one fault at a
+confluent-kafka: acks=all, idempotence) write unique values to every partition of one topic,
+transactional producers write theirs in transactions (some aborted on purpose), consumers read
+every partition read_committed, and a nemesis driven by the seed injects one fault at a
 time: kill -9 and restart, SIGSTOP/SIGCONT, network partitions (one node isolated, halves, a
 bridge, one-way), a degraded link, packet loss, and a full disk. Then everything heals, the
 workload stops, a final read drains every partition, and the nodes stop.
 
 The history (history.jsonl, the format of HISTORY.md) is checked for lost acknowledged writes,
-duplicates, two values at one offset, consumer offsets that skip records and non-monotonic reads
-(checker.py); the replicas' logs are read off disk and compared with the drain (two different
+duplicates, two values at one offset, consumer offsets that skip records, non-monotonic reads,
+and transactions that are not all-or-nothing, lose a committed value or show an aborted or
+open one (checker.py); the replicas' logs are read off disk and compared with the drain (two different
 records at one offset below the high watermark on any replica); and liveness is checked: after
 healing, every partition takes an acknowledged write again within a bound. report.py writes
 report.md, summary.json and plot.svg. Exit code 0 only when nothing is wrong.
@@ -32,7 +34,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "e2e")]
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition  # noqa: E402
+from confluent_kafka import (OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer,  # noqa: E402
+                             TopicPartition)
 from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
 
 import checker  # noqa: E402
@@ -49,6 +52,14 @@ FIRST_ACK_TIMEOUT_S = 60
 RECOVERY_BOUND_S = 60
 FLUSH_TIMEOUT_S = 30
 DRAIN_TIMEOUT_S = 90
+# Transactions: values per transaction (1 to this many), the share aborted on purpose, the
+# coordinator's timeout for a transaction left open by a dead producer, the bound of one
+# commit/abort/init call and of the retries of one transaction's end.
+TXN_MAX_VALUES = 6
+TXN_ABORT_SHARE = 0.2
+TXN_TIMEOUT_MS = 10000
+TXN_CALL_TIMEOUT_S = 10
+TXN_END_BOUND_S = 60
 DISK_SIZE = "1g"
 # librdkafka's own log lines (disconnects, refused connections) go to clients.log in the output
 # directory, not to the terminal.
@@ -142,6 +153,118 @@ class ProducerWorker(threading.Thread):
         p.flush(FLUSH_TIMEOUT_S)
 
 
+class TxnProducerWorker(threading.Thread):
+    """Transactions of 1 to TXN_MAX_VALUES unique values `<name>-<n>` over random partitions,
+    `rate` transactions per second, a share of them aborted on purpose; the choices come from
+    `rng`. Records txn-begin, the sends (carrying their txn), acks and fails, txn-end (commit or
+    abort asked for) and txn-outcome. A retriable error of a commit or abort is retried (for at
+    most TXN_END_BOUND_S); an error that needs an abort is followed by one. A fatal error (the
+    producer was fenced, or the coordinator gave up) leaves the outcome unknown and the producer
+    is replaced: its successor's init_transactions, with the same transactional.id, makes the
+    coordinator finish or abort what the dead one left open."""
+
+    def __init__(self, name, bootstrap, partitions, rate, rng, history, stop):
+        super().__init__(name=name, daemon=True)
+        self.bootstrap, self.partitions, self.rate, self.rng = bootstrap, partitions, rate, rng
+        self.history, self.stop = history, stop
+        self.txns = 0
+        self.values = 0
+
+    def make(self):
+        """A producer whose init_transactions succeeded, or None once the workload stops."""
+        while not self.stop.is_set():
+            p = Producer({
+                "bootstrap.servers": self.bootstrap,
+                "transactional.id": f"chaos-{self.name}",
+                "transaction.timeout.ms": TXN_TIMEOUT_MS,
+                "linger.ms": 5,
+                "message.timeout.ms": TXN_TIMEOUT_MS,
+                "retry.backoff.ms": 100,
+                "reconnect.backoff.max.ms": 1000,
+                "logger": CLIENT_LOG,
+            })
+            try:
+                p.init_transactions(TXN_CALL_TIMEOUT_S)
+                return p
+            except KafkaException as e:
+                self.history.add("client-error", client=self.name, error=f"init_transactions: {e}",
+                                 fatal=e.args[0].fatal())
+                time.sleep(0.5)
+        return None
+
+    def delivered(self, err, msg):
+        value = msg.value().decode()
+        if err is None:
+            self.history.add("ack", producer=self.name, partition=msg.partition(), value=value, offset=msg.offset())
+        else:
+            self.history.add("fail", producer=self.name, partition=msg.partition(), value=value, error=str(err))
+
+    def run(self):
+        p = self.make()
+        next_at = time.monotonic()
+        while p is not None and not self.stop.is_set():
+            p = self.transaction(p)
+            next_at += 1 / self.rate
+            left = next_at - time.monotonic()
+            if left > 0:
+                self.stop.wait(left)
+            else:
+                next_at = time.monotonic()
+            if p is None:
+                p = self.make()
+
+    def transaction(self, p):
+        """One transaction on `p`; returns `p`, or None when it must be replaced."""
+        txn = f"{self.name}-t{self.txns}"
+        self.txns += 1
+        try:
+            p.begin_transaction()
+        except KafkaException as e:
+            self.history.add("client-error", client=self.name, error=f"begin_transaction: {e}", fatal=True)
+            return None
+        self.history.add("txn-begin", producer=self.name, txn=txn)
+        for _ in range(self.rng.randint(1, TXN_MAX_VALUES)):
+            value, partition = f"{self.name}-{self.values}", self.rng.randrange(self.partitions)
+            self.values += 1
+            self.history.add("send", producer=self.name, partition=partition, value=value, txn=txn)
+            try:
+                p.produce(TOPIC, value=value.encode(), partition=partition, on_delivery=self.delivered)
+            except (BufferError, KafkaException) as e:
+                # Not handed to the client: never written. The commit below then fails and aborts.
+                self.history.add("fail", producer=self.name, partition=partition, value=value, error=repr(e))
+            p.poll(0)
+        request = "abort" if self.rng.random() < TXN_ABORT_SHARE else "commit"
+        if request == "abort":
+            # Written first, so that the abort has records to hide (abort_transaction would
+            # purge the ones still queued in the client).
+            p.flush(TXN_CALL_TIMEOUT_S)
+        self.history.add("txn-end", producer=self.name, txn=txn, request=request)
+        outcome = self.end(p, txn, request)
+        self.history.add("txn-outcome", producer=self.name, txn=txn, outcome=outcome)
+        return p if outcome != "unknown" else None
+
+    def end(self, p, txn, request):
+        """Commits or aborts the open transaction: "committed", "aborted" or "unknown"."""
+        deadline = time.monotonic() + TXN_END_BOUND_S
+        while time.monotonic() < deadline:
+            try:
+                if request == "commit":
+                    p.commit_transaction(TXN_CALL_TIMEOUT_S)
+                    return "committed"
+                p.abort_transaction(TXN_CALL_TIMEOUT_S)
+                return "aborted"
+            except KafkaException as e:
+                err = e.args[0]
+                self.history.add("client-error", client=self.name, error=f"{request} {txn}: {err}",
+                                 fatal=err.fatal())
+                if err.txn_requires_abort() and request == "commit":
+                    request = "abort"
+                    self.history.add("txn-end", producer=self.name, txn=txn, request=request)
+                elif not err.retriable():
+                    return "unknown"
+        return "unknown"
+
+
 class ConsumerWorker(threading.Thread):
     """Reads every partition from the beginning, recording each record. On an error it cannot
     read past, it starts a new session at the next offset it has not read."""
@@ -160,6 +283,7 @@ class ConsumerWorker(threading.Thread):
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "auto.offset.reset": "error",
+            "isolation.level": "read_committed",  # librdkafka's default, said: the checks rely on it
             "fetch.wait.max.ms": 100,
             "reconnect.backoff.max.ms": 1000,
             "logger": CLIENT_LOG,
@@ -188,9 +312,13 @@ class ConsumerWorker(threading.Thread):
 
 
 def drain(bootstrap, partitions, history):
-    """Reads each partition from offset 0 to its high watermark; returns {partition: hw}."""
+    """Reads each partition from offset 0 to its high watermark, read_committed (records of
+    aborted transactions and the transaction markers are never delivered: the drain is complete
+    once the consumer's position reaches the high watermark, which needs every transaction on
+    the partition ended); returns {partition: hw}."""
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": "chaos-drain", "enable.auto.commit": False,
-                  "enable.partition.eof": True, "fetch.wait.max.ms": 100, "logger": CLIENT_LOG})
+                  "isolation.level": "read_committed", "enable.partition.eof": True,
+                  "fetch.wait.max.ms": 100, "logger": CLIENT_LOG})
     marks = {}
     try:
         for p in range(partitions):
@@ -201,17 +329,20 @@ def drain(bootstrap, partitions, history):
                     hw = c.get_watermark_offsets(TopicPartition(TOPIC, p), timeout=5)[1]
                 except Exception:  # the leader may still be moving: ask again
                     time.sleep(0.5)
-            got = -1
+            got = 0
             if hw is not None and hw > 0:
                 c.assign([TopicPartition(TOPIC, p, 0)])
-                while got < hw - 1 and time.monotonic() < deadline:
+                while got < hw and time.monotonic() < deadline:
                     msg = c.poll(0.5)
-                    if msg is None or msg.error():
-                        continue
-                    history.add("drain", partition=p, offset=msg.offset(), value=msg.value().decode())
-                    got = msg.offset()
+                    if msg is not None and not msg.error():
+                        history.add("drain", partition=p, offset=msg.offset(), value=msg.value().decode())
+                    # The end of the partition: its position past the last record, or the EOF
+                    # event's offset (past trailing markers, which move no position).
+                    eof = (msg.offset() if msg is not None and msg.error() is not None
+                           and msg.error().code() == KafkaError._PARTITION_EOF else -1)
+                    got = max(got, eof, c.position([TopicPartition(TOPIC, p)])[0].offset)
                 c.unassign()
-            complete = hw is not None and got >= hw - 1
+            complete = hw is not None and got >= hw
             history.add("drain-end", partition=p, high_watermark=-1 if hw is None else hw, complete=complete)
             marks[p] = hw
     finally:
@@ -327,10 +458,16 @@ def fill(path):
 # ---- checks beside the history ----------------------------------------------------------------
 
 
+CONTROL_BATCH = 0x20  # the attributes bit of a transaction marker's batch
+
+
 def replica_divergence(cluster, marks, history):
     """Offsets below the high watermark where a replica's log, read off disk after the nodes
-    stopped, holds another value than the drain read."""
+    stopped, holds another value than the drain read there, or, at an offset the drain does not
+    show (a record of an aborted transaction), another value than the other replicas. Markers
+    are skipped (the drain never shows them; the replicas' agreement on them is the LSO's)."""
     drained = {(e["partition"], e["offset"]): e["value"] for e in history.events if e["kind"] == "drain"}
+    undrained = {}                                # (p, o) -> (first node, its value)
     found = []
     for n, b in sorted(cluster.nodes.items()):
         for p, hw in marks.items():
@@ -339,14 +476,21 @@ def replica_divergence(cluster, marks, history):
                 continue
             for seg in sorted(d.glob("*.log")):
                 for batch in kproto.parse_batches(seg.read_bytes()):
+                    if batch.attributes & CONTROL_BATCH:
+                        continue
                     for r in batch.records or ():
                         o = r["offset"]
                         if o >= hw:
                             continue
                         value = r["value"].decode(errors="replace") if r["value"] is not None else None
-                        if drained.get((p, o)) != value:
+                        if (p, o) in drained:
+                            expected, source = drained[(p, o)], "drain"
+                        else:
+                            first, expected = undrained.setdefault((p, o), (n, value))
+                            source = f"node {first}"
+                        if value != expected:
                             found.append({"node": n, "partition": p, "offset": o, "replica": value,
-                                          "drain": drained.get((p, o))})
+                                          "expected": expected, "from": source})
     return found
 
 
@@ -376,6 +520,9 @@ def parse(argv):
     ap.add_argument("--partitions", type=int, default=3)
     ap.add_argument("--producers", type=int, default=2)
     ap.add_argument("--rate", type=float, default=100, help="values per second per producer [100]")
+    ap.add_argument("--txn-producers", type=int, default=1,
+                    help="transactional producers besides --producers [1]")
+    ap.add_argument("--txn-rate", type=float, default=10, help="transactions per second per transactional producer [10]")
     ap.add_argument("--out", type=Path, default=None, help="default: target/chaos/<time>-n<nodes>-s<seed>")
     args = ap.parse_args(argv)
     args.faults = list(FAULTS) if args.faults == "all" else [f for f in args.faults.split(",") if f]
@@ -383,8 +530,9 @@ def parse(argv):
     if bad or not args.faults:
         ap.error(f"unknown fault {bad}; choose from {', '.join(FAULTS)}")
     if not (1 <= args.partitions <= 64 and 1 <= args.producers <= 16 and 0 < args.rate <= 5000
-            and 5 <= args.duration <= 3600):
-        ap.error("--partitions 1..64, --producers 1..16, --rate up to 5000, --duration 5..3600")
+            and 5 <= args.duration <= 3600 and 0 <= args.txn_producers <= 16 and 0 < args.txn_rate <= 1000):
+        ap.error("--partitions 1..64, --producers 1..16, --rate up to 5000, --duration 5..3600, "
+                 "--txn-producers 0..16, --txn-rate up to 1000")
     if args.seed is None:
         args.seed = random.SystemRandom().randrange(1 << 32)
     return args
@@ -393,7 +541,7 @@ def parse(argv):
 def command_line(args):
     return (f"scripts/chaos --nodes {args.nodes} --seed {args.seed} --duration {args.duration:g} "
             f"--faults {','.join(args.faults)} --partitions {args.partitions} --producers {args.producers} "
-            f"--rate {args.rate:g}")
+            f"--rate {args.rate:g} --txn-producers {args.txn_producers} --txn-rate {args.txn_rate:g}")
 
 
 def spate_version():
@@ -446,6 +594,9 @@ def run(args):
         stop_producers, stop_consumers = threading.Event(), threading.Event()
         producers = [ProducerWorker(f"p{i}", cluster.bootstrap, args.partitions, args.rate, history, stop_producers)
                      for i in range(args.producers)]
+        producers += [TxnProducerWorker(f"x{i}", cluster.bootstrap, args.partitions, args.txn_rate,
+                                        random.Random(f"{args.seed}-x{i}"), history, stop_producers)
+                      for i in range(args.txn_producers)]
         consumers = [ConsumerWorker("c0", cluster.bootstrap, args.partitions, history, stop_consumers)]
         for w in producers + consumers:
             w.start()
@@ -458,7 +609,7 @@ def run(args):
         recovered = recovery(history, healed, args.partitions)
         stop_producers.set()
         for w in producers:
-            w.join(FLUSH_TIMEOUT_S + 10)
+            w.join(FLUSH_TIMEOUT_S + 10 if isinstance(w, ProducerWorker) else TXN_END_BOUND_S + 10)
         history.add("end")
         time.sleep(2)  # let the consumer read the last acknowledged writes
         stop_consumers.set()
@@ -479,6 +630,7 @@ def run(args):
         result["recovery_s"] = recovered
         run_info = {"seed": args.seed, "nodes": args.nodes, "duration_s": args.duration, "faults": args.faults,
                     "partitions": args.partitions, "producers": args.producers, "rate": args.rate,
+                    "txn_producers": args.txn_producers, "txn_rate": args.txn_rate,
                     "replication_factor": rf, "command": command_line(args), "spate": spate_version(),
                     "recovery_s": recovered, "disk": f"tmpfs {DISK_SIZE}" if mounts else "host file system"}
         report.write(out, history.events, result, run_info)
@@ -497,7 +649,9 @@ def summarize(result, out):
     bad = {k: v for k, v in result["anomaly_counts"].items() if v}
     avail = result["availability"]
     print(f"scripts/chaos: {'PASS' if result['valid'] else 'FAIL'}: "
-          f"{counts.get('acked', 0)} acknowledged, {counts.get('drained', 0)} drained; "
+          f"{counts.get('acked', 0)} acknowledged, {counts.get('drained', 0)} drained; transactions: "
+          f"{counts.get('txn_committed', 0)} committed, {counts.get('txn_aborted', 0)} aborted, "
+          f"{counts.get('txn_unknown', 0)} unknown; "
           f"availability {avail['share'] * 100:.1f}% of seconds, longest gap {avail['longest_gap_s']:.1f}s; "
           f"recovery {result['recovery_s']}s")
     if bad:

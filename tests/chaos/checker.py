@@ -17,6 +17,15 @@ this module implements them as written there:
 - `incomplete_drain`: a partition whose last drain-end says complete=false, or that has acks but
   no drain-end.
 
+Transactions (values whose send carries a `txn`; their ack means written, not committed, so
+`lost` leaves them to these):
+- `txn_lost`: a value of a committed transaction absent from the (complete) drain.
+- `txn_aborted_visible`: a value of a transaction that was aborted, or whose commit was never
+  asked for, read or drained (every reader is read_committed).
+- `txn_partial`: a transaction, whatever its outcome, with some of its values in the drain and
+  others not, where the drain of each of its partitions is complete.
+- `txn_early_read`: a value of a transaction read before its commit was asked for.
+
 `wrong_partition` and `unexpected` list each (value, partition, offset) once, with its first
 observation. Every anomaly list is capped at MAX_LISTED entries; `anomaly_counts` has the totals.
 
@@ -34,7 +43,8 @@ from bisect import bisect_left, bisect_right
 from collections import defaultdict
 
 ANOMALIES = ("lost", "duplicated", "inconsistent_offset", "wrong_partition", "skipped",
-             "nonmonotonic", "unexpected", "incomplete_drain")
+             "nonmonotonic", "unexpected", "incomplete_drain", "txn_lost", "txn_aborted_visible",
+             "txn_partial", "txn_early_read")
 MAX_LISTED = 100
 
 # The fields each kind of event has besides t and kind (HISTORY.md).
@@ -47,6 +57,9 @@ FIELDS = {
     "drain-end": ("partition", "high_watermark", "complete"),
     "fault": ("fault", "phase", "id", "detail", "nodes"),
     "client-error": ("client", "error", "fatal"),
+    "txn-begin": ("producer", "txn"),
+    "txn-end": ("producer", "txn", "request"),
+    "txn-outcome": ("producer", "txn", "outcome"),
     "heal": (),
     "end": (),
 }
@@ -59,6 +72,12 @@ FIELD_TYPES = {
     "id": (int,),
     "value": (str,),
     "complete": (bool,),
+    "txn": (str,),
+}
+# Fields with a closed set of values.
+FIELD_VALUES = {
+    "request": ("commit", "abort"),
+    "outcome": ("committed", "aborted", "unknown"),
 }
 
 
@@ -96,6 +115,10 @@ def _malformation(event):
             return f"{kind} event without {field}"
         if not _has_type(event[field], FIELD_TYPES.get(field)):
             return f"{kind} event with a bad {field}: {event[field]!r}"
+        if field in FIELD_VALUES and event[field] not in FIELD_VALUES[field]:
+            return f"{kind} event with a bad {field}: {event[field]!r}"
+    if kind == "send" and "txn" in event and not _has_type(event["txn"], FIELD_TYPES["txn"]):
+        return f"send event with a bad txn: {event['txn']!r}"
     return None
 
 
@@ -223,16 +246,20 @@ def check(events):
                          for e, prev in scan.backwards],
         "unexpected": [_placed(e) for e in scan.strays.values()],
         "incomplete_drain": _incomplete_drain(scan),
+        **_transactions(events, sent, scan),
     }
     acked = {ack["value"] for ack in scan.acks}
     indeterminate = [value for value in sent if value not in acked]
     stop = scan.end_t if scan.end_t is not None else scan.last_t
+    outcomes = _outcomes(events)
     return {
         "valid": not any(found.values()),
         "anomalies": {name: found[name][:MAX_LISTED] for name in ANOMALIES},
         "anomaly_counts": {name: len(found[name]) for name in ANOMALIES},
         "counts": {"sent": len(sent), "acked": len(acked), "failed": len(scan.failed),
-                   "indeterminate": len(indeterminate), "read": scan.reads, "drained": scan.drains},
+                   "indeterminate": len(indeterminate), "read": scan.reads, "drained": scan.drains,
+                   **{f"txn_{o}": sum(1 for x in outcomes.values() if x == o)
+                      for o in FIELD_VALUES["outcome"]}},
         "indeterminate_present": sum(1 for value in indeterminate if value in scan.observed),
         "availability": _availability([e["t"] for e in sent.values()], stop,
                                       [ack["t"] for ack in scan.acks]),
@@ -244,6 +271,8 @@ def _lost(scan):
     complete = {p for p, end in scan.drain_ends.items() if end["complete"]}
     lost = {}
     for ack in scan.acks:
+        if "txn" in scan.sent.get(ack["value"], {}):
+            continue  # written, not committed: its transaction's outcome decides (_transactions)
         if ack["partition"] in complete and ack["value"] not in scan.drain_first:
             lost.setdefault(ack["value"], {"value": ack["value"], "partition": ack["partition"],
                                            "offset": ack["offset"], "t": ack["t"]})
@@ -258,6 +287,60 @@ def _duplicated(scan):
 def _inconsistent(scan):
     return [{"partition": p, "offset": o, "values": [_observation(e) for e in by_value.values()]}
             for (p, o), by_value in scan.conflicts.items()]
+
+
+def _outcomes(events):
+    """txn -> its outcome: the last txn-outcome event's, "unknown" for a transaction begun
+    without one (its producer was cut short)."""
+    outcomes = {}
+    for event in events:
+        if event["kind"] == "txn-begin":
+            outcomes.setdefault(event["txn"], "unknown")
+        elif event["kind"] == "txn-outcome":
+            outcomes[event["txn"]] = event["outcome"]
+    return outcomes
+
+
+def _transactions(events, sent, scan):
+    """The four transaction anomalies (module docstring), from the sends that carry a txn."""
+    outcomes = _outcomes(events)
+    commit_asked = {}                             # txn -> t of its first txn-end request=commit
+    for event in events:
+        if event["kind"] == "txn-end" and event["request"] == "commit":
+            commit_asked.setdefault(event["txn"], event["t"])
+    values = defaultdict(list)                    # txn -> its sends, in order
+    for send in sent.values():
+        if "txn" in send:
+            values[send["txn"]].append(send)
+    complete = {p for p, end in scan.drain_ends.items() if end["complete"]}
+    lost, partial, invisible = [], [], set()
+    for txn, sends in values.items():
+        outcome = outcomes.get(txn, "unknown")
+        if outcome == "aborted" or txn not in commit_asked:
+            invisible.update(send["value"] for send in sends)
+        if not all(send["partition"] in complete for send in sends):
+            continue
+        present = [send["value"] for send in sends if send["value"] in scan.drain_first]
+        if outcome == "committed":
+            lost += [{"txn": txn, "value": send["value"], "partition": send["partition"], "t": send["t"]}
+                     for send in sends if send["value"] not in scan.drain_first]
+        if 0 < len(present) < len(sends):
+            partial.append({"txn": txn, "outcome": outcome, "present": len(present),
+                            "absent": len(sends) - len(present), "values": [s["value"] for s in sends]})
+    visible, early = {}, []
+    for event in events:
+        if event["kind"] not in ("read", "drain"):
+            continue
+        send = sent.get(event["value"])
+        if send is None or "txn" not in send:
+            continue
+        if event["value"] in invisible:
+            visible.setdefault((event["value"], event["partition"], event["offset"]),
+                               dict(_placed(event), txn=send["txn"], outcome=outcomes.get(send["txn"], "unknown")))
+        elif event["kind"] == "read" and event["t"] < commit_asked[send["txn"]]:
+            early.append(dict(_placed(event), txn=send["txn"], commit_asked_t=commit_asked[send["txn"]]))
+    return {"txn_lost": lost, "txn_aborted_visible": list(visible.values()), "txn_partial": partial,
+            "txn_early_read": early}
 
 
 def _skipped(scan):

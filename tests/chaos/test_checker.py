@@ -11,7 +11,9 @@ import pytest
 import checker
 
 ANOMALY_NAMES = {"lost", "duplicated", "inconsistent_offset", "wrong_partition", "skipped",
-                 "nonmonotonic", "unexpected", "incomplete_drain"}
+                 "nonmonotonic", "unexpected", "incomplete_drain", "txn_lost", "txn_aborted_visible",
+                 "txn_partial", "txn_early_read"}
+NO_TXNS = {"txn_committed": 0, "txn_aborted": 0, "txn_unknown": 0}
 LOG0 = {0: "a0", 1: "a1", 2: "a2"}  # partition 0: offset -> value
 LOG1 = {0: "b0", 1: "b1"}           # partition 1
 
@@ -46,6 +48,19 @@ class History:
 
     def drain_end(self, high_watermark, partition=0, complete=True):
         return self.add("drain-end", partition=partition, high_watermark=high_watermark, complete=complete)
+
+    def txn(self, txn, values, request=None, outcome=None, producer="x0"):
+        """A transaction: begin, each (partition, offset, value) sent and acked (written), then
+        txn-end with `request` and txn-outcome with `outcome` when given."""
+        self.add("txn-begin", producer=producer, txn=txn)
+        for partition, offset, value in values:
+            self.add("send", producer=producer, partition=partition, value=value, txn=txn)
+            self.ack(value, offset, partition)
+        if request:
+            self.add("txn-end", producer=producer, txn=txn, request=request)
+        if outcome:
+            self.add("txn-outcome", producer=producer, txn=txn, outcome=outcome)
+        return self
 
     def end(self, t=None):
         return self.add("end", t)
@@ -97,7 +112,7 @@ def test_clean_history_is_valid():
     result = checker.check(h.events)
     assert_valid(result)
     assert result["counts"] == {"sent": 5, "acked": 5, "failed": 0, "indeterminate": 0, "read": 5,
-                                "drained": 5}
+                                "drained": 5, **NO_TXNS}
     assert result["indeterminate_present"] == 0
 
 
@@ -110,7 +125,7 @@ def test_failed_and_unanswered_values_in_the_log_or_absent_are_valid_and_counted
     result = checker.check(h.events)
     assert_valid(result)
     assert result["counts"] == {"sent": 7, "acked": 3, "failed": 2, "indeterminate": 4, "read": 5,
-                                "drained": 5}
+                                "drained": 5, **NO_TXNS}
     assert result["indeterminate_present"] == 2
 
 
@@ -296,6 +311,93 @@ def test_history_without_acks_has_no_latency_and_zero_availability():
     assert_valid(result)
 
 
+# Transactions: partition 0 holds a0 at 0, then the transactions' values; markers take offsets
+# the drain never shows.
+
+
+def transactions():
+    """x-1 committed (a value in each partition), x-2 aborted, x-3 ended by its producer's death
+    after its commit was asked for (unknown, and committed by the coordinator), x-4 begun and
+    never ended (unknown, aborted by the coordinator)."""
+    h = History().produce({0: "a0"})
+    h.txn("x-1", [(0, 1, "x1a"), (1, 0, "x1b")], "commit", "committed")
+    h.txn("x-2", [(0, 3, "x2a"), (1, 2, "x2b")], "abort", "aborted")
+    h.txn("x-3", [(0, 5, "x3a")], "commit")
+    h.txn("x-4", [(1, 4, "x4a")])
+    return h
+
+
+def drain_transactions(h, log0=None, log1=None):
+    log0 = {0: "a0", 1: "x1a", 5: "x3a"} if log0 is None else log0
+    log1 = {0: "x1b"} if log1 is None else log1
+    return h.end().drain_log(log0, 0).drain_log(log1, 1)
+
+
+def test_committed_values_visible_aborted_ones_hidden_is_valid_and_counted():
+    h = transactions().read(1, "x1a").read(5, "x3a").read(0, "x1b", partition=1)
+    result = checker.check(drain_transactions(h).events)
+    assert_valid(result)
+    assert result["counts"]["txn_committed"] == 1
+    assert result["counts"]["txn_aborted"] == 1
+    assert result["counts"]["txn_unknown"] == 2
+    assert result["counts"]["acked"] == 7  # written; an aborted value's ack is not a lost write
+
+
+def test_an_unknown_transaction_wholly_absent_is_valid():
+    h = drain_transactions(transactions(), log0={0: "a0", 1: "x1a"})
+    assert_valid(checker.check(h.events))
+
+
+def test_a_committed_value_missing_from_the_drain_is_txn_lost():
+    h = drain_transactions(transactions(), log0={0: "a0", 5: "x3a"}, log1={})
+    found = only(checker.check(h.events), "txn_lost")
+    assert [(e["txn"], e["value"], e["partition"]) for e in found] == [("x-1", "x1a", 0), ("x-1", "x1b", 1)]
+
+
+def test_a_committed_transaction_half_in_the_drain_is_lost_and_partial():
+    result = checker.check(drain_transactions(transactions(), log1={}).events)
+    assert {k for k, n in result["anomaly_counts"].items() if n} == {"txn_lost", "txn_partial"}
+    assert [e["value"] for e in result["anomalies"]["txn_lost"]] == ["x1b"]
+
+
+def test_a_commit_missing_from_an_incomplete_drain_is_not_judged():
+    h = transactions().end().drain_log({0: "a0", 1: "x1a", 5: "x3a"}, 0).drain_log({}, 1, complete=False)
+    assert set(k for k, n in checker.check(h.events)["anomaly_counts"].items() if n) == {"incomplete_drain"}
+
+
+@pytest.mark.parametrize("log0, log1, values", [
+    ({0: "a0", 1: "x1a", 3: "x2a", 5: "x3a"}, {0: "x1b", 2: "x2b"}, ["x2a", "x2b"]),   # aborted
+    (None, {0: "x1b", 4: "x4a"}, ["x4a"]),                                           # commit never asked for
+], ids=["aborted", "never-committed"])
+def test_a_value_of_a_transaction_that_did_not_commit_in_the_drain_is_visible(log0, log1, values):
+    found = only(checker.check(drain_transactions(transactions(), log0, log1).events), "txn_aborted_visible")
+    assert [(e["value"], e["source"]) for e in found] == [(v, "drain") for v in values]
+
+
+def test_a_read_of_an_aborted_value_is_visible_even_when_the_drain_hides_it():
+    h = drain_transactions(transactions().read(1, "x1a").read(3, "x2a"))
+    found = only(checker.check(h.events), "txn_aborted_visible")
+    assert [(e["value"], e["source"], e["txn"], e["outcome"]) for e in found] == [("x2a", "read", "x-2", "aborted")]
+
+
+def test_a_transaction_half_in_the_drain_is_partial_whatever_its_outcome():
+    h = History().txn("x-5", [(0, 0, "x5a"), (1, 0, "x5b")], "commit")
+    h.end().drain_log({0: "x5a"}, 0).drain_log({}, 1)
+    found = only(checker.check(h.events), "txn_partial")
+    assert found == [{"txn": "x-5", "outcome": "unknown", "present": 1, "absent": 1, "values": ["x5a", "x5b"]}]
+
+
+def test_a_read_before_the_commit_was_asked_for_is_early():
+    h = History().add("txn-begin", producer="x0", txn="x-6")
+    h.add("send", producer="x0", partition=0, value="x6a", txn="x-6").ack("x6a", 0)
+    h.read(0, "x6a")
+    h.add("txn-end", producer="x0", txn="x-6", request="commit").add("txn-outcome", producer="x0", txn="x-6",
+                                                                       outcome="committed")
+    found = only(checker.check(h.end().drain_log({0: "x6a"}).events), "txn_early_read")
+    assert [(e["value"], e["txn"]) for e in found] == [("x6a", "x-6")]
+    assert found[0]["t"] < found[0]["commit_asked_t"]
+
+
 # load() and main()
 
 
@@ -319,7 +421,12 @@ def test_load_reads_events_in_order_and_ignores_blank_lines(tmp_path):
      "read event without session"),
     ('{"t": 1.0, "kind": "drain", "partition": true, "offset": 0, "value": "a"}',
      "drain event with a bad partition"),
-], ids=["broken-json", "not-an-object", "unknown-kind", "missing-field", "bool-partition"])
+    ('{"t": 1.0, "kind": "txn-outcome", "producer": "x0", "txn": "x-1", "outcome": "maybe"}',
+     "txn-outcome event with a bad outcome"),
+    ('{"t": 1.0, "kind": "send", "producer": "x0", "partition": 0, "value": "a", "txn": 7}',
+     "send event with a bad txn"),
+], ids=["broken-json", "not-an-object", "unknown-kind", "missing-field", "bool-partition", "bad-outcome",
+        "bad-txn"])
 def test_load_names_the_line_number_of_a_malformed_line(tmp_path, line, problem):
     path = tmp_path / "history.jsonl"
     path.write_text('{"t": 0.0, "kind": "heal"}\n\n' + line + "\n")
