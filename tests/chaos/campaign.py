@@ -46,6 +46,11 @@ from spateproc import REPO_ROOT, SPATE_BIN, Cluster  # noqa: E402
 
 FAULTS = ("kill", "pause", "partition", "latency", "loss", "disk-full")
 TOPIC = "chaos"
+# The exactly-once copier reads TOPIC (read_committed, group COPY_GROUP) and writes each record to
+# the same partition of COPY_TOPIC, in transactions that carry its consumed offsets.
+COPY_TOPIC = "chaos-copy"
+COPY_GROUP = "chaos-copier"
+COPY_BATCH = 50
 # Bounds: every wait of the campaign ends by itself.
 START_TIMEOUT_S = 90
 FIRST_ACK_TIMEOUT_S = 60
@@ -265,6 +270,91 @@ class TxnProducerWorker(threading.Thread):
         return "unknown"
 
 
+class CopierWorker(threading.Thread):
+    """Consume-transform-produce with exactly-once: reads TOPIC read_committed in group
+    COPY_GROUP and copies each record, value unchanged, to the same partition of COPY_TOPIC,
+    up to COPY_BATCH records per transaction, sending the consumed offsets in the transaction
+    (send_offsets_to_transaction). On any error the transaction is aborted and the consumer and
+    the producer are replaced: the new consumer resumes at the group's committed offsets, the
+    new producer (same transactional.id) fences the old one. Records copy-txn events (the
+    transaction's outcome) and client-error events; the check is on the copy's drain."""
+
+    def __init__(self, bootstrap, history, stop):
+        super().__init__(name="copier", daemon=True)
+        self.bootstrap, self.history, self.stop = bootstrap, history, stop
+        self.txns = 0
+
+    def error(self, what, e):
+        err = e.args[0] if isinstance(e, KafkaException) and e.args else None
+        self.history.add("client-error", client=self.name, error=f"{what}: {e}",
+                         fatal=bool(err is not None and err.fatal()))
+
+    def make(self):
+        """A consumer subscribed to TOPIC and a producer whose init_transactions succeeded, or
+        None once the workload stops."""
+        while not self.stop.is_set():
+            c = Consumer({
+                "bootstrap.servers": self.bootstrap,
+                "group.id": COPY_GROUP,
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed",
+                "auto.offset.reset": "earliest",
+                "session.timeout.ms": 10000,
+                "fetch.wait.max.ms": 100,
+                "reconnect.backoff.max.ms": 1000,
+                "logger": CLIENT_LOG,
+            })
+            c.subscribe([TOPIC])
+            p = Producer({
+                "bootstrap.servers": self.bootstrap,
+                "transactional.id": "chaos-copier",
+                "transaction.timeout.ms": TXN_TIMEOUT_MS,
+                "linger.ms": 5,
+                "message.timeout.ms": TXN_TIMEOUT_MS,
+                "reconnect.backoff.max.ms": 1000,
+                "logger": CLIENT_LOG,
+            })
+            try:
+                p.init_transactions(TXN_CALL_TIMEOUT_S)
+                return c, p
+            except KafkaException as e:
+                self.error("init_transactions", e)
+                c.close()
+                time.sleep(0.5)
+        return None
+
+    def run(self):
+        pair = self.make()
+        while pair is not None and not self.stop.is_set():
+            c, p = pair
+            try:
+                self.copy(c, p)
+            except KafkaException as e:
+                self.error(f"copy-t{self.txns}", e)
+                try:
+                    p.abort_transaction(TXN_CALL_TIMEOUT_S)
+                except KafkaException:
+                    pass  # the successor's init_transactions aborts it
+                c.close()
+                pair = self.make()
+        if pair is not None:
+            pair[0].close()
+
+    def copy(self, c, p):
+        """One transaction of the records the consumer returns (none: nothing to do)."""
+        msgs = [m for m in c.consume(COPY_BATCH, 0.2) if m.error() is None]
+        if not msgs:
+            return
+        txn = f"copy-t{self.txns}"
+        self.txns += 1
+        p.begin_transaction()
+        for m in msgs:
+            p.produce(COPY_TOPIC, value=m.value(), partition=m.partition())
+        p.send_offsets_to_transaction(c.position(c.assignment()), c.consumer_group_metadata(), TXN_CALL_TIMEOUT_S)
+        p.commit_transaction(TXN_CALL_TIMEOUT_S)
+        self.history.add("copy-txn", txn=txn, records=len(msgs))
+
+
 class ConsumerWorker(threading.Thread):
     """Reads every partition from the beginning, recording each record. On an error it cannot
     read past, it starts a new session at the next offset it has not read."""
@@ -311,11 +401,12 @@ class ConsumerWorker(threading.Thread):
         c.close()
 
 
-def drain(bootstrap, partitions, history):
-    """Reads each partition from offset 0 to its high watermark, read_committed (records of
-    aborted transactions and the transaction markers are never delivered: the drain is complete
-    once the consumer's position reaches the high watermark, which needs every transaction on
-    the partition ended); returns {partition: hw}."""
+def drain(bootstrap, partitions, history, topic=TOPIC, kind="drain"):
+    """Reads each partition of `topic` from offset 0 to its high watermark, read_committed
+    (records of aborted transactions and the transaction markers are never delivered: the drain
+    is complete once the consumer's position reaches the high watermark, which needs every
+    transaction on the partition ended), recording `kind` and `<kind>-end` events; returns
+    {partition: hw}."""
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": "chaos-drain", "enable.auto.commit": False,
                   "isolation.level": "read_committed", "enable.partition.eof": True,
                   "fetch.wait.max.ms": 100, "logger": CLIENT_LOG})
@@ -326,28 +417,49 @@ def drain(bootstrap, partitions, history):
             hw = None
             while hw is None and time.monotonic() < deadline:
                 try:
-                    hw = c.get_watermark_offsets(TopicPartition(TOPIC, p), timeout=5)[1]
+                    hw = c.get_watermark_offsets(TopicPartition(topic, p), timeout=5)[1]
                 except Exception:  # the leader may still be moving: ask again
                     time.sleep(0.5)
             got = 0
             if hw is not None and hw > 0:
-                c.assign([TopicPartition(TOPIC, p, 0)])
+                c.assign([TopicPartition(topic, p, 0)])
                 while got < hw and time.monotonic() < deadline:
                     msg = c.poll(0.5)
                     if msg is not None and not msg.error():
-                        history.add("drain", partition=p, offset=msg.offset(), value=msg.value().decode())
+                        history.add(kind, partition=p, offset=msg.offset(), value=msg.value().decode())
                     # The end of the partition: its position past the last record, or the EOF
                     # event's offset (past trailing markers, which move no position).
                     eof = (msg.offset() if msg is not None and msg.error() is not None
                            and msg.error().code() == KafkaError._PARTITION_EOF else -1)
-                    got = max(got, eof, c.position([TopicPartition(TOPIC, p)])[0].offset)
+                    got = max(got, eof, c.position([TopicPartition(topic, p)])[0].offset)
                 c.unassign()
             complete = hw is not None and got >= hw
-            history.add("drain-end", partition=p, high_watermark=-1 if hw is None else hw, complete=complete)
+            history.add(f"{kind}-end", partition=p, high_watermark=-1 if hw is None else hw, complete=complete)
             marks[p] = hw
     finally:
         c.close()
     return marks
+
+
+def copier_committed(bootstrap, partitions, history):
+    """Records the copier group's committed offset of each input partition (copy-committed;
+    -1 when none), read once the copier stopped."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": COPY_GROUP, "enable.auto.commit": False,
+                  "logger": CLIENT_LOG})
+    try:
+        deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        while True:
+            try:
+                committed = c.committed([TopicPartition(TOPIC, p) for p in range(partitions)], timeout=10)
+                break
+            except KafkaException:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        for tp in committed:
+            history.add("copy-committed", partition=tp.partition, offset=tp.offset if tp.offset >= 0 else -1)
+    finally:
+        c.close()
 
 
 # ---- nemesis ----------------------------------------------------------------------------------
@@ -507,6 +619,19 @@ def recovery(history, healed_at, partitions):
     return None
 
 
+def copier_progress(history, healed_at):
+    """Seconds from the heal until the copier committed a transaction, or None when it did not
+    within RECOVERY_BOUND_S."""
+    deadline = time.monotonic() + RECOVERY_BOUND_S
+    while time.monotonic() < deadline:
+        with history.lock:
+            done = [e["t"] for e in history.events if e["kind"] == "copy-txn" and e["t"] >= healed_at]
+        if done:
+            return round(done[0] - healed_at, 3)
+        time.sleep(0.2)
+    return None
+
+
 # ---- the campaign -----------------------------------------------------------------------------
 
 
@@ -523,6 +648,8 @@ def parse(argv):
     ap.add_argument("--txn-producers", type=int, default=1,
                     help="transactional producers besides --producers [1]")
     ap.add_argument("--txn-rate", type=float, default=10, help="transactions per second per transactional producer [10]")
+    ap.add_argument("--copier", type=int, default=1, choices=[0, 1],
+                    help="1: an exactly-once copier of the topic runs beside the workload [1]")
     ap.add_argument("--out", type=Path, default=None, help="default: target/chaos/<time>-n<nodes>-s<seed>")
     args = ap.parse_args(argv)
     args.faults = list(FAULTS) if args.faults == "all" else [f for f in args.faults.split(",") if f]
@@ -541,7 +668,7 @@ def parse(argv):
 def command_line(args):
     return (f"scripts/chaos --nodes {args.nodes} --seed {args.seed} --duration {args.duration:g} "
             f"--faults {','.join(args.faults)} --partitions {args.partitions} --producers {args.producers} "
-            f"--rate {args.rate:g} --txn-producers {args.txn_producers} --txn-rate {args.txn_rate:g}")
+            f"--rate {args.rate:g} --txn-producers {args.txn_producers} --txn-rate {args.txn_rate:g} --copier {args.copier}")
 
 
 def spate_version():
@@ -549,13 +676,13 @@ def spate_version():
     return r.stdout.strip() or r.stderr.strip()
 
 
-def create_topic(bootstrap, partitions, rf):
+def create_topic(bootstrap, partitions, rf, topic=TOPIC):
     a = AdminClient({"bootstrap.servers": bootstrap})
-    fs = a.create_topics([NewTopic(TOPIC, num_partitions=partitions, replication_factor=rf)], request_timeout=30)
-    fs[TOPIC].result(timeout=60)
+    fs = a.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=rf)], request_timeout=30)
+    fs[topic].result(timeout=60)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        t = a.list_topics(topic=TOPIC, timeout=10).topics.get(TOPIC)
+        t = a.list_topics(topic=topic, timeout=10).topics.get(topic)
         if t is not None and len(t.partitions) == partitions and all(
                 p.leader >= 0 and len(p.isrs) == rf for p in t.partitions.values()):
             return
@@ -589,6 +716,8 @@ def run(args):
         for b in cluster.nodes.values():
             b.wait_healthy(timeout=START_TIMEOUT_S)
         create_topic(cluster.bootstrap, args.partitions, rf)
+        if args.copier:
+            create_topic(cluster.bootstrap, args.partitions, rf, COPY_TOPIC)
 
         history = History()
         stop_producers, stop_consumers = threading.Event(), threading.Event()
@@ -597,6 +726,8 @@ def run(args):
         producers += [TxnProducerWorker(f"x{i}", cluster.bootstrap, args.partitions, args.txn_rate,
                                         random.Random(f"{args.seed}-x{i}"), history, stop_producers)
                       for i in range(args.txn_producers)]
+        if args.copier:
+            producers.append(CopierWorker(cluster.bootstrap, history, stop_producers))
         consumers = [ConsumerWorker("c0", cluster.bootstrap, args.partitions, history, stop_consumers)]
         for w in producers + consumers:
             w.start()
@@ -607,32 +738,40 @@ def run(args):
         healed = history.add("heal")["t"]
         print(f"  {healed:6.1f}s  healed; waiting for every partition to take a write", flush=True)
         recovered = recovery(history, healed, args.partitions)
+        copier_recovered = copier_progress(history, healed) if args.copier else 0.0
         stop_producers.set()
         for w in producers:
             w.join(FLUSH_TIMEOUT_S + 10 if isinstance(w, ProducerWorker) else TXN_END_BOUND_S + 10)
+        if args.copier:
+            copier_committed(cluster.bootstrap, args.partitions, history)
         history.add("end")
         time.sleep(2)  # let the consumer read the last acknowledged writes
         stop_consumers.set()
         for w in consumers:
             w.join(15)
         marks = drain(cluster.bootstrap, args.partitions, history)
+        if args.copier:
+            drain(cluster.bootstrap, args.partitions, history, COPY_TOPIC, "copy-drain")
         for b in cluster.nodes.values():
             b.cleanup()
         history.write(out / "history.jsonl")
 
         result = checker.check(history.events)
         extra = {"replica_divergence": replica_divergence(cluster, marks, history),
-                 "not_recovered": [] if recovered is not None else [{"bound_s": RECOVERY_BOUND_S}]}
+                 "not_recovered": ([] if recovered is not None else [{"bound_s": RECOVERY_BOUND_S}])
+                 + ([] if copier_recovered is not None else [{"copier": "no transaction committed",
+                                                               "bound_s": RECOVERY_BOUND_S}])}
         for name, found in extra.items():
             result["anomalies"][name] = found[:100]
             result["anomaly_counts"][name] = len(found)
         result["valid"] = not any(result["anomaly_counts"].values())
         result["recovery_s"] = recovered
+        result["copier_recovery_s"] = copier_recovered
         run_info = {"seed": args.seed, "nodes": args.nodes, "duration_s": args.duration, "faults": args.faults,
                     "partitions": args.partitions, "producers": args.producers, "rate": args.rate,
-                    "txn_producers": args.txn_producers, "txn_rate": args.txn_rate,
+                    "txn_producers": args.txn_producers, "txn_rate": args.txn_rate, "copier": args.copier,
                     "replication_factor": rf, "command": command_line(args), "spate": spate_version(),
-                    "recovery_s": recovered, "disk": f"tmpfs {DISK_SIZE}" if mounts else "host file system"}
+                    "recovery_s": recovered, "copier_recovery_s": copier_recovered, "disk": f"tmpfs {DISK_SIZE}" if mounts else "host file system"}
         report.write(out, history.events, result, run_info)
         summarize(result, out)
         return 0 if result["valid"] else 1
@@ -653,7 +792,7 @@ def summarize(result, out):
           f"{counts.get('txn_committed', 0)} committed, {counts.get('txn_aborted', 0)} aborted, "
           f"{counts.get('txn_unknown', 0)} unknown; "
           f"availability {avail['share'] * 100:.1f}% of seconds, longest gap {avail['longest_gap_s']:.1f}s; "
-          f"recovery {result['recovery_s']}s")
+          f"recovery {result['recovery_s']}s (copier {result['copier_recovery_s']}s)")
     if bad:
         print(f"scripts/chaos: anomalies: {bad}")
     print(f"scripts/chaos: report {out / 'report.md'}")

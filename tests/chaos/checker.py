@@ -26,6 +26,17 @@ Transactions (values whose send carries a `txn`; their ack means written, not co
   others not, where the drain of each of its partitions is complete.
 - `txn_early_read`: a value of a transaction read before its commit was asked for.
 
+The exactly-once copier (copy-* events: it copies the topic, partition to partition, in
+transactions that carry its consumed offsets), judged where the drains of a partition (input
+and copy) are complete, against the input drain below the copier's committed offset:
+- `copy_missing`: an input value below the committed offset absent from the copy.
+- `copy_extra`: a value in the copy that is not an input value below the committed offset of
+  the copy's partition (not committed in the input, past what the copier committed, or copied
+  into another partition).
+- `copy_duplicated`: a value at two or more positions of the copy.
+- `copy_order`: two values of one partition's copy in the other order than in the input.
+- `copy_incomplete_drain`: a partition with a committed offset whose copy drain is incomplete.
+
 `wrong_partition` and `unexpected` list each (value, partition, offset) once, with its first
 observation. Every anomaly list is capped at MAX_LISTED entries; `anomaly_counts` has the totals.
 
@@ -44,7 +55,8 @@ from collections import defaultdict
 
 ANOMALIES = ("lost", "duplicated", "inconsistent_offset", "wrong_partition", "skipped",
              "nonmonotonic", "unexpected", "incomplete_drain", "txn_lost", "txn_aborted_visible",
-             "txn_partial", "txn_early_read")
+             "txn_partial", "txn_early_read", "copy_missing", "copy_extra", "copy_duplicated", "copy_order",
+             "copy_incomplete_drain")
 MAX_LISTED = 100
 
 # The fields each kind of event has besides t and kind (HISTORY.md).
@@ -60,6 +72,10 @@ FIELDS = {
     "txn-begin": ("producer", "txn"),
     "txn-end": ("producer", "txn", "request"),
     "txn-outcome": ("producer", "txn", "outcome"),
+    "copy-txn": ("txn", "records"),
+    "copy-committed": ("partition", "offset"),
+    "copy-drain": ("partition", "offset", "value"),
+    "copy-drain-end": ("partition", "high_watermark", "complete"),
     "heal": (),
     "end": (),
 }
@@ -73,6 +89,7 @@ FIELD_TYPES = {
     "value": (str,),
     "complete": (bool,),
     "txn": (str,),
+    "records": (int,),
 }
 # Fields with a closed set of values.
 FIELD_VALUES = {
@@ -247,6 +264,7 @@ def check(events):
         "unexpected": [_placed(e) for e in scan.strays.values()],
         "incomplete_drain": _incomplete_drain(scan),
         **_transactions(events, sent, scan),
+        **_copies(events, scan),
     }
     acked = {ack["value"] for ack in scan.acks}
     indeterminate = [value for value in sent if value not in acked]
@@ -259,7 +277,9 @@ def check(events):
         "counts": {"sent": len(sent), "acked": len(acked), "failed": len(scan.failed),
                    "indeterminate": len(indeterminate), "read": scan.reads, "drained": scan.drains,
                    **{f"txn_{o}": sum(1 for x in outcomes.values() if x == o)
-                      for o in FIELD_VALUES["outcome"]}},
+                      for o in FIELD_VALUES["outcome"]},
+                   "copy_txns": sum(1 for e in events if e["kind"] == "copy-txn"),
+                   "copied": sum(1 for e in events if e["kind"] == "copy-drain")},
         "indeterminate_present": sum(1 for value in indeterminate if value in scan.observed),
         "availability": _availability([e["t"] for e in sent.values()], stop,
                                       [ack["t"] for ack in scan.acks]),
@@ -341,6 +361,49 @@ def _transactions(events, sent, scan):
             early.append(dict(_placed(event), txn=send["txn"], commit_asked_t=commit_asked[send["txn"]]))
     return {"txn_lost": lost, "txn_aborted_visible": list(visible.values()), "txn_partial": partial,
             "txn_early_read": early}
+
+
+def _copies(events, scan):
+    """The copier's anomalies (module docstring); none without copy-committed events."""
+    found = {name: [] for name in ("copy_missing", "copy_extra", "copy_duplicated", "copy_order",
+                                   "copy_incomplete_drain")}
+    committed = {e["partition"]: e["offset"] for e in events if e["kind"] == "copy-committed"}
+    if not committed:
+        return found
+    inputs, copies, copy_ends = defaultdict(list), defaultdict(list), {}
+    for e in events:
+        if e["kind"] == "drain":
+            inputs[e["partition"]].append((e["offset"], e["value"]))
+        elif e["kind"] == "copy-drain":
+            copies[e["partition"]].append((e["offset"], e["value"]))
+        elif e["kind"] == "copy-drain-end":
+            copy_ends[e["partition"]] = e
+    complete = {p for p, end in scan.drain_ends.items() if end["complete"]}
+    positions = defaultdict(set)                  # copied value -> {(partition, offset)}
+    for p, records in copies.items():
+        for o, v in records:
+            positions[v].add((p, o))
+    found["copy_duplicated"] = [{"value": v, "positions": [list(x) for x in sorted(ps)]}
+                                for v, ps in positions.items() if len(ps) > 1]
+    for p, upto in sorted(committed.items()):
+        end = copy_ends.get(p)
+        if upto > 0 and (end is None or not end["complete"]):
+            found["copy_incomplete_drain"].append({"partition": p, "committed": upto})
+            continue
+        if p not in complete:
+            continue
+        wanted = {v: o for o, v in inputs[p] if o < upto}
+        got = {}
+        for o, v in copies[p]:
+            got.setdefault(v, o)
+        found["copy_missing"] += [{"partition": p, "input_offset": o, "value": v, "committed": upto}
+                                  for v, o in wanted.items() if v not in got]
+        found["copy_extra"] += [{"partition": p, "offset": o, "value": v, "committed": upto}
+                                for v, o in got.items() if v not in wanted]
+        order = [(o, wanted[v], v) for v, o in sorted(got.items(), key=lambda x: x[1]) if v in wanted]
+        found["copy_order"] += [{"partition": p, "value": b[2], "offset": b[0], "after": a[2]}
+                                for a, b in zip(order, order[1:]) if b[1] < a[1]]
+    return found
 
 
 def _skipped(scan):

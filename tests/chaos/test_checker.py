@@ -12,8 +12,9 @@ import checker
 
 ANOMALY_NAMES = {"lost", "duplicated", "inconsistent_offset", "wrong_partition", "skipped",
                  "nonmonotonic", "unexpected", "incomplete_drain", "txn_lost", "txn_aborted_visible",
-                 "txn_partial", "txn_early_read"}
-NO_TXNS = {"txn_committed": 0, "txn_aborted": 0, "txn_unknown": 0}
+                 "txn_partial", "txn_early_read", "copy_missing", "copy_extra", "copy_duplicated", "copy_order",
+                 "copy_incomplete_drain"}
+NO_TXNS = {"txn_committed": 0, "txn_aborted": 0, "txn_unknown": 0, "copy_txns": 0, "copied": 0}
 LOG0 = {0: "a0", 1: "a1", 2: "a2"}  # partition 0: offset -> value
 LOG1 = {0: "b0", 1: "b1"}           # partition 1
 
@@ -396,6 +397,67 @@ def test_a_read_before_the_commit_was_asked_for_is_early():
     found = only(checker.check(h.end().drain_log({0: "x6a"}).events), "txn_early_read")
     assert [(e["value"], e["txn"]) for e in found] == [("x6a", "x-6")]
     assert found[0]["t"] < found[0]["commit_asked_t"]
+
+
+# The exactly-once copier: LOG0 (a0 a1 a2) and LOG1 (b0 b1) in, committed offsets 2 and 2.
+
+
+def copied(copy0, copy1, committed=(2, 2), complete=True):
+    h = History().produce(LOG0, 0).produce(LOG1, 1).add("copy-txn", txn="copy-t0", records=4).end()
+    h.drain_log(LOG0, 0).drain_log(LOG1, 1)
+    for p, offset in enumerate(committed):
+        h.add("copy-committed", partition=p, offset=offset)
+    for p, log in enumerate((copy0, copy1)):
+        for offset, value in log.items():
+            h.add("copy-drain", partition=p, offset=offset, value=value)
+        h.add("copy-drain-end", partition=p, high_watermark=max(log, default=-1) + 1,
+              complete=complete or p == 1)
+    return checker.check(h.events)
+
+
+def test_a_copy_of_each_committed_input_value_once_in_order_is_valid_and_counted():
+    result = copied({0: "a0", 1: "a1"}, {0: "b0", 1: "b1"})
+    assert_valid(result)
+    assert (result["counts"]["copy_txns"], result["counts"]["copied"]) == (1, 4)
+
+
+def test_copy_markers_take_offsets_and_the_copy_is_still_valid():
+    assert_valid(copied({0: "a0", 2: "a1"}, {1: "b0", 2: "b1"}))
+
+
+def test_an_input_value_below_the_committed_offset_absent_from_the_copy_is_missing():
+    found = only(copied({0: "a0"}, {0: "b0", 1: "b1"}), "copy_missing")
+    assert found == [{"partition": 0, "input_offset": 1, "value": "a1", "committed": 2}]
+
+
+@pytest.mark.parametrize("copy0, value", [
+    ({0: "a0", 1: "a1", 2: "a2"}, "a2"),       # past the committed offset
+    ({0: "a0", 1: "a1", 2: "zz"}, "zz"),       # never committed in the input
+], ids=["past-committed", "not-in-input"])
+def test_a_copied_value_that_is_not_a_committed_input_is_extra(copy0, value):
+    found = only(copied(copy0, {0: "b0", 1: "b1"}), "copy_extra")
+    assert [(e["partition"], e["value"]) for e in found] == [(0, value)]
+
+
+def test_a_value_copied_twice_is_duplicated():
+    found = only(copied({0: "a0", 1: "a1", 2: "a1"}, {0: "b0", 1: "b1"}), "copy_duplicated")
+    assert found == [{"value": "a1", "positions": [[0, 1], [0, 2]]}]
+
+
+def test_a_copy_in_another_order_than_the_input_is_out_of_order():
+    found = only(copied({0: "a1", 1: "a0"}, {0: "b0", 1: "b1"}), "copy_order")
+    assert found == [{"partition": 0, "value": "a0", "offset": 1, "after": "a1"}]
+
+
+def test_a_committed_partition_whose_copy_drain_is_incomplete_is_reported_not_judged():
+    found = only(copied({0: "a0"}, {0: "b0", 1: "b1"}, complete=False), "copy_incomplete_drain")
+    assert found == [{"partition": 0, "committed": 2}]
+
+
+def test_without_copy_committed_events_the_copy_is_not_judged():
+    h = produced_and_read().drain_log(LOG0, 0).drain_log(LOG1, 1)
+    h.add("copy-drain", partition=0, offset=0, value="zz")  # a copy drained, but no committed offsets
+    assert_valid(checker.check(h.events))
 
 
 # load() and main()
