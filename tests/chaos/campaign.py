@@ -197,12 +197,7 @@ class TxnProducerWorker(threading.Thread):
                 time.sleep(0.5)
         return None
 
-    def delivered(self, err, msg):
-        value = msg.value().decode()
-        if err is None:
-            self.history.add("ack", producer=self.name, partition=msg.partition(), value=value, offset=msg.offset())
-        else:
-            self.history.add("fail", producer=self.name, partition=msg.partition(), value=value, error=str(err))
+    delivered = ProducerWorker.delivered  # ack / fail, as for the other producers
 
     def run(self):
         p = self.make()
