@@ -223,6 +223,7 @@ class TxnProducerWorker(threading.Thread):
             self.history.add("client-error", client=self.name, error=f"begin_transaction: {e}", fatal=True)
             return None
         self.history.add("txn-begin", producer=self.name, txn=txn)
+        refused = False
         for _ in range(self.rng.randint(1, TXN_MAX_VALUES)):
             value, partition = f"{self.name}-{self.values}", self.rng.randrange(self.partitions)
             self.values += 1
@@ -230,10 +231,12 @@ class TxnProducerWorker(threading.Thread):
             try:
                 p.produce(TOPIC, value=value.encode(), partition=partition, on_delivery=self.delivered)
             except (BufferError, KafkaException) as e:
-                # Not handed to the client: never written. The commit below then fails and aborts.
+                # Not handed to the client, so never written: the transaction must not commit
+                # without it (the checks hold every transaction to all or nothing).
                 self.history.add("fail", producer=self.name, partition=partition, value=value, error=repr(e))
+                refused = True
             p.poll(0)
-        request = "abort" if self.rng.random() < TXN_ABORT_SHARE else "commit"
+        request = "abort" if refused or self.rng.random() < TXN_ABORT_SHARE else "commit"
         if request == "abort":
             # Written first, so that the abort has records to hide (abort_transaction would
             # purge the ones still queued in the client).
@@ -345,7 +348,10 @@ class CopierWorker(threading.Thread):
         p.begin_transaction()
         for m in msgs:
             p.produce(COPY_TOPIC, value=m.value(), partition=m.partition())
-        p.send_offsets_to_transaction(c.position(c.assignment()), c.consumer_group_metadata(), TXN_CALL_TIMEOUT_S)
+        # The positions past what the consumer returned; a partition it has returned nothing
+        # from since it was assigned has none yet (a negative offset) and is left out.
+        positions = [tp for tp in c.position(c.assignment()) if tp.offset >= 0]
+        p.send_offsets_to_transaction(positions, c.consumer_group_metadata(), TXN_CALL_TIMEOUT_S)
         p.commit_transaction(TXN_CALL_TIMEOUT_S)
         self.history.add("copy-txn", txn=txn, records=len(msgs))
 
