@@ -252,6 +252,7 @@ def check(events):
     for event in events:
         scan.add(event)
 
+    outcomes = _outcomes(events)
     found = {
         "lost": _lost(scan),
         "duplicated": _duplicated(scan),
@@ -263,13 +264,12 @@ def check(events):
                          for e, prev in scan.backwards],
         "unexpected": [_placed(e) for e in scan.strays.values()],
         "incomplete_drain": _incomplete_drain(scan),
-        **_transactions(events, sent, scan),
+        **_transactions(events, sent, scan, outcomes),
         **_copies(events, scan),
     }
     acked = {ack["value"] for ack in scan.acks}
     indeterminate = [value for value in sent if value not in acked]
     stop = scan.end_t if scan.end_t is not None else scan.last_t
-    outcomes = _outcomes(events)
     return {
         "valid": not any(found.values()),
         "anomalies": {name: found[name][:MAX_LISTED] for name in ANOMALIES},
@@ -321,9 +321,9 @@ def _outcomes(events):
     return outcomes
 
 
-def _transactions(events, sent, scan):
-    """The four transaction anomalies (module docstring), from the sends that carry a txn."""
-    outcomes = _outcomes(events)
+def _transactions(events, sent, scan, outcomes):
+    """The four transaction anomalies (module docstring), from the sends that carry a txn;
+    `outcomes` as _outcomes() gives them."""
     commit_asked = {}                             # txn -> t of its first txn-end request=commit
     for event in events:
         if event["kind"] == "txn-end" and event["request"] == "commit":

@@ -92,6 +92,30 @@ class ProducerWorker(threading.Thread):
         p.flush(FLUSH_TIMEOUT_S)
 
 
+def transactional_producer(bootstrap, transactional_id, client, history, stop):
+    """A producer with `transactional_id` whose init_transactions succeeded (fencing any earlier
+    one with that id, whose open transaction the coordinator then finishes), asked again every
+    half second; None once `stop` is set. Each failure is a client-error event of `client`."""
+    while not stop.is_set():
+        p = Producer({
+            "bootstrap.servers": bootstrap,
+            "transactional.id": transactional_id,
+            "transaction.timeout.ms": TXN_TIMEOUT_MS,
+            "linger.ms": 5,
+            "message.timeout.ms": TXN_TIMEOUT_MS,
+            "retry.backoff.ms": 100,
+            "reconnect.backoff.max.ms": 1000,
+            "logger": CLIENT_LOG,
+        })
+        try:
+            p.init_transactions(TXN_CALL_TIMEOUT_S)
+            return p
+        except KafkaException as e:
+            history.add("client-error", client=client, error=f"init_transactions: {e}", fatal=e.args[0].fatal())
+            time.sleep(0.5)
+    return None
+
+
 class TxnProducerWorker(threading.Thread):
     """Transactions of 1 to TXN_MAX_VALUES unique values `<name>-<n>` over random partitions,
     `rate` transactions per second, a share of them aborted on purpose; the choices come from
@@ -111,25 +135,7 @@ class TxnProducerWorker(threading.Thread):
 
     def make(self):
         """A producer whose init_transactions succeeded, or None once the workload stops."""
-        while not self.stop.is_set():
-            p = Producer({
-                "bootstrap.servers": self.bootstrap,
-                "transactional.id": f"chaos-{self.name}",
-                "transaction.timeout.ms": TXN_TIMEOUT_MS,
-                "linger.ms": 5,
-                "message.timeout.ms": TXN_TIMEOUT_MS,
-                "retry.backoff.ms": 100,
-                "reconnect.backoff.max.ms": 1000,
-                "logger": CLIENT_LOG,
-            })
-            try:
-                p.init_transactions(TXN_CALL_TIMEOUT_S)
-                return p
-            except KafkaException as e:
-                self.history.add("client-error", client=self.name, error=f"init_transactions: {e}",
-                                 fatal=e.args[0].fatal())
-                time.sleep(0.5)
-        return None
+        return transactional_producer(self.bootstrap, f"chaos-{self.name}", self.name, self.history, self.stop)
 
     delivered = ProducerWorker.delivered  # ack / fail, as for the other producers
 
@@ -222,38 +228,24 @@ class CopierWorker(threading.Thread):
                          fatal=bool(err is not None and err.fatal()))
 
     def make(self):
-        """A consumer subscribed to TOPIC and a producer whose init_transactions succeeded, or
+        """A producer whose init_transactions succeeded and a consumer subscribed to TOPIC, or
         None once the workload stops."""
-        while not self.stop.is_set():
-            c = Consumer({
-                "bootstrap.servers": self.bootstrap,
-                "group.id": COPY_GROUP,
-                "enable.auto.commit": False,
-                "isolation.level": "read_committed",
-                "auto.offset.reset": "earliest",
-                "session.timeout.ms": 10000,
-                "fetch.wait.max.ms": 100,
-                "reconnect.backoff.max.ms": 1000,
-                "logger": CLIENT_LOG,
-            })
-            c.subscribe([TOPIC])
-            p = Producer({
-                "bootstrap.servers": self.bootstrap,
-                "transactional.id": "chaos-copier",
-                "transaction.timeout.ms": TXN_TIMEOUT_MS,
-                "linger.ms": 5,
-                "message.timeout.ms": TXN_TIMEOUT_MS,
-                "reconnect.backoff.max.ms": 1000,
-                "logger": CLIENT_LOG,
-            })
-            try:
-                p.init_transactions(TXN_CALL_TIMEOUT_S)
-                return c, p
-            except KafkaException as e:
-                self.error("init_transactions", e)
-                c.close()
-                time.sleep(0.5)
-        return None
+        p = transactional_producer(self.bootstrap, "chaos-copier", self.name, self.history, self.stop)
+        if p is None:
+            return None
+        c = Consumer({
+            "bootstrap.servers": self.bootstrap,
+            "group.id": COPY_GROUP,
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": 10000,
+            "fetch.wait.max.ms": 100,
+            "reconnect.backoff.max.ms": 1000,
+            "logger": CLIENT_LOG,
+        })
+        c.subscribe([TOPIC])
+        return c, p
 
     def run(self):
         pair = self.make()
