@@ -19,12 +19,18 @@ API_VERSIONS = 18
 CREATE_TOPICS = 19
 DELETE_TOPICS = 20
 INIT_PRODUCER_ID = 22
+ADD_PARTITIONS_TO_TXN = 24
+END_TXN = 26
 
 # Error codes (Kafka's numbering)
 NONE = 0
 UNKNOWN_TOPIC_OR_PARTITION = 3
 MESSAGE_TOO_LARGE = 10
+COORDINATOR_LOAD_IN_PROGRESS = 14
+COORDINATOR_NOT_AVAILABLE = 15
+NOT_COORDINATOR = 16
 INVALID_TOPIC_EXCEPTION = 17
+NOT_ENOUGH_REPLICAS = 19
 UNSUPPORTED_VERSION = 35
 TOPIC_ALREADY_EXISTS = 36
 INVALID_PARTITIONS = 37
@@ -324,8 +330,9 @@ CODEC_NAMES = {0: "none", 1: "gzip", 2: "snappy", 3: "lz4", 4: "zstd"}
 
 
 def record_batch(values, *, base_timestamp=None, producer_id=-1, producer_epoch=-1, base_sequence=-1,
-                 keys=None):
-    """An uncompressed v2 batch holding `values` (bytes) with optional `keys`."""
+                 keys=None, transactional=False):
+    """An uncompressed v2 batch holding `values` (bytes) with optional `keys`; `transactional`
+    sets the batch's transactional attribute."""
     ts = int(time.time() * 1000) if base_timestamp is None else base_timestamp
     recs = b""
     for i, v in enumerate(values):
@@ -335,7 +342,8 @@ def record_batch(values, *, base_timestamp=None, producer_id=-1, producer_epoch=
         body += varint(-1) if v is None else varint(len(v)) + v
         body += varint(0)  # no headers
         recs += varint(len(body)) + body
-    after_crc = (i16(0) + i32(len(values) - 1) + i64(ts) + i64(ts) + i64(producer_id)
+    attributes = 0x10 if transactional else 0
+    after_crc = (i16(attributes) + i32(len(values) - 1) + i64(ts) + i64(ts) + i64(producer_id)
                  + i16(producer_epoch) + i32(base_sequence) + i32(len(values)) + recs)
     after_len = i32(-1) + i8(2) + struct.pack(">I", crc32c(after_crc)) + after_crc
     return i64(0) + i32(len(after_len)) + after_len
@@ -406,9 +414,10 @@ def parse_batches(data: bytes):
 # Produce v3, Fetch v4, InitProducerId v0, CreateTopics v2
 
 
-def produce(conn: Conn, topic, partition, batch: bytes, acks=-1, timeout_ms=10000):
+def produce(conn: Conn, topic, partition, batch: bytes, acks=-1, timeout_ms=10000,
+            transactional_id=None):
     """Returns (error_code, base_offset) for the one partition, or None for acks=0."""
-    body = (string(None) + i16(acks) + i32(timeout_ms)
+    body = (string(transactional_id) + i16(acks) + i32(timeout_ms)
             + array([topic], lambda t: string(t) + array([partition], lambda p: i32(p) + nbytes(batch))))
     resp = conn.request(PRODUCE, 3, body, expect_response=acks != 0)
     if resp is None:
@@ -471,6 +480,31 @@ def init_producer_id(conn: Conn):
     r = Reader(conn.request(INIT_PRODUCER_ID, 0, string(None) + i32(60000)))
     r.i32()
     return r.i16(), r.i64(), r.i16()
+
+
+def init_transactional_producer_id(conn: Conn, transactional_id, timeout_ms=60000):
+    """InitProducerId v0 for `transactional_id`: (error, producer_id, producer_epoch)."""
+    r = Reader(conn.request(INIT_PRODUCER_ID, 0, string(transactional_id) + i32(timeout_ms)))
+    r.i32()
+    return r.i16(), r.i64(), r.i16()
+
+
+def add_partitions_to_txn(conn: Conn, transactional_id, producer_id, producer_epoch, topic, partitions):
+    """AddPartitionsToTxn v0: {partition: error}."""
+    body = (string(transactional_id) + i64(producer_id) + i16(producer_epoch)
+            + array([topic], lambda t: string(t) + array(partitions, i32)))
+    r = Reader(conn.request(ADD_PARTITIONS_TO_TXN, 0, body))
+    r.i32()
+    topics = r.array(lambda r: (r.string(), r.array(lambda r: (r.i32(), r.i16()))))
+    return {p: err for _, parts in topics for p, err in parts}
+
+
+def end_txn(conn: Conn, transactional_id, producer_id, producer_epoch, commit):
+    """EndTxn v0: the error code."""
+    body = string(transactional_id) + i64(producer_id) + i16(producer_epoch) + i8(1 if commit else 0)
+    r = Reader(conn.request(END_TXN, 0, body))
+    r.i32()
+    return r.i16()
 
 
 def create_topics(conn: Conn, topics, validate_only=False, timeout_ms=10000):

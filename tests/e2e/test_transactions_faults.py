@@ -7,6 +7,8 @@ transactions without it; the input is fed in chunks, one after each kill and res
 pipeline is busy when each fault lands). Afterwards a read_committed consumer of the
 output sees every input record exactly once, in per-partition order."""
 
+import os
+import signal
 import threading
 import time
 import uuid
@@ -14,6 +16,7 @@ import uuid
 import pytest
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
+import kproto
 from ckutil import CLIENT_TIMEOUT_S, admin, consume, produce_all, producer
 from clusterutil import create_replicated, partition_state, wait_for
 
@@ -325,3 +328,69 @@ def test_send_offsets_finds_the_new_group_coordinator_after_its_node_dies(cluste
         assert got == [b"one", b"two"]
     finally:
         meta.close()
+
+
+def test_a_write_verified_with_a_stopped_coordinator_is_answered_once_it_is_fenced(cluster_factory):
+    """Regression (simulator seeds 10 and 55): a partition leader verifies a transaction's first
+    write to it with the transactional id's coordinator (KIP-890), over its connection to that
+    node. When the coordinator's process stops with the question in flight, no answer comes;
+    the leader gave up only after request.timeout.ms (30 s), and every request queued behind it
+    on that connection (other verifications, the coordinator's markers) waited too. Now a
+    request to another broker ends as soon as the controller fences it (it went silent for
+    broker.session.timeout.ms, 2.4 s): the write is refused with NOT_ENOUGH_REPLICAS, which
+    producers retry, and once the coordinator has moved the same write is taken and the
+    transaction commits. The protocol is spoken by hand so that the coordinator stops between
+    AddPartitionsToTxn and the write."""
+    c = cluster_factory(3)
+    suffix = uuid.uuid4().hex[:8]
+    topic = f"verify-{suffix}"
+    a, _ = create_replicated(c.bootstrap, topic, 1)
+    leader = partition_state(a, topic)[0]
+
+    def init(bootstrap, txn_id):
+        with kproto.Conn(bootstrap) as conn:
+            return kproto.init_transactional_producer_id(conn, txn_id)
+
+    # The first transactional id asked for creates __transaction_state.
+    wait_for("__transaction_state", lambda: init(c.nodes[leader].bootstrap, f"warmup-{suffix}")[0] in
+             (kproto.NONE, kproto.NOT_COORDINATOR) and partition_state(a, "__transaction_state"), timeout=60)
+    txn_id = next(t for t in (f"verify-txn-{suffix}-{i}" for i in range(1000))
+                  if partition_state(a, "__transaction_state", java_partition(t))[0] not in (-1, leader))
+    coordinator = partition_state(a, "__transaction_state", java_partition(txn_id))[0]
+    live = ",".join(b.bootstrap for i, b in c.nodes.items() if i != coordinator)
+
+    def at_coordinator(call):
+        node = partition_state(admin(live), "__transaction_state", java_partition(txn_id))[0]
+        with kproto.Conn(c.nodes[node].bootstrap) as conn:
+            return call(conn)
+
+    err, pid, epoch = wait_for("a producer id", lambda: (lambda r: r if r[0] == kproto.NONE else None)(
+        at_coordinator(lambda conn: kproto.init_transactional_producer_id(conn, txn_id))))
+    added = at_coordinator(lambda conn: kproto.add_partitions_to_txn(conn, txn_id, pid, epoch, topic, [0]))
+    assert added == {0: kproto.NONE}, added
+    batch = kproto.record_batch([b"held"], producer_id=pid, producer_epoch=epoch, base_sequence=0,
+                                transactional=True)
+
+    def write(timeout_ms):
+        with kproto.Conn(c.nodes[leader].bootstrap, timeout=timeout_ms / 1000 + 10) as conn:
+            return kproto.produce(conn, topic, 0, batch, timeout_ms=timeout_ms, transactional_id=txn_id)[0]
+
+    print(f"--- SIGSTOP node {coordinator}, coordinator of {txn_id}; write to leader {leader}")
+    os.kill(c.nodes[coordinator].proc.pid, signal.SIGSTOP)
+    try:
+        start = time.monotonic()
+        refused = write(60_000)
+        took = time.monotonic() - start
+        print(f"the write was answered {refused} after {took:.1f}s")
+        assert refused == kproto.NOT_ENOUGH_REPLICAS, f"the write got {refused}, not NOT_ENOUGH_REPLICAS"
+        assert took < 15, (f"the write was answered {took:.1f}s after its coordinator stopped: the "
+                           "verification waited for the peer timeout, not for the fencing")
+        wait_for("the coordinator to move", lambda: partition_state(
+            admin(live), "__transaction_state", java_partition(txn_id))[0] not in (-1, coordinator), timeout=60)
+        wait_for("the write, sent again, to be taken", lambda: write(20_000) == kproto.NONE, timeout=60)
+        wait_for("the commit", lambda: at_coordinator(
+            lambda conn: kproto.end_txn(conn, txn_id, pid, epoch, True)) == kproto.NONE, timeout=60)
+        got = [m.value() for m in consume(live, topic, expected=1, **{"isolation.level": "read_committed"})]
+        assert got == [b"held"]
+    finally:
+        os.kill(c.nodes[coordinator].proc.pid, signal.SIGCONT)

@@ -34,6 +34,8 @@ pub struct BrokerConfig {
     pub request_bytes_max: usize,
     /// `queued.max.request.bytes`: request bytes held in memory across all connections.
     pub queued_request_bytes_max: usize,
+    /// `request.timeout.ms`: longest a request to another broker waits for its answer.
+    pub peer_request_timeout_ms: u64,
     /// `message.max.bytes` and the other `log.*` defaults, as topic defaults.
     pub log_defaults: LogConfig,
     /// `delete.topic.enable`
@@ -147,7 +149,7 @@ impl Broker {
         seams: Seams,
     ) -> Arc<Broker> {
         let permits = (config.queued_request_bytes_max / MEMORY_PERMIT_BYTES).max(1);
-        let peers = crate::peers::Peers::new(config.node_id);
+        let peers = crate::peers::Peers::new(config.node_id, config.peer_request_timeout_ms);
         Arc::new(Broker {
             config,
             controller,

@@ -559,6 +559,7 @@ pub(crate) mod tests {
             min_insync_replicas: None,
             request_bytes_max: 104_857_600,
             queued_request_bytes_max: 1 << 20,
+            peer_request_timeout_ms: 30_000,
             log_defaults: LogConfig::default(),
             delete_topic_enable: true,
             fenced_broker_retention_ms: 900_000,

@@ -6,6 +6,7 @@ use std::cell::Cell;
 
 thread_local! {
     static HIGH_WATERMARK_IGNORES_FOLLOWERS: Cell<bool> = const { Cell::new(false) };
+    static LAST_STABLE_OFFSET_IGNORES_OPEN_TRANSACTIONS: Cell<bool> = const { Cell::new(false) };
 }
 
 /// The leader advances the high watermark (and acknowledges `acks=all` writes) on its own
@@ -17,4 +18,14 @@ pub fn set_high_watermark_ignores_followers(on: bool) {
 
 pub(crate) fn high_watermark_ignores_followers() -> bool {
     HIGH_WATERMARK_IGNORES_FOLLOWERS.with(Cell::get)
+}
+
+/// A `read_committed` fetch reads to the high watermark, as if no transaction were open: a
+/// consumer reads records of transactions that are still open (and may yet abort).
+pub fn set_last_stable_offset_ignores_open_transactions(on: bool) {
+    LAST_STABLE_OFFSET_IGNORES_OPEN_TRANSACTIONS.with(|c| c.set(on));
+}
+
+pub(crate) fn last_stable_offset_ignores_open_transactions() -> bool {
+    LAST_STABLE_OFFSET_IGNORES_OPEN_TRANSACTIONS.with(Cell::get)
 }

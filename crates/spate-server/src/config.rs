@@ -59,6 +59,7 @@ pub const BROKER_CONFIGS: &[BrokerConfigDef] = &[
     def("replica.fetch.wait.max.ms", "500", "Longest a follower's fetch waits at the leader for new records."),
     def("replica.fetch.max.bytes", "1048576", "Bytes a follower asks for per partition in one fetch (at least one batch is always returned)."),
     def("replica.fetch.response.max.bytes", "10485760", "Bytes a follower asks for in one fetch response."),
+    def("request.timeout.ms", "30000", "Longest this broker waits for another broker's answer (transaction markers, transaction verification); a peer the controller fences, or that registers again after a restart, fails its requests at once."),
     def("replica.socket.timeout.ms", "30000", "A follower that gets no answer from its leader this long (beyond replica.fetch.wait.max.ms) drops the connection and opens a new one."),
     def("auto.leader.rebalance.enable", "true", "Move leadership back to each partition's preferred replica once it is in sync again."),
     def("leader.imbalance.check.interval.seconds", "300", "How often the active controller looks for leadership to move back to preferred replicas."),
@@ -257,6 +258,8 @@ pub struct ServerConfig {
     pub fenced_broker_retention_ms: i64,
     pub request_bytes_max: usize,
     pub queued_request_bytes_max: usize,
+    /// `request.timeout.ms`: a request to another broker.
+    pub peer_request_timeout_ms: u64,
     pub flush_interval: Duration,
     pub acks_all_fsync: bool,
     pub retention_check_interval: Duration,
@@ -383,6 +386,8 @@ impl ServerConfig {
                 1 << 20,
                 i64::MAX,
             )? as usize,
+            peer_request_timeout_ms: parse_num(&values, "request.timeout.ms", 1, i32::MAX as i64)?
+                as u64,
             flush_interval: Duration::from_millis(parse_num(
                 &values,
                 "log.flush.interval.ms",

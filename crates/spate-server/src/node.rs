@@ -186,6 +186,7 @@ impl Node {
                 min_insync_replicas: config.min_insync_replicas,
                 request_bytes_max: config.request_bytes_max,
                 queued_request_bytes_max: config.queued_request_bytes_max,
+                peer_request_timeout_ms: config.peer_request_timeout_ms,
                 log_defaults: config.log_defaults.clone(),
                 delete_topic_enable: config.delete_topic_enable,
                 fenced_broker_retention_ms: config.fenced_broker_retention_ms,

@@ -2,6 +2,10 @@
 //! checks over it. Every entry carries the simulated time, so the trace of a seed is the same
 //! text every time it runs; its hash is the run's fingerprint.
 
+mod txns;
+
+pub use txns::TxnOutcome;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{Hash, Hasher};
 use std::time::Duration;
@@ -60,6 +64,8 @@ pub struct History {
     pub healed_at: Option<Duration>,
     first_ack_after_heal: Option<Duration>,
     violations: Vec<String>,
+    /// The transactional producers' history.
+    txns: txns::Txns,
     /// The simulation's time as the harness last saw it, for events it records between steps
     /// (outside any host, where turmoil has no current time).
     harness_time: Duration,
@@ -386,6 +392,7 @@ impl History {
         if drained_all == 0 {
             out.push("the final logs were never read".into());
         }
+        self.check_txns(&mut out);
         out
     }
 }

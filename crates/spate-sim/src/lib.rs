@@ -103,6 +103,8 @@ impl Rng {
 
 /// Mixed into the seed for the stream the group members are chosen from.
 const MEMBERS_STREAM: u64 = 0x6d65_6d62_6572_7321;
+/// Mixed into the seed for the stream the transactional producers are chosen from.
+const TXNS_STREAM: u64 = 0x7478_6e73_7478_6e73;
 
 pub const KAFKA_PORT: u16 = 9092;
 pub const CONTROLLER_PORT: u16 = 9093;
@@ -130,9 +132,14 @@ fn node_config(node: usize, nodes: usize) -> anyhow::Result<spate_server::Server
         // again once the link heals: a follower whose fetch was lost waits for this timeout
         // (Kafka's default, 30 s, would outlast the liveness bound).
         ("replica.socket.timeout.ms", "5000".into()),
+        // Likewise for a request one broker sends another (a transaction marker, a
+        // verification): lost in a partition, it would hold its callers for Kafka's 30 s.
+        ("request.timeout.ms", "5000".into()),
         // Fewer than Kafka's 50: the group still has a coordinator that moves with its
         // partition's leadership, and each seed runs about twice as fast.
         ("offsets.topic.num.partitions", "5".into()),
+        // Likewise for the transaction coordinators (created by the first transactional id).
+        ("transaction.state.log.num.partitions", "3".into()),
     ];
     let overrides: Vec<(String, String)> = settings
         .into_iter()
@@ -314,10 +321,17 @@ pub fn run(options: &Options) -> Outcome {
     let fault_end = fault_start + options.faults_for;
     let produce_until = fault_end + options.settle;
     let mut members_rng = Rng::new(options.seed ^ MEMBERS_STREAM);
-    let plan = workload::plan(&mut rng, &mut members_rng, nodes, produce_until);
+    let mut txns_rng = Rng::new(options.seed ^ TXNS_STREAM);
+    let plan = workload::plan(
+        &mut rng,
+        &mut members_rng,
+        &mut txns_rng,
+        nodes,
+        produce_until,
+    );
     history.borrow_mut().event(format!(
-        "seed {} nodes {nodes} partitions {} producers {:?} grow {:?} scratch {:?} members {:?}",
-        options.seed, plan.partitions, plan.producers, plan.grow, plan.scratch, plan.members
+        "seed {} nodes {nodes} partitions {} producers {:?} grow {:?} scratch {:?} members {:?} transactional producers {:?}",
+        options.seed, plan.partitions, plan.producers, plan.grow, plan.scratch, plan.members, plan.txn_producers
     ));
     sim.client("client", workload::run(plan.clone(), history.clone()));
 
@@ -360,6 +374,21 @@ pub fn run(options: &Options) -> Outcome {
                     drop(h);
                     history.borrow_mut().violation(format!(
                         "liveness: no acks=all write succeeded within {}s of healing (first: {other:?})",
+                        options.liveness_bound.as_secs()
+                    ));
+                }
+            }
+        }
+    }
+    {
+        let h = history.borrow();
+        if let (Some(healed), false) = (h.healed_at, plan.txn_producers.is_empty()) {
+            match h.txn_first_commit_after_heal() {
+                Some(t) if t <= healed + options.liveness_bound => {}
+                other => {
+                    drop(h);
+                    history.borrow_mut().violation(format!(
+                        "liveness: no transaction committed within {}s of healing (first: {other:?})",
                         options.liveness_bound.as_secs()
                     ));
                 }

@@ -5,6 +5,7 @@
 
 use crate::history::History;
 use crate::workload::admin::{DELETED_PREFIX, SCRATCH};
+use crate::workload::txns::TXN_TOPIC;
 use crate::workload::TOPIC;
 use crate::{host_name, NodeParts};
 use kafka_protocol::records::RecordBatchDecoder;
@@ -66,8 +67,9 @@ fn read_replica(
     Ok(Some(out))
 }
 
-/// The violations of invariant 2 between the replicas and the final logs: the workload topic's
-/// and, if the seed ran it, the re-created scratch topic's (whose replicas must also hold
+/// The violations of invariant 2 between the replicas and the final logs: the workload topic's,
+/// the transactional topic's (markers and aborted records included) if the seed ran it, and,
+/// if the seed ran it, the re-created scratch topic's (whose replicas must also hold
 /// nothing written before its deletion).
 pub fn compare(parts: &[NodeParts], history: &History) -> Vec<String> {
     let mut out = Vec::new();
@@ -75,6 +77,16 @@ pub fn compare(parts: &[NodeParts], history: &History) -> Vec<String> {
         if let Some(final_log) = history.final_log(partition) {
             compare_partition(parts, TOPIC, partition, final_log, history, &mut out);
         }
+    }
+    for (partition, log, high_watermark) in history.txn_final_logs() {
+        compare_partition(
+            parts,
+            TXN_TOPIC,
+            partition,
+            (log, high_watermark),
+            history,
+            &mut out,
+        );
     }
     if let Some(final_log) = history.scratch_log() {
         compare_partition(parts, SCRATCH, 0, final_log, history, &mut out);

@@ -12,6 +12,9 @@
 //! In about half the seeds, two or three members of a consumer group join, sync, heartbeat,
 //! commit and leave or vanish while the faults run (`members.rs`).
 //!
+//! In about half the seeds, one or two transactional producers write to a topic of their own,
+//! which a `read_committed` consumer follows (`txns.rs`).
+//!
 //! The seed may also add partitions to the topic while the faults run (producers and the
 //! consumer take them up as soon as the addition is acknowledged), and run a second topic
 //! that is deleted and re-created under the same name (`admin.rs`).
@@ -19,6 +22,7 @@
 pub mod admin;
 pub mod members;
 mod offsets;
+pub mod txns;
 
 use crate::history::{Ack, History, Producer};
 use crate::Rng;
@@ -29,7 +33,7 @@ use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
     CreateTopicsRequest, FetchRequest, InitProducerIdRequest, MetadataRequest, ProduceRequest,
-    TopicName,
+    TopicName, TransactionalId,
 };
 use kafka_protocol::protocol::{Request, StrBytes};
 use kafka_protocol::records::{
@@ -70,6 +74,8 @@ pub struct Plan {
     pub producers: Vec<Producer>,
     /// The consumer group members' lives (none in about half the seeds).
     pub members: members::Members,
+    /// The transactional producers (none in about half the seeds).
+    pub txn_producers: Vec<txns::TxnProducer>,
     /// Producers stop starting new values at this simulated time.
     pub produce_until: Duration,
 }
@@ -271,10 +277,17 @@ async fn create_topic(
     }
 }
 
-fn batch(value: &str, producer: Option<(i64, i16, i32)>, timestamp_ms: i64) -> Bytes {
+/// One record holding `value`, as a batch of its own; `producer` is (id, epoch, sequence) for
+/// an idempotent or transactional producer.
+fn batch(
+    value: &str,
+    producer: Option<(i64, i16, i32)>,
+    transactional: bool,
+    timestamp_ms: i64,
+) -> Bytes {
     let (producer_id, producer_epoch, sequence) = producer.unwrap_or((-1, -1, -1));
     let record = Record {
-        transactional: false,
+        transactional,
         control: false,
         delete_horizon: false,
         partition_leader_epoch: -1,
@@ -301,21 +314,36 @@ fn batch(value: &str, producer: Option<(i64, i16, i32)>, timestamp_ms: i64) -> B
     buf.freeze()
 }
 
+/// The wall-clock time (ms since the Unix epoch) in the simulation.
+fn now_ms() -> i64 {
+    crate::seams::EPOCH_MS
+        + i64::try_from(turmoil::sim_elapsed().unwrap_or_default().as_millis()).unwrap_or(0)
+}
+
 /// The outcome of one produce attempt.
 enum Attempt {
     Acked(i64),
-    /// Retry the same batch (sequence) later; why it failed.
+    /// No answer, or no leader known: retry the same batch (sequence) later; why.
     Retry(String),
-    /// The producer id is no longer usable: start a new one.
-    Fence(String),
+    /// The leader refused the batch with this error code (the leaders are looked up again).
+    Refused(i16, String),
 }
 
-async fn produce_once(client: &mut Client, partition: i32, acks: i16, records: Bytes) -> Attempt {
+/// One produce request of `records` to `partition`'s leader; a transactional producer's names
+/// its `transactional_id`.
+async fn produce_once(
+    client: &mut Client,
+    partition: i32,
+    acks: i16,
+    records: Bytes,
+    transactional_id: Option<TransactionalId>,
+) -> Attempt {
     let leader = match client.leader(partition).await {
         Ok(l) => l,
         Err(e) => return Attempt::Retry(e),
     };
     let request = ProduceRequest::default()
+        .with_transactional_id(transactional_id)
         .with_acks(acks)
         .with_timeout_ms(i32::try_from(REQUEST_TIMEOUT_MS).unwrap_or(i32::MAX) - 500)
         .with_topic_data(vec![TopicProduceData::default()
@@ -342,12 +370,9 @@ async fn produce_once(client: &mut Client, partition: i32, acks: i16, records: B
     };
     match p.error_code {
         NONE => Attempt::Acked(p.base_offset),
-        OUT_OF_ORDER_SEQUENCE_NUMBER | UNKNOWN_PRODUCER_ID => {
-            Attempt::Fence(format!("error {}", p.error_code))
-        }
         code => {
             client.leaders.clear();
-            Attempt::Retry(format!("{leader}: error {code}"))
+            Attempt::Refused(code, format!("{leader}: error {code}"))
         }
     }
 }
@@ -396,11 +421,8 @@ async fn produce(
                 let seq = *sequences.get(&(id, partition)).unwrap_or(&0);
                 (id, epoch, seq)
             });
-            let now = crate::seams::EPOCH_MS
-                + i64::try_from(turmoil::sim_elapsed().unwrap_or_default().as_millis())
-                    .unwrap_or(0);
-            let records = batch(&value, producer, now);
-            match produce_once(&mut client, partition, me.acks, records).await {
+            let records = batch(&value, producer, false, now_ms());
+            match produce_once(&mut client, partition, me.acks, records, None).await {
                 Attempt::Acked(offset) => {
                     last_failure = None;
                     if let Some((id, _)) = pid {
@@ -414,7 +436,11 @@ async fn produce(
                     });
                     break;
                 }
-                Attempt::Fence(why) => {
+                Attempt::Refused(
+                    code @ (OUT_OF_ORDER_SEQUENCE_NUMBER | UNKNOWN_PRODUCER_ID),
+                    _,
+                ) => {
+                    let why = format!("error {code}");
                     history.borrow_mut().event(format!(
                         "producer {} fenced ({why}): new producer id",
                         me.id
@@ -422,7 +448,7 @@ async fn produce(
                     history.borrow_mut().new_producer_id(&value);
                     pid = Some(init_producer_id(&mut client).await);
                 }
-                Attempt::Retry(why) => {
+                Attempt::Retry(why) | Attempt::Refused(_, why) => {
                     // Traced once per change of reason, so a long outage stays one line.
                     if last_failure.as_ref() != Some(&why) {
                         history
@@ -441,6 +467,33 @@ async fn produce(
     }
 }
 
+/// One record as a fetch returned it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fetched {
+    pub offset: i64,
+    pub value: String,
+    /// A transaction marker (its value is the marker's bytes).
+    pub control: bool,
+    pub transactional: bool,
+    pub producer_id: i64,
+}
+
+/// What a leader answered to one fetch of one partition.
+pub struct FetchAnswer {
+    /// The records from `from` on (a batch's records below `from` are left out).
+    pub records: Vec<Fetched>,
+    pub high_watermark: i64,
+    pub last_stable_offset: i64,
+    /// (producer id, first offset) of each aborted transaction in the range (read_committed).
+    pub aborted: Vec<(i64, i64)>,
+    /// The node that answered.
+    pub leader: String,
+}
+
+/// `isolation_level`s.
+pub const READ_UNCOMMITTED: i8 = 0;
+pub const READ_COMMITTED: i8 = 1;
+
 /// Reads `partition` from its leader from `from`: the records, the high watermark and the
 /// node that answered.
 async fn fetch(
@@ -448,6 +501,22 @@ async fn fetch(
     partition: i32,
     from: i64,
 ) -> Result<(Vec<(i64, String)>, i64, String), String> {
+    let answer = fetch_at(client, partition, from, READ_UNCOMMITTED).await?;
+    let records = answer
+        .records
+        .into_iter()
+        .map(|r| (r.offset, r.value))
+        .collect();
+    Ok((records, answer.high_watermark, answer.leader))
+}
+
+/// Reads `partition` of the client's topic from its leader from `from`, at `isolation`.
+async fn fetch_at(
+    client: &mut Client,
+    partition: i32,
+    from: i64,
+    isolation: i8,
+) -> Result<FetchAnswer, String> {
     let leader = client.leader(partition).await?;
     let epoch = client.leader_epochs.get(&partition).copied().unwrap_or(-1);
     let request = FetchRequest::default()
@@ -455,6 +524,7 @@ async fn fetch(
         .with_max_wait_ms(200)
         .with_min_bytes(1)
         .with_max_bytes(1 << 20)
+        .with_isolation_level(isolation)
         .with_session_epoch(-1)
         .with_topics(vec![FetchTopic::default()
             .with_topic(topic_name(client.topic))
@@ -484,17 +554,35 @@ async fn fetch(
                 break;
             };
             for r in set.records {
-                let value = r
-                    .value
-                    .map(|v| String::from_utf8_lossy(&v).into_owned())
-                    .unwrap_or_default();
-                if r.offset >= from {
-                    records.push((r.offset, value));
+                if r.offset < from {
+                    continue;
                 }
+                records.push(Fetched {
+                    offset: r.offset,
+                    value: r
+                        .value
+                        .map(|v| String::from_utf8_lossy(&v).into_owned())
+                        .unwrap_or_default(),
+                    control: r.control,
+                    transactional: r.transactional,
+                    producer_id: r.producer_id,
+                });
             }
         }
     }
-    Ok((records, p.high_watermark, leader))
+    let aborted = p
+        .aborted_transactions
+        .iter()
+        .flatten()
+        .map(|a| (a.producer_id.0, a.first_offset))
+        .collect();
+    Ok(FetchAnswer {
+        records,
+        high_watermark: p.high_watermark,
+        last_stable_offset: p.last_stable_offset,
+        aborted,
+        leader,
+    })
 }
 
 /// A consumer following every partition until `until`, recording what it reads.
@@ -603,9 +691,33 @@ pub async fn run(plan: Plan, history: Rc<RefCell<History>>) -> turmoil::Result {
         &history,
     )
     .await;
+    if !plan.txn_producers.is_empty() {
+        let mut admin = Client::new("sim-admin".into(), plan.nodes).on(txns::TXN_TOPIC);
+        create_topic(
+            &mut admin,
+            txns::TXN_PARTITIONS,
+            plan.replication_factor,
+            &history,
+        )
+        .await;
+    }
     let partitions = Rc::new(Cell::new(plan.partitions));
     history.borrow_mut().set_partitions(plan.partitions);
     let mut tasks = Vec::new();
+    for producer in plan.txn_producers.clone() {
+        tasks.push(tokio::task::spawn_local(txns::produce(
+            plan.clone(),
+            producer,
+            history.clone(),
+        )));
+    }
+    if !plan.txn_producers.is_empty() {
+        tasks.push(tokio::task::spawn_local(txns::read_committed(
+            plan.clone(),
+            history.clone(),
+            plan.produce_until,
+        )));
+    }
     for producer in plan.producers.clone() {
         tasks.push(tokio::task::spawn_local(produce(
             plan.clone(),
@@ -647,6 +759,9 @@ pub async fn run(plan: Plan, history: Rc<RefCell<History>>) -> turmoil::Result {
         .borrow_mut()
         .event("producers stopped; draining".into());
     drain(plan.clone(), partitions.get(), history.clone()).await;
+    if !plan.txn_producers.is_empty() {
+        txns::drain(plan.clone(), history.clone()).await;
+    }
     read_committed_offsets(&plan, offsets::GROUP, partitions.get(), &history).await;
     if !plan.members.is_empty() {
         read_committed_offsets(&plan, members::GROUP, partitions.get(), &history).await;
@@ -678,9 +793,16 @@ async fn read_committed_offsets(
     }
 }
 
-/// The workload a seed chooses. The group members come from their own stream of the seed
-/// (`members_rng`), so that adding them left every other choice of a seed as it was.
-pub fn plan(rng: &mut Rng, members_rng: &mut Rng, nodes: usize, produce_until: Duration) -> Plan {
+/// The workload a seed chooses. The group members and the transactional producers come from
+/// their own streams of the seed (`members_rng`, `txns_rng`), so that adding them left every
+/// other choice of a seed as it was.
+pub fn plan(
+    rng: &mut Rng,
+    members_rng: &mut Rng,
+    txns_rng: &mut Rng,
+    nodes: usize,
+    produce_until: Duration,
+) -> Plan {
     let producers = (0..1 + rng.below(3))
         .map(|id| {
             // An idempotent producer writes with acks=all, as Kafka's clients require.
@@ -718,6 +840,7 @@ pub fn plan(rng: &mut Rng, members_rng: &mut Rng, nodes: usize, produce_until: D
         } else {
             Vec::new()
         },
+        txn_producers: txns::plan(txns_rng),
         produce_until,
     }
 }

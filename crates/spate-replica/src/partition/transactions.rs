@@ -280,6 +280,13 @@ impl Partition {
         let high_watermark = self.high_watermark();
         self.with_log(|log| {
             let last_stable_offset = log.last_stable_offset(high_watermark);
+            #[cfg(feature = "planted-bugs")]
+            let last_stable_offset =
+                if crate::planted::last_stable_offset_ignores_open_transactions() {
+                    high_watermark
+                } else {
+                    last_stable_offset
+                };
             let plan = log.plan_read(start, max_bytes, last_stable_offset, min_one_batch)?;
             Ok(PartitionRead {
                 plan,

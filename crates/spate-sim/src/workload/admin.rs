@@ -9,8 +9,8 @@
 //! way off their disks (`replicas.rs`).
 
 use super::{
-    batch, create_topic, drain_partition, node_addr, produce_once, topic_name, Attempt, Client,
-    Plan, NONE, REQUEST_TIMEOUT_MS, RETRY_BACKOFF,
+    batch, create_topic, drain_partition, node_addr, now_ms, produce_once, topic_name, Attempt,
+    Client, Plan, NONE, REQUEST_TIMEOUT_MS, RETRY_BACKOFF,
 };
 use crate::history::History;
 use crate::Rng;
@@ -165,13 +165,12 @@ async fn write_until(client: &mut Client, generation: u32, until: Duration) -> V
     while now() < until {
         let value = format!("s{generation}-{n}");
         loop {
-            let timestamp = crate::seams::EPOCH_MS + i64::try_from(now().as_millis()).unwrap_or(0);
-            match produce_once(client, 0, -1, batch(&value, None, timestamp)).await {
+            match produce_once(client, 0, -1, batch(&value, None, false, now_ms()), None).await {
                 Attempt::Acked(offset) => {
                     acked.push((value, offset));
                     break;
                 }
-                Attempt::Retry(_) | Attempt::Fence(_) => {
+                Attempt::Retry(_) | Attempt::Refused(..) => {
                     if now() >= until {
                         return acked;
                     }

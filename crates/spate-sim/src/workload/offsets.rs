@@ -22,22 +22,53 @@ const FIND_COORDINATOR_VERSION_MAX: i16 = 3;
 const OFFSET_COMMIT_VERSION_MAX: i16 = 7;
 const OFFSET_FETCH_VERSION_MAX: i16 = 7;
 
-/// A group's coordinator as last found.
+/// FindCoordinator's key types.
+const KEY_GROUP: i8 = 0;
+const KEY_TRANSACTION: i8 = 1;
+
+/// A group's (or a transactional id's) coordinator as last found, and the topic whose offsets
+/// it commits and fetches.
 pub struct Committer {
-    group: &'static str,
+    key: StrBytes,
+    key_type: i8,
+    topic: &'static str,
     coordinator: Option<String>,
 }
 
 impl Committer {
+    /// For `group`'s offsets of the workload topic.
     pub fn new(group: &'static str) -> Committer {
         Committer {
-            group,
+            key: StrBytes::from_static_str(group),
+            key_type: KEY_GROUP,
+            topic: super::TOPIC,
+            coordinator: None,
+        }
+    }
+
+    /// For `group`'s offsets of `topic`.
+    pub fn for_group(group: String, topic: &'static str) -> Committer {
+        Committer {
+            key: StrBytes::from_string(group),
+            key_type: KEY_GROUP,
+            topic,
+            coordinator: None,
+        }
+    }
+
+    /// For the transaction coordinator of `transactional_id` (only [`Committer::coordinator`]
+    /// and the failure bookkeeping apply).
+    pub fn for_transaction(transactional_id: String) -> Committer {
+        Committer {
+            key: StrBytes::from_string(transactional_id),
+            key_type: KEY_TRANSACTION,
+            topic: super::TOPIC,
             coordinator: None,
         }
     }
 
     pub fn group_id(&self) -> GroupId {
-        GroupId(StrBytes::from_static_str(self.group))
+        GroupId(self.key.clone())
     }
 
     /// The coordinator, looked up when not known.
@@ -48,8 +79,8 @@ impl Committer {
         client.next_bootstrap = client.next_bootstrap % client.nodes + 1;
         let addr = super::node_addr(client.next_bootstrap);
         let request = FindCoordinatorRequest::default()
-            .with_key(StrBytes::from_static_str(self.group))
-            .with_key_type(0);
+            .with_key(self.key.clone())
+            .with_key_type(self.key_type);
         let response = client
             .call(
                 &addr,
@@ -98,7 +129,7 @@ impl Committer {
             .with_member_id(StrBytes::from_string(member.1.to_owned()))
             .with_retention_time_ms(-1)
             .with_topics(vec![OffsetCommitRequestTopic::default()
-                .with_name(topic_name(super::TOPIC))
+                .with_name(topic_name(self.topic))
                 .with_partitions(
                     positions
                         .iter()
@@ -147,7 +178,7 @@ impl Committer {
             .with_group_id(self.group_id())
             .with_require_stable(true)
             .with_topics(Some(vec![OffsetFetchRequestTopic::default()
-                .with_name(topic_name(super::TOPIC))
+                .with_name(topic_name(self.topic))
                 .with_partition_indexes((0..partitions).collect())]));
         let response = match client
             .call(
