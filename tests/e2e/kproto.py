@@ -37,6 +37,7 @@ INVALID_PARTITIONS = 37
 OUT_OF_ORDER_SEQUENCE_NUMBER = 45
 DUPLICATE_SEQUENCE_NUMBER = 46
 INVALID_PRODUCER_EPOCH = 47
+INVALID_TXN_STATE = 48
 PRODUCER_FENCED = 90
 
 # ---------------------------------------------------------------------------------------------
@@ -505,6 +506,30 @@ def end_txn(conn: Conn, transactional_id, producer_id, producer_epoch, commit):
     r = Reader(conn.request(END_TXN, 0, body))
     r.i32()
     return r.i16()
+
+
+def produce_v12(conn: Conn, transactional_id, topic, partition, batch: bytes, timeout_ms=10000):
+    """Produce v12 (flexible; a transaction version 2 producer's), acks=all: the partition's
+    error code."""
+    body = (compact_string(transactional_id) + i16(-1) + i32(timeout_ms)
+            + uvarint(2) + compact_string(topic)
+            + uvarint(2) + i32(partition) + uvarint(len(batch) + 1) + batch + uvarint(0)
+            + uvarint(0) + uvarint(0))
+    r = Reader(conn.request(PRODUCE, 12, body, flexible_header=True))
+    r.skip_tagged_fields()  # response header v1
+    assert r.uvarint() == 2 and r.compact_string() == topic
+    assert r.uvarint() == 2 and r.i32() == partition
+    return r.i16()
+
+
+def end_txn_v5(conn: Conn, transactional_id, producer_id, producer_epoch, commit):
+    """EndTxn v5 (transaction version 2): (error, producer_id, bumped producer_epoch)."""
+    body = (compact_string(transactional_id) + i64(producer_id) + i16(producer_epoch)
+            + i8(1 if commit else 0) + uvarint(0))
+    r = Reader(conn.request(END_TXN, 5, body, flexible_header=True))
+    r.skip_tagged_fields()  # response header v1
+    r.i32()  # throttle
+    return r.i16(), r.i64(), r.i16()
 
 
 def create_topics(conn: Conn, topics, validate_only=False, timeout_ms=10000):

@@ -394,3 +394,54 @@ def test_a_write_verified_with_a_stopped_coordinator_is_answered_once_it_is_fenc
         assert got == [b"held"]
     finally:
         os.kill(c.nodes[coordinator].proc.pid, signal.SIGCONT)
+
+
+def test_version_2_transactions_back_to_back_on_a_partition_led_elsewhere(cluster_factory):
+    """Regression (simulator, transaction version 2 producers): a version 2 producer (KIP-890
+    part 2, as Kafka 4's clients speak it) writes each transaction's first record to a partition
+    led by another node than its coordinator, as soon as the previous EndTxn v5 answers. The
+    write can reach the leader before the previous transaction's marker: the leader takes a
+    verification guard and asks the coordinator to add the partition, the coordinator holds the
+    add until the markers are written, and the marker dropped the guard, so the write was
+    refused with INVALID_TXN_STATE (an abortable error: the client aborts). The leader now asks
+    again with a fresh guard. Every transaction must commit, its record visible
+    read_committed. The protocol is spoken by hand: no client the tests run speaks version 2."""
+    c = cluster_factory(3)
+    suffix = uuid.uuid4().hex[:8]
+    topic = f"tv2-{suffix}"
+    a, _ = create_replicated(c.bootstrap, topic, 1)
+    leader = partition_state(a, topic)[0]
+
+    def init(bootstrap, txn_id):
+        with kproto.Conn(bootstrap) as conn:
+            return kproto.init_transactional_producer_id(conn, txn_id)
+
+    wait_for("__transaction_state", lambda: init(c.nodes[leader].bootstrap, f"warmup-{suffix}")[0] in
+             (kproto.NONE, kproto.NOT_COORDINATOR) and partition_state(a, "__transaction_state"), timeout=60)
+    txn_id = next(t for t in (f"tv2-txn-{suffix}-{i}" for i in range(1000))
+                  if partition_state(a, "__transaction_state", java_partition(t))[0] not in (-1, leader))
+    coordinator = c.nodes[partition_state(a, "__transaction_state", java_partition(txn_id))[0]]
+    with kproto.Conn(coordinator.bootstrap) as to_coordinator, \
+            kproto.Conn(c.nodes[leader].bootstrap) as to_leader:
+        err, pid, epoch = wait_for("a producer id", lambda: (lambda r: r if r[0] == kproto.NONE else None)(
+            kproto.init_transactional_producer_id(to_coordinator, txn_id)))
+        refused = []
+        transactions = 150
+        for n in range(transactions):
+            batch = kproto.record_batch([f"v{n}".encode()], producer_id=pid, producer_epoch=epoch,
+                                        base_sequence=0, transactional=True)
+            while True:
+                err = kproto.produce_v12(to_leader, txn_id, topic, 0, batch)
+                if err != kproto.NOT_ENOUGH_REPLICAS:  # the coordinator busy: producers retry
+                    break
+                time.sleep(0.01)
+            if err != kproto.NONE:
+                refused.append((n, err))
+                assert err == kproto.INVALID_TXN_STATE, f"transaction {n}'s write got {err}"
+            end, pid, epoch = kproto.end_txn_v5(to_coordinator, txn_id, pid, epoch, err == kproto.NONE)
+            assert end == kproto.NONE, f"transaction {n}'s EndTxn got {end}"
+    print(f"{len(refused)} of {transactions} writes refused: {refused}")
+    assert refused == [], f"writes sent as soon as EndTxn answered were refused: {refused}"
+    got = [m.value() for m in consume(c.bootstrap, topic, expected=transactions,
+                                      **{"isolation.level": "read_committed"})]
+    assert got == [f"v{n}".encode() for n in range(transactions)]

@@ -46,8 +46,11 @@ use std::rc::Rc;
 use std::time::Duration;
 
 pub const TOPIC: &str = "sim";
-/// Highest versions used: the last that name topics (not ids) in Produce and Fetch.
+/// Highest versions used: the last that name topics (not ids) in Fetch, and in Produce the last
+/// before transaction version 2 (a transaction version 2 producer sends 12, the last that names
+/// topics).
 const PRODUCE_VERSION_MAX: i16 = 9;
+const PRODUCE_TV2_VERSION: i16 = 12;
 const FETCH_VERSION_MAX: i16 = 12;
 const REQUEST_TIMEOUT_MS: u64 = 3_000;
 const RETRY_BACKOFF: Duration = Duration::from_millis(50);
@@ -96,6 +99,8 @@ struct Client {
     /// The topic's id as Metadata last named it: a new id (the topic was deleted and created
     /// again) starts its leader epochs afresh, as clients do.
     topic_id: Option<u128>,
+    /// The highest Produce version this client sends (12 for transaction version 2).
+    produce_version_max: i16,
     next_bootstrap: usize,
 }
 
@@ -117,6 +122,7 @@ impl Client {
             leaders: BTreeMap::new(),
             leader_epochs: BTreeMap::new(),
             topic_id: None,
+            produce_version_max: PRODUCE_VERSION_MAX,
             next_bootstrap: 0,
         }
     }
@@ -352,7 +358,12 @@ async fn produce_once(
                 .with_index(partition)
                 .with_records(Some(records))])]);
     let response = client
-        .call(&leader, &request, PRODUCE_VERSION_MAX, REQUEST_TIMEOUT_MS)
+        .call(
+            &leader,
+            &request,
+            client.produce_version_max,
+            REQUEST_TIMEOUT_MS,
+        )
         .await;
     let response = match response {
         Ok(r) => r,

@@ -282,6 +282,10 @@ pub(crate) async fn handle(
 
 type AppendResult = Result<(Arc<Partition>, AppendReceipt), Refusal>;
 
+/// How many times a version 2 producer's write asks the coordinator when a marker dropped its
+/// verification guard during the question (see [`verify`]).
+const VERIFY_ASKS_MAX: u32 = 3;
+
 /// What an append checks about KIP-890 verification.
 #[derive(Clone, Copy, Debug)]
 enum Check {
@@ -320,12 +324,14 @@ async fn verify(
         return None;
     }
     let partition = broker.hosted(image, tp, topic_id).ok()?;
-    let guard = match partition.verification_guard(header.producer_id, header.producer_epoch) {
-        Ok(None) | Err(_) => return None,
-        Ok(Some(guard)) => guard,
-    };
-    Some(
-        crate::txns::verify(
+    let mut asked = 0;
+    let verified = loop {
+        let guard = match partition.verification_guard(header.producer_id, header.producer_epoch) {
+            Ok(None) | Err(_) => return None,
+            Ok(Some(guard)) => guard,
+        };
+        asked += 1;
+        let answer = crate::txns::verify(
             broker,
             transactional_id,
             header.producer_id.0,
@@ -333,9 +339,20 @@ async fn verify(
             tp,
             add,
         )
-        .await
-        .map(|()| guard)
-        .map_err(|code| {
+        .await;
+        // A version 2 producer's first write of a transaction to a partition of its previous
+        // one can get here before that transaction's marker does: the coordinator holds the
+        // add until the markers are written, and the marker dropped the guard meanwhile. The
+        // partition is in the new transaction by then, so a fresh guard is answered at once
+        // (Kafka's leaders retry CONCURRENT_TRANSACTIONS with a fresh guard the same way).
+        let dropped =
+            add && answer.is_ok() && !partition.holds_verification_guard(header.producer_id, guard);
+        if !dropped || asked == VERIFY_ASKS_MAX {
+            break answer.map(|()| guard);
+        }
+        tracing::debug!(partition = %tp, %transactional_id, "a marker dropped the verification guard; asking again");
+    };
+    Some(verified.map_err(|code| {
             tracing::debug!(partition = %tp, %transactional_id, ?code, "transactional write not verified");
             // Produce has no PRODUCER_FENCED: a fenced producer hears of its epoch.
             let code = match code {
@@ -346,8 +363,7 @@ async fn verify(
                 code,
                 Some("the partition is not in the producer's ongoing transaction".to_owned()),
             )
-        }),
-    )
+    }))
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -168,6 +168,12 @@ impl Partition {
         Ok(Some(self.guards().issue(producer_id)))
     }
 
+    /// Whether `guard` is still the one remembered for `producer_id`: no marker for the
+    /// producer was written here since [`Partition::verification_guard`] handed it out.
+    pub fn holds_verification_guard(&self, producer_id: ProducerId, guard: u64) -> bool {
+        self.guards().holds(producer_id, Some(guard))
+    }
+
     /// [`Partition::append`] for a transactional producer's records (KIP-890 part 1): a
     /// transactional batch of a producer with no transaction open in this log must come with
     /// `guard`, the guard [`Partition::verification_guard`] last handed out for the producer

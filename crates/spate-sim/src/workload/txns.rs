@@ -1,7 +1,10 @@
 //! Transactions under faults: transactional producers writing to [`TXN_TOPIC`] as Kafka's
 //! clients do with transaction version 1 (FindCoordinator for the transactional id,
 //! InitProducerId, AddPartitionsToTxn, transactional produce, AddOffsetsToTxn and
-//! TxnOffsetCommit, EndTxn), and a `read_committed` consumer following the topic.
+//! TxnOffsetCommit, EndTxn) or, in about half the producers, version 2 (KIP-890 part 2: no
+//! AddPartitionsToTxn or AddOffsetsToTxn, Produce v12 and TxnOffsetCommit v5 have the leader
+//! and the group coordinator add the partition, and every EndTxn v5 answers a bumped epoch
+//! the next transaction writes with), and a `read_committed` consumer following the topic.
 //!
 //! Each producer (one or two, in about half the seeds; from their own stream of the seed)
 //! runs one transaction after another: 1-3 values (`t<producer>-<n>-<k>`) over the topic's
@@ -21,8 +24,8 @@
 use super::offsets::Committer;
 use super::{
     batch, drain_partition, fetch_at, now_ms, produce_once, topic_name, Attempt, Client,
-    FetchAnswer, Plan, NONE, OUT_OF_ORDER_SEQUENCE_NUMBER, READ_COMMITTED, REQUEST_TIMEOUT_MS,
-    RETRY_BACKOFF, UNKNOWN_PRODUCER_ID,
+    FetchAnswer, Plan, NONE, OUT_OF_ORDER_SEQUENCE_NUMBER, PRODUCE_TV2_VERSION, READ_COMMITTED,
+    REQUEST_TIMEOUT_MS, RETRY_BACKOFF, UNKNOWN_PRODUCER_ID,
 };
 use crate::history::{History, TxnOutcome};
 use crate::Rng;
@@ -48,6 +51,10 @@ pub const TXN_PARTITIONS: i32 = 2;
 const ADD_PARTITIONS_VERSION_MAX: i16 = 3;
 const END_TXN_VERSION_MAX: i16 = 4;
 const TXN_OFFSET_COMMIT_VERSION_MAX: i16 = 4;
+/// Transaction version 2: the epoch bumped at every EndTxn, partitions and offsets added by
+/// their leaders and group coordinators (no AddPartitionsToTxn, no AddOffsetsToTxn).
+const END_TXN_TV2_VERSION: i16 = 5;
+const TXN_OFFSET_COMMIT_TV2_VERSION: i16 = 5;
 /// How long an EndTxn is retried before its outcome counts as unknown.
 const END_TXN_PATIENCE: Duration = Duration::from_secs(15);
 
@@ -75,6 +82,8 @@ pub struct TxnProducer {
     pub timeout_ms: i32,
     /// Whether each transaction also commits the producer's group offset.
     pub offsets: bool,
+    /// Transaction version 2 (KIP-890 part 2), as Kafka 4's clients speak it; else version 1.
+    pub tv2: bool,
     /// The producer's own choices: values, partitions, aborts.
     pub seed: u64,
 }
@@ -89,6 +98,7 @@ pub fn plan(rng: &mut Rng) -> Vec<TxnProducer> {
             id,
             timeout_ms: i32::try_from(rng.millis(4_000, 12_000).as_millis()).unwrap_or(10_000),
             offsets: rng.chance(0.6),
+            tv2: rng.chance(0.5),
             seed: rng.next_u64(),
         })
         .collect()
@@ -345,7 +355,7 @@ impl Session {
     }
 
     /// Sends the producer's group offset in the transaction: AddOffsetsToTxn to the
-    /// transaction coordinator, then TxnOffsetCommit to the group's.
+    /// transaction coordinator (version 1 only), then TxnOffsetCommit to the group's.
     async fn send_offset(
         &mut self,
         (id, epoch): (i64, i16),
@@ -357,7 +367,7 @@ impl Session {
             .with_producer_id(ProducerId(id))
             .with_producer_epoch(epoch)
             .with_group_id(self.group.group_id());
-        loop {
+        while !self.me.tv2 {
             let outcome = self
                 .call(false, &add, i16::MAX)
                 .await
@@ -379,17 +389,19 @@ impl Session {
                     .with_partition_index(0)
                     .with_committed_offset(offset)
                     .with_committed_leader_epoch(-1)])]);
+        let version = if self.me.tv2 {
+            TXN_OFFSET_COMMIT_TV2_VERSION
+        } else {
+            TXN_OFFSET_COMMIT_VERSION_MAX
+        };
         loop {
-            let outcome = self
-                .call(true, &commit, TXN_OFFSET_COMMIT_VERSION_MAX)
-                .await
-                .map(|r| {
-                    let codes = r
-                        .topics
-                        .iter()
-                        .flat_map(|t| t.partitions.iter().map(|p| p.error_code));
-                    answer(worst(codes), "TxnOffsetCommit")
-                });
+            let outcome = self.call(true, &commit, version).await.map(|r| {
+                let codes = r
+                    .topics
+                    .iter()
+                    .flat_map(|t| t.partitions.iter().map(|p| p.error_code));
+                answer(worst(codes), "TxnOffsetCommit")
+            });
             if self.settle(true, outcome)? {
                 return Ok(());
             }
@@ -398,7 +410,9 @@ impl Session {
     }
 
     /// EndTxn until it answers. Retrying is safe: a retried commit of a committed transaction
-    /// answers NONE. Any failure leaves the outcome unknown.
+    /// answers NONE (in version 2 with the epoch the lost answer carried). Any failure leaves
+    /// the outcome unknown. In version 2 the answer's producer id and bumped epoch are the ones
+    /// the next transaction uses.
     async fn end(&mut self, (id, epoch): (i64, i16), commit: bool) -> Result<(), Failure> {
         let deadline = now() + END_TXN_PATIENCE;
         let request = EndTxnRequest::default()
@@ -406,13 +420,26 @@ impl Session {
             .with_producer_id(ProducerId(id))
             .with_producer_epoch(epoch)
             .with_committed(commit);
+        let version = if self.me.tv2 {
+            END_TXN_TV2_VERSION
+        } else {
+            END_TXN_VERSION_MAX
+        };
         loop {
-            let outcome = self
-                .call(false, &request, END_TXN_VERSION_MAX)
-                .await
-                .map(|r| answer(r.error_code, "EndTxn"));
+            let response = self.call(false, &request, version).await;
+            let next = response
+                .as_ref()
+                .map(|r| (r.producer_id.0, r.producer_epoch))
+                .ok();
+            let outcome = response.map(|r| answer(r.error_code, "EndTxn"));
             match self.settle(false, outcome) {
-                Ok(true) => return Ok(()),
+                Ok(true) => {
+                    if let Some((id, epoch)) = next.filter(|(id, _)| self.me.tv2 && *id >= 0) {
+                        self.producer = self.producer.map(|_| (id, epoch));
+                        self.sequences.clear();
+                    }
+                    return Ok(());
+                }
                 Ok(false) => {}
                 Err(Failure::Abortable(why) | Failure::Fatal(why)) => {
                     return Err(Failure::Fatal(why))
@@ -435,8 +462,10 @@ impl Session {
     ) -> Result<TxnOutcome, Failure> {
         let deadline =
             now() + Duration::from_millis(u64::try_from(self.me.timeout_ms).unwrap_or(0));
-        let partitions: BTreeSet<i32> = values.iter().map(|(_, p)| *p).collect();
-        self.add_partitions(producer, &partitions, deadline).await?;
+        if !self.me.tv2 {
+            let partitions: BTreeSet<i32> = values.iter().map(|(_, p)| *p).collect();
+            self.add_partitions(producer, &partitions, deadline).await?;
+        }
         for (value, partition) in values {
             let offset = self.write(producer, value, *partition, deadline).await?;
             self.history
@@ -496,7 +525,14 @@ impl Session {
 pub async fn produce(plan: Rc<Plan>, me: TxnProducer, history: Rc<RefCell<History>>) {
     let mut rng = Rng::new(me.seed);
     let mut session = Session {
-        client: Client::new(format!("sim-txn-producer-{}", me.id), plan.nodes).on(TXN_TOPIC),
+        client: Client {
+            produce_version_max: if me.tv2 {
+                PRODUCE_TV2_VERSION
+            } else {
+                super::PRODUCE_VERSION_MAX
+            },
+            ..Client::new(format!("sim-txn-producer-{}", me.id), plan.nodes).on(TXN_TOPIC)
+        },
         coordinator: Committer::for_transaction(transactional_id(me.id)),
         group: Committer::for_group(group(me.id), TXN_TOPIC),
         producer: None,
