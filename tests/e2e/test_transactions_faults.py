@@ -330,6 +330,28 @@ def test_send_offsets_finds_the_new_group_coordinator_after_its_node_dies(cluste
         meta.close()
 
 
+def topic_and_remote_coordinator(c, prefix):
+    """A 1-partition RF 3 topic on cluster `c`, and a transactional id whose coordinator is
+    another node than the partition's leader (so verification and markers cross the network):
+    (admin, topic, leader id, transactional id, coordinator id)."""
+    suffix = uuid.uuid4().hex[:8]
+    topic = f"{prefix}-{suffix}"
+    a, _ = create_replicated(c.bootstrap, topic, 1)
+    leader = partition_state(a, topic)[0]
+
+    def init_warmup():
+        with kproto.Conn(c.nodes[leader].bootstrap) as conn:
+            return kproto.init_transactional_producer_id(conn, f"warmup-{suffix}")[0]
+
+    # The first transactional id asked for creates __transaction_state.
+    wait_for("__transaction_state", lambda: init_warmup() in (kproto.NONE, kproto.NOT_COORDINATOR)
+             and partition_state(a, "__transaction_state"), timeout=60)
+    txn_id = next(t for t in (f"{prefix}-txn-{suffix}-{i}" for i in range(1000))
+                  if partition_state(a, "__transaction_state", java_partition(t))[0] not in (-1, leader))
+    coordinator = partition_state(a, "__transaction_state", java_partition(txn_id))[0]
+    return a, topic, leader, txn_id, coordinator
+
+
 def test_a_write_verified_with_a_stopped_coordinator_is_answered_once_it_is_fenced(cluster_factory):
     """Regression (simulator seeds 10 and 55): a partition leader verifies a transaction's first
     write to it with the transactional id's coordinator (KIP-890), over its connection to that
@@ -342,21 +364,7 @@ def test_a_write_verified_with_a_stopped_coordinator_is_answered_once_it_is_fenc
     transaction commits. The protocol is spoken by hand so that the coordinator stops between
     AddPartitionsToTxn and the write."""
     c = cluster_factory(3)
-    suffix = uuid.uuid4().hex[:8]
-    topic = f"verify-{suffix}"
-    a, _ = create_replicated(c.bootstrap, topic, 1)
-    leader = partition_state(a, topic)[0]
-
-    def init(bootstrap, txn_id):
-        with kproto.Conn(bootstrap) as conn:
-            return kproto.init_transactional_producer_id(conn, txn_id)
-
-    # The first transactional id asked for creates __transaction_state.
-    wait_for("__transaction_state", lambda: init(c.nodes[leader].bootstrap, f"warmup-{suffix}")[0] in
-             (kproto.NONE, kproto.NOT_COORDINATOR) and partition_state(a, "__transaction_state"), timeout=60)
-    txn_id = next(t for t in (f"verify-txn-{suffix}-{i}" for i in range(1000))
-                  if partition_state(a, "__transaction_state", java_partition(t))[0] not in (-1, leader))
-    coordinator = partition_state(a, "__transaction_state", java_partition(txn_id))[0]
+    a, topic, leader, txn_id, coordinator = topic_and_remote_coordinator(c, "verify")
     live = ",".join(b.bootstrap for i, b in c.nodes.items() if i != coordinator)
 
     def at_coordinator(call):
@@ -407,21 +415,8 @@ def test_version_2_transactions_back_to_back_on_a_partition_led_elsewhere(cluste
     again with a fresh guard. Every transaction must commit, its record visible
     read_committed. The protocol is spoken by hand: no client the tests run speaks version 2."""
     c = cluster_factory(3)
-    suffix = uuid.uuid4().hex[:8]
-    topic = f"tv2-{suffix}"
-    a, _ = create_replicated(c.bootstrap, topic, 1)
-    leader = partition_state(a, topic)[0]
-
-    def init(bootstrap, txn_id):
-        with kproto.Conn(bootstrap) as conn:
-            return kproto.init_transactional_producer_id(conn, txn_id)
-
-    wait_for("__transaction_state", lambda: init(c.nodes[leader].bootstrap, f"warmup-{suffix}")[0] in
-             (kproto.NONE, kproto.NOT_COORDINATOR) and partition_state(a, "__transaction_state"), timeout=60)
-    txn_id = next(t for t in (f"tv2-txn-{suffix}-{i}" for i in range(1000))
-                  if partition_state(a, "__transaction_state", java_partition(t))[0] not in (-1, leader))
-    coordinator = c.nodes[partition_state(a, "__transaction_state", java_partition(txn_id))[0]]
-    with kproto.Conn(coordinator.bootstrap) as to_coordinator, \
+    _, topic, leader, txn_id, coordinator = topic_and_remote_coordinator(c, "tv2")
+    with kproto.Conn(c.nodes[coordinator].bootstrap) as to_coordinator, \
             kproto.Conn(c.nodes[leader].bootstrap) as to_leader:
         err, pid, epoch = wait_for("a producer id", lambda: (lambda r: r if r[0] == kproto.NONE else None)(
             kproto.init_transactional_producer_id(to_coordinator, txn_id)))
