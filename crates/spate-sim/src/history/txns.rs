@@ -63,7 +63,7 @@ pub(super) struct Txns {
     /// Producer → its group offset read back at the end (`None`: no offset).
     offsets_at_end: BTreeMap<u64, Option<i64>>,
     /// The first commit answered after the faults healed.
-    pub(super) first_commit_after_heal: Option<Duration>,
+    first_commit_after_heal: Option<Duration>,
 }
 
 impl History {

@@ -38,12 +38,7 @@ pub struct Committer {
 impl Committer {
     /// For `group`'s offsets of the workload topic.
     pub fn new(group: &'static str) -> Committer {
-        Committer {
-            key: StrBytes::from_static_str(group),
-            key_type: KEY_GROUP,
-            topic: super::TOPIC,
-            coordinator: None,
-        }
+        Committer::for_group(group.to_owned(), super::TOPIC)
     }
 
     /// For `group`'s offsets of `topic`.

@@ -259,8 +259,8 @@ impl Session {
     }
 
     /// InitProducerId until it answers: a new epoch, the previous transaction finished by the
-    /// coordinator (CONCURRENT_TRANSACTIONS while it does).
-    async fn init(&mut self) {
+    /// coordinator (CONCURRENT_TRANSACTIONS while it does). Returns the producer id and epoch.
+    async fn init(&mut self) -> (i64, i16) {
         loop {
             let request = InitProducerIdRequest::default()
                 .with_transactional_id(Some(self.transactional_id()))
@@ -281,7 +281,7 @@ impl Session {
                 self.producer = Some((id, epoch));
                 self.sequences.clear();
                 self.event(format!("initialised: producer id {id} epoch {epoch}"));
-                return;
+                return (id, epoch);
             }
             tokio::time::sleep(RETRY_BACKOFF).await;
         }
@@ -491,11 +491,9 @@ impl Session {
 
     /// Runs transaction `n` to its outcome.
     async fn transaction(&mut self, n: u64, values: &[(String, i32)], abort: bool) -> TxnOutcome {
-        if self.producer.is_none() {
-            self.init().await;
-        }
-        let Some(producer) = self.producer else {
-            return TxnOutcome::Unknown;
+        let producer = match self.producer {
+            Some(producer) => producer,
+            None => self.init().await,
         };
         match self.attempt(producer, n, values, abort).await {
             Ok(outcome) => outcome,
