@@ -1,7 +1,6 @@
 //! [`Connection`] and [`Cluster`] against the scripted broker: negotiation, version caps, the
 //! client id, deadlines, and connections poisoned by a failure part way through a request.
 
-use crate::testing::{response_frame, Received, ScriptedBroker};
 use crate::{ClientConfig, ClientError, Cluster, Connection, Deadline, ProtocolError, Waiting};
 use bytes::Bytes;
 use kafka_protocol::messages::{
@@ -9,6 +8,7 @@ use kafka_protocol::messages::{
     MetadataResponse,
 };
 use kafka_protocol::protocol::VersionRange;
+use spate_test_broker::{response_frame, Received, ScriptedBroker};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 

@@ -22,8 +22,6 @@ pub mod connection;
 #[cfg(test)]
 mod connection_tests;
 pub mod error;
-#[cfg(any(test, feature = "testing"))]
-pub mod testing;
 
 pub use cluster::{address, Cluster, CONNECTIONS_MAX};
 pub use codec::{

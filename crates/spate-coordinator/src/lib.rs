@@ -13,7 +13,6 @@ pub mod core;
 pub mod error;
 pub mod group;
 mod membership;
-#[cfg(feature = "planted-bugs")]
 pub mod planted;
 pub mod records;
 pub mod requests;

@@ -22,8 +22,8 @@ use kafka_protocol::messages::{
 use kafka_protocol::records::{
     Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
-use spate_client::testing::{Received, ScriptedBroker};
 use spate_log::LogConfig;
+use spate_test_broker::{Received, ScriptedBroker};
 use std::collections::{BTreeSet, VecDeque};
 use std::path::Path;
 use tokio::net::{TcpListener, TcpStream};

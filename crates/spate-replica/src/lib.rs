@@ -19,7 +19,6 @@ mod fetcher;
 mod health;
 mod manager;
 mod partition;
-#[cfg(feature = "planted-bugs")]
 pub mod planted;
 
 pub use crate::core::{

@@ -777,7 +777,7 @@ mod tests {
     // ---- against scripted brokers --------------------------------------------------------
 
     use kafka_protocol::messages::{ApiKey, MetadataRequest};
-    use spate_client::testing::{Received, ScriptedBroker};
+    use spate_test_broker::{Received, ScriptedBroker};
     use std::sync::{Arc, Mutex};
 
     /// Requests as the scripted brokers decoded them.

@@ -31,7 +31,7 @@ use kafka_protocol::messages::{
     OffsetFetchRequest, OffsetFetchResponse, TopicName,
 };
 use kafka_protocol::protocol::{Encodable, StrBytes};
-use spate_client::testing::{Received, ScriptedBroker};
+use spate_test_broker::{Received, ScriptedBroker};
 use std::sync::{Arc, Mutex};
 
 pub const NODE_ID: i32 = 1;

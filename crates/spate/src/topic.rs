@@ -717,7 +717,7 @@ mod tests {
         ApiKey, CreateTopicsResponse, DescribeConfigsResponse, IncrementalAlterConfigsResponse,
         MetadataRequest, MetadataResponse,
     };
-    use spate_client::testing::{Received, ScriptedBroker};
+    use spate_test_broker::{Received, ScriptedBroker};
     use std::sync::{Arc, Mutex};
 
     /// Requests as the scripted broker decoded them.

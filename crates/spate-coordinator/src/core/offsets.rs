@@ -34,10 +34,7 @@ impl GroupCoordinator {
                         return Err(GroupError::FencedInstanceId);
                     }
                 }
-                #[cfg(feature = "planted-bugs")]
                 let fenced = !crate::planted::commits_ignore_generation();
-                #[cfg(not(feature = "planted-bugs"))]
-                let fenced = true;
                 if fenced && !(req.generation_id < 0 && g.state == GroupState::Empty) {
                     let Some(m) = g.members.get_mut(&req.member_id) else {
                         return Err(GroupError::UnknownMemberId);

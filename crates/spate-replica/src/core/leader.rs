@@ -159,7 +159,6 @@ impl ReplicaCore {
             self.log_end
         };
         let mut hw = own.min(self.log_end);
-        #[cfg(feature = "planted-bugs")]
         if crate::planted::high_watermark_ignores_followers() {
             return Some(hw);
         }

@@ -286,7 +286,6 @@ impl Partition {
         let high_watermark = self.high_watermark();
         self.with_log(|log| {
             let last_stable_offset = log.last_stable_offset(high_watermark);
-            #[cfg(feature = "planted-bugs")]
             let last_stable_offset =
                 if crate::planted::last_stable_offset_ignores_open_transactions() {
                     high_watermark

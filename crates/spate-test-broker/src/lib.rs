@@ -1,4 +1,5 @@
-//! A scripted Kafka broker for tests (feature `testing`, and this crate's own tests).
+//! A scripted Kafka broker for tests (of `spate-client`, the follower fetcher, the CLI): a
+//! dev-dependency only, never part of the product.
 //!
 //! It listens on a free loopback port (or an address of an in-process network), reads request
 //! frames, and checks each request's version
