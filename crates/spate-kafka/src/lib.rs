@@ -18,6 +18,7 @@ mod groups;
 mod listed_brokers;
 mod markers;
 mod peers;
+pub mod planted;
 mod probe;
 mod topics;
 mod txns;

@@ -197,9 +197,9 @@ impl Nemesis {
         for (node, outcome) in std::mem::take(&mut *stops.borrow_mut()) {
             let mut h = history.borrow_mut();
             match outcome {
-                Ok(()) => h.event(format!("node {node} shut down cleanly")),
+                Ok(()) => h.disturbance(format!("node {node} shut down cleanly")),
                 Err(e) if self.disk_faulted.contains(&node) => {
-                    h.event(format!("node {node}'s controlled shutdown failed: {e}"))
+                    h.disturbance(format!("node {node}'s controlled shutdown failed: {e}"))
                 }
                 Err(e) => h.violation(format!(
                     "node {node}'s controlled shutdown failed with a healthy disk: {e}"
@@ -209,7 +209,7 @@ impl Nemesis {
         for (node, reason) in std::mem::take(&mut *halts.borrow_mut()) {
             sim.crash(host_name(node));
             let mut h = history.borrow_mut();
-            h.event(format!("node {node} halted: {reason}"));
+            h.disturbance(format!("node {node} halted: {reason}"));
             if !self.disk_faulted.contains(&node) {
                 h.violation(format!("node {node} halted with a healthy disk: {reason}"));
             }
@@ -226,7 +226,7 @@ impl Nemesis {
                 restart(sim, parts, node);
                 history
                     .borrow_mut()
-                    .event(format!("supervisor restarts node {node}"));
+                    .disturbance(format!("supervisor restarts node {node}"));
             }
         }
     }
@@ -248,7 +248,7 @@ impl Nemesis {
             }
             self.healed = true;
             let mut h = history.borrow_mut();
-            h.event("healed: every fault undone".into());
+            h.disturbance("healed: every fault undone".into());
             h.healed_at = Some(now);
             return;
         }
@@ -415,7 +415,7 @@ impl Nemesis {
         };
         history
             .borrow_mut()
-            .event(format!("fault: {what} for {}ms", lasts.as_millis()));
+            .disturbance(format!("fault: {what} for {}ms", lasts.as_millis()));
     }
 
     fn undo(
@@ -461,6 +461,6 @@ impl Nemesis {
                 format!("node {node}'s disk healthy")
             }
         };
-        history.borrow_mut().event(format!("undo: {what}"));
+        history.borrow_mut().disturbance(format!("undo: {what}"));
     }
 }

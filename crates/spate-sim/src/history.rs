@@ -62,6 +62,10 @@ pub struct History {
     pub corrupted: BTreeSet<usize>,
     /// When the faults stopped, and the first acks=all acknowledgement after that.
     pub healed_at: Option<Duration>,
+    /// When the nemesis or the supervisor changed anything (a fault, its undoing, a halt, a
+    /// restart), in order: the transaction checks tell a failure a fault explains from one
+    /// that came out of the blue.
+    disturbances: Vec<Duration>,
     first_ack_after_heal: Option<Duration>,
     violations: Vec<String>,
     /// The transactional producers' history.
@@ -86,6 +90,13 @@ impl History {
     pub fn event(&mut self, what: String) {
         let t = self.now();
         self.trace.push(format!("{:>9.3} {what}", t.as_secs_f64()));
+    }
+
+    /// Appends a line to the trace for something the nemesis or the supervisor did.
+    pub fn disturbance(&mut self, what: String) {
+        let t = self.now();
+        self.disturbances.push(t);
+        self.event(what);
     }
 
     pub fn trace(&self) -> &[String] {

@@ -13,12 +13,20 @@
 //!   the high watermark once nothing is open) is not below any it saw; the final
 //!   `read_committed` log is the `read_uncommitted` one without markers and aborted records;
 //! - a producer's group offset read back at the end is the one its last visible transaction
-//!   sent: offsets are applied with the transaction's commit, dropped with its abort.
+//!   sent: offsets are applied with the transaction's commit, dropped with its abort;
+//! - no spurious failure: a transaction that began at least [`QUIET`] after the nemesis or the
+//!   supervisor last acted, and failed before they acted again, is a violation
+//!   ("transactions: spurious failure").
 
 use super::History;
 use crate::workload::FetchAnswer;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
+
+/// How long after the nemesis or the supervisor last acted the cluster may still show the
+/// effects (leaders and coordinators moving back, a restarted node catching up): a
+/// transaction that begins later than this after them must not fail.
+const QUIET: Duration = Duration::from_secs(3);
 
 /// How a transaction ended, as its producer knows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,6 +50,11 @@ struct Txn {
     /// When EndTxn(commit) was first sent.
     commit_requested: Option<Duration>,
     outcome: Option<TxnOutcome>,
+    /// When the producer began it.
+    began: Duration,
+    /// When and why it could not go on (an error that made its producer abort it, or left its
+    /// outcome unknown); `None` when it ended as asked.
+    failed: Option<(Duration, String)>,
 }
 
 /// Everything the transactional workload observed.
@@ -72,14 +85,26 @@ impl History {
         for (value, _) in values {
             self.txns.owner.insert(value.clone(), (producer, n));
         }
+        let began = self.now();
         self.txns.txns.insert(
             (producer, n),
             Txn {
                 values: values.to_vec(),
                 offsets,
+                began,
                 ..Txn::default()
             },
         );
+    }
+
+    /// Transaction `n` of `producer` cannot go on: `why` made its producer abort it (or leave
+    /// its outcome unknown).
+    pub fn txn_failed(&mut self, producer: u64, n: u64, why: String) {
+        self.event(format!("txn t{producer}-{n} failed: {why}"));
+        let now = self.now();
+        if let Some(txn) = self.txns.txns.get_mut(&(producer, n)) {
+            txn.failed.get_or_insert((now, why));
+        }
     }
 
     pub fn txn_written(&mut self, value: &str, partition: i32, offset: i64) {
@@ -255,9 +280,30 @@ impl History {
             }
         }
         self.check_txn_reads(&at, out);
+        self.check_quiet_failures(out);
         check_order(t, out);
         self.check_txn_logs(out);
         check_offsets(t, &places, out);
+    }
+
+    /// A transaction fails only when a fault explains it: one that began at least [`QUIET`]
+    /// after the nemesis or the supervisor last acted, and failed before they acted again,
+    /// saw a healthy cluster throughout (retriable errors are retried; nothing should make a
+    /// producer abort).
+    fn check_quiet_failures(&self, out: &mut Vec<String>) {
+        for ((producer, n), txn) in &self.txns.txns {
+            let Some((at, why)) = &txn.failed else {
+                continue;
+            };
+            let from = txn.began.saturating_sub(QUIET);
+            if !self.disturbances.iter().any(|d| *d >= from && d <= at) {
+                out.push(format!(
+                    "transactions: spurious failure: transaction t{producer}-{n} failed at {:.3}s with no fault since {:.3}s: {why}",
+                    at.as_secs_f64(),
+                    from.as_secs_f64()
+                ));
+            }
+        }
     }
 
     /// What the consumer read: after the commit was asked for, and the final log's value there.

@@ -191,6 +191,10 @@ impl Session {
             .event(format!("txn producer {} {what}", self.me.id));
     }
 
+    fn failed(&self, n: u64, why: String) {
+        self.history.borrow_mut().txn_failed(self.me.id, n, why);
+    }
+
     fn trouble(&mut self, why: String) {
         if self.trouble.as_ref() != Some(&why) {
             self.event(format!("retries: {why}"));
@@ -498,7 +502,7 @@ impl Session {
         match self.attempt(producer, n, values, abort).await {
             Ok(outcome) => outcome,
             Err(Failure::Abortable(why)) => {
-                self.event(format!("aborts transaction {n}: {why}"));
+                self.failed(n, format!("aborts it: {why}"));
                 // A new epoch after it, whatever the abort's fate (the sequences may be off).
                 self.producer = None;
                 match self.end(producer, false).await {
@@ -510,7 +514,7 @@ impl Session {
                 }
             }
             Err(Failure::Fatal(why)) => {
-                self.event(format!("transaction {n} failed: {why}"));
+                self.failed(n, why);
                 self.producer = None;
                 TxnOutcome::Unknown
             }
