@@ -41,6 +41,20 @@ pub fn is_deterministic() -> bool {
     SEEDED.with(|s| s.get().is_some())
 }
 
+/// Whether the planted bug behind `switch` is on. Bugs are planted on purpose so that the
+/// simulator's tests can show its checkers catch them (the `planted` modules of spate-replica,
+/// spate-coordinator and spate-kafka; `crates/spate-sim/tests`): each switch is off until a
+/// test turns it on for its own thread, and is honoured only on a thread that runs a
+/// deterministic simulation. The simulator runs a whole cluster on one thread, so a switch set
+/// there reaches every node of that run and nothing else; in a broker's process (where nothing
+/// sets a switch, and no thread is a simulation's) it is a `false` read off a thread-local.
+/// They are compiled into every build rather than behind a cargo feature: a feature only the
+/// tests turn on would make every test build compile the crates above them again
+/// (docs/testing.md, "One build for the product and the tests").
+pub fn planted(switch: &'static std::thread::LocalKey<Cell<bool>>) -> bool {
+    switch.with(Cell::get) && is_deterministic()
+}
+
 /// The next number of this thread's seeded stream (SplitMix64), or `None` outside a
 /// simulation, where the caller draws from the operating system instead.
 pub fn seeded_u64() -> Option<u64> {
