@@ -62,11 +62,11 @@ pub struct History {
     pub corrupted: BTreeSet<usize>,
     /// When the faults stopped, and the first acks=all acknowledgement after that.
     pub healed_at: Option<Duration>,
+    first_ack_after_heal: Option<Duration>,
     /// When the nemesis or the supervisor changed anything (a fault, its undoing, a halt, a
     /// restart), in order: the transaction checks tell a failure a fault explains from one
     /// that came out of the blue.
     disturbances: Vec<Duration>,
-    first_ack_after_heal: Option<Duration>,
     violations: Vec<String>,
     /// The transactional producers' history.
     txns: txns::Txns,
