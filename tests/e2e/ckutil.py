@@ -9,6 +9,8 @@ import time
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+import kproto
+
 CLIENT_TIMEOUT_S = 20
 
 
@@ -121,12 +123,13 @@ def create_topic(bootstrap, name, partitions=1, config=None):
                                    config=config or {})],
                          operation_timeout=10, request_timeout=CLIENT_TIMEOUT_S)
     fs[name].result(timeout=CLIENT_TIMEOUT_S)
-    wait_topic(a, name, partitions)
+    wait_topic(a, name, partitions, served=True)
     return a
 
 
-def wait_topic(a, name, partitions, timeout=10):
-    """Wait until metadata shows `name` with `partitions` partitions, all led."""
+def wait_topic(a, name, partitions, timeout=10, served=False):
+    """Wait until metadata shows `name` with `partitions` partitions, all led; with `served`,
+    until each leader also serves its partition (see `leader_serves`)."""
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
@@ -134,10 +137,24 @@ def wait_topic(a, name, partitions, timeout=10):
         t = md.topics.get(name)
         last = t
         if t is not None and t.error is None and len(t.partitions) == partitions and all(
-                p.leader >= 0 for p in t.partitions.values()):
+                p.leader >= 0 for p in t.partitions.values()) and (
+                not served or all(leader_serves(md, name, p) for p in t.partitions)):
             return t
         time.sleep(0.1)
     raise AssertionError(f"topic {name} not ready with {partitions} partitions after {timeout}s: {last and (last.error, last.partitions)}")
+
+
+def leader_serves(md, topic, partition):
+    """Whether the leader that Metadata `md` names answers ListOffsets for the partition. The
+    node answering Metadata can apply a leadership before the leader itself does; a request
+    sent to the leader in between is answered UNKNOWN_TOPIC_OR_PARTITION, which clients retry
+    and a test sending one raw request must not see."""
+    b = md.brokers[md.topics[topic].partitions[partition].leader]
+    try:
+        with kproto.Conn(f"{b.host}:{b.port}", timeout=10) as conn:
+            return kproto.list_offsets(conn, topic, partition, -1)[0] == kproto.NONE
+    except (OSError, kproto.Closed):  # a leader just killed or restarted: ask again
+        return False
 
 
 def topic_names(a):

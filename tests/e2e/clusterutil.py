@@ -16,24 +16,7 @@ def create_replicated(bootstrap, name, partitions, rf=3):
     fs = a.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=rf)],
                          operation_timeout=10, request_timeout=CLIENT_TIMEOUT_S)
     fs[name].result(timeout=CLIENT_TIMEOUT_S)
-    t = wait_topic(a, name, partitions)
-    for p in range(partitions):
-        wait_leader_serving(a, name, p)
-    return a, t
-
-
-def wait_leader_serving(a, topic, partition=0, timeout=30):
-    """Wait until the partition's leader, as Metadata names it, serves it. The node answering
-    Metadata may apply the leadership before the leader itself does: a request sent to the
-    leader in between is answered UNKNOWN_TOPIC_OR_PARTITION, which a client retries and a test
-    sending one raw request must not see."""
-    def serving():
-        md = a.list_topics(topic=topic, timeout=10)
-        b = md.brokers[md.topics[topic].partitions[partition].leader]
-        with kproto.Conn(f"{b.host}:{b.port}", timeout=10) as conn:
-            err, _, _ = kproto.list_offsets(conn, topic, partition, -1)
-        return err == kproto.NONE or None
-    wait_for(f"the leader of {topic}-{partition} serving it", serving, timeout=timeout)
+    return a, wait_topic(a, name, partitions, served=True)
 
 
 def partition_state(a, topic, partition=0):
