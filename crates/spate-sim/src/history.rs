@@ -2,9 +2,13 @@
 //! checks over it. Every entry carries the simulated time, so the trace of a seed is the same
 //! text every time it runs; its hash is the run's fingerprint.
 
+mod copies;
 mod txns;
 
 pub use txns::TxnOutcome;
+
+/// A partition's final log, (offset, value) up to its high watermark, and that high watermark.
+type FinalLog = (Vec<(i64, String)>, i64);
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{Hash, Hasher};
@@ -53,11 +57,11 @@ pub struct History {
     /// answered in it): from then on, the group's generation is at least that one.
     generations_seen: Vec<(Duration, i32)>,
     /// Partition → (records up to the high watermark, that high watermark), read at the end.
-    drained: BTreeMap<i32, (Vec<(i64, String)>, i64)>,
+    drained: BTreeMap<i32, FinalLog>,
     /// The workload topic's partition count, as last grown.
     partitions: i32,
     /// The re-created scratch topic's final log and high watermark, if the seed ran one.
-    scratch: Option<(Vec<(i64, String)>, i64)>,
+    scratch: Option<FinalLog>,
     /// Nodes whose disk had bits flipped at rest: their copies may end at the damage.
     pub corrupted: BTreeSet<usize>,
     /// When the faults stopped, and the first acks=all acknowledgement after that.
@@ -70,6 +74,8 @@ pub struct History {
     violations: Vec<String>,
     /// The transactional producers' history.
     txns: txns::Txns,
+    /// The exactly-once copier's.
+    copies: copies::Copies,
     /// The simulation's time as the harness last saw it, for events it records between steps
     /// (outside any host, where turmoil has no current time).
     harness_time: Duration,
@@ -404,6 +410,7 @@ impl History {
             out.push("the final logs were never read".into());
         }
         self.check_txns(&mut out);
+        self.check_copies(&mut out);
         out
     }
 }

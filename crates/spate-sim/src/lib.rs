@@ -330,8 +330,8 @@ pub fn run(options: &Options) -> Outcome {
         produce_until,
     );
     history.borrow_mut().event(format!(
-        "seed {} nodes {nodes} partitions {} producers {:?} grow {:?} scratch {:?} members {:?} transactional producers {:?}",
-        options.seed, plan.partitions, plan.producers, plan.grow, plan.scratch, plan.members, plan.txn_producers
+        "seed {} nodes {nodes} partitions {} producers {:?} grow {:?} scratch {:?} members {:?} transactional producers {:?} copier {:?}",
+        options.seed, plan.partitions, plan.producers, plan.grow, plan.scratch, plan.members, plan.txn_producers, plan.copier
     ));
     sim.client("client", workload::run(plan.clone(), history.clone()));
 

@@ -5,6 +5,7 @@
 
 use crate::history::History;
 use crate::workload::admin::{DELETED_PREFIX, SCRATCH};
+use crate::workload::copier::COPY_TOPIC;
 use crate::workload::txns::TXN_TOPIC;
 use crate::workload::TOPIC;
 use crate::{host_name, NodeParts};
@@ -68,7 +69,8 @@ fn read_replica(
 }
 
 /// The violations of invariant 2 between the replicas and the final logs: the workload topic's,
-/// the transactional topic's (markers and aborted records included) if the seed ran it, and,
+/// the transactional topic's and the copy's (markers and aborted records included) if the seed
+/// ran them, and,
 /// if the seed ran it, the re-created scratch topic's (whose replicas must also hold
 /// nothing written before its deletion).
 pub fn compare(parts: &[NodeParts], history: &History) -> Vec<String> {
@@ -82,6 +84,16 @@ pub fn compare(parts: &[NodeParts], history: &History) -> Vec<String> {
         compare_partition(
             parts,
             TXN_TOPIC,
+            partition,
+            (log, high_watermark),
+            history,
+            &mut out,
+        );
+    }
+    for (partition, log, high_watermark) in history.copy_final_logs() {
+        compare_partition(
+            parts,
+            COPY_TOPIC,
             partition,
             (log, high_watermark),
             history,

@@ -14,7 +14,8 @@
 //! commit and leave or vanish while the faults run (`members.rs`).
 //!
 //! In about half the seeds, one or two transactional producers write to a topic of their own,
-//! which a `read_committed` consumer follows (`txns.rs`).
+//! which a `read_committed` consumer follows (`txns.rs`), and, in most of those, an
+//! exactly-once copier copies it to another topic (`copier.rs`).
 //!
 //! The seed may also add partitions to the topic while the faults run (producers and the
 //! consumer take them up as soon as the addition is acknowledged), and run a second topic
@@ -22,6 +23,7 @@
 
 pub mod admin;
 mod client;
+pub mod copier;
 pub mod members;
 mod offsets;
 pub mod txns;
@@ -69,6 +71,8 @@ pub struct Plan {
     pub members: members::Members,
     /// The transactional producers (none in about half the seeds).
     pub txn_producers: Vec<txns::TxnProducer>,
+    /// The exactly-once copier of their topic, if the seed runs one.
+    pub copier: Option<copier::Copier>,
     /// Producers stop starting new values at this simulated time.
     pub produce_until: Duration,
 }
@@ -318,13 +322,46 @@ pub async fn run(plan: Plan, history: Rc<RefCell<History>>) -> turmoil::Result {
         )
         .await;
     }
+    if plan.copier.is_some() {
+        let mut admin = Client::new("sim-admin".into(), plan.nodes).on(copier::COPY_TOPIC);
+        create_topic(
+            &mut admin,
+            txns::TXN_PARTITIONS,
+            plan.replication_factor,
+            &history,
+        )
+        .await;
+    }
     let partitions = Rc::new(Cell::new(plan.partitions));
     history.borrow_mut().set_partitions(plan.partitions);
     let mut tasks = Vec::new();
-    for producer in plan.txn_producers.clone() {
-        tasks.push(tokio::task::spawn_local(txns::produce(
+    let txn_producers: Vec<_> = plan
+        .txn_producers
+        .iter()
+        .map(|producer| {
+            tokio::task::spawn_local(txns::produce(
+                plan.clone(),
+                producer.clone(),
+                history.clone(),
+            ))
+        })
+        .collect();
+    // The copier's input is final once the transactional producers have finished.
+    let input_done = Rc::new(Cell::new(false));
+    tasks.push(tokio::task::spawn_local({
+        let input_done = input_done.clone();
+        async move {
+            for producer in txn_producers {
+                let _ = producer.await;
+            }
+            input_done.set(true);
+        }
+    }));
+    if let Some(copier) = plan.copier.clone() {
+        tasks.push(tokio::task::spawn_local(copier::run(
             plan.clone(),
-            producer,
+            copier,
+            input_done,
             history.clone(),
         )));
     }
@@ -378,6 +415,9 @@ pub async fn run(plan: Plan, history: Rc<RefCell<History>>) -> turmoil::Result {
     drain(plan.clone(), partitions.get(), history.clone()).await;
     if !plan.txn_producers.is_empty() {
         txns::drain(plan.clone(), history.clone()).await;
+    }
+    if plan.copier.is_some() {
+        copier::drain(plan.clone(), history.clone()).await;
     }
     read_committed_offsets(&plan, offsets::GROUP, partitions.get(), &history).await;
     if !plan.members.is_empty() {
@@ -445,6 +485,7 @@ pub fn plan(
         )
     });
     let scratch = rng.chance(0.3).then(|| admin::Scratch::plan(rng, faults));
+    let txn_producers = txns::plan(txns_rng);
     Plan {
         nodes,
         partitions,
@@ -457,7 +498,12 @@ pub fn plan(
         } else {
             Vec::new()
         },
-        txn_producers: txns::plan(txns_rng),
+        copier: if txn_producers.is_empty() {
+            None
+        } else {
+            copier::plan(txns_rng, faults)
+        },
+        txn_producers,
         produce_until,
     }
 }

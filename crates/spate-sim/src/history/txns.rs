@@ -18,7 +18,7 @@
 //!   supervisor last acted, and failed before they acted again, is a violation
 //!   ("transactions: spurious failure").
 
-use super::History;
+use super::{FinalLog, History};
 use crate::workload::FetchAnswer;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -69,10 +69,10 @@ pub(super) struct Txns {
     /// Partition → the highest last stable offset a fetch answered.
     last_stable: BTreeMap<i32, i64>,
     /// Partition → (the final `read_committed` log, its high watermark).
-    drained: BTreeMap<i32, (Vec<(i64, String)>, i64)>,
+    drained: BTreeMap<i32, FinalLog>,
     /// Partition → (the final `read_uncommitted` log, markers and aborted records included,
     /// its high watermark).
-    drained_uncommitted: BTreeMap<i32, (Vec<(i64, String)>, i64)>,
+    drained_uncommitted: BTreeMap<i32, FinalLog>,
     /// Producer → its group offset read back at the end (`None`: no offset).
     offsets_at_end: BTreeMap<u64, Option<i64>>,
     /// The first commit answered after the faults healed.
@@ -208,6 +208,11 @@ impl History {
             .drained_uncommitted
             .iter()
             .map(|(p, (log, hw))| (*p, log.as_slice(), *hw))
+    }
+
+    /// Partition → (its final `read_committed` log, its high watermark).
+    pub(super) fn drained_committed(&self) -> &BTreeMap<i32, FinalLog> {
+        &self.txns.drained
     }
 
     pub fn txn_first_commit_after_heal(&self) -> Option<Duration> {

@@ -113,17 +113,26 @@ pub fn group(producer: u64) -> String {
     format!("sim-txn-group-{producer}")
 }
 
-fn now() -> Duration {
+pub(super) fn now() -> Duration {
     turmoil::sim_elapsed().unwrap_or_default()
 }
 
 /// Why a transaction cannot go on.
-enum Failure {
+pub(super) enum Failure {
     /// It can still be aborted (then the producer takes a new epoch).
     Abortable(String),
     /// Its outcome is not the producer's to decide any more (fenced, or an EndTxn never
     /// answered): the producer starts over with InitProducerId.
     Fatal(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Abortable(why) => write!(f, "aborts it: {why}"),
+            Failure::Fatal(why) => write!(f, "{why}"),
+        }
+    }
 }
 
 /// What a coordinator's (or a leader's) error code means for the step that got it.
@@ -165,14 +174,19 @@ fn worst(codes: impl Iterator<Item = i16>) -> i16 {
         .unwrap_or(NONE)
 }
 
-/// One producer's connections, coordinators and producer id.
-struct Session {
-    me: TxnProducer,
+/// One transactional client's connections, coordinators and producer id: a producer's, or
+/// an exactly-once copier's (`copier.rs`, whose `me` has no seed or values of its own).
+pub(super) struct Session {
+    pub(super) me: TxnProducer,
+    /// How the trace names it.
+    who: String,
+    transactional_id: String,
+    /// Writes to the client's topic.
     client: Client,
     coordinator: Committer,
     group: Committer,
     /// (producer id, epoch) once InitProducerId answered; `None` when it must be asked again.
-    producer: Option<(i64, i16)>,
+    pub(super) producer: Option<(i64, i16)>,
     /// Partition → next sequence, for the current producer id and epoch.
     sequences: BTreeMap<i32, i32>,
     history: Rc<RefCell<History>>,
@@ -181,14 +195,45 @@ struct Session {
 }
 
 impl Session {
-    fn transactional_id(&self) -> TransactionalId {
-        TransactionalId(StrBytes::from_string(transactional_id(self.me.id)))
+    /// `who`'s session as `transactional_id`, writing to `client`'s topic and committing
+    /// offsets of [`TXN_TOPIC`] to `group`.
+    pub(super) fn new(
+        me: TxnProducer,
+        who: String,
+        transactional_id: String,
+        group: String,
+        client: Client,
+        history: Rc<RefCell<History>>,
+    ) -> Session {
+        Session {
+            client: Client {
+                produce_version_max: if me.tv2 {
+                    PRODUCE_TV2_VERSION
+                } else {
+                    super::PRODUCE_VERSION_MAX
+                },
+                ..client
+            },
+            coordinator: Committer::for_transaction(transactional_id.clone()),
+            group: Committer::for_group(group, TXN_TOPIC),
+            producer: None,
+            sequences: BTreeMap::new(),
+            history,
+            trouble: None,
+            me,
+            who,
+            transactional_id,
+        }
     }
 
-    fn event(&self, what: String) {
+    fn transactional_id(&self) -> TransactionalId {
+        TransactionalId(StrBytes::from_string(self.transactional_id.clone()))
+    }
+
+    pub(super) fn event(&self, what: String) {
         self.history
             .borrow_mut()
-            .event(format!("txn producer {} {what}", self.me.id));
+            .event(format!("{} {what}", self.who));
     }
 
     fn failed(&self, n: u64, why: String) {
@@ -264,7 +309,7 @@ impl Session {
 
     /// InitProducerId until it answers: a new epoch, the previous transaction finished by the
     /// coordinator (CONCURRENT_TRANSACTIONS while it does). Returns the producer id and epoch.
-    async fn init(&mut self) -> (i64, i16) {
+    pub(super) async fn init(&mut self) -> (i64, i16) {
         loop {
             let request = InitProducerIdRequest::default()
                 .with_transactional_id(Some(self.transactional_id()))
@@ -291,7 +336,7 @@ impl Session {
         }
     }
 
-    async fn add_partitions(
+    pub(super) async fn add_partitions(
         &mut self,
         (id, epoch): (i64, i16),
         partitions: &BTreeSet<i32>,
@@ -302,7 +347,7 @@ impl Session {
             .with_v3_and_below_producer_id(ProducerId(id))
             .with_v3_and_below_producer_epoch(epoch)
             .with_v3_and_below_topics(vec![AddPartitionsToTxnTopic::default()
-                .with_name(topic_name(TXN_TOPIC))
+                .with_name(topic_name(self.client.topic))
                 .with_partitions(partitions.iter().copied().collect())]);
         loop {
             let outcome = self
@@ -324,7 +369,7 @@ impl Session {
     }
 
     /// Writes `value` to `partition` in the transaction; the offset it was written at.
-    async fn write(
+    pub(super) async fn write(
         &mut self,
         (id, epoch): (i64, i16),
         value: &str,
@@ -358,12 +403,13 @@ impl Session {
         }
     }
 
-    /// Sends the producer's group offset in the transaction: AddOffsetsToTxn to the
-    /// transaction coordinator (version 1 only), then TxnOffsetCommit to the group's.
-    async fn send_offset(
+    /// Sends group offsets of [`TXN_TOPIC`] (partition → offset) in the transaction:
+    /// AddOffsetsToTxn to the transaction coordinator (version 1 only), then TxnOffsetCommit to
+    /// the group's.
+    pub(super) async fn send_offsets(
         &mut self,
         (id, epoch): (i64, i16),
-        offset: i64,
+        offsets: &BTreeMap<i32, i64>,
         deadline: Duration,
     ) -> Result<(), Failure> {
         let add = AddOffsetsToTxnRequest::default()
@@ -389,10 +435,17 @@ impl Session {
             .with_generation_id(-1)
             .with_topics(vec![TxnOffsetCommitRequestTopic::default()
                 .with_name(topic_name(TXN_TOPIC))
-                .with_partitions(vec![TxnOffsetCommitRequestPartition::default()
-                    .with_partition_index(0)
-                    .with_committed_offset(offset)
-                    .with_committed_leader_epoch(-1)])]);
+                .with_partitions(
+                    offsets
+                        .iter()
+                        .map(|(partition, offset)| {
+                            TxnOffsetCommitRequestPartition::default()
+                                .with_partition_index(*partition)
+                                .with_committed_offset(*offset)
+                                .with_committed_leader_epoch(-1)
+                        })
+                        .collect(),
+                )]);
         let version = if self.me.tv2 {
             TXN_OFFSET_COMMIT_TV2_VERSION
         } else {
@@ -417,7 +470,11 @@ impl Session {
     /// answers NONE (in version 2 with the epoch the lost answer carried). Any failure leaves
     /// the outcome unknown. In version 2 the answer's producer id and bumped epoch are the ones
     /// the next transaction uses.
-    async fn end(&mut self, (id, epoch): (i64, i16), commit: bool) -> Result<(), Failure> {
+    pub(super) async fn end(
+        &mut self,
+        (id, epoch): (i64, i16),
+        commit: bool,
+    ) -> Result<(), Failure> {
         let deadline = now() + END_TXN_PATIENCE;
         let request = EndTxnRequest::default()
             .with_transactional_id(self.transactional_id())
@@ -478,7 +535,8 @@ impl Session {
         }
         if self.me.offsets {
             let offset = i64::try_from(n).unwrap_or(i64::MAX - 1) + 1;
-            self.send_offset(producer, offset, deadline).await?;
+            self.send_offsets(producer, &BTreeMap::from([(0, offset)]), deadline)
+                .await?;
         }
         if !abort {
             self.history
@@ -501,23 +559,31 @@ impl Session {
         };
         match self.attempt(producer, n, values, abort).await {
             Ok(outcome) => outcome,
-            Err(Failure::Abortable(why)) => {
-                self.failed(n, format!("aborts it: {why}"));
-                // A new epoch after it, whatever the abort's fate (the sequences may be off).
-                self.producer = None;
-                match self.end(producer, false).await {
-                    Ok(()) => TxnOutcome::Aborted,
-                    Err(Failure::Abortable(why) | Failure::Fatal(why)) => {
-                        self.event(format!("abort of transaction {n} failed: {why}"));
-                        TxnOutcome::Unknown
-                    }
+            Err(failure) => {
+                self.failed(n, failure.to_string());
+                self.give_up(producer, n, failure).await
+            }
+        }
+    }
+
+    /// Ends transaction `n` that cannot go on: aborts it if it still can. Either way the next
+    /// transaction takes a new epoch (after an abort the sequences may be off).
+    pub(super) async fn give_up(
+        &mut self,
+        producer: (i64, i16),
+        n: u64,
+        failure: Failure,
+    ) -> TxnOutcome {
+        self.producer = None;
+        match failure {
+            Failure::Abortable(_) => match self.end(producer, false).await {
+                Ok(()) => TxnOutcome::Aborted,
+                Err(Failure::Abortable(why) | Failure::Fatal(why)) => {
+                    self.event(format!("abort of transaction {n} failed: {why}"));
+                    TxnOutcome::Unknown
                 }
-            }
-            Err(Failure::Fatal(why)) => {
-                self.failed(n, why);
-                self.producer = None;
-                TxnOutcome::Unknown
-            }
+            },
+            Failure::Fatal(_) => TxnOutcome::Unknown,
         }
     }
 }
@@ -526,23 +592,14 @@ impl Session {
 /// last transaction's outcome was left unknown, so that nothing stays open.
 pub async fn produce(plan: Rc<Plan>, me: TxnProducer, history: Rc<RefCell<History>>) {
     let mut rng = Rng::new(me.seed);
-    let mut session = Session {
-        client: Client {
-            produce_version_max: if me.tv2 {
-                PRODUCE_TV2_VERSION
-            } else {
-                super::PRODUCE_VERSION_MAX
-            },
-            ..Client::new(format!("sim-txn-producer-{}", me.id), plan.nodes).on(TXN_TOPIC)
-        },
-        coordinator: Committer::for_transaction(transactional_id(me.id)),
-        group: Committer::for_group(group(me.id), TXN_TOPIC),
-        producer: None,
-        sequences: BTreeMap::new(),
-        history: history.clone(),
-        trouble: None,
-        me,
-    };
+    let mut session = Session::new(
+        me.clone(),
+        format!("txn producer {}", me.id),
+        transactional_id(me.id),
+        group(me.id),
+        Client::new(format!("sim-txn-producer-{}", me.id), plan.nodes).on(TXN_TOPIC),
+        history.clone(),
+    );
     let mut n = 0u64;
     while now() < plan.produce_until {
         let values: Vec<(String, i32)> = (0..1 + rng.below(3))
@@ -593,7 +650,7 @@ pub fn committed_records(answer: &FetchAnswer) -> Vec<(i64, String)> {
 
 /// The offset after the last record of `answer` below its last stable offset (markers and
 /// aborted records included): where a `read_committed` consumer reads next.
-fn next_position(answer: &FetchAnswer, from: i64) -> i64 {
+pub(super) fn next_position(answer: &FetchAnswer, from: i64) -> i64 {
     answer
         .records
         .iter()
@@ -625,29 +682,43 @@ pub async fn read_committed(plan: Rc<Plan>, history: Rc<RefCell<History>>, until
     }
 }
 
+/// Reads `partition` of the client's topic `read_committed` until the last stable offset
+/// reaches the high watermark (nothing open), retrying until it answers; `seen` is shown each
+/// answer. The records kept, and that high watermark.
+pub(super) async fn drain_committed(
+    client: &mut Client,
+    partition: i32,
+    mut seen: impl FnMut(&FetchAnswer),
+) -> (Vec<(i64, String)>, i64) {
+    let mut log = Vec::new();
+    let mut from = 0;
+    loop {
+        match fetch_at(client, partition, from, READ_COMMITTED).await {
+            Ok(answer) => {
+                seen(&answer);
+                log.extend(committed_records(&answer));
+                from = next_position(&answer, from);
+                if from >= answer.high_watermark
+                    && answer.last_stable_offset == answer.high_watermark
+                {
+                    return (log, answer.high_watermark);
+                }
+            }
+            Err(_) => tokio::time::sleep(RETRY_BACKOFF).await,
+        }
+    }
+}
+
 /// The final logs: each partition `read_committed` until the last stable offset reaches the
 /// high watermark (nothing open), then `read_uncommitted` for the replicas' comparison; and
 /// each producer's group offset.
 pub async fn drain(plan: Rc<Plan>, history: Rc<RefCell<History>>) {
     let mut client = Client::new("sim-txn-drain".into(), plan.nodes).on(TXN_TOPIC);
     for partition in 0..TXN_PARTITIONS {
-        let mut log = Vec::new();
-        let mut from = 0;
-        let high_watermark = loop {
-            match fetch_at(&mut client, partition, from, READ_COMMITTED).await {
-                Ok(answer) => {
-                    history.borrow_mut().txn_fetched(partition, &answer);
-                    log.extend(committed_records(&answer));
-                    from = next_position(&answer, from);
-                    if from >= answer.high_watermark
-                        && answer.last_stable_offset == answer.high_watermark
-                    {
-                        break answer.high_watermark;
-                    }
-                }
-                Err(_) => tokio::time::sleep(RETRY_BACKOFF).await,
-            }
-        };
+        let (log, high_watermark) = drain_committed(&mut client, partition, |answer| {
+            history.borrow_mut().txn_fetched(partition, answer)
+        })
+        .await;
         history
             .borrow_mut()
             .txn_drained(partition, log, high_watermark);
