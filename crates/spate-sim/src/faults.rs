@@ -415,7 +415,7 @@ impl Nemesis {
         };
         history
             .borrow_mut()
-            .disturbance(format!("fault: {what} for {}ms", lasts.as_millis()));
+            .fault(format!("fault: {what} for {}ms", lasts.as_millis()), lasts);
     }
 
     fn undo(

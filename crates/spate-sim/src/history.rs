@@ -67,10 +67,11 @@ pub struct History {
     /// When the faults stopped, and the first acks=all acknowledgement after that.
     pub healed_at: Option<Duration>,
     first_ack_after_heal: Option<Duration>,
-    /// When the nemesis or the supervisor changed anything (a fault, its undoing, a halt, a
-    /// restart), in order: the transaction checks tell a failure a fault explains from one
+    /// When the nemesis or the supervisor disturbed the cluster, from when until when (a fault
+    /// for as long as it was meant to last; a halt, a restart or a fault's undoing for an
+    /// instant), in order: the transaction checks tell a failure a fault explains from one
     /// that came out of the blue.
-    disturbances: Vec<Duration>,
+    disturbances: Vec<(Duration, Duration)>,
     violations: Vec<String>,
     /// The transactional producers' history.
     txns: txns::Txns,
@@ -100,8 +101,13 @@ impl History {
 
     /// Appends a line to the trace for something the nemesis or the supervisor did.
     pub fn disturbance(&mut self, what: String) {
+        self.fault(what, Duration::ZERO);
+    }
+
+    /// Appends a line to the trace for a fault the nemesis put in, meant to last `lasts`.
+    pub fn fault(&mut self, what: String, lasts: Duration) {
         let t = self.now();
-        self.disturbances.push(t);
+        self.disturbances.push((t, t + lasts));
         self.event(what);
     }
 

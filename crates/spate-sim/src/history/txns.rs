@@ -293,17 +293,21 @@ impl History {
 
     /// A transaction fails only when a fault explains it: one that began at least [`QUIET`]
     /// after the nemesis or the supervisor last acted, and failed before they acted again,
-    /// saw a healthy cluster throughout (retriable errors are retried; nothing should make a
-    /// producer abort).
+    /// with no fault in effect meanwhile, saw a healthy cluster throughout (retriable errors
+    /// are retried; nothing should make a producer abort).
     fn check_quiet_failures(&self, out: &mut Vec<String>) {
         for ((producer, n), txn) in &self.txns.txns {
             let Some((at, why)) = &txn.failed else {
                 continue;
             };
             let from = txn.began.saturating_sub(QUIET);
-            if !self.disturbances.iter().any(|d| *d >= from && d <= at) {
+            if !self
+                .disturbances
+                .iter()
+                .any(|(start, end)| start <= at && *end >= from)
+            {
                 out.push(format!(
-                    "transactions: spurious failure: transaction t{producer}-{n} failed at {:.3}s with no fault since {:.3}s: {why}",
+                    "transactions: spurious failure: transaction t{producer}-{n} failed at {:.3}s with no fault in effect since {:.3}s: {why}",
                     at.as_secs_f64(),
                     from.as_secs_f64()
                 ));
