@@ -175,7 +175,7 @@ fn worst(codes: impl Iterator<Item = i16>) -> i16 {
 }
 
 /// One transactional client's connections, coordinators and producer id: a producer's, or
-/// an exactly-once copier's (`copier.rs`, whose `me` has no seed or values of its own).
+/// an instance of the exactly-once copier's (`copier.rs`).
 pub(super) struct Session {
     pub(super) me: TxnProducer,
     /// How the trace names it.
