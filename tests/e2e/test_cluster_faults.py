@@ -15,8 +15,8 @@ import pytest
 
 import kproto
 from ckutil import admin, consume, produce_all, producer
-from clusterutil import (ContinuousProducer, controller_id, create_replicated, partition_state, raw_produce,
-                         replica_records, wait_for)
+from clusterutil import (ContinuousProducer, controller_id, create_replicated, log_bytes, partition_state,
+                         raw_produce, replica_records, wait_for)
 from test_groups import metric_sum as parked  # a gauge of parked requests, 0 while absent
 
 pytestmark = pytest.mark.timeout(300)
@@ -346,3 +346,81 @@ def test_a_batch_damaged_at_rest_on_the_leader_is_refused_and_fetched_again(clus
     assert all(b.crc_ok for b in kproto.parse_batches(segment.read_bytes())), "repaired on disk"
     assert not (segment.parent / "damaged").exists(), "the damage record goes with the repair"
     assert raw_produce(c.nodes[new_leader].bootstrap, topic_name, 0, [b"after"]) == (NONE, 100)
+
+
+def test_an_offset_commit_is_fetched_only_once_durable(cluster_factory, topic_name):
+    """Regression: the group coordinator applied an OffsetCommit to memory once its record was
+    in the leader's log, and OffsetFetch showed it at once, while the commit itself was
+    answered only when the record was fsynced on every in-sync replica. A commit that a
+    failover then took back had been shown: offsets went backwards. Now OffsetFetch shows a
+    commit once its record is below the offsets partition's high watermark, and the one it
+    replaced until then (Kafka serves commits whose append completed)."""
+    from test_groups import find_coordinator, offset_commit, offset_fetch
+    from test_transactions_faults import java_partition
+
+    c = cluster_factory(3)
+    a, _ = create_replicated(c.bootstrap, topic_name, 1)
+    group = f"g-{topic_name}"
+
+    def coordinator():
+        with kproto.Conn(c.nodes[1].bootstrap) as conn:
+            err, node, _, _ = find_coordinator(conn, group)
+            return node if err == NONE else None
+
+    coord = wait_for("the group's coordinator", coordinator, timeout=60)
+    offsets_partition = java_partition(group)
+    lead = c.nodes[coord]
+
+    def fetched(node):
+        with kproto.Conn(node.bootstrap) as conn:
+            err, parts = offset_fetch(conn, group, topic_name, [0])
+            return err, parts[0][0], parts[0][2]
+
+    with kproto.Conn(lead.bootstrap) as conn:
+        assert offset_commit(conn, group, -1, "", topic_name, {0: 5}) == {0: NONE}
+    assert fetched(lead) == (NONE, 5, NONE)
+    _, replicas, _ = wait_for("the offsets partition's ISR whole", lambda: (lambda s: s if len(s[2]) == 3 else None)(
+        partition_state(a, "__consumer_offsets", offsets_partition)))
+    followers = [c.nodes[r] for r in replicas if r != coord]
+
+    print(f"--- SIGSTOP the followers {[r for r in replicas if r != coord]} of the coordinator's "
+          f"__consumer_offsets-{offsets_partition}; commit 9")
+    before = log_bytes(lead, "__consumer_offsets", offsets_partition)
+    result = {}
+
+    def commit_9():
+        try:
+            with kproto.Conn(lead.bootstrap, timeout=60) as conn:
+                result["got"] = offset_commit(conn, group, -1, "", topic_name, {0: 9})
+        except (OSError, kproto.Closed) as e:  # the coordinator is killed below
+            result["got"] = repr(e)
+
+    th = threading.Thread(target=commit_9, daemon=True)
+    for f in followers:
+        os.kill(f.proc.pid, signal.SIGSTOP)
+    try:
+        th.start()
+        wait_for("the commit of 9 in the coordinator's log",
+                 lambda: log_bytes(lead, "__consumer_offsets", offsets_partition) > before)
+        assert "got" not in result, f"answered while no follower could fsync it: {result}"
+        assert fetched(lead) == (NONE, 5, NONE), "a commit no follower has was shown"
+        print(f"--- kill -9 the coordinator (node {coord}); resume the followers")
+        lead.kill9()
+    finally:
+        for f in followers:
+            os.kill(f.proc.pid, signal.SIGCONT)
+    th.join(30)
+
+    def new_coordinator():
+        for f in followers:
+            with kproto.Conn(f.bootstrap) as conn:
+                err, node, _, _ = find_coordinator(conn, group)
+            if err == NONE and node != coord:
+                return node
+        return None
+
+    new_coord = wait_for("a new coordinator", new_coordinator, timeout=60)
+    print(f"--- node {new_coord} coordinates the group: the unacknowledged commit of 9 is gone, "
+          "and was never shown")
+    assert wait_for("OffsetFetch at the new coordinator", lambda: (lambda r: r if r[0] == NONE else None)(
+        fetched(c.nodes[new_coord])), timeout=60) == (NONE, 5, NONE)

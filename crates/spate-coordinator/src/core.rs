@@ -27,12 +27,19 @@ use std::collections::BTreeMap;
 
 mod offsets;
 
+pub use offsets::Stored;
+
 type Offsets = BTreeMap<(String, i32), CommittedOffset>;
+/// Per committed partition, oldest first: (the last offset of a commit's batch, the commit
+/// it replaced), while that batch may not be durable yet.
+type Unstable = BTreeMap<(String, i32), Vec<(i64, Option<CommittedOffset>)>>;
 
 pub struct GroupCoordinator {
     settings: GroupSettings,
     groups: BTreeMap<String, Group>,
     offsets: BTreeMap<String, Offsets>,
+    /// What OffsetFetch shows while a group's newest commits are not durable.
+    unstable: BTreeMap<String, Unstable>,
     /// Offsets committed inside transactions not yet ended.
     pending_txn: PendingTxnOffsets,
     /// The next [`CommittedOffset::position`].
@@ -49,6 +56,7 @@ impl GroupCoordinator {
             settings,
             groups: BTreeMap::new(),
             offsets: BTreeMap::new(),
+            unstable: BTreeMap::new(),
             pending_txn: PendingTxnOffsets::default(),
             next_position: 0,
             incarnation,
@@ -362,6 +370,7 @@ impl GroupCoordinator {
         let mut count = 0;
         for id in gone {
             self.offsets.remove(&id);
+            self.unstable.remove(&id);
             let Some(group) = self.groups.remove(&id) else {
                 continue;
             };
@@ -398,6 +407,7 @@ impl GroupCoordinator {
             _ => return Err(GroupError::NonEmptyGroup),
         }
         self.groups.remove(id);
+        self.unstable.remove(id);
         for ((topic, partition), _) in self.offsets.remove(id).unwrap_or_default() {
             self.out.push(Action::Store(OffsetsRecord::Offset {
                 group: id.to_owned(),
@@ -505,6 +515,7 @@ impl GroupCoordinator {
             }
             if !self.offsets.contains_key(&id) {
                 self.groups.remove(&id);
+                self.unstable.remove(&id);
                 self.out.push(Action::Store(OffsetsRecord::Group {
                     group: id.clone(),
                     value: None,

@@ -701,7 +701,14 @@ fn commits_are_checked_against_membership_and_generation() {
         Err(GroupError::IllegalGeneration)
     );
     assert_eq!(commit(&mut c, 0, &commit_req("", -1, 5)), Ok(vec![None]));
-    assert_eq!(c.fetch_offsets("g", None)[0].2.as_ref().unwrap().offset, 5);
+    assert_eq!(
+        c.fetch_offsets("g", None, None)[0]
+            .2
+            .as_ref()
+            .unwrap()
+            .offset,
+        5
+    );
     let a = stable_one(&mut c);
     assert_eq!(
         commit(&mut c, 1, &commit_req("ghost", 1, 6)),
@@ -712,7 +719,7 @@ fn commits_are_checked_against_membership_and_generation() {
         Err(GroupError::IllegalGeneration)
     );
     assert_eq!(commit(&mut c, 1, &commit_req(&a, 1, 7)), Ok(vec![None]));
-    let f = c.fetch_offsets("g", Some(&[("t".into(), vec![0, 1])]));
+    let f = c.fetch_offsets("g", Some(&[("t".into(), vec![0, 1])]), None);
     assert_eq!(
         f[0].2.clone().map(|c| CommittedOffset { position: 0, ..c }),
         Some(CommittedOffset {
@@ -763,7 +770,7 @@ fn delete_group_refuses_non_empty_and_removes_offsets() {
     assert_eq!(c.delete_group("g"), Ok(()));
     let (_, _, stores) = actions(&mut c);
     assert_eq!(stores, 2, "an offset tombstone and a group tombstone");
-    assert!(c.fetch_offsets("g", None).is_empty());
+    assert!(c.fetch_offsets("g", None, None).is_empty());
     assert_eq!(c.describe_group("g").state, GroupState::Dead);
     assert!(c.list_groups(&[], &[]).is_empty());
 }
@@ -796,7 +803,7 @@ fn offset_delete_refuses_subscribed_topics() {
         .delete_offsets("g", &[("t".into(), 0), ("u".into(), 0)])
         .unwrap();
     assert_eq!(r, vec![Some(GroupError::GroupSubscribedToTopic), None]);
-    assert_eq!(c.fetch_offsets("g", None).len(), 1);
+    assert_eq!(c.fetch_offsets("g", None, None).len(), 1);
     assert_eq!(
         c.delete_offsets("nope", &[]),
         Err(GroupError::GroupIdNotFound)
@@ -856,7 +863,7 @@ fn offsets_of_deleted_topics_are_removed() {
     req.offsets.push(("gone".into(), 0, 2, -1, None));
     commit(&mut c, 0, &req).unwrap();
     assert_eq!(c.remove_topics(|t| t == "t"), 1);
-    let left = c.fetch_offsets("g", None);
+    let left = c.fetch_offsets("g", None, None);
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].0, "t");
 }
@@ -896,7 +903,7 @@ fn stored_records_replay_to_the_same_state() {
     assert_eq!(d.state, GroupState::Stable);
     assert_eq!(d.members.len(), 2);
     assert_eq!(
-        restored.fetch_offsets("g", None)[0]
+        restored.fetch_offsets("g", None, None)[0]
             .2
             .as_ref()
             .unwrap()
@@ -1018,7 +1025,7 @@ fn unloading_a_partition_answers_waiting_requests_not_coordinator_and_forgets_it
         .iter()
         .all(|(_, e)| *e == Some(GroupError::NotCoordinator)));
     assert_eq!(state(&c), GroupState::Dead, "the group is gone from memory");
-    assert!(c.fetch_offsets("g", None).is_empty());
+    assert!(c.fetch_offsets("g", None, None).is_empty());
     assert!(!b.is_empty());
     // Groups of other partitions stay.
     assert_eq!(c.unload_groups(|_| false), 0);
@@ -1272,7 +1279,7 @@ fn a_transactional_offset_commit_ending_after_a_later_plain_commit_does_not_repl
         .unwrap();
     };
     let committed = |c: &GroupCoordinator| {
-        c.fetch_offsets("g", Some(&[("t".into(), vec![0])]))[0]
+        c.fetch_offsets("g", Some(&[("t".into(), vec![0])]), None)[0]
             .2
             .as_ref()
             .map(|o| o.offset)
@@ -1295,4 +1302,99 @@ fn a_transactional_offset_commit_ending_after_a_later_plain_commit_does_not_repl
     plain(&mut r, 2, 9);
     r.complete_txn(3, 7, true, |_| true);
     assert_eq!(committed(&r), Some(9));
+}
+
+/// Commits `offset` as an assign() consumer, its batch ending at `last_offset` of the offsets
+/// partition, whose high watermark is `high_watermark` when it is applied.
+fn commit_stored(c: &mut GroupCoordinator, offset: i64, last_offset: i64, high_watermark: i64) {
+    let prepared = c.prepare_commit(0, &commit_req("", -1, offset)).unwrap();
+    for r in prepared.into_iter().flatten() {
+        c.apply_stored(
+            0,
+            r,
+            Some(Stored {
+                last_offset,
+                high_watermark,
+            }),
+        );
+    }
+}
+
+fn fetched_at(c: &GroupCoordinator, high_watermark: i64) -> Option<i64> {
+    c.fetch_offsets("g", Some(&[("t".into(), vec![0])]), Some(high_watermark))[0]
+        .2
+        .as_ref()
+        .map(|o| o.offset)
+}
+
+/// OffsetFetch shows a commit only once its batch is below the offsets partition's high
+/// watermark (fsynced on every in-sync replica): one a failover could take back is not shown,
+/// the commit it replaced is, and a first commit not durable yet shows as none.
+#[test]
+fn a_commit_is_fetched_only_once_durable() {
+    let mut c = coord(0);
+    commit_stored(&mut c, 5, 10, 10);
+    assert_eq!(fetched_at(&c, 10), None, "nothing durable yet");
+    assert!(c.fetch_offsets("g", None, Some(10)).is_empty());
+    assert_eq!(fetched_at(&c, 11), Some(5));
+    commit_stored(&mut c, 7, 11, 11);
+    commit_stored(&mut c, 9, 12, 11);
+    assert_eq!(fetched_at(&c, 11), Some(5), "neither 7 nor 9 durable");
+    assert_eq!(fetched_at(&c, 12), Some(7));
+    assert_eq!(fetched_at(&c, 13), Some(9));
+    assert_eq!(
+        c.fetch_offsets("g", None, Some(11))[0]
+            .2
+            .as_ref()
+            .map(|o| o.offset),
+        Some(5)
+    );
+    assert_eq!(
+        c.fetch_offsets("g", None, Some(13))[0]
+            .2
+            .as_ref()
+            .map(|o| o.offset),
+        Some(9)
+    );
+    // Without a high watermark (the lag metrics, the tests), the newest commit.
+    assert_eq!(
+        c.fetch_offsets("g", None, None)[0]
+            .2
+            .as_ref()
+            .map(|o| o.offset),
+        Some(9)
+    );
+}
+
+/// What a commit replaced is kept only while that commit may not be durable: once the high
+/// watermark passed it (as seen at a later commit), only the newer commits are tracked.
+#[test]
+fn what_durable_commits_replaced_is_forgotten() {
+    let mut c = coord(0);
+    commit_stored(&mut c, 1, 0, 0);
+    for (i, offset) in (2..50).enumerate() {
+        let last = i as i64 + 1;
+        commit_stored(&mut c, offset, last, last);
+    }
+    assert_eq!(fetched_at(&c, 48), Some(48), "48 durable, 49 not");
+    assert_eq!(fetched_at(&c, 49), Some(49));
+    assert!(c.unstable_entries() <= 2, "{} kept", c.unstable_entries());
+}
+
+/// A partition's offsets deleted and committed again: what its earlier life replaced is not
+/// shown while the new commit is not durable.
+#[test]
+fn a_deleted_offset_does_not_come_back_while_a_new_commit_is_unstable() {
+    let mut c = coord(0);
+    commit_stored(&mut c, 5, 0, 1);
+    commit_stored(&mut c, 6, 1, 1);
+    assert_eq!(c.delete_offsets("g", &[("t".into(), 0)]), Ok(vec![None]));
+    assert_eq!(fetched_at(&c, 1), None, "deleted");
+    commit_stored(&mut c, 8, 3, 2);
+    assert_eq!(
+        fetched_at(&c, 2),
+        None,
+        "8 not durable, and nothing before it"
+    );
+    assert_eq!(fetched_at(&c, 4), Some(8));
 }

@@ -42,6 +42,8 @@ pub(crate) use store::append_records;
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 
 type Query = Box<dyn FnOnce(&mut GroupCoordinator, i64) + Send>;
+/// A query about one group, also given its offsets partition's high watermark.
+type GroupQuery = Box<dyn FnOnce(&mut GroupCoordinator, i64, Option<i64>) + Send>;
 
 enum Command {
     Join(JoinRequest, oneshot::Sender<JoinResponse>),
@@ -51,7 +53,7 @@ enum Command {
     TxnCommit(CommitRequest, TxnProducer, oneshot::Sender<CommitOutcome>),
     Query(Query),
     /// A query about one group: refused unless its partition is led here.
-    GroupQuery(String, Query, oneshot::Sender<GroupError>),
+    GroupQuery(String, GroupQuery, oneshot::Sender<GroupError>),
     /// The offsets partitions this node leads now, by partition number.
     Own(BTreeMap<i32, Arc<Partition>>),
 }

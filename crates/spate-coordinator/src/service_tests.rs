@@ -173,7 +173,7 @@ async fn transactional_offsets_count_only_once_their_transaction_commits_and_sur
         async move {
             c.query(|core, _| {
                 let offset = core
-                    .fetch_offsets("g", None)
+                    .fetch_offsets("g", None, None)
                     .first()
                     .and_then(|(_, _, o)| o.clone());
                 (

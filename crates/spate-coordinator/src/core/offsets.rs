@@ -8,6 +8,15 @@ use crate::membership::restore_group;
 use crate::records::{OffsetsRecord, StoredOffset};
 use crate::requests::{CommitRequest, CommittedOffset, GroupOffset};
 
+/// Where a record was appended to its offsets partition, and that partition's high watermark
+/// then: the record is durable once the high watermark passes `last_offset`.
+#[derive(Clone, Copy, Debug)]
+pub struct Stored {
+    /// The last offset of the record's batch.
+    pub last_offset: i64,
+    pub high_watermark: i64,
+}
+
 impl GroupCoordinator {
     /// Validates an OffsetCommit and returns, per partition, the record to store or why not.
     /// Nothing is applied: store the records, then [`GroupCoordinator::apply_record`] them.
@@ -136,7 +145,7 @@ impl GroupCoordinator {
         let count = applied.len();
         for (position, record) in applied {
             let group = record.group().to_owned();
-            self.apply_at(now, record, position);
+            self.apply_at(now, record, position, None);
             if let Some(g) = self.groups.get_mut(&group) {
                 if !g.exactly_once {
                     tracing::debug!(group = %group, producer_id,
@@ -161,15 +170,23 @@ impl GroupCoordinator {
         self.pending_txn.is_pending(group, topic, partition)
     }
 
-    /// Applies a stored record: a commit after its append, or a record replayed at start.
+    /// Applies a stored record known to be durable.
     pub fn apply_record(&mut self, now: i64, record: OffsetsRecord) {
+        self.apply_stored(now, record, None);
+    }
+
+    /// Applies a stored record: a commit after its append, or a record replayed at start.
+    /// With `stored`, the record may not be durable yet: until the offsets partition's high
+    /// watermark passes it, OffsetFetch shows the commit it replaced
+    /// ([`GroupCoordinator::fetch_offsets`]).
+    pub fn apply_stored(&mut self, now: i64, record: OffsetsRecord, stored: Option<Stored>) {
         let position = self.take_position();
-        self.apply_at(now, record, position);
+        self.apply_at(now, record, position, stored);
     }
 
     /// Applies `record`, which stands at `position` in the offsets log: an offset set by a
     /// record further on (a plain commit appended after a transactional one) stays.
-    fn apply_at(&mut self, now: i64, record: OffsetsRecord, position: u64) {
+    fn apply_at(&mut self, now: i64, record: OffsetsRecord, position: u64, stored: Option<Stored>) {
         match record {
             OffsetsRecord::Offset {
                 group,
@@ -181,13 +198,13 @@ impl GroupCoordinator {
                     self.groups
                         .entry(group.clone())
                         .or_insert_with(|| Group::new(group.clone(), now));
-                    let offsets = self.offsets.entry(group).or_default();
+                    let offsets = self.offsets.entry(group.clone()).or_default();
                     let key = (topic, partition);
                     if offsets.get(&key).is_some_and(|c| c.position > position) {
                         return;
                     }
-                    offsets.insert(
-                        key,
+                    let replaced = offsets.insert(
+                        key.clone(),
                         CommittedOffset {
                             offset: v.offset,
                             leader_epoch: v.leader_epoch,
@@ -196,8 +213,29 @@ impl GroupCoordinator {
                             position,
                         },
                     );
+                    let unstable = self.unstable.entry(group).or_default();
+                    match stored {
+                        Some(Stored {
+                            last_offset,
+                            high_watermark,
+                        }) => {
+                            let earlier = unstable.entry(key).or_default();
+                            if replaced.is_none() {
+                                // A fresh key: what an earlier life of it replaced is gone.
+                                earlier.clear();
+                            }
+                            earlier.retain(|(last, _)| *last >= high_watermark);
+                            earlier.push((last_offset, replaced));
+                        }
+                        None => {
+                            unstable.remove(&key);
+                        }
+                    }
                 }
                 None => {
+                    if let Some(unstable) = self.unstable.get_mut(&group) {
+                        unstable.remove(&(topic.clone(), partition));
+                    }
                     if let Some(offsets) = self.offsets.get_mut(&group) {
                         offsets.remove(&(topic, partition));
                         if offsets.is_empty() {
@@ -230,23 +268,59 @@ impl GroupCoordinator {
         &self,
         group: &str,
         topics: Option<&[(String, Vec<i32>)]>,
+        high_watermark: Option<i64>,
     ) -> Vec<(String, i32, Option<CommittedOffset>)> {
         let offsets = self.offsets.get(group);
+        let visible = |key: &(String, i32)| self.durable_offset(group, key, high_watermark);
         match topics {
             None => offsets
                 .into_iter()
-                .flat_map(|o| o.iter())
-                .map(|((t, p), c)| (t.clone(), *p, Some(c.clone())))
+                .flat_map(|o| o.keys())
+                .filter_map(|key| visible(key).map(|c| (key.0.clone(), key.1, Some(c))))
                 .collect(),
             Some(topics) => topics
                 .iter()
                 .flat_map(|(t, parts)| {
                     parts.iter().map(move |p| {
-                        let c = offsets.and_then(|o| o.get(&(t.clone(), *p))).cloned();
-                        (t.clone(), *p, c)
+                        let key = (t.clone(), *p);
+                        let c = visible(&key);
+                        (key.0, key.1, c)
                     })
                 })
                 .collect(),
+        }
+    }
+
+    /// How many replaced commits are kept for readers, in all.
+    #[cfg(test)]
+    pub fn unstable_entries(&self) -> usize {
+        self.unstable
+            .values()
+            .flat_map(|u| u.values())
+            .map(Vec::len)
+            .sum()
+    }
+
+    /// The newest commit of `key` below `high_watermark` (the group's offsets partition's, as
+    /// its leader knows it; `None`: every applied commit counts): a commit a failover could
+    /// still take back is not shown, the one it replaced is (Kafka serves the offsets of
+    /// commits whose append completed).
+    fn durable_offset(
+        &self,
+        group: &str,
+        key: &(String, i32),
+        high_watermark: Option<i64>,
+    ) -> Option<CommittedOffset> {
+        let current = self.offsets.get(group)?.get(key)?;
+        let earlier = high_watermark.and_then(|hw| {
+            let unstable = self.unstable.get(group)?.get(key)?;
+            // Oldest first: (last offset of a commit's batch, the commit it replaced).
+            let first_unstable = unstable.iter().position(|(last, _)| *last >= hw)?;
+            Some(unstable[first_unstable].1.clone())
+        });
+        match earlier {
+            Some(earlier) => earlier,
+            None => Some(current.clone()),
         }
     }
 

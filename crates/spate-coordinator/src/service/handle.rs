@@ -1,7 +1,7 @@
 //! The handle to the coordinator task: its public API, each call a message to the task.
 
 use super::task::run;
-use super::{Command, Ownership, Query};
+use super::{Command, GroupQuery, Ownership};
 use crate::core::{
     CommitRequest, GroupCoordinator, GroupSettings, HeartbeatRequest, JoinRequest, JoinResponse,
     LeaveRequest, LeaveResponse, SyncRequest, SyncResponse,
@@ -91,12 +91,12 @@ impl Coordinator {
     pub async fn query_group<R: Send + 'static>(
         &self,
         group: &str,
-        f: impl FnOnce(&mut GroupCoordinator, i64) -> R + Send + 'static,
+        f: impl FnOnce(&mut GroupCoordinator, i64, Option<i64>) -> R + Send + 'static,
     ) -> Result<R, GroupError> {
         let (tx, rx) = oneshot::channel();
         let (refused_tx, refused_rx) = oneshot::channel();
-        let query: Query = Box::new(move |core, now| {
-            let _ = tx.send(f(core, now));
+        let query: GroupQuery = Box::new(move |core, now, high_watermark| {
+            let _ = tx.send(f(core, now, high_watermark));
         });
         self.tx
             .send(Command::GroupQuery(group.to_owned(), query, refused_tx))
@@ -200,14 +200,14 @@ impl Coordinator {
 
     pub async fn heartbeat(&self, req: HeartbeatRequest) -> Result<(), GroupError> {
         let group = req.group_id.clone();
-        self.query_group(&group, move |core, now| core.heartbeat(now, &req))
+        self.query_group(&group, move |core, now, _| core.heartbeat(now, &req))
             .await?
     }
 
     pub async fn leave(&self, req: LeaveRequest) -> LeaveResponse {
         let members = req.members.clone();
         let group = req.group_id.clone();
-        self.query_group(&group, move |core, now| core.leave(now, &req))
+        self.query_group(&group, move |core, now, _| core.leave(now, &req))
             .await
             .unwrap_or_else(|e| LeaveResponse {
                 error: Some(e),

@@ -3,7 +3,9 @@
 use super::replay::{replay, Replayed};
 use super::store::store;
 use super::{Command, CommitOutcome, Ownership, TxnProducer};
-use crate::core::{Action, CommitRequest, GroupCoordinator, JoinResponse, ReplyId, SyncResponse};
+use crate::core::{
+    Action, CommitRequest, GroupCoordinator, JoinResponse, ReplyId, Stored, SyncResponse,
+};
 use crate::error::GroupError;
 use crate::records::{partition_for, OffsetsRecord};
 use spate_replica::{Partition, ReplicaError};
@@ -121,7 +123,12 @@ pub(super) async fn run(
                     }
                     Command::Query(f) => f(&mut core, now),
                     Command::GroupQuery(group, f, refused) => match check(&group) {
-                        Ok(()) => f(&mut core, now),
+                        Ok(()) => {
+                            let high_watermark = partitions
+                                .get(&partition_for(&group, count))
+                                .map(|p| p.high_watermark().0);
+                            f(&mut core, now, high_watermark)
+                        }
                         Err(e) => {
                             let _ = refused.send(e);
                         }
@@ -262,10 +269,20 @@ fn own(
             continue;
         }
         let in_partition = |g: &str| partition_for(g, count) == *index;
+        // Records past the high watermark are not durable yet (a failover of this new leader
+        // could still take them back): OffsetFetch waits for them as for live commits.
+        let high_watermark = partition.high_watermark().0;
         match replay(partition, |replayed_record| {
             replayed += 1;
             match replayed_record {
-                Replayed::Record(record) => core.apply_record(now, record),
+                Replayed::Record(record, offset) => core.apply_stored(
+                    now,
+                    record,
+                    Some(Stored {
+                        last_offset: offset,
+                        high_watermark,
+                    }),
+                ),
                 Replayed::Transactional(producer_id, record) => {
                     core.stage_txn_offsets(producer_id, vec![record])
                 }
@@ -338,8 +355,12 @@ fn commit(
     };
     match producer {
         None => {
+            let stored = durable.values().next().map(|(partition, last)| Stored {
+                last_offset: last.0,
+                high_watermark: partition.high_watermark().0,
+            });
             for record in records {
-                core.apply_record(now, record);
+                core.apply_stored(now, record, stored);
             }
         }
         Some(p) => core.stage_txn_offsets(p.producer_id, records),

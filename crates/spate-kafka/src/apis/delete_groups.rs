@@ -26,7 +26,7 @@ pub(crate) async fn handle(
                 let name = string(&id.0);
                 let group = name.clone();
                 match c
-                    .query_group(&group, move |core, _| core.delete_group(&name))
+                    .query_group(&group, move |core, _, _| core.delete_group(&name))
                     .await
                 {
                     Ok(Ok(())) => {

@@ -38,7 +38,7 @@ pub(crate) async fn handle(
         let name = string(&id.0);
         let group = name.clone();
         let d = match coordinator
-            .query_group(&group, move |core, _| core.describe_group(&name))
+            .query_group(&group, move |core, _, _| core.describe_group(&name))
             .await
         {
             Ok(d) => d,

@@ -37,7 +37,9 @@ pub(crate) async fn handle(
     let wanted = partitions.clone();
     let owner = group.clone();
     let result = coordinator
-        .query_group(&owner, move |core, _| core.delete_offsets(&group, &wanted))
+        .query_group(&owner, move |core, _, _| {
+            core.delete_offsets(&group, &wanted)
+        })
         .await
         .and_then(|r| r);
     let errors = match result {

@@ -83,8 +83,8 @@ pub(crate) async fn handle(
         // would read as "nothing committed" and reset the consumer.
         let require_stable = request.require_stable;
         let fetched = coordinator
-            .query_group(&string(&id.0), move |core, _| {
-                core.fetch_offsets(&group, topics.as_deref())
+            .query_group(&string(&id.0), move |core, _, high_watermark| {
+                core.fetch_offsets(&group, topics.as_deref(), high_watermark)
                     .into_iter()
                     .map(|(t, p, c)| {
                         let unstable = require_stable && core.txn_offset_pending(&group, &t, p);
