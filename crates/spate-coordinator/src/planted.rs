@@ -6,6 +6,7 @@ use std::cell::Cell;
 
 thread_local! {
     static COMMITS_IGNORE_GENERATION: Cell<bool> = const { Cell::new(false) };
+    static FETCH_SHOWS_UNDURABLE_COMMITS: Cell<bool> = const { Cell::new(false) };
 }
 
 /// OffsetCommit takes any member's commit, whatever its generation and even from a member the
@@ -17,4 +18,14 @@ pub fn set_commits_ignore_generation(on: bool) {
 
 pub(crate) fn commits_ignore_generation() -> bool {
     spate_types::exec::planted(&COMMITS_IGNORE_GENERATION)
+}
+
+/// OffsetFetch shows a commit as soon as its record is appended, before it is durable on the
+/// in-sync replicas: a reader can see an offset that a failover then takes back.
+pub fn set_fetch_shows_undurable_commits(on: bool) {
+    FETCH_SHOWS_UNDURABLE_COMMITS.with(|c| c.set(on));
+}
+
+pub(crate) fn fetch_shows_undurable_commits() -> bool {
+    spate_types::exec::planted(&FETCH_SHOWS_UNDURABLE_COMMITS)
 }

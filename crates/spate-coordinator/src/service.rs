@@ -42,7 +42,8 @@ pub(crate) use store::append_records;
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 
 type Query = Box<dyn FnOnce(&mut GroupCoordinator, i64) + Send>;
-/// A query about one group, also given its offsets partition's high watermark.
+/// A query about one group, also given its offsets partition's high watermark once the
+/// partition's log as loaded here is durable (`None` until then).
 type GroupQuery = Box<dyn FnOnce(&mut GroupCoordinator, i64, Option<i64>) + Send>;
 
 enum Command {

@@ -51,6 +51,9 @@ pub struct History {
     commits: BTreeMap<&'static str, BTreeMap<i32, (Option<i64>, i64)>>,
     /// Group → its committed offsets read back at the end (absent before).
     committed_at_end: BTreeMap<&'static str, BTreeMap<i32, i64>>,
+    /// The members' group's committed offsets as members fetched them on assignment: (asked
+    /// at, answered at, partition → offset).
+    member_fetches: Vec<(Duration, Duration, BTreeMap<i32, i64>)>,
     /// Generation of the members' group → member id → the partitions SyncGroup assigned it.
     assignments: BTreeMap<i32, BTreeMap<String, Vec<i32>>>,
     /// When the members' group was seen in a generation (a SyncGroup or an OffsetCommit
@@ -224,6 +227,37 @@ impl History {
         self.generations_seen.push((now, generation));
     }
 
+    /// A member fetched the members' group's committed offsets, asked at `asked_at`. Commits
+    /// only move forward there (see `check`) and a fetch shows only durable ones, so a fetch
+    /// shows no less than any fetch answered before it was asked: one that does saw a commit
+    /// that was later taken back (or lost one).
+    pub fn member_offsets_fetched(&mut self, asked_at: Duration, offsets: BTreeMap<i32, i64>) {
+        let now = self.now();
+        self.event(format!(
+            "{} fetched {offsets:?} (asked at {:.3})",
+            crate::workload::members::GROUP,
+            asked_at.as_secs_f64()
+        ));
+        let mut found = Vec::new();
+        for (_, answered, before) in self.member_fetches.iter().filter(|(_, a, _)| *a < asked_at) {
+            for (partition, earlier) in before {
+                if offsets.get(partition).is_none_or(|o| o < earlier) {
+                    found.push(format!(
+                        "invariant 6: {} partition {partition}'s committed offset was fetched as {earlier} (answered at {:.3}), then as {:?} (asked at {:.3})",
+                        crate::workload::members::GROUP,
+                        answered.as_secs_f64(),
+                        offsets.get(partition),
+                        asked_at.as_secs_f64()
+                    ));
+                }
+            }
+        }
+        self.member_fetches.push((asked_at, now, offsets));
+        for v in found {
+            self.violation(v);
+        }
+    }
+
     pub fn committed_at_end(&mut self, group: &'static str, committed: BTreeMap<i32, i64>) {
         self.event(format!(
             "{group}: committed offsets at the end {committed:?}"
@@ -360,6 +394,21 @@ impl History {
                     other => out.push(format!(
                         "invariant 6: {group} partition {partition}'s committed offset is {other:?} at the end, but {acked} was acknowledged (the highest sent: {sent})"
                     )),
+                }
+            }
+        }
+        // 6: what a member fetched is not taken back: the offset read at the end is at least it.
+        if let Some(end) = self.committed_at_end.get(crate::workload::members::GROUP) {
+            for (_, answered, fetched) in &self.member_fetches {
+                for (partition, offset) in fetched {
+                    if end.get(partition).is_none_or(|o| o < offset) {
+                        out.push(format!(
+                            "invariant 6: {} partition {partition}'s committed offset was fetched as {offset} (answered at {:.3}), and is {:?} at the end",
+                            crate::workload::members::GROUP,
+                            answered.as_secs_f64(),
+                            end.get(partition)
+                        ));
+                    }
                 }
             }
         }

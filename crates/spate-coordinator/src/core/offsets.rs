@@ -312,6 +312,8 @@ impl GroupCoordinator {
         high_watermark: Option<i64>,
     ) -> Option<CommittedOffset> {
         let current = self.offsets.get(group)?.get(key)?;
+        let high_watermark =
+            high_watermark.filter(|_| !crate::planted::fetch_shows_undurable_commits());
         let earlier = high_watermark.and_then(|hw| {
             let unstable = self.unstable.get(group)?.get(key)?;
             // Oldest first: (last offset of a commit's batch, the commit it replaced).

@@ -11,8 +11,8 @@ const REPLAY_READ_BYTES: usize = 1 << 20;
 
 /// What replaying an offsets partition finds, in log order.
 pub(super) enum Replayed {
-    /// A record to apply, and its offset.
-    Record(OffsetsRecord, i64),
+    /// A record to apply.
+    Record(OffsetsRecord),
     /// A record of a producer's transaction (TxnOffsetCommit), held until its marker.
     Transactional(i64, OffsetsRecord),
     /// A producer's transaction ended here: commit (true) or abort.
@@ -33,7 +33,7 @@ pub(super) fn replay(partition: &Partition, mut apply: impl FnMut(Replayed)) -> 
             Ok(r) if header.is_transactional() => {
                 apply(Replayed::Transactional(header.producer_id.0, r))
             }
-            Ok(r) => apply(Replayed::Record(r, record.offset)),
+            Ok(r) => apply(Replayed::Record(r)),
             Err(e) => {
                 tracing::warn!(offset = record.offset, error = %e, "skipping offsets record")
             }

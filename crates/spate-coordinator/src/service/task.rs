@@ -124,10 +124,16 @@ pub(super) async fn run(
                     Command::Query(f) => f(&mut core, now),
                     Command::GroupQuery(group, f, refused) => match check(&group) {
                         Ok(()) => {
-                            let high_watermark = partitions
-                                .get(&partition_for(&group, count))
-                                .map(|p| p.high_watermark().0);
-                            f(&mut core, now, high_watermark)
+                            // Readable once the log as loaded here is durable: what a replay
+                            // found past the high watermark a failover could take back.
+                            let index = partition_for(&group, count);
+                            let readable_at = partitions
+                                .get(&index)
+                                .map(|p| p.high_watermark().0)
+                                .filter(|hw| {
+                                    loaded_at.get(&index).is_none_or(|(_, last)| *hw > last.0)
+                                });
+                            f(&mut core, now, readable_at)
                         }
                         Err(e) => {
                             let _ = refused.send(e);
@@ -269,20 +275,10 @@ fn own(
             continue;
         }
         let in_partition = |g: &str| partition_for(g, count) == *index;
-        // Records past the high watermark are not durable yet (a failover of this new leader
-        // could still take them back): OffsetFetch waits for them as for live commits.
-        let high_watermark = partition.high_watermark().0;
         match replay(partition, |replayed_record| {
             replayed += 1;
             match replayed_record {
-                Replayed::Record(record, offset) => core.apply_stored(
-                    now,
-                    record,
-                    Some(Stored {
-                        last_offset: offset,
-                        high_watermark,
-                    }),
-                ),
+                Replayed::Record(record) => core.apply_record(now, record),
                 Replayed::Transactional(producer_id, record) => {
                     core.stage_txn_offsets(producer_id, vec![record])
                 }

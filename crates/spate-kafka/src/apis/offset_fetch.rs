@@ -14,7 +14,7 @@ use kafka_protocol::messages::offset_fetch_response::{
 };
 use kafka_protocol::messages::{GroupId, OffsetFetchRequest, OffsetFetchResponse};
 use kafka_protocol::protocol::VersionRange;
-use spate_coordinator::CommittedOffset;
+use spate_coordinator::{CommittedOffset, GroupError};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -82,17 +82,25 @@ pub(crate) async fn handle(
         // NOT_COORDINATOR (the group's partition moved) must reach the client: an empty answer
         // would read as "nothing committed" and reset the consumer.
         let require_stable = request.require_stable;
+        // A coordinator that just took the group over answers once the log it loaded is
+        // durable (COORDINATOR_LOAD_IN_PROGRESS until then, which clients retry): it then
+        // never shows a commit a failover could take back, nor hides one that is durable.
         let fetched = coordinator
-            .query_group(&string(&id.0), move |core, _, high_watermark| {
-                core.fetch_offsets(&group, topics.as_deref(), high_watermark)
+            .query_group(&string(&id.0), move |core, _, readable_at| {
+                let Some(high_watermark) = readable_at else {
+                    return Err(GroupError::CoordinatorLoadInProgress);
+                };
+                Ok(core
+                    .fetch_offsets(&group, topics.as_deref(), Some(high_watermark))
                     .into_iter()
                     .map(|(t, p, c)| {
                         let unstable = require_stable && core.txn_offset_pending(&group, &t, p);
                         (t, p, c, unstable)
                     })
-                    .collect::<Fetched>()
+                    .collect::<Fetched>())
             })
-            .await;
+            .await
+            .and_then(|fetched| fetched);
         answers.push((id, fetched));
     }
     if batched {

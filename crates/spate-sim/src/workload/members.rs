@@ -44,6 +44,8 @@ pub const GROUP: &str = "sim-members";
 const SESSION_TIMEOUT_MS: i32 = 6_000;
 const REBALANCE_TIMEOUT_MS: i32 = 5_000;
 const HEARTBEAT_EVERY: Duration = Duration::from_millis(500);
+/// How often the lag monitor fetches the group's committed offsets.
+const MONITOR_EVERY: Duration = Duration::from_millis(200);
 /// The consumer protocol's assignment and subscription version the members write.
 const CONSUMER_PROTOCOL_VERSION: i16 = 0;
 
@@ -328,7 +330,11 @@ pub(super) async fn run_all(
         tokio::time::sleep(RETRY_BACKOFF).await;
     }
     let counter = Rc::new(Cell::new(0));
-    let mut tasks = Vec::new();
+    let mut tasks = vec![tokio::task::spawn_local(monitor(
+        plan.clone(),
+        partitions.clone(),
+        history.clone(),
+    ))];
     for (id, lives) in plan.members.iter().enumerate() {
         tasks.push(tokio::task::spawn_local(run(
             plan.clone(),
@@ -341,6 +347,23 @@ pub(super) async fn run_all(
     }
     for t in tasks {
         let _ = t.await;
+    }
+}
+
+/// A lag monitor (as `kafka-consumer-groups --describe` or Burrow runs): fetches the group's
+/// committed offsets every [`MONITOR_EVERY`] while the members live, for the history to check
+/// that no offset it was shown is taken back.
+async fn monitor(plan: Rc<Plan>, partitions: Rc<Cell<i32>>, history: Rc<RefCell<History>>) {
+    let mut client = Client::new("sim-members-monitor".into(), plan.nodes);
+    let mut committer = Committer::new(GROUP);
+    while now() < plan.produce_until {
+        let asked_at = now();
+        if let Ok(committed) = committer.fetch(&mut client, partitions.get()).await {
+            history
+                .borrow_mut()
+                .member_offsets_fetched(asked_at, committed);
+        }
+        tokio::time::sleep(MONITOR_EVERY).await;
     }
 }
 
@@ -424,6 +447,19 @@ async fn live(
         history
             .borrow_mut()
             .group_synced(joined.generation, &joined.member_id, &mine);
+        // As a consumer does on assignment: where to start from.
+        if !mine.is_empty() {
+            let asked_at = now();
+            if let Ok(committed) = member
+                .committer
+                .fetch(&mut member.client, partitions.get())
+                .await
+            {
+                history
+                    .borrow_mut()
+                    .member_offsets_fetched(asked_at, committed);
+            }
+        }
         let mut next_commit = now();
         while now() < life.end {
             if now() >= next_commit && !mine.is_empty() {
