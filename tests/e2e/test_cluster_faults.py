@@ -420,7 +420,10 @@ def test_an_offset_commit_is_fetched_only_once_durable(cluster_factory, topic_na
         return None
 
     new_coord = wait_for("a new coordinator", new_coordinator, timeout=60)
-    print(f"--- node {new_coord} coordinates the group: the unacknowledged commit of 9 is gone, "
-          "and was never shown")
-    assert wait_for("OffsetFetch at the new coordinator", lambda: (lambda r: r if r[0] == NONE else None)(
-        fetched(c.nodes[new_coord])), timeout=60) == (NONE, 5, NONE)
+    after = wait_for("OffsetFetch at the new coordinator", lambda: (lambda r: r if r[0] == NONE else None)(
+        fetched(c.nodes[new_coord])), timeout=60)
+    print(f"--- node {new_coord} coordinates the group and shows {after[1]}")
+    # The commit of 9 was never acknowledged: it may be gone, or a follower may have it (the
+    # answer to a fetch it had parked on the leader before it stopped can carry the record).
+    # Either is consistent with what the reader was shown before; nothing below 5 is.
+    assert after in ((NONE, 5, NONE), (NONE, 9, NONE)), after
