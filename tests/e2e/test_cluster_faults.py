@@ -367,7 +367,16 @@ def test_an_offset_commit_is_fetched_only_once_durable(cluster_factory, topic_na
             err, node, _, _ = find_coordinator(conn, group)
             return node if err == NONE else None
 
-    coord = wait_for("the group's coordinator", coordinator, timeout=60)
+    def commit_5():
+        # Retried as clients do: a coordinator still loading the new __consumer_offsets
+        # partition answers NOT_COORDINATOR or COORDINATOR_LOAD_IN_PROGRESS.
+        node = coordinator()
+        if node is None:
+            return None
+        with kproto.Conn(c.nodes[node].bootstrap) as conn:
+            return node if offset_commit(conn, group, -1, "", topic_name, {0: 5}) == {0: NONE} else None
+
+    coord = wait_for("the commit of 5", commit_5, timeout=60)
     offsets_partition = java_partition(group)
     lead = c.nodes[coord]
 
@@ -376,9 +385,7 @@ def test_an_offset_commit_is_fetched_only_once_durable(cluster_factory, topic_na
             err, parts = offset_fetch(conn, group, topic_name, [0])
             return err, parts[0][0], parts[0][2]
 
-    with kproto.Conn(lead.bootstrap) as conn:
-        assert offset_commit(conn, group, -1, "", topic_name, {0: 5}) == {0: NONE}
-    assert fetched(lead) == (NONE, 5, NONE)
+    assert wait_for("5 fetched", lambda: (lambda r: r if r[0] == NONE else None)(fetched(lead))) == (NONE, 5, NONE)
     _, replicas, _ = wait_for("the offsets partition's ISR whole", lambda: (lambda s: s if len(s[2]) == 3 else None)(
         partition_state(a, "__consumer_offsets", offsets_partition)))
     followers = [c.nodes[r] for r in replicas if r != coord]

@@ -6,8 +6,9 @@
 //! Every [`ReplyId`] passed in is answered exactly once, eventually: a connection writes
 //! responses in order, so one unanswered request would stall it.
 //!
-//! Offsets are applied to memory only through [`GroupCoordinator::apply_record`], the same
-//! path the start-up replay of the offsets log takes: a commit is stored first, then applied.
+//! Offsets are applied to memory only through [`GroupCoordinator::apply_stored`], the same
+//! path the start-up replay of the offsets log takes: a commit is stored first, then applied,
+//! and OffsetFetch shows it once it is durable.
 
 use crate::error::GroupError;
 use crate::group::{Group, GroupState};

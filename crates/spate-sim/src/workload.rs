@@ -312,18 +312,13 @@ pub async fn run(plan: Plan, history: Rc<RefCell<History>>) -> turmoil::Result {
         &history,
     )
     .await;
-    if !plan.txn_producers.is_empty() {
-        let mut admin = Client::new("sim-admin".into(), plan.nodes).on(txns::TXN_TOPIC);
-        create_topic(
-            &mut admin,
-            txns::TXN_PARTITIONS,
-            plan.replication_factor,
-            &history,
-        )
-        .await;
-    }
-    if plan.copier.is_some() {
-        let mut admin = Client::new("sim-admin".into(), plan.nodes).on(copier::COPY_TOPIC);
+    // The transactional producers' topic, and the copier's, of as many partitions.
+    let transactional = [
+        (txns::TXN_TOPIC, !plan.txn_producers.is_empty()),
+        (copier::COPY_TOPIC, plan.copier.is_some()),
+    ];
+    for (topic, _) in transactional.iter().filter(|(_, wanted)| *wanted) {
+        let mut admin = Client::new("sim-admin".into(), plan.nodes).on(topic);
         create_topic(
             &mut admin,
             txns::TXN_PARTITIONS,

@@ -213,13 +213,17 @@ impl GroupCoordinator {
                             position,
                         },
                     );
-                    let unstable = self.unstable.entry(group).or_default();
                     match stored {
                         Some(Stored {
                             last_offset,
                             high_watermark,
                         }) => {
-                            let earlier = unstable.entry(key).or_default();
+                            let earlier = self
+                                .unstable
+                                .entry(group)
+                                .or_default()
+                                .entry(key)
+                                .or_default();
                             if replaced.is_none() {
                                 // A fresh key: what an earlier life of it replaced is gone.
                                 earlier.clear();
@@ -227,8 +231,11 @@ impl GroupCoordinator {
                             earlier.retain(|(last, _)| *last >= high_watermark);
                             earlier.push((last_offset, replaced));
                         }
+                        // Durable, and the newest: nothing older is shown any more.
                         None => {
-                            unstable.remove(&key);
+                            if let Some(unstable) = self.unstable.get_mut(&group) {
+                                unstable.remove(&key);
+                            }
                         }
                     }
                 }
