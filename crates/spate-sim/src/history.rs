@@ -240,16 +240,13 @@ impl History {
         ));
         let mut found = Vec::new();
         for (_, answered, before) in self.member_fetches.iter().filter(|(_, a, _)| *a < asked_at) {
-            for (partition, earlier) in before {
-                if offsets.get(partition).is_none_or(|o| o < earlier) {
-                    found.push(format!(
-                        "invariant 6: {} partition {partition}'s committed offset was fetched as {earlier} (answered at {:.3}), then as {:?} (asked at {:.3})",
-                        crate::workload::members::GROUP,
-                        answered.as_secs_f64(),
-                        offsets.get(partition),
-                        asked_at.as_secs_f64()
-                    ));
-                }
+            for (partition, earlier, later) in taken_back(before, &offsets) {
+                found.push(format!(
+                    "invariant 6: {} partition {partition}'s committed offset was fetched as {earlier} (answered at {:.3}), then as {later:?} (asked at {:.3})",
+                    crate::workload::members::GROUP,
+                    answered.as_secs_f64(),
+                    asked_at.as_secs_f64()
+                ));
             }
         }
         self.member_fetches.push((asked_at, now, offsets));
@@ -400,15 +397,12 @@ impl History {
         // 6: what a member fetched is not taken back: the offset read at the end is at least it.
         if let Some(end) = self.committed_at_end.get(crate::workload::members::GROUP) {
             for (_, answered, fetched) in &self.member_fetches {
-                for (partition, offset) in fetched {
-                    if end.get(partition).is_none_or(|o| o < offset) {
-                        out.push(format!(
-                            "invariant 6: {} partition {partition}'s committed offset was fetched as {offset} (answered at {:.3}), and is {:?} at the end",
-                            crate::workload::members::GROUP,
-                            answered.as_secs_f64(),
-                            end.get(partition)
-                        ));
-                    }
+                for (partition, offset, at_end) in taken_back(fetched, end) {
+                    out.push(format!(
+                        "invariant 6: {} partition {partition}'s committed offset was fetched as {offset} (answered at {:.3}), and is {at_end:?} at the end",
+                        crate::workload::members::GROUP,
+                        answered.as_secs_f64()
+                    ));
                 }
             }
         }
@@ -468,4 +462,17 @@ impl History {
         self.check_copies(&mut out);
         out
     }
+}
+
+/// The partitions whose committed offset `later` shows below `earlier` (or not at all):
+/// (partition, earlier offset, later offset).
+fn taken_back<'a>(
+    earlier: &'a BTreeMap<i32, i64>,
+    later: &'a BTreeMap<i32, i64>,
+) -> impl Iterator<Item = (i32, i64, Option<i64>)> + 'a {
+    earlier.iter().filter_map(|(partition, offset)| {
+        let now = later.get(partition).copied();
+        now.is_none_or(|o| o < *offset)
+            .then_some((*partition, *offset, now))
+    })
 }
